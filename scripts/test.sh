@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The README's test command: installs what it needs on a fresh machine, then runs every check CI runs.
+#   fmt, clippy (host and aarch64), all workspace tests, and the SIMD tests for aarch64 under qemu.
+# Environment: PROPTEST_CASES raises or lowers property-test case counts (default 256 on the host;
+# the qemu run uses QEMU_PROPTEST_CASES, default 64).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+[ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
+
+step() { printf '\n==> %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- system packages: the aarch64 cross linker and qemu-user run the NEON tests -------------------
+need_apt=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
+[ -e /usr/aarch64-linux-gnu/lib/libc.so.6 ] || need_apt+=(libc6-dev-arm64-cross)
+command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "installing ${need_apt[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# --- Rust components and targets ---------------------------------------------------------------
+installed=$(rustup component list --installed 2>/dev/null || true)
+for c in rustfmt clippy; do
+  grep -q "^$c" <<<"$installed" || rustup component add "$c"
+done
+rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (x86_64, all targets)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo clippy (aarch64: the NEON kernels)"
+cargo clippy -p quiver-simd --all-targets --locked --target aarch64-unknown-linux-gnu -- -D warnings
+
+step "cargo test (workspace)"
+cargo test --workspace --locked
+
+step "cargo test -p quiver-simd on aarch64 under qemu"
+PROPTEST_CASES="${QEMU_PROPTEST_CASES:-64}" cargo test -p quiver-simd --locked --target aarch64-unknown-linux-gnu
+
+step "all checks passed"

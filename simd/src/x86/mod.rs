@@ -1,0 +1,197 @@
+//! x86-64 tiers. The tokens [`Avx2`] and [`Avx512`] are the only way to reach the `#[target_feature]`
+//! kernels in `avx2.rs` and `avx512.rs`: their fields are private and their constructors check the CPU,
+//! so holding a token is proof that its instructions exist. Every `unsafe` call below rests on that.
+
+mod avx2;
+mod avx512;
+
+use crate::{
+    Kernels, PqTable, Tier, check_int_pair, check_pair, check_pq, check_pq_ids, cosine_from_sums,
+};
+
+/// Proof that the CPU has AVX2 and FMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Avx2 {
+    _proof: (),
+}
+
+impl Avx2 {
+    /// The token, if this CPU has AVX2 and FMA.
+    pub fn new() -> Option<Self> {
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+            .then_some(Self { _proof: () })
+    }
+}
+
+/// Proof that the CPU has AVX-512 F, BW and VL (and AVX2/FMA, which every such CPU has), plus whether
+/// the integer kernels may use AVX-512 VNNI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Avx512 {
+    vnni: bool,
+}
+
+impl Avx512 {
+    /// The token, if this CPU has AVX-512 F/BW/VL. VNNI is used when detected.
+    pub fn new() -> Option<Self> {
+        let base = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma");
+        base.then(|| Self { vnni: is_x86_feature_detected!("avx512vnni") })
+    }
+
+    /// The same tier with the VNNI integer kernels switched off (the widening AVX-512BW kernels run
+    /// instead); lets tests and benchmarks check both paths on a VNNI machine.
+    #[must_use]
+    pub fn without_vnni(self) -> Self {
+        Self { vnni: false }
+    }
+
+    /// Whether the integer kernels use VNNI.
+    pub fn has_vnni(self) -> bool {
+        self.vnni
+    }
+}
+
+impl Kernels for Avx2 {
+    fn tier(self) -> Tier {
+        Tier::Avx2
+    }
+
+    fn l2_sq_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        check_pair(a.len(), b.len());
+        // SAFETY: `self` exists only if AVX2 and FMA were detected (`Avx2::new`); lengths are equal.
+        unsafe { avx2::l2_sq_f32(a, b) }
+    }
+
+    fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        check_pair(a.len(), b.len());
+        // SAFETY: `self` proves AVX2 + FMA; lengths are equal.
+        unsafe { avx2::dot_f32(a, b) }
+    }
+
+    fn cosine_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        check_pair(a.len(), b.len());
+        // SAFETY: `self` proves AVX2 + FMA; lengths are equal.
+        let (dot, na, nb) = unsafe { avx2::cosine_sums_f32(a, b) };
+        cosine_from_sums(dot, na, nb)
+    }
+
+    fn l2_sq_u8(self, a: &[u8], b: &[u8]) -> u32 {
+        check_int_pair(a.len(), b.len());
+        // SAFETY: `self` proves AVX2; lengths are equal and at most MAX_DIM.
+        unsafe { avx2::l2_sq_u8(a, b) }
+    }
+
+    fn dot_u8(self, a: &[u8], b: &[u8]) -> u32 {
+        check_int_pair(a.len(), b.len());
+        // SAFETY: `self` proves AVX2; lengths are equal and at most MAX_DIM.
+        unsafe { avx2::dot_u8(a, b) }
+    }
+
+    fn l2_sq_i8(self, a: &[i8], b: &[i8]) -> u32 {
+        check_int_pair(a.len(), b.len());
+        // SAFETY: `self` proves AVX2; lengths are equal and at most MAX_DIM.
+        unsafe { avx2::l2_sq_i8(a, b) }
+    }
+
+    fn dot_i8(self, a: &[i8], b: &[i8]) -> i32 {
+        check_int_pair(a.len(), b.len());
+        // SAFETY: `self` proves AVX2; lengths are equal and at most MAX_DIM.
+        unsafe { avx2::dot_i8(a, b) }
+    }
+
+    fn pq_score(self, table: PqTable<'_>, codes: &[u8], out: &mut [f32]) {
+        check_pq(&table, codes.len(), out.len());
+        // SAFETY: `self` proves AVX2; `codes` holds exactly `out.len()` codes of `m` bytes.
+        unsafe { avx2::pq_score(table, codes, None, out) }
+    }
+
+    fn pq_score_ids(self, table: PqTable<'_>, codes: &[u8], ids: &[u32], out: &mut [f32]) {
+        check_pq_ids(&table, codes.len(), ids, out.len());
+        // SAFETY: `self` proves AVX2; every id names a whole code inside `codes` (checked above).
+        unsafe { avx2::pq_score(table, codes, Some(ids), out) }
+    }
+}
+
+impl Kernels for Avx512 {
+    fn tier(self) -> Tier {
+        Tier::Avx512
+    }
+
+    fn l2_sq_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        check_pair(a.len(), b.len());
+        // SAFETY: `self` exists only if AVX-512 F/BW/VL were detected (`Avx512::new`); lengths are equal.
+        unsafe { avx512::l2_sq_f32(a, b) }
+    }
+
+    fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        check_pair(a.len(), b.len());
+        // SAFETY: `self` proves AVX-512 F/BW/VL; lengths are equal.
+        unsafe { avx512::dot_f32(a, b) }
+    }
+
+    fn cosine_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        check_pair(a.len(), b.len());
+        // SAFETY: `self` proves AVX-512 F/BW/VL; lengths are equal.
+        let (dot, na, nb) = unsafe { avx512::cosine_sums_f32(a, b) };
+        cosine_from_sums(dot, na, nb)
+    }
+
+    fn l2_sq_u8(self, a: &[u8], b: &[u8]) -> u32 {
+        check_int_pair(a.len(), b.len());
+        if self.vnni {
+            // SAFETY: `self.vnni` is true only if AVX-512 VNNI was detected too; lengths equal, ≤ MAX_DIM.
+            unsafe { avx512::l2_sq_u8_vnni(a, b) }
+        } else {
+            // SAFETY: `self` proves AVX-512 F/BW/VL; lengths equal, ≤ MAX_DIM.
+            unsafe { avx512::l2_sq_u8(a, b) }
+        }
+    }
+
+    fn dot_u8(self, a: &[u8], b: &[u8]) -> u32 {
+        check_int_pair(a.len(), b.len());
+        if self.vnni {
+            // SAFETY: `self.vnni` proves AVX-512 VNNI; lengths equal, ≤ MAX_DIM.
+            unsafe { avx512::dot_u8_vnni(a, b) }
+        } else {
+            // SAFETY: `self` proves AVX-512 F/BW/VL; lengths equal, ≤ MAX_DIM.
+            unsafe { avx512::dot_u8(a, b) }
+        }
+    }
+
+    fn l2_sq_i8(self, a: &[i8], b: &[i8]) -> u32 {
+        check_int_pair(a.len(), b.len());
+        if self.vnni {
+            // SAFETY: `self.vnni` proves AVX-512 VNNI; lengths equal, ≤ MAX_DIM.
+            unsafe { avx512::l2_sq_i8_vnni(a, b) }
+        } else {
+            // SAFETY: `self` proves AVX-512 F/BW/VL; lengths equal, ≤ MAX_DIM.
+            unsafe { avx512::l2_sq_i8(a, b) }
+        }
+    }
+
+    fn dot_i8(self, a: &[i8], b: &[i8]) -> i32 {
+        check_int_pair(a.len(), b.len());
+        if self.vnni {
+            // SAFETY: `self.vnni` proves AVX-512 VNNI; lengths equal, ≤ MAX_DIM.
+            unsafe { avx512::dot_i8_vnni(a, b) }
+        } else {
+            // SAFETY: `self` proves AVX-512 F/BW/VL; lengths equal, ≤ MAX_DIM.
+            unsafe { avx512::dot_i8(a, b) }
+        }
+    }
+
+    fn pq_score(self, table: PqTable<'_>, codes: &[u8], out: &mut [f32]) {
+        check_pq(&table, codes.len(), out.len());
+        // SAFETY: `self` proves AVX-512 F/BW/VL; `codes` holds exactly `out.len()` codes of `m` bytes.
+        unsafe { avx512::pq_score(table, codes, None, out) }
+    }
+
+    fn pq_score_ids(self, table: PqTable<'_>, codes: &[u8], ids: &[u32], out: &mut [f32]) {
+        check_pq_ids(&table, codes.len(), ids, out.len());
+        // SAFETY: `self` proves AVX-512 F/BW/VL; every id names a whole code inside `codes` (checked).
+        unsafe { avx512::pq_score(table, codes, Some(ids), out) }
+    }
+}
