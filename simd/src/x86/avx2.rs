@@ -9,15 +9,16 @@
 //! established `i + lanes <= len`; remainders are handled with safe indexing.
 
 use core::arch::x86_64::{
-    __m256, __m256i, _MM_HINT_T0, _mm_add_epi32, _mm_add_ps, _mm_add_ss, _mm_cvtsi128_si32,
-    _mm_cvtss_f32, _mm_loadl_epi64, _mm_loadu_si128, _mm_movehl_ps, _mm_prefetch,
-    _mm_shuffle_epi32, _mm_shuffle_ps, _mm256_add_epi32, _mm256_add_ps, _mm256_castps256_ps128,
-    _mm256_castsi256_si128, _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16, _mm256_cvtepu8_epi32,
-    _mm256_extractf128_ps, _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_i32gather_ps,
-    _mm256_loadu_ps, _mm256_madd_epi16, _mm256_set1_epi32, _mm256_setr_epi32, _mm256_setzero_ps,
+    __m256, __m256i, _mm_add_epi32, _mm_add_ps, _mm_add_ss, _mm_cvtsi128_si32, _mm_cvtss_f32,
+    _mm_loadl_epi64, _mm_loadu_si128, _mm_movehl_ps, _mm_shuffle_epi32, _mm_shuffle_ps,
+    _mm256_add_epi32, _mm256_add_ps, _mm256_castps256_ps128, _mm256_castsi256_si128,
+    _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16, _mm256_cvtepu8_epi32, _mm256_extractf128_ps,
+    _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_i32gather_ps, _mm256_loadu_ps,
+    _mm256_madd_epi16, _mm256_set1_epi32, _mm256_setr_epi32, _mm256_setzero_ps,
     _mm256_setzero_si256, _mm256_sub_epi16, _mm256_sub_ps,
 };
 
+use super::CodeWalk;
 use crate::{PQ_CENTROIDS, PqTable};
 
 /// Horizontal sum of 8 floats.
@@ -241,9 +242,6 @@ pub(super) unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     int_kernel!(a, b, true, |wa, wb| _mm256_madd_epi16(wa, wb), |x, y| i32::from(x) * i32::from(y))
 }
 
-/// How many codes ahead `pq_score` prefetches when codes are picked by id.
-const PREFETCH_AHEAD: usize = 4;
-
 /// Scores codes: contiguous (`ids == None`, `out.len()` codes) or picked by `ids`.
 ///
 /// # Safety
@@ -259,19 +257,9 @@ pub(super) unsafe fn pq_score(
     let t = table.as_slice();
     // Lane l of step j gathers from row j + l: offsets (j + l) · 256.
     let lane_rows = _mm256_setr_epi32(0, 256, 512, 768, 1024, 1280, 1536, 1792);
+    let walk = CodeWalk::new(codes, ids, m);
     for (n, o) in out.iter_mut().enumerate() {
-        let at = match ids {
-            Some(ids) => {
-                if let Some(&ahead) = ids.get(n + PREFETCH_AHEAD) {
-                    let p = codes.as_ptr().wrapping_add(ahead as usize * m);
-                    // A hint only: it never faults, and `ahead` is a checked id anyway.
-                    _mm_prefetch::<_MM_HINT_T0>(p.cast());
-                }
-                ids[n] as usize * m
-            }
-            None => n * m,
-        };
-        let code = &codes[at..at + m];
+        let code = walk.code(n);
         let mut acc = _mm256_setzero_ps();
         let mut j = 0;
         while j + 8 <= m {

@@ -10,18 +10,18 @@
 //! reads as zero, which is neutral for every sum below (see each kernel for why).
 
 use core::arch::x86_64::{
-    __m512, __m512i, __mmask16, __mmask32, __mmask64, _MM_HINT_T0, _mm_loadu_si128,
-    _mm_maskz_loadu_epi8, _mm_prefetch, _mm256_loadu_si256, _mm256_maskz_loadu_epi8,
-    _mm512_add_epi32, _mm512_add_epi64, _mm512_add_ps, _mm512_cvtepi8_epi16, _mm512_cvtepu8_epi16,
-    _mm512_cvtepu8_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_i32gather_ps,
-    _mm512_loadu_ps, _mm512_loadu_si512, _mm512_madd_epi16, _mm512_mask_i32gather_ps,
-    _mm512_maskz_loadu_epi8, _mm512_maskz_loadu_ps, _mm512_max_epi8, _mm512_max_epu8,
-    _mm512_min_epi8, _mm512_min_epu8, _mm512_reduce_add_epi32, _mm512_reduce_add_epi64,
-    _mm512_reduce_add_ps, _mm512_sad_epu8, _mm512_set1_epi8, _mm512_set1_epi32, _mm512_setr_epi32,
-    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_sub_epi8, _mm512_sub_epi16, _mm512_sub_ps,
-    _mm512_xor_si512,
+    __m512, __m512i, __mmask16, __mmask32, __mmask64, _mm_loadu_si128, _mm_maskz_loadu_epi8,
+    _mm256_loadu_si256, _mm256_maskz_loadu_epi8, _mm512_add_epi32, _mm512_add_ps,
+    _mm512_cvtepi8_epi16, _mm512_cvtepu8_epi16, _mm512_cvtepu8_epi32, _mm512_dpbusd_epi32,
+    _mm512_fmadd_ps, _mm512_i32gather_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_madd_epi16,
+    _mm512_mask_i32gather_ps, _mm512_maskz_loadu_epi8, _mm512_maskz_loadu_ps, _mm512_max_epi8,
+    _mm512_max_epu8, _mm512_min_epi8, _mm512_min_epu8, _mm512_reduce_add_epi32,
+    _mm512_reduce_add_ps, _mm512_set1_epi8, _mm512_set1_epi32, _mm512_setr_epi32,
+    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_slli_epi32, _mm512_sub_epi8, _mm512_sub_epi16,
+    _mm512_sub_epi32, _mm512_sub_ps, _mm512_xor_si512,
 };
 
+use super::CodeWalk;
 use crate::{PQ_CENTROIDS, PqTable};
 
 /// Mask of the low `r` lanes, `r < 16`.
@@ -161,29 +161,35 @@ macro_rules! widen_kernel {
     ($a:ident, $b:ident, $widen:ident, |$wa:ident, $wb:ident| $pair:expr) => {{
         let n = $a.len();
         let (pa, pb) = ($a.as_ptr().cast::<u8>(), $b.as_ptr().cast::<u8>());
-        let mut acc = [_mm512_setzero_si512(); 2];
+        let (mut acc0, mut acc1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
         let mut i = 0;
-        while i < n {
-            let full = i + 32 <= n;
-            // SAFETY: a full load reads `i..i + 32 <= n`; a masked one only lanes `i..n`. Both slices
-            // have `n` bytes.
-            let (ra, rb) = unsafe {
-                if full {
-                    (_mm256_loadu_si256(pa.add(i).cast()), _mm256_loadu_si256(pb.add(i).cast()))
-                } else {
-                    let k = mask32(n - i);
+        while i + 64 <= n {
+            let (ra, rb, sa, sb) =
+                // SAFETY: `i + 64 <= n` bytes are readable behind both pointers.
+                unsafe {
                     (
-                        _mm256_maskz_loadu_epi8(k, pa.add(i).cast()),
-                        _mm256_maskz_loadu_epi8(k, pb.add(i).cast()),
+                        _mm256_loadu_si256(pa.add(i).cast()),
+                        _mm256_loadu_si256(pb.add(i).cast()),
+                        _mm256_loadu_si256(pa.add(i + 32).cast()),
+                        _mm256_loadu_si256(pb.add(i + 32).cast()),
                     )
-                }
-            };
+                };
             let ($wa, $wb) = ($widen(ra), $widen(rb));
-            let slot = &mut acc[(i / 32) & 1];
-            *slot = _mm512_add_epi32(*slot, $pair);
+            acc0 = _mm512_add_epi32(acc0, $pair);
+            let ($wa, $wb) = ($widen(sa), $widen(sb));
+            acc1 = _mm512_add_epi32(acc1, $pair);
+            i += 64;
+        }
+        while i < n {
+            let k = if i + 32 <= n { !0 } else { mask32(n - i) };
+            let (ra, rb) =
+                // SAFETY: the mask covers bytes `i..min(i + 32, n)`, inside both buffers.
+                unsafe { (_mm256_maskz_loadu_epi8(k, pa.add(i).cast()), _mm256_maskz_loadu_epi8(k, pb.add(i).cast())) };
+            let ($wa, $wb) = ($widen(ra), $widen(rb));
+            acc0 = _mm512_add_epi32(acc0, $pair);
             i += 32;
         }
-        _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1))
     }};
 }
 
@@ -242,30 +248,55 @@ unsafe fn load64_pair(pa: *const u8, pb: *const u8, i: usize, n: usize) -> (__m5
     }
 }
 
-/// `Σ d²` for the bytes `d` that `diff(a_chunk, b_chunk)` yields (each `d` in 0..=255), with VNNI.
+/// The VNNI loop shared by the integer kernels: `step(va, vb) -> (main, aux)` yields two vectors to
+/// accumulate per 64-byte chunk; the result is `Σ main + 128 · Σ aux` over all lanes, in wrapping
+/// 32-bit arithmetic. Two independent accumulator pairs hide `vpdpbusd` latency, and `aux` is folded
+/// into `main` (shifted left by 7) before the single horizontal reduction. Masked-off bytes read as
+/// zero; each kernel says why zero bytes contribute nothing.
+macro_rules! vnni_loop {
+    ($a:ident, $b:ident, |$acc:ident, $aux:ident, $va:ident, $vb:ident| $step:block) => {{
+        let n = $a.len();
+        let (pa, pb) = ($a.as_ptr().cast::<u8>(), $b.as_ptr().cast::<u8>());
+        let z = _mm512_setzero_si512();
+        let (mut main, mut aux) = ([z; 2], [z; 2]);
+        let mut i = 0;
+        while i + 128 <= n {
+            for k in 0..2 {
+                // SAFETY: `i + 64k + 64 <= n` bytes behind both pointers; AVX-512BW is proven.
+                let ($va, $vb) = unsafe { load64_pair(pa, pb, i + 64 * k, n) };
+                let ($acc, $aux) = (&mut main[k], &mut aux[k]);
+                $step
+            }
+            i += 128;
+        }
+        while i < n {
+            // SAFETY: both buffers hold `n` bytes; the load masks past `n`.
+            let ($va, $vb) = unsafe { load64_pair(pa, pb, i, n) };
+            let ($acc, $aux) = (&mut main[0], &mut aux[0]);
+            $step
+            i += 64;
+        }
+        let main = _mm512_add_epi32(main[0], main[1]);
+        let aux = _mm512_add_epi32(aux[0], aux[1]);
+        _mm512_reduce_add_epi32(_mm512_add_epi32(main, _mm512_slli_epi32::<7>(aux)))
+    }};
+}
+
+/// `Σ d²` for the bytes `d = diff(a, b)` (each in 0..=255), with VNNI.
 ///
 /// `vpdpbusd` multiplies *unsigned* bytes by *signed* bytes, so `d²` is formed as `d·(d − 128) + 128·d`:
 /// `d − 128` is `d ^ 0x80` read as `i8`, and `Σ d` is a second `vpdpbusd` against ones. A masked-off
-/// byte is `d = 0`, contributing `0·(−128) + 0 = 0`. Per lane at most 1 024 steps × 4 × 255·127 < 2³¹;
-/// the total is formed in wrapping `u32`, exact because the true value is below 2³².
+/// byte is `d = 0`, contributing `0·(−128) + 0 = 0`. Per lane at most 512 steps × 4 × 255·127 < 2³¹;
+/// the wrapping total is exact because the true value is below 2³².
 macro_rules! vnni_l2 {
     ($a:ident, $b:ident, $diff:expr) => {{
-        let n = $a.len();
-        let (pa, pb) = ($a.as_ptr().cast::<u8>(), $b.as_ptr().cast::<u8>());
         let flip = _mm512_set1_epi8(-128);
         let ones = _mm512_set1_epi8(1);
-        let (mut dd, mut ds) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-        let mut i = 0;
-        while i < n {
-            // SAFETY: both slices have `n` bytes; AVX-512BW is proven.
-            let (va, vb) = unsafe { load64_pair(pa, pb, i, n) };
+        vnni_loop!($a, $b, |acc, aux, va, vb| {
             let d = $diff(va, vb);
-            dd = _mm512_dpbusd_epi32(dd, d, _mm512_xor_si512(d, flip));
-            ds = _mm512_dpbusd_epi32(ds, d, ones);
-            i += 64;
-        }
-        (_mm512_reduce_add_epi32(dd) as u32)
-            .wrapping_add((_mm512_reduce_add_epi32(ds) as u32).wrapping_mul(128))
+            *acc = _mm512_dpbusd_epi32(*acc, d, _mm512_xor_si512(d, flip));
+            *aux = _mm512_dpbusd_epi32(*aux, d, ones);
+        }) as u32
     }};
 }
 
@@ -285,53 +316,37 @@ pub(super) unsafe fn l2_sq_i8_vnni(a: &[i8], b: &[i8]) -> u32 {
     vnni_l2!(a, b, |x, y| _mm512_sub_epi8(_mm512_max_epi8(x, y), _mm512_min_epi8(x, y)))
 }
 
-/// `a·b` for `u8` as `a·(b − 128) + 128·Σa`: `vpdpbusd` on `(a, b ^ 0x80)`, and `Σa` from `vpsadbw`.
-/// Masked-off bytes are `a = 0`, `b = 0`: both terms add nothing.
+/// `a·b` for `u8` as `a·(b − 128) + 128·Σa`: `vpdpbusd` on `(a, b ^ 0x80)` and on `(a, 1)`.
+/// Masked-off bytes are `a = 0`: both terms add nothing.
 ///
 /// # Safety
 /// See the module docs (VNNI required).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 pub(super) unsafe fn dot_u8_vnni(a: &[u8], b: &[u8]) -> u32 {
-    let n = a.len();
     let flip = _mm512_set1_epi8(-128);
-    let zero = _mm512_setzero_si512();
-    let (mut acc, mut sum_a) = (zero, zero);
-    let mut i = 0;
-    while i < n {
-        // SAFETY: both slices have `n` bytes; AVX-512BW is proven.
-        let (va, vb) = unsafe { load64_pair(a.as_ptr(), b.as_ptr(), i, n) };
-        acc = _mm512_dpbusd_epi32(acc, va, _mm512_xor_si512(vb, flip));
-        sum_a = _mm512_add_epi64(sum_a, _mm512_sad_epu8(va, zero));
-        i += 64;
-    }
-    (_mm512_reduce_add_epi32(acc) as u32)
-        .wrapping_add((_mm512_reduce_add_epi64(sum_a) as u32).wrapping_mul(128))
+    let ones = _mm512_set1_epi8(1);
+    vnni_loop!(a, b, |acc, aux, va, vb| {
+        *acc = _mm512_dpbusd_epi32(*acc, va, _mm512_xor_si512(vb, flip));
+        *aux = _mm512_dpbusd_epi32(*aux, va, ones);
+    }) as u32
 }
 
-/// `a·b` for `i8` as `(a + 128)·b − 128·Σb`: `vpdpbusd` on `(a ^ 0x80, b)` and on `(1, b)`.
+/// `a·b` for `i8` as `(a + 128)·b − 128·Σb`: `vpdpbusd` on `(a ^ 0x80, b)`; `aux` accumulates `−Σb`
+/// (the lane sums of `vpdpbusd` on `(1, b)`, subtracted), so the shared `+ 128 · aux` subtracts.
 /// Masked-off bytes are `b = 0`: both terms add nothing.
 ///
 /// # Safety
 /// See the module docs (VNNI required).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 pub(super) unsafe fn dot_i8_vnni(a: &[i8], b: &[i8]) -> i32 {
-    let n = a.len();
     let flip = _mm512_set1_epi8(-128);
     let ones = _mm512_set1_epi8(1);
-    let (mut acc, mut sum_b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-    let mut i = 0;
-    while i < n {
-        // SAFETY: both slices have `n` bytes; AVX-512BW is proven.
-        let (va, vb) = unsafe { load64_pair(a.as_ptr().cast(), b.as_ptr().cast(), i, n) };
-        acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(va, flip), vb);
-        sum_b = _mm512_dpbusd_epi32(sum_b, ones, vb);
-        i += 64;
-    }
-    _mm512_reduce_add_epi32(acc).wrapping_sub(_mm512_reduce_add_epi32(sum_b).wrapping_mul(128))
+    let z = _mm512_setzero_si512();
+    vnni_loop!(a, b, |acc, aux, va, vb| {
+        *acc = _mm512_dpbusd_epi32(*acc, _mm512_xor_si512(va, flip), vb);
+        *aux = _mm512_sub_epi32(*aux, _mm512_dpbusd_epi32(z, ones, vb));
+    })
 }
-
-/// How many codes ahead `pq_score` prefetches when codes are picked by id.
-const PREFETCH_AHEAD: usize = 4;
 
 /// Scores codes: contiguous (`ids == None`, `out.len()` codes) or picked by `ids`. Each step gathers 16
 /// table entries, one per subspace; the last step is masked.
@@ -351,19 +366,9 @@ pub(super) unsafe fn pq_score(
     let lane_rows = _mm512_setr_epi32(
         0, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840,
     );
+    let walk = CodeWalk::new(codes, ids, m);
     for (n, o) in out.iter_mut().enumerate() {
-        let at = match ids {
-            Some(ids) => {
-                if let Some(&ahead) = ids.get(n + PREFETCH_AHEAD) {
-                    let p = codes.as_ptr().wrapping_add(ahead as usize * m);
-                    // A hint only: it never faults, and `ahead` is a checked id anyway.
-                    _mm_prefetch::<_MM_HINT_T0>(p.cast());
-                }
-                ids[n] as usize * m
-            }
-            None => n * m,
-        };
-        let code = &codes[at..at + m];
+        let code = walk.code(n);
         let mut acc = _mm512_setzero_ps();
         let mut j = 0;
         while j < m {

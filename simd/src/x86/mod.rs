@@ -5,9 +5,64 @@
 mod avx2;
 mod avx512;
 
+use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+
 use crate::{
     Kernels, PqTable, Tier, check_int_pair, check_pair, check_pq, check_pq_ids, cosine_from_sums,
 };
+
+/// How many codes ahead the PQ scorers prefetch when codes are picked by id. Neighbour lists point
+/// at random codes of an array far larger than cache; 16 misses in flight keep the memory system
+/// busy where one at a time would leave it idle.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Prefetches code `id` (its first and last byte: a code may straddle two cache lines).
+#[inline(always)]
+fn prefetch_code(codes: &[u8], id: u32, m: usize) {
+    let p = codes.as_ptr().wrapping_add(id as usize * m);
+    // SAFETY: SSE is part of the x86-64 baseline, so `prefetcht0` exists on every x86-64 CPU; a
+    // prefetch is a hint that never faults and never dereferences in the language sense, so any
+    // address is sound (and ids are checked before a scorer runs anyway).
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(m - 1).cast());
+    }
+}
+
+/// The codes a PQ scorer visits: contiguous (`ids == None`) or picked by id, with prefetching.
+#[derive(Clone, Copy)]
+struct CodeWalk<'a> {
+    codes: &'a [u8],
+    ids: Option<&'a [u32]>,
+    m: usize,
+}
+
+impl<'a> CodeWalk<'a> {
+    /// Starts a walk, prefetching the first codes of an id list.
+    #[inline(always)]
+    fn new(codes: &'a [u8], ids: Option<&'a [u32]>, m: usize) -> Self {
+        for &id in ids.unwrap_or_default().iter().take(PREFETCH_AHEAD) {
+            prefetch_code(codes, id, m);
+        }
+        Self { codes, ids, m }
+    }
+
+    /// The `n`-th code, prefetching the one `PREFETCH_AHEAD` later. Bounds-checked slicing: a bad id
+    /// panics here rather than reading outside `codes`.
+    #[inline(always)]
+    fn code(self, n: usize) -> &'a [u8] {
+        let at = match self.ids {
+            Some(ids) => {
+                if let Some(&ahead) = ids.get(n + PREFETCH_AHEAD) {
+                    prefetch_code(self.codes, ahead, self.m);
+                }
+                ids[n] as usize * self.m
+            }
+            None => n * self.m,
+        };
+        &self.codes[at..at + self.m]
+    }
+}
 
 /// Proof that the CPU has AVX2 and FMA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
