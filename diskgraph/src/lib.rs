@@ -1,13 +1,22 @@
-//! # quiver-diskgraph — the disk index (being built; see ARCHITECTURE.md)
+//! # quiver-diskgraph — the disk index
 //!
-//! Will hold: PQ training and encoding, the Vamana graph build, the on-disk layout in 4 KiB aligned
-//! sectors (each node's full vector next to its neighbour list), and beam search that reads sectors
-//! through io_uring with `O_DIRECT` while steering with PQ codes held in RAM.
+//! The index whose full vectors and graph live on disk, read a 4 KiB sector at a time, while only
+//! compact PQ codes stay in RAM (DiskANN's design). Built so far:
+//! - [`data`]: element types, metrics, 64-byte-aligned vector sets, and readers for `.fbin`,
+//!   `.u8bin`, `.i8bin`, `.fvecs`, `.bvecs` and `.ivecs` files with clear errors.
+//! - [`pq`]: product quantisation — k-means training (deterministic under a seed), encoding, and
+//!   per-query distance tables for the `quiver-simd` PQ scorer.
 //!
-//! May depend on: `quiver-simd` only (plus external crates). Knows nothing of the WAL, Parquet or
+//! Still to come (see ARCHITECTURE.md): the Vamana graph build, the sector layout, and the
+//! io_uring beam search.
+//!
+//! May depend on: `quiver-simd` only among Quiver crates. Knows nothing of the WAL, Parquet or
 //! Flight; `quiver-engine` drives it.
 
 #![deny(missing_docs)]
+
+pub mod data;
+pub mod pq;
 
 /// The kernels this crate scores with, re-exported so the engine need not name `quiver-simd`.
 pub use quiver_simd as simd;

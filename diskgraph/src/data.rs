@@ -1,0 +1,577 @@
+//! Vectors in RAM and the files they come from.
+//!
+//! A [`VectorSet`] holds `n` rows of `dim` elements of one [`ElemType`], each row starting on a
+//! 64-byte boundary (the kernels' loads never split a cache line). The readers accept the formats of
+//! the DiskANN / big-ann ecosystem and reject anything malformed with an error naming the file and
+//! what was wrong — a truncated file, a dimension that changes between rows, a NaN — never a panic
+//! and never silently garbled vectors.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use bytemuck::{Pod, Zeroable};
+use quiver_simd::{Isa, Kernels, MAX_DIM};
+
+/// Element type of stored vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElemType {
+    /// 32-bit float.
+    F32,
+    /// Unsigned byte (SIFT / BIGANN).
+    U8,
+    /// Signed byte.
+    I8,
+}
+
+impl ElemType {
+    /// Bytes per element.
+    pub const fn size(self) -> usize {
+        match self {
+            ElemType::F32 => 4,
+            ElemType::U8 | ElemType::I8 => 1,
+        }
+    }
+
+    /// Code stored in index headers.
+    pub const fn code(self) -> u32 {
+        match self {
+            ElemType::F32 => 1,
+            ElemType::U8 => 2,
+            ElemType::I8 => 3,
+        }
+    }
+
+    /// The type for a header code.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(ElemType::F32),
+            2 => Some(ElemType::U8),
+            3 => Some(ElemType::I8),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ElemType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ElemType::F32 => "f32",
+            ElemType::U8 => "u8",
+            ElemType::I8 => "i8",
+        })
+    }
+}
+
+/// Distance function. Smaller is nearer for all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Squared Euclidean distance.
+    L2,
+    /// Negated inner product (maximum inner product search).
+    InnerProduct,
+    /// Cosine distance `1 − cos`. Vectors are normalised when loaded, so it is computed as
+    /// `1 − a·b`. Float data only.
+    Cosine,
+}
+
+impl Metric {
+    /// Code stored in index headers.
+    pub const fn code(self) -> u32 {
+        match self {
+            Metric::L2 => 1,
+            Metric::InnerProduct => 2,
+            Metric::Cosine => 3,
+        }
+    }
+
+    /// The metric for a header code.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(Metric::L2),
+            2 => Some(Metric::InnerProduct),
+            3 => Some(Metric::Cosine),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Metric::L2 => "l2",
+            Metric::InnerProduct => "ip",
+            Metric::Cosine => "cosine",
+        })
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "l2" | "euclidean" => Ok(Metric::L2),
+            "ip" | "inner_product" | "dot" | "dot_product" | "mips" => Ok(Metric::InnerProduct),
+            "cosine" | "cos" => Ok(Metric::Cosine),
+            _ => Err(format!("unknown metric {s:?}: expected l2, ip or cosine")),
+        }
+    }
+}
+
+/// Why vectors could not be read or accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file name does not say which format it is.
+    #[error(
+        "{path}: unknown vector file type (expected .fbin, .u8bin, .i8bin, .fvecs, .bvecs or .ivecs)"
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file's contents do not match its format.
+    #[error("{path}: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong, and where.
+        reason: String,
+    },
+    /// Vectors that cannot be indexed (a dimension of 0 or above the limit, NaN, …).
+    #[error("invalid vectors: {0}")]
+    Invalid(String),
+}
+
+/// One cache line; rows are stored in whole lines so that each starts 64-byte aligned.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// `n` vectors of `dim` elements, each row 64-byte aligned.
+#[derive(Clone)]
+pub struct VectorSet {
+    elem: ElemType,
+    dim: usize,
+    n: usize,
+    /// Bytes from one row to the next: `dim × size` rounded up to 64.
+    stride: usize,
+    lines: Vec<Line>,
+}
+
+impl fmt::Debug for VectorSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VectorSet({} × {} {})", self.n, self.dim, self.elem)
+    }
+}
+
+/// A borrowed vector of some element type.
+#[derive(Clone, Copy, Debug)]
+pub enum Row<'a> {
+    /// f32 elements.
+    F32(&'a [f32]),
+    /// u8 elements.
+    U8(&'a [u8]),
+    /// i8 elements.
+    I8(&'a [i8]),
+}
+
+impl Row<'_> {
+    /// The elements as `f32` (exact for the byte types).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match *self {
+            Row::F32(v) => v.to_vec(),
+            Row::U8(v) => v.iter().map(|&x| f32::from(x)).collect(),
+            Row::I8(v) => v.iter().map(|&x| f32::from(x)).collect(),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match *self {
+            Row::F32(v) => v.len(),
+            Row::U8(v) => v.len(),
+            Row::I8(v) => v.len(),
+        }
+    }
+
+    /// Whether the row has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The raw bytes, little-endian as stored on disk.
+    pub fn as_bytes(&self) -> &[u8] {
+        match *self {
+            Row::F32(v) => bytemuck::cast_slice(v),
+            Row::U8(v) => v,
+            Row::I8(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+impl VectorSet {
+    /// An all-zero set of `n` rows, to be filled with [`VectorSet::row_bytes_mut`].
+    ///
+    /// # Errors
+    /// If `dim` is 0 or above [`MAX_DIM`], or the size overflows.
+    pub fn zeroed(elem: ElemType, dim: usize, n: usize) -> Result<Self, DataError> {
+        if dim == 0 || dim > MAX_DIM {
+            return Err(DataError::Invalid(format!("dimension {dim}, expected 1..={MAX_DIM}")));
+        }
+        let stride = (dim * elem.size()).div_ceil(64) * 64;
+        let lines = n
+            .checked_mul(stride / 64)
+            .ok_or_else(|| DataError::Invalid(format!("{n} vectors of {dim} is too large")))?;
+        Ok(Self { elem, dim, n, stride, lines: vec![Line([0; 64]); lines] })
+    }
+
+    /// Builds a set from `f32` rows given back to back.
+    ///
+    /// # Errors
+    /// As [`VectorSet::zeroed`], if `data.len()` is not a multiple of `dim`, or a value is not finite.
+    pub fn from_f32(dim: usize, data: &[f32]) -> Result<Self, DataError> {
+        Self::from_raw(ElemType::F32, dim, bytemuck::cast_slice(data))
+    }
+
+    /// Builds a set from `u8` rows given back to back.
+    ///
+    /// # Errors
+    /// As [`VectorSet::zeroed`], or if `data.len()` is not a multiple of `dim`.
+    pub fn from_u8(dim: usize, data: &[u8]) -> Result<Self, DataError> {
+        Self::from_raw(ElemType::U8, dim, data)
+    }
+
+    /// Builds a set from `i8` rows given back to back.
+    ///
+    /// # Errors
+    /// As [`VectorSet::zeroed`], or if `data.len()` is not a multiple of `dim`.
+    pub fn from_i8(dim: usize, data: &[i8]) -> Result<Self, DataError> {
+        Self::from_raw(ElemType::I8, dim, bytemuck::cast_slice(data))
+    }
+
+    /// Builds a set from raw little-endian rows given back to back.
+    fn from_raw(elem: ElemType, dim: usize, bytes: &[u8]) -> Result<Self, DataError> {
+        let row = dim.checked_mul(elem.size()).filter(|&r| r > 0);
+        let Some(row) = row.filter(|&r| bytes.len().is_multiple_of(r)) else {
+            return Err(DataError::Invalid(format!(
+                "{} bytes is not a whole number of {dim}-dimensional {elem} vectors",
+                bytes.len()
+            )));
+        };
+        let mut set = Self::zeroed(elem, dim, bytes.len() / row)?;
+        for (i, chunk) in bytes.chunks_exact(row).enumerate() {
+            set.row_bytes_mut(i).copy_from_slice(chunk);
+        }
+        set.validate()?;
+        Ok(set)
+    }
+
+    /// Rejects non-finite float values (they would poison every distance they touch).
+    fn validate(&self) -> Result<(), DataError> {
+        if self.elem == ElemType::F32 {
+            for i in 0..self.n {
+                if let Row::F32(r) = self.row(i)
+                    && let Some(j) = r.iter().position(|x| !x.is_finite())
+                {
+                    return Err(DataError::Invalid(format!(
+                        "vector {i} has a non-finite value ({}) at position {j}",
+                        r[j]
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Element type.
+    pub fn elem(&self) -> ElemType {
+        self.elem
+    }
+
+    /// Dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Bytes of RAM the vectors occupy.
+    pub fn ram_bytes(&self) -> usize {
+        self.lines.len() * 64
+    }
+
+    fn all_bytes(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.lines)
+    }
+
+    /// The raw bytes of row `i` (exactly `dim × size` of them).
+    pub fn row_bytes(&self, i: usize) -> &[u8] {
+        let at = i * self.stride;
+        &self.all_bytes()[at..at + self.dim * self.elem.size()]
+    }
+
+    /// The raw bytes of row `i`, for filling.
+    pub fn row_bytes_mut(&mut self, i: usize) -> &mut [u8] {
+        let (at, len) = (i * self.stride, self.dim * self.elem.size());
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.lines);
+        &mut bytes[at..at + len]
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> Row<'_> {
+        let b = self.row_bytes(i);
+        match self.elem {
+            // Rows start 64-byte aligned, so the cast cannot fail on alignment.
+            ElemType::F32 => Row::F32(bytemuck::cast_slice(b)),
+            ElemType::U8 => Row::U8(b),
+            ElemType::I8 => Row::I8(bytemuck::cast_slice(b)),
+        }
+    }
+
+    /// Scales every float row to unit length (zero rows stay zero). Used for the cosine metric.
+    ///
+    /// # Errors
+    /// If the set does not hold floats.
+    pub fn normalize(&mut self) -> Result<(), DataError> {
+        if self.elem != ElemType::F32 {
+            return Err(DataError::Invalid(format!(
+                "the cosine metric needs float vectors, these are {}",
+                self.elem
+            )));
+        }
+        for i in 0..self.n {
+            let row: &mut [f32] = bytemuck::cast_slice_mut(self.row_bytes_mut(i));
+            let norm = row.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                row.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+            }
+        }
+        Ok(())
+    }
+
+    /// The first `n` rows as a new set (for sampling and quick tests).
+    pub fn prefix(&self, n: usize) -> VectorSet {
+        let n = n.min(self.n);
+        let mut out = self.clone();
+        out.n = n;
+        out.lines.truncate(n * self.stride / 64);
+        out
+    }
+}
+
+/// Distance between two rows of one element type under `metric`, with the kernels of `k`.
+/// Cosine assumes both rows are normalised (see [`VectorSet::normalize`]).
+///
+/// # Panics
+/// If the rows differ in type or length.
+#[inline]
+pub fn distance<K: Kernels>(k: K, metric: Metric, a: Row<'_>, b: Row<'_>) -> f32 {
+    match (metric, a, b) {
+        (Metric::L2, Row::F32(x), Row::F32(y)) => k.l2_sq_f32(x, y),
+        (Metric::L2, Row::U8(x), Row::U8(y)) => k.l2_sq_u8(x, y) as f32,
+        (Metric::L2, Row::I8(x), Row::I8(y)) => k.l2_sq_i8(x, y) as f32,
+        (Metric::InnerProduct, Row::F32(x), Row::F32(y)) => -k.dot_f32(x, y),
+        (Metric::InnerProduct, Row::U8(x), Row::U8(y)) => -(k.dot_u8(x, y) as f32),
+        (Metric::InnerProduct, Row::I8(x), Row::I8(y)) => -(k.dot_i8(x, y) as f32),
+        (Metric::Cosine, Row::F32(x), Row::F32(y)) => 1.0 - k.dot_f32(x, y),
+        (m, a, b) => panic!("distance: {m} between {a:?} and {b:?} is not defined"),
+    }
+}
+
+/// [`distance`] with the process's active kernels.
+pub fn distance_active(metric: Metric, a: Row<'_>, b: Row<'_>) -> f32 {
+    distance(Isa::active(), metric, a, b)
+}
+
+/// Reads exactly `buf.len()` bytes or reports where the file ended.
+fn read_exact_at(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    path: &Path,
+    what: &str,
+) -> Result<(), DataError> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            DataError::Malformed {
+                path: path.to_owned(),
+                reason: format!("file ends inside {what}"),
+            }
+        } else {
+            DataError::Io { path: path.to_owned(), source: e }
+        }
+    })
+}
+
+fn open(path: &Path) -> Result<(BufReader<File>, u64), DataError> {
+    let f = File::open(path).map_err(|e| DataError::Io { path: path.to_owned(), source: e })?;
+    let len = f.metadata().map_err(|e| DataError::Io { path: path.to_owned(), source: e })?.len();
+    Ok((BufReader::with_capacity(1 << 20, f), len))
+}
+
+/// Reads a vector file, choosing the format by extension: `.fbin` / `.u8bin` / `.i8bin` (header
+/// `u32 n, u32 dim`, then rows) or `.fvecs` / `.bvecs` (each row prefixed by its `i32` dimension).
+///
+/// # Errors
+/// [`DataError`] naming the file and the problem: unknown extension, I/O failure, truncation,
+/// inconsistent dimensions, trailing bytes, a dimension out of range, or a non-finite float.
+pub fn read_vectors(path: &Path) -> Result<VectorSet, DataError> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let set = match ext.as_str() {
+        "fbin" => read_bin(path, ElemType::F32)?,
+        "u8bin" => read_bin(path, ElemType::U8)?,
+        "i8bin" => read_bin(path, ElemType::I8)?,
+        "fvecs" => read_vecs(path, ElemType::F32)?,
+        "bvecs" => read_vecs(path, ElemType::U8)?,
+        _ => return Err(DataError::UnknownFormat { path: path.to_owned() }),
+    };
+    set.validate()
+        .map_err(|e| DataError::Malformed { path: path.to_owned(), reason: e.to_string() })?;
+    Ok(set)
+}
+
+fn read_bin(path: &Path, elem: ElemType) -> Result<VectorSet, DataError> {
+    let (mut r, len) = open(path)?;
+    let mut head = [0u8; 8];
+    read_exact_at(&mut r, &mut head, path, "the 8-byte header")?;
+    let n = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let dim = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
+    let malformed = |reason: String| DataError::Malformed { path: path.to_owned(), reason };
+    if dim == 0 || dim > MAX_DIM {
+        return Err(malformed(format!("header says dimension {dim}, expected 1..={MAX_DIM}")));
+    }
+    let want = 8 + (n as u64) * (dim as u64) * elem.size() as u64;
+    if len != want {
+        return Err(malformed(format!(
+            "header says {n} vectors of {dim} {elem} ({want} bytes with the header), the file has {len} bytes"
+        )));
+    }
+    let mut set = VectorSet::zeroed(elem, dim, n)?;
+    for i in 0..n {
+        read_exact_at(&mut r, set.row_bytes_mut(i), path, &format!("vector {i}"))?;
+    }
+    Ok(set)
+}
+
+fn read_vecs(path: &Path, elem: ElemType) -> Result<VectorSet, DataError> {
+    let (mut r, len) = open(path)?;
+    let malformed = |reason: String| DataError::Malformed { path: path.to_owned(), reason };
+    if len == 0 {
+        return Err(malformed("empty file".into()));
+    }
+    let mut head = [0u8; 4];
+    read_exact_at(&mut r, &mut head, path, "the first dimension prefix")?;
+    let dim = i32::from_le_bytes(head);
+    if dim <= 0 || dim as usize > MAX_DIM {
+        return Err(malformed(format!(
+            "first row declares dimension {dim}, expected 1..={MAX_DIM}"
+        )));
+    }
+    let dim = dim as usize;
+    let row = 4 + (dim * elem.size()) as u64;
+    if len % row != 0 {
+        return Err(malformed(format!(
+            "{len} bytes is not a whole number of {row}-byte rows of dimension {dim} (truncated?)"
+        )));
+    }
+    let n = (len / row) as usize;
+    let mut set = VectorSet::zeroed(elem, dim, n)?;
+    for i in 0..n {
+        if i > 0 {
+            read_exact_at(&mut r, &mut head, path, &format!("the dimension prefix of row {i}"))?;
+            let d = i32::from_le_bytes(head);
+            if d as usize != dim || d <= 0 {
+                return Err(malformed(format!(
+                    "row {i} declares dimension {d}, row 0 declared {dim}"
+                )));
+            }
+        }
+        read_exact_at(&mut r, set.row_bytes_mut(i), path, &format!("row {i}"))?;
+    }
+    Ok(set)
+}
+
+/// Reads an `.ivecs` file (ground truth): one list of ids per row.
+///
+/// # Errors
+/// As [`read_vectors`].
+pub fn read_ivecs(path: &Path) -> Result<Vec<Vec<u32>>, DataError> {
+    let (mut r, len) = open(path)?;
+    let malformed = |reason: String| DataError::Malformed { path: path.to_owned(), reason };
+    let mut rows = Vec::new();
+    let mut pos = 0u64;
+    let mut head = [0u8; 4];
+    while pos < len {
+        read_exact_at(
+            &mut r,
+            &mut head,
+            path,
+            &format!("the length prefix of row {}", rows.len()),
+        )?;
+        let k = i32::from_le_bytes(head);
+        if k < 0 || k as usize > MAX_DIM {
+            return Err(malformed(format!("row {} declares {k} ids", rows.len())));
+        }
+        let mut buf = vec![0u8; k as usize * 4];
+        read_exact_at(&mut r, &mut buf, path, &format!("row {}", rows.len()))?;
+        let ids: Vec<u32> = buf
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .map(|id| {
+                u32::try_from(id)
+                    .map_err(|_| malformed(format!("negative id {id} in row {}", rows.len())))
+            })
+            .collect::<Result<_, _>>()?;
+        rows.push(ids);
+        pos += 4 + k as u64 * 4;
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_64_byte_aligned_for_every_type_and_odd_dims() {
+        for (elem, dim) in [(ElemType::F32, 50), (ElemType::U8, 7), (ElemType::I8, 129)] {
+            let set = VectorSet::zeroed(elem, dim, 5).unwrap();
+            for i in 0..5 {
+                assert_eq!(set.row_bytes(i).as_ptr() as usize % 64, 0);
+                assert_eq!(set.row(i).len(), dim);
+            }
+        }
+    }
+
+    #[test]
+    fn nan_and_bad_dimensions_are_rejected() {
+        assert!(VectorSet::from_f32(2, &[1.0, f32::NAN]).is_err());
+        assert!(VectorSet::from_f32(2, &[1.0, 2.0, 3.0]).is_err());
+        assert!(VectorSet::from_u8(0, &[]).is_err());
+        assert!(VectorSet::from_u8(MAX_DIM + 1, &[]).is_err());
+        assert!(VectorSet::from_u8(3, &[1, 2, 3, 4, 5, 6]).is_ok());
+    }
+
+    #[test]
+    fn cosine_on_bytes_is_refused() {
+        let mut s = VectorSet::from_u8(2, &[1, 2]).unwrap();
+        assert!(s.normalize().is_err());
+    }
+}

@@ -1,0 +1,360 @@
+//! Product quantisation: the compact codes that stay in RAM and steer the beam search.
+//!
+//! A vector of `dim` elements is split into `m` contiguous subspaces (sizes differ by at most one);
+//! each subspace has 256 centroids learnt by k-means, and a vector's code is the index of the nearest
+//! centroid in each subspace — `m` bytes. The data's mean is subtracted first (as DiskANN does), so
+//! the centroids model the spread, not the offset.
+//!
+//! Training is deterministic under a seed: each subspace's k-means has its own generator seeded from
+//! `(seed, subspace)`, so the result does not depend on how many threads run it. (The generator is
+//! `rand`'s `StdRng`: reproducible for a given build of Quiver, not promised across `rand` versions.)
+//!
+//! At query time [`PqCodebook::query_table`] builds the `m × 256` table of query-to-centroid
+//! distances that `quiver_simd`'s PQ scorer sums; the sum approximates the true distance under the
+//! collection's metric (squared L2, negated inner product, or cosine distance on normalised data).
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rayon::prelude::*;
+
+use crate::data::{Metric, Row, VectorSet};
+
+/// Centroids per subspace.
+pub const CENTROIDS: usize = quiver_simd::PQ_CENTROIDS;
+
+/// How PQ is trained. `Default` gives the documented defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct PqParams {
+    /// Bytes per code (subspaces). Default: chosen from the dimension by [`default_pq_bytes`].
+    pub bytes: Option<usize>,
+    /// At most this many vectors are sampled for training. Default 100 000.
+    pub max_samples: usize,
+    /// Lloyd iterations after k-means++ seeding. Default 12.
+    pub iterations: usize,
+    /// Seed for sampling and seeding. Default 0x5155_4956 ("QUIV").
+    pub seed: u64,
+}
+
+impl Default for PqParams {
+    fn default() -> Self {
+        Self { bytes: None, max_samples: 100_000, iterations: 12, seed: 0x5155_4956 }
+    }
+}
+
+/// The default code size for a dimension: one byte per 4 dimensions, between 8 and 64 bytes
+/// (128-d SIFT → 32 bytes, 50-d GloVe → 13, 960-d GIST → 64), and never more than `dim`.
+pub fn default_pq_bytes(dim: usize) -> usize {
+    dim.div_ceil(4).clamp(8, 64).min(dim)
+}
+
+/// Why PQ could not be trained.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PqError {
+    /// The code size does not fit the dimension.
+    #[error("{bytes} PQ bytes for dimension {dim}: expected 1..={dim} (and at most {max})", max = quiver_simd::MAX_PQ_SUBSPACES)]
+    BadBytes {
+        /// Requested bytes.
+        bytes: usize,
+        /// Vector dimension.
+        dim: usize,
+    },
+    /// No vectors to train on.
+    #[error("cannot train PQ on an empty vector set")]
+    Empty,
+}
+
+/// A trained product quantiser.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PqCodebook {
+    dim: usize,
+    metric: Metric,
+    /// Subspace `j` covers dimensions `bounds[j]..bounds[j + 1]`.
+    bounds: Vec<usize>,
+    /// Mean of the training sample, subtracted before quantising.
+    center: Vec<f32>,
+    /// Subspace `j`'s 256 centroids, row-major, start at `256 · bounds[j]`.
+    centroids: Vec<f32>,
+}
+
+impl PqCodebook {
+    /// Trains a codebook on (a sample of) `data`.
+    ///
+    /// # Errors
+    /// If `data` is empty or the code size does not fit the dimension.
+    pub fn train(data: &VectorSet, metric: Metric, params: &PqParams) -> Result<Self, PqError> {
+        let dim = data.dim();
+        let m = params.bytes.unwrap_or_else(|| default_pq_bytes(dim));
+        if m == 0 || m > dim || m > quiver_simd::MAX_PQ_SUBSPACES {
+            return Err(PqError::BadBytes { bytes: m, dim });
+        }
+        if data.is_empty() {
+            return Err(PqError::Empty);
+        }
+        let bounds: Vec<usize> = (0..=m).map(|j| j * dim / m).collect();
+
+        // Sample without replacement, in a deterministic order.
+        let mut rng = StdRng::seed_from_u64(params.seed);
+        let take = params.max_samples.clamp(1, data.len());
+        let mut picks: Vec<usize> = if take == data.len() {
+            (0..data.len()).collect()
+        } else {
+            rand::seq::index::sample(&mut rng, data.len(), take).into_vec()
+        };
+        picks.sort_unstable();
+        let mut sample: Vec<f32> = Vec::with_capacity(take * dim);
+        for &i in &picks {
+            sample.extend(data.row(i).to_f32());
+        }
+        let mut center = vec![0.0f64; dim];
+        for row in sample.chunks_exact(dim) {
+            for (c, &x) in center.iter_mut().zip(row) {
+                *c += f64::from(x);
+            }
+        }
+        let center: Vec<f32> = center.iter().map(|&c| (c / take as f64) as f32).collect();
+        for row in sample.chunks_exact_mut(dim) {
+            for (x, &c) in row.iter_mut().zip(&center) {
+                *x -= c;
+            }
+        }
+
+        let per_subspace: Vec<Vec<f32>> = (0..m)
+            .into_par_iter()
+            .map(|j| {
+                let (lo, hi) = (bounds[j], bounds[j + 1]);
+                let sub: Vec<f32> =
+                    sample.chunks_exact(dim).flat_map(|r| r[lo..hi].iter().copied()).collect();
+                let seed = params.seed ^ (j as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                kmeans(&sub, hi - lo, params.iterations, seed)
+            })
+            .collect();
+        let centroids = per_subspace.concat();
+        debug_assert_eq!(centroids.len(), CENTROIDS * dim);
+        Ok(Self { dim, metric, bounds, center, centroids })
+    }
+
+    /// Rebuilds a codebook from its parts (as stored on disk).
+    ///
+    /// # Errors
+    /// A description of the first inconsistency.
+    pub fn from_parts(
+        dim: usize,
+        metric: Metric,
+        m: usize,
+        center: Vec<f32>,
+        centroids: Vec<f32>,
+    ) -> Result<Self, String> {
+        if m == 0 || m > dim || m > quiver_simd::MAX_PQ_SUBSPACES {
+            return Err(format!("{m} subspaces for dimension {dim}"));
+        }
+        if center.len() != dim || centroids.len() != CENTROIDS * dim {
+            return Err(format!(
+                "PQ pivots: {} centre values and {} centroid values for dimension {dim}",
+                center.len(),
+                centroids.len()
+            ));
+        }
+        if let Some(bad) = center.iter().chain(&centroids).find(|x| !x.is_finite()) {
+            return Err(format!("PQ pivots hold a non-finite value ({bad})"));
+        }
+        let bounds = (0..=m).map(|j| j * dim / m).collect();
+        Ok(Self { dim, metric, bounds, center, centroids })
+    }
+
+    /// Dimension of the vectors.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Bytes per code.
+    pub fn bytes(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    /// The metric the tables are built for.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// The subtracted mean.
+    pub fn center(&self) -> &[f32] {
+        &self.center
+    }
+
+    /// All centroids: subspace `j`'s 256 rows of `len_j` floats start at `256 · start_j`.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+
+    fn sub(&self, j: usize) -> (usize, usize, &[f32]) {
+        let (lo, hi) = (self.bounds[j], self.bounds[j + 1]);
+        (lo, hi, &self.centroids[CENTROIDS * lo..CENTROIDS * hi])
+    }
+
+    /// Encodes one vector into `out` (`bytes()` long).
+    pub fn encode_into(&self, row: Row<'_>, out: &mut [u8]) {
+        assert_eq!(out.len(), self.bytes(), "PQ encode: output of {} bytes", out.len());
+        let x: Vec<f32> = row.to_f32().iter().zip(&self.center).map(|(v, c)| v - c).collect();
+        for (j, o) in out.iter_mut().enumerate() {
+            let (lo, hi, cents) = self.sub(j);
+            *o = nearest_centroid(&x[lo..hi], cents).0;
+        }
+    }
+
+    /// Encodes every vector of `data`, in parallel: `data.len() × bytes()` bytes.
+    pub fn encode_all(&self, data: &VectorSet) -> Vec<u8> {
+        let m = self.bytes();
+        let mut codes = vec![0u8; data.len() * m];
+        codes.par_chunks_mut(m).enumerate().for_each(|(i, out)| self.encode_into(data.row(i), out));
+        codes
+    }
+
+    /// The reconstruction of a code (centre plus the chosen centroids), for tests and diagnostics.
+    pub fn decode(&self, code: &[u8]) -> Vec<f32> {
+        let mut v = self.center.clone();
+        for (j, &c) in code.iter().enumerate() {
+            let (lo, hi, cents) = self.sub(j);
+            let len = hi - lo;
+            for (d, x) in v[lo..hi].iter_mut().enumerate() {
+                *x += cents[usize::from(c) * len + d];
+            }
+        }
+        v
+    }
+
+    /// Fills `table` (`bytes() × 256`) so that summing `table[j·256 + code[j]]` over `j` gives the
+    /// approximate distance from `query` to the coded vector under the codebook's metric.
+    pub fn query_table(&self, query: &[f32], table: &mut [f32]) {
+        assert_eq!(query.len(), self.dim, "PQ table: query of dimension {}", query.len());
+        assert_eq!(table.len(), self.bytes() * CENTROIDS, "PQ table: wrong table size");
+        let m = self.bytes();
+        for j in 0..m {
+            let (lo, hi, cents) = self.sub(j);
+            let len = hi - lo;
+            let row = &mut table[j * CENTROIDS..(j + 1) * CENTROIDS];
+            match self.metric {
+                Metric::L2 => {
+                    // ‖q − (μ + c)‖² over the subspace.
+                    let q: Vec<f32> = query[lo..hi]
+                        .iter()
+                        .zip(&self.center[lo..hi])
+                        .map(|(a, b)| a - b)
+                        .collect();
+                    for (c, t) in row.iter_mut().enumerate() {
+                        let cent = &cents[c * len..(c + 1) * len];
+                        *t = q.iter().zip(cent).map(|(a, b)| (a - b) * (a - b)).sum();
+                    }
+                }
+                Metric::InnerProduct | Metric::Cosine => {
+                    // −q·(μ + c); cosine adds 1/m per subspace so the sum is 1 − q·x̂.
+                    let q = &query[lo..hi];
+                    let qmu: f32 = q.iter().zip(&self.center[lo..hi]).map(|(a, b)| a * b).sum();
+                    let bias = if self.metric == Metric::Cosine { 1.0 / m as f32 } else { 0.0 };
+                    for (c, t) in row.iter_mut().enumerate() {
+                        let cent = &cents[c * len..(c + 1) * len];
+                        let dot: f32 = q.iter().zip(cent).map(|(a, b)| a * b).sum();
+                        *t = bias - qmu - dot;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The nearest of 256 centroids (row-major, `len` floats each) to `x`, and its squared distance.
+fn nearest_centroid(x: &[f32], cents: &[f32]) -> (u8, f32) {
+    let len = x.len();
+    let mut best = (0u8, f32::INFINITY);
+    for (c, cent) in cents.chunks_exact(len).enumerate() {
+        let d: f32 = x.iter().zip(cent).map(|(a, b)| (a - b) * (a - b)).sum();
+        if d < best.1 {
+            best = (c as u8, d);
+        }
+    }
+    best
+}
+
+/// k-means with k-means++ seeding: 256 centroids of `len` floats for the `sample` rows. When there
+/// are fewer distinct points than centroids, the spare centroids repeat points (harmless: a code
+/// then never uses them).
+fn kmeans(sample: &[f32], len: usize, iterations: usize, seed: u64) -> Vec<f32> {
+    let n = sample.len() / len;
+    let point = |i: usize| &sample[i * len..(i + 1) * len];
+    let d2 = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cents = Vec::with_capacity(CENTROIDS * len);
+
+    // k-means++: each next centre is drawn with probability proportional to D(x)².
+    let first = rand::RngExt::random_range(&mut rng, 0..n);
+    cents.extend_from_slice(point(first));
+    let mut dist: Vec<f32> = (0..n).map(|i| d2(point(i), point(first))).collect();
+    for _ in 1..CENTROIDS {
+        let total: f64 = dist.iter().map(|&d| f64::from(d)).sum();
+        let pick = if total > 0.0 {
+            let mut r = rand::RngExt::random::<f64>(&mut rng) * total;
+            let mut pick = n - 1;
+            for (i, &d) in dist.iter().enumerate() {
+                r -= f64::from(d);
+                if r <= 0.0 && d > 0.0 {
+                    pick = i;
+                    break;
+                }
+            }
+            pick
+        } else {
+            rand::RngExt::random_range(&mut rng, 0..n)
+        };
+        let c = point(pick).to_vec();
+        for (i, d) in dist.iter_mut().enumerate() {
+            *d = d.min(d2(point(i), &c));
+        }
+        cents.extend_from_slice(&c);
+    }
+
+    // Lloyd iterations.
+    let mut assign = vec![0u8; n];
+    for _ in 0..iterations {
+        let mut sums = vec![0.0f64; CENTROIDS * len];
+        let mut counts = [0usize; CENTROIDS];
+        let mut far = (0usize, -1.0f32);
+        for (i, a) in assign.iter_mut().enumerate() {
+            let (c, d) = nearest_centroid(point(i), &cents);
+            *a = c;
+            counts[usize::from(c)] += 1;
+            for (s, &x) in
+                sums[usize::from(c) * len..(usize::from(c) + 1) * len].iter_mut().zip(point(i))
+            {
+                *s += f64::from(x);
+            }
+            if d > far.1 {
+                far = (i, d);
+            }
+        }
+        for c in 0..CENTROIDS {
+            let dst = &mut cents[c * len..(c + 1) * len];
+            if counts[c] > 0 {
+                for (x, s) in dst.iter_mut().zip(&sums[c * len..(c + 1) * len]) {
+                    *x = (*s / counts[c] as f64) as f32;
+                }
+            } else {
+                // An empty cluster takes over the point worst served by the current centres.
+                dst.copy_from_slice(point(far.0));
+            }
+        }
+    }
+    cents
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_bytes_fit_the_dimension() {
+        assert_eq!(default_pq_bytes(128), 32);
+        assert_eq!(default_pq_bytes(50), 13);
+        assert_eq!(default_pq_bytes(960), 64);
+        assert_eq!(default_pq_bytes(3), 3);
+    }
+}
