@@ -377,6 +377,36 @@ impl VectorSet {
     }
 }
 
+/// The MIPS → L2 reduction (Bachrach et al., 2014). Graph indexes built directly on inner product
+/// leave low-norm points unreachable (no point ever has them as its nearest neighbour, so pruning
+/// drops every edge into them). Instead each vector `x` becomes `[x, √(M² − ‖x‖²)]`, where `M` is the
+/// largest norm in the set, and a query `q` becomes `[q, 0]` ([`mips_query`]). Then
+/// `‖q′ − x′‖² = ‖q‖² + M² − 2 q·x`, so L2 order on the transformed vectors is inner-product order on
+/// the originals. Returns the transformed set (f32, `dim + 1`) and `M²`.
+///
+/// # Errors
+/// If `dim + 1` exceeds the dimension limit.
+pub fn mips_to_l2(data: &VectorSet) -> Result<(VectorSet, f32), DataError> {
+    let norms: Vec<f64> = (0..data.len())
+        .map(|i| data.row(i).to_f32().iter().map(|&x| f64::from(x) * f64::from(x)).sum())
+        .collect();
+    let max = norms.iter().copied().fold(0.0f64, f64::max);
+    let mut out = VectorSet::zeroed(ElemType::F32, data.dim() + 1, data.len())?;
+    for (i, &norm) in norms.iter().enumerate() {
+        let mut row = data.row(i).to_f32();
+        row.push((max - norm).max(0.0).sqrt() as f32);
+        out.row_bytes_mut(i).copy_from_slice(bytemuck::cast_slice(&row));
+    }
+    Ok((out, max as f32))
+}
+
+/// A query for a set transformed by [`mips_to_l2`]: the query with a 0 appended.
+pub fn mips_query(query: &[f32]) -> Vec<f32> {
+    let mut q = query.to_vec();
+    q.push(0.0);
+    q
+}
+
 /// Distance between two rows of one element type under `metric`, with the kernels of `k`.
 /// Cosine assumes both rows are normalised (see [`VectorSet::normalize`]).
 ///

@@ -6,9 +6,10 @@
 //!   `.u8bin`, `.i8bin`, `.fvecs`, `.bvecs` and `.ivecs` files with clear errors.
 //! - [`pq`]: product quantisation — k-means training (deterministic under a seed), encoding, and
 //!   per-query distance tables for the `quiver-simd` PQ scorer.
+//! - [`vamana`]: the Vamana graph build (two passes, RobustPrune, parallel) and an in-memory search
+//!   used to test graph quality on its own.
 //!
-//! Still to come (see ARCHITECTURE.md): the Vamana graph build, the sector layout, and the
-//! io_uring beam search.
+//! Still to come (see ARCHITECTURE.md): the sector layout and the io_uring beam search.
 //!
 //! May depend on: `quiver-simd` only among Quiver crates. Knows nothing of the WAL, Parquet or
 //! Flight; `quiver-engine` drives it.
@@ -17,6 +18,7 @@
 
 pub mod data;
 pub mod pq;
+pub mod vamana;
 
 /// The kernels this crate scores with, re-exported so the engine need not name `quiver-simd`.
 pub use quiver_simd as simd;
