@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod data;
+pub mod layout;
 pub mod pq;
 pub mod vamana;
 
