@@ -17,8 +17,10 @@
 #![deny(missing_docs)]
 
 pub mod data;
+pub mod index;
 pub mod layout;
 pub mod pq;
+pub mod search;
 pub mod vamana;
 
 /// The kernels this crate scores with, re-exported so the engine need not name `quiver-simd`.

@@ -358,3 +358,151 @@ mod tests {
         assert_eq!(default_pq_bytes(3), 3);
     }
 }
+
+/// File names inside an index directory.
+pub const PIVOTS_FILE: &str = "pq_pivots.bin";
+/// File holding every node's PQ code.
+pub const CODES_FILE: &str = "pq_codes.bin";
+const PIVOTS_MAGIC: [u8; 8] = *b"QVRPQPIV";
+const CODES_MAGIC: [u8; 8] = *b"QVRPQCOD";
+const PQ_FILE_VERSION: u32 = 1;
+
+/// Why a PQ file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PqFileError {
+    /// An I/O call failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is damaged or not a PQ file of this version.
+    #[error("{path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Writes `body` followed by its CRC32C to `path` and fsyncs it.
+fn write_checksummed(path: &std::path::Path, body: &[u8]) -> Result<(), PqFileError> {
+    use std::io::Write;
+    let io = |e| PqFileError::Io { path: path.to_owned(), source: e };
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    f.write_all(body).map_err(io)?;
+    f.write_all(&crc32c::crc32c(body).to_le_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Reads a file written by [`write_checksummed`], checks magic, version and checksum, and returns
+/// the body after the 12-byte magic + version prefix.
+fn read_checksummed(path: &std::path::Path, magic: [u8; 8]) -> Result<Vec<u8>, PqFileError> {
+    let corrupt = |reason: String| PqFileError::Corrupt { path: path.to_owned(), reason };
+    let mut all =
+        std::fs::read(path).map_err(|e| PqFileError::Io { path: path.to_owned(), source: e })?;
+    if all.len() < 16 || all[..8] != magic {
+        return Err(corrupt(
+            "not a Quiver PQ file of the expected kind (bad magic or too short)".into(),
+        ));
+    }
+    let version = u32::from_le_bytes(all[8..12].try_into().expect("4 bytes"));
+    if version != PQ_FILE_VERSION {
+        return Err(corrupt(format!("version {version}, this build reads {PQ_FILE_VERSION}")));
+    }
+    let at = all.len() - 4;
+    let stored = u32::from_le_bytes(all[at..].try_into().expect("4 bytes"));
+    let actual = crc32c::crc32c(&all[..at]);
+    if stored != actual {
+        return Err(corrupt(format!(
+            "checksum {actual:#010x}, stored {stored:#010x} (damaged or truncated)"
+        )));
+    }
+    all.truncate(at);
+    Ok(all.split_off(12))
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+impl PqCodebook {
+    /// Writes the codebook to `path` (format: `docs/format.md`) and fsyncs it.
+    ///
+    /// # Errors
+    /// If writing fails.
+    pub fn write_to(&self, path: &std::path::Path) -> Result<(), PqFileError> {
+        let mut b = Vec::with_capacity(24 + 4 * (self.center.len() + self.centroids.len()));
+        b.extend_from_slice(&PIVOTS_MAGIC);
+        b.extend_from_slice(&PQ_FILE_VERSION.to_le_bytes());
+        b.extend_from_slice(&(self.dim as u32).to_le_bytes());
+        b.extend_from_slice(&(self.bytes() as u32).to_le_bytes());
+        b.extend_from_slice(&self.metric.code().to_le_bytes());
+        b.extend_from_slice(bytemuck::cast_slice(&self.center));
+        b.extend_from_slice(bytemuck::cast_slice(&self.centroids));
+        write_checksummed(path, &b)
+    }
+
+    /// Reads a codebook written by [`PqCodebook::write_to`].
+    ///
+    /// # Errors
+    /// [`PqFileError::Corrupt`] for a damaged, truncated or inconsistent file.
+    pub fn read_from(path: &std::path::Path) -> Result<Self, PqFileError> {
+        let corrupt = |reason: String| PqFileError::Corrupt { path: path.to_owned(), reason };
+        let b = read_checksummed(path, PIVOTS_MAGIC)?;
+        if b.len() < 12 {
+            return Err(corrupt("header too short".into()));
+        }
+        let (dim, m, metric) = (le_u32(&b, 0) as usize, le_u32(&b, 4) as usize, le_u32(&b, 8));
+        let metric =
+            Metric::from_code(metric).ok_or_else(|| corrupt(format!("metric code {metric}")))?;
+        if dim == 0 || dim > quiver_simd::MAX_DIM || b.len() != 12 + 4 * dim * (1 + CENTROIDS) {
+            return Err(corrupt(format!("{} bytes of pivots for dimension {dim}", b.len())));
+        }
+        let floats: Vec<f32> =
+            b[12..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect();
+        let (center, centroids) = floats.split_at(dim);
+        Self::from_parts(dim, metric, m, center.to_vec(), centroids.to_vec()).map_err(corrupt)
+    }
+}
+
+/// Writes PQ codes (`n` codes of `m` bytes) to `path` and fsyncs it.
+///
+/// # Errors
+/// If writing fails.
+pub fn write_codes(path: &std::path::Path, m: usize, codes: &[u8]) -> Result<(), PqFileError> {
+    assert!(
+        m > 0 && codes.len().is_multiple_of(m),
+        "PQ codes: {} bytes in codes of {m}",
+        codes.len()
+    );
+    let mut b = Vec::with_capacity(24 + codes.len());
+    b.extend_from_slice(&CODES_MAGIC);
+    b.extend_from_slice(&PQ_FILE_VERSION.to_le_bytes());
+    b.extend_from_slice(&(m as u32).to_le_bytes());
+    b.extend_from_slice(&((codes.len() / m) as u64).to_le_bytes());
+    b.extend_from_slice(codes);
+    write_checksummed(path, &b)
+}
+
+/// Reads PQ codes written by [`write_codes`]: `(m, codes)`.
+///
+/// # Errors
+/// [`PqFileError::Corrupt`] for a damaged, truncated or inconsistent file.
+pub fn read_codes(path: &std::path::Path) -> Result<(usize, Vec<u8>), PqFileError> {
+    let corrupt = |reason: String| PqFileError::Corrupt { path: path.to_owned(), reason };
+    let mut b = read_checksummed(path, CODES_MAGIC)?;
+    if b.len() < 12 {
+        return Err(corrupt("header too short".into()));
+    }
+    let m = le_u32(&b, 0) as usize;
+    let n = u64::from_le_bytes(b[4..12].try_into().expect("8 bytes"));
+    if m == 0 || (b.len() - 12) as u64 != n * m as u64 {
+        return Err(corrupt(format!("{} code bytes for {n} codes of {m}", b.len() - 12)));
+    }
+    Ok((m, b.split_off(12)))
+}

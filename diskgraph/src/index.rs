@@ -1,0 +1,178 @@
+//! Building an index directory: the graph file plus the PQ pivots and codes.
+//!
+//! The builder stores vectors in the space the graph is searched in. For L2 that is the data as
+//! given, for cosine the normalised vectors, and for inner product the MIPS → L2 transform. It then
+//! trains PQ on the stored vectors, encodes them, builds the Vamana graph, and streams the graph
+//! file. Every file is fsynced, and then the directory is too.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::data::{DataError, ElemType, Metric, VectorSet, mips_to_l2};
+use crate::layout::{Header, IndexWriter, LayoutError};
+use crate::pq::{CODES_FILE, PIVOTS_FILE, PqCodebook, PqError, PqFileError, PqParams, write_codes};
+use crate::vamana::{self, BuildError, VamanaParams};
+
+/// Name of the graph file inside an index directory.
+pub const GRAPH_FILE: &str = "graph.qvr";
+
+/// Parameters of an index build. `Default` gives the documented defaults of each part.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildParams {
+    /// Graph parameters.
+    pub graph: VamanaParams,
+    /// PQ parameters.
+    pub pq: PqParams,
+}
+
+/// What a build did and how long each stage took.
+#[derive(Clone, Debug)]
+pub struct BuildSummary {
+    /// Points indexed.
+    pub n: usize,
+    /// Dimension of the input vectors.
+    pub dim: usize,
+    /// Dimension of the stored vectors (`dim + 1` for inner product).
+    pub stored_dim: usize,
+    /// Bytes per PQ code.
+    pub pq_bytes: usize,
+    /// Mean out-degree of the graph.
+    pub mean_degree: f64,
+    /// Seconds spent training PQ and encoding.
+    pub pq_seconds: f64,
+    /// Seconds spent building the graph.
+    pub graph_seconds: f64,
+    /// Seconds spent writing files.
+    pub write_seconds: f64,
+    /// Size of the graph file.
+    pub graph_file_bytes: u64,
+}
+
+/// Why an index could not be built or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    /// The vectors are unusable for this metric.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// PQ training failed.
+    #[error(transparent)]
+    Pq(#[from] PqError),
+    /// A PQ file is unreadable or damaged.
+    #[error(transparent)]
+    PqFile(#[from] PqFileError),
+    /// The graph build failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The graph file is unreadable or damaged.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// A directory operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The index files disagree with each other.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// Puts `data` in the space the index searches: `(stored vectors, stored metric, M²)`.
+///
+/// # Errors
+/// Cosine on integer vectors.
+pub fn to_stored(
+    mut data: VectorSet,
+    metric: Metric,
+) -> Result<(VectorSet, Metric, f32), DataError> {
+    match metric {
+        Metric::L2 => Ok((data, Metric::L2, 0.0)),
+        Metric::Cosine => {
+            data.normalize()?;
+            Ok((data, Metric::Cosine, 0.0))
+        }
+        Metric::InnerProduct => {
+            let (t, m2) = mips_to_l2(&data)?;
+            Ok((t, Metric::L2, m2))
+        }
+    }
+}
+
+/// Builds an index of `data` under `metric` into `dir` (created if missing; existing index files
+/// in it are replaced). `progress(done, total)` reports graph insertions.
+///
+/// # Errors
+/// [`IndexError`] for unusable data, bad parameters or I/O failure.
+pub fn build_index(
+    data: VectorSet,
+    metric: Metric,
+    params: &BuildParams,
+    dir: &Path,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<BuildSummary, IndexError> {
+    if data.is_empty() {
+        return Err(DataError::Invalid("cannot build an index of zero vectors".into()).into());
+    }
+    if metric == Metric::Cosine && data.elem() != ElemType::F32 {
+        return Err(DataError::Invalid(format!(
+            "the cosine metric needs f32 vectors, not {}",
+            data.elem()
+        ))
+        .into());
+    }
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |e| IndexError::Io { path, source: e }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let (n, dim) = (data.len(), data.dim());
+    let (stored, stored_metric, m2) = to_stored(data, metric)?;
+
+    let t = Instant::now();
+    let pq = PqCodebook::train(&stored, stored_metric, &params.pq)?;
+    let codes = pq.encode_all(&stored);
+    let pq_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let total = 2 * n;
+    let graph = vamana::build(&stored, stored_metric, &params.graph, &|d| progress(d, total))?;
+    let graph_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let header = Header {
+        elem: stored.elem(),
+        metric: stored_metric,
+        user_metric: metric,
+        dim: stored.dim() as u32,
+        n: n as u64,
+        max_degree: params.graph.max_degree as u32,
+        entry: graph.entry,
+        mips_max_norm_sq: m2,
+    };
+    let graph_path = dir.join(GRAPH_FILE);
+    let mut w = IndexWriter::create(&graph_path, header)?;
+    for (i, list) in graph.adj.iter().enumerate() {
+        w.push(stored.row_bytes(i), list)?;
+    }
+    w.finish()?;
+    pq.write_to(&dir.join(PIVOTS_FILE))?;
+    write_codes(&dir.join(CODES_FILE), pq.bytes(), &codes)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    let write_seconds = t.elapsed().as_secs_f64();
+    let graph_file_bytes = std::fs::metadata(&graph_path).map_err(io(&graph_path))?.len();
+
+    Ok(BuildSummary {
+        n,
+        dim,
+        stored_dim: stored.dim(),
+        pq_bytes: pq.bytes(),
+        mean_degree: graph.mean_degree(),
+        pq_seconds,
+        graph_seconds,
+        write_seconds,
+        graph_file_bytes,
+    })
+}

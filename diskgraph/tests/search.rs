@@ -1,0 +1,253 @@
+//! End to end through the files: build an index directory, open it, and beam-search it from disk.
+//! This pins down recall on real BIGANN data, that the io_uring and pread backends return
+//! identical results (and identical I/O counts), that the node cache changes only I/O counts, that
+//! every metric's reported distances are the true ones, that concurrent searches agree with serial
+//! ones, and that bad queries and damaged files are errors, not panics or garbage.
+
+use std::path::{Path, PathBuf};
+
+use quiver_diskgraph::data::{Metric, Row, VectorSet, distance_active, read_vectors};
+use quiver_diskgraph::index::{BuildParams, GRAPH_FILE, IndexError, build_index};
+use quiver_diskgraph::layout::{LayoutError, SECTOR};
+use quiver_diskgraph::pq::{CODES_FILE, PIVOTS_FILE, PqParams};
+use quiver_diskgraph::search::{Backend, DiskIndex, OpenOptionsIndex, SearchError, SearchParams};
+use quiver_diskgraph::vamana::VamanaParams;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/datasets/fixtures/bigann10k")
+        .join(name)
+}
+
+fn params(r: usize, l: usize, pq: usize) -> BuildParams {
+    BuildParams {
+        graph: VamanaParams { max_degree: r, list_size: l, ..VamanaParams::default() },
+        pq: PqParams { bytes: Some(pq), max_samples: 20_000, ..PqParams::default() },
+    }
+}
+
+fn open(dir: &Path, backend: Backend, cache_nodes: usize) -> DiskIndex {
+    DiskIndex::open(dir, OpenOptionsIndex { backend, cache_nodes, ..OpenOptionsIndex::default() })
+        .unwrap()
+}
+
+/// The bigann10k index, built once per test binary; each caller gets its own copy of the files
+/// (some tests damage them).
+fn bigann_index() -> (tempfile::TempDir, VectorSet) {
+    static BUILT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let base = read_vectors(&fixture("base.u8bin")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        build_index(base, Metric::L2, &params(32, 64, 32), dir.path(), &|_, _| {}).unwrap();
+        dir
+    });
+    let dir = tempfile::tempdir().unwrap();
+    for f in [GRAPH_FILE, PIVOTS_FILE, CODES_FILE] {
+        std::fs::copy(built.path().join(f), dir.path().join(f)).unwrap();
+    }
+    (dir, read_vectors(&fixture("query.u8bin")).unwrap())
+}
+
+#[test]
+fn bigann10k_recall_at_10_is_at_least_0_95_at_list_size_50_and_backends_agree() {
+    let (dir, queries) = bigann_index();
+    let gt_dist = read_vectors(&fixture("groundtruth.l2.dist.fvecs")).unwrap();
+    let uring = open(dir.path(), Backend::IoUring, 0);
+    let pread = open(dir.path(), Backend::Pread, 0);
+    let (mut su, mut sp) = (uring.searcher().unwrap(), pread.searcher().unwrap());
+    let base = read_vectors(&fixture("base.u8bin")).unwrap();
+    let sp_params = SearchParams { k: 10, list_size: 50, beam_width: 4 };
+    let mut hits = 0;
+    let mut ios = 0;
+    for qi in 0..queries.len() {
+        let (a, sa) = su.search(queries.row(qi), sp_params).unwrap();
+        let (b, sb) = sp.search(queries.row(qi), sp_params).unwrap();
+        assert_eq!(a, b, "query {qi}: backends disagree");
+        assert_eq!((sa.ios, sa.hops), (sb.ios, sb.hops), "query {qi}: I/O counts differ");
+        let Row::F32(d) = gt_dist.row(qi) else { unreachable!() };
+        hits += a.iter().filter(|n| n.distance <= d[9]).count().min(10);
+        ios += sa.ios;
+        // Reported distances are the exact squared L2 distances.
+        if qi < 20 {
+            let q = queries.row(qi).to_f32();
+            for n in &a {
+                let x = base.row(n.id as usize).to_f32();
+                let d: f32 = q.iter().zip(&x).map(|(p, r)| (p - r) * (p - r)).sum();
+                assert_eq!(d, n.distance);
+            }
+        }
+    }
+    let recall = hits as f64 / 10_000.0;
+    assert!(recall >= 0.95, "recall@10 at L=50: {recall}");
+    assert!(ios > 0);
+}
+
+#[test]
+fn the_node_cache_changes_io_counts_but_not_results() {
+    let (dir, queries) = bigann_index();
+    let cold = open(dir.path(), Backend::Auto, 0);
+    let warm = open(dir.path(), Backend::Auto, 500);
+    assert!(warm.ram_bytes() > cold.ram_bytes());
+    let (mut c, mut w) = (cold.searcher().unwrap(), warm.searcher().unwrap());
+    let (mut cold_ios, mut warm_ios, mut hits) = (0, 0, 0);
+    for qi in 0..200 {
+        let p = SearchParams { k: 10, list_size: 40, beam_width: 2 };
+        let (a, sa) = c.search(queries.row(qi), p).unwrap();
+        let (b, sb) = w.search(queries.row(qi), p).unwrap();
+        assert_eq!(a, b);
+        cold_ios += sa.ios;
+        warm_ios += sb.ios;
+        hits += sb.cache_hits;
+    }
+    assert!(hits > 0 && warm_ios < cold_ios, "cache hits {hits}, ios {warm_ios} vs {cold_ios}");
+}
+
+#[test]
+fn concurrent_searches_agree_with_serial_ones() {
+    let (dir, queries) = bigann_index();
+    let index = open(dir.path(), Backend::Auto, 100);
+    let p = SearchParams::default();
+    let serial: Vec<_> = {
+        let mut s = index.searcher().unwrap();
+        (0..120).map(|qi| s.search(queries.row(qi), p).unwrap().0).collect()
+    };
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (index, queries, serial) = (&index, &queries, &serial);
+            scope.spawn(move || {
+                let mut s = index.searcher().unwrap();
+                for qi in (t..120).step_by(4) {
+                    assert_eq!(s.search(queries.row(qi), p).unwrap().0, serial[qi]);
+                }
+            });
+        }
+    });
+}
+
+fn synthetic(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n * dim)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+#[test]
+fn every_metric_matches_brute_force_with_true_distances() {
+    let (n, dim) = (3_000, 24);
+    let raw = synthetic(n, dim, 11);
+    let qs = VectorSet::from_f32(dim, &synthetic(40, dim, 12)).unwrap();
+    for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
+        let data = VectorSet::from_f32(dim, &raw).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        build_index(data.clone(), metric, &params(24, 48, 12), dir.path(), &|_, _| {}).unwrap();
+        let index = open(dir.path(), Backend::Auto, 0);
+        let mut s = index.searcher().unwrap();
+        let mut hits = 0;
+        for qi in 0..qs.len() {
+            // Brute force under the user's metric (cosine on normalised copies).
+            let q = qs.row(qi).to_f32();
+            let truth = |i: usize| match metric {
+                Metric::Cosine => {
+                    let x = data.row(i).to_f32();
+                    let (d, a, b) = q.iter().zip(&x).fold((0.0, 0.0, 0.0), |(d, a, b), (p, r)| {
+                        (d + p * r, a + p * p, b + r * r)
+                    });
+                    1.0 - d / (a * b).sqrt()
+                }
+                _ => distance_active(metric, Row::F32(&q), data.row(i)),
+            };
+            let mut all: Vec<f32> = (0..n).map(truth).collect();
+            all.sort_by(f32::total_cmp);
+            let (found, _) =
+                s.search(qs.row(qi), SearchParams { k: 10, list_size: 64, beam_width: 4 }).unwrap();
+            for r in &found {
+                let want = truth(r.id as usize);
+                assert!(
+                    (r.distance - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                    "{metric}: id {} reported {} true {want}",
+                    r.id,
+                    r.distance
+                );
+            }
+            hits += found.iter().filter(|r| r.distance <= all[9] + 1e-5).count().min(10);
+        }
+        let recall = hits as f64 / 400.0;
+        assert!(recall >= 0.9, "{metric}: recall@10 {recall}");
+    }
+}
+
+#[test]
+fn bad_queries_are_errors() {
+    let (dir, _) = bigann_index();
+    let index = open(dir.path(), Backend::Auto, 0);
+    let mut s = index.searcher().unwrap();
+    let p = SearchParams::default();
+    assert!(matches!(s.search(Row::U8(&[0; 127]), p), Err(SearchError::Query(_))));
+    let mut q = vec![0.0f32; 128];
+    q[5] = f32::NAN;
+    assert!(matches!(s.search(Row::F32(&q), p), Err(SearchError::Query(_))));
+    assert!(matches!(
+        s.search(Row::U8(&[0; 128]), SearchParams { k: 0, ..p }),
+        Err(SearchError::Query(_))
+    ));
+    // An f32 query against u8 data is accepted and agrees with the u8 query.
+    let q8: Vec<u8> = (0..128).map(|i| (i * 2) as u8).collect();
+    let qf: Vec<f32> = q8.iter().map(|&x| f32::from(x)).collect();
+    assert_eq!(s.search(Row::U8(&q8), p).unwrap().0, s.search(Row::F32(&qf), p).unwrap().0);
+}
+
+#[test]
+fn a_corrupt_sector_met_during_search_is_an_error_naming_it() {
+    let (dir, queries) = bigann_index();
+    let graph = dir.path().join(GRAPH_FILE);
+    let index = open(dir.path(), Backend::Auto, 0);
+    let entry = index.header().entry;
+    let sector = index.header().locate(entry).sector as usize;
+    drop(index);
+    let mut bytes = std::fs::read(&graph).unwrap();
+    bytes[sector * SECTOR + 10] ^= 0xFF;
+    std::fs::write(&graph, &bytes).unwrap();
+    let index = open(dir.path(), Backend::Auto, 0); // open checks only the header and length
+    let mut s = index.searcher().unwrap();
+    match s.search(queries.row(0), SearchParams::default()) {
+        Err(SearchError::Layout(LayoutError::Corrupt { reason, .. })) => {
+            assert!(reason.contains(&format!("sector {sector}")), "{reason}")
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn damaged_or_mismatched_pq_files_refuse_to_open() {
+    let (dir, _) = bigann_index();
+    let codes = dir.path().join(CODES_FILE);
+    let clean = std::fs::read(&codes).unwrap();
+    let mut bad = clean.clone();
+    bad[100] ^= 1;
+    std::fs::write(&codes, &bad).unwrap();
+    assert!(matches!(
+        DiskIndex::open(dir.path(), OpenOptionsIndex::default()),
+        Err(IndexError::PqFile(_))
+    ));
+    std::fs::write(&codes, &clean[..clean.len() - 9]).unwrap();
+    assert!(matches!(
+        DiskIndex::open(dir.path(), OpenOptionsIndex::default()),
+        Err(IndexError::PqFile(_))
+    ));
+    // Pivots from another index (different PQ size) do not match this graph.
+    let other = tempfile::tempdir().unwrap();
+    let base = read_vectors(&fixture("base.u8bin")).unwrap().prefix(2_000);
+    build_index(base, Metric::L2, &params(16, 32, 16), other.path(), &|_, _| {}).unwrap();
+    std::fs::write(&codes, &clean).unwrap();
+    std::fs::copy(other.path().join(PIVOTS_FILE), dir.path().join(PIVOTS_FILE)).unwrap();
+    assert!(matches!(
+        DiskIndex::open(dir.path(), OpenOptionsIndex::default()),
+        Err(IndexError::Mismatch(_))
+    ));
+}
