@@ -1,9 +1,21 @@
 //! `quiver` — the command-line program of the Quiver vector storage engine.
 //!
-//! Today it reports what the machine offers (`quiver info`). Later issues add `build`, `search`,
-//! `serve` and `bench`.
+//! - `quiver info`: the SIMD tiers this CPU supports and the one in use.
+//! - `quiver build`: builds a disk index from a vector file.
+//! - `quiver search`: searches a disk index with a query file and reports recall, QPS, I/O and
+//!   latency per list size.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use quiver_diskgraph::data::{Metric, read_ivecs, read_vectors};
+use quiver_diskgraph::index::{BuildParams, build_index};
+use quiver_diskgraph::pq::PqParams;
+use quiver_diskgraph::search::{Backend, DiskIndex, OpenOptionsIndex, QueryStats, SearchParams};
+use quiver_diskgraph::vamana::VamanaParams;
 use quiver_simd::{Isa, Kernels, TIER_ENV, Tier};
 
 #[derive(Debug, Parser)]
@@ -17,12 +29,103 @@ struct Cli {
 enum Command {
     /// Print the version, the SIMD tiers this CPU supports and the one in use.
     Info,
+    /// Build a disk index from a vector file (.fbin, .u8bin, .i8bin, .fvecs, .bvecs).
+    Build(BuildArgs),
+    /// Search a disk index with a query file and report recall, QPS, I/O and latency.
+    Search(SearchArgs),
 }
 
-fn main() {
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// Vector file to index.
+    #[arg(long)]
+    input: PathBuf,
+    /// Distance: l2, ip (inner product) or cosine.
+    #[arg(long)]
+    metric: Metric,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Maximum out-degree R.
+    #[arg(long, default_value_t = 64)]
+    max_degree: usize,
+    /// Build-time list size L.
+    #[arg(long, default_value_t = 100)]
+    list_size: usize,
+    /// Pruning factor of the second pass.
+    #[arg(long, default_value_t = 1.2)]
+    alpha: f32,
+    /// PQ bytes per vector (default: one per 4 dimensions, 8..=64).
+    #[arg(long)]
+    pq_bytes: Option<usize>,
+    /// Worker threads (0 = all cores; 1 = deterministic).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Seed for PQ sampling and the insertion order.
+    #[arg(long, default_value_t = 0x5155_4956)]
+    seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct SearchArgs {
+    /// Index directory written by `quiver build`.
+    #[arg(long)]
+    index: PathBuf,
+    /// Query vector file.
+    #[arg(long)]
+    queries: PathBuf,
+    /// Ground truth (.ivecs, nearest first) for recall.
+    #[arg(long)]
+    ground_truth: Option<PathBuf>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Comma-separated list sizes to try.
+    #[arg(long, value_delimiter = ',', default_value = "10,20,50,100")]
+    list_sizes: Vec<usize>,
+    /// Nodes read per hop.
+    #[arg(long, default_value_t = 4)]
+    beam_width: usize,
+    /// Search threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Nodes cached in RAM (BFS from the entry point).
+    #[arg(long, default_value_t = 0)]
+    cache_nodes: usize,
+    /// I/O backend: auto, io_uring or pread.
+    #[arg(long, default_value = "auto")]
+    backend: Backend,
+    /// Use buffered reads instead of O_DIRECT.
+    #[arg(long)]
+    buffered: bool,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Info => info(),
+    let result = match cli.command {
+        Command::Info => {
+            info();
+            Ok(())
+        }
+        Command::Build(args) => build(&args),
+        Command::Search(args) => search(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -35,9 +138,194 @@ fn info() {
     // A one-line self-check: the active tier against the scalar reference on a small vector.
     let a: Vec<f32> = (0..96u8).map(f32::from).collect();
     let b: Vec<f32> = a.iter().rev().copied().collect();
-    let (fast, slow) = (
-        Isa::active().l2_sq_f32(&a, &b),
-        Isa::for_tier(Tier::Scalar).map_or(0.0, |s| s.l2_sq_f32(&a, &b)),
+    let scalar = Isa::for_tier(Tier::Scalar).map_or(0.0, |s| s.l2_sq_f32(&a, &b));
+    println!("self-check l2(96):    {} (scalar {scalar})", Isa::active().l2_sq_f32(&a, &b));
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+const MIB: f64 = 1_048_576.0;
+
+/// One query's outcome: query index, result ids, counters.
+type QueryOutcome = (usize, Vec<u32>, QueryStats);
+
+fn build(args: &BuildArgs) -> Result<(), BoxError> {
+    let t = Instant::now();
+    let data = read_vectors(&args.input)?;
+    eprintln!(
+        "read {} vectors of {} {} from {} in {:.1}s",
+        data.len(),
+        data.dim(),
+        data.elem(),
+        args.input.display(),
+        t.elapsed().as_secs_f64()
     );
-    println!("self-check l2(96):    {fast} (scalar {slow})");
+    let params = BuildParams {
+        graph: VamanaParams {
+            max_degree: args.max_degree,
+            list_size: args.list_size,
+            alpha: args.alpha,
+            seed: args.seed,
+            threads: args.threads,
+            ..VamanaParams::default()
+        },
+        pq: PqParams { bytes: args.pq_bytes, seed: args.seed, ..PqParams::default() },
+    };
+    if args.threads > 1 {
+        // PQ training and encoding use rayon's global pool: size it too.
+        let _ = rayon_global(args.threads);
+    }
+    let bar = indicatif::ProgressBar::new((2 * data.len()) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "graph {bar:40} {pos}/{len} insertions ({eta} left)",
+        )
+        .expect("static template"),
+    );
+    let total = Instant::now();
+    let summary = build_index(data, args.metric, &params, &args.out, &|done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "built {}: {} vectors, dim {} (stored {}), metric {}, R {}, L {}, alpha {}, PQ {} bytes",
+        args.out.display(),
+        summary.n,
+        summary.dim,
+        summary.stored_dim,
+        args.metric,
+        args.max_degree,
+        args.list_size,
+        args.alpha,
+        summary.pq_bytes
+    );
+    println!(
+        "time: PQ {:.1}s, graph {:.1}s, write {:.1}s, total {:.1}s; mean degree {:.1}; graph file {:.1} MiB",
+        summary.pq_seconds,
+        summary.graph_seconds,
+        summary.write_seconds,
+        total.elapsed().as_secs_f64(),
+        summary.mean_degree,
+        summary.graph_file_bytes as f64 / MIB
+    );
+    Ok(())
+}
+
+/// Sizes rayon's global pool (only possible once per process; later calls are ignored).
+fn rayon_global(threads: usize) -> Result<(), BoxError> {
+    quiver_diskgraph::rayon_global_pool(threads).map_err(Into::into)
+}
+
+fn search(args: &SearchArgs) -> Result<(), BoxError> {
+    let queries = read_vectors(&args.queries)?;
+    let gt = args.ground_truth.as_deref().map(read_ivecs).transpose()?;
+    if let Some(gt) = &gt {
+        if gt.len() < queries.len() {
+            return Err(format!(
+                "ground truth has {} rows for {} queries",
+                gt.len(),
+                queries.len()
+            )
+            .into());
+        }
+        if let Some(short) = gt.iter().take(queries.len()).position(|r| r.len() < args.k) {
+            return Err(
+                format!("ground truth row {short} has fewer than k = {} ids", args.k).into()
+            );
+        }
+    }
+    let opts = OpenOptionsIndex {
+        backend: args.backend,
+        direct: !args.buffered,
+        cache_nodes: args.cache_nodes,
+    };
+    let index = DiskIndex::open(&args.index, opts)?;
+    if !args.json {
+        println!(
+            "index {}: {} nodes, backend {:?}, O_DIRECT {}, cache {} nodes, RAM {:.1} MiB, {} threads, W {}",
+            args.index.display(),
+            index.header().n,
+            index.backend(),
+            !args.buffered,
+            args.cache_nodes,
+            index.ram_bytes() as f64 / MIB,
+            args.threads,
+            args.beam_width
+        );
+        println!(
+            "{:>6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "L", "recall@k", "QPS", "mean_ios", "mean_hops", "p50_us", "p99_us"
+        );
+    }
+    for &l in &args.list_sizes {
+        let params = SearchParams { k: args.k, list_size: l, beam_width: args.beam_width };
+        let next = AtomicUsize::new(0);
+        let started = Instant::now();
+        let per_thread: Vec<Result<Vec<QueryOutcome>, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..args.threads.max(1))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut searcher = index.searcher().map_err(|e| e.to_string())?;
+                        let mut out = Vec::new();
+                        loop {
+                            let qi = next.fetch_add(1, Ordering::Relaxed);
+                            if qi >= queries.len() {
+                                break;
+                            }
+                            let (found, stats) = searcher
+                                .search(queries.row(qi), params)
+                                .map_err(|e| e.to_string())?;
+                            out.push((qi, found.iter().map(|n| n.id).collect(), stats));
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("search thread panicked".into())))
+                .collect()
+        });
+        let wall = started.elapsed().as_secs_f64();
+        let mut results = Vec::with_capacity(queries.len());
+        for r in per_thread {
+            results.extend(r?);
+        }
+        let n = results.len().max(1) as f64;
+        let recall = gt.as_ref().map(|gt| {
+            let hits: usize = results
+                .iter()
+                .map(|(qi, ids, _)| ids.iter().filter(|id| gt[*qi][..args.k].contains(id)).count())
+                .sum();
+            hits as f64 / (n * args.k as f64)
+        });
+        let mut lat: Vec<f64> = results.iter().map(|r| r.2.latency_us).collect();
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0)
+        };
+        let mean_ios = results.iter().map(|r| r.2.ios as f64).sum::<f64>() / n;
+        let mean_hops = results.iter().map(|r| r.2.hops as f64).sum::<f64>() / n;
+        let qps = n / wall;
+        if args.json {
+            let recall = recall.map_or("null".to_owned(), |r| format!("{r:.4}"));
+            println!(
+                "{{\"list_size\":{l},\"k\":{},\"recall_at_k\":{recall},\"qps\":{qps:.1},\"mean_ios\":{mean_ios:.2},\"mean_hops\":{mean_hops:.2},\"p50_us\":{:.1},\"p99_us\":{:.1},\"ram_bytes\":{},\"threads\":{},\"beam_width\":{}}}",
+                args.k,
+                pct(0.5),
+                pct(0.99),
+                index.ram_bytes(),
+                args.threads,
+                args.beam_width
+            );
+        } else {
+            let recall = recall.map_or("-".to_owned(), |r| format!("{r:.4}"));
+            println!(
+                "{l:>6} {recall:>10} {qps:>10.1} {mean_ios:>9.2} {mean_hops:>9.2} {:>9.1} {:>9.1}",
+                pct(0.5),
+                pct(0.99)
+            );
+        }
+    }
+    Ok(())
 }

@@ -25,3 +25,12 @@ pub mod vamana;
 
 /// The kernels this crate scores with, re-exported so the engine need not name `quiver-simd`.
 pub use quiver_simd as simd;
+
+/// Sizes rayon's global thread pool (used by PQ training, encoding and the graph build). Only the
+/// first call in a process takes effect.
+///
+/// # Errors
+/// If the pool was already initialised.
+pub fn rayon_global_pool(threads: usize) -> Result<(), String> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())
+}
