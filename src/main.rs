@@ -306,11 +306,12 @@ fn search(args: &SearchArgs) -> Result<(), BoxError> {
         };
         let mean_ios = results.iter().map(|r| r.2.ios as f64).sum::<f64>() / n;
         let mean_hops = results.iter().map(|r| r.2.hops as f64).sum::<f64>() / n;
+        let mean_us = lat.iter().sum::<f64>() / n;
         let qps = n / wall;
         if args.json {
             let recall = recall.map_or("null".to_owned(), |r| format!("{r:.4}"));
             println!(
-                "{{\"list_size\":{l},\"k\":{},\"recall_at_k\":{recall},\"qps\":{qps:.1},\"mean_ios\":{mean_ios:.2},\"mean_hops\":{mean_hops:.2},\"p50_us\":{:.1},\"p99_us\":{:.1},\"ram_bytes\":{},\"threads\":{},\"beam_width\":{}}}",
+                "{{\"list_size\":{l},\"k\":{},\"recall_at_k\":{recall},\"qps\":{qps:.1},\"mean_ios\":{mean_ios:.2},\"mean_hops\":{mean_hops:.2},\"mean_us\":{mean_us:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"ram_bytes\":{},\"threads\":{},\"beam_width\":{}}}",
                 args.k,
                 pct(0.5),
                 pct(0.99),
