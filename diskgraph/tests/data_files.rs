@@ -2,15 +2,12 @@
 //! that every such file is refused with an error naming the file and the problem — never a panic,
 //! never vectors silently shifted by a bad header — and that well-formed files read back exactly.
 
+mod common;
+use common::fixture;
+
 use std::path::{Path, PathBuf};
 
 use quiver_diskgraph::data::{DataError, ElemType, Row, read_ivecs, read_vectors};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/datasets/fixtures/bigann10k")
-        .join(name)
-}
 
 fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.path().join(name);

@@ -17,7 +17,7 @@ fn bigann() -> VectorSet {
 }
 
 /// Gaussian-ish clustered floats (deterministic).
-fn synthetic(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     let mut next = move || {
         s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -42,7 +42,7 @@ fn params(bytes: usize) -> PqParams {
 #[test]
 fn table_sum_equals_distance_to_the_decoded_vector_for_every_metric() {
     let dim = 24;
-    let raw = synthetic(2_000, dim, 1);
+    let raw = clustered(2_000, dim, 1);
     for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
         let mut data = VectorSet::from_f32(dim, &raw).unwrap();
         if metric == Metric::Cosine {

@@ -4,7 +4,10 @@
 //! every metric's reported distances are the true ones, that concurrent searches agree with serial
 //! ones, and that bad queries and damaged files are errors, not panics or garbage.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{fixture, synthetic};
+
+use std::path::Path;
 
 use quiver_diskgraph::data::{Metric, Row, VectorSet, distance_active, read_vectors};
 use quiver_diskgraph::index::{BuildParams, GRAPH_FILE, IndexError, build_index};
@@ -12,12 +15,6 @@ use quiver_diskgraph::layout::{LayoutError, SECTOR};
 use quiver_diskgraph::pq::{CODES_FILE, PIVOTS_FILE, PqParams};
 use quiver_diskgraph::search::{Backend, DiskIndex, OpenOptionsIndex, SearchError, SearchParams};
 use quiver_diskgraph::vamana::VamanaParams;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/datasets/fixtures/bigann10k")
-        .join(name)
-}
 
 fn params(r: usize, l: usize, pq: usize) -> BuildParams {
     BuildParams {
@@ -122,19 +119,6 @@ fn concurrent_searches_agree_with_serial_ones() {
             });
         }
     });
-}
-
-fn synthetic(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n * dim)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
 }
 
 #[test]

@@ -5,19 +5,15 @@
 //! (degree ≤ R, no self-loops, no duplicate edges, every point reachable from the entry), and that a
 //! single-threaded build is deterministic under its seed.
 
+mod common;
+use common::{fixture, synthetic};
+
 use std::collections::VecDeque;
-use std::path::Path;
 
 use quiver_diskgraph::data::{
     Metric, Row, VectorSet, distance_active, mips_query, mips_to_l2, read_vectors,
 };
 use quiver_diskgraph::vamana::{Graph, Scratch, VamanaParams, build, search_in_memory};
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/datasets/fixtures/bigann10k")
-        .join(name)
-}
 
 fn check_structure(g: &Graph, n: usize) {
     assert_eq!(g.adj.len(), n);
@@ -65,19 +61,6 @@ fn bigann10k_in_memory_recall_at_10_is_at_least_0_98_with_l_50() {
     }
     let recall = hits as f64 / (10.0 * queries.len() as f64);
     assert!(recall >= 0.98, "recall@10 = {recall}");
-}
-
-fn synthetic(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n * dim)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
 }
 
 #[test]
