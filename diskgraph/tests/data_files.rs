@@ -5,7 +5,7 @@
 mod common;
 use common::fixture;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use quiver_diskgraph::data::{DataError, ElemType, Row, read_ivecs, read_vectors};
 
