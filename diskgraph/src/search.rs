@@ -233,10 +233,10 @@ impl DiskIndex {
         Ok(Searcher {
             index: self,
             io,
-            stamp: vec![0; self.header.n as usize],
-            generation: 0,
+            visited: VisitedSet::new(),
             table: vec![0.0; self.pq.bytes() * CENTROIDS],
             bufs: Vec::new(),
+            misses: Vec::new(),
         })
     }
 }
@@ -346,14 +346,75 @@ impl SectorIo for UringIo {
     }
 }
 
+/// The ids a query has seen: a small open-addressing hash set, cleared in O(entries) per query.
+///
+/// A query touches a few thousand ids out of millions. A dense bitmap or stamp array of `n` entries
+/// would cost a cache miss per lookup at 1M points; this table (16 K slots to start, 64 KiB, grown at
+/// half load) stays in L2. `u32::MAX` marks an empty slot; it is never a node id (`n < u32::MAX - 1`).
+#[derive(Debug)]
+struct VisitedSet {
+    slots: Vec<u32>,
+    used: Vec<u32>,
+    bits: u32,
+}
+
+impl VisitedSet {
+    const EMPTY: u32 = u32::MAX;
+
+    fn new() -> Self {
+        Self { slots: vec![Self::EMPTY; 1 << 14], used: Vec::new(), bits: 14 }
+    }
+
+    fn clear(&mut self) {
+        for &i in &self.used {
+            self.slots[i as usize] = Self::EMPTY;
+        }
+        self.used.clear();
+    }
+
+    /// Inserts `id`; returns whether it was absent.
+    #[inline]
+    fn insert(&mut self, id: u32) -> bool {
+        debug_assert_ne!(id, Self::EMPTY);
+        if 2 * self.used.len() >= self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        // Fibonacci hashing: the top `bits` bits of id · 2⁶⁴/φ.
+        let mut i =
+            (u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize;
+        loop {
+            match self.slots[i] {
+                s if s == id => return false,
+                Self::EMPTY => {
+                    self.slots[i] = id;
+                    self.used.push(i as u32);
+                    return true;
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let ids: Vec<u32> = self.used.iter().map(|&i| self.slots[i as usize]).collect();
+        self.bits += 1;
+        self.slots = vec![Self::EMPTY; 1 << self.bits];
+        self.used.clear();
+        for id in ids {
+            self.insert(id);
+        }
+    }
+}
+
 /// A per-thread searcher.
 pub struct Searcher<'a> {
     index: &'a DiskIndex,
     io: Box<dyn SectorIo>,
-    stamp: Vec<u32>,
-    generation: u32,
+    visited: VisitedSet,
     table: Vec<f32>,
     bufs: Vec<Vec<Page>>,
+    misses: Vec<u32>,
 }
 
 impl std::fmt::Debug for Searcher<'_> {
@@ -444,21 +505,13 @@ impl Searcher<'_> {
         let l = params.list_size.max(params.k);
         let mut stats = QueryStats::default();
 
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            self.stamp.fill(0);
-            self.generation = 1;
-        }
-        let generation = self.generation;
-        let visit = |stamp: &mut Vec<u32>, id: u32| {
-            std::mem::replace(&mut stamp[id as usize], generation) != generation
-        };
+        self.visited.clear();
 
         // Candidate list: (pq distance, id, expanded), sorted, at most `l`.
         let mut list: Vec<(f32, u32, bool)> = Vec::with_capacity(l + 1);
         let mut exact: Vec<Neighbour> = Vec::new();
         let mut pq_out = [0.0f32; 1];
-        visit(&mut self.stamp, h.entry);
+        self.visited.insert(h.entry);
         k.pq_score_ids(table, &ix.codes, &[h.entry], &mut pq_out);
         stats.pq_distances += 1;
         list.push((pq_out[0], h.entry, false));
@@ -477,8 +530,9 @@ impl Searcher<'_> {
             }
             stats.hops += 1;
             // Read what the cache does not hold, all in one batch.
-            let misses: Vec<u32> =
-                beam.iter().copied().filter(|id| !ix.cache.contains_key(id)).collect();
+            let mut misses = std::mem::take(&mut self.misses);
+            misses.clear();
+            misses.extend(beam.iter().copied().filter(|id| !ix.cache.contains_key(id)));
             let spn = h.sectors_per_node();
             while self.bufs.len() < misses.len() {
                 self.bufs.push(vec![Page([0; SECTOR]); spn]);
@@ -513,9 +567,7 @@ impl Searcher<'_> {
                 stats.exact_distances += 1;
                 exact.push(Neighbour { id, distance: d });
                 fresh.clear();
-                fresh.extend(
-                    node.neighbours.iter().copied().filter(|&nb| visit(&mut self.stamp, nb)),
-                );
+                fresh.extend(node.neighbours.iter().copied().filter(|&nb| self.visited.insert(nb)));
                 fresh_d.resize(fresh.len(), 0.0);
                 k.pq_score_ids(table, &ix.codes, &fresh, &mut fresh_d);
                 stats.pq_distances += fresh.len() as u64;
@@ -528,6 +580,7 @@ impl Searcher<'_> {
                     list.truncate(l);
                 }
             }
+            self.misses = misses;
         }
         exact.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
         exact.truncate(params.k);
