@@ -240,6 +240,8 @@ pub fn unseal(s: &[u8]) -> Result<(), String> {
 /// A node as read from disk.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeRef<'a> {
+    /// The whole node as stored (`node_size` bytes: vector, degree, id slots), already verified.
+    pub raw: &'a [u8],
     /// The full-precision vector, raw little-endian bytes.
     pub vector: &'a [u8],
     /// Neighbour ids.
@@ -263,7 +265,7 @@ pub fn parse_node<'a>(h: &Header, bytes: &'a [u8]) -> Result<NodeRef<'a>, String
     if let Some(bad) = neighbours.iter().find(|&&id| u64::from(id) >= h.n) {
         return Err(format!("neighbour id {bad} out of range ({} nodes)", h.n));
     }
-    Ok(NodeRef { vector: &bytes[..vbytes], neighbours })
+    Ok(NodeRef { raw: bytes, vector: &bytes[..vbytes], neighbours })
 }
 
 /// Writes an index file node by node, in id order, one sector buffered at a time.

@@ -178,7 +178,6 @@ impl DiskIndex {
         if count == 0 {
             return Ok(());
         }
-        let node_size = self.header.node_size();
         let mut queue = std::collections::VecDeque::from([self.header.entry]);
         let mut seen = std::collections::HashSet::from([self.header.entry]);
         let mut buf = Vec::new();
@@ -187,16 +186,12 @@ impl DiskIndex {
                 break;
             }
             let node = reader.read_node(id, &mut buf)?;
-            let mut bytes = node.vector.to_vec();
-            bytes.extend_from_slice(&(node.neighbours.len() as u32).to_le_bytes());
             for &nb in &node.neighbours {
-                bytes.extend_from_slice(&nb.to_le_bytes());
                 if seen.insert(nb) {
                     queue.push_back(nb);
                 }
             }
-            bytes.resize(node_size, 0);
-            self.cache.insert(id, bytes.into_boxed_slice());
+            self.cache.insert(id, node.raw.into());
         }
         Ok(())
     }
