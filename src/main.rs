@@ -173,7 +173,9 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
     };
     if args.threads > 1 {
         // PQ training and encoding use rayon's global pool: size it too.
-        let _ = rayon_global(args.threads);
+        if let Err(e) = quiver_diskgraph::rayon_global_pool(args.threads) {
+            tracing::warn!(error = %e, "could not size the global thread pool");
+        }
     }
     let bar = indicatif::ProgressBar::new((2 * data.len()) as u64);
     bar.set_style(
@@ -209,11 +211,6 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
         summary.graph_file_bytes as f64 / MIB
     );
     Ok(())
-}
-
-/// Sizes rayon's global pool (only possible once per process; later calls are ignored).
-fn rayon_global(threads: usize) -> Result<(), BoxError> {
-    quiver_diskgraph::rayon_global_pool(threads).map_err(Into::into)
 }
 
 fn search(args: &SearchArgs) -> Result<(), BoxError> {

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::data::{DataError, ElemType, Metric, VectorSet, mips_to_l2};
+use crate::data::{DataError, Metric, VectorSet, mips_to_l2};
 use crate::layout::{Header, IndexWriter, LayoutError};
 use crate::pq::{CODES_FILE, PIVOTS_FILE, PqCodebook, PqError, PqFileError, PqParams, write_codes};
 use crate::vamana::{self, BuildError, VamanaParams};
@@ -116,20 +116,14 @@ pub fn build_index(
     if data.is_empty() {
         return Err(DataError::Invalid("cannot build an index of zero vectors".into()).into());
     }
-    if metric == Metric::Cosine && data.elem() != ElemType::F32 {
-        return Err(DataError::Invalid(format!(
-            "the cosine metric needs f32 vectors, not {}",
-            data.elem()
-        ))
-        .into());
-    }
     let io = |path: &Path| {
         let path = path.to_owned();
         move |e| IndexError::Io { path, source: e }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let (n, dim) = (data.len(), data.dim());
+    // Before anything touches the disk: refuses cosine on integer vectors.
     let (stored, stored_metric, m2) = to_stored(data, metric)?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
 
     let t = Instant::now();
     let pq = PqCodebook::train(&stored, stored_metric, &params.pq)?;

@@ -144,18 +144,19 @@ impl DiskIndex {
                 header.n
             )));
         }
-        let file = if opts.direct {
-            match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path) {
-                Ok(f) => f,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::warn!(path = %path.display(), "O_DIRECT refused by the file system; using buffered reads");
-                    File::open(&path)
-                        .map_err(|e| LayoutError::Io { path: path.clone(), source: e })?
-                }
-                Err(e) => return Err(LayoutError::Io { path: path.clone(), source: e }.into()),
+        let buffered =
+            || File::open(&path).map_err(|e| LayoutError::Io { path: path.clone(), source: e });
+        let file = match opts
+            .direct
+            .then(|| OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path))
+        {
+            None => buffered()?,
+            Some(Ok(f)) => f,
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(path = %path.display(), "O_DIRECT refused by the file system; using buffered reads");
+                buffered()?
             }
-        } else {
-            File::open(&path).map_err(|e| LayoutError::Io { path: path.clone(), source: e })?
+            Some(Err(e)) => return Err(LayoutError::Io { path: path.clone(), source: e }.into()),
         };
         let backend = match opts.backend {
             Backend::Auto => match UringIo::new(8) {
