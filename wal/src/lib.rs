@@ -569,6 +569,9 @@ impl Wal {
         let (file, offset) = active.expect("the last segment is the active one");
         // What recovery returns must be durable before anything is written after it.
         file.sync_data().map_err(io_err(&segments[segments.len() - 1].path))?;
+        // So must the names: a segment created just before a crash or a failed directory sync is
+        // visible now but might not survive the next crash, taking acknowledged records with it.
+        vfs.sync_dir(&dir).map_err(io_err(&dir))?;
         report.first_lsn = segments[0].first_lsn;
         report.next_lsn = next_lsn;
 

@@ -122,15 +122,20 @@ pub(crate) fn scan_segment(
 ) -> Result<SegmentScan, Corruption> {
     let corrupt =
         |offset: usize, lsn: u64, reason: String| Corruption { offset: offset as u64, lsn, reason };
-    if bytes.len() < SEGMENT_HEADER_LEN || all_zero(&bytes[..SEGMENT_HEADER_LEN]) {
-        if is_last && all_zero(bytes) {
-            return Ok(SegmentScan::TornHeader);
-        }
-        return Err(corrupt(0, first_lsn, "segment header missing".into()));
+    // The last segment with no bytes past its header holds no records: if its header is missing,
+    // cut short or unreadable, its creation was interrupted (a crash, or a short write before the
+    // header was synced), and writing the header again loses nothing.
+    let header_only = bytes.len() <= SEGMENT_HEADER_LEN || all_zero(&bytes[SEGMENT_HEADER_LEN..]);
+    let decoded = bytes
+        .get(..SEGMENT_HEADER_LEN)
+        .map(|h| decode_segment_header(h.try_into().expect("a header's length")));
+    if is_last && header_only && !matches!(decoded, Some(Ok(_))) {
+        return Ok(SegmentScan::TornHeader);
     }
-    let header: &[u8; SEGMENT_HEADER_LEN] =
-        bytes[..SEGMENT_HEADER_LEN].try_into().expect("length checked");
-    match decode_segment_header(header) {
+    let Some(decoded) = decoded else {
+        return Err(corrupt(0, first_lsn, "segment header cut short".into()));
+    };
+    match decoded {
         Ok(lsn) if lsn == first_lsn => {}
         Ok(lsn) => {
             return Err(corrupt(
