@@ -139,7 +139,7 @@ struct Rule {
     fault: Fault,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct State {
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
@@ -244,6 +244,14 @@ impl SimVfs {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock (a failed assertion in a test) must not hide the state.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An independent copy of the whole file system as it is now (handles are not copied).
+    #[must_use]
+    pub fn snapshot(&self) -> SimVfs {
+        let mut state = self.lock().clone();
+        state.generation += 1;
+        SimVfs { state: Arc::new(Mutex::new(state)) }
     }
 
     /// Arms a one-shot fault: the operation of `kind` (any counted kind when `None`) that comes

@@ -9,7 +9,9 @@
 //! Cases default to 32 (sized for CI); set `QUIVER_WAL_MODEL_CASES` for long runs, e.g.
 //! `QUIVER_WAL_MODEL_CASES=5000 cargo test --release -p quiver-wal --test model`.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -81,11 +83,7 @@ impl ReferenceStateMachine for Reference {
 struct Sut {
     vfs: SimVfs,
     wal: Option<Wal>,
-    /// What each assigned LSN was submitted with (kind, payload).
-    submitted: BTreeMap<u64, (u8, Vec<u8>)>,
-    acked: BTreeSet<u64>,
-    /// Records below this LSN may have been dropped by a checkpoint.
-    floor: u64,
+    expect: common::Expect,
     counter: u64,
     compress: bool,
 }
@@ -96,10 +94,7 @@ fn options(vfs: &SimVfs, compress: bool) -> WalOptions {
     if compress { o.compression(Compression::Zstd { level: 1 }) } else { o }
 }
 
-fn payload(seed: u64, len: usize) -> Vec<u8> {
-    // Compressible enough for zstd to engage, never all zeros.
-    (0..len).map(|j| ((seed as usize).wrapping_mul(131) ^ (j / 16)) as u8 | 1).collect()
-}
+use common::payload;
 
 impl Sut {
     fn open(&mut self) -> Wal {
@@ -130,48 +125,14 @@ impl Sut {
         self.wal.as_ref().expect("just opened")
     }
 
-    fn read_all(wal: &Wal) -> (Vec<(u64, u8, Vec<u8>)>, u64) {
-        let records = wal
-            .replay(wal.first_lsn())
-            .expect("replay from the first LSN")
-            .map(|r| {
-                r.map(|r| (r.lsn, r.kind, r.payload))
-                    .expect("a record that verified at open verifies again")
-            })
-            .collect();
-        (records, wal.next_lsn())
-    }
-
-    /// Reopens and checks every invariant of recovery.
+    /// Reopens and checks every invariant of recovery, twice.
     fn recover_and_check(&mut self) {
         let wal = self.open();
-        let first = wal.first_lsn();
-        let (records, next) = Self::read_all(&wal);
-        let lsns: Vec<u64> = records.iter().map(|r| r.0).collect();
-        assert_eq!(lsns, (first..next).collect::<Vec<_>>(), "recovered LSNs must be contiguous");
-        assert!(
-            first <= self.floor.max(1),
-            "checkpoint at {} dropped records from {first}",
-            self.floor
-        );
-        for (lsn, kind, p) in &records {
-            let (k, sp) = self
-                .submitted
-                .get(lsn)
-                .unwrap_or_else(|| panic!("LSN {lsn} recovered but never submitted"));
-            assert!(k == kind && sp == p, "LSN {lsn} recovered with different contents");
-        }
-        for lsn in self.acked.range(self.floor..) {
-            assert!(
-                *lsn < next && *lsn >= first,
-                "acknowledged LSN {lsn} lost (log holds {first}..{next})"
-            );
-        }
+        let contents = self.expect.check(&wal);
         drop(wal);
         let again = self.open();
-        assert_eq!(Self::read_all(&again), (records, next), "recovery must be repeatable");
-        self.submitted.retain(|lsn, _| *lsn < next);
-        self.acked.retain(|lsn| *lsn < next);
+        assert_eq!(common::read_all(&again), contents, "recovery must be repeatable");
+        self.expect.forget_from(contents.1);
         self.wal = Some(again);
     }
 }
@@ -187,15 +148,7 @@ impl StateMachineTest for WalTest {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let vfs = SimVfs::new();
         quiver_wal::vfs::Vfs::create_dir_all(&vfs, std::path::Path::new("/db")).unwrap();
-        Sut {
-            vfs,
-            wal: None,
-            submitted: BTreeMap::new(),
-            acked: BTreeSet::new(),
-            floor: 0,
-            counter: 0,
-            compress: n % 2 == 1,
-        }
+        Sut { vfs, wal: None, expect: common::Expect::default(), counter: 0, compress: n % 2 == 1 }
     }
 
     fn apply(mut sut: Sut, _: &(), t: Transition) -> Sut {
@@ -230,11 +183,11 @@ impl StateMachineTest for WalTest {
                 });
                 for (lsn, writer, p, acked) in results {
                     assert!(
-                        sut.submitted.insert(lsn, (writer, p)).is_none(),
+                        sut.expect.submitted.insert(lsn, (writer, p)).is_none(),
                         "LSN {lsn} assigned twice"
                     );
                     if acked {
-                        sut.acked.insert(lsn);
+                        sut.expect.acked.insert(lsn);
                     }
                 }
             }
@@ -255,10 +208,10 @@ impl StateMachineTest for WalTest {
             Transition::Checkpoint(pct) => {
                 let wal = sut.wal();
                 let next = wal.next_lsn();
-                let floor = sut.floor;
+                let floor = sut.expect.floor;
                 let at = floor + (next.saturating_sub(floor)) * u64::from(pct) / 100;
                 let _ = sut.wal().truncate_before(at);
-                sut.floor = sut.floor.max(at);
+                sut.expect.floor = sut.expect.floor.max(at);
             }
         }
         sut
