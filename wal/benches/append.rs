@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo bench -p quiver-wal --bench append -- [--seconds 2] [--rounds 3] [--writers 1,4,16,64]
+//!     [--shapes large,small] [--group-bytes N]
 //! ```
 //!
 //! For each record shape (1,000 × 128-d f32 rows = 512,000 bytes, and one row = 512 bytes), each
@@ -14,8 +15,8 @@
 //! run.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use quiver_wal::vfs::{OpenMode, OsVfs, Vfs};
@@ -83,9 +84,19 @@ fn drive(writers: usize, secs: f64, record_len: usize, op: impl Fn(usize) + Sync
     Rate { records, bytes: records * record_len as u64, secs }
 }
 
-fn quiver(root: &Path, writers: usize, record: &[u8], zstd: bool, secs: f64) -> Rate {
+fn quiver(
+    root: &Path,
+    writers: usize,
+    record: &[u8],
+    zstd: bool,
+    secs: f64,
+    group: Option<usize>,
+) -> Rate {
     let dir = fresh_dir(root, "quiver");
     let mut opts = WalOptions::default();
+    if let Some(g) = group {
+        opts = opts.max_group_bytes(g);
+    }
     if zstd {
         opts = opts.compression(Compression::Zstd { level: 1 });
     }
@@ -148,9 +159,15 @@ fn main() {
     }
     let secs: f64 = arg(&args, "--seconds", 2.0);
     let rounds: usize = arg(&args, "--rounds", 3);
-    let writers: Vec<usize> =
-        arg(&args, "--writers", "1,4,16,64".to_string()).split(',').map(|w| w.parse().unwrap()).collect();
-    let root = std::env::var_os("QUIVER_BENCH_DIR").map_or_else(|| PathBuf::from("target/wal-bench"), PathBuf::from);
+    let writers: Vec<usize> = arg(&args, "--writers", "1,4,16,64".to_string())
+        .split(',')
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let group: usize = arg(&args, "--group-bytes", 0);
+    let group = (group > 0).then_some(group);
+    let shapes: String = arg(&args, "--shapes", "large,small".to_string());
+    let root = std::env::var_os("QUIVER_BENCH_DIR")
+        .map_or_else(|| PathBuf::from("target/wal-bench"), PathBuf::from);
     std::fs::create_dir_all(&root).unwrap();
 
     let large = rows(1000, 1);
@@ -158,7 +175,14 @@ fn main() {
     let mut seq = Vec::new();
     // (shape, writers, zstd) -> (quiver rates, baseline rates)
     let mut results: Vec<((&str, usize, bool), Vec<Rate>, Vec<Rate>)> = Vec::new();
-    for shape in ["1000 rows (512,000 B)", "1 row (512 B)"] {
+    let mut wanted = Vec::new();
+    if shapes.contains("large") {
+        wanted.push("1000 rows (512,000 B)");
+    }
+    if shapes.contains("small") {
+        wanted.push("1 row (512 B)");
+    }
+    for shape in wanted {
         for &w in &writers {
             for zstd in [false, true] {
                 results.push(((shape, w, zstd), Vec::new(), Vec::new()));
@@ -170,23 +194,37 @@ fn main() {
         seq.push(sequential_reference(&root, secs));
         for ((shape, w, zstd), q, b) in &mut results {
             let record = if shape.starts_with("1000") { &large } else { &small };
-            q.push(quiver(&root, *w, record, *zstd, secs));
+            q.push(quiver(&root, *w, record, *zstd, secs, group));
             if !*zstd {
                 b.push(baseline(&root, *w, record, secs));
             }
         }
     }
     let seq_mib = median(seq.iter().map(Rate::mib_s).collect());
-    println!("Reference: sequential 4 MiB writes + fdatasync each: {seq_mib:.0} MiB/s (median of {rounds})\n");
-    println!("| record | writers | zstd | Quiver MiB/s | Quiver commits/s | baseline MiB/s | baseline commits/s | Quiver / baseline | Quiver / sequential |");
+    println!(
+        "Reference: sequential 4 MiB writes + fdatasync each: {seq_mib:.0} MiB/s (median of {rounds})\n"
+    );
+    println!(
+        "| record | writers | zstd | Quiver MiB/s | Quiver commits/s | baseline MiB/s | baseline commits/s | Quiver / baseline | Quiver / sequential |"
+    );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
     let baseline_of = |shape: &str, w: usize| {
-        results.iter().find(|((s, ww, z), _, _)| *s == shape && *ww == w && !*z).map(|(_, _, b)| b.clone()).unwrap()
+        results
+            .iter()
+            .find(|((s, ww, z), _, _)| *s == shape && *ww == w && !*z)
+            .map(|(_, _, b)| b.clone())
+            .unwrap()
     };
     for ((shape, w, zstd), q, _) in &results {
         let b = baseline_of(shape, *w);
-        let (qm, qc) = (median(q.iter().map(Rate::mib_s).collect()), median(q.iter().map(Rate::per_s).collect()));
-        let (bm, bc) = (median(b.iter().map(Rate::mib_s).collect()), median(b.iter().map(Rate::per_s).collect()));
+        let (qm, qc) = (
+            median(q.iter().map(Rate::mib_s).collect()),
+            median(q.iter().map(Rate::per_s).collect()),
+        );
+        let (bm, bc) = (
+            median(b.iter().map(Rate::mib_s).collect()),
+            median(b.iter().map(Rate::per_s).collect()),
+        );
         println!(
             "| {shape} | {w} | {} | {qm:.1} | {qc:.0} | {bm:.1} | {bc:.0} | {:.2}× | {:.0}% |",
             if *zstd { "level 1" } else { "no" },
