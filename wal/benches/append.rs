@@ -24,6 +24,9 @@ use quiver_wal::{Compression, Wal, WalOptions};
 
 const ROW_BYTES: usize = 128 * 4;
 
+/// (record shape, writers, zstd), Quiver's rates, the baseline's rates.
+type Row<'a> = ((&'a str, usize, bool), Vec<Rate>, Vec<Rate>);
+
 #[derive(Clone, Copy, Debug)]
 struct Rate {
     records: u64,
@@ -33,7 +36,7 @@ struct Rate {
 
 impl Rate {
     fn mib_s(&self) -> f64 {
-        self.bytes as f64 / self.secs / (1 << 20) as f64
+        self.bytes as f64 / self.secs / f64::from(1u32 << 20)
     }
     fn per_s(&self) -> f64 {
         self.records as f64 / self.secs
@@ -109,6 +112,22 @@ fn quiver(
     rate
 }
 
+/// One thread keeping `inflight` small records in flight (submit them all, then wait for all): how
+/// an async server with many clients uses the log, without a thread per writer.
+fn quiver_pipelined(root: &Path, inflight: usize, record: &[u8], secs: f64) -> Rate {
+    let dir = fresh_dir(root, "pipelined");
+    let wal = Wal::open(&dir, WalOptions::default()).unwrap();
+    let rate = drive(1, secs, record.len() * inflight, |_| {
+        let pending: Vec<_> = (0..inflight).map(|_| wal.submit(1, record).unwrap()).collect();
+        for p in pending {
+            p.wait().unwrap();
+        }
+    });
+    wal.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    Rate { records: rate.records * inflight as u64, ..rate }
+}
+
 fn baseline(root: &Path, writers: usize, record: &[u8], secs: f64) -> Rate {
     let dir = fresh_dir(root, "baseline");
     let file = OsVfs.open(&dir.join("log"), OpenMode::CreateNew).unwrap();
@@ -174,7 +193,8 @@ fn main() {
     let small = rows(1, 2);
     let mut seq = Vec::new();
     // (shape, writers, zstd) -> (quiver rates, baseline rates)
-    let mut results: Vec<((&str, usize, bool), Vec<Rate>, Vec<Rate>)> = Vec::new();
+    let mut results: Vec<Row<'_>> = Vec::new();
+    let mut pipelined = Vec::new();
     let mut wanted = Vec::new();
     if shapes.contains("large") {
         wanted.push("1000 rows (512,000 B)");
@@ -192,6 +212,9 @@ fn main() {
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         seq.push(sequential_reference(&root, secs));
+        if shapes.contains("small") {
+            pipelined.push(quiver_pipelined(&root, 64, &small, secs));
+        }
         for ((shape, w, zstd), q, b) in &mut results {
             let record = if shape.starts_with("1000") { &large } else { &small };
             q.push(quiver(&root, *w, record, *zstd, secs, group));
@@ -215,8 +238,20 @@ fn main() {
             .map(|(_, _, b)| b.clone())
             .unwrap()
     };
+    if let Some(b) = baseline_of("1 row (512 B)", 1).filter(|_| !pipelined.is_empty()) {
+        let (qm, qc) = (
+            median(pipelined.iter().map(Rate::mib_s).collect()),
+            median(pipelined.iter().map(Rate::per_s).collect()),
+        );
+        let bc = median(b.iter().map(Rate::per_s).collect());
+        println!(
+            "| 1 row (512 B) | 1 thread, 64 in flight | no | {qm:.1} | {qc:.0} | | | {:.2}× (vs 1 writer) | {:.0}% |",
+            qc / bc,
+            100.0 * qm / seq_mib
+        );
+    }
     for ((shape, w, zstd), q, _) in &results {
-        let b = baseline_of(shape, *w);
+        let b = baseline_of(shape, *w).expect("every shape and writer count has a baseline row");
         let (qm, qc) = (
             median(q.iter().map(Rate::mib_s).collect()),
             median(q.iter().map(Rate::per_s).collect()),
