@@ -231,12 +231,11 @@ fn main() {
         "| record | writers | zstd | Quiver MiB/s | Quiver commits/s | baseline MiB/s | baseline commits/s | Quiver / baseline | Quiver / sequential |"
     );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
-    let baseline_of = |shape: &str, w: usize| {
+    let baseline_of = |shape: &str, w: usize| -> Option<Vec<Rate>> {
         results
             .iter()
             .find(|((s, ww, z), _, _)| *s == shape && *ww == w && !*z)
             .map(|(_, _, b)| b.clone())
-            .unwrap()
     };
     if let Some(b) = baseline_of("1 row (512 B)", 1).filter(|_| !pipelined.is_empty()) {
         let (qm, qc) = (
