@@ -141,7 +141,7 @@ impl Default for WalOptions {
             segment_bytes: 64 << 20,
             sync: SyncPolicy::EveryGroup,
             compression: Compression::None,
-            compress_min_bytes: 512,
+            compress_min_bytes: 4096,
             max_record_bytes: 256 << 20,
             max_queued_bytes: 64 << 20,
             max_group_bytes: 1 << 20,
@@ -177,7 +177,8 @@ impl WalOptions {
         self.compression = compression;
         self
     }
-    /// Payloads smaller than this are never compressed. Default 512 bytes.
+    /// Payloads smaller than this are never compressed. Default 4 KiB (a single 128-d f32 row does
+    /// not compress, and trying costs more than its write).
     #[must_use]
     pub fn compress_min_bytes(mut self, bytes: usize) -> Self {
         self.compress_min_bytes = bytes;
