@@ -180,19 +180,16 @@ fn crash_error() -> io::Error {
     io::Error::other(CRASH_MESSAGE)
 }
 
+/// Linux's errno values for the injected errors.
+const EIO: i32 = 5;
+const ENOSPC: i32 = 28;
+
 fn fault_error(fault: Fault) -> io::Error {
     match fault {
-        Fault::Enospc => io::Error::from_raw_os_error(libc_enospc()),
+        Fault::Enospc => io::Error::from_raw_os_error(ENOSPC),
         Fault::Crash => crash_error(),
-        Fault::Eio | Fault::ShortWrite => io::Error::from_raw_os_error(libc_eio()),
+        Fault::Eio | Fault::ShortWrite => io::Error::from_raw_os_error(EIO),
     }
-}
-
-const fn libc_eio() -> i32 {
-    5
-}
-const fn libc_enospc() -> i32 {
-    28
 }
 
 fn normalize(path: &Path) -> PathBuf {

@@ -392,8 +392,6 @@ struct State {
     acked_lsn: Lsn,
     /// Every record ≤ this is durable.
     durable_lsn: Lsn,
-    /// Every record ≤ this has been written to the OS.
-    written_lsn: Lsn,
     /// The flusher must make at least this LSN durable.
     sync_wanted: Lsn,
     failed: Option<Arc<io::Error>>,
@@ -449,26 +447,25 @@ impl Shared {
 
     /// Marks the flusher gone and releases every waiter (each then sees why).
     fn finish(&self) {
-        let wakers = {
-            let mut st = self.state();
-            st.flusher_done = true;
-            std::mem::take(&mut st.wakers)
-        };
-        self.acked.notify_all();
-        self.space.notify_all();
-        for w in wakers.into_values() {
-            w.wake();
-        }
+        self.release_all(|st| st.flusher_done = true);
     }
 
     /// Poisons the log: records not yet acknowledged, and every later call, fail with `e`.
     fn fail(&self, e: io::Error) {
         tracing::error!(dir = %self.dir.display(), error = %e, "WAL write failed; refusing appends until reopened");
-        let wakers = {
-            let mut st = self.state();
+        self.release_all(|st| {
             if st.failed.is_none() {
                 st.failed = Some(Arc::new(e));
             }
+        });
+    }
+
+    /// Applies `update` under the lock, then wakes every waiter of every kind (each then re-checks
+    /// the state and sees why it was released).
+    fn release_all(&self, update: impl FnOnce(&mut State)) {
+        let wakers = {
+            let mut st = self.state();
+            update(&mut st);
             std::mem::take(&mut st.wakers)
         };
         self.space.notify_all();
@@ -611,7 +608,6 @@ impl Wal {
                 next_lsn,
                 acked_lsn: next_lsn - 1,
                 durable_lsn: next_lsn - 1,
-                written_lsn: next_lsn - 1,
                 ..State::default()
             }),
             work: Condvar::new(),
@@ -623,7 +619,6 @@ impl Wal {
             checkpoint: Mutex::new(()),
             opts: options,
         });
-        let last = segments.last().expect("at least one segment");
         let flusher = Flusher {
             shared: Arc::clone(&shared),
             file,
@@ -632,7 +627,6 @@ impl Wal {
             written: next_lsn - 1,
             buf: Vec::new(),
             last_sync: Instant::now(),
-            segment_first_lsn: last.first_lsn,
             last_group: 0,
             sync_ewma: Duration::ZERO,
         };
@@ -928,7 +922,6 @@ struct Flusher {
     written: Lsn,
     buf: Vec<u8>,
     last_sync: Instant,
-    segment_first_lsn: Lsn,
     /// Records in the last group written (the gather target).
     last_group: usize,
     /// Moving average of `fdatasync` time (the gather window is half of it).
@@ -1051,7 +1044,6 @@ impl Flusher {
         };
         let wakers = {
             let mut st = self.shared.state();
-            st.written_lsn = self.written;
             st.durable_lsn = self.durable;
             st.acked_lsn = ack;
             let later = st.wakers.split_off(&(ack + 1));
@@ -1132,7 +1124,6 @@ impl Flusher {
         lock(&self.shared.segments).push(SegmentFile { first_lsn, path });
         self.file = file;
         self.offset = SEGMENT_HEADER_LEN as u64;
-        self.segment_first_lsn = first_lsn;
         Ok(())
     }
 }

@@ -204,7 +204,7 @@ pub(crate) struct SegmentFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{encode_segment_header, segment_name};
+    use crate::format::encode_segment_header;
 
     fn segment(first: u64, payloads: &[&[u8]], durable: impl Fn(u64) -> u64) -> Vec<u8> {
         let mut out = encode_segment_header(first).to_vec();
@@ -245,7 +245,6 @@ mod tests {
         seg[second..sector_end].fill(0);
         let err = scan_segment(&seg, 1, true).unwrap_err();
         assert_eq!((err.offset, err.lsn), (second as u64, 2), "{}", err.reason);
-        let _ = segment_name(1);
     }
 
     #[test]

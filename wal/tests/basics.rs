@@ -3,15 +3,14 @@
 //! concurrent appenders all get distinct LSNs, and a failed `fdatasync` is never papered over —
 //! the writer refuses further work until reopened.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
+use common::payload;
 use quiver_wal::vfs::sim::{CrashMode, Fault, OpKind, SimVfs};
 use quiver_wal::{AppendError, Compression, ReadError, SyncPolicy, Wal, WalOptions};
-
-fn payload(i: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|j| (i as usize * 31 + j * 7 + (j >> 8)) as u8).collect()
-}
 
 fn all(wal: &Wal, from: u64) -> Vec<(u64, u8, Vec<u8>)> {
     wal.replay(from).unwrap().map(|r| r.map(|r| (r.lsn, r.kind, r.payload)).unwrap()).collect()
