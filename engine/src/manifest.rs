@@ -3,7 +3,8 @@
 //! The engine serialises its state (live segments, indexes, tombstone files, the WAL checkpoint) into
 //! a body; this module frames, checksums and commits it. Commit protocol (see `docs/durability.md`):
 //!
-//! 1. remove a leftover `MANIFEST.tmp` (from an interrupted commit) if there is one;
+//! 1. ([`ManifestStore::open`], once) remove a leftover `MANIFEST.tmp` from an interrupted commit;
+//!    afterwards none can appear, since a commit either renames it away or poisons the store;
 //! 2. write the new manifest to `MANIFEST.tmp` and `fdatasync` it;
 //! 3. rename `MANIFEST.tmp` over `MANIFEST` (atomic);
 //! 4. `fsync` the directory. Only now is the commit durable, and only now may the caller delete what
@@ -83,6 +84,11 @@ pub struct ManifestStore {
     poisoned: bool,
 }
 
+/// Maps an I/O error on `path` to [`ManifestError::Io`].
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ManifestError + '_ {
+    move |source| ManifestError::Io { path: path.to_path_buf(), source }
+}
+
 fn encode(version: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
@@ -133,24 +139,20 @@ impl ManifestStore {
         vfs: Arc<dyn Vfs>,
         dir: &Path,
     ) -> Result<(ManifestStore, Option<Committed>), ManifestError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ManifestError::Io { path, source }
-        };
         let tmp = dir.join(MANIFEST_TMP);
-        if vfs.exists(&tmp).map_err(io(&tmp))? {
+        if vfs.exists(&tmp).map_err(io_err(&tmp))? {
             // An interrupted commit: it never became the manifest.
-            vfs.remove_file(&tmp).map_err(io(&tmp))?;
-            vfs.sync_dir(dir).map_err(io(dir))?;
+            vfs.remove_file(&tmp).map_err(io_err(&tmp))?;
+            vfs.sync_dir(dir).map_err(io_err(dir))?;
         }
         let path = dir.join(MANIFEST_FILE);
         let current = match vfs.open(&path, OpenMode::Read) {
             Ok(f) => {
-                let bytes = f.read_to_vec().map_err(io(&path))?;
+                let bytes = f.read_to_vec().map_err(io_err(&path))?;
                 Some(decode(&path, &bytes)?)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io(&path)(e)),
+            Err(e) => return Err(io_err(&path)(e)),
         };
         let version = current.as_ref().map_or(0, |(v, _)| *v);
         Ok((ManifestStore { vfs, dir: dir.to_path_buf(), version, poisoned: false }, current))
@@ -177,19 +179,12 @@ impl ManifestStore {
         let version = self.version + 1;
         self.poisoned = true; // cleared only if every step succeeds
         let (tmp, path) = (self.dir.join(MANIFEST_TMP), self.dir.join(MANIFEST_FILE));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ManifestError::Io { path, source }
-        };
-        if self.vfs.exists(&tmp).map_err(io(&tmp))? {
-            self.vfs.remove_file(&tmp).map_err(io(&tmp))?;
-        }
-        let file = self.vfs.open(&tmp, OpenMode::CreateNew).map_err(io(&tmp))?;
-        file.write_all_at(&encode(version, body), 0).map_err(io(&tmp))?;
-        file.sync_data().map_err(io(&tmp))?;
+        let file = self.vfs.open(&tmp, OpenMode::CreateNew).map_err(io_err(&tmp))?;
+        file.write_all_at(&encode(version, body), 0).map_err(io_err(&tmp))?;
+        file.sync_data().map_err(io_err(&tmp))?;
         drop(file);
-        self.vfs.rename(&tmp, &path).map_err(io(&path))?;
-        self.vfs.sync_dir(&self.dir).map_err(io(&self.dir))?;
+        self.vfs.rename(&tmp, &path).map_err(io_err(&path))?;
+        self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
         self.poisoned = false;
         self.version = version;
         Ok(version)
