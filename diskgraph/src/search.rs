@@ -580,12 +580,6 @@ impl Searcher<'_> {
         }
         exact.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
         exact.truncate(params.k);
-        if h.user_metric == Metric::InnerProduct {
-            // Stored L2 on the transformed vectors → negated inner product (see docs/format.md).
-            for r in &mut exact {
-                r.distance = (r.distance - q_norm_sq - h.mips_max_norm_sq) / 2.0;
-            }
-        }
         stats.latency_us = started.elapsed().as_secs_f64() * 1e6;
         Ok((exact, stats))
     }
@@ -609,11 +603,16 @@ fn exact_distance<K: Kernels>(
     if native {
         return distance(k, h.metric, query, stored);
     }
+    // Inner product is computed directly, not recovered from L2 on the transformed vectors: the
+    // query's appended 0 meets the stored vector's extra coordinate, so `q′·x′ = q·x` exactly,
+    // while `(‖q′ − x′‖² − ‖q‖² − M²) / 2` loses precision to cancellation.
+    let metric =
+        if h.user_metric == Metric::InnerProduct { Metric::InnerProduct } else { h.metric };
     match stored {
-        Row::F32(x) => distance(k, h.metric, Row::F32(qf), Row::F32(x)),
+        Row::F32(x) => distance(k, metric, Row::F32(qf), Row::F32(x)),
         other => {
             let x = other.to_f32();
-            distance(k, h.metric, Row::F32(qf), Row::F32(&x))
+            distance(k, metric, Row::F32(qf), Row::F32(&x))
         }
     }
 }

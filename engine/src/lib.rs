@@ -1,23 +1,59 @@
-//! # quiver-engine — the embeddable database (being built; see ARCHITECTURE.md)
+//! # quiver-engine — the embeddable vector database
 //!
-//! Built so far, the pieces every later part stands on:
-//! - [`manifest`]: the versioned, checksummed manifest, replaced atomically (write, sync, rename,
-//!   sync the directory), with the commit protocol in `docs/durability.md`;
-//! - [`names`]: collection-name validation (a name becomes a path: no traversal, no NUL, bounded);
-//! - [`lock`]: one process per database directory.
+//! Open a [`Database`] in a directory, create collections with a [`CollectionSchema`] (vector
+//! dimension, element type, metric, id type, attribute columns), then [`Database::insert`]
+//! Arrow record batches (upserting by id), [`Database::delete`] by id, and
+//! [`Database::search`], [`Database::get`] and [`Database::scan`]. A write returns once it is
+//! durable in the write-ahead log and is visible to every read from then on.
 //!
-//! Still to come: collections with a schema, durable inserts and deletes through the WAL, search / get /
-//! scan that see every acknowledged write, Parquet segments as the snapshot format, the atomically
-//! replaced manifest, and background work that turns segments into disk indexes and merges them.
+//! Recent rows live in an in-memory table; [`Database::flush`] (automatic past
+//! [`Options::memtable_bytes`]) writes them as immutable Parquet segments that pyarrow and DuckDB
+//! read directly. Background work builds a disk index (`quiver-diskgraph`) for each segment and
+//! merges small segments. Deletes are tombstones, persisted in deletion files and applied to
+//! every read; merges drop the deleted rows. A checksummed manifest, replaced atomically, names
+//! the live files and the WAL checkpoint. `docs/durability.md` has the protocol step by step.
 //!
-//! May depend on: `quiver-wal`, `quiver-diskgraph` (and through it `quiver-simd`). Never on
-//! `quiver-flight` or the `quiver` binary.
+//! ```no_run
+//! use std::sync::Arc;
+//! use arrow_array::{FixedSizeListArray, RecordBatch, UInt64Array, types::Float32Type};
+//! use arrow_schema::{Field, Schema};
+//! use quiver_engine::{CollectionSchema, Database, Options, SearchParams, VectorType};
+//! use quiver_engine::diskgraph::data::Metric;
+//!
+//! let db = Database::open("/tmp/quiver-doc", Options::default())?;
+//! let schema = CollectionSchema::new(3, VectorType::F32, Metric::L2);
+//! db.create_collection("docs", schema.clone())?;
+//! let vectors = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+//!     vec![Some(vec![Some(0.0), Some(1.0), Some(2.0)])], 3);
+//! let batch = RecordBatch::try_new(schema.arrow_schema(), vec![
+//!     Arc::new(UInt64Array::from(vec![7])), Arc::new(vectors)])?;
+//! db.insert("docs", &batch)?;
+//! let hits = db.search("docs", &[0.0, 1.0, 2.1], &SearchParams::default())?;
+//! assert_eq!(hits.num_rows(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! May depend on: `quiver-wal`, `quiver-diskgraph` (and through them `quiver-vfs`,
+//! `quiver-simd`). Never on `quiver-flight` or the `quiver` binary.
 
 #![deny(missing_docs)]
 
+pub mod batch;
+mod db;
+pub mod error;
 pub mod lock;
 pub mod manifest;
 pub mod names;
+mod options;
+pub mod schema;
+pub mod segment;
+
+pub use db::{
+    CollectionStats, Database, MAX_K, MAX_LIST_SIZE, SCAN_BATCH_ROWS, Scan, SearchParams,
+};
+pub use error::{CollectionError, FlushError, OpenError, ReadError, WriteError};
+pub use options::Options;
+pub use schema::{CollectionSchema, IdType, VectorType};
 
 /// The disk index crate, re-exported for users who tune it.
 pub use quiver_diskgraph as diskgraph;

@@ -85,6 +85,14 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     /// # Errors
     /// Any I/O error other than "not found".
     fn exists(&self, path: &Path) -> io::Result<bool>;
+
+    /// The real file-system path behind `path`, if this tree is the real file system. Callers use
+    /// it for work that cannot go through the seam (the disk index reads its graph with
+    /// `O_DIRECT` through io_uring); a simulated tree returns `None` and such work is skipped.
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        let _ = path;
+        None
+    }
 }
 
 /// One open file: positional reads and writes, so a handle can be shared between threads.
@@ -268,6 +276,10 @@ impl Vfs for OsVfs {
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()
+    }
+
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        Some(path.to_path_buf())
     }
 }
 

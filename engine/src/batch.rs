@@ -1,0 +1,455 @@
+//! Turning users' record batches into rows a collection can store, refusing bad input before
+//! anything is written; row keys; and the WAL payload encoding (Arrow IPC).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float16Type, Float32Type, Int8Type, Int64Type, UInt8Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow_schema::{ArrowError, DataType};
+
+use crate::diskgraph::data::{Row, VectorSet};
+use crate::schema::{
+    CollectionSchema, ID_COLUMN, IdType, MAX_STRING_ID, VECTOR_COLUMN, VectorType,
+};
+
+/// A row's primary key. `i64` ids are kept as their bit pattern in [`Key::Int`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    /// A `u64` or `i64` id.
+    Int(u64),
+    /// A string id.
+    Str(Box<str>),
+}
+
+/// Why a batch of rows (or of ids) is refused. Nothing was written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// A required column is missing.
+    #[error("the batch has no {0:?} column")]
+    MissingColumn(String),
+    /// A column not in the collection's schema.
+    #[error("column {0:?} is not in the collection's schema")]
+    UnknownColumn(String),
+    /// A column of the wrong type.
+    #[error("column {column:?} has type {found}, the collection expects {expected}")]
+    ColumnType {
+        /// The column.
+        column: String,
+        /// Its type in the batch.
+        found: DataType,
+        /// The type the schema declares.
+        expected: DataType,
+    },
+    /// A null in a non-nullable column.
+    #[error("column {column:?} has a null at row {row}")]
+    Null {
+        /// The column.
+        column: String,
+        /// The first row with a null.
+        row: usize,
+    },
+    /// A NaN or infinite vector element.
+    #[error("vector at row {row} has the non-finite value {value}")]
+    NonFinite {
+        /// The row.
+        row: usize,
+        /// The value.
+        value: f32,
+    },
+    /// A zero vector under the cosine metric (it has no direction).
+    #[error("vector at row {0} is all zeros, which has no cosine distance")]
+    ZeroVector(usize),
+    /// The same id twice in one batch.
+    #[error("id {id} appears twice in the batch (rows {first} and {second})")]
+    DuplicateId {
+        /// The id, printed.
+        id: String,
+        /// Its first row.
+        first: usize,
+        /// Its second row.
+        second: usize,
+    },
+    /// A string id longer than [`MAX_STRING_ID`] bytes.
+    #[error("string id at row {0} is longer than {MAX_STRING_ID} bytes")]
+    IdTooLong(usize),
+    /// More rows than [`crate::Options::max_batch_rows`].
+    #[error("{rows} rows exceed the per-call limit of {limit}")]
+    TooManyRows {
+        /// Rows in the batch.
+        rows: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Arrow could not assemble the stored batch.
+    #[error("arrow: {0}")]
+    Arrow(String),
+}
+
+impl From<ArrowError> for BatchError {
+    fn from(e: ArrowError) -> Self {
+        BatchError::Arrow(e.to_string())
+    }
+}
+
+/// Vectors in the representation searches use: `f32` (for f32 and f16 collections; normalised
+/// under cosine), `u8` or `i8`, row-major.
+#[derive(Clone, Debug, Default)]
+pub enum Vectors {
+    /// Float vectors.
+    F32(Vec<f32>),
+    /// Unsigned byte vectors.
+    U8(Vec<u8>),
+    /// Signed byte vectors.
+    I8(Vec<i8>),
+    /// No vectors yet (an empty memtable before its first row).
+    #[default]
+    Empty,
+}
+
+/// A validated batch: stored columns in schema order, one key per row, search vectors.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The batch with the collection's Arrow schema.
+    pub batch: RecordBatch,
+    /// Row keys.
+    pub keys: Vec<Key>,
+    /// Search vectors.
+    pub vectors: Vectors,
+}
+
+fn type_err(column: &str, found: &DataType, expected: DataType) -> BatchError {
+    BatchError::ColumnType { column: column.to_string(), found: found.clone(), expected }
+}
+
+fn first_null(a: &dyn Array) -> Option<usize> {
+    if a.null_count() == 0 {
+        return None;
+    }
+    (0..a.len()).find(|&i| a.is_null(i))
+}
+
+/// Keys of an id column of `id_type`, refusing nulls, long strings and (if `unique`) duplicates.
+///
+/// # Errors
+/// [`BatchError`] for a wrong type, a null, an over-long string or a duplicate.
+pub fn keys_of(ids: &dyn Array, id_type: IdType, unique: bool) -> Result<Vec<Key>, BatchError> {
+    if ids.data_type() != &id_type.arrow_type() {
+        return Err(type_err(ID_COLUMN, ids.data_type(), id_type.arrow_type()));
+    }
+    if let Some(row) = first_null(ids) {
+        return Err(BatchError::Null { column: ID_COLUMN.into(), row });
+    }
+    let keys: Vec<Key> = match id_type {
+        IdType::U64 => {
+            ids.as_primitive::<UInt64Type>().values().iter().map(|&v| Key::Int(v)).collect()
+        }
+        IdType::I64 => {
+            ids.as_primitive::<Int64Type>().values().iter().map(|&v| Key::Int(v as u64)).collect()
+        }
+        IdType::Utf8 => {
+            let s = ids.as_string::<i32>();
+            let mut out = Vec::with_capacity(s.len());
+            for (i, v) in s.iter().enumerate() {
+                let v = v.expect("nulls were refused");
+                if v.len() > MAX_STRING_ID {
+                    return Err(BatchError::IdTooLong(i));
+                }
+                out.push(Key::Str(v.into()));
+            }
+            out
+        }
+    };
+    if unique {
+        let mut seen = std::collections::HashMap::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            if let Some(first) = seen.insert(k, i) {
+                return Err(BatchError::DuplicateId {
+                    id: key_to_string(k, id_type),
+                    first,
+                    second: i,
+                });
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// A key printed as the user wrote it.
+pub fn key_to_string(k: &Key, id_type: IdType) -> String {
+    match (k, id_type) {
+        (Key::Int(v), IdType::I64) => (*v as i64).to_string(),
+        (Key::Int(v), _) => v.to_string(),
+        (Key::Str(s), _) => format!("{s:?}"),
+    }
+}
+
+/// Builds an id array of `id_type` from keys.
+pub fn keys_to_array(keys: &[Key], id_type: IdType) -> ArrayRef {
+    let int = |k: &Key| match k {
+        Key::Int(v) => *v,
+        Key::Str(_) => unreachable!("a string key in an integer collection"),
+    };
+    match id_type {
+        IdType::U64 => Arc::new(arrow_array::UInt64Array::from_iter_values(keys.iter().map(int))),
+        IdType::I64 => {
+            Arc::new(arrow_array::Int64Array::from_iter_values(keys.iter().map(|k| int(k) as i64)))
+        }
+        IdType::Utf8 => {
+            Arc::new(arrow_array::StringArray::from_iter_values(keys.iter().map(|k| match k {
+                Key::Str(s) => s.as_ref(),
+                Key::Int(_) => unreachable!("an integer key in a string collection"),
+            })))
+        }
+    }
+}
+
+/// Validates `batch` against `schema` and converts it to stored form.
+///
+/// # Errors
+/// [`BatchError`] naming the first problem found.
+pub fn prepare(schema: &CollectionSchema, batch: &RecordBatch) -> Result<Prepared, BatchError> {
+    let in_schema = batch.schema();
+    for f in in_schema.fields() {
+        let n = f.name();
+        if n != ID_COLUMN
+            && n != VECTOR_COLUMN
+            && !schema.attributes().iter().any(|a| a.name() == n)
+        {
+            return Err(BatchError::UnknownColumn(n.clone()));
+        }
+    }
+    let column = |name: &str| batch.column_by_name(name);
+    let ids = column(ID_COLUMN).ok_or_else(|| BatchError::MissingColumn(ID_COLUMN.into()))?;
+    let keys = keys_of(ids.as_ref(), schema.id_type(), true)?;
+    let vector =
+        column(VECTOR_COLUMN).ok_or_else(|| BatchError::MissingColumn(VECTOR_COLUMN.into()))?;
+    let dim = schema.dim();
+    let expected = schema.vector_data_type();
+    let DataType::FixedSizeList(item, size) = vector.data_type() else {
+        return Err(type_err(VECTOR_COLUMN, vector.data_type(), expected));
+    };
+    if *size as usize != dim || item.data_type() != &schema.vector_type().arrow_type() {
+        return Err(type_err(VECTOR_COLUMN, vector.data_type(), expected));
+    }
+    if let Some(row) = first_null(vector.as_ref()) {
+        return Err(BatchError::Null { column: VECTOR_COLUMN.into(), row });
+    }
+    let vectors = vectors_of(schema, vector.as_ref())?;
+    let mut columns: Vec<ArrayRef> = vec![ids.clone(), stored_vector_column(schema, vector)];
+    for a in schema.attributes() {
+        match column(a.name()) {
+            Some(c) => {
+                if c.data_type() != a.data_type() {
+                    return Err(type_err(a.name(), c.data_type(), a.data_type().clone()));
+                }
+                if !a.is_nullable()
+                    && let Some(row) = first_null(c.as_ref())
+                {
+                    return Err(BatchError::Null { column: a.name().clone(), row });
+                }
+                columns.push(c.clone());
+            }
+            None if a.is_nullable() => {
+                columns.push(new_null_array(a.data_type(), batch.num_rows()))
+            }
+            None => return Err(BatchError::MissingColumn(a.name().clone())),
+        }
+    }
+    let batch = RecordBatch::try_new(schema.arrow_schema(), columns)?;
+    Ok(Prepared { batch, keys, vectors })
+}
+
+/// Search vectors of a vector column already checked to be `FixedSizeList<element>[dim]` with
+/// no null lists: refuses null elements, non-finite floats and (under cosine) zero vectors, and
+/// normalises under cosine.
+///
+/// # Errors
+/// [`BatchError`] naming the first bad row.
+pub fn vectors_of(schema: &CollectionSchema, vector: &dyn Array) -> Result<Vectors, BatchError> {
+    let dim = schema.dim();
+    let list = vector.as_fixed_size_list();
+    // Sliced batches: the child values of rows offset..offset+len.
+    let values = list.values().slice(list.offset() * dim, list.len() * dim);
+    if let Some(i) = first_null(values.as_ref()) {
+        return Err(BatchError::Null { column: VECTOR_COLUMN.into(), row: i / dim });
+    }
+    Ok(match schema.vector_type() {
+        VectorType::F32 | VectorType::F16 => {
+            let mut v: Vec<f32> = if schema.vector_type() == VectorType::F32 {
+                values.as_primitive::<Float32Type>().values().to_vec()
+            } else {
+                values.as_primitive::<Float16Type>().values().iter().map(|x| x.to_f32()).collect()
+            };
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(BatchError::NonFinite { row: i / dim, value: v[i] });
+            }
+            if schema.metric() == crate::diskgraph::data::Metric::Cosine {
+                for (row, chunk) in v.chunks_exact_mut(dim).enumerate() {
+                    if !normalize(chunk) {
+                        return Err(BatchError::ZeroVector(row));
+                    }
+                }
+            }
+            Vectors::F32(v)
+        }
+        VectorType::U8 => Vectors::U8(values.as_primitive::<UInt8Type>().values().to_vec()),
+        VectorType::I8 => Vectors::I8(values.as_primitive::<Int8Type>().values().to_vec()),
+    })
+}
+
+/// Scales `v` to unit length (in f64); false for a zero vector, which is left alone.
+pub fn normalize(v: &mut [f32]) -> bool {
+    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return false;
+    }
+    v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    true
+}
+
+impl Vectors {
+    /// Values held (rows × dim).
+    pub fn values(&self) -> usize {
+        match self {
+            Vectors::F32(v) => v.len(),
+            Vectors::U8(v) => v.len(),
+            Vectors::I8(v) => v.len(),
+            Vectors::Empty => 0,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Vectors::F32(v) => 4 * v.len(),
+            _ => self.values(),
+        }
+    }
+
+    /// Row `i` of `dim` values.
+    pub fn row(&self, i: usize, dim: usize) -> Row<'_> {
+        let r = i * dim..(i + 1) * dim;
+        match self {
+            Vectors::F32(v) => Row::F32(&v[r]),
+            Vectors::U8(v) => Row::U8(&v[r]),
+            Vectors::I8(v) => Row::I8(&v[r]),
+            Vectors::Empty => panic!("row {i} of no vectors"),
+        }
+    }
+
+    /// Appends `other`'s rows (of the same type).
+    pub fn extend(&mut self, other: &Vectors) {
+        match (&mut *self, other) {
+            (_, Vectors::Empty) => {}
+            (Vectors::Empty, o) => *self = o.clone(),
+            (Vectors::F32(a), Vectors::F32(b)) => a.extend_from_slice(b),
+            (Vectors::U8(a), Vectors::U8(b)) => a.extend_from_slice(b),
+            (Vectors::I8(a), Vectors::I8(b)) => a.extend_from_slice(b),
+            _ => panic!("appending vectors of another element type"),
+        }
+    }
+
+    /// The rows `rows` (in that order) as new vectors.
+    pub fn select(&self, rows: &[u32], dim: usize) -> Vectors {
+        fn pick<T: Copy>(v: &[T], rows: &[u32], dim: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(rows.len() * dim);
+            for &r in rows {
+                let r = r as usize;
+                out.extend_from_slice(&v[r * dim..(r + 1) * dim]);
+            }
+            out
+        }
+        match self {
+            Vectors::F32(v) => Vectors::F32(pick(v, rows, dim)),
+            Vectors::U8(v) => Vectors::U8(pick(v, rows, dim)),
+            Vectors::I8(v) => Vectors::I8(pick(v, rows, dim)),
+            Vectors::Empty => Vectors::Empty,
+        }
+    }
+
+    /// A copy as a [`VectorSet`] (what the index builder takes).
+    ///
+    /// # Errors
+    /// If the set is empty or too large for a vector set.
+    pub fn to_vector_set(
+        &self,
+        dim: usize,
+    ) -> Result<VectorSet, crate::diskgraph::data::DataError> {
+        match self {
+            Vectors::F32(v) => VectorSet::from_f32(dim, v),
+            Vectors::U8(v) => VectorSet::from_u8(dim, v),
+            Vectors::I8(v) => VectorSet::from_i8(dim, v),
+            Vectors::Empty => Err(crate::diskgraph::data::DataError::Invalid("no vectors".into())),
+        }
+    }
+}
+
+/// The vector column relabelled with the stored field (child named `item`, non-null), so batches
+/// from clients that name the child differently still match the stored schema.
+fn stored_vector_column(schema: &CollectionSchema, vector: &ArrayRef) -> ArrayRef {
+    let list = vector.as_fixed_size_list();
+    let DataType::FixedSizeList(field, size) = schema.vector_data_type() else {
+        unreachable!("vector_data_type is a FixedSizeList")
+    };
+    Arc::new(arrow_array::FixedSizeListArray::new(
+        field,
+        size,
+        list.values().slice(list.offset() * size as usize, list.len() * size as usize),
+        None,
+    ))
+}
+
+/// Ids a delete names, validated against the collection's id type.
+///
+/// # Errors
+/// [`BatchError`] for a wrong type, nulls or over-long strings (duplicates are allowed).
+pub fn delete_keys(ids: &dyn Array, id_type: IdType) -> Result<Vec<Key>, BatchError> {
+    let keys = keys_of(ids, id_type, false)?;
+    let mut seen = HashSet::with_capacity(keys.len());
+    Ok(keys.into_iter().filter(|k| seen.insert(k.clone())).collect())
+}
+
+/// WAL record kinds.
+pub mod kind {
+    /// An insert: collection id, then an Arrow IPC stream of the stored batch.
+    pub const INSERT: u8 = 1;
+    /// A delete: collection id, then an Arrow IPC stream of a one-column (`id`) batch.
+    pub const DELETE: u8 = 2;
+}
+
+/// Encodes a WAL payload: the collection id (u64 LE), then `batch` as an Arrow IPC stream.
+///
+/// # Errors
+/// If Arrow cannot encode the batch.
+pub fn encode_payload(collection: u64, batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+    let mut out = collection.to_le_bytes().to_vec();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &batch.schema())?;
+    w.write(batch)?;
+    w.finish()?;
+    drop(w);
+    Ok(out)
+}
+
+/// Decodes a WAL payload written by [`encode_payload`].
+///
+/// # Errors
+/// A description of what is malformed.
+pub fn decode_payload(payload: &[u8]) -> Result<(u64, RecordBatch), String> {
+    if payload.len() < 8 {
+        return Err("payload shorter than its collection id".into());
+    }
+    let collection = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+    let mut r = arrow_ipc::reader::StreamReader::try_new(&payload[8..], None)
+        .map_err(|e| format!("IPC stream: {e}"))?;
+    let batch = r
+        .next()
+        .ok_or_else(|| "IPC stream holds no batch".to_string())?
+        .map_err(|e| format!("IPC batch: {e}"))?;
+    if r.next().is_some() {
+        return Err("IPC stream holds more than one batch".into());
+    }
+    Ok((collection, batch))
+}

@@ -1,0 +1,1994 @@
+//! The database: collections, the write path (WAL → in-memory table), flushes to Parquet
+//! segments, deletes as persisted tombstones, searches that merge every source, and recovery.
+//!
+//! Locks are always taken in this order, and never the other way: `order` → `manifest` →
+//! `state`. Readers take only `state` (shared).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch};
+use arrow_schema::{Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use quiver_wal::vfs::{OpenMode, Vfs};
+use quiver_wal::{Lsn, Wal, WalOptions};
+
+use crate::batch::{self, Key, Prepared, Vectors, kind};
+use crate::diskgraph::data::{Metric, Row, distance_active};
+use crate::diskgraph::search::DiskIndex;
+use crate::error::{CollectionError, FlushError, OpenError, ReadError, WriteError};
+use crate::lock::DirLock;
+use crate::manifest::{ManifestError, ManifestStore};
+use crate::names::validate_collection_name;
+use crate::options::Options;
+use crate::schema::{CollectionSchema, DISTANCE_COLUMN, ID_COLUMN};
+use crate::segment::{self, FileSum, SegmentFile};
+
+/// Directory of Parquet segments.
+pub const SEGMENTS_DIR: &str = "segments";
+/// Directory of deletion files.
+pub const DELETES_DIR: &str = "deletes";
+/// Directory of disk indexes (one sub-directory per segment).
+pub const INDEXES_DIR: &str = "indexes";
+/// Directory of the write-ahead log.
+pub const WAL_DIR: &str = "wal";
+/// Manifest body format version.
+const BODY_FORMAT: u32 = 1;
+/// The most results one search may ask for.
+pub const MAX_K: usize = 10_000;
+/// The largest candidate list a search may ask for.
+pub const MAX_LIST_SIZE: usize = 100_000;
+/// Rows per batch a scan yields (at most).
+pub const SCAN_BATCH_ROWS: usize = 8192;
+
+// ---------------------------------------------------------------------------------------------
+// Manifest body
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Body {
+    format: u32,
+    /// Next id for a collection, segment or deletion file.
+    next_id: u64,
+    /// Every WAL record with an LSN below this is reflected in the segments listed here.
+    wal_checkpoint: u64,
+    collections: Vec<CollectionMeta>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CollectionMeta {
+    id: u64,
+    name: String,
+    schema: CollectionSchema,
+    segments: Vec<SegmentMeta>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SegmentMeta {
+    id: u64,
+    rows: u64,
+    bytes: u64,
+    crc: u32,
+    deletes: Option<DeleteMeta>,
+    indexed: bool,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct DeleteMeta {
+    file: u64,
+    count: u64,
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:016x}.parquet")
+}
+
+fn delete_name(file: u64) -> String {
+    format!("{file:016x}.del")
+}
+
+fn index_name(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-memory state
+// ---------------------------------------------------------------------------------------------
+
+/// Where a live row is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loc {
+    /// Row of the in-memory table.
+    Mem(u32),
+    /// Row of a segment.
+    Seg(u64, u32),
+}
+
+/// Recent rows, in memory, searched exactly.
+#[derive(Debug, Default)]
+struct Memtable {
+    batches: Vec<RecordBatch>,
+    /// Row → (batch, row in batch).
+    locs: Vec<(u32, u32)>,
+    keys: Vec<Key>,
+    vectors: Vectors,
+    live: Vec<bool>,
+    live_count: usize,
+    bytes: usize,
+}
+
+impl Memtable {
+    fn append(&mut self, p: Prepared) -> u32 {
+        let first = self.keys.len() as u32;
+        let b = self.batches.len() as u32;
+        self.bytes += p.batch.get_array_memory_size() + p.vectors.bytes() + 48 * p.keys.len();
+        for i in 0..p.keys.len() {
+            self.locs.push((b, i as u32));
+        }
+        self.live.extend(std::iter::repeat_n(true, p.keys.len()));
+        self.live_count += p.keys.len();
+        self.keys.extend(p.keys);
+        self.vectors.extend(&p.vectors);
+        self.batches.push(p.batch);
+        first
+    }
+
+    fn kill(&mut self, row: u32) {
+        let r = row as usize;
+        assert!(self.live[r], "memtable row {row} killed twice");
+        self.live[r] = false;
+        self.live_count -= 1;
+    }
+
+    fn live_rows(&self) -> Vec<u32> {
+        (0..self.keys.len() as u32).filter(|&r| self.live[r as usize]).collect()
+    }
+
+    /// The live rows as batches (one per memtable batch that has any), in row order.
+    fn live_batches(&self) -> Result<Vec<RecordBatch>, arrow_schema::ArrowError> {
+        let mut out = Vec::new();
+        let mut row = 0usize;
+        for b in &self.batches {
+            let n = b.num_rows();
+            let mask: arrow_array::BooleanArray =
+                self.live[row..row + n].iter().map(|&l| Some(l)).collect();
+            row += n;
+            if mask.true_count() == 0 {
+                continue;
+            }
+            out.push(if mask.true_count() == n {
+                b.clone()
+            } else {
+                arrow_select::filter::filter_record_batch(b, &mask)?
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A sealed segment.
+#[derive(Debug)]
+struct Segment {
+    meta: SegmentMeta,
+    file: SegmentFile,
+    keys: Vec<Key>,
+    deleted: Vec<bool>,
+    deleted_count: u64,
+    /// Deletions not yet in a deletion file (they are in the WAL).
+    dirty: bool,
+    /// Search vectors, held until the segment has a disk index.
+    vectors: Option<Arc<Vectors>>,
+    index: Option<Arc<DiskIndex>>,
+}
+
+impl Segment {
+    fn kill(&mut self, row: u32) {
+        let r = row as usize;
+        assert!(!self.deleted[r], "segment {} row {row} deleted twice", self.meta.id);
+        self.deleted[r] = true;
+        self.deleted_count += 1;
+        self.dirty = true;
+    }
+
+    fn live_rows(&self) -> Vec<u32> {
+        (0..self.keys.len() as u32).filter(|&r| !self.deleted[r as usize]).collect()
+    }
+
+    fn deleted_rows(&self) -> Vec<u32> {
+        (0..self.keys.len() as u32).filter(|&r| self.deleted[r as usize]).collect()
+    }
+}
+
+#[derive(Debug)]
+struct Collection {
+    id: u64,
+    name: String,
+    schema: Arc<CollectionSchema>,
+    arrow: SchemaRef,
+    mem: Memtable,
+    /// Ascending id (older first).
+    segments: Vec<Segment>,
+    /// Every live row's place.
+    keys: HashMap<Key, Loc>,
+}
+
+impl Collection {
+    fn segment_mut(&mut self, id: u64) -> &mut Segment {
+        let at = self.segments.binary_search_by_key(&id, |s| s.meta.id).expect("segment exists");
+        &mut self.segments[at]
+    }
+
+    fn segment(&self, id: u64) -> Option<&Segment> {
+        self.segments.binary_search_by_key(&id, |s| s.meta.id).ok().map(|at| &self.segments[at])
+    }
+
+    fn kill(&mut self, loc: Loc) {
+        match loc {
+            Loc::Mem(r) => self.mem.kill(r),
+            Loc::Seg(s, r) => self.segment_mut(s).kill(r),
+        }
+    }
+
+    fn insert(&mut self, p: Prepared) -> usize {
+        let first = self.mem.keys.len() as u32;
+        for (i, k) in p.keys.iter().enumerate() {
+            if let Some(old) = self.keys.insert(k.clone(), Loc::Mem(first + i as u32)) {
+                self.kill(old);
+            }
+        }
+        let before = self.mem.bytes;
+        self.mem.append(p);
+        self.mem.bytes - before
+    }
+
+    fn delete(&mut self, keys: &[Key]) {
+        for k in keys {
+            if let Some(old) = self.keys.remove(k) {
+                self.kill(old);
+            }
+        }
+    }
+
+    fn column_index(&self, name: &str) -> Result<usize, ReadError> {
+        self.arrow.index_of(name).map_err(|_| ReadError::UnknownColumn(name.to_string()))
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    collections: BTreeMap<String, Collection>,
+    checkpoint: Lsn,
+    mem_bytes: usize,
+}
+
+impl State {
+    fn by_id_mut(&mut self, id: u64) -> Option<&mut Collection> {
+        self.collections.values_mut().find(|c| c.id == id)
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Insert { collection, prepared } => {
+                if let Some(c) = self.by_id_mut(collection) {
+                    let added = c.insert(prepared);
+                    self.mem_bytes += added;
+                }
+            }
+            Op::Delete { collection, keys } => {
+                if let Some(c) = self.by_id_mut(collection) {
+                    c.delete(&keys);
+                }
+            }
+        }
+    }
+
+    fn body(&self, next_id: u64) -> Body {
+        Body {
+            format: BODY_FORMAT,
+            next_id,
+            wal_checkpoint: self.checkpoint,
+            collections: self
+                .collections
+                .values()
+                .map(|c| CollectionMeta {
+                    id: c.id,
+                    name: c.name.clone(),
+                    schema: (*c.schema).clone(),
+                    segments: c.segments.iter().map(|s| s.meta.clone()).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Op {
+    Insert { collection: u64, prepared: Prepared },
+    Delete { collection: u64, keys: Vec<Key> },
+}
+
+/// Writes submitted to the WAL and not yet applied, in LSN order.
+#[derive(Debug, Default)]
+struct Order {
+    queue: VecDeque<(Lsn, Op)>,
+}
+
+#[derive(Debug, Default)]
+struct Work {
+    shutdown: bool,
+    /// Bumped whenever background work may have become available or finished.
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    vfs: Arc<dyn Vfs>,
+    /// The real path of the index directory, if the file system is real and indexing is on.
+    index_dir: Option<PathBuf>,
+    wal: Wal,
+    order: Mutex<Order>,
+    manifest: Mutex<ManifestStore>,
+    state: RwLock<State>,
+    next_id: AtomicU64,
+    poisoned: Mutex<Option<String>>,
+    work: Mutex<Work>,
+    work_cv: Condvar,
+    _lock: Option<DirLock>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Inner {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn alloc_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn poisoned(&self) -> Option<String> {
+        lock(&self.poisoned).clone()
+    }
+
+    fn poison(&self, why: String) {
+        let mut p = lock(&self.poisoned);
+        if p.is_none() {
+            tracing::error!("database poisoned: {why}");
+            *p = Some(why);
+        }
+    }
+
+    fn notify_work(&self) {
+        lock(&self.work).generation += 1;
+        self.work_cv.notify_all();
+    }
+
+    fn path(&self, sub: &str, name: &str) -> PathBuf {
+        self.dir.join(sub).join(name)
+    }
+
+    /// Commits the state's body (plus `edit`) under the held manifest lock.
+    fn commit(
+        &self,
+        store: &mut ManifestStore,
+        st: &State,
+        edit: impl FnOnce(&mut Body),
+    ) -> Result<(), ManifestError> {
+        let mut body = st.body(self.next_id.load(Ordering::SeqCst));
+        edit(&mut body);
+        let bytes = serde_json::to_vec(&body).expect("the manifest body serialises");
+        store
+            .commit(&bytes)
+            .inspect_err(|e| self.poison(format!("manifest commit failed: {e}")))?;
+        Ok(())
+    }
+
+    fn remove_quietly(&self, path: &Path) {
+        if let Err(e) = self.vfs.remove_file(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove {}: {e}", path.display());
+        }
+    }
+
+    fn remove_index_dir(&self, seg: u64) {
+        if let Some(dir) = &self.index_dir {
+            let p = dir.join(index_name(seg));
+            if let Err(e) = std::fs::remove_dir_all(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("could not remove {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------
+
+/// Search parameters. `Default`: k = 10, list size 100, beam width 4, approximate, no extra
+/// columns.
+#[derive(Clone, Debug)]
+pub struct SearchParams {
+    /// Results wanted (1..=[`MAX_K`]).
+    pub k: usize,
+    /// The disk index's candidate list size `L` (raised to `k` if smaller).
+    pub list_size: usize,
+    /// The disk index's beam width `W` (sectors read per hop).
+    pub beam_width: usize,
+    /// Exhaustive search: every live row's exact distance, ignoring the indexes (slow; for
+    /// ground truth and tests).
+    pub exact: bool,
+    /// Columns returned besides `id` and `_distance` (attributes or `vector`).
+    pub columns: Vec<String>,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        SearchParams { k: 10, list_size: 100, beam_width: 4, exact: false, columns: Vec::new() }
+    }
+}
+
+/// Counters of one collection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CollectionStats {
+    /// Live rows.
+    pub rows: u64,
+    /// Live rows in the in-memory table.
+    pub memtable_rows: u64,
+    /// Sealed segments.
+    pub segments: usize,
+    /// Segments with a disk index.
+    pub indexed_segments: usize,
+    /// Rows in segments, live or deleted.
+    pub segment_rows: u64,
+    /// Rows of segments that are deleted or replaced (dropped at the next merge).
+    pub deleted_segment_rows: u64,
+    /// Bytes of segment files.
+    pub segment_bytes: u64,
+    /// Bytes of vectors held in RAM (in-memory table and unindexed segments).
+    pub resident_vector_bytes: u64,
+}
+
+/// An open database. Share it between threads by reference or in an `Arc`; every method takes
+/// `&self`. Dropping it stops background work (an index build in progress is abandoned and
+/// cleaned up at the next open).
+#[derive(Debug)]
+pub struct Database {
+    inner: Arc<Inner>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Open and recovery
+// ---------------------------------------------------------------------------------------------
+
+impl Database {
+    /// Opens (creating if needed) the database in `path`: takes the directory lock, loads the
+    /// manifest, opens and verifies every segment and deletion file it names, removes files it
+    /// does not name (work in flight at a crash), replays the WAL after the manifest's
+    /// checkpoint, and starts background work.
+    ///
+    /// # Errors
+    /// [`OpenError`]: the directory is locked or unreadable, or a file is damaged.
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Database, OpenError> {
+        let dir = path.as_ref().to_path_buf();
+        let vfs = opts.vfs.clone();
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| OpenError::Io { path: p, source }
+        };
+        for sub in ["", SEGMENTS_DIR, DELETES_DIR, WAL_DIR] {
+            let p = if sub.is_empty() { dir.clone() } else { dir.join(sub) };
+            vfs.create_dir_all(&p).map_err(io(&p))?;
+        }
+        let real = vfs.real_path(&dir);
+        let lock = match &real {
+            Some(real) => Some(DirLock::acquire(real).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    OpenError::Locked(e.to_string())
+                } else {
+                    OpenError::Io { path: real.clone(), source: e }
+                }
+            })?),
+            None => None,
+        };
+        let index_dir = match (&real, opts.build_indexes) {
+            (Some(real), true) => {
+                let p = real.join(INDEXES_DIR);
+                std::fs::create_dir_all(&p).map_err(io(&p))?;
+                Some(p)
+            }
+            _ => None,
+        };
+        let (store, committed) = ManifestStore::open(vfs.clone(), &dir)?;
+        let body: Body = match committed {
+            Some((_, bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| OpenError::ManifestBody(e.to_string()))?,
+            None => {
+                Body { format: BODY_FORMAT, next_id: 1, wal_checkpoint: 1, collections: vec![] }
+            }
+        };
+        if body.format != BODY_FORMAT {
+            return Err(OpenError::ManifestBody(format!(
+                "body format {} is not supported",
+                body.format
+            )));
+        }
+
+        let mut state = State { checkpoint: body.wal_checkpoint, ..State::default() };
+        let mut max_id = 0u64;
+        for cm in &body.collections {
+            validate_collection_name(&cm.name)
+                .map_err(|e| OpenError::ManifestBody(format!("collection name: {e}")))?;
+            let c = load_collection(&vfs, &dir, index_dir.as_deref(), &opts, cm)?;
+            max_id = max_id.max(cm.id);
+            for s in &cm.segments {
+                max_id = max_id.max(s.id).max(s.deletes.map_or(0, |d| d.file));
+            }
+            if state.collections.insert(cm.name.clone(), c).is_some() {
+                return Err(OpenError::ManifestBody(format!("collection {:?} twice", cm.name)));
+            }
+        }
+        if body.next_id <= max_id {
+            return Err(OpenError::ManifestBody(format!(
+                "next id {} is not above the largest id in use ({max_id})",
+                body.next_id
+            )));
+        }
+        remove_orphans(&vfs, &dir, index_dir.as_deref(), &body).map_err(|(p, e)| io(&p)(e))?;
+
+        let wal_opts = WalOptions::default()
+            .vfs(vfs.clone())
+            .sync(opts.wal_sync)
+            .segment_bytes(opts.wal_segment_bytes)
+            .compression(opts.wal_compression);
+        let wal = Wal::open(dir.join(WAL_DIR), wal_opts)?;
+        if wal.next_lsn() < body.wal_checkpoint {
+            return Err(OpenError::ManifestBody(format!(
+                "the WAL ends before LSN {} but the manifest's checkpoint is {}: WAL files are missing",
+                wal.next_lsn(),
+                body.wal_checkpoint
+            )));
+        }
+        let replay = wal.replay(body.wal_checkpoint).map_err(|e| OpenError::WalRecord {
+            lsn: body.wal_checkpoint,
+            reason: e.to_string(),
+        })?;
+        for rec in replay {
+            let rec = rec.map_err(|e| OpenError::WalRecord { lsn: 0, reason: e.to_string() })?;
+            let bad = |reason: String| OpenError::WalRecord { lsn: rec.lsn, reason };
+            let (cid, b) = batch::decode_payload(&rec.payload).map_err(bad)?;
+            let Some(c) = state.collections.values().find(|c| c.id == cid) else {
+                continue; // the collection was dropped
+            };
+            let op = match rec.kind {
+                kind::INSERT => Op::Insert {
+                    collection: cid,
+                    prepared: batch::prepare(&c.schema, &b).map_err(|e| bad(e.to_string()))?,
+                },
+                kind::DELETE => {
+                    let ids =
+                        b.column_by_name(ID_COLUMN).ok_or_else(|| bad("no id column".into()))?;
+                    Op::Delete {
+                        collection: cid,
+                        keys: batch::delete_keys(ids.as_ref(), c.schema.id_type())
+                            .map_err(|e| bad(e.to_string()))?,
+                    }
+                }
+                k => return Err(bad(format!("unknown record kind {k}"))),
+            };
+            state.apply(op);
+        }
+
+        let inner = Arc::new(Inner {
+            dir,
+            vfs,
+            index_dir,
+            wal,
+            order: Mutex::new(Order::default()),
+            manifest: Mutex::new(store),
+            state: RwLock::new(state),
+            next_id: AtomicU64::new(body.next_id),
+            poisoned: Mutex::new(None),
+            work: Mutex::new(Work::default()),
+            work_cv: Condvar::new(),
+            _lock: lock,
+            opts,
+        });
+        let worker = if inner.opts.background {
+            let w = Arc::clone(&inner);
+            Some(
+                std::thread::Builder::new()
+                    .name("quiver-background".into())
+                    .spawn(move || background_loop(&w))
+                    .map_err(|e| OpenError::Io { path: inner.dir.clone(), source: e })?,
+            )
+        } else {
+            None
+        };
+        Ok(Database { inner, worker })
+    }
+}
+
+fn load_collection(
+    vfs: &Arc<dyn Vfs>,
+    dir: &Path,
+    index_dir: Option<&Path>,
+    opts: &Options,
+    cm: &CollectionMeta,
+) -> Result<Collection, OpenError> {
+    let schema = Arc::new(cm.schema.clone());
+    let arrow = schema.arrow_schema();
+    let mut c = Collection {
+        id: cm.id,
+        name: cm.name.clone(),
+        schema: schema.clone(),
+        arrow: arrow.clone(),
+        mem: Memtable::default(),
+        segments: Vec::new(),
+        keys: HashMap::new(),
+    };
+    let mut last = None;
+    for sm in &cm.segments {
+        if last.is_some_and(|l| l >= sm.id) {
+            return Err(OpenError::ManifestBody(format!(
+                "segments of {:?} are not in ascending id order",
+                cm.name
+            )));
+        }
+        last = Some(sm.id);
+        let seg = load_segment(vfs, dir, index_dir, opts, &schema, &arrow, sm.clone())?;
+        for (r, k) in seg.keys.iter().enumerate() {
+            if !seg.deleted[r] && c.keys.insert(k.clone(), Loc::Seg(sm.id, r as u32)).is_some() {
+                return Err(OpenError::ManifestBody(format!(
+                    "id {} of collection {:?} is live in two segments",
+                    batch::key_to_string(k, schema.id_type()),
+                    cm.name
+                )));
+            }
+        }
+        c.segments.push(seg);
+    }
+    Ok(c)
+}
+
+fn load_segment(
+    vfs: &Arc<dyn Vfs>,
+    dir: &Path,
+    index_dir: Option<&Path>,
+    opts: &Options,
+    schema: &CollectionSchema,
+    arrow: &SchemaRef,
+    mut meta: SegmentMeta,
+) -> Result<Segment, OpenError> {
+    let path = dir.join(SEGMENTS_DIR).join(segment_name(meta.id));
+    let file = SegmentFile::open(
+        vfs.as_ref(),
+        &path,
+        FileSum { len: meta.bytes, crc: meta.crc },
+        arrow,
+        meta.rows,
+    )?;
+    let corrupt = |reason: String| segment::SegmentError::Corrupt { path: path.clone(), reason };
+    let mut keys = Vec::with_capacity(meta.rows as usize);
+    for b in file.read(&[0], None, 65_536)? {
+        keys.extend(
+            batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)
+                .map_err(|e| corrupt(e.to_string()))?,
+        );
+    }
+    if keys.len() as u64 != meta.rows {
+        return Err(corrupt(format!("{} ids for {} rows", keys.len(), meta.rows)).into());
+    }
+    let mut deleted = vec![false; keys.len()];
+    let mut deleted_count = 0;
+    if let Some(d) = meta.deletes {
+        let p = dir.join(DELETES_DIR).join(delete_name(d.file));
+        let bytes = vfs
+            .open(&p, OpenMode::Read)
+            .and_then(|f| f.read_to_vec())
+            .map_err(|source| segment::SegmentError::Io { path: p.clone(), source })?;
+        let rows = segment::decode_deletes(&bytes, meta.id, meta.rows)
+            .map_err(|reason| segment::SegmentError::Corrupt { path: p.clone(), reason })?;
+        if rows.len() as u64 != d.count {
+            return Err(segment::SegmentError::Corrupt {
+                path: p,
+                reason: format!("{} rows, the manifest says {}", rows.len(), d.count),
+            }
+            .into());
+        }
+        for r in rows {
+            deleted[r as usize] = true;
+        }
+        deleted_count = d.count;
+    }
+    let mut index = None;
+    if meta.indexed {
+        match index_dir {
+            Some(idir) => match DiskIndex::open(&idir.join(index_name(meta.id)), opts.index_open) {
+                Ok(ix) if ix.header().n == meta.rows => index = Some(Arc::new(ix)),
+                Ok(ix) => tracing::warn!(
+                    "index of segment {:016x} has {} nodes for {} rows; rebuilding it",
+                    meta.id,
+                    ix.header().n,
+                    meta.rows
+                ),
+                Err(e) => {
+                    tracing::warn!(
+                        "index of segment {:016x} unusable ({e}); rebuilding it",
+                        meta.id
+                    );
+                }
+            },
+            None => tracing::info!(
+                "segment {:016x} has an index, but indexing is off here: searching it exactly",
+                meta.id
+            ),
+        }
+        if index.is_none() {
+            meta.indexed = false;
+        }
+    }
+    let vectors = if index.is_some() {
+        None
+    } else {
+        let mut v = Vectors::Empty;
+        for b in file.read(&[1], None, 65_536)? {
+            v.extend(
+                &batch::vectors_of(schema, b.column(0).as_ref())
+                    .map_err(|e| corrupt(e.to_string()))?,
+            );
+        }
+        Some(Arc::new(v))
+    };
+    Ok(Segment { meta, file, keys, deleted, deleted_count, dirty: false, vectors, index })
+}
+
+/// Removes segment, deletion and index files the manifest does not name: the leftovers of work
+/// that was in flight at a crash, never used.
+fn remove_orphans(
+    vfs: &Arc<dyn Vfs>,
+    dir: &Path,
+    index_dir: Option<&Path>,
+    body: &Body,
+) -> Result<(), (PathBuf, std::io::Error)> {
+    let mut keep = std::collections::HashSet::new();
+    let mut keep_index = std::collections::HashSet::new();
+    for c in &body.collections {
+        for s in &c.segments {
+            keep.insert(segment_name(s.id));
+            if let Some(d) = s.deletes {
+                keep.insert(delete_name(d.file));
+            }
+            if s.indexed {
+                keep_index.insert(index_name(s.id));
+            }
+        }
+    }
+    for sub in [SEGMENTS_DIR, DELETES_DIR] {
+        let d = dir.join(sub);
+        let mut removed = false;
+        for name in vfs.list_dir(&d).map_err(|e| (d.clone(), e))? {
+            if !keep.contains(&name) {
+                tracing::info!("removing {sub}/{name}, left over from interrupted work");
+                vfs.remove_file(&d.join(&name)).map_err(|e| (d.join(&name), e))?;
+                removed = true;
+            }
+        }
+        if removed {
+            vfs.sync_dir(&d).map_err(|e| (d.clone(), e))?;
+        }
+    }
+    if let Some(idir) = index_dir {
+        for e in std::fs::read_dir(idir).map_err(|e| (idir.to_path_buf(), e))? {
+            let e = e.map_err(|e| (idir.to_path_buf(), e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !keep_index.contains(&name) {
+                tracing::info!("removing index {name}, left over from interrupted work");
+                std::fs::remove_dir_all(e.path()).map_err(|err| (e.path(), err))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collections
+// ---------------------------------------------------------------------------------------------
+
+impl Database {
+    /// Creates collection `name` with `schema`; durable when it returns.
+    ///
+    /// # Errors
+    /// [`CollectionError`]: a bad name or schema, a name in use, or a failed commit.
+    pub fn create_collection(
+        &self,
+        name: &str,
+        schema: CollectionSchema,
+    ) -> Result<(), CollectionError> {
+        validate_collection_name(name)?;
+        schema.validate()?;
+        let inner = &self.inner;
+        if let Some(p) = inner.poisoned() {
+            return Err(CollectionError::Poisoned(p));
+        }
+        let mut store = lock(&inner.manifest);
+        if inner.read().collections.contains_key(name) {
+            return Err(CollectionError::AlreadyExists(name.to_string()));
+        }
+        let id = inner.alloc_id();
+        let schema = Arc::new(schema);
+        let arrow = schema.arrow_schema();
+        let meta = CollectionMeta {
+            id,
+            name: name.to_string(),
+            schema: (*schema).clone(),
+            segments: Vec::new(),
+        };
+        {
+            let st = inner.read();
+            inner.commit(&mut store, &st, |b| b.collections.push(meta))?;
+        }
+        inner.write().collections.insert(
+            name.to_string(),
+            Collection {
+                id,
+                name: name.to_string(),
+                schema,
+                arrow,
+                mem: Memtable::default(),
+                segments: Vec::new(),
+                keys: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops collection `name` and deletes its files; durable when it returns.
+    ///
+    /// # Errors
+    /// [`CollectionError::NotFound`], or a failed commit.
+    pub fn drop_collection(&self, name: &str) -> Result<(), CollectionError> {
+        let inner = &self.inner;
+        if let Some(p) = inner.poisoned() {
+            return Err(CollectionError::Poisoned(p));
+        }
+        let mut store = lock(&inner.manifest);
+        {
+            let st = inner.read();
+            if !st.collections.contains_key(name) {
+                return Err(CollectionError::NotFound(name.to_string()));
+            }
+            inner.commit(&mut store, &st, |b| b.collections.retain(|c| c.name != name))?;
+        }
+        let c = inner.write().collections.remove(name).expect("checked above");
+        {
+            let mut st = inner.write();
+            st.mem_bytes -= c.mem.bytes;
+        }
+        drop(store);
+        for s in &c.segments {
+            inner.remove_quietly(&inner.path(SEGMENTS_DIR, &segment_name(s.meta.id)));
+            if let Some(d) = s.meta.deletes {
+                inner.remove_quietly(&inner.path(DELETES_DIR, &delete_name(d.file)));
+            }
+            inner.remove_index_dir(s.meta.id);
+        }
+        Ok(())
+    }
+
+    /// The collections and their schemas, by name.
+    pub fn list_collections(&self) -> Vec<(String, CollectionSchema)> {
+        self.inner
+            .read()
+            .collections
+            .values()
+            .map(|c| (c.name.clone(), (*c.schema).clone()))
+            .collect()
+    }
+
+    /// The schema of collection `name`.
+    ///
+    /// # Errors
+    /// [`CollectionError::NotFound`].
+    pub fn schema(&self, name: &str) -> Result<CollectionSchema, CollectionError> {
+        self.inner
+            .read()
+            .collections
+            .get(name)
+            .map(|c| (*c.schema).clone())
+            .ok_or_else(|| CollectionError::NotFound(name.to_string()))
+    }
+
+    /// Counters of collection `name`.
+    ///
+    /// # Errors
+    /// [`CollectionError::NotFound`].
+    pub fn stats(&self, name: &str) -> Result<CollectionStats, CollectionError> {
+        let st = self.inner.read();
+        let c =
+            st.collections.get(name).ok_or_else(|| CollectionError::NotFound(name.to_string()))?;
+        Ok(CollectionStats {
+            rows: c.keys.len() as u64,
+            memtable_rows: c.mem.live_count as u64,
+            segments: c.segments.len(),
+            indexed_segments: c.segments.iter().filter(|s| s.index.is_some()).count(),
+            segment_rows: c.segments.iter().map(|s| s.meta.rows).sum(),
+            deleted_segment_rows: c.segments.iter().map(|s| s.deleted_count).sum(),
+            segment_bytes: c.segments.iter().map(|s| s.meta.bytes).sum(),
+            resident_vector_bytes: (c.mem.vectors.bytes()
+                + c.segments
+                    .iter()
+                    .filter_map(|s| s.vectors.as_ref())
+                    .map(|v| v.bytes())
+                    .sum::<usize>()) as u64,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes
+// ---------------------------------------------------------------------------------------------
+
+impl Database {
+    /// Inserts (upserts by id) the rows of `batch`: columns `id`, `vector`, and any of the
+    /// collection's attributes (missing nullable ones become null). Returns once the rows are
+    /// durable in the WAL; from then on every search, get and scan sees them. May first flush
+    /// the in-memory table, and wait for background work (backpressure).
+    ///
+    /// # Errors
+    /// [`WriteError`]; for a refused batch, nothing was written.
+    pub fn insert(&self, collection: &str, batch: &RecordBatch) -> Result<u64, WriteError> {
+        let inner = &self.inner;
+        if let Some(p) = inner.poisoned() {
+            return Err(WriteError::Poisoned(p));
+        }
+        let limit = inner.opts.max_batch_rows;
+        if batch.num_rows() > limit {
+            return Err(batch::BatchError::TooManyRows { rows: batch.num_rows(), limit }.into());
+        }
+        let (cid, schema) = self.lookup(collection)?;
+        let prepared = batch::prepare(&schema, batch)?;
+        if prepared.keys.is_empty() {
+            return Ok(inner.wal.durable_lsn());
+        }
+        let payload =
+            batch::encode_payload(cid, &prepared.batch).map_err(batch::BatchError::from)?;
+        self.write(Op::Insert { collection: cid, prepared }, kind::INSERT, &payload)
+    }
+
+    /// Deletes the rows with these ids (an array of the collection's id type); ids not present
+    /// are ignored. Durable and visible when it returns.
+    ///
+    /// # Errors
+    /// [`WriteError`]; for refused ids, nothing was written.
+    pub fn delete(&self, collection: &str, ids: &dyn Array) -> Result<u64, WriteError> {
+        let inner = &self.inner;
+        if let Some(p) = inner.poisoned() {
+            return Err(WriteError::Poisoned(p));
+        }
+        let limit = inner.opts.max_batch_rows;
+        if ids.len() > limit {
+            return Err(batch::BatchError::TooManyRows { rows: ids.len(), limit }.into());
+        }
+        let (cid, schema) = self.lookup(collection)?;
+        let keys = batch::delete_keys(ids, schema.id_type())?;
+        if keys.is_empty() {
+            return Ok(inner.wal.durable_lsn());
+        }
+        let array = batch::keys_to_array(&keys, schema.id_type());
+        let b = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(ID_COLUMN, array.data_type().clone(), false)])),
+            vec![array],
+        )
+        .map_err(batch::BatchError::from)?;
+        let payload = batch::encode_payload(cid, &b).map_err(batch::BatchError::from)?;
+        self.write(Op::Delete { collection: cid, keys }, kind::DELETE, &payload)
+    }
+
+    fn lookup(&self, collection: &str) -> Result<(u64, Arc<CollectionSchema>), WriteError> {
+        let st = self.inner.read();
+        let c = st
+            .collections
+            .get(collection)
+            .ok_or_else(|| WriteError::NotFound(collection.to_string()))?;
+        Ok((c.id, c.schema.clone()))
+    }
+
+    fn write(&self, op: Op, kind: u8, payload: &[u8]) -> Result<u64, WriteError> {
+        let inner = &self.inner;
+        if inner.read().mem_bytes >= inner.opts.memtable_bytes {
+            let mut order = lock(&inner.order);
+            // Re-checked under the lock: another writer may have flushed meanwhile.
+            if inner.read().mem_bytes >= inner.opts.memtable_bytes {
+                self.flush_locked(&mut order).map_err(|e| match e {
+                    FlushError::Stalled(d) => WriteError::Stalled(d),
+                    FlushError::Poisoned(p) => WriteError::Poisoned(p),
+                    e => WriteError::Flush(Box::new(e)),
+                })?;
+            }
+        }
+        let pending = {
+            let mut order = lock(&inner.order);
+            let pending = inner.wal.submit(kind, payload).inspect_err(|e| {
+                inner.poison(format!("WAL append failed: {e}"));
+            })?;
+            order.queue.push_back((pending.lsn(), op));
+            pending
+        };
+        let lsn = pending.lsn();
+        match pending.wait() {
+            Ok(_) => {
+                // Apply, in LSN order, every queued write up to this one: all are durable.
+                let mut order = lock(&inner.order);
+                if order.queue.front().is_some_and(|(l, _)| *l <= lsn) {
+                    let mut st = inner.write();
+                    while order.queue.front().is_some_and(|(l, _)| *l <= lsn) {
+                        let (_, op) = order.queue.pop_front().expect("checked");
+                        st.apply(op);
+                    }
+                }
+                Ok(lsn)
+            }
+            Err(e) => {
+                lock(&inner.order).queue.retain(|(l, _)| *l != lsn);
+                inner.poison(format!("WAL write failed: {e}"));
+                Err(e.into())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flush
+// ---------------------------------------------------------------------------------------------
+
+/// A segment written by a flush or merge, not yet installed.
+struct NewSegment {
+    collection: u64,
+    seg: Segment,
+}
+
+impl Database {
+    /// Writes every collection's in-memory rows as Parquet segments and every pending deletion
+    /// as deletion files, commits them in the manifest, and truncates the WAL behind them. A
+    /// no-op when there is nothing to write.
+    ///
+    /// # Errors
+    /// [`FlushError`]; the rows stay in memory and in the WAL.
+    pub fn flush(&self) -> Result<(), FlushError> {
+        let mut order = lock(&self.inner.order);
+        self.flush_locked(&mut order)
+    }
+
+    fn flush_locked(&self, order: &mut Order) -> Result<(), FlushError> {
+        let inner = &*self.inner;
+        if let Some(p) = inner.poisoned() {
+            return Err(FlushError::Poisoned(p));
+        }
+        self.wait_for_background()?;
+        let mut store = lock(&inner.manifest);
+        // Everything submitted becomes durable; then it is applied, in order.
+        inner.wal.sync().inspect_err(|e| inner.poison(format!("WAL sync failed: {e}")))?;
+        if !order.queue.is_empty() {
+            let mut st = inner.write();
+            while let Some((_, op)) = order.queue.pop_front() {
+                st.apply(op);
+            }
+        }
+        let checkpoint = inner.wal.next_lsn();
+
+        // Plan and write the files (no writer can run: `order` is held).
+        let mut new_segments: Vec<NewSegment> = Vec::new();
+        let mut new_deletes: Vec<(u64, u64, DeleteMeta)> = Vec::new(); // (collection, segment, file)
+        let mut written: Vec<PathBuf> = Vec::new();
+        let result = (|| -> Result<bool, FlushError> {
+            let st = inner.read();
+            let idle = st
+                .collections
+                .values()
+                .all(|c| c.mem.keys.is_empty() && !c.segments.iter().any(|s| s.dirty));
+            if idle && st.checkpoint == checkpoint {
+                return Ok(false);
+            }
+            for c in st.collections.values() {
+                if c.mem.live_count > 0 {
+                    let id = inner.alloc_id();
+                    let path = inner.path(SEGMENTS_DIR, &segment_name(id));
+                    let batches = c.mem.live_batches().map_err(|e| {
+                        segment::SegmentError::Parquet { path: path.clone(), reason: e.to_string() }
+                    })?;
+                    written.push(path.clone());
+                    let rows = c.mem.live_rows();
+                    let keys: Vec<Key> =
+                        rows.iter().map(|&r| c.mem.keys[r as usize].clone()).collect();
+                    let vectors = c.mem.vectors.select(&rows, c.schema.dim());
+                    let seg = write_new_segment(inner, &c.arrow, id, &batches, keys, vectors)?;
+                    new_segments.push(NewSegment { collection: c.id, seg });
+                }
+                for s in c.segments.iter().filter(|s| s.dirty) {
+                    let file = inner.alloc_id();
+                    let path = inner.path(DELETES_DIR, &delete_name(file));
+                    written.push(path.clone());
+                    write_deletes(inner, &path, s.meta.id, s.meta.rows, &s.deleted_rows())?;
+                    new_deletes.push((
+                        c.id,
+                        s.meta.id,
+                        DeleteMeta { file, count: s.deleted_count },
+                    ));
+                }
+            }
+            for sub in [SEGMENTS_DIR, DELETES_DIR] {
+                let d = inner.dir.join(sub);
+                inner.vfs.sync_dir(&d).map_err(|source| FlushError::Io { path: d, source })?;
+            }
+            let metas: Vec<(u64, SegmentMeta)> =
+                new_segments.iter().map(|n| (n.collection, n.seg.meta.clone())).collect();
+            inner.commit(&mut store, &st, |b| {
+                b.wal_checkpoint = checkpoint;
+                for c in &mut b.collections {
+                    for (cid, m) in &metas {
+                        if *cid == c.id {
+                            c.segments.push(m.clone());
+                        }
+                    }
+                    for (cid, sid, d) in &new_deletes {
+                        if *cid == c.id {
+                            let s = c.segments.iter_mut().find(|s| s.id == *sid).expect("segment");
+                            s.deletes = Some(*d);
+                        }
+                    }
+                }
+            })?;
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => {
+                for p in &written {
+                    inner.remove_quietly(p);
+                }
+                return Err(e);
+            }
+        }
+        // Install: the committed state becomes the in-memory one.
+        let mut obsolete = Vec::new();
+        {
+            let mut st = inner.write();
+            st.checkpoint = checkpoint;
+            for c in st.collections.values_mut() {
+                c.mem = Memtable::default();
+            }
+            st.mem_bytes = 0;
+            for (cid, sid, d) in new_deletes {
+                let c = st.by_id_mut(cid).expect("collection");
+                let s = c.segment_mut(sid);
+                if let Some(old) = s.meta.deletes.replace(d) {
+                    obsolete.push(inner.path(DELETES_DIR, &delete_name(old.file)));
+                }
+                s.dirty = false;
+            }
+            for n in new_segments {
+                let c = st.by_id_mut(n.collection).expect("collection");
+                for (r, k) in n.seg.keys.iter().enumerate() {
+                    let old = c.keys.insert(k.clone(), Loc::Seg(n.seg.meta.id, r as u32));
+                    debug_assert!(matches!(old, Some(Loc::Mem(_))));
+                }
+                c.segments.push(n.seg);
+            }
+        }
+        for p in obsolete {
+            inner.remove_quietly(&p);
+        }
+        drop(store);
+        if let Err(e) = inner.wal.truncate_before(checkpoint) {
+            tracing::warn!("WAL truncation failed (retried at the next flush): {e}");
+        }
+        inner.notify_work();
+        Ok(())
+    }
+
+    /// Backpressure: waits while more segments await an index than allowed.
+    fn wait_for_background(&self) -> Result<(), FlushError> {
+        let inner = &*self.inner;
+        if !inner.opts.background || inner.index_dir.is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut work = lock(&inner.work);
+        loop {
+            let waiting = {
+                let st = inner.read();
+                st.collections
+                    .values()
+                    .flat_map(|c| &c.segments)
+                    .filter(|s| {
+                        s.index.is_none() && s.meta.rows as usize >= inner.opts.min_index_rows
+                    })
+                    .count()
+            };
+            if waiting < inner.opts.max_unindexed_segments {
+                return Ok(());
+            }
+            let waited = started.elapsed();
+            if waited >= inner.opts.max_stall {
+                return Err(FlushError::Stalled(waited));
+            }
+            work = inner
+                .work_cv
+                .wait_timeout(work, Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+fn write_deletes(
+    inner: &Inner,
+    path: &Path,
+    segment: u64,
+    rows: u64,
+    deleted: &[u32],
+) -> Result<(), segment::SegmentError> {
+    let bytes = segment::encode_deletes(segment, rows, deleted);
+    let io = |source| segment::SegmentError::Io { path: path.to_path_buf(), source };
+    let f = inner.vfs.open(path, OpenMode::CreateNew).map_err(io)?;
+    f.write_all_at(&bytes, 0).map_err(io)?;
+    f.sync_data().map_err(io)
+}
+
+/// Writes a new segment file (synced; the caller syncs the directory) and its in-memory handle.
+fn write_new_segment(
+    inner: &Inner,
+    arrow: &SchemaRef,
+    id: u64,
+    batches: &[RecordBatch],
+    keys: Vec<Key>,
+    vectors: Vectors,
+) -> Result<Segment, segment::SegmentError> {
+    let path = inner.path(SEGMENTS_DIR, &segment_name(id));
+    let rows = keys.len() as u64;
+    let sum = segment::write_segment(
+        inner.vfs.as_ref(),
+        &path,
+        arrow,
+        batches,
+        inner.opts.row_group_rows,
+        inner.opts.parquet_zstd_level,
+    )?;
+    let file = SegmentFile::open(inner.vfs.as_ref(), &path, sum, arrow, rows)?;
+    Ok(Segment {
+        meta: SegmentMeta { id, rows, bytes: sum.len, crc: sum.crc, deletes: None, indexed: false },
+        file,
+        deleted: vec![false; keys.len()],
+        keys,
+        deleted_count: 0,
+        dirty: false,
+        vectors: Some(Arc::new(vectors)),
+        index: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Background work: index builds and merges
+// ---------------------------------------------------------------------------------------------
+
+fn background_loop(inner: &Arc<Inner>) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let seen = {
+            let w = lock(&inner.work);
+            if w.shutdown {
+                return;
+            }
+            w.generation
+        };
+        match background_step(inner) {
+            Ok(true) => {
+                backoff = Duration::from_millis(10);
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!("background work failed (retrying in {backoff:?}): {e}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        }
+        let w = lock(&inner.work);
+        if w.shutdown {
+            return;
+        }
+        if w.generation == seen {
+            drop(inner.work_cv.wait_timeout(w, Duration::from_secs(1)));
+        }
+    }
+}
+
+/// One unit of background work: an index build if any segment awaits one, else a merge.
+/// Returns whether it did anything.
+fn background_step(inner: &Inner) -> Result<bool, String> {
+    if inner.poisoned().is_some() {
+        return Ok(false);
+    }
+    if let Some(done) = index_one(inner)? {
+        inner.notify_work();
+        return Ok(done);
+    }
+    let merged = merge_one(inner)?;
+    if merged {
+        inner.notify_work();
+    }
+    Ok(merged)
+}
+
+/// Builds the index of the oldest segment that needs one.
+fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
+    let Some(idir) = inner.index_dir.clone() else { return Ok(None) };
+    let job = {
+        let st = inner.read();
+        st.collections.values().find_map(|c| {
+            c.segments
+                .iter()
+                .find(|s| s.index.is_none() && s.meta.rows as usize >= inner.opts.min_index_rows)
+                .map(|s| (c.id, s.meta.id, c.schema.clone(), s.vectors.clone()))
+        })
+    };
+    let Some((cid, sid, schema, vectors)) = job else { return Ok(None) };
+    let vectors = vectors.ok_or("an unindexed segment without resident vectors")?;
+    let set = vectors.to_vector_set(schema.dim()).map_err(|e| e.to_string())?;
+    drop(vectors);
+    let tmp = idir.join(format!("{}.tmp", index_name(sid)));
+    let fin = idir.join(index_name(sid));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let t = Instant::now();
+    crate::diskgraph::index::build_index(
+        set,
+        schema.metric(),
+        &inner.opts.index_params,
+        &tmp,
+        &|_, _| {},
+    )
+    .map_err(|e| format!("index build of segment {sid:016x}: {e}"))?;
+    let _ = std::fs::remove_dir_all(&fin);
+    std::fs::rename(&tmp, &fin).map_err(|e| format!("{}: {e}", fin.display()))?;
+    std::fs::File::open(&idir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", idir.display()))?;
+    let index = DiskIndex::open(&fin, inner.opts.index_open).map_err(|e| e.to_string())?;
+    tracing::info!("indexed segment {sid:016x} in {:.1} s", t.elapsed().as_secs_f64());
+
+    let mut store = lock(&inner.manifest);
+    if inner.poisoned().is_some() {
+        return Ok(Some(false));
+    }
+    let still_there = inner
+        .read()
+        .collections
+        .values()
+        .any(|c| c.id == cid && c.segment(sid).is_some_and(|s| s.index.is_none()));
+    if !still_there {
+        drop(store);
+        inner.remove_index_dir(sid);
+        return Ok(Some(true));
+    }
+    {
+        let st = inner.read();
+        inner
+            .commit(&mut store, &st, |b| {
+                for c in b.collections.iter_mut().filter(|c| c.id == cid) {
+                    for s in c.segments.iter_mut().filter(|s| s.id == sid) {
+                        s.indexed = true;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    let mut st = inner.write();
+    let c = st.by_id_mut(cid).expect("checked under the manifest lock");
+    let s = c.segment_mut(sid);
+    s.meta.indexed = true;
+    s.index = Some(Arc::new(index));
+    s.vectors = None;
+    Ok(Some(true))
+}
+
+/// Merges a collection's small segments (and any with many deletions) into one, dropping deleted
+/// rows. Returns whether it merged.
+fn merge_one(inner: &Inner) -> Result<bool, String> {
+    let min = inner.opts.merge_min_segments;
+    if min == 0 {
+        return Ok(false);
+    }
+    // Snapshot: which segments, and which of their rows are live now.
+    let job = {
+        let st = inner.read();
+        st.collections.values().find_map(|c| {
+            let mut small: Vec<&Segment> =
+                c.segments.iter().filter(|s| s.meta.rows <= inner.opts.merge_max_rows).collect();
+            small.sort_by_key(|s| s.meta.rows - s.deleted_count);
+            let mut pick = Vec::new();
+            let mut total = 0u64;
+            for s in small {
+                let live = s.meta.rows - s.deleted_count;
+                if pick.len() >= 16 || (total + live > inner.opts.merge_max_rows && pick.len() >= 2)
+                {
+                    break;
+                }
+                total += live;
+                pick.push(s);
+            }
+            let heavy = c.segments.iter().find(|s| s.deleted_count * 5 > s.meta.rows);
+            if pick.len() < min {
+                // A segment that is mostly deletions is rewritten alone.
+                pick = heavy.into_iter().collect();
+            }
+            if pick.is_empty() {
+                return None;
+            }
+            pick.sort_by_key(|s| s.meta.id);
+            Some((
+                c.id,
+                c.schema.clone(),
+                c.arrow.clone(),
+                pick.iter().map(|s| (s.meta.id, s.file.clone(), s.live_rows())).collect::<Vec<_>>(),
+            ))
+        })
+    };
+    let Some((cid, schema, arrow, inputs)) = job else { return Ok(false) };
+    let new_id = inner.alloc_id();
+    let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
+    let build = || -> Result<Segment, String> {
+        let mut batches = Vec::new();
+        let mut keys = Vec::new();
+        let mut vectors = Vectors::Empty;
+        let all: Vec<usize> = (0..arrow.fields().len()).collect();
+        for (_, file, live) in &inputs {
+            for chunk in live.chunks(SCAN_BATCH_ROWS) {
+                for b in file.read(&all, Some(chunk), SCAN_BATCH_ROWS).map_err(|e| e.to_string())? {
+                    keys.extend(
+                        batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)
+                            .map_err(|e| e.to_string())?,
+                    );
+                    vectors.extend(
+                        &batch::vectors_of(&schema, b.column(1).as_ref())
+                            .map_err(|e| e.to_string())?,
+                    );
+                    batches.push(b);
+                }
+            }
+        }
+        write_new_segment(inner, &arrow, new_id, &batches, keys, vectors).map_err(|e| e.to_string())
+    };
+    let mut seg = match build() {
+        Ok(s) => s,
+        Err(e) => {
+            inner.remove_quietly(&path);
+            return Err(e);
+        }
+    };
+    let d = inner.dir.join(SEGMENTS_DIR);
+    inner.vfs.sync_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+
+    let mut store = lock(&inner.manifest);
+    let abandon = |why: &str| {
+        tracing::info!("merge into {new_id:016x} abandoned: {why}");
+        inner.remove_quietly(&path);
+        Ok(false)
+    };
+    if inner.poisoned().is_some() {
+        return abandon("the database is poisoned");
+    }
+    // Rows deleted since the snapshot are deleted in the new segment too.
+    let input_ids: Vec<u64> = inputs.iter().map(|i| i.0).collect();
+    {
+        let st = inner.read();
+        let Some(c) = st.collections.values().find(|c| c.id == cid) else {
+            return abandon("the collection was dropped");
+        };
+        let mut row = 0u32;
+        for (sid, _, live) in &inputs {
+            let Some(s) = c.segment(*sid) else {
+                return abandon("an input segment is gone");
+            };
+            for &r in live {
+                if s.deleted[r as usize] {
+                    seg.kill(row);
+                }
+                row += 1;
+            }
+        }
+    }
+    let del_meta = if seg.deleted_count > 0 {
+        let file = inner.alloc_id();
+        let p = inner.path(DELETES_DIR, &delete_name(file));
+        if let Err(e) = write_deletes(inner, &p, new_id, seg.meta.rows, &seg.deleted_rows())
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let dd = inner.dir.join(DELETES_DIR);
+                inner.vfs.sync_dir(&dd).map_err(|e| format!("{}: {e}", dd.display()))
+            })
+        {
+            inner.remove_quietly(&p);
+            inner.remove_quietly(&path);
+            return Err(e);
+        }
+        Some(DeleteMeta { file, count: seg.deleted_count })
+    } else {
+        None
+    };
+    seg.meta.deletes = del_meta;
+    seg.dirty = false;
+    {
+        let st = inner.read();
+        let meta = seg.meta.clone();
+        if let Err(e) = inner.commit(&mut store, &st, |b| {
+            let c = b.collections.iter_mut().find(|c| c.id == cid).expect("checked");
+            c.segments.retain(|s| !input_ids.contains(&s.id));
+            c.segments.push(meta);
+            c.segments.sort_by_key(|s| s.id);
+        }) {
+            return Err(e.to_string());
+        }
+    }
+    // Install: repoint keys, swap segments.
+    let mut obsolete = Vec::new();
+    {
+        let mut st = inner.write();
+        let c = st.by_id_mut(cid).expect("checked under the manifest lock");
+        let mut row = 0u32;
+        for (sid, _, live) in &inputs {
+            for &r in live {
+                if !seg.deleted[row as usize] {
+                    let k = &seg.keys[row as usize];
+                    let old = c.keys.insert(k.clone(), Loc::Seg(new_id, row));
+                    debug_assert_eq!(old, Some(Loc::Seg(*sid, r)));
+                }
+                row += 1;
+            }
+        }
+        let mut removed = Vec::new();
+        c.segments.retain(|s| {
+            if input_ids.contains(&s.meta.id) {
+                removed.push((s.meta.id, s.meta.deletes));
+                false
+            } else {
+                true
+            }
+        });
+        c.segments.push(seg);
+        c.segments.sort_by_key(|s| s.meta.id);
+        for (sid, d) in removed {
+            obsolete.push((sid, d));
+        }
+    }
+    drop(store);
+    for (sid, d) in obsolete {
+        inner.remove_quietly(&inner.path(SEGMENTS_DIR, &segment_name(sid)));
+        if let Some(d) = d {
+            inner.remove_quietly(&inner.path(DELETES_DIR, &delete_name(d.file)));
+        }
+        inner.remove_index_dir(sid);
+    }
+    Ok(true)
+}
+
+impl Database {
+    /// Runs background work (index builds, merges) on this thread until none is left. For
+    /// databases opened with [`Options::background`] off, and for tests.
+    ///
+    /// # Errors
+    /// The first failure, as text.
+    pub fn run_background(&self) -> Result<(), String> {
+        while background_step(&self.inner)? {}
+        Ok(())
+    }
+
+    /// Waits until background work has nothing left to do (no segment awaits an index or a
+    /// merge), or `timeout` passes. Returns whether it is idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            if !self.has_background_work() {
+                return true;
+            }
+            if started.elapsed() >= timeout {
+                return false;
+            }
+            if self.worker.is_none() {
+                if self.run_background().is_err() {
+                    return false;
+                }
+                continue;
+            }
+            let w = lock(&self.inner.work);
+            drop(self.inner.work_cv.wait_timeout(w, Duration::from_millis(50)));
+        }
+    }
+
+    fn has_background_work(&self) -> bool {
+        let inner = &*self.inner;
+        let st = inner.read();
+        st.collections.values().any(|c| {
+            let unindexed = inner.index_dir.is_some()
+                && c.segments.iter().any(|s| {
+                    s.index.is_none() && s.meta.rows as usize >= inner.opts.min_index_rows
+                });
+            let small =
+                c.segments.iter().filter(|s| s.meta.rows <= inner.opts.merge_max_rows).count();
+            let heavy = c.segments.iter().any(|s| s.deleted_count * 5 > s.meta.rows);
+            unindexed
+                || (inner.opts.merge_min_segments > 0
+                    && (small >= inner.opts.merge_min_segments || heavy))
+        })
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        lock(&self.inner.work).shutdown = true;
+        self.inner.work_cv.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+// ---------------------------------------------------------------------------------------------
+
+/// A result candidate: distance, key, place.
+#[derive(Clone, Debug)]
+struct Cand {
+    d: f32,
+    key: Key,
+    loc: Loc,
+}
+
+impl PartialEq for Cand {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cand {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.d.total_cmp(&o.d).then_with(|| self.key.cmp(&o.key))
+    }
+}
+
+/// Keeps the `k` smallest candidates.
+struct TopK {
+    k: usize,
+    heap: std::collections::BinaryHeap<Cand>,
+}
+
+impl TopK {
+    fn push(&mut self, c: Cand) {
+        if self.heap.len() < self.k {
+            self.heap.push(c);
+        } else if self.heap.peek().is_some_and(|w| c < *w) {
+            self.heap.pop();
+            self.heap.push(c);
+        }
+    }
+
+    fn would_take(&self, d: f32) -> bool {
+        self.heap.len() < self.k || self.heap.peek().is_some_and(|w| d <= w.d)
+    }
+}
+
+fn exact_distance(metric: Metric, q: &[f32], row: Row<'_>, scratch: &mut Vec<f32>) -> f32 {
+    match row {
+        Row::F32(x) => distance_active(metric, Row::F32(q), Row::F32(x)),
+        other => {
+            scratch.clear();
+            scratch.extend(other.to_f32());
+            distance_active(metric, Row::F32(q), Row::F32(scratch))
+        }
+    }
+}
+
+impl Database {
+    /// The `params.k` live rows nearest to `query` (`dim` floats, whatever the element type), as
+    /// a batch of `id`, `_distance` (squared L2, negated inner product or cosine distance; smaller
+    /// is nearer) and the requested columns, nearest first. Searches the in-memory table and
+    /// unindexed segments exactly and indexed segments through their disk index, skips deleted
+    /// rows, and ranks by exact distance.
+    ///
+    /// # Errors
+    /// [`ReadError`]: unknown collection or column, a bad query or parameters, or an I/O
+    /// failure.
+    pub fn search(
+        &self,
+        collection: &str,
+        query: &[f32],
+        params: &SearchParams,
+    ) -> Result<RecordBatch, ReadError> {
+        if params.k == 0 || params.k > MAX_K {
+            return Err(ReadError::Query(format!("k = {} is outside 1..={MAX_K}", params.k)));
+        }
+        if params.list_size == 0 || params.list_size > MAX_LIST_SIZE || params.beam_width == 0 {
+            return Err(ReadError::Query(format!(
+                "list size {} must be in 1..={MAX_LIST_SIZE} and beam width {} at least 1",
+                params.list_size, params.beam_width
+            )));
+        }
+        let st = self.inner.read();
+        let c = st
+            .collections
+            .get(collection)
+            .ok_or_else(|| ReadError::NotFound(collection.to_string()))?;
+        let dim = c.schema.dim();
+        if query.len() != dim {
+            return Err(ReadError::Query(format!(
+                "the query has {} values, the collection's vectors {dim}",
+                query.len()
+            )));
+        }
+        if let Some(v) = query.iter().find(|x| !x.is_finite()) {
+            return Err(ReadError::Query(format!("the query has the non-finite value {v}")));
+        }
+        let columns: Vec<usize> =
+            params.columns.iter().map(|n| c.column_index(n)).collect::<Result<_, _>>()?;
+        let metric = c.schema.metric();
+        let mut q = query.to_vec();
+        if metric == Metric::Cosine && !batch::normalize(&mut q) {
+            return Err(ReadError::Query("a zero query has no cosine distance".into()));
+        }
+        let mut top = TopK { k: params.k, heap: std::collections::BinaryHeap::new() };
+        let mut scratch = Vec::new();
+        // In-memory rows.
+        for r in 0..c.mem.keys.len() {
+            if c.mem.live[r] {
+                let d = exact_distance(metric, &q, c.mem.vectors.row(r, dim), &mut scratch);
+                if top.would_take(d) {
+                    top.push(Cand { d, key: c.mem.keys[r].clone(), loc: Loc::Mem(r as u32) });
+                }
+            }
+        }
+        for s in &c.segments {
+            let id = s.meta.id;
+            match (&s.index, &s.vectors) {
+                (Some(ix), _) if !params.exact => {
+                    let want = (params.k + s.deleted_count as usize).min(s.meta.rows as usize);
+                    let sp = crate::diskgraph::search::SearchParams {
+                        k: want,
+                        list_size: params.list_size.max(want),
+                        beam_width: params.beam_width,
+                    };
+                    let mut searcher =
+                        ix.searcher().map_err(|e| ReadError::Index(e.to_string()))?;
+                    let (found, _) = searcher
+                        .search(Row::F32(query), sp)
+                        .map_err(|e| ReadError::Index(e.to_string()))?;
+                    for n in found {
+                        if !s.deleted[n.id as usize] {
+                            top.push(Cand {
+                                d: n.distance,
+                                key: s.keys[n.id as usize].clone(),
+                                loc: Loc::Seg(id, n.id),
+                            });
+                        }
+                    }
+                }
+                (_, Some(v)) => {
+                    for r in 0..s.keys.len() {
+                        if !s.deleted[r] {
+                            let d = exact_distance(metric, &q, v.row(r, dim), &mut scratch);
+                            if top.would_take(d) {
+                                top.push(Cand {
+                                    d,
+                                    key: s.keys[r].clone(),
+                                    loc: Loc::Seg(id, r as u32),
+                                });
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    // Exhaustive search of an indexed segment: read its vectors back.
+                    let mut r = 0usize;
+                    for b in s.file.read(&[1], None, 65_536)? {
+                        let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
+                        for i in 0..b.num_rows() {
+                            if !s.deleted[r] {
+                                let d = exact_distance(metric, &q, v.row(i, dim), &mut scratch);
+                                if top.would_take(d) {
+                                    top.push(Cand {
+                                        d,
+                                        key: s.keys[r].clone(),
+                                        loc: Loc::Seg(id, r as u32),
+                                    });
+                                }
+                            }
+                            r += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let results = top.heap.into_sorted_vec();
+        let locs: Vec<Loc> = results.iter().map(|c| c.loc).collect();
+        let mut fields = vec![
+            Field::new(ID_COLUMN, c.schema.id_type().arrow_type(), false),
+            Field::new(DISTANCE_COLUMN, arrow_schema::DataType::Float32, false),
+        ];
+        let mut arrays: Vec<ArrayRef> = vec![
+            batch::keys_to_array(
+                &results.iter().map(|c| c.key.clone()).collect::<Vec<_>>(),
+                c.schema.id_type(),
+            ),
+            Arc::new(Float32Array::from_iter_values(results.iter().map(|c| c.d))),
+        ];
+        for (i, a) in gather(c, &locs, &columns)?.into_iter().enumerate() {
+            fields.push(c.arrow.field(columns[i]).clone());
+            arrays.push(a);
+        }
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+    }
+
+    /// The live rows with these ids (an array of the collection's id type), all columns, in the
+    /// order asked; ids not present are skipped, and an id asked twice is returned once.
+    ///
+    /// # Errors
+    /// [`ReadError`]: unknown collection, ids of the wrong type or with nulls, or an I/O failure.
+    pub fn get(&self, collection: &str, ids: &dyn Array) -> Result<RecordBatch, ReadError> {
+        let st = self.inner.read();
+        let c = st
+            .collections
+            .get(collection)
+            .ok_or_else(|| ReadError::NotFound(collection.to_string()))?;
+        let keys = batch::delete_keys(ids, c.schema.id_type())?;
+        let locs: Vec<Loc> = keys.iter().filter_map(|k| c.keys.get(k).copied()).collect();
+        let all: Vec<usize> = (0..c.arrow.fields().len()).collect();
+        Ok(RecordBatch::try_new(c.arrow.clone(), gather(c, &locs, &all)?)?)
+    }
+
+    /// Every live row, columns `columns` (all if `None`), as a stream of batches of at most
+    /// [`SCAN_BATCH_ROWS`] rows. The scan sees the collection as it was when called.
+    ///
+    /// # Errors
+    /// [`ReadError`]: unknown collection or column. Read failures come from the iterator.
+    pub fn scan(&self, collection: &str, columns: Option<&[&str]>) -> Result<Scan, ReadError> {
+        let st = self.inner.read();
+        let c = st
+            .collections
+            .get(collection)
+            .ok_or_else(|| ReadError::NotFound(collection.to_string()))?;
+        let projection: Vec<usize> = match columns {
+            Some(cols) => cols.iter().map(|n| c.column_index(n)).collect::<Result<_, _>>()?,
+            None => (0..c.arrow.fields().len()).collect(),
+        };
+        let schema = Arc::new(c.arrow.project(&projection)?);
+        let segments: VecDeque<(SegmentFile, Vec<u32>)> =
+            c.segments.iter().map(|s| (s.file.clone(), s.live_rows())).collect();
+        let memtable = c
+            .mem
+            .live_batches()?
+            .into_iter()
+            .map(|b| b.project(&projection))
+            .collect::<Result<VecDeque<_>, _>>()?;
+        Ok(Scan { schema, projection, segments, at: 0, memtable })
+    }
+}
+
+/// Columns `columns` of the rows at `locs`, in that order.
+fn gather(c: &Collection, locs: &[Loc], columns: &[usize]) -> Result<Vec<ArrayRef>, ReadError> {
+    if columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Sources: the memtable batches, then one batch per segment touched.
+    let mut sources: Vec<RecordBatch> =
+        c.mem.batches.iter().map(|b| b.project(columns)).collect::<Result<_, _>>()?;
+    let mem_sources = sources.len();
+    let mut by_seg: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for l in locs {
+        if let Loc::Seg(s, r) = l {
+            by_seg.entry(*s).or_default().push(*r);
+        }
+    }
+    let mut seg_source: HashMap<u64, (usize, Vec<u32>)> = HashMap::new();
+    for (sid, mut rows) in by_seg {
+        rows.sort_unstable();
+        rows.dedup();
+        let s = c.segment(sid).expect("a live row's segment exists");
+        let batches = s.file.read(columns, Some(&rows), rows.len())?;
+        let schema = Arc::new(c.arrow.project(columns)?);
+        let b = arrow_select::concat::concat_batches(&schema, &batches)?;
+        if b.num_rows() != rows.len() {
+            return Err(ReadError::Segment(segment::SegmentError::Corrupt {
+                path: s.file.path().to_path_buf(),
+                reason: format!("read {} rows, asked for {}", b.num_rows(), rows.len()),
+            }));
+        }
+        seg_source.insert(sid, (sources.len(), rows));
+        sources.push(b);
+    }
+    let _ = mem_sources;
+    let indices: Vec<(usize, usize)> = locs
+        .iter()
+        .map(|l| match l {
+            Loc::Mem(r) => {
+                let (b, i) = c.mem.locs[*r as usize];
+                (b as usize, i as usize)
+            }
+            Loc::Seg(s, r) => {
+                let (src, rows) = &seg_source[s];
+                (*src, rows.binary_search(r).expect("row was read"))
+            }
+        })
+        .collect();
+    let mut out = Vec::with_capacity(columns.len());
+    for i in 0..columns.len() {
+        let arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(i).as_ref()).collect();
+        out.push(arrow_select::interleave::interleave(&arrays, &indices)?);
+    }
+    Ok(out)
+}
+
+/// A stream of a collection's live rows (see [`Database::scan`]).
+#[derive(Debug)]
+pub struct Scan {
+    schema: SchemaRef,
+    projection: Vec<usize>,
+    segments: VecDeque<(SegmentFile, Vec<u32>)>,
+    at: usize,
+    memtable: VecDeque<RecordBatch>,
+}
+
+impl Scan {
+    /// The schema of the batches.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+impl Iterator for Scan {
+    type Item = Result<RecordBatch, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while let Some((file, live)) = self.segments.front() {
+            if self.at >= live.len() {
+                self.segments.pop_front();
+                self.at = 0;
+                continue;
+            }
+            let end = (self.at + SCAN_BATCH_ROWS).min(live.len());
+            let rows = &live[self.at..end];
+            self.at = end;
+            let r = file
+                .read(&self.projection, Some(rows), SCAN_BATCH_ROWS)
+                .map_err(ReadError::from)
+                .and_then(|bs| {
+                    arrow_select::concat::concat_batches(&self.schema, &bs).map_err(ReadError::from)
+                });
+            return Some(r);
+        }
+        self.memtable.pop_front().map(Ok)
+    }
+}

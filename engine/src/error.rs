@@ -1,0 +1,165 @@
+//! Error enums, one per family of operations. All are `#[non_exhaustive]`.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::batch::BatchError;
+use crate::manifest::ManifestError;
+use crate::names::NameError;
+use crate::schema::SchemaError;
+use crate::segment::SegmentError;
+
+/// Why [`crate::Database::open`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// A directory could not be created or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another handle (in this or another process) has the directory open.
+    #[error("{0}")]
+    Locked(String),
+    /// The manifest is unreadable or damaged.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The manifest body does not parse or is inconsistent.
+    #[error("manifest body: {0}")]
+    ManifestBody(String),
+    /// The WAL could not be opened or is damaged.
+    #[error(transparent)]
+    Wal(#[from] quiver_wal::OpenError),
+    /// A WAL record could not be read or applied.
+    #[error("WAL record at LSN {lsn}: {reason}")]
+    WalRecord {
+        /// The record.
+        lsn: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A segment or deletion file named by the manifest is missing or damaged.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// The options are inconsistent.
+    #[error("invalid options: {0}")]
+    Options(String),
+}
+
+/// Why creating, dropping or looking up a collection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectionError {
+    /// The name is not allowed.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The schema is not allowed.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// A collection of that name exists.
+    #[error("collection {0:?} already exists")]
+    AlreadyExists(String),
+    /// No collection of that name.
+    #[error("no collection named {0:?}")]
+    NotFound(String),
+    /// The manifest commit failed (the database is poisoned until reopened).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// An earlier failure left the database unable to write until it is reopened.
+    #[error("the database can no longer write ({0}); reopen it")]
+    Poisoned(String),
+}
+
+/// Why an insert or delete failed. Unless the variant says otherwise, nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// No collection of that name.
+    #[error("no collection named {0:?}")]
+    NotFound(String),
+    /// The batch is refused.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// The WAL failed; whether the write is durable is unknown. The database is poisoned until
+    /// reopened (recovery then decides).
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] quiver_wal::AppendError),
+    /// The write is durable but the flush it triggered failed (see the flush error).
+    #[error("the write is durable, but the flush it triggered failed: {0}")]
+    Flush(#[source] Box<FlushError>),
+    /// Background work fell behind for longer than [`crate::Options::max_stall`].
+    #[error("background work is behind; waited {0:?}")]
+    Stalled(Duration),
+    /// An earlier failure left the database unable to write until it is reopened.
+    #[error("the database can no longer write ({0}); reopen it")]
+    Poisoned(String),
+}
+
+/// Why a flush (writing the in-memory table as segments) failed. The rows stay in memory and in
+/// the WAL; nothing acknowledged is lost.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// Syncing the WAL failed.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] quiver_wal::AppendError),
+    /// Writing a segment or deletion file failed.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// A directory operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The manifest commit failed (the database is poisoned until reopened).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Background work fell behind for longer than [`crate::Options::max_stall`].
+    #[error("background work is behind; waited {0:?}")]
+    Stalled(Duration),
+    /// An earlier failure left the database unable to write until it is reopened.
+    #[error("the database can no longer write ({0}); reopen it")]
+    Poisoned(String),
+}
+
+/// Why a search, get or scan failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No collection of that name.
+    #[error("no collection named {0:?}")]
+    NotFound(String),
+    /// The query or parameters are invalid.
+    #[error("invalid query: {0}")]
+    Query(String),
+    /// A requested column is not in the collection.
+    #[error("no column named {0:?}")]
+    UnknownColumn(String),
+    /// The ids are of the wrong type or contain nulls.
+    #[error(transparent)]
+    Ids(#[from] BatchError),
+    /// A segment could not be read.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// A disk index could not be read.
+    #[error("disk index: {0}")]
+    Index(String),
+    /// Arrow could not assemble the result.
+    #[error("arrow: {0}")]
+    Arrow(String),
+}
+
+impl From<arrow_schema::ArrowError> for ReadError {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        ReadError::Arrow(e.to_string())
+    }
+}

@@ -1,0 +1,194 @@
+//! [`Options`]: how a database is opened, with documented defaults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_wal::vfs::{OsVfs, Vfs};
+use quiver_wal::{Compression, SyncPolicy};
+
+use crate::diskgraph::index::BuildParams;
+use crate::diskgraph::search::OpenOptionsIndex;
+
+/// Options for [`crate::Database::open`]. `Options::default()` gives the documented defaults;
+/// each setter documents its own.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) vfs: Arc<dyn Vfs>,
+    pub(crate) memtable_bytes: usize,
+    pub(crate) row_group_rows: usize,
+    pub(crate) parquet_zstd_level: i32,
+    pub(crate) wal_sync: SyncPolicy,
+    pub(crate) wal_segment_bytes: u64,
+    pub(crate) wal_compression: Compression,
+    pub(crate) build_indexes: bool,
+    pub(crate) min_index_rows: usize,
+    pub(crate) index_params: BuildParams,
+    pub(crate) index_open: OpenOptionsIndex,
+    pub(crate) merge_min_segments: usize,
+    pub(crate) merge_max_rows: u64,
+    pub(crate) max_unindexed_segments: usize,
+    pub(crate) max_stall: Duration,
+    pub(crate) max_batch_rows: usize,
+    pub(crate) background: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            vfs: Arc::new(OsVfs),
+            memtable_bytes: 64 << 20,
+            row_group_rows: 64 * 1024,
+            parquet_zstd_level: 1,
+            wal_sync: SyncPolicy::EveryGroup,
+            wal_segment_bytes: 64 << 20,
+            wal_compression: Compression::None,
+            build_indexes: true,
+            min_index_rows: 4096,
+            index_params: BuildParams::default(),
+            index_open: OpenOptionsIndex::default(),
+            merge_min_segments: 4,
+            merge_max_rows: 4 << 20,
+            max_unindexed_segments: 4,
+            max_stall: Duration::from_secs(600),
+            max_batch_rows: 1 << 20,
+            background: true,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults (same as `Options::default()`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The file system (default: the real one, [`OsVfs`]). Tests pass a
+    /// [`quiver_wal::vfs::sim::SimVfs`] to inject faults and crashes. Disk indexes need a real
+    /// file system: on a simulated one, segments stay unindexed and are searched exactly.
+    #[must_use]
+    pub fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Self {
+        self.vfs = vfs;
+        self
+    }
+
+    /// Memory the in-memory table of recent rows may use (all collections together) before it is
+    /// written out as Parquet segments. Default 64 MiB.
+    #[must_use]
+    pub fn memtable_bytes(mut self, bytes: usize) -> Self {
+        self.memtable_bytes = bytes.max(1);
+        self
+    }
+
+    /// Rows per Parquet row group. Default 65,536.
+    #[must_use]
+    pub fn row_group_rows(mut self, rows: usize) -> Self {
+        self.row_group_rows = rows.max(1);
+        self
+    }
+
+    /// zstd level of Parquet segments. Default 1.
+    #[must_use]
+    pub fn parquet_zstd_level(mut self, level: i32) -> Self {
+        self.parquet_zstd_level = level;
+        self
+    }
+
+    /// When the WAL syncs. Default [`SyncPolicy::EveryGroup`]: a write returns only once durable.
+    /// The other policies lose acknowledged writes on power loss (see `docs/durability.md`).
+    #[must_use]
+    pub fn wal_sync(mut self, policy: SyncPolicy) -> Self {
+        self.wal_sync = policy;
+        self
+    }
+
+    /// WAL segment size. Default 64 MiB.
+    #[must_use]
+    pub fn wal_segment_bytes(mut self, bytes: u64) -> Self {
+        self.wal_segment_bytes = bytes;
+        self
+    }
+
+    /// WAL record compression. Default none (vectors compress poorly).
+    #[must_use]
+    pub fn wal_compression(mut self, compression: Compression) -> Self {
+        self.wal_compression = compression;
+        self
+    }
+
+    /// Whether background work builds a disk index for each segment of at least
+    /// [`Options::min_index_rows`] rows. Default true.
+    #[must_use]
+    pub fn build_indexes(mut self, on: bool) -> Self {
+        self.build_indexes = on;
+        self
+    }
+
+    /// Segments smaller than this stay unindexed (searched exactly, vectors in RAM) until merged.
+    /// Default 4,096.
+    #[must_use]
+    pub fn min_index_rows(mut self, rows: usize) -> Self {
+        self.min_index_rows = rows.max(1);
+        self
+    }
+
+    /// Disk index build parameters. Default [`BuildParams::default`].
+    #[must_use]
+    pub fn index_params(mut self, params: BuildParams) -> Self {
+        self.index_params = params;
+        self
+    }
+
+    /// How disk indexes are opened (I/O backend, `O_DIRECT`, node cache). Default
+    /// [`OpenOptionsIndex::default`].
+    #[must_use]
+    pub fn index_open(mut self, opts: OpenOptionsIndex) -> Self {
+        self.index_open = opts;
+        self
+    }
+
+    /// A collection's segments of at most [`Options::merge_max_rows`] rows are merged once there
+    /// are this many. Default 4; 0 disables merging.
+    #[must_use]
+    pub fn merge_min_segments(mut self, n: usize) -> Self {
+        self.merge_min_segments = n;
+        self
+    }
+
+    /// Segments above this many rows are not merged further. Default 4 Mi rows.
+    #[must_use]
+    pub fn merge_max_rows(mut self, rows: u64) -> Self {
+        self.merge_max_rows = rows;
+        self
+    }
+
+    /// Backpressure: how many segments may wait for their index (their vectors held in RAM)
+    /// before a flush, and so the inserts behind it, waits for background work. Default 4.
+    #[must_use]
+    pub fn max_unindexed_segments(mut self, n: usize) -> Self {
+        self.max_unindexed_segments = n.max(1);
+        self
+    }
+
+    /// The longest a write waits for background work before failing with
+    /// [`crate::WriteError::Stalled`]. Default 600 s.
+    #[must_use]
+    pub fn max_stall(mut self, d: Duration) -> Self {
+        self.max_stall = d;
+        self
+    }
+
+    /// The most rows one insert or delete call may carry. Default 1 Mi.
+    #[must_use]
+    pub fn max_batch_rows(mut self, rows: usize) -> Self {
+        self.max_batch_rows = rows.max(1);
+        self
+    }
+
+    /// Whether a background thread builds indexes and merges segments. Default true. With false,
+    /// call [`crate::Database::run_background`] to do that work on the caller's thread (tests).
+    #[must_use]
+    pub fn background(mut self, on: bool) -> Self {
+        self.background = on;
+        self
+    }
+}
