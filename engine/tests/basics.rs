@@ -1,0 +1,171 @@
+//! The engine's contract on the happy path, each test named after the failure it would catch:
+//! writes visible at once (read-your-writes), upserts replacing rather than duplicating, deletes
+//! hiding rows in every source (in-memory table, unindexed and indexed segments), flushes and
+//! reopen losing nothing, merges dropping deleted rows, and exact search equal to brute force.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow_array::UInt64Array;
+use common::*;
+use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::{Database, Options, SearchParams};
+
+const DIM: usize = 8;
+
+fn opts() -> Options {
+    Options::default().background(false).min_index_rows(64).merge_min_segments(3)
+}
+
+fn exact(k: usize) -> SearchParams {
+    SearchParams { k, exact: true, ..SearchParams::default() }
+}
+
+/// Inserts ids with vectors from `seed`; returns them for the model.
+fn put(db: &Database, model: &mut BTreeMap<u64, Vec<f32>>, seed: u64, ids: &[u64]) {
+    let rows: Vec<Vec<f32>> = ids.iter().map(|&i| vector(seed, i, DIM)).collect();
+    db.insert("c", &batch(ids, &rows)).unwrap();
+    for (i, r) in ids.iter().zip(rows) {
+        model.insert(*i, r);
+    }
+}
+
+fn check_all(db: &Database, model: &BTreeMap<u64, Vec<f32>>, metric: Metric) {
+    let rows: Vec<(u64, Vec<f32>)> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let scanned = scan_all(db, "c");
+    assert_eq!(scanned.len(), model.len(), "scan row count");
+    for (id, v, tag) in &scanned {
+        assert_eq!(Some(v), model.get(id), "scan vector of {id}");
+        assert_eq!(tag.as_deref(), Some(format!("t{id}").as_str()));
+    }
+    for qs in 0..3u64 {
+        let q = vector(999, qs, DIM);
+        let got = db.search("c", &q, &exact(10)).unwrap();
+        check_exact(metric, &q, 10, &rows, &got);
+    }
+    let want: Vec<u64> = model.keys().copied().take(20).collect();
+    let asked: Vec<u64> = want.iter().copied().chain([u64::MAX - 1]).collect();
+    let got = db.get("c", &UInt64Array::from(asked)).unwrap();
+    assert_eq!(ids(&got), want, "get returns the present ids in order");
+    for (id, v) in ids(&got).iter().zip(vectors(&got)) {
+        assert_eq!(&v, &model[id]);
+    }
+    assert_eq!(db.stats("c").unwrap().rows, model.len() as u64);
+}
+
+#[test]
+fn writes_are_visible_at_once_and_survive_flush_merge_and_reopen() {
+    for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = BTreeMap::new();
+        {
+            let db = Database::open(dir.path(), opts()).unwrap();
+            db.create_collection("c", schema(DIM as u32, metric)).unwrap();
+            put(&db, &mut model, 1, &(0..100).collect::<Vec<_>>());
+            check_all(&db, &model, metric);
+            db.flush().unwrap();
+            check_all(&db, &model, metric);
+            // Upsert some flushed rows, delete others, add new ones.
+            put(&db, &mut model, 2, &(50..150).collect::<Vec<_>>());
+            let dels: Vec<u64> = (0..30).step_by(3).collect();
+            db.delete("c", &UInt64Array::from(dels.clone())).unwrap();
+            for d in &dels {
+                model.remove(d);
+            }
+            check_all(&db, &model, metric);
+            db.flush().unwrap();
+            put(&db, &mut model, 3, &(140..260).collect::<Vec<_>>());
+            db.flush().unwrap();
+            check_all(&db, &model, metric);
+            // Index builds (segments ≥ 64 rows) and merges, run on this thread.
+            db.run_background().unwrap();
+            let st = db.stats("c").unwrap();
+            assert!(st.segments >= 1 && st.indexed_segments == st.segments, "{st:?}");
+            assert_eq!(st.deleted_segment_rows, 0, "merge drops deleted rows: {st:?}");
+            check_all(&db, &model, metric);
+            // Approximate search through the index with a generous list finds the exact answer
+            // on this small set.
+            let rows: Vec<(u64, Vec<f32>)> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+            let q = vector(7, 7, DIM);
+            let params = SearchParams { k: 5, list_size: 400, ..SearchParams::default() };
+            check_exact(metric, &q, 5, &rows, &db.search("c", &q, &params).unwrap());
+            // Unflushed writes at close come back from the WAL.
+            put(&db, &mut model, 4, &[1000, 1001, 5]);
+            db.delete("c", &UInt64Array::from(vec![6u64, 7])).unwrap();
+            model.remove(&6);
+            model.remove(&7);
+        }
+        let db = Database::open(dir.path(), opts()).unwrap();
+        check_all(&db, &model, metric);
+        // Deletes of indexed rows are applied to approximate search too.
+        let victims: Vec<u64> = model.keys().copied().skip(10).take(40).collect();
+        db.delete("c", &UInt64Array::from(victims.clone())).unwrap();
+        for v in &victims {
+            model.remove(v);
+        }
+        let rows: Vec<(u64, Vec<f32>)> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+        for qs in 0..5 {
+            let q = vector(5, qs, DIM);
+            let got = db
+                .search("c", &q, &SearchParams { k: 10, list_size: 400, ..SearchParams::default() })
+                .unwrap();
+            for id in ids(&got) {
+                assert!(model.contains_key(&id), "deleted id {id} returned by indexed search");
+            }
+            check_exact(metric, &q, 10, &rows, &got);
+        }
+        drop(db);
+        let db = Database::open(dir.path(), opts()).unwrap();
+        check_all(&db, &model, metric);
+    }
+}
+
+#[test]
+fn background_thread_indexes_and_merges_without_being_driven() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(
+        dir.path(),
+        Options::default().min_index_rows(64).merge_min_segments(3).memtable_bytes(16 << 10),
+    )
+    .unwrap();
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    let mut model = BTreeMap::new();
+    for round in 0..12u64 {
+        put(&db, &mut model, round, &(round * 40..round * 40 + 60).collect::<Vec<_>>());
+    }
+    assert!(db.wait_idle(Duration::from_secs(120)), "background work never finished");
+    let st = db.stats("c").unwrap();
+    assert!(st.indexed_segments >= 1, "{st:?}");
+    check_all(&db, &model, Metric::L2);
+}
+
+#[test]
+fn drop_collection_removes_it_and_its_files_and_a_new_one_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), opts()).unwrap();
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    let mut model = BTreeMap::new();
+    put(&db, &mut model, 1, &(0..100).collect::<Vec<_>>());
+    db.flush().unwrap();
+    put(&db, &mut model, 1, &(100..110).collect::<Vec<_>>());
+    db.drop_collection("c").unwrap();
+    assert!(db.list_collections().is_empty());
+    let segs = std::fs::read_dir(dir.path().join("segments")).unwrap().count();
+    assert_eq!(segs, 0, "segment files of a dropped collection remain");
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    drop(db);
+    // The dropped collection's WAL records must not reappear in the new one.
+    let db = Database::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.stats("c").unwrap().rows, 0);
+    assert!(scan_all(&db, "c").is_empty());
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _db = Database::open(dir.path(), opts()).unwrap();
+    let err = Database::open(dir.path(), opts()).unwrap_err();
+    assert!(matches!(err, quiver_engine::OpenError::Locked(_)), "{err}");
+}
