@@ -1162,8 +1162,13 @@ impl Database {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(e) => {
-                for p in &written {
-                    inner.remove_quietly(p);
+                // After a failed manifest commit the new manifest may be durable (the rename may
+                // have reached the disk), so the files it names must stay; open removes them if
+                // it was not.
+                if !matches!(e, FlushError::Manifest(_)) {
+                    for p in &written {
+                        inner.remove_quietly(p);
+                    }
                 }
                 return Err(e);
             }
