@@ -1328,21 +1328,21 @@ fn background_loop(inner: &Arc<Inner>) {
     }
 }
 
-/// One unit of background work: an index build if any segment awaits one, else a merge.
-/// Returns whether it did anything.
+/// One unit of background work: a merge if one is due (so small segments are not indexed only
+/// to be merged away), else an index build. Returns whether it did anything.
 fn background_step(inner: &Inner) -> Result<bool, String> {
     if inner.poisoned().is_some() {
         return Ok(false);
     }
-    if let Some(done) = index_one(inner)? {
+    if merge_one(inner)? {
         inner.notify_work();
-        return Ok(done);
+        return Ok(true);
     }
-    let merged = merge_one(inner)?;
-    if merged {
+    let done = index_one(inner)?.unwrap_or(false);
+    if done {
         inner.notify_work();
     }
-    Ok(merged)
+    Ok(done)
 }
 
 /// Builds the index of the oldest segment that needs one.
@@ -1416,40 +1416,39 @@ fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
     Ok(Some(true))
 }
 
+/// The segments of `c` to merge next, oldest first; empty if none is due. Size-tiered: segments
+/// of at most [`Options::merge_max_rows`] rows fall in tiers by live rows (powers of 4); the
+/// lowest tier holding [`Options::merge_min_segments`] segments is merged (at most 16 at a
+/// time), so each row is rewritten about log₄(size) times. Failing that, a segment that is
+/// more than a fifth deletions is rewritten alone.
+fn merge_candidates<'a>(c: &'a Collection, opts: &Options) -> Vec<&'a Segment> {
+    let min = opts.merge_min_segments;
+    if min == 0 {
+        return Vec::new();
+    }
+    let mut tiers: BTreeMap<u32, Vec<&Segment>> = BTreeMap::new();
+    for s in c.segments.iter().filter(|s| s.meta.rows <= opts.merge_max_rows) {
+        let live = (s.meta.rows - s.deleted_count).max(1);
+        tiers.entry(live.ilog2() / 2).or_default().push(s);
+    }
+    if let Some(mut pick) = tiers.into_values().find(|t| t.len() >= min.max(2)) {
+        pick.truncate(16);
+        return pick;
+    }
+    c.segments.iter().filter(|s| s.deleted_count * 5 > s.meta.rows).take(1).collect()
+}
+
 /// Merges a collection's small segments (and any with many deletions) into one, dropping deleted
 /// rows. Returns whether it merged.
 fn merge_one(inner: &Inner) -> Result<bool, String> {
-    let min = inner.opts.merge_min_segments;
-    if min == 0 {
-        return Ok(false);
-    }
     // Snapshot: which segments, and which of their rows are live now.
     let job = {
         let st = inner.read();
         st.collections.values().find_map(|c| {
-            let mut small: Vec<&Segment> =
-                c.segments.iter().filter(|s| s.meta.rows <= inner.opts.merge_max_rows).collect();
-            small.sort_by_key(|s| s.meta.rows - s.deleted_count);
-            let mut pick = Vec::new();
-            let mut total = 0u64;
-            for s in small {
-                let live = s.meta.rows - s.deleted_count;
-                if pick.len() >= 16 || (total + live > inner.opts.merge_max_rows && pick.len() >= 2)
-                {
-                    break;
-                }
-                total += live;
-                pick.push(s);
-            }
-            let heavy = c.segments.iter().find(|s| s.deleted_count * 5 > s.meta.rows);
-            if pick.len() < min {
-                // A segment that is mostly deletions is rewritten alone.
-                pick = heavy.into_iter().collect();
-            }
+            let pick = merge_candidates(c, &inner.opts);
             if pick.is_empty() {
                 return None;
             }
-            pick.sort_by_key(|s| s.meta.id);
             Some((
                 c.id,
                 c.schema.clone(),
@@ -1637,12 +1636,7 @@ impl Database {
                 && c.segments.iter().any(|s| {
                     s.index.is_none() && s.meta.rows as usize >= inner.opts.min_index_rows
                 });
-            let small =
-                c.segments.iter().filter(|s| s.meta.rows <= inner.opts.merge_max_rows).count();
-            let heavy = c.segments.iter().any(|s| s.deleted_count * 5 > s.meta.rows);
-            unindexed
-                || (inner.opts.merge_min_segments > 0
-                    && (small >= inner.opts.merge_min_segments || heavy))
+            unindexed || !merge_candidates(c, &inner.opts).is_empty()
         })
     }
 }

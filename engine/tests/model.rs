@@ -141,7 +141,10 @@ impl Sut {
         match Database::open(DIR, options(&self.vfs)) {
             Ok(db) => db,
             Err(
-                OpenError::Io { .. } | OpenError::Wal(quiver_engine::wal::OpenError::Io { .. }),
+                OpenError::Io { .. }
+                | OpenError::Wal(quiver_engine::wal::OpenError::Io { .. })
+                | OpenError::Manifest(quiver_engine::manifest::ManifestError::Io { .. })
+                | OpenError::Segment(quiver_engine::segment::SegmentError::Io { .. }),
             ) => {
                 // An injected fault hit the open itself, which may fail. With the faults gone
                 // (and the machine up) it must not.
