@@ -31,6 +31,15 @@ for c in rustfmt clippy; do
 done
 rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
 
+# --- Python with pyarrow: the engine's segment files are checked by pyarrow itself ------------------
+PYENV=target/pyenv
+if ! "$PYENV/bin/python" -c 'import pyarrow' 2>/dev/null; then
+  step "installing pyarrow into $PYENV"
+  python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q --disable-pip-version-check 'pyarrow==26.0.1'
+fi
+export QUIVER_PYTHON="$PWD/$PYENV/bin/python" QUIVER_REQUIRE_PYARROW=1
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -42,6 +51,11 @@ cargo clippy -p quiver-simd --all-targets --locked --target aarch64-unknown-linu
 
 step "cargo test (workspace)"
 cargo test --workspace --locked
+
+step "engine example (quickstart)"
+qs_dir=$(mktemp -d)
+cargo run -q -p quiver-engine --locked --example quickstart "$qs_dir/db"
+rm -rf "$qs_dir"
 
 step "cargo test -p quiver-simd on aarch64 under qemu"
 PROPTEST_CASES="${QEMU_PROPTEST_CASES:-64}" cargo test -p quiver-simd --locked --target aarch64-unknown-linux-gnu

@@ -387,7 +387,7 @@ impl Vectors {
     }
 }
 
-/// The vector column relabelled with the stored field (child named `item`, non-null), so batches
+/// The vector column relabelled with the stored field (child named `item`), so batches
 /// from clients that name the child differently still match the stored schema.
 fn stored_vector_column(schema: &CollectionSchema, vector: &ArrayRef) -> ArrayRef {
     let list = vector.as_fixed_size_list();

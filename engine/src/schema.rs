@@ -230,10 +230,11 @@ impl CollectionSchema {
         Arc::new(Schema::new(fields))
     }
 
-    /// The vector column's type: `FixedSizeList<item: element, non-null>[dim]`.
+    /// The vector column's type: `FixedSizeList<item: element>[dim]` (the item field nullable,
+    /// as Arrow builders and pyarrow make it; null elements are still refused).
     pub fn vector_data_type(&self) -> DataType {
         DataType::FixedSizeList(
-            Arc::new(Field::new("item", self.vector_type.arrow_type(), false)),
+            Arc::new(Field::new("item", self.vector_type.arrow_type(), true)),
             self.dim as i32,
         )
     }

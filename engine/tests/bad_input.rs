@@ -82,7 +82,7 @@ fn malformed_batches_are_refused_and_nothing_is_written() {
         d,
         &db,
         "infinity",
-        || db.insert("c", &batch(&[10], &[inf.clone()])),
+        || db.insert("c", &batch(&[10], std::slice::from_ref(&inf))),
         |e| matches!(e, BatchError::NonFinite { row: 0, .. }),
     );
     refused(

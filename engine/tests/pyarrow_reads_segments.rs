@@ -84,7 +84,7 @@ fn pyarrow_reads_the_same_ids_vectors_and_attributes_from_segment_files() {
             schema,
             vec![
                 ("id".into(), "uint64".into()),
-                ("vector".into(), "fixed_size_list<item: float not null>[8]".into()),
+                ("vector".into(), "fixed_size_list<item: float>[8]".into()),
                 ("tag".into(), "string".into()),
             ],
             "segment {n}"

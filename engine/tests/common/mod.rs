@@ -23,7 +23,7 @@ pub fn schema(dim: u32, metric: Metric) -> CollectionSchema {
 pub fn vector_column(dim: usize, rows: &[Vec<f32>]) -> ArrayRef {
     let values = arrow_array::Float32Array::from_iter_values(rows.iter().flatten().copied());
     Arc::new(FixedSizeListArray::new(
-        Arc::new(Field::new("item", DataType::Float32, false)),
+        Arc::new(Field::new("item", DataType::Float32, true)),
         dim as i32,
         Arc::new(values),
         None,
