@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release -p quiver-engine --example ingest_bench -- \
 //!     DB_DIR BASE.u8bin QUERY.u8bin GT.ivecs [--batch 10000] [--writers 2] \
-//!     [--memtable-mb 64] [--list 100] [--queries 2000]
+//!     [--memtable-mb 64] [--list 100] [--queries 2000] [--max-unindexed 4]
 //! ```
 //! Prints one `key=value` line per phase. `DB_DIR` must not exist.
 
@@ -97,6 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let memtable_mb = arg(&args, "--memtable-mb", 64);
     let list = arg(&args, "--list", 100);
     let nq = arg(&args, "--queries", 2000);
+    let max_unindexed = arg(&args, "--max-unindexed", 4);
     assert!(!std::path::Path::new(dir).exists(), "{dir} exists");
 
     let data = read_vectors(base.as_ref())?;
@@ -123,7 +124,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
     };
     let started = Instant::now();
-    let db = Database::open(dir, Options::default().memtable_bytes(memtable_mb << 20))?;
+    let db = Database::open(
+        dir,
+        Options::default().memtable_bytes(memtable_mb << 20).max_unindexed_segments(max_unindexed),
+    )?;
     db.create_collection("sift", schema.clone())?;
     let n = data.len();
     let next = AtomicU64::new(0);

@@ -1701,13 +1701,42 @@ impl TopK {
     }
 }
 
-fn exact_distance(metric: Metric, q: &[f32], row: Row<'_>, scratch: &mut Vec<f32>) -> f32 {
-    match row {
-        Row::F32(x) => distance_active(metric, Row::F32(q), Row::F32(x)),
-        other => {
+/// A query in every form a kernel may want: f32, and the stored integer type when the query's
+/// values are all integers in its range (then the integer kernel gives the same distances).
+struct Query {
+    f: Vec<f32>,
+    u8: Option<Vec<u8>>,
+    i8: Option<Vec<i8>>,
+}
+
+impl Query {
+    fn new(f: Vec<f32>) -> Query {
+        let integral = |lo: f32, hi: f32| f.iter().all(|&x| x.fract() == 0.0 && x >= lo && x <= hi);
+        let u8 = integral(0.0, 255.0).then(|| f.iter().map(|&x| x as u8).collect());
+        let i8 = integral(-128.0, 127.0).then(|| f.iter().map(|&x| x as i8).collect());
+        Query { f, u8, i8 }
+    }
+
+    /// The form to give a disk index of `elem`.
+    fn row(&self, elem: crate::diskgraph::data::ElemType) -> Row<'_> {
+        use crate::diskgraph::data::ElemType;
+        match (elem, &self.u8, &self.i8) {
+            (ElemType::U8, Some(q), _) => Row::U8(q),
+            (ElemType::I8, _, Some(q)) => Row::I8(q),
+            _ => Row::F32(&self.f),
+        }
+    }
+}
+
+fn exact_distance(metric: Metric, q: &Query, row: Row<'_>, scratch: &mut Vec<f32>) -> f32 {
+    match (row, &q.u8, &q.i8) {
+        (Row::F32(x), _, _) => distance_active(metric, Row::F32(&q.f), Row::F32(x)),
+        (Row::U8(x), Some(qu), _) => distance_active(metric, Row::U8(qu), Row::U8(x)),
+        (Row::I8(x), _, Some(qi)) => distance_active(metric, Row::I8(qi), Row::I8(x)),
+        (other, _, _) => {
             scratch.clear();
             scratch.extend(other.to_f32());
-            distance_active(metric, Row::F32(q), Row::F32(scratch))
+            distance_active(metric, Row::F32(&q.f), Row::F32(scratch))
         }
     }
 }
@@ -1759,6 +1788,8 @@ impl Database {
         if metric == Metric::Cosine && !batch::normalize(&mut q) {
             return Err(ReadError::Query("a zero query has no cosine distance".into()));
         }
+        let q = Query::new(q);
+        let raw = Query::new(query.to_vec());
         let mut top = TopK { k: params.k, heap: std::collections::BinaryHeap::new() };
         let mut scratch = Vec::new();
         // In-memory rows.
@@ -1783,7 +1814,7 @@ impl Database {
                     let mut searcher =
                         ix.searcher().map_err(|e| ReadError::Index(e.to_string()))?;
                     let (found, _) = searcher
-                        .search(Row::F32(query), sp)
+                        .search(raw.row(c.schema.vector_type().search_elem()), sp)
                         .map_err(|e| ReadError::Index(e.to_string()))?;
                     for n in found {
                         if !s.deleted[n.id as usize] {
