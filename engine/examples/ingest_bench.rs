@@ -147,7 +147,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     let ingest = t.elapsed().as_secs_f64();
-    let mb = (n * dim) as f64 / (1 << 20) as f64;
+    let mb = (n * dim) as f64 / f64::from(1u32 << 20);
     println!(
         "phase=ingest rows={n} seconds={ingest:.1} rows_per_s={:.0} vector_mib_per_s={:.1} rss_mib={} peak_rss_mib={}",
         n as f64 / ingest,
