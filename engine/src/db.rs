@@ -956,14 +956,7 @@ impl Database {
     /// [`WriteError`]; for a refused batch, nothing was written.
     pub fn insert(&self, collection: &str, batch: &RecordBatch) -> Result<u64, WriteError> {
         let inner = &self.inner;
-        if let Some(p) = inner.poisoned() {
-            return Err(WriteError::Poisoned(p));
-        }
-        let limit = inner.opts.max_batch_rows;
-        if batch.num_rows() > limit {
-            return Err(batch::BatchError::TooManyRows { rows: batch.num_rows(), limit }.into());
-        }
-        let (cid, schema) = self.lookup(collection)?;
+        let (cid, schema) = self.admit(collection, batch.num_rows())?;
         let prepared = batch::prepare(&schema, batch)?;
         if prepared.keys.is_empty() {
             return Ok(inner.wal.durable_lsn());
@@ -980,14 +973,7 @@ impl Database {
     /// [`WriteError`]; for refused ids, nothing was written.
     pub fn delete(&self, collection: &str, ids: &dyn Array) -> Result<u64, WriteError> {
         let inner = &self.inner;
-        if let Some(p) = inner.poisoned() {
-            return Err(WriteError::Poisoned(p));
-        }
-        let limit = inner.opts.max_batch_rows;
-        if ids.len() > limit {
-            return Err(batch::BatchError::TooManyRows { rows: ids.len(), limit }.into());
-        }
-        let (cid, schema) = self.lookup(collection)?;
+        let (cid, schema) = self.admit(collection, ids.len())?;
         let keys = batch::delete_keys(ids, schema.id_type())?;
         if keys.is_empty() {
             return Ok(inner.wal.durable_lsn());
@@ -1002,7 +988,20 @@ impl Database {
         self.write(Op::Delete { collection: cid, keys }, kind::DELETE, &payload)
     }
 
-    fn lookup(&self, collection: &str) -> Result<(u64, Arc<CollectionSchema>), WriteError> {
+    /// The checks every write passes first: not poisoned, within the row limit, a known
+    /// collection (its id and schema).
+    fn admit(
+        &self,
+        collection: &str,
+        rows: usize,
+    ) -> Result<(u64, Arc<CollectionSchema>), WriteError> {
+        if let Some(p) = self.inner.poisoned() {
+            return Err(WriteError::Poisoned(p));
+        }
+        let limit = self.inner.opts.max_batch_rows;
+        if rows > limit {
+            return Err(batch::BatchError::TooManyRows { rows, limit }.into());
+        }
         let st = self.inner.read();
         let c = st
             .collections
