@@ -877,11 +877,12 @@ impl Database {
             }
             inner.commit(&mut store, &st, |b| b.collections.retain(|c| c.name != name))?;
         }
-        let c = inner.write().collections.remove(name).expect("checked above");
-        {
+        let c = {
             let mut st = inner.write();
+            let c = st.collections.remove(name).expect("checked above");
             st.mem_bytes -= c.mem.bytes;
-        }
+            c
+        };
         drop(store);
         for s in &c.segments {
             inner.remove_quietly(&inner.path(SEGMENTS_DIR, &segment_name(s.meta.id)));
@@ -1698,6 +1699,32 @@ impl TopK {
     fn would_take(&self, d: f32) -> bool {
         self.heap.len() < self.k || self.heap.peek().is_some_and(|w| d <= w.d)
     }
+
+    /// Offers every live row of `v` by exact distance; row `i` of `v` is row `base + i` of the
+    /// source whose keys are `keys`, liveness `live` and place `loc`.
+    #[allow(clippy::too_many_arguments)]
+    fn offer_exact(
+        &mut self,
+        metric: Metric,
+        q: &Query,
+        v: &Vectors,
+        dim: usize,
+        base: usize,
+        keys: &[Key],
+        live: impl Fn(usize) -> bool,
+        loc: impl Fn(u32) -> Loc,
+        scratch: &mut Vec<f32>,
+    ) {
+        for i in 0..v.values() / dim {
+            let r = base + i;
+            if live(r) {
+                let d = exact_distance(metric, q, v.row(i, dim), scratch);
+                if self.would_take(d) {
+                    self.push(Cand { d, key: keys[r].clone(), loc: loc(r as u32) });
+                }
+            }
+        }
+    }
 }
 
 /// A query in every form a kernel may want: f32, and the stored integer type when the query's
@@ -1792,14 +1819,18 @@ impl Database {
         let mut top = TopK { k: params.k, heap: std::collections::BinaryHeap::new() };
         let mut scratch = Vec::new();
         // In-memory rows.
-        for r in 0..c.mem.keys.len() {
-            if c.mem.live[r] {
-                let d = exact_distance(metric, &q, c.mem.vectors.row(r, dim), &mut scratch);
-                if top.would_take(d) {
-                    top.push(Cand { d, key: c.mem.keys[r].clone(), loc: Loc::Mem(r as u32) });
-                }
-            }
-        }
+        let mem = &c.mem;
+        top.offer_exact(
+            metric,
+            &q,
+            &mem.vectors,
+            dim,
+            0,
+            &mem.keys,
+            |r| mem.live[r],
+            Loc::Mem,
+            &mut scratch,
+        );
         for s in &c.segments {
             let id = s.meta.id;
             match (&s.index, &s.vectors) {
@@ -1826,37 +1857,29 @@ impl Database {
                     }
                 }
                 (_, Some(v)) => {
-                    for r in 0..s.keys.len() {
-                        if !s.deleted[r] {
-                            let d = exact_distance(metric, &q, v.row(r, dim), &mut scratch);
-                            if top.would_take(d) {
-                                top.push(Cand {
-                                    d,
-                                    key: s.keys[r].clone(),
-                                    loc: Loc::Seg(id, r as u32),
-                                });
-                            }
-                        }
-                    }
+                    let live = |r: usize| !s.deleted[r];
+                    let loc = |r: u32| Loc::Seg(id, r);
+                    top.offer_exact(metric, &q, v, dim, 0, &s.keys, live, loc, &mut scratch);
                 }
                 _ => {
                     // Exhaustive search of an indexed segment: read its vectors back.
-                    let mut r = 0usize;
+                    let mut base = 0usize;
                     for b in s.file.read(&[1], None, 65_536)? {
                         let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
-                        for i in 0..b.num_rows() {
-                            if !s.deleted[r] {
-                                let d = exact_distance(metric, &q, v.row(i, dim), &mut scratch);
-                                if top.would_take(d) {
-                                    top.push(Cand {
-                                        d,
-                                        key: s.keys[r].clone(),
-                                        loc: Loc::Seg(id, r as u32),
-                                    });
-                                }
-                            }
-                            r += 1;
-                        }
+                        let live = |r: usize| !s.deleted[r];
+                        let loc = |r: u32| Loc::Seg(id, r);
+                        top.offer_exact(
+                            metric,
+                            &q,
+                            &v,
+                            dim,
+                            base,
+                            &s.keys,
+                            live,
+                            loc,
+                            &mut scratch,
+                        );
+                        base += b.num_rows();
                     }
                 }
             }
@@ -1934,7 +1957,6 @@ fn gather(c: &Collection, locs: &[Loc], columns: &[usize]) -> Result<Vec<ArrayRe
     // Sources: the memtable batches, then one batch per segment touched.
     let mut sources: Vec<RecordBatch> =
         c.mem.batches.iter().map(|b| b.project(columns)).collect::<Result<_, _>>()?;
-    let mem_sources = sources.len();
     let mut by_seg: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     for l in locs {
         if let Loc::Seg(s, r) = l {
@@ -1958,7 +1980,6 @@ fn gather(c: &Collection, locs: &[Loc], columns: &[usize]) -> Result<Vec<ArrayRe
         seg_source.insert(sid, (sources.len(), rows));
         sources.push(b);
     }
-    let _ = mem_sources;
     let indices: Vec<(usize, usize)> = locs
         .iter()
         .map(|l| match l {
