@@ -1,9 +1,12 @@
 //! `quiver` — the command-line program of the Quiver vector storage engine.
 //!
+//! - `quiver serve`: the database behind an Arrow Flight server (see `src/serve.rs`).
 //! - `quiver info`: the SIMD tiers this CPU supports and the one in use.
 //! - `quiver build`: builds a disk index from a vector file.
 //! - `quiver search`: searches a disk index with a query file and reports recall, QPS, I/O and
 //!   latency per list size.
+
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve a database over Arrow Flight (DoPut, DoGet, DoAction, DoExchange).
+    Serve(serve::ServeArgs),
     /// Print the version, the SIMD tiers this CPU supports and the one in use.
     Info,
     /// Build a disk index from a vector file (.fbin, .u8bin, .i8bin, .fvecs, .bvecs).
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
             info();
             Ok(())
         }
+        Command::Serve(args) => serve::serve(&args).map_err(|e| -> BoxError { e }),
         Command::Build(args) => build(&args),
         Command::Search(args) => search(&args),
     };

@@ -44,6 +44,8 @@ pub const MAX_K: usize = 10_000;
 pub const MAX_LIST_SIZE: usize = 100_000;
 /// Rows per batch a scan yields (at most).
 pub const SCAN_BATCH_ROWS: usize = 8192;
+/// The most rows [`Scan::set_batch_rows`] accepts.
+pub const MAX_SCAN_BATCH_ROWS: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Manifest body
@@ -1611,7 +1613,7 @@ impl Database {
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let started = Instant::now();
         loop {
-            if !self.has_background_work() {
+            if !self.background_pending() {
                 return true;
             }
             if started.elapsed() >= timeout {
@@ -1628,7 +1630,8 @@ impl Database {
         }
     }
 
-    fn has_background_work(&self) -> bool {
+    /// Whether background work is pending: a segment awaits its index or a merge.
+    pub fn background_pending(&self) -> bool {
         let inner = &*self.inner;
         let st = inner.read();
         st.collections.values().any(|c| {
@@ -1945,7 +1948,7 @@ impl Database {
             .into_iter()
             .map(|b| b.project(&projection))
             .collect::<Result<VecDeque<_>, _>>()?;
-        Ok(Scan { schema, projection, segments, at: 0, memtable })
+        Ok(Scan { schema, projection, segments, at: 0, memtable, batch_rows: SCAN_BATCH_ROWS })
     }
 }
 
@@ -2009,12 +2012,20 @@ pub struct Scan {
     segments: VecDeque<(SegmentFile, Vec<u32>)>,
     at: usize,
     memtable: VecDeque<RecordBatch>,
+    batch_rows: usize,
 }
 
 impl Scan {
     /// The schema of the batches.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// Read at most `rows` rows (at least 1, at most [`MAX_SCAN_BATCH_ROWS`]) from a segment per
+    /// batch from now on; the default is [`SCAN_BATCH_ROWS`]. A caller that wants its first batch
+    /// quickly starts small and grows. In-memory rows come in the batches they were inserted in.
+    pub fn set_batch_rows(&mut self, rows: usize) {
+        self.batch_rows = rows.clamp(1, MAX_SCAN_BATCH_ROWS);
     }
 }
 
@@ -2028,11 +2039,11 @@ impl Iterator for Scan {
                 self.at = 0;
                 continue;
             }
-            let end = (self.at + SCAN_BATCH_ROWS).min(live.len());
+            let end = (self.at + self.batch_rows).min(live.len());
             let rows = &live[self.at..end];
             self.at = end;
             let r = file
-                .read(&self.projection, Some(rows), SCAN_BATCH_ROWS)
+                .read(&self.projection, Some(rows), self.batch_rows)
                 .map_err(ReadError::from)
                 .and_then(|bs| {
                     arrow_select::concat::concat_batches(&self.schema, &bs).map_err(ReadError::from)

@@ -1,12 +1,156 @@
-//! # quiver-flight — the Arrow Flight shim (being built; see ARCHITECTURE.md)
+//! # quiver-flight — the Arrow Flight shim over `quiver-engine`
 //!
-//! Will hold: a thin Arrow Flight service over `quiver-engine` (DoPut ingest with per-batch durable
-//! acks, DoGet search / scan / get with adaptive chunking, DoAction, DoExchange), compatible with
-//! Longbow's pyarrow clients.
+//! Puts a [`Database`] on the network as an Arrow Flight service that Longbow's pyarrow clients
+//! drive unchanged:
+//!
+//! - **DoPut**: the collection is `descriptor.path[0]`, created on the first put from the batch
+//!   schema (`vector`/`embedding` FixedSizeList column, `id` column, every other column an
+//!   attribute; metric from schema metadata `quiver.metric` or `longbow.metric`). Each batch is
+//!   acknowledged with a `PutResult` whose `app_metadata` is `{"collection", "rows", "lsn"}`,
+//!   sent only after the batch is durable.
+//! - **DoGet**: a JSON ticket — `{"search": {...}}` (Longbow's form), `{"name": N, "filters",
+//!   "limit", "columns"}` or a bare name (a scan, streamed in batches that grow from small to
+//!   64k rows), or `{"get": {"dataset", "ids"}}`.
+//! - **DoAction** / **ListActions**: create, drop, delete, flush, stats, multi-query
+//!   `VectorSearch`, readiness; Longbow's action names are accepted as aliases.
+//! - **ListFlights** / **GetFlightInfo** / **GetSchema**: real schemas and row counts.
+//! - **DoExchange** on path `["ingest", NAME]`: streaming ingest with a per-batch ack.
+//!
+//! Errors carry gRPC codes: `NotFound` (unknown collection), `InvalidArgument` (bad input),
+//! `ResourceExhausted` (backpressure gave up), `Unauthenticated` (no token), `AlreadyExists`.
 //!
 //! May depend on: `quiver-engine` only among Quiver crates. Holds no storage logic of its own.
 
 #![deny(missing_docs)]
 
-/// The engine this shim serves.
+pub mod auth;
+pub mod convert;
+pub mod filter;
+pub mod request;
+mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+pub use auth::Auth;
 pub use quiver_engine as engine;
+use quiver_engine::Database;
+pub use service::{ACTIONS, QuiverFlight, ServiceConfig};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+/// Default address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+/// Default largest gRPC message accepted or sent: 256 MiB (pyarrow batches of 10k × 128 f32
+/// are 5 MB; Longbow's clients allow 1 GiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// How the server listens and what it allows. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Required token (`None`: no authentication).
+    pub auth_token: Option<String>,
+    /// PEM certificate chain and key: serve TLS (rustls) instead of plaintext.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Largest gRPC message decoded or encoded (default [`DEFAULT_MAX_MESSAGE_BYTES`]).
+    pub max_message_bytes: usize,
+    /// HTTP/2 keepalive ping interval (default 30 s; `None` disables pings).
+    pub keepalive_interval: Option<Duration>,
+    /// How long a keepalive ping may go unanswered before the connection is closed (20 s).
+    pub keepalive_timeout: Duration,
+    /// HTTP/2 per-stream flow-control window in bytes (default 4 MiB).
+    pub stream_window: u32,
+    /// HTTP/2 per-connection flow-control window in bytes (default 16 MiB).
+    pub connection_window: u32,
+    /// Most concurrent streams per connection (default 256).
+    pub max_concurrent_streams: u32,
+    /// The service's own tunables.
+    pub service: ServiceConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            auth_token: None,
+            tls: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(20),
+            stream_window: 4 << 20,
+            connection_window: 16 << 20,
+            max_concurrent_streams: 256,
+            service: ServiceConfig::default(),
+        }
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The TLS certificate or key was refused.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The transport failed.
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Binding the address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds `addr` (port 0 picks a free port; [`TcpListener::local_addr`] tells which).
+///
+/// # Errors
+/// [`ServeError::Bind`].
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves `db` on `listener` until `shutdown` resolves, then stops accepting and lets calls in
+/// flight finish (a caller that must bound that wait races this future against a timer).
+///
+/// # Errors
+/// [`ServeError`]: bad TLS material or a transport failure.
+pub async fn serve(
+    db: Arc<Database>,
+    listener: TcpListener,
+    cfg: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let auth = Auth::new(cfg.auth_token.clone());
+    let svc = QuiverFlight::new(db, cfg.service.clone(), auth.clone());
+    let svc = FlightServiceServer::new(svc)
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes);
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(cfg.keepalive_interval)
+        .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
+        .initial_stream_window_size(Some(cfg.stream_window))
+        .initial_connection_window_size(Some(cfg.connection_window))
+        .max_concurrent_streams(Some(cfg.max_concurrent_streams))
+        .tcp_nodelay(true);
+    if let Some((cert, key)) = &cfg.tls {
+        let identity = Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    let intercepted =
+        tonic::service::interceptor::InterceptedService::new(svc, move |r| auth.check(r));
+    builder
+        .add_service(intercepted)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! From the batches Flight clients send to the engine's collections: a collection schema inferred
+//! from the first batch, and each later batch conformed to it (column aliases, `float64` vectors
+//! stored as `float32`, narrower integer ids widened). Anything that cannot be conformed is left
+//! for the engine to refuse with its own precise error.
+
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_cast::{CastOptions, cast_with_options};
+use arrow_schema::{DataType, Field, Metadata, Schema};
+use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::{CollectionSchema, IdType, VectorType};
+
+/// The id column's name.
+pub const ID_COLUMN: &str = "id";
+/// The vector column's name in the engine.
+pub const VECTOR_COLUMN: &str = "vector";
+/// Other names clients give the vector column; renamed to [`VECTOR_COLUMN`] on ingest.
+pub const VECTOR_ALIASES: [&str; 1] = ["embedding"];
+/// Schema metadata keys naming the metric, in order of precedence.
+pub const METRIC_KEYS: [&str; 2] = ["quiver.metric", "longbow.metric"];
+
+/// Parses a metric name: `euclidean`/`l2`, `cosine`, `dot_product`/`dot`/`ip`/`inner_product`
+/// (any case).
+///
+/// # Errors
+/// A message naming the accepted spellings.
+pub fn parse_metric(name: &str) -> Result<Metric, String> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "euclidean" | "l2" => Ok(Metric::L2),
+        "cosine" => Ok(Metric::Cosine),
+        "dot_product" | "dot" | "ip" | "inner_product" => Ok(Metric::InnerProduct),
+        other => Err(format!(
+            "unknown metric {other:?}; expected euclidean (or l2), cosine, or dot_product (or ip)"
+        )),
+    }
+}
+
+/// The metric's name in tickets and replies.
+pub fn metric_name(m: Metric) -> &'static str {
+    match m {
+        Metric::L2 => "euclidean",
+        Metric::Cosine => "cosine",
+        Metric::InnerProduct => "dot_product",
+    }
+}
+
+/// The metric named by schema metadata (`quiver.metric`, else `longbow.metric`), if any.
+///
+/// # Errors
+/// The value is not a metric name.
+pub fn metric_from_metadata(md: &Metadata) -> Result<Option<Metric>, String> {
+    for key in METRIC_KEYS {
+        if let Some(v) = md.get(key) {
+            return parse_metric(v).map(Some).map_err(|e| format!("schema metadata {key}: {e}"));
+        }
+    }
+    Ok(None)
+}
+
+/// The index of the vector column: `vector`, or an alias when there is no `vector`.
+fn vector_index(schema: &Schema) -> Result<usize, String> {
+    if let Ok(i) = schema.index_of(VECTOR_COLUMN) {
+        return Ok(i);
+    }
+    VECTOR_ALIASES.iter().find_map(|a| schema.index_of(a).ok()).ok_or_else(|| {
+        format!(
+            "the batch has no vector column: expected a column named {VECTOR_COLUMN:?} (or \
+             {:?}) of type FixedSizeList<float32|float16|float64|uint8|int8>",
+            VECTOR_ALIASES.join("\", \"")
+        )
+    })
+}
+
+fn element_type(dt: &DataType) -> Option<VectorType> {
+    match dt {
+        DataType::Float32 | DataType::Float64 => Some(VectorType::F32),
+        DataType::Float16 => Some(VectorType::F16),
+        DataType::UInt8 => Some(VectorType::U8),
+        DataType::Int8 => Some(VectorType::I8),
+        _ => None,
+    }
+}
+
+fn id_type(dt: &DataType) -> Option<IdType> {
+    match dt {
+        DataType::UInt64 | DataType::UInt32 | DataType::UInt16 | DataType::UInt8 => {
+            Some(IdType::U64)
+        }
+        DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 => Some(IdType::I64),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(IdType::Utf8),
+        _ => None,
+    }
+}
+
+/// The collection schema a first batch implies: its vector column's element type and length,
+/// its id column's type, the metric from its schema metadata (default euclidean), and every
+/// other column as an attribute.
+///
+/// # Errors
+/// A message saying which column is missing or of which unsupported type.
+pub fn infer_schema(schema: &Schema) -> Result<CollectionSchema, String> {
+    let vi = vector_index(schema)?;
+    let vf = schema.field(vi);
+    let (elem, dim) = match vf.data_type() {
+        DataType::FixedSizeList(item, n) => match element_type(item.data_type()) {
+            Some(e) if *n > 0 => (e, *n as u32),
+            _ => {
+                return Err(format!(
+                    "vector column {:?} has type {}; expected FixedSizeList of float32, float16, \
+                     float64, uint8 or int8 with at least one element",
+                    vf.name(),
+                    vf.data_type()
+                ));
+            }
+        },
+        other => {
+            return Err(format!(
+                "vector column {:?} has type {other}; expected FixedSizeList of float32, \
+                 float16, float64, uint8 or int8",
+                vf.name()
+            ));
+        }
+    };
+    let ii = schema
+        .index_of(ID_COLUMN)
+        .map_err(|_| "the batch has no \"id\" column (uint64, int64 or utf8)".to_string())?;
+    let idt = id_type(schema.field(ii).data_type()).ok_or_else(|| {
+        format!(
+            "id column has type {}; expected uint64, int64 or utf8",
+            schema.field(ii).data_type()
+        )
+    })?;
+    let metric = metric_from_metadata(schema.metadata())?.unwrap_or(Metric::L2);
+    let mut cs = CollectionSchema::new(dim, elem, metric).with_id_type(idt);
+    for (i, f) in schema.fields().iter().enumerate() {
+        if i == vi || i == ii {
+            continue;
+        }
+        cs = cs.with_attribute(Field::new(f.name(), f.data_type().clone(), f.is_nullable()));
+    }
+    cs.validate().map_err(|e| e.to_string())?;
+    Ok(cs)
+}
+
+fn cast_exact(a: &ArrayRef, to: &DataType, what: &str) -> Result<ArrayRef, String> {
+    let opts = CastOptions { safe: false, ..CastOptions::default() };
+    cast_with_options(a, to, &opts).map_err(|e| format!("{what}: cannot convert to {to}: {e}"))
+}
+
+/// `batch` shaped for the collection: the vector alias renamed, `float64` vectors cast to the
+/// collection's float type, narrower ids widened, schema metadata dropped. Columns that do not
+/// fit are passed through for the engine to refuse by name.
+///
+/// # Errors
+/// A cast that would lose information (an id out of range).
+pub fn conform(batch: &RecordBatch, cs: &CollectionSchema) -> Result<RecordBatch, String> {
+    let schema = batch.schema();
+    let vi = vector_index(&schema).ok();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (i, f) in schema.fields().iter().enumerate() {
+        let mut col = batch.column(i).clone();
+        let mut name = f.name().clone();
+        if Some(i) == vi {
+            name = VECTOR_COLUMN.to_string();
+            let want = cs.vector_data_type();
+            if let (DataType::FixedSizeList(item, n), DataType::FixedSizeList(witem, wn)) =
+                (col.data_type(), &want)
+                && n == wn
+                && item.data_type() == &DataType::Float64
+                && matches!(witem.data_type(), DataType::Float32 | DataType::Float16)
+            {
+                col = cast_exact(&col, &want, "vector column")?;
+            }
+        } else if name == ID_COLUMN {
+            let want = cs.id_type().arrow_type();
+            if col.data_type() != &want && id_type(col.data_type()) == Some(cs.id_type()) {
+                col = cast_exact(&col, &want, "id column")?;
+            }
+        }
+        fields.push(Field::new(name, col.data_type().clone(), f.is_nullable()));
+        columns.push(col);
+    }
+    let out = Schema::new(fields);
+    RecordBatch::try_new(Arc::new(out), columns).map_err(|e| e.to_string())
+}
+
+/// Checks that a batch's metadata does not ask for a different metric than the collection's.
+///
+/// # Errors
+/// A message naming both metrics.
+pub fn check_metric(
+    name: &str,
+    batch_schema: &Schema,
+    cs: &CollectionSchema,
+) -> Result<(), String> {
+    if let Some(m) = metric_from_metadata(batch_schema.metadata())?
+        && m != cs.metric()
+    {
+        return Err(format!(
+            "collection {name:?} uses the {} metric, but the batch's schema metadata asks for {}",
+            metric_name(cs.metric()),
+            metric_name(m)
+        ));
+    }
+    Ok(())
+}
+
+/// The number of bytes of Arrow buffers a batch holds (for throughput figures).
+pub fn batch_bytes(b: &RecordBatch) -> usize {
+    b.columns().iter().map(|c| c.get_array_memory_size()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::types::Float64Type;
+    use arrow_array::{FixedSizeListArray, Int32Array, StringArray};
+    use std::collections::HashMap;
+
+    fn f64_batch(metric: Option<&str>) -> RecordBatch {
+        let v = FixedSizeListArray::from_iter_primitive::<Float64Type, _, _>(
+            vec![Some(vec![Some(1.0), Some(2.0)]), Some(vec![Some(3.0), Some(4.0)])],
+            2,
+        );
+        let mut md = HashMap::new();
+        if let Some(m) = metric {
+            md.insert("longbow.metric".to_string(), m.to_string());
+        }
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("embedding", v.data_type().clone(), true),
+            Field::new("tag", DataType::Utf8, true),
+        ])
+        .with_metadata(md);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int32Array::from(vec![1, 2])),
+                Arc::new(v),
+                Arc::new(StringArray::from(vec!["a", "b"])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn float64_embedding_and_int32_ids_become_f32_vector_and_i64_ids() {
+        let b = f64_batch(Some("Cosine"));
+        let cs = infer_schema(&b.schema()).unwrap();
+        assert_eq!(cs.vector_type(), VectorType::F32);
+        assert_eq!(cs.id_type(), IdType::I64);
+        assert_eq!(cs.metric(), Metric::Cosine);
+        assert_eq!(cs.dim(), 2);
+        assert_eq!(cs.attributes().len(), 1);
+        let c = conform(&b, &cs).unwrap();
+        assert_eq!(c.schema().field(1).name(), "vector");
+        assert_eq!(c.column(1).data_type(), &cs.vector_data_type());
+        assert_eq!(c.column(0).data_type(), &DataType::Int64);
+        assert!(c.schema().metadata().is_empty());
+    }
+
+    #[test]
+    fn unknown_metric_and_missing_columns_are_named() {
+        let e = infer_schema(&f64_batch(Some("manhattan")).schema()).unwrap_err();
+        assert!(e.contains("manhattan") && e.contains("euclidean"), "{e}");
+        let no_vec = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
+        assert!(infer_schema(&no_vec).unwrap_err().contains("no vector column"));
+        let bad_vec = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("vector", DataType::Utf8, false),
+        ]);
+        assert!(infer_schema(&bad_vec).unwrap_err().contains("FixedSizeList"));
+    }
+
+    #[test]
+    fn metric_conflict_is_refused() {
+        let b = f64_batch(Some("l2"));
+        let cs = infer_schema(&f64_batch(Some("cosine")).schema()).unwrap();
+        let e = check_metric("c", &b.schema(), &cs).unwrap_err();
+        assert!(e.contains("cosine") && e.contains("euclidean"), "{e}");
+        check_metric("c", &f64_batch(None).schema(), &cs).unwrap();
+    }
+}

@@ -1,0 +1,156 @@
+//! `quiver serve`: the engine behind an Arrow Flight server (`quiver-flight`).
+//!
+//! Prints `listening on grpc://ADDR` (or `grpc+tls://`) on stdout once the port is bound, so
+//! scripts and tests can use `--listen 127.0.0.1:0`. SIGINT or SIGTERM stops accepting calls and
+//! lets calls in flight finish for up to `--shutdown-grace` seconds; every acknowledged write is
+//! durable before it was acknowledged, so a cut-short put loses nothing that was acknowledged.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_engine::{Database, Options};
+use quiver_flight::{DEFAULT_LISTEN, ServerConfig};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Environment variable holding the auth token (the `--auth-token` flag wins).
+pub const TOKEN_ENV: &str = "QUIVER_AUTH_TOKEN";
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Directory of the database (created if missing).
+    #[arg(long, default_value = "quiver-data", env = "QUIVER_DATA")]
+    data: PathBuf,
+    /// Address to listen on (loopback by default; port 0 picks a free port).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Require this bearer token on every call.
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
+    auth_token: Option<String>,
+    /// PEM certificate chain: serve TLS (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest gRPC message accepted or sent, MiB.
+    #[arg(long, default_value_t = 256)]
+    max_message_mb: usize,
+    /// HTTP/2 keepalive ping interval, seconds (0 disables).
+    #[arg(long, default_value_t = 30)]
+    keepalive_secs: u64,
+    /// Seconds a keepalive ping may go unanswered.
+    #[arg(long, default_value_t = 20)]
+    keepalive_timeout_secs: u64,
+    /// HTTP/2 per-stream flow-control window, KiB.
+    #[arg(long, default_value_t = 4096)]
+    stream_window_kb: u32,
+    /// HTTP/2 per-connection flow-control window, KiB.
+    #[arg(long, default_value_t = 16384)]
+    connection_window_kb: u32,
+    /// Rows in the first batch of a scan (batches double from here).
+    #[arg(long, default_value_t = 1024)]
+    scan_chunk_start: usize,
+    /// Rows per batch a scan grows to.
+    #[arg(long, default_value_t = 65536)]
+    scan_chunk_max: usize,
+    /// In-memory table size before it is written as a segment, MiB.
+    #[arg(long, default_value_t = 64)]
+    memtable_mb: usize,
+    /// Do not build disk indexes in the background (searches stay exact).
+    #[arg(long)]
+    no_index: bool,
+    /// Seconds to let calls in flight finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
+    /// Worker threads of the async runtime (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the server runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
+    let token = args.auth_token.clone();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read(c).map_err(|e| format!("{}: {e}", c.display()))?,
+            std::fs::read(k).map_err(|e| format!("{}: {e}", k.display()))?,
+        )),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "grpc+tls" } else { "grpc" };
+    let mut cfg = ServerConfig {
+        auth_token: token,
+        tls,
+        max_message_bytes: args.max_message_mb.max(1) << 20,
+        keepalive_interval: (args.keepalive_secs > 0)
+            .then(|| Duration::from_secs(args.keepalive_secs)),
+        keepalive_timeout: Duration::from_secs(args.keepalive_timeout_secs.max(1)),
+        stream_window: args.stream_window_kb.max(64) << 10,
+        connection_window: args.connection_window_kb.max(64) << 10,
+        ..ServerConfig::default()
+    };
+    cfg.service.scan_chunk_start = args.scan_chunk_start.max(1);
+    cfg.service.scan_chunk_max = args.scan_chunk_max.max(args.scan_chunk_start).max(1);
+    let opts = Options::default()
+        .memtable_bytes(args.memtable_mb.max(1) << 20)
+        .build_indexes(!args.no_index);
+    let db = Arc::new(Database::open(&args.data, opts)?);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build()?;
+    let grace = Duration::from_secs(args.shutdown_grace);
+    rt.block_on(async {
+        let listener = quiver_flight::bind(args.listen).await?;
+        let addr = listener.local_addr()?;
+        println!("listening on {scheme}://{addr}");
+        std::io::stdout().flush()?;
+        tracing::info!(data = %args.data.display(), %addr, "serving");
+        let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            signal().await;
+            let _ = fired_tx.send(());
+        };
+        let server = quiver_flight::serve(db.clone(), listener, &cfg, shutdown);
+        let deadline = async move {
+            if fired_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = server => r?,
+            () = deadline => tracing::warn!("calls still running after {grace:?}; stopping anyway"),
+        }
+        Ok::<(), BoxError>(())
+    })?;
+    // Stop runtime threads (and the blocking engine calls they wait on) before closing the
+    // database, so no call races its shutdown.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    match Arc::try_unwrap(db) {
+        Ok(db) => drop(db),
+        Err(_) => tracing::warn!("a call still holds the database; its files stay consistent"),
+    }
+    eprintln!("quiver: stopped");
+    Ok(())
+}
