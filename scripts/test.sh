@@ -31,12 +31,13 @@ for c in rustfmt clippy; do
 done
 rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
 
-# --- Python with pyarrow: the engine's segment files are checked by pyarrow itself ------------------
+# --- Python with pyarrow and numpy: pyarrow reads the engine's segment files, and pyarrow.flight ---
+# --- drives `quiver serve` as Longbow's users do (numpy is the brute-force oracle) -----------------
 PYENV=target/pyenv
-if ! "$PYENV/bin/python" -c 'import pyarrow' 2>/dev/null; then
-  step "installing pyarrow into $PYENV"
-  python3 -m venv "$PYENV"
-  "$PYENV/bin/pip" install -q --disable-pip-version-check 'pyarrow==26.0.1'
+if ! "$PYENV/bin/python" -c 'import pyarrow.flight, numpy' 2>/dev/null; then
+  step "installing pyarrow and numpy into $PYENV"
+  [ -x "$PYENV/bin/python" ] || python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q --disable-pip-version-check 'pyarrow==26.0.1' 'numpy==2.3.5'
 fi
 export QUIVER_PYTHON="$PWD/$PYENV/bin/python" QUIVER_REQUIRE_PYARROW=1
 

@@ -1560,16 +1560,29 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
     {
         let mut st = inner.write();
         let c = st.by_id_mut(cid).expect("checked under the manifest lock");
+        // Writers do not wait for merges: a delete or upsert applied since the deletions were
+        // copied above moved its key off the input row. Such a row is dead in the new segment
+        // too; the segment becomes dirty, so the next flush persists its deletion file (until
+        // then the write is in the WAL after the checkpoint, and replay re-applies it).
         let mut row = 0u32;
+        let mut late = 0usize;
         for (sid, _, live) in &inputs {
             for &r in live {
                 if !seg.deleted[row as usize] {
                     let k = &seg.keys[row as usize];
-                    let old = c.keys.insert(k.clone(), Loc::Seg(new_id, row));
-                    debug_assert_eq!(old, Some(Loc::Seg(*sid, r)));
+                    match c.keys.get_mut(k) {
+                        Some(loc) if *loc == Loc::Seg(*sid, r) => *loc = Loc::Seg(new_id, row),
+                        _ => {
+                            seg.kill(row);
+                            late += 1;
+                        }
+                    }
                 }
                 row += 1;
             }
+        }
+        if late > 0 {
+            tracing::debug!("merge into {new_id:016x}: {late} rows written meanwhile");
         }
         let mut removed = Vec::new();
         c.segments.retain(|s| {
