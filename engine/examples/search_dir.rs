@@ -1,0 +1,29 @@
+//! In-process search throughput on an existing database, for comparison with the same searches
+//! over Flight (benches/flight_bench.py).
+//!
+//! `search_dir DB COLLECTION QUERIES.fbin K L ROUNDS` prints one QPS figure per round (queries
+//! run one after another on one thread, as the Flight benchmark's client does).
+
+use std::time::Instant;
+
+use quiver_engine::diskgraph::data::read_vectors;
+use quiver_engine::{Database, Options, SearchParams};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let [db, coll, queries, k, l, rounds] = a.as_slice() else {
+        return Err("usage: search_dir DB COLLECTION QUERIES.fbin K L ROUNDS".into());
+    };
+    let db = Database::open(db, Options::default().background(false))?;
+    let q = read_vectors(std::path::Path::new(queries))?;
+    let q: Vec<Vec<f32>> = (0..q.len()).map(|i| q.row(i).to_f32()).collect();
+    let params = SearchParams { k: k.parse()?, list_size: l.parse()?, ..SearchParams::default() };
+    for _ in 0..rounds.parse::<usize>()? {
+        let t0 = Instant::now();
+        for row in &q {
+            db.search(coll, row, &params)?;
+        }
+        println!("{:.1}", q.len() as f64 / t0.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
