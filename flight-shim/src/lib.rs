@@ -40,7 +40,7 @@ pub use quiver_engine as engine;
 use quiver_engine::Database;
 pub use service::{ACTIONS, QuiverFlight, ServiceConfig};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 /// Default address: loopback only.
@@ -138,8 +138,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
         .initial_stream_window_size(Some(cfg.stream_window))
         .initial_connection_window_size(Some(cfg.connection_window))
-        .max_concurrent_streams(Some(cfg.max_concurrent_streams))
-        .tcp_nodelay(true);
+        .max_concurrent_streams(Some(cfg.max_concurrent_streams));
     if let Some((cert, key)) = &cfg.tls {
         let identity = Identity::from_pem(cert, key);
         builder = builder
@@ -150,7 +149,12 @@ pub async fn serve(
         tonic::service::interceptor::InterceptedService::new(svc, move |r| auth.check(r));
     builder
         .add_service(intercepted)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Nagle off on every accepted socket: with it on, a reply written in several small
+        // frames waits for the client's delayed ACK (about 40 ms per call).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

@@ -256,6 +256,13 @@ async fn a_token_is_required_when_configured_and_accepted_in_each_header() {
     let mut key = server.client().await;
     key.add_header("x-api-key", "s3cret").unwrap();
     assert_eq!(get(&mut key, "a").await.unwrap()[0].num_rows(), 1);
+    // pyarrow's authenticate_basic_token: a Handshake with basic auth whose password is the token.
+    let mut basic = server.client().await;
+    basic.add_header("authorization", "Basic dXNlcjpzM2NyZXQ=").unwrap(); // user:s3cret
+    assert_eq!(basic.handshake("hello").await.unwrap(), "hello");
+    let mut bad_basic = server.client().await;
+    bad_basic.add_header("authorization", "Basic dXNlcjpub3Bl").unwrap(); // user:nope
+    assert_eq!(code(bad_basic.handshake("hello").await), Code::Unauthenticated);
     server.stop().await;
 }
 
