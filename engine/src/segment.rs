@@ -141,12 +141,26 @@ pub fn write_segment(
     let writer = VfsWriter { file, offset: 0, buf: Vec::with_capacity(WRITE_BUF), crc: 0 };
     let level = ZstdLevel::try_new(zstd_level)
         .map_err(|e| SegmentError::Parquet { path: path.to_path_buf(), reason: e.to_string() })?;
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .set_column_dictionary_enabled(crate::schema::VECTOR_COLUMN.into(), false)
-        .set_created_by(format!("quiver {}", env!("CARGO_PKG_VERSION")))
-        .build();
+        .set_created_by(format!("quiver {}", env!("CARGO_PKG_VERSION")));
+    // The vector column's leaf (`vector.list.item`): a dictionary of float noise never pays and
+    // min/max statistics of vector elements prune nothing, but both cost CPU on every flush.
+    let parquet_schema = parquet::arrow::ArrowSchemaConverter::new()
+        .convert(schema)
+        .map_err(|e| SegmentError::Parquet { path: path.to_path_buf(), reason: e.to_string() })?;
+    for col in parquet_schema.columns() {
+        if col.path().parts().first().map(String::as_str) == Some(crate::schema::VECTOR_COLUMN) {
+            props = props
+                .set_column_dictionary_enabled(col.path().clone(), false)
+                .set_column_statistics_enabled(
+                    col.path().clone(),
+                    parquet::file::properties::EnabledStatistics::None,
+                );
+        }
+    }
+    let props = props.build();
     let parquet_err = |e: parquet::errors::ParquetError| match e {
         parquet::errors::ParquetError::External(inner) => match inner.downcast::<io::Error>() {
             Ok(io) => SegmentError::Io { path: path.to_path_buf(), source: *io },
