@@ -351,32 +351,31 @@ fn shape_hits(hits: &RecordBatch, metric: Metric, cols: &[String]) -> Result<Rec
         .map_err(|e| Status::internal(e.to_string()))
 }
 
-/// Ids from JSON as an array of the collection's id type (Longbow sends numbers as strings).
+/// Integer ids from JSON: numbers, or strings holding numbers (Longbow sends ids as strings).
+fn int_ids<T: std::str::FromStr>(
+    values: &[Value],
+    from_number: impl Fn(&serde_json::Number) -> Option<T>,
+    type_name: &str,
+) -> Result<Vec<T>, Status> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let parsed = match v {
+                Value::Number(n) => from_number(n),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            };
+            parsed.ok_or_else(|| invalid(format!("id {i} ({v}) is not a {type_name}")))
+        })
+        .collect()
+}
+
+/// Ids from JSON as an array of the collection's id type.
 fn ids_array(values: &[Value], id_type: IdType) -> Result<ArrayRef, Status> {
-    let bad = |i: usize, v: &Value, t: &str| invalid(format!("id {i} ({v}) is not a {t}"));
     Ok(match id_type {
-        IdType::U64 => Arc::new(UInt64Array::from(
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::Number(n) => n.as_u64().ok_or_else(|| bad(i, v, "uint64")),
-                    Value::String(s) => s.trim().parse().map_err(|_| bad(i, v, "uint64")),
-                    _ => Err(bad(i, v, "uint64")),
-                })
-                .collect::<Result<Vec<u64>, _>>()?,
-        )),
-        IdType::I64 => Arc::new(Int64Array::from(
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::Number(n) => n.as_i64().ok_or_else(|| bad(i, v, "int64")),
-                    Value::String(s) => s.trim().parse().map_err(|_| bad(i, v, "int64")),
-                    _ => Err(bad(i, v, "int64")),
-                })
-                .collect::<Result<Vec<i64>, _>>()?,
-        )),
+        IdType::U64 => Arc::new(UInt64Array::from(int_ids(values, |n| n.as_u64(), "uint64")?)),
+        IdType::I64 => Arc::new(Int64Array::from(int_ids(values, |n| n.as_i64(), "int64")?)),
         IdType::Utf8 => Arc::new(StringArray::from(
             values
                 .iter()
@@ -384,7 +383,7 @@ fn ids_array(values: &[Value], id_type: IdType) -> Result<ArrayRef, Status> {
                 .map(|(i, v)| match v {
                     Value::String(s) => Ok(s.clone()),
                     Value::Number(n) => Ok(n.to_string()),
-                    _ => Err(bad(i, v, "string")),
+                    _ => Err(invalid(format!("id {i} ({v}) is not a string"))),
                 })
                 .collect::<Result<Vec<String>, _>>()?,
         )),
