@@ -42,7 +42,7 @@ const BODY_FORMAT: u32 = 1;
 pub const MAX_K: usize = 10_000;
 /// The largest candidate list a search may ask for.
 pub const MAX_LIST_SIZE: usize = 100_000;
-/// Rows per batch a scan yields (at most).
+/// Rows a scan reads from a segment per batch, unless [`Scan::set_batch_rows`] changes it.
 pub const SCAN_BATCH_ROWS: usize = 8192;
 /// The most rows [`Scan::set_batch_rows`] accepts.
 pub const MAX_SCAN_BATCH_ROWS: usize = 1 << 20;
@@ -1937,8 +1937,10 @@ impl Database {
         Ok(RecordBatch::try_new(c.arrow.clone(), gather(c, &locs, &all)?)?)
     }
 
-    /// Every live row, columns `columns` (all if `None`), as a stream of batches of at most
-    /// [`SCAN_BATCH_ROWS`] rows. The scan sees the collection as it was when called.
+    /// Every live row, columns `columns` (all if `None`), as a stream of batches: from segments
+    /// [`SCAN_BATCH_ROWS`] rows at a time (see [`Scan::set_batch_rows`]), then the in-memory
+    /// rows in the batches they were inserted in. The scan sees the collection as it was when
+    /// called.
     ///
     /// # Errors
     /// [`ReadError`]: unknown collection or column. Read failures come from the iterator.

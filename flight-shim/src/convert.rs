@@ -207,11 +207,6 @@ pub fn check_metric(
     Ok(())
 }
 
-/// The number of bytes of Arrow buffers a batch holds (for throughput figures).
-pub fn batch_bytes(b: &RecordBatch) -> usize {
-    b.columns().iter().map(|c| c.get_array_memory_size()).sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //!   streams run concurrently and share the WAL's group commit.
 //! - Engine calls never run on the async runtime's threads (`spawn_blocking`).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,13 +108,18 @@ fn collection_status(e: CollectionError) -> Status {
     }
 }
 
+/// Backpressure gave up (the engine's `max_stall` passed): the client should retry later.
+fn stalled_status(waited: Duration) -> Status {
+    Status::resource_exhausted(format!(
+        "background indexing is behind (waited {waited:?}); retry later"
+    ))
+}
+
 fn write_status(collection: &str, e: WriteError) -> Status {
     match e {
         WriteError::NotFound(n) => Status::not_found(format!("no collection named {n:?}")),
         WriteError::Batch(b) => invalid(format!("collection {collection:?}: {b}")),
-        WriteError::Stalled(d) => Status::resource_exhausted(format!(
-            "background indexing is behind (waited {d:?}); retry later"
-        )),
+        WriteError::Stalled(d) => stalled_status(d),
         WriteError::Poisoned(m) => Status::unavailable(m),
         other => Status::internal(other.to_string()),
     }
@@ -121,9 +127,7 @@ fn write_status(collection: &str, e: WriteError) -> Status {
 
 fn flush_status(e: FlushError) -> Status {
     match e {
-        FlushError::Stalled(d) => Status::resource_exhausted(format!(
-            "background indexing is behind (waited {d:?}); retry later"
-        )),
+        FlushError::Stalled(d) => stalled_status(d),
         FlushError::Poisoned(m) => Status::unavailable(m),
         other => Status::internal(other.to_string()),
     }
@@ -498,7 +502,7 @@ fn scan_stream(
 /// without a copy.
 #[derive(Debug)]
 struct Chunker {
-    pending: Vec<RecordBatch>,
+    pending: VecDeque<RecordBatch>,
     rows: usize,
     chunk: usize,
     max: usize,
@@ -507,7 +511,7 @@ struct Chunker {
 impl Chunker {
     fn new(start: usize, max: usize) -> Self {
         let max = max.max(1);
-        Chunker { pending: Vec::new(), rows: 0, chunk: start.clamp(1, max), max }
+        Chunker { pending: VecDeque::new(), rows: 0, chunk: start.clamp(1, max), max }
     }
 
     fn take(&mut self, n: usize) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -519,7 +523,7 @@ impl Chunker {
             let b = &self.pending[0];
             if b.num_rows() <= need {
                 need -= b.num_rows();
-                parts.push(self.pending.remove(0));
+                parts.push(self.pending.pop_front().expect("rows are pending"));
             } else {
                 parts.push(b.slice(0, need));
                 self.pending[0] = b.slice(need, b.num_rows() - need);
@@ -536,7 +540,7 @@ impl Chunker {
     fn push(&mut self, b: RecordBatch) -> Result<Vec<RecordBatch>, arrow_schema::ArrowError> {
         if b.num_rows() > 0 {
             self.rows += b.num_rows();
-            self.pending.push(b);
+            self.pending.push_back(b);
         }
         let mut out = Vec::new();
         while self.rows >= self.chunk {
@@ -709,11 +713,6 @@ fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
         "deleted_segment_rows": st.deleted_segment_rows,
         "segment_bytes": st.segment_bytes,
     }))
-}
-
-fn one_result(body: impl Into<Bytes>) -> BoxStream<arrow_flight::Result> {
-    let r = arrow_flight::Result { body: body.into() };
-    Box::pin(futures::stream::once(async move { Ok(r) }))
 }
 
 fn run_action(
@@ -958,9 +957,6 @@ impl FlightService for QuiverFlight {
         })?;
         let (db, cfg) = (self.db.clone(), self.cfg.clone());
         let results = blocking(move || run_action(&db, &cfg, action, &body)).await?;
-        if results.len() == 1 {
-            return Ok(Response::new(one_result(results.into_iter().next().expect("one"))));
-        }
         Ok(Response::new(Box::pin(futures::stream::iter(
             results.into_iter().map(|body| Ok(arrow_flight::Result { body })),
         ))))
