@@ -352,6 +352,17 @@ impl Vectors {
         }
     }
 
+    /// Removes the first `rows` rows.
+    pub fn drain_rows(&mut self, rows: usize, dim: usize) {
+        let n = rows * dim;
+        match self {
+            Vectors::F32(v) => drop(v.drain(..n)),
+            Vectors::U8(v) => drop(v.drain(..n)),
+            Vectors::I8(v) => drop(v.drain(..n)),
+            Vectors::Empty => assert_eq!(n, 0, "draining rows of no vectors"),
+        }
+    }
+
     /// The rows `rows` (in that order) as new vectors.
     pub fn select(&self, rows: &[u32], dim: usize) -> Vectors {
         fn pick<T: Copy>(v: &[T], rows: &[u32], dim: usize) -> Vec<T> {

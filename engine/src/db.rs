@@ -1,8 +1,9 @@
 //! The database: collections, the write path (WAL → in-memory table), flushes to Parquet
 //! segments, deletes as persisted tombstones, searches that merge every source, and recovery.
 //!
-//! Locks are always taken in this order, and never the other way: `order` → `manifest` →
-//! `state`. Readers take only `state` (shared).
+//! Locks are always taken in this order, and never the other way: `manifest` → `order` →
+//! `state`. Readers take only `state` (shared). A flush holds `manifest` throughout but `order`
+//! only to freeze the memtables, so writers go on while it writes segments.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -111,6 +112,10 @@ enum Loc {
 }
 
 /// Recent rows, in memory, searched exactly.
+///
+/// A flush freezes a prefix (`frozen`): those rows are being written to a segment while new rows
+/// append after them. They stay readable (and killable) here until the flush installs its
+/// segment and drops the prefix ([`Memtable::drain_frozen`]).
 #[derive(Debug, Default)]
 struct Memtable {
     batches: Vec<RecordBatch>,
@@ -120,6 +125,15 @@ struct Memtable {
     vectors: Vectors,
     live: Vec<bool>,
     live_count: usize,
+    bytes: usize,
+    frozen: Frozen,
+}
+
+/// The frozen prefix of a memtable: its first `rows` rows, `batches` batches and `bytes` bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Frozen {
+    rows: usize,
+    batches: usize,
     bytes: usize,
 }
 
@@ -146,15 +160,25 @@ impl Memtable {
         self.live_count -= 1;
     }
 
-    fn live_rows(&self) -> Vec<u32> {
-        (0..self.keys.len() as u32).filter(|&r| self.live[r as usize]).collect()
+    /// Marks every row so far as frozen (a flush is writing them).
+    fn freeze(&mut self) -> Frozen {
+        assert_eq!(self.frozen, Frozen::default(), "a memtable frozen twice");
+        self.frozen =
+            Frozen { rows: self.keys.len(), batches: self.batches.len(), bytes: self.bytes };
+        self.frozen
     }
 
-    /// The live rows as batches (one per memtable batch that has any), in row order.
-    fn live_batches(&self) -> Result<Vec<RecordBatch>, arrow_schema::ArrowError> {
+    /// The live rows of the frozen prefix.
+    fn frozen_live_rows(&self) -> Vec<u32> {
+        (0..self.frozen.rows as u32).filter(|&r| self.live[r as usize]).collect()
+    }
+
+    /// The live rows of the first `batches` batches, as batches (one per batch that has any), in
+    /// row order.
+    fn live_batches(&self, batches: usize) -> Result<Vec<RecordBatch>, arrow_schema::ArrowError> {
         let mut out = Vec::new();
         let mut row = 0usize;
-        for b in &self.batches {
+        for b in &self.batches[..batches] {
             let n = b.num_rows();
             let mask: arrow_array::BooleanArray =
                 self.live[row..row + n].iter().map(|&l| Some(l)).collect();
@@ -169,6 +193,27 @@ impl Memtable {
             });
         }
         Ok(out)
+    }
+
+    /// Drops the frozen prefix (its flush installed a segment); rows after it move down by its
+    /// length, so the caller re-points their keys. Returns the bytes freed.
+    fn drain_frozen(&mut self, dim: usize) -> usize {
+        let f = std::mem::take(&mut self.frozen);
+        let still_live = self.live[..f.rows].iter().filter(|&&l| l).count();
+        self.live_count -= still_live;
+        self.live.drain(..f.rows);
+        self.keys.drain(..f.rows);
+        self.locs.drain(..f.rows);
+        for l in &mut self.locs {
+            l.0 -= f.batches as u32;
+        }
+        self.batches.drain(..f.batches);
+        self.vectors.drain_rows(f.rows, dim);
+        self.bytes -= f.bytes;
+        if self.keys.is_empty() {
+            self.vectors = Vectors::Empty;
+        }
+        f.bytes
     }
 }
 
@@ -264,7 +309,10 @@ impl Collection {
 struct State {
     collections: BTreeMap<String, Collection>,
     checkpoint: Lsn,
+    /// Bytes of every memtable.
     mem_bytes: usize,
+    /// Bytes of the memtables' frozen prefixes (a flush is writing them).
+    frozen_bytes: usize,
 }
 
 impl State {
@@ -341,6 +389,8 @@ struct Inner {
     poisoned: Mutex<Option<String>>,
     work: Mutex<Work>,
     work_cv: Condvar,
+    flush_ctl: Mutex<FlushCtl>,
+    flush_cv: Condvar,
     _lock: Option<DirLock>,
 }
 
@@ -474,6 +524,7 @@ pub struct CollectionStats {
 pub struct Database {
     inner: Arc<Inner>,
     worker: Option<std::thread::JoinHandle<()>>,
+    flusher: Option<std::thread::JoinHandle<()>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -610,21 +661,27 @@ impl Database {
             poisoned: Mutex::new(None),
             work: Mutex::new(Work::default()),
             work_cv: Condvar::new(),
+            flush_ctl: Mutex::new(FlushCtl::default()),
+            flush_cv: Condvar::new(),
             _lock: lock,
             opts,
         });
-        let worker = if inner.opts.background {
+        let spawn = |name: &str, f: fn(&Arc<Inner>)| {
             let w = Arc::clone(&inner);
-            Some(
-                std::thread::Builder::new()
-                    .name("quiver-background".into())
-                    .spawn(move || background_loop(&w))
-                    .map_err(|e| OpenError::Io { path: inner.dir.clone(), source: e })?,
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || f(&w))
+                .map_err(|e| OpenError::Io { path: inner.dir.clone(), source: e })
+        };
+        let (worker, flusher) = if inner.opts.background {
+            (
+                Some(spawn("quiver-background", background_loop)?),
+                Some(spawn("quiver-flush", flush_loop)?),
             )
         } else {
-            None
+            (None, None)
         };
-        Ok(Database { inner, worker })
+        Ok(Database { inner, worker, flusher })
     }
 }
 
@@ -883,6 +940,7 @@ impl Database {
             let mut st = inner.write();
             let c = st.collections.remove(name).expect("checked above");
             st.mem_bytes -= c.mem.bytes;
+            st.frozen_bytes -= c.mem.frozen.bytes;
             c
         };
         drop(store);
@@ -1015,17 +1073,7 @@ impl Database {
 
     fn write(&self, op: Op, kind: u8, payload: &[u8]) -> Result<u64, WriteError> {
         let inner = &self.inner;
-        if inner.read().mem_bytes >= inner.opts.memtable_bytes {
-            let mut order = lock(&inner.order);
-            // Re-checked under the lock: another writer may have flushed meanwhile.
-            if inner.read().mem_bytes >= inner.opts.memtable_bytes {
-                self.flush_locked(&mut order).map_err(|e| match e {
-                    FlushError::Stalled(d) => WriteError::Stalled(d),
-                    FlushError::Poisoned(p) => WriteError::Poisoned(p),
-                    e => WriteError::Flush(Box::new(e)),
-                })?;
-            }
-        }
+        self.make_room()?;
         let pending = {
             let mut order = lock(&inner.order);
             let pending = inner.wal.submit(kind, payload).inspect_err(|e| {
@@ -1061,189 +1109,390 @@ impl Database {
 // Flush
 // ---------------------------------------------------------------------------------------------
 
-/// A segment written by a flush or merge, not yet installed.
-struct NewSegment {
+/// What a flush writes, taken when it freezes the memtables.
+struct FlushPlan {
+    /// Per collection with frozen rows: the new segment's id and the frozen rows it holds.
+    segments: Vec<PlannedSegment>,
+    /// Per segment with deletions not yet in a deletion file: what to write.
+    deletes: Vec<PlannedDeletes>,
+}
+
+struct PlannedSegment {
     collection: u64,
-    seg: Segment,
+    id: u64,
+    arrow: SchemaRef,
+    /// The frozen memtable rows written, in order (segment row i is memtable row `rows[i]`).
+    rows: Vec<u32>,
+    batches: Vec<RecordBatch>,
+    keys: Vec<Key>,
+    vectors: Vectors,
+}
+
+struct PlannedDeletes {
+    collection: u64,
+    segment: u64,
+    file: u64,
+    rows: u64,
+    deleted: Vec<u32>,
+}
+
+/// Coordination between writers and the flusher thread.
+#[derive(Debug, Default)]
+struct FlushCtl {
+    shutdown: bool,
+    /// Bumped when a flush is wanted or one finished.
+    generation: u64,
 }
 
 impl Database {
     /// Writes every collection's in-memory rows as Parquet segments and every pending deletion
-    /// as deletion files, commits them in the manifest, and truncates the WAL behind them. A
-    /// no-op when there is nothing to write.
+    /// as deletion files, commits them in the manifest, and truncates the WAL behind them. When it
+    /// returns, every write acknowledged before the call is in a segment. A no-op when there is
+    /// nothing to write.
     ///
     /// # Errors
     /// [`FlushError`]; the rows stay in memory and in the WAL.
     pub fn flush(&self) -> Result<(), FlushError> {
-        let mut order = lock(&self.inner.order);
-        self.flush_locked(&mut order)
+        flush_once(&self.inner)
     }
 
-    fn flush_locked(&self, order: &mut Order) -> Result<(), FlushError> {
+    /// Makes room in the memtables before a write. Writes never wait for a flush's I/O unless
+    /// the memtables hold twice their budget: past one budget, the flusher thread is woken (or,
+    /// without background work, the writer flushes); while a flush runs and new rows fill
+    /// another budget, writers wait for it (at most [`Options::max_stall`]).
+    fn make_room(&self) -> Result<(), WriteError> {
         let inner = &*self.inner;
-        if let Some(p) = inner.poisoned() {
-            return Err(FlushError::Poisoned(p));
-        }
-        self.wait_for_background()?;
-        let mut store = lock(&inner.manifest);
-        // Everything submitted becomes durable; then it is applied, in order.
-        inner.wal.sync().inspect_err(|e| inner.poison(format!("WAL sync failed: {e}")))?;
-        if !order.queue.is_empty() {
-            let mut st = inner.write();
-            while let Some((_, op)) = order.queue.pop_front() {
-                st.apply(op);
-            }
-        }
-        let checkpoint = inner.wal.next_lsn();
-
-        // Plan and write the files (no writer can run: `order` is held).
-        let mut new_segments: Vec<NewSegment> = Vec::new();
-        let mut new_deletes: Vec<(u64, u64, DeleteMeta)> = Vec::new(); // (collection, segment, file)
-        let mut written: Vec<PathBuf> = Vec::new();
-        let result = (|| -> Result<bool, FlushError> {
-            let st = inner.read();
-            let idle = st
-                .collections
-                .values()
-                .all(|c| c.mem.keys.is_empty() && !c.segments.iter().any(|s| s.dirty));
-            if idle && st.checkpoint == checkpoint {
-                return Ok(false);
-            }
-            for c in st.collections.values() {
-                if c.mem.live_count > 0 {
-                    let id = inner.alloc_id();
-                    let path = inner.path(SEGMENTS_DIR, &segment_name(id));
-                    let batches = c.mem.live_batches().map_err(|e| {
-                        segment::SegmentError::Parquet { path: path.clone(), reason: e.to_string() }
-                    })?;
-                    written.push(path.clone());
-                    let rows = c.mem.live_rows();
-                    let keys: Vec<Key> =
-                        rows.iter().map(|&r| c.mem.keys[r as usize].clone()).collect();
-                    let vectors = c.mem.vectors.select(&rows, c.schema.dim());
-                    let seg = write_new_segment(inner, &c.arrow, id, &batches, keys, vectors)?;
-                    new_segments.push(NewSegment { collection: c.id, seg });
-                }
-                for s in c.segments.iter().filter(|s| s.dirty) {
-                    let file = inner.alloc_id();
-                    let path = inner.path(DELETES_DIR, &delete_name(file));
-                    written.push(path.clone());
-                    write_deletes(inner, &path, s.meta.id, s.meta.rows, &s.deleted_rows())?;
-                    new_deletes.push((
-                        c.id,
-                        s.meta.id,
-                        DeleteMeta { file, count: s.deleted_count },
-                    ));
-                }
-            }
-            for sub in [SEGMENTS_DIR, DELETES_DIR] {
-                let d = inner.dir.join(sub);
-                inner.vfs.sync_dir(&d).map_err(|source| FlushError::Io { path: d, source })?;
-            }
-            let metas: Vec<(u64, SegmentMeta)> =
-                new_segments.iter().map(|n| (n.collection, n.seg.meta.clone())).collect();
-            inner.commit(&mut store, &st, |b| {
-                b.wal_checkpoint = checkpoint;
-                for c in &mut b.collections {
-                    for (cid, m) in &metas {
-                        if *cid == c.id {
-                            c.segments.push(m.clone());
-                        }
-                    }
-                    for (cid, sid, d) in &new_deletes {
-                        if *cid == c.id {
-                            let s = c.segments.iter_mut().find(|s| s.id == *sid).expect("segment");
-                            s.deletes = Some(*d);
-                        }
-                    }
-                }
-            })?;
-            Ok(true)
-        })();
-        match result {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(e) => {
-                // After a failed manifest commit the new manifest may be durable (the rename may
-                // have reached the disk), so the files it names must stay; open removes them if
-                // it was not.
-                if !matches!(e, FlushError::Manifest(_)) {
-                    for p in &written {
-                        inner.remove_quietly(p);
-                    }
-                }
-                return Err(e);
-            }
-        }
-        // Install: the committed state becomes the in-memory one.
-        let mut obsolete = Vec::new();
-        {
-            let mut st = inner.write();
-            st.checkpoint = checkpoint;
-            for c in st.collections.values_mut() {
-                c.mem = Memtable::default();
-            }
-            st.mem_bytes = 0;
-            for (cid, sid, d) in new_deletes {
-                let c = st.by_id_mut(cid).expect("collection");
-                let s = c.segment_mut(sid);
-                if let Some(old) = s.meta.deletes.replace(d) {
-                    obsolete.push(inner.path(DELETES_DIR, &delete_name(old.file)));
-                }
-                s.dirty = false;
-            }
-            for n in new_segments {
-                let c = st.by_id_mut(n.collection).expect("collection");
-                for (r, k) in n.seg.keys.iter().enumerate() {
-                    let old = c.keys.insert(k.clone(), Loc::Seg(n.seg.meta.id, r as u32));
-                    debug_assert!(matches!(old, Some(Loc::Mem(_))));
-                }
-                c.segments.push(n.seg);
-            }
-        }
-        for p in obsolete {
-            inner.remove_quietly(&p);
-        }
-        drop(store);
-        if let Err(e) = inner.wal.truncate_before(checkpoint) {
-            tracing::warn!("WAL truncation failed (retried at the next flush): {e}");
-        }
-        inner.notify_work();
-        Ok(())
-    }
-
-    /// Backpressure: waits while more segments await an index than allowed.
-    fn wait_for_background(&self) -> Result<(), FlushError> {
-        let inner = &*self.inner;
-        if !inner.opts.background || inner.index_dir.is_none() {
-            return Ok(());
-        }
+        let limit = inner.opts.memtable_bytes;
         let started = Instant::now();
-        let mut work = lock(&inner.work);
         loop {
-            let waiting = {
+            let (total, frozen) = {
                 let st = inner.read();
-                st.collections
-                    .values()
-                    .flat_map(|c| &c.segments)
-                    .filter(|s| {
-                        s.index.is_none() && s.meta.rows as usize >= inner.opts.min_index_rows
-                    })
-                    .count()
+                (st.mem_bytes, st.frozen_bytes)
             };
-            if waiting < inner.opts.max_unindexed_segments {
+            let mutable = total - frozen;
+            if mutable < limit {
                 return Ok(());
+            }
+            if !inner.opts.background || (frozen == 0 && mutable >= 2 * limit) {
+                // No flusher, or it is failing or behind: flush here, reporting its error.
+                return flush_once(inner).map_err(|e| match e {
+                    FlushError::Stalled(d) => WriteError::Stalled(d),
+                    FlushError::Poisoned(p) => WriteError::Poisoned(p),
+                    e => WriteError::Flush(Box::new(e)),
+                });
+            }
+            let mut ctl = lock(&inner.flush_ctl);
+            if frozen == 0 {
+                ctl.generation += 1;
+                inner.flush_cv.notify_all();
+                return Ok(());
+            }
+            // A flush is writing the frozen rows and the new ones fill a budget: wait for it.
+            if let Some(p) = inner.poisoned() {
+                return Err(WriteError::Poisoned(p));
             }
             let waited = started.elapsed();
             if waited >= inner.opts.max_stall {
-                return Err(FlushError::Stalled(waited));
+                return Err(WriteError::Stalled(waited));
             }
-            work = inner
-                .work_cv
-                .wait_timeout(work, Duration::from_millis(100))
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
+            drop(
+                inner
+                    .flush_cv
+                    .wait_timeout(ctl, Duration::from_millis(50))
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
         }
+    }
+}
+
+/// The flusher thread: flushes whenever the memtables' unfrozen rows fill their budget.
+fn flush_loop(inner: &Arc<Inner>) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        {
+            let ctl = lock(&inner.flush_ctl);
+            if ctl.shutdown {
+                return;
+            }
+            let due = {
+                let st = inner.read();
+                st.mem_bytes - st.frozen_bytes >= inner.opts.memtable_bytes
+            };
+            if !due {
+                drop(
+                    inner
+                        .flush_cv
+                        .wait_timeout(ctl, Duration::from_millis(200))
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                continue;
+            }
+        }
+        if inner.poisoned().is_some() {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        match flush_once(inner) {
+            Ok(()) => backoff = Duration::from_millis(10),
+            Err(e) => {
+                tracing::warn!("background flush failed (retrying in {backoff:?}): {e}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// One flush: freeze, write, commit, install.
+///
+/// 1. Under the manifest lock (held throughout, so no merge, index install, create or drop
+///    interleaves) and briefly the `order` lock: sync the WAL, apply every queued write, take the
+///    checkpoint (the next LSN) and freeze every memtable. Writers then go on, appending after
+///    the frozen rows.
+/// 2. Without `order` or `state` held: write the frozen live rows as new segments and each
+///    dirty segment's deletion file, synced, then sync the directories.
+/// 3. Commit the manifest (new segments, deletion files, checkpoint), then install under the
+///    state lock: frozen rows killed during step 2 (deleted or upserted; their writes are after
+///    the checkpoint, so replay re-applies them) are killed in the new segment, which stays
+///    dirty; the others' keys move to it; the frozen prefix is dropped and the rows after it
+///    re-pointed. A segment deleted from during step 2 stays dirty likewise.
+/// 4. Truncate the WAL before the checkpoint.
+fn flush_once(inner: &Inner) -> Result<(), FlushError> {
+    if let Some(p) = inner.poisoned() {
+        return Err(FlushError::Poisoned(p));
+    }
+    wait_for_background(inner)?;
+    let mut store = lock(&inner.manifest);
+    if let Some(p) = inner.poisoned() {
+        return Err(FlushError::Poisoned(p));
+    }
+
+    // 1. Freeze.
+    let checkpoint = {
+        let mut order = lock(&inner.order);
+        // Everything submitted becomes durable; then it is applied, in order.
+        inner.wal.sync().inspect_err(|e| inner.poison(format!("WAL sync failed: {e}")))?;
+        let mut st = inner.write();
+        while let Some((_, op)) = order.queue.pop_front() {
+            st.apply(op);
+        }
+        let checkpoint = inner.wal.next_lsn();
+        let idle = st
+            .collections
+            .values()
+            .all(|c| c.mem.keys.is_empty() && !c.segments.iter().any(|s| s.dirty));
+        if idle && st.checkpoint == checkpoint {
+            return Ok(());
+        }
+        let mut frozen = 0;
+        for c in st.collections.values_mut() {
+            frozen += c.mem.freeze().bytes;
+        }
+        st.frozen_bytes = frozen;
+        checkpoint
+    };
+    let plan = {
+        let st = inner.read();
+        plan_flush(inner, &st)
+    };
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            thaw(inner);
+            return Err(e);
+        }
+    };
+
+    // 2. Write.
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut new_segments: Vec<(PlannedSegment, Segment)> = Vec::new();
+    let result = (|| -> Result<(), FlushError> {
+        for mut p in plan.segments {
+            written.push(inner.path(SEGMENTS_DIR, &segment_name(p.id)));
+            let keys = std::mem::take(&mut p.keys);
+            let vectors = std::mem::take(&mut p.vectors);
+            let seg = write_new_segment(inner, &p.arrow, p.id, &p.batches, keys, vectors)?;
+            p.batches.clear();
+            new_segments.push((p, seg));
+        }
+        for d in &plan.deletes {
+            let path = inner.path(DELETES_DIR, &delete_name(d.file));
+            written.push(path.clone());
+            write_deletes(inner, &path, d.segment, d.rows, &d.deleted)?;
+        }
+        for sub in [SEGMENTS_DIR, DELETES_DIR] {
+            let d = inner.dir.join(sub);
+            inner.vfs.sync_dir(&d).map_err(|source| FlushError::Io { path: d, source })?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for p in &written {
+            inner.remove_quietly(p);
+        }
+        thaw(inner);
+        return Err(e);
+    }
+
+    // 3. Commit and install.
+    let mut obsolete = Vec::new();
+    {
+        let mut st = inner.write();
+        let metas: Vec<(u64, SegmentMeta)> =
+            new_segments.iter().map(|(p, seg)| (p.collection, seg.meta.clone())).collect();
+        let deletes = &plan.deletes;
+        // After a failed commit the new manifest may be durable (the rename may have reached
+        // the disk), so the files it names stay; open removes them if it was not. The database
+        // is poisoned, so the frozen rows stay frozen.
+        inner.commit(&mut store, &st, |b| {
+            b.wal_checkpoint = checkpoint;
+            for c in &mut b.collections {
+                for (cid, m) in &metas {
+                    if *cid == c.id {
+                        c.segments.push(m.clone());
+                    }
+                }
+                for d in deletes.iter().filter(|d| d.collection == c.id) {
+                    let s = c.segments.iter_mut().find(|s| s.id == d.segment).expect("segment");
+                    s.deletes = Some(DeleteMeta { file: d.file, count: d.deleted.len() as u64 });
+                }
+            }
+        })?;
+        st.checkpoint = checkpoint;
+        for d in &plan.deletes {
+            let c = st.by_id_mut(d.collection).expect("no drop during a flush");
+            let s = c.segment_mut(d.segment);
+            let meta = DeleteMeta { file: d.file, count: d.deleted.len() as u64 };
+            if let Some(old) = s.meta.deletes.replace(meta) {
+                obsolete.push(inner.path(DELETES_DIR, &delete_name(old.file)));
+            }
+            // Deleted from since the plan: the deletions are in the WAL after the checkpoint.
+            s.dirty = s.deleted_count != meta.count;
+        }
+        for (p, mut seg) in new_segments {
+            let c = st.by_id_mut(p.collection).expect("no drop during a flush");
+            let mut late = 0usize;
+            for (i, &r) in p.rows.iter().enumerate() {
+                if c.mem.live[r as usize] {
+                    let old = c.keys.insert(seg.keys[i].clone(), Loc::Seg(seg.meta.id, i as u32));
+                    debug_assert_eq!(old, Some(Loc::Mem(r)));
+                } else {
+                    seg.kill(i as u32);
+                    late += 1;
+                }
+            }
+            if late > 0 {
+                tracing::debug!("flush of {:016x}: {late} rows written meanwhile", seg.meta.id);
+            }
+            c.segments.push(seg);
+            debug_assert!(c.segments.is_sorted_by_key(|s| s.meta.id));
+        }
+        let mut freed = 0;
+        for c in st.collections.values_mut() {
+            let dim = c.schema.dim();
+            let moved = c.mem.frozen.rows as u32;
+            freed += c.mem.drain_frozen(dim);
+            for (r, k) in c.mem.keys.iter().enumerate() {
+                if c.mem.live[r] {
+                    let loc = c.keys.get_mut(k).expect("a live row's key is mapped");
+                    debug_assert_eq!(*loc, Loc::Mem(r as u32 + moved));
+                    *loc = Loc::Mem(r as u32);
+                }
+            }
+        }
+        st.mem_bytes -= freed;
+        st.frozen_bytes = 0;
+    }
+    drop(store);
+    for p in obsolete {
+        inner.remove_quietly(&p);
+    }
+    if let Err(e) = inner.wal.truncate_before(checkpoint) {
+        tracing::warn!("WAL truncation failed (retried at the next flush): {e}");
+    }
+    inner.notify_work();
+    lock(&inner.flush_ctl).generation += 1;
+    inner.flush_cv.notify_all();
+    Ok(())
+}
+
+/// What to write for the frozen rows and the dirty segments (taken under the state lock).
+fn plan_flush(inner: &Inner, st: &State) -> Result<FlushPlan, FlushError> {
+    let mut plan = FlushPlan { segments: Vec::new(), deletes: Vec::new() };
+    for c in st.collections.values() {
+        let rows = c.mem.frozen_live_rows();
+        if !rows.is_empty() {
+            let id = inner.alloc_id();
+            let batches = c.mem.live_batches(c.mem.frozen.batches).map_err(|e| {
+                segment::SegmentError::Parquet {
+                    path: inner.path(SEGMENTS_DIR, &segment_name(id)),
+                    reason: e.to_string(),
+                }
+            })?;
+            let dim = c.schema.dim();
+            plan.segments.push(PlannedSegment {
+                collection: c.id,
+                id,
+                arrow: c.arrow.clone(),
+                keys: rows.iter().map(|&r| c.mem.keys[r as usize].clone()).collect(),
+                vectors: c.mem.vectors.select(&rows, dim),
+                rows,
+                batches,
+            });
+        }
+        for s in c.segments.iter().filter(|s| s.dirty) {
+            plan.deletes.push(PlannedDeletes {
+                collection: c.id,
+                segment: s.meta.id,
+                file: inner.alloc_id(),
+                rows: s.meta.rows,
+                deleted: s.deleted_rows(),
+            });
+        }
+    }
+    Ok(plan)
+}
+
+/// Undoes a freeze whose flush failed before its commit: the rows are all still here.
+fn thaw(inner: &Inner) {
+    let mut st = inner.write();
+    for c in st.collections.values_mut() {
+        c.mem.frozen = Frozen::default();
+    }
+    st.frozen_bytes = 0;
+    drop(st);
+    lock(&inner.flush_ctl).generation += 1;
+    inner.flush_cv.notify_all();
+}
+
+/// Backpressure: waits while more segments await an index than allowed.
+fn wait_for_background(inner: &Inner) -> Result<(), FlushError> {
+    if !inner.opts.background || inner.index_dir.is_none() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut work = lock(&inner.work);
+    loop {
+        let waiting = {
+            let st = inner.read();
+            st.collections
+                .values()
+                .flat_map(|c| &c.segments)
+                .filter(|s| s.index.is_none() && s.meta.rows as usize >= inner.opts.min_index_rows)
+                .count()
+        };
+        if waiting < inner.opts.max_unindexed_segments {
+            return Ok(());
+        }
+        let waited = started.elapsed();
+        if waited >= inner.opts.max_stall {
+            return Err(FlushError::Stalled(waited));
+        }
+        work = inner
+            .work_cv
+            .wait_timeout(work, Duration::from_millis(100))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0;
     }
 }
 
@@ -1661,8 +1910,10 @@ impl Drop for Database {
     fn drop(&mut self) {
         lock(&self.inner.work).shutdown = true;
         self.inner.work_cv.notify_all();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        lock(&self.inner.flush_ctl).shutdown = true;
+        self.inner.flush_cv.notify_all();
+        for t in [self.worker.take(), self.flusher.take()].into_iter().flatten() {
+            let _ = t.join();
         }
     }
 }
@@ -1959,7 +2210,7 @@ impl Database {
             c.segments.iter().map(|s| (s.file.clone(), s.live_rows())).collect();
         let memtable = c
             .mem
-            .live_batches()?
+            .live_batches(c.mem.batches.len())?
             .into_iter()
             .map(|b| b.project(&projection))
             .collect::<Result<VecDeque<_>, _>>()?;
