@@ -136,6 +136,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-rows", type=int, default=10_000)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-peer", action="store_true", help="skip the peer (quick iterations)")
+    ap.add_argument("--no-search", action="store_true", help="skip the search part")
+    ap.add_argument("--quiver-args", default="", help="extra `quiver serve` flags for the puts")
     args = ap.parse_args()
 
     vecs = load_base(args.base, args.rows)
@@ -147,7 +150,7 @@ def main():
         # Quiver: durable puts (indexing off, to measure the write path), then a scan.
         for streams, key in [(1, "q_put1"), (4, "q_put4")]:
             d = os.path.join(work, f"q{rnd}-{streams}")
-            p, uri = start_quiver(args.quiver, d, ["--no-index"])
+            p, uri = start_quiver(args.quiver, d, ["--no-index", *args.quiver_args.split()])
             secs = put(uri, "bench", table, streams, args.batch_rows)
             results[key].append(mb / secs)
             if streams == 1:
@@ -157,7 +160,7 @@ def main():
             stop(p)
             shutil.rmtree(d)
         # The peer: pyarrow's in-memory Flight server.
-        for streams, key in [(1, "m_put1"), (4, "m_put4")]:
+        for streams, key in [] if args.no_peer else [(1, "m_put1"), (4, "m_put4")]:
             srv = MemoryServer("grpc://127.0.0.1:0")
             uri = f"grpc://127.0.0.1:{srv.port}"
             threading.Thread(target=srv.serve, daemon=True).start()
@@ -167,10 +170,10 @@ def main():
                 secs, rows, size = scan(uri, b"bench")
                 results["m_scan"].append(size / 1e6 / secs)
             srv.shutdown()
-        print(f"round {rnd}: " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in results.items()),
+        print(f"round {rnd}: " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in results.items() if v),
               file=sys.stderr)
 
-    med = {k: statistics.median(v) for k, v in results.items()}
+    med = {k: statistics.median(v) if v else float("nan") for k, v in results.items()}
     print(f"rows={table.num_rows} dim={vecs.shape[1]} MB={mb:.1f} rounds={args.rounds}")
     print("| | Quiver (durable) MB/s | pyarrow in-memory server MB/s | ratio |")
     print("|---|---:|---:|---:|")
@@ -179,6 +182,8 @@ def main():
                         ("DoGet scan", "q_scan", "m_scan")]:
         print(f"| {label} | {med[q]:.0f} | {med[m]:.0f} | {med[q] / med[m]:.2f} |")
 
+    if args.no_search:
+        return
     # Search: an indexed collection; QPS over Flight vs the same engine in-process.
     d = os.path.join(work, "search")
     svecs = vecs[: args.search_rows]
