@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Int8Type, Int64Type, UInt8Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow_buffer::ScalarBuffer;
 use arrow_schema::{ArrowError, DataType};
 
 use crate::diskgraph::data::{Row, VectorSet};
@@ -95,15 +96,16 @@ impl From<ArrowError> for BatchError {
 }
 
 /// Vectors in the representation searches use: `f32` (for f32 and f16 collections; normalised
-/// under cosine), `u8` or `i8`, row-major.
+/// under cosine), `u8` or `i8`, row-major. The buffers are Arrow's, so vectors taken from a batch
+/// that needs no conversion share its memory instead of copying it.
 #[derive(Clone, Debug, Default)]
 pub enum Vectors {
     /// Float vectors.
-    F32(Vec<f32>),
+    F32(ScalarBuffer<f32>),
     /// Unsigned byte vectors.
-    U8(Vec<u8>),
+    U8(ScalarBuffer<u8>),
     /// Signed byte vectors.
-    I8(Vec<i8>),
+    I8(ScalarBuffer<i8>),
     /// No vectors yet (an empty memtable before its first row).
     #[default]
     Empty,
@@ -116,6 +118,9 @@ pub struct Prepared {
     pub batch: RecordBatch,
     /// Row keys.
     pub keys: Vec<Key>,
+    /// Whether `vectors` shares the batch's vector buffer (no conversion was needed), so it
+    /// costs no memory of its own.
+    pub vectors_shared: bool,
     /// Search vectors.
     pub vectors: Vectors,
 }
@@ -259,7 +264,7 @@ pub fn prepare(schema: &CollectionSchema, batch: &RecordBatch) -> Result<Prepare
         }
     }
     let batch = RecordBatch::try_new(schema.arrow_schema(), columns)?;
-    Ok(Prepared { batch, keys, vectors })
+    Ok(Prepared { batch, keys, vectors, vectors_shared: vectors_share_batch(schema) })
 }
 
 /// Search vectors of a vector column already checked to be `FixedSizeList<element>[dim]` with
@@ -278,26 +283,40 @@ pub fn vectors_of(schema: &CollectionSchema, vector: &dyn Array) -> Result<Vecto
     }
     Ok(match schema.vector_type() {
         VectorType::F32 | VectorType::F16 => {
-            let mut v: Vec<f32> = if schema.vector_type() == VectorType::F32 {
-                values.as_primitive::<Float32Type>().values().to_vec()
+            let cosine = schema.metric() == crate::diskgraph::data::Metric::Cosine;
+            let v: ScalarBuffer<f32> = if schema.vector_type() == VectorType::F32 {
+                values.as_primitive::<Float32Type>().values().clone()
             } else {
                 values.as_primitive::<Float16Type>().values().iter().map(|x| x.to_f32()).collect()
             };
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(BatchError::NonFinite { row: i / dim, value: v[i] });
             }
-            if schema.metric() == crate::diskgraph::data::Metric::Cosine {
+            if cosine {
+                let mut v = v.to_vec();
                 for (row, chunk) in v.chunks_exact_mut(dim).enumerate() {
                     if !normalize(chunk) {
                         return Err(BatchError::ZeroVector(row));
                     }
                 }
+                Vectors::F32(v.into())
+            } else {
+                Vectors::F32(v)
             }
-            Vectors::F32(v)
         }
-        VectorType::U8 => Vectors::U8(values.as_primitive::<UInt8Type>().values().to_vec()),
-        VectorType::I8 => Vectors::I8(values.as_primitive::<Int8Type>().values().to_vec()),
+        VectorType::U8 => Vectors::U8(values.as_primitive::<UInt8Type>().values().clone()),
+        VectorType::I8 => Vectors::I8(values.as_primitive::<Int8Type>().values().clone()),
     })
+}
+
+/// Whether [`vectors_of`] returns the column's own buffer (no conversion: f32 not under cosine,
+/// u8, i8) rather than a converted copy.
+pub fn vectors_share_batch(schema: &CollectionSchema) -> bool {
+    match schema.vector_type() {
+        VectorType::F32 => schema.metric() != crate::diskgraph::data::Metric::Cosine,
+        VectorType::F16 => false,
+        VectorType::U8 | VectorType::I8 => true,
+    }
 }
 
 /// Scales `v` to unit length (in f64); false for a zero vector, which is left alone.
@@ -340,26 +359,39 @@ impl Vectors {
         }
     }
 
-    /// Appends `other`'s rows (of the same type).
-    pub fn extend(&mut self, other: &Vectors) {
-        match (&mut *self, other) {
-            (_, Vectors::Empty) => {}
-            (Vectors::Empty, o) => *self = o.clone(),
-            (Vectors::F32(a), Vectors::F32(b)) => a.extend_from_slice(b),
-            (Vectors::U8(a), Vectors::U8(b)) => a.extend_from_slice(b),
-            (Vectors::I8(a), Vectors::I8(b)) => a.extend_from_slice(b),
-            _ => panic!("appending vectors of another element type"),
+    /// `parts` (all of one element type, or empty) one after another, in one buffer.
+    pub fn concat(parts: &[Vectors]) -> Vectors {
+        fn cat<T: arrow_buffer::ArrowNativeType>(
+            parts: &[Vectors],
+            get: impl Fn(&Vectors) -> Option<&ScalarBuffer<T>>,
+        ) -> ScalarBuffer<T> {
+            let mut out = Vec::with_capacity(parts.iter().map(Vectors::values).sum());
+            for p in parts {
+                match get(p) {
+                    Some(b) => out.extend_from_slice(b),
+                    None => assert!(
+                        matches!(p, Vectors::Empty),
+                        "concatenating vectors of different element types"
+                    ),
+                }
+            }
+            out.into()
         }
-    }
-
-    /// Removes the first `rows` rows.
-    pub fn drain_rows(&mut self, rows: usize, dim: usize) {
-        let n = rows * dim;
-        match self {
-            Vectors::F32(v) => drop(v.drain(..n)),
-            Vectors::U8(v) => drop(v.drain(..n)),
-            Vectors::I8(v) => drop(v.drain(..n)),
-            Vectors::Empty => assert_eq!(n, 0, "draining rows of no vectors"),
+        match parts.iter().find(|p| !matches!(p, Vectors::Empty)) {
+            None => Vectors::Empty,
+            Some(Vectors::F32(_)) => Vectors::F32(cat(parts, |p| match p {
+                Vectors::F32(b) => Some(b),
+                _ => None,
+            })),
+            Some(Vectors::U8(_)) => Vectors::U8(cat(parts, |p| match p {
+                Vectors::U8(b) => Some(b),
+                _ => None,
+            })),
+            Some(Vectors::I8(_)) => Vectors::I8(cat(parts, |p| match p {
+                Vectors::I8(b) => Some(b),
+                _ => None,
+            })),
+            Some(Vectors::Empty) => unreachable!("found a non-empty part"),
         }
     }
 
@@ -374,9 +406,9 @@ impl Vectors {
             out
         }
         match self {
-            Vectors::F32(v) => Vectors::F32(pick(v, rows, dim)),
-            Vectors::U8(v) => Vectors::U8(pick(v, rows, dim)),
-            Vectors::I8(v) => Vectors::I8(pick(v, rows, dim)),
+            Vectors::F32(v) => Vectors::F32(pick(v, rows, dim).into()),
+            Vectors::U8(v) => Vectors::U8(pick(v, rows, dim).into()),
+            Vectors::I8(v) => Vectors::I8(pick(v, rows, dim).into()),
             Vectors::Empty => Vectors::Empty,
         }
     }

@@ -122,7 +122,9 @@ struct Memtable {
     /// Row → (batch, row in batch).
     locs: Vec<(u32, u32)>,
     keys: Vec<Key>,
-    vectors: Vectors,
+    /// Search vectors, one entry per batch (sharing the batch's buffer where no conversion was
+    /// needed).
+    vectors: Vec<Vectors>,
     live: Vec<bool>,
     live_count: usize,
     bytes: usize,
@@ -141,14 +143,16 @@ impl Memtable {
     fn append(&mut self, p: Prepared) -> u32 {
         let first = self.keys.len() as u32;
         let b = self.batches.len() as u32;
-        self.bytes += p.batch.get_array_memory_size() + p.vectors.bytes() + 48 * p.keys.len();
+        // Vectors sharing the batch's buffer are counted once (in the batch).
+        let vector_bytes = if p.vectors_shared { 0 } else { p.vectors.bytes() };
+        self.bytes += p.batch.get_array_memory_size() + vector_bytes + 48 * p.keys.len();
         for i in 0..p.keys.len() {
             self.locs.push((b, i as u32));
         }
         self.live.extend(std::iter::repeat_n(true, p.keys.len()));
         self.live_count += p.keys.len();
         self.keys.extend(p.keys);
-        self.vectors.extend(&p.vectors);
+        self.vectors.push(p.vectors);
         self.batches.push(p.batch);
         first
     }
@@ -197,7 +201,7 @@ impl Memtable {
 
     /// Drops the frozen prefix (its flush installed a segment); rows after it move down by its
     /// length, so the caller re-points their keys. Returns the bytes freed.
-    fn drain_frozen(&mut self, dim: usize) -> usize {
+    fn drain_frozen(&mut self) -> usize {
         let f = std::mem::take(&mut self.frozen);
         let still_live = self.live[..f.rows].iter().filter(|&&l| l).count();
         self.live_count -= still_live;
@@ -208,12 +212,34 @@ impl Memtable {
             l.0 -= f.batches as u32;
         }
         self.batches.drain(..f.batches);
-        self.vectors.drain_rows(f.rows, dim);
+        self.vectors.drain(..f.batches);
         self.bytes -= f.bytes;
-        if self.keys.is_empty() {
-            self.vectors = Vectors::Empty;
-        }
         f.bytes
+    }
+
+    /// The vectors of `rows` (ascending), in one buffer.
+    fn select_vectors(&self, rows: &[u32], dim: usize) -> Vectors {
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let b = self.locs[rows[i] as usize].0 as usize;
+            let mut in_batch = Vec::new();
+            while i < rows.len() && self.locs[rows[i] as usize].0 as usize == b {
+                in_batch.push(self.locs[rows[i] as usize].1);
+                i += 1;
+            }
+            parts.push(if in_batch.len() == self.batches[b].num_rows() {
+                self.vectors[b].clone()
+            } else {
+                self.vectors[b].select(&in_batch, dim)
+            });
+        }
+        Vectors::concat(&parts)
+    }
+
+    /// Bytes of search vectors held.
+    fn vector_bytes(&self) -> usize {
+        self.vectors.iter().map(Vectors::bytes).sum()
     }
 }
 
@@ -807,14 +833,14 @@ fn load_segment(
     let vectors = if index.is_some() {
         None
     } else {
-        let mut v = Vectors::Empty;
+        let mut parts = Vec::new();
         for b in file.read(&[1], None, 65_536)? {
-            v.extend(
-                &batch::vectors_of(schema, b.column(0).as_ref())
+            parts.push(
+                batch::vectors_of(schema, b.column(0).as_ref())
                     .map_err(|e| corrupt(e.to_string()))?,
             );
         }
-        Some(Arc::new(v))
+        Some(Arc::new(Vectors::concat(&parts)))
     };
     Ok(Segment { meta, file, keys, deleted, deleted_count, dirty: false, vectors, index })
 }
@@ -993,7 +1019,7 @@ impl Database {
             segment_rows: c.segments.iter().map(|s| s.meta.rows).sum(),
             deleted_segment_rows: c.segments.iter().map(|s| s.deleted_count).sum(),
             segment_bytes: c.segments.iter().map(|s| s.meta.bytes).sum(),
-            resident_vector_bytes: (c.mem.vectors.bytes()
+            resident_vector_bytes: (c.mem.vector_bytes()
                 + c.segments
                     .iter()
                     .filter_map(|s| s.vectors.as_ref())
@@ -1389,9 +1415,8 @@ fn flush_once(inner: &Inner) -> Result<(), FlushError> {
         }
         let mut freed = 0;
         for c in st.collections.values_mut() {
-            let dim = c.schema.dim();
             let moved = c.mem.frozen.rows as u32;
-            freed += c.mem.drain_frozen(dim);
+            freed += c.mem.drain_frozen();
             for (r, k) in c.mem.keys.iter().enumerate() {
                 if c.mem.live[r] {
                     let loc = c.keys.get_mut(k).expect("a live row's key is mapped");
@@ -1435,7 +1460,7 @@ fn plan_flush(inner: &Inner, st: &State) -> Result<FlushPlan, FlushError> {
                 id,
                 arrow: c.arrow.clone(),
                 keys: rows.iter().map(|&r| c.mem.keys[r as usize].clone()).collect(),
-                vectors: c.mem.vectors.select(&rows, dim),
+                vectors: c.mem.select_vectors(&rows, dim),
                 rows,
                 batches,
             });
@@ -1714,7 +1739,7 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
     let build = || -> Result<Segment, String> {
         let mut batches = Vec::new();
         let mut keys = Vec::new();
-        let mut vectors = Vectors::Empty;
+        let mut vectors = Vec::new();
         let all: Vec<usize> = (0..arrow.fields().len()).collect();
         for (_, file, live) in &inputs {
             for chunk in live.chunks(SCAN_BATCH_ROWS) {
@@ -1723,14 +1748,15 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
                         batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)
                             .map_err(|e| e.to_string())?,
                     );
-                    vectors.extend(
-                        &batch::vectors_of(&schema, b.column(1).as_ref())
+                    vectors.push(
+                        batch::vectors_of(&schema, b.column(1).as_ref())
                             .map_err(|e| e.to_string())?,
                     );
                     batches.push(b);
                 }
             }
         }
+        let vectors = Vectors::concat(&vectors);
         write_new_segment(inner, &arrow, new_id, &batches, keys, vectors).map_err(|e| e.to_string())
     };
     let mut seg = match build() {
@@ -2087,17 +2113,21 @@ impl Database {
         let mut scratch = Vec::new();
         // In-memory rows.
         let mem = &c.mem;
-        top.offer_exact(
-            metric,
-            &q,
-            &mem.vectors,
-            dim,
-            0,
-            &mem.keys,
-            |r| mem.live[r],
-            Loc::Mem,
-            &mut scratch,
-        );
+        let mut base = 0;
+        for v in &mem.vectors {
+            top.offer_exact(
+                metric,
+                &q,
+                v,
+                dim,
+                base,
+                &mem.keys,
+                |r| mem.live[r],
+                Loc::Mem,
+                &mut scratch,
+            );
+            base += v.values() / dim;
+        }
         for s in &c.segments {
             let id = s.meta.id;
             match (&s.index, &s.vectors) {
