@@ -7,7 +7,8 @@ pyarrow in-memory Flight server (the wire's ceiling on this machine: no durabili
 Measures, per round (medians reported):
 - DoPut: durable MB/s of 128-d f32 vectors + uint64 ids, 1 stream and 4 concurrent streams
   (each stream acknowledges a batch only once it is in the WAL);
-- DoGet scan MB/s of the whole collection (adaptive chunking);
+- DoGet scan MB/s of the whole collection (adaptive chunking), once the put's flush and merges
+  are done;
 - search QPS over Flight (one client, sequential DoGet tickets) on an indexed collection, and
   the same queries in-process (`engine/examples/search_dir.rs`) for the Flight overhead.
 MB = 10^6 bytes of Arrow buffers (ids + vectors).
@@ -154,6 +155,11 @@ def main():
             secs = put(uri, "bench", table, streams, args.batch_rows)
             results[key].append(mb / secs)
             if streams == 1:
+                # Scan a settled collection: the put's last flush and merges done, so the scan
+                # does not share the two cores with them.
+                c = fl.FlightClient(uri)
+                list(c.do_action(fl.Action("flush", b"")))
+                list(c.do_action(fl.Action("wait-for-indexing", b'{"dataset": "bench"}')))
                 secs, rows, size = scan(uri, b"bench")
                 assert rows == table.num_rows, rows
                 results["q_scan"].append(size / 1e6 / secs)

@@ -111,6 +111,10 @@ enum Loc {
     Seg(u64, u32),
 }
 
+/// Every live row's place by id. aHash with per-process random keys: about three times cheaper
+/// than SipHash on the insert path, still not predictable by a client choosing ids.
+type KeyMap = HashMap<Key, Loc, ahash::RandomState>;
+
 /// Recent rows, in memory, searched exactly.
 ///
 /// A flush freezes a prefix (`frozen`): those rows are being written to a segment while new rows
@@ -286,7 +290,7 @@ struct Collection {
     /// Ascending id (older first).
     segments: Vec<Segment>,
     /// Every live row's place.
-    keys: HashMap<Key, Loc>,
+    keys: KeyMap,
 }
 
 impl Collection {
@@ -727,7 +731,7 @@ fn load_collection(
         arrow: arrow.clone(),
         mem: Memtable::default(),
         segments: Vec::new(),
-        keys: HashMap::new(),
+        keys: KeyMap::default(),
     };
     let mut last = None;
     for sm in &cm.segments {
@@ -939,7 +943,7 @@ impl Database {
                 arrow,
                 mem: Memtable::default(),
                 segments: Vec::new(),
-                keys: HashMap::new(),
+                keys: KeyMap::default(),
             },
         );
         Ok(())
@@ -1260,6 +1264,7 @@ fn flush_loop(inner: &Arc<Inner>) {
         }
         match flush_once(inner) {
             Ok(()) => backoff = Duration::from_millis(10),
+            Err(_) if lock(&inner.flush_ctl).shutdown => return,
             Err(e) => {
                 tracing::warn!("background flush failed (retrying in {backoff:?}): {e}");
                 std::thread::sleep(backoff);
@@ -1510,7 +1515,8 @@ fn wait_for_background(inner: &Inner) -> Result<(), FlushError> {
             return Ok(());
         }
         let waited = started.elapsed();
-        if waited >= inner.opts.max_stall {
+        // The database is closing: the background thread will not build the indexes.
+        if waited >= inner.opts.max_stall || work.shutdown {
             return Err(FlushError::Stalled(waited));
         }
         work = inner
@@ -1934,10 +1940,10 @@ impl Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        lock(&self.inner.work).shutdown = true;
-        self.inner.work_cv.notify_all();
         lock(&self.inner.flush_ctl).shutdown = true;
         self.inner.flush_cv.notify_all();
+        lock(&self.inner.work).shutdown = true;
+        self.inner.work_cv.notify_all();
         for t in [self.worker.take(), self.flusher.take()].into_iter().flatten() {
             let _ = t.join();
         }

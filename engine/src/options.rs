@@ -72,7 +72,8 @@ impl Options {
     }
 
     /// Memory the in-memory table of recent rows may use (all collections together) before it is
-    /// written out as Parquet segments. Default 64 MiB.
+    /// written out as Parquet segments. Default 64 MiB. The flush runs beside the writers, who go
+    /// on filling a second budget meanwhile, so the tables may hold up to about twice this.
     #[must_use]
     pub fn memtable_bytes(mut self, bytes: usize) -> Self {
         self.memtable_bytes = bytes.max(1);
@@ -184,8 +185,10 @@ impl Options {
         self
     }
 
-    /// Whether a background thread builds indexes and merges segments. Default true. With false,
-    /// call [`crate::Database::run_background`] to do that work on the caller's thread (tests).
+    /// Whether background threads flush full memtables (a flusher) and build indexes and merge
+    /// segments (a worker). Default true. With false, a writer that finds the memtables full
+    /// flushes on its own thread, and [`crate::Database::run_background`] does the index and
+    /// merge work on the caller's thread (tests).
     #[must_use]
     pub fn background(mut self, on: bool) -> Self {
         self.background = on;
