@@ -25,25 +25,19 @@ impl DirLock {
         let path = dir.join(LOCK_FILE);
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        #[cfg(unix)]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: `flock` reads only its two integer arguments; the descriptor is valid because
-            // `file` owns it for the whole call.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc != 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        format!(
-                            "database directory {} is already open (in this or another process)",
-                            dir.display()
-                        ),
-                    ));
-                }
-                return Err(e);
+        // `File::try_lock` is `flock(LOCK_EX | LOCK_NB)` on Unix (LockFileEx elsewhere).
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "database directory {} is already open (in this or another process)",
+                        dir.display()
+                    ),
+                ));
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         Ok(DirLock { _file: file, path })
     }
