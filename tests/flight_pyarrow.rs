@@ -17,20 +17,7 @@ use std::process::Command;
 use serve::Served;
 
 fn python() -> Option<String> {
-    let py = std::env::var("QUIVER_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import pyarrow.flight, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    assert!(
-        std::env::var("QUIVER_REQUIRE_PYARROW").is_err(),
-        "pyarrow and numpy are required (QUIVER_REQUIRE_PYARROW is set) but {py} lacks them"
-    );
-    eprintln!("skipping: {py} lacks pyarrow or numpy (run ./scripts/test.sh, which installs them)");
-    None
+    quiver_testkit::python_with("pyarrow.flight, numpy")
 }
 
 fn run(py: &str, phase: &str, uri: &str, state: &Path) {

@@ -34,17 +34,7 @@ print(json.dumps(out))
 "#;
 
 fn python() -> Option<String> {
-    let py = std::env::var("QUIVER_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py).args(["-c", "import pyarrow"]).status().is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    assert!(
-        std::env::var("QUIVER_REQUIRE_PYARROW").is_err(),
-        "pyarrow is required (QUIVER_REQUIRE_PYARROW is set) but {py} cannot import it"
-    );
-    eprintln!("skipping: {py} has no pyarrow (run ./scripts/test.sh, which installs it)");
-    None
+    quiver_testkit::python_with("pyarrow")
 }
 
 #[test]

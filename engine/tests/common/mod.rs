@@ -45,18 +45,8 @@ pub fn batch(ids: &[u64], rows: &[Vec<f32>]) -> RecordBatch {
     .unwrap()
 }
 
-/// A deterministic pseudo-random vector for `(seed, id)`.
-pub fn vector(seed: u64, id: u64, dim: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    (0..dim)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+#[allow(unused_imports)] // not every test binary that includes this module uses it
+pub use quiver_testkit::vector;
 
 /// The u64 ids of a result batch's `id` column.
 pub fn ids(b: &RecordBatch) -> Vec<u64> {

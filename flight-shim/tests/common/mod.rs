@@ -66,15 +66,7 @@ impl TestServer {
 
 /// The vector of row `id` in the synthetic sets: deterministic, distinct.
 pub fn vector_of(id: u64, dim: usize) -> Vec<f32> {
-    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    (0..dim)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    quiver_testkit::vector(1, id, dim)
 }
 
 pub fn vectors(ids: &[u64], dim: usize) -> FixedSizeListArray {
