@@ -252,7 +252,8 @@ impl Memtable {
 struct Segment {
     meta: SegmentMeta,
     file: SegmentFile,
-    keys: Vec<Key>,
+    /// The key of every row (deleted ones too); shared so merges take them without a copy.
+    keys: Arc<[Key]>,
     deleted: Vec<bool>,
     deleted_count: u64,
     /// Deletions not yet in a deletion file (they are in the WAL).
@@ -846,7 +847,16 @@ fn load_segment(
         }
         Some(Arc::new(Vectors::concat(&parts)))
     };
-    Ok(Segment { meta, file, keys, deleted, deleted_count, dirty: false, vectors, index })
+    Ok(Segment {
+        meta,
+        file,
+        keys: keys.into(),
+        deleted,
+        deleted_count,
+        dirty: false,
+        vectors,
+        index,
+    })
 }
 
 /// Removes segment, deletion and index files the manifest does not name: the leftovers of work
@@ -1551,7 +1561,6 @@ fn write_new_segment(
     vectors: Vectors,
 ) -> Result<Segment, segment::SegmentError> {
     let path = inner.path(SEGMENTS_DIR, &segment_name(id));
-    let rows = keys.len() as u64;
     let sum = segment::write_segment(
         inner.vfs.as_ref(),
         &path,
@@ -1560,12 +1569,27 @@ fn write_new_segment(
         inner.opts.row_group_rows,
         inner.opts.parquet_zstd_level,
     )?;
+    open_new_segment(inner, arrow, id, sum, keys, vectors)
+}
+
+/// Opens the segment `id` just written (checksum `sum`) as a live [`Segment`] with every row
+/// alive.
+fn open_new_segment(
+    inner: &Inner,
+    arrow: &SchemaRef,
+    id: u64,
+    sum: FileSum,
+    keys: Vec<Key>,
+    vectors: Vectors,
+) -> Result<Segment, segment::SegmentError> {
+    let path = inner.path(SEGMENTS_DIR, &segment_name(id));
+    let rows = keys.len() as u64;
     let file = SegmentFile::open(inner.vfs.as_ref(), &path, sum, arrow, rows)?;
     Ok(Segment {
         meta: SegmentMeta { id, rows, bytes: sum.len, crc: sum.crc, deletes: None, indexed: false },
         file,
         deleted: vec![false; keys.len()],
-        keys,
+        keys: keys.into(),
         deleted_count: 0,
         dirty: false,
         vectors: Some(Arc::new(vectors)),
@@ -1720,6 +1744,23 @@ fn merge_candidates<'a>(c: &'a Collection, opts: &Options) -> Vec<&'a Segment> {
     c.segments.iter().filter(|s| s.deleted_count * 5 > s.meta.rows).take(1).collect()
 }
 
+/// One segment a merge reads, as it was when the merge began.
+struct MergeInput {
+    id: u64,
+    file: SegmentFile,
+    /// Its live rows then.
+    live: Vec<u32>,
+    keys: Arc<[Key]>,
+    vectors: Option<Arc<Vectors>>,
+}
+
+impl MergeInput {
+    /// Whether every row was live, so the merge copies the file's row groups as they are.
+    fn whole(&self) -> bool {
+        self.live.len() == self.keys.len()
+    }
+}
+
 /// Merges a collection's small segments (and any with many deletions) into one, dropping deleted
 /// rows. Returns whether it merged.
 fn merge_one(inner: &Inner) -> Result<bool, String> {
@@ -1735,21 +1776,63 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
                 c.id,
                 c.schema.clone(),
                 c.arrow.clone(),
-                pick.iter().map(|s| (s.meta.id, s.file.clone(), s.live_rows())).collect::<Vec<_>>(),
+                pick.iter()
+                    .map(|s| MergeInput {
+                        id: s.meta.id,
+                        file: s.file.clone(),
+                        live: s.live_rows(),
+                        keys: s.keys.clone(),
+                        vectors: s.vectors.clone(),
+                    })
+                    .collect::<Vec<_>>(),
             ))
         })
     };
-    let Some((cid, schema, arrow, inputs)) = job else { return Ok(false) };
+    let Some((cid, schema, arrow, mut inputs)) = job else { return Ok(false) };
+    // Segments that lost no rows are copied row group by row group, without decoding; the
+    // others are re-encoded from their live rows. Encoded rows come first in the new file.
+    inputs.sort_by_key(|i| i.whole());
     let new_id = inner.alloc_id();
     let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
     let build = || -> Result<Segment, String> {
-        let mut batches = Vec::new();
         let mut keys = Vec::new();
         let mut vectors = Vec::new();
         let all: Vec<usize> = (0..arrow.fields().len()).collect();
-        for (_, file, live) in &inputs {
-            for chunk in live.chunks(SCAN_BATCH_ROWS) {
-                for b in file.read(&all, Some(chunk), SCAN_BATCH_ROWS).map_err(|e| e.to_string())? {
+        let mut w = segment::SegmentWriter::create(
+            inner.vfs.as_ref(),
+            &path,
+            &arrow,
+            inner.opts.row_group_rows,
+            inner.opts.parquet_zstd_level,
+        )
+        .map_err(|e| e.to_string())?;
+        for input in &inputs {
+            if input.whole() {
+                w.copy_row_groups(&input.file).map_err(|e| e.to_string())?;
+                keys.extend(input.keys.iter().cloned());
+                match &input.vectors {
+                    Some(v) => vectors.push(Vectors::clone(v)),
+                    None => {
+                        for b in input
+                            .file
+                            .read(&[1], None, SCAN_BATCH_ROWS)
+                            .map_err(|e| e.to_string())?
+                        {
+                            vectors.push(
+                                batch::vectors_of(&schema, b.column(0).as_ref())
+                                    .map_err(|e| e.to_string())?,
+                            );
+                        }
+                    }
+                }
+                continue;
+            }
+            for chunk in input.live.chunks(SCAN_BATCH_ROWS) {
+                for b in input
+                    .file
+                    .read(&all, Some(chunk), SCAN_BATCH_ROWS)
+                    .map_err(|e| e.to_string())?
+                {
                     keys.extend(
                         batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)
                             .map_err(|e| e.to_string())?,
@@ -1758,12 +1841,13 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
                         batch::vectors_of(&schema, b.column(1).as_ref())
                             .map_err(|e| e.to_string())?,
                     );
-                    batches.push(b);
+                    w.write(&b).map_err(|e| e.to_string())?;
                 }
             }
         }
+        let sum = w.finish().map_err(|e| e.to_string())?;
         let vectors = Vectors::concat(&vectors);
-        write_new_segment(inner, &arrow, new_id, &batches, keys, vectors).map_err(|e| e.to_string())
+        open_new_segment(inner, &arrow, new_id, sum, keys, vectors).map_err(|e| e.to_string())
     };
     let mut seg = match build() {
         Ok(s) => s,
@@ -1785,18 +1869,18 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
         return abandon("the database is poisoned");
     }
     // Rows deleted since the snapshot are deleted in the new segment too.
-    let input_ids: Vec<u64> = inputs.iter().map(|i| i.0).collect();
+    let input_ids: Vec<u64> = inputs.iter().map(|i| i.id).collect();
     {
         let st = inner.read();
         let Some(c) = st.collections.values().find(|c| c.id == cid) else {
             return abandon("the collection was dropped");
         };
         let mut row = 0u32;
-        for (sid, _, live) in &inputs {
-            let Some(s) = c.segment(*sid) else {
+        for input in &inputs {
+            let Some(s) = c.segment(input.id) else {
                 return abandon("an input segment is gone");
             };
-            for &r in live {
+            for &r in &input.live {
                 if s.deleted[r as usize] {
                     seg.kill(row);
                 }
@@ -1847,12 +1931,14 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
         // then the write is in the WAL after the checkpoint, and replay re-applies it).
         let mut row = 0u32;
         let mut late = 0usize;
-        for (sid, _, live) in &inputs {
-            for &r in live {
+        for input in &inputs {
+            for &r in &input.live {
                 if !seg.deleted[row as usize] {
                     let k = &seg.keys[row as usize];
                     match c.keys.get_mut(k) {
-                        Some(loc) if *loc == Loc::Seg(*sid, r) => *loc = Loc::Seg(new_id, row),
+                        Some(loc) if *loc == Loc::Seg(input.id, r) => {
+                            *loc = Loc::Seg(new_id, row);
+                        }
                         _ => {
                             seg.kill(row);
                             late += 1;

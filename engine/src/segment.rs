@@ -34,8 +34,10 @@ use parquet::arrow::arrow_reader::{
     RowSelector,
 };
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::column::writer::ColumnCloseResult;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::writer::SerializedFileWriter;
 
 use quiver_wal::vfs::{OpenMode, Vfs, VfsFile};
 
@@ -137,8 +139,57 @@ pub fn write_segment(
     row_group_rows: usize,
     zstd_level: i32,
 ) -> Result<FileSum, SegmentError> {
-    let file = vfs.open(path, OpenMode::CreateNew).map_err(io_err(path))?;
-    let writer = VfsWriter { file, offset: 0, buf: Vec::with_capacity(WRITE_BUF), crc: 0 };
+    let mut w = SegmentWriter::create(vfs, path, schema, row_group_rows, zstd_level)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()
+}
+
+/// Writes a new segment file: first rows encoded from Arrow batches ([`SegmentWriter::write`]),
+/// then whole row groups copied from other segments without decoding them
+/// ([`SegmentWriter::copy_row_groups`], what merges do with segments that lost no rows).
+/// [`SegmentWriter::finish`] writes the footer and `fdatasync`s the file; the caller syncs the
+/// directory before the manifest names it.
+pub struct SegmentWriter {
+    path: PathBuf,
+    schema: SchemaRef,
+    /// `None` once an error left the file unusable.
+    state: Option<WriterState>,
+}
+
+enum WriterState {
+    /// Encoding batches; no row group copied yet.
+    Encoding(ArrowWriter<VfsWriter>),
+    /// Copying row groups; encoding is over.
+    Copying(SerializedFileWriter<VfsWriter>),
+}
+
+impl std::fmt::Debug for SegmentWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentWriter").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn parquet_err(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> SegmentError + '_ {
+    move |e| match e {
+        parquet::errors::ParquetError::External(inner) => match inner.downcast::<io::Error>() {
+            Ok(io) => SegmentError::Io { path: path.to_path_buf(), source: *io },
+            Err(other) => {
+                SegmentError::Parquet { path: path.to_path_buf(), reason: other.to_string() }
+            }
+        },
+        other => SegmentError::Parquet { path: path.to_path_buf(), reason: other.to_string() },
+    }
+}
+
+/// The writer properties of every segment.
+fn writer_props(
+    path: &Path,
+    schema: &SchemaRef,
+    row_group_rows: usize,
+    zstd_level: i32,
+) -> Result<WriterProperties, SegmentError> {
     let level = ZstdLevel::try_new(zstd_level)
         .map_err(|e| SegmentError::Parquet { path: path.to_path_buf(), reason: e.to_string() })?;
     let mut props = WriterProperties::builder()
@@ -168,24 +219,119 @@ pub fn write_segment(
             }
         }
     }
-    let props = props.build();
-    let parquet_err = |e: parquet::errors::ParquetError| match e {
-        parquet::errors::ParquetError::External(inner) => match inner.downcast::<io::Error>() {
-            Ok(io) => SegmentError::Io { path: path.to_path_buf(), source: *io },
-            Err(other) => {
-                SegmentError::Parquet { path: path.to_path_buf(), reason: other.to_string() }
-            }
-        },
-        other => SegmentError::Parquet { path: path.to_path_buf(), reason: other.to_string() },
-    };
-    let mut w = ArrowWriter::try_new(writer, schema.clone(), Some(props)).map_err(parquet_err)?;
-    for b in batches {
-        w.write(b).map_err(parquet_err)?;
+    Ok(props.build())
+}
+
+impl SegmentWriter {
+    /// Creates the file at `path` (it must not exist) for rows of `schema`, in row groups of at
+    /// most `row_group_rows` rows, zstd-compressed at `zstd_level`.
+    ///
+    /// # Errors
+    /// I/O failure or a Parquet refusal (e.g. a bad zstd level).
+    pub fn create(
+        vfs: &dyn Vfs,
+        path: &Path,
+        schema: &SchemaRef,
+        row_group_rows: usize,
+        zstd_level: i32,
+    ) -> Result<Self, SegmentError> {
+        let props = writer_props(path, schema, row_group_rows, zstd_level)?;
+        let file = vfs.open(path, OpenMode::CreateNew).map_err(io_err(path))?;
+        let writer = VfsWriter { file, offset: 0, buf: Vec::with_capacity(WRITE_BUF), crc: 0 };
+        let w =
+            ArrowWriter::try_new(writer, schema.clone(), Some(props)).map_err(parquet_err(path))?;
+        Ok(SegmentWriter {
+            path: path.to_path_buf(),
+            schema: schema.clone(),
+            state: Some(WriterState::Encoding(w)),
+        })
     }
-    let mut writer = w.into_inner().map_err(parquet_err)?;
-    writer.flush_buf().map_err(io_err(path))?;
-    writer.file.sync_data().map_err(io_err(path))?;
-    Ok(FileSum { len: writer.offset, crc: writer.crc })
+
+    fn failed(&self) -> SegmentError {
+        SegmentError::Parquet {
+            path: self.path.clone(),
+            reason: "an earlier error left the file unfinished".into(),
+        }
+    }
+
+    /// Encodes `batch` (with the writer's schema).
+    ///
+    /// # Errors
+    /// I/O failure or a Parquet refusal.
+    ///
+    /// # Panics
+    /// After [`Self::copy_row_groups`]: encoded rows come first.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SegmentError> {
+        assert_eq!(batch.schema().fields(), self.schema.fields(), "a batch of another schema");
+        match &mut self.state {
+            Some(WriterState::Encoding(w)) => w.write(batch).map_err(parquet_err(&self.path)),
+            Some(WriterState::Copying(_)) => panic!("SegmentWriter::write after copy_row_groups"),
+            None => Err(self.failed()),
+        }
+    }
+
+    /// Appends every row group of `from` (a segment of the same schema) as it is stored: the
+    /// column chunks are copied byte for byte, not decoded. `from` is first checked against
+    /// its checksum again, so a segment damaged since it was opened is an error here rather than
+    /// garbage carried into a new file with a fresh checksum.
+    ///
+    /// # Errors
+    /// I/O failure, [`SegmentError::Corrupt`] for a damaged `from`, or a Parquet refusal.
+    pub fn copy_row_groups(&mut self, from: &SegmentFile) -> Result<(), SegmentError> {
+        let err = parquet_err(&self.path);
+        if from.meta.schema().fields() != self.schema.fields() {
+            return Err(SegmentError::Parquet {
+                path: self.path.clone(),
+                reason: format!("{} has another schema", from.path.display()),
+            });
+        }
+        from.verify()?;
+        let mut fw = match self.state.take() {
+            Some(WriterState::Encoding(w)) => w.into_serialized_writer().map_err(&err)?.0,
+            Some(WriterState::Copying(fw)) => fw,
+            None => return Err(self.failed()),
+        };
+        let result = (|| {
+            let src = BufferedChunks(from.reader.clone());
+            let md = from.meta.metadata();
+            for rg in md.row_groups() {
+                let mut out = fw.next_row_group().map_err(&err)?;
+                for column in rg.columns() {
+                    let close = ColumnCloseResult {
+                        bytes_written: column.compressed_size() as u64,
+                        rows_written: rg.num_rows() as u64,
+                        metadata: column.clone(),
+                        bloom_filter: None,
+                        column_index: None,
+                        offset_index: None,
+                    };
+                    out.append_column(&src, close).map_err(&err)?;
+                }
+                out.close().map_err(&err)?;
+            }
+            Ok(())
+        })();
+        if result.is_ok() {
+            self.state = Some(WriterState::Copying(fw));
+        }
+        result
+    }
+
+    /// Writes the footer, `fdatasync`s the file and returns its length and checksum.
+    ///
+    /// # Errors
+    /// I/O failure or a Parquet refusal.
+    pub fn finish(self) -> Result<FileSum, SegmentError> {
+        let err = parquet_err(&self.path);
+        let mut writer = match self.state {
+            Some(WriterState::Encoding(w)) => w.into_inner().map_err(&err)?,
+            Some(WriterState::Copying(fw)) => fw.into_inner().map_err(&err)?,
+            None => return Err(self.failed()),
+        };
+        writer.flush_buf().map_err(io_err(&self.path))?;
+        writer.file.sync_data().map_err(io_err(&self.path))?;
+        Ok(FileSum { len: writer.offset, crc: writer.crc })
+    }
 }
 
 /// A [`ChunkReader`] over a [`VfsFile`], so Parquet reads go through the seam.
@@ -236,6 +382,26 @@ impl ChunkReader for VfsChunkReader {
     }
 }
 
+/// A [`VfsChunkReader`] whose sequential reads go through a 1 MiB buffer, for copying column
+/// chunks (Parquet copies them through `io::copy`'s small buffer: one `pread` each otherwise).
+struct BufferedChunks(VfsChunkReader);
+
+impl Length for BufferedChunks {
+    fn len(&self) -> u64 {
+        self.0.len
+    }
+}
+
+impl ChunkReader for BufferedChunks {
+    type T = io::BufReader<VfsRead>;
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(io::BufReader::with_capacity(WRITE_BUF, self.0.get_read(start)?))
+    }
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.0.get_bytes(start, length)
+    }
+}
+
 /// An open, verified segment file.
 #[derive(Debug, Clone)]
 pub struct SegmentFile {
@@ -243,6 +409,7 @@ pub struct SegmentFile {
     reader: VfsChunkReader,
     meta: ArrowReaderMetadata,
     rows: u64,
+    sum: FileSum,
 }
 
 impl SegmentFile {
@@ -261,22 +428,8 @@ impl SegmentFile {
         let corrupt = |reason: String| SegmentError::Corrupt { path: path.to_path_buf(), reason };
         let file: Arc<dyn VfsFile> =
             Arc::from(vfs.open(path, OpenMode::Read).map_err(io_err(path))?);
-        let len = file.len().map_err(io_err(path))?;
-        if len != sum.len {
-            return Err(corrupt(format!("{len} bytes, the manifest says {}", sum.len)));
-        }
-        let mut crc = 0u32;
-        let mut buf = vec![0u8; WRITE_BUF];
-        let mut at = 0u64;
-        while at < len {
-            let n = (len - at).min(WRITE_BUF as u64) as usize;
-            file.read_exact_at(&mut buf[..n], at).map_err(io_err(path))?;
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            at += n as u64;
-        }
-        if crc != sum.crc {
-            return Err(corrupt("checksum mismatch".into()));
-        }
+        check_sum(file.as_ref(), path, sum)?;
+        let len = sum.len;
         let reader = VfsChunkReader { file, len };
         let meta = ArrowReaderMetadata::load(&reader, ArrowReaderOptions::new())
             .map_err(|e| corrupt(format!("parquet metadata: {e}")))?;
@@ -291,7 +444,15 @@ impl SegmentFile {
         if file_rows < 0 || file_rows as u64 != rows {
             return Err(corrupt(format!("{file_rows} rows, the manifest says {rows}")));
         }
-        Ok(SegmentFile { path: path.to_path_buf(), reader, meta, rows })
+        Ok(SegmentFile { path: path.to_path_buf(), reader, meta, rows, sum })
+    }
+
+    /// Checks the file against its length and checksum again (it was checked when opened).
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] or [`SegmentError::Corrupt`].
+    pub fn verify(&self) -> Result<(), SegmentError> {
+        check_sum(self.reader.file.as_ref(), &self.path, self.sum)
     }
 
     /// Rows in the file.
@@ -392,6 +553,28 @@ impl SegmentFile {
             })
             .collect()
     }
+}
+
+/// Checks that `file` has the length and CRC32C of `sum`.
+fn check_sum(file: &dyn VfsFile, path: &Path, sum: FileSum) -> Result<(), SegmentError> {
+    let corrupt = |reason: String| SegmentError::Corrupt { path: path.to_path_buf(), reason };
+    let len = file.len().map_err(io_err(path))?;
+    if len != sum.len {
+        return Err(corrupt(format!("{len} bytes, the manifest says {}", sum.len)));
+    }
+    let mut crc = 0u32;
+    let mut buf = vec![0u8; WRITE_BUF];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(WRITE_BUF as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at).map_err(io_err(path))?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        at += n as u64;
+    }
+    if crc != sum.crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    Ok(())
 }
 
 /// The deletion file's magic.
