@@ -468,12 +468,31 @@ pub mod kind {
 /// # Errors
 /// If Arrow cannot encode the batch.
 pub fn encode_payload(collection: u64, batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
-    let mut out = collection.to_le_bytes().to_vec();
-    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &batch.schema())?;
+    let mut out = Vec::new();
+    encode_payload_into(&mut out, collection, batch)?;
+    Ok(out)
+}
+
+/// [`encode_payload`] into `out` (cleared first), reusing its memory.
+///
+/// # Errors
+/// If Arrow cannot encode the batch.
+pub fn encode_payload_into(
+    out: &mut Vec<u8>,
+    collection: u64,
+    batch: &RecordBatch,
+) -> Result<(), ArrowError> {
+    out.clear();
+    // The bytes the batch's values occupy (not its buffers' capacities: a batch decoded from
+    // one message shares that message's buffer in every column), plus room for IPC framing.
+    let values: usize =
+        batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
+    out.reserve(8 + values + 4096);
+    out.extend_from_slice(&collection.to_le_bytes());
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut *out, &batch.schema())?;
     w.write(batch)?;
     w.finish()?;
-    drop(w);
-    Ok(out)
+    Ok(())
 }
 
 /// Decodes a WAL payload written by [`encode_payload`].

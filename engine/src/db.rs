@@ -221,8 +221,9 @@ impl Memtable {
         f.bytes
     }
 
-    /// The vectors of `rows` (ascending), in one buffer.
-    fn select_vectors(&self, rows: &[u32], dim: usize) -> Vectors {
+    /// The vectors of `rows` (ascending), a chunk per batch: a batch whose rows are all taken
+    /// is shared, not copied.
+    fn select_vectors(&self, rows: &[u32], dim: usize) -> Vec<Vectors> {
         let mut parts = Vec::new();
         let mut i = 0;
         while i < rows.len() {
@@ -238,7 +239,7 @@ impl Memtable {
                 self.vectors[b].select(&in_batch, dim)
             });
         }
-        Vectors::concat(&parts)
+        parts
     }
 
     /// Bytes of search vectors held.
@@ -258,8 +259,9 @@ struct Segment {
     deleted_count: u64,
     /// Deletions not yet in a deletion file (they are in the WAL).
     dirty: bool,
-    /// Search vectors, held until the segment has a disk index.
-    vectors: Option<Arc<Vectors>>,
+    /// Search vectors, held until the segment has a disk index: chunks, one after another
+    /// (those of flushed batches share the batches' buffers).
+    vectors: Option<Arc<[Vectors]>>,
     index: Option<Arc<DiskIndex>>,
 }
 
@@ -424,6 +426,11 @@ struct Inner {
     flush_cv: Condvar,
     _lock: Option<DirLock>,
 }
+
+/// WAL payload buffers kept for reuse, and the largest kept: inserts encode their batch into
+/// one, which the WAL takes over, so a stream of multi-MB batches does not fault in fresh memory
+/// for each. Bounds the pool at 256 MiB; it holds only what was once in flight at the same time.
+const WAL_BUFFER_POOL: (usize, usize) = (8, 32 << 20);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -641,7 +648,8 @@ impl Database {
             .vfs(vfs.clone())
             .sync(opts.wal_sync)
             .segment_bytes(opts.wal_segment_bytes)
-            .compression(opts.wal_compression);
+            .compression(opts.wal_compression)
+            .buffer_pool(WAL_BUFFER_POOL.0, WAL_BUFFER_POOL.1);
         let wal = Wal::open(dir.join(WAL_DIR), wal_opts)?;
         if wal.next_lsn() < body.wal_checkpoint {
             return Err(OpenError::ManifestBody(format!(
@@ -845,7 +853,7 @@ fn load_segment(
                     .map_err(|e| corrupt(e.to_string()))?,
             );
         }
-        Some(Arc::new(Vectors::concat(&parts)))
+        Some(parts.into())
     };
     Ok(Segment {
         meta,
@@ -1037,7 +1045,8 @@ impl Database {
                 + c.segments
                     .iter()
                     .filter_map(|s| s.vectors.as_ref())
-                    .map(|v| v.bytes())
+                    .flat_map(|v| v.iter())
+                    .map(Vectors::bytes)
                     .sum::<usize>()) as u64,
         })
     }
@@ -1062,9 +1071,10 @@ impl Database {
         if prepared.keys.is_empty() {
             return Ok(inner.wal.durable_lsn());
         }
-        let payload =
-            batch::encode_payload(cid, &prepared.batch).map_err(batch::BatchError::from)?;
-        self.write(Op::Insert { collection: cid, prepared }, kind::INSERT, &payload)
+        let mut payload = inner.wal.buffer();
+        batch::encode_payload_into(&mut payload, cid, &prepared.batch)
+            .map_err(batch::BatchError::from)?;
+        self.write(Op::Insert { collection: cid, prepared }, kind::INSERT, payload)
     }
 
     /// Deletes the rows with these ids (an array of the collection's id type); ids not present
@@ -1086,7 +1096,7 @@ impl Database {
         )
         .map_err(batch::BatchError::from)?;
         let payload = batch::encode_payload(cid, &b).map_err(batch::BatchError::from)?;
-        self.write(Op::Delete { collection: cid, keys }, kind::DELETE, &payload)
+        self.write(Op::Delete { collection: cid, keys }, kind::DELETE, payload)
     }
 
     /// The checks every write passes first: not poisoned, within the row limit, a known
@@ -1111,12 +1121,12 @@ impl Database {
         Ok((c.id, c.schema.clone()))
     }
 
-    fn write(&self, op: Op, kind: u8, payload: &[u8]) -> Result<u64, WriteError> {
+    fn write(&self, op: Op, kind: u8, payload: Vec<u8>) -> Result<u64, WriteError> {
         let inner = &self.inner;
         self.make_room()?;
         let pending = {
             let mut order = lock(&inner.order);
-            let pending = inner.wal.submit(kind, payload).inspect_err(|e| {
+            let pending = inner.wal.submit_owned(kind, payload).inspect_err(|e| {
                 inner.poison(format!("WAL append failed: {e}"));
             })?;
             order.queue.push_back((pending.lsn(), op));
@@ -1165,7 +1175,7 @@ struct PlannedSegment {
     rows: Vec<u32>,
     batches: Vec<RecordBatch>,
     keys: Vec<Key>,
-    vectors: Vectors,
+    vectors: Vec<Vectors>,
 }
 
 struct PlannedDeletes {
@@ -1558,7 +1568,7 @@ fn write_new_segment(
     id: u64,
     batches: &[RecordBatch],
     keys: Vec<Key>,
-    vectors: Vectors,
+    vectors: Vec<Vectors>,
 ) -> Result<Segment, segment::SegmentError> {
     let path = inner.path(SEGMENTS_DIR, &segment_name(id));
     let sum = segment::write_segment(
@@ -1580,7 +1590,7 @@ fn open_new_segment(
     id: u64,
     sum: FileSum,
     keys: Vec<Key>,
-    vectors: Vectors,
+    vectors: Vec<Vectors>,
 ) -> Result<Segment, segment::SegmentError> {
     let path = inner.path(SEGMENTS_DIR, &segment_name(id));
     let rows = keys.len() as u64;
@@ -1592,7 +1602,7 @@ fn open_new_segment(
         keys: keys.into(),
         deleted_count: 0,
         dirty: false,
-        vectors: Some(Arc::new(vectors)),
+        vectors: Some(vectors.into()),
         index: None,
     })
 }
@@ -1665,7 +1675,7 @@ fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
     };
     let Some((cid, sid, schema, vectors)) = job else { return Ok(None) };
     let vectors = vectors.ok_or("an unindexed segment without resident vectors")?;
-    let set = vectors.to_vector_set(schema.dim()).map_err(|e| e.to_string())?;
+    let set = Vectors::concat(&vectors).to_vector_set(schema.dim()).map_err(|e| e.to_string())?;
     drop(vectors);
     let tmp = idir.join(format!("{}.tmp", index_name(sid)));
     let fin = idir.join(index_name(sid));
@@ -1751,7 +1761,7 @@ struct MergeInput {
     /// Its live rows then.
     live: Vec<u32>,
     keys: Arc<[Key]>,
-    vectors: Option<Arc<Vectors>>,
+    vectors: Option<Arc<[Vectors]>>,
 }
 
 impl MergeInput {
@@ -1811,7 +1821,7 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
                 w.copy_row_groups(&input.file).map_err(|e| e.to_string())?;
                 keys.extend(input.keys.iter().cloned());
                 match &input.vectors {
-                    Some(v) => vectors.push(Vectors::clone(v)),
+                    Some(v) => vectors.extend(v.iter().cloned()),
                     None => {
                         for b in input
                             .file
@@ -1846,7 +1856,6 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
             }
         }
         let sum = w.finish().map_err(|e| e.to_string())?;
-        let vectors = Vectors::concat(&vectors);
         open_new_segment(inner, &arrow, new_id, sum, keys, vectors).map_err(|e| e.to_string())
     };
     let mut seg = match build() {
@@ -2245,10 +2254,14 @@ impl Database {
                         }
                     }
                 }
-                (_, Some(v)) => {
+                (_, Some(chunks)) => {
                     let live = |r: usize| !s.deleted[r];
                     let loc = |r: u32| Loc::Seg(id, r);
-                    top.offer_exact(metric, &q, v, dim, 0, &s.keys, live, loc, &mut scratch);
+                    let mut base = 0;
+                    for v in chunks.iter() {
+                        top.offer_exact(metric, &q, v, dim, base, &s.keys, live, loc, &mut scratch);
+                        base += v.values() / dim;
+                    }
                 }
                 _ => {
                     // Exhaustive search of an indexed segment: read its vectors back.

@@ -665,10 +665,35 @@ impl Wal {
         if payload.len() > max {
             return Err(AppendError::TooLarge { len: payload.len(), max });
         }
+        let mut buf = self.buffer();
+        buf.extend_from_slice(payload);
+        self.submit_owned(kind, buf)
+    }
+
+    /// An empty buffer to build a payload in for [`Wal::submit_owned`]: one the log used before
+    /// when the pool has one (see [`WalOptions::buffer_pool`]), so large records do not fault
+    /// in fresh memory each time.
+    #[must_use]
+    pub fn buffer(&self) -> Vec<u8> {
+        self.shared.take_buffer()
+    }
+
+    /// [`Wal::submit`] of a payload the log takes over (no copy unless compressed); the buffer
+    /// returns to the pool once the record is written.
+    ///
+    /// # Errors
+    /// As [`Wal::submit`].
+    pub fn submit_owned(&self, kind: u8, payload: Vec<u8>) -> Result<Pending, AppendError> {
+        let max = self.shared.opts.max_record_bytes;
+        if payload.len() > max {
+            let len = payload.len();
+            self.shared.give_buffer(payload);
+            return Err(AppendError::TooLarge { len, max });
+        }
+        let raw_len = u32::try_from(payload.len()).expect("checked against max_record_bytes");
         let (stored, flags) = self.encode(payload)?;
         let payload_crc = crc32c::crc32c(&stored);
         let size = align_up(RECORD_HEADER_LEN + stored.len());
-        let raw_len = u32::try_from(payload.len()).expect("checked against max_record_bytes");
         let mut st = self.shared.state();
         loop {
             if let Some(e) = &st.failed {
@@ -697,27 +722,39 @@ impl Wal {
         Ok(Pending { shared: Arc::clone(&self.shared), lsn })
     }
 
-    fn encode(&self, payload: &[u8]) -> Result<(Vec<u8>, u8), AppendError> {
-        let mut buf = self.shared.take_buffer();
+    /// The payload as stored: compressed into another buffer when that pays, else itself.
+    fn encode(&self, payload: Vec<u8>) -> Result<(Vec<u8>, u8), AppendError> {
         if let Compression::Zstd { level } = self.shared.opts.compression
             && payload.len() >= self.shared.opts.compress_min_bytes
         {
+            let mut buf = self.shared.take_buffer();
             let compressor = match self.shared.compressors.1.try_recv() {
                 Ok(c) => Ok(c),
                 Err(_) => zstd::bulk::Compressor::new(level),
             };
-            let mut compressor = compressor.map_err(|e| AppendError::Compress(Arc::new(e)))?;
+            let mut compressor = match compressor {
+                Ok(c) => c,
+                Err(e) => {
+                    self.shared.give_buffer(buf);
+                    self.shared.give_buffer(payload);
+                    return Err(AppendError::Compress(Arc::new(e)));
+                }
+            };
             buf.reserve(zstd::compress_bound(payload.len()));
-            let result = compressor.compress_to_buffer(payload, &mut buf);
+            let result = compressor.compress_to_buffer(&payload, &mut buf);
             let _ = self.shared.compressors.0.try_send(compressor);
-            result.map_err(|e| AppendError::Compress(Arc::new(e)))?;
+            if let Err(e) = result {
+                self.shared.give_buffer(buf);
+                self.shared.give_buffer(payload);
+                return Err(AppendError::Compress(Arc::new(e)));
+            }
             if buf.len() < payload.len() {
+                self.shared.give_buffer(payload);
                 return Ok((buf, FLAG_ZSTD));
             }
-            buf.clear();
+            self.shared.give_buffer(buf);
         }
-        buf.extend_from_slice(payload);
-        Ok((buf, 0))
+        Ok((payload, 0))
     }
 
     /// Makes every record submitted so far durable (whatever the sync policy) and returns the
