@@ -2349,7 +2349,15 @@ impl Database {
             .into_iter()
             .map(|b| b.project(&projection))
             .collect::<Result<VecDeque<_>, _>>()?;
-        Ok(Scan { schema, projection, segments, at: 0, memtable, batch_rows: SCAN_BATCH_ROWS })
+        Ok(Scan {
+            schema,
+            projection,
+            segments,
+            current: None,
+            leftover: None,
+            memtable,
+            batch_rows: SCAN_BATCH_ROWS,
+        })
     }
 }
 
@@ -2411,7 +2419,10 @@ pub struct Scan {
     schema: SchemaRef,
     projection: Vec<usize>,
     segments: VecDeque<(SegmentFile, Vec<u32>)>,
-    at: usize,
+    /// The segment being read: one pass over its live rows, in batches of about 1 MiB.
+    current: Option<segment::SegmentBatches>,
+    /// Rows read from `current` but not returned yet.
+    leftover: Option<RecordBatch>,
     memtable: VecDeque<RecordBatch>,
     batch_rows: usize,
 }
@@ -2434,23 +2445,50 @@ impl Iterator for Scan {
     type Item = Result<RecordBatch, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while let Some((file, live)) = self.segments.front() {
-            if self.at >= live.len() {
-                self.segments.pop_front();
-                self.at = 0;
-                continue;
+        // Gather `batch_rows` rows from the segments' single-pass readers (a reader per call
+        // would decode each row group again from its start for every batch).
+        let want = self.batch_rows;
+        let mut parts: Vec<RecordBatch> = Vec::new();
+        let mut rows = 0;
+        while rows < want {
+            let b = match self.leftover.take() {
+                Some(b) => b,
+                None => {
+                    if self.current.is_none() {
+                        let Some((file, live)) = self.segments.pop_front() else { break };
+                        let all = live.len() as u64 == file.rows();
+                        let rows = if all { None } else { Some(live.as_slice()) };
+                        match file.batches(&self.projection, rows, MAX_SCAN_BATCH_ROWS) {
+                            Ok(r) => self.current = Some(r),
+                            Err(e) => return Some(Err(e.into())),
+                        }
+                    }
+                    match self.current.as_mut().and_then(Iterator::next) {
+                        Some(Ok(b)) => b,
+                        Some(Err(e)) => {
+                            self.current = None;
+                            return Some(Err(e.into()));
+                        }
+                        None => {
+                            self.current = None;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let take = (want - rows).min(b.num_rows());
+            if take < b.num_rows() {
+                self.leftover = Some(b.slice(take, b.num_rows() - take));
             }
-            let end = (self.at + self.batch_rows).min(live.len());
-            let rows = &live[self.at..end];
-            self.at = end;
-            let r = file
-                .read(&self.projection, Some(rows), self.batch_rows)
-                .map_err(ReadError::from)
-                .and_then(|bs| {
-                    arrow_select::concat::concat_batches(&self.schema, &bs).map_err(ReadError::from)
-                });
-            return Some(r);
+            rows += take;
+            parts.push(if take < b.num_rows() { b.slice(0, take) } else { b });
         }
-        self.memtable.pop_front().map(Ok)
+        match parts.len() {
+            0 => self.memtable.pop_front().map(Ok),
+            1 => parts.pop().map(Ok),
+            _ => Some(
+                arrow_select::concat::concat_batches(&self.schema, &parts).map_err(ReadError::from),
+            ),
+        }
     }
 }

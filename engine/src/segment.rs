@@ -477,6 +477,19 @@ impl SegmentFile {
         rows: Option<&[u32]>,
         batch_rows: usize,
     ) -> Result<Vec<RecordBatch>, SegmentError> {
+        self.batches(columns, rows, batch_rows)?.collect()
+    }
+
+    /// [`SegmentFile::read`] as an iterator: one pass over the file, decoding as it goes.
+    ///
+    /// # Errors
+    /// [`SegmentError`] on I/O failure or a malformed file (also from the iterator).
+    pub fn batches(
+        &self,
+        columns: &[usize],
+        rows: Option<&[u32]>,
+        batch_rows: usize,
+    ) -> Result<SegmentBatches, SegmentError> {
         let corrupt = |e: &dyn std::fmt::Display| SegmentError::Corrupt {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -509,7 +522,7 @@ impl SegmentFile {
         if let Some(rows) = rows {
             debug_assert!(rows.windows(2).all(|w| w[0] < w[1]));
             if rows.is_empty() {
-                return Ok(Vec::new());
+                b = b.with_row_groups(Vec::new());
             }
             // Only the row groups holding a wanted row are read; the selection is relative to
             // the concatenation of those groups.
@@ -526,7 +539,10 @@ impl SegmentFile {
                     if r > pos {
                         sel.push(RowSelector::skip((r - pos) as usize));
                     }
-                    sel.push(RowSelector::select(1));
+                    match sel.last_mut() {
+                        Some(s) if !s.skip => s.row_count += 1,
+                        _ => sel.push(RowSelector::select(1)),
+                    }
                     pos = r + 1;
                     it.next();
                 }
@@ -546,12 +562,44 @@ impl SegmentFile {
         let reader = b.build().map_err(|e| corrupt(&e))?;
         let identity =
             positions.iter().enumerate().all(|(i, &p)| i == p) && positions.len() == sorted.len();
-        reader
-            .map(|b| {
-                let b = b.map_err(|e| corrupt(&e))?;
-                if identity { Ok(b) } else { b.project(&positions).map_err(|e| corrupt(&e)) }
-            })
-            .collect()
+        Ok(SegmentBatches {
+            path: self.path.clone(),
+            reader,
+            positions: if identity { None } else { Some(positions) },
+        })
+    }
+}
+
+/// The batches of one read of a segment ([`SegmentFile::batches`]).
+pub struct SegmentBatches {
+    path: PathBuf,
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    /// Where each asked-for column is among those read, unless that is the identity.
+    positions: Option<Vec<usize>>,
+}
+
+impl std::fmt::Debug for SegmentBatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentBatches").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Iterator for SegmentBatches {
+    type Item = Result<RecordBatch, SegmentError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let corrupt = |e: &dyn std::fmt::Display| SegmentError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        let b = match self.reader.next()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(corrupt(&e))),
+        };
+        Some(match &self.positions {
+            None => Ok(b),
+            Some(p) => b.project(p).map_err(|e| corrupt(&e)),
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arrow_array::UInt64Array;
+use arrow_array::cast::AsArray;
 use common::*;
 use quiver_engine::diskgraph::data::Metric;
 use quiver_engine::{Database, Options, SearchParams};
@@ -180,4 +181,53 @@ fn a_second_open_of_the_same_directory_is_refused() {
     let _db = Database::open(dir.path(), opts()).unwrap();
     let err = Database::open(dir.path(), opts()).unwrap_err();
     assert!(matches!(err, quiver_engine::OpenError::Locked(_)), "{err}");
+}
+
+/// A scan reads each segment in one pass and regroups the rows into batches of the size asked
+/// for, which may change between batches (Flight's adaptive chunking). Pins down rows lost or
+/// repeated at batch, row-group or segment boundaries, deleted rows coming back, batches larger
+/// than asked, and a projection applied to the wrong columns.
+#[test]
+fn scans_in_changing_batch_sizes_return_every_live_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), opts().row_group_rows(30).merge_min_segments(0)).unwrap();
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    let mut model = BTreeMap::new();
+    put(&db, &mut model, 1, &(0..100).collect::<Vec<_>>());
+    db.flush().unwrap();
+    put(&db, &mut model, 2, &(100..170).collect::<Vec<_>>());
+    db.flush().unwrap();
+    // Holes in the first segment (deleted and replaced rows), rows still in memory.
+    let dels: Vec<u64> = (0..100).filter(|i| i % 7 == 3 || (40..47).contains(i)).collect();
+    db.delete("c", &UInt64Array::from(dels.clone())).unwrap();
+    for d in &dels {
+        model.remove(d);
+    }
+    put(&db, &mut model, 3, &[5, 6, 200, 201]);
+    for sizes in [vec![1usize], vec![7], vec![1000], vec![1, 2, 4, 8, 16, 32, 64], vec![29, 31, 3]]
+    {
+        let mut scan = db.scan("c", Some(&["vector", "id"])).unwrap();
+        assert_eq!(scan.schema().field(0).name(), "vector");
+        let mut got = BTreeMap::new();
+        let mut i = 0;
+        loop {
+            let want = sizes[i.min(sizes.len() - 1)];
+            scan.set_batch_rows(want);
+            let Some(b) = scan.next() else { break };
+            let b = b.unwrap();
+            let ids = b.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
+            // In-memory rows come in their insert batches (the last batch, of 4 rows).
+            let in_memory = ids.value(0) >= 200 || [5, 6].contains(&ids.value(0));
+            assert!(b.num_rows() <= want || in_memory, "{} rows, asked {want}", b.num_rows());
+            let vecs = b.column(0).as_fixed_size_list();
+            for r in 0..b.num_rows() {
+                let v = vecs.value(r);
+                let v: Vec<f32> =
+                    v.as_primitive::<arrow_array::types::Float32Type>().values().to_vec();
+                assert!(got.insert(ids.value(r), v).is_none(), "id {} twice", ids.value(r));
+            }
+            i += 1;
+        }
+        assert_eq!(got, model, "batch sizes {sizes:?}");
+    }
 }

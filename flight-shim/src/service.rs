@@ -53,7 +53,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub struct ServiceConfig {
     /// Rows in the first batch of a scan.
     pub scan_chunk_start: usize,
-    /// Rows per batch a scan grows to.
+    /// Rows per batch a scan grows to (fewer when a batch of that many rows would exceed
+    /// `max_flight_data_bytes`: the encoder would split it into messages of that size anyway,
+    /// so gathering more only costs a copy through memory instead of cache).
     pub scan_chunk_max: usize,
     /// Largest FlightData message the encoder produces (bigger batches are split).
     pub max_flight_data_bytes: usize,
@@ -451,7 +453,8 @@ fn scan_stream(
     let mut scan = db.scan(&req.name, Some(&refs)).map_err(read_status)?;
     let out_idx: Vec<usize> = (0..out_cols.len()).collect();
     let out_schema = Arc::new(scan.schema().project(&out_idx).map_err(|e| invalid(e.to_string()))?);
-    let mut chunker = Chunker::new(cfg.scan_chunk_start, cfg.scan_chunk_max);
+    let mut chunker = Chunker::new(cfg.scan_chunk_start, cfg.scan_chunk_max)
+        .with_max_bytes(cfg.max_flight_data_bytes);
     let mut left = req.limit.unwrap_or(u64::MAX);
     let (tx, rx) = mpsc::channel::<Result<RecordBatch, FlightError>>(4);
     tokio::task::spawn_blocking(move || {
@@ -498,7 +501,8 @@ fn scan_stream(
 
 /// Adaptive chunking: regroups a stream of batches into batches of `chunk` rows, where `chunk`
 /// starts small (the first rows reach the client quickly) and doubles after each batch up to a
-/// maximum (large messages for throughput). A batch that already has the right size passes
+/// maximum (large messages for throughput): `max` rows, or fewer when the rows' size (measured
+/// on the first batch) would exceed `max_bytes`. A batch that already has the right size passes
 /// without a copy.
 #[derive(Debug)]
 struct Chunker {
@@ -506,12 +510,34 @@ struct Chunker {
     rows: usize,
     chunk: usize,
     max: usize,
+    max_bytes: Option<usize>,
 }
 
 impl Chunker {
     fn new(start: usize, max: usize) -> Self {
         let max = max.max(1);
-        Chunker { pending: VecDeque::new(), rows: 0, chunk: start.clamp(1, max), max }
+        Chunker {
+            pending: VecDeque::new(),
+            rows: 0,
+            chunk: start.clamp(1, max),
+            max,
+            max_bytes: None,
+        }
+    }
+
+    fn with_max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = Some(bytes.max(1));
+        self
+    }
+
+    /// Lowers `max` to the rows of `b`'s size that fit in `max_bytes` (once, on the first rows).
+    fn fit(&mut self, b: &RecordBatch) {
+        let Some(bytes) = self.max_bytes.take() else { return };
+        let size: usize =
+            b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
+        let row = size.div_ceil(b.num_rows()).max(1);
+        self.max = self.max.min((bytes / row).max(1));
+        self.chunk = self.chunk.min(self.max);
     }
 
     fn take(&mut self, n: usize) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -539,6 +565,7 @@ impl Chunker {
 
     fn push(&mut self, b: RecordBatch) -> Result<Vec<RecordBatch>, arrow_schema::ArrowError> {
         if b.num_rows() > 0 {
+            self.fit(&b);
             self.rows += b.num_rows();
             self.pending.push_back(b);
         }
@@ -1039,5 +1066,31 @@ mod tests {
         assert_eq!(seen, (0..next).collect::<Vec<_>>());
         assert_eq!(&sizes[..4], &[4, 8, 16, 32]);
         assert!(sizes[4..sizes.len() - 1].iter().all(|&s| s == 32), "{sizes:?}");
+    }
+
+    /// A byte cap under the row cap must bound the batches (4-byte rows, 40 bytes: 10 rows),
+    /// or scans of wide rows gather 64k-row batches only for the encoder to split them again.
+    #[test]
+    fn chunker_caps_batches_at_the_message_size_for_wide_rows() {
+        let mut c = Chunker::new(4, 32).with_max_bytes(40);
+        let mut sizes = Vec::new();
+        let mut seen = Vec::new();
+        let mut next = 0;
+        for n in [3, 50, 9, 100] {
+            for b in c.push(batch(next, n)).unwrap() {
+                sizes.push(b.num_rows());
+                let x = b.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
+                seen.extend(x.values().iter().copied());
+            }
+            next += n;
+        }
+        if let Some(b) = c.finish().unwrap() {
+            let x = b.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
+            seen.extend(x.values().iter().copied());
+        }
+        assert_eq!(seen, (0..next).collect::<Vec<_>>());
+        assert_eq!(sizes[0], 4);
+        assert!(sizes[1..].iter().all(|&s| s == 8 || s == 10), "{sizes:?}");
+        assert_eq!(sizes.last(), Some(&10));
     }
 }
