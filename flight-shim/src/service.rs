@@ -1044,53 +1044,45 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn chunker_grows_from_start_to_max_and_keeps_every_row_in_order() {
-        let mut c = Chunker::new(4, 32);
+    /// Pushes batches of `ns` rows (numbered on from 0) through `c`, then finishes it. Returns
+    /// the sizes of the batches `push` released, the size of the final one, and every row seen.
+    fn run(mut c: Chunker, ns: &[u32]) -> (Vec<usize>, Option<usize>, Vec<u32>, u32) {
         let mut sizes = Vec::new();
         let mut seen = Vec::new();
         let mut next = 0;
-        for n in [3, 1, 7, 50, 0, 2, 100] {
+        let take = |b: RecordBatch, seen: &mut Vec<u32>| {
+            let x = b.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
+            seen.extend(x.values().iter().copied());
+            b.num_rows()
+        };
+        for &n in ns {
             for b in c.push(batch(next, n)).unwrap() {
-                sizes.push(b.num_rows());
-                let x = b.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
-                seen.extend(x.values().iter().copied());
+                sizes.push(take(b, &mut seen));
             }
             next += n;
         }
-        if let Some(b) = c.finish().unwrap() {
-            sizes.push(b.num_rows());
-            let x = b.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
-            seen.extend(x.values().iter().copied());
-        }
-        assert_eq!(seen, (0..next).collect::<Vec<_>>());
+        let last = c.finish().unwrap().map(|b| take(b, &mut seen));
+        (sizes, last, seen, next)
+    }
+
+    #[test]
+    fn chunker_grows_from_start_to_max_and_keeps_every_row_in_order() {
+        let (sizes, _, seen, total) = run(Chunker::new(4, 32), &[3, 1, 7, 50, 0, 2, 100]);
+        assert_eq!(seen, (0..total).collect::<Vec<_>>());
         assert_eq!(&sizes[..4], &[4, 8, 16, 32]);
-        assert!(sizes[4..sizes.len() - 1].iter().all(|&s| s == 32), "{sizes:?}");
+        assert!(sizes[4..].iter().all(|&s| s == 32), "{sizes:?}");
     }
 
     /// A byte cap under the row cap must bound the batches (4-byte rows, 40 bytes: 10 rows),
     /// or scans of wide rows gather 64k-row batches only for the encoder to split them again.
     #[test]
     fn chunker_caps_batches_at_the_message_size_for_wide_rows() {
-        let mut c = Chunker::new(4, 32).with_max_bytes(40);
-        let mut sizes = Vec::new();
-        let mut seen = Vec::new();
-        let mut next = 0;
-        for n in [3, 50, 9, 100] {
-            for b in c.push(batch(next, n)).unwrap() {
-                sizes.push(b.num_rows());
-                let x = b.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
-                seen.extend(x.values().iter().copied());
-            }
-            next += n;
-        }
-        if let Some(b) = c.finish().unwrap() {
-            let x = b.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
-            seen.extend(x.values().iter().copied());
-        }
-        assert_eq!(seen, (0..next).collect::<Vec<_>>());
+        let c = Chunker::new(4, 32).with_max_bytes(40);
+        let (sizes, last, seen, total) = run(c, &[3, 50, 9, 100]);
+        assert_eq!(seen, (0..total).collect::<Vec<_>>());
         assert_eq!(sizes[0], 4);
         assert!(sizes[1..].iter().all(|&s| s == 8 || s == 10), "{sizes:?}");
         assert_eq!(sizes.last(), Some(&10));
+        assert!(last.is_none_or(|n| n <= 10), "{last:?}");
     }
 }
