@@ -395,6 +395,23 @@ impl Vectors {
         }
     }
 
+    /// These vectors, copied into a buffer of their own if the one they share holds more than
+    /// twice their bytes (a batch decoded from one message shares its ids' and attributes'
+    /// memory too), so holding them does not hold much else. An allocation of unknown size
+    /// (owned outside Arrow) counts as too large.
+    pub fn compact(&self) -> Vectors {
+        fn keep<T: arrow_buffer::ArrowNativeType>(b: &ScalarBuffer<T>) -> ScalarBuffer<T> {
+            let cap = b.inner().capacity();
+            if cap != 0 && cap <= 2 * b.inner().len() { b.clone() } else { b.to_vec().into() }
+        }
+        match self {
+            Vectors::F32(v) => Vectors::F32(keep(v)),
+            Vectors::U8(v) => Vectors::U8(keep(v)),
+            Vectors::I8(v) => Vectors::I8(keep(v)),
+            Vectors::Empty => Vectors::Empty,
+        }
+    }
+
     /// The rows `rows` (in that order) as new vectors.
     pub fn select(&self, rows: &[u32], dim: usize) -> Vectors {
         fn pick<T: Copy>(v: &[T], rows: &[u32], dim: usize) -> Vec<T> {
@@ -514,4 +531,29 @@ pub fn decode_payload(payload: &[u8]) -> Result<(u64, RecordBatch), String> {
         return Err("IPC stream holds more than one batch".into());
     }
     Ok((collection, batch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Segments hold the vectors of flushed batches until they are indexed. Vectors sharing a
+    /// buffer much larger than themselves (a whole message's ids and attributes) must be copied
+    /// out, or a segment would pin all of that memory; vectors with a buffer of their own must
+    /// not be copied again.
+    #[test]
+    fn compact_copies_vectors_out_of_a_much_larger_buffer_and_shares_their_own() {
+        let own: ScalarBuffer<f32> = (0..64).map(|i| i as f32).collect::<Vec<_>>().into();
+        let shared = Vectors::F32(own.clone()).compact();
+        let Vectors::F32(s) = &shared else { panic!("f32 in, f32 out") };
+        assert_eq!(s.as_ptr(), own.as_ptr(), "a buffer of their own is shared");
+
+        let big: ScalarBuffer<f32> = (0..6400).map(|i| i as f32).collect::<Vec<_>>().into();
+        let slice = big.slice(100, 64);
+        let compacted = Vectors::F32(slice.clone()).compact();
+        let Vectors::F32(c) = &compacted else { panic!("f32 in, f32 out") };
+        assert_ne!(c.as_ptr(), slice.as_ptr(), "a slice of a 100x larger buffer is copied");
+        assert_eq!(&c[..], &slice[..]);
+        assert!(c.inner().capacity() <= 2 * c.inner().len());
+    }
 }

@@ -222,7 +222,7 @@ impl Memtable {
     }
 
     /// The vectors of `rows` (ascending), a chunk per batch: a batch whose rows are all taken
-    /// is shared, not copied.
+    /// is shared, not copied, unless its buffer holds much more than them ([`Vectors::compact`]).
     fn select_vectors(&self, rows: &[u32], dim: usize) -> Vec<Vectors> {
         let mut parts = Vec::new();
         let mut i = 0;
@@ -234,7 +234,7 @@ impl Memtable {
                 i += 1;
             }
             parts.push(if in_batch.len() == self.batches[b].num_rows() {
-                self.vectors[b].clone()
+                self.vectors[b].compact()
             } else {
                 self.vectors[b].select(&in_batch, dim)
             });
