@@ -490,6 +490,12 @@ pub fn encode_payload(collection: u64, batch: &RecordBatch) -> Result<Vec<u8>, A
     Ok(out)
 }
 
+/// The bytes `batch`'s values occupy: not its buffers' capacities, which overcount a batch
+/// decoded from one message (every column shares that message's buffer).
+pub fn value_bytes(batch: &RecordBatch) -> usize {
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
+}
+
 /// [`encode_payload`] into `out` (cleared first), reusing its memory.
 ///
 /// # Errors
@@ -500,11 +506,8 @@ pub fn encode_payload_into(
     batch: &RecordBatch,
 ) -> Result<(), ArrowError> {
     out.clear();
-    // The bytes the batch's values occupy (not its buffers' capacities: a batch decoded from
-    // one message shares that message's buffer in every column), plus room for IPC framing.
-    let values: usize =
-        batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
-    out.reserve(8 + values + 4096);
+    // The batch's values, plus room for IPC framing.
+    out.reserve(8 + value_bytes(batch) + 4096);
     out.extend_from_slice(&collection.to_le_bytes());
     let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut *out, &batch.schema())?;
     w.write(batch)?;

@@ -843,18 +843,7 @@ fn load_segment(
             meta.indexed = false;
         }
     }
-    let vectors = if index.is_some() {
-        None
-    } else {
-        let mut parts = Vec::new();
-        for b in file.read(&[1], None, 65_536)? {
-            parts.push(
-                batch::vectors_of(schema, b.column(0).as_ref())
-                    .map_err(|e| corrupt(e.to_string()))?,
-            );
-        }
-        Some(parts.into())
-    };
+    let vectors = if index.is_some() { None } else { Some(read_vectors(&file, schema)?.into()) };
     Ok(Segment {
         meta,
         file,
@@ -865,6 +854,24 @@ fn load_segment(
         vectors,
         index,
     })
+}
+
+/// The search vectors of every row of `file`, a chunk per batch read.
+fn read_vectors(
+    file: &SegmentFile,
+    schema: &CollectionSchema,
+) -> Result<Vec<Vectors>, segment::SegmentError> {
+    file.batches(&[1], None, MAX_SCAN_BATCH_ROWS)?
+        .map(|b| {
+            let b = b?;
+            batch::vectors_of(schema, b.column(0).as_ref()).map_err(|e| {
+                segment::SegmentError::Corrupt {
+                    path: file.path().to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })
+        })
+        .collect()
 }
 
 /// Removes segment, deletion and index files the manifest does not name: the leftovers of work
@@ -1822,18 +1829,8 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
                 keys.extend(input.keys.iter().cloned());
                 match &input.vectors {
                     Some(v) => vectors.extend(v.iter().cloned()),
-                    None => {
-                        for b in input
-                            .file
-                            .read(&[1], None, SCAN_BATCH_ROWS)
-                            .map_err(|e| e.to_string())?
-                        {
-                            vectors.push(
-                                batch::vectors_of(&schema, b.column(0).as_ref())
-                                    .map_err(|e| e.to_string())?,
-                            );
-                        }
-                    }
+                    None => vectors
+                        .extend(read_vectors(&input.file, &schema).map_err(|e| e.to_string())?),
                 }
                 continue;
             }
@@ -2457,8 +2454,8 @@ impl Iterator for Scan {
                     if self.current.is_none() {
                         let Some((file, live)) = self.segments.pop_front() else { break };
                         let all = live.len() as u64 == file.rows();
-                        let rows = if all { None } else { Some(live.as_slice()) };
-                        match file.batches(&self.projection, rows, MAX_SCAN_BATCH_ROWS) {
+                        let selection = if all { None } else { Some(live.as_slice()) };
+                        match file.batches(&self.projection, selection, MAX_SCAN_BATCH_ROWS) {
                             Ok(r) => self.current = Some(r),
                             Err(e) => return Some(Err(e.into())),
                         }

@@ -521,9 +521,6 @@ impl SegmentFile {
         .with_batch_size(read_rows);
         if let Some(rows) = rows {
             debug_assert!(rows.windows(2).all(|w| w[0] < w[1]));
-            if rows.is_empty() {
-                b = b.with_row_groups(Vec::new());
-            }
             // Only the row groups holding a wanted row are read; the selection is relative to
             // the concatenation of those groups.
             let mut wanted = Vec::new();

@@ -727,27 +727,17 @@ impl Wal {
         if let Compression::Zstd { level } = self.shared.opts.compression
             && payload.len() >= self.shared.opts.compress_min_bytes
         {
-            let mut buf = self.shared.take_buffer();
+            // On an error both buffers are dropped rather than pooled (a rare path).
             let compressor = match self.shared.compressors.1.try_recv() {
                 Ok(c) => Ok(c),
                 Err(_) => zstd::bulk::Compressor::new(level),
             };
-            let mut compressor = match compressor {
-                Ok(c) => c,
-                Err(e) => {
-                    self.shared.give_buffer(buf);
-                    self.shared.give_buffer(payload);
-                    return Err(AppendError::Compress(Arc::new(e)));
-                }
-            };
+            let mut compressor = compressor.map_err(|e| AppendError::Compress(Arc::new(e)))?;
+            let mut buf = self.shared.take_buffer();
             buf.reserve(zstd::compress_bound(payload.len()));
             let result = compressor.compress_to_buffer(&payload, &mut buf);
             let _ = self.shared.compressors.0.try_send(compressor);
-            if let Err(e) = result {
-                self.shared.give_buffer(buf);
-                self.shared.give_buffer(payload);
-                return Err(AppendError::Compress(Arc::new(e)));
-            }
+            result.map_err(|e| AppendError::Compress(Arc::new(e)))?;
             if buf.len() < payload.len() {
                 self.shared.give_buffer(payload);
                 return Ok((buf, FLAG_ZSTD));
