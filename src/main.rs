@@ -64,9 +64,12 @@ struct BuildArgs {
     /// Build-time list size L.
     #[arg(long, default_value_t = 100)]
     list_size: usize,
-    /// Pruning factor of the second pass.
+    /// Pruning factor α (of the last pass).
     #[arg(long, default_value_t = 1.2)]
     alpha: f32,
+    /// Insertion passes: 1 (as DiskANN builds) or 2 (the paper's α = 1 pass first).
+    #[arg(long, default_value_t = 1)]
+    passes: usize,
     /// PQ bytes per vector (default: one per 4 dimensions, 8..=64).
     #[arg(long)]
     pq_bytes: Option<usize>,
@@ -178,6 +181,7 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
             max_degree: args.max_degree,
             list_size: args.list_size,
             alpha: args.alpha,
+            passes: args.passes,
             seed: args.seed,
             threads: args.threads,
             ..VamanaParams::default()
@@ -190,7 +194,7 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
             tracing::warn!(error = %e, "could not size the global thread pool");
         }
     }
-    let bar = indicatif::ProgressBar::new((2 * data.len()) as u64);
+    let bar = indicatif::ProgressBar::new((args.passes * data.len()) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "graph {bar:40} {pos}/{len} insertions ({eta} left)",
@@ -203,7 +207,7 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
     })?;
     bar.finish_and_clear();
     println!(
-        "built {}: {} vectors, dim {} (stored {}), metric {}, R {}, L {}, alpha {}, PQ {} bytes",
+        "built {}: {} vectors, dim {} (stored {}), metric {}, R {}, L {}, alpha {}, {} pass(es), PQ {} bytes",
         args.out.display(),
         summary.n,
         summary.dim,
@@ -212,6 +216,7 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
         args.max_degree,
         args.list_size,
         args.alpha,
+        args.passes,
         summary.pq_bytes
     );
     println!(

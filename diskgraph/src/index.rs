@@ -131,7 +131,7 @@ pub fn build_index(
     let pq_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let total = 2 * n;
+    let total = params.graph.passes * n;
     let graph = vamana::build(&stored, stored_metric, &params.graph, &|d| progress(d, total))?;
     let graph_seconds = t.elapsed().as_secs_f64();
 

@@ -1,15 +1,16 @@
 //! # quiver-diskgraph — the disk index
 //!
 //! The index whose full vectors and graph live on disk, read a 4 KiB sector at a time, while only
-//! compact PQ codes stay in RAM (DiskANN's design). Built so far:
+//! compact PQ codes stay in RAM (DiskANN's design):
 //! - [`data`]: element types, metrics, 64-byte-aligned vector sets, and readers for `.fbin`,
 //!   `.u8bin`, `.i8bin`, `.fvecs`, `.bvecs` and `.ivecs` files with clear errors.
 //! - [`pq`]: product quantisation — k-means training (deterministic under a seed), encoding, and
 //!   per-query distance tables for the `quiver-simd` PQ scorer.
-//! - [`vamana`]: the Vamana graph build (two passes, RobustPrune, parallel) and an in-memory search
-//!   used to test graph quality on its own.
-//!
-//! Still to come (see ARCHITECTURE.md): the sector layout and the io_uring beam search.
+//! - [`vamana`]: the Vamana graph build (one or two passes, graded RobustPrune, parallel) and an
+//!   in-memory search used to test graph quality on its own.
+//! - [`layout`]: the versioned, checksummed file of 4 KiB sectors (`docs/format.md`).
+//! - [`search`]: beam search over the sectors through io_uring (or `pread`), steered by PQ codes.
+//! - [`index`]: builds all of it into an index directory.
 //!
 //! May depend on: `quiver-simd` only among Quiver crates. Knows nothing of the WAL, Parquet or
 //! Flight; `quiver-engine` drives it.
@@ -22,6 +23,7 @@ pub mod layout;
 pub mod pq;
 pub mod search;
 pub mod vamana;
+mod visited;
 
 /// The kernels this crate scores with, re-exported so the engine need not name `quiver-simd`.
 pub use quiver_simd as simd;

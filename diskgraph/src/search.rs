@@ -28,6 +28,7 @@ use crate::layout::{
     Header, IndexReader, LayoutError, NodeRef, SECTOR, node_from_sectors, parse_node,
 };
 use crate::pq::{CENTROIDS, CODES_FILE, PIVOTS_FILE, PqCodebook, read_codes};
+use crate::visited::VisitedSet;
 
 /// One 4 KiB-aligned page: `Vec<Page>` is a buffer `O_DIRECT` accepts, without `unsafe` allocation.
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -339,67 +340,6 @@ impl SectorIo for UringIo {
             }
         }
         first_error.map_or(Ok(()), Err)
-    }
-}
-
-/// The ids a query has seen: a small open-addressing hash set, cleared in O(entries) per query.
-///
-/// A query touches a few thousand ids out of millions. A dense bitmap or stamp array of `n` entries
-/// would cost a cache miss per lookup at 1M points; this table (16 K slots to start, 64 KiB, grown at
-/// half load) stays in L2. `u32::MAX` marks an empty slot; it is never a node id (`n < u32::MAX - 1`).
-#[derive(Debug)]
-struct VisitedSet {
-    slots: Vec<u32>,
-    used: Vec<u32>,
-    bits: u32,
-}
-
-impl VisitedSet {
-    const EMPTY: u32 = u32::MAX;
-
-    fn new() -> Self {
-        Self { slots: vec![Self::EMPTY; 1 << 14], used: Vec::new(), bits: 14 }
-    }
-
-    fn clear(&mut self) {
-        for &i in &self.used {
-            self.slots[i as usize] = Self::EMPTY;
-        }
-        self.used.clear();
-    }
-
-    /// Inserts `id`; returns whether it was absent.
-    #[inline]
-    fn insert(&mut self, id: u32) -> bool {
-        debug_assert_ne!(id, Self::EMPTY);
-        if 2 * self.used.len() >= self.slots.len() {
-            self.grow();
-        }
-        let mask = self.slots.len() - 1;
-        // Fibonacci hashing: the top `bits` bits of id · 2⁶⁴/φ.
-        let mut i =
-            (u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize;
-        loop {
-            match self.slots[i] {
-                s if s == id => return false,
-                Self::EMPTY => {
-                    self.slots[i] = id;
-                    self.used.push(i as u32);
-                    return true;
-                }
-                _ => i = (i + 1) & mask,
-            }
-        }
-    }
-
-    fn grow(&mut self) {
-        let ids: Vec<u32> = self.used.iter().map(|&i| self.slots[i as usize]).collect();
-        self.bits += 1;
-        self.slots = vec![Self::EMPTY; 1 << self.bits];
-        self.used.clear();
-        for id in ids {
-            self.insert(id);
-        }
     }
 }
 

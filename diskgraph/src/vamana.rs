@@ -5,8 +5,11 @@
 //! chosen neighbour `p*` is nearer to it, by a factor `α`, than the point itself is
 //! (`α · d(p*, v) ≤ d(p, v)`). `α = 1` keeps the graph sparse; `α > 1` keeps long edges that make
 //! search converge in few hops — the property a disk index needs, because every hop is a disk read.
-//! As in the paper, the build makes two passes, the first with `α = 1` and the second with the
-//! configured `α`. Each new edge `p → j` is mirrored as `j → p`; a node whose list exceeds
+//! The paper makes two passes, the first with `α = 1` and the second with the configured `α`;
+//! DiskANN's own builds (C++ and Rust) make one pass with the configured `α`. Quiver does either
+//! ([`VamanaParams::passes`]); one pass is the default, because on the data measured in
+//! `BENCHMARKS.md` the second pass doubles the build time for a recall gain of under 0.5 point at
+//! a given list size. Each new edge `p → j` is mirrored as `j → p`; a node whose list exceeds
 //! `slack · R` is pruned back to `R`.
 //!
 //! Inner product should not be built directly: low-norm points end up unreachable. The index builder
@@ -16,7 +19,8 @@
 //! no lock is held while another is taken, so there is no lock-order deadlock. With one thread the
 //! build is a plain loop in a seeded random order, so it is deterministic under the seed.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use quiver_simd::Isa;
 use rand::SeedableRng;
@@ -25,6 +29,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use crate::data::{Metric, VectorSet, distance};
+use crate::visited::VisitedSet;
 
 /// Build parameters. `Default` gives the documented defaults.
 #[derive(Clone, Copy, Debug)]
@@ -33,8 +38,11 @@ pub struct VamanaParams {
     pub max_degree: usize,
     /// Search list size `L` used while building. Default 100.
     pub list_size: usize,
-    /// Pruning factor of the second pass. Default 1.2.
+    /// Pruning factor (of the last pass). Default 1.2.
     pub alpha: f32,
+    /// Insertion passes: 1 (every point once, pruned with `alpha`, as DiskANN builds) or 2 (the
+    /// paper's: a pass with `α = 1`, then one with `alpha`). Default 1.
+    pub passes: usize,
     /// A list may grow to `slack · R` before it is pruned back to `R`. Default 1.3.
     pub slack: f32,
     /// Seed of the insertion order. Default 0x5155_4956.
@@ -49,6 +57,7 @@ impl Default for VamanaParams {
             max_degree: 64,
             list_size: 100,
             alpha: 1.2,
+            passes: 1,
             slack: 1.3,
             seed: 0x5155_4956,
             threads: 0,
@@ -100,46 +109,36 @@ pub struct Candidate {
     pub dist: f32,
 }
 
-/// Per-thread search scratch: a generation-stamped visited set, reused across searches.
+/// Per-thread search scratch: the visited set, reused across searches.
 #[derive(Debug)]
 pub struct Scratch {
-    stamp: Vec<u32>,
-    generation: u32,
+    visited: VisitedSet,
 }
 
 impl Scratch {
-    /// Scratch for a graph of `n` points.
-    pub fn new(n: usize) -> Self {
-        Self { stamp: vec![0; n], generation: 0 }
+    /// Scratch for walks over a graph of any size (the visited set grows with the walk, not `n`).
+    pub fn new() -> Self {
+        Self { visited: VisitedSet::new() }
     }
+}
 
-    fn next_generation(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            self.stamp.fill(0);
-            self.generation = 1;
-        }
-    }
-
-    /// Marks `id` visited; returns whether it was new.
-    fn visit(&mut self, id: u32) -> bool {
-        let s = &mut self.stamp[id as usize];
-        let new = *s != self.generation;
-        *s = self.generation;
-        new
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 /// The sorted candidate list of a greedy search: at most `cap` entries, nearest first, each with an
-/// "expanded" flag.
+/// "expanded" flag. Every entry before `cursor` is expanded.
 struct Beam {
     items: Vec<(Candidate, bool)>,
     cap: usize,
+    cursor: usize,
 }
 
 impl Beam {
     fn new(cap: usize) -> Self {
-        Self { items: Vec::with_capacity(cap + 1), cap }
+        Self { items: Vec::with_capacity(cap + 1), cap, cursor: 0 }
     }
 
     /// Inserts if the list is not full or `c` beats the worst entry.
@@ -150,13 +149,15 @@ impl Beam {
         let at = self.items.partition_point(|(x, _)| x.dist <= c.dist);
         self.items.insert(at, (c, false));
         self.items.truncate(self.cap);
+        self.cursor = self.cursor.min(at);
     }
 
     /// The nearest unexpanded candidate, now marked expanded.
     fn next(&mut self) -> Option<Candidate> {
-        let slot = self.items.iter_mut().find(|(_, done)| !done)?;
-        slot.1 = true;
-        Some(slot.0)
+        let at = self.cursor + self.items[self.cursor..].iter().position(|(_, done)| !done)?;
+        self.items[at].1 = true;
+        self.cursor = at + 1;
+        Some(self.items[at].0)
     }
 }
 
@@ -172,11 +173,11 @@ pub fn greedy_search(
     scratch: &mut Scratch,
 ) -> (Vec<Candidate>, Vec<Candidate>) {
     let k = Isa::active();
-    scratch.next_generation();
+    scratch.visited.clear();
     let mut beam = Beam::new(l.max(1));
     let mut expanded = Vec::new();
     let mut nbrs = Vec::new();
-    scratch.visit(entry);
+    scratch.visited.insert(entry);
     beam.insert(Candidate {
         id: entry,
         dist: distance(k, metric, query, data.row(entry as usize)),
@@ -185,19 +186,33 @@ pub fn greedy_search(
         expanded.push(c);
         nbrs.clear();
         neighbours(c.id, &mut nbrs);
+        // Mark and prefetch every new neighbour first, so that their rows' cache misses overlap.
+        nbrs.retain(|&n| scratch.visited.insert(n));
         for &n in &nbrs {
-            if scratch.visit(n) {
-                beam.insert(Candidate {
-                    id: n,
-                    dist: distance(k, metric, query, data.row(n as usize)),
-                });
-            }
+            quiver_simd::prefetch(data.row_bytes(n as usize));
+        }
+        for &n in &nbrs {
+            beam.insert(Candidate {
+                id: n,
+                dist: distance(k, metric, query, data.row(n as usize)),
+            });
         }
     }
     (beam.items.into_iter().map(|(c, _)| c).collect(), expanded)
 }
 
+/// Growth of the occlusion threshold between RobustPrune rounds (DiskANN's 1.2).
+const ALPHA_STEP: f32 = 1.2;
+
 /// RobustPrune: chooses at most `r` neighbours for `p` among `cands` (distances to `p` given).
+///
+/// A candidate `v` is *occluded* by a chosen neighbour `c` by the factor `d(p, v) / d(c, v)`; it is
+/// eligible while its largest factor over the chosen neighbours is at most the round's threshold.
+/// The threshold starts at 1 and grows by [`ALPHA_STEP`] up to `alpha`, so the short, diverse edges
+/// an `α = 1` prune keeps are taken first and the long edges `α > 1` admits fill the remaining
+/// slots — as DiskANN prunes. Factors are brought up to date lazily: a candidate is compared with
+/// the neighbours chosen since it was last looked at, and only until the comparison rules it out
+/// for the round, which spares most of the `R × |cands|` distances an eager prune computes.
 pub fn robust_prune(
     data: &VectorSet,
     metric: Metric,
@@ -211,28 +226,39 @@ pub fn robust_prune(
     cands.sort_by(|a, b| a.dist.total_cmp(&b.dist).then(a.id.cmp(&b.id)));
     cands.dedup_by_key(|c| c.id);
     let mut out: Vec<u32> = Vec::with_capacity(r);
-    // `occluded[i]` once some chosen neighbour covers candidate i.
-    let mut occluded = vec![false; cands.len()];
-    for i in 0..cands.len() {
-        if out.len() >= r {
-            break;
-        }
-        if occluded[i] {
-            continue;
-        }
-        let chosen = cands[i];
-        out.push(chosen.id);
-        let row = data.row(chosen.id as usize);
-        for j in i + 1..cands.len() {
-            if !occluded[j] {
-                let d = distance(k, metric, row, data.row(cands[j].id as usize));
-                if alpha * d <= cands[j].dist {
-                    occluded[j] = true;
-                }
+    // Per candidate: its largest occlusion factor so far, how many of `out` it has been compared
+    // with, and whether it was chosen.
+    let mut factor = vec![0.0f32; cands.len()];
+    let mut checked = vec![0usize; cands.len()];
+    let mut chosen = vec![false; cands.len()];
+    let mut threshold = 1.0f32.min(alpha);
+    loop {
+        for i in 0..cands.len() {
+            if out.len() >= r {
+                return out;
+            }
+            if chosen[i] || factor[i] > threshold {
+                continue;
+            }
+            let row = data.row(cands[i].id as usize);
+            let mut f = factor[i];
+            while checked[i] < out.len() && f <= threshold {
+                let d = distance(k, metric, data.row(out[checked[i]] as usize), row);
+                checked[i] += 1;
+                // A chosen neighbour at distance 0 is the same vector: it stands in for `v`.
+                f = if d > 0.0 { f.max(cands[i].dist / d) } else { f32::INFINITY };
+            }
+            factor[i] = f;
+            if f <= threshold {
+                chosen[i] = true;
+                out.push(cands[i].id);
             }
         }
+        if threshold >= alpha {
+            return out;
+        }
+        threshold = (threshold * ALPHA_STEP).min(alpha);
     }
-    out
 }
 
 /// The point nearest (in L2, for every metric: the entry should be central) to the mean of `data`.
@@ -254,7 +280,7 @@ pub fn medoid(data: &VectorSet) -> u32 {
 }
 
 /// Builds the Vamana graph of `data`. `progress` is called with the number of insertions done (out of
-/// `2 · n`, two passes) from time to time.
+/// `passes · n`) from time to time.
 ///
 /// # Errors
 /// If a parameter is out of range or there are too many points.
@@ -278,6 +304,9 @@ pub fn build(
     if !(params.alpha >= 1.0 && params.alpha <= 4.0) {
         return Err(BuildError::Param(format!("alpha {}, expected 1.0..=4.0", params.alpha)));
     }
+    if !(1..=2).contains(&params.passes) {
+        return Err(BuildError::Param(format!("{} passes, expected 1 or 2", params.passes)));
+    }
     if !(params.slack >= 1.0 && params.slack <= 4.0) {
         return Err(BuildError::Param(format!("slack {}, expected 1.0..=4.0", params.slack)));
     }
@@ -288,48 +317,40 @@ pub fn build(
         return Ok(Graph { adj: Vec::new(), entry: 0, max_degree: r });
     }
     let entry = medoid(data);
-    let adj: Vec<Mutex<Vec<u32>>> = (0..n).map(|_| Mutex::new(Vec::new())).collect();
+    let slack_cap = ((r as f32 * params.slack) as usize).max(r);
+    let adj = Adjacency::new(n, slack_cap);
     let mut order: Vec<u32> = (0..n as u32).collect();
     order.shuffle(&mut StdRng::seed_from_u64(params.seed));
     let l = params.list_size.max(r);
-    let slack_cap = ((r as f32 * params.slack) as usize).max(r);
     let done = std::sync::atomic::AtomicUsize::new(0);
 
     let insert = |p: u32, alpha: f32, scratch: &mut Scratch| {
-        let read = |id: u32, out: &mut Vec<u32>| out.extend_from_slice(&lock(&adj[id as usize]));
+        let read = |id: u32, out: &mut Vec<u32>| adj.read(id, out);
         let (_, mut visited) =
             greedy_search(data, metric, data.row(p as usize), entry, l, read, scratch);
         // Keep the current neighbours in the pool (they matter in the second pass).
-        let current: Vec<u32> = lock(&adj[p as usize]).clone();
-        let prow = data.row(p as usize);
-        let k = Isa::active();
-        visited.extend(
-            current.iter().map(|&id| Candidate {
-                id,
-                dist: distance(k, metric, prow, data.row(id as usize)),
-            }),
-        );
+        let mut current = Vec::new();
+        adj.read(p, &mut current);
+        visited.extend(scored(data, metric, p, &current));
         let chosen = robust_prune(data, metric, p, visited, alpha, r);
-        *lock(&adj[p as usize]) = chosen.clone();
+        {
+            let _guard = adj.lock(p);
+            adj.write(p, &chosen);
+        }
+        let mut list = Vec::with_capacity(slack_cap + 1);
         for &j in &chosen {
-            let mut list = lock(&adj[j as usize]);
+            let _guard = adj.lock(j);
+            list.clear();
+            adj.read(j, &mut list);
             if list.contains(&p) {
                 continue;
             }
-            if list.len() < slack_cap {
-                list.push(p);
-            } else {
-                let jrow = data.row(j as usize);
-                let cands: Vec<Candidate> = list
-                    .iter()
-                    .chain(std::iter::once(&p))
-                    .map(|&id| Candidate {
-                        id,
-                        dist: distance(k, metric, jrow, data.row(id as usize)),
-                    })
-                    .collect();
-                *list = robust_prune(data, metric, j, cands, alpha, r);
+            list.push(p);
+            if list.len() > slack_cap {
+                let cands = scored(data, metric, j, &list);
+                list = robust_prune(data, metric, j, cands, alpha, r);
             }
+            adj.write(j, &list);
         }
         let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if d.is_multiple_of(1024) {
@@ -339,14 +360,20 @@ pub fn build(
 
     let run_pass = |alpha: f32| {
         if params.threads == 1 {
-            let mut scratch = Scratch::new(n);
+            let mut scratch = Scratch::new();
             for &p in &order {
                 insert(p, alpha, &mut scratch);
             }
         } else {
-            order
-                .par_iter()
-                .for_each_init(|| Scratch::new(n), |scratch, &p| insert(p, alpha, scratch));
+            // One scratch per worker thread, not per rayon job (rayon splits a pass into many
+            // jobs), so that each visited set stays warm in its core's cache.
+            let scratches: Vec<Mutex<Option<Scratch>>> =
+                (0..rayon::current_num_threads()).map(|_| Mutex::new(None)).collect();
+            order.par_iter().for_each(|&p| {
+                let slot = rayon::current_thread_index().unwrap_or(0) % scratches.len();
+                let mut scratch = scratches[slot].lock().unwrap_or_else(PoisonError::into_inner);
+                insert(p, alpha, scratch.get_or_insert_with(Scratch::new));
+            });
         }
     };
     let pool = (params.threads > 1)
@@ -357,28 +384,93 @@ pub fn build(
         Some(pool) => pool.install(f),
         None => f(),
     };
-    passes(&|| run_pass(1.0));
+    if params.passes == 2 {
+        passes(&|| run_pass(1.0));
+    }
     passes(&|| run_pass(params.alpha));
 
     // Lists may hold up to slack · R entries: prune every oversized list back to R.
-    let mut adj: Vec<Vec<u32>> =
-        adj.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())).collect();
-    let k = Isa::active();
+    let mut adj = adj.into_lists();
     adj.par_iter_mut().enumerate().filter(|(_, list)| list.len() > r).for_each(|(j, list)| {
-        let jrow = data.row(j);
-        let cands = list
-            .iter()
-            .map(|&id| Candidate { id, dist: distance(k, metric, jrow, data.row(id as usize)) })
-            .collect();
+        let cands = scored(data, metric, j as u32, list);
         *list = robust_prune(data, metric, j as u32, cands, params.alpha, r);
     });
-    progress(2 * n);
+    progress(params.passes * n);
     Ok(Graph { adj, entry, max_degree: r })
 }
 
-/// Locks a list, recovering from poisoning (a panicking insert leaves a valid, if partial, list).
-fn lock(m: &Mutex<Vec<u32>>) -> std::sync::MutexGuard<'_, Vec<u32>> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// `ids` with their distances to point `from`; all rows are prefetched before the first is scored.
+fn scored(data: &VectorSet, metric: Metric, from: u32, ids: &[u32]) -> Vec<Candidate> {
+    for &id in ids {
+        quiver_simd::prefetch(data.row_bytes(id as usize));
+    }
+    let k = Isa::active();
+    let row = data.row(from as usize);
+    ids.iter()
+        .map(|&id| Candidate { id, dist: distance(k, metric, row, data.row(id as usize)) })
+        .collect()
+}
+
+/// The adjacency lists while the graph is built: one slab of `n × (cap + 1)` words, each node's
+/// length followed by room for `cap` ids, so that reading a list is one contiguous read instead of
+/// a lock word plus a separate heap block (two cache misses per expanded node).
+///
+/// Writers hold the node's lock; readers (the greedy searches) do not lock. A reader racing a
+/// writer may see a mix of the old and new list — still valid point ids, only a slightly different
+/// set of candidates, which a greedy search tolerates — never an id that was not stored. Every
+/// word is an atomic, so no read is a data race.
+struct Adjacency {
+    stride: usize,
+    slots: Vec<AtomicU32>,
+    locks: Vec<Mutex<()>>,
+}
+
+impl Adjacency {
+    fn new(n: usize, cap: usize) -> Self {
+        let stride = cap + 1;
+        Self {
+            stride,
+            slots: (0..n * stride).map(|_| AtomicU32::new(0)).collect(),
+            locks: (0..n).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// Appends node `i`'s list to `out`.
+    fn read(&self, i: u32, out: &mut Vec<u32>) {
+        let at = i as usize * self.stride;
+        let len = (self.slots[at].load(Ordering::Acquire) as usize).min(self.stride - 1);
+        out.extend(self.slots[at + 1..at + 1 + len].iter().map(|s| s.load(Ordering::Relaxed)));
+    }
+
+    /// Locks node `i` for writing (a poisoned lock is taken over: the list itself is always whole).
+    fn lock(&self, i: u32) -> MutexGuard<'_, ()> {
+        self.locks[i as usize].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces node `i`'s list; the caller holds `lock(i)`.
+    fn write(&self, i: u32, ids: &[u32]) {
+        let at = i as usize * self.stride;
+        assert!(
+            ids.len() < self.stride,
+            "list of {} ids over the slab's {}",
+            ids.len(),
+            self.stride - 1
+        );
+        for (slot, &id) in self.slots[at + 1..].iter().zip(ids) {
+            slot.store(id, Ordering::Relaxed);
+        }
+        self.slots[at].store(ids.len() as u32, Ordering::Release);
+    }
+
+    fn into_lists(self) -> Vec<Vec<u32>> {
+        (0..self.locks.len() as u32)
+            .map(|i| {
+                let mut list = Vec::new();
+                self.read(i, &mut list);
+                list
+            })
+            .collect()
+    }
 }
 
 /// In-memory search of a built graph (full precision): the `k` nearest found with list size `l`.

@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 use quiver_diskgraph::data::{
     Metric, Row, VectorSet, distance_active, mips_query, mips_to_l2, read_vectors,
 };
-use quiver_diskgraph::vamana::{Graph, Scratch, VamanaParams, build, search_in_memory};
+use quiver_diskgraph::vamana::{
+    Candidate, Graph, Scratch, VamanaParams, build, robust_prune, search_in_memory,
+};
 
 fn check_structure(g: &Graph, n: usize) {
     assert_eq!(g.adj.len(), n);
@@ -43,13 +45,19 @@ fn check_structure(g: &Graph, n: usize) {
 
 #[test]
 fn bigann10k_in_memory_recall_at_10_is_at_least_0_98_with_l_50() {
+    for passes in [1, 2] {
+        bigann10k_recall(passes);
+    }
+}
+
+fn bigann10k_recall(passes: usize) {
     let base = read_vectors(&fixture("base.u8bin")).unwrap();
     let queries = read_vectors(&fixture("query.u8bin")).unwrap();
     let gt_dist = read_vectors(&fixture("groundtruth.l2.dist.fvecs")).unwrap();
-    let params = VamanaParams { max_degree: 32, list_size: 64, ..VamanaParams::default() };
+    let params = VamanaParams { max_degree: 32, list_size: 64, passes, ..VamanaParams::default() };
     let g = build(&base, Metric::L2, &params, &|_| {}).unwrap();
     check_structure(&g, base.len());
-    let mut scratch = Scratch::new(base.len());
+    let mut scratch = Scratch::new();
     let mut hits = 0;
     for qi in 0..queries.len() {
         let found = search_in_memory(&base, Metric::L2, &g, queries.row(qi), 10, 50, &mut scratch);
@@ -60,7 +68,7 @@ fn bigann10k_in_memory_recall_at_10_is_at_least_0_98_with_l_50() {
         assert_eq!(found.len(), 10);
     }
     let recall = hits as f64 / (10.0 * queries.len() as f64);
-    assert!(recall >= 0.98, "recall@10 = {recall}");
+    assert!(recall >= 0.98, "{passes} pass(es): recall@10 = {recall}");
 }
 
 #[test]
@@ -81,7 +89,7 @@ fn every_metric_finds_the_brute_force_neighbours_on_synthetic_data() {
         let params = VamanaParams { max_degree: 24, list_size: 48, ..VamanaParams::default() };
         let g = build(&graph_data, graph_metric, &params, &|_| {}).unwrap();
         check_structure(&g, n);
-        let mut scratch = Scratch::new(n);
+        let mut scratch = Scratch::new();
         let mut hits = 0;
         for qi in 0..qs.len() {
             let mut truth: Vec<(f32, u32)> = (0..n)
@@ -124,9 +132,98 @@ fn out_of_range_parameters_are_errors_not_panics() {
         VamanaParams { list_size: 0, ..VamanaParams::default() },
         VamanaParams { alpha: 0.5, ..VamanaParams::default() },
         VamanaParams { alpha: f32::NAN, ..VamanaParams::default() },
+        VamanaParams { passes: 0, ..VamanaParams::default() },
+        VamanaParams { passes: 3, ..VamanaParams::default() },
     ] {
         assert!(build(&data, Metric::L2, &p, &|_| {}).is_err(), "{p:?}");
     }
     let tiny = build(&data, Metric::L2, &VamanaParams::default(), &|_| {}).unwrap();
     check_structure(&tiny, 2);
+}
+
+/// The four points of the graded-prune example, around `p = (0, 0)` (point 0): `c1` near,
+/// `c2` covered by `c1` by a factor of 2 / 1.8 ≈ 1.11 (dropped at α = 1, admitted at α = 1.2), and
+/// `c3`, farther than both but in another direction.
+fn graded_example() -> (VectorSet, Vec<Candidate>) {
+    let pts = [[0.0, 0.0], [1.0, 0.0], [0.6, 1.640_f32.sqrt()], [-2.2, -0.3]];
+    let data = VectorSet::from_f32(2, pts.as_flattened()).unwrap();
+    let cands = (1..4)
+        .map(|i| Candidate {
+            id: i,
+            dist: distance_active(Metric::L2, data.row(0), data.row(i as usize)),
+        })
+        .collect();
+    (data, cands)
+}
+
+#[test]
+fn a_full_prune_takes_every_alpha_1_survivor_before_a_long_edge() {
+    let (data, cands) = graded_example();
+    // With room for two, the diverse c3 wins over c2, which only α > 1 admits.
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands.clone(), 1.2, 2), vec![1, 3]);
+    // With room for three, α = 1.2 adds c2 after the α = 1 survivors; α = 1 never does.
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands.clone(), 1.2, 3), vec![1, 3, 2]);
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands, 1.0, 3), vec![1, 3]);
+}
+
+/// RobustPrune by its definition, every factor computed: in rounds of threshold 1, 1.2, 1.44, …
+/// (capped at α), a candidate, in distance order, is chosen while the list has room and its largest
+/// occlusion factor `d(p, v) / d(c, v)` over the neighbours chosen so far is within the threshold.
+fn prune_by_definition(
+    data: &VectorSet,
+    p: u32,
+    cands: &[Candidate],
+    alpha: f32,
+    r: usize,
+) -> Vec<u32> {
+    let mut cands: Vec<Candidate> = cands.iter().copied().filter(|c| c.id != p).collect();
+    cands.sort_by(|a, b| a.dist.total_cmp(&b.dist).then(a.id.cmp(&b.id)));
+    cands.dedup_by_key(|c| c.id);
+    let mut out: Vec<u32> = Vec::new();
+    let mut threshold = 1.0f32.min(alpha);
+    loop {
+        for c in &cands {
+            if out.len() < r && !out.contains(&c.id) {
+                let worst = out
+                    .iter()
+                    .map(|&o| {
+                        let d = distance_active(
+                            Metric::L2,
+                            data.row(o as usize),
+                            data.row(c.id as usize),
+                        );
+                        if d > 0.0 { c.dist / d } else { f32::INFINITY }
+                    })
+                    .fold(0.0f32, f32::max);
+                if worst <= threshold {
+                    out.push(c.id);
+                }
+            }
+        }
+        if threshold >= alpha || out.len() >= r {
+            return out;
+        }
+        threshold = (threshold * 1.2).min(alpha);
+    }
+}
+
+proptest::proptest! {
+    /// The prune computes occlusion factors lazily and stops comparing a candidate once it is out
+    /// of the round; that shortcut must choose exactly what the definition chooses.
+    #[test]
+    fn the_lazy_prune_chooses_what_the_definition_chooses(
+        pts in proptest::collection::vec(-8i8..8, 2 * 40),
+        alpha_tenths in 10u32..20,
+        r in 1usize..12,
+    ) {
+        let floats: Vec<f32> = pts.iter().map(|&x| f32::from(x)).collect();
+        let data = VectorSet::from_f32(2, &floats).unwrap();
+        let cands: Vec<Candidate> = (0..40u32)
+            .map(|i| Candidate { id: i, dist: distance_active(Metric::L2, data.row(0), data.row(i as usize)) })
+            .collect();
+        let alpha = alpha_tenths as f32 / 10.0;
+        let want = prune_by_definition(&data, 0, &cands, alpha, r);
+        let got = robust_prune(&data, Metric::L2, 0, cands, alpha, r);
+        proptest::prop_assert_eq!(got, want);
+    }
 }
