@@ -361,34 +361,66 @@ fn argmin(d: &[f32; CENTROIDS]) -> (u8, f32) {
 fn kmeans(sample: &[f32], len: usize, iterations: usize, seed: u64) -> Vec<f32> {
     let n = sample.len() / len;
     let point = |i: usize| &sample[i * len..(i + 1) * len];
-    let d2 = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cents = Vec::with_capacity(CENTROIDS * len);
 
-    // k-means++: each next centre is drawn with probability proportional to D(x)².
+    // k-means++: each next centre is drawn with probability proportional to D(x)². The sample is
+    // kept column-major for the distance updates (`len` passes over `n` lanes, which vectorise),
+    // and D(x)² is summed per block of `BLOCK` points so that a draw skips whole blocks.
+    const BLOCK: usize = 512;
+    let columns: Vec<f32> =
+        (0..len).flat_map(|d| (0..n).map(move |i| sample[i * len + d])).collect();
+    let mut dist = vec![f32::INFINITY; n];
+    let mut block_sums = vec![0.0f64; n.div_ceil(BLOCK)];
+    let mut fresh = vec![0.0f32; n];
+    let mut add_centre = |c: &[f32], dist: &mut [f32], block_sums: &mut [f64]| {
+        fresh.fill(0.0);
+        for (&cd, col) in c.iter().zip(columns.chunks_exact(n)) {
+            for (t, &x) in fresh.iter_mut().zip(col) {
+                let v = x - cd;
+                *t += v * v;
+            }
+        }
+        for ((sum, d), f) in
+            block_sums.iter_mut().zip(dist.chunks_mut(BLOCK)).zip(fresh.chunks(BLOCK))
+        {
+            let mut lanes = [0.0f64; 4];
+            for (i, (d, &f)) in d.iter_mut().zip(f).enumerate() {
+                *d = if f < *d { f } else { *d };
+                lanes[i % 4] += f64::from(*d);
+            }
+            *sum = lanes.iter().sum();
+        }
+    };
     let first = rand::RngExt::random_range(&mut rng, 0..n);
     cents.extend_from_slice(point(first));
-    let mut dist: Vec<f32> = (0..n).map(|i| d2(point(i), point(first))).collect();
+    add_centre(point(first), &mut dist, &mut block_sums);
     for _ in 1..CENTROIDS {
-        let total: f64 = dist.iter().map(|&d| f64::from(d)).sum();
+        let total: f64 = block_sums.iter().sum();
         let pick = if total > 0.0 {
             let mut r = rand::RngExt::random::<f64>(&mut rng) * total;
-            let mut pick = n - 1;
-            for (i, &d) in dist.iter().enumerate() {
-                r -= f64::from(d);
-                if r <= 0.0 && d > 0.0 {
-                    pick = i;
-                    break;
+            let mut block = 0;
+            while block + 1 < block_sums.len() && r > block_sums[block] {
+                r -= block_sums[block];
+                block += 1;
+            }
+            // Within the block (and past it, should rounding leave `r` above the block's sum).
+            let mut pick = None;
+            for (i, &d) in dist.iter().enumerate().skip(block * BLOCK) {
+                if d > 0.0 {
+                    pick = Some(i);
+                    r -= f64::from(d);
+                    if r <= 0.0 {
+                        break;
+                    }
                 }
             }
-            pick
+            pick.unwrap_or(n - 1)
         } else {
             rand::RngExt::random_range(&mut rng, 0..n)
         };
         let c = point(pick).to_vec();
-        for (i, d) in dist.iter_mut().enumerate() {
-            *d = d.min(d2(point(i), &c));
-        }
+        add_centre(&c, &mut dist, &mut block_sums);
         cents.extend_from_slice(&c);
     }
 
