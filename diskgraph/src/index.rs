@@ -148,7 +148,7 @@ pub fn build_index(
     };
     let graph_path = dir.join(GRAPH_FILE);
     let mut w = IndexWriter::create(&graph_path, header)?;
-    for (i, list) in graph.adj.iter().enumerate() {
+    for (i, list) in graph.lists().enumerate() {
         w.push(stored.row_bytes(i), list)?;
     }
     w.finish()?;

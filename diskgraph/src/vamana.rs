@@ -82,11 +82,13 @@ pub enum BuildError {
     TooMany(usize),
 }
 
-/// A built graph: adjacency lists and the entry point.
+/// A built graph: adjacency lists, stored compactly (all ids in one array, with offsets), and the
+/// entry point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Graph {
-    /// Out-neighbours of each point, at most `max_degree` each.
-    pub adj: Vec<Vec<u32>>,
+    /// `offsets[i]..offsets[i + 1]` is where point `i`'s neighbours lie in `ids`.
+    offsets: Vec<u64>,
+    ids: Vec<u32>,
     /// Where every search starts: the medoid.
     pub entry: u32,
     /// The degree bound `R` the lists respect.
@@ -94,9 +96,45 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// A graph from one list per point.
+    ///
+    /// # Panics
+    /// If a list is longer than `max_degree`.
+    pub fn from_lists(lists: &[Vec<u32>], entry: u32, max_degree: usize) -> Self {
+        let mut offsets = Vec::with_capacity(lists.len() + 1);
+        offsets.push(0);
+        let mut ids = Vec::new();
+        for list in lists {
+            assert!(list.len() <= max_degree, "a list of {} over R = {max_degree}", list.len());
+            ids.extend_from_slice(list);
+            offsets.push(ids.len() as u64);
+        }
+        Self { offsets, ids, entry, max_degree }
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Whether the graph has no points.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Point `i`'s out-neighbours.
+    pub fn neighbours(&self, i: usize) -> &[u32] {
+        &self.ids[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// Every point's out-neighbours, in point order.
+    pub fn lists(&self) -> impl Iterator<Item = &[u32]> + '_ {
+        self.offsets.windows(2).map(|w| &self.ids[w[0] as usize..w[1] as usize])
+    }
+
     /// Mean out-degree.
     pub fn mean_degree(&self) -> f64 {
-        self.adj.iter().map(Vec::len).sum::<usize>() as f64 / self.adj.len().max(1) as f64
+        self.ids.len() as f64 / self.len().max(1) as f64
     }
 }
 
@@ -314,7 +352,7 @@ pub fn build(
         return Err(BuildError::TooMany(n));
     }
     if n == 0 {
-        return Ok(Graph { adj: Vec::new(), entry: 0, max_degree: r });
+        return Ok(Graph::from_lists(&[], 0, r));
     }
     let entry = medoid(data);
     let slack_cap = ((r as f32 * params.slack) as usize).max(r);
@@ -390,13 +428,19 @@ pub fn build(
     passes(&|| run_pass(params.alpha));
 
     // Lists may hold up to slack · R entries: prune every oversized list back to R.
-    let mut adj = adj.into_lists();
-    adj.par_iter_mut().enumerate().filter(|(_, list)| list.len() > r).for_each(|(j, list)| {
-        let cands = scored(data, metric, j as u32, list);
-        *list = robust_prune(data, metric, j as u32, cands, params.alpha, r);
-    });
+    let final_prune = || {
+        (0..n as u32).into_par_iter().for_each_init(Vec::new, |list, j| {
+            list.clear();
+            adj.read(j, list);
+            if list.len() > r {
+                let cands = scored(data, metric, j, list);
+                adj.write(j, &robust_prune(data, metric, j, cands, params.alpha, r));
+            }
+        });
+    };
+    passes(&final_prune);
     progress(params.passes * n);
-    Ok(Graph { adj, entry, max_degree: r })
+    Ok(adj.into_graph(entry, r))
 }
 
 /// `ids` with their distances to point `from`; all rows are prefetched before the first is scored.
@@ -462,14 +506,29 @@ impl Adjacency {
         self.slots[at].store(ids.len() as u32, Ordering::Release);
     }
 
-    fn into_lists(self) -> Vec<Vec<u32>> {
-        (0..self.locks.len() as u32)
-            .map(|i| {
-                let mut list = Vec::new();
-                self.read(i, &mut list);
-                list
-            })
-            .collect()
+    /// The compact graph, built in place: each list moves down to follow the previous one (a list
+    /// never moves up, as no list is longer than its slot), then the slab is cut to size, so the
+    /// build never holds two copies of the graph.
+    fn into_graph(self, entry: u32, max_degree: usize) -> Graph {
+        let Self { stride, slots, locks } = self;
+        let n = locks.len();
+        drop(locks);
+        // Same size and alignment: this collect reuses the slab's allocation.
+        let mut ids: Vec<u32> = slots.into_iter().map(AtomicU32::into_inner).collect();
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(0u64);
+        let mut end = 0;
+        for i in 0..n {
+            let at = i * stride;
+            let len = (ids[at] as usize).min(stride - 1);
+            assert!(len <= max_degree, "point {i} kept {len} neighbours over R = {max_degree}");
+            ids.copy_within(at + 1..at + 1 + len, end);
+            end += len;
+            offsets.push(end as u64);
+        }
+        ids.truncate(end);
+        ids.shrink_to_fit();
+        Graph { offsets, ids, entry, max_degree }
     }
 }
 
@@ -484,7 +543,7 @@ pub fn search_in_memory(
     l: usize,
     scratch: &mut Scratch,
 ) -> Vec<Candidate> {
-    let read = |id: u32, out: &mut Vec<u32>| out.extend_from_slice(&graph.adj[id as usize]);
+    let read = |id: u32, out: &mut Vec<u32>| out.extend_from_slice(graph.neighbours(id as usize));
     let (mut list, _) = greedy_search(data, metric, query, graph.entry, l.max(k), read, scratch);
     list.truncate(k);
     list
