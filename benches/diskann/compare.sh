@@ -21,14 +21,7 @@ RESULTS=${RESULTS:-$root/diskann-results/$name}
 base=$(ls "$ds"/base.* | head -1); queries=$(ls "$ds"/query.* | head -1); gt=$ds/groundtruth.$METRIC.ivecs
 mkdir -p "$RESULTS"
 
-venv() { # venv NAME PACKAGE
-  if [ ! -x "$VENVS/$1/bin/python" ]; then
-    python3 -m venv "$VENVS/$1" && "$VENVS/$1/bin/pip" install -q "$2" numpy
-  fi
-  echo "$VENVS/$1/bin/python"
-}
-command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-rss() { grep 'Maximum resident' "$1" | awk '{print $6 * 1024}'; }
+. "$here/common.sh"
 
 echo "== quiver" >&2
 (cd "$root" && cargo build --release -q)
