@@ -310,7 +310,6 @@ impl Default for EncodeScratch {
 /// compiler vectorises — instead of 256 short horizontal sums.
 #[derive(Clone, Debug, PartialEq)]
 struct Columns {
-    len: usize,
     t: Vec<f32>,
 }
 
@@ -318,18 +317,12 @@ impl Columns {
     /// From `CENTROIDS` row-major centroids of `len` floats.
     fn new(rows: &[f32], len: usize) -> Self {
         debug_assert_eq!(rows.len(), CENTROIDS * len);
-        let mut t = vec![0.0f32; CENTROIDS * len];
-        for (c, row) in rows.chunks_exact(len).enumerate() {
-            for (d, &x) in row.iter().enumerate() {
-                t[d * CENTROIDS + c] = x;
-            }
-        }
-        Self { len, t }
+        Self { t: transpose(rows, len) }
     }
 
     /// The nearest centroid to `x` and its squared distance; ties go to the lowest index.
     fn nearest(&self, x: &[f32], dist: &mut [f32; CENTROIDS]) -> (u8, f32) {
-        debug_assert_eq!(x.len(), self.len);
+        debug_assert_eq!(x.len() * CENTROIDS, self.t.len());
         dist.fill(0.0);
         for (&xd, col) in x.iter().zip(self.t.chunks_exact(CENTROIDS)) {
             for (o, &c) in dist.iter_mut().zip(col) {
@@ -339,6 +332,18 @@ impl Columns {
         }
         argmin(dist)
     }
+}
+
+/// Row-major rows of `len` floats, column-major: column `d` holds every row's element `d`.
+fn transpose(rows: &[f32], len: usize) -> Vec<f32> {
+    let n = rows.len() / len;
+    let mut t = vec![0.0f32; rows.len()];
+    for (i, row) in rows.chunks_exact(len).enumerate() {
+        for (d, &x) in row.iter().enumerate() {
+            t[d * n + i] = x;
+        }
+    }
+    t
 }
 
 /// The smallest value of `d` and its first index.
@@ -368,14 +373,13 @@ fn kmeans(sample: &[f32], len: usize, iterations: usize, seed: u64) -> Vec<f32> 
     // kept column-major for the distance updates (`len` passes over `n` lanes, which vectorise),
     // and D(x)² is summed per block of `BLOCK` points so that a draw skips whole blocks.
     const BLOCK: usize = 512;
-    let columns: Vec<f32> =
-        (0..len).flat_map(|d| (0..n).map(move |i| sample[i * len + d])).collect();
+    let sample_columns = transpose(sample, len);
     let mut dist = vec![f32::INFINITY; n];
     let mut block_sums = vec![0.0f64; n.div_ceil(BLOCK)];
     let mut fresh = vec![0.0f32; n];
     let mut add_centre = |c: &[f32], dist: &mut [f32], block_sums: &mut [f64]| {
         fresh.fill(0.0);
-        for (&cd, col) in c.iter().zip(columns.chunks_exact(n)) {
+        for (&cd, col) in c.iter().zip(sample_columns.chunks_exact(n)) {
             for (t, &x) in fresh.iter_mut().zip(col) {
                 let v = x - cd;
                 *t += v * v;

@@ -15,8 +15,9 @@
 //! Inner product should not be built directly: low-norm points end up unreachable. The index builder
 //! applies [`crate::data::mips_to_l2`] and builds in L2 instead.
 //!
-//! Parallelism: points are inserted concurrently (rayon); each adjacency list has its own lock and
-//! no lock is held while another is taken, so there is no lock-order deadlock. With one thread the
+//! Parallelism: points are inserted concurrently (rayon). Each adjacency list has its own lock,
+//! which writers take and no thread holds while taking another, so there is no lock-order
+//! deadlock; the greedy searches read lists without locking (see `Adjacency`). With one thread the
 //! build is a plain loop in a seeded random order, so it is deterministic under the seed.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -96,22 +97,6 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// A graph from one list per point.
-    ///
-    /// # Panics
-    /// If a list is longer than `max_degree`.
-    pub fn from_lists(lists: &[Vec<u32>], entry: u32, max_degree: usize) -> Self {
-        let mut offsets = Vec::with_capacity(lists.len() + 1);
-        offsets.push(0);
-        let mut ids = Vec::new();
-        for list in lists {
-            assert!(list.len() <= max_degree, "a list of {} over R = {max_degree}", list.len());
-            ids.extend_from_slice(list);
-            offsets.push(ids.len() as u64);
-        }
-        Self { offsets, ids, entry, max_degree }
-    }
-
     /// Number of points.
     pub fn len(&self) -> usize {
         self.offsets.len() - 1
@@ -352,7 +337,7 @@ pub fn build(
         return Err(BuildError::TooMany(n));
     }
     if n == 0 {
-        return Ok(Graph::from_lists(&[], 0, r));
+        return Ok(Graph { offsets: vec![0], ids: Vec::new(), entry: 0, max_degree: r });
     }
     let entry = medoid(data);
     let slack_cap = ((r as f32 * params.slack) as usize).max(r);
@@ -403,15 +388,7 @@ pub fn build(
                 insert(p, alpha, &mut scratch);
             }
         } else {
-            // One scratch per worker thread, not per rayon job (rayon splits a pass into many
-            // jobs), so that each visited set stays warm in its core's cache.
-            let scratches: Vec<Mutex<Option<Scratch>>> =
-                (0..rayon::current_num_threads()).map(|_| Mutex::new(None)).collect();
-            order.par_iter().for_each(|&p| {
-                let slot = rayon::current_thread_index().unwrap_or(0) % scratches.len();
-                let mut scratch = scratches[slot].lock().unwrap_or_else(PoisonError::into_inner);
-                insert(p, alpha, scratch.get_or_insert_with(Scratch::new));
-            });
+            order.par_iter().for_each_init(Scratch::new, |scratch, &p| insert(p, alpha, scratch));
         }
     };
     let pool = (params.threads > 1)

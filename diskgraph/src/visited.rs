@@ -2,9 +2,10 @@
 
 /// The ids a graph walk has seen: a small open-addressing hash set, cleared in O(entries) per walk.
 ///
-/// A walk (a query, or a build's insertion) touches a few thousand ids out of millions. A dense bitmap or stamp array of `n` entries
-/// would cost a cache miss per lookup at 1M points; this table (16 K slots to start, 64 KiB, grown at
-/// half load) stays in L2. `u32::MAX` marks an empty slot; it is never a node id (`n < u32::MAX - 1`).
+/// A walk (a query, or a build's insertion) touches a few thousand ids out of millions. A dense
+/// bitmap or stamp array of `n` entries would cost a cache miss per lookup at 1M points; this table
+/// (16 K slots to start, 64 KiB, grown at half load) stays in L2. `u32::MAX` marks an empty slot;
+/// it is never a node id (`n < u32::MAX - 1`).
 #[derive(Debug)]
 pub(crate) struct VisitedSet {
     slots: Vec<u32>,
