@@ -63,9 +63,7 @@ async fn put_acks_each_batch_then_search_scan_and_get_see_every_row() {
     // Scan (all three spellings) returns every row once, with the vectors sent.
     for t in ["docs", "\"docs\"", "{\"name\": \"docs\"}"] {
         let r = get(&mut c, t).await.unwrap();
-        let mut got = all_u64s(&r, "id");
-        got.sort_unstable();
-        assert_eq!(got, all);
+        assert_eq!(sorted_ids(&r), all);
         for b in &r {
             let v = b.column_by_name("vector").unwrap();
             let v = v.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
@@ -99,9 +97,7 @@ async fn filters_apply_to_search_and_scan_and_limit_caps_a_scan() {
 
     let t = json!({"name": "f", "filters": [{"field": "n", "op": "<", "value": 50}], "columns": ["id"]});
     let r = get(&mut c, &t.to_string()).await.unwrap();
-    let mut got = all_u64s(&r, "id");
-    got.sort_unstable();
-    assert_eq!(got, ids(0..50));
+    assert_eq!(sorted_ids(&r), ids(0..50));
     assert_eq!(r[0].num_columns(), 1);
 
     let r = get(&mut c, &json!({"name": "f", "limit": 77}).to_string()).await.unwrap();
@@ -126,9 +122,7 @@ async fn scan_batches_start_small_and_grow_to_the_maximum() {
     let sizes: Vec<usize> = r.iter().map(RecordBatch::num_rows).collect();
     assert_eq!(&sizes[..6], &[16, 32, 64, 128, 256, 512], "{sizes:?}");
     assert!(sizes[6..sizes.len() - 1].iter().all(|&s| s == 512), "{sizes:?}");
-    let mut got = all_u64s(&r, "id");
-    got.sort_unstable();
-    assert_eq!(got, ids(0..2000));
+    assert_eq!(sorted_ids(&r), ids(0..2000));
     server.stop().await;
 }
 

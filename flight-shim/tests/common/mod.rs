@@ -150,6 +150,13 @@ pub fn all_u64s(bs: &[RecordBatch], col: &str) -> Vec<u64> {
     bs.iter().flat_map(|b| u64s(b, col)).collect()
 }
 
+/// The ids of every batch, sorted: what a scan returned, whatever its order and batching.
+pub fn sorted_ids(bs: &[RecordBatch]) -> Vec<u64> {
+    let mut ids = all_u64s(bs, "id");
+    ids.sort_unstable();
+    ids
+}
+
 /// The `k` ids nearest `q` among `ids` by squared L2 (ties by id).
 pub fn brute_force(ids: &[u64], dim: usize, q: &[f32], k: usize) -> Vec<u64> {
     let mut d: Vec<(f32, u64)> = ids
