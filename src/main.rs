@@ -70,6 +70,10 @@ struct BuildArgs {
     /// Insertion passes: 1 (as DiskANN builds) or 2 (the paper's α = 1 pass first).
     #[arg(long, default_value_t = 1)]
     passes: usize,
+    /// Leave pruned lists short instead of filling them up to R with the nearest rejected
+    /// candidates (DiskANN's disk builds fill them; so does Quiver by default).
+    #[arg(long)]
+    no_saturate: bool,
     /// PQ bytes per vector (default: one per 4 dimensions, 8..=64).
     #[arg(long)]
     pq_bytes: Option<usize>,
@@ -182,6 +186,7 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
             list_size: args.list_size,
             alpha: args.alpha,
             passes: args.passes,
+            saturate: !args.no_saturate,
             seed: args.seed,
             threads: args.threads,
             ..VamanaParams::default()

@@ -46,6 +46,9 @@ pub struct VamanaParams {
     pub passes: usize,
     /// A list may grow to `slack · R` before it is pruned back to `R`. Default 1.3.
     pub slack: f32,
+    /// Fill every pruned list up to `R` with the nearest candidates the prune rejected (when
+    /// `alpha > 1`), as DiskANN's disk builds do. Default true. See [`robust_prune`].
+    pub saturate: bool,
     /// Seed of the insertion order. Default 0x5155_4956.
     pub seed: u64,
     /// Worker threads; 0 means rayon's global pool (all cores). 1 gives a deterministic build.
@@ -60,6 +63,7 @@ impl Default for VamanaParams {
             alpha: 1.2,
             passes: 1,
             slack: 1.3,
+            saturate: true,
             seed: 0x5155_4956,
             threads: 0,
         }
@@ -236,6 +240,12 @@ const ALPHA_STEP: f32 = 1.2;
 /// slots — as DiskANN prunes. Factors are brought up to date lazily: a candidate is compared with
 /// the neighbours chosen since it was last looked at, and only until the comparison rules it out
 /// for the round, which spares most of the `R × |cands|` distances an eager prune computes.
+///
+/// With `saturate` (and `alpha > 1`), the slots the prune leaves free are then filled with the
+/// nearest candidates it rejected, so every list ends with `min(R, |cands|)` entries. A node's
+/// sector has room for `R` neighbours whether or not they are used, so on disk the extra edges cost
+/// no I/O; they cost PQ distances per hop, and buy recall per hop on clustered data, where a pure
+/// α-prune leaves lists short (GloVe: mean degree 31 of 64; see `BENCHMARKS.md`).
 pub fn robust_prune(
     data: &VectorSet,
     metric: Metric,
@@ -243,6 +253,7 @@ pub fn robust_prune(
     mut cands: Vec<Candidate>,
     alpha: f32,
     r: usize,
+    saturate: bool,
 ) -> Vec<u32> {
     let k = Isa::active();
     cands.retain(|c| c.id != p);
@@ -278,6 +289,10 @@ pub fn robust_prune(
             }
         }
         if threshold >= alpha {
+            if saturate && alpha > 1.0 {
+                let rest = (0..cands.len()).filter(|&i| !chosen[i]).map(|i| cands[i].id);
+                out.extend(rest.take(r - out.len()));
+            }
             return out;
         }
         threshold = (threshold * ALPHA_STEP).min(alpha);
@@ -355,7 +370,7 @@ pub fn build(
         let mut current = Vec::new();
         adj.read(p, &mut current);
         visited.extend(scored(data, metric, p, &current));
-        let chosen = robust_prune(data, metric, p, visited, alpha, r);
+        let chosen = robust_prune(data, metric, p, visited, alpha, r, params.saturate);
         {
             let _guard = adj.lock(p);
             adj.write(p, &chosen);
@@ -371,7 +386,7 @@ pub fn build(
             list.push(p);
             if list.len() > slack_cap {
                 let cands = scored(data, metric, j, &list);
-                list = robust_prune(data, metric, j, cands, alpha, r);
+                list = robust_prune(data, metric, j, cands, alpha, r, params.saturate);
             }
             adj.write(j, &list);
         }
@@ -411,7 +426,10 @@ pub fn build(
             adj.read(j, list);
             if list.len() > r {
                 let cands = scored(data, metric, j, list);
-                adj.write(j, &robust_prune(data, metric, j, cands, params.alpha, r));
+                adj.write(
+                    j,
+                    &robust_prune(data, metric, j, cands, params.alpha, r, params.saturate),
+                );
             }
         });
     };

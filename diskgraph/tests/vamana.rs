@@ -160,21 +160,48 @@ fn graded_example() -> (VectorSet, Vec<Candidate>) {
 fn a_full_prune_takes_every_alpha_1_survivor_before_a_long_edge() {
     let (data, cands) = graded_example();
     // With room for two, the diverse c3 wins over c2, which only α > 1 admits.
-    assert_eq!(robust_prune(&data, Metric::L2, 0, cands.clone(), 1.2, 2), vec![1, 3]);
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands.clone(), 1.2, 2, false), vec![1, 3]);
     // With room for three, α = 1.2 adds c2 after the α = 1 survivors; α = 1 never does.
-    assert_eq!(robust_prune(&data, Metric::L2, 0, cands.clone(), 1.2, 3), vec![1, 3, 2]);
-    assert_eq!(robust_prune(&data, Metric::L2, 0, cands, 1.0, 3), vec![1, 3]);
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands.clone(), 1.2, 3, false), vec![1, 3, 2]);
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands, 1.0, 3, false), vec![1, 3]);
+}
+
+#[test]
+fn a_saturated_prune_fills_the_slots_the_alpha_prune_left_with_the_nearest_rejected() {
+    let (data, cands) = graded_example();
+    // α = 1.05 does not admit c2 (occluded by a factor of 1.11): the plain prune leaves a slot
+    // free, the saturated one fills it with c2.
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands.clone(), 1.05, 3, false), vec![1, 3]);
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands.clone(), 1.05, 3, true), vec![1, 3, 2]);
+    // Saturation never displaces a chosen neighbour, and (as in DiskANN) α = 1 does not saturate.
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands.clone(), 1.05, 2, true), vec![1, 3]);
+    assert_eq!(robust_prune(&data, Metric::L2, 0, cands, 1.0, 3, true), vec![1, 3]);
+}
+
+#[test]
+fn an_unsaturated_build_leaves_lists_short_and_a_saturated_one_fills_them_to_r() {
+    let base = read_vectors(&fixture("base.u8bin")).unwrap();
+    let p = VamanaParams { max_degree: 32, list_size: 64, ..VamanaParams::default() };
+    let short = build(&base, Metric::L2, &VamanaParams { saturate: false, ..p }, &|_| {}).unwrap();
+    let full = build(&base, Metric::L2, &VamanaParams { saturate: true, ..p }, &|_| {}).unwrap();
+    check_structure(&full, base.len());
+    // Only the first few insertions, into a graph smaller than R, can end below R.
+    let below = full.lists().filter(|l| l.len() < 32).count();
+    assert!(below < 64, "{below} saturated lists below R");
+    assert!(short.mean_degree() < 0.9 * 32.0, "unsaturated mean degree {}", short.mean_degree());
 }
 
 /// RobustPrune by its definition, every factor computed: in rounds of threshold 1, 1.2, 1.44, …
 /// (capped at α), a candidate, in distance order, is chosen while the list has room and its largest
 /// occlusion factor `d(p, v) / d(c, v)` over the neighbours chosen so far is within the threshold.
+/// Saturation (α > 1) then appends the unchosen candidates in distance order while there is room.
 fn prune_by_definition(
     data: &VectorSet,
     p: u32,
     cands: &[Candidate],
     alpha: f32,
     r: usize,
+    saturate: bool,
 ) -> Vec<u32> {
     let mut cands: Vec<Candidate> = cands.iter().copied().filter(|c| c.id != p).collect();
     cands.sort_by(|a, b| a.dist.total_cmp(&b.dist).then(a.id.cmp(&b.id)));
@@ -201,6 +228,13 @@ fn prune_by_definition(
             }
         }
         if threshold >= alpha || out.len() >= r {
+            if saturate && alpha > 1.0 {
+                for c in &cands {
+                    if out.len() < r && !out.contains(&c.id) {
+                        out.push(c.id);
+                    }
+                }
+            }
             return out;
         }
         threshold = (threshold * 1.2).min(alpha);
@@ -215,6 +249,7 @@ proptest::proptest! {
         pts in proptest::collection::vec(-8i8..8, 2 * 40),
         alpha_tenths in 10u32..20,
         r in 1usize..12,
+        saturate in proptest::bool::ANY,
     ) {
         let floats: Vec<f32> = pts.iter().map(|&x| f32::from(x)).collect();
         let data = VectorSet::from_f32(2, &floats).unwrap();
@@ -222,8 +257,8 @@ proptest::proptest! {
             .map(|i| Candidate { id: i, dist: distance_active(Metric::L2, data.row(0), data.row(i as usize)) })
             .collect();
         let alpha = alpha_tenths as f32 / 10.0;
-        let want = prune_by_definition(&data, 0, &cands, alpha, r);
-        let got = robust_prune(&data, Metric::L2, 0, cands, alpha, r);
+        let want = prune_by_definition(&data, 0, &cands, alpha, r, saturate);
+        let got = robust_prune(&data, Metric::L2, 0, cands, alpha, r, saturate);
         proptest::prop_assert_eq!(got, want);
     }
 }
