@@ -77,7 +77,7 @@ struct BuildArgs {
     /// PQ bytes per vector (default: one per 4 dimensions, 8..=64).
     #[arg(long)]
     pq_bytes: Option<usize>,
-    /// Worker threads (0 = all cores; 1 = deterministic).
+    /// Worker threads (0 = all cores). The graph does not depend on it.
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Seed for PQ sampling and the insertion order.

@@ -15,13 +15,15 @@
 //! Inner product should not be built directly: low-norm points end up unreachable. The index builder
 //! applies [`crate::data::mips_to_l2`] and builds in L2 instead.
 //!
-//! Parallelism: points are inserted concurrently (rayon). Each adjacency list has its own lock,
-//! which writers take and no thread holds while taking another, so there is no lock-order
-//! deadlock; the greedy searches read lists without locking (see `Adjacency`). With one thread the
-//! build is a plain loop in a seeded random order, so it is deterministic under the seed.
+//! Parallelism (ParlayANN's batched insertion, which the Rust DiskANN's multi-insert also uses):
+//! points are inserted in batches of 1, 2, 4, … up to 2% of the points. Within a batch, every
+//! point searches and prunes in parallel against the graph as it stood when the batch began;
+//! then the batch's lists are written, and the reverse edges are grouped by target, so that each
+//! target is updated by one task and pruned at most once per batch, however many edges it
+//! receives. No phase has a reader racing a writer or two writers on one list, so no list needs a
+//! lock, and the result depends only on the seed, not on the number of threads.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use quiver_simd::Isa;
 use rand::SeedableRng;
@@ -51,7 +53,8 @@ pub struct VamanaParams {
     pub saturate: bool,
     /// Seed of the insertion order. Default 0x5155_4956.
     pub seed: u64,
-    /// Worker threads; 0 means rayon's global pool (all cores). 1 gives a deterministic build.
+    /// Worker threads; 0 means all cores. The graph is the same for any number (see the module
+    /// docs).
     pub threads: usize,
 }
 
@@ -375,82 +378,108 @@ pub fn build(
     let mut order: Vec<u32> = (0..n as u32).collect();
     order.shuffle(&mut StdRng::seed_from_u64(params.seed));
     let l = params.list_size.max(r);
-    let done = std::sync::atomic::AtomicUsize::new(0);
-
-    let insert = |p: u32, alpha: f32, scratch: &mut Scratch| {
-        let read = |id: u32, out: &mut Vec<u32>| adj.read(id, out);
-        let (_, mut visited) =
-            greedy_search(data, metric, data.row(p as usize), entry, l, read, scratch);
-        // Keep the current neighbours in the pool (they matter in the second pass).
-        let mut current = Vec::new();
-        adj.read(p, &mut current);
-        visited.extend(scored(data, metric, p, &current));
-        let chosen = robust_prune(data, metric, p, visited, alpha, r, params.saturate);
-        {
-            let _guard = adj.lock(p);
-            adj.write(p, &chosen);
-        }
-        let mut list = Vec::with_capacity(slack_cap + 1);
-        for &j in &chosen {
-            let _guard = adj.lock(j);
-            list.clear();
-            adj.read(j, &mut list);
-            if list.contains(&p) {
-                continue;
-            }
-            list.push(p);
-            if list.len() > slack_cap {
-                let cands = scored(data, metric, j, &list);
-                list = robust_prune(data, metric, j, cands, alpha, r, params.saturate);
-            }
-            adj.write(j, &list);
-        }
-        let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if d.is_multiple_of(1024) {
-            progress(d);
-        }
-    };
-
-    let run_pass = |alpha: f32| {
-        if params.threads == 1 {
-            let mut scratch = Scratch::new();
-            for &p in &order {
-                insert(p, alpha, &mut scratch);
-            }
-        } else {
-            order.par_iter().for_each_init(Scratch::new, |scratch, &p| insert(p, alpha, scratch));
-        }
-    };
-    let pool = (params.threads > 1)
-        .then(|| rayon::ThreadPoolBuilder::new().num_threads(params.threads).build())
-        .transpose()
+    let batches = batches(n);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(params.threads)
+        .build()
         .map_err(|e| BuildError::Param(format!("thread pool: {e}")))?;
-    let passes = |f: &(dyn Fn() + Sync)| match &pool {
-        Some(pool) => pool.install(f),
-        None => f(),
+    let prune = |p: u32, cands: Vec<Candidate>, alpha: f32| {
+        robust_prune(data, metric, p, cands, alpha, r, params.saturate)
     };
-    if params.passes == 2 {
-        passes(&|| run_pass(1.0));
-    }
-    passes(&|| run_pass(params.alpha));
 
-    // Lists may hold up to slack · R entries: prune every oversized list back to R.
-    let final_prune = || {
+    pool.install(|| {
+        let mut done = 0;
+        let alphas: &[f32] =
+            if params.passes == 2 { &[1.0, params.alpha] } else { &[params.alpha] };
+        for &alpha in alphas {
+            for batch in &batches {
+                let ids = &order[batch.clone()];
+                // 1. Every point of the batch finds its neighbours in the graph as it stands: no
+                //    list changes until all have, so no reader meets a writer.
+                let chosen: Vec<Vec<u32>> = ids
+                    .par_iter()
+                    .map_init(Scratch::new, |scratch, &p| {
+                        let read = |id: u32, out: &mut Vec<u32>| adj.read(id, out);
+                        let (_, mut pool) = greedy_search(
+                            data,
+                            metric,
+                            data.row(p as usize),
+                            entry,
+                            l,
+                            read,
+                            scratch,
+                        );
+                        // The current neighbours stay candidates (they matter in a second pass).
+                        let mut current = Vec::new();
+                        adj.read(p, &mut current);
+                        pool.extend(scored(data, metric, p, &current));
+                        prune(p, pool, alpha)
+                    })
+                    .collect();
+                // 2. Their lists are replaced (each point once per batch, so writes are disjoint).
+                ids.par_iter().zip(&chosen).for_each(|(&p, list)| adj.write(p, list));
+                // 3. The reverse edges, grouped by target: each target is updated by one task, once
+                //    per batch, and pruned at most once however many edges it receives.
+                let mut edges: Vec<(u32, u32)> = ids
+                    .iter()
+                    .zip(&chosen)
+                    .flat_map(|(&p, list)| list.iter().map(move |&j| (j, p)))
+                    .collect();
+                edges.par_sort_unstable();
+                let groups: Vec<&[(u32, u32)]> = edges.chunk_by(|a, b| a.0 == b.0).collect();
+                groups.par_iter().for_each_init(Vec::new, |list, group| {
+                    let j = group[0].0;
+                    list.clear();
+                    adj.read(j, list);
+                    let before = list.len();
+                    for &(_, p) in *group {
+                        if !list[..before].contains(&p) {
+                            list.push(p);
+                        }
+                    }
+                    if list.len() == before {
+                        return;
+                    }
+                    if list.len() > slack_cap {
+                        let cands = scored(data, metric, j, list);
+                        *list = prune(j, cands, alpha);
+                    }
+                    adj.write(j, list);
+                });
+                done += ids.len();
+                progress(done);
+            }
+        }
+        // Lists may hold up to slack · R entries: prune every oversized list back to R.
         (0..n as u32).into_par_iter().for_each_init(Vec::new, |list, j| {
             list.clear();
             adj.read(j, list);
             if list.len() > r {
                 let cands = scored(data, metric, j, list);
-                adj.write(
-                    j,
-                    &robust_prune(data, metric, j, cands, params.alpha, r, params.saturate),
-                );
+                adj.write(j, &prune(j, cands, params.alpha));
             }
         });
-    };
-    passes(&final_prune);
-    progress(params.passes * n);
+    });
     Ok(adj.into_graph(entry, r))
+}
+
+/// The largest insertion batch, as a fraction of the points (ParlayANN's choice). A point does
+/// not see the others of its batch while it searches, so batches stay small against the graph.
+const BATCH_FRACTION: f64 = 0.02;
+
+/// The insertion batches over `n` points: sizes 1, 2, 4, … (the graph starts empty, and an early
+/// point should find the ones before it), doubling up to `BATCH_FRACTION · n`.
+fn batches(n: usize) -> Vec<std::ops::Range<usize>> {
+    let cap = ((n as f64 * BATCH_FRACTION) as usize).max(1);
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 1);
+    while start < n {
+        let end = (start + size).min(n);
+        out.push(start..end);
+        start = end;
+        size = (size * 2).min(cap);
+    }
+    out
 }
 
 /// `ids` with their distances to point `from`, rows prefetched a window ahead.
@@ -467,42 +496,31 @@ fn scored(data: &VectorSet, metric: Metric, from: u32, ids: &[u32]) -> Vec<Candi
 }
 
 /// The adjacency lists while the graph is built: one slab of `n × (cap + 1)` words, each node's
-/// length followed by room for `cap` ids, so that reading a list is one contiguous read instead of
-/// a lock word plus a separate heap block (two cache misses per expanded node).
+/// length followed by room for `cap` ids, so that reading a list is one contiguous read.
 ///
-/// Writers hold the node's lock; readers (the greedy searches) do not lock. A reader racing a
-/// writer may see a mix of the old and new list — still valid point ids, only a slightly different
-/// set of candidates, which a greedy search tolerates — never an id that was not stored. Every
-/// word is an atomic, so no read is a data race.
+/// The build's phases keep readers and writers apart (see the module docs); the words are atomics
+/// only so that disjoint lists can be written from many threads through a shared reference
+/// without `unsafe`. Relaxed stores suffice: the end of each rayon phase orders them before the
+/// next phase's loads.
 struct Adjacency {
     stride: usize,
     slots: Vec<AtomicU32>,
-    locks: Vec<Mutex<()>>,
 }
 
 impl Adjacency {
     fn new(n: usize, cap: usize) -> Self {
         let stride = cap + 1;
-        Self {
-            stride,
-            slots: (0..n * stride).map(|_| AtomicU32::new(0)).collect(),
-            locks: (0..n).map(|_| Mutex::new(())).collect(),
-        }
+        Self { stride, slots: (0..n * stride).map(|_| AtomicU32::new(0)).collect() }
     }
 
     /// Appends node `i`'s list to `out`.
     fn read(&self, i: u32, out: &mut Vec<u32>) {
         let at = i as usize * self.stride;
-        let len = (self.slots[at].load(Ordering::Acquire) as usize).min(self.stride - 1);
+        let len = (self.slots[at].load(Ordering::Relaxed) as usize).min(self.stride - 1);
         out.extend(self.slots[at + 1..at + 1 + len].iter().map(|s| s.load(Ordering::Relaxed)));
     }
 
-    /// Locks node `i` for writing (a poisoned lock is taken over: the list itself is always whole).
-    fn lock(&self, i: u32) -> MutexGuard<'_, ()> {
-        self.locks[i as usize].lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Replaces node `i`'s list; the caller holds `lock(i)`.
+    /// Replaces node `i`'s list; no other task touches node `i` in the same phase.
     fn write(&self, i: u32, ids: &[u32]) {
         let at = i as usize * self.stride;
         assert!(
@@ -514,16 +532,15 @@ impl Adjacency {
         for (slot, &id) in self.slots[at + 1..].iter().zip(ids) {
             slot.store(id, Ordering::Relaxed);
         }
-        self.slots[at].store(ids.len() as u32, Ordering::Release);
+        self.slots[at].store(ids.len() as u32, Ordering::Relaxed);
     }
 
     /// The compact graph, built in place: each list moves down to follow the previous one (a list
     /// never moves up, as no list is longer than its slot), then the slab is cut to size, so the
     /// build never holds two copies of the graph.
     fn into_graph(self, entry: u32, max_degree: usize) -> Graph {
-        let Self { stride, slots, locks } = self;
-        let n = locks.len();
-        drop(locks);
+        let Self { stride, slots } = self;
+        let n = slots.len() / stride;
         // Same size and alignment: this collect reuses the slab's allocation.
         let mut ids: Vec<u32> = slots.into_iter().map(AtomicU32::into_inner).collect();
         let mut offsets = Vec::with_capacity(n + 1);

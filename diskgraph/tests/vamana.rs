@@ -3,7 +3,7 @@
 //! vectors, and for every metric against brute force — inner product through the MIPS → L2
 //! reduction, since a graph built on raw inner product strands low-norm points), that it respects its structural contract
 //! (degree ≤ R, no self-loops, no duplicate edges, every point reachable from the entry), and that a
-//! single-threaded build is deterministic under its seed.
+//! build is determined by its seed alone, whatever the number of threads.
 
 mod common;
 use common::{fixture, synthetic};
@@ -114,7 +114,7 @@ fn every_metric_finds_the_brute_force_neighbours_on_synthetic_data() {
 }
 
 #[test]
-fn a_single_threaded_build_is_deterministic_under_its_seed() {
+fn a_build_depends_on_its_seed_and_not_on_its_thread_count() {
     let base = read_vectors(&fixture("base.u8bin")).unwrap().prefix(1_500);
     let p = VamanaParams { max_degree: 16, list_size: 32, threads: 1, ..VamanaParams::default() };
     let a = build(&base, Metric::L2, &p, &|_| {}).unwrap();
@@ -122,6 +122,10 @@ fn a_single_threaded_build_is_deterministic_under_its_seed() {
     let c = build(&base, Metric::L2, &VamanaParams { seed: 7, ..p }, &|_| {}).unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
+    for threads in [2, 3] {
+        let t = build(&base, Metric::L2, &VamanaParams { threads, ..p }, &|_| {}).unwrap();
+        assert_eq!(a, t, "a build on {threads} threads differs from the single-threaded one");
+    }
 }
 
 #[test]
