@@ -72,7 +72,7 @@ fn main() {
         for &l in &sizes {
             let mut scratch = Scratch::new();
             let (mut hits, mut expanded) = (0usize, 0usize);
-            for q in 0..queries.len() {
+            for (q, truth) in gt.iter().enumerate().take(queries.len()) {
                 let read =
                     |id: u32, out: &mut Vec<u32>| out.extend_from_slice(&lists.lists[id as usize]);
                 let (list, exp) = greedy_search(
@@ -84,7 +84,7 @@ fn main() {
                     read,
                     &mut scratch,
                 );
-                let truth = &gt[q][..10];
+                let truth = &truth[..10];
                 hits += list.iter().take(10).filter(|c| truth.contains(&c.id)).count();
                 expanded += exp.len();
             }
