@@ -216,7 +216,7 @@ pub fn greedy_search(
         expanded.push(c);
         nbrs.clear();
         neighbours(c.id, &mut nbrs);
-        // Mark and prefetch every new neighbour first, so that their rows' cache misses overlap.
+        // Mark every new neighbour first, then score them with their rows prefetched a window ahead.
         nbrs.retain(|&n| scratch.visited.insert(n));
         for (i, &n) in nbrs.iter().enumerate() {
             prefetch_ahead(data, &nbrs, i);
@@ -239,9 +239,9 @@ const PREFETCH_AHEAD: usize = 8;
 /// first window when `i` is 0), so that a few misses are always in flight.
 #[inline]
 fn prefetch_ahead(data: &VectorSet, ids: &[u32], i: usize) {
-    let window =
-        if i == 0 { 0..PREFETCH_AHEAD + 1 } else { i + PREFETCH_AHEAD..i + PREFETCH_AHEAD + 1 };
-    for &id in ids.get(window.start.min(ids.len())..window.end.min(ids.len())).unwrap_or_default() {
+    let first = if i == 0 { 0 } else { i + PREFETCH_AHEAD };
+    let end = (i + PREFETCH_AHEAD + 1).min(ids.len());
+    for &id in ids.get(first..end).unwrap_or_default() {
         quiver_simd::prefetch(data.row_bytes(id as usize));
     }
 }
@@ -386,6 +386,8 @@ pub fn build(
     let prune = |p: u32, cands: Vec<Candidate>, alpha: f32| {
         robust_prune(data, metric, p, cands, alpha, r, params.saturate)
     };
+    // Prunes node `j`'s own (oversized) list.
+    let reprune = |j: u32, list: &[u32], alpha: f32| prune(j, scored(data, metric, j, list), alpha);
 
     pool.install(|| {
         let mut done = 0;
@@ -409,7 +411,8 @@ pub fn build(
                             read,
                             scratch,
                         );
-                        // The current neighbours stay candidates (they matter in a second pass).
+                        // The current neighbours stay candidates: reverse edges from earlier
+                        // batches, and in a second pass the first pass's list.
                         let mut current = Vec::new();
                         adj.read(p, &mut current);
                         pool.extend(scored(data, metric, p, &current));
@@ -441,8 +444,7 @@ pub fn build(
                         return;
                     }
                     if list.len() > slack_cap {
-                        let cands = scored(data, metric, j, list);
-                        *list = prune(j, cands, alpha);
+                        *list = reprune(j, list, alpha);
                     }
                     adj.write(j, list);
                 });
@@ -455,8 +457,7 @@ pub fn build(
             list.clear();
             adj.read(j, list);
             if list.len() > r {
-                let cands = scored(data, metric, j, list);
-                adj.write(j, &prune(j, cands, params.alpha));
+                adj.write(j, &reprune(j, list, params.alpha));
             }
         });
     });

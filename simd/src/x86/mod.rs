@@ -34,8 +34,10 @@ fn prefetch_code(codes: &[u8], id: u32, m: usize) {
 pub(crate) fn prefetch_bytes(bytes: &[u8]) {
     let lines = bytes.len().div_ceil(64).min(crate::PREFETCH_LINES);
     for line in 0..lines {
-        // SAFETY: as in `prefetch_code`: `prefetcht0` is baseline x86-64 and a hint that never
-        // faults; the address is inside `bytes` anyway.
+        // SAFETY: `_mm_prefetch` needs SSE, which every x86-64 CPU has (this module is compiled
+        // for x86-64 only). `prefetcht0` is a hint: it never faults and reads nothing the program
+        // observes, so no address can make it unsound; this one lies inside `bytes` in any case
+        // (`line < bytes.len().div_ceil(64)`).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().wrapping_add(line * 64).cast()) };
     }
 }
