@@ -20,10 +20,18 @@ fn read_quiver(path: &Path) -> Lists {
     let r = IndexReader::open(path).expect("open quiver graph");
     let h = *r.header();
     let mut buf = Vec::new();
-    let lists = (0..h.n as u32)
-        .map(|i| r.read_node(i, &mut buf).expect("node").neighbours.to_vec())
+    // Nodes are stored by position; the walks run over labels (input rows), as the ground truth.
+    let nodes: Vec<(u32, Vec<u32>)> = (0..h.n as u32)
+        .map(|i| {
+            let node = r.read_node(i, &mut buf).expect("node");
+            (node.label, node.neighbours)
+        })
         .collect();
-    Lists { lists, entry: h.entry }
+    let mut lists = vec![Vec::new(); nodes.len()];
+    for (label, nb) in &nodes {
+        lists[*label as usize] = nb.iter().map(|&p| nodes[p as usize].0).collect();
+    }
+    Lists { lists, entry: nodes[h.entry as usize].0 }
 }
 
 fn read_diskann(path: &Path, elem_size: usize) -> Lists {

@@ -2,14 +2,16 @@
 //!
 //! The builder stores vectors in the space the graph is searched in. For L2 that is the data as
 //! given, for cosine the normalised vectors, and for inner product the MIPS → L2 transform. It then
-//! trains PQ on the stored vectors, encodes them, builds the Vamana graph, and streams the graph
-//! file. Every file is fsynced, and then the directory is too.
+//! trains PQ on the stored vectors, encodes them, builds the Vamana graph, packs graph neighbours
+//! into shared sectors ([`crate::pack`]), and streams the graph file and the PQ codes in that order,
+//! each node labelled with its input row. Every file is fsynced, and then the directory is too.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::data::{DataError, Metric, VectorSet, mips_to_l2};
 use crate::layout::{Header, IndexWriter, LayoutError};
+use crate::pack;
 use crate::pq::{CODES_FILE, PIVOTS_FILE, PqCodebook, PqError, PqFileError, PqParams, write_codes};
 use crate::vamana::{self, BuildError, VamanaParams};
 
@@ -136,24 +138,37 @@ pub fn build_index(
     let graph_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let header = Header {
+    let mut header = Header {
+        version: crate::layout::VERSION,
         elem: stored.elem(),
         metric: stored_metric,
         user_metric: metric,
         dim: stored.dim() as u32,
         n: n as u64,
         max_degree: params.graph.max_degree as u32,
-        entry: graph.entry,
+        entry: 0,
         mips_max_norm_sq: m2,
     };
+    let mean_degree = graph.mean_degree();
+    let order = pack::sector_order(&graph, header.nodes_per_sector());
+    let position = pack::inverse(&order);
+    header.entry = position[graph.entry as usize];
     let graph_path = dir.join(GRAPH_FILE);
     let mut w = IndexWriter::create(&graph_path, header)?;
-    for (i, list) in graph.lists().enumerate() {
-        w.push(stored.row_bytes(i), list)?;
+    let mut list = Vec::with_capacity(params.graph.max_degree);
+    for &v in &order {
+        list.clear();
+        list.extend(graph.neighbours(v as usize).iter().map(|&u| position[u as usize]));
+        w.push(stored.row_bytes(v as usize), &list, v)?;
     }
     w.finish()?;
+    drop(graph);
     pq.write_to(&dir.join(PIVOTS_FILE))?;
-    write_codes(&dir.join(CODES_FILE), pq.bytes(), &codes)?;
+    let m = pq.bytes();
+    let packed_codes: Vec<u8> =
+        order.iter().flat_map(|&v| &codes[v as usize * m..(v as usize + 1) * m]).copied().collect();
+    drop(codes);
+    write_codes(&dir.join(CODES_FILE), m, &packed_codes)?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     let write_seconds = t.elapsed().as_secs_f64();
     let graph_file_bytes = std::fs::metadata(&graph_path).map_err(io(&graph_path))?.len();
@@ -163,7 +178,7 @@ pub fn build_index(
         dim,
         stored_dim: stored.dim(),
         pq_bytes: pq.bytes(),
-        mean_degree: graph.mean_degree(),
+        mean_degree,
         pq_seconds,
         graph_seconds,
         write_seconds,

@@ -2,9 +2,15 @@
 //! byte).
 //!
 //! Sector 0 is the header. Nodes follow from sector 1: a node is its full-precision vector, its degree
-//! (`u32`) and `R` neighbour-id slots (`u32`). Nodes small enough share a sector (`nodes_per_sector`
-//! of them, never straddling a sector boundary, so a node costs exactly one read); a larger node
-//! occupies `sectors_per_node` consecutive sectors. The last 4 bytes of **every** sector are the
+//! (`u32`), `R` neighbour-id slots (`u32`) and, from format version 2, its label (`u32`: the
+//! caller's id for the vector, its row in the build's input). Nodes small enough share a sector
+//! (`nodes_per_sector` of them, never straddling a sector boundary, so a node costs exactly one
+//! read); a larger node occupies `sectors_per_node` consecutive sectors.
+//!
+//! A node's *position* (its place in the file) is its id inside the index: neighbour lists, the
+//! entry point, the PQ codes and the node cache all use positions. The builder places graph
+//! neighbours in the same sector, so positions differ from labels; a search reports labels. Version
+//! 1 files have no label field, and a node's label is its position. The last 4 bytes of **every** sector are the
 //! CRC32C of its first 4092, so each sector a search reads is verified on arrival: corruption is an
 //! error naming the sector, never a wrong vector or a wild neighbour id.
 //!
@@ -23,8 +29,10 @@ pub const SECTOR: usize = 4096;
 pub const PAYLOAD: usize = SECTOR - 4;
 /// First 8 bytes of an index file.
 pub const MAGIC: [u8; 8] = *b"QVRGRAPH";
-/// Format version this code writes and reads.
-pub const VERSION: u32 = 1;
+/// Format version this code writes. It also reads version 1 (no labels).
+pub const VERSION: u32 = 2;
+/// The oldest format version this code reads.
+pub const MIN_VERSION: u32 = 1;
 
 /// Why an index file could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +62,8 @@ pub enum LayoutError {
 /// The header: everything needed to locate and interpret nodes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Header {
+    /// Format version: [`VERSION`] for new files; [`MIN_VERSION`]..=[`VERSION`] when read.
+    pub version: u32,
     /// Element type of the stored vectors.
     pub elem: ElemType,
     /// Metric the graph was built and is searched with (L2 for inner-product collections).
@@ -66,7 +76,7 @@ pub struct Header {
     pub n: u64,
     /// Maximum degree `R` (neighbour slots per node).
     pub max_degree: u32,
-    /// Entry point of every search.
+    /// Entry point of every search (a position).
     pub entry: u32,
     /// `M²` of the MIPS → L2 reduction (0 unless `user_metric` is inner product).
     pub mips_max_norm_sq: f32,
@@ -84,9 +94,25 @@ pub struct NodeLocation {
 }
 
 impl Header {
-    /// Bytes of one node: vector, degree, neighbour slots.
+    /// Bytes of one node: vector, degree, neighbour slots, label (version 2 on).
     pub fn node_size(&self) -> usize {
+        self.label_offset() + if self.version >= 2 { 4 } else { 0 }
+    }
+
+    /// Offset of the label inside a node (version 2 on).
+    fn label_offset(&self) -> usize {
         self.dim as usize * self.elem.size() + 4 + 4 * self.max_degree as usize
+    }
+
+    /// The positions stored in the same sector as position `i` (just `i` for spanning nodes).
+    pub fn sector_mates(&self, i: u32) -> std::ops::Range<u32> {
+        match self.nodes_per_sector() as u64 {
+            0 => i..i + 1,
+            k => {
+                let first = u64::from(i) / k * k;
+                first as u32..(first + k).min(self.n) as u32
+            }
+        }
     }
 
     /// Nodes per sector, or 0 when a node needs more than one sector.
@@ -112,7 +138,7 @@ impl Header {
         (1 + self.node_sectors()) * SECTOR as u64
     }
 
-    /// Where node `i` is stored.
+    /// Where the node at position `i` is stored.
     pub fn locate(&self, i: u32) -> NodeLocation {
         match self.nodes_per_sector() {
             0 => {
@@ -129,6 +155,12 @@ impl Header {
 
     /// Checks internal consistency (used on both write and read).
     fn check(&self) -> Result<(), String> {
+        if !(MIN_VERSION..=VERSION).contains(&self.version) {
+            return Err(format!(
+                "format version {}, this build reads versions {MIN_VERSION} to {VERSION}",
+                self.version
+            ));
+        }
         if self.dim == 0 || self.dim as usize > quiver_simd::MAX_DIM {
             return Err(format!("dimension {}", self.dim));
         }
@@ -152,7 +184,7 @@ impl Header {
         let mut s = [0u8; SECTOR];
         s[0..8].copy_from_slice(&MAGIC);
         let mut put = |at: usize, v: &[u8]| s[at..at + v.len()].copy_from_slice(v);
-        put(8, &VERSION.to_le_bytes());
+        put(8, &self.version.to_le_bytes());
         put(12, &self.elem.code().to_le_bytes());
         put(16, &self.metric.code().to_le_bytes());
         put(20, &self.user_metric.code().to_le_bytes());
@@ -181,8 +213,10 @@ impl Header {
         let u32_at = |at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
         let version = u32_at(8);
-        if version != VERSION {
-            return Err(format!("format version {version}, this build reads version {VERSION}"));
+        if !(MIN_VERSION..=VERSION).contains(&version) {
+            return Err(format!(
+                "format version {version}, this build reads versions {MIN_VERSION} to {VERSION}"
+            ));
         }
         unseal(s).map_err(|e| format!("header sector: {e}"))?;
         let metric = |at: usize| {
@@ -190,6 +224,7 @@ impl Header {
                 .ok_or_else(|| format!("unknown metric code {}", u32_at(at)))
         };
         let h = Header {
+            version,
             elem: ElemType::from_code(u32_at(12))
                 .ok_or_else(|| format!("unknown element type code {}", u32_at(12)))?,
             metric: metric(16)?,
@@ -244,16 +279,35 @@ pub struct NodeRef<'a> {
     pub raw: &'a [u8],
     /// The full-precision vector, raw little-endian bytes.
     pub vector: &'a [u8],
-    /// Neighbour ids.
+    /// Neighbour positions.
     pub neighbours: Vec<u32>,
+    /// The caller's id for this vector (its position in a version 1 file).
+    pub label: u32,
 }
 
-/// Parses node bytes (`node_size` of them), validating the degree and every neighbour id.
+/// The label of the node at position `i` whose bytes are `bytes`, validated (`< n`).
+///
+/// # Errors
+/// If the label is out of range (only possible in a damaged or forged file).
+pub fn node_label(h: &Header, i: u32, bytes: &[u8]) -> Result<u32, String> {
+    if h.version < 2 {
+        return Ok(i);
+    }
+    let at = h.label_offset();
+    let label = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if u64::from(label) >= h.n {
+        return Err(format!("label {label} out of range ({} nodes)", h.n));
+    }
+    Ok(label)
+}
+
+/// Parses the bytes (`node_size` of them) of the node at position `i`, validating the degree,
+/// every neighbour position and the label.
 ///
 /// # Errors
 /// If the degree exceeds `R` or an id is out of range (only possible in a damaged or forged file,
 /// since sector checksums already passed).
-pub fn parse_node<'a>(h: &Header, bytes: &'a [u8]) -> Result<NodeRef<'a>, String> {
+pub fn parse_node<'a>(h: &Header, i: u32, bytes: &'a [u8]) -> Result<NodeRef<'a>, String> {
     let vbytes = h.dim as usize * h.elem.size();
     let degree = u32::from_le_bytes(bytes[vbytes..vbytes + 4].try_into().expect("4 bytes"));
     if degree > h.max_degree {
@@ -265,10 +319,11 @@ pub fn parse_node<'a>(h: &Header, bytes: &'a [u8]) -> Result<NodeRef<'a>, String
     if let Some(bad) = neighbours.iter().find(|&&id| u64::from(id) >= h.n) {
         return Err(format!("neighbour id {bad} out of range ({} nodes)", h.n));
     }
-    Ok(NodeRef { raw: bytes, vector: &bytes[..vbytes], neighbours })
+    let label = node_label(h, i, bytes)?;
+    Ok(NodeRef { raw: bytes, vector: &bytes[..vbytes], neighbours, label })
 }
 
-/// Writes an index file node by node, in id order, one sector buffered at a time.
+/// Writes an index file node by node, in position order, one sector buffered at a time.
 #[derive(Debug)]
 pub struct IndexWriter {
     path: PathBuf,
@@ -315,11 +370,19 @@ impl IndexWriter {
         Ok(())
     }
 
-    /// Appends the next node (ids are implicit: the `k`-th call writes node `k`).
+    /// Appends the next node (positions are implicit: the `k`-th call writes position `k`) with
+    /// its neighbours' positions and its label.
     ///
     /// # Errors
-    /// If the vector has the wrong size, there are too many neighbours or nodes, or writing fails.
-    pub fn push(&mut self, vector: &[u8], neighbours: &[u32]) -> Result<(), LayoutError> {
+    /// If the vector has the wrong size, there are too many neighbours or nodes, a position or the
+    /// label is out of range (or, in a version 1 file, the label is not the position), or writing
+    /// fails.
+    pub fn push(
+        &mut self,
+        vector: &[u8],
+        neighbours: &[u32],
+        label: u32,
+    ) -> Result<(), LayoutError> {
         let h = self.header;
         if self.written >= h.n {
             return Err(LayoutError::Usage(format!("more than the declared {} nodes", h.n)));
@@ -332,13 +395,22 @@ impl IndexWriter {
         {
             return Err(LayoutError::Usage(format!("node {}: bad neighbour list", self.written)));
         }
+        let label_ok =
+            if h.version >= 2 { u64::from(label) < h.n } else { u64::from(label) == self.written };
+        if !label_ok {
+            return Err(LayoutError::Usage(format!("node {}: label {label}", self.written)));
+        }
         self.node.clear();
         self.node.extend_from_slice(vector);
         self.node.extend_from_slice(&(neighbours.len() as u32).to_le_bytes());
         for id in neighbours {
             self.node.extend_from_slice(&id.to_le_bytes());
         }
-        self.node.resize(h.node_size(), 0);
+        self.node.resize(h.label_offset(), 0);
+        if h.version >= 2 {
+            self.node.extend_from_slice(&label.to_le_bytes());
+        }
+        debug_assert_eq!(self.node.len(), h.node_size());
         if h.nodes_per_sector() > 0 {
             let at = self.fill;
             self.sector[at..at + h.node_size()].copy_from_slice(&self.node);
@@ -428,7 +500,7 @@ impl IndexReader {
         &self.path
     }
 
-    /// Reads node `i`'s sectors into `buf` (resized as needed), verifies them, and parses the node.
+    /// Reads the node at position `i`: its sectors into `buf` (resized as needed), verifies them, and parses the node.
     ///
     /// # Errors
     /// I/O failure, a checksum mismatch, or an invalid node.
@@ -479,5 +551,5 @@ pub fn node_from_sectors<'b>(
         buf.copy_within(s * SECTOR..s * SECTOR + PAYLOAD, s * PAYLOAD);
     }
     let bytes = &buf[loc.offset..loc.offset + h.node_size()];
-    parse_node(h, bytes).map_err(|e| corrupt(format!("node {i} (sector {}): {e}", loc.sector)))
+    parse_node(h, i, bytes).map_err(|e| corrupt(format!("node {i} (sector {}): {e}", loc.sector)))
 }

@@ -9,6 +9,7 @@
 //! - [`vamana`]: the Vamana graph build (one or two passes, graded RobustPrune, parallel) and an
 //!   in-memory search used to test graph quality on its own.
 //! - [`layout`]: the versioned, checksummed file of 4 KiB sectors (`docs/format.md`).
+//! - [`pack`]: the order nodes are written in, so that a sector holds graph neighbours.
 //! - [`search`]: beam search over the sectors through io_uring (or `pread`), steered by PQ codes.
 //! - [`index`]: builds all of it into an index directory.
 //!
@@ -20,6 +21,7 @@
 pub mod data;
 pub mod index;
 pub mod layout;
+pub mod pack;
 pub mod pq;
 pub mod search;
 pub mod vamana;

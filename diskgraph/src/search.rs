@@ -1,12 +1,17 @@
-//! Beam search over a disk index: PQ codes in RAM steer, the graph file on disk is read a few
-//! sectors per hop, and the full-precision vectors that come with those sectors rerank the result.
+//! Beam search over a disk index: PQ codes in RAM steer, the graph file on disk is read a sector
+//! at a time, and the full-precision vectors that come with those sectors rerank the result.
 //!
-//! Each hop takes the `W` (beam width) nearest unexpanded candidates by PQ distance. It reads their
-//! sectors in one batch, through io_uring or `pread`, with `O_DIRECT` into 4 KiB-aligned buffers,
-//! and verifies each sector's checksum. It computes the exact distance of every node it reads, then
-//! scores the unvisited neighbours with one batched PQ call and merges them into the candidate list
-//! of size `L`. The search stops when every candidate in the list has been expanded. The top `k` by
-//! exact distance are returned, converted back to the user's metric.
+//! The search is pipelined: it keeps `W` (beam width) reads in flight, each for the nearest
+//! candidate by PQ distance not yet taken, through io_uring or `pread`, with `O_DIRECT` into
+//! 4 KiB-aligned buffers. When the oldest read arrives (the oldest, not the first to finish, so
+//! that results never depend on the device's timing), it verifies the sector's checksum, computes
+//! the node's exact distance, scores its unvisited neighbours with one batched PQ call, merges them
+//! into the candidate list of size `L`, and issues the next read. Then it uses the sector's other
+//! nodes, which the builder chose to be the node's graph neighbours ([`crate::pack`]): each one the
+//! list would take is expanded at once, without a read of its own, and each other one's exact
+//! distance is offered to the result. The search stops when every candidate in the list has been
+//! taken and no read is in flight. The top `k` by exact distance are returned, labelled with the
+//! caller's ids and converted back to the user's metric.
 //!
 //! A [`DiskIndex`] is shared (`Sync`) by any number of threads. Each thread makes its own
 //! [`Searcher`], which owns one io_uring ring, the visited set and the I/O buffers.
@@ -25,7 +30,7 @@ use quiver_simd::{Isa, Kernels, PqTable};
 use crate::data::{Metric, Row, distance};
 use crate::index::{GRAPH_FILE, IndexError};
 use crate::layout::{
-    Header, IndexReader, LayoutError, NodeRef, SECTOR, node_from_sectors, parse_node,
+    Header, IndexReader, LayoutError, NodeRef, SECTOR, node_from_sectors, node_label, parse_node,
 };
 use crate::pq::{CENTROIDS, CODES_FILE, PIVOTS_FILE, PqCodebook, read_codes};
 use crate::visited::VisitedSet;
@@ -34,6 +39,10 @@ use crate::visited::VisitedSet;
 #[derive(Clone, Copy, Pod, Zeroable)]
 #[repr(C, align(4096))]
 struct Page([u8; SECTOR]);
+
+/// The largest beam width `W` a search accepts: reads in flight per search (and so buffer slots
+/// and io_uring entries per searcher).
+pub const MAX_BEAM_WIDTH: usize = 64;
 
 /// How sectors are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +75,9 @@ pub struct OpenOptionsIndex {
     /// Open the graph file with `O_DIRECT` (bypass the page cache, as a real out-of-core index
     /// must). If the file system refuses it, buffered I/O is used and a warning logged.
     pub direct: bool,
-    /// Nodes to keep in RAM, chosen by BFS from the entry point (the most visited). Default 0.
+    /// Nodes to keep in RAM, chosen by BFS from the entry point (the most visited). Whole sectors
+    /// are cached (a search uses every node of a sector it meets), until they hold at least this
+    /// many nodes. Default 0.
     pub cache_nodes: usize,
 }
 
@@ -81,9 +92,10 @@ impl Default for OpenOptionsIndex {
 pub struct QueryStats {
     /// Sectors read from disk.
     pub ios: u64,
-    /// Beam iterations.
+    /// Round trips: the longest chain of reads each issued only after the previous one arrived
+    /// (with W reads in flight, about reads / W).
     pub hops: u64,
-    /// Nodes served from the RAM cache.
+    /// Nodes whose sector was served from the RAM cache.
     pub cache_hits: u64,
     /// PQ distances computed.
     pub pq_distances: u64,
@@ -110,7 +122,8 @@ pub struct DiskIndex {
     file: File,
     pq: PqCodebook,
     codes: Vec<u8>,
-    cache: HashMap<u32, Box<[u8]>>,
+    /// Cached sectors by first sector number: the node's sectors as stored, verified at load.
+    cache: HashMap<u64, Box<[u8]>>,
     backend: Backend,
 }
 
@@ -174,17 +187,17 @@ impl DiskIndex {
         Ok(index)
     }
 
-    /// Loads up to `count` nodes, in BFS order from the entry point, into the RAM cache.
+    /// Caches the sectors of the nodes met in BFS order from the entry point, until they hold at
+    /// least `count` nodes (or the whole graph).
     fn fill_cache(&mut self, reader: &IndexReader, count: usize) -> Result<(), IndexError> {
-        let count = count.min(self.header.n as usize);
-        if count == 0 {
-            return Ok(());
-        }
-        let mut queue = std::collections::VecDeque::from([self.header.entry]);
-        let mut seen = std::collections::HashSet::from([self.header.entry]);
+        let h = self.header;
+        let count = count.min(h.n as usize);
+        let mut held = 0usize;
+        let mut queue = std::collections::VecDeque::from([h.entry]);
+        let mut seen = std::collections::HashSet::from([h.entry]);
         let mut buf = Vec::new();
         while let Some(id) = queue.pop_front() {
-            if self.cache.len() >= count {
+            if held >= count {
                 break;
             }
             let node = reader.read_node(id, &mut buf)?;
@@ -193,7 +206,18 @@ impl DiskIndex {
                     queue.push_back(nb);
                 }
             }
-            self.cache.insert(id, node.raw.into());
+            let loc = h.locate(id);
+            if let std::collections::hash_map::Entry::Vacant(e) = self.cache.entry(loc.sector) {
+                // `read_node` verified these sectors and reassembles spanning nodes in place:
+                // read them again as stored, so a cached sector is processed like a read one.
+                let mut raw = vec![0u8; loc.sectors * SECTOR];
+                reader
+                    .file()
+                    .read_exact_at(&mut raw, loc.sector * SECTOR as u64)
+                    .map_err(|e| LayoutError::Io { path: reader.path().to_owned(), source: e })?;
+                e.insert(raw.into());
+                held += h.sector_mates(id).len();
+            }
         }
         Ok(())
     }
@@ -208,7 +232,8 @@ impl DiskIndex {
         self.backend
     }
 
-    /// Resident RAM of the index: PQ codes, pivots and the node cache (not the per-thread buffers).
+    /// Resident RAM of the index: PQ codes, pivots and the sector cache (not the per-thread
+    /// buffers).
     pub fn ram_bytes(&self) -> usize {
         self.codes.len()
             + 4 * (self.pq.center().len() + self.pq.centroids().len())
@@ -221,9 +246,9 @@ impl DiskIndex {
     /// If the io_uring backend was chosen and the ring cannot be created.
     pub fn searcher(&self) -> Result<Searcher<'_>, IndexError> {
         let io: Box<dyn SectorIo> = match self.backend {
-            Backend::Pread => Box::new(PreadIo),
+            Backend::Pread => Box::new(PreadIo::default()),
             _ => Box::new(
-                UringIo::new(64)
+                UringIo::new(MAX_BEAM_WIDTH as u32)
                     .map_err(|e| LayoutError::Io { path: self.path.clone(), source: e })?,
             ),
         };
@@ -231,115 +256,226 @@ impl DiskIndex {
             index: self,
             io,
             visited: VisitedSet::new(),
+            expanded: VisitedSet::new(),
+            cached: Vec::new(),
             table: vec![0.0; self.pq.bytes() * CENTROIDS],
-            bufs: Vec::new(),
-            misses: Vec::new(),
         })
     }
 }
 
-/// A batch of sector reads: each request fills its buffer (a whole number of pages) from `offset`.
+/// Reads into a fixed set of buffer slots, several in flight at once, each waited for by slot.
+///
+/// The backend owns the buffers, so a buffer can never be freed or reused while the kernel may
+/// still write into it: [`SectorIo::prepare`] and `Drop` wait for every read in flight first.
 trait SectorIo: Send {
-    /// Reads every request completely, or fails.
-    fn read_batch(&mut self, file: &File, reqs: &mut [ReadReq<'_>]) -> io::Result<()>;
+    /// Makes `slots` buffers of `pages` 4 KiB pages each available, after waiting for (and
+    /// discarding) any read still in flight from an earlier, abandoned search.
+    fn prepare(&mut self, slots: usize, pages: usize) -> io::Result<()>;
+    /// Starts filling slot `slot`'s buffer from byte `offset` of `file`. The slot must be idle.
+    fn submit(&mut self, file: &File, slot: usize, offset: u64) -> io::Result<()>;
+    /// Waits until slot `slot`'s read is complete (every byte, short reads resumed) and returns its
+    /// buffer, or the read's error. The slot is idle again afterwards.
+    fn wait(&mut self, file: &File, slot: usize) -> io::Result<&mut [u8]>;
 }
 
-/// One read: `buf.len()` bytes at byte `offset`.
-struct ReadReq<'a> {
-    offset: u64,
-    buf: &'a mut [u8],
+/// `pread` backend: a submitted read happens when it is waited for.
+#[derive(Default)]
+struct PreadIo {
+    bufs: Vec<Page>,
+    pages: usize,
+    offsets: Vec<Option<u64>>,
 }
-
-/// `pread` backend.
-struct PreadIo;
 
 impl SectorIo for PreadIo {
-    fn read_batch(&mut self, file: &File, reqs: &mut [ReadReq<'_>]) -> io::Result<()> {
-        for r in reqs.iter_mut() {
-            file.read_exact_at(r.buf, r.offset)?;
+    fn prepare(&mut self, slots: usize, pages: usize) -> io::Result<()> {
+        if self.offsets.len() != slots || self.pages != pages {
+            self.bufs = vec![Page([0; SECTOR]); slots * pages];
+            self.pages = pages;
         }
+        self.offsets = vec![None; slots];
         Ok(())
+    }
+
+    fn submit(&mut self, _file: &File, slot: usize, offset: u64) -> io::Result<()> {
+        assert!(self.offsets[slot].replace(offset).is_none(), "slot {slot} submitted twice");
+        Ok(())
+    }
+
+    fn wait(&mut self, file: &File, slot: usize) -> io::Result<&mut [u8]> {
+        let offset = self.offsets[slot].take().expect("waited for a slot with no read");
+        let buf: &mut [u8] =
+            bytemuck::cast_slice_mut(&mut self.bufs[slot * self.pages..(slot + 1) * self.pages]);
+        file.read_exact_at(buf, offset)?;
+        Ok(buf)
     }
 }
 
-/// io_uring backend: one ring per searcher (per thread).
+/// Where one slot's read stands.
+#[derive(Debug)]
+enum SlotState {
+    Idle,
+    /// In the kernel's hands: `done` bytes of the slot have arrived from `offset` on.
+    InFlight {
+        offset: u64,
+        done: usize,
+    },
+    Complete,
+    Failed(io::Error),
+}
+
+/// io_uring backend: one ring per searcher (per thread), reads into slots it owns.
 struct UringIo {
     ring: io_uring::IoUring,
+    /// The slots' pages, `pages` per slot. Never reallocated while a read is in flight.
+    bufs: Box<[Page]>,
+    pages: usize,
+    state: Vec<SlotState>,
+    in_flight: usize,
+    /// Entries pushed to the submission queue but not yet handed to the kernel.
+    unsubmitted: usize,
 }
 
 impl UringIo {
     fn new(entries: u32) -> io::Result<Self> {
-        Ok(Self { ring: io_uring::IoUring::new(entries)? })
+        Ok(Self {
+            ring: io_uring::IoUring::new(entries)?,
+            bufs: Box::new([]),
+            pages: 0,
+            state: Vec::new(),
+            in_flight: 0,
+            unsubmitted: 0,
+        })
+    }
+
+    /// Pushes a read of the rest of `slot` (from `done` bytes on) to the submission queue.
+    fn push(&mut self, fd: io_uring::types::Fd, slot: usize, offset: u64, done: usize) {
+        let len = self.pages * SECTOR;
+        let base = slot * self.pages;
+        let rest =
+            &mut bytemuck::cast_slice_mut::<Page, u8>(&mut self.bufs[base..base + self.pages])
+                [done..];
+        let entry = io_uring::opcode::Read::new(fd, rest.as_mut_ptr(), (len - done) as u32)
+            .offset(offset + done as u64)
+            .build()
+            .user_data(slot as u64);
+        assert!(self.in_flight < self.ring.params().sq_entries() as usize, "ring full");
+        // SAFETY: the entry points into `self.bufs`, which this struct owns and which is neither
+        // freed nor reallocated while a read is in flight: `prepare` (the only place that replaces
+        // it) and `Drop` first call `drain`, which returns only once `in_flight` is 0, and a slot
+        // is pushed only while idle or to resume its own short read, so no two reads share
+        // bytes. The fd belongs to the index's `File`, which outlives its searchers (they borrow
+        // the index); `drain` runs before a searcher is dropped. `in_flight` is below the ring's
+        // capacity (asserted above), so the queue has room and the push cannot fail.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        assert!(pushed.is_ok(), "io_uring submission queue full despite in_flight < capacity");
+        self.in_flight += 1;
+        self.unsubmitted += 1;
+    }
+
+    /// Hands queued entries to the kernel and, if `wait`, blocks until one completion arrives.
+    fn enter(&mut self, wait: bool) {
+        let res = if wait { self.ring.submit_and_wait(1) } else { self.ring.submit() };
+        match res {
+            Ok(n) => self.unsubmitted -= n.min(self.unsubmitted),
+            // Retry later: the entries stay queued (or in flight) and are reaped as they finish.
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
+            Err(e) => {
+                // Reads may be in flight into our buffers: unwinding could free them under the
+                // kernel, so there is no safe way on.
+                tracing::error!(error = %e, "io_uring submit failed with reads possibly in flight");
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Reaps every completion available, resuming short reads.
+    fn reap(&mut self, fd: io_uring::types::Fd) {
+        let len = self.pages * SECTOR;
+        let cqes: Vec<(usize, i32)> =
+            self.ring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
+        for (slot, res) in cqes {
+            self.in_flight -= 1;
+            let SlotState::InFlight { offset, done } = self.state[slot] else {
+                unreachable!("completion for slot {slot} with no read in flight")
+            };
+            self.state[slot] = match res {
+                res if res < 0 => SlotState::Failed(io::Error::from_raw_os_error(-res)),
+                0 => SlotState::Failed(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "read past the end of the index file",
+                )),
+                res => {
+                    let done = done + res as usize;
+                    if done < len {
+                        self.push(fd, slot, offset, done);
+                        SlotState::InFlight { offset, done }
+                    } else {
+                        SlotState::Complete
+                    }
+                }
+            };
+        }
+    }
+
+    /// Waits for every read in flight; their results are dropped.
+    fn drain(&mut self) {
+        while self.in_flight > 0 {
+            self.enter(true);
+            // Short reads are not resumed: the fd is not needed to discard a result.
+            for c in self.ring.completion() {
+                let _ = c;
+                self.in_flight -= 1;
+            }
+        }
+        self.state.iter_mut().for_each(|s| *s = SlotState::Idle);
+    }
+}
+
+impl Drop for UringIo {
+    fn drop(&mut self) {
+        self.drain();
     }
 }
 
 impl SectorIo for UringIo {
-    fn read_batch(&mut self, file: &File, reqs: &mut [ReadReq<'_>]) -> io::Result<()> {
-        use io_uring::{opcode, types};
-        let fd = types::Fd(file.as_raw_fd());
-        let cap = self.ring.params().sq_entries() as usize;
-        // Bytes already read per request: a short read is requeued for its remainder.
-        let mut done = vec![0usize; reqs.len()];
-        let mut pending: std::collections::VecDeque<usize> = (0..reqs.len()).collect();
-        let mut in_flight = 0usize;
-        let mut first_error: Option<io::Error> = None;
+    fn prepare(&mut self, slots: usize, pages: usize) -> io::Result<()> {
+        self.drain();
+        if self.state.len() != slots || self.pages != pages {
+            self.bufs = vec![Page([0; SECTOR]); slots * pages].into_boxed_slice();
+            self.pages = pages;
+            self.state = (0..slots).map(|_| SlotState::Idle).collect();
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, file: &File, slot: usize, offset: u64) -> io::Result<()> {
+        assert!(matches!(self.state[slot], SlotState::Idle), "slot {slot} is busy");
+        self.state[slot] = SlotState::InFlight { offset, done: 0 };
+        self.push(io_uring::types::Fd(file.as_raw_fd()), slot, offset, 0);
+        Ok(())
+    }
+
+    fn wait(&mut self, file: &File, slot: usize) -> io::Result<&mut [u8]> {
+        let fd = io_uring::types::Fd(file.as_raw_fd());
         loop {
-            while first_error.is_none() && in_flight < cap {
-                let Some(i) = pending.pop_front() else { break };
-                let rest = &mut reqs[i].buf[done[i]..];
-                let entry = opcode::Read::new(fd, rest.as_mut_ptr(), rest.len() as u32)
-                    .offset(reqs[i].offset + done[i] as u64)
-                    .build()
-                    .user_data(i as u64);
-                // SAFETY: the entry points into `reqs[i].buf`, borrowed mutably for the whole of
-                // this call, and the loop does not return while `in_flight > 0`: every pushed entry
-                // is reaped before the borrow ends, on error paths too (an unrecoverable submit
-                // error aborts the process rather than unwinding with reads in flight). The fd stays
-                // open because `file` is borrowed for the same span. `in_flight < cap` guarantees
-                // queue space, so the push cannot fail.
-                let pushed = unsafe { self.ring.submission().push(&entry) };
-                assert!(
-                    pushed.is_ok(),
-                    "io_uring submission queue full despite in_flight < capacity"
-                );
-                in_flight += 1;
-            }
-            if in_flight == 0 {
-                break;
-            }
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                match e.raw_os_error() {
-                    // Retry: the entries stay queued (or in flight) and are reaped below or later.
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY) => {}
-                    _ => {
-                        tracing::error!(error = %e, "io_uring submit failed with reads possibly in flight");
-                        std::process::abort();
-                    }
-                }
-            }
-            for cqe in self.ring.completion() {
-                in_flight -= 1;
-                let i = cqe.user_data() as usize;
-                match cqe.result() {
-                    res if res < 0 => {
-                        first_error.get_or_insert(io::Error::from_raw_os_error(-res));
-                    }
-                    0 => {
-                        first_error.get_or_insert(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "read past the end of the index file",
-                        ));
-                    }
-                    res => {
-                        done[i] += res as usize;
-                        if done[i] < reqs[i].buf.len() {
-                            pending.push_back(i);
-                        }
-                    }
+            match std::mem::replace(&mut self.state[slot], SlotState::Idle) {
+                SlotState::Complete => break,
+                SlotState::Failed(e) => return Err(e),
+                SlotState::Idle => panic!("waited for slot {slot} with no read"),
+                s @ SlotState::InFlight { .. } => {
+                    self.state[slot] = s;
+                    self.enter(true);
+                    self.reap(fd);
                 }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        // Reads queued behind this one must reach the kernel before the caller computes.
+        if self.unsubmitted > 0 {
+            self.enter(false);
+        }
+        let base = slot * self.pages;
+        Ok(bytemuck::cast_slice_mut(&mut self.bufs[base..base + self.pages]))
     }
 }
 
@@ -347,10 +483,13 @@ impl SectorIo for UringIo {
 pub struct Searcher<'a> {
     index: &'a DiskIndex,
     io: Box<dyn SectorIo>,
+    /// Positions seen (offered to the candidate list).
     visited: VisitedSet,
+    /// Positions expanded (their exact distance taken and their neighbours seen).
+    expanded: VisitedSet,
+    /// A cached sector's copy, processed like a read one (verification reassembles in place).
+    cached: Vec<u8>,
     table: Vec<f32>,
-    bufs: Vec<Vec<Page>>,
-    misses: Vec<u32>,
 }
 
 impl std::fmt::Debug for Searcher<'_> {
@@ -366,7 +505,7 @@ pub struct SearchParams {
     pub k: usize,
     /// Candidate list size `L` (at least `k`).
     pub list_size: usize,
-    /// Sectors' worth of nodes read per hop (`W`).
+    /// Reads kept in flight (`W`, 1..=[`MAX_BEAM_WIDTH`]).
     pub beam_width: usize,
 }
 
@@ -408,6 +547,12 @@ impl Searcher<'_> {
                 "k, list size and beam width must be at least 1".into(),
             ));
         }
+        if params.beam_width > MAX_BEAM_WIDTH {
+            return Err(SearchError::Query(format!(
+                "beam width {} exceeds the maximum {MAX_BEAM_WIDTH}",
+                params.beam_width
+            )));
+        }
         let in_dim =
             if h.user_metric == Metric::InnerProduct { h.dim as usize - 1 } else { h.dim as usize };
         if query.len() != in_dim {
@@ -442,98 +587,263 @@ impl Searcher<'_> {
         let mut stats = QueryStats::default();
 
         self.visited.clear();
+        let width = params.beam_width;
+        let spn = h.sectors_per_node();
+        self.io
+            .prepare(width, spn)
+            .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
 
-        // Candidate list: (pq distance, id, expanded), sorted, at most `l`.
-        let mut list: Vec<(f32, u32, bool)> = Vec::with_capacity(l + 1);
-        let mut exact: Vec<Neighbour> = Vec::new();
+        self.expanded.clear();
+        let mut walk = Walk {
+            list: Vec::with_capacity(l + 1),
+            l,
+            first_new: 0,
+            exact: Vec::new(),
+            fresh: Vec::new(),
+            fresh_d: Vec::new(),
+            mates: Vec::new(),
+            mates_d: Vec::new(),
+        };
         let mut pq_out = [0.0f32; 1];
         self.visited.insert(h.entry);
         k.pq_score_ids(table, &ix.codes, &[h.entry], &mut pq_out);
         stats.pq_distances += 1;
-        list.push((pq_out[0], h.entry, false));
+        walk.list.push(Cand { d: pq_out[0], id: h.entry, state: CandState::New });
 
-        let mut beam: Vec<u32> = Vec::with_capacity(params.beam_width);
-        let mut fresh: Vec<u32> = Vec::new();
-        let mut fresh_d: Vec<f32> = Vec::new();
+        // Reads in flight, oldest first: (slot, node id, round trip it ends).
+        let mut flight: std::collections::VecDeque<(usize, u32, u64)> =
+            std::collections::VecDeque::with_capacity(width);
+        let mut free: Vec<usize> = (0..width).rev().collect();
+        // The round trip of the node last expanded: reads issued now end round trip `depth + 1`.
+        let mut depth = 0u64;
+        let ctx = Ctx { ix, h, k, table, query, qf: &qf, native };
         loop {
-            beam.clear();
-            for c in list.iter_mut().filter(|c| !c.2).take(params.beam_width) {
-                c.2 = true;
-                beam.push(c.1);
-            }
-            if beam.is_empty() {
-                break;
-            }
-            stats.hops += 1;
-            // Read what the cache does not hold, all in one batch.
-            let mut misses = std::mem::take(&mut self.misses);
-            misses.clear();
-            misses.extend(beam.iter().copied().filter(|id| !ix.cache.contains_key(id)));
-            let spn = h.sectors_per_node();
-            while self.bufs.len() < misses.len() {
-                self.bufs.push(vec![Page([0; SECTOR]); spn]);
-            }
-            {
-                let mut reqs: Vec<ReadReq<'_>> = misses
-                    .iter()
-                    .zip(self.bufs.iter_mut())
-                    .map(|(&id, buf)| ReadReq {
-                        offset: h.locate(id).sector * SECTOR as u64,
-                        buf: bytemuck::cast_slice_mut(&mut buf[..]),
-                    })
-                    .collect();
-                self.io
-                    .read_batch(&ix.file, &mut reqs)
-                    .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
-            }
-            stats.ios += (misses.len() * spn) as u64;
-            stats.cache_hits += (beam.len() - misses.len()) as u64;
-            for &id in &beam {
-                let node: NodeRef<'_> = match ix.cache.get(&id) {
-                    Some(bytes) => parse_node(&h, bytes)
-                        .map_err(|reason| LayoutError::Corrupt { path: ix.path.clone(), reason })?,
-                    None => {
-                        let slot =
-                            misses.iter().position(|&m| m == id).expect("every miss was read");
-                        let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut self.bufs[slot][..]);
-                        node_from_sectors(&h, &ix.path, id, h.locate(id), buf)?
-                    }
-                };
-                let d = exact_distance(k, &h, native, query, &qf, node.vector);
-                stats.exact_distances += 1;
-                exact.push(Neighbour { id, distance: d });
-                fresh.clear();
-                fresh.extend(node.neighbours.iter().copied().filter(|&nb| self.visited.insert(nb)));
-                fresh_d.resize(fresh.len(), 0.0);
-                k.pq_score_ids(table, &ix.codes, &fresh, &mut fresh_d);
-                stats.pq_distances += fresh.len() as u64;
-                for (&nb, &d) in fresh.iter().zip(&fresh_d) {
-                    if list.len() == l && list.last().is_some_and(|w| w.0 <= d) {
-                        continue;
-                    }
-                    let at = list.partition_point(|c| c.0 <= d);
-                    list.insert(at, (d, nb, false));
-                    list.truncate(l);
+            // Keep `width` reads in flight, each for the nearest candidate not yet taken.
+            while !free.is_empty() {
+                let Some(id) = walk.take_nearest_new() else { break };
+                stats.hops = stats.hops.max(depth);
+                let loc = h.locate(id);
+                if let Some(bytes) = ix.cache.get(&loc.sector) {
+                    stats.cache_hits += 1;
+                    self.cached.clear();
+                    self.cached.extend_from_slice(bytes);
+                    let (visited, expanded) = (&mut self.visited, &mut self.expanded);
+                    ctx.process(&mut walk, visited, expanded, &mut stats, id, &mut self.cached)?;
+                    continue;
                 }
+                let slot = free.pop().expect("a free slot");
+                self.io
+                    .submit(&ix.file, slot, loc.sector * SECTOR as u64)
+                    .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
+                stats.ios += spn as u64;
+                flight.push_back((slot, id, depth + 1));
             }
-            self.misses = misses;
+            // Expand the oldest read (not whichever finishes first: the order of expansions, and
+            // so the result, must not depend on the device's timing).
+            let Some((slot, id, trip)) = flight.pop_front() else { break };
+            let buf = self
+                .io
+                .wait(&ix.file, slot)
+                .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
+            depth = trip;
+            stats.hops = stats.hops.max(depth);
+            ctx.process(&mut walk, &mut self.visited, &mut self.expanded, &mut stats, id, buf)?;
+            free.push(slot);
         }
+        let mut exact = walk.exact;
         exact.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        // A node met as a sector mate and later expanded is listed twice, at the same distance.
+        exact.dedup_by_key(|n| n.id);
         exact.truncate(params.k);
         stats.latency_us = started.elapsed().as_secs_f64() * 1e6;
         Ok((exact, stats))
     }
 }
 
-/// Exact distance from the query to a stored vector (raw bytes of the stored type).
-fn exact_distance<K: Kernels>(
-    k: K,
-    h: &Header,
+/// What one search reads with: the index, the query in its forms, and the PQ table.
+struct Ctx<'a, 'q> {
+    ix: &'a DiskIndex,
+    h: Header,
+    k: Isa,
+    table: PqTable<'a>,
+    query: Row<'q>,
+    qf: &'a [f32],
     native: bool,
-    query: Row<'_>,
-    qf: &[f32],
-    v: &[u8],
-) -> f32 {
+}
+
+impl Ctx<'_, '_> {
+    /// Exact distance from the query to a stored vector.
+    fn exact(&self, vector: &[u8]) -> f32 {
+        exact_distance(self.k, &self.h, self.native, self.query, self.qf, vector)
+    }
+
+    fn corrupt(&self, id: u32, e: &str) -> LayoutError {
+        let reason = format!("node {id} (sector {}): {e}", self.h.locate(id).sector);
+        LayoutError::Corrupt { path: self.ix.path.clone(), reason }
+    }
+
+    /// Expands a node: its exact distance joins the result, its unseen neighbours the list.
+    fn expand(
+        &self,
+        walk: &mut Walk,
+        visited: &mut VisitedSet,
+        stats: &mut QueryStats,
+        node: &NodeRef<'_>,
+    ) {
+        let d = self.exact(node.vector);
+        stats.exact_distances += 1;
+        walk.exact.push(Neighbour { id: node.label, distance: d });
+        walk.fresh.clear();
+        walk.fresh.extend(node.neighbours.iter().copied().filter(|&nb| visited.insert(nb)));
+        walk.fresh_d.resize(walk.fresh.len(), 0.0);
+        self.k.pq_score_ids(self.table, &self.ix.codes, &walk.fresh, &mut walk.fresh_d);
+        stats.pq_distances += walk.fresh.len() as u64;
+        walk.merge_fresh();
+    }
+
+    /// Handles the sectors of the node at position `id` (read or cached, unverified): verifies
+    /// them, expands the node, and then uses its sector mates.
+    ///
+    /// The builder put the node's graph neighbours in its sector, and they came with the read.
+    /// Each mate the list would take is expanded now, for free; each other one (not yet expanded)
+    /// still has its exact distance offered to the result.
+    fn process(
+        &self,
+        walk: &mut Walk,
+        visited: &mut VisitedSet,
+        expanded: &mut VisitedSet,
+        stats: &mut QueryStats,
+        id: u32,
+        buf: &mut [u8],
+    ) -> Result<(), LayoutError> {
+        let h = &self.h;
+        let node = node_from_sectors(h, &self.ix.path, id, h.locate(id), buf)?;
+        expanded.insert(id);
+        self.expand(walk, visited, stats, &node);
+        let mates = h.sector_mates(id);
+        walk.mates.clear();
+        walk.mates.extend(mates.clone().filter(|&y| y != id && !expanded.contains(y)));
+        walk.mates_d.resize(walk.mates.len(), 0.0);
+        self.k.pq_score_ids(self.table, &self.ix.codes, &walk.mates, &mut walk.mates_d);
+        stats.pq_distances += walk.mates.len() as u64;
+        let size = h.node_size();
+        for j in 0..walk.mates.len() {
+            let (y, dy) = (walk.mates[j], walk.mates_d[j]);
+            let at = (y - mates.start) as usize * size;
+            let bytes = &buf[at..at + size];
+            match walk.offer_mate(y, dy) {
+                MateUse::Expand => {
+                    visited.insert(y);
+                    expanded.insert(y);
+                    let node = parse_node(h, y, bytes).map_err(|e| self.corrupt(y, &e))?;
+                    self.expand(walk, visited, stats, &node);
+                }
+                MateUse::Exact => {
+                    let label = node_label(h, y, bytes).map_err(|e| self.corrupt(y, &e))?;
+                    let d = self.exact(&bytes[..h.dim as usize * h.elem.size()]);
+                    stats.exact_distances += 1;
+                    walk.exact.push(Neighbour { id: label, distance: d });
+                }
+                MateUse::InFlight => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a candidate stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CandState {
+    /// Not yet read.
+    New,
+    /// Read requested or done.
+    Taken,
+}
+
+/// One candidate: PQ distance, id, state.
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    d: f32,
+    id: u32,
+    state: CandState,
+}
+
+/// What to do with a node that arrived in the same sector as the node read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MateUse {
+    /// The list takes it: expand it now (it is marked taken).
+    Expand,
+    /// Its own read is in flight: leave it to that read.
+    InFlight,
+    /// The list would not take it: only offer its exact distance to the result.
+    Exact,
+}
+
+/// The candidate list of one search and its scratch space.
+struct Walk {
+    /// Sorted by PQ distance, at most `l` long.
+    list: Vec<Cand>,
+    l: usize,
+    /// No candidate before this position is `New`.
+    first_new: usize,
+    /// Every expanded node with its exact distance.
+    exact: Vec<Neighbour>,
+    fresh: Vec<u32>,
+    fresh_d: Vec<f32>,
+    /// The unexpanded sector mates of the node read, and their PQ distances.
+    mates: Vec<u32>,
+    mates_d: Vec<f32>,
+}
+
+impl Walk {
+    /// Marks the nearest `New` candidate taken and returns it.
+    fn take_nearest_new(&mut self) -> Option<u32> {
+        while self.first_new < self.list.len() {
+            let c = &mut self.list[self.first_new];
+            self.first_new += 1;
+            if c.state == CandState::New {
+                c.state = CandState::Taken;
+                return Some(c.id);
+            }
+        }
+        None
+    }
+
+    /// Decides what to do with sector mate `id` (not expanded yet) at PQ distance `d`; if it is to
+    /// be expanded, marks it taken in the list (inserting it if the list would take it).
+    fn offer_mate(&mut self, id: u32, d: f32) -> MateUse {
+        if let Some(c) = self.list.iter_mut().find(|c| c.id == id) {
+            if c.state == CandState::New {
+                c.state = CandState::Taken;
+                return MateUse::Expand;
+            }
+            return MateUse::InFlight;
+        }
+        if self.list.len() == self.l && self.list.last().is_some_and(|w| w.d <= d) {
+            return MateUse::Exact;
+        }
+        let at = self.list.partition_point(|c| c.d <= d);
+        self.list.insert(at, Cand { d, id, state: CandState::Taken });
+        self.list.truncate(self.l);
+        MateUse::Expand
+    }
+
+    /// Merges `fresh` (ids) scored `fresh_d` into the list, keeping the nearest `l`.
+    fn merge_fresh(&mut self) {
+        for (&id, &d) in self.fresh.iter().zip(&self.fresh_d) {
+            if self.list.len() == self.l && self.list.last().is_some_and(|w| w.d <= d) {
+                continue;
+            }
+            let at = self.list.partition_point(|c| c.d <= d);
+            self.list.insert(at, Cand { d, id, state: CandState::New });
+            self.list.truncate(self.l);
+            self.first_new = self.first_new.min(at);
+        }
+    }
+}
+
+/// Exact distance from the query to a stored vector (raw bytes of the stored type).
+fn exact_distance(k: Isa, h: &Header, native: bool, query: Row<'_>, qf: &[f32], v: &[u8]) -> f32 {
     use crate::data::ElemType;
     let stored = match h.elem {
         ElemType::F32 => Row::F32(bytemuck::cast_slice(v)),

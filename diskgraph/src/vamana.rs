@@ -124,6 +124,24 @@ impl Graph {
         self.offsets.windows(2).map(|w| &self.ids[w[0] as usize..w[1] as usize])
     }
 
+    /// A graph from explicit lists (for tests and tools).
+    ///
+    /// # Panics
+    /// If `entry` or a neighbour is not a point, or a list is longer than `max_degree`.
+    pub fn from_lists(lists: &[Vec<u32>], entry: u32, max_degree: usize) -> Self {
+        let n = lists.len();
+        assert!((entry as usize) < n, "entry {entry} of {n} points");
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(0);
+        let mut ids = Vec::new();
+        for l in lists {
+            assert!(l.len() <= max_degree && l.iter().all(|&v| (v as usize) < n), "bad list");
+            ids.extend_from_slice(l);
+            offsets.push(ids.len() as u64);
+        }
+        Self { offsets, ids, entry, max_degree }
+    }
+
     /// Mean out-degree.
     pub fn mean_degree(&self) -> f64 {
         self.ids.len() as f64 / self.len().max(1) as f64

@@ -27,6 +27,21 @@ impl VisitedSet {
         self.used.clear();
     }
 
+    /// Whether `id` is in the set.
+    #[inline]
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        let mask = self.slots.len() - 1;
+        let mut i =
+            (u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize;
+        loop {
+            match self.slots[i] {
+                s if s == id => return true,
+                Self::EMPTY => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
     /// Inserts `id`; returns whether it was absent.
     #[inline]
     pub(crate) fn insert(&mut self, id: u32) -> bool {

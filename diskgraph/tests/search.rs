@@ -235,3 +235,70 @@ fn damaged_or_mismatched_pq_files_refuse_to_open() {
         Err(IndexError::Mismatch(_))
     ));
 }
+
+/// Rewrites the index in `src` as a version 1 file in label order (no packing, no labels): the
+/// same graph and codes, as builds before sector packing wrote them.
+fn unpacked_copy(src: &Path, dst: &Path) {
+    use quiver_diskgraph::layout::{Header, IndexReader, IndexWriter};
+    use quiver_diskgraph::pq::{read_codes, write_codes};
+    let r = IndexReader::open(&src.join(GRAPH_FILE)).unwrap();
+    let h = *r.header();
+    let n = h.n as usize;
+    let mut buf = Vec::new();
+    let nodes: Vec<(u32, Vec<u8>, Vec<u32>)> = (0..n as u32)
+        .map(|p| {
+            let node = r.read_node(p, &mut buf).unwrap();
+            (node.label, node.vector.to_vec(), node.neighbours.clone())
+        })
+        .collect();
+    let label_of: Vec<u32> = nodes.iter().map(|x| x.0).collect();
+    let mut by_label: Vec<Option<&(u32, Vec<u8>, Vec<u32>)>> = vec![None; n];
+    for x in &nodes {
+        by_label[x.0 as usize] = Some(x);
+    }
+    let v1 = Header { version: 1, entry: label_of[h.entry as usize], ..h };
+    let mut w = IndexWriter::create(&dst.join(GRAPH_FILE), v1).unwrap();
+    for (i, x) in by_label.iter().enumerate() {
+        let (_, v, nb) = x.unwrap();
+        let nb: Vec<u32> = nb.iter().map(|&p| label_of[p as usize]).collect();
+        w.push(v, &nb, i as u32).unwrap();
+    }
+    w.finish().unwrap();
+    let (m, codes) = read_codes(&src.join(CODES_FILE)).unwrap();
+    let mut unpacked = vec![0u8; codes.len()];
+    for (p, &l) in label_of.iter().enumerate() {
+        unpacked[l as usize * m..(l as usize + 1) * m].copy_from_slice(&codes[p * m..(p + 1) * m]);
+    }
+    write_codes(&dst.join(CODES_FILE), m, &unpacked).unwrap();
+    std::fs::copy(src.join(PIVOTS_FILE), dst.join(PIVOTS_FILE)).unwrap();
+}
+
+#[test]
+fn packed_sectors_save_reads_without_losing_recall_and_old_unpacked_files_still_search() {
+    let (dir, queries) = bigann_index();
+    let old = tempfile::tempdir().unwrap();
+    unpacked_copy(dir.path(), old.path());
+    let gt = quiver_diskgraph::data::read_ivecs(&fixture("groundtruth.l2.ivecs")).unwrap();
+    let (packed, unpacked) =
+        (open(dir.path(), Backend::Auto, 0), open(old.path(), Backend::Auto, 0));
+    assert_eq!((packed.header().version, unpacked.header().version), (2, 1));
+    let p = SearchParams { k: 10, list_size: 30, beam_width: 4 };
+    let mut totals = [(0u64, 0usize); 2];
+    for (index, total) in [&packed, &unpacked].into_iter().zip(&mut totals) {
+        let mut s = index.searcher().unwrap();
+        for qi in 0..queries.len() {
+            let (found, stats) = s.search(queries.row(qi), p).unwrap();
+            total.0 += stats.ios;
+            total.1 += found.iter().filter(|n| gt[qi][..10].contains(&n.id)).count();
+        }
+    }
+    let [(packed_ios, packed_hits), (unpacked_ios, unpacked_hits)] = totals;
+    eprintln!("reads {packed_ios} vs {unpacked_ios}; hits {packed_hits} vs {unpacked_hits}");
+    // Both report caller ids (labels): recall is measured against the same ground truth.
+    assert!(unpacked_hits as f64 / 10_000.0 >= 0.9, "unpacked recall {unpacked_hits}");
+    assert!(packed_hits + 50 >= unpacked_hits, "recall {packed_hits} vs {unpacked_hits}");
+    assert!(
+        (packed_ios as f64) < 0.9 * unpacked_ios as f64,
+        "reads: packed {packed_ios}, unpacked {unpacked_ios}"
+    );
+}

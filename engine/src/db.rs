@@ -518,7 +518,7 @@ pub struct SearchParams {
     pub k: usize,
     /// The disk index's candidate list size `L` (raised to `k` if smaller).
     pub list_size: usize,
-    /// The disk index's beam width `W` (sectors read per hop).
+    /// The disk index's beam width `W`: reads kept in flight per search (1..=64).
     pub beam_width: usize,
     /// Exhaustive search: every live row's exact distance, ignoring the indexes (slow; for
     /// ground truth and tests).
@@ -2177,9 +2177,14 @@ impl Database {
         if params.k == 0 || params.k > MAX_K {
             return Err(ReadError::Query(format!("k = {} is outside 1..={MAX_K}", params.k)));
         }
-        if params.list_size == 0 || params.list_size > MAX_LIST_SIZE || params.beam_width == 0 {
+        let max_beam = crate::diskgraph::search::MAX_BEAM_WIDTH;
+        if params.list_size == 0
+            || params.list_size > MAX_LIST_SIZE
+            || params.beam_width == 0
+            || params.beam_width > max_beam
+        {
             return Err(ReadError::Query(format!(
-                "list size {} must be in 1..={MAX_LIST_SIZE} and beam width {} at least 1",
+                "list size {} must be in 1..={MAX_LIST_SIZE} and beam width {} in 1..={max_beam}",
                 params.list_size, params.beam_width
             )));
         }
