@@ -333,6 +333,8 @@ struct UringIo {
     in_flight: usize,
     /// Entries pushed to the submission queue but not yet handed to the kernel.
     unsubmitted: usize,
+    /// Completions taken off the queue, (slot, result): scratch for `reap`.
+    reaped: Vec<(usize, i32)>,
 }
 
 impl UringIo {
@@ -344,6 +346,7 @@ impl UringIo {
             state: Vec::new(),
             in_flight: 0,
             unsubmitted: 0,
+            reaped: Vec::new(),
         })
     }
 
@@ -392,9 +395,10 @@ impl UringIo {
     /// Reaps every completion available, resuming short reads.
     fn reap(&mut self, fd: io_uring::types::Fd) {
         let len = self.pages * SECTOR;
-        let cqes: Vec<(usize, i32)> =
-            self.ring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
-        for (slot, res) in cqes {
+        let mut cqes = std::mem::take(&mut self.reaped);
+        cqes.clear();
+        cqes.extend(self.ring.completion().map(|c| (c.user_data() as usize, c.result())));
+        for &(slot, res) in &cqes {
             self.in_flight -= 1;
             let SlotState::InFlight { offset, done } = self.state[slot] else {
                 unreachable!("completion for slot {slot} with no read in flight")
@@ -416,6 +420,7 @@ impl UringIo {
                 }
             };
         }
+        self.reaped = cqes;
     }
 
     /// Waits for every read in flight; their results are dropped.
