@@ -27,19 +27,26 @@ impl VisitedSet {
         self.used.clear();
     }
 
-    /// Whether `id` is in the set.
+    /// The slot holding `id`, or the empty slot where it would go: `(slot, present)`.
     #[inline]
-    pub(crate) fn contains(&self, id: u32) -> bool {
+    fn probe(&self, id: u32) -> (usize, bool) {
         let mask = self.slots.len() - 1;
+        // Fibonacci hashing: the top `bits` bits of id · 2⁶⁴/φ.
         let mut i =
             (u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize;
         loop {
             match self.slots[i] {
-                s if s == id => return true,
-                Self::EMPTY => return false,
+                s if s == id => return (i, true),
+                Self::EMPTY => return (i, false),
                 _ => i = (i + 1) & mask,
             }
         }
+    }
+
+    /// Whether `id` is in the set.
+    #[inline]
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        self.probe(id).1
     }
 
     /// Inserts `id`; returns whether it was absent.
@@ -49,21 +56,12 @@ impl VisitedSet {
         if 2 * self.used.len() >= self.slots.len() {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
-        // Fibonacci hashing: the top `bits` bits of id · 2⁶⁴/φ.
-        let mut i =
-            (u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize;
-        loop {
-            match self.slots[i] {
-                s if s == id => return false,
-                Self::EMPTY => {
-                    self.slots[i] = id;
-                    self.used.push(i as u32);
-                    return true;
-                }
-                _ => i = (i + 1) & mask,
-            }
+        let (i, present) = self.probe(id);
+        if !present {
+            self.slots[i] = id;
+            self.used.push(i as u32);
         }
+        !present
     }
 
     fn grow(&mut self) {
@@ -73,6 +71,34 @@ impl VisitedSet {
         self.used.clear();
         for id in ids {
             self.insert(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VisitedSet;
+
+    /// The set against a `HashSet` model across clears and growth, with ids dense and sparse: a
+    /// lost id would make a search expand a node twice, a phantom one skip a node.
+    #[test]
+    fn the_visited_set_agrees_with_a_hash_set_across_clears_and_growth() {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        let mut set = VisitedSet::new();
+        for round in 0..20 {
+            let mut model = std::collections::HashSet::new();
+            let span = if round % 2 == 0 { 1_000 } else { 5_000_000 };
+            for _ in 0..20_000 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let id = (s % span) as u32;
+                let fresh = !model.contains(&id);
+                assert_eq!(set.contains(id), !fresh, "contains {id}");
+                assert_eq!(set.insert(id), fresh, "insert {id}");
+                model.insert(id);
+            }
+            set.clear();
         }
     }
 }
