@@ -245,6 +245,7 @@ fn unpacked_copy(src: &Path, dst: &Path) {
     let h = *r.header();
     let n = h.n as usize;
     let mut buf = Vec::new();
+    // Per position: (label, vector bytes, neighbour positions).
     let nodes: Vec<(u32, Vec<u8>, Vec<u32>)> = (0..n as u32)
         .map(|p| {
             let node = r.read_node(p, &mut buf).unwrap();
@@ -252,16 +253,16 @@ fn unpacked_copy(src: &Path, dst: &Path) {
         })
         .collect();
     let label_of: Vec<u32> = nodes.iter().map(|x| x.0).collect();
-    let mut by_label: Vec<Option<&(u32, Vec<u8>, Vec<u32>)>> = vec![None; n];
-    for x in &nodes {
-        by_label[x.0 as usize] = Some(x);
+    let mut position_of = vec![u32::MAX; n];
+    for (p, &l) in label_of.iter().enumerate() {
+        position_of[l as usize] = p as u32;
     }
     let v1 = Header { version: 1, entry: label_of[h.entry as usize], ..h };
     let mut w = IndexWriter::create(&dst.join(GRAPH_FILE), v1).unwrap();
-    for (i, x) in by_label.iter().enumerate() {
-        let (_, v, nb) = x.unwrap();
-        let nb: Vec<u32> = nb.iter().map(|&p| label_of[p as usize]).collect();
-        w.push(v, &nb, i as u32).unwrap();
+    for (label, &p) in position_of.iter().enumerate() {
+        let (_, v, nb) = &nodes[p as usize];
+        let nb: Vec<u32> = nb.iter().map(|&q| label_of[q as usize]).collect();
+        w.push(v, &nb, label as u32).unwrap();
     }
     w.finish().unwrap();
     let (m, codes) = read_codes(&src.join(CODES_FILE)).unwrap();
@@ -286,10 +287,10 @@ fn packed_sectors_save_reads_without_losing_recall_and_old_unpacked_files_still_
     let mut totals = [(0u64, 0usize); 2];
     for (index, total) in [&packed, &unpacked].into_iter().zip(&mut totals) {
         let mut s = index.searcher().unwrap();
-        for qi in 0..queries.len() {
+        for (qi, truth) in gt.iter().enumerate().take(queries.len()) {
             let (found, stats) = s.search(queries.row(qi), p).unwrap();
             total.0 += stats.ios;
-            total.1 += found.iter().filter(|n| gt[qi][..10].contains(&n.id)).count();
+            total.1 += found.iter().filter(|n| truth[..10].contains(&n.id)).count();
         }
     }
     let [(packed_ios, packed_hits), (unpacked_ios, unpacked_hits)] = totals;
