@@ -335,6 +335,10 @@ struct UringIo {
     unsubmitted: usize,
     /// Completions taken off the queue, (slot, result): scratch for `reap`.
     reaped: Vec<(usize, i32)>,
+    /// Whether `bufs` is registered with the ring (as fixed buffer 0), so reads are
+    /// `READ_FIXED` and the kernel need not pin the pages on every read. Registration can be
+    /// refused (e.g. by `RLIMIT_MEMLOCK`); plain reads are used then.
+    registered: bool,
 }
 
 impl UringIo {
@@ -347,6 +351,7 @@ impl UringIo {
             in_flight: 0,
             unsubmitted: 0,
             reaped: Vec::new(),
+            registered: false,
         })
     }
 
@@ -357,16 +362,21 @@ impl UringIo {
         let rest =
             &mut bytemuck::cast_slice_mut::<Page, u8>(&mut self.bufs[base..base + self.pages])
                 [done..];
-        let entry = io_uring::opcode::Read::new(fd, rest.as_mut_ptr(), (len - done) as u32)
-            .offset(offset + done as u64)
-            .build()
-            .user_data(slot as u64);
+        let (ptr, rest_len) = (rest.as_mut_ptr(), (len - done) as u32);
+        let entry = if self.registered {
+            io_uring::opcode::ReadFixed::new(fd, ptr, rest_len, 0)
+                .offset(offset + done as u64)
+                .build()
+        } else {
+            io_uring::opcode::Read::new(fd, ptr, rest_len).offset(offset + done as u64).build()
+        }
+        .user_data(slot as u64);
         assert!(self.in_flight < self.ring.params().sq_entries() as usize, "ring full");
         // SAFETY: the entry points into `self.bufs`, which this struct owns and which is neither
         // freed nor reallocated while a read is in flight: `prepare` (the only place that replaces
         // it) and `Drop` first call `drain`, which returns only once `in_flight` is 0, and a slot
         // is pushed only while idle or to resume its own short read, so no two reads share
-        // bytes. The fd belongs to the index's `File`, which outlives its searchers (they borrow
+        // bytes. A `READ_FIXED` entry's range lies inside `bufs`, the registered buffer 0. The fd belongs to the index's `File`, which outlives its searchers (they borrow
         // the index); `drain` runs before a searcher is dropped. `in_flight` is below the ring's
         // capacity (asserted above), so the queue has room and the push cannot fail.
         let pushed = unsafe { self.ring.submission().push(&entry) };
@@ -440,6 +450,11 @@ impl UringIo {
 impl Drop for UringIo {
     fn drop(&mut self) {
         self.drain();
+        if self.registered {
+            // Before `bufs` is freed. Should this fail, the ring, the first field and so dropped
+            // before `bufs`, releases the registration.
+            let _ = self.ring.submitter().unregister_buffers();
+        }
     }
 }
 
@@ -447,9 +462,26 @@ impl SectorIo for UringIo {
     fn prepare(&mut self, slots: usize, pages: usize) -> io::Result<()> {
         self.drain();
         if self.state.len() != slots || self.pages != pages {
+            if self.registered {
+                // The kernel must let go of the old buffer before it is freed below.
+                self.ring.submitter().unregister_buffers()?;
+                self.registered = false;
+            }
             self.bufs = vec![Page([0; SECTOR]); slots * pages].into_boxed_slice();
             self.pages = pages;
             self.state = (0..slots).map(|_| SlotState::Idle).collect();
+            let iov = libc::iovec {
+                iov_base: self.bufs.as_mut_ptr().cast(),
+                iov_len: self.bufs.len() * SECTOR,
+            };
+            // SAFETY: `iov` covers exactly `self.bufs`, which stays allocated, unmoved (a boxed
+            // slice is never reallocated in place) until it is replaced above or dropped, and
+            // both happen only after `unregister_buffers` succeeded (here, or in `Drop`).
+            let registered = unsafe { self.ring.submitter().register_buffers(&[iov]) };
+            if let Err(e) = &registered {
+                tracing::debug!(error = %e, "io_uring refused to register the read buffers; plain reads");
+            }
+            self.registered = registered.is_ok();
         }
         Ok(())
     }
@@ -868,6 +900,64 @@ fn exact_distance(k: Isa, h: &Header, native: bool, query: Row<'_>, qf: &[f32], 
         other => {
             let x = other.to_f32();
             distance(k, metric, Row::F32(qf), Row::F32(&x))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PreadIo, SECTOR, SectorIo, UringIo};
+    use std::io::Write;
+
+    /// A file of `sectors` sectors, sector `i` filled with byte `i + 1`.
+    fn sectors_file(sectors: usize) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        for i in 0..sectors {
+            f.write_all(&[(i + 1) as u8; SECTOR]).unwrap();
+        }
+        f.flush().unwrap();
+        f
+    }
+
+    /// Both backends, several reads in flight over reused and re-sized slots: every waited
+    /// slot holds exactly the sectors asked for, and a read past the end is an error, not stale
+    /// bytes. On io_uring the slots are registered (fixed buffers) when the kernel allows it,
+    /// which is checked too, so the `READ_FIXED` path is the one exercised.
+    #[test]
+    fn slots_read_back_the_sectors_asked_for_on_both_backends_and_past_the_end_fails() {
+        let f = sectors_file(9);
+        let file = f.as_file();
+        let mut backends: Vec<(&str, Box<dyn SectorIo>)> =
+            vec![("pread", Box::new(PreadIo::default()))];
+        if let Ok(u) = UringIo::new(8) {
+            backends.push(("io_uring", Box::new(u)));
+        }
+        for (name, io) in &mut backends {
+            for (slots, pages) in [(4usize, 1usize), (3, 2), (4, 1)] {
+                io.prepare(slots, pages).unwrap();
+                for round in 0..3u64 {
+                    for slot in 0..slots {
+                        io.submit(file, slot, ((slot as u64 + round) % 7) * SECTOR as u64).unwrap();
+                    }
+                    for slot in (0..slots).rev() {
+                        let buf = io.wait(file, slot).unwrap();
+                        assert_eq!(buf.len(), pages * SECTOR, "{name}");
+                        for p in 0..pages {
+                            let want = ((slot as u64 + round) % 7) as u8 + 1 + p as u8;
+                            assert!(
+                                buf[p * SECTOR..(p + 1) * SECTOR].iter().all(|&b| b == want),
+                                "{name}: slot {slot} page {p} round {round}"
+                            );
+                        }
+                    }
+                }
+                io.submit(file, 0, 9 * SECTOR as u64).unwrap();
+                assert!(io.wait(file, 0).is_err(), "{name}: a read past the end succeeded");
+            }
+        }
+        if let Ok(mut u) = UringIo::new(8) {
+            u.prepare(2, 1).unwrap();
+            assert!(u.registered, "io_uring refused to register two pages");
         }
     }
 }
