@@ -9,10 +9,12 @@
 //!
 //! A node's *position* (its place in the file) is its id inside the index: neighbour lists, the
 //! entry point, the PQ codes and the node cache all use positions. The builder places graph
-//! neighbours in the same sector, so positions differ from labels; a search reports labels. Version
-//! 1 files have no label field, and a node's label is its position. The last 4 bytes of **every** sector are the
-//! CRC32C of its first 4092, so each sector a search reads is verified on arrival: corruption is an
-//! error naming the sector, never a wrong vector or a wild neighbour id.
+//! neighbours in the same sector, so positions differ from labels; a search reports labels.
+//! Version 1 files have no label field, and a node's label is its position.
+//!
+//! The last 4 bytes of **every** sector are the CRC32C of its first 4092, so each sector a search
+//! reads is verified on arrival: corruption is an error naming the sector, never a wrong vector or
+//! a wild neighbour id.
 //!
 //! The writer streams: it holds one sector in memory, whatever the size of the index.
 
@@ -500,7 +502,8 @@ impl IndexReader {
         &self.path
     }
 
-    /// Reads the node at position `i`: its sectors into `buf` (resized as needed), verifies them, and parses the node.
+    /// Reads the node at position `i`: its sectors into `buf` (resized as needed), verifies
+    /// them, and parses the node.
     ///
     /// # Errors
     /// I/O failure, a checksum mismatch, or an invalid node.
@@ -510,11 +513,19 @@ impl IndexReader {
             return Err(LayoutError::Usage(format!("node {i} of {}", h.n)));
         }
         let loc = h.locate(i);
+        self.read_sectors(loc, buf)?;
+        node_from_sectors(h, &self.path, i, loc, buf)
+    }
+
+    /// Reads the sectors at `loc` into `buf` (resized to fit) as stored: not yet verified.
+    ///
+    /// # Errors
+    /// I/O failure (including a file shorter than `loc` implies).
+    pub fn read_sectors(&self, loc: NodeLocation, buf: &mut Vec<u8>) -> Result<(), LayoutError> {
         buf.resize(loc.sectors * SECTOR, 0);
         self.file
             .read_exact_at(buf, loc.sector * SECTOR as u64)
-            .map_err(|e| LayoutError::Io { path: self.path.clone(), source: e })?;
-        node_from_sectors(h, &self.path, i, loc, buf)
+            .map_err(|e| LayoutError::Io { path: self.path.clone(), source: e })
     }
 
     /// Reads and verifies every sector and every node (a full scan; `open` checks only the header).

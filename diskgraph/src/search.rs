@@ -200,23 +200,25 @@ impl DiskIndex {
             if held >= count {
                 break;
             }
-            let node = reader.read_node(id, &mut buf)?;
+            let loc = h.locate(id);
+            // Each sector is read once, kept as stored (a cached sector is processed like a read
+            // one, which reassembles spanning nodes in place), and parsed from a copy.
+            let raw = match self.cache.entry(loc.sector) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let mut raw = Vec::new();
+                    reader.read_sectors(loc, &mut raw)?;
+                    held += h.sector_mates(id).len();
+                    e.insert(raw.into())
+                }
+            };
+            buf.clear();
+            buf.extend_from_slice(raw);
+            let node = node_from_sectors(&h, reader.path(), id, loc, &mut buf)?;
             for &nb in &node.neighbours {
                 if seen.insert(nb) {
                     queue.push_back(nb);
                 }
-            }
-            let loc = h.locate(id);
-            if let std::collections::hash_map::Entry::Vacant(e) = self.cache.entry(loc.sector) {
-                // `read_node` verified these sectors and reassembles spanning nodes in place:
-                // read them again as stored, so a cached sector is processed like a read one.
-                let mut raw = vec![0u8; loc.sectors * SECTOR];
-                reader
-                    .file()
-                    .read_exact_at(&mut raw, loc.sector * SECTOR as u64)
-                    .map_err(|e| LayoutError::Io { path: reader.path().to_owned(), source: e })?;
-                e.insert(raw.into());
-                held += h.sector_mates(id).len();
             }
         }
         Ok(())
@@ -438,10 +440,7 @@ impl UringIo {
         while self.in_flight > 0 {
             self.enter(true);
             // Short reads are not resumed: the fd is not needed to discard a result.
-            for c in self.ring.completion() {
-                let _ = c;
-                self.in_flight -= 1;
-            }
+            self.in_flight -= self.ring.completion().count();
         }
         self.state.iter_mut().for_each(|s| *s = SlotState::Idle);
     }
@@ -658,7 +657,6 @@ impl Searcher<'_> {
             // Keep `width` reads in flight, each for the nearest candidate not yet taken.
             while !free.is_empty() {
                 let Some(id) = walk.take_nearest_new() else { break };
-                stats.hops = stats.hops.max(depth);
                 let loc = h.locate(id);
                 if let Some(bytes) = ix.cache.get(&loc.sector) {
                     stats.cache_hits += 1;
@@ -856,26 +854,32 @@ impl Walk {
             }
             return MateUse::InFlight;
         }
-        if self.list.len() == self.l && self.list.last().is_some_and(|w| w.d <= d) {
-            return MateUse::Exact;
+        if self.insert(Cand { d, id, state: CandState::Taken }) {
+            MateUse::Expand
+        } else {
+            MateUse::Exact
         }
-        let at = self.list.partition_point(|c| c.d <= d);
-        self.list.insert(at, Cand { d, id, state: CandState::Taken });
-        self.list.truncate(self.l);
-        MateUse::Expand
     }
 
     /// Merges `fresh` (ids) scored `fresh_d` into the list, keeping the nearest `l`.
     fn merge_fresh(&mut self) {
-        for (&id, &d) in self.fresh.iter().zip(&self.fresh_d) {
-            if self.list.len() == self.l && self.list.last().is_some_and(|w| w.d <= d) {
-                continue;
-            }
-            let at = self.list.partition_point(|c| c.d <= d);
-            self.list.insert(at, Cand { d, id, state: CandState::New });
-            self.list.truncate(self.l);
-            self.first_new = self.first_new.min(at);
+        for i in 0..self.fresh.len() {
+            let (id, d) = (self.fresh[i], self.fresh_d[i]);
+            self.insert(Cand { d, id, state: CandState::New });
         }
+    }
+
+    /// Inserts `c` in distance order if the list is not full or `c` beats its last entry, keeping
+    /// the nearest `l`; returns whether it was inserted.
+    fn insert(&mut self, c: Cand) -> bool {
+        if self.list.len() == self.l && self.list.last().is_some_and(|w| w.d <= c.d) {
+            return false;
+        }
+        let at = self.list.partition_point(|x| x.d <= c.d);
+        self.list.insert(at, c);
+        self.list.truncate(self.l);
+        self.first_new = self.first_new.min(at);
+        true
     }
 }
 

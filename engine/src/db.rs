@@ -518,7 +518,8 @@ pub struct SearchParams {
     pub k: usize,
     /// The disk index's candidate list size `L` (raised to `k` if smaller).
     pub list_size: usize,
-    /// The disk index's beam width `W`: reads kept in flight per search (1..=64).
+    /// The disk index's beam width `W`: reads kept in flight per search
+    /// (1..=[`MAX_BEAM_WIDTH`](crate::diskgraph::search::MAX_BEAM_WIDTH)).
     pub beam_width: usize,
     /// Exhaustive search: every live row's exact distance, ignoring the indexes (slow; for
     /// ground truth and tests).
