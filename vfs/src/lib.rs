@@ -129,6 +129,20 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// Any I/O error.
     fn len(&self) -> io::Result<u64>;
 
+    /// Reserves disk space so the file is at least `len` bytes long; the bytes it adds read as
+    /// zeros. Like a zero-extending [`VfsFile::set_len`] (and durable, like it, after
+    /// [`VfsFile::sync_data`]), but the real file system also allocates the blocks, so later
+    /// writes into the range neither allocate nor grow the file (on Linux, `fallocate`: writes
+    /// into it cost a tenth of writes past the end of file, and their `fdatasync` less). A file
+    /// already that long is left alone. Where the file system cannot reserve space this does
+    /// nothing: callers may not rely on the length it leaves.
+    ///
+    /// # Errors
+    /// Any I/O error, e.g. ENOSPC.
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        if self.len()? < len { self.set_len(len) } else { Ok(()) }
+    }
+
     /// Whether the file is empty.
     ///
     /// # Errors
@@ -216,6 +230,27 @@ impl VfsFile for OsFile {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+    #[cfg(target_os = "linux")]
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length past off_t"))?;
+        loop {
+            // SAFETY: `fallocate` only reads its integer arguments; the descriptor is owned by
+            // `self.0`, open for the duration of the call.
+            let rc = unsafe { libc::fallocate(self.0.as_raw_fd(), 0, 0, len) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => {}
+                // The file system cannot reserve space: an optimisation lost, nothing more.
+                Some(libc::EOPNOTSUPP) => return Ok(()),
+                _ => return Err(e),
+            }
+        }
     }
 }
 

@@ -504,10 +504,15 @@ fn create_segment(
     vfs: &dyn Vfs,
     dir: &Path,
     first_lsn: Lsn,
+    segment_bytes: u64,
 ) -> io::Result<(Box<dyn VfsFile>, PathBuf)> {
     let path = dir.join(segment_name(first_lsn));
     let file = vfs.open(&path, OpenMode::CreateNew)?;
     file.write_all_at(&format::encode_segment_header(first_lsn), 0)?;
+    // Reserve the whole segment now: appends then write into allocated zeros instead of growing
+    // the file (see `VfsFile::allocate`). Unwritten space reads as zeros, which recovery already
+    // tells from records; a segment is cut to its records when it is sealed.
+    file.allocate(segment_bytes)?;
     file.sync_data()?;
     vfs.sync_dir(dir)?;
     Ok((file, path))
@@ -539,7 +544,8 @@ impl Wal {
         let mut report = RecoveryReport { segments: segments.len(), ..RecoveryReport::default() };
 
         if segments.is_empty() {
-            let (_, path) = create_segment(vfs.as_ref(), &dir, 1).map_err(io_err(&dir))?;
+            let (_, path) = create_segment(vfs.as_ref(), &dir, 1, options.segment_bytes)
+                .map_err(io_err(&dir))?;
             segments.push(SegmentFile { first_lsn: 1, path });
         }
         let mut next_lsn = segments[0].first_lsn;
@@ -581,11 +587,15 @@ impl Wal {
                     report.records += records;
                     next_lsn = n;
                     if is_last {
-                        if bytes.len() as u64 != valid_len {
-                            if (bytes.len() as u64) > valid_len {
-                                report.torn_bytes_cut = bytes.len() as u64 - valid_len;
-                                tracing::warn!(segment = %seg.path.display(), offset = valid_len, bytes = report.torn_bytes_cut, "WAL: cutting a torn tail");
-                            }
+                        // Past the records: nothing, reserved zeros, or the remains of a write
+                        // that never completed (cut, so the next record lands on zeros).
+                        let tail = bytes.get(valid_len as usize..).unwrap_or_default();
+                        if !tail.iter().all(|&b| b == 0) {
+                            report.torn_bytes_cut = tail.len() as u64;
+                            tracing::warn!(segment = %seg.path.display(), offset = valid_len, bytes = report.torn_bytes_cut, "WAL: cutting a torn tail");
+                            file.set_len(valid_len).map_err(io_err(&seg.path))?;
+                        } else if (bytes.len() as u64) < valid_len {
+                            // Cut inside a record's padding: restore it.
                             file.set_len(valid_len).map_err(io_err(&seg.path))?;
                         }
                         active = Some((file, valid_len));
@@ -594,6 +604,7 @@ impl Wal {
             }
         }
         let (file, offset) = active.expect("the last segment is the active one");
+        file.allocate(options.segment_bytes).map_err(io_err(&segments[segments.len() - 1].path))?;
         // What recovery returns must be durable before anything is written after it.
         file.sync_data().map_err(io_err(&segments[segments.len() - 1].path))?;
         // So must the names: a segment created just before a crash or a failed directory sync is
@@ -1141,13 +1152,13 @@ impl Flusher {
     /// Seals the active segment (synced) and starts a new one whose first record is `first_lsn`.
     fn rotate(&mut self, first_lsn: Lsn) -> io::Result<()> {
         debug_assert_eq!(first_lsn, self.written + 1);
-        // A segment is durable before the next exists: recovery relies on sealed segments having
-        // no torn tail.
-        if self.written > self.durable {
-            self.sync()?;
-        }
+        // A segment is durable, and cut to its records (the space reserved past them dropped),
+        // before the next exists: recovery relies on sealed segments ending at their last record.
+        self.file.set_len(self.offset)?;
+        self.sync()?;
+        let opts = &self.shared.opts;
         let (file, path) =
-            create_segment(self.shared.opts.vfs.as_ref(), &self.shared.dir, first_lsn)?;
+            create_segment(opts.vfs.as_ref(), &self.shared.dir, first_lsn, opts.segment_bytes)?;
         lock(&self.shared.segments).push(SegmentFile { first_lsn, path });
         self.file = file;
         self.offset = SEGMENT_HEADER_LEN as u64;

@@ -5,7 +5,7 @@
 //! 1. it is in the last segment (a segment is synced before the next one is created), and
 //! 2. its damage looks like a lost write: part of it lies past the end of the file, or some
 //!    sector-sized piece of it reads as all zeros (an unwritten sector; the log only appends to
-//!    fresh space), and
+//!    fresh space: past the end of the file, or space it reserved with zeros), and
 //! 3. no later record that verifies says (in its durable-LSN field) that this record had been made
 //!    durable.
 //!
@@ -172,7 +172,14 @@ pub(crate) fn scan_segment(
                         format!("{reason}, in a segment that was sealed"),
                     ));
                 }
-                if let Some(w) = durability_witness(bytes, off + RECORD_ALIGN, expected) {
+                // Only zeros after it (space the log reserved and never wrote, or a lost write
+                // at the very end): no record can witness anything.
+                let witness = if all_zero(&bytes[off.min(bytes.len())..]) {
+                    None
+                } else {
+                    durability_witness(bytes, off + RECORD_ALIGN, expected)
+                };
+                if let Some(w) = witness {
                     return Err(corrupt(
                         off,
                         expected,

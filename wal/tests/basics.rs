@@ -41,6 +41,45 @@ fn records_round_trip_across_rotation_and_reopen_on_the_real_file_system() {
 }
 
 #[test]
+fn reserved_segment_space_is_neither_a_torn_tail_nor_kept_in_sealed_segments() {
+    // Segments are allocated whole when created; the zeros past the last record must not be
+    // taken for a torn write at every open, and must not stay in a sealed segment, where
+    // recovery accepts no unwritten space at all.
+    let segment = 8192u64;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || WalOptions::default().segment_bytes(segment);
+    let mut expected = Vec::new();
+    for round in 0..3u64 {
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        assert_eq!(wal.recovery().torn_bytes_cut, 0, "round {round}: reserved zeros are no tear");
+        assert_eq!(all(&wal, 1), expected, "round {round}");
+        for i in 0..5u64 {
+            let p = payload(round * 10 + i, 700);
+            let lsn = wal.append(1, &p).unwrap();
+            expected.push((lsn, 1, p));
+        }
+        drop(wal);
+    }
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 2, "15 records of 700 bytes rotate 8 KiB segments");
+    let (active, sealed) = names.split_last().unwrap();
+    for path in sealed {
+        let bytes = std::fs::read(path).unwrap();
+        let zeros = bytes.iter().rev().take_while(|&&b| b == 0).count();
+        assert!(zeros < 8, "{}: {zeros} trailing zeros kept after sealing", path.display());
+        assert!((bytes.len() as u64) < segment, "{} was not cut", path.display());
+    }
+    // Linux file systems that reserve space (ext4, xfs, tmpfs) leave the active segment whole.
+    let len = std::fs::metadata(active).unwrap().len();
+    assert!(len >= segment, "the active segment is {len} bytes, not reserved to {segment}");
+}
+
+#[test]
 fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
     let vfs = SimVfs::new();
     let wal =
@@ -75,7 +114,15 @@ fn compressed_records_round_trip_and_incompressible_ones_are_stored_raw() {
     wal.append(2, &noise).unwrap();
     wal.append(3, b"tiny").unwrap();
     wal.close().unwrap();
-    let size: usize = vfs.files().iter().map(|f| vfs.durable_contents(f).unwrap().len()).sum();
+    // What the records take: a segment's reserved space past them is zeros, not log.
+    let size: usize = vfs
+        .files()
+        .iter()
+        .map(|f| {
+            let bytes = vfs.durable_contents(f).unwrap();
+            bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
+        })
+        .sum();
     assert!(size < 30_000, "the 100 kB run of one byte should compress (log is {size} bytes)");
     let wal = Wal::open("/wal", opts()).unwrap();
     let got = all(&wal, 1);

@@ -41,7 +41,12 @@ fn every_single_bit_flip_is_detected_or_harmless() {
 
     let (mut detected, mut harmless) = (0u64, 0u64);
     for file in vfs.files() {
-        let bits = vfs.durable_contents(&file).unwrap().len() as u64 * 8;
+        let bytes = vfs.durable_contents(&file).unwrap();
+        let bits = bytes.len() as u64 * 8;
+        // The zeros after the last non-zero byte: the last record's padding and, in the active
+        // segment, the space the log reserved. A flip there must be detected or harmless too,
+        // but it is not counted below (no check covers never-written space, nor need one).
+        let data_bits = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1) * 8;
         for bit in 0..bits {
             let copy = vfs.snapshot();
             copy.flip_bit(&file, bit).unwrap();
@@ -52,7 +57,7 @@ fn every_single_bit_flip_is_detected_or_harmless() {
                         "{}: bit {bit}: unexpected error {msg}",
                         file.display()
                     );
-                    detected += 1;
+                    detected += u64::from(bit < data_bits);
                 }
                 Ok(got) => {
                     assert_eq!(
@@ -61,7 +66,7 @@ fn every_single_bit_flip_is_detected_or_harmless() {
                         "{}: bit {bit} changed what recovery returns",
                         file.display()
                     );
-                    harmless += 1;
+                    harmless += u64::from(bit < data_bits);
                 }
             }
         }
