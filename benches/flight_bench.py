@@ -86,8 +86,12 @@ def stop(p):
     p.wait(timeout=600)
 
 
-def put(uri, name, table, streams, batch_rows):
-    """DoPut `table` split over `streams` concurrent streams; returns seconds until the last ack."""
+def put(uri, name, table, streams, batch_rows, wait_each=True):
+    """DoPut `table` split over `streams` concurrent streams; returns seconds until the last ack.
+
+    `wait_each`: read each batch's acknowledgement before sending the next (one batch in flight
+    per stream); otherwise stream every batch, then close, which returns once the server has
+    answered the whole stream (every acknowledgement is sent only after durability)."""
     parts = []
     per = (table.num_rows + streams - 1) // streams
     for s in range(streams):
@@ -98,10 +102,18 @@ def put(uri, name, table, streams, batch_rows):
         try:
             c = fl.FlightClient(uri)
             w, r = c.do_put(fl.FlightDescriptor.for_path(name), part.schema)
+            acks = 0
             for b in part.to_batches(max_chunksize=batch_rows):
                 w.write_batch(b)
-                r.read()  # the acknowledgement: durable before it is sent
+                if wait_each:
+                    r.read()  # the acknowledgement: durable before it is sent
+                    acks += 1
+            if not wait_each:
+                w.done_writing()
+                while r.read() is not None:
+                    acks += 1
             w.close()
+            assert acks == len(part.to_batches(max_chunksize=batch_rows)), acks
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 

@@ -6,6 +6,7 @@
 //! only to freeze the memtables, so writers go on while it writes segments.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -1073,16 +1074,33 @@ impl Database {
     /// # Errors
     /// [`WriteError`]; for a refused batch, nothing was written.
     pub fn insert(&self, collection: &str, batch: &RecordBatch) -> Result<u64, WriteError> {
+        self.submit_insert(collection, batch)?.wait()
+    }
+
+    /// [`Database::insert`] in two steps, so one caller can keep several writes in flight
+    /// (the Flight server pipelines a stream's batches this way): checks `batch`, hands it to
+    /// the WAL and returns without waiting for it to become durable. The rows are neither
+    /// acknowledged nor visible until [`PendingWrite::wait`] returns. Writes take effect in the
+    /// order they were submitted, whoever waits first.
+    ///
+    /// # Errors
+    /// As [`Database::insert`], for everything found before the WAL write; a refused batch
+    /// wrote nothing.
+    pub fn submit_insert(
+        &self,
+        collection: &str,
+        batch: &RecordBatch,
+    ) -> Result<PendingWrite, WriteError> {
         let inner = &self.inner;
         let (cid, schema) = self.admit(collection, batch.num_rows())?;
         let prepared = batch::prepare(&schema, batch)?;
         if prepared.keys.is_empty() {
-            return Ok(inner.wal.durable_lsn());
+            return Ok(PendingWrite::done(inner, inner.wal.durable_lsn()));
         }
         let mut payload = inner.wal.buffer();
         batch::encode_payload_into(&mut payload, cid, &prepared.batch)
             .map_err(batch::BatchError::from)?;
-        self.write(Op::Insert { collection: cid, prepared }, kind::INSERT, payload)
+        self.submit(Op::Insert { collection: cid, prepared }, kind::INSERT, payload)
     }
 
     /// Deletes the rows with these ids (an array of the collection's id type); ids not present
@@ -1104,7 +1122,7 @@ impl Database {
         )
         .map_err(batch::BatchError::from)?;
         let payload = batch::encode_payload(cid, &b).map_err(batch::BatchError::from)?;
-        self.write(Op::Delete { collection: cid, keys }, kind::DELETE, payload)
+        self.submit(Op::Delete { collection: cid, keys }, kind::DELETE, payload)?.wait()
     }
 
     /// The checks every write passes first: not poisoned, within the row limit, a known
@@ -1129,7 +1147,8 @@ impl Database {
         Ok((c.id, c.schema.clone()))
     }
 
-    fn write(&self, op: Op, kind: u8, payload: Vec<u8>) -> Result<u64, WriteError> {
+    /// Queues `op` behind its WAL record; [`PendingWrite::wait`] applies it once durable.
+    fn submit(&self, op: Op, kind: u8, payload: Vec<u8>) -> Result<PendingWrite, WriteError> {
         let inner = &self.inner;
         self.make_room()?;
         let pending = {
@@ -1140,25 +1159,83 @@ impl Database {
             order.queue.push_back((pending.lsn(), op));
             pending
         };
-        let lsn = pending.lsn();
-        match pending.wait() {
-            Ok(_) => {
-                // Apply, in LSN order, every queued write up to this one: all are durable.
-                let mut order = lock(&inner.order);
-                if order.queue.front().is_some_and(|(l, _)| *l <= lsn) {
-                    let mut st = inner.write();
-                    while order.queue.front().is_some_and(|(l, _)| *l <= lsn) {
-                        let (_, op) = order.queue.pop_front().expect("checked");
-                        st.apply(op);
-                    }
+        Ok(PendingWrite { inner: Arc::clone(inner), lsn: pending.lsn(), wal: Some(pending) })
+    }
+}
+
+/// A write handed to the WAL but not yet acknowledged, from [`Database::submit_insert`].
+///
+/// [`PendingWrite::wait`] blocks until the write is durable, makes it (and every write
+/// submitted before it) visible, and returns its LSN. Dropping it unwaited waits the same way,
+/// so no durable write stays invisible; only a leaked one (`mem::forget`) stays invisible until
+/// a later write is waited on or a flush.
+#[must_use = "a write is acknowledged and visible only once waited on"]
+pub struct PendingWrite {
+    inner: Arc<Inner>,
+    lsn: u64,
+    /// `None` once waited on, or for a write that needed no record.
+    wal: Option<quiver_wal::Pending>,
+}
+
+impl fmt::Debug for PendingWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingWrite").field("lsn", &self.lsn).finish_non_exhaustive()
+    }
+}
+
+impl PendingWrite {
+    /// A write with nothing to log (no rows): acknowledged at once with `lsn`.
+    fn done(inner: &Arc<Inner>, lsn: u64) -> PendingWrite {
+        PendingWrite { inner: Arc::clone(inner), lsn, wal: None }
+    }
+
+    /// The write's LSN (assigned at submission).
+    #[must_use]
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// Blocks until the write is durable, applies it, and returns its LSN.
+    ///
+    /// # Errors
+    /// [`WriteError`] if the WAL failed first (the database is then poisoned).
+    pub fn wait(mut self) -> Result<u64, WriteError> {
+        match self.wal.take() {
+            Some(p) => finish_write(&self.inner, p),
+            None => Ok(self.lsn),
+        }
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if let Some(p) = self.wal.take() {
+            // The error, if any, has poisoned the database; later writes report it.
+            let _ = finish_write(&self.inner, p);
+        }
+    }
+}
+
+/// Waits for `pending`'s record, then applies, in LSN order, every queued write up to it (all
+/// are durable); on failure, poisons the database.
+fn finish_write(inner: &Inner, pending: quiver_wal::Pending) -> Result<u64, WriteError> {
+    let lsn = pending.lsn();
+    match pending.wait() {
+        Ok(_) => {
+            let mut order = lock(&inner.order);
+            if order.queue.front().is_some_and(|(l, _)| *l <= lsn) {
+                let mut st = inner.write();
+                while order.queue.front().is_some_and(|(l, _)| *l <= lsn) {
+                    let (_, op) = order.queue.pop_front().expect("checked");
+                    st.apply(op);
                 }
-                Ok(lsn)
             }
-            Err(e) => {
-                lock(&inner.order).queue.retain(|(l, _)| *l != lsn);
-                inner.poison(format!("WAL write failed: {e}"));
-                Err(e.into())
-            }
+            Ok(lsn)
+        }
+        Err(e) => {
+            lock(&inner.order).queue.retain(|(l, _)| *l != lsn);
+            inner.poison(format!("WAL write failed: {e}"));
+            Err(e.into())
         }
     }
 }

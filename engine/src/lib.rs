@@ -49,8 +49,8 @@ pub mod schema;
 pub mod segment;
 
 pub use db::{
-    CollectionStats, Database, MAX_K, MAX_LIST_SIZE, MAX_SCAN_BATCH_ROWS, SCAN_BATCH_ROWS, Scan,
-    SearchParams,
+    CollectionStats, Database, MAX_K, MAX_LIST_SIZE, MAX_SCAN_BATCH_ROWS, PendingWrite,
+    SCAN_BATCH_ROWS, Scan, SearchParams,
 };
 pub use error::{CollectionError, FlushError, OpenError, ReadError, WriteError};
 pub use options::Options;

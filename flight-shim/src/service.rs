@@ -1,11 +1,14 @@
 //! The Flight service: each RPC parsed, checked, and handed to the engine on a blocking thread.
 //!
 //! Invariants:
-//! - A `PutResult` (DoPut) or ack message (DoExchange) is sent only after `Database::insert`
-//!   returned, i.e. after the batch is durable in the WAL. A batch that fails ends the stream
-//!   with an error status; batches acknowledged before it stay acknowledged.
-//! - Batches of one stream are inserted in order, one at a time (upserts keep their order);
-//!   streams run concurrently and share the WAL's group commit.
+//! - A `PutResult` (DoPut) or ack message (DoExchange) is sent only after the batch's
+//!   `PendingWrite::wait` returned, i.e. after the batch is durable in the WAL and visible. A
+//!   batch that fails ends the stream with an error status, sent after the acknowledgements of
+//!   the batches before it; those stay acknowledged.
+//! - Batches of one stream are submitted in order (upserts keep their order) and acknowledged in
+//!   that order; up to `MAX_IN_FLIGHT` are in the WAL's queue at once, so a client that streams
+//!   without waiting for each acknowledgement is not held to one sync per batch. Streams run
+//!   concurrently and share the WAL's group commit.
 //! - Engine calls never run on the async runtime's threads (`spawn_blocking`).
 
 use std::collections::VecDeque;
@@ -30,8 +33,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use quiver_engine::diskgraph::data::Metric;
 use quiver_engine::{
-    CollectionError, CollectionSchema, Database, FlushError, IdType, MAX_K, ReadError,
-    SearchParams, VectorType, WriteError,
+    CollectionError, CollectionSchema, Database, FlushError, IdType, MAX_K, PendingWrite,
+    ReadError, SearchParams, VectorType, WriteError,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -173,9 +176,16 @@ fn descriptor_collection(d: Option<&FlightDescriptor>) -> Result<String, Status>
 // Ingest (DoPut, DoExchange)
 // ---------------------------------------------------------------------------------------------
 
-/// Inserts one batch into `name`, creating the collection from the batch's schema if it does
-/// not exist. Returns the acknowledgement JSON; returns only once the batch is durable.
-fn put_batch(db: &Database, name: &str, batch: &RecordBatch) -> Result<Bytes, Status> {
+/// A stream's batch handed to the engine: acknowledged once `pending` is durable.
+struct Submitted {
+    rows: usize,
+    /// `None` for an empty batch (nothing to log).
+    pending: Option<PendingWrite>,
+}
+
+/// Submits one batch into `name`, creating the collection from the batch's schema if it does
+/// not exist. Returns before the batch is durable: [`acknowledge`] waits for it.
+fn submit_batch(db: &Database, name: &str, batch: &RecordBatch) -> Result<Submitted, Status> {
     let in_schema = batch.schema();
     let cs = match db.schema(name) {
         Ok(cs) => {
@@ -201,16 +211,31 @@ fn put_batch(db: &Database, name: &str, batch: &RecordBatch) -> Result<Bytes, St
     };
     let rows = batch.num_rows();
     if rows == 0 {
-        return Ok(json!({"collection": name, "rows": 0, "lsn": Value::Null}).to_string().into());
+        return Ok(Submitted { rows, pending: None });
     }
     let b =
         convert::conform(batch, &cs).map_err(|e| invalid(format!("collection {name:?}: {e}")))?;
-    let lsn = db.insert(name, &b).map_err(|e| write_status(name, e))?;
-    Ok(json!({"collection": name, "rows": rows, "lsn": lsn}).to_string().into())
+    let pending = db.submit_insert(name, &b).map_err(|e| write_status(name, e))?;
+    Ok(Submitted { rows, pending: Some(pending) })
 }
 
-/// Reads batches from `input` and inserts each, sending `wrap(ack)` after each is durable. Stops
-/// at the first failure, which it sends as the stream's error.
+/// Waits until a submitted batch is durable (and visible); returns the acknowledgement JSON.
+fn acknowledge(name: &str, s: Submitted) -> Result<Bytes, Status> {
+    let lsn = match s.pending {
+        Some(p) => Value::from(p.wait().map_err(|e| write_status(name, e))?),
+        None => Value::Null,
+    };
+    Ok(json!({"collection": name, "rows": s.rows, "lsn": lsn}).to_string().into())
+}
+
+/// Batches of one ingest stream in flight at once: submitted to the WAL, not yet acknowledged.
+/// While one is written and synced, the next is decoded and checked, and group commit can take
+/// several together. Bounds what one stream holds beyond the WAL's own queue limit.
+const MAX_IN_FLIGHT: usize = 8;
+
+/// Reads batches from `input` and submits each, sending `wrap(ack)` for each, in order, once it
+/// is durable. Stops at the first failure, which it sends (after the acknowledgements of the
+/// batches before it) as the stream's error.
 fn spawn_ingest<T: Send + 'static>(
     db: Arc<Database>,
     name: String,
@@ -218,20 +243,42 @@ fn spawn_ingest<T: Send + 'static>(
     wrap: fn(Bytes) -> T,
 ) -> BoxStream<T> {
     let (tx, rx) = mpsc::channel::<Result<T, Status>>(4);
+    let (sub_tx, mut sub_rx) = mpsc::channel::<Result<Submitted, Status>>(MAX_IN_FLIGHT);
+    let ack_name = name.clone();
     tokio::spawn(async move {
         while let Some(next) = input.next().await {
-            let result = match next {
+            let submitted = match next {
                 Err(e) => Err(decode_status(e)),
                 Ok(batch) => {
                     let (db, name) = (db.clone(), name.clone());
-                    blocking(move || put_batch(&db, &name, &batch)).await
+                    blocking(move || submit_batch(&db, &name, &batch)).await
                 }
             };
-            let stop = result.is_err();
-            if tx.send(result.map(wrap)).await.is_err() || stop {
+            let stop = submitted.is_err();
+            if sub_tx.send(submitted).await.is_err() || stop {
                 return;
             }
         }
+    });
+    tokio::spawn(async move {
+        while let Some(submitted) = sub_rx.recv().await {
+            let result = match submitted {
+                Ok(s) => {
+                    let name = ack_name.clone();
+                    blocking(move || acknowledge(&name, s)).await
+                }
+                Err(e) => Err(e),
+            };
+            let stop = result.is_err();
+            if tx.send(result.map(wrap)).await.is_err() || stop {
+                break;
+            }
+        }
+        // The client left or a batch failed: batches still in flight are waited for (a dropped
+        // PendingWrite waits) off the async workers, so each is applied or failed, not leaked.
+        sub_rx.close();
+        let _ =
+            tokio::task::spawn_blocking(move || while sub_rx.blocking_recv().is_some() {}).await;
     });
     Box::pin(ReceiverStream::new(rx))
 }
