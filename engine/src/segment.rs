@@ -565,7 +565,7 @@ impl SegmentFile {
         if rows.is_none()
             && let Some(root) = vector_root
             && let Ok(slot) = sorted.binary_search(&root)
-            && let Some(leaf) = VectorLeaf::new(self, root)
+            && let Some(leaf) = VectorLeaf::new(self, root).map(Box::new)
         {
             let others: Vec<usize> = sorted.iter().copied().filter(|&c| c != root).collect();
             let reader = if others.is_empty() {
@@ -600,7 +600,7 @@ enum Source {
     /// vector column goes at `slot` of `schema` (the columns asked, in file order).
     Split {
         reader: Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>,
-        leaf: VectorLeaf,
+        leaf: Box<VectorLeaf>,
         slot: usize,
         schema: SchemaRef,
         read_rows: usize,
@@ -682,7 +682,7 @@ impl VectorLeaf {
         })
     }
 
-    fn corrupt(&self, reason: String) -> SegmentError {
+    fn corrupt(&self, reason: &str) -> SegmentError {
         SegmentError::Corrupt {
             path: self.path.clone(),
             reason: format!("vector column: {reason}"),
@@ -701,26 +701,28 @@ impl VectorLeaf {
                 }
                 let g = self.meta.row_group(self.next_group);
                 let rows = usize::try_from(g.num_rows())
-                    .map_err(|_| self.corrupt(format!("row group of {} rows", g.num_rows())))?;
+                    .map_err(|_| self.corrupt(&format!("row group of {} rows", g.num_rows())))?;
                 let pages = parquet::file::serialized_reader::SerializedPageReader::new(
                     self.reader.clone(),
                     g.column(self.column),
                     rows,
                     None,
                 )
-                .map_err(|e| self.corrupt(e.to_string()))?;
+                .map_err(|e| self.corrupt(&e.to_string()))?;
                 self.group_left = rows as u64 * self.dim as u64;
                 self.pages = Some(pages);
                 self.next_group += 1;
                 continue;
             };
-            let page = pages.get_next_page().map_err(|e| self.corrupt(e.to_string()))?;
+            let page = pages.get_next_page().map_err(|e| self.corrupt(&e.to_string()))?;
             let (buf, levels, n, encoding) = match page {
                 None => {
                     if self.group_left != 0 {
                         let g = self.next_group - 1;
                         let left = self.group_left;
-                        return Err(self.corrupt(format!("row group {g} ends {left} values short")));
+                        return Err(
+                            self.corrupt(&format!("row group {g} ends {left} values short"))
+                        );
                     }
                     self.pages = None;
                     continue;
@@ -732,7 +734,7 @@ impl VectorLeaf {
                         let len = buf
                             .get(at..at + 4)
                             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-                            .ok_or_else(|| self.corrupt("a page's levels are cut short".into()))?;
+                            .ok_or_else(|| self.corrupt("a page's levels are cut short"))?;
                         at = at.saturating_add(4).saturating_add(len);
                     }
                     (buf, at, num_values as usize, encoding)
@@ -747,23 +749,25 @@ impl VectorLeaf {
                     ..
                 }) => {
                     if num_nulls != 0 {
-                        return Err(self.corrupt(format!("{num_nulls} nulls in a required column")));
+                        return Err(
+                            self.corrupt(&format!("{num_nulls} nulls in a required column"))
+                        );
                     }
                     let levels = def_levels_byte_len as usize + rep_levels_byte_len as usize;
                     (buf, levels, num_values as usize, encoding)
                 }
                 Some(Page::DictionaryPage { .. }) => {
-                    return Err(self.corrupt("a dictionary page".into()));
+                    return Err(self.corrupt("a dictionary page"));
                 }
             };
             if levels > buf.len() || buf.len() - levels != n * 4 {
-                return Err(self.corrupt(format!(
+                return Err(self.corrupt(&format!(
                     "a page of {n} values holds {} value bytes",
                     buf.len().saturating_sub(levels)
                 )));
             }
             if n as u64 > self.group_left {
-                return Err(self.corrupt(format!(
+                return Err(self.corrupt(&format!(
                     "row group {} holds more than rows × {} values",
                     self.next_group - 1,
                     self.dim
@@ -800,7 +804,7 @@ impl VectorLeaf {
                         .map(|(((&a, &b), &c), &d)| f32::from_le_bytes([a, b, c, d])),
                 );
             }
-            e => return Err(self.corrupt(format!("values encoded as {e}"))),
+            e => return Err(self.corrupt(&format!("values encoded as {e}"))),
         }
         Ok(())
     }
@@ -828,8 +832,8 @@ impl VectorLeaf {
                 self.carry_at = 0;
             }
         }
-        if out.len() % self.dim != 0 {
-            return Err(self.corrupt(format!("{} values are not whole vectors", out.len())));
+        if !out.len().is_multiple_of(self.dim) {
+            return Err(self.corrupt(&format!("{} values are not whole vectors", out.len())));
         }
         let values = arrow_array::Float32Array::from(out);
         arrow_array::FixedSizeListArray::try_new(
@@ -838,7 +842,7 @@ impl VectorLeaf {
             Arc::new(values),
             None,
         )
-        .map_err(|e| self.corrupt(e.to_string()))
+        .map_err(|e| self.corrupt(&e.to_string()))
     }
 }
 
