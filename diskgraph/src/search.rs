@@ -378,8 +378,9 @@ impl UringIo {
         // freed nor reallocated while a read is in flight: `prepare` (the only place that replaces
         // it) and `Drop` first call `drain`, which returns only once `in_flight` is 0, and a slot
         // is pushed only while idle or to resume its own short read, so no two reads share
-        // bytes. A `READ_FIXED` entry's range lies inside `bufs`, the registered buffer 0. The fd belongs to the index's `File`, which outlives its searchers (they borrow
-        // the index); `drain` runs before a searcher is dropped. `in_flight` is below the ring's
+        // bytes. A `READ_FIXED` entry's range lies inside `bufs`, the registered buffer 0. The
+        // fd belongs to the index's `File`, which outlives its searchers (they borrow the
+        // index); `drain` runs before a searcher is dropped. `in_flight` is below the ring's
         // capacity (asserted above), so the queue has room and the push cannot fail.
         let pushed = unsafe { self.ring.submission().push(&entry) };
         assert!(pushed.is_ok(), "io_uring submission queue full despite in_flight < capacity");

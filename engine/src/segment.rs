@@ -503,7 +503,9 @@ impl SegmentFile {
             .iter()
             .map(|c| sorted.binary_search(c).expect("every column is in the sorted list"))
             .collect();
-        let mask = ProjectionMask::roots(self.meta.parquet_schema(), sorted.iter().copied());
+        let identity =
+            positions.iter().enumerate().all(|(i, &p)| i == p) && positions.len() == sorted.len();
+        let positions = if identity { None } else { Some(positions) };
         // parquet-rs grows a list column's value buffer with `reserve_exact` page by page, so a
         // batch of many pages copies itself once per page: a 64k-row batch of 128-d vectors
         // spent a third of a scan in `memmove`. Batches of about a page (1 MiB) avoid that;
@@ -513,12 +515,37 @@ impl SegmentFile {
         let row_bytes = (bytes.max(1) as u64).div_ceil(self.rows.max(1)).max(1);
         let read_rows = usize::try_from((1u64 << 20) / row_bytes).unwrap_or(usize::MAX);
         let read_rows = read_rows.clamp(64, batch_rows.max(64)).min(batch_rows.max(1));
-        let mut b = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            self.reader.clone(),
-            self.meta.clone(),
-        )
-        .with_projection(mask)
-        .with_batch_size(read_rows);
+        let arrow_reader = |roots: &[usize]| {
+            let mask = ProjectionMask::roots(self.meta.parquet_schema(), roots.iter().copied());
+            ParquetRecordBatchReaderBuilder::new_with_metadata(
+                self.reader.clone(),
+                self.meta.clone(),
+            )
+            .with_projection(mask)
+            .with_batch_size(read_rows)
+        };
+        // A whole-file read of float vectors decodes the vector leaf itself (VectorLeaf); the
+        // other columns, if any, come from the Arrow reader.
+        let vector_root = self.meta.schema().index_of(crate::schema::VECTOR_COLUMN).ok();
+        if rows.is_none()
+            && let Some(root) = vector_root
+            && let Ok(slot) = sorted.binary_search(&root)
+            && let Some(leaf) = VectorLeaf::new(self, root).map(Box::new)
+        {
+            let others: Vec<usize> = sorted.iter().copied().filter(|&c| c != root).collect();
+            let reader = if others.is_empty() {
+                None
+            } else {
+                Some(arrow_reader(&others).build().map_err(|e| corrupt(&e))?)
+            };
+            let schema = Arc::new(self.meta.schema().project(&sorted).map_err(|e| corrupt(&e))?);
+            return Ok(SegmentBatches {
+                path: self.path.clone(),
+                source: Source::Split { reader, leaf, slot, schema, read_rows },
+                positions,
+            });
+        }
+        let mut b = arrow_reader(&sorted);
         if let Some(rows) = rows {
             debug_assert!(rows.windows(2).all(|w| w[0] < w[1]));
             // Only the row groups holding a wanted row are read; the selection is relative to
@@ -555,37 +582,6 @@ impl SegmentFile {
                 return Err(corrupt(&format!("row {r} is past the end ({} rows)", self.rows)));
             }
             b = b.with_row_groups(wanted).with_row_selection(RowSelection::from(sel));
-        }
-        let identity =
-            positions.iter().enumerate().all(|(i, &p)| i == p) && positions.len() == sorted.len();
-        let positions = if identity { None } else { Some(positions) };
-        // A whole-file read of float vectors decodes the vector leaf itself (VectorLeaf); the
-        // other columns, if any, come from the Arrow reader.
-        let vector_root = self.meta.schema().index_of(crate::schema::VECTOR_COLUMN).ok();
-        if rows.is_none()
-            && let Some(root) = vector_root
-            && let Ok(slot) = sorted.binary_search(&root)
-            && let Some(leaf) = VectorLeaf::new(self, root).map(Box::new)
-        {
-            let others: Vec<usize> = sorted.iter().copied().filter(|&c| c != root).collect();
-            let reader = if others.is_empty() {
-                None
-            } else {
-                let mask = ProjectionMask::roots(self.meta.parquet_schema(), others);
-                let b = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                    self.reader.clone(),
-                    self.meta.clone(),
-                )
-                .with_projection(mask)
-                .with_batch_size(read_rows);
-                Some(b.build().map_err(|e| corrupt(&e))?)
-            };
-            let schema = Arc::new(self.meta.schema().project(&sorted).map_err(|e| corrupt(&e))?);
-            return Ok(SegmentBatches {
-                path: self.path.clone(),
-                source: Source::Split { reader, leaf, slot, schema, read_rows },
-                positions,
-            });
         }
         let reader = b.build().map_err(|e| corrupt(&e))?;
         Ok(SegmentBatches { path: self.path.clone(), source: Source::Arrow(reader), positions })

@@ -230,8 +230,11 @@ fn acknowledge(name: &str, s: Submitted) -> Result<Bytes, Status> {
 
 /// Batches of one ingest stream in flight at once: submitted to the WAL, not yet acknowledged.
 /// While one is written and synced, the next is decoded and checked, and group commit can take
-/// several together. Bounds what one stream holds beyond the WAL's own queue limit.
+/// several together. Bounds what one stream holds beyond the WAL's own queue limit: one batch
+/// being acknowledged, one just submitted waiting for room in the queue between the two tasks,
+/// and the rest in that queue.
 const MAX_IN_FLIGHT: usize = 8;
+const _: () = assert!(MAX_IN_FLIGHT > 2, "the queue between the tasks needs room");
 
 /// Reads batches from `input` and submits each, sending `wrap(ack)` for each, in order, once it
 /// is durable. Stops at the first failure, which it sends (after the acknowledgements of the
@@ -243,7 +246,7 @@ fn spawn_ingest<T: Send + 'static>(
     wrap: fn(Bytes) -> T,
 ) -> BoxStream<T> {
     let (tx, rx) = mpsc::channel::<Result<T, Status>>(4);
-    let (sub_tx, mut sub_rx) = mpsc::channel::<Result<Submitted, Status>>(MAX_IN_FLIGHT);
+    let (sub_tx, mut sub_rx) = mpsc::channel::<Result<Submitted, Status>>(MAX_IN_FLIGHT - 2);
     let ack_name = name.clone();
     tokio::spawn(async move {
         while let Some(next) = input.next().await {
@@ -255,7 +258,13 @@ fn spawn_ingest<T: Send + 'static>(
                 }
             };
             let stop = submitted.is_err();
-            if sub_tx.send(submitted).await.is_err() || stop {
+            if let Err(refused) = sub_tx.send(submitted).await {
+                // The acknowledging task has stopped: wait for this batch (a dropped
+                // PendingWrite waits) off the async workers, like the ones it left queued.
+                let _ = tokio::task::spawn_blocking(move || drop(refused)).await;
+                return;
+            }
+            if stop {
                 return;
             }
         }

@@ -67,7 +67,7 @@ pub use replay::{Record, Replay};
 use format::{
     FLAG_ZSTD, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, align_up, segment_name,
 };
-use recovery::{SegmentFile, SegmentScan, scan_segment};
+use recovery::{SegmentFile, SegmentScan, all_zero, scan_segment};
 
 /// A log sequence number. The first record of a new log has LSN 1; 0 means "none".
 pub type Lsn = u64;
@@ -590,7 +590,7 @@ impl Wal {
                         // Past the records: nothing, reserved zeros, or the remains of a write
                         // that never completed (cut, so the next record lands on zeros).
                         let tail = bytes.get(valid_len as usize..).unwrap_or_default();
-                        if !tail.iter().all(|&b| b == 0) {
+                        if !all_zero(tail) {
                             report.torn_bytes_cut = tail.len() as u64;
                             tracing::warn!(segment = %seg.path.display(), offset = valid_len, bytes = report.torn_bytes_cut, "WAL: cutting a torn tail");
                             file.set_len(valid_len).map_err(io_err(&seg.path))?;
