@@ -33,6 +33,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelector,
 };
+use parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::properties::WriterProperties;
@@ -40,6 +41,9 @@ use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;
 
 use quiver_wal::vfs::{OpenMode, Vfs, VfsFile};
+
+mod vector_writer;
+use vector_writer::VectorWriter;
 
 /// Why a segment or deletion file could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -160,9 +164,123 @@ pub struct SegmentWriter {
 
 enum WriterState {
     /// Encoding batches; no row group copied yet.
-    Encoding(ArrowWriter<VfsWriter>),
+    Encoding(Box<Encoder>),
     /// Copying row groups; encoding is over.
-    Copying(SerializedFileWriter<VfsWriter>),
+    Copying(Box<SerializedFileWriter<VfsWriter>>),
+}
+
+/// Encodes batches into row groups: the `vector` column of float vectors through
+/// [`VectorWriter`], every other column through parquet-rs's Arrow column writers.
+struct Encoder {
+    schema: SchemaRef,
+    fw: SerializedFileWriter<VfsWriter>,
+    factory: ArrowRowGroupWriterFactory,
+    row_group_rows: usize,
+    /// Rows waiting for the next row group (fewer than `row_group_rows`).
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    row_groups: usize,
+    vector: Option<VectorWriter>,
+    /// The first leaf column of each root column (and the leaf count at the end).
+    first_leaf: Vec<usize>,
+}
+
+impl Encoder {
+    fn new(
+        writer: VfsWriter,
+        schema: &SchemaRef,
+        props: WriterProperties,
+        row_group_rows: usize,
+        zstd_level: i32,
+    ) -> parquet::errors::Result<Self> {
+        // The Arrow writer puts the Arrow schema in the file's metadata; its lower half does
+        // the rest.
+        let (fw, factory) =
+            ArrowWriter::try_new(writer, schema.clone(), Some(props))?.into_serialized_writer()?;
+        let pschema = fw.schema_descr();
+        let mut first_leaf = vec![0; schema.fields().len() + 1];
+        for leaf in 0..pschema.num_columns() {
+            first_leaf[pschema.get_column_root_idx(leaf) + 1] = leaf + 1;
+        }
+        for r in 1..first_leaf.len() {
+            first_leaf[r] = first_leaf[r].max(first_leaf[r - 1]);
+        }
+        let vector = match schema.index_of(crate::schema::VECTOR_COLUMN) {
+            Ok(root) if first_leaf[root + 1] == first_leaf[root] + 1 => VectorWriter::new(
+                root,
+                schema.field(root),
+                first_leaf[root],
+                pschema.column(first_leaf[root]),
+                zstd_level,
+            )?,
+            _ => None,
+        };
+        Ok(Encoder {
+            schema: schema.clone(),
+            fw,
+            factory,
+            row_group_rows: row_group_rows.max(1),
+            pending: Vec::new(),
+            pending_rows: 0,
+            row_groups: 0,
+            vector,
+            first_leaf,
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> parquet::errors::Result<()> {
+        let mut at = 0;
+        while at < batch.num_rows() {
+            let take = (batch.num_rows() - at).min(self.row_group_rows - self.pending_rows);
+            self.pending.push(batch.slice(at, take));
+            self.pending_rows += take;
+            at += take;
+            if self.pending_rows == self.row_group_rows {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the pending rows as a row group.
+    fn flush(&mut self) -> parquet::errors::Result<()> {
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        let mut writers = self.factory.create_column_writers(self.row_groups)?;
+        let vector_root = self.vector.as_ref().map(|v| v.root);
+        for (root, field) in self.schema.fields().iter().enumerate() {
+            if Some(root) == vector_root {
+                continue;
+            }
+            for b in &self.pending {
+                let leaves = parquet::arrow::arrow_writer::compute_leaves(field, b.column(root))?;
+                for (k, leaf) in leaves.iter().enumerate() {
+                    writers[self.first_leaf[root] + k].write(leaf)?;
+                }
+            }
+        }
+        let vector = match self.vector.as_mut() {
+            Some(v) => Some((v.leaf, v.encode_chunk(&self.pending, self.pending_rows)?)),
+            None => None,
+        };
+        let mut rg = self.fw.next_row_group()?;
+        let mut vector = vector;
+        for (leaf, w) in writers.into_iter().enumerate() {
+            match vector.take() {
+                Some((at, (bytes, close))) if at == leaf => rg.append_column(&bytes, close)?,
+                other => {
+                    vector = other;
+                    w.close()?.append_to_row_group(&mut rg)?;
+                }
+            }
+        }
+        rg.close()?;
+        self.row_groups += 1;
+        self.pending.clear();
+        self.pending_rows = 0;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for SegmentWriter {
@@ -238,12 +356,12 @@ impl SegmentWriter {
         let props = writer_props(path, schema, row_group_rows, zstd_level)?;
         let file = vfs.open(path, OpenMode::CreateNew).map_err(io_err(path))?;
         let writer = VfsWriter { file, offset: 0, buf: Vec::with_capacity(WRITE_BUF), crc: 0 };
-        let w =
-            ArrowWriter::try_new(writer, schema.clone(), Some(props)).map_err(parquet_err(path))?;
+        let enc = Encoder::new(writer, schema, props, row_group_rows, zstd_level)
+            .map_err(parquet_err(path))?;
         Ok(SegmentWriter {
             path: path.to_path_buf(),
             schema: schema.clone(),
-            state: Some(WriterState::Encoding(w)),
+            state: Some(WriterState::Encoding(Box::new(enc))),
         })
     }
 
@@ -264,7 +382,13 @@ impl SegmentWriter {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SegmentError> {
         assert_eq!(batch.schema().fields(), self.schema.fields(), "a batch of another schema");
         match &mut self.state {
-            Some(WriterState::Encoding(w)) => w.write(batch).map_err(parquet_err(&self.path)),
+            Some(WriterState::Encoding(w)) => {
+                let r = w.write(batch);
+                if r.is_err() {
+                    self.state = None;
+                }
+                r.map_err(parquet_err(&self.path))
+            }
             Some(WriterState::Copying(_)) => panic!("SegmentWriter::write after copy_row_groups"),
             None => Err(self.failed()),
         }
@@ -287,7 +411,10 @@ impl SegmentWriter {
         }
         from.verify()?;
         let mut fw = match self.state.take() {
-            Some(WriterState::Encoding(w)) => w.into_serialized_writer().map_err(&err)?.0,
+            Some(WriterState::Encoding(mut w)) => {
+                w.flush().map_err(&err)?;
+                Box::new(w.fw)
+            }
             Some(WriterState::Copying(fw)) => fw,
             None => return Err(self.failed()),
         };
@@ -324,7 +451,10 @@ impl SegmentWriter {
     pub fn finish(self) -> Result<FileSum, SegmentError> {
         let err = parquet_err(&self.path);
         let mut writer = match self.state {
-            Some(WriterState::Encoding(w)) => w.into_inner().map_err(&err)?,
+            Some(WriterState::Encoding(mut w)) => {
+                w.flush().map_err(&err)?;
+                w.fw.into_inner().map_err(&err)?
+            }
             Some(WriterState::Copying(fw)) => fw.into_inner().map_err(&err)?,
             None => return Err(self.failed()),
         };
