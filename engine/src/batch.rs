@@ -168,7 +168,10 @@ pub fn keys_of(ids: &dyn Array, id_type: IdType, unique: bool) -> Result<Vec<Key
         }
     };
     if unique {
-        let mut seen = std::collections::HashMap::with_capacity(keys.len());
+        let mut seen = std::collections::HashMap::with_capacity_and_hasher(
+            keys.len(),
+            ahash::RandomState::new(),
+        );
         for (i, k) in keys.iter().enumerate() {
             if let Some(first) = seen.insert(k, i) {
                 return Err(BatchError::DuplicateId {
@@ -289,7 +292,7 @@ pub fn vectors_of(schema: &CollectionSchema, vector: &dyn Array) -> Result<Vecto
             } else {
                 values.as_primitive::<Float16Type>().values().iter().map(|x| x.to_f32()).collect()
             };
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            if let Some(i) = first_non_finite(&v) {
                 return Err(BatchError::NonFinite { row: i / dim, value: v[i] });
             }
             if cosine {
@@ -307,6 +310,23 @@ pub fn vectors_of(schema: &CollectionSchema, vector: &dyn Array) -> Result<Vecto
         VectorType::U8 => Vectors::U8(values.as_primitive::<UInt8Type>().values().clone()),
         VectorType::I8 => Vectors::I8(values.as_primitive::<Int8Type>().values().clone()),
     })
+}
+
+/// The index of the first NaN or infinity in `v`. Checks blocks with a branch-free maximum
+/// over the magnitude bits (vectorized; a value is finite iff they are below the all-ones
+/// exponent) and searches only a block that has one: a put's check costs a fraction of a
+/// value-by-value scan.
+fn first_non_finite(v: &[f32]) -> Option<usize> {
+    const BLOCK: usize = 1024;
+    const EXP: u32 = 0x7f80_0000;
+    for (b, block) in v.chunks(BLOCK).enumerate() {
+        let top = block.iter().map(|x| x.to_bits() & 0x7fff_ffff).max().unwrap_or(0);
+        if top >= EXP {
+            let i = block.iter().position(|x| !x.is_finite()).expect("the block has one");
+            return Some(b * BLOCK + i);
+        }
+    }
+    None
 }
 
 /// Whether [`vectors_of`] returns the column's own buffer (no conversion: f32 not under cosine,
@@ -558,5 +578,32 @@ mod tests {
         assert_ne!(c.as_ptr(), slice.as_ptr(), "a slice of a 100x larger buffer is copied");
         assert_eq!(&c[..], &slice[..]);
         assert!(c.inner().capacity() <= 2 * c.inner().len());
+    }
+
+    /// The blockwise search must find the same first NaN or infinity as a value-by-value scan,
+    /// wherever it falls relative to the blocks (first, last, at an edge, in a short tail), and
+    /// none in finite values up to the largest.
+    #[test]
+    fn first_non_finite_finds_the_first_bad_value_at_any_position() {
+        let oracle = |v: &[f32]| v.iter().position(|x| !x.is_finite());
+        for len in [0usize, 1, 5, 1023, 1024, 1025, 3000] {
+            let base: Vec<f32> =
+                (0..len).map(|i| if i % 2 == 0 { f32::MAX } else { -f32::MIN_POSITIVE }).collect();
+            assert_eq!(first_non_finite(&base), None, "finite values, len {len}");
+            for at in [0, 1, 1022, 1023, 1024, 1025, 2047, 2048, len.saturating_sub(1)] {
+                if at >= len {
+                    continue;
+                }
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+                    let mut v = base.clone();
+                    v[at] = bad;
+                    if at + 700 < len {
+                        v[at + 700] = f32::NAN; // a later one must not win
+                    }
+                    assert_eq!(first_non_finite(&v), oracle(&v), "len {len}, {bad} at {at}");
+                    assert_eq!(first_non_finite(&v), Some(at));
+                }
+            }
+        }
     }
 }
