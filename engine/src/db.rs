@@ -2543,6 +2543,10 @@ impl Iterator for Scan {
                             Err(e) => return Some(Err(e.into())),
                         }
                     }
+                    // A read that can cut batches to size does (no concatenation below).
+                    if let Some(r) = self.current.as_mut() {
+                        r.set_batch_rows(want - rows);
+                    }
                     match self.current.as_mut().and_then(Iterator::next) {
                         Some(Ok(b)) => b,
                         Some(Err(e)) => {

@@ -639,7 +639,8 @@ impl SegmentFile {
         // parquet-rs grows a list column's value buffer with `reserve_exact` page by page, so a
         // batch of many pages copies itself once per page: a 64k-row batch of 128-d vectors
         // spent a third of a scan in `memmove`. Batches of about a page (1 MiB) avoid that;
-        // callers that want bigger ones concatenate (one copy).
+        // callers that want bigger ones concatenate (one copy). The split read below decodes
+        // vectors itself and takes the caller's size (only its other columns read by 1 MiB).
         let md = self.meta.metadata();
         let bytes: i64 = md.row_groups().iter().map(|g| g.total_byte_size()).sum();
         let row_bytes = (bytes.max(1) as u64).div_ceil(self.rows.max(1)).max(1);
@@ -669,9 +670,23 @@ impl SegmentFile {
                 Some(arrow_reader(&others).build().map_err(|e| corrupt(&e))?)
             };
             let schema = Arc::new(self.meta.schema().project(&sorted).map_err(|e| corrupt(&e))?);
+            let others_schema =
+                Arc::new(self.meta.schema().project(&others).map_err(|e| corrupt(&e))?);
+            // Vectors are decoded straight into a buffer of the batch's size, so batches need
+            // not stay near a page: the caller's size is taken as asked.
+            let max_rows = batch_rows.max(1);
             return Ok(SegmentBatches {
                 path: self.path.clone(),
-                source: Source::Split { reader, leaf, slot, schema, read_rows },
+                source: Source::Split {
+                    reader,
+                    others_left: None,
+                    others_schema,
+                    leaf,
+                    slot,
+                    schema,
+                    want: max_rows,
+                    max_rows,
+                },
                 positions,
             });
         }
@@ -726,10 +741,17 @@ enum Source {
     /// vector column goes at `slot` of `schema` (the columns asked, in file order).
     Split {
         reader: Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>,
+        /// Rows of the other columns read but not yet returned.
+        others_left: Option<RecordBatch>,
+        /// The other columns' schema (the columns asked, in file order, without `vector`).
+        others_schema: SchemaRef,
         leaf: Box<VectorLeaf>,
         slot: usize,
         schema: SchemaRef,
-        read_rows: usize,
+        /// Rows per batch ([`SegmentBatches::set_batch_rows`]).
+        want: usize,
+        /// The most rows a batch may have (the `batch_rows` the read was opened with).
+        max_rows: usize,
     },
 }
 
@@ -980,6 +1002,18 @@ pub struct SegmentBatches {
     positions: Option<Vec<usize>>,
 }
 
+impl SegmentBatches {
+    /// Rows per batch from here on (at least 1, at most the `batch_rows` the read was opened
+    /// with), where the read can honour it without copying: a whole-file read that decodes the
+    /// vector column itself returns batches of exactly this size (fewer at the end), so a
+    /// caller that wants a given size need not concatenate. Other reads keep their size.
+    pub fn set_batch_rows(&mut self, rows: usize) {
+        if let Source::Split { want, max_rows, .. } = &mut self.source {
+            *want = rows.clamp(1, *max_rows);
+        }
+    }
+}
+
 impl std::fmt::Debug for SegmentBatches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SegmentBatches").field("path", &self.path).finish_non_exhaustive()
@@ -999,17 +1033,44 @@ impl Iterator for SegmentBatches {
                 Ok(b) => b,
                 Err(e) => return Some(Err(corrupt(&e))),
             },
-            Source::Split { reader, leaf, slot, schema, read_rows } => {
+            Source::Split {
+                reader, others_left, others_schema, leaf, slot, schema, want, ..
+            } => {
                 let (mut columns, rows) = match reader {
-                    Some(r) => match r.next() {
-                        None => (Vec::new(), 0),
-                        Some(Ok(b)) => {
-                            let rows = b.num_rows();
-                            (b.columns().to_vec(), rows)
+                    Some(r) => {
+                        // `want` rows of the other columns: what is left of the last batch
+                        // read, then more batches (cut at `want`; the rest kept).
+                        let mut parts = Vec::new();
+                        let mut rows = 0;
+                        while rows < *want {
+                            let b = match others_left.take() {
+                                Some(b) => b,
+                                None => match r.next() {
+                                    None => break,
+                                    Some(Ok(b)) => b,
+                                    Some(Err(e)) => return Some(Err(corrupt(&e))),
+                                },
+                            };
+                            let take = (*want - rows).min(b.num_rows());
+                            if take < b.num_rows() {
+                                *others_left = Some(b.slice(take, b.num_rows() - take));
+                            }
+                            rows += take;
+                            parts.push(b.slice(0, take));
                         }
-                        Some(Err(e)) => return Some(Err(corrupt(&e))),
-                    },
-                    None => (Vec::new(), *read_rows),
+                        let columns = match parts.len() {
+                            0 => Vec::new(),
+                            1 => parts[0].columns().to_vec(),
+                            _ => {
+                                match arrow_select::concat::concat_batches(others_schema, &parts) {
+                                    Ok(b) => b.columns().to_vec(),
+                                    Err(e) => return Some(Err(corrupt(&e))),
+                                }
+                            }
+                        };
+                        (columns, rows)
+                    }
+                    None => (Vec::new(), *want),
                 };
                 let vectors = match leaf.take(rows) {
                     Ok(v) => v,

@@ -180,3 +180,45 @@ fn a_null_vector_element_is_an_error_in_a_whole_file_read_not_shifted_values() {
     let err = file.read(&[0, 1], None, 4096).unwrap_err();
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
+
+#[test]
+fn whole_file_reads_return_exactly_the_batch_size_asked_before_each_batch() {
+    // Scans ask for a size before each batch (growing, and cut at segment ends) and rely on a
+    // whole-file read returning exactly that many rows, fewer only at the end, with the other
+    // columns cut at the same rows: a slip here is a batch whose columns disagree, or lost or
+    // repeated rows at a cut.
+    let dir = tempfile::tempdir().unwrap();
+    let schema = schema_with(true);
+    let zstd = Compression::ZSTD(ZstdLevel::try_new(1).unwrap());
+    let raw = dir.path().join("raw.parquet");
+    write_raw(&raw, &schema, Encoding::BYTE_STREAM_SPLIT, zstd, false);
+    let seg = dir.path().join("seg.parquet");
+    let mut w = SegmentWriter::create(&OsVfs, &seg, &schema, 256, 1).unwrap();
+    w.write(&data(&schema)).unwrap();
+    w.finish().unwrap();
+    let d = data(&schema);
+    // Opened for at most 64 rows: the other columns come in batches of 64, so asking 63 after
+    // a cut joins two of them.
+    let sizes = [1usize, 5, 64, 2, 63, 33, 200];
+    for path in [&raw, &seg] {
+        let file = SegmentFile::open(&OsVfs, path, sum_of(path), &schema, ROWS as u64).unwrap();
+        for columns in [vec![0, 1, 2, 3], vec![1], vec![3, 1]] {
+            let want = d.project(&columns).unwrap();
+            let mut r = file.batches(&columns, None, 64).unwrap();
+            let (mut got, mut done) = (Vec::new(), 0usize);
+            for i in 0.. {
+                let asked = sizes[i % sizes.len()];
+                r.set_batch_rows(asked);
+                let Some(b) = r.next() else { break };
+                let b = b.unwrap();
+                let expect = asked.min(64).min(ROWS - done);
+                assert_eq!(b.num_rows(), expect, "{path:?} {columns:?}: batch {i} asked {asked}");
+                done += b.num_rows();
+                got.push(b);
+            }
+            assert_eq!(done, ROWS);
+            let got = arrow_select::concat::concat_batches(&want.schema(), &got).unwrap();
+            assert_eq!(got, want, "{path:?} {columns:?}");
+        }
+    }
+}
