@@ -1,10 +1,10 @@
 //! How fast a flush encodes a segment: writes `ROWS` rows of a vector file (as f32, with
-//! int64 ids) into one segment file `ROUNDS` times and prints the MB/s of vector bytes
+//! int64 ids; u8/i8 files are widened) into one segment file `ROUNDS` times and prints the MB/s of vector bytes
 //! (encode, write and `fdatasync`) and the compression ratio. `noise` instead of a file uses
 //! uniform random floats in [-0.5, 0.5), like learned embeddings to zstd.
 //!
 //! ```text
-//! cargo run --release -p quiver-engine --example segment_bench -- BASE.u8bin|noise [ROWS] [ROUNDS] [ZSTD_LEVEL]
+//! cargo run --release -p quiver-engine --example segment_bench -- BASE.{u8bin,fbin}|noise [ROWS] [ROUNDS] [ZSTD_LEVEL]
 //! ```
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use arrow_array::{FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use quiver_engine::diskgraph::data::read_vectors;
+use quiver_engine::diskgraph::data::{Row, read_vectors};
 use quiver_engine::segment::write_segment;
 use quiver_engine::wal::vfs::OsVfs;
 
@@ -42,9 +42,13 @@ fn main() {
     for from in (0..rows).step_by(batch_rows) {
         let to = (from + batch_rows).min(rows);
         let floats: Vec<f32> = match &data {
-            Some(data) => {
-                (from..to).flat_map(|i| data.row_bytes(i).iter().map(|&b| f32::from(b))).collect()
-            }
+            Some(data) => (from..to)
+                .flat_map(|i| match data.row(i) {
+                    Row::F32(v) => v.to_vec(),
+                    Row::U8(v) => v.iter().map(|&b| f32::from(b)).collect(),
+                    Row::I8(v) => v.iter().map(|&b| f32::from(b)).collect(),
+                })
+                .collect(),
             None => (0..(to - from) * dim).map(|_| next()).collect(),
         };
         let list = FixedSizeListArray::new(

@@ -32,6 +32,9 @@ use parquet::schema::types::ColumnDescPtr;
 /// one row).
 pub(super) const PAGE_VALUE_BYTES: usize = 1 << 20;
 
+/// zstd's match-table size (log2 entries) for the fast levels (≤ 1) on vector pages.
+const FAST_HASH_LOG: u32 = 10;
+
 /// Most 8-value groups in one bit-packed run (what parquet-mr and Arrow C++ write).
 const MAX_PACKED_GROUPS: usize = 63;
 
@@ -91,8 +94,17 @@ impl VectorWriter {
         {
             return Ok(None);
         }
-        let compressor = zstd::bulk::Compressor::new(level)
+        let mut compressor = zstd::bulk::Compressor::new(level)
             .map_err(|e| ParquetError::General(format!("zstd level {level}: {e}")))?;
+        if level <= 1 {
+            // Byte-split floats are mostly literals to zstd's fast strategy: its default
+            // 8 Ki-entry match table (level 1, 1 MiB input) only misses cache. A 1 Ki-entry one
+            // stays in L1 and finds as much: on 1 MiB pages, 1.35x faster on SIFT-as-f32 and
+            // 1.6x on GloVe at slightly better ratios (4.14 -> 4.20, 1.188 -> 1.196).
+            compressor
+                .set_parameter(zstd::zstd_safe::CParameter::HashLog(FAST_HASH_LOG))
+                .map_err(|e| ParquetError::General(format!("zstd hash log: {e}")))?;
+        }
         Ok(Some(VectorWriter {
             root,
             leaf,
