@@ -322,6 +322,11 @@ fn writer_props(
         .convert(schema)
         .map_err(|e| SegmentError::Parquet { path: path.to_path_buf(), reason: e.to_string() })?;
     for col in parquet_schema.columns() {
+        // A segment's ids are (all but killed rows) distinct: a dictionary of them never pays
+        // (and parquet-rs builds one before giving up on it). Plain + zstd is also smaller.
+        if col.path().parts() == [crate::schema::ID_COLUMN] {
+            props = props.set_column_dictionary_enabled(col.path().clone(), false);
+        }
         if col.path().parts().first().map(String::as_str) == Some(crate::schema::VECTOR_COLUMN) {
             props = props
                 .set_column_dictionary_enabled(col.path().clone(), false)
