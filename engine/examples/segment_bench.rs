@@ -83,6 +83,7 @@ fn main() {
         );
         std::fs::remove_file(&path).unwrap();
     }
+    std::fs::remove_dir(&dir).unwrap();
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
