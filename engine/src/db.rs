@@ -2528,45 +2528,32 @@ impl Iterator for Scan {
         // Gather `batch_rows` rows from the segments' single-pass readers (a reader per call
         // would decode each row group again from its start for every batch).
         let want = self.batch_rows;
-        let mut parts: Vec<RecordBatch> = Vec::new();
-        let mut rows = 0;
-        while rows < want {
-            let b = match self.leftover.take() {
-                Some(b) => b,
-                None => {
-                    if self.current.is_none() {
-                        let Some((file, live)) = self.segments.pop_front() else { break };
-                        let all = live.len() as u64 == file.rows();
-                        let selection = if all { None } else { Some(live.as_slice()) };
-                        match file.batches(&self.projection, selection, MAX_SCAN_BATCH_ROWS) {
-                            Ok(r) => self.current = Some(r),
-                            Err(e) => return Some(Err(e.into())),
-                        }
-                    }
-                    // A read that can cut batches to size does (no concatenation below).
-                    if let Some(r) = self.current.as_mut() {
-                        r.set_batch_rows(want - rows);
-                    }
-                    match self.current.as_mut().and_then(Iterator::next) {
-                        Some(Ok(b)) => b,
-                        Some(Err(e)) => {
-                            self.current = None;
-                            return Some(Err(e.into()));
-                        }
-                        None => {
-                            self.current = None;
-                            continue;
-                        }
-                    }
+        let Scan { projection, segments, current, leftover, .. } = self;
+        let parts = segment::gather_rows(leftover, want, |need| {
+            loop {
+                if current.is_none() {
+                    let Some((file, live)) = segments.pop_front() else { return Ok(None) };
+                    let all = live.len() as u64 == file.rows();
+                    let selection = if all { None } else { Some(live.as_slice()) };
+                    *current = Some(file.batches(projection, selection, MAX_SCAN_BATCH_ROWS)?);
                 }
-            };
-            let take = (want - rows).min(b.num_rows());
-            if take < b.num_rows() {
-                self.leftover = Some(b.slice(take, b.num_rows() - take));
+                let r = current.as_mut().expect("opened above");
+                // A read that can cut batches to size does (no concatenation below).
+                r.set_batch_rows(need);
+                match r.next() {
+                    Some(Ok(b)) => return Ok(Some(b)),
+                    Some(Err(e)) => {
+                        *current = None;
+                        return Err(e);
+                    }
+                    None => *current = None,
+                }
             }
-            rows += take;
-            parts.push(if take < b.num_rows() { b.slice(0, take) } else { b });
-        }
+        });
+        let mut parts = match parts {
+            Ok(parts) => parts,
+            Err(e) => return Some(Err(e.into())),
+        };
         match parts.len() {
             0 => self.memtable.pop_front().map(Ok),
             1 => parts.pop().map(Ok),

@@ -260,12 +260,11 @@ impl Encoder {
                 }
             }
         }
-        let vector = match self.vector.as_mut() {
+        let mut vector = match self.vector.as_mut() {
             Some(v) => Some((v.leaf, v.encode_chunk(&self.pending, self.pending_rows)?)),
             None => None,
         };
         let mut rg = self.fw.next_row_group()?;
-        let mut vector = vector;
         for (leaf, w) in writers.into_iter().enumerate() {
             match vector.take() {
                 Some((at, (bytes, close))) if at == leaf => rg.append_column(&bytes, close)?,
@@ -675,8 +674,6 @@ impl SegmentFile {
                 Some(arrow_reader(&others).build().map_err(|e| corrupt(&e))?)
             };
             let schema = Arc::new(self.meta.schema().project(&sorted).map_err(|e| corrupt(&e))?);
-            let others_schema =
-                Arc::new(self.meta.schema().project(&others).map_err(|e| corrupt(&e))?);
             // Vectors are decoded straight into a buffer of the batch's size, so batches need
             // not stay near a page: the caller's size is taken as asked.
             let max_rows = batch_rows.max(1);
@@ -685,7 +682,6 @@ impl SegmentFile {
                 source: Source::Split {
                     reader,
                     others_left: None,
-                    others_schema,
                     leaf,
                     slot,
                     schema,
@@ -748,8 +744,6 @@ enum Source {
         reader: Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>,
         /// Rows of the other columns read but not yet returned.
         others_left: Option<RecordBatch>,
-        /// The other columns' schema (the columns asked, in file order, without `vector`).
-        others_schema: SchemaRef,
         leaf: Box<VectorLeaf>,
         slot: usize,
         schema: SchemaRef,
@@ -1019,6 +1013,38 @@ impl SegmentBatches {
     }
 }
 
+/// Gathers `want` rows (fewer only once `next` runs out) from a stream of batches, in order:
+/// first what `left` kept of the last batch, then batches from `next` (told how many rows are
+/// still wanted; `None` at the end). The last batch is cut at `want` and its remainder kept in
+/// `left`. Returns the pieces, which share the batches' buffers (nothing is copied).
+///
+/// # Errors
+/// The first error of `next`; the pieces gathered before it are dropped.
+pub(crate) fn gather_rows<E>(
+    left: &mut Option<RecordBatch>,
+    want: usize,
+    mut next: impl FnMut(usize) -> Result<Option<RecordBatch>, E>,
+) -> Result<Vec<RecordBatch>, E> {
+    let mut parts = Vec::new();
+    let mut rows = 0;
+    while rows < want {
+        let b = match left.take() {
+            Some(b) => b,
+            None => match next(want - rows)? {
+                Some(b) => b,
+                None => break,
+            },
+        };
+        let take = (want - rows).min(b.num_rows());
+        if take < b.num_rows() {
+            *left = Some(b.slice(take, b.num_rows() - take));
+        }
+        rows += take;
+        parts.push(if take < b.num_rows() { b.slice(0, take) } else { b });
+    }
+    Ok(parts)
+}
+
 impl std::fmt::Debug for SegmentBatches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SegmentBatches").field("path", &self.path).finish_non_exhaustive()
@@ -1038,36 +1064,22 @@ impl Iterator for SegmentBatches {
                 Ok(b) => b,
                 Err(e) => return Some(Err(corrupt(&e))),
             },
-            Source::Split {
-                reader, others_left, others_schema, leaf, slot, schema, want, ..
-            } => {
+            Source::Split { reader, others_left, leaf, slot, schema, want, .. } => {
                 let (mut columns, rows) = match reader {
                     Some(r) => {
-                        // `want` rows of the other columns: what is left of the last batch
-                        // read, then more batches (cut at `want`; the rest kept).
-                        let mut parts = Vec::new();
-                        let mut rows = 0;
-                        while rows < *want {
-                            let b = match others_left.take() {
-                                Some(b) => b,
-                                None => match r.next() {
-                                    None => break,
-                                    Some(Ok(b)) => b,
-                                    Some(Err(e)) => return Some(Err(corrupt(&e))),
-                                },
-                            };
-                            let take = (*want - rows).min(b.num_rows());
-                            if take < b.num_rows() {
-                                *others_left = Some(b.slice(take, b.num_rows() - take));
-                            }
-                            rows += take;
-                            parts.push(b.slice(0, take));
-                        }
-                        let columns = match parts.len() {
-                            0 => Vec::new(),
-                            1 => parts[0].columns().to_vec(),
-                            _ => {
-                                match arrow_select::concat::concat_batches(others_schema, &parts) {
+                        // `want` rows of the other columns, cut from the Arrow reader's batches.
+                        let parts = match gather_rows(others_left, *want, |_| r.next().transpose())
+                        {
+                            Ok(parts) => parts,
+                            Err(e) => return Some(Err(corrupt(&e))),
+                        };
+                        let rows = parts.iter().map(RecordBatch::num_rows).sum();
+                        let columns = match &parts[..] {
+                            [] => Vec::new(),
+                            [one] => one.columns().to_vec(),
+                            [first, ..] => {
+                                match arrow_select::concat::concat_batches(&first.schema(), &parts)
+                                {
                                     Ok(b) => b.columns().to_vec(),
                                     Err(e) => return Some(Err(corrupt(&e))),
                                 }

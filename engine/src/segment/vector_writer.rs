@@ -30,7 +30,7 @@ use parquet::schema::types::ColumnDescPtr;
 
 /// Value bytes per data page (the last page of a chunk may hold fewer; a page holds at least
 /// one row).
-pub(super) const PAGE_VALUE_BYTES: usize = 1 << 20;
+const PAGE_VALUE_BYTES: usize = 1 << 20;
 
 /// zstd's match-table size (log2 entries) for the fast levels (≤ 1) on vector pages.
 const FAST_HASH_LOG: u32 = 10;
@@ -284,7 +284,7 @@ fn rle_run(out: &mut Vec<u8>, count: usize, value: u8) {
 /// The repetition levels of `rows` rows of `dim` elements (bit width 1: 0 starts a row, 1
 /// continues it) in the RLE / bit-packed hybrid encoding, whichever form is shorter: two runs
 /// per row, or the bits packed in runs of at most 63 groups of 8.
-pub(super) fn rep_levels(rows: usize, dim: usize) -> Vec<u8> {
+fn rep_levels(rows: usize, dim: usize) -> Vec<u8> {
     let mut out = Vec::new();
     if dim == 1 {
         rle_run(&mut out, rows, 0);
@@ -327,7 +327,7 @@ pub(super) fn rep_levels(rows: usize, dim: usize) -> Vec<u8> {
 }
 
 /// The definition levels of `n` present values whose level is `max` (1 or 2): one RLE run.
-pub(super) fn def_levels(n: usize, max: i16) -> Vec<u8> {
+fn def_levels(n: usize, max: i16) -> Vec<u8> {
     let mut out = Vec::new();
     rle_run(&mut out, n, max as u8);
     out
