@@ -6,6 +6,8 @@
 //! data pages of format versions 1 and 2, and files written by the engine's own writer. A mismatch here would be silent garbage in
 //! scans.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,7 +20,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
-use quiver_engine::segment::{FileSum, SegmentFile, SegmentWriter};
+use quiver_engine::segment::{SegmentFile, SegmentWriter};
 use quiver_engine::wal::vfs::OsVfs;
 
 const DIM: usize = 12;
@@ -55,11 +57,6 @@ fn data(schema: &SchemaRef) -> RecordBatch {
     RecordBatch::try_new(schema.clone(), cols).unwrap()
 }
 
-fn sum_of(path: &Path) -> FileSum {
-    let bytes = std::fs::read(path).unwrap();
-    FileSum { len: bytes.len() as u64, crc: crc32c::crc32c(&bytes) }
-}
-
 /// A file written by parquet-rs directly, with small pages (many per row group).
 fn write_raw(
     path: &Path,
@@ -90,7 +87,8 @@ fn write_raw(
 
 /// Every read of `path` both ways, against the source rows.
 fn check(path: &Path, schema: &SchemaRef) {
-    let file = SegmentFile::open(&OsVfs, path, sum_of(path), schema, ROWS as u64).unwrap();
+    let file =
+        SegmentFile::open(&OsVfs, path, common::file_sum(path), schema, ROWS as u64).unwrap();
     let d = data(schema);
     let all_rows: Vec<u32> = (0..ROWS as u32).collect();
     for columns in [vec![0, 1, 2, 3], vec![1], vec![3, 1], vec![1, 0, 2], vec![2, 3]] {
@@ -146,7 +144,7 @@ fn segments_from_the_engines_writer_read_back_whole_and_selected() {
             w.write(&d.slice(at, 333.min(ROWS - at))).unwrap();
         }
         let sum = w.finish().unwrap();
-        assert_eq!(sum, sum_of(&path));
+        assert_eq!(sum, common::file_sum(&path));
         check(&path, &schema);
     }
 }
@@ -176,7 +174,8 @@ fn a_null_vector_element_is_an_error_in_a_whole_file_read_not_shifted_values() {
     let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
     w.write(&RecordBatch::try_new(schema.clone(), cols).unwrap()).unwrap();
     w.close().unwrap();
-    let file = SegmentFile::open(&OsVfs, &path, sum_of(&path), &schema, ROWS as u64).unwrap();
+    let file =
+        SegmentFile::open(&OsVfs, &path, common::file_sum(&path), &schema, ROWS as u64).unwrap();
     let err = file.read(&[0, 1], None, 4096).unwrap_err();
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
@@ -201,7 +200,8 @@ fn whole_file_reads_return_exactly_the_batch_size_asked_before_each_batch() {
     // a cut joins two of them.
     let sizes = [1usize, 5, 64, 2, 63, 33, 200];
     for path in [&raw, &seg] {
-        let file = SegmentFile::open(&OsVfs, path, sum_of(path), &schema, ROWS as u64).unwrap();
+        let file =
+            SegmentFile::open(&OsVfs, path, common::file_sum(path), &schema, ROWS as u64).unwrap();
         for columns in [vec![0, 1, 2, 3], vec![1], vec![3, 1]] {
             let want = d.project(&columns).unwrap();
             let mut r = file.batches(&columns, None, 64).unwrap();

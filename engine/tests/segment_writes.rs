@@ -7,6 +7,8 @@
 //! incompressible, with and without a nullable item field, and read them back three ways:
 //! Quiver's whole-file path, parquet-rs's Arrow reader, and pyarrow, bit for bit.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use quiver_engine::segment::{FileSum, SegmentFile, SegmentWriter};
+use quiver_engine::segment::{SegmentFile, SegmentWriter};
 use quiver_engine::wal::vfs::OsVfs;
 
 fn schema(dim: usize, nullable_item: bool) -> SchemaRef {
@@ -73,11 +75,6 @@ fn data(schema: &SchemaRef, kind: Kind, rows: usize) -> RecordBatch {
     RecordBatch::try_new(schema.clone(), cols).unwrap()
 }
 
-fn sum_of(path: &Path) -> FileSum {
-    let bytes = std::fs::read(path).unwrap();
-    FileSum { len: bytes.len() as u64, crc: crc32c::crc32c(&bytes) }
-}
-
 /// Writes `d` through the engine's writer in batches of `cut` rows, row groups of `group`.
 fn write(path: &Path, d: &RecordBatch, group: usize, cut: usize) {
     let mut w = SegmentWriter::create(&OsVfs, path, &d.schema(), group, 1).unwrap();
@@ -85,7 +82,7 @@ fn write(path: &Path, d: &RecordBatch, group: usize, cut: usize) {
         w.write(&d.slice(at, cut.min(d.num_rows() - at))).unwrap();
     }
     let sum = w.finish().unwrap();
-    assert_eq!(sum, sum_of(path));
+    assert_eq!(sum, common::file_sum(path));
 }
 
 /// The codec of each row group's vector column chunk.
@@ -128,7 +125,8 @@ fn directly_encoded_vectors_read_back_exactly_through_quiver_and_parquet_rs() {
 
                 // Quiver's whole-file path and its row-selection path.
                 let seg =
-                    SegmentFile::open(&OsVfs, &path, sum_of(&path), &schema, rows as u64).unwrap();
+                    SegmentFile::open(&OsVfs, &path, common::file_sum(&path), &schema, rows as u64)
+                        .unwrap();
                 let all: Vec<u32> = (0..rows as u32).collect();
                 for sel in [None, Some(&all[..])] {
                     let batches = seg.read(&[0, 1, 2], sel, 64).unwrap();

@@ -1,4 +1,5 @@
-//! Shared helpers for the engine's tests: batches from plain vectors, and a brute-force oracle.
+//! Shared helpers for the engine's tests: batches from plain vectors, a brute-force oracle, and
+//! a file's length and checksum as the manifest would record them.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -126,4 +127,10 @@ pub fn scan_all(db: &quiver_engine::Database, coll: &str) -> Vec<(u64, Vec<f32>,
     }
     out.sort_by_key(|r| r.0);
     out
+}
+
+/// The length and CRC32C of the file at `path`, as the manifest records a segment's.
+pub fn file_sum(path: &std::path::Path) -> quiver_engine::segment::FileSum {
+    let bytes = std::fs::read(path).unwrap();
+    quiver_engine::segment::FileSum { len: bytes.len() as u64, crc: crc32c::crc32c(&bytes) }
 }
