@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// Worker threads of the async runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Open even if the WAL's last segment was truncated inside a record (not a crash's doing:
+    /// the open is refused without this), cutting it there and losing the records from that
+    /// record on, some of which may have been acknowledged. Restore the file instead if you can.
+    #[arg(long)]
+    cut_truncated_wal: bool,
 }
 
 async fn signal() {
@@ -110,7 +115,8 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     cfg.service.scan_chunk_max = args.scan_chunk_max.max(args.scan_chunk_start).max(1);
     let opts = Options::default()
         .memtable_bytes(args.memtable_mb.max(1) << 20)
-        .build_indexes(!args.no_index);
+        .build_indexes(!args.no_index)
+        .cut_truncated_wal(args.cut_truncated_wal);
     let db = Arc::new(Database::open(&args.data, opts)?);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();

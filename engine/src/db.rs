@@ -610,6 +610,7 @@ impl Database {
             _ => None,
         };
         let (store, committed) = ManifestStore::open(vfs.clone(), &dir)?;
+        let manifest_missing = committed.is_none();
         let body: Body = match committed {
             Some((_, bytes)) => serde_json::from_slice(&bytes)
                 .map_err(|e| OpenError::ManifestBody(e.to_string()))?,
@@ -644,22 +645,28 @@ impl Database {
                 body.next_id
             )));
         }
-        remove_orphans(&vfs, &dir, index_dir.as_deref(), &body).map_err(|(p, e)| io(&p)(e))?;
-
+        // Decide before changing anything: the WAL is scanned, not yet repaired, and no file is
+        // removed until the manifest, every file it names and the log agree.
         let wal_opts = WalOptions::default()
             .vfs(vfs.clone())
             .sync(opts.wal_sync)
             .segment_bytes(opts.wal_segment_bytes)
             .compression(opts.wal_compression)
-            .buffer_pool(WAL_BUFFER_POOL.0, WAL_BUFFER_POOL.1);
-        let wal = Wal::open(dir.join(WAL_DIR), wal_opts)?;
-        if wal.next_lsn() < body.wal_checkpoint {
+            .buffer_pool(WAL_BUFFER_POOL.0, WAL_BUFFER_POOL.1)
+            .cut_truncated_tail(opts.cut_truncated_wal);
+        let wal_scan = Wal::scan(dir.join(WAL_DIR), wal_opts)?;
+        if manifest_missing {
+            refuse_if_data_without_manifest(&vfs, &dir, index_dir.as_deref(), &wal_scan)?;
+        }
+        if wal_scan.next_lsn() < body.wal_checkpoint {
             return Err(OpenError::ManifestBody(format!(
                 "the WAL ends before LSN {} but the manifest's checkpoint is {}: WAL files are missing",
-                wal.next_lsn(),
+                wal_scan.next_lsn(),
                 body.wal_checkpoint
             )));
         }
+        let wal = wal_scan.open()?;
+        remove_orphans(&vfs, &dir, index_dir.as_deref(), &body).map_err(|(p, e)| io(&p)(e))?;
         let replay = wal.replay(body.wal_checkpoint).map_err(|e| OpenError::WalRecord {
             lsn: body.wal_checkpoint,
             reason: e.to_string(),
@@ -669,6 +676,13 @@ impl Database {
             let bad = |reason: String| OpenError::WalRecord { lsn: rec.lsn, reason };
             let (cid, b) = batch::decode_payload(&rec.payload).map_err(bad)?;
             let Some(c) = state.collections.values().find(|c| c.id == cid) else {
+                if cid >= body.next_id {
+                    // Never allocated under this manifest: not a dropped collection's record.
+                    return Err(bad(format!(
+                        "collection id {cid} was never allocated (the manifest's next id is {})",
+                        body.next_id
+                    )));
+                }
                 continue; // the collection was dropped
             };
             let op = match rec.kind {
@@ -876,8 +890,71 @@ fn read_vectors(
         .collect()
 }
 
-/// Removes segment, deletion and index files the manifest does not name: the leftovers of work
-/// that was in flight at a crash, never used.
+/// Refuses to open a directory as a new database when `MANIFEST` is missing but data is there:
+/// a manifest, once committed, is only ever replaced, never removed, so segment, deletion or
+/// index files, or a WAL that has been written to, prove the manifest was lost. Opening it as
+/// new would sweep those files as orphans and skip the WAL's records.
+fn refuse_if_data_without_manifest(
+    vfs: &Arc<dyn Vfs>,
+    dir: &Path,
+    index_dir: Option<&Path>,
+    wal: &quiver_wal::Recovery,
+) -> Result<(), OpenError> {
+    const SHOWN: usize = 4;
+    let mut found = Vec::new();
+    for sub in [SEGMENTS_DIR, DELETES_DIR] {
+        let d = dir.join(sub);
+        let names = vfs.list_dir(&d).map_err(|source| OpenError::Io { path: d.clone(), source })?;
+        found.extend(names.into_iter().map(|n| format!("{sub}/{n}")));
+    }
+    if let Some(idir) = index_dir {
+        let entries = std::fs::read_dir(idir)
+            .map_err(|source| OpenError::Io { path: idir.to_path_buf(), source })?;
+        for e in entries {
+            let e = e.map_err(|source| OpenError::Io { path: idir.to_path_buf(), source })?;
+            found.push(format!("{INDEXES_DIR}/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    if wal.next_lsn() > 1 {
+        found.push(format!(
+            "{WAL_DIR}/: records up to LSN {} ({} present)",
+            wal.next_lsn() - 1,
+            wal.report().records
+        ));
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let total = found.len();
+    found.sort();
+    found.truncate(SHOWN);
+    if total > SHOWN {
+        found.push(format!("and {} more", total - SHOWN));
+    }
+    Err(OpenError::ManifestMissing { dir: dir.to_path_buf(), found })
+}
+
+/// The id in a file name this engine writes in `sub` (`{id:016x}.parquet`, `{id:016x}.del`, or
+/// an index directory `{id:016x}` / `{id:016x}.tmp`), or `None` for a name it never writes.
+fn engine_file_id(sub: &str, name: &str) -> Option<u64> {
+    let stem = match sub {
+        SEGMENTS_DIR => name.strip_suffix(".parquet")?,
+        DELETES_DIR => name.strip_suffix(".del")?,
+        INDEXES_DIR => name.strip_suffix(".tmp").unwrap_or(name),
+        _ => return None,
+    };
+    if stem.len() != 16 || !stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u64::from_str_radix(stem, 16).ok()
+}
+
+/// Removes the segment, deletion and index files that the committed manifest proves are
+/// orphans: names this engine writes, with an id it allocated (every id is allocated from the
+/// manifest's counter, so a file of the engine's own naming that the committed manifest does
+/// not name is either one it replaced or work that was never committed). Anything else in those
+/// directories is reported and left alone. Called only once the manifest, the files it names
+/// and the WAL have all been checked.
 fn remove_orphans(
     vfs: &Arc<dyn Vfs>,
     dir: &Path,
@@ -901,11 +978,16 @@ fn remove_orphans(
         let d = dir.join(sub);
         let mut removed = false;
         for name in vfs.list_dir(&d).map_err(|e| (d.clone(), e))? {
-            if !keep.contains(&name) {
-                tracing::info!("removing {sub}/{name}, left over from interrupted work");
-                vfs.remove_file(&d.join(&name)).map_err(|e| (d.join(&name), e))?;
-                removed = true;
+            if keep.contains(&name) {
+                continue;
             }
+            if engine_file_id(sub, &name).is_none() {
+                tracing::warn!("{sub}/{name} is not a file Quiver writes; leaving it alone");
+                continue;
+            }
+            tracing::info!("removing {sub}/{name}: the committed manifest does not name it");
+            vfs.remove_file(&d.join(&name)).map_err(|e| (d.join(&name), e))?;
+            removed = true;
         }
         if removed {
             vfs.sync_dir(&d).map_err(|e| (d.clone(), e))?;
@@ -915,10 +997,18 @@ fn remove_orphans(
         for e in std::fs::read_dir(idir).map_err(|e| (idir.to_path_buf(), e))? {
             let e = e.map_err(|e| (idir.to_path_buf(), e))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if !keep_index.contains(&name) {
-                tracing::info!("removing index {name}, left over from interrupted work");
-                std::fs::remove_dir_all(e.path()).map_err(|err| (e.path(), err))?;
+            if keep_index.contains(&name) {
+                continue;
             }
+            let is_dir = e.file_type().map_err(|err| (e.path(), err))?.is_dir();
+            if !is_dir || engine_file_id(INDEXES_DIR, &name).is_none() {
+                tracing::warn!(
+                    "{INDEXES_DIR}/{name} is not an index Quiver writes; leaving it alone"
+                );
+                continue;
+            }
+            tracing::info!("removing index {name}: the committed manifest does not name it");
+            std::fs::remove_dir_all(e.path()).map_err(|err| (e.path(), err))?;
         }
     }
     Ok(())

@@ -29,6 +29,19 @@ pub enum OpenError {
     /// The manifest is unreadable or damaged.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// `MANIFEST` is missing but the directory holds data (segment, deletion or index files, or
+    /// WAL records): it is damaged, not new. Nothing was changed; restore the manifest.
+    #[error(
+        "{}: MANIFEST is missing, but the directory holds data ({}); refusing to open it as a new database, which would discard that data. Restore MANIFEST from a backup",
+        dir.display(),
+        found.join(", ")
+    )]
+    ManifestMissing {
+        /// The database directory.
+        dir: PathBuf,
+        /// What was found (a few paths, or WAL LSNs), relative to `dir`.
+        found: Vec<String>,
+    },
     /// The manifest body does not parse or is inconsistent.
     #[error("manifest body: {0}")]
     ManifestBody(String),

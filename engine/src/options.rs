@@ -30,6 +30,7 @@ pub struct Options {
     pub(crate) max_stall: Duration,
     pub(crate) max_batch_rows: usize,
     pub(crate) background: bool,
+    pub(crate) cut_truncated_wal: bool,
 }
 
 impl Default for Options {
@@ -52,6 +53,7 @@ impl Default for Options {
             max_stall: Duration::from_secs(600),
             max_batch_rows: 1 << 20,
             background: true,
+            cut_truncated_wal: false,
         }
     }
 }
@@ -192,6 +194,17 @@ impl Options {
     #[must_use]
     pub fn background(mut self, on: bool) -> Self {
         self.background = on;
+        self
+    }
+
+    /// Whether opening may cut a *truncated* WAL (its last segment shorter than the space
+    /// reserved for it and ending inside a record, which no crash leaves: see
+    /// [`crate::OpenError::Wal`] with `quiver_wal::OpenError::Truncated`) at its last whole
+    /// record, losing the records after it, some of which may have been acknowledged. Default
+    /// false: opening refuses and changes nothing, so the file can be restored first.
+    #[must_use]
+    pub fn cut_truncated_wal(mut self, cut: bool) -> Self {
+        self.cut_truncated_wal = cut;
         self
     }
 }

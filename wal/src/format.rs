@@ -45,24 +45,42 @@ pub const fn align_up(n: usize) -> usize {
     n.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
-/// The segment header: magic, version, first LSN, and a CRC32C of the rest.
+/// The segment header: magic, version, first LSN, the space reserved at creation, and a CRC32C of
+/// the rest.
 ///
 /// ```text
 /// 0..8    magic "QVRWAL\0\0"
 /// 8..12   u32 format version (1)
 /// 12..16  u32 CRC32C of bytes 0..12 and 16..32
 /// 16..24  u64 first LSN (equals the number in the file name)
-/// 24..32  reserved, zero
+/// 24..32  u64 bytes reserved for the segment when it was created (0: none, or not recorded by
+///         the writer that made it)
 /// ```
+///
+/// The reservation lets recovery tell a torn write from a truncated file: while the segment is
+/// the active one, its length never drops below the reservation except at a record boundary, so
+/// a last segment that is shorter than it *and* ends inside a record was cut by something other
+/// than a crash of the log.
 #[must_use]
-pub fn encode_segment_header(first_lsn: u64) -> [u8; SEGMENT_HEADER_LEN] {
+pub fn encode_segment_header(header: SegmentHeader) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
+    h[16..24].copy_from_slice(&header.first_lsn.to_le_bytes());
+    h[24..32].copy_from_slice(&header.reserved.to_le_bytes());
     let crc = segment_header_crc(&h);
     h[12..16].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// A decoded segment header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The LSN of the segment's first record.
+    pub first_lsn: u64,
+    /// Bytes reserved for the segment at creation; 0 if none were (or the writer predates the
+    /// field).
+    pub reserved: u64,
 }
 
 fn segment_header_crc(h: &[u8; SEGMENT_HEADER_LEN]) -> u32 {
@@ -80,11 +98,13 @@ pub enum SegmentHeaderError {
     Checksum,
 }
 
-/// Decodes a segment header, returning its first LSN.
+/// Decodes a segment header.
 ///
 /// # Errors
 /// If the magic, version or checksum is wrong.
-pub fn decode_segment_header(h: &[u8; SEGMENT_HEADER_LEN]) -> Result<u64, SegmentHeaderError> {
+pub fn decode_segment_header(
+    h: &[u8; SEGMENT_HEADER_LEN],
+) -> Result<SegmentHeader, SegmentHeaderError> {
     if h[0..8] != SEGMENT_MAGIC {
         return Err(SegmentHeaderError::Magic);
     }
@@ -96,7 +116,10 @@ pub fn decode_segment_header(h: &[u8; SEGMENT_HEADER_LEN]) -> Result<u64, Segmen
     if version != FORMAT_VERSION {
         return Err(SegmentHeaderError::Version(version));
     }
-    Ok(u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")))
+    Ok(SegmentHeader {
+        first_lsn: u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
+        reserved: u64::from_le_bytes(h[24..32].try_into().expect("8 bytes")),
+    })
 }
 
 /// A record header.
@@ -205,8 +228,9 @@ mod tests {
             b[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(RecordHeader::decode(&b), None, "bit {bit}");
         }
-        let s = encode_segment_header(9);
-        assert_eq!(decode_segment_header(&s), Ok(9));
+        let header = SegmentHeader { first_lsn: 9, reserved: 64 << 20 };
+        let s = encode_segment_header(header);
+        assert_eq!(decode_segment_header(&s), Ok(header));
         for bit in 0..SEGMENT_HEADER_LEN * 8 {
             let mut b = s;
             b[bit / 8] ^= 1 << (bit % 8);

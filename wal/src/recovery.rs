@@ -10,12 +10,18 @@
 //!    durable.
 //!
 //! Anything else is corruption, reported with its segment, offset and LSN, and never skipped.
+//!
+//! One lost-write look-alike is not a crash's doing: a last segment that ends inside a record
+//! while it is shorter than the space reserved for it at creation (recorded in its header). The
+//! log only ever shortens its active segment at a record boundary (sealing, cutting a torn tail),
+//! so such a file was truncated by something else, and the records at stake may have been
+//! acknowledged. That is reported as [`Damage::Truncated`] and cut only when the caller opts in.
 
 use std::path::PathBuf;
 
 use crate::format::{
-    RECORD_ALIGN, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeaderError,
-    decode_segment_header,
+    RECORD_ALIGN, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader,
+    SegmentHeaderError, decode_segment_header,
 };
 
 /// The granularity at which a lost write leaves zeros (the smallest sector size in use).
@@ -37,12 +43,25 @@ pub(crate) enum SegmentScan {
 pub(crate) struct Corruption {
     pub(crate) offset: u64,
     pub(crate) lsn: u64,
-    pub(crate) reason: String,
+    pub(crate) damage: Damage,
+}
+
+/// What kind of damage a [`Corruption`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Damage {
+    /// Bytes that no crash of the log can leave.
+    Corrupt(String),
+    /// The last segment ends inside a record at `len` bytes, short of the `reserved` bytes it had
+    /// since its creation: truncated by something other than a crash.
+    Truncated { len: u64, reserved: u64 },
 }
 
 enum Bad {
     /// The damage looks like a lost write.
     LostWrite(&'static str),
+    /// The record runs past the end of the file: a lost write, unless the file is shorter than
+    /// its reservation.
+    CutOff(&'static str),
     /// The damage cannot come from a lost write.
     Garbage(String),
 }
@@ -68,7 +87,7 @@ fn has_zero_sector_piece(bytes: &[u8], start: usize, end: usize) -> bool {
 fn check_record(bytes: &[u8], off: usize, expected: u64) -> Result<RecordHeader, Bad> {
     let len = bytes.len();
     if len - off < RECORD_HEADER_LEN {
-        return Err(Bad::LostWrite("record header cut off by the end of the file"));
+        return Err(Bad::CutOff("record header cut off by the end of the file"));
     }
     let Some(h) = RecordHeader::decode(&bytes[off..off + RECORD_HEADER_LEN]) else {
         if has_zero_sector_piece(bytes, off, off + RECORD_HEADER_LEN) {
@@ -84,7 +103,7 @@ fn check_record(bytes: &[u8], off: usize, expected: u64) -> Result<RecordHeader,
     }
     let end = off + RECORD_HEADER_LEN + h.stored_len as usize;
     if end > len {
-        return Err(Bad::LostWrite("record payload cut off by the end of the file"));
+        return Err(Bad::CutOff("record payload cut off by the end of the file"));
     }
     if crc32c::crc32c(&bytes[off + RECORD_HEADER_LEN..end]) != h.payload_crc {
         if has_zero_sector_piece(bytes, off, end) {
@@ -114,14 +133,19 @@ fn durability_witness(bytes: &[u8], from: usize, lsn: u64) -> Option<usize> {
 }
 
 /// Scans one segment's bytes. `first_lsn` comes from the file name; `is_last` says whether a torn
-/// tail is possible here.
+/// tail is possible here; `cut_truncated` treats a truncated last segment as a torn tail (the
+/// caller's explicit choice to lose the records at stake).
 pub(crate) fn scan_segment(
     bytes: &[u8],
     first_lsn: u64,
     is_last: bool,
+    cut_truncated: bool,
 ) -> Result<SegmentScan, Corruption> {
-    let corrupt =
-        |offset: usize, lsn: u64, reason: String| Corruption { offset: offset as u64, lsn, reason };
+    let corrupt = |offset: usize, lsn: u64, reason: String| Corruption {
+        offset: offset as u64,
+        lsn,
+        damage: Damage::Corrupt(reason),
+    };
     // The last segment with no bytes past its header holds no records: if its header is missing,
     // cut short or unreadable, its creation was interrupted (a crash, or a short write before the
     // header was synced), and writing the header again loses nothing.
@@ -135,9 +159,9 @@ pub(crate) fn scan_segment(
     let Some(decoded) = decoded else {
         return Err(corrupt(0, first_lsn, "segment header cut short".into()));
     };
-    match decoded {
-        Ok(lsn) if lsn == first_lsn => {}
-        Ok(lsn) => {
+    let reserved = match decoded {
+        Ok(SegmentHeader { first_lsn: lsn, reserved }) if lsn == first_lsn => reserved,
+        Ok(SegmentHeader { first_lsn: lsn, .. }) => {
             return Err(corrupt(
                 0,
                 first_lsn,
@@ -152,7 +176,7 @@ pub(crate) fn scan_segment(
             ));
         }
         Err(e) => return Err(corrupt(0, first_lsn, format!("segment header invalid ({e:?})"))),
-    }
+    };
     let mut off = SEGMENT_HEADER_LEN;
     let mut expected = first_lsn;
     let mut records = 0u64;
@@ -164,7 +188,14 @@ pub(crate) fn scan_segment(
                 records += 1;
             }
             Err(Bad::Garbage(reason)) => return Err(corrupt(off, expected, reason)),
-            Err(Bad::LostWrite(reason)) => {
+            Err(Bad::CutOff(_)) if is_last && (bytes.len() as u64) < reserved && !cut_truncated => {
+                return Err(Corruption {
+                    offset: off as u64,
+                    lsn: expected,
+                    damage: Damage::Truncated { len: bytes.len() as u64, reserved },
+                });
+            }
+            Err(Bad::LostWrite(reason) | Bad::CutOff(reason)) => {
                 if !is_last {
                     return Err(corrupt(
                         off,
@@ -214,7 +245,16 @@ mod tests {
     use crate::format::encode_segment_header;
 
     fn segment(first: u64, payloads: &[&[u8]], durable: impl Fn(u64) -> u64) -> Vec<u8> {
-        let mut out = encode_segment_header(first).to_vec();
+        reserved_segment(first, payloads, durable, 0)
+    }
+
+    fn reserved_segment(
+        first: u64,
+        payloads: &[&[u8]],
+        durable: impl Fn(u64) -> u64,
+        reserved: u64,
+    ) -> Vec<u8> {
+        let mut out = encode_segment_header(SegmentHeader { first_lsn: first, reserved }).to_vec();
         for (i, p) in payloads.iter().enumerate() {
             let lsn = first + i as u64;
             let h = RecordHeader {
@@ -243,15 +283,15 @@ mod tests {
         let sector_end = (second / TEAR_SECTOR + 1) * TEAR_SECTOR;
         seg[second..sector_end].fill(0);
         assert_eq!(
-            scan_segment(&seg, 1, true),
+            scan_segment(&seg, 1, true, false),
             Ok(SegmentScan::Records { next_lsn: 2, valid_len: second as u64, records: 1 })
         );
-        assert!(scan_segment(&seg, 1, false).is_err(), "a sealed segment has no torn tail");
+        assert!(scan_segment(&seg, 1, false, false).is_err(), "a sealed segment has no torn tail");
         // Record 3 says records ≤ 2 were durable: the same damage is corruption.
         let mut seg = segment(1, &refs, |lsn| lsn - 1);
         seg[second..sector_end].fill(0);
-        let err = scan_segment(&seg, 1, true).unwrap_err();
-        assert_eq!((err.offset, err.lsn), (second as u64, 2), "{}", err.reason);
+        let err = scan_segment(&seg, 1, true, false).unwrap_err();
+        assert_eq!((err.offset, err.lsn), (second as u64, 2), "{:?}", err.damage);
     }
 
     #[test]
@@ -260,11 +300,48 @@ mod tests {
         for bit in (SEGMENT_HEADER_LEN * 8)..(seg.len() * 8) {
             let mut s = seg.clone();
             s[bit / 8] ^= 1 << (bit % 8);
-            match scan_segment(&s, 5, true) {
+            match scan_segment(&s, 5, true, false) {
                 Err(_) => {}
                 Ok(SegmentScan::Records { next_lsn: 7, .. }) => {} // padding: harmless
                 other => panic!("bit {bit}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_last_segment_cut_inside_a_record_below_its_reservation_is_truncation_not_a_tear() {
+        let payloads: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8 + 1; 300]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let whole = reserved_segment(1, &refs, |lsn| lsn - 1, 1 << 20);
+        let third = SEGMENT_HEADER_LEN + 2 * crate::format::align_up(RECORD_HEADER_LEN + 300);
+        // One byte into the last record, and one byte short of its end: both truncations.
+        for cut in [third + 1, third + RECORD_HEADER_LEN + 299] {
+            let seg = &whole[..cut];
+            let err = scan_segment(seg, 1, true, false).unwrap_err();
+            assert_eq!((err.offset, err.lsn), (third as u64, 3));
+            assert_eq!(err.damage, Damage::Truncated { len: cut as u64, reserved: 1 << 20 });
+            // Opted in, it is cut like a torn tail.
+            assert_eq!(
+                scan_segment(seg, 1, true, true),
+                Ok(SegmentScan::Records { next_lsn: 3, valid_len: third as u64, records: 2 })
+            );
+        }
+        // Without a recorded reservation (an older writer, or no space reserved), or at a length
+        // the log itself can leave (at least the reservation), the same cut is a torn tail.
+        let unreserved = segment(1, &refs, |lsn| lsn - 1);
+        assert!(matches!(
+            scan_segment(&unreserved[..third + 1], 1, true, false),
+            Ok(SegmentScan::Records { next_lsn: 3, .. })
+        ));
+        let small = reserved_segment(1, &refs, |lsn| lsn - 1, third as u64 + 1);
+        assert!(matches!(
+            scan_segment(&small[..third + 1], 1, true, false),
+            Ok(SegmentScan::Records { next_lsn: 3, .. })
+        ));
+        // Cut at a record boundary: nothing is torn, nothing to report.
+        assert!(matches!(
+            scan_segment(&whole[..third], 1, true, false),
+            Ok(SegmentScan::Records { next_lsn: 3, .. })
+        ));
     }
 }

@@ -1,0 +1,230 @@
+//! Damage to a database directory must never be "repaired" into data loss. Before these tests,
+//! a directory whose `MANIFEST` was removed opened as a new database: the orphan sweep deleted
+//! every segment, deletion file and index, and the WAL's records were skipped as belonging to
+//! dropped collections. A WAL truncated inside its last record opened with a warning and without
+//! the acknowledged batch. And a WAL that ended before the manifest's checkpoint had its tail cut
+//! before the open was refused. Each test damages a real directory, checks that opening refuses
+//! with an error naming the situation and that not one byte changed, and, where the damage can
+//! be undone or the user opts in, that the data comes back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::wal::format::{RecordHeader, SEGMENT_HEADER_LEN};
+use quiver_engine::{Database, OpenError, Options};
+
+const DIM: usize = 8;
+
+fn opts() -> Options {
+    Options::default().background(false).min_index_rows(64).wal_segment_bytes(1 << 20)
+}
+
+fn put(db: &Database, model: &mut BTreeMap<u64, Vec<f32>>, seed: u64, ids: std::ops::Range<u64>) {
+    let ids: Vec<u64> = ids.collect();
+    let rows: Vec<Vec<f32>> = ids.iter().map(|&i| vector(seed, i, DIM)).collect();
+    db.insert("c", &batch(&ids, &rows)).unwrap();
+    for (i, r) in ids.iter().zip(rows) {
+        model.insert(*i, r);
+    }
+}
+
+/// Every file under `dir` with its bytes (index directories included).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap() != "LOCK" {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn scanned(db: &Database) -> BTreeMap<u64, Vec<f32>> {
+    scan_all(db, "c").into_iter().map(|(id, v, _)| (id, v)).collect()
+}
+
+/// A database with an indexed segment, a deletion file, and rows only in the WAL.
+fn populated(dir: &Path) -> BTreeMap<u64, Vec<f32>> {
+    let mut model = BTreeMap::new();
+    let db = Database::open(dir, opts()).unwrap();
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    put(&db, &mut model, 1, 0..200);
+    db.flush().unwrap();
+    db.run_background().unwrap();
+    db.delete("c", &arrow_array::UInt64Array::from(vec![3, 4])).unwrap();
+    model.remove(&3);
+    model.remove(&4);
+    db.flush().unwrap();
+    put(&db, &mut model, 2, 150..260);
+    assert_eq!(scanned(&db), model);
+    drop(db);
+    model
+}
+
+/// The active WAL segment and the offset of each record in it.
+fn wal_records(dir: &Path) -> (PathBuf, Vec<usize>) {
+    let wal = dir.join("wal");
+    let mut names: Vec<PathBuf> =
+        std::fs::read_dir(&wal).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    let last = names.pop().unwrap();
+    let bytes = std::fs::read(&last).unwrap();
+    let mut offsets = Vec::new();
+    let mut off = SEGMENT_HEADER_LEN;
+    while let Some(h) = bytes.get(off..off + 40).and_then(RecordHeader::decode) {
+        offsets.push(off);
+        off += h.span();
+    }
+    (last, offsets)
+}
+
+#[test]
+fn a_missing_manifest_is_refused_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = populated(dir.path());
+    assert!(dir.path().join("indexes").read_dir().unwrap().count() > 0, "an index was built");
+    let manifest = std::fs::read(dir.path().join("MANIFEST")).unwrap();
+    std::fs::remove_file(dir.path().join("MANIFEST")).unwrap();
+    let before = snapshot(dir.path());
+
+    match Database::open(dir.path(), opts()) {
+        Err(e @ OpenError::ManifestMissing { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("MANIFEST is missing") && text.contains("segments/"), "{text}");
+        }
+        other => panic!("a directory with data but no manifest must be refused, got {other:?}"),
+    }
+    assert_eq!(snapshot(dir.path()), before, "a refused open changes nothing");
+
+    std::fs::write(dir.path().join("MANIFEST"), manifest).unwrap();
+    let db = Database::open(dir.path(), opts()).unwrap();
+    assert_eq!(scanned(&db), model, "with the manifest restored, everything is there");
+}
+
+#[test]
+fn a_missing_manifest_with_only_wal_records_is_refused_too() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::open(dir.path(), opts()).unwrap();
+        db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+        put(&db, &mut BTreeMap::new(), 1, 0..10);
+    }
+    std::fs::remove_file(dir.path().join("MANIFEST")).unwrap();
+    let before = snapshot(dir.path());
+    let err = Database::open(dir.path(), opts()).unwrap_err();
+    assert!(
+        matches!(&err, OpenError::ManifestMissing { found, .. } if found.iter().any(|f| f.starts_with("wal/"))),
+        "{err}"
+    );
+    assert_eq!(snapshot(dir.path()), before);
+
+    // A directory that never held data still opens as new, and again after that.
+    let fresh = tempfile::tempdir().unwrap();
+    drop(Database::open(fresh.path(), opts()).unwrap());
+    drop(Database::open(fresh.path(), opts()).unwrap());
+}
+
+#[test]
+fn stray_files_are_reported_and_kept_while_orphans_of_quiver_s_own_naming_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = populated(dir.path());
+    let strays = [
+        "segments/README",
+        "segments/0000000000000001.parquet.bak",
+        "segments/00000000000000FF.parquet",
+        "deletes/notes.txt",
+        "indexes/keep-me.txt",
+    ];
+    for s in strays {
+        std::fs::write(dir.path().join(s), b"mine").unwrap();
+    }
+    std::fs::create_dir(dir.path().join("indexes/backup")).unwrap();
+    let orphans = ["segments/00000000000f0000.parquet", "deletes/00000000000f0001.del"];
+    for o in orphans {
+        std::fs::write(dir.path().join(o), b"left by interrupted work").unwrap();
+    }
+    std::fs::create_dir(dir.path().join("indexes/00000000000f0002.tmp")).unwrap();
+
+    let db = Database::open(dir.path(), opts()).unwrap();
+    assert_eq!(scanned(&db), model);
+    for s in strays {
+        assert_eq!(std::fs::read(dir.path().join(s)).unwrap(), b"mine", "{s} must be kept");
+    }
+    assert!(dir.path().join("indexes/backup").is_dir());
+    for o in orphans.iter().chain(&["indexes/00000000000f0002.tmp"]) {
+        assert!(!dir.path().join(o).exists(), "{o} is an orphan the manifest accounts for");
+    }
+}
+
+#[test]
+fn a_wal_truncated_inside_its_last_record_is_refused_untouched_and_cut_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = BTreeMap::new();
+    {
+        let db = Database::open(dir.path(), opts()).unwrap();
+        db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+        put(&db, &mut model, 1, 0..50);
+        put(&db, &mut model, 2, 50..100);
+        put(&db, &mut model, 3, 40..60); // the acknowledged batch at stake: 20 upserts
+    }
+    let (segment, offsets) = wal_records(dir.path());
+    assert_eq!(offsets.len(), 3);
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    file.set_len(offsets[2] as u64 + 1).unwrap();
+    drop(file);
+    let before = snapshot(dir.path());
+
+    let err = Database::open(dir.path(), opts()).unwrap_err();
+    match &err {
+        OpenError::Wal(quiver_engine::wal::OpenError::Truncated { segment: s, lsn, .. }) => {
+            assert_eq!((s, *lsn), (&segment, 3));
+        }
+        other => panic!("a truncated WAL must be refused, got {other:?}"),
+    }
+    assert!(err.to_string().contains("records from LSN 3 on are missing"), "{err}");
+    assert_eq!(snapshot(dir.path()), before, "a refused open changes nothing");
+
+    let db = Database::open(dir.path(), opts().cut_truncated_wal(true)).unwrap();
+    let got = scanned(&db);
+    assert_eq!(got.len(), 100);
+    for id in 40..60u64 {
+        assert_eq!(got[&id], vector(if id < 50 { 1 } else { 2 }, id, DIM), "id {id}: cut batch");
+    }
+}
+
+#[test]
+fn a_wal_that_ends_before_the_checkpoint_is_refused_before_its_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::open(dir.path(), opts()).unwrap();
+        db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+        put(&db, &mut BTreeMap::new(), 1, 0..100);
+        db.flush().unwrap(); // checkpoint: LSN 2
+        put(&db, &mut BTreeMap::new(), 2, 100..200);
+    }
+    let (segment, offsets) = wal_records(dir.path());
+    assert_eq!(offsets.len(), 2, "one segment holds both records");
+    // Record 1's header is lost (a torn write would be cut there) and record 2 is gone: the
+    // log ends before the checkpoint, and scanning it alone would cut a tail.
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[offsets[0]..offsets[0] + 40].fill(0);
+    let end =
+        offsets[1] + RecordHeader::decode(&bytes[offsets[1]..offsets[1] + 40]).unwrap().span();
+    bytes[offsets[1]..end].fill(0);
+    std::fs::write(&segment, &bytes).unwrap();
+    let before = snapshot(dir.path());
+
+    let err = Database::open(dir.path(), opts()).unwrap_err();
+    assert!(err.to_string().contains("WAL files are missing"), "{err}");
+    assert_eq!(snapshot(dir.path()), before, "the decision to refuse comes before any repair");
+}
