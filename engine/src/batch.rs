@@ -60,6 +60,19 @@ pub enum BatchError {
         /// The value.
         value: f32,
     },
+    /// A finite vector element so large that squared distances between vectors of this
+    /// dimension could overflow `f32` (see [`max_magnitude`]).
+    #[error(
+        "vector at row {row} has the value {value}, beyond the largest magnitude {limit:e} this dimension allows (larger values make squared distances overflow f32)"
+    )]
+    TooLarge {
+        /// The row.
+        row: usize,
+        /// The value.
+        value: f32,
+        /// The largest magnitude allowed.
+        limit: f32,
+    },
     /// A zero vector under the cosine metric (it has no direction).
     #[error("vector at row {0} is all zeros, which has no cosine distance")]
     ZeroVector(usize),
@@ -214,11 +227,25 @@ pub fn keys_to_array(keys: &[Key], id_type: IdType) -> ArrayRef {
     }
 }
 
+/// Which values [`prepare`] admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// New input: every rule, including [`max_magnitude`].
+    New,
+    /// Data already durable (a WAL record being replayed): the rules it was admitted under, so
+    /// rows written before a rule was added still recover. The magnitude bound is not applied.
+    Logged,
+}
+
 /// Validates `batch` against `schema` and converts it to stored form.
 ///
 /// # Errors
 /// [`BatchError`] naming the first problem found.
-pub fn prepare(schema: &CollectionSchema, batch: &RecordBatch) -> Result<Prepared, BatchError> {
+pub fn prepare(
+    schema: &CollectionSchema,
+    batch: &RecordBatch,
+    admit: Admit,
+) -> Result<Prepared, BatchError> {
     let in_schema = batch.schema();
     for f in in_schema.fields() {
         let n = f.name();
@@ -245,7 +272,7 @@ pub fn prepare(schema: &CollectionSchema, batch: &RecordBatch) -> Result<Prepare
     if let Some(row) = first_null(vector.as_ref()) {
         return Err(BatchError::Null { column: VECTOR_COLUMN.into(), row });
     }
-    let vectors = vectors_of(schema, vector.as_ref())?;
+    let vectors = checked_vectors(schema, vector.as_ref(), admit == Admit::New)?;
     let mut columns: Vec<ArrayRef> = vec![ids.clone(), stored_vector_column(schema, vector)];
     for a in schema.attributes() {
         match column(a.name()) {
@@ -277,6 +304,15 @@ pub fn prepare(schema: &CollectionSchema, batch: &RecordBatch) -> Result<Prepare
 /// # Errors
 /// [`BatchError`] naming the first bad row.
 pub fn vectors_of(schema: &CollectionSchema, vector: &dyn Array) -> Result<Vectors, BatchError> {
+    checked_vectors(schema, vector, false)
+}
+
+/// [`vectors_of`], refusing magnitudes over [`max_magnitude`] too when `bounded`.
+fn checked_vectors(
+    schema: &CollectionSchema,
+    vector: &dyn Array,
+    bounded: bool,
+) -> Result<Vectors, BatchError> {
     let dim = schema.dim();
     let list = vector.as_fixed_size_list();
     // Sliced batches: the child values of rows offset..offset+len.
@@ -292,8 +328,14 @@ pub fn vectors_of(schema: &CollectionSchema, vector: &dyn Array) -> Result<Vecto
             } else {
                 values.as_primitive::<Float16Type>().values().iter().map(|x| x.to_f32()).collect()
             };
-            if let Some(i) = first_non_finite(&v) {
-                return Err(BatchError::NonFinite { row: i / dim, value: v[i] });
+            let limit = if bounded && !cosine { max_magnitude(dim) } else { f32::MAX };
+            if let Some(i) = first_beyond(&v, limit) {
+                let (row, value) = (i / dim, v[i]);
+                return Err(if value.is_finite() {
+                    BatchError::TooLarge { row, value, limit }
+                } else {
+                    BatchError::NonFinite { row, value }
+                });
             }
             if cosine {
                 let mut v = v.to_vec();
@@ -312,17 +354,29 @@ pub fn vectors_of(schema: &CollectionSchema, vector: &dyn Array) -> Result<Vecto
     })
 }
 
-/// The index of the first NaN or infinity in `v`. Checks blocks with a branch-free maximum
-/// over the magnitude bits (vectorized; a value is finite iff they are below the all-ones
-/// exponent) and searches only a block that has one: a put's check costs a fraction of a
-/// value-by-value scan.
-fn first_non_finite(v: &[f32]) -> Option<usize> {
+/// The largest magnitude an f32 vector element may have under the L2 and inner-product metrics
+/// at dimension `dim`: `sqrt(f32::MAX / (8 · dim))`, so that the squared L2 distance between
+/// any two such vectors (at most `dim · (2m)²`, half of `f32::MAX`, leaving room for rounding
+/// in any summation order) and their dot product stay finite. About 5.8e17 at 128 dimensions,
+/// 5.1e16 at the largest (16,384). Cosine normalises vectors, so it needs only finite values.
+#[must_use]
+pub fn max_magnitude(dim: usize) -> f32 {
+    (f64::from(f32::MAX) / (8.0 * dim.max(1) as f64)).sqrt() as f32
+}
+
+/// The index of the first value in `v` that is NaN, infinite, or of magnitude above `limit`
+/// (a finite, non-negative bound). Checks blocks with a branch-free maximum over the
+/// magnitude bits (vectorized; for non-negative floats the bit patterns order like the
+/// values, and NaN and infinity lie above every finite bound) and searches only a block that
+/// has one: a put's check costs a fraction of a value-by-value scan.
+fn first_beyond(v: &[f32], limit: f32) -> Option<usize> {
     const BLOCK: usize = 1024;
-    const EXP: u32 = 0x7f80_0000;
+    debug_assert!(limit.is_finite() && limit >= 0.0);
+    let bound = limit.to_bits();
     for (b, block) in v.chunks(BLOCK).enumerate() {
         let top = block.iter().map(|x| x.to_bits() & 0x7fff_ffff).max().unwrap_or(0);
-        if top >= EXP {
-            let i = block.iter().position(|x| !x.is_finite()).expect("the block has one");
+        if top > bound {
+            let i = block.iter().position(|x| !(x.abs() <= limit)).expect("the block has one");
             return Some(b * BLOCK + i);
         }
     }
@@ -585,6 +639,7 @@ mod tests {
     /// none in finite values up to the largest.
     #[test]
     fn first_non_finite_finds_the_first_bad_value_at_any_position() {
+        let first_non_finite = |v: &[f32]| first_beyond(v, f32::MAX);
         let oracle = |v: &[f32]| v.iter().position(|x| !x.is_finite());
         for len in [0usize, 1, 5, 1023, 1024, 1025, 3000] {
             let base: Vec<f32> =
@@ -602,6 +657,33 @@ mod tests {
                     }
                     assert_eq!(first_non_finite(&v), oracle(&v), "len {len}, {bad} at {at}");
                     assert_eq!(first_non_finite(&v), Some(at));
+                }
+            }
+        }
+    }
+
+    /// Finite values past the magnitude bound are found like NaN, at any position, and values
+    /// at the bound pass; at the bound, the largest squared L2 distance is still finite.
+    #[test]
+    fn values_beyond_the_magnitude_bound_are_found_and_the_bound_keeps_distances_finite() {
+        for dim in [1usize, 128, 16_384] {
+            let m = max_magnitude(dim);
+            let worst: f64 = f64::from(2.0 * m).powi(2) * dim as f64;
+            assert!(worst <= f64::from(f32::MAX), "dim {dim}");
+            let mut sum = 0f32;
+            for _ in 0..dim {
+                sum += (m - (-m)) * (m - (-m));
+            }
+            assert!(sum.is_finite(), "dim {dim}: f32 accumulation at the bound");
+            for len in [1usize, 1024, 1500] {
+                let mut v = vec![m; len];
+                v[len / 2] = -m;
+                assert_eq!(first_beyond(&v, m), None);
+                let next = f32::from_bits(m.to_bits() + 1);
+                for at in [0, len / 2, len - 1] {
+                    let mut w = v.clone();
+                    w[at] = if at % 2 == 0 { next } else { -next };
+                    assert_eq!(first_beyond(&w, m), Some(at), "dim {dim} len {len} at {at}");
                 }
             }
         }

@@ -688,7 +688,8 @@ impl Database {
             let op = match rec.kind {
                 kind::INSERT => Op::Insert {
                     collection: cid,
-                    prepared: batch::prepare(&c.schema, &b).map_err(|e| bad(e.to_string()))?,
+                    prepared: batch::prepare(&c.schema, &b, batch::Admit::Logged)
+                        .map_err(|e| bad(e.to_string()))?,
                 },
                 kind::DELETE => {
                     let ids =
@@ -1183,7 +1184,7 @@ impl Database {
     ) -> Result<PendingWrite, WriteError> {
         let inner = &self.inner;
         let (cid, schema) = self.admit(collection, batch.num_rows())?;
-        let prepared = batch::prepare(&schema, batch)?;
+        let prepared = batch::prepare(&schema, batch, batch::Admit::New)?;
         if prepared.keys.is_empty() {
             return Ok(PendingWrite::done(inner, inner.wal.durable_lsn()));
         }
@@ -2371,9 +2372,17 @@ impl Database {
         if let Some(v) = query.iter().find(|x| !x.is_finite()) {
             return Err(ReadError::Query(format!("the query has the non-finite value {v}")));
         }
+        let metric = c.schema.metric();
+        let limit = batch::max_magnitude(dim);
+        if metric != Metric::Cosine
+            && let Some(v) = query.iter().find(|x| x.abs() > limit)
+        {
+            return Err(ReadError::Query(format!(
+                "the query has the value {v}, beyond the largest magnitude {limit:e} this dimension allows (larger values make squared distances overflow f32)"
+            )));
+        }
         let columns: Vec<usize> =
             params.columns.iter().map(|n| c.column_index(n)).collect::<Result<_, _>>()?;
-        let metric = c.schema.metric();
         let mut q = query.to_vec();
         if metric == Metric::Cosine && !batch::normalize(&mut q) {
             return Err(ReadError::Query("a zero query has no cosine distance".into()));
@@ -2535,6 +2544,13 @@ impl Database {
 fn gather(c: &Collection, locs: &[Loc], columns: &[usize]) -> Result<Vec<ArrayRef>, ReadError> {
     if columns.is_empty() {
         return Ok(Vec::new());
+    }
+    if locs.is_empty() {
+        // No row to take (absent ids, or none asked): interleave needs at least one source.
+        return Ok(columns
+            .iter()
+            .map(|&i| arrow_array::new_empty_array(c.arrow.field(i).data_type()))
+            .collect());
     }
     // Sources: the memtable batches, then one batch per segment touched.
     let mut sources: Vec<RecordBatch> =

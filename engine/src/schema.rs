@@ -15,8 +15,18 @@ use crate::diskgraph::data::{ElemType, Metric};
 pub const ID_COLUMN: &str = "id";
 /// The vector column's name.
 pub const VECTOR_COLUMN: &str = "vector";
-/// The distance column's name in search results.
+/// The distance column's name in the engine's search results (in the metric's own units:
+/// squared L2, negated dot product, or cosine distance).
 pub const DISTANCE_COLUMN: &str = "_distance";
+/// The score column's name in Flight (Longbow-form) search results.
+pub const SCORE_COLUMN: &str = "score";
+/// The distance column's name in Flight (Longbow-form) search results (L2 as a true distance).
+pub const RESULT_DISTANCE_COLUMN: &str = "distance";
+/// Names no attribute may take: the stored columns, and the columns Quiver adds to search
+/// results beside a row's attributes. One rule: user columns come back under their own names,
+/// and no user column can be shadowed by one of Quiver's.
+pub const RESERVED_COLUMNS: [&str; 5] =
+    [ID_COLUMN, VECTOR_COLUMN, DISTANCE_COLUMN, SCORE_COLUMN, RESULT_DISTANCE_COLUMN];
 /// The largest vector dimension a collection may declare.
 pub const MAX_DIM: u32 = 16_384;
 /// The most attribute columns a collection may declare.
@@ -156,8 +166,11 @@ pub enum SchemaError {
     /// Cosine distance on integer vectors.
     #[error("the cosine metric needs float vectors (f32 or f16), not {0:?}")]
     CosineOnIntegers(VectorType),
-    /// An attribute is named `id` or `vector`, or two share a name, or a name is empty.
-    #[error("attribute name {0:?} is reserved, empty or used twice")]
+    /// An attribute takes a name in [`RESERVED_COLUMNS`], or two share a name, or a name is
+    /// empty.
+    #[error(
+        "attribute name {0:?} is reserved (id, vector, _distance, score and distance are Quiver's), empty or used twice"
+    )]
     AttributeName(String),
     /// More than [`MAX_ATTRIBUTES`] attributes.
     #[error("{0} attributes exceed the limit of {MAX_ATTRIBUTES}")]
@@ -258,7 +271,7 @@ impl CollectionSchema {
         let mut seen = std::collections::HashSet::new();
         for f in &self.attributes {
             let name = f.name();
-            if name.is_empty() || name == ID_COLUMN || name == VECTOR_COLUMN || !seen.insert(name) {
+            if name.is_empty() || RESERVED_COLUMNS.contains(&name.as_str()) || !seen.insert(name) {
                 return Err(SchemaError::AttributeName(name.clone()));
             }
             let one = Schema::new(vec![f.clone()]);

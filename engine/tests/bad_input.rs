@@ -185,6 +185,52 @@ fn malformed_batches_are_refused_and_nothing_is_written() {
 }
 
 #[test]
+fn finite_vectors_whose_squared_distances_overflow_are_refused_under_l2_and_inner_product() {
+    // 1e20 is finite, but its squared L2 distance to anything is not: such rows were accepted
+    // and then searched with distance = inf, which ranks nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), Options::default().background(false)).unwrap();
+    let limit = quiver_engine::batch::max_magnitude(DIM);
+    for (name, metric) in
+        [("l2", Metric::L2), ("ip", Metric::InnerProduct), ("cos", Metric::Cosine)]
+    {
+        db.create_collection(name, schema(DIM as u32, metric)).unwrap();
+        db.insert(name, &batch(&[1], &[vec![limit, -limit, 0.5, 1.0]])).unwrap();
+        let huge = vec![1.0, 1e20, 0.0, 0.0];
+        let got = db.insert(name, &batch(&[2, 3], &[vec![1.0; DIM], huge.clone()]));
+        if metric == Metric::Cosine {
+            got.unwrap(); // normalised: any finite vector has a direction
+            continue;
+        }
+        match got {
+            Err(WriteError::Batch(BatchError::TooLarge { row: 1, value, .. })) => {
+                assert_eq!(value, 1e20);
+            }
+            other => panic!("{name}: expected TooLarge for row 1, got {other:?}"),
+        }
+        assert_eq!(scan_all(&db, name).len(), 1, "{name}: nothing of the refused batch");
+        let err = db.search(name, &huge, &SearchParams::default()).unwrap_err();
+        assert!(matches!(err, ReadError::Query(_)), "{name}: {err}");
+        let hit = db.search(name, &[limit, limit, 0.0, 0.0], &SearchParams::default()).unwrap();
+        assert!(distances(&hit).iter().all(|d| d.is_finite()), "{name}: at the bound, finite");
+    }
+}
+
+#[test]
+fn getting_only_absent_ids_or_none_after_a_flush_returns_an_empty_batch() {
+    // It failed with "interleave requires input of at least one array" once every row had left
+    // the in-memory table, where the docs promise that absent ids are skipped.
+    let (_dir, db) = setup();
+    db.flush().unwrap();
+    for ids in [vec![], vec![7u64, 8], vec![7, 1, 8]] {
+        let got = db.get("c", &UInt64Array::from(ids.clone())).unwrap();
+        let want: Vec<u64> = ids.iter().copied().filter(|&i| i == 1).collect();
+        assert_eq!(got.schema(), db.scan("c", None).unwrap().schema(), "{ids:?}");
+        assert_eq!(common::ids(&got), want, "{ids:?}");
+    }
+}
+
+#[test]
 fn unknown_collections_and_hostile_names_get_typed_errors() {
     let (dir, db) = setup();
     assert!(matches!(
@@ -243,7 +289,20 @@ fn bad_schemas_and_search_parameters_are_refused() {
         let err = db.create_collection("d", s.clone()).unwrap_err();
         assert!(matches!(err, CollectionError::Schema(_)), "{s:?}: {err}");
     }
-    let _: Option<SchemaError> = None;
+    // Search results carry Quiver's own columns beside the attributes; an attribute of the same
+    // name was once accepted and then shadowed by Quiver's value in every result.
+    for name in ["_distance", "score", "distance", "vector"] {
+        let s = CollectionSchema::new(4, VectorType::F32, Metric::L2).with_attribute(Field::new(
+            name,
+            DataType::Float32,
+            true,
+        ));
+        match db.create_collection("d", s) {
+            Err(CollectionError::Schema(SchemaError::AttributeName(n))) => assert_eq!(n, name),
+            other => panic!("attribute {name:?} must be refused as reserved, got {other:?}"),
+        }
+    }
+    assert!(db.list_collections().iter().all(|(n, _)| n != "d"), "nothing was created");
     let q = [1.0f32; DIM];
     let cases: Vec<(Vec<f32>, SearchParams)> = vec![
         (vec![1.0; DIM + 1], SearchParams::default()),

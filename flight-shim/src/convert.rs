@@ -11,10 +11,7 @@ use arrow_schema::{DataType, Field, Metadata, Schema};
 use quiver_engine::diskgraph::data::Metric;
 use quiver_engine::{CollectionSchema, IdType, VectorType};
 
-/// The id column's name.
-pub const ID_COLUMN: &str = "id";
-/// The vector column's name in the engine.
-pub const VECTOR_COLUMN: &str = "vector";
+pub use quiver_engine::schema::{ID_COLUMN, VECTOR_COLUMN};
 /// Other names clients give the vector column; renamed to [`VECTOR_COLUMN`] on ingest.
 pub const VECTOR_ALIASES: [&str; 1] = ["embedding"];
 /// Schema metadata keys naming the metric, in order of precedence.

@@ -105,6 +105,15 @@ fn compile(spec: &FilterSpec, schema: &Schema) -> Result<Compiled, String> {
         Value::Number(n) if is_int(dt) && n.is_i64() && dt.is_signed_integer() => {
             (DataType::Int64, std::sync::Arc::new(Int64Array::from(vec![n.as_i64().expect("i64")])))
         }
+        Value::Number(n) if matches!(dt, DataType::Float16 | DataType::Float32) => {
+            // Compare in the column's own type: a float32 column holds 0.1 as the f32 nearest
+            // to it, which as f64 is 0.100000001…, so `= 0.1` would never match in f64. No
+            // value of the column lies strictly between the literal and its rounding.
+            let v = n.as_f64().ok_or_else(bad)?;
+            let one: ArrayRef = std::sync::Arc::new(Float64Array::from(vec![v]));
+            let v = arrow_cast::cast(&one, dt).map_err(|e| format!("{}: {e}", bad()))?;
+            (dt.clone(), v)
+        }
         Value::Number(n) if dt.is_numeric() => {
             let v = n.as_f64().ok_or_else(bad)?;
             (DataType::Float64, std::sync::Arc::new(Float64Array::from(vec![v])))
@@ -232,6 +241,27 @@ mod tests {
         assert_eq!(rows(&[spec("s", "eq", "b".into())]), vec![2, 3]);
         assert_eq!(rows(&[spec("s", "eq", "b".into()), spec("u", "gt", 2.into())]), vec![3]);
         assert_eq!(rows(&[spec("u", "<", Value::from(-1))]), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn float32_columns_compare_in_float32_so_a_stored_literal_matches_itself() {
+        let schema = Schema::new(vec![Field::new("price", DataType::Float32, true)]);
+        let b = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(arrow_array::Float32Array::from(vec![0.1f32, 0.2, 0.05, 1.0]))],
+        )
+        .unwrap();
+        let count = |op: &str, v: Value| {
+            let f = Filters::compile(&[spec("price", op, v)], &b.schema()).unwrap();
+            f.apply(&b).unwrap().num_rows()
+        };
+        assert_eq!(count("=", Value::from(0.1)), 1);
+        assert_eq!(count("<=", Value::from(0.1)), 2);
+        assert_eq!(count("<", Value::from(0.1)), 1);
+        assert_eq!(count(">=", Value::from(0.2)), 2);
+        assert_eq!(count("!=", Value::from(0.2)), 3);
+        assert_eq!(count("=", Value::from(1)), 1, "integer literals too");
+        assert_eq!(count("<", Value::from(1e300)), 4, "a literal beyond f32 is infinity");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::schema::{DISTANCE_COLUMN, RESULT_DISTANCE_COLUMN, SCORE_COLUMN};
 use quiver_engine::{
     CollectionError, CollectionSchema, Database, FlushError, IdType, MAX_K, PendingWrite,
     ReadError, SearchParams, VectorType, WriteError,
@@ -377,7 +378,7 @@ fn run_search(db: &Database, req: &SearchRequest, query: &[f32]) -> Result<Recor
 
 fn shape_hits(hits: &RecordBatch, metric: Metric, cols: &[String]) -> Result<RecordBatch, Status> {
     let d = hits
-        .column_by_name("_distance")
+        .column_by_name(DISTANCE_COLUMN)
         .and_then(|a| a.as_any().downcast_ref::<Float32Array>())
         .ok_or_else(|| Status::internal("the engine's result has no _distance column"))?;
     let (distance, score): (Vec<f32>, Vec<f32>) = d
@@ -396,8 +397,8 @@ fn shape_hits(hits: &RecordBatch, metric: Metric, cols: &[String]) -> Result<Rec
     let schema = hits.schema();
     let mut fields = vec![
         schema.field_with_name(ID_COLUMN).expect("checked").clone(),
-        Field::new("score", DataType::Float32, false),
-        Field::new("distance", DataType::Float32, false),
+        Field::new(SCORE_COLUMN, DataType::Float32, false),
+        Field::new(RESULT_DISTANCE_COLUMN, DataType::Float32, false),
     ];
     let mut arrays: Vec<ArrayRef> = vec![
         id.clone(),
