@@ -376,7 +376,10 @@ fn first_beyond(v: &[f32], limit: f32) -> Option<usize> {
     for (b, block) in v.chunks(BLOCK).enumerate() {
         let top = block.iter().map(|x| x.to_bits() & 0x7fff_ffff).max().unwrap_or(0);
         if top > bound {
-            let i = block.iter().position(|x| !(x.abs() <= limit)).expect("the block has one");
+            let i = block
+                .iter()
+                .position(|x| x.is_nan() || x.abs() > limit)
+                .expect("the block has one");
             return Some(b * BLOCK + i);
         }
     }
