@@ -90,15 +90,55 @@ async fn signal() {
     }
 }
 
+/// The token to require, refusing one that would silently turn authentication off: an empty
+/// or blank `--auth-token`, or `QUIVER_AUTH_TOKEN` set to nothing (which the flag parser would
+/// otherwise take for "not set").
+fn auth_token(args: &ServeArgs) -> Result<Option<String>, BoxError> {
+    if args.auth_token.is_none()
+        && let Some(v) = std::env::var_os(TOKEN_ENV)
+    {
+        if v.is_empty() {
+            return Err(format!(
+                "{TOKEN_ENV} is set but empty: refusing to start without authentication by accident (unset it to serve without a token)"
+            )
+            .into());
+        }
+        if v.to_str().is_none() {
+            return Err(format!("{TOKEN_ENV} is not valid UTF-8").into());
+        }
+    }
+    if quiver_flight::check_token(args.auth_token.as_deref()).is_err() {
+        return Err("--auth-token (or QUIVER_AUTH_TOKEN) is empty or has whitespace at an end: refusing to start without authentication by accident; give a real token, or none".into());
+    }
+    Ok(args.auth_token.clone())
+}
+
+/// A PEM certificate chain and its private key.
+type TlsPem = (Vec<u8>, Vec<u8>);
+
+/// Reads and checks the TLS certificate and key, naming the file and the reason on failure.
+fn tls_material(args: &ServeArgs) -> Result<Option<TlsPem>, BoxError> {
+    let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) else { return Ok(None) };
+    let cert = std::fs::read(c).map_err(|e| format!("--tls-cert {}: {e}", c.display()))?;
+    let key = std::fs::read(k).map_err(|e| format!("--tls-key {}: {e}", k.display()))?;
+    use quiver_flight::TlsError;
+    quiver_flight::check_tls(&cert, &key).map_err(|e| -> BoxError {
+        match e {
+            TlsError::NoCertificate | TlsError::CertificatePem(_) => {
+                format!("--tls-cert {}: {e}", c.display()).into()
+            }
+            TlsError::Key(_) => format!("--tls-key {}: {e}", k.display()).into(),
+            _ => format!("--tls-cert {} with --tls-key {}: {e}", c.display(), k.display()).into(),
+        }
+    })?;
+    Ok(Some((cert, key)))
+}
+
 pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
-    let token = args.auth_token.clone();
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some((
-            std::fs::read(c).map_err(|e| format!("{}: {e}", c.display()))?,
-            std::fs::read(k).map_err(|e| format!("{}: {e}", k.display()))?,
-        )),
-        _ => None,
-    };
+    // Every check that can refuse the configuration runs before the database is opened or the
+    // port bound, so a refused start prints no "listening" line.
+    let token = auth_token(args)?;
+    let tls = tls_material(args)?;
     let scheme = if tls.is_some() { "grpc+tls" } else { "grpc" };
     let mut cfg = ServerConfig {
         auth_token: token,
@@ -131,6 +171,11 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
         println!("listening on {scheme}://{addr}");
         std::io::stdout().flush()?;
         tracing::info!(data = %args.data.display(), %addr, "serving");
+        tracing::info!(
+            "authentication: {}; TLS: {}",
+            if cfg.auth_token.is_some() { "on (bearer token)" } else { "OFF (no token)" },
+            if cfg.tls.is_some() { "on" } else { "OFF (plaintext)" }
+        );
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             signal().await;

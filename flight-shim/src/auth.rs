@@ -31,9 +31,10 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Auth {
-    /// Authentication with `token`, or none when `None` (or empty).
+    /// Authentication with `token`, or none when `None`. An empty token is refused by
+    /// [`crate::check_token`] before a server is built; here it would match nothing.
     pub fn new(token: Option<String>) -> Self {
-        Auth { token: token.filter(|t| !t.is_empty()).map(Into::into) }
+        Auth { token: token.map(Into::into) }
     }
 
     /// Whether `md` carries the token (always true without one).
@@ -48,10 +49,15 @@ impl Auth {
         let Some(h) = md.get("authorization").and_then(|v| v.to_str().ok()) else {
             return false;
         };
-        if let Some(b) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) {
+        // The scheme is case-insensitive (RFC 7235 section 2.1): Bearer, bearer, BEARER.
+        let (scheme, b) = h.split_once(' ').unwrap_or((h, ""));
+        if t.is_empty() {
+            return false;
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
             return ct_eq(b.trim().as_bytes(), t);
         }
-        if let Some(b) = h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")) {
+        if scheme.eq_ignore_ascii_case("basic") {
             let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b.trim()) else {
                 return false;
             };
@@ -108,6 +114,24 @@ mod tests {
         assert!(!a.allows(&md("authorization", "s3cret")));
         assert!(!a.allows(&MetadataMap::new()));
         assert!(Auth::new(None).allows(&MetadataMap::new()));
-        assert!(Auth::new(Some(String::new())).allows(&MetadataMap::new()));
+        // An empty token matches nothing (and the server refuses to start with one).
+        assert!(!Auth::new(Some(String::new())).allows(&MetadataMap::new()));
+        assert!(!Auth::new(Some(String::new())).allows(&md("authorization", "Bearer ")));
+        assert!(crate::check_token(Some("")).is_err());
+        assert!(crate::check_token(Some("  ")).is_err());
+        assert!(crate::check_token(Some(" tok")).is_err());
+        assert!(crate::check_token(Some("tok")).is_ok() && crate::check_token(None).is_ok());
+    }
+
+    #[test]
+    fn auth_schemes_are_case_insensitive() {
+        let a = Auth::new(Some("t0k".into()));
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert!(a.allows(&md("authorization", &format!("{scheme} t0k"))), "{scheme}");
+        }
+        let basic = base64::engine::general_purpose::STANDARD.encode("u:t0k");
+        assert!(a.allows(&md("authorization", &format!("BASIC {basic}"))));
+        assert!(!a.allows(&md("authorization", "Bearert0k")));
+        assert!(!a.allows(&md("authorization", "Token t0k")));
     }
 }

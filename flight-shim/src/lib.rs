@@ -88,13 +88,64 @@ impl Default for ServerConfig {
     }
 }
 
+/// Why TLS material was refused by [`check_tls`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The certificate file holds no PEM `CERTIFICATE` block.
+    #[error("no PEM CERTIFICATE block found")]
+    NoCertificate,
+    /// The certificate file's PEM does not parse.
+    #[error("the certificate PEM does not parse: {0}")]
+    CertificatePem(String),
+    /// The key file holds no private key that parses.
+    #[error("no usable PEM private key: {0}")]
+    Key(String),
+    /// The certificate or key is unusable, or they do not belong together.
+    #[error("the certificate and key do not make a usable identity: {0}")]
+    Identity(String),
+}
+
+/// Parses a PEM certificate chain and private key the way the server will use them, and checks
+/// that the key belongs to the first certificate. Run before listening, so bad material is
+/// reported as such rather than as a transport failure after the port is bound.
+///
+/// # Errors
+/// [`TlsError`] saying which part is wrong and why.
+pub fn check_tls(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::CertificatePem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Key(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Identity(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Identity(e.to_string()))?;
+    Ok(())
+}
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
     /// The TLS certificate or key was refused.
     #[error("TLS configuration: {0}")]
-    Tls(String),
+    Tls(#[from] TlsError),
+    /// TLS material that parsed was refused by the transport.
+    #[error("TLS configuration: {0}")]
+    TlsTransport(String),
+    /// A configured auth token that can never be presented: empty, only whitespace, or with
+    /// whitespace at either end (a token must not silently turn authentication off).
+    #[error("the auth token is empty or has whitespace at an end; give a real token, or none")]
+    BadToken,
     /// The transport failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -107,6 +158,17 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Refuses a token that can never be presented (see [`ServeError::BadToken`]).
+///
+/// # Errors
+/// [`ServeError::BadToken`].
+pub fn check_token(token: Option<&str>) -> Result<(), ServeError> {
+    match token {
+        Some(t) if t.trim().is_empty() || t.trim() != t => Err(ServeError::BadToken),
+        _ => Ok(()),
+    }
 }
 
 /// Binds `addr` (port 0 picks a free port; [`TcpListener::local_addr`] tells which).
@@ -128,6 +190,10 @@ pub async fn serve(
     cfg: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    check_token(cfg.auth_token.as_deref())?;
+    if let Some((cert, key)) = &cfg.tls {
+        check_tls(cert, key)?;
+    }
     let auth = Auth::new(cfg.auth_token.clone());
     let svc = QuiverFlight::new(db, cfg.service.clone(), auth.clone());
     let svc = FlightServiceServer::new(svc)
@@ -143,7 +209,7 @@ pub async fn serve(
         let identity = Identity::from_pem(cert, key);
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(|e| ServeError::Tls(e.to_string()))?;
+            .map_err(|e| ServeError::TlsTransport(e.to_string()))?;
     }
     let intercepted =
         tonic::service::interceptor::InterceptedService::new(svc, move |r| auth.check(r));

@@ -54,3 +54,29 @@ async fn garbage_key_material_is_a_tls_error_at_start() {
     let r = quiver_flight::serve(db, listener, &cfg, std::future::pending()).await;
     assert!(matches!(r, Err(ServeError::Tls(_)) | Err(ServeError::Transport(_))), "{r:?}");
 }
+
+/// Bad TLS material used to print "listening on grpc+tls://…" and then fail with a bare
+/// "transport error"; it must be refused before the port is bound, saying what is wrong.
+#[test]
+fn bad_tls_material_is_refused_before_listening_with_the_reason() {
+    use quiver_flight::{TlsError, check_tls};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (ck.cert.pem(), ck.signing_key.serialize_pem());
+    check_tls(cert.as_bytes(), key.as_bytes()).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["elsewhere".to_string()]).unwrap();
+    let other_key = other.signing_key.serialize_pem();
+
+    assert!(matches!(
+        check_tls(b"not a certificate", key.as_bytes()),
+        Err(TlsError::NoCertificate)
+    ));
+    assert!(matches!(check_tls(key.as_bytes(), key.as_bytes()), Err(TlsError::NoCertificate)));
+    let broken = cert.replace("MII", "M!I");
+    assert!(check_tls(broken.as_bytes(), key.as_bytes()).is_err());
+    assert!(matches!(check_tls(cert.as_bytes(), b"no key here"), Err(TlsError::Key(_))));
+    assert!(matches!(check_tls(cert.as_bytes(), cert.as_bytes()), Err(TlsError::Key(_))));
+    match check_tls(cert.as_bytes(), other_key.as_bytes()) {
+        Err(TlsError::Identity(reason)) => assert!(!reason.is_empty()),
+        other => panic!("a key of another certificate must be refused, got {other:?}"),
+    }
+}
