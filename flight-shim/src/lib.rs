@@ -40,6 +40,7 @@ pub use quiver_engine as engine;
 use quiver_engine::Database;
 pub use service::{ACTIONS, QuiverFlight, ServiceConfig};
 use tokio::net::TcpListener;
+use tonic::Status;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
@@ -171,6 +172,24 @@ pub fn check_token(token: Option<&str>) -> Result<(), ServeError> {
     }
 }
 
+/// Rewrites a status carried in the response headers (every error a call returns before
+/// streaming, tonic's own included) by [`service::bounded_status`]: a request whose protobuf does
+/// not parse (a descriptor path that is not UTF-8, say) is the client's fault, so tonic's
+/// `INTERNAL` becomes `INVALID_ARGUMENT`; and a message is cut to a length every client's
+/// metadata limit takes, however much of the client's input it echoes. Errors in the middle of a
+/// stream are bounded where they are made.
+fn bounded_header_status<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    if let Some(status) = Status::from_header_map(headers) {
+        let status = service::bounded_status(status);
+        headers.remove("grpc-message");
+        if status.add_header(headers).is_err() {
+            headers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+        }
+    }
+    response
+}
+
 /// Binds `addr` (port 0 picks a free port; [`TcpListener::local_addr`] tells which).
 ///
 /// # Errors
@@ -195,7 +214,13 @@ pub async fn serve(
         check_tls(cert, key)?;
     }
     let auth = Auth::new(cfg.auth_token.clone());
-    let svc = QuiverFlight::new(db, cfg.service.clone(), auth.clone());
+    let mut service = cfg.service.clone();
+    // Encoded messages must fit the configured message size with room for the IPC and
+    // protobuf framing around a batch's buffers; scans and results are cut to fit.
+    service.max_flight_data_bytes =
+        service.max_flight_data_bytes.min(cfg.max_message_bytes / 4 * 3).max(1);
+    service.max_message_bytes = cfg.max_message_bytes;
+    let svc = QuiverFlight::new(db, service, auth.clone());
     let svc = FlightServiceServer::new(svc)
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
@@ -214,6 +239,7 @@ pub async fn serve(
     let intercepted =
         tonic::service::interceptor::InterceptedService::new(svc, move |r| auth.check(r));
     builder
+        .layer(tower::util::MapResponseLayer::new(bounded_header_status))
         .add_service(intercepted)
         // Nagle off on every accepted socket: with it on, a reply written in several small
         // frames waits for the client's delayed ACK (about 40 ms per call).

@@ -63,6 +63,9 @@ pub struct ServiceConfig {
     pub scan_chunk_max: usize,
     /// Largest FlightData message the encoder produces (bigger batches are split).
     pub max_flight_data_bytes: usize,
+    /// Largest message the transport sends (the server sets it from its own limit); a
+    /// `VectorSearch` result over it is refused.
+    pub max_message_bytes: usize,
     /// How long `wait-for-indexing` waits at most.
     pub max_index_wait: Duration,
 }
@@ -73,6 +76,7 @@ impl Default for ServiceConfig {
             scan_chunk_start: 1024,
             scan_chunk_max: 65_536,
             max_flight_data_bytes: 2 << 20,
+            max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
             max_index_wait: Duration::from_secs(3600),
         }
     }
@@ -280,7 +284,7 @@ fn spawn_ingest<T: Send + 'static>(
                 Err(e) => Err(e),
             };
             let stop = result.is_err();
-            if tx.send(result.map(wrap)).await.is_err() || stop {
+            if tx.send(result.map(wrap).map_err(bounded_status)).await.is_err() || stop {
                 break;
             }
         }
@@ -293,13 +297,51 @@ fn spawn_ingest<T: Send + 'static>(
     Box::pin(ReceiverStream::new(rx))
 }
 
-/// The batches of a client stream whose first message (already read) is `first`.
+/// The batches of a client stream whose first message (already read) is `first`. A first
+/// message that carries only the descriptor (no IPC message: pyarrow's DoExchange sends the
+/// descriptor alone, then the schema) is dropped; decoding it as IPC fails.
 fn batch_stream(first: FlightData, rest: Streaming<FlightData>) -> FlightRecordBatchStream {
-    let all = futures::stream::once(async move { Ok(first) })
+    let first = (!first.data_header.is_empty() || !first.data_body.is_empty()).then_some(first);
+    let all = futures::stream::iter(first.map(Ok))
         .chain(rest)
-        .map_err(|s| FlightError::Tonic(Box::new(s)));
+        .map_err(|s| FlightError::Tonic(Box::new(client_decode_status(s))));
     FlightRecordBatchStream::new_from_flight_data(all)
 }
+
+/// tonic reports a request message that does not parse as protobuf (say, a descriptor path
+/// that is not UTF-8) as `INTERNAL`, as gRPC's table of codes has it; it is the client's
+/// input, so Quiver answers `INVALID_ARGUMENT`.
+fn client_decode_status(s: Status) -> Status {
+    if s.code() == tonic::Code::Internal && s.message().starts_with(PROTOBUF_DECODE_PREFIX) {
+        invalid(format!("the request does not parse: {}", s.message()))
+    } else {
+        s
+    }
+}
+
+/// The longest status message sent, in bytes: error messages may quote the client's input
+/// (names, filters), and gRPC clients refuse response metadata over a limit (8 KiB by default
+/// in gRPC C++, so pyarrow), turning the error into `RESOURCE_EXHAUSTED`.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `s` fit to send: an unparsable request becomes `INVALID_ARGUMENT`
+/// ([`client_decode_status`]), and the message is cut to [`MAX_STATUS_MESSAGE`] bytes at a
+/// character boundary, saying how much was cut. Details and metadata are dropped.
+pub(crate) fn bounded_status(s: Status) -> Status {
+    let s = client_decode_status(s);
+    let m = s.message();
+    if m.len() <= MAX_STATUS_MESSAGE {
+        return s;
+    }
+    let mut cut = MAX_STATUS_MESSAGE - 40;
+    while !m.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Status::new(s.code(), format!("{}… ({} more bytes cut)", &m[..cut], m.len() - cut))
+}
+
+/// How tonic's prost codec words a decode failure.
+pub(crate) const PROTOBUF_DECODE_PREFIX: &str = "failed to decode Protobuf message";
 
 // ---------------------------------------------------------------------------------------------
 // Reads
@@ -479,7 +521,7 @@ fn encode_batches(
             .with_schema(schema)
             .with_max_flight_data_size(max_bytes)
             .build(batches)
-            .map_err(Status::from),
+            .map_err(|e| bounded_status(Status::from(e))),
     )
 }
 
@@ -797,6 +839,68 @@ fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
     }))
 }
 
+/// Results of a `VectorSearch` action that may wait to be sent: queries are searched one at a
+/// time, each result encoded and handed to the client before the next is searched once this
+/// many wait, so a request of 10,000 queries holds a few results in memory, not all of them.
+const SEARCH_RESULTS_IN_FLIGHT: usize = 2;
+
+/// The parsed queries of a `VectorSearch` body.
+fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<Vec<Value>>), Status> {
+    let mut req: SearchRequest = request::parse_body("VectorSearch", body).map_err(invalid)?;
+    let queries: Vec<Vec<Value>> = match (req.vectors.take(), &req.vector) {
+        (Some(vs), _) => vs,
+        (None, Some(v)) => vec![v.clone()],
+        (None, None) => {
+            return Err(invalid("VectorSearch needs \"vectors\": [[...], ...] or \"vector\""));
+        }
+    };
+    if queries.len() > MAX_QUERIES {
+        return Err(invalid(format!(
+            "{} query vectors exceed the limit of {MAX_QUERIES}",
+            queries.len()
+        )));
+    }
+    for q in &queries {
+        request::query_vector(q).map_err(invalid)?;
+    }
+    Ok((req, queries))
+}
+
+/// Streams a `VectorSearch`: one Arrow IPC stream per query, in order, each searched only when
+/// the one [`SEARCH_RESULTS_IN_FLIGHT`] before it has been taken by the transport. A result
+/// larger than `max_message_bytes` is an error naming the query (lower k, or leave out the
+/// vectors), since it could not be sent as one message anyway. Stops when the client leaves.
+fn vector_search_stream(
+    db: Arc<Database>,
+    req: SearchRequest,
+    queries: Vec<Vec<Value>>,
+    max_message_bytes: usize,
+) -> BoxStream<arrow_flight::Result> {
+    let (tx, rx) = mpsc::channel::<Result<arrow_flight::Result, Status>>(SEARCH_RESULTS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        for (i, q) in queries.iter().enumerate() {
+            let result = request::query_vector(q)
+                .map_err(invalid)
+                .and_then(|v| run_search(&db, &req, &v))
+                .and_then(|b| ipc_stream_bytes(&b))
+                .and_then(|body| {
+                    if body.len() + 64 > max_message_bytes {
+                        return Err(Status::resource_exhausted(format!(
+                            "the result of query {i} is {} bytes, over the message limit of {max_message_bytes}; lower k or leave out the vectors",
+                            body.len()
+                        )));
+                    }
+                    Ok(arrow_flight::Result { body })
+                });
+            let failed = result.is_err();
+            if tx.blocking_send(result.map_err(bounded_status)).is_err() || failed {
+                return; // the client left, or the error ends the stream
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
 fn run_action(
     db: &Database,
     cfg: &ServiceConfig,
@@ -843,29 +947,8 @@ fn run_action(
             json_body(json!({"collections": names}))
         }
         "VectorSearch" => {
-            let req: SearchRequest = request::parse_body("VectorSearch", body).map_err(invalid)?;
-            let queries: Vec<Vec<Value>> = match (&req.vectors, &req.vector) {
-                (Some(vs), _) => vs.clone(),
-                (None, Some(v)) => vec![v.clone()],
-                (None, None) => {
-                    return Err(invalid(
-                        "VectorSearch needs \"vectors\": [[...], ...] or \"vector\"",
-                    ));
-                }
-            };
-            if queries.len() > MAX_QUERIES {
-                return Err(invalid(format!(
-                    "{} query vectors exceed the limit of {MAX_QUERIES}",
-                    queries.len()
-                )));
-            }
-            queries
-                .iter()
-                .map(|q| {
-                    let v = request::query_vector(q).map_err(invalid)?;
-                    ipc_stream_bytes(&run_search(db, &req, &v)?)
-                })
-                .collect()
+            // Served by `vector_search_stream`, one query at a time.
+            Err(Status::internal("VectorSearch is streamed, not run as a one-shot action"))
         }
         "check_readiness" => {
             let name = request::collection_in_body(body).ok();
@@ -1021,7 +1104,11 @@ impl FlightService for QuiverFlight {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         let mut input = request.into_inner();
-        let first = input.message().await?.ok_or_else(|| invalid("the DoPut stream is empty"))?;
+        let first = input
+            .message()
+            .await
+            .map_err(client_decode_status)?
+            .ok_or_else(|| invalid("the DoPut stream is empty"))?;
         let name = descriptor_collection(first.flight_descriptor.as_ref())?;
         let batches = batch_stream(first, input);
         Ok(Response::new(spawn_ingest(self.db.clone(), name, batches, |ack| PutResult {
@@ -1038,6 +1125,11 @@ impl FlightService for QuiverFlight {
             invalid(format!("unknown action {:?}; ListActions names the actions", r#type))
         })?;
         let (db, cfg) = (self.db.clone(), self.cfg.clone());
+        if action == "VectorSearch" {
+            let (req, queries) = blocking(move || vector_search_queries(&body)).await?;
+            let max = cfg.max_message_bytes;
+            return Ok(Response::new(vector_search_stream(db, req, queries, max)));
+        }
         let results = blocking(move || run_action(&db, &cfg, action, &body)).await?;
         Ok(Response::new(Box::pin(futures::stream::iter(
             results.into_iter().map(|body| Ok(arrow_flight::Result { body })),
@@ -1069,8 +1161,11 @@ impl FlightService for QuiverFlight {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         let mut input = request.into_inner();
-        let first =
-            input.message().await?.ok_or_else(|| invalid("the DoExchange stream is empty"))?;
+        let first = input
+            .message()
+            .await
+            .map_err(client_decode_status)?
+            .ok_or_else(|| invalid("the DoExchange stream is empty"))?;
         let path = first.flight_descriptor.as_ref().map(|d| d.path.clone()).unwrap_or_default();
         let name = match path.as_slice() {
             [verb, name] if verb == "ingest" && !name.is_empty() => name.clone(),

@@ -37,6 +37,11 @@ impl Served {
         Served { child, addr }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn uri(&self) -> String {
         format!("grpc://{}", self.addr)
     }
