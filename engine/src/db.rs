@@ -23,6 +23,7 @@ use crate::batch::{self, Key, Prepared, Vectors, kind};
 use crate::diskgraph::data::{Metric, Row, distance_active};
 use crate::diskgraph::search::DiskIndex;
 use crate::error::{CollectionError, FlushError, OpenError, ReadError, WriteError};
+use crate::index_source;
 use crate::lock::DirLock;
 use crate::manifest::{ManifestError, ManifestStore};
 use crate::names::validate_collection_name;
@@ -295,6 +296,9 @@ struct Collection {
     segments: Vec<Segment>,
     /// Every live row's place.
     keys: KeyMap,
+    /// Index searches that failed since open (each fell back to an exact search of its
+    /// segment's Parquet file, and the index was queued for a rebuild if damaged).
+    index_failures: AtomicU64,
 }
 
 impl Collection {
@@ -425,6 +429,9 @@ struct Inner {
     work_cv: Condvar,
     flush_ctl: Mutex<FlushCtl>,
     flush_cv: Condvar,
+    /// Indexes found damaged by a search: (collection id, segment id, the index), for the
+    /// background worker to drop (the segment is searched exactly) and rebuild.
+    damaged_indexes: Mutex<Vec<(u64, u64, Arc<DiskIndex>)>>,
     _lock: Option<DirLock>,
 }
 
@@ -459,6 +466,35 @@ impl Inner {
         if p.is_none() {
             tracing::error!("database poisoned: {why}");
             *p = Some(why);
+        }
+    }
+
+    /// Records that searching `ix`, the index of segment `s`, failed with `e`. A damaged index
+    /// (a sector fails its checksum, a node is malformed) is queued for the background worker,
+    /// which drops it, so the segment is searched exactly, and rebuilds it; an I/O error is
+    /// only counted, as it may pass.
+    fn index_failed(
+        &self,
+        c: &Collection,
+        s: &Segment,
+        ix: &Arc<DiskIndex>,
+        e: &crate::diskgraph::layout::LayoutError,
+    ) {
+        c.index_failures.fetch_add(1, Ordering::Relaxed);
+        let damaged = matches!(e, crate::diskgraph::layout::LayoutError::Corrupt { .. });
+        tracing::error!(
+            collection = %c.name,
+            segment = format!("{:016x}", s.meta.id),
+            "disk index failed ({e}); searching the segment from its Parquet file{}",
+            if damaged { " and rebuilding the index" } else { "" }
+        );
+        if damaged {
+            let mut queue = lock(&self.damaged_indexes);
+            if !queue.iter().any(|(_, _, q)| Arc::ptr_eq(q, ix)) {
+                queue.push((c.id, s.meta.id, Arc::clone(ix)));
+            }
+            drop(queue);
+            self.notify_work();
         }
     }
 
@@ -555,6 +591,10 @@ pub struct CollectionStats {
     pub segment_bytes: u64,
     /// Bytes of vectors held in RAM (in-memory table and unindexed segments).
     pub resident_vector_bytes: u64,
+    /// Index searches that failed since the database was opened. Each was answered by an exact
+    /// search of the segment's Parquet file; a damaged index is then dropped and rebuilt (the
+    /// segment counts as unindexed until it is).
+    pub index_failures: u64,
 }
 
 /// An open database. Share it between threads by reference or in an `Arc`; every method takes
@@ -719,6 +759,7 @@ impl Database {
             work_cv: Condvar::new(),
             flush_ctl: Mutex::new(FlushCtl::default()),
             flush_cv: Condvar::new(),
+            damaged_indexes: Mutex::new(Vec::new()),
             _lock: lock,
             opts,
         });
@@ -758,6 +799,7 @@ fn load_collection(
         mem: Memtable::default(),
         segments: Vec::new(),
         keys: KeyMap::default(),
+        index_failures: AtomicU64::new(0),
     };
     let mut last = None;
     for sm in &cm.segments {
@@ -837,7 +879,15 @@ fn load_segment(
     if meta.indexed {
         match index_dir {
             Some(idir) => match DiskIndex::open(&idir.join(index_name(meta.id)), opts.index_open) {
-                Ok(ix) if ix.header().n == meta.rows => index = Some(Arc::new(ix)),
+                Ok(ix) if ix.header().n == meta.rows => {
+                    match index_source::check(&idir.join(index_name(meta.id)), source_of(&meta)) {
+                        Ok(()) => index = Some(Arc::new(ix)),
+                        Err(e) => tracing::warn!(
+                            "index of segment {:016x} is not bound to it: {e}; rebuilding it",
+                            meta.id
+                        ),
+                    }
+                }
                 Ok(ix) => tracing::warn!(
                     "index of segment {:016x} has {} nodes for {} rows; rebuilding it",
                     meta.id,
@@ -871,6 +921,11 @@ fn load_segment(
         vectors,
         index,
     })
+}
+
+/// What an index built from the segment `meta` records of it.
+fn source_of(meta: &SegmentMeta) -> index_source::Source {
+    index_source::Source { segment: meta.id, rows: meta.rows, bytes: meta.bytes, crc: meta.crc }
 }
 
 /// The search vectors of every row of `file`, a chunk per batch read.
@@ -1062,6 +1117,7 @@ impl Database {
                 mem: Memtable::default(),
                 segments: Vec::new(),
                 keys: KeyMap::default(),
+                index_failures: AtomicU64::new(0),
             },
         );
         Ok(())
@@ -1148,6 +1204,7 @@ impl Database {
                     .flat_map(|v| v.iter())
                     .map(Vectors::bytes)
                     .sum::<usize>()) as u64,
+            index_failures: c.index_failures.load(Ordering::Relaxed),
         })
     }
 }
@@ -1826,6 +1883,10 @@ fn background_step(inner: &Inner) -> Result<bool, String> {
     if inner.poisoned().is_some() {
         return Ok(false);
     }
+    if drop_damaged_index(inner)? {
+        inner.notify_work();
+        return Ok(true);
+    }
     if merge_one(inner)? {
         inner.notify_work();
         return Ok(true);
@@ -1837,6 +1898,54 @@ fn background_step(inner: &Inner) -> Result<bool, String> {
     Ok(done)
 }
 
+/// Takes one index a search found damaged out of service: reads its segment's vectors back
+/// from Parquet (no lock held), commits a manifest that no longer calls the segment indexed,
+/// installs the vectors (the segment is searched exactly from then on), and removes the index
+/// directory. [`index_one`] then rebuilds it like any unindexed segment's.
+fn drop_damaged_index(inner: &Inner) -> Result<bool, String> {
+    let Some((cid, sid, ix)) = lock(&inner.damaged_indexes).pop() else { return Ok(false) };
+    let still_current = |st: &State| {
+        st.collections.values().find(|c| c.id == cid).and_then(|c| {
+            c.segment(sid)
+                .filter(|s| s.index.as_ref().is_some_and(|i| Arc::ptr_eq(i, &ix)))
+                .map(|s| (s.file.clone(), c.schema.clone()))
+        })
+    };
+    let Some((file, schema)) = still_current(&inner.read()) else { return Ok(true) };
+    let vectors: Arc<[Vectors]> = read_vectors(&file, &schema)
+        .map_err(|e| format!("reading segment {sid:016x} back to replace its index: {e}"))?
+        .into();
+    let store = &mut *lock(&inner.manifest);
+    if inner.poisoned().is_some() || still_current(&inner.read()).is_none() {
+        return Ok(true); // merged away or dropped meanwhile: its index went with it
+    }
+    {
+        let st = inner.read();
+        inner
+            .commit(store, &st, |b| {
+                for c in b.collections.iter_mut().filter(|c| c.id == cid) {
+                    for s in c.segments.iter_mut().filter(|s| s.id == sid) {
+                        s.indexed = false;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    {
+        let mut st = inner.write();
+        let c = st.by_id_mut(cid).expect("checked under the manifest lock");
+        let s = c.segment_mut(sid);
+        s.meta.indexed = false;
+        s.index = None;
+        s.vectors = Some(vectors);
+    }
+    inner.remove_index_dir(sid);
+    tracing::warn!(
+        "segment {sid:016x}: damaged index dropped; it is searched exactly until rebuilt"
+    );
+    Ok(true)
+}
+
 /// Builds the index of the oldest segment that needs one.
 fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
     let Some(idir) = inner.index_dir.clone() else { return Ok(None) };
@@ -1846,10 +1955,11 @@ fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
             c.segments
                 .iter()
                 .find(|s| s.index.is_none() && s.meta.rows as usize >= inner.opts.min_index_rows)
-                .map(|s| (c.id, s.meta.id, c.schema.clone(), s.vectors.clone()))
+                .map(|s| (c.id, s.meta.clone(), c.schema.clone(), s.vectors.clone()))
         })
     };
-    let Some((cid, sid, schema, vectors)) = job else { return Ok(None) };
+    let Some((cid, meta, schema, vectors)) = job else { return Ok(None) };
+    let sid = meta.id;
     let vectors = vectors.ok_or("an unindexed segment without resident vectors")?;
     let set = Vectors::concat(&vectors).to_vector_set(schema.dim()).map_err(|e| e.to_string())?;
     drop(vectors);
@@ -1857,14 +1967,23 @@ fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
     let fin = idir.join(index_name(sid));
     let _ = std::fs::remove_dir_all(&tmp);
     let t = Instant::now();
-    crate::diskgraph::index::build_index(
+    let built = crate::diskgraph::index::build_index(
         set,
         schema.metric(),
         &inner.opts.index_params,
         &tmp,
         &|_, _| {},
     )
-    .map_err(|e| format!("index build of segment {sid:016x}: {e}"))?;
+    .map_err(|e| format!("index build of segment {sid:016x}: {e}"))
+    .and_then(|_| {
+        index_source::write(&tmp, source_of(&meta))
+            .map_err(|e| format!("index build of segment {sid:016x}: {e}"))
+    });
+    if let Err(e) = built {
+        // A failed build (ENOSPC, say) leaves nothing behind.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let _ = std::fs::remove_dir_all(&fin);
     std::fs::rename(&tmp, &fin).map_err(|e| format!("{}: {e}", fin.display()))?;
     std::fs::File::open(&idir)
@@ -2188,6 +2307,9 @@ impl Database {
     /// Whether background work is pending: a segment awaits its index or a merge.
     pub fn background_pending(&self) -> bool {
         let inner = &*self.inner;
+        if !lock(&inner.damaged_indexes).is_empty() {
+            return true;
+        }
         let st = inner.read();
         st.collections.values().any(|c| {
             let unindexed = inner.index_dir.is_some()
@@ -2289,6 +2411,28 @@ impl TopK {
 
 /// A query in every form a kernel may want: f32, and the stored integer type when the query's
 /// values are all integers in its range (then the integer kernel gives the same distances).
+/// Offers every live row of segment `s` to `top`, reading its vectors from the Parquet file:
+/// the exhaustive search of an indexed segment, and the fallback when its index fails.
+fn offer_segment_file(
+    c: &Collection,
+    s: &Segment,
+    metric: Metric,
+    q: &Query,
+    top: &mut TopK,
+    scratch: &mut Vec<f32>,
+) -> Result<(), ReadError> {
+    let id = s.meta.id;
+    let mut base = 0usize;
+    for b in s.file.read(&[1], None, 65_536)? {
+        let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
+        let live = |r: usize| !s.deleted[r];
+        let loc = |r: u32| Loc::Seg(id, r);
+        top.offer_exact(metric, q, &v, c.schema.dim(), base, &s.keys, live, loc, scratch);
+        base += b.num_rows();
+    }
+    Ok(())
+}
+
 struct Query {
     f: Vec<f32>,
     u8: Option<Vec<u8>>,
@@ -2420,17 +2564,25 @@ impl Database {
                     };
                     let mut searcher =
                         ix.searcher().map_err(|e| ReadError::Index(e.to_string()))?;
-                    let (found, _) = searcher
-                        .search(raw.row(c.schema.vector_type().search_elem()), sp)
-                        .map_err(|e| ReadError::Index(e.to_string()))?;
-                    for n in found {
-                        if !s.deleted[n.id as usize] {
-                            top.push(Cand {
-                                d: n.distance,
-                                key: s.keys[n.id as usize].clone(),
-                                loc: Loc::Seg(id, n.id),
-                            });
+                    match searcher.search(raw.row(c.schema.vector_type().search_elem()), sp) {
+                        Ok((found, _)) => {
+                            for n in found {
+                                if !s.deleted[n.id as usize] {
+                                    top.push(Cand {
+                                        d: n.distance,
+                                        key: s.keys[n.id as usize].clone(),
+                                        loc: Loc::Seg(id, n.id),
+                                    });
+                                }
+                            }
                         }
+                        Err(crate::diskgraph::search::SearchError::Layout(e)) => {
+                            // The index is derived data: answer from the segment's Parquet
+                            // file (correct, slower) and have a damaged index rebuilt.
+                            self.inner.index_failed(c, s, ix, &e);
+                            offer_segment_file(c, s, metric, &q, &mut top, &mut scratch)?;
+                        }
+                        Err(e) => return Err(ReadError::Index(e.to_string())),
                     }
                 }
                 (_, Some(chunks)) => {
@@ -2442,27 +2594,8 @@ impl Database {
                         base += v.values() / dim;
                     }
                 }
-                _ => {
-                    // Exhaustive search of an indexed segment: read its vectors back.
-                    let mut base = 0usize;
-                    for b in s.file.read(&[1], None, 65_536)? {
-                        let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
-                        let live = |r: usize| !s.deleted[r];
-                        let loc = |r: u32| Loc::Seg(id, r);
-                        top.offer_exact(
-                            metric,
-                            &q,
-                            &v,
-                            dim,
-                            base,
-                            &s.keys,
-                            live,
-                            loc,
-                            &mut scratch,
-                        );
-                        base += b.num_rows();
-                    }
-                }
+                // Exhaustive search of an indexed segment: read its vectors back.
+                _ => offer_segment_file(c, s, metric, &q, &mut top, &mut scratch)?,
             }
         }
         let results = top.heap.into_sorted_vec();

@@ -41,6 +41,7 @@
 pub mod batch;
 mod db;
 pub mod error;
+mod index_source;
 pub mod lock;
 pub mod manifest;
 pub mod names;

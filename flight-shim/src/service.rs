@@ -836,6 +836,7 @@ fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
         "segment_rows": st.segment_rows,
         "deleted_segment_rows": st.deleted_segment_rows,
         "segment_bytes": st.segment_bytes,
+        "index_failures": st.index_failures,
     }))
 }
 
