@@ -40,6 +40,8 @@ if ! "$PYENV/bin/python" -c 'import pyarrow.flight, numpy' 2>/dev/null; then
   "$PYENV/bin/pip" install -q --disable-pip-version-check 'pyarrow==26.0.1' 'numpy==2.3.5'
 fi
 export QUIVER_PYTHON="$PWD/$PYENV/bin/python" QUIVER_REQUIRE_PYARROW=1
+# The disk-full test mounts a small tmpfs: CI runs as root, so a failed mount is a failure.
+export QUIVER_REQUIRE_MOUNT=1
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -22,7 +22,9 @@ use quiver_wal::{Lsn, Wal, WalOptions};
 use crate::batch::{self, Key, Prepared, Vectors, kind};
 use crate::diskgraph::data::{Metric, Row, distance_active};
 use crate::diskgraph::search::DiskIndex;
-use crate::error::{CollectionError, FlushError, OpenError, ReadError, WriteError};
+use crate::error::{
+    BackgroundError, CollectionError, FlushError, OpenError, ReadError, WriteError,
+};
 use crate::index_source;
 use crate::lock::DirLock;
 use crate::manifest::{ManifestError, ManifestStore};
@@ -432,6 +434,9 @@ struct Inner {
     /// Indexes found damaged by a search: (collection id, segment id, the index), for the
     /// background worker to drop (the segment is searched exactly) and rebuild.
     damaged_indexes: Mutex<Vec<(u64, u64, Arc<DiskIndex>)>>,
+    /// The background worker's last failure, until a unit of work succeeds: a flush waiting
+    /// for index builds that fail for lack of space reports that instead of stalling.
+    background_failure: Mutex<Option<Arc<BackgroundError>>>,
     _lock: Option<DirLock>,
 }
 
@@ -517,9 +522,13 @@ impl Inner {
         let mut body = st.body(self.next_id.load(Ordering::SeqCst));
         edit(&mut body);
         let bytes = serde_json::to_vec(&body).expect("the manifest body serialises");
-        store
-            .commit(&bytes)
-            .inspect_err(|e| self.poison(format!("manifest commit failed: {e}")))?;
+        store.commit(&bytes).inspect_err(|e| {
+            // Only a commit whose outcome is unknown stops the database; one that failed
+            // before its rename left the old manifest in force (see `ManifestStore::commit`).
+            if store.is_poisoned() {
+                self.poison(format!("manifest commit failed: {e}"));
+            }
+        })?;
         Ok(())
     }
 
@@ -760,6 +769,7 @@ impl Database {
             flush_ctl: Mutex::new(FlushCtl::default()),
             flush_cv: Condvar::new(),
             damaged_indexes: Mutex::new(Vec::new()),
+            background_failure: Mutex::new(None),
             _lock: lock,
             opts,
         });
@@ -1625,10 +1635,12 @@ fn flush_once(inner: &Inner) -> Result<(), FlushError> {
         let metas: Vec<(u64, SegmentMeta)> =
             new_segments.iter().map(|(p, seg)| (p.collection, seg.meta.clone())).collect();
         let deletes = &plan.deletes;
-        // After a failed commit the new manifest may be durable (the rename may have reached
-        // the disk), so the files it names stay; open removes them if it was not. The database
-        // is poisoned, so the frozen rows stay frozen.
-        inner.commit(&mut store, &st, |b| {
+        // After a commit whose outcome is unknown the new manifest may be durable (the rename
+        // may have reached the disk), so the files it names stay; open removes them if it was
+        // not. The database is poisoned, so the frozen rows stay frozen. A commit that failed
+        // before its rename (a full disk) left the old manifest in force: the new files are
+        // removed and the rows thawed, as after a failed write, and a later flush retries.
+        let committed = inner.commit(&mut store, &st, |b| {
             b.wal_checkpoint = checkpoint;
             for c in &mut b.collections {
                 for (cid, m) in &metas {
@@ -1641,7 +1653,17 @@ fn flush_once(inner: &Inner) -> Result<(), FlushError> {
                     s.deletes = Some(DeleteMeta { file: d.file, count: d.deleted.len() as u64 });
                 }
             }
-        })?;
+        });
+        if let Err(e) = committed {
+            drop(st);
+            if !store.is_poisoned() {
+                for p in &written {
+                    inner.remove_quietly(p);
+                }
+                thaw(inner);
+            }
+            return Err(e.into());
+        }
         st.checkpoint = checkpoint;
         for d in &plan.deletes {
             let c = st.by_id_mut(d.collection).expect("no drop during a flush");
@@ -1767,6 +1789,11 @@ fn wait_for_background(inner: &Inner) -> Result<(), FlushError> {
         if waiting < inner.opts.max_unindexed_segments {
             return Ok(());
         }
+        if let Some(e) = lock(&inner.background_failure).as_ref()
+            && e.is_no_space()
+        {
+            return Err(FlushError::NoSpace(Arc::clone(e)));
+        }
         let waited = started.elapsed();
         // The database is closing: the background thread will not build the indexes.
         if waited >= inner.opts.max_stall || work.shutdown {
@@ -1856,12 +1883,15 @@ fn background_loop(inner: &Arc<Inner>) {
         };
         match background_step(inner) {
             Ok(true) => {
+                *lock(&inner.background_failure) = None;
                 backoff = Duration::from_millis(10);
                 continue;
             }
-            Ok(false) => {}
+            Ok(false) => *lock(&inner.background_failure) = None,
             Err(e) => {
                 tracing::warn!("background work failed (retrying in {backoff:?}): {e}");
+                *lock(&inner.background_failure) = Some(Arc::new(e));
+                inner.work_cv.notify_all(); // a flush waiting on background work re-checks
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;
@@ -1877,9 +1907,17 @@ fn background_loop(inner: &Arc<Inner>) {
     }
 }
 
+/// Maps an error to a [`BackgroundError`] of step `what`.
+fn bg<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> BackgroundError {
+    let what = what.into();
+    move |e| BackgroundError::new(what, e)
+}
+
 /// One unit of background work: a merge if one is due (so small segments are not indexed only
 /// to be merged away), else an index build. Returns whether it did anything.
-fn background_step(inner: &Inner) -> Result<bool, String> {
+fn background_step(inner: &Inner) -> Result<bool, BackgroundError> {
     if inner.poisoned().is_some() {
         return Ok(false);
     }
@@ -1902,7 +1940,7 @@ fn background_step(inner: &Inner) -> Result<bool, String> {
 /// from Parquet (no lock held), commits a manifest that no longer calls the segment indexed,
 /// installs the vectors (the segment is searched exactly from then on), and removes the index
 /// directory. [`index_one`] then rebuilds it like any unindexed segment's.
-fn drop_damaged_index(inner: &Inner) -> Result<bool, String> {
+fn drop_damaged_index(inner: &Inner) -> Result<bool, BackgroundError> {
     let Some((cid, sid, ix)) = lock(&inner.damaged_indexes).pop() else { return Ok(false) };
     let still_current = |st: &State| {
         st.collections.values().find(|c| c.id == cid).and_then(|c| {
@@ -1913,7 +1951,7 @@ fn drop_damaged_index(inner: &Inner) -> Result<bool, String> {
     };
     let Some((file, schema)) = still_current(&inner.read()) else { return Ok(true) };
     let vectors: Arc<[Vectors]> = read_vectors(&file, &schema)
-        .map_err(|e| format!("reading segment {sid:016x} back to replace its index: {e}"))?
+        .map_err(bg(format!("reading segment {sid:016x} back to replace its index")))?
         .into();
     let store = &mut *lock(&inner.manifest);
     if inner.poisoned().is_some() || still_current(&inner.read()).is_none() {
@@ -1929,7 +1967,7 @@ fn drop_damaged_index(inner: &Inner) -> Result<bool, String> {
                     }
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(bg("manifest commit"))?;
     }
     {
         let mut st = inner.write();
@@ -1947,7 +1985,7 @@ fn drop_damaged_index(inner: &Inner) -> Result<bool, String> {
 }
 
 /// Builds the index of the oldest segment that needs one.
-fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
+fn index_one(inner: &Inner) -> Result<Option<bool>, BackgroundError> {
     let Some(idir) = inner.index_dir.clone() else { return Ok(None) };
     let job = {
         let st = inner.read();
@@ -1960,8 +1998,10 @@ fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
     };
     let Some((cid, meta, schema, vectors)) = job else { return Ok(None) };
     let sid = meta.id;
-    let vectors = vectors.ok_or("an unindexed segment without resident vectors")?;
-    let set = Vectors::concat(&vectors).to_vector_set(schema.dim()).map_err(|e| e.to_string())?;
+    let what = format!("index build of segment {sid:016x}");
+    let vectors =
+        vectors.ok_or("an unindexed segment without resident vectors").map_err(bg(what.clone()))?;
+    let set = Vectors::concat(&vectors).to_vector_set(schema.dim()).map_err(bg(what.clone()))?;
     drop(vectors);
     let tmp = idir.join(format!("{}.tmp", index_name(sid)));
     let fin = idir.join(index_name(sid));
@@ -1974,22 +2014,19 @@ fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
         &tmp,
         &|_, _| {},
     )
-    .map_err(|e| format!("index build of segment {sid:016x}: {e}"))
-    .and_then(|_| {
-        index_source::write(&tmp, source_of(&meta))
-            .map_err(|e| format!("index build of segment {sid:016x}: {e}"))
-    });
+    .map_err(bg(what.clone()))
+    .and_then(|_| index_source::write(&tmp, source_of(&meta)).map_err(bg(what.clone())));
     if let Err(e) = built {
         // A failed build (ENOSPC, say) leaves nothing behind.
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
     let _ = std::fs::remove_dir_all(&fin);
-    std::fs::rename(&tmp, &fin).map_err(|e| format!("{}: {e}", fin.display()))?;
+    std::fs::rename(&tmp, &fin).map_err(bg(fin.display().to_string()))?;
     std::fs::File::open(&idir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("{}: {e}", idir.display()))?;
-    let index = DiskIndex::open(&fin, inner.opts.index_open).map_err(|e| e.to_string())?;
+        .map_err(bg(idir.display().to_string()))?;
+    let index = DiskIndex::open(&fin, inner.opts.index_open).map_err(bg(what))?;
     tracing::info!("indexed segment {sid:016x} in {:.1} s", t.elapsed().as_secs_f64());
 
     let mut store = lock(&inner.manifest);
@@ -2016,7 +2053,7 @@ fn index_one(inner: &Inner) -> Result<Option<bool>, String> {
                     }
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(bg("manifest commit"))?;
     }
     let mut st = inner.write();
     let c = st.by_id_mut(cid).expect("checked under the manifest lock");
@@ -2068,7 +2105,7 @@ impl MergeInput {
 
 /// Merges a collection's small segments (and any with many deletions) into one, dropping deleted
 /// rows. Returns whether it merged.
-fn merge_one(inner: &Inner) -> Result<bool, String> {
+fn merge_one(inner: &Inner) -> Result<bool, BackgroundError> {
     // Snapshot: which segments, and which of their rows are live now.
     let job = {
         let st = inner.read();
@@ -2099,7 +2136,7 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
     inputs.sort_by_key(|i| i.whole());
     let new_id = inner.alloc_id();
     let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
-    let build = || -> Result<Segment, String> {
+    let build = || -> Result<Segment, BackgroundError> {
         let mut keys = Vec::new();
         let mut vectors = Vec::new();
         let all: Vec<usize> = (0..arrow.fields().len()).collect();
@@ -2110,38 +2147,34 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
             inner.opts.row_group_rows,
             inner.opts.parquet_zstd_level,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(bg("merge"))?;
         for input in &inputs {
             if input.whole() {
-                w.copy_row_groups(&input.file).map_err(|e| e.to_string())?;
+                w.copy_row_groups(&input.file).map_err(bg("merge"))?;
                 keys.extend(input.keys.iter().cloned());
                 match &input.vectors {
                     Some(v) => vectors.extend(v.iter().cloned()),
-                    None => vectors
-                        .extend(read_vectors(&input.file, &schema).map_err(|e| e.to_string())?),
+                    None => {
+                        vectors.extend(read_vectors(&input.file, &schema).map_err(bg("merge"))?)
+                    }
                 }
                 continue;
             }
             for chunk in input.live.chunks(SCAN_BATCH_ROWS) {
-                for b in input
-                    .file
-                    .read(&all, Some(chunk), SCAN_BATCH_ROWS)
-                    .map_err(|e| e.to_string())?
-                {
+                for b in input.file.read(&all, Some(chunk), SCAN_BATCH_ROWS).map_err(bg("merge"))? {
                     keys.extend(
                         batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)
-                            .map_err(|e| e.to_string())?,
+                            .map_err(bg("merge"))?,
                     );
                     vectors.push(
-                        batch::vectors_of(&schema, b.column(1).as_ref())
-                            .map_err(|e| e.to_string())?,
+                        batch::vectors_of(&schema, b.column(1).as_ref()).map_err(bg("merge"))?,
                     );
-                    w.write(&b).map_err(|e| e.to_string())?;
+                    w.write(&b).map_err(bg("merge"))?;
                 }
             }
         }
-        let sum = w.finish().map_err(|e| e.to_string())?;
-        open_new_segment(inner, &arrow, new_id, sum, keys, vectors).map_err(|e| e.to_string())
+        let sum = w.finish().map_err(bg("merge"))?;
+        open_new_segment(inner, &arrow, new_id, sum, keys, vectors).map_err(bg("merge"))
     };
     let mut seg = match build() {
         Ok(s) => s,
@@ -2151,7 +2184,7 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
         }
     };
     let d = inner.dir.join(SEGMENTS_DIR);
-    inner.vfs.sync_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    inner.vfs.sync_dir(&d).map_err(bg(d.display().to_string()))?;
 
     let mut store = lock(&inner.manifest);
     let abandon = |why: &str| {
@@ -2182,20 +2215,22 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
             }
         }
     }
+    let mut del_path = None;
     let del_meta = if seg.deleted_count > 0 {
         let file = inner.alloc_id();
         let p = inner.path(DELETES_DIR, &delete_name(file));
         if let Err(e) = write_deletes(inner, &p, new_id, seg.meta.rows, &seg.deleted_rows())
-            .map_err(|e| e.to_string())
+            .map_err(bg("merge"))
             .and_then(|()| {
                 let dd = inner.dir.join(DELETES_DIR);
-                inner.vfs.sync_dir(&dd).map_err(|e| format!("{}: {e}", dd.display()))
+                inner.vfs.sync_dir(&dd).map_err(bg(dd.display().to_string()))
             })
         {
             inner.remove_quietly(&p);
             inner.remove_quietly(&path);
             return Err(e);
         }
+        del_path = Some(p);
         Some(DeleteMeta { file, count: seg.deleted_count })
     } else {
         None
@@ -2211,7 +2246,14 @@ fn merge_one(inner: &Inner) -> Result<bool, String> {
             c.segments.push(meta);
             c.segments.sort_by_key(|s| s.id);
         }) {
-            return Err(e.to_string());
+            if !store.is_poisoned() {
+                // The old manifest stands: nothing names the merged files.
+                inner.remove_quietly(&path);
+                if let Some(p) = &del_path {
+                    inner.remove_quietly(p);
+                }
+            }
+            return Err(bg("merge commit")(e));
         }
     }
     // Install: repoint keys, swap segments.
@@ -2277,7 +2319,7 @@ impl Database {
     ///
     /// # Errors
     /// The first failure, as text.
-    pub fn run_background(&self) -> Result<(), String> {
+    pub fn run_background(&self) -> Result<(), BackgroundError> {
         while background_step(&self.inner)? {}
         Ok(())
     }

@@ -139,6 +139,10 @@ pub enum FlushError {
     /// Background work fell behind for longer than [`crate::Options::max_stall`].
     #[error("background work is behind; waited {0:?}")]
     Stalled(Duration),
+    /// The flush must wait for background work (index builds) that cannot proceed because the
+    /// disk is full. Nothing is lost; the work resumes by itself once space is freed.
+    #[error("the disk is full: background work cannot proceed ({0}); free space and retry")]
+    NoSpace(#[source] std::sync::Arc<BackgroundError>),
     /// An earlier failure left the database unable to write until it is reopened.
     #[error("the database can no longer write ({0}); reopen it")]
     Poisoned(String),
@@ -175,4 +179,50 @@ impl From<arrow_schema::ArrowError> for ReadError {
     fn from(e: arrow_schema::ArrowError) -> Self {
         ReadError::Arrow(e.to_string())
     }
+}
+
+/// Why a unit of background work (an index build, a merge, taking a damaged index out of
+/// service) failed. The background thread retries with backoff (from 10 ms to 10 s): a full
+/// disk that is freed again lets the work resume by itself. A failure that leaves the manifest's
+/// state unknown poisons the database as well; then writes fail with `Poisoned`.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct BackgroundError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BackgroundError {
+    /// A failure of `what` (a step, a path) caused by `source`.
+    pub fn new(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        BackgroundError { what: what.into(), source: source.into() }
+    }
+
+    /// Whether the disk was full (ENOSPC, or a quota): work that resumes once space returns.
+    #[must_use]
+    pub fn is_no_space(&self) -> bool {
+        is_no_space(self)
+    }
+}
+
+/// Whether `e`, or any error in its chain of sources, is an I/O error saying the disk (or a
+/// quota) is full.
+#[must_use]
+pub fn is_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && (io.kind() == io::ErrorKind::StorageFull
+                || io.kind() == io::ErrorKind::QuotaExceeded
+                || io.raw_os_error() == Some(28))
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }

@@ -53,7 +53,9 @@ pub use db::{
     CollectionStats, Database, MAX_K, MAX_LIST_SIZE, MAX_SCAN_BATCH_ROWS, PendingWrite,
     SCAN_BATCH_ROWS, Scan, SearchParams,
 };
-pub use error::{CollectionError, FlushError, OpenError, ReadError, WriteError};
+pub use error::{
+    BackgroundError, CollectionError, FlushError, OpenError, ReadError, WriteError, is_no_space,
+};
 pub use options::Options;
 pub use schema::{CollectionSchema, IdType, VectorType};
 

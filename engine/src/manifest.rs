@@ -10,8 +10,10 @@
 //! 4. `fsync` the directory. Only now is the commit durable, and only now may the caller delete what
 //!    the old manifest referenced or truncate the WAL.
 //!
-//! Any I/O error during a commit poisons the store: whether the rename became durable is unknown,
-//! so the caller must reopen (and reload) before committing again.
+//! An I/O error at or after the rename poisons the store: whether the rename became durable is
+//! unknown, so the caller must reopen (and reload) before committing again. An error before it
+//! (creating, writing or syncing the temporary file: a full disk, say) leaves the old manifest in
+//! force; the temporary file is removed and the store stays usable.
 //!
 //! File layout (all integers little-endian):
 //!
@@ -158,6 +160,14 @@ impl ManifestStore {
         Ok((ManifestStore { vfs, dir: dir.to_path_buf(), version, poisoned: false }, current))
     }
 
+    /// Whether a failed commit left the manifest's state unknown (the rename was attempted, or a
+    /// temporary file could not be removed): then nothing may be committed until reopening.
+    /// A commit that failed before that leaves the old manifest in force and the store usable.
+    #[must_use]
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     /// The version of the last committed manifest (0: none yet).
     #[must_use]
     pub fn version(&self) -> u64 {
@@ -177,12 +187,22 @@ impl ManifestStore {
             return Err(ManifestError::TooLarge { len: body.len() });
         }
         let version = self.version + 1;
-        self.poisoned = true; // cleared only if every step succeeds
+        self.poisoned = true; // cleared if the old manifest provably stands, or on success
         let (tmp, path) = (self.dir.join(MANIFEST_TMP), self.dir.join(MANIFEST_FILE));
-        let file = self.vfs.open(&tmp, OpenMode::CreateNew).map_err(io_err(&tmp))?;
-        file.write_all_at(&encode(version, body), 0).map_err(io_err(&tmp))?;
-        file.sync_data().map_err(io_err(&tmp))?;
-        drop(file);
+        let staged = (|| {
+            let file = self.vfs.open(&tmp, OpenMode::CreateNew)?;
+            file.write_all_at(&encode(version, body), 0)?;
+            file.sync_data()
+        })();
+        if let Err(e) = staged {
+            // Before the rename the old manifest stands, whatever the temporary file holds:
+            // once that file is gone, the next commit can start afresh (a full disk need not
+            // stop the database). If it cannot be removed, the store stays poisoned.
+            if self.vfs.remove_file(&tmp).is_ok() || !self.vfs.exists(&tmp).unwrap_or(true) {
+                self.poisoned = false;
+            }
+            return Err(io_err(&tmp)(e));
+        }
         self.vfs.rename(&tmp, &path).map_err(io_err(&path))?;
         self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
         self.poisoned = false;

@@ -122,3 +122,33 @@ fn a_failed_commit_poisons_the_store_until_reopened() {
     assert!(v == 1 || v == 2);
     assert_eq!(s.commit(b"D").unwrap(), v + 1);
 }
+
+#[test]
+fn a_commit_that_fails_before_its_rename_leaves_the_old_manifest_and_the_store_usable() {
+    // A full disk while writing MANIFEST.tmp used to poison the store, so every later flush,
+    // merge and index install failed until the database was reopened, even after space was
+    // freed. Before the rename the old manifest provably stands.
+    for (kind, fault) in [
+        (OpKind::Create, Fault::Enospc),
+        (OpKind::Write, Fault::Enospc),
+        (OpKind::Sync, Fault::Eio),
+    ] {
+        let vfs = fresh();
+        let (mut s, _) = store(&vfs);
+        s.commit(b"A").unwrap();
+        vfs.inject(Some(kind), 0, fault);
+        assert!(matches!(s.commit(b"B"), Err(ManifestError::Io { .. })), "{kind:?}");
+        assert!(!s.is_poisoned(), "{kind:?}: the old manifest stands");
+        assert_eq!(store(&vfs).1.unwrap(), (1, b"A".to_vec()), "{kind:?}");
+        assert_eq!(s.commit(b"C").unwrap(), 2, "{kind:?}: the next commit goes through");
+        assert_eq!(store(&vfs).1.unwrap(), (2, b"C".to_vec()), "{kind:?}");
+    }
+    // If the temporary file cannot be removed, the store stays poisoned.
+    let vfs = fresh();
+    let (mut s, _) = store(&vfs);
+    vfs.inject(Some(OpKind::Write), 0, Fault::Enospc);
+    vfs.inject(Some(OpKind::Remove), 0, Fault::Eio);
+    assert!(s.commit(b"B").is_err());
+    assert!(s.is_poisoned());
+    assert!(matches!(s.commit(b"C"), Err(ManifestError::Poisoned)));
+}

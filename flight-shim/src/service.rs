@@ -125,7 +125,19 @@ fn stalled_status(waited: Duration) -> Status {
     ))
 }
 
+/// A full disk, wherever in an error's chain it shows: the client may retry once space is freed.
+fn no_space_status(e: &(dyn std::error::Error + 'static)) -> Option<Status> {
+    quiver_engine::is_no_space(e).then(|| {
+        Status::resource_exhausted(format!(
+            "the disk is full (ENOSPC): {e}; nothing acknowledged is lost, retry once space is freed"
+        ))
+    })
+}
+
 fn write_status(collection: &str, e: WriteError) -> Status {
+    if let Some(s) = no_space_status(&e) {
+        return s;
+    }
     match e {
         WriteError::NotFound(n) => Status::not_found(format!("no collection named {n:?}")),
         WriteError::Batch(b) => invalid(format!("collection {collection:?}: {b}")),
@@ -136,6 +148,9 @@ fn write_status(collection: &str, e: WriteError) -> Status {
 }
 
 fn flush_status(e: FlushError) -> Status {
+    if let Some(s) = no_space_status(&e) {
+        return s;
+    }
     match e {
         FlushError::Stalled(d) => stalled_status(d),
         FlushError::Poisoned(m) => Status::unavailable(m),
