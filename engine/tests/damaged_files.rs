@@ -326,3 +326,142 @@ fn a_flipped_byte_in_an_index_sector_falls_back_to_exact_search_and_the_index_is
     assert!(self_hits(&db, &model) >= 285);
     assert_eq!(db.stats("c").unwrap().index_failures, 0, "and across a restart");
 }
+
+/// What a damaged file must lead to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    /// Primary data: opening refuses (naming the damage), or opens with every row intact.
+    RefusedOrIntact,
+    /// Derived data (an index): opens with every row intact and heals itself.
+    Healed,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    Deleted,
+    Truncated,
+    Flipped,
+    Swapped,
+}
+
+/// Copies the directory tree `from` to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+fn apply(damage: Damage, path: &Path, sibling: Option<&Path>) -> bool {
+    match damage {
+        Damage::Deleted => std::fs::remove_file(path).unwrap(),
+        Damage::Truncated => {
+            let len = std::fs::metadata(path).unwrap().len();
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            f.set_len(len / 2).unwrap();
+        }
+        Damage::Flipped => {
+            let mut b = std::fs::read(path).unwrap();
+            let at = b.len() / 2;
+            b[at] ^= 0x10;
+            std::fs::write(path, b).unwrap();
+        }
+        Damage::Swapped => {
+            let Some(other) = sibling else { return false };
+            let (a, b) = (std::fs::read(path).unwrap(), std::fs::read(other).unwrap());
+            std::fs::write(path, b).unwrap();
+            std::fs::write(other, a).unwrap();
+        }
+    }
+    true
+}
+
+#[test]
+fn every_file_kind_deleted_truncated_flipped_or_swapped_is_refused_or_healed_never_misread() {
+    let pristine = tempfile::tempdir().unwrap();
+    let opts = || opts().wal_segment_bytes(64 << 10);
+    let mut model = BTreeMap::new();
+    {
+        let db = Database::open(pristine.path(), opts()).unwrap();
+        db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+        put(&db, &mut model, 1, 0..300);
+        db.flush().unwrap();
+        put(&db, &mut model, 2, 300..600);
+        db.flush().unwrap();
+        db.run_background().unwrap();
+        db.delete("c", &arrow_array::UInt64Array::from(vec![3, 4, 400])).unwrap();
+        for id in [3, 4, 400] {
+            model.remove(&id);
+        }
+        db.flush().unwrap();
+        for round in 0..8u64 {
+            put(&db, &mut model, 10 + round, 1000 + round * 200..1200 + round * 200);
+        }
+        assert_eq!(db.stats("c").unwrap().indexed_segments, 2);
+    }
+    let p = pristine.path();
+    let files = |sub: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> =
+            std::fs::read_dir(p.join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+        v.sort();
+        v
+    };
+    let (segments, deletes, wal, indexes) =
+        (files("segments"), files("deletes"), files("wal"), files("indexes"));
+    assert_eq!((segments.len(), deletes.len()), (2, 2));
+    assert!(wal.len() >= 2, "the WAL after the checkpoint spans segments: {wal:?}");
+    let rel = |f: &Path| f.strip_prefix(p).unwrap().to_path_buf();
+    let mut cases: Vec<(PathBuf, Option<PathBuf>, Outcome)> = vec![
+        (PathBuf::from("MANIFEST"), None, Outcome::RefusedOrIntact),
+        (rel(&segments[0]), Some(rel(&segments[1])), Outcome::RefusedOrIntact),
+        (rel(&deletes[1]), Some(rel(&deletes[0])), Outcome::RefusedOrIntact),
+        (rel(&wal[0]), Some(rel(&wal[1])), Outcome::RefusedOrIntact),
+        (rel(&wal[wal.len() - 1]), Some(rel(&wal[wal.len() - 2])), Outcome::RefusedOrIntact),
+    ];
+    for f in ["graph.qvr", "pq_pivots.bin", "pq_codes.bin", "SOURCE"] {
+        cases.push((rel(&indexes[0].join(f)), Some(rel(&indexes[1].join(f))), Outcome::Healed));
+    }
+    let rows: Vec<(u64, Vec<f32>)> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+    for (file, sibling, outcome) in &cases {
+        for damage in [Damage::Deleted, Damage::Truncated, Damage::Flipped, Damage::Swapped] {
+            let case = format!("{} {damage:?}", file.display());
+            let dir = tempfile::tempdir().unwrap();
+            copy_tree(p, dir.path());
+            let sib = sibling.as_ref().map(|s| dir.path().join(s));
+            if !apply(damage, &dir.path().join(file), sib.as_deref()) {
+                continue;
+            }
+            let db = match Database::open(dir.path(), opts()) {
+                Ok(db) => db,
+                Err(e) => {
+                    assert_eq!(*outcome, Outcome::RefusedOrIntact, "{case}: derived data: {e}");
+                    continue;
+                }
+            };
+            let got = scanned(&db);
+            assert!(
+                got == model,
+                "{case}: opened with {} rows, not the {} written",
+                got.len(),
+                model.len()
+            );
+            let q = vector(5, 5, DIM);
+            let params = quiver_engine::SearchParams { k: 10, ..Default::default() };
+            check_exact(Metric::L2, &q, 10, &rows, &db.search("c", &q, &params).unwrap());
+            if *outcome == Outcome::Healed {
+                db.run_background().unwrap();
+                let stats = db.stats("c").unwrap();
+                assert_eq!(stats.indexed_segments, 2, "{case}: rebuilt {stats:?}");
+                let sample: BTreeMap<u64, Vec<f32>> =
+                    model.iter().step_by(20).map(|(k, v)| (*k, v.clone())).collect();
+                assert!(self_hits(&db, &sample) >= sample.len() * 95 / 100, "{case}");
+            }
+        }
+    }
+}

@@ -206,9 +206,58 @@ impl RecordHeader {
     }
 }
 
+/// The first four bytes of a seal ("QSEL").
+pub const SEAL_MAGIC: u32 = u32::from_le_bytes(*b"QSEL");
+/// Bytes in a seal.
+pub const SEAL_LEN: usize = 16;
+
+/// The seal written after a segment's last record once the next segment exists durably:
+///
+/// ```text
+/// 0..4    u32 magic "QSEL"
+/// 4..12   u64 the next segment's first LSN (one past this segment's last record)
+/// 12..16  u32 CRC32C of bytes 0..12
+/// ```
+///
+/// Recovery reads a seal on the newest segment as proof that a newer one existed and is gone
+/// (deleted, not a crash: the seal is written only after the next segment is synced and named
+/// durably), instead of taking the log to end there.
+#[must_use]
+pub fn encode_seal(next_lsn: u64) -> [u8; SEAL_LEN] {
+    let mut b = [0u8; SEAL_LEN];
+    b[0..4].copy_from_slice(&SEAL_MAGIC.to_le_bytes());
+    b[4..12].copy_from_slice(&next_lsn.to_le_bytes());
+    let crc = crc32c::crc32c(&b[0..12]);
+    b[12..16].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The next segment's first LSN if `b` is exactly a valid seal.
+#[must_use]
+pub fn decode_seal(b: &[u8]) -> Option<u64> {
+    if b.len() != SEAL_LEN || b[0..4] != SEAL_MAGIC.to_le_bytes() {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
+    (crc == crc32c::crc32c(&b[0..12]))
+        .then(|| u64::from_le_bytes(b[4..12].try_into().expect("8 bytes")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seals_round_trip_and_reject_any_single_bit_flip() {
+        let s = encode_seal(77);
+        assert_eq!(decode_seal(&s), Some(77));
+        for bit in 0..SEAL_LEN * 8 {
+            let mut b = s;
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(decode_seal(&b), None, "bit {bit}");
+        }
+        assert_eq!(decode_seal(&s[..15]), None);
+    }
 
     #[test]
     fn headers_round_trip_and_reject_any_single_bit_flip() {

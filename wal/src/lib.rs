@@ -1336,6 +1336,10 @@ impl Flusher {
         let opts = &self.shared.opts;
         let (file, path) =
             create_segment(opts.vfs.as_ref(), &self.shared.dir, first_lsn, opts.segment_bytes)?;
+        // Only now that the next segment is durable, the old one says so: recovery then tells
+        // a log whose newest segment was deleted from one that ended here.
+        self.file.write_all_at(&format::encode_seal(first_lsn), self.offset)?;
+        self.file.sync_data()?;
         lock(&self.shared.segments).push(SegmentFile { first_lsn, path });
         self.file = file;
         self.offset = SEGMENT_HEADER_LEN as u64;

@@ -16,12 +16,18 @@
 //! log only ever shortens its active segment at a record boundary (sealing, cutting a torn tail),
 //! so such a file was truncated by something else, and the records at stake may have been
 //! acknowledged. That is reported as [`Damage::Truncated`] and cut only when the caller opts in.
+//!
+//! A sealed segment may end in a seal (see [`crate::format::encode_seal`]) after its last record,
+//! written once the next segment exists durably. On a segment that is not the newest, a seal,
+//! or the remains of one cut short by a crash (at most [`SEAL_LEN`] bytes), is accepted. On the
+//! newest segment a valid seal proves a newer segment existed and is gone: corruption, not the
+//! end of the log.
 
 use std::path::PathBuf;
 
 use crate::format::{
-    RECORD_ALIGN, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader,
-    SegmentHeaderError, decode_segment_header,
+    RECORD_ALIGN, RECORD_HEADER_LEN, RecordHeader, SEAL_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+    SegmentHeaderError, decode_seal, decode_segment_header,
 };
 
 /// The granularity at which a lost write leaves zeros (the smallest sector size in use).
@@ -181,6 +187,32 @@ pub(crate) fn scan_segment(
     let mut expected = first_lsn;
     let mut records = 0u64;
     while off < bytes.len() {
+        let rest = &bytes[off..];
+        if let Some(next) = decode_seal(rest) {
+            if next != expected {
+                return Err(corrupt(
+                    off,
+                    expected,
+                    format!(
+                        "the segment's seal names LSN {next} as next, its records end before {expected}"
+                    ),
+                ));
+            }
+            if is_last {
+                return Err(corrupt(
+                    off,
+                    expected,
+                    format!(
+                        "the segment was sealed after a newer segment (first LSN {expected}) was made durable, and that segment is missing: records from LSN {expected} on are gone"
+                    ),
+                ));
+            }
+            return Ok(SegmentScan::Records { next_lsn: expected, valid_len: off as u64, records });
+        }
+        if !is_last && rest.len() <= SEAL_LEN {
+            // A seal cut short by a crash: the next segment exists, so nothing is at stake.
+            return Ok(SegmentScan::Records { next_lsn: expected, valid_len: off as u64, records });
+        }
         match check_record(bytes, off, expected) {
             Ok(h) => {
                 off += h.span();
@@ -343,5 +375,24 @@ mod tests {
             scan_segment(&whole[..third], 1, true, false),
             Ok(SegmentScan::Records { next_lsn: 3, .. })
         ));
+    }
+
+    #[test]
+    fn a_seal_is_accepted_on_an_older_segment_and_proves_a_newer_one_missing_on_the_newest() {
+        let mut seg = segment(1, &[b"one", b"two"], |lsn| lsn - 1);
+        seg.extend_from_slice(&crate::format::encode_seal(3));
+        let end = seg.len() - SEAL_LEN;
+        let whole = Ok(SegmentScan::Records { next_lsn: 3, valid_len: end as u64, records: 2 });
+        assert_eq!(scan_segment(&seg, 1, false, false), whole);
+        let err = scan_segment(&seg, 1, true, false).unwrap_err();
+        assert_eq!((err.offset, err.lsn), (end as u64, 3), "{:?}", err.damage);
+        // Cut short by a crash while it was written: harmless on an older segment.
+        for cut in 1..SEAL_LEN {
+            assert_eq!(scan_segment(&seg[..end + cut], 1, false, false), whole, "cut {cut}");
+        }
+        // A seal that names another LSN is corruption anywhere.
+        let mut bad = segment(1, &[b"one", b"two"], |lsn| lsn - 1);
+        bad.extend_from_slice(&crate::format::encode_seal(9));
+        assert!(scan_segment(&bad, 1, false, false).is_err());
     }
 }

@@ -108,3 +108,33 @@ fn scanning_repairs_nothing_and_opening_makes_the_repairs_it_reported() {
     assert!(scan.is_new() && scan.next_lsn() == 1);
     assert!(!missing.exists());
 }
+
+#[test]
+fn a_deleted_newest_segment_is_corruption_not_the_end_of_the_log() {
+    // The older segment was sealed once the newer one was durable; without the seal, the log
+    // opened as if it ended there, and every record of the deleted segment was gone unnoticed.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || WalOptions::default().segment_bytes(8192);
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    for i in 0..40u64 {
+        wal.append(1, &payload(i, 1000)).unwrap();
+    }
+    assert!(wal.segment_count() >= 3);
+    wal.close().unwrap();
+    let mut segments: Vec<PathBuf> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    std::fs::remove_file(segments.last().unwrap()).unwrap();
+    match Wal::open(dir.path(), opts()) {
+        Err(OpenError::Corrupt { segment, reason, .. }) => {
+            assert_eq!(&segment, &segments[segments.len() - 2]);
+            assert!(reason.contains("missing"), "{reason}");
+        }
+        other => panic!("a deleted newest segment must be reported, got {other:?}"),
+    }
+    // Deleting every segment but the first: the same.
+    for s in &segments[1..segments.len() - 1] {
+        std::fs::remove_file(s).unwrap();
+    }
+    assert!(matches!(Wal::open(dir.path(), opts()), Err(OpenError::Corrupt { .. })));
+}
