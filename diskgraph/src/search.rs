@@ -242,25 +242,74 @@ impl DiskIndex {
             + self.cache.values().map(|v| v.len() + 16).sum::<usize>()
     }
 
-    /// A searcher for the calling thread.
+    /// A searcher for the calling thread, with a fresh [`SearchState`] (an io_uring ring and
+    /// its registered buffers, for that backend). A caller that searches often keeps states and
+    /// hands them to [`DiskIndex::searcher_with`] instead.
     ///
     /// # Errors
     /// If the io_uring backend was chosen and the ring cannot be created.
     pub fn searcher(&self) -> Result<Searcher<'_>, IndexError> {
-        let io: Box<dyn SectorIo> = match self.backend {
-            Backend::Pread => Box::new(PreadIo::default()),
-            _ => Box::new(
-                UringIo::new(MAX_BEAM_WIDTH as u32)
-                    .map_err(|e| LayoutError::Io { path: self.path.clone(), source: e })?,
-            ),
+        let state = SearchState::new(self.backend)
+            .map_err(|e| LayoutError::Io { path: self.path.clone(), source: e })?;
+        self.searcher_with(state)
+    }
+
+    /// A searcher that uses `state` (from an earlier [`Searcher::into_state`], of this index or
+    /// any other): no ring is created and no buffer allocated when the state's backend is this
+    /// index's.
+    ///
+    /// # Errors
+    /// If the state is of another backend and an io_uring ring cannot be created.
+    pub fn searcher_with(&self, mut state: SearchState) -> Result<Searcher<'_>, IndexError> {
+        let uring = !matches!(self.backend, Backend::Pread);
+        if state.uring != uring {
+            state = SearchState::new(self.backend)
+                .map_err(|e| LayoutError::Io { path: self.path.clone(), source: e })?;
+        }
+        state.table.resize(self.pq.bytes() * CENTROIDS, 0.0);
+        Ok(Searcher { index: self, state })
+    }
+}
+
+/// What a search works with besides the index: the I/O backend (for io_uring, the ring and its
+/// registered buffer slots), the visited sets and scratch space. Creating one costs a ring and a
+/// buffer registration; keeping one per thread and reusing it across searches and indexes
+/// ([`DiskIndex::searcher_with`], [`Searcher::into_state`]) keeps that off the query path.
+pub struct SearchState {
+    uring: bool,
+    io: Box<dyn SectorIo>,
+    /// Positions seen (offered to the candidate list).
+    visited: VisitedSet,
+    /// Positions expanded (their exact distance taken and their neighbours seen).
+    expanded: VisitedSet,
+    /// A cached sector's copy, processed like a read one (verification reassembles in place).
+    cached: Vec<u8>,
+    table: Vec<f32>,
+}
+
+impl std::fmt::Debug for SearchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SearchState({})", if self.uring { "io_uring" } else { "pread" })
+    }
+}
+
+impl SearchState {
+    /// A state for `backend` (`Auto` and `IoUring` make a ring; `Pread` does not).
+    ///
+    /// # Errors
+    /// If an io_uring ring cannot be created.
+    pub fn new(backend: Backend) -> io::Result<SearchState> {
+        let (uring, io): (bool, Box<dyn SectorIo>) = match backend {
+            Backend::Pread => (false, Box::new(PreadIo::default())),
+            _ => (true, Box::new(UringIo::new(MAX_BEAM_WIDTH as u32)?)),
         };
-        Ok(Searcher {
-            index: self,
+        Ok(SearchState {
+            uring,
             io,
             visited: VisitedSet::new(),
             expanded: VisitedSet::new(),
             cached: Vec::new(),
-            table: vec![0.0; self.pq.bytes() * CENTROIDS],
+            table: Vec::new(),
         })
     }
 }
@@ -516,17 +565,10 @@ impl SectorIo for UringIo {
     }
 }
 
-/// A per-thread searcher.
+/// A per-thread searcher: an index and the [`SearchState`] it searches with.
 pub struct Searcher<'a> {
     index: &'a DiskIndex,
-    io: Box<dyn SectorIo>,
-    /// Positions seen (offered to the candidate list).
-    visited: VisitedSet,
-    /// Positions expanded (their exact distance taken and their neighbours seen).
-    expanded: VisitedSet,
-    /// A cached sector's copy, processed like a read one (verification reassembles in place).
-    cached: Vec<u8>,
-    table: Vec<f32>,
+    state: SearchState,
 }
 
 impl std::fmt::Debug for Searcher<'_> {
@@ -565,6 +607,11 @@ pub enum SearchError {
 }
 
 impl Searcher<'_> {
+    /// The state, to reuse for another search of this or another index.
+    pub fn into_state(self) -> SearchState {
+        self.state
+    }
+
     /// Searches for the `params.k` nearest neighbours of `query` (in the input space: `dim` values of
     /// the index's element type, or `f32`).
     ///
@@ -575,6 +622,24 @@ impl Searcher<'_> {
         &mut self,
         query: Row<'_>,
         params: SearchParams,
+    ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
+        self.search_accepting(query, params, &|_| true)
+    }
+
+    /// [`Searcher::search`] whose results are only nodes whose label `accept` takes. The others
+    /// are still walked through: a rejected node (say, a deleted row) is read and expanded like
+    /// any other, so the graph stays connected around it and the walk costs what it would
+    /// without the rejection; it just never enters the result (as FreshDiskANN treats deleted
+    /// points before they are consolidated). With many rejected nodes, a larger list size
+    /// keeps `k` accepted results within reach.
+    ///
+    /// # Errors
+    /// As [`Searcher::search`].
+    pub fn search_accepting(
+        &mut self,
+        query: Row<'_>,
+        params: SearchParams,
+        accept: &dyn Fn(u32) -> bool,
     ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
         let started = Instant::now();
         let ix = self.index;
@@ -618,19 +683,20 @@ impl Searcher<'_> {
                 | (Row::I8(_), crate::data::ElemType::I8, Metric::L2)
         );
         let k = Isa::active();
-        ix.pq.query_table(&qf, &mut self.table);
-        let table = PqTable::new(&self.table, ix.pq.bytes());
+        ix.pq.query_table(&qf, &mut self.state.table);
+        let table = PqTable::new(&self.state.table, ix.pq.bytes());
         let l = params.list_size.max(params.k);
         let mut stats = QueryStats::default();
 
-        self.visited.clear();
+        self.state.visited.clear();
         let width = params.beam_width;
         let spn = h.sectors_per_node();
-        self.io
+        self.state
+            .io
             .prepare(width, spn)
             .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
 
-        self.expanded.clear();
+        self.state.expanded.clear();
         let mut walk = Walk {
             list: Vec::with_capacity(l + 1),
             l,
@@ -642,7 +708,7 @@ impl Searcher<'_> {
             mates_d: Vec::new(),
         };
         let mut pq_out = [0.0f32; 1];
-        self.visited.insert(h.entry);
+        self.state.visited.insert(h.entry);
         k.pq_score_ids(table, &ix.codes, &[h.entry], &mut pq_out);
         stats.pq_distances += 1;
         walk.list.push(Cand { d: pq_out[0], id: h.entry, state: CandState::New });
@@ -653,7 +719,7 @@ impl Searcher<'_> {
         let mut free: Vec<usize> = (0..width).rev().collect();
         // The round trip of the node last expanded: reads issued now end round trip `depth + 1`.
         let mut depth = 0u64;
-        let ctx = Ctx { ix, h, k, table, query, qf: &qf, native };
+        let ctx = Ctx { ix, h, k, table, query, qf: &qf, native, accept };
         loop {
             // Keep `width` reads in flight, each for the nearest candidate not yet taken.
             while !free.is_empty() {
@@ -661,14 +727,22 @@ impl Searcher<'_> {
                 let loc = h.locate(id);
                 if let Some(bytes) = ix.cache.get(&loc.sector) {
                     stats.cache_hits += 1;
-                    self.cached.clear();
-                    self.cached.extend_from_slice(bytes);
-                    let (visited, expanded) = (&mut self.visited, &mut self.expanded);
-                    ctx.process(&mut walk, visited, expanded, &mut stats, id, &mut self.cached)?;
+                    self.state.cached.clear();
+                    self.state.cached.extend_from_slice(bytes);
+                    let (visited, expanded) = (&mut self.state.visited, &mut self.state.expanded);
+                    ctx.process(
+                        &mut walk,
+                        visited,
+                        expanded,
+                        &mut stats,
+                        id,
+                        &mut self.state.cached,
+                    )?;
                     continue;
                 }
                 let slot = free.pop().expect("a free slot");
-                self.io
+                self.state
+                    .io
                     .submit(&ix.file, slot, loc.sector * SECTOR as u64)
                     .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
                 stats.ios += spn as u64;
@@ -678,12 +752,20 @@ impl Searcher<'_> {
             // so the result, must not depend on the device's timing).
             let Some((slot, id, trip)) = flight.pop_front() else { break };
             let buf = self
+                .state
                 .io
                 .wait(&ix.file, slot)
                 .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
             depth = trip;
             stats.hops = stats.hops.max(depth);
-            ctx.process(&mut walk, &mut self.visited, &mut self.expanded, &mut stats, id, buf)?;
+            ctx.process(
+                &mut walk,
+                &mut self.state.visited,
+                &mut self.state.expanded,
+                &mut stats,
+                id,
+                buf,
+            )?;
             free.push(slot);
         }
         let mut exact = walk.exact;
@@ -696,7 +778,8 @@ impl Searcher<'_> {
     }
 }
 
-/// What one search reads with: the index, the query in its forms, and the PQ table.
+/// What one search reads with: the index, the query in its forms, the PQ table, and which
+/// labels may enter the result.
 struct Ctx<'a, 'q> {
     ix: &'a DiskIndex,
     h: Header,
@@ -705,6 +788,7 @@ struct Ctx<'a, 'q> {
     query: Row<'q>,
     qf: &'a [f32],
     native: bool,
+    accept: &'a dyn Fn(u32) -> bool,
 }
 
 impl Ctx<'_, '_> {
@@ -726,9 +810,11 @@ impl Ctx<'_, '_> {
         stats: &mut QueryStats,
         node: &NodeRef<'_>,
     ) {
-        let d = self.exact(node.vector);
-        stats.exact_distances += 1;
-        walk.exact.push(Neighbour { id: node.label, distance: d });
+        if (self.accept)(node.label) {
+            let d = self.exact(node.vector);
+            stats.exact_distances += 1;
+            walk.exact.push(Neighbour { id: node.label, distance: d });
+        }
         walk.fresh.clear();
         walk.fresh.extend(node.neighbours.iter().copied().filter(|&nb| visited.insert(nb)));
         walk.fresh_d.resize(walk.fresh.len(), 0.0);
@@ -776,9 +862,11 @@ impl Ctx<'_, '_> {
                 }
                 MateUse::Exact => {
                     let label = node_label(h, y, bytes).map_err(|e| self.corrupt(y, &e))?;
-                    let d = self.exact(&bytes[..h.dim as usize * h.elem.size()]);
-                    stats.exact_distances += 1;
-                    walk.exact.push(Neighbour { id: label, distance: d });
+                    if (self.accept)(label) {
+                        let d = self.exact(&bytes[..h.dim as usize * h.elem.size()]);
+                        stats.exact_distances += 1;
+                        walk.exact.push(Neighbour { id: label, distance: d });
+                    }
                 }
                 MateUse::InFlight => {}
             }

@@ -303,3 +303,67 @@ fn packed_sectors_save_reads_without_losing_recall_and_old_unpacked_files_still_
         "reads: packed {packed_ios}, unpacked {unpacked_ios}"
     );
 }
+
+/// Deleted rows stay waypoints: a search that rejects half the labels walks the same graph and
+/// returns only accepted labels, with recall over the accepted rows near that of a full search
+/// (the engine once searched for k + deleted_count results instead, so its cost grew with the
+/// number of deletions).
+#[test]
+fn rejected_labels_are_walked_through_but_never_returned() {
+    let (dir, queries) = bigann_index();
+    let base = read_vectors(&fixture("base.u8bin")).unwrap();
+    let ix = open(dir.path(), Backend::Pread, 0);
+    let mut s = ix.searcher().unwrap();
+    let p = SearchParams { k: 10, list_size: 80, beam_width: 4 };
+    for (name, keep) in [("10%", 10u32), ("50%", 2)] {
+        let accept = |label: u32| !label.is_multiple_of(keep);
+        let (mut hits, mut total, mut ios) = (0usize, 0usize, 0u64);
+        for qi in 0..200 {
+            let (got, st) = s.search_accepting(queries.row(qi), p, &accept).unwrap();
+            assert_eq!(got.len(), 10, "{name} query {qi}");
+            assert!(got.iter().all(|n| accept(n.id)), "{name} query {qi}: a rejected label");
+            // Brute force over the accepted rows.
+            let q = queries.row(qi).to_f32();
+            let mut all: Vec<(f32, u32)> = (0..base.len() as u32)
+                .filter(|&i| accept(i))
+                .map(|i| {
+                    let x = base.row(i as usize).to_f32();
+                    (q.iter().zip(&x).map(|(a, b)| (a - b) * (a - b)).sum(), i)
+                })
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0));
+            hits += got.iter().filter(|n| n.distance <= all[9].0).count().min(10);
+            total += 10;
+            ios += st.ios;
+        }
+        let recall = hits as f64 / total as f64;
+        assert!(recall >= 0.93, "{name} rejected: recall@10 over the accepted rows {recall}");
+        assert!(ios > 0);
+    }
+}
+
+/// A search state carries the ring and buffers from one index to another: results equal those of
+/// fresh searchers, whichever index the state last served.
+#[test]
+fn a_reused_search_state_gives_the_results_of_a_fresh_searcher() {
+    let (dir, queries) = bigann_index();
+    let small = tempfile::tempdir().unwrap();
+    let set = VectorSet::from_f32(16, &synthetic(500, 16, 9)).unwrap();
+    build_index(set, Metric::L2, &params(16, 32, 8), small.path(), &|_, _| {}).unwrap();
+    let big = open(dir.path(), Backend::IoUring, 0);
+    let other = open(small.path(), Backend::IoUring, 0);
+    let p = SearchParams { k: 10, list_size: 40, beam_width: 4 };
+    let mut state = Some(big.searcher().unwrap().into_state());
+    for qi in 0..30 {
+        let fresh = big.searcher().unwrap().search(queries.row(qi), p).unwrap();
+        let mut s = big.searcher_with(state.take().unwrap()).unwrap();
+        let (got, stats) = s.search(queries.row(qi), p).unwrap();
+        assert_eq!((got, stats.ios), (fresh.0, fresh.1.ios), "query {qi}");
+        // The same state through the other index (another dimension and PQ table size).
+        let q2 = vec![0.25f32; 16];
+        let want = other.searcher().unwrap().search(Row::F32(&q2), p).unwrap();
+        let mut s2 = other.searcher_with(s.into_state()).unwrap();
+        assert_eq!(s2.search(Row::F32(&q2), p).unwrap().0, want.0);
+        state = Some(s2.into_state());
+    }
+}

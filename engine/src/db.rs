@@ -21,7 +21,7 @@ use quiver_wal::{Lsn, Wal, WalOptions};
 
 use crate::batch::{self, Key, Prepared, Vectors, kind};
 use crate::diskgraph::data::{Metric, Row, distance_active};
-use crate::diskgraph::search::DiskIndex;
+use crate::diskgraph::search::{DiskIndex, SearchState, Searcher};
 use crate::error::{
     BackgroundError, CollectionError, FlushError, OpenError, ReadError, WriteError,
 };
@@ -434,11 +434,20 @@ struct Inner {
     /// Indexes found damaged by a search: (collection id, segment id, the index), for the
     /// background worker to drop (the segment is searched exactly) and rebuild.
     damaged_indexes: Mutex<Vec<(u64, u64, Arc<DiskIndex>)>>,
+    /// Search states (io_uring rings with registered buffers, visited sets) kept for reuse, so a
+    /// query does not create a ring per segment; at most [`MAX_POOLED_SEARCH_STATES`].
+    search_states: Mutex<Vec<SearchState>>,
+    /// When the last write was applied (for [`Options::idle_flush`]).
+    last_write: Mutex<Instant>,
     /// The background worker's last failure, until a unit of work succeeds: a flush waiting
     /// for index builds that fail for lack of space reports that instead of stalling.
     background_failure: Mutex<Option<Arc<BackgroundError>>>,
     _lock: Option<DirLock>,
 }
+
+/// Search states kept for reuse: one per concurrent segment search, up to this many (each holds
+/// an io_uring ring and 64 registered 4 KiB buffer slots, about 300 KiB).
+const MAX_POOLED_SEARCH_STATES: usize = 64;
 
 /// WAL payload buffers kept for reuse, and the largest kept: inserts encode their batch into
 /// one, which the WAL takes over, so a stream of multi-MB batches does not fault in fresh memory
@@ -500,6 +509,24 @@ impl Inner {
             }
             drop(queue);
             self.notify_work();
+        }
+    }
+
+    /// A searcher of `ix` with a pooled search state (a new one if none is free).
+    fn searcher<'a>(&self, ix: &'a DiskIndex) -> Result<Searcher<'a>, ReadError> {
+        let pooled = lock(&self.search_states).pop();
+        match pooled {
+            Some(state) => ix.searcher_with(state),
+            None => ix.searcher(),
+        }
+        .map_err(|e| ReadError::Index(e.to_string()))
+    }
+
+    /// Returns a search state to the pool (dropped if the pool is full).
+    fn return_search_state(&self, state: SearchState) {
+        let mut pool = lock(&self.search_states);
+        if pool.len() < MAX_POOLED_SEARCH_STATES {
+            pool.push(state);
         }
     }
 
@@ -770,6 +797,8 @@ impl Database {
             flush_cv: Condvar::new(),
             damaged_indexes: Mutex::new(Vec::new()),
             background_failure: Mutex::new(None),
+            search_states: Mutex::new(Vec::new()),
+            last_write: Mutex::new(Instant::now()),
             _lock: lock,
             opts,
         });
@@ -1388,6 +1417,8 @@ fn finish_write(inner: &Inner, pending: quiver_wal::Pending) -> Result<u64, Writ
                     st.apply(op);
                 }
             }
+            drop(order);
+            *lock(&inner.last_write) = Instant::now();
             Ok(lsn)
         }
         Err(e) => {
@@ -1509,7 +1540,12 @@ fn flush_loop(inner: &Arc<Inner>) {
             }
             let due = {
                 let st = inner.read();
-                st.mem_bytes - st.frozen_bytes >= inner.opts.memtable_bytes
+                let unfrozen = st.mem_bytes - st.frozen_bytes;
+                let quiet = inner
+                    .opts
+                    .idle_flush
+                    .is_some_and(|after| lock(&inner.last_write).elapsed() >= after);
+                unfrozen >= inner.opts.memtable_bytes || (unfrozen > 0 && quiet)
             };
             if !due {
                 drop(
@@ -2346,7 +2382,31 @@ impl Database {
         }
     }
 
-    /// Whether background work is pending: a segment awaits its index or a merge.
+    /// Whether some acknowledged row is not yet where searches reach it through a disk index:
+    /// rows still in the in-memory table, or segments awaiting an index or a merge. (Segments
+    /// below [`Options::min_index_rows`] are searched exactly by design and do not count.)
+    pub fn indexing_pending(&self) -> bool {
+        let in_memory = self.inner.read().collections.values().any(|c| c.mem.live_count > 0);
+        in_memory || self.background_pending()
+    }
+
+    /// Waits until every acknowledged row is reachable through a disk index (or sits in a
+    /// segment too small for one): flushes the in-memory table, then waits for index builds and
+    /// merges, up to `timeout`. Returns whether that was reached; a write arriving meanwhile
+    /// lands in the in-memory table again, so the answer is for the rows written before.
+    ///
+    /// # Errors
+    /// [`FlushError`] if the flush fails.
+    pub fn wait_indexed(&self, timeout: Duration) -> Result<bool, FlushError> {
+        let started = Instant::now();
+        if self.inner.read().collections.values().any(|c| c.mem.live_count > 0) {
+            self.flush()?;
+        }
+        Ok(self.wait_idle(timeout.saturating_sub(started.elapsed())))
+    }
+
+    /// Whether background work is pending: a segment awaits its index or a merge, or an index
+    /// found damaged awaits its replacement.
     pub fn background_pending(&self) -> bool {
         let inner = &*self.inner;
         if !lock(&inner.damaged_indexes).is_empty() {
@@ -2598,24 +2658,29 @@ impl Database {
             let id = s.meta.id;
             match (&s.index, &s.vectors) {
                 (Some(ix), _) if !params.exact => {
-                    let want = (params.k + s.deleted_count as usize).min(s.meta.rows as usize);
+                    // Deleted rows are waypoints: walked through, never returned, so a
+                    // segment's deletions cost no wider search.
                     let sp = crate::diskgraph::search::SearchParams {
-                        k: want,
-                        list_size: params.list_size.max(want),
+                        k: params.k,
+                        list_size: params.list_size.max(params.k),
                         beam_width: params.beam_width,
                     };
-                    let mut searcher =
-                        ix.searcher().map_err(|e| ReadError::Index(e.to_string()))?;
-                    match searcher.search(raw.row(c.schema.vector_type().search_elem()), sp) {
+                    let live = |label: u32| !s.deleted[label as usize];
+                    let mut searcher = self.inner.searcher(ix)?;
+                    let found = searcher.search_accepting(
+                        raw.row(c.schema.vector_type().search_elem()),
+                        sp,
+                        &live,
+                    );
+                    self.inner.return_search_state(searcher.into_state());
+                    match found {
                         Ok((found, _)) => {
                             for n in found {
-                                if !s.deleted[n.id as usize] {
-                                    top.push(Cand {
-                                        d: n.distance,
-                                        key: s.keys[n.id as usize].clone(),
-                                        loc: Loc::Seg(id, n.id),
-                                    });
-                                }
+                                top.push(Cand {
+                                    d: n.distance,
+                                    key: s.keys[n.id as usize].clone(),
+                                    loc: Loc::Seg(id, n.id),
+                                });
                             }
                         }
                         Err(crate::diskgraph::search::SearchError::Layout(e)) => {

@@ -31,6 +31,7 @@ pub struct Options {
     pub(crate) max_batch_rows: usize,
     pub(crate) background: bool,
     pub(crate) cut_truncated_wal: bool,
+    pub(crate) idle_flush: Option<Duration>,
 }
 
 impl Default for Options {
@@ -54,6 +55,7 @@ impl Default for Options {
             max_batch_rows: 1 << 20,
             background: true,
             cut_truncated_wal: false,
+            idle_flush: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -205,6 +207,17 @@ impl Options {
     #[must_use]
     pub fn cut_truncated_wal(mut self, cut: bool) -> Self {
         self.cut_truncated_wal = cut;
+        self
+    }
+
+    /// Flush the in-memory table once no write has arrived for this long, so rows reach a
+    /// Parquet segment (and, above `min_index_rows`, a disk index) without waiting for the
+    /// table to fill: a collection that stops growing becomes fully indexed. Default 5 s;
+    /// `None` flushes only when the table is full (or on [`crate::Database::flush`]). Needs the
+    /// background threads.
+    #[must_use]
+    pub fn idle_flush(mut self, after: Option<Duration>) -> Self {
+        self.idle_flush = after;
         self
     }
 }

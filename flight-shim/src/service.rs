@@ -742,9 +742,12 @@ pub const ACTIONS: &[(&[&str], &str)] = &[
     ),
     (
         &["check_readiness"],
-        "{\"status\": READY|BUSY|NOT_FOUND}: BUSY while segments await an index or a merge.",
+        "{\"status\": READY|BUSY|NOT_FOUND}: BUSY while rows are in memory or segments await an index or a merge.",
     ),
-    (&["wait-for-indexing"], "Wait until background indexing and merging are done."),
+    (
+        &["wait-for-indexing"],
+        "Flush the in-memory rows, then wait until background indexing and merging are done.",
+    ),
 ];
 
 fn canonical_action(name: &str) -> Option<&'static str> {
@@ -972,15 +975,16 @@ fn run_action(
                 Some(n) if db.schema(&n).is_err() => {
                     json!({"status": "NOT_FOUND", "reason": format!("no collection named {n:?}")})
                 }
-                _ if db.background_pending() => {
-                    json!({"status": "BUSY", "reason": "segments await an index or a merge"})
-                }
+                _ if db.indexing_pending() => json!({
+                    "status": "BUSY",
+                    "reason": "rows are in memory, or segments await an index or a merge"
+                }),
                 _ => json!({"status": "READY"}),
             };
             json_body(v)
         }
         "wait-for-indexing" => {
-            let idle = db.wait_idle(cfg.max_index_wait);
+            let idle = db.wait_indexed(cfg.max_index_wait).map_err(flush_status)?;
             json_body(json!({"status": if idle { "complete" } else { "timeout" }}))
         }
         other => Err(Status::internal(format!("action {other} has no handler"))),
