@@ -259,7 +259,9 @@ struct Segment {
     file: SegmentFile,
     /// The key of every row (deleted ones too); shared so merges take them without a copy.
     keys: Arc<[Key]>,
-    deleted: Vec<bool>,
+    /// Copy on write: reads keep the bitmap they started with (an `Arc` clone) while a delete
+    /// changes a copy.
+    deleted: Arc<Vec<bool>>,
     deleted_count: u64,
     /// Deletions not yet in a deletion file (they are in the WAL).
     dirty: bool,
@@ -273,7 +275,7 @@ impl Segment {
     fn kill(&mut self, row: u32) {
         let r = row as usize;
         assert!(!self.deleted[r], "segment {} row {row} deleted twice", self.meta.id);
-        self.deleted[r] = true;
+        Arc::make_mut(&mut self.deleted)[r] = true;
         self.deleted_count += 1;
         self.dirty = true;
     }
@@ -300,7 +302,7 @@ struct Collection {
     keys: KeyMap,
     /// Index searches that failed since open (each fell back to an exact search of its
     /// segment's Parquet file, and the index was queued for a rebuild if damaged).
-    index_failures: AtomicU64,
+    index_failures: Arc<AtomicU64>,
 }
 
 impl Collection {
@@ -489,8 +491,8 @@ impl Inner {
     /// only counted, as it may pass.
     fn index_failed(
         &self,
-        c: &Collection,
-        s: &Segment,
+        c: &CollectionView,
+        s: &SegmentView,
         ix: &Arc<DiskIndex>,
         e: &crate::diskgraph::layout::LayoutError,
     ) {
@@ -498,14 +500,14 @@ impl Inner {
         let damaged = matches!(e, crate::diskgraph::layout::LayoutError::Corrupt { .. });
         tracing::error!(
             collection = %c.name,
-            segment = format!("{:016x}", s.meta.id),
+            segment = format!("{:016x}", s.id),
             "disk index failed ({e}); searching the segment from its Parquet file{}",
             if damaged { " and rebuilding the index" } else { "" }
         );
         if damaged {
             let mut queue = lock(&self.damaged_indexes);
             if !queue.iter().any(|(_, _, q)| Arc::ptr_eq(q, ix)) {
-                queue.push((c.id, s.meta.id, Arc::clone(ix)));
+                queue.push((c.id, s.id, Arc::clone(ix)));
             }
             drop(queue);
             self.notify_work();
@@ -540,13 +542,17 @@ impl Inner {
     }
 
     /// Commits the state's body (plus `edit`) under the held manifest lock.
+    /// Commits the manifest: the state's body with `edit` applied. The body is taken under a
+    /// brief read lock, and the commit's writes and syncs run with no state lock held, so
+    /// readers and writers go on meanwhile. The caller holds the manifest lock (`store`), and
+    /// every change to what a body lists (segments, deletion files, collections, checkpoint)
+    /// is made under it, so the body cannot go stale before the commit.
     fn commit(
         &self,
         store: &mut ManifestStore,
-        st: &State,
         edit: impl FnOnce(&mut Body),
     ) -> Result<(), ManifestError> {
-        let mut body = st.body(self.next_id.load(Ordering::SeqCst));
+        let mut body = self.read().body(self.next_id.load(Ordering::SeqCst));
         edit(&mut body);
         let bytes = serde_json::to_vec(&body).expect("the manifest body serialises");
         store.commit(&bytes).inspect_err(|e| {
@@ -838,7 +844,7 @@ fn load_collection(
         mem: Memtable::default(),
         segments: Vec::new(),
         keys: KeyMap::default(),
-        index_failures: AtomicU64::new(0),
+        index_failures: Arc::new(AtomicU64::new(0)),
     };
     let mut last = None;
     for sm in &cm.segments {
@@ -954,7 +960,7 @@ fn load_segment(
         meta,
         file,
         keys: keys.into(),
-        deleted,
+        deleted: Arc::new(deleted),
         deleted_count,
         dirty: false,
         vectors,
@@ -1142,10 +1148,7 @@ impl Database {
             schema: (*schema).clone(),
             segments: Vec::new(),
         };
-        {
-            let st = inner.read();
-            inner.commit(&mut store, &st, |b| b.collections.push(meta))?;
-        }
+        inner.commit(&mut store, |b| b.collections.push(meta))?;
         inner.write().collections.insert(
             name.to_string(),
             Collection {
@@ -1156,7 +1159,7 @@ impl Database {
                 mem: Memtable::default(),
                 segments: Vec::new(),
                 keys: KeyMap::default(),
-                index_failures: AtomicU64::new(0),
+                index_failures: Arc::new(AtomicU64::new(0)),
             },
         );
         Ok(())
@@ -1172,13 +1175,10 @@ impl Database {
             return Err(CollectionError::Poisoned(p));
         }
         let mut store = lock(&inner.manifest);
-        {
-            let st = inner.read();
-            if !st.collections.contains_key(name) {
-                return Err(CollectionError::NotFound(name.to_string()));
-            }
-            inner.commit(&mut store, &st, |b| b.collections.retain(|c| c.name != name))?;
+        if !inner.read().collections.contains_key(name) {
+            return Err(CollectionError::NotFound(name.to_string()));
         }
+        inner.commit(&mut store, |b| b.collections.retain(|c| c.name != name))?;
         let c = {
             let mut st = inner.write();
             let c = st.collections.remove(name).expect("checked above");
@@ -1664,42 +1664,42 @@ fn flush_once(inner: &Inner) -> Result<(), FlushError> {
         return Err(e);
     }
 
-    // 3. Commit and install.
+    // 3. Commit (no state lock held: readers and writers go on during the manifest's syncs),
+    // then install under the write lock.
+    let metas: Vec<(u64, SegmentMeta)> =
+        new_segments.iter().map(|(p, seg)| (p.collection, seg.meta.clone())).collect();
+    let deletes = &plan.deletes;
+    // After a commit whose outcome is unknown the new manifest may be durable (the rename
+    // may have reached the disk), so the files it names stay; open removes them if it was
+    // not. The database is poisoned, so the frozen rows stay frozen. A commit that failed
+    // before its rename (a full disk) left the old manifest in force: the new files are
+    // removed and the rows thawed, as after a failed write, and a later flush retries.
+    let committed = inner.commit(&mut store, |b| {
+        b.wal_checkpoint = checkpoint;
+        for c in &mut b.collections {
+            for (cid, m) in &metas {
+                if *cid == c.id {
+                    c.segments.push(m.clone());
+                }
+            }
+            for d in deletes.iter().filter(|d| d.collection == c.id) {
+                let s = c.segments.iter_mut().find(|s| s.id == d.segment).expect("segment");
+                s.deletes = Some(DeleteMeta { file: d.file, count: d.deleted.len() as u64 });
+            }
+        }
+    });
+    if let Err(e) = committed {
+        if !store.is_poisoned() {
+            for p in &written {
+                inner.remove_quietly(p);
+            }
+            thaw(inner);
+        }
+        return Err(e.into());
+    }
     let mut obsolete = Vec::new();
     {
         let mut st = inner.write();
-        let metas: Vec<(u64, SegmentMeta)> =
-            new_segments.iter().map(|(p, seg)| (p.collection, seg.meta.clone())).collect();
-        let deletes = &plan.deletes;
-        // After a commit whose outcome is unknown the new manifest may be durable (the rename
-        // may have reached the disk), so the files it names stay; open removes them if it was
-        // not. The database is poisoned, so the frozen rows stay frozen. A commit that failed
-        // before its rename (a full disk) left the old manifest in force: the new files are
-        // removed and the rows thawed, as after a failed write, and a later flush retries.
-        let committed = inner.commit(&mut store, &st, |b| {
-            b.wal_checkpoint = checkpoint;
-            for c in &mut b.collections {
-                for (cid, m) in &metas {
-                    if *cid == c.id {
-                        c.segments.push(m.clone());
-                    }
-                }
-                for d in deletes.iter().filter(|d| d.collection == c.id) {
-                    let s = c.segments.iter_mut().find(|s| s.id == d.segment).expect("segment");
-                    s.deletes = Some(DeleteMeta { file: d.file, count: d.deleted.len() as u64 });
-                }
-            }
-        });
-        if let Err(e) = committed {
-            drop(st);
-            if !store.is_poisoned() {
-                for p in &written {
-                    inner.remove_quietly(p);
-                }
-                thaw(inner);
-            }
-            return Err(e.into());
-        }
         st.checkpoint = checkpoint;
         for d in &plan.deletes {
             let c = st.by_id_mut(d.collection).expect("no drop during a flush");
@@ -1894,7 +1894,7 @@ fn open_new_segment(
     Ok(Segment {
         meta: SegmentMeta { id, rows, bytes: sum.len, crc: sum.crc, deletes: None, indexed: false },
         file,
-        deleted: vec![false; keys.len()],
+        deleted: Arc::new(vec![false; keys.len()]),
         keys: keys.into(),
         deleted_count: 0,
         dirty: false,
@@ -1993,18 +1993,15 @@ fn drop_damaged_index(inner: &Inner) -> Result<bool, BackgroundError> {
     if inner.poisoned().is_some() || still_current(&inner.read()).is_none() {
         return Ok(true); // merged away or dropped meanwhile: its index went with it
     }
-    {
-        let st = inner.read();
-        inner
-            .commit(store, &st, |b| {
-                for c in b.collections.iter_mut().filter(|c| c.id == cid) {
-                    for s in c.segments.iter_mut().filter(|s| s.id == sid) {
-                        s.indexed = false;
-                    }
+    inner
+        .commit(store, |b| {
+            for c in b.collections.iter_mut().filter(|c| c.id == cid) {
+                for s in c.segments.iter_mut().filter(|s| s.id == sid) {
+                    s.indexed = false;
                 }
-            })
-            .map_err(bg("manifest commit"))?;
-    }
+            }
+        })
+        .map_err(bg("manifest commit"))?;
     {
         let mut st = inner.write();
         let c = st.by_id_mut(cid).expect("checked under the manifest lock");
@@ -2079,18 +2076,15 @@ fn index_one(inner: &Inner) -> Result<Option<bool>, BackgroundError> {
         inner.remove_index_dir(sid);
         return Ok(Some(true));
     }
-    {
-        let st = inner.read();
-        inner
-            .commit(&mut store, &st, |b| {
-                for c in b.collections.iter_mut().filter(|c| c.id == cid) {
-                    for s in c.segments.iter_mut().filter(|s| s.id == sid) {
-                        s.indexed = true;
-                    }
+    inner
+        .commit(&mut store, |b| {
+            for c in b.collections.iter_mut().filter(|c| c.id == cid) {
+                for s in c.segments.iter_mut().filter(|s| s.id == sid) {
+                    s.indexed = true;
                 }
-            })
-            .map_err(bg("manifest commit"))?;
-    }
+            }
+        })
+        .map_err(bg("manifest commit"))?;
     let mut st = inner.write();
     let c = st.by_id_mut(cid).expect("checked under the manifest lock");
     let s = c.segment_mut(sid);
@@ -2274,9 +2268,8 @@ fn merge_one(inner: &Inner) -> Result<bool, BackgroundError> {
     seg.meta.deletes = del_meta;
     seg.dirty = false;
     {
-        let st = inner.read();
         let meta = seg.meta.clone();
-        if let Err(e) = inner.commit(&mut store, &st, |b| {
+        if let Err(e) = inner.commit(&mut store, |b| {
             let c = b.collections.iter_mut().find(|c| c.id == cid).expect("checked");
             c.segments.retain(|s| !input_ids.contains(&s.id));
             c.segments.push(meta);
@@ -2444,7 +2437,109 @@ impl Drop for Database {
 struct Cand {
     d: f32,
     key: Key,
-    loc: Loc,
+    loc: Hit,
+}
+
+/// A row a read returns, resolved while the state lock was held: a flush renumbers in-memory
+/// rows, so they are named by their batch instead, whose `RecordBatch` the read keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hit {
+    /// Row `1` of in-memory batch `0`.
+    Mem(u32, u32),
+    /// Row `1` of segment `0`.
+    Seg(u64, u32),
+}
+
+/// What a read needs of a segment, taken under the state lock and used after it is released
+/// (no lock is held across a read's I/O). The segment's file stays readable through its open
+/// handle even if a merge removes it meanwhile.
+#[derive(Clone)]
+struct SegmentView {
+    id: u64,
+    file: SegmentFile,
+    keys: Arc<[Key]>,
+    deleted: Arc<Vec<bool>>,
+    vectors: Option<Arc<[Vectors]>>,
+    index: Option<Arc<DiskIndex>>,
+}
+
+impl Segment {
+    fn view(&self) -> SegmentView {
+        SegmentView {
+            id: self.meta.id,
+            file: self.file.clone(),
+            keys: Arc::clone(&self.keys),
+            deleted: Arc::clone(&self.deleted),
+            vectors: self.vectors.clone(),
+            index: self.index.clone(),
+        }
+    }
+}
+
+/// What a read needs of a collection, taken under the state lock.
+struct CollectionView {
+    id: u64,
+    name: String,
+    schema: Arc<CollectionSchema>,
+    arrow: SchemaRef,
+    index_failures: Arc<AtomicU64>,
+}
+
+impl Collection {
+    fn view(&self) -> CollectionView {
+        CollectionView {
+            id: self.id,
+            name: self.name.clone(),
+            schema: Arc::clone(&self.schema),
+            arrow: Arc::clone(&self.arrow),
+            index_failures: Arc::clone(&self.index_failures),
+        }
+    }
+
+    /// Where the rows at `locs` are, for a read that releases the lock: in-memory rows by batch
+    /// (with those batches), segment rows by segment (with views of those segments).
+    fn resolve(&self, locs: &[Loc]) -> (Vec<Hit>, ReadSources) {
+        let hits: Vec<Hit> = locs
+            .iter()
+            .map(|l| match *l {
+                Loc::Mem(r) => {
+                    let (b, i) = self.mem.locs[r as usize];
+                    Hit::Mem(b, i)
+                }
+                Loc::Seg(sid, r) => Hit::Seg(sid, r),
+            })
+            .collect();
+        let sources = self.sources_of(&hits);
+        (hits, sources)
+    }
+
+    /// The in-memory batches and segment files `hits` name.
+    fn sources_of(&self, hits: &[Hit]) -> ReadSources {
+        let mut sources = ReadSources::default();
+        for h in hits {
+            match *h {
+                Hit::Mem(b, _) => {
+                    sources
+                        .batches
+                        .entry(b)
+                        .or_insert_with(|| self.mem.batches[b as usize].clone());
+                }
+                Hit::Seg(sid, _) => {
+                    sources.files.entry(sid).or_insert_with(|| {
+                        self.segment(sid).expect("a live row's segment exists").file.clone()
+                    });
+                }
+            }
+        }
+        sources
+    }
+}
+
+/// The in-memory batches and segment files a read takes rows from, kept past the lock.
+#[derive(Default)]
+struct ReadSources {
+    batches: HashMap<u32, RecordBatch>,
+    files: HashMap<u64, SegmentFile>,
 }
 
 impl PartialEq for Cand {
@@ -2496,7 +2591,7 @@ impl TopK {
         base: usize,
         keys: &[Key],
         live: impl Fn(usize) -> bool,
-        loc: impl Fn(u32) -> Loc,
+        loc: impl Fn(u32) -> Hit,
         scratch: &mut Vec<f32>,
     ) {
         for i in 0..v.values() / dim {
@@ -2516,19 +2611,19 @@ impl TopK {
 /// Offers every live row of segment `s` to `top`, reading its vectors from the Parquet file:
 /// the exhaustive search of an indexed segment, and the fallback when its index fails.
 fn offer_segment_file(
-    c: &Collection,
-    s: &Segment,
+    c: &CollectionView,
+    s: &SegmentView,
     metric: Metric,
     q: &Query,
     top: &mut TopK,
     scratch: &mut Vec<f32>,
 ) -> Result<(), ReadError> {
-    let id = s.meta.id;
+    let id = s.id;
     let mut base = 0usize;
     for b in s.file.read(&[1], None, 65_536)? {
         let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
         let live = |r: usize| !s.deleted[r];
-        let loc = |r: u32| Loc::Seg(id, r);
+        let loc = |r: u32| Hit::Seg(id, r);
         top.offer_exact(metric, q, &v, c.schema.dim(), base, &s.keys, live, loc, scratch);
         base += b.num_rows();
     }
@@ -2603,6 +2698,8 @@ impl Database {
                 params.list_size, params.beam_width
             )));
         }
+        // Under the state lock: validation, the in-memory rows (no I/O), and views of the
+        // segments. Then the segments' searches and the result's reads, with no lock held.
         let st = self.inner.read();
         let c = st
             .collections
@@ -2649,13 +2746,22 @@ impl Database {
                 base,
                 &mem.keys,
                 |r| mem.live[r],
-                Loc::Mem,
+                |r| {
+                    let (b, i) = mem.locs[r as usize];
+                    Hit::Mem(b, i)
+                },
                 &mut scratch,
             );
             base += v.values() / dim;
         }
-        for s in &c.segments {
-            let id = s.meta.id;
+        let in_memory: Vec<Hit> = top.heap.iter().map(|c| c.loc).collect();
+        let mut sources = c.sources_of(&in_memory);
+        let segments: Vec<SegmentView> = c.segments.iter().map(Segment::view).collect();
+        let c = c.view();
+        drop(st);
+
+        for s in &segments {
+            let id = s.id;
             match (&s.index, &s.vectors) {
                 (Some(ix), _) if !params.exact => {
                     // Deleted rows are waypoints: walked through, never returned, so a
@@ -2679,22 +2785,22 @@ impl Database {
                                 top.push(Cand {
                                     d: n.distance,
                                     key: s.keys[n.id as usize].clone(),
-                                    loc: Loc::Seg(id, n.id),
+                                    loc: Hit::Seg(id, n.id),
                                 });
                             }
                         }
                         Err(crate::diskgraph::search::SearchError::Layout(e)) => {
                             // The index is derived data: answer from the segment's Parquet
                             // file (correct, slower) and have a damaged index rebuilt.
-                            self.inner.index_failed(c, s, ix, &e);
-                            offer_segment_file(c, s, metric, &q, &mut top, &mut scratch)?;
+                            self.inner.index_failed(&c, s, ix, &e);
+                            offer_segment_file(&c, s, metric, &q, &mut top, &mut scratch)?;
                         }
                         Err(e) => return Err(ReadError::Index(e.to_string())),
                     }
                 }
                 (_, Some(chunks)) => {
                     let live = |r: usize| !s.deleted[r];
-                    let loc = |r: u32| Loc::Seg(id, r);
+                    let loc = |r: u32| Hit::Seg(id, r);
                     let mut base = 0;
                     for v in chunks.iter() {
                         top.offer_exact(metric, &q, v, dim, base, &s.keys, live, loc, &mut scratch);
@@ -2702,11 +2808,16 @@ impl Database {
                     }
                 }
                 // Exhaustive search of an indexed segment: read its vectors back.
-                _ => offer_segment_file(c, s, metric, &q, &mut top, &mut scratch)?,
+                _ => offer_segment_file(&c, s, metric, &q, &mut top, &mut scratch)?,
             }
         }
         let results = top.heap.into_sorted_vec();
-        let locs: Vec<Loc> = results.iter().map(|c| c.loc).collect();
+        let hits: Vec<Hit> = results.iter().map(|c| c.loc).collect();
+        for s in &segments {
+            if hits.iter().any(|h| matches!(h, Hit::Seg(sid, _) if *sid == s.id)) {
+                sources.files.entry(s.id).or_insert_with(|| s.file.clone());
+            }
+        }
         let mut fields = vec![
             Field::new(ID_COLUMN, c.schema.id_type().arrow_type(), false),
             Field::new(DISTANCE_COLUMN, arrow_schema::DataType::Float32, false),
@@ -2718,7 +2829,7 @@ impl Database {
             ),
             Arc::new(Float32Array::from_iter_values(results.iter().map(|c| c.d))),
         ];
-        for (i, a) in gather(c, &locs, &columns)?.into_iter().enumerate() {
+        for (i, a) in gather(&c.arrow, &sources, &hits, &columns)?.into_iter().enumerate() {
             fields.push(c.arrow.field(columns[i]).clone());
             arrays.push(a);
         }
@@ -2738,8 +2849,11 @@ impl Database {
             .ok_or_else(|| ReadError::NotFound(collection.to_string()))?;
         let keys = batch::delete_keys(ids, c.schema.id_type())?;
         let locs: Vec<Loc> = keys.iter().filter_map(|k| c.keys.get(k).copied()).collect();
-        let all: Vec<usize> = (0..c.arrow.fields().len()).collect();
-        Ok(RecordBatch::try_new(c.arrow.clone(), gather(c, &locs, &all)?)?)
+        let (hits, sources) = c.resolve(&locs);
+        let arrow = c.arrow.clone();
+        drop(st); // the segment reads happen without the state lock
+        let all: Vec<usize> = (0..arrow.fields().len()).collect();
+        Ok(RecordBatch::try_new(arrow.clone(), gather(&arrow, &sources, &hits, &all)?)?)
     }
 
     /// Every live row, columns `columns` (all if `None`), as a stream of batches: from segments
@@ -2780,60 +2894,67 @@ impl Database {
     }
 }
 
-/// Columns `columns` of the rows at `locs`, in that order.
-fn gather(c: &Collection, locs: &[Loc], columns: &[usize]) -> Result<Vec<ArrayRef>, ReadError> {
+/// Columns `columns` (of `arrow`) of the rows `hits`, in that order, from `sources`. Reads
+/// segment files: called with no lock held.
+fn gather(
+    arrow: &SchemaRef,
+    sources: &ReadSources,
+    hits: &[Hit],
+    columns: &[usize],
+) -> Result<Vec<ArrayRef>, ReadError> {
     if columns.is_empty() {
         return Ok(Vec::new());
     }
-    if locs.is_empty() {
+    if hits.is_empty() {
         // No row to take (absent ids, or none asked): interleave needs at least one source.
         return Ok(columns
             .iter()
-            .map(|&i| arrow_array::new_empty_array(c.arrow.field(i).data_type()))
+            .map(|&i| arrow_array::new_empty_array(arrow.field(i).data_type()))
             .collect());
     }
-    // Sources: the memtable batches, then one batch per segment touched.
-    let mut sources: Vec<RecordBatch> =
-        c.mem.batches.iter().map(|b| b.project(columns)).collect::<Result<_, _>>()?;
+    // Sources: the in-memory batches named, then one batch per segment touched.
+    let mut inputs: Vec<RecordBatch> = Vec::new();
+    let mut batch_input: HashMap<u32, usize> = HashMap::new();
+    for (b, rb) in &sources.batches {
+        batch_input.insert(*b, inputs.len());
+        inputs.push(rb.project(columns)?);
+    }
     let mut by_seg: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
-    for l in locs {
-        if let Loc::Seg(s, r) = l {
+    for h in hits {
+        if let Hit::Seg(s, r) = h {
             by_seg.entry(*s).or_default().push(*r);
         }
     }
-    let mut seg_source: HashMap<u64, (usize, Vec<u32>)> = HashMap::new();
+    let schema = Arc::new(arrow.project(columns)?);
+    let mut seg_input: HashMap<u64, (usize, Vec<u32>)> = HashMap::new();
     for (sid, mut rows) in by_seg {
         rows.sort_unstable();
         rows.dedup();
-        let s = c.segment(sid).expect("a live row's segment exists");
-        let batches = s.file.read(columns, Some(&rows), rows.len())?;
-        let schema = Arc::new(c.arrow.project(columns)?);
+        let file = sources.files.get(&sid).expect("a read keeps the files of its rows");
+        let batches = file.read(columns, Some(&rows), rows.len())?;
         let b = arrow_select::concat::concat_batches(&schema, &batches)?;
         if b.num_rows() != rows.len() {
             return Err(ReadError::Segment(segment::SegmentError::Corrupt {
-                path: s.file.path().to_path_buf(),
+                path: file.path().to_path_buf(),
                 reason: format!("read {} rows, asked for {}", b.num_rows(), rows.len()),
             }));
         }
-        seg_source.insert(sid, (sources.len(), rows));
-        sources.push(b);
+        seg_input.insert(sid, (inputs.len(), rows));
+        inputs.push(b);
     }
-    let indices: Vec<(usize, usize)> = locs
+    let indices: Vec<(usize, usize)> = hits
         .iter()
-        .map(|l| match l {
-            Loc::Mem(r) => {
-                let (b, i) = c.mem.locs[*r as usize];
-                (b as usize, i as usize)
-            }
-            Loc::Seg(s, r) => {
-                let (src, rows) = &seg_source[s];
-                (*src, rows.binary_search(r).expect("row was read"))
+        .map(|h| match *h {
+            Hit::Mem(b, i) => (batch_input[&b], i as usize),
+            Hit::Seg(s, r) => {
+                let (input, rows) = &seg_input[&s];
+                (*input, rows.binary_search(&r).expect("row was read"))
             }
         })
         .collect();
     let mut out = Vec::with_capacity(columns.len());
     for i in 0..columns.len() {
-        let arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(i).as_ref()).collect();
+        let arrays: Vec<&dyn Array> = inputs.iter().map(|b| b.column(i).as_ref()).collect();
         out.push(arrow_select::interleave::interleave(&arrays, &indices)?);
     }
     Ok(out)
