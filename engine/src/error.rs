@@ -214,12 +214,17 @@ impl BackgroundError {
 #[must_use]
 pub fn is_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
+    let full = |io: &io::Error| {
+        io.kind() == io::ErrorKind::StorageFull
+            || io.kind() == io::ErrorKind::QuotaExceeded
+            || io.raw_os_error() == Some(28)
+    };
     while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<io::Error>()
-            && (io.kind() == io::ErrorKind::StorageFull
-                || io.kind() == io::ErrorKind::QuotaExceeded
-                || io.raw_os_error() == Some(28))
-        {
+        // The WAL shares its I/O error among waiters as an `Arc`.
+        let io = e
+            .downcast_ref::<io::Error>()
+            .or_else(|| e.downcast_ref::<std::sync::Arc<io::Error>>().map(|a| &**a));
+        if io.is_some_and(full) {
             return true;
         }
         cur = e.source();

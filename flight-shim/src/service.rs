@@ -125,17 +125,24 @@ fn stalled_status(waited: Duration) -> Status {
     ))
 }
 
-/// A full disk, wherever in an error's chain it shows: the client may retry once space is freed.
-fn no_space_status(e: &(dyn std::error::Error + 'static)) -> Option<Status> {
+/// A full disk, wherever in an error's chain it shows. After a failed log write the database
+/// refuses writes until it is reopened; otherwise the client may retry once space is freed.
+fn no_space_status(e: &(dyn std::error::Error + 'static), reopen: bool) -> Option<Status> {
+    let next = if reopen {
+        "free space, then restart the server (the write-ahead log refuses writes after a failed write)"
+    } else {
+        "retry once space is freed"
+    };
     quiver_engine::is_no_space(e).then(|| {
         Status::resource_exhausted(format!(
-            "the disk is full (ENOSPC): {e}; nothing acknowledged is lost, retry once space is freed"
+            "the disk is full (ENOSPC): {e}; nothing acknowledged is lost; {next}"
         ))
     })
 }
 
 fn write_status(collection: &str, e: WriteError) -> Status {
-    if let Some(s) = no_space_status(&e) {
+    let reopen = matches!(e, WriteError::Wal(_) | WriteError::Poisoned(_));
+    if let Some(s) = no_space_status(&e, reopen) {
         return s;
     }
     match e {
@@ -148,7 +155,8 @@ fn write_status(collection: &str, e: WriteError) -> Status {
 }
 
 fn flush_status(e: FlushError) -> Status {
-    if let Some(s) = no_space_status(&e) {
+    let reopen = matches!(e, FlushError::Wal(_) | FlushError::Poisoned(_));
+    if let Some(s) = no_space_status(&e, reopen) {
         return s;
     }
     match e {
@@ -1206,6 +1214,25 @@ impl FlightService for QuiverFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full disk was reported as INTERNAL (or, for a flush waiting on failing index builds,
+    /// as "background work is behind" after 600 s); it must say ENOSPC, and whether a retry
+    /// can succeed without a restart.
+    #[test]
+    fn a_full_disk_is_resource_exhausted_and_says_whether_to_restart() {
+        let enospc = || std::io::Error::from_raw_os_error(28);
+        let wal = WriteError::Wal(quiver_engine::wal::AppendError::Failed(Arc::new(enospc())));
+        let s = write_status("c", wal);
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(s.message().contains("disk is full") && s.message().contains("restart"), "{s:?}");
+        let bg = quiver_engine::BackgroundError::new("index build", enospc());
+        let s = flush_status(FlushError::NoSpace(Arc::new(bg)));
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(s.message().contains("retry once space is freed"), "{s:?}");
+        let other = quiver_engine::BackgroundError::new("index build", std::io::Error::other("x"));
+        let s = flush_status(FlushError::NoSpace(Arc::new(other)));
+        assert_ne!(s.message().contains("disk is full (ENOSPC)"), true, "only ENOSPC says so");
+    }
     use arrow_array::UInt32Array;
 
     fn batch(from: u32, n: u32) -> RecordBatch {

@@ -317,7 +317,7 @@ pub enum AppendError {
     /// A write or `fdatasync` failed; the log refuses appends until it is reopened. Records not
     /// acknowledged before the failure may or may not be in the log after reopening.
     #[error("the WAL failed and refuses appends until reopened: {0}")]
-    Failed(Arc<io::Error>),
+    Failed(#[source] Arc<io::Error>),
     /// The log was closed.
     #[error("the WAL is closed")]
     Closed,
@@ -385,7 +385,7 @@ pub enum CheckpointError {
     },
     /// The log is poisoned.
     #[error("the WAL failed and refuses work until reopened: {0}")]
-    Failed(Arc<io::Error>),
+    Failed(#[source] Arc<io::Error>),
 }
 
 /// What [`Wal::open`] found and repaired (or, from [`Wal::scan`], will repair).
