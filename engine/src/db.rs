@@ -66,6 +66,17 @@ struct Body {
     collections: Vec<CollectionMeta>,
 }
 
+impl Body {
+    /// Marks segment `sid` of collection `cid` as indexed or not.
+    fn set_indexed(&mut self, cid: u64, sid: u64, indexed: bool) {
+        for c in self.collections.iter_mut().filter(|c| c.id == cid) {
+            for s in c.segments.iter_mut().filter(|s| s.id == sid) {
+                s.indexed = indexed;
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct CollectionMeta {
     id: u64,
@@ -1993,15 +2004,7 @@ fn drop_damaged_index(inner: &Inner) -> Result<bool, BackgroundError> {
     if inner.poisoned().is_some() || still_current(&inner.read()).is_none() {
         return Ok(true); // merged away or dropped meanwhile: its index went with it
     }
-    inner
-        .commit(store, |b| {
-            for c in b.collections.iter_mut().filter(|c| c.id == cid) {
-                for s in c.segments.iter_mut().filter(|s| s.id == sid) {
-                    s.indexed = false;
-                }
-            }
-        })
-        .map_err(bg("manifest commit"))?;
+    inner.commit(store, |b| b.set_indexed(cid, sid, false)).map_err(bg("manifest commit"))?;
     {
         let mut st = inner.write();
         let c = st.by_id_mut(cid).expect("checked under the manifest lock");
@@ -2076,15 +2079,7 @@ fn index_one(inner: &Inner) -> Result<Option<bool>, BackgroundError> {
         inner.remove_index_dir(sid);
         return Ok(Some(true));
     }
-    inner
-        .commit(&mut store, |b| {
-            for c in b.collections.iter_mut().filter(|c| c.id == cid) {
-                for s in c.segments.iter_mut().filter(|s| s.id == sid) {
-                    s.indexed = true;
-                }
-            }
-        })
-        .map_err(bg("manifest commit"))?;
+    inner.commit(&mut store, |b| b.set_indexed(cid, sid, true)).map_err(bg("manifest commit"))?;
     let mut st = inner.write();
     let c = st.by_id_mut(cid).expect("checked under the manifest lock");
     let s = c.segment_mut(sid);

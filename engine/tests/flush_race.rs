@@ -13,94 +13,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use arrow_array::UInt64Array;
+use common::gate::{GateOp, GateVfs};
 use common::*;
 use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::wal::vfs::Vfs;
 use quiver_engine::wal::vfs::sim::{CrashMode, SimVfs};
-use quiver_engine::wal::vfs::{OpenMode, Vfs, VfsFile};
 use quiver_engine::{Database, Options};
 
 const DIR: &str = "/db";
 const DIM: usize = 4;
-
-#[derive(Debug, Default)]
-struct GateState {
-    armed: bool,
-    entered: bool,
-    released: bool,
-}
-
-/// A file system that, once armed, stops the next creation of a segment file until released.
-#[derive(Debug, Clone)]
-struct GateVfs {
-    inner: SimVfs,
-    gate: Arc<(Mutex<GateState>, Condvar)>,
-}
-
-impl GateVfs {
-    fn arm(&self) {
-        *self.gate.0.lock().unwrap() = GateState { armed: true, ..GateState::default() };
-    }
-
-    fn wait_entered(&self) {
-        let (m, cv) = &*self.gate;
-        let mut g = m.lock().unwrap();
-        while !g.entered {
-            g = cv.wait(g).unwrap();
-        }
-    }
-
-    fn release(&self) {
-        let (m, cv) = &*self.gate;
-        m.lock().unwrap().released = true;
-        cv.notify_all();
-    }
-}
-
-impl Vfs for GateVfs {
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
-        if matches!(mode, OpenMode::CreateNew)
-            && path.parent().is_some_and(|p| p.ends_with("segments"))
-        {
-            let (m, cv) = &*self.gate;
-            let mut g = m.lock().unwrap();
-            if g.armed {
-                g.armed = false;
-                g.entered = true;
-                cv.notify_all();
-                while !g.released {
-                    g = cv.wait(g).unwrap();
-                }
-            }
-        }
-        self.inner.open(path, mode)
-    }
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        self.inner.list_dir(path)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.inner.sync_dir(path)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        self.inner.exists(path)
-    }
-    fn real_path(&self, _: &Path) -> Option<PathBuf> {
-        None
-    }
-}
 
 type Model = BTreeMap<u64, Vec<f32>>;
 
@@ -143,7 +67,11 @@ fn check(db: &Database, model: &Model, when: &str) {
 #[test]
 fn writes_to_rows_a_flush_is_writing_are_neither_lost_nor_resurrected() {
     let sim = SimVfs::new();
-    let vfs = GateVfs { inner: sim.clone(), gate: Arc::default() };
+    // The gate holds the flush while it creates its segment file.
+    let vfs = GateVfs::new(
+        sim.clone(),
+        |op| matches!(op, GateOp::Create(p) if p.parent().is_some_and(|d| d.ends_with("segments"))),
+    );
     let opts = |vfs: Arc<dyn Vfs>| {
         Options::default().vfs(vfs).background(false).merge_min_segments(0).row_group_rows(16)
     };

@@ -7,94 +7,24 @@
 
 mod common;
 
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use arrow_array::UInt64Array;
+use common::gate::{GateOp, GateVfs};
 use common::*;
 use quiver_engine::diskgraph::data::Metric;
 use quiver_engine::wal::vfs::sim::SimVfs;
-use quiver_engine::wal::vfs::{OpenMode, Vfs, VfsFile};
 use quiver_engine::{Database, Options, SearchParams};
 
 const DIM: usize = 4;
 
-#[derive(Debug, Default)]
-struct Gate {
-    armed: bool,
-    entered: bool,
-    released: bool,
-}
-
-/// A file system that, once armed, holds the next manifest rename until released.
-#[derive(Debug, Clone)]
-struct GateVfs {
-    inner: SimVfs,
-    gate: Arc<(Mutex<Gate>, Condvar)>,
-}
-
-impl GateVfs {
-    fn arm(&self) {
-        *self.gate.0.lock().unwrap() = Gate { armed: true, ..Gate::default() };
-    }
-    fn wait_entered(&self) {
-        let (m, cv) = &*self.gate;
-        let mut g = m.lock().unwrap();
-        while !g.entered {
-            g = cv.wait(g).unwrap();
-        }
-    }
-    fn release(&self) {
-        let (m, cv) = &*self.gate;
-        m.lock().unwrap().released = true;
-        cv.notify_all();
-    }
-}
-
-impl Vfs for GateVfs {
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
-        self.inner.open(path, mode)
-    }
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        self.inner.list_dir(path)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        if to.ends_with("MANIFEST") {
-            let (m, cv) = &*self.gate;
-            let mut g = m.lock().unwrap();
-            if g.armed {
-                g.armed = false;
-                g.entered = true;
-                cv.notify_all();
-                while !g.released {
-                    g = cv.wait(g).unwrap();
-                }
-            }
-        }
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.inner.sync_dir(path)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        self.inner.exists(path)
-    }
-    fn real_path(&self, _: &Path) -> Option<PathBuf> {
-        None
-    }
-}
-
 #[test]
 fn searches_gets_scans_and_writes_complete_while_a_flush_waits_in_its_manifest_commit() {
-    let vfs = GateVfs { inner: SimVfs::new(), gate: Arc::default() };
+    let vfs = GateVfs::new(
+        SimVfs::new(),
+        |op| matches!(op, GateOp::RenameTo(p) if p.ends_with("MANIFEST")),
+    );
     let opts = Options::default().vfs(Arc::new(vfs.clone())).background(false);
     let db = Arc::new(Database::open("/db", opts).unwrap());
     db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();

@@ -2,6 +2,8 @@
 //! a file's length and checksum as the manifest would record them.
 #![allow(dead_code)]
 
+pub mod gate;
+
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
