@@ -30,6 +30,7 @@ use crate::lock::DirLock;
 use crate::manifest::{ManifestError, ManifestStore};
 use crate::names::validate_collection_name;
 use crate::options::Options;
+use crate::rowset::RowSet;
 use crate::schema::{CollectionSchema, DISTANCE_COLUMN, ID_COLUMN};
 use crate::segment::{self, FileSum, SegmentFile};
 
@@ -272,7 +273,7 @@ struct Segment {
     keys: Arc<[Key]>,
     /// Copy on write: reads keep the bitmap they started with (an `Arc` clone) while a delete
     /// changes a copy.
-    deleted: Arc<Vec<bool>>,
+    deleted: Arc<RowSet>,
     deleted_count: u64,
     /// Deletions not yet in a deletion file (they are in the WAL).
     dirty: bool,
@@ -285,18 +286,18 @@ struct Segment {
 impl Segment {
     fn kill(&mut self, row: u32) {
         let r = row as usize;
-        assert!(!self.deleted[r], "segment {} row {row} deleted twice", self.meta.id);
-        Arc::make_mut(&mut self.deleted)[r] = true;
+        let fresh = Arc::make_mut(&mut self.deleted).insert(r);
+        assert!(fresh, "segment {} row {row} deleted twice", self.meta.id);
         self.deleted_count += 1;
         self.dirty = true;
     }
 
     fn live_rows(&self) -> Vec<u32> {
-        (0..self.keys.len() as u32).filter(|&r| !self.deleted[r as usize]).collect()
+        (0..self.keys.len() as u32).filter(|&r| !self.deleted.contains(r as usize)).collect()
     }
 
     fn deleted_rows(&self) -> Vec<u32> {
-        (0..self.keys.len() as u32).filter(|&r| self.deleted[r as usize]).collect()
+        (0..self.keys.len() as u32).filter(|&r| self.deleted.contains(r as usize)).collect()
     }
 }
 
@@ -868,7 +869,9 @@ fn load_collection(
         last = Some(sm.id);
         let seg = load_segment(vfs, dir, index_dir, opts, &schema, &arrow, sm.clone())?;
         for (r, k) in seg.keys.iter().enumerate() {
-            if !seg.deleted[r] && c.keys.insert(k.clone(), Loc::Seg(sm.id, r as u32)).is_some() {
+            if !seg.deleted.contains(r)
+                && c.keys.insert(k.clone(), Loc::Seg(sm.id, r as u32)).is_some()
+            {
                 return Err(OpenError::ManifestBody(format!(
                     "id {} of collection {:?} is live in two segments",
                     batch::key_to_string(k, schema.id_type()),
@@ -909,7 +912,7 @@ fn load_segment(
     if keys.len() as u64 != meta.rows {
         return Err(corrupt(format!("{} ids for {} rows", keys.len(), meta.rows)).into());
     }
-    let mut deleted = vec![false; keys.len()];
+    let mut deleted = RowSet::new(keys.len());
     let mut deleted_count = 0;
     if let Some(d) = meta.deletes {
         let p = dir.join(DELETES_DIR).join(delete_name(d.file));
@@ -927,7 +930,7 @@ fn load_segment(
             .into());
         }
         for r in rows {
-            deleted[r as usize] = true;
+            deleted.insert(r as usize);
         }
         deleted_count = d.count;
     }
@@ -1905,7 +1908,7 @@ fn open_new_segment(
     Ok(Segment {
         meta: SegmentMeta { id, rows, bytes: sum.len, crc: sum.crc, deletes: None, indexed: false },
         file,
-        deleted: Arc::new(vec![false; keys.len()]),
+        deleted: Arc::new(RowSet::new(keys.len())),
         keys: keys.into(),
         deleted_count: 0,
         dirty: false,
@@ -2233,7 +2236,7 @@ fn merge_one(inner: &Inner) -> Result<bool, BackgroundError> {
                 return abandon("an input segment is gone");
             };
             for &r in &input.live {
-                if s.deleted[r as usize] {
+                if s.deleted.contains(r as usize) {
                     seg.kill(row);
                 }
                 row += 1;
@@ -2293,7 +2296,7 @@ fn merge_one(inner: &Inner) -> Result<bool, BackgroundError> {
         let mut late = 0usize;
         for input in &inputs {
             for &r in &input.live {
-                if !seg.deleted[row as usize] {
+                if !seg.deleted.contains(row as usize) {
                     let k = &seg.keys[row as usize];
                     match c.keys.get_mut(k) {
                         Some(loc) if *loc == Loc::Seg(input.id, r) => {
@@ -2453,7 +2456,7 @@ struct SegmentView {
     id: u64,
     file: SegmentFile,
     keys: Arc<[Key]>,
-    deleted: Arc<Vec<bool>>,
+    deleted: Arc<RowSet>,
     vectors: Option<Arc<[Vectors]>>,
     index: Option<Arc<DiskIndex>>,
 }
@@ -2617,7 +2620,7 @@ fn offer_segment_file(
     let mut base = 0usize;
     for b in s.file.read(&[1], None, 65_536)? {
         let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
-        let live = |r: usize| !s.deleted[r];
+        let live = |r: usize| !s.deleted.contains(r);
         let loc = |r: u32| Hit::Seg(id, r);
         top.offer_exact(metric, q, &v, c.schema.dim(), base, &s.keys, live, loc, scratch);
         base += b.num_rows();
@@ -2766,7 +2769,7 @@ impl Database {
                         list_size: params.list_size.max(params.k),
                         beam_width: params.beam_width,
                     };
-                    let live = |label: u32| !s.deleted[label as usize];
+                    let live = |label: u32| !s.deleted.contains(label as usize);
                     let mut searcher = self.inner.searcher(ix)?;
                     let found = searcher.search_accepting(
                         raw.row(c.schema.vector_type().search_elem()),
@@ -2794,7 +2797,7 @@ impl Database {
                     }
                 }
                 (_, Some(chunks)) => {
-                    let live = |r: usize| !s.deleted[r];
+                    let live = |r: usize| !s.deleted.contains(r);
                     let loc = |r: u32| Hit::Seg(id, r);
                     let mut base = 0;
                     for v in chunks.iter() {

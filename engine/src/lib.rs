@@ -46,6 +46,7 @@ pub mod lock;
 pub mod manifest;
 pub mod names;
 mod options;
+mod rowset;
 pub mod schema;
 pub mod segment;
 
