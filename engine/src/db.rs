@@ -2377,8 +2377,12 @@ impl Database {
     /// rows still in the in-memory table, or segments awaiting an index or a merge. (Segments
     /// below [`Options::min_index_rows`] are searched exactly by design and do not count.)
     pub fn indexing_pending(&self) -> bool {
-        let in_memory = self.inner.read().collections.values().any(|c| c.mem.live_count > 0);
-        in_memory || self.background_pending()
+        self.has_in_memory_rows() || self.background_pending()
+    }
+
+    /// Whether any collection has live rows in its in-memory table.
+    fn has_in_memory_rows(&self) -> bool {
+        self.inner.read().collections.values().any(|c| c.mem.live_count > 0)
     }
 
     /// Waits until every acknowledged row is reachable through a disk index (or sits in a
@@ -2390,7 +2394,7 @@ impl Database {
     /// [`FlushError`] if the flush fails.
     pub fn wait_indexed(&self, timeout: Duration) -> Result<bool, FlushError> {
         let started = Instant::now();
-        if self.inner.read().collections.values().any(|c| c.mem.live_count > 0) {
+        if self.has_in_memory_rows() {
             self.flush()?;
         }
         Ok(self.wait_idle(timeout.saturating_sub(started.elapsed())))

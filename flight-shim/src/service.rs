@@ -327,13 +327,14 @@ fn batch_stream(first: FlightData, rest: Streaming<FlightData>) -> FlightRecordB
     let first = (!first.data_header.is_empty() || !first.data_body.is_empty()).then_some(first);
     let all = futures::stream::iter(first.map(Ok))
         .chain(rest)
-        .map_err(|s| FlightError::Tonic(Box::new(client_decode_status(s))));
+        .map_err(|s| FlightError::Tonic(Box::new(s)));
     FlightRecordBatchStream::new_from_flight_data(all)
 }
 
 /// tonic reports a request message that does not parse as protobuf (say, a descriptor path
 /// that is not UTF-8) as `INTERNAL`, as gRPC's table of codes has it; it is the client's
-/// input, so Quiver answers `INVALID_ARGUMENT`.
+/// input, so Quiver answers `INVALID_ARGUMENT`. Applied through [`bounded_status`] where
+/// statuses leave the server (the response-header layer in `lib.rs`, and stream items).
 fn client_decode_status(s: Status) -> Status {
     if s.code() == tonic::Code::Internal && s.message().starts_with(PROTOBUF_DECODE_PREFIX) {
         invalid(format!("the request does not parse: {}", s.message()))
@@ -872,7 +873,7 @@ fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
 const SEARCH_RESULTS_IN_FLIGHT: usize = 2;
 
 /// The parsed queries of a `VectorSearch` body.
-fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<Vec<Value>>), Status> {
+fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<Vec<f32>>), Status> {
     let mut req: SearchRequest = request::parse_body("VectorSearch", body).map_err(invalid)?;
     let queries: Vec<Vec<Value>> = match (req.vectors.take(), &req.vector) {
         (Some(vs), _) => vs,
@@ -887,9 +888,10 @@ fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<Vec<Value>>)
             queries.len()
         )));
     }
-    for q in &queries {
-        request::query_vector(q).map_err(invalid)?;
-    }
+    let queries = queries
+        .iter()
+        .map(|q| request::query_vector(q).map_err(invalid))
+        .collect::<Result<_, _>>()?;
     Ok((req, queries))
 }
 
@@ -900,15 +902,13 @@ fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<Vec<Value>>)
 fn vector_search_stream(
     db: Arc<Database>,
     req: SearchRequest,
-    queries: Vec<Vec<Value>>,
+    queries: Vec<Vec<f32>>,
     max_message_bytes: usize,
 ) -> BoxStream<arrow_flight::Result> {
     let (tx, rx) = mpsc::channel::<Result<arrow_flight::Result, Status>>(SEARCH_RESULTS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
         for (i, q) in queries.iter().enumerate() {
-            let result = request::query_vector(q)
-                .map_err(invalid)
-                .and_then(|v| run_search(&db, &req, &v))
+            let result = run_search(&db, &req, q)
                 .and_then(|b| ipc_stream_bytes(&b))
                 .and_then(|body| {
                     if body.len() + 64 > max_message_bytes {
@@ -1132,11 +1132,7 @@ impl FlightService for QuiverFlight {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         let mut input = request.into_inner();
-        let first = input
-            .message()
-            .await
-            .map_err(client_decode_status)?
-            .ok_or_else(|| invalid("the DoPut stream is empty"))?;
+        let first = input.message().await?.ok_or_else(|| invalid("the DoPut stream is empty"))?;
         let name = descriptor_collection(first.flight_descriptor.as_ref())?;
         let batches = batch_stream(first, input);
         Ok(Response::new(spawn_ingest(self.db.clone(), name, batches, |ack| PutResult {
@@ -1189,11 +1185,8 @@ impl FlightService for QuiverFlight {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         let mut input = request.into_inner();
-        let first = input
-            .message()
-            .await
-            .map_err(client_decode_status)?
-            .ok_or_else(|| invalid("the DoExchange stream is empty"))?;
+        let first =
+            input.message().await?.ok_or_else(|| invalid("the DoExchange stream is empty"))?;
         let path = first.flight_descriptor.as_ref().map(|d| d.path.clone()).unwrap_or_default();
         let name = match path.as_slice() {
             [verb, name] if verb == "ingest" && !name.is_empty() => name.clone(),
