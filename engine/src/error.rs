@@ -167,12 +167,36 @@ pub enum ReadError {
     /// A segment could not be read.
     #[error(transparent)]
     Segment(#[from] SegmentError),
-    /// A disk index could not be read.
-    #[error("disk index: {0}")]
-    Index(String),
+    /// A disk index could not be searched (it was unreadable, or found damaged).
+    #[error("disk index of segment {segment:016x}: {source}")]
+    Index {
+        /// The segment's id.
+        segment: u64,
+        /// What failed.
+        #[source]
+        source: quiver_diskgraph::index::IndexError,
+    },
     /// Arrow could not assemble the result.
     #[error("arrow: {0}")]
     Arrow(String),
+}
+
+impl ReadError {
+    /// Whether the read found damaged data (a checksum or structure check failed), as opposed
+    /// to an I/O failure that may pass, or a bad request.
+    #[must_use]
+    pub fn is_corruption(&self) -> bool {
+        use quiver_diskgraph::index::IndexError;
+        use quiver_diskgraph::layout::LayoutError;
+        match self {
+            ReadError::Segment(SegmentError::Corrupt { .. }) => true,
+            ReadError::Index { source, .. } => matches!(
+                source,
+                IndexError::Layout(LayoutError::Corrupt { .. }) | IndexError::Mismatch(_)
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl From<arrow_schema::ArrowError> for ReadError {
@@ -186,22 +210,38 @@ impl From<arrow_schema::ArrowError> for ReadError {
 /// disk that is freed again lets the work resume by itself. A failure that leaves the manifest's
 /// state unknown poisons the database as well; then writes fail with `Poisoned`.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
-pub struct BackgroundError {
-    what: String,
-    #[source]
-    source: Box<dyn std::error::Error + Send + Sync>,
+#[non_exhaustive]
+pub enum BackgroundError {
+    /// Building or opening the disk index of a segment failed.
+    #[error("index of segment {segment:016x}: {source}")]
+    Index {
+        /// The segment's id.
+        segment: u64,
+        /// What failed.
+        #[source]
+        source: quiver_diskgraph::index::IndexError,
+    },
+    /// A segment or deletion file could not be read or written.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// A segment's rows could not be decoded (ids, vectors).
+    #[error(transparent)]
+    Rows(#[from] BatchError),
+    /// The manifest commit failed.
+    #[error("manifest commit: {0}")]
+    Manifest(#[from] ManifestError),
+    /// A file or directory operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl BackgroundError {
-    /// A failure of `what` (a step, a path) caused by `source`.
-    pub fn new(
-        what: impl Into<String>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        BackgroundError { what: what.into(), source: source.into() }
-    }
-
     /// Whether the disk was full (ENOSPC, or a quota): work that resumes once space returns.
     #[must_use]
     pub fn is_no_space(&self) -> bool {

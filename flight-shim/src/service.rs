@@ -1218,11 +1218,12 @@ mod tests {
         let s = write_status("c", wal);
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("disk is full") && s.message().contains("restart"), "{s:?}");
-        let bg = quiver_engine::BackgroundError::new("index build", enospc());
+        let background = |source| quiver_engine::BackgroundError::Io { path: "/x".into(), source };
+        let bg = background(enospc());
         let s = flush_status(FlushError::NoSpace(Arc::new(bg)));
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("retry once space is freed"), "{s:?}");
-        let other = quiver_engine::BackgroundError::new("index build", std::io::Error::other("x"));
+        let other = background(std::io::Error::other("x"));
         let s = flush_status(FlushError::NoSpace(Arc::new(other)));
         assert!(!s.message().contains("disk is full (ENOSPC)"), "only ENOSPC says so");
     }

@@ -1,0 +1,314 @@
+//! The background worker: replaces damaged indexes, merges segments, builds disk indexes, one
+//! unit of work at a time, and the waits built on it (idle, indexed).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::Vectors;
+use crate::diskgraph::index::IndexError;
+use crate::diskgraph::search::DiskIndex;
+use crate::error::{BackgroundError, FlushError};
+use crate::index_source;
+use crate::schema::CollectionSchema;
+
+use super::Database;
+use super::body::SegmentMeta;
+use super::body::index_name;
+use super::inner::{Inner, lock};
+use super::merge::{merge_candidates, merge_one};
+use super::model::{Segment, State};
+use super::open::{read_vectors, source_of};
+
+/// The background worker thread: runs [`background_step`] while it finds work, then sleeps
+/// until notified (or a second passes). Failures are retried with backoff.
+pub(super) fn background_loop(inner: &Arc<Inner>) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let seen = {
+            let w = lock(&inner.work);
+            if w.shutdown {
+                return;
+            }
+            w.generation
+        };
+        match background_step(inner) {
+            Ok(progress) => {
+                *lock(&inner.background_failure) = None;
+                if progress == Progress::Worked {
+                    backoff = Duration::from_millis(10);
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("background work failed (retrying in {backoff:?}): {e}");
+                *lock(&inner.background_failure) = Some(Arc::new(e));
+                inner.work_cv.notify_all(); // a flush waiting on background work re-checks
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        }
+        let w = lock(&inner.work);
+        if w.shutdown {
+            return;
+        }
+        if w.generation == seen {
+            drop(inner.work_cv.wait_timeout(w, Duration::from_secs(1)));
+        }
+    }
+}
+
+/// What a unit of background work did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Progress {
+    /// Nothing was due (or the database is poisoned and nothing may change).
+    Idle,
+    /// Something was done, or found no longer needed: look for more.
+    Worked,
+}
+
+/// An I/O error on `path`, as a [`BackgroundError`].
+pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> BackgroundError + '_ {
+    move |source| BackgroundError::Io { path: path.to_path_buf(), source }
+}
+
+/// One unit of background work: replacing a damaged index first, then a merge if one is due
+/// (so small segments are not indexed only to be merged away), else an index build.
+pub(super) fn background_step(inner: &Inner) -> Result<Progress, BackgroundError> {
+    if inner.poisoned().is_some() {
+        return Ok(Progress::Idle);
+    }
+    let mut progress = drop_damaged_index(inner)?;
+    if progress == Progress::Idle {
+        progress = merge_one(inner)?;
+    }
+    if progress == Progress::Idle {
+        progress = index_one(inner)?;
+    }
+    if progress == Progress::Worked {
+        inner.notify_work();
+    }
+    Ok(progress)
+}
+
+/// Whether segment `s` waits for a disk index: indexing is on, it has none, and it is large
+/// enough to get one (smaller segments are searched exactly by design).
+pub(super) fn awaits_index(inner: &Inner, s: &Segment) -> bool {
+    inner.index_dir.is_some()
+        && s.index.is_none()
+        && s.meta.rows as usize >= inner.opts.min_index_rows
+}
+
+/// Takes one index a search found damaged out of service: reads its segment's vectors back
+/// from Parquet (no lock held), commits a manifest that no longer calls the segment indexed,
+/// installs the vectors (the segment is searched exactly from then on), and removes the index
+/// directory. [`index_one`] then rebuilds it like any unindexed segment's.
+pub(super) fn drop_damaged_index(inner: &Inner) -> Result<Progress, BackgroundError> {
+    let Some((cid, sid, ix)) = lock(&inner.damaged_indexes).pop() else {
+        return Ok(Progress::Idle);
+    };
+    let still_current = |st: &State| {
+        st.collections.values().find(|c| c.id == cid).and_then(|c| {
+            c.segment(sid)
+                .filter(|s| s.index.as_ref().is_some_and(|i| Arc::ptr_eq(i, &ix)))
+                .map(|s| (s.file.clone(), c.schema.clone()))
+        })
+    };
+    let Some((file, schema)) = still_current(&inner.read()) else { return Ok(Progress::Worked) };
+    let vectors: Arc<[Vectors]> = read_vectors(&file, &schema)?.into();
+    let store = &mut *lock(&inner.manifest);
+    if inner.poisoned().is_some() || still_current(&inner.read()).is_none() {
+        return Ok(Progress::Worked); // merged away or dropped meanwhile: its index went with it
+    }
+    inner.commit(store, |b| b.set_indexed(cid, sid, false))?;
+    {
+        let mut st = inner.write();
+        let c = st.by_id_mut(cid).expect("checked under the manifest lock");
+        let s = c.segment_mut(sid);
+        s.meta.indexed = false;
+        s.index = None;
+        s.vectors = Some(vectors);
+    }
+    inner.remove_index_dir(sid);
+    tracing::warn!(
+        "segment {sid:016x}: damaged index dropped; it is searched exactly until rebuilt"
+    );
+    Ok(Progress::Worked)
+}
+
+/// The oldest segment waiting for an index, as an index build needs it.
+struct IndexJob {
+    collection: u64,
+    meta: SegmentMeta,
+    schema: Arc<CollectionSchema>,
+    vectors: Arc<[Vectors]>,
+}
+
+/// Builds the index of the oldest segment that needs one: [`build_index_dir`] with no lock
+/// held, then [`install_index`].
+pub(super) fn index_one(inner: &Inner) -> Result<Progress, BackgroundError> {
+    let Some(idir) = inner.index_dir.clone() else { return Ok(Progress::Idle) };
+    let job = {
+        let st = inner.read();
+        st.collections.values().find_map(|c| {
+            c.segments.iter().find(|s| awaits_index(inner, s)).map(|s| IndexJob {
+                collection: c.id,
+                meta: s.meta.clone(),
+                schema: c.schema.clone(),
+                vectors: s.vectors.clone().expect("an unindexed segment holds its vectors"),
+            })
+        })
+    };
+    let Some(job) = job else { return Ok(Progress::Idle) };
+    let t = Instant::now();
+    let index = build_index_dir(inner, &idir, &job.meta, &job.schema, job.vectors)?;
+    let sid = job.meta.id;
+    tracing::info!("indexed segment {sid:016x} in {:.1} s", t.elapsed().as_secs_f64());
+    install_index(inner, job.collection, sid, index)
+}
+
+/// Builds the index of segment `meta` from its `vectors` in `idir/{id}.tmp`, binds it to the
+/// segment (the SOURCE record), renames it into place, syncs the directory and opens it. A
+/// failed build leaves nothing behind.
+fn build_index_dir(
+    inner: &Inner,
+    idir: &Path,
+    meta: &SegmentMeta,
+    schema: &CollectionSchema,
+    vectors: Arc<[Vectors]>,
+) -> Result<DiskIndex, BackgroundError> {
+    let sid = meta.id;
+    let index_error = |source| BackgroundError::Index { segment: sid, source };
+    let set = Vectors::concat(&vectors)
+        .to_vector_set(schema.dim())
+        .map_err(|e| index_error(IndexError::Data(e)))?;
+    drop(vectors);
+    let tmp = idir.join(format!("{}.tmp", index_name(sid)));
+    let fin = idir.join(index_name(sid));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let built = crate::diskgraph::index::build_index(
+        set,
+        schema.metric(),
+        &inner.opts.index_params,
+        &tmp,
+        &|_, _| {},
+    )
+    .map_err(index_error)
+    .and_then(|_| index_source::write(&tmp, source_of(meta)).map_err(io_error(&tmp)));
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&tmp); // ENOSPC, say
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(&fin);
+    std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
+    std::fs::File::open(idir).and_then(|d| d.sync_all()).map_err(io_error(idir))?;
+    DiskIndex::open(&fin, inner.opts.index_open).map_err(index_error)
+}
+
+/// Commits segment `sid` as indexed and installs `index` in place of its resident vectors. If
+/// the segment was merged away or dropped meanwhile, removes the index instead.
+fn install_index(
+    inner: &Inner,
+    cid: u64,
+    sid: u64,
+    index: DiskIndex,
+) -> Result<Progress, BackgroundError> {
+    let mut store = lock(&inner.manifest);
+    if inner.poisoned().is_some() {
+        return Ok(Progress::Idle);
+    }
+    let still_there = inner
+        .read()
+        .collections
+        .values()
+        .any(|c| c.id == cid && c.segment(sid).is_some_and(|s| s.index.is_none()));
+    if !still_there {
+        drop(store);
+        inner.remove_index_dir(sid);
+        return Ok(Progress::Worked);
+    }
+    inner.commit(&mut store, |b| b.set_indexed(cid, sid, true))?;
+    let mut st = inner.write();
+    let c = st.by_id_mut(cid).expect("checked under the manifest lock");
+    let s = c.segment_mut(sid);
+    s.meta.indexed = true;
+    s.index = Some(Arc::new(index));
+    s.vectors = None;
+    Ok(Progress::Worked)
+}
+
+impl Database {
+    /// Runs background work (index builds, merges) on this thread until none is left. For
+    /// databases opened with [`Options::background`] off, and for tests.
+    ///
+    /// # Errors
+    /// The first failure.
+    pub fn run_background(&self) -> Result<(), BackgroundError> {
+        while background_step(&self.inner)? == Progress::Worked {}
+        Ok(())
+    }
+
+    /// Waits until background work has nothing left to do (no segment awaits an index or a
+    /// merge), or `timeout` passes. Returns whether it is idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            if !self.background_pending() {
+                return true;
+            }
+            if started.elapsed() >= timeout {
+                return false;
+            }
+            if self.worker.is_none() {
+                if self.run_background().is_err() {
+                    return false;
+                }
+                continue;
+            }
+            let w = lock(&self.inner.work);
+            drop(self.inner.work_cv.wait_timeout(w, Duration::from_millis(50)));
+        }
+    }
+
+    /// Whether some acknowledged row is not yet where searches reach it through a disk index:
+    /// rows still in the in-memory table, or segments awaiting an index or a merge. (Segments
+    /// below [`Options::min_index_rows`] are searched exactly by design and do not count.)
+    pub fn indexing_pending(&self) -> bool {
+        self.has_in_memory_rows() || self.background_pending()
+    }
+
+    /// Whether any collection has live rows in its in-memory table.
+    pub(super) fn has_in_memory_rows(&self) -> bool {
+        self.inner.read().collections.values().any(|c| c.mem.live_count > 0)
+    }
+
+    /// Waits until every acknowledged row is reachable through a disk index (or sits in a
+    /// segment too small for one): flushes the in-memory table, then waits for index builds and
+    /// merges, up to `timeout`. Returns whether that was reached; a write arriving meanwhile
+    /// lands in the in-memory table again, so the answer is for the rows written before.
+    ///
+    /// # Errors
+    /// [`FlushError`] if the flush fails.
+    pub fn wait_indexed(&self, timeout: Duration) -> Result<bool, FlushError> {
+        let started = Instant::now();
+        if self.has_in_memory_rows() {
+            self.flush()?;
+        }
+        Ok(self.wait_idle(timeout.saturating_sub(started.elapsed())))
+    }
+
+    /// Whether background work is pending: a segment awaits its index or a merge, or an index
+    /// found damaged awaits its replacement.
+    pub fn background_pending(&self) -> bool {
+        let inner = &*self.inner;
+        if !lock(&inner.damaged_indexes).is_empty() {
+            return true;
+        }
+        let st = inner.read();
+        st.collections.values().any(|c| {
+            c.segments.iter().any(|s| awaits_index(inner, s))
+                || !merge_candidates(c, &inner.opts).is_empty()
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! Collections: create, drop, list, describe. Each create or drop is a manifest commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::batch::Vectors;
+use crate::error::CollectionError;
+use crate::names::validate_collection_name;
+use crate::schema::CollectionSchema;
+
+use super::body::{CollectionMeta, delete_name, segment_name};
+use super::inner::lock;
+use super::memtable::Memtable;
+use super::model::{Collection, KeyMap};
+use super::{DELETES_DIR, Database, SEGMENTS_DIR};
+
+/// Counters of one collection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CollectionStats {
+    /// Live rows.
+    pub rows: u64,
+    /// Live rows in the in-memory table.
+    pub memtable_rows: u64,
+    /// Sealed segments.
+    pub segments: usize,
+    /// Segments with a disk index.
+    pub indexed_segments: usize,
+    /// Rows in segments, live or deleted.
+    pub segment_rows: u64,
+    /// Rows of segments that are deleted or replaced (dropped at the next merge).
+    pub deleted_segment_rows: u64,
+    /// Bytes of segment files.
+    pub segment_bytes: u64,
+    /// Bytes of vectors held in RAM (in-memory table and unindexed segments).
+    pub resident_vector_bytes: u64,
+    /// Index searches that failed since the database was opened. Each was answered by an exact
+    /// search of the segment's Parquet file; a damaged index is then dropped and rebuilt (the
+    /// segment counts as unindexed until it is).
+    pub index_failures: u64,
+}
+
+impl Database {
+    /// Creates collection `name` with `schema`; durable when it returns.
+    ///
+    /// # Errors
+    /// [`CollectionError`]: a bad name or schema, a name in use, or a failed commit.
+    pub fn create_collection(
+        &self,
+        name: &str,
+        schema: CollectionSchema,
+    ) -> Result<(), CollectionError> {
+        validate_collection_name(name)?;
+        schema.validate()?;
+        let inner = &self.inner;
+        if let Some(p) = inner.poisoned() {
+            return Err(CollectionError::Poisoned(p));
+        }
+        let mut store = lock(&inner.manifest);
+        if inner.read().collections.contains_key(name) {
+            return Err(CollectionError::AlreadyExists(name.to_string()));
+        }
+        let id = inner.alloc_id();
+        let schema = Arc::new(schema);
+        let arrow = schema.arrow_schema();
+        let meta = CollectionMeta {
+            id,
+            name: name.to_string(),
+            schema: (*schema).clone(),
+            segments: Vec::new(),
+        };
+        inner.commit(&mut store, |b| b.collections.push(meta))?;
+        inner.write().collections.insert(
+            name.to_string(),
+            Collection {
+                id,
+                name: name.to_string(),
+                schema,
+                arrow,
+                mem: Memtable::default(),
+                segments: Vec::new(),
+                keys: KeyMap::default(),
+                index_failures: Arc::new(AtomicU64::new(0)),
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops collection `name` and deletes its files; durable when it returns.
+    ///
+    /// # Errors
+    /// [`CollectionError::NotFound`], or a failed commit.
+    pub fn drop_collection(&self, name: &str) -> Result<(), CollectionError> {
+        let inner = &self.inner;
+        if let Some(p) = inner.poisoned() {
+            return Err(CollectionError::Poisoned(p));
+        }
+        let mut store = lock(&inner.manifest);
+        if !inner.read().collections.contains_key(name) {
+            return Err(CollectionError::NotFound(name.to_string()));
+        }
+        inner.commit(&mut store, |b| b.collections.retain(|c| c.name != name))?;
+        let c = {
+            let mut st = inner.write();
+            let c = st.collections.remove(name).expect("checked above");
+            st.mem_bytes -= c.mem.bytes;
+            st.frozen_bytes -= c.mem.frozen.bytes;
+            c
+        };
+        drop(store);
+        for s in &c.segments {
+            inner.remove_quietly(&inner.path(SEGMENTS_DIR, &segment_name(s.meta.id)));
+            if let Some(d) = s.meta.deletes {
+                inner.remove_quietly(&inner.path(DELETES_DIR, &delete_name(d.file)));
+            }
+            inner.remove_index_dir(s.meta.id);
+        }
+        Ok(())
+    }
+
+    /// The collections and their schemas, by name.
+    pub fn list_collections(&self) -> Vec<(String, CollectionSchema)> {
+        self.inner
+            .read()
+            .collections
+            .values()
+            .map(|c| (c.name.clone(), (*c.schema).clone()))
+            .collect()
+    }
+
+    /// The schema of collection `name`.
+    ///
+    /// # Errors
+    /// [`CollectionError::NotFound`].
+    pub fn schema(&self, name: &str) -> Result<CollectionSchema, CollectionError> {
+        self.inner
+            .read()
+            .collections
+            .get(name)
+            .map(|c| (*c.schema).clone())
+            .ok_or_else(|| CollectionError::NotFound(name.to_string()))
+    }
+
+    /// Counters of collection `name`.
+    ///
+    /// # Errors
+    /// [`CollectionError::NotFound`].
+    pub fn stats(&self, name: &str) -> Result<CollectionStats, CollectionError> {
+        let st = self.inner.read();
+        let c =
+            st.collections.get(name).ok_or_else(|| CollectionError::NotFound(name.to_string()))?;
+        Ok(CollectionStats {
+            rows: c.keys.len() as u64,
+            memtable_rows: c.mem.live_count as u64,
+            segments: c.segments.len(),
+            indexed_segments: c.segments.iter().filter(|s| s.index.is_some()).count(),
+            segment_rows: c.segments.iter().map(|s| s.meta.rows).sum(),
+            deleted_segment_rows: c.segments.iter().map(|s| s.deleted_count).sum(),
+            segment_bytes: c.segments.iter().map(|s| s.meta.bytes).sum(),
+            resident_vector_bytes: (c.mem.vector_bytes()
+                + c.segments
+                    .iter()
+                    .filter_map(|s| s.vectors.as_ref())
+                    .flat_map(|v| v.iter())
+                    .map(Vectors::bytes)
+                    .sum::<usize>()) as u64,
+            index_failures: c.index_failures.load(Ordering::Relaxed),
+        })
+    }
+}

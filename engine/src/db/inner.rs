@@ -1,0 +1,222 @@
+//! The state shared by a [`Database`](super::Database) and its threads: locks, the WAL, the
+//! manifest store, work queues, pools, and the helpers every room uses (commit, poison, paths).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use quiver_wal::vfs::Vfs;
+use quiver_wal::{Lsn, Wal};
+
+use crate::diskgraph::search::{DiskIndex, SearchState, Searcher};
+use crate::error::{BackgroundError, ReadError};
+use crate::lock::DirLock;
+use crate::manifest::{ManifestError, ManifestStore};
+use crate::options::Options;
+
+use super::body::{Body, index_name};
+use super::model::{Op, State};
+use super::read::{CollectionView, SegmentView};
+
+/// Writes submitted to the WAL and not yet applied, in LSN order.
+#[derive(Debug, Default)]
+pub(super) struct Order {
+    pub(super) queue: VecDeque<(Lsn, Op)>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Work {
+    pub(super) shutdown: bool,
+    /// Bumped whenever background work may have become available or finished.
+    pub(super) generation: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub(super) dir: PathBuf,
+    pub(super) opts: Options,
+    pub(super) vfs: Arc<dyn Vfs>,
+    /// The real path of the index directory, if the file system is real and indexing is on.
+    pub(super) index_dir: Option<PathBuf>,
+    pub(super) wal: Wal,
+    pub(super) order: Mutex<Order>,
+    pub(super) manifest: Mutex<ManifestStore>,
+    pub(super) state: RwLock<State>,
+    pub(super) next_id: AtomicU64,
+    pub(super) poisoned: Mutex<Option<String>>,
+    pub(super) work: Mutex<Work>,
+    pub(super) work_cv: Condvar,
+    pub(super) flush_ctl: Mutex<FlushCtl>,
+    pub(super) flush_cv: Condvar,
+    /// Indexes found damaged by a search: (collection id, segment id, the index), for the
+    /// background worker to drop (the segment is searched exactly) and rebuild.
+    pub(super) damaged_indexes: Mutex<Vec<(u64, u64, Arc<DiskIndex>)>>,
+    /// Search states (io_uring rings with registered buffers, visited sets) kept for reuse, so a
+    /// query does not create a ring per segment; at most [`MAX_POOLED_SEARCH_STATES`].
+    pub(super) search_states: Mutex<Vec<SearchState>>,
+    /// When the last write was applied (for [`Options::idle_flush`]).
+    pub(super) last_write: Mutex<Instant>,
+    /// The background worker's last failure, until a unit of work succeeds: a flush waiting
+    /// for index builds that fail for lack of space reports that instead of stalling.
+    pub(super) background_failure: Mutex<Option<Arc<BackgroundError>>>,
+    pub(super) _lock: Option<DirLock>,
+}
+
+/// Search states kept for reuse: one per concurrent segment search, up to this many (each holds
+/// an io_uring ring and 64 registered 4 KiB buffer slots, about 300 KiB).
+pub(super) const MAX_POOLED_SEARCH_STATES: usize = 64;
+
+/// WAL payload buffers kept for reuse, and the largest kept: inserts encode their batch into
+/// one, which the WAL takes over, so a stream of multi-MB batches does not fault in fresh memory
+/// for each. Bounds the pool at 256 MiB; it holds only what was once in flight at the same time.
+pub(super) const WAL_BUFFER_POOL: (usize, usize) = (8, 32 << 20);
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Inner {
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn alloc_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub(super) fn poisoned(&self) -> Option<String> {
+        lock(&self.poisoned).clone()
+    }
+
+    pub(super) fn poison(&self, why: String) {
+        let mut p = lock(&self.poisoned);
+        if p.is_none() {
+            tracing::error!("database poisoned: {why}");
+            *p = Some(why);
+        }
+    }
+
+    /// Records that searching `ix`, the index of segment `s`, failed with `e`. A damaged index
+    /// (a sector fails its checksum, a node is malformed) is queued for the background worker,
+    /// which drops it, so the segment is searched exactly, and rebuilds it; an I/O error is
+    /// only counted, as it may pass.
+    pub(super) fn index_failed(
+        &self,
+        c: &CollectionView,
+        s: &SegmentView,
+        ix: &Arc<DiskIndex>,
+        e: &crate::diskgraph::layout::LayoutError,
+    ) {
+        c.index_failures.fetch_add(1, Ordering::Relaxed);
+        let damaged = matches!(e, crate::diskgraph::layout::LayoutError::Corrupt { .. });
+        tracing::error!(
+            collection = %c.name,
+            segment = format!("{:016x}", s.id),
+            "disk index failed ({e}); searching the segment from its Parquet file{}",
+            if damaged { " and rebuilding the index" } else { "" }
+        );
+        if damaged {
+            let mut queue = lock(&self.damaged_indexes);
+            if !queue.iter().any(|(_, _, q)| Arc::ptr_eq(q, ix)) {
+                queue.push((c.id, s.id, Arc::clone(ix)));
+            }
+            drop(queue);
+            self.notify_work();
+        }
+    }
+
+    /// A searcher of `ix` (the index of segment `segment`) with a pooled search state (a new one if none is free).
+    pub(super) fn searcher<'a>(
+        &self,
+        segment: u64,
+        ix: &'a DiskIndex,
+    ) -> Result<Searcher<'a>, ReadError> {
+        let pooled = lock(&self.search_states).pop();
+        match pooled {
+            Some(state) => ix.searcher_with(state),
+            None => ix.searcher(),
+        }
+        .map_err(|source| ReadError::Index { segment, source })
+    }
+
+    /// Returns a search state to the pool (dropped if the pool is full).
+    pub(super) fn return_search_state(&self, state: SearchState) {
+        let mut pool = lock(&self.search_states);
+        if pool.len() < MAX_POOLED_SEARCH_STATES {
+            pool.push(state);
+        }
+    }
+
+    pub(super) fn notify_work(&self) {
+        lock(&self.work).generation += 1;
+        self.work_cv.notify_all();
+    }
+
+    /// Wakes the flusher thread and every writer waiting for room: a flush is wanted, or one
+    /// finished or gave up.
+    pub(super) fn notify_flushed(&self) {
+        lock(&self.flush_ctl).generation += 1;
+        self.flush_cv.notify_all();
+    }
+
+    pub(super) fn path(&self, sub: &str, name: &str) -> PathBuf {
+        self.dir.join(sub).join(name)
+    }
+
+    /// Commits the state's body (plus `edit`) under the held manifest lock.
+    /// Commits the manifest: the state's body with `edit` applied. The body is taken under a
+    /// brief read lock, and the commit's writes and syncs run with no state lock held, so
+    /// readers and writers go on meanwhile. The caller holds the manifest lock (`store`), and
+    /// every change to what a body lists (segments, deletion files, collections, checkpoint)
+    /// is made under it, so the body cannot go stale before the commit.
+    pub(super) fn commit(
+        &self,
+        store: &mut ManifestStore,
+        edit: impl FnOnce(&mut Body),
+    ) -> Result<(), ManifestError> {
+        let mut body = self.read().body(self.next_id.load(Ordering::SeqCst));
+        edit(&mut body);
+        let bytes = serde_json::to_vec(&body).expect("the manifest body serialises");
+        store.commit(&bytes).inspect_err(|e| {
+            // Only a commit whose outcome is unknown stops the database; one that failed
+            // before its rename left the old manifest in force (see `ManifestStore::commit`).
+            if store.is_poisoned() {
+                self.poison(format!("manifest commit failed: {e}"));
+            }
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn remove_quietly(&self, path: &Path) {
+        if let Err(e) = self.vfs.remove_file(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove {}: {e}", path.display());
+        }
+    }
+
+    pub(super) fn remove_index_dir(&self, seg: u64) {
+        if let Some(dir) = &self.index_dir {
+            let p = dir.join(index_name(seg));
+            if let Err(e) = std::fs::remove_dir_all(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("could not remove {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// Coordination between writers and the flusher thread.
+#[derive(Debug, Default)]
+pub(super) struct FlushCtl {
+    pub(super) shutdown: bool,
+    /// Bumped when a flush is wanted or one finished.
+    pub(super) generation: u64,
+}

@@ -1,0 +1,271 @@
+//! Merges: size-tiered picks of a collection's segments, rewritten into one without their
+//! deleted rows, while writers and readers go on.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow_schema::SchemaRef;
+
+use crate::batch::{self, Key, Vectors};
+use crate::error::BackgroundError;
+use crate::options::Options;
+use crate::schema::CollectionSchema;
+use crate::segment::{self, SegmentFile};
+
+use super::background::{Progress, io_error};
+use super::body::{DeleteMeta, delete_name, segment_name};
+use super::flush::{open_new_segment, write_deletes};
+use super::inner::{Inner, lock};
+use super::install::install_segment;
+use super::model::{Collection, Loc, Segment};
+use super::open::read_vectors;
+use super::{DELETES_DIR, SCAN_BATCH_ROWS, SEGMENTS_DIR};
+
+/// The segments of `c` to merge next, oldest first; empty if none is due. Size-tiered: segments
+/// of at most [`Options::merge_max_rows`] rows fall in tiers by live rows (powers of 4); the
+/// lowest tier holding [`Options::merge_min_segments`] segments is merged (at most 16 at a
+/// time), so each row is rewritten about log₄(size) times. Failing that, a segment that is
+/// more than a fifth deletions is rewritten alone.
+pub(super) fn merge_candidates<'a>(c: &'a Collection, opts: &Options) -> Vec<&'a Segment> {
+    let min = opts.merge_min_segments;
+    if min == 0 {
+        return Vec::new();
+    }
+    let mut tiers: BTreeMap<u32, Vec<&Segment>> = BTreeMap::new();
+    for s in c.segments.iter().filter(|s| s.meta.rows <= opts.merge_max_rows) {
+        let live = (s.meta.rows - s.deleted_count).max(1);
+        tiers.entry(live.ilog2() / 2).or_default().push(s);
+    }
+    if let Some(mut pick) = tiers.into_values().find(|t| t.len() >= min.max(2)) {
+        pick.truncate(16);
+        return pick;
+    }
+    c.segments.iter().filter(|s| s.deleted_count * 5 > s.meta.rows).take(1).collect()
+}
+
+/// One segment a merge reads, as it was when the merge began.
+pub(super) struct MergeInput {
+    pub(super) id: u64,
+    pub(super) file: SegmentFile,
+    /// Its live rows then.
+    pub(super) live: Vec<u32>,
+    pub(super) keys: Arc<[Key]>,
+    pub(super) vectors: Option<Arc<[Vectors]>>,
+}
+
+impl MergeInput {
+    /// Whether every row was live, so the merge copies the file's row groups as they are.
+    pub(super) fn whole(&self) -> bool {
+        self.live.len() == self.keys.len()
+    }
+}
+
+/// What a merge works from, taken under a brief read lock when it begins.
+struct MergeJob {
+    collection: u64,
+    schema: Arc<CollectionSchema>,
+    arrow: SchemaRef,
+    /// Whole inputs (copied row group by row group) last; see [`MergeInput::whole`].
+    inputs: Vec<MergeInput>,
+}
+
+impl MergeJob {
+    /// Where each row of the merged segment was copied from, in the merged segment's order.
+    fn origins(&self) -> impl Iterator<Item = Loc> + '_ {
+        self.inputs.iter().flat_map(|i| i.live.iter().map(move |&r| Loc::Seg(i.id, r)))
+    }
+
+    fn input_ids(&self) -> Vec<u64> {
+        self.inputs.iter().map(|i| i.id).collect()
+    }
+}
+
+/// Why a merge gave up after writing its segment (nothing to report as an error).
+struct Abandoned(&'static str);
+
+/// Merges a collection's small segments (and any with many deletions) into one, dropping
+/// deleted rows.
+///
+/// 1. [`plan_merge`]: which segments, and which of their rows are live, under a brief read lock.
+/// 2. [`write_merged`]: the new segment file, with no lock held; writers and readers go on.
+/// 3. Under the manifest lock: [`carry_deletions`] made since step 1 into the new segment, and
+///    write its deletion file; commit the manifest (the inputs out, the new segment in).
+/// 4. [`install_segment`] under the write lock, then remove the inputs' files.
+pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
+    let Some(job) = plan_merge(inner) else { return Ok(Progress::Idle) };
+    let new_id = inner.alloc_id();
+    let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
+    let mut seg = write_merged(inner, &job, new_id).inspect_err(|_| inner.remove_quietly(&path))?;
+
+    let mut store = lock(&inner.manifest);
+    let prepared = match carry_deletions(inner, &job, &mut seg) {
+        Ok(()) => write_merge_deletes(inner, &mut seg),
+        Err(Abandoned(why)) => {
+            tracing::info!("merge into {new_id:016x} abandoned: {why}");
+            inner.remove_quietly(&path);
+            return Ok(Progress::Idle);
+        }
+    };
+    let del_path = prepared.inspect_err(|_| inner.remove_quietly(&path))?;
+    let remove_new_files = || {
+        inner.remove_quietly(&path);
+        if let Some(p) = &del_path {
+            inner.remove_quietly(p);
+        }
+    };
+    let input_ids = job.input_ids();
+    let meta = seg.meta.clone();
+    let committed = inner.commit(&mut store, |b| {
+        let c = b.collections.iter_mut().find(|c| c.id == job.collection).expect("checked");
+        c.segments.retain(|s| !input_ids.contains(&s.id));
+        c.segments.push(meta);
+        c.segments.sort_by_key(|s| s.id);
+    });
+    if let Err(e) = committed {
+        if !store.is_poisoned() {
+            remove_new_files(); // the old manifest stands: nothing names the merged files
+        }
+        return Err(e.into());
+    }
+    let installed = {
+        let mut st = inner.write();
+        let c = st.by_id_mut(job.collection).expect("checked under the manifest lock");
+        install_segment(c, seg, job.origins(), &input_ids)
+    };
+    drop(store);
+    if installed.late > 0 {
+        tracing::debug!("merge into {new_id:016x}: {} rows written meanwhile", installed.late);
+    }
+    for (sid, d) in installed.replaced {
+        inner.remove_quietly(&inner.path(SEGMENTS_DIR, &segment_name(sid)));
+        if let Some(d) = d {
+            inner.remove_quietly(&inner.path(DELETES_DIR, &delete_name(d.file)));
+        }
+        inner.remove_index_dir(sid);
+    }
+    Ok(Progress::Worked)
+}
+
+/// Step 1 of a merge: the first collection with segments due, and a snapshot of those.
+fn plan_merge(inner: &Inner) -> Option<MergeJob> {
+    let st = inner.read();
+    let mut job = st.collections.values().find_map(|c| {
+        let pick = merge_candidates(c, &inner.opts);
+        if pick.is_empty() {
+            return None;
+        }
+        let inputs = pick
+            .iter()
+            .map(|s| MergeInput {
+                id: s.meta.id,
+                file: s.file.clone(),
+                live: s.live_rows(),
+                keys: s.keys.clone(),
+                vectors: s.vectors.clone(),
+            })
+            .collect();
+        Some(MergeJob {
+            collection: c.id,
+            schema: c.schema.clone(),
+            arrow: c.arrow.clone(),
+            inputs,
+        })
+    })?;
+    // Segments that lost no rows are copied row group by row group, without decoding; the
+    // others are re-encoded from their live rows. Encoded rows come first in the new file.
+    job.inputs.sort_by_key(MergeInput::whole);
+    Some(job)
+}
+
+/// Step 2 of a merge: writes segment `new_id` from the job's live rows (synced, directory
+/// too) and opens it with every row alive. No lock is held.
+fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, BackgroundError> {
+    let MergeJob { schema, arrow, inputs, .. } = job;
+    let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
+    let mut keys = Vec::new();
+    let mut vectors = Vec::new();
+    let all: Vec<usize> = (0..arrow.fields().len()).collect();
+    let mut w = segment::SegmentWriter::create(
+        inner.vfs.as_ref(),
+        &path,
+        arrow,
+        inner.opts.row_group_rows,
+        inner.opts.parquet_zstd_level,
+    )?;
+    for input in inputs {
+        if input.whole() {
+            w.copy_row_groups(&input.file)?;
+            keys.extend(input.keys.iter().cloned());
+            match &input.vectors {
+                Some(v) => vectors.extend(v.iter().cloned()),
+                None => vectors.extend(read_vectors(&input.file, schema)?),
+            }
+            continue;
+        }
+        for chunk in input.live.chunks(SCAN_BATCH_ROWS) {
+            for b in input.file.read(&all, Some(chunk), SCAN_BATCH_ROWS)? {
+                keys.extend(batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)?);
+                vectors.push(batch::vectors_of(schema, b.column(1).as_ref())?);
+                w.write(&b)?;
+            }
+        }
+    }
+    let sum = w.finish()?;
+    let seg = open_new_segment(inner, arrow, new_id, sum, keys, vectors)?;
+    let d = inner.dir.join(SEGMENTS_DIR);
+    inner.vfs.sync_dir(&d).map_err(io_error(&d))?;
+    Ok(seg)
+}
+
+/// Step 3 of a merge, under the manifest lock: rows deleted from the inputs since the snapshot
+/// are deleted in the new segment too. Gives up if the database was poisoned, or the
+/// collection or an input is gone.
+fn carry_deletions(inner: &Inner, job: &MergeJob, seg: &mut Segment) -> Result<(), Abandoned> {
+    if inner.poisoned().is_some() {
+        return Err(Abandoned("the database is poisoned"));
+    }
+    let st = inner.read();
+    let Some(c) = st.collections.values().find(|c| c.id == job.collection) else {
+        return Err(Abandoned("the collection was dropped"));
+    };
+    let mut row = 0u32;
+    for input in &job.inputs {
+        let Some(s) = c.segment(input.id) else {
+            return Err(Abandoned("an input segment is gone"));
+        };
+        for &r in &input.live {
+            if s.deleted.contains(r as usize) {
+                seg.kill(row);
+            }
+            row += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Step 3 of a merge: writes the new segment's deletion file if it has deleted rows (synced,
+/// directory too) and records it in the segment's metadata. Returns its path.
+fn write_merge_deletes(
+    inner: &Inner,
+    seg: &mut Segment,
+) -> Result<Option<PathBuf>, BackgroundError> {
+    seg.dirty = false;
+    if seg.deleted_count == 0 {
+        return Ok(None);
+    }
+    let file = inner.alloc_id();
+    let p = inner.path(DELETES_DIR, &delete_name(file));
+    let written = write_deletes(inner, &p, seg.meta.id, seg.meta.rows, &seg.deleted_rows())
+        .map_err(BackgroundError::from)
+        .and_then(|()| {
+            let dd = inner.dir.join(DELETES_DIR);
+            inner.vfs.sync_dir(&dd).map_err(io_error(&dd))
+        });
+    if let Err(e) = written {
+        inner.remove_quietly(&p);
+        return Err(e);
+    }
+    seg.meta.deletes = Some(DeleteMeta { file, count: seg.deleted_count });
+    Ok(Some(p))
+}

@@ -1,0 +1,185 @@
+//! The in-memory model of the database: collections, their sealed segments, and the key map
+//! saying where every live row is. Guarded by `Inner::state`; changed only by applying writes
+//! and by installs (flush, merge, index), each under the write lock and without I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use arrow_schema::SchemaRef;
+
+use quiver_wal::Lsn;
+
+use crate::batch::{Key, Prepared, Vectors};
+use crate::diskgraph::search::DiskIndex;
+use crate::error::ReadError;
+use crate::rowset::RowSet;
+use crate::schema::CollectionSchema;
+use crate::segment::SegmentFile;
+
+use super::body::{BODY_FORMAT, Body, CollectionMeta, SegmentMeta};
+use super::memtable::Memtable;
+
+/// Where a live row is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Loc {
+    /// Row of the in-memory table.
+    Mem(u32),
+    /// Row of a segment.
+    Seg(u64, u32),
+}
+
+/// Every live row's place by id. aHash with per-process random keys: about three times cheaper
+/// than SipHash on the insert path, still not predictable by a client choosing ids.
+pub(super) type KeyMap = HashMap<Key, Loc, ahash::RandomState>;
+
+/// A sealed segment.
+#[derive(Debug)]
+pub(super) struct Segment {
+    pub(super) meta: SegmentMeta,
+    pub(super) file: SegmentFile,
+    /// The key of every row (deleted ones too); shared so merges take them without a copy.
+    pub(super) keys: Arc<[Key]>,
+    /// Copy on write: reads keep the bitmap they started with (an `Arc` clone) while a delete
+    /// changes a copy.
+    pub(super) deleted: Arc<RowSet>,
+    pub(super) deleted_count: u64,
+    /// Deletions not yet in a deletion file (they are in the WAL).
+    pub(super) dirty: bool,
+    /// Search vectors, held until the segment has a disk index: chunks, one after another
+    /// (those of flushed batches share the batches' buffers).
+    pub(super) vectors: Option<Arc<[Vectors]>>,
+    pub(super) index: Option<Arc<DiskIndex>>,
+}
+
+impl Segment {
+    pub(super) fn kill(&mut self, row: u32) {
+        let r = row as usize;
+        let fresh = Arc::make_mut(&mut self.deleted).insert(r);
+        assert!(fresh, "segment {} row {row} deleted twice", self.meta.id);
+        self.deleted_count += 1;
+        self.dirty = true;
+    }
+
+    pub(super) fn live_rows(&self) -> Vec<u32> {
+        (0..self.keys.len() as u32).filter(|&r| !self.deleted.contains(r as usize)).collect()
+    }
+
+    pub(super) fn deleted_rows(&self) -> Vec<u32> {
+        (0..self.keys.len() as u32).filter(|&r| self.deleted.contains(r as usize)).collect()
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Collection {
+    pub(super) id: u64,
+    pub(super) name: String,
+    pub(super) schema: Arc<CollectionSchema>,
+    pub(super) arrow: SchemaRef,
+    pub(super) mem: Memtable,
+    /// Ascending id (older first).
+    pub(super) segments: Vec<Segment>,
+    /// Every live row's place.
+    pub(super) keys: KeyMap,
+    /// Index searches that failed since open (each fell back to an exact search of its
+    /// segment's Parquet file, and the index was queued for a rebuild if damaged).
+    pub(super) index_failures: Arc<AtomicU64>,
+}
+
+impl Collection {
+    pub(super) fn segment_mut(&mut self, id: u64) -> &mut Segment {
+        let at = self.segments.binary_search_by_key(&id, |s| s.meta.id).expect("segment exists");
+        &mut self.segments[at]
+    }
+
+    pub(super) fn segment(&self, id: u64) -> Option<&Segment> {
+        self.segments.binary_search_by_key(&id, |s| s.meta.id).ok().map(|at| &self.segments[at])
+    }
+
+    pub(super) fn kill(&mut self, loc: Loc) {
+        match loc {
+            Loc::Mem(r) => self.mem.kill(r),
+            Loc::Seg(s, r) => self.segment_mut(s).kill(r),
+        }
+    }
+
+    pub(super) fn insert(&mut self, p: Prepared) -> usize {
+        let first = self.mem.keys.len() as u32;
+        for (i, k) in p.keys.iter().enumerate() {
+            if let Some(old) = self.keys.insert(k.clone(), Loc::Mem(first + i as u32)) {
+                self.kill(old);
+            }
+        }
+        let before = self.mem.bytes;
+        self.mem.append(p);
+        self.mem.bytes - before
+    }
+
+    pub(super) fn delete(&mut self, keys: &[Key]) {
+        for k in keys {
+            if let Some(old) = self.keys.remove(k) {
+                self.kill(old);
+            }
+        }
+    }
+
+    pub(super) fn column_index(&self, name: &str) -> Result<usize, ReadError> {
+        self.arrow.index_of(name).map_err(|_| ReadError::UnknownColumn(name.to_string()))
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub(super) collections: BTreeMap<String, Collection>,
+    pub(super) checkpoint: Lsn,
+    /// Bytes of every memtable.
+    pub(super) mem_bytes: usize,
+    /// Bytes of the memtables' frozen prefixes (a flush is writing them).
+    pub(super) frozen_bytes: usize,
+}
+
+impl State {
+    pub(super) fn by_id_mut(&mut self, id: u64) -> Option<&mut Collection> {
+        self.collections.values_mut().find(|c| c.id == id)
+    }
+
+    pub(super) fn apply(&mut self, op: Op) {
+        match op {
+            Op::Insert { collection, prepared } => {
+                if let Some(c) = self.by_id_mut(collection) {
+                    let added = c.insert(prepared);
+                    self.mem_bytes += added;
+                }
+            }
+            Op::Delete { collection, keys } => {
+                if let Some(c) = self.by_id_mut(collection) {
+                    c.delete(&keys);
+                }
+            }
+        }
+    }
+
+    pub(super) fn body(&self, next_id: u64) -> Body {
+        Body {
+            format: BODY_FORMAT,
+            next_id,
+            wal_checkpoint: self.checkpoint,
+            collections: self
+                .collections
+                .values()
+                .map(|c| CollectionMeta {
+                    id: c.id,
+                    name: c.name.clone(),
+                    schema: (*c.schema).clone(),
+                    segments: c.segments.iter().map(|s| s.meta.clone()).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) enum Op {
+    Insert { collection: u64, prepared: Prepared },
+    Delete { collection: u64, keys: Vec<Key> },
+}

@@ -1,0 +1,248 @@
+//! The write path: a write is checked, handed to the WAL, and applied to the in-memory model in
+//! LSN order once durable; backpressure keeps the memtables within their budget.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::{Field, Schema};
+
+use crate::batch::{self, kind};
+use crate::error::{FlushError, WriteError};
+use crate::schema::{CollectionSchema, ID_COLUMN};
+
+use super::Database;
+use super::flush::flush_once;
+use super::inner::{Inner, lock};
+use super::model::Op;
+
+impl Database {
+    /// Inserts (upserts by id) the rows of `batch`: columns `id`, `vector`, and any of the
+    /// collection's attributes (missing nullable ones become null). Returns once the rows are
+    /// durable in the WAL; from then on every search, get and scan sees them. May first flush
+    /// the in-memory table, and wait for background work (backpressure).
+    ///
+    /// # Errors
+    /// [`WriteError`]; for a refused batch, nothing was written.
+    pub fn insert(&self, collection: &str, batch: &RecordBatch) -> Result<u64, WriteError> {
+        self.submit_insert(collection, batch)?.wait()
+    }
+
+    /// [`Database::insert`] in two steps, so one caller can keep several writes in flight
+    /// (the Flight server pipelines a stream's batches this way): checks `batch`, hands it to
+    /// the WAL and returns without waiting for it to become durable. The rows are neither
+    /// acknowledged nor visible until [`PendingWrite::wait`] returns. Writes take effect in the
+    /// order they were submitted, whoever waits first.
+    ///
+    /// # Errors
+    /// As [`Database::insert`], for everything found before the WAL write; a refused batch
+    /// wrote nothing.
+    pub fn submit_insert(
+        &self,
+        collection: &str,
+        batch: &RecordBatch,
+    ) -> Result<PendingWrite, WriteError> {
+        let inner = &self.inner;
+        let (cid, schema) = self.admit(collection, batch.num_rows())?;
+        let prepared = batch::prepare(&schema, batch, batch::Admit::New)?;
+        if prepared.keys.is_empty() {
+            return Ok(PendingWrite::done(inner, inner.wal.durable_lsn()));
+        }
+        let mut payload = inner.wal.buffer();
+        batch::encode_payload_into(&mut payload, cid, &prepared.batch)
+            .map_err(batch::BatchError::from)?;
+        self.submit(Op::Insert { collection: cid, prepared }, kind::INSERT, payload)
+    }
+
+    /// Deletes the rows with these ids (an array of the collection's id type); ids not present
+    /// are ignored. Durable and visible when it returns.
+    ///
+    /// # Errors
+    /// [`WriteError`]; for refused ids, nothing was written.
+    pub fn delete(&self, collection: &str, ids: &dyn Array) -> Result<u64, WriteError> {
+        let inner = &self.inner;
+        let (cid, schema) = self.admit(collection, ids.len())?;
+        let keys = batch::delete_keys(ids, schema.id_type())?;
+        if keys.is_empty() {
+            return Ok(inner.wal.durable_lsn());
+        }
+        let array = batch::keys_to_array(&keys, schema.id_type());
+        let b = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(ID_COLUMN, array.data_type().clone(), false)])),
+            vec![array],
+        )
+        .map_err(batch::BatchError::from)?;
+        let payload = batch::encode_payload(cid, &b).map_err(batch::BatchError::from)?;
+        self.submit(Op::Delete { collection: cid, keys }, kind::DELETE, payload)?.wait()
+    }
+
+    /// The checks every write passes first: not poisoned, within the row limit, a known
+    /// collection (its id and schema).
+    pub(super) fn admit(
+        &self,
+        collection: &str,
+        rows: usize,
+    ) -> Result<(u64, Arc<CollectionSchema>), WriteError> {
+        if let Some(p) = self.inner.poisoned() {
+            return Err(WriteError::Poisoned(p));
+        }
+        let limit = self.inner.opts.max_batch_rows;
+        if rows > limit {
+            return Err(batch::BatchError::TooManyRows { rows, limit }.into());
+        }
+        let st = self.inner.read();
+        let c = st
+            .collections
+            .get(collection)
+            .ok_or_else(|| WriteError::NotFound(collection.to_string()))?;
+        Ok((c.id, c.schema.clone()))
+    }
+
+    /// Makes room in the memtables before a write. Writes never wait for a flush's I/O unless
+    /// the memtables hold twice their budget: past one budget, the flusher thread is woken (or,
+    /// without background work, the writer flushes); while a flush runs and new rows fill
+    /// another budget, writers wait for it (at most [`Options::max_stall`]).
+    pub(super) fn make_room(&self) -> Result<(), WriteError> {
+        let inner = &*self.inner;
+        let limit = inner.opts.memtable_bytes;
+        let started = Instant::now();
+        loop {
+            let (total, frozen) = {
+                let st = inner.read();
+                (st.mem_bytes, st.frozen_bytes)
+            };
+            let mutable = total - frozen;
+            if mutable < limit {
+                return Ok(());
+            }
+            if !inner.opts.background || (frozen == 0 && mutable >= 2 * limit) {
+                // No flusher, or it is failing or behind: flush here, reporting its error.
+                return flush_once(inner).map_err(|e| match e {
+                    FlushError::Stalled(d) => WriteError::Stalled(d),
+                    FlushError::Poisoned(p) => WriteError::Poisoned(p),
+                    e => WriteError::Flush(Box::new(e)),
+                });
+            }
+            let mut ctl = lock(&inner.flush_ctl);
+            if frozen == 0 {
+                ctl.generation += 1;
+                inner.flush_cv.notify_all();
+                return Ok(());
+            }
+            // A flush is writing the frozen rows and the new ones fill a budget: wait for it.
+            if let Some(p) = inner.poisoned() {
+                return Err(WriteError::Poisoned(p));
+            }
+            let waited = started.elapsed();
+            if waited >= inner.opts.max_stall {
+                return Err(WriteError::Stalled(waited));
+            }
+            drop(
+                inner
+                    .flush_cv
+                    .wait_timeout(ctl, Duration::from_millis(50))
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+        }
+    }
+
+    /// Queues `op` behind its WAL record; [`PendingWrite::wait`] applies it once durable.
+    pub(super) fn submit(
+        &self,
+        op: Op,
+        kind: u8,
+        payload: Vec<u8>,
+    ) -> Result<PendingWrite, WriteError> {
+        let inner = &self.inner;
+        self.make_room()?;
+        let pending = {
+            let mut order = lock(&inner.order);
+            let pending = inner.wal.submit_owned(kind, payload).inspect_err(|e| {
+                inner.poison(format!("WAL append failed: {e}"));
+            })?;
+            order.queue.push_back((pending.lsn(), op));
+            pending
+        };
+        Ok(PendingWrite { inner: Arc::clone(inner), lsn: pending.lsn(), wal: Some(pending) })
+    }
+}
+
+/// A write handed to the WAL but not yet acknowledged, from [`Database::submit_insert`].
+///
+/// [`PendingWrite::wait`] blocks until the write is durable, makes it (and every write
+/// submitted before it) visible, and returns its LSN. Dropping it unwaited waits the same way,
+/// so no durable write stays invisible; only a leaked one (`mem::forget`) stays invisible until
+/// a later write is waited on or a flush.
+#[must_use = "a write is acknowledged and visible only once waited on"]
+pub struct PendingWrite {
+    inner: Arc<Inner>,
+    lsn: u64,
+    /// `None` once waited on, or for a write that needed no record.
+    wal: Option<quiver_wal::Pending>,
+}
+
+impl fmt::Debug for PendingWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingWrite").field("lsn", &self.lsn).finish_non_exhaustive()
+    }
+}
+
+impl PendingWrite {
+    /// A write with nothing to log (no rows): acknowledged at once with `lsn`.
+    pub(super) fn done(inner: &Arc<Inner>, lsn: u64) -> PendingWrite {
+        PendingWrite { inner: Arc::clone(inner), lsn, wal: None }
+    }
+
+    /// The write's LSN (assigned at submission).
+    #[must_use]
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// Blocks until the write is durable, applies it, and returns its LSN.
+    ///
+    /// # Errors
+    /// [`WriteError`] if the WAL failed first (the database is then poisoned).
+    pub fn wait(mut self) -> Result<u64, WriteError> {
+        match self.wal.take() {
+            Some(p) => finish_write(&self.inner, p),
+            None => Ok(self.lsn),
+        }
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if let Some(p) = self.wal.take() {
+            // The error, if any, has poisoned the database; later writes report it.
+            let _ = finish_write(&self.inner, p);
+        }
+    }
+}
+
+/// Waits for `pending`'s record, then applies, in LSN order, every queued write up to it (all
+/// are durable); on failure, poisons the database.
+pub(super) fn finish_write(inner: &Inner, pending: quiver_wal::Pending) -> Result<u64, WriteError> {
+    let lsn = pending.lsn();
+    match pending.wait() {
+        Ok(_) => {
+            let mut order = lock(&inner.order);
+            if order.queue.front().is_some_and(|(l, _)| *l <= lsn) {
+                let mut st = inner.write();
+                while order.queue.front().is_some_and(|(l, _)| *l <= lsn) {
+                    let (_, op) = order.queue.pop_front().expect("checked");
+                    st.apply(op);
+                }
+            }
+            drop(order);
+            *lock(&inner.last_write) = Instant::now();
+            Ok(lsn)
+        }
+        Err(e) => {
+            lock(&inner.order).queue.retain(|(l, _)| *l != lsn);
+            inner.poison(format!("WAL write failed: {e}"));
+            Err(e.into())
+        }
+    }
+}
