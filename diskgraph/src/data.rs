@@ -358,11 +358,7 @@ impl VectorSet {
             )));
         }
         for i in 0..self.n {
-            let row: &mut [f32] = bytemuck::cast_slice_mut(self.row_bytes_mut(i));
-            let norm = row.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
-            if norm > 0.0 {
-                row.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
-            }
+            unit_length(bytemuck::cast_slice_mut(self.row_bytes_mut(i)));
         }
         Ok(())
     }
@@ -573,6 +569,19 @@ pub fn read_ivecs(path: &Path) -> Result<Vec<Vec<u32>>, DataError> {
         pos += 4 + k as u64 * 4;
     }
     Ok(rows)
+}
+
+/// Scales `row` to unit length, summing squares in f64: the one normalisation every cosine
+/// vector and query goes through (stored rows, index queries, and the engine's exact searches),
+/// so the same input always gives the same bits. Returns `false`, leaving `row` as it is, if its
+/// length is zero or not finite.
+pub fn unit_length(row: &mut [f32]) -> bool {
+    let norm = row.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return false;
+    }
+    row.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    true
 }
 
 #[cfg(test)]

@@ -667,14 +667,11 @@ impl Searcher<'_> {
         if let Some(bad) = qf.iter().find(|x| !x.is_finite()) {
             return Err(SearchError::Query(format!("non-finite value {bad}")));
         }
-        let q_norm_sq: f32 = qf.iter().map(|x| x * x).sum();
         match h.user_metric {
-            Metric::Cosine if q_norm_sq > 0.0 => {
-                let norm = q_norm_sq.sqrt();
-                qf.iter_mut().for_each(|x| *x /= norm);
-            }
+            // A zero query stays zero: every cosine distance is then 1.
+            Metric::Cosine => _ = crate::data::unit_length(&mut qf),
             Metric::InnerProduct => qf.push(0.0),
-            _ => {}
+            Metric::L2 => {}
         }
         // Exact distances use the native kernel when the query has the stored type, else f32.
         let native = matches!(

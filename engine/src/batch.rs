@@ -398,12 +398,7 @@ pub fn vectors_share_batch(schema: &CollectionSchema) -> bool {
 
 /// Scales `v` to unit length (in f64); false for a zero vector, which is left alone.
 pub fn normalize(v: &mut [f32]) -> bool {
-    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
-    if norm == 0.0 || !norm.is_finite() {
-        return false;
-    }
-    v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
-    true
+    crate::diskgraph::data::unit_length(v)
 }
 
 impl Vectors {

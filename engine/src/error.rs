@@ -161,6 +161,9 @@ pub enum ReadError {
     /// A requested column is not in the collection.
     #[error("no column named {0:?}")]
     UnknownColumn(String),
+    /// The search's filter cannot be used on the collection.
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterError),
     /// The ids are of the wrong type or contain nulls.
     #[error(transparent)]
     Ids(#[from] BatchError),

@@ -41,6 +41,7 @@
 pub mod batch;
 mod db;
 pub mod error;
+mod filter;
 mod index_source;
 pub mod lock;
 pub mod manifest;
@@ -56,6 +57,10 @@ pub use db::{
 };
 pub use error::{
     BackgroundError, CollectionError, FlushError, OpenError, ReadError, WriteError, is_no_space,
+};
+pub use filter::{
+    CompareOp, Filter, FilterError, Literal, MAX_IN_VALUES, MAX_PREDICATE_DEPTH,
+    MAX_PREDICATE_NODES, Predicate,
 };
 pub use options::Options;
 pub use schema::{CollectionSchema, IdType, VectorType};

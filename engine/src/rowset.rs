@@ -22,6 +22,11 @@ impl RowSet {
         self.words[row / 64] >> (row % 64) & 1 == 1
     }
 
+    /// How many rows are in the set.
+    pub(crate) fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
     /// Adds `row`; returns whether it was absent. Panics if `row` is not below the length.
     pub(crate) fn insert(&mut self, row: usize) -> bool {
         assert!(row < self.len, "row {row} of a set of {} rows", self.len);
@@ -56,6 +61,7 @@ mod tests {
             for (r, &m) in model.iter().enumerate() {
                 assert_eq!(set.contains(r), m, "len {len} row {r}");
             }
+            assert_eq!(set.count(), model.iter().filter(|&&m| m).count(), "len {len}");
         }
     }
 

@@ -1,17 +1,14 @@
 //! Attribute filters from tickets: `[{"field": F, "op": OP, "value": V}, ...]`, ANDed.
 //!
-//! Each filter is compiled once against the collection's schema (unknown column, unsupported
-//! type or operator, a value that does not convert: an error before any data is read), then
-//! evaluated on record batches with Arrow's comparison kernels. A null compares as false.
+//! The JSON is translated into the engine's [`Predicate`] (an AND of comparisons), which the
+//! engine compiles against the collection's schema (unknown column, unsupported type or operator,
+//! a value that does not convert: an error before any data is read) and applies inside a search
+//! as candidates enter its top-k. Scans apply the same compiled filter to each batch. A null
+//! compares as false.
 
-use arrow_arith::boolean::and;
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, Scalar, StringArray,
-    UInt64Array,
-};
-use arrow_cast::{CastOptions, cast_with_options};
-use arrow_ord::cmp;
-use arrow_schema::{DataType, Schema};
+use arrow_array::RecordBatch;
+use arrow_schema::Schema;
+use quiver_engine::{CompareOp, Filter, Literal, Predicate};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -21,174 +18,118 @@ pub const MAX_FILTERS: usize = 64;
 /// A filter as it arrives in JSON.
 #[derive(Clone, Debug, Deserialize)]
 pub struct FilterSpec {
-    /// The column (`field`, or `column`).
+    /// The column (`column` is accepted too).
     #[serde(alias = "column")]
     pub field: String,
-    /// The operator: `=`/`==`/`eq`, `!=`/`ne`/`neq`, `<`/`lt`, `<=`/`le`/`lte`, `>`/`gt`,
-    /// `>=`/`ge`/`gte`.
+    /// The operator: `=`, `!=`, `<`, `<=`, `>`, `>=` (or `eq`, `ne`, `lt`, `le`, `gt`, `ge`).
     #[serde(alias = "operator")]
     pub op: String,
     /// The value: a number, string or boolean.
     pub value: Value,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-fn parse_op(s: &str) -> Option<Op> {
+fn parse_op(s: &str) -> Option<CompareOp> {
     Some(match s.trim().to_ascii_lowercase().as_str() {
-        "=" | "==" | "eq" => Op::Eq,
-        "!=" | "<>" | "ne" | "neq" => Op::Ne,
-        "<" | "lt" => Op::Lt,
-        "<=" | "le" | "lte" => Op::Le,
-        ">" | "gt" => Op::Gt,
-        ">=" | "ge" | "gte" => Op::Ge,
+        "=" | "==" | "eq" => CompareOp::Eq,
+        "!=" | "<>" | "ne" | "neq" => CompareOp::Ne,
+        "<" | "lt" => CompareOp::Lt,
+        "<=" | "le" | "lte" => CompareOp::Le,
+        ">" | "gt" => CompareOp::Gt,
+        ">=" | "ge" | "gte" => CompareOp::Ge,
         _ => return None,
     })
 }
 
-/// One compiled filter: the column is cast to `as_type` (when it is not already) and compared
-/// with `value`, a one-element array of that type.
-#[derive(Debug)]
-struct Compiled {
-    column: String,
-    op: Op,
-    as_type: DataType,
-    value: ArrayRef,
+fn literal(spec: &FilterSpec) -> Result<Literal, String> {
+    Ok(match &spec.value {
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => Literal::UInt(u),
+            (None, Some(i), _) => Literal::Int(i),
+            (None, None, Some(f)) => Literal::Float(f),
+            _ => return Err(format!("filter on {:?}: the number {n} is out of range", spec.field)),
+        },
+        Value::String(s) => Literal::Str(s.clone()),
+        Value::Bool(b) => Literal::Bool(*b),
+        other => {
+            return Err(format!(
+                "filter on {:?}: cannot compare with {other}; numeric columns take numbers, \
+                 string columns strings, boolean columns booleans, temporal columns strings",
+                spec.field
+            ));
+        }
+    })
 }
 
-/// Filters compiled against a schema, ready to apply to batches that carry their columns.
+/// The engine predicate for `specs` (all must hold), or `None` for no filter.
+///
+/// # Errors
+/// Too many filters, an unknown operator, or a value that is not a number, string or boolean.
+pub fn to_predicate(specs: &[FilterSpec]) -> Result<Option<Predicate>, String> {
+    if specs.len() > MAX_FILTERS {
+        return Err(format!("{} filters exceed the limit of {MAX_FILTERS}", specs.len()));
+    }
+    let parts = specs
+        .iter()
+        .map(|s| {
+            let op = parse_op(&s.op).ok_or_else(|| {
+                format!(
+                    "filter on {:?}: unknown operator {:?}; expected one of =, !=, <, <=, >, >=",
+                    s.field, s.op
+                )
+            })?;
+            Ok(Predicate::compare(s.field.clone(), op, literal(s)?))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(match parts.len() {
+        0 => None,
+        1 => parts.into_iter().next(),
+        _ => Some(Predicate::And(parts)),
+    })
+}
+
+/// Filters compiled for one collection, for scans (searches hand the predicate to the engine).
 #[derive(Debug, Default)]
 pub struct Filters {
-    parts: Vec<Compiled>,
-}
-
-fn is_int(dt: &DataType) -> bool {
-    dt.is_integer()
-}
-
-fn is_string(dt: &DataType) -> bool {
-    matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
-}
-
-fn compile(spec: &FilterSpec, schema: &Schema) -> Result<Compiled, String> {
-    let op = parse_op(&spec.op).ok_or_else(|| {
-        format!(
-            "filter on {:?}: unknown operator {:?}; expected one of =, !=, <, <=, >, >=",
-            spec.field, spec.op
-        )
-    })?;
-    let field = schema.field_with_name(&spec.field).map_err(|_| {
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        format!("filter on unknown column {:?}; the columns are {names:?}", spec.field)
-    })?;
-    let dt = field.data_type();
-    let bad = || {
-        format!(
-            "filter on {:?} (type {dt}): cannot compare with {}; numeric columns take numbers, \
-             string columns strings, boolean columns booleans, temporal columns strings",
-            spec.field, spec.value
-        )
-    };
-    let (as_type, value): (DataType, ArrayRef) = match &spec.value {
-        Value::Number(n) if is_int(dt) && n.is_u64() && dt.is_unsigned_integer() => (
-            DataType::UInt64,
-            std::sync::Arc::new(UInt64Array::from(vec![n.as_u64().expect("u64")])),
-        ),
-        Value::Number(n) if is_int(dt) && n.is_i64() && dt.is_signed_integer() => {
-            (DataType::Int64, std::sync::Arc::new(Int64Array::from(vec![n.as_i64().expect("i64")])))
-        }
-        Value::Number(n) if matches!(dt, DataType::Float16 | DataType::Float32) => {
-            // Compare in the column's own type: a float32 column holds 0.1 as the f32 nearest
-            // to it, which as f64 is 0.100000001…, so `= 0.1` would never match in f64. No
-            // value of the column lies strictly between the literal and its rounding.
-            let v = n.as_f64().ok_or_else(bad)?;
-            let one: ArrayRef = std::sync::Arc::new(Float64Array::from(vec![v]));
-            let v = arrow_cast::cast(&one, dt).map_err(|e| format!("{}: {e}", bad()))?;
-            (dt.clone(), v)
-        }
-        Value::Number(n) if dt.is_numeric() => {
-            let v = n.as_f64().ok_or_else(bad)?;
-            (DataType::Float64, std::sync::Arc::new(Float64Array::from(vec![v])))
-        }
-        Value::String(s) if is_string(dt) || dt.is_temporal() => {
-            let one: ArrayRef = std::sync::Arc::new(StringArray::from(vec![s.as_str()]));
-            let opts = CastOptions { safe: false, ..CastOptions::default() };
-            let v = cast_with_options(&one, dt, &opts).map_err(|e| format!("{}: {e}", bad()))?;
-            (dt.clone(), v)
-        }
-        Value::Bool(b) if dt == &DataType::Boolean => {
-            (DataType::Boolean, std::sync::Arc::new(BooleanArray::from(vec![*b])))
-        }
-        _ => return Err(bad()),
-    };
-    Ok(Compiled { column: spec.field.clone(), op, as_type, value })
+    compiled: Option<(Filter, Vec<String>)>,
 }
 
 impl Filters {
-    /// Compiles `specs` against `schema`.
+    /// Translates and compiles `specs` for the collection whose Arrow schema is `schema`.
     ///
     /// # Errors
-    /// A message naming the filter that cannot apply and why.
+    /// As [`to_predicate`], or the engine's [`quiver_engine::FilterError`] as text.
     pub fn compile(specs: &[FilterSpec], schema: &Schema) -> Result<Filters, String> {
-        if specs.len() > MAX_FILTERS {
-            return Err(format!("{} filters exceed the limit of {MAX_FILTERS}", specs.len()));
-        }
-        let parts = specs.iter().map(|s| compile(s, schema)).collect::<Result<_, _>>()?;
-        Ok(Filters { parts })
+        let Some(p) = to_predicate(specs)? else { return Ok(Filters::default()) };
+        let f = Filter::compile(&p, schema).map_err(|e| e.to_string())?;
+        let names = f.columns().iter().map(|&i| schema.field(i).name().clone()).collect();
+        Ok(Filters { compiled: Some((f, names)) })
     }
 
-    /// Whether there are no filters.
+    /// Whether there is no filter.
     pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
+        self.compiled.is_none()
     }
 
     /// The columns the filters read.
     pub fn columns(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().map(|c| c.column.as_str())
+        self.compiled.iter().flat_map(|(_, names)| names.iter().map(String::as_str))
     }
 
-    /// The rows of `batch` that pass every filter (`batch` must hold the filter columns).
+    /// The rows of `batch` that pass (it must hold every column in [`Filters::columns`]).
     ///
     /// # Errors
-    /// An Arrow kernel failure, as text.
+    /// A filter column is missing, or an Arrow kernel failed.
     pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, String> {
-        if self.parts.is_empty() {
-            return Ok(batch.clone());
-        }
-        let mut mask: Option<BooleanArray> = None;
-        for c in &self.parts {
-            let col = batch
-                .column_by_name(&c.column)
-                .ok_or_else(|| format!("filter column {:?} was not read", c.column))?;
-            let col = if col.data_type() == &c.as_type {
-                col.clone()
-            } else {
-                arrow_cast::cast(col, &c.as_type).map_err(|e| e.to_string())?
-            };
-            let rhs = Scalar::new(c.value.clone());
-            let m = match c.op {
-                Op::Eq => cmp::eq(&col, &rhs),
-                Op::Ne => cmp::neq(&col, &rhs),
-                Op::Lt => cmp::lt(&col, &rhs),
-                Op::Le => cmp::lt_eq(&col, &rhs),
-                Op::Gt => cmp::gt(&col, &rhs),
-                Op::Ge => cmp::gt_eq(&col, &rhs),
-            }
+        let Some((f, names)) = &self.compiled else { return Ok(batch.clone()) };
+        let at = names
+            .iter()
+            .map(|n| {
+                batch.schema().index_of(n).map_err(|_| format!("filter column {n:?} was not read"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mask = f
+            .evaluate(&batch.project(&at).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
-            mask = Some(match mask {
-                None => m,
-                Some(prev) => and(&prev, &m).map_err(|e| e.to_string())?,
-            });
-        }
-        let mask = mask.expect("at least one filter");
         arrow_select::filter::filter_record_batch(batch, &mask).map_err(|e| e.to_string())
     }
 }
@@ -196,8 +137,8 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Int32Array, UInt8Array};
-    use arrow_schema::Field;
+    use arrow_array::{Array, Int32Array, StringArray, UInt8Array};
+    use arrow_schema::{DataType, Field};
     use std::sync::Arc;
 
     fn batch() -> RecordBatch {

@@ -44,7 +44,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Auth;
 use crate::convert::{self, ID_COLUMN, VECTOR_COLUMN, metric_name};
-use crate::filter::Filters;
+use crate::filter::{Filters, to_predicate};
 use crate::request::{
     self, CreateRequest, DeleteRequest, GetRequest, MAX_QUERIES, ScanRequest, SearchRequest,
     Ticket as TicketReq,
@@ -398,9 +398,7 @@ fn run_search(db: &Database, req: &SearchRequest, query: &[f32]) -> Result<Recor
             cs.dim()
         )));
     }
-    let arrow = cs.arrow_schema();
-    let filters =
-        Filters::compile(req.filters.as_deref().unwrap_or(&[]), &arrow).map_err(invalid)?;
+    let filter = to_predicate(req.filters.as_deref().unwrap_or(&[])).map_err(invalid)?;
     let mut out_cols: Vec<String> = req.columns.clone().unwrap_or_default();
     check_columns(&cs, &out_cols)?;
     if req.include_vectors && !out_cols.iter().any(|c| c == VECTOR_COLUMN) {
@@ -408,37 +406,17 @@ fn run_search(db: &Database, req: &SearchRequest, query: &[f32]) -> Result<Recor
     }
     out_cols.retain(|c| c != ID_COLUMN);
     out_cols.dedup();
-    let mut fetch = out_cols.clone();
-    for c in filters.columns() {
-        if c != ID_COLUMN && !fetch.iter().any(|f| f == c) {
-            fetch.push(c.to_string());
-        }
-    }
     let defaults = SearchParams::default();
-    let list_size = req.list_size.unwrap_or(defaults.list_size);
-    let mut params = SearchParams {
+    // The engine applies the filter as candidates enter the top-k.
+    let params = SearchParams {
         k,
-        list_size,
+        list_size: req.list_size.unwrap_or(defaults.list_size),
         beam_width: req.beam_width.unwrap_or(defaults.beam_width),
         exact: req.exact,
-        columns: fetch,
+        columns: out_cols.clone(),
+        filter,
     };
-    // Post-filtering: ask for more candidates until k pass or the collection is exhausted.
-    let hits = if filters.is_empty() {
-        db.search(&req.dataset, query, &params).map_err(read_status)?
-    } else {
-        let mut want = (k * 4).min(MAX_K);
-        loop {
-            params.k = want;
-            params.list_size = list_size.max(want);
-            let r = db.search(&req.dataset, query, &params).map_err(read_status)?;
-            let passed = filters.apply(&r).map_err(Status::internal)?;
-            if passed.num_rows() >= k || r.num_rows() < want || want >= MAX_K {
-                break passed.slice(0, passed.num_rows().min(k));
-            }
-            want = (want * 4).min(MAX_K);
-        }
-    };
+    let hits = db.search(&req.dataset, query, &params).map_err(read_status)?;
     shape_hits(&hits, cs.metric(), &out_cols)
 }
 

@@ -1,22 +1,41 @@
 //! Nearest-neighbour search over every source of a collection: the memtable and unindexed
 //! segments exactly, indexed segments through their disk index, ranked by exact distance.
+//!
+//! A search runs in four steps:
+//!
+//! 1. [`prepare_query`]: the query is validated and normalised once, in one place, and every
+//!    source is searched with the same [`PreparedQuery`].
+//! 2. Under a brief read lock: the in-memory rows are searched (no I/O), and views of the
+//!    segments taken.
+//! 3. With no lock held: every segment is searched ([`search_segment`]), in parallel on the
+//!    rayon pool when there is more than one, each for its own `k` best.
+//! 4. The candidates are merged, and the result's columns gathered.
+//!
+//! A filter ([`SearchParams::filter`]) is applied as candidates enter a top-k: in-memory rows
+//! and exactly searched segments are masked before their distances are taken; an index walk
+//! keeps deleted rows as waypoints and hands back its ranked list, whose rows are then checked
+//! against the filter, widening that segment's walk alone while too few pass.
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float32Array, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch};
 use arrow_schema::{Field, Schema};
+use rayon::prelude::*;
 
 use crate::batch::{self, Key, Vectors};
-use crate::diskgraph::data::{Metric, Row, distance_active};
+use crate::diskgraph::data::{ElemType, Metric, Row, distance_active};
+use crate::diskgraph::search::{MAX_BEAM_WIDTH, SearchError};
 use crate::error::ReadError;
-use crate::schema::{DISTANCE_COLUMN, ID_COLUMN};
+use crate::filter::{Filter, Predicate};
+use crate::schema::{CollectionSchema, DISTANCE_COLUMN, ID_COLUMN};
 
+use super::inner::Inner;
 use super::model::Segment;
 use super::read::{CollectionView, Hit, SegmentView, gather};
 use super::{Database, MAX_K, MAX_LIST_SIZE};
 
 /// Search parameters. `Default`: k = 10, list size 100, beam width 4, approximate, no extra
-/// columns.
+/// columns, no filter.
 #[derive(Clone, Debug)]
 pub struct SearchParams {
     /// Results wanted (1..=[`MAX_K`]).
@@ -31,11 +50,20 @@ pub struct SearchParams {
     pub exact: bool,
     /// Columns returned besides `id` and `_distance` (attributes or `vector`).
     pub columns: Vec<String>,
+    /// Only rows for which this holds are returned.
+    pub filter: Option<Predicate>,
 }
 
 impl Default for SearchParams {
     fn default() -> Self {
-        SearchParams { k: 10, list_size: 100, beam_width: 4, exact: false, columns: Vec::new() }
+        SearchParams {
+            k: 10,
+            list_size: 100,
+            beam_width: 4,
+            exact: false,
+            columns: Vec::new(),
+            filter: None,
+        }
     }
 }
 
@@ -66,11 +94,15 @@ impl Ord for Cand {
 
 /// Keeps the `k` smallest candidates.
 pub(super) struct TopK {
-    pub(super) k: usize,
-    pub(super) heap: std::collections::BinaryHeap<Cand>,
+    k: usize,
+    heap: std::collections::BinaryHeap<Cand>,
 }
 
 impl TopK {
+    pub(super) fn new(k: usize) -> TopK {
+        TopK { k, heap: std::collections::BinaryHeap::with_capacity(k + 1) }
+    }
+
     pub(super) fn push(&mut self, c: Cand) {
         if self.heap.len() < self.k {
             self.heap.push(c);
@@ -80,29 +112,35 @@ impl TopK {
         }
     }
 
-    pub(super) fn would_take(&self, d: f32) -> bool {
+    fn would_take(&self, d: f32) -> bool {
         self.heap.len() < self.k || self.heap.peek().is_some_and(|w| d <= w.d)
     }
 
-    /// Offers every live row of `v` by exact distance; row `i` of `v` is row `base + i` of the
-    /// source whose keys are `keys`, liveness `live` and place `loc`.
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    fn into_sorted_vec(self) -> Vec<Cand> {
+        self.heap.into_sorted_vec()
+    }
+
+    /// Offers every row `r` of `v` for which `pass(base + r)` holds, by exact distance; row `i`
+    /// of `v` is row `base + i` of the source whose keys are `keys` and places `loc`.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn offer_exact(
+    fn offer_exact(
         &mut self,
-        metric: Metric,
-        q: &Query,
+        q: &PreparedQuery,
         v: &Vectors,
-        dim: usize,
         base: usize,
         keys: &[Key],
-        live: impl Fn(usize) -> bool,
+        pass: impl Fn(usize) -> bool,
         loc: impl Fn(u32) -> Hit,
         scratch: &mut Vec<f32>,
     ) {
-        for i in 0..v.values() / dim {
+        for i in 0..v.values() / q.dim {
             let r = base + i;
-            if live(r) {
-                let d = exact_distance(metric, q, v.row(i, dim), scratch);
+            if pass(r) {
+                let d = q.exact_distance(v.row(i, q.dim), scratch);
                 if self.would_take(d) {
                     self.push(Cand { d, key: keys[r].clone(), loc: loc(r as u32) });
                 }
@@ -111,47 +149,24 @@ impl TopK {
     }
 }
 
-/// Offers every live row of segment `s` to `top`, reading its vectors from the Parquet file:
-/// the exhaustive search of an indexed segment, and the fallback when its index fails.
-pub(super) fn offer_segment_file(
-    c: &CollectionView,
-    s: &SegmentView,
-    metric: Metric,
-    q: &Query,
-    top: &mut TopK,
-    scratch: &mut Vec<f32>,
-) -> Result<(), ReadError> {
-    let id = s.id;
-    let mut base = 0usize;
-    for b in s.file.read(&[1], None, 65_536)? {
-        let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
-        let live = |r: usize| !s.deleted.contains(r);
-        let loc = |r: u32| Hit::Seg(id, r);
-        top.offer_exact(metric, q, &v, c.schema.dim(), base, &s.keys, live, loc, scratch);
-        base += b.num_rows();
-    }
-    Ok(())
-}
-
 /// A query in every form a kernel may want: f32, and the stored integer type when the query's
 /// values are all integers in its range (then the integer kernel gives the same distances).
-pub(super) struct Query {
-    pub(super) f: Vec<f32>,
-    pub(super) u8: Option<Vec<u8>>,
-    pub(super) i8: Option<Vec<i8>>,
+struct Forms {
+    f: Vec<f32>,
+    u8: Option<Vec<u8>>,
+    i8: Option<Vec<i8>>,
 }
 
-impl Query {
-    pub(super) fn new(f: Vec<f32>) -> Query {
+impl Forms {
+    fn new(f: Vec<f32>) -> Forms {
         let integral = |lo: f32, hi: f32| f.iter().all(|&x| x.fract() == 0.0 && x >= lo && x <= hi);
         let u8 = integral(0.0, 255.0).then(|| f.iter().map(|&x| x as u8).collect());
         let i8 = integral(-128.0, 127.0).then(|| f.iter().map(|&x| x as i8).collect());
-        Query { f, u8, i8 }
+        Forms { f, u8, i8 }
     }
 
     /// The form to give a disk index of `elem`.
-    pub(super) fn row(&self, elem: crate::diskgraph::data::ElemType) -> Row<'_> {
-        use crate::diskgraph::data::ElemType;
+    fn row(&self, elem: ElemType) -> Row<'_> {
         match (elem, &self.u8, &self.i8) {
             (ElemType::U8, Some(q), _) => Row::U8(q),
             (ElemType::I8, _, Some(q)) => Row::I8(q),
@@ -160,168 +175,130 @@ impl Query {
     }
 }
 
-pub(super) fn exact_distance(
+/// A query validated once and prepared for every source. Exact distances are taken against
+/// `exact` (for cosine, the query at unit length); disk indexes take `as_given` and normalise it
+/// with the same function ([`unit_length`](crate::diskgraph::data::unit_length)), so every
+/// source ranks against the same bits.
+pub(super) struct PreparedQuery {
     metric: Metric,
-    q: &Query,
-    row: Row<'_>,
-    scratch: &mut Vec<f32>,
-) -> f32 {
-    match (row, &q.u8, &q.i8) {
-        (Row::F32(x), _, _) => distance_active(metric, Row::F32(&q.f), Row::F32(x)),
-        (Row::U8(x), Some(qu), _) => distance_active(metric, Row::U8(qu), Row::U8(x)),
-        (Row::I8(x), _, Some(qi)) => distance_active(metric, Row::I8(qi), Row::I8(x)),
-        (other, _, _) => {
-            scratch.clear();
-            scratch.extend(other.to_f32());
-            distance_active(metric, Row::F32(&q.f), Row::F32(scratch))
+    dim: usize,
+    as_given: Forms,
+    exact: Forms,
+}
+
+impl PreparedQuery {
+    fn exact_distance(&self, row: Row<'_>, scratch: &mut Vec<f32>) -> f32 {
+        let (metric, q) = (self.metric, &self.exact);
+        match (row, &q.u8, &q.i8) {
+            (Row::F32(x), _, _) => distance_active(metric, Row::F32(&q.f), Row::F32(x)),
+            (Row::U8(x), Some(qu), _) => distance_active(metric, Row::U8(qu), Row::U8(x)),
+            (Row::I8(x), _, Some(qi)) => distance_active(metric, Row::I8(qi), Row::I8(x)),
+            (other, _, _) => {
+                scratch.clear();
+                scratch.extend(other.to_f32());
+                distance_active(metric, Row::F32(&q.f), Row::F32(scratch))
+            }
         }
     }
 }
 
+/// Checks `query` against the collection and prepares it: the one place a query is validated
+/// and normalised.
+///
+/// # Errors
+/// [`ReadError::Query`]: the wrong dimension, a non-finite value, a value so large squared
+/// distances overflow, or a zero query for cosine.
+pub(super) fn prepare_query(
+    schema: &CollectionSchema,
+    query: &[f32],
+) -> Result<PreparedQuery, ReadError> {
+    let dim = schema.dim();
+    if query.len() != dim {
+        return Err(ReadError::Query(format!(
+            "the query has {} values, the collection's vectors {dim}",
+            query.len()
+        )));
+    }
+    if let Some(v) = query.iter().find(|x| !x.is_finite()) {
+        return Err(ReadError::Query(format!("the query has the non-finite value {v}")));
+    }
+    let metric = schema.metric();
+    let limit = batch::max_magnitude(dim);
+    if metric != Metric::Cosine
+        && let Some(v) = query.iter().find(|x| x.abs() > limit)
+    {
+        return Err(ReadError::Query(format!(
+            "the query has the value {v}, beyond the largest magnitude {limit:e} this dimension allows (larger values make squared distances overflow f32)"
+        )));
+    }
+    let mut unit = query.to_vec();
+    if metric == Metric::Cosine && !batch::normalize(&mut unit) {
+        return Err(ReadError::Query("a zero query has no cosine distance".into()));
+    }
+    Ok(PreparedQuery { metric, dim, as_given: Forms::new(query.to_vec()), exact: Forms::new(unit) })
+}
+
+/// Checks the parameters that do not depend on the collection.
+fn check_params(params: &SearchParams) -> Result<(), ReadError> {
+    if params.k == 0 || params.k > MAX_K {
+        return Err(ReadError::Query(format!("k = {} is outside 1..={MAX_K}", params.k)));
+    }
+    if params.list_size == 0
+        || params.list_size > MAX_LIST_SIZE
+        || params.beam_width == 0
+        || params.beam_width > MAX_BEAM_WIDTH
+    {
+        return Err(ReadError::Query(format!(
+            "list size {} must be in 1..={MAX_LIST_SIZE} and beam width {} in 1..={MAX_BEAM_WIDTH}",
+            params.list_size, params.beam_width
+        )));
+    }
+    Ok(())
+}
+
+/// What one search works with after the state lock is released.
+struct Snapshot {
+    collection: CollectionView,
+    query: PreparedQuery,
+    filter: Option<Filter>,
+    /// Result columns (indices in the collection's schema).
+    columns: Vec<usize>,
+    segments: Vec<SegmentView>,
+    /// The in-memory rows' best candidates, and the batches they are in.
+    top: TopK,
+    sources: super::read::ReadSources,
+}
+
 impl Database {
-    /// The `params.k` live rows nearest to `query` (`dim` floats, whatever the element type), as
-    /// a batch of `id`, `_distance` (squared L2, negated inner product or cosine distance; smaller
-    /// is nearer) and the requested columns, nearest first. Searches the in-memory table and
-    /// unindexed segments exactly and indexed segments through their disk index, skips deleted
-    /// rows, and ranks by exact distance.
+    /// The `params.k` live rows nearest to `query` (`dim` floats, whatever the element type)
+    /// that pass `params.filter`, as a batch of `id`, `_distance` (squared L2, negated inner
+    /// product or cosine distance; smaller is nearer) and the requested columns, nearest first.
+    /// Searches the in-memory table and unindexed segments exactly and indexed segments through
+    /// their disk index (in parallel when there are several), skips deleted rows, and ranks by
+    /// exact distance.
     ///
     /// # Errors
-    /// [`ReadError`]: unknown collection or column, a bad query or parameters, or an I/O
-    /// failure.
+    /// [`ReadError`]: unknown collection or column, a bad query, filter or parameters, or an
+    /// I/O failure.
     pub fn search(
         &self,
         collection: &str,
         query: &[f32],
         params: &SearchParams,
     ) -> Result<RecordBatch, ReadError> {
-        if params.k == 0 || params.k > MAX_K {
-            return Err(ReadError::Query(format!("k = {} is outside 1..={MAX_K}", params.k)));
+        check_params(params)?;
+        let Snapshot { collection: c, query: q, filter, columns, segments, mut top, mut sources } =
+            self.snapshot_for_search(collection, query, params)?;
+        let search = |s: &SegmentView| search_segment(&self.inner, &c, s, &q, params, &filter);
+        let found: Vec<Vec<Cand>> = if segments.len() > 1 {
+            segments.par_iter().map(search).collect::<Result<_, _>>()?
+        } else {
+            segments.iter().map(search).collect::<Result<_, _>>()?
+        };
+        for cand in found.into_iter().flatten() {
+            top.push(cand);
         }
-        let max_beam = crate::diskgraph::search::MAX_BEAM_WIDTH;
-        if params.list_size == 0
-            || params.list_size > MAX_LIST_SIZE
-            || params.beam_width == 0
-            || params.beam_width > max_beam
-        {
-            return Err(ReadError::Query(format!(
-                "list size {} must be in 1..={MAX_LIST_SIZE} and beam width {} in 1..={max_beam}",
-                params.list_size, params.beam_width
-            )));
-        }
-        // Under the state lock: validation, the in-memory rows (no I/O), and views of the
-        // segments. Then the segments' searches and the result's reads, with no lock held.
-        let st = self.inner.read();
-        let c = st
-            .collections
-            .get(collection)
-            .ok_or_else(|| ReadError::NotFound(collection.to_string()))?;
-        let dim = c.schema.dim();
-        if query.len() != dim {
-            return Err(ReadError::Query(format!(
-                "the query has {} values, the collection's vectors {dim}",
-                query.len()
-            )));
-        }
-        if let Some(v) = query.iter().find(|x| !x.is_finite()) {
-            return Err(ReadError::Query(format!("the query has the non-finite value {v}")));
-        }
-        let metric = c.schema.metric();
-        let limit = batch::max_magnitude(dim);
-        if metric != Metric::Cosine
-            && let Some(v) = query.iter().find(|x| x.abs() > limit)
-        {
-            return Err(ReadError::Query(format!(
-                "the query has the value {v}, beyond the largest magnitude {limit:e} this dimension allows (larger values make squared distances overflow f32)"
-            )));
-        }
-        let columns: Vec<usize> =
-            params.columns.iter().map(|n| c.column_index(n)).collect::<Result<_, _>>()?;
-        let mut q = query.to_vec();
-        if metric == Metric::Cosine && !batch::normalize(&mut q) {
-            return Err(ReadError::Query("a zero query has no cosine distance".into()));
-        }
-        let q = Query::new(q);
-        let raw = Query::new(query.to_vec());
-        let mut top = TopK { k: params.k, heap: std::collections::BinaryHeap::new() };
-        let mut scratch = Vec::new();
-        // In-memory rows.
-        let mem = &c.mem;
-        let mut base = 0;
-        for v in &mem.vectors {
-            top.offer_exact(
-                metric,
-                &q,
-                v,
-                dim,
-                base,
-                &mem.keys,
-                |r| mem.live[r],
-                |r| {
-                    let (b, i) = mem.locs[r as usize];
-                    Hit::Mem(b, i)
-                },
-                &mut scratch,
-            );
-            base += v.values() / dim;
-        }
-        let in_memory: Vec<Hit> = top.heap.iter().map(|c| c.loc).collect();
-        let mut sources = c.sources_of(&in_memory);
-        let segments: Vec<SegmentView> = c.segments.iter().map(Segment::view).collect();
-        let c = c.view();
-        drop(st);
-
-        for s in &segments {
-            let id = s.id;
-            match (&s.index, &s.vectors) {
-                (Some(ix), _) if !params.exact => {
-                    // Deleted rows are waypoints: walked through, never returned, so a
-                    // segment's deletions cost no wider search.
-                    let sp = crate::diskgraph::search::SearchParams {
-                        k: params.k,
-                        list_size: params.list_size.max(params.k),
-                        beam_width: params.beam_width,
-                    };
-                    let live = |label: u32| !s.deleted.contains(label as usize);
-                    let mut searcher = self.inner.searcher(id, ix)?;
-                    let found = searcher.search_accepting(
-                        raw.row(c.schema.vector_type().search_elem()),
-                        sp,
-                        &live,
-                    );
-                    self.inner.return_search_state(searcher.into_state());
-                    match found {
-                        Ok((found, _)) => {
-                            for n in found {
-                                top.push(Cand {
-                                    d: n.distance,
-                                    key: s.keys[n.id as usize].clone(),
-                                    loc: Hit::Seg(id, n.id),
-                                });
-                            }
-                        }
-                        Err(crate::diskgraph::search::SearchError::Layout(e)) => {
-                            // The index is derived data: answer from the segment's Parquet
-                            // file (correct, slower) and have a damaged index rebuilt.
-                            self.inner.index_failed(&c, s, ix, &e);
-                            offer_segment_file(&c, s, metric, &q, &mut top, &mut scratch)?;
-                        }
-                        Err(e) => return Err(ReadError::Query(e.to_string())),
-                    }
-                }
-                (_, Some(chunks)) => {
-                    let live = |r: usize| !s.deleted.contains(r);
-                    let loc = |r: u32| Hit::Seg(id, r);
-                    let mut base = 0;
-                    for v in chunks.iter() {
-                        top.offer_exact(metric, &q, v, dim, base, &s.keys, live, loc, &mut scratch);
-                        base += v.values() / dim;
-                    }
-                }
-                // Exhaustive search of an indexed segment: read its vectors back.
-                _ => offer_segment_file(&c, s, metric, &q, &mut top, &mut scratch)?,
-            }
-        }
-        let results = top.heap.into_sorted_vec();
+        let results = top.into_sorted_vec();
         let hits: Vec<Hit> = results.iter().map(|c| c.loc).collect();
         for s in &segments {
             if hits.iter().any(|h| matches!(h, Hit::Seg(sid, _) if *sid == s.id)) {
@@ -332,11 +309,9 @@ impl Database {
             Field::new(ID_COLUMN, c.schema.id_type().arrow_type(), false),
             Field::new(DISTANCE_COLUMN, arrow_schema::DataType::Float32, false),
         ];
+        let keys: Vec<Key> = results.iter().map(|c| c.key.clone()).collect();
         let mut arrays: Vec<ArrayRef> = vec![
-            batch::keys_to_array(
-                &results.iter().map(|c| c.key.clone()).collect::<Vec<_>>(),
-                c.schema.id_type(),
-            ),
+            batch::keys_to_array(&keys, c.schema.id_type()),
             Arc::new(Float32Array::from_iter_values(results.iter().map(|c| c.d))),
         ];
         for (i, a) in gather(&c.arrow, &sources, &hits, &columns)?.into_iter().enumerate() {
@@ -345,4 +320,218 @@ impl Database {
         }
         Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
     }
+
+    /// Step 2 of a search, under the state's read lock: resolves the collection, prepares the
+    /// query and filter, searches the in-memory rows (no I/O) and takes views of the segments.
+    fn snapshot_for_search(
+        &self,
+        collection: &str,
+        query: &[f32],
+        params: &SearchParams,
+    ) -> Result<Snapshot, ReadError> {
+        let st = self.inner.read();
+        let c = st
+            .collections
+            .get(collection)
+            .ok_or_else(|| ReadError::NotFound(collection.to_string()))?;
+        let q = prepare_query(&c.schema, query)?;
+        let columns: Vec<usize> =
+            params.columns.iter().map(|n| c.column_index(n)).collect::<Result<_, _>>()?;
+        let filter = params.filter.as_ref().map(|p| Filter::compile(p, &c.arrow)).transpose()?;
+        let mut top = TopK::new(params.k);
+        let mut scratch = Vec::new();
+        let mem = &c.mem;
+        let mut base = 0;
+        for (b, v) in mem.vectors.iter().enumerate() {
+            let passed = match &filter {
+                Some(f) => Some(f.evaluate(&mem.batches[b].project(f.columns())?)?),
+                None => None,
+            };
+            let pass = |r: usize| mem.live[r] && passed.as_ref().is_none_or(|m| m.value(r - base));
+            let loc = |r: u32| {
+                let (b, i) = mem.locs[r as usize];
+                Hit::Mem(b, i)
+            };
+            top.offer_exact(&q, v, base, &mem.keys, pass, loc, &mut scratch);
+            base += v.values() / q.dim;
+        }
+        let in_memory: Vec<Hit> = top.heap.iter().map(|c| c.loc).collect();
+        let sources = c.sources_of(&in_memory);
+        let segments: Vec<SegmentView> = c.segments.iter().map(Segment::view).collect();
+        Ok(Snapshot { collection: c.view(), query: q, filter, columns, segments, top, sources })
+    }
+}
+
+/// Step 3 of a search: the `params.k` best rows of segment `s` that are live and pass
+/// `filter`. No lock is held.
+fn search_segment(
+    inner: &Inner,
+    c: &CollectionView,
+    s: &SegmentView,
+    q: &PreparedQuery,
+    params: &SearchParams,
+    filter: &Option<Filter>,
+) -> Result<Vec<Cand>, ReadError> {
+    let mut top = TopK::new(params.k);
+    let mut scratch = Vec::new();
+    match (&s.index, &s.vectors) {
+        (Some(_), _) if !params.exact => {
+            return walk_segment(inner, c, s, q, params, filter.as_ref());
+        }
+        (_, Some(chunks)) => {
+            let passed = filter.as_ref().map(|f| segment_mask(s, f)).transpose()?;
+            let pass = |r: usize| {
+                !s.deleted.contains(r) && passed.as_ref().is_none_or(|m: &BooleanArray| m.value(r))
+            };
+            let loc = |r: u32| Hit::Seg(s.id, r);
+            let mut base = 0;
+            for v in chunks.iter() {
+                top.offer_exact(q, v, base, &s.keys, pass, loc, &mut scratch);
+                base += v.values() / q.dim;
+            }
+        }
+        // Exhaustive search of an indexed segment: read its vectors back.
+        _ => offer_segment_file(c, s, q, filter.as_ref(), &mut top)?,
+    }
+    Ok(top.into_sorted_vec())
+}
+
+/// Searches segment `s` through its disk index. Deleted rows are waypoints: walked through,
+/// never returned, so deletions cost no wider search. With a filter, the walk returns its whole
+/// ranked list and the rows that pass are kept; while fewer than `k` pass and the list was full,
+/// the walk is widened (4× the list, this segment only), and once it would cover most of the
+/// segment, the segment is searched exactly instead. A damaged index is answered from the
+/// segment's Parquet file and queued for a rebuild.
+fn walk_segment(
+    inner: &Inner,
+    c: &CollectionView,
+    s: &SegmentView,
+    q: &PreparedQuery,
+    params: &SearchParams,
+    filter: Option<&Filter>,
+) -> Result<Vec<Cand>, ReadError> {
+    let ix = s.index.as_ref().expect("walked only when indexed");
+    let live = |label: u32| !s.deleted.contains(label as usize);
+    let live_rows = s.keys.len().saturating_sub(s.deleted.count());
+    let mut list = params.list_size.max(params.k);
+    loop {
+        let want = if filter.is_some() { list } else { params.k };
+        let sp = crate::diskgraph::search::SearchParams {
+            k: want,
+            list_size: list,
+            beam_width: params.beam_width,
+        };
+        let mut searcher = inner.searcher(s.id, ix)?;
+        let found = searcher.search_accepting(
+            q.as_given.row(c.schema.vector_type().search_elem()),
+            sp,
+            &live,
+        );
+        inner.return_search_state(searcher.into_state());
+        let found = match found {
+            Ok((found, _)) => found,
+            Err(SearchError::Layout(e)) => {
+                // The index is derived data: answer from the segment's Parquet file (correct,
+                // slower) and have a damaged index rebuilt.
+                inner.index_failed(c, s, ix, &e);
+                let mut top = TopK::new(params.k);
+                offer_segment_file(c, s, q, filter, &mut top)?;
+                return Ok(top.into_sorted_vec());
+            }
+            Err(e) => return Err(ReadError::Query(e.to_string())),
+        };
+        let cands: Vec<Cand> = found
+            .iter()
+            .map(|n| Cand {
+                d: n.distance,
+                key: s.keys[n.id as usize].clone(),
+                loc: Hit::Seg(s.id, n.id),
+            })
+            .collect();
+        let Some(f) = filter else { return Ok(cands) };
+        let rows: Vec<u32> = found.iter().map(|n| n.id).collect();
+        let passed = rows_passing(s, f, &rows)?;
+        let kept: Vec<Cand> = cands
+            .into_iter()
+            .zip(passed)
+            .filter(|(_, p)| *p)
+            .map(|(c, _)| c)
+            .take(params.k)
+            .collect();
+        let exhausted = found.len() < want;
+        if kept.len() >= params.k || exhausted {
+            return Ok(kept);
+        }
+        list *= 4;
+        if list >= MAX_LIST_SIZE || list * 2 >= live_rows {
+            let mut top = TopK::new(params.k);
+            offer_segment_file(c, s, q, Some(f), &mut top)?;
+            return Ok(top.into_sorted_vec());
+        }
+    }
+}
+
+/// Which of segment `s`'s rows `rows` (any order) pass `filter`, in the order given: reads the
+/// filter's columns of those rows only.
+fn rows_passing(s: &SegmentView, filter: &Filter, rows: &[u32]) -> Result<Vec<bool>, ReadError> {
+    let mut sorted = rows.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut mask = Vec::with_capacity(sorted.len());
+    for b in s.file.read(filter.columns(), Some(&sorted), sorted.len().max(1))? {
+        mask.extend(filter.evaluate(&b)?.iter().map(|v| v == Some(true)));
+    }
+    if mask.len() != sorted.len() {
+        return Err(ReadError::Segment(crate::segment::SegmentError::Corrupt {
+            path: s.file.path().to_path_buf(),
+            reason: format!("read {} rows, asked for {}", mask.len(), sorted.len()),
+        }));
+    }
+    Ok(rows.iter().map(|r| mask[sorted.binary_search(r).expect("sorted from rows")]).collect())
+}
+
+/// Which rows of segment `s` pass `filter`, all of them: reads the filter's columns whole.
+fn segment_mask(s: &SegmentView, filter: &Filter) -> Result<BooleanArray, ReadError> {
+    let mut parts = Vec::new();
+    for b in s.file.read(filter.columns(), None, 65_536)? {
+        parts.push(filter.evaluate(&b)?);
+    }
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a as &dyn Array).collect();
+    let mask = if refs.is_empty() {
+        BooleanArray::from(Vec::<bool>::new())
+    } else {
+        let joined = arrow_select::concat::concat(&refs)?;
+        joined.as_any().downcast_ref::<BooleanArray>().expect("a boolean mask").clone()
+    };
+    if mask.len() != s.keys.len() {
+        return Err(ReadError::Segment(crate::segment::SegmentError::Corrupt {
+            path: s.file.path().to_path_buf(),
+            reason: format!("{} filter values for {} rows", mask.len(), s.keys.len()),
+        }));
+    }
+    Ok(mask)
+}
+
+/// Offers every live row of segment `s` that passes `filter` to `top`, reading its vectors from
+/// the Parquet file: the exhaustive search of an indexed segment, and the fallback when its
+/// index fails.
+fn offer_segment_file(
+    c: &CollectionView,
+    s: &SegmentView,
+    q: &PreparedQuery,
+    filter: Option<&Filter>,
+    top: &mut TopK,
+) -> Result<(), ReadError> {
+    let passed = filter.map(|f| segment_mask(s, f)).transpose()?;
+    let pass = |r: usize| !s.deleted.contains(r) && passed.as_ref().is_none_or(|m| m.value(r));
+    let loc = |r: u32| Hit::Seg(s.id, r);
+    let mut scratch = Vec::new();
+    let mut base = 0usize;
+    for b in s.file.read(&[1], None, 65_536)? {
+        let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
+        top.offer_exact(q, &v, base, &s.keys, pass, loc, &mut scratch);
+        base += b.num_rows();
+    }
+    debug_assert!(top.len() <= top.k);
+    Ok(())
 }

@@ -1,0 +1,440 @@
+//! Predicates on attribute columns, for filtered search.
+//!
+//! A [`Predicate`] is what an embedder writes (comparisons, `IN`, null tests, `AND` / `OR` /
+//! `NOT`); [`Filter`] is its compiled form for one collection: every literal converted once to
+//! the type it is compared in, every column resolved. Evaluation follows SQL: a comparison with a
+//! null is unknown, `NOT` unknown is unknown, and a row passes only if the whole predicate is
+//! true. The Flight layer translates its tickets' filters into predicates.
+
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, Scalar, StringArray,
+    UInt64Array,
+};
+use arrow_schema::{ArrowError, DataType, Schema};
+
+use crate::schema::VECTOR_COLUMN;
+
+/// The most nodes (comparisons, tests and connectives) one predicate may have.
+pub const MAX_PREDICATE_NODES: usize = 256;
+/// The most values one `IN` list may have.
+pub const MAX_IN_VALUES: usize = 1024;
+/// The deepest nesting of connectives a predicate may have.
+pub const MAX_PREDICATE_DEPTH: usize = 32;
+
+/// A comparison operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    /// `=`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+/// A literal a column is compared with. Numbers compare with numeric columns (in the column's
+/// own type for floating-point columns, so a stored `f32` literal matches itself), strings with
+/// string and temporal columns (parsed as the column's type), booleans with boolean columns.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Literal {
+    /// A boolean.
+    Bool(bool),
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer.
+    UInt(u64),
+    /// A floating-point number.
+    Float(f64),
+    /// A string (or a date, time or timestamp in text).
+    Str(String),
+}
+
+/// A condition on a row's attribute columns.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Predicate {
+    /// `column op value`.
+    Compare {
+        /// The column.
+        column: String,
+        /// The operator.
+        op: CompareOp,
+        /// The value.
+        value: Literal,
+    },
+    /// `column IN (values)`.
+    In {
+        /// The column.
+        column: String,
+        /// The values (1..=[`MAX_IN_VALUES`]).
+        values: Vec<Literal>,
+    },
+    /// `column IS NULL`.
+    IsNull(String),
+    /// `column IS NOT NULL`.
+    IsNotNull(String),
+    /// Every part holds (true if there are none).
+    And(Vec<Predicate>),
+    /// Some part holds (false if there are none).
+    Or(Vec<Predicate>),
+    /// The part does not hold.
+    Not(Box<Predicate>),
+}
+
+impl Predicate {
+    /// `column op value`.
+    pub fn compare(column: impl Into<String>, op: CompareOp, value: Literal) -> Predicate {
+        Predicate::Compare { column: column.into(), op, value }
+    }
+
+    /// `column IN (values)`.
+    pub fn is_in(column: impl Into<String>, values: Vec<Literal>) -> Predicate {
+        Predicate::In { column: column.into(), values }
+    }
+
+    /// `self AND other`.
+    #[must_use]
+    pub fn and(self, other: Predicate) -> Predicate {
+        match self {
+            Predicate::And(mut parts) => {
+                parts.push(other);
+                Predicate::And(parts)
+            }
+            first => Predicate::And(vec![first, other]),
+        }
+    }
+
+    /// `self OR other`.
+    #[must_use]
+    pub fn or(self, other: Predicate) -> Predicate {
+        Predicate::Or(vec![self, other])
+    }
+
+    /// `NOT self`.
+    #[must_use]
+    pub fn negate(self) -> Predicate {
+        Predicate::Not(Box::new(self))
+    }
+}
+
+/// Why a predicate cannot be used on a collection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FilterError {
+    /// The column does not exist.
+    #[error("filter on unknown column {column:?}; the columns are {columns:?}")]
+    UnknownColumn {
+        /// The column named.
+        column: String,
+        /// The collection's columns.
+        columns: Vec<String>,
+    },
+    /// The vector column cannot be filtered on.
+    #[error("the {VECTOR_COLUMN:?} column cannot be filtered on")]
+    VectorColumn,
+    /// The literal cannot be compared with the column.
+    #[error(
+        "filter on {column:?} (type {data_type}): cannot compare with {value}; numeric columns take numbers, string columns strings, boolean columns booleans, temporal columns strings"
+    )]
+    Mismatch {
+        /// The column.
+        column: String,
+        /// Its type.
+        data_type: DataType,
+        /// The literal, as written.
+        value: String,
+    },
+    /// The predicate is beyond a limit.
+    #[error("the filter is too large: {0}")]
+    TooLarge(String),
+}
+
+/// A predicate compiled for one collection's schema.
+#[derive(Debug)]
+pub struct Filter {
+    /// The collection's columns the predicate reads, ascending, without repeats.
+    columns: Vec<usize>,
+    root: Node,
+}
+
+#[derive(Debug)]
+enum Node {
+    /// Column `input` (of the projected batch), cast to `as_type`, compared with `value`.
+    Compare {
+        input: usize,
+        op: CompareOp,
+        as_type: DataType,
+        value: ArrayRef,
+    },
+    In {
+        input: usize,
+        as_type: DataType,
+        values: Vec<ArrayRef>,
+    },
+    IsNull(usize),
+    IsNotNull(usize),
+    And(Vec<Node>),
+    Or(Vec<Node>),
+    Not(Box<Node>),
+}
+
+impl Filter {
+    /// Compiles `predicate` for the collection whose Arrow schema is `schema`.
+    ///
+    /// # Errors
+    /// [`FilterError`]: an unknown column, the vector column, a literal that cannot be compared
+    /// with its column, or a predicate beyond the limits.
+    pub fn compile(predicate: &Predicate, schema: &Schema) -> Result<Filter, FilterError> {
+        let mut columns = Vec::new();
+        collect_columns(predicate, schema, &mut columns, &mut 0, 0)?;
+        columns.sort_unstable();
+        columns.dedup();
+        let root = compile_node(predicate, schema, &columns)?;
+        Ok(Filter { columns, root })
+    }
+
+    /// The collection's columns the filter reads (indices in its schema), ascending.
+    pub fn columns(&self) -> &[usize] {
+        &self.columns
+    }
+
+    /// Which rows of `batch` pass. `batch` holds exactly [`Filter::columns`], in that order.
+    ///
+    /// # Errors
+    /// An Arrow kernel failed (a value could not be cast, say).
+    pub fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
+        assert_eq!(batch.num_columns(), self.columns.len(), "a batch of the filter's columns");
+        let mask = eval(&self.root, batch)?;
+        // Unknown (null) is not true: the row does not pass.
+        Ok(match mask.nulls() {
+            Some(_) => mask.iter().map(|v| Some(v == Some(true))).collect(),
+            None => mask,
+        })
+    }
+}
+
+fn column_of(name: &str, schema: &Schema) -> Result<usize, FilterError> {
+    if name == VECTOR_COLUMN {
+        return Err(FilterError::VectorColumn);
+    }
+    schema.index_of(name).map_err(|_| FilterError::UnknownColumn {
+        column: name.to_string(),
+        columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
+    })
+}
+
+fn collect_columns(
+    p: &Predicate,
+    schema: &Schema,
+    out: &mut Vec<usize>,
+    nodes: &mut usize,
+    depth: usize,
+) -> Result<(), FilterError> {
+    *nodes += 1;
+    if *nodes > MAX_PREDICATE_NODES {
+        return Err(FilterError::TooLarge(format!("more than {MAX_PREDICATE_NODES} nodes")));
+    }
+    if depth > MAX_PREDICATE_DEPTH {
+        return Err(FilterError::TooLarge(format!("nested deeper than {MAX_PREDICATE_DEPTH}")));
+    }
+    match p {
+        Predicate::Compare { column, .. } | Predicate::IsNull(column) => {
+            out.push(column_of(column, schema)?);
+        }
+        Predicate::IsNotNull(column) => out.push(column_of(column, schema)?),
+        Predicate::In { column, values } => {
+            if values.is_empty() || values.len() > MAX_IN_VALUES {
+                return Err(FilterError::TooLarge(format!(
+                    "an IN list of {} values (1..={MAX_IN_VALUES})",
+                    values.len()
+                )));
+            }
+            out.push(column_of(column, schema)?);
+        }
+        Predicate::And(parts) | Predicate::Or(parts) => {
+            for part in parts {
+                collect_columns(part, schema, out, nodes, depth + 1)?;
+            }
+        }
+        Predicate::Not(part) => collect_columns(part, schema, out, nodes, depth + 1)?,
+    }
+    Ok(())
+}
+
+fn compile_node(p: &Predicate, schema: &Schema, columns: &[usize]) -> Result<Node, FilterError> {
+    let input = |name: &str| -> Result<usize, FilterError> {
+        let at = column_of(name, schema)?;
+        Ok(columns.binary_search(&at).expect("collected"))
+    };
+    Ok(match p {
+        Predicate::Compare { column, op, value } => {
+            let (as_type, value) = literal_for(column, value, schema)?;
+            Node::Compare { input: input(column)?, op: *op, as_type, value }
+        }
+        Predicate::In { column, values } => {
+            let mut as_type = None;
+            let mut arrays = Vec::with_capacity(values.len());
+            for v in values {
+                let (t, a) = literal_for(column, v, schema)?;
+                if as_type.as_ref().is_some_and(|prev| prev != &t) {
+                    // Mixed literal kinds (integers and fractions): compare all as f64 when the
+                    // column is numeric; anything else is refused by literal_for already.
+                    return compile_node(&widen_in(column, values), schema, columns);
+                }
+                as_type = Some(t);
+                arrays.push(a);
+            }
+            Node::In { input: input(column)?, as_type: as_type.expect("non-empty"), values: arrays }
+        }
+        Predicate::IsNull(column) => Node::IsNull(input(column)?),
+        Predicate::IsNotNull(column) => Node::IsNotNull(input(column)?),
+        Predicate::And(parts) => Node::And(
+            parts.iter().map(|q| compile_node(q, schema, columns)).collect::<Result<_, _>>()?,
+        ),
+        Predicate::Or(parts) => Node::Or(
+            parts.iter().map(|q| compile_node(q, schema, columns)).collect::<Result<_, _>>()?,
+        ),
+        Predicate::Not(part) => Node::Not(Box::new(compile_node(part, schema, columns)?)),
+    })
+}
+
+/// An `IN` list whose numbers are all written as floats (so they compare in one type).
+fn widen_in(column: &str, values: &[Literal]) -> Predicate {
+    let values = values
+        .iter()
+        .map(|v| match v {
+            Literal::Int(i) => Literal::Float(*i as f64),
+            Literal::UInt(u) => Literal::Float(*u as f64),
+            other => other.clone(),
+        })
+        .collect();
+    Predicate::In { column: column.to_string(), values }
+}
+
+/// The type `column` is compared in, and `value` as a one-element array of it.
+fn literal_for(
+    column: &str,
+    value: &Literal,
+    schema: &Schema,
+) -> Result<(DataType, ArrayRef), FilterError> {
+    let field = &schema.fields()[column_of(column, schema)?];
+    let dt = field.data_type();
+    let mismatch = || FilterError::Mismatch {
+        column: column.to_string(),
+        data_type: dt.clone(),
+        value: format!("{value:?}"),
+    };
+    let cast = |one: ArrayRef, to: &DataType| {
+        let opts = arrow_cast::CastOptions { safe: false, ..Default::default() };
+        arrow_cast::cast_with_options(&one, to, &opts).map_err(|_| mismatch())
+    };
+    let is_string = matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    Ok(match value {
+        Literal::UInt(n) if dt.is_unsigned_integer() => {
+            (DataType::UInt64, Arc::new(UInt64Array::from(vec![*n])))
+        }
+        Literal::Int(n) if dt.is_signed_integer() => {
+            (DataType::Int64, Arc::new(Int64Array::from(vec![*n])))
+        }
+        // A non-negative integer in an unsigned column, and the reverse.
+        Literal::Int(n) if dt.is_unsigned_integer() && *n >= 0 => {
+            (DataType::UInt64, Arc::new(UInt64Array::from(vec![*n as u64])))
+        }
+        Literal::UInt(n) if dt.is_signed_integer() && i64::try_from(*n).is_ok() => {
+            (DataType::Int64, Arc::new(Int64Array::from(vec![*n as i64])))
+        }
+        Literal::Int(_) | Literal::UInt(_) | Literal::Float(_)
+            if matches!(dt, DataType::Float16 | DataType::Float32) =>
+        {
+            let one: ArrayRef = Arc::new(Float64Array::from(vec![as_f64(value)]));
+            (dt.clone(), cast(one, dt)?)
+        }
+        Literal::Int(_) | Literal::UInt(_) | Literal::Float(_) if dt.is_numeric() => {
+            (DataType::Float64, Arc::new(Float64Array::from(vec![as_f64(value)])))
+        }
+        Literal::Str(s) if is_string || dt.is_temporal() => {
+            let one: ArrayRef = Arc::new(StringArray::from(vec![s.as_str()]));
+            (dt.clone(), cast(one, dt)?)
+        }
+        Literal::Bool(b) if dt == &DataType::Boolean => {
+            (DataType::Boolean, Arc::new(BooleanArray::from(vec![*b])))
+        }
+        _ => return Err(mismatch()),
+    })
+}
+
+fn as_f64(v: &Literal) -> f64 {
+    match v {
+        Literal::Int(i) => *i as f64,
+        Literal::UInt(u) => *u as f64,
+        Literal::Float(f) => *f,
+        Literal::Bool(_) | Literal::Str(_) => unreachable!("numbers only"),
+    }
+}
+
+/// Evaluates `node` on `batch` with three-valued logic (null = unknown).
+fn eval(node: &Node, batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
+    use arrow_arith::boolean::{and_kleene, is_not_null, is_null, not, or_kleene};
+    let column = |input: usize, as_type: &DataType| -> Result<ArrayRef, ArrowError> {
+        let col = batch.column(input);
+        if col.data_type() == as_type { Ok(col.clone()) } else { arrow_cast::cast(col, as_type) }
+    };
+    Ok(match node {
+        Node::Compare { input, op, as_type, value } => {
+            compare(&column(*input, as_type)?, *op, &Scalar::new(value.clone()))?
+        }
+        Node::In { input, as_type, values } => {
+            let col = column(*input, as_type)?;
+            let mut acc: Option<BooleanArray> = None;
+            for v in values {
+                let m = compare(&col, CompareOp::Eq, &Scalar::new(v.clone()))?;
+                acc = Some(match acc {
+                    None => m,
+                    Some(prev) => or_kleene(&prev, &m)?,
+                });
+            }
+            acc.expect("IN lists are not empty")
+        }
+        Node::IsNull(input) => is_null(batch.column(*input).as_ref())?,
+        Node::IsNotNull(input) => is_not_null(batch.column(*input).as_ref())?,
+        Node::And(parts) => {
+            let mut acc = BooleanArray::from(vec![true; batch.num_rows()]);
+            for p in parts {
+                acc = and_kleene(&acc, &eval(p, batch)?)?;
+            }
+            acc
+        }
+        Node::Or(parts) => {
+            let mut acc = BooleanArray::from(vec![false; batch.num_rows()]);
+            for p in parts {
+                acc = or_kleene(&acc, &eval(p, batch)?)?;
+            }
+            acc
+        }
+        Node::Not(part) => not(&eval(part, batch)?)?,
+    })
+}
+
+fn compare(
+    col: &ArrayRef,
+    op: CompareOp,
+    value: &Scalar<ArrayRef>,
+) -> Result<BooleanArray, ArrowError> {
+    use arrow_ord::cmp;
+    match op {
+        CompareOp::Eq => cmp::eq(col, value),
+        CompareOp::Ne => cmp::neq(col, value),
+        CompareOp::Lt => cmp::lt(col, value),
+        CompareOp::Le => cmp::lt_eq(col, value),
+        CompareOp::Gt => cmp::gt(col, value),
+        CompareOp::Ge => cmp::gt_eq(col, value),
+    }
+}
