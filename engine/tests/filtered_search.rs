@@ -32,7 +32,7 @@ struct Row {
 fn row(id: u64) -> Row {
     Row {
         vector: vector(3, id, DIM),
-        n: (id % 7 != 0).then_some((id % 10) as i64),
+        n: (!id.is_multiple_of(7)).then_some((id % 10) as i64),
         tag: format!("t{}", id % 50),
     }
 }
@@ -95,7 +95,10 @@ fn populated(dir: &std::path::Path) -> (Database, BTreeMap<u64, Row>) {
 
 /// The predicates tried, each with its meaning over the model (SQL: a null never passes a
 /// comparison, and NOT of unknown is unknown).
-fn cases() -> Vec<(&'static str, Predicate, fn(&Row) -> bool)> {
+/// A predicate's name, the predicate, and what it means over the model.
+type Case = (&'static str, Predicate, fn(&Row) -> bool);
+
+fn cases() -> Vec<Case> {
     use CompareOp::*;
     let n = |op, v| Predicate::compare("n", op, Literal::Int(v));
     vec![
