@@ -56,6 +56,9 @@ pub(super) struct Inner {
     /// Search states (io_uring rings with registered buffers, visited sets) kept for reuse, so a
     /// query does not create a ring per segment; at most [`MAX_POOLED_SEARCH_STATES`].
     pub(super) search_states: Mutex<Vec<SearchState>>,
+    /// Threads that search a query's segments in parallel: its own pool, so searches never
+    /// queue behind an index build's work on rayon's global pool.
+    pub(super) search_pool: rayon::ThreadPool,
     /// When the last write was applied (for [`Options::idle_flush`]).
     pub(super) last_write: Mutex<Instant>,
     /// The background worker's last failure, until a unit of work succeeds: a flush waiting

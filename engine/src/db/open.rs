@@ -168,6 +168,8 @@ impl Database {
             state.apply(op);
         }
 
+        let search_pool = search_pool()
+            .map_err(|e| OpenError::Io { path: dir.clone(), source: std::io::Error::other(e) })?;
         let inner = Arc::new(Inner {
             dir,
             vfs,
@@ -185,6 +187,7 @@ impl Database {
             damaged_indexes: Mutex::new(Vec::new()),
             background_failure: Mutex::new(None),
             search_states: Mutex::new(Vec::new()),
+            search_pool,
             last_write: Mutex::new(Instant::now()),
             _lock: lock,
             opts,
@@ -207,6 +210,19 @@ impl Database {
         Ok(Database { inner, worker, flusher })
     }
 }
+
+/// The pool that searches segments in parallel: a thread per core, at most
+/// [`MAX_SEARCH_THREADS`].
+fn search_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.min(MAX_SEARCH_THREADS))
+        .thread_name(|i| format!("quiver-search-{i}"))
+        .build()
+}
+
+/// The most threads a database's segment-search pool has.
+const MAX_SEARCH_THREADS: usize = 16;
 
 pub(super) fn load_collection(
     vfs: &Arc<dyn Vfs>,

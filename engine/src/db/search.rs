@@ -8,7 +8,7 @@
 //! 2. Under a brief read lock: the in-memory rows are searched (no I/O), and views of the
 //!    segments taken.
 //! 3. With no lock held: every segment is searched ([`search_segment`]), in parallel on the
-//!    rayon pool when there is more than one, each for its own `k` best.
+//!    database's search pool when there is more than one, each for its own `k` best.
 //! 4. The candidates are merged, and the result's columns gathered.
 //!
 //! A filter ([`SearchParams::filter`]) is applied as candidates enter a top-k: in-memory rows
@@ -291,7 +291,9 @@ impl Database {
             self.snapshot_for_search(collection, query, params)?;
         let search = |s: &SegmentView| search_segment(&self.inner, &c, s, &q, params, &filter);
         let found: Vec<Vec<Cand>> = if segments.len() > 1 {
-            segments.par_iter().map(search).collect::<Result<_, _>>()?
+            self.inner
+                .search_pool
+                .install(|| segments.par_iter().map(search).collect::<Result<_, _>>())?
         } else {
             segments.iter().map(search).collect::<Result<_, _>>()?
         };
@@ -398,8 +400,7 @@ fn search_segment(
 
 /// Searches segment `s` through its disk index. Deleted rows are waypoints: walked through,
 /// never returned, so deletions cost no wider search. With a filter, the walk returns its whole
-/// ranked list and the rows that pass are kept; while fewer than `k` pass and the list was full,
-/// the walk is widened (4× the list, this segment only), and once it would cover most of the
+/// ranked list and the rows that pass are kept; while fewer than `k` pass, the walk is widened (4× the list, this segment only), and once it would cover most of the
 /// segment, the segment is searched exactly instead. A damaged index is answered from the
 /// segment's Parquet file and queued for a rebuild.
 fn walk_segment(
@@ -458,8 +459,9 @@ fn walk_segment(
             .map(|(c, _)| c)
             .take(params.k)
             .collect();
-        let exhausted = found.len() < want;
-        if kept.len() >= params.k || exhausted {
+        // Fewer than k passed among the walk's list: widen it. (A short list proves nothing:
+        // deleted rows in it are not returned.)
+        if kept.len() >= params.k {
             return Ok(kept);
         }
         list *= 4;
