@@ -246,10 +246,9 @@ fn collect_columns(
         return Err(FilterError::TooLarge(format!("nested deeper than {MAX_PREDICATE_DEPTH}")));
     }
     match p {
-        Predicate::Compare { column, .. } | Predicate::IsNull(column) => {
-            out.push(column_of(column, schema)?);
-        }
-        Predicate::IsNotNull(column) => out.push(column_of(column, schema)?),
+        Predicate::Compare { column, .. }
+        | Predicate::IsNull(column)
+        | Predicate::IsNotNull(column) => out.push(column_of(column, schema)?),
         Predicate::In { column, values } => {
             if values.is_empty() || values.len() > MAX_IN_VALUES {
                 return Err(FilterError::TooLarge(format!(

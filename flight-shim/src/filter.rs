@@ -7,8 +7,8 @@
 //! compares as false.
 
 use arrow_array::RecordBatch;
-use arrow_schema::Schema;
-use quiver_engine::{CompareOp, Filter, Literal, Predicate};
+use arrow_schema::{ArrowError, Schema};
+use quiver_engine::{CompareOp, Filter, FilterError, Literal, Predicate};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -40,22 +40,73 @@ fn parse_op(s: &str) -> Option<CompareOp> {
     })
 }
 
-fn literal(spec: &FilterSpec) -> Result<Literal, String> {
+/// Why a ticket's filters cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TicketFilterError {
+    /// More filters than [`MAX_FILTERS`].
+    #[error("{count} filters exceed the limit of {MAX_FILTERS}")]
+    TooMany {
+        /// Filters asked for.
+        count: usize,
+    },
+    /// The operator is not one this protocol knows.
+    #[error("filter on {field:?}: unknown operator {op:?}; expected one of =, !=, <, <=, >, >=")]
+    UnknownOperator {
+        /// The column.
+        field: String,
+        /// The operator, as written.
+        op: String,
+    },
+    /// A JSON number no literal type holds.
+    #[error("filter on {field:?}: the number {number} is out of range")]
+    OutOfRange {
+        /// The column.
+        field: String,
+        /// The number, as written.
+        number: String,
+    },
+    /// A value that is not a number, string or boolean.
+    #[error(
+        "filter on {field:?}: cannot compare with {value}; numeric columns take numbers, string columns strings, boolean columns booleans, temporal columns strings"
+    )]
+    Value {
+        /// The column.
+        field: String,
+        /// The value, as written.
+        value: String,
+    },
+    /// The engine cannot use the predicate on this collection.
+    #[error(transparent)]
+    Engine(#[from] FilterError),
+    /// A batch handed to [`Filters::apply`] lacks a filter column.
+    #[error("filter column {0:?} was not read")]
+    ColumnNotRead(String),
+    /// An Arrow kernel failed while filtering.
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
+
+fn literal(spec: &FilterSpec) -> Result<Literal, TicketFilterError> {
     Ok(match &spec.value {
         Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
             (Some(u), _, _) => Literal::UInt(u),
             (None, Some(i), _) => Literal::Int(i),
             (None, None, Some(f)) => Literal::Float(f),
-            _ => return Err(format!("filter on {:?}: the number {n} is out of range", spec.field)),
+            _ => {
+                return Err(TicketFilterError::OutOfRange {
+                    field: spec.field.clone(),
+                    number: n.to_string(),
+                });
+            }
         },
         Value::String(s) => Literal::Str(s.clone()),
         Value::Bool(b) => Literal::Bool(*b),
         other => {
-            return Err(format!(
-                "filter on {:?}: cannot compare with {other}; numeric columns take numbers, \
-                 string columns strings, boolean columns booleans, temporal columns strings",
-                spec.field
-            ));
+            return Err(TicketFilterError::Value {
+                field: spec.field.clone(),
+                value: other.to_string(),
+            });
         }
     })
 }
@@ -64,22 +115,20 @@ fn literal(spec: &FilterSpec) -> Result<Literal, String> {
 ///
 /// # Errors
 /// Too many filters, an unknown operator, or a value that is not a number, string or boolean.
-pub fn to_predicate(specs: &[FilterSpec]) -> Result<Option<Predicate>, String> {
+pub fn to_predicate(specs: &[FilterSpec]) -> Result<Option<Predicate>, TicketFilterError> {
     if specs.len() > MAX_FILTERS {
-        return Err(format!("{} filters exceed the limit of {MAX_FILTERS}", specs.len()));
+        return Err(TicketFilterError::TooMany { count: specs.len() });
     }
     let parts = specs
         .iter()
         .map(|s| {
-            let op = parse_op(&s.op).ok_or_else(|| {
-                format!(
-                    "filter on {:?}: unknown operator {:?}; expected one of =, !=, <, <=, >, >=",
-                    s.field, s.op
-                )
+            let op = parse_op(&s.op).ok_or_else(|| TicketFilterError::UnknownOperator {
+                field: s.field.clone(),
+                op: s.op.clone(),
             })?;
             Ok(Predicate::compare(s.field.clone(), op, literal(s)?))
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, TicketFilterError>>()?;
     Ok(match parts.len() {
         0 => None,
         1 => parts.into_iter().next(),
@@ -97,10 +146,10 @@ impl Filters {
     /// Translates and compiles `specs` for the collection whose Arrow schema is `schema`.
     ///
     /// # Errors
-    /// As [`to_predicate`], or the engine's [`quiver_engine::FilterError`] as text.
-    pub fn compile(specs: &[FilterSpec], schema: &Schema) -> Result<Filters, String> {
+    /// As [`to_predicate`], or the engine's [`FilterError`].
+    pub fn compile(specs: &[FilterSpec], schema: &Schema) -> Result<Filters, TicketFilterError> {
         let Some(p) = to_predicate(specs)? else { return Ok(Filters::default()) };
-        let f = Filter::compile(&p, schema).map_err(|e| e.to_string())?;
+        let f = Filter::compile(&p, schema)?;
         let names = f.columns().iter().map(|&i| schema.field(i).name().clone()).collect();
         Ok(Filters { compiled: Some((f, names)) })
     }
@@ -119,18 +168,16 @@ impl Filters {
     ///
     /// # Errors
     /// A filter column is missing, or an Arrow kernel failed.
-    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, String> {
+    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, TicketFilterError> {
         let Some((f, names)) = &self.compiled else { return Ok(batch.clone()) };
         let at = names
             .iter()
             .map(|n| {
-                batch.schema().index_of(n).map_err(|_| format!("filter column {n:?} was not read"))
+                batch.schema().index_of(n).map_err(|_| TicketFilterError::ColumnNotRead(n.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mask = f
-            .evaluate(&batch.project(&at).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        arrow_select::filter::filter_record_batch(batch, &mask).map_err(|e| e.to_string())
+        let mask = f.evaluate(&batch.project(&at)?)?;
+        Ok(arrow_select::filter::filter_record_batch(batch, &mask)?)
     }
 }
 
@@ -208,13 +255,13 @@ mod tests {
     #[test]
     fn unknown_columns_operators_and_mismatched_values_are_refused() {
         let s = batch().schema();
-        let e = Filters::compile(&[spec("zz", "=", 1.into())], &s).unwrap_err();
+        let e = Filters::compile(&[spec("zz", "=", 1.into())], &s).unwrap_err().to_string();
         assert!(e.contains("unknown column \"zz\""), "{e}");
-        let e = Filters::compile(&[spec("n", "~", 1.into())], &s).unwrap_err();
+        let e = Filters::compile(&[spec("n", "~", 1.into())], &s).unwrap_err().to_string();
         assert!(e.contains("unknown operator"), "{e}");
-        let e = Filters::compile(&[spec("n", "=", "x".into())], &s).unwrap_err();
+        let e = Filters::compile(&[spec("n", "=", "x".into())], &s).unwrap_err().to_string();
         assert!(e.contains("cannot compare"), "{e}");
-        let e = Filters::compile(&[spec("s", "=", 3.into())], &s).unwrap_err();
+        let e = Filters::compile(&[spec("s", "=", 3.into())], &s).unwrap_err().to_string();
         assert!(e.contains("cannot compare"), "{e}");
     }
 }

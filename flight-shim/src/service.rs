@@ -398,7 +398,8 @@ fn run_search(db: &Database, req: &SearchRequest, query: &[f32]) -> Result<Recor
             cs.dim()
         )));
     }
-    let filter = to_predicate(req.filters.as_deref().unwrap_or(&[])).map_err(invalid)?;
+    let filter =
+        to_predicate(req.filters.as_deref().unwrap_or(&[])).map_err(|e| invalid(e.to_string()))?;
     let mut out_cols: Vec<String> = req.columns.clone().unwrap_or_default();
     check_columns(&cs, &out_cols)?;
     if req.include_vectors && !out_cols.iter().any(|c| c == VECTOR_COLUMN) {
@@ -535,8 +536,8 @@ fn scan_stream(
 ) -> Result<BoxStream<FlightData>, Status> {
     let cs = db.schema(&req.name).map_err(collection_status)?;
     let arrow = cs.arrow_schema();
-    let filters =
-        Filters::compile(req.filters.as_deref().unwrap_or(&[]), &arrow).map_err(invalid)?;
+    let filters = Filters::compile(req.filters.as_deref().unwrap_or(&[]), &arrow)
+        .map_err(|e| invalid(e.to_string()))?;
     let out_cols: Vec<String> = match &req.columns {
         Some(c) => {
             check_columns(&cs, c)?;
@@ -570,7 +571,9 @@ fn scan_stream(
             let batch = item
                 .map_err(|e| FlightError::Tonic(Box::new(read_status(e))))
                 .and_then(|b| {
-                    filters.apply(&b).map_err(|e| FlightError::Tonic(Box::new(Status::internal(e))))
+                    filters
+                        .apply(&b)
+                        .map_err(|e| FlightError::Tonic(Box::new(Status::internal(e.to_string()))))
                 })
                 .and_then(|b| b.project(&out_idx).map_err(FlightError::Arrow));
             let ready = match batch.and_then(|b| chunker.push(b).map_err(FlightError::Arrow)) {

@@ -116,10 +116,6 @@ impl TopK {
         self.heap.len() < self.k || self.heap.peek().is_some_and(|w| d <= w.d)
     }
 
-    fn len(&self) -> usize {
-        self.heap.len()
-    }
-
     fn into_sorted_vec(self) -> Vec<Cand> {
         self.heap.into_sorted_vec()
     }
@@ -413,7 +409,6 @@ fn walk_segment(
 ) -> Result<Vec<Cand>, ReadError> {
     let ix = s.index.as_ref().expect("walked only when indexed");
     let live = |label: u32| !s.deleted.contains(label as usize);
-    let live_rows = s.keys.len().saturating_sub(s.deleted.count());
     let mut list = params.list_size.max(params.k);
     loop {
         let want = if filter.is_some() { list } else { params.k };
@@ -465,6 +460,7 @@ fn walk_segment(
             return Ok(kept);
         }
         list *= 4;
+        let live_rows = s.keys.len() - s.deleted.count();
         if list >= MAX_LIST_SIZE || list * 2 >= live_rows {
             let mut top = TopK::new(params.k);
             offer_segment_file(c, s, q, Some(f), &mut top)?;
@@ -534,6 +530,5 @@ fn offer_segment_file(
         top.offer_exact(q, &v, base, &s.keys, pass, loc, &mut scratch);
         base += b.num_rows();
     }
-    debug_assert!(top.len() <= top.k);
     Ok(())
 }
