@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use quiver_diskgraph::data::{Metric, read_ivecs, read_vectors};
-use quiver_diskgraph::index::{BuildParams, build_index};
+use quiver_diskgraph::index::{BuildParams, build_index_from_file};
 use quiver_diskgraph::pq::PqParams;
 use quiver_diskgraph::search::{Backend, DiskIndex, OpenOptionsIndex, QueryStats, SearchParams};
 use quiver_diskgraph::vamana::VamanaParams;
@@ -87,6 +87,53 @@ struct BuildArgs {
     /// Seed for PQ sampling and the insertion order.
     #[arg(long, default_value_t = 0x5155_4956)]
     seed: u64,
+    /// Most memory the build may allocate, e.g. `96MiB`, `2GiB`, `500MB` (binary units KiB, MiB,
+    /// GiB, TiB; decimal KB, MB, GB, TB; bare bytes). Inputs that do not fit are built a
+    /// partition at a time. Default: build in memory.
+    #[arg(long, value_parser = parse_size)]
+    ram_budget: Option<u64>,
+    /// Force the partitioned build with this many partitions (tuning and tests).
+    #[arg(long)]
+    partitions: Option<usize>,
+}
+
+/// Parses a size such as `96MiB`, `1.5GiB`, `500MB` or `1048576` into bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 =
+        number.parse().map_err(|_| format!("{text:?}: expected a size such as 96MiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ));
+        }
+    };
+    let bytes = value * scale as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?}: out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// This process's peak resident set (`VmHWM`), in bytes, if the kernel reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 =
+        line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[derive(Debug, clap::Args)]
@@ -174,16 +221,6 @@ const MIB: f64 = 1_048_576.0;
 type QueryOutcome = (usize, Vec<u32>, QueryStats);
 
 fn build(args: &BuildArgs) -> Result<(), BoxError> {
-    let t = Instant::now();
-    let data = read_vectors(&args.input)?;
-    eprintln!(
-        "read {} vectors of {} {} from {} in {:.1}s",
-        data.len(),
-        data.dim(),
-        data.elem(),
-        args.input.display(),
-        t.elapsed().as_secs_f64()
-    );
     let params = BuildParams {
         graph: VamanaParams {
             max_degree: args.max_degree,
@@ -196,6 +233,8 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
             ..VamanaParams::default()
         },
         pq: PqParams { bytes: args.pq_bytes, seed: args.seed, ..PqParams::default() },
+        ram_budget: args.ram_budget,
+        partitions: args.partitions,
     };
     if args.threads > 1 {
         // PQ training and encoding use rayon's global pool: size it too.
@@ -203,18 +242,14 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
             tracing::warn!(error = %e, "could not size the global thread pool");
         }
     }
-    let bar = indicatif::ProgressBar::new((args.passes * data.len()) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "graph {bar:40} {pos}/{len} insertions ({eta} left)",
-        )
-        .expect("static template"),
-    );
+    let bars = PhaseBars::default();
     let total = Instant::now();
-    let summary = build_index(data, args.metric, &params, &args.out, &|done, _| {
-        bar.set_position(done as u64)
-    })?;
-    bar.finish_and_clear();
+    let summary =
+        build_index_from_file(&args.input, args.metric, &params, &args.out, &|phase, done, of| {
+            bars.report(phase, done, of)
+        })?;
+    bars.finish();
+    println!("plan: {}", summary.plan);
     println!(
         "built {}: {} vectors, dim {} (stored {}), metric {}, R {}, L {}, alpha {}, {} pass(es), PQ {} bytes",
         args.out.display(),
@@ -237,7 +272,49 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
         summary.mean_degree,
         summary.graph_file_bytes as f64 / MIB
     );
+    if let Some(peak) = peak_rss_bytes() {
+        println!(
+            "memory: estimated peak {:.1} MiB, measured peak resident {:.1} MiB (VmHWM)",
+            summary.plan.estimated_peak as f64 / MIB,
+            peak as f64 / MIB
+        );
+    }
     Ok(())
+}
+
+/// One progress bar per build phase, each started when its phase first reports and finished
+/// when the next begins.
+#[derive(Default)]
+struct PhaseBars {
+    current: std::sync::Mutex<Option<(&'static str, indicatif::ProgressBar)>>,
+}
+
+impl PhaseBars {
+    fn report(&self, phase: &'static str, done: usize, total: usize) {
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_ref().is_none_or(|(p, _)| *p != phase) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish();
+            }
+            let bar = indicatif::ProgressBar::new(total as u64);
+            let template =
+                format!("{phase:>7} {{bar:40}} {{pos}}/{{len}} ({{elapsed}}, {{eta}} left)");
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(&template).expect("a valid template"),
+            );
+            *current = Some((phase, bar));
+        }
+        if let Some((_, bar)) = current.as_ref() {
+            bar.set_position(done as u64);
+        }
+    }
+
+    fn finish(&self) {
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, bar)) = current.take() {
+            bar.finish();
+        }
+    }
 }
 
 fn search(args: &SearchArgs) -> Result<(), BoxError> {

@@ -383,17 +383,33 @@ impl VectorSet {
 /// # Errors
 /// If `dim + 1` exceeds the dimension limit.
 pub fn mips_to_l2(data: &VectorSet) -> Result<(VectorSet, f32), DataError> {
-    let norms: Vec<f64> = (0..data.len())
-        .map(|i| data.row(i).to_f32().iter().map(|&x| f64::from(x) * f64::from(x)).sum())
-        .collect();
-    let max = norms.iter().copied().fold(0.0f64, f64::max);
+    let max = mips_max_norm_sq(data);
+    Ok((mips_transform(data, max)?, max as f32))
+}
+
+/// The largest squared norm in `data` (in f64): the `M²` of [`mips_to_l2`]. A build that streams
+/// its input takes the maximum over every piece, then transforms each with [`mips_transform`].
+pub fn mips_max_norm_sq(data: &VectorSet) -> f64 {
+    (0..data.len()).map(|i| norm_sq(data.row(i))).fold(0.0f64, f64::max)
+}
+
+fn norm_sq(row: Row<'_>) -> f64 {
+    row.to_f32().iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+}
+
+/// Each row `x` of `data` as `[x, √(M² − ‖x‖²)]` for `M² = max_norm_sq` (see [`mips_to_l2`]).
+///
+/// # Errors
+/// If `dim + 1` exceeds the dimension limit.
+pub fn mips_transform(data: &VectorSet, max_norm_sq: f64) -> Result<VectorSet, DataError> {
     let mut out = VectorSet::zeroed(ElemType::F32, data.dim() + 1, data.len())?;
-    for (i, &norm) in norms.iter().enumerate() {
+    for i in 0..data.len() {
         let mut row = data.row(i).to_f32();
-        row.push((max - norm).max(0.0).sqrt() as f32);
+        let norm = norm_sq(data.row(i));
+        row.push((max_norm_sq - norm).max(0.0).sqrt() as f32);
         out.row_bytes_mut(i).copy_from_slice(bytemuck::cast_slice(&row));
     }
-    Ok((out, max as f32))
+    Ok(out)
 }
 
 /// A query for a set transformed by [`mips_to_l2`]: the query with a 0 appended.

@@ -9,10 +9,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::data::{DataError, Metric, VectorSet, mips_to_l2};
+use crate::data::{DataError, ElemType, Metric, VectorSet, mips_to_l2};
 use crate::layout::{Header, IndexWriter, LayoutError};
 use crate::pack;
-use crate::pq::{CODES_FILE, PIVOTS_FILE, PqCodebook, PqError, PqFileError, PqParams, write_codes};
+use crate::partition;
+use crate::plan::{self, Plan, PlanError, Shape, Strategy};
+use crate::pq::{
+    CODES_FILE, PIVOTS_FILE, PqCodebook, PqError, PqFileError, PqParams, default_pq_bytes,
+    write_codes,
+};
+use crate::source::VectorFile;
 use crate::vamana::{self, BuildError, VamanaParams};
 
 /// Name of the graph file inside an index directory.
@@ -25,6 +31,13 @@ pub struct BuildParams {
     pub graph: VamanaParams,
     /// PQ parameters.
     pub pq: PqParams,
+    /// Most bytes the build may allocate ([`crate::plan`] chooses a strategy that fits), or
+    /// `None` to build in memory whatever the size. Honoured by [`build_index_from_file`];
+    /// [`build_index`] is handed its vectors in RAM already.
+    pub ram_budget: Option<u64>,
+    /// Forces the partitioned build with this many partitions, whatever the budget (for tests
+    /// and tuning; [`build_index_from_file`] only). `None` lets the planner choose.
+    pub partitions: Option<usize>,
 }
 
 /// What a build did and how long each stage took.
@@ -48,6 +61,8 @@ pub struct BuildSummary {
     pub write_seconds: f64,
     /// Size of the graph file.
     pub graph_file_bytes: u64,
+    /// How the index was built, and the planner's estimate of its peak memory.
+    pub plan: Plan,
 }
 
 /// Why an index could not be built or opened.
@@ -77,6 +92,9 @@ pub enum IndexError {
         /// The error.
         source: std::io::Error,
     },
+    /// No build strategy fits the RAM budget.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     /// The index files disagree with each other.
     #[error("{0}")]
     Mismatch(String),
@@ -123,6 +141,12 @@ pub fn build_index(
         move |e| IndexError::Io { path, source: e }
     };
     let (n, dim) = (data.len(), data.dim());
+    let shape = shape_of(n, dim, data.elem(), metric, params);
+    let plan = Plan {
+        strategy: Strategy::InMemory,
+        estimated_peak: shape.in_memory(n as u64),
+        budget: None,
+    };
     // Before anything touches the disk: refuses cosine on integer vectors.
     let (stored, stored_metric, m2) = to_stored(data, metric)?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -183,5 +207,73 @@ pub fn build_index(
         graph_seconds,
         write_seconds,
         graph_file_bytes,
+        plan,
     })
+}
+
+/// The build's shape, for the planner.
+fn shape_of(n: usize, dim: usize, elem: ElemType, metric: Metric, params: &BuildParams) -> Shape {
+    let inner_product = metric == Metric::InnerProduct;
+    let stored_dim = if inner_product { dim + 1 } else { dim };
+    Shape {
+        n: n as u64,
+        stored_dim,
+        stored_elem: if inner_product { ElemType::F32 } else { elem },
+        input_elem: elem,
+        dim,
+        max_degree: params.graph.max_degree,
+        slack: params.graph.slack,
+        pq_bytes: params.pq.bytes.unwrap_or_else(|| default_pq_bytes(stored_dim)),
+        pq_samples: params.pq.max_samples,
+    }
+}
+
+/// What a build from a file reports as it goes: the phase, and how far it is.
+pub type Progress<'a> = &'a (dyn Fn(&'static str, usize, usize) + Sync);
+
+/// Builds an index of the vector file at `input` into `dir`, within `params.ram_budget`: the
+/// planner ([`crate::plan::plan`]) picks the in-memory build when it fits, and the partitioned
+/// build ([`crate::partition`]) otherwise, which never holds more than one partition's vectors.
+/// `progress(phase, done, total)` reports each phase.
+///
+/// # Errors
+/// [`IndexError`] for an unreadable file, unusable data, a budget no strategy fits, bad
+/// parameters or I/O failure.
+pub fn build_index_from_file(
+    input: &Path,
+    metric: Metric,
+    params: &BuildParams,
+    dir: &Path,
+    progress: Progress<'_>,
+) -> Result<BuildSummary, IndexError> {
+    let file = VectorFile::open(input)?;
+    if file.is_empty() {
+        return Err(DataError::Invalid("cannot build an index of zero vectors".into()).into());
+    }
+    let shape = shape_of(file.len(), file.dim(), file.elem(), metric, params);
+    let plan = match params.partitions {
+        Some(p) => plan::forced_partitions(&shape, p, params.ram_budget),
+        None => plan::plan(&shape, params.ram_budget)?,
+    };
+    match plan.strategy {
+        Strategy::InMemory => {
+            let data = file.read_range(0, file.len())?;
+            progress("read", file.len(), file.len());
+            let summary = build_index(data, metric, params, dir, &|d, t| progress("graph", d, t))?;
+            Ok(BuildSummary { plan, ..summary })
+        }
+        Strategy::Partitioned { partitions, capacity, training_rows } => {
+            let job = partition::Job {
+                file: &file,
+                metric,
+                params,
+                dir,
+                partitions,
+                capacity,
+                training_rows,
+                plan,
+            };
+            partition::build(&job, progress)
+        }
+    }
 }

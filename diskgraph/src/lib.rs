@@ -11,7 +11,9 @@
 //! - [`layout`]: the versioned, checksummed file of 4 KiB sectors (`docs/format.md`).
 //! - [`pack`]: the order nodes are written in, so that a sector holds graph neighbours.
 //! - [`search`]: beam search over the sectors through io_uring (or `pread`), steered by PQ codes.
-//! - [`index`]: builds all of it into an index directory.
+//! - [`index`]: builds all of it into an index directory, from vectors in RAM or, within a RAM
+//!   budget, from a vector file ([`source`] reads it a piece at a time; [`plan`] chooses between
+//!   the in-memory build and the partitioned one, which holds one partition at a time).
 //!
 //! May depend on: `quiver-simd` only among Quiver crates. Knows nothing of the WAL, Parquet or
 //! Flight; `quiver-engine` drives it.
@@ -22,8 +24,11 @@ pub mod data;
 pub mod index;
 pub mod layout;
 pub mod pack;
+mod partition;
+pub mod plan;
 pub mod pq;
 pub mod search;
+pub mod source;
 pub mod vamana;
 mod visited;
 

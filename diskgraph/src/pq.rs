@@ -230,28 +230,48 @@ impl PqCodebook {
 
     /// Encodes every vector of `data`, in parallel: `data.len() × bytes()` bytes.
     pub fn encode_all(&self, data: &VectorSet) -> Vec<u8> {
+        let mut codes = vec![0u8; data.len() * self.bytes()];
+        self.encode_into_slice(data, &mut codes);
+        codes
+    }
+
+    /// Encodes every vector of `data`, in parallel, into `codes` (`data.len() × bytes()` bytes):
+    /// how a build that streams its input encodes one piece at a time.
+    pub fn encode_into_slice(&self, data: &VectorSet, codes: &mut [u8]) {
         let m = self.bytes();
-        let mut codes = vec![0u8; data.len() * m];
+        assert_eq!(
+            codes.len(),
+            data.len() * m,
+            "PQ encode: {} bytes for {} codes",
+            codes.len(),
+            data.len()
+        );
         codes
             .par_chunks_mut(m)
             .enumerate()
             .for_each_init(EncodeScratch::default, |scratch, (i, out)| {
                 self.encode_with(data.row(i), out, scratch)
             });
-        codes
     }
 
     /// The reconstruction of a code (centre plus the chosen centroids), for tests and diagnostics.
     pub fn decode(&self, code: &[u8]) -> Vec<f32> {
-        let mut v = self.center.clone();
+        let mut v = vec![0.0; self.dim];
+        self.decode_into(code, &mut v);
+        v
+    }
+
+    /// [`PqCodebook::decode`] into `out` (`dim` floats).
+    pub fn decode_into(&self, code: &[u8], out: &mut [f32]) {
+        assert_eq!(out.len(), self.dim, "PQ decode: output of {} floats", out.len());
+        out.copy_from_slice(&self.center);
         for (j, &c) in code.iter().enumerate() {
             let (lo, hi, cents) = self.sub(j);
             let len = hi - lo;
-            for (d, x) in v[lo..hi].iter_mut().enumerate() {
+            for (d, x) in out[lo..hi].iter_mut().enumerate() {
                 *x += cents[usize::from(c) * len + d];
             }
         }
-        v
     }
 
     /// Fills `table` (`bytes() × 256`) so that summing `table[j·256 + code[j]]` over `j` gives the

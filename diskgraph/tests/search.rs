@@ -20,6 +20,7 @@ fn params(r: usize, l: usize, pq: usize) -> BuildParams {
     BuildParams {
         graph: VamanaParams { max_degree: r, list_size: l, ..VamanaParams::default() },
         pq: PqParams { bytes: Some(pq), max_samples: 20_000, ..PqParams::default() },
+        ..BuildParams::default()
     }
 }
 

@@ -1,0 +1,690 @@
+//! The partitioned build: an index of more points than the RAM budget holds, one partition at a
+//! time (strategy 2 of [`crate::plan`]).
+//!
+//! 1. **Train.** A sample of rows, gathered from the file, trains the PQ codebook and `P`
+//!    partition centroids (k-means), and gives the mean the entry point is chosen by.
+//! 2. **Assign and encode.** One pass over the file, a piece at a time: each row is encoded
+//!    (the codes stay resident: `m` bytes a point, as a search holds them) and joins the
+//!    partitions of its two nearest centroids that still have room, the nearer being its *home*.
+//!    Member ids go to one file per partition. The row nearest the sample mean becomes the entry.
+//! 3. **Build.** Per partition: its members' vectors are gathered from the file, its Vamana graph
+//!    built in RAM, and each member's list (as global ids) written to its slot in the lists file
+//!    (two slots per point: home, guest). The members at home here are ordered for sector
+//!    packing ([`crate::pack::sector_order`] on the partition's graph), and the order written out.
+//! 4. **Merge and write.** Positions follow the partitions' packing orders one after another.
+//!    Per partition again, for its home members in packed order: the two lists are united and,
+//!    when the union is longer than `R`, re-pruned with RobustPrune (the point's own vector
+//!    against its candidates' PQ reconstructions) — DiskANN truncates the union at random
+//!    instead, which drops the edges that made the graph navigable. Nodes are written in
+//!    position order; the codes are permuted into it in place and written last.
+//!
+//! Scratch files live in a directory inside the output directory, removed when the build ends,
+//! whether it succeeds or not.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use quiver_simd::{Isa, Kernels};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rayon::prelude::*;
+
+use crate::data::{
+    DataError, ElemType, Metric, Row, VectorSet, distance, mips_max_norm_sq, mips_transform,
+};
+use crate::index::{BuildParams, BuildSummary, GRAPH_FILE, IndexError};
+use crate::layout::{Header, IndexWriter};
+use crate::pack;
+use crate::plan::{PIECE_BYTES, Plan};
+use crate::pq::{CODES_FILE, PIVOTS_FILE, PqCodebook, PqParams, write_codes};
+use crate::source::VectorFile;
+use crate::vamana::{self, Candidate, robust_prune};
+
+/// Name of the scratch directory inside the output directory.
+pub const SCRATCH_DIR: &str = ".partitioned-build";
+/// Lloyd iterations of the partition k-means.
+const KMEANS_ITERATIONS: usize = 10;
+
+/// How the input's rows become stored rows (see [`crate::index::to_stored`]), one piece at a time.
+struct Storage {
+    user: Metric,
+    metric: Metric,
+    max_norm_sq: f64,
+}
+
+impl Storage {
+    fn store(&self, raw: VectorSet) -> Result<VectorSet, DataError> {
+        match self.user {
+            Metric::L2 => Ok(raw),
+            Metric::Cosine => {
+                let mut raw = raw;
+                raw.normalize()?;
+                Ok(raw)
+            }
+            Metric::InnerProduct => mips_transform(&raw, self.max_norm_sq),
+        }
+    }
+}
+
+/// The scratch directory, removed when dropped.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn create(out: &Path) -> Result<Scratch, IndexError> {
+        let dir = out.join(SCRATCH_DIR);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(Scratch { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove build scratch");
+        }
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> IndexError + '_ {
+    move |e| IndexError::Io { path: path.to_owned(), source: e }
+}
+
+/// What the partitioned build was asked for.
+pub(crate) struct Job<'a> {
+    pub(crate) file: &'a VectorFile,
+    pub(crate) metric: Metric,
+    pub(crate) params: &'a BuildParams,
+    pub(crate) dir: &'a Path,
+    pub(crate) partitions: usize,
+    pub(crate) capacity: usize,
+    pub(crate) training_rows: usize,
+    pub(crate) plan: Plan,
+}
+
+/// Builds the index of `job.file` into `job.dir`, a partition at a time. `progress(phase, done,
+/// total)` reports each phase.
+///
+/// # Errors
+/// [`IndexError`] for unusable data, bad parameters or I/O failure.
+pub(crate) fn build(
+    job: &Job<'_>,
+    progress: &(dyn Fn(&'static str, usize, usize) + Sync),
+) -> Result<BuildSummary, IndexError> {
+    let (file, n, dim) = (job.file, job.file.len(), job.file.dim());
+    if job.metric == Metric::Cosine && file.elem() != ElemType::F32 {
+        return Err(DataError::Invalid(format!(
+            "the cosine metric needs float vectors, these are {}",
+            file.elem()
+        ))
+        .into());
+    }
+    std::fs::create_dir_all(job.dir).map_err(io(job.dir))?;
+    let scratch = Scratch::create(job.dir)?;
+    let t = Instant::now();
+    let max_norm_sq =
+        if job.metric == Metric::InnerProduct { max_norm_sq_of(file, progress)? } else { 0.0 };
+    let stored_metric = if job.metric == Metric::InnerProduct { Metric::L2 } else { job.metric };
+    let storage = Storage { user: job.metric, metric: stored_metric, max_norm_sq };
+
+    let trained = train(job, &storage)?;
+    let assigned = assign(job, &storage, &trained, &scratch, progress)?;
+    let pq_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let stored_elem = if job.metric == Metric::InnerProduct { ElemType::F32 } else { file.elem() };
+    let stored_dim = if job.metric == Metric::InnerProduct { dim + 1 } else { dim };
+    let mut header = Header {
+        version: crate::layout::VERSION,
+        elem: stored_elem,
+        metric: stored_metric,
+        user_metric: job.metric,
+        dim: stored_dim as u32,
+        n: n as u64,
+        max_degree: job.params.graph.max_degree as u32,
+        entry: 0,
+        mips_max_norm_sq: max_norm_sq as f32,
+    };
+    let lists = ListsFile::create(&scratch.path("lists"), n, job.params.graph.max_degree)?;
+    build_partitions(job, &storage, &assigned, &lists, &header, &scratch, progress)?;
+    let graph_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let position = positions(n, job.partitions, &scratch)?;
+    header.entry = position[assigned.entry as usize];
+    let graph_path = job.dir.join(GRAPH_FILE);
+    let degrees = merge_and_write(
+        job,
+        &storage,
+        &trained.pq,
+        &assigned.codes,
+        &position,
+        header,
+        &lists,
+        &scratch,
+        progress,
+    )?;
+    drop(lists);
+    let mut codes = assigned.codes;
+    let m = trained.pq.bytes();
+    permute(&mut codes, m, &position);
+    trained.pq.write_to(&job.dir.join(PIVOTS_FILE))?;
+    write_codes(&job.dir.join(CODES_FILE), m, &codes)?;
+    drop(scratch);
+    File::open(job.dir).and_then(|d| d.sync_all()).map_err(io(job.dir))?;
+    let write_seconds = t.elapsed().as_secs_f64();
+    let graph_file_bytes = std::fs::metadata(&graph_path).map_err(io(&graph_path))?.len();
+    Ok(BuildSummary {
+        n,
+        dim,
+        stored_dim,
+        pq_bytes: m,
+        mean_degree: degrees as f64 / n as f64,
+        pq_seconds,
+        graph_seconds,
+        write_seconds,
+        graph_file_bytes,
+        plan: job.plan,
+    })
+}
+
+/// Rows per piece of a streaming pass over `file`: [`PIECE_BYTES`] of stored rows (at least 1).
+fn piece_rows(file: &VectorFile, extra_per_row: usize) -> usize {
+    let row = (file.row_bytes().div_ceil(64) * 64 + 64 + extra_per_row) as u64;
+    (PIECE_BYTES / row).max(1) as usize
+}
+
+/// The inner-product reduction's `M²`: one pass over the file.
+fn max_norm_sq_of(
+    file: &VectorFile,
+    progress: &(dyn Fn(&'static str, usize, usize) + Sync),
+) -> Result<f64, IndexError> {
+    let (n, rows) = (file.len(), piece_rows(file, 0));
+    let mut max = 0.0f64;
+    for start in (0..n).step_by(rows) {
+        let piece = file.read_range(start, rows.min(n - start))?;
+        max = max.max(mips_max_norm_sq(&piece));
+        progress("norms", start + piece.len(), n);
+    }
+    Ok(max)
+}
+
+/// What step 1 trains.
+struct Trained {
+    pq: PqCodebook,
+    /// `P` centroids of `dim` floats, in the stored space.
+    centroids: Vec<f32>,
+    /// The sample's mean, in the stored space.
+    mean: Vec<f32>,
+}
+
+/// Step 1: PQ, partition centroids and the mean, from a sample gathered from the file.
+fn train(job: &Job<'_>, storage: &Storage) -> Result<Trained, IndexError> {
+    let n = job.file.len();
+    let rows = job.training_rows.clamp(1, n);
+    let mut rng = StdRng::seed_from_u64(job.params.pq.seed);
+    let mut ids: Vec<u32> = if rows == n {
+        (0..n as u32).collect()
+    } else {
+        rand::seq::index::sample(&mut rng, n, rows).into_iter().map(|i| i as u32).collect()
+    };
+    ids.sort_unstable();
+    let sample = storage.store(job.file.gather(&ids)?)?;
+    drop(ids);
+    let pq_params = PqParams { max_samples: rows, ..job.params.pq };
+    let pq = PqCodebook::train(&sample, storage.metric, &pq_params)?;
+    let dim = sample.dim();
+    let mut mean = vec![0.0f64; dim];
+    for i in 0..sample.len() {
+        for (m, x) in mean.iter_mut().zip(sample.row(i).to_f32()) {
+            *m += f64::from(x);
+        }
+    }
+    let mean = mean.iter().map(|&m| (m / sample.len() as f64) as f32).collect();
+    let centroids = kmeans(&sample, job.partitions, job.params.pq.seed);
+    Ok(Trained { pq, centroids, mean })
+}
+
+/// `k` centroids of `sample` (L2, in f32): distinct sample rows to start, then Lloyd iterations;
+/// a centroid left without points restarts at a random row.
+fn kmeans(sample: &VectorSet, k: usize, seed: u64) -> Vec<f32> {
+    let (n, dim) = (sample.len(), sample.dim());
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7061_7274);
+    let rows: Vec<Vec<f32>> = (0..n).map(|i| sample.row(i).to_f32()).collect();
+    let starts = rand::seq::index::sample(&mut rng, n, k.min(n)).into_vec();
+    let mut cents: Vec<f32> = Vec::with_capacity(k * dim);
+    for i in 0..k {
+        cents.extend_from_slice(&rows[starts[i % starts.len()]]);
+    }
+    let kernels = Isa::active();
+    for _ in 0..KMEANS_ITERATIONS {
+        let nearest: Vec<usize> = rows
+            .par_iter()
+            .map(|r| ranked(kernels, r, &cents, dim).first().map_or(0, |&(_, c)| c as usize))
+            .collect();
+        let mut sums = vec![0.0f64; k * dim];
+        let mut counts = vec![0usize; k];
+        for (r, &c) in rows.iter().zip(&nearest) {
+            counts[c] += 1;
+            for (s, &x) in sums[c * dim..(c + 1) * dim].iter_mut().zip(r) {
+                *s += f64::from(x);
+            }
+        }
+        for c in 0..k {
+            let cent = &mut cents[c * dim..(c + 1) * dim];
+            if counts[c] == 0 {
+                let pick = rand::RngExt::random_range(&mut rng, 0..n);
+                cent.copy_from_slice(&rows[pick]);
+            } else {
+                for (x, &s) in cent.iter_mut().zip(&sums[c * dim..(c + 1) * dim]) {
+                    *x = (s / counts[c] as f64) as f32;
+                }
+            }
+        }
+    }
+    cents
+}
+
+/// Every centroid of `cents` by L2 distance from `row`, nearest first.
+fn ranked(kernels: Isa, row: &[f32], cents: &[f32], dim: usize) -> Vec<(f32, u16)> {
+    let mut out: Vec<(f32, u16)> = cents
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(c, cent)| (kernels.l2_sq_f32(row, cent), c as u16))
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    out
+}
+
+/// What step 2 produces.
+struct Assigned {
+    /// PQ codes in input order.
+    codes: Vec<u8>,
+    /// Each point's home partition.
+    home: Vec<u16>,
+    /// The input row nearest the sample mean.
+    entry: u32,
+}
+
+fn members_name(p: usize) -> String {
+    format!("members-{p:05}")
+}
+
+fn order_name(p: usize) -> String {
+    format!("order-{p:05}")
+}
+
+/// Step 2: one pass over the file, encoding each row and assigning it to two partitions.
+fn assign(
+    job: &Job<'_>,
+    storage: &Storage,
+    trained: &Trained,
+    scratch: &Scratch,
+    progress: &(dyn Fn(&'static str, usize, usize) + Sync),
+) -> Result<Assigned, IndexError> {
+    let (file, n, parts) = (job.file, job.file.len(), job.partitions);
+    let m = trained.pq.bytes();
+    let mut codes = vec![0u8; n * m];
+    let mut home = vec![u16::MAX; n];
+    let mut counts = vec![0usize; parts];
+    let mut writers = (0..parts)
+        .map(|p| {
+            let path = scratch.path(&members_name(p));
+            File::create(&path).map(|f| BufWriter::with_capacity(16 << 10, f)).map_err(io(&path))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let kernels = Isa::active();
+    let dim = trained.mean.len();
+    // Each row's ranking of every centroid is held for one piece: bound the piece by it too.
+    let rows = piece_rows(file, parts * 8);
+    let mut entry = (f32::INFINITY, 0u32);
+    for start in (0..n).step_by(rows) {
+        let piece = storage.store(file.read_range(start, rows.min(n - start))?)?;
+        trained.pq.encode_into_slice(&piece, &mut codes[start * m..(start + piece.len()) * m]);
+        let rankings: Vec<(f32, Vec<(f32, u16)>)> = (0..piece.len())
+            .into_par_iter()
+            .map(|i| {
+                let row = piece.row(i).to_f32();
+                (
+                    kernels.l2_sq_f32(&row, &trained.mean),
+                    ranked(kernels, &row, &trained.centroids, dim),
+                )
+            })
+            .collect();
+        for (i, (to_mean, ranking)) in rankings.into_iter().enumerate() {
+            let id = (start + i) as u32;
+            if to_mean < entry.0 {
+                entry = (to_mean, id);
+            }
+            let mut chosen =
+                ranking.iter().map(|&(_, p)| p as usize).filter(|&p| counts[p] < job.capacity);
+            let first = chosen.next().expect("the plan leaves room in the partitions");
+            home[id as usize] = first as u16;
+            for p in std::iter::once(first).chain(chosen.next()) {
+                counts[p] += 1;
+                let path = scratch.path(&members_name(p));
+                writers[p].write_all(&id.to_le_bytes()).map_err(io(&path))?;
+            }
+        }
+        progress("assign", start + piece.len(), n);
+    }
+    for (p, w) in writers.into_iter().enumerate() {
+        let path = scratch.path(&members_name(p));
+        w.into_inner().map_err(|e| io(&path)(e.into_error()))?;
+    }
+    Ok(Assigned { codes, home, entry: entry.1 })
+}
+
+fn read_ids(path: &Path) -> Result<Vec<u32>, IndexError> {
+    let mut bytes = Vec::new();
+    BufReader::new(File::open(path).map_err(io(path))?)
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
+    Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+}
+
+fn write_ids(path: &Path, ids: impl Iterator<Item = u32>) -> Result<(), IndexError> {
+    let mut w = BufWriter::new(File::create(path).map_err(io(path))?);
+    for id in ids {
+        w.write_all(&id.to_le_bytes()).map_err(io(path))?;
+    }
+    w.into_inner().map_err(|e| io(path)(e.into_error()))?;
+    Ok(())
+}
+
+/// Two neighbour lists per point on disk (home, guest), each `1 + R` little-endian words: the
+/// length, then the ids. A slot never written reads as an empty list.
+struct ListsFile {
+    path: PathBuf,
+    file: File,
+    record: usize,
+}
+
+impl ListsFile {
+    fn create(path: &Path, n: usize, max_degree: usize) -> Result<ListsFile, IndexError> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(io(path))?;
+        let record = 4 * (1 + max_degree);
+        file.set_len((2 * n * record) as u64).map_err(io(path))?;
+        Ok(ListsFile { path: path.to_owned(), file, record })
+    }
+
+    fn write(
+        &self,
+        id: u32,
+        slot: usize,
+        list: &[u32],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), IndexError> {
+        buf.clear();
+        buf.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        for x in list {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        let at = ((2 * id as usize + slot) * self.record) as u64;
+        self.file.write_all_at(buf, at).map_err(io(&self.path))
+    }
+
+    /// Both lists of `id`, appended to `home` and `guest`.
+    fn read(
+        &self,
+        id: u32,
+        buf: &mut Vec<u8>,
+        lists: [&mut Vec<u32>; 2],
+    ) -> Result<(), IndexError> {
+        buf.resize(2 * self.record, 0);
+        self.file
+            .read_exact_at(buf, (2 * id as usize * self.record) as u64)
+            .map_err(io(&self.path))?;
+        for (slot, out) in lists.into_iter().enumerate() {
+            let rec = &buf[slot * self.record..(slot + 1) * self.record];
+            let len = u32::from_le_bytes(rec[..4].try_into().expect("4 bytes")) as usize;
+            let max = self.record / 4 - 1;
+            if len > max {
+                return Err(IndexError::Mismatch(format!(
+                    "{}: point {id} has a list of {len} over R = {max}",
+                    self.path.display()
+                )));
+            }
+            out.extend(
+                rec[4..4 + 4 * len]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Step 3: each partition's graph, its lists spilled to `lists`, its home members' packed order
+/// written out.
+fn build_partitions(
+    job: &Job<'_>,
+    storage: &Storage,
+    assigned: &Assigned,
+    lists: &ListsFile,
+    header: &Header,
+    scratch: &Scratch,
+    progress: &(dyn Fn(&'static str, usize, usize) + Sync),
+) -> Result<(), IndexError> {
+    let per_sector = header.nodes_per_sector();
+    let total = 2 * job.file.len();
+    let mut done = 0;
+    let mut buf = Vec::new();
+    let mut list = Vec::new();
+    for p in 0..job.partitions {
+        let ids = read_ids(&scratch.path(&members_name(p)))?;
+        let order_path = scratch.path(&order_name(p));
+        if ids.is_empty() {
+            write_ids(&order_path, std::iter::empty())?;
+            continue;
+        }
+        let local = storage.store(job.file.gather(&ids)?)?;
+        let graph = vamana::build(&local, storage.metric, &job.params.graph, &|d| {
+            progress("graph", done + d.min(ids.len()), total)
+        })?;
+        drop(local);
+        for (l, &id) in ids.iter().enumerate() {
+            let slot = usize::from(assigned.home[id as usize] != p as u16);
+            list.clear();
+            list.extend(graph.neighbours(l).iter().map(|&u| ids[u as usize]));
+            lists.write(id, slot, &list, &mut buf)?;
+        }
+        let order = pack::sector_order(&graph, per_sector);
+        let home = order.into_iter().map(|l| ids[l as usize]);
+        write_ids(&order_path, home.filter(|&id| assigned.home[id as usize] == p as u16))?;
+        done += ids.len();
+        progress("graph", done, total);
+    }
+    Ok(())
+}
+
+/// Every point's position: the partitions' packing orders, one after another.
+fn positions(n: usize, partitions: usize, scratch: &Scratch) -> Result<Vec<u32>, IndexError> {
+    let mut position = vec![u32::MAX; n];
+    let mut next = 0u32;
+    for p in 0..partitions {
+        for id in read_ids(&scratch.path(&order_name(p)))? {
+            assert_eq!(position[id as usize], u32::MAX, "point {id} at home twice");
+            position[id as usize] = next;
+            next += 1;
+        }
+    }
+    assert_eq!(next as usize, n, "every point has exactly one home");
+    Ok(position)
+}
+
+/// Per-thread buffers of the merge.
+#[derive(Default)]
+struct MergeScratch {
+    lists: [Vec<u32>; 2],
+    decoded: Vec<f32>,
+    buf: Vec<u8>,
+}
+
+/// Step 4: every point's two lists united and re-pruned, and the nodes written in position
+/// order. Returns the sum of the degrees.
+#[allow(clippy::too_many_arguments)]
+fn merge_and_write(
+    job: &Job<'_>,
+    storage: &Storage,
+    pq: &PqCodebook,
+    codes: &[u8],
+    position: &[u32],
+    header: Header,
+    lists: &ListsFile,
+    scratch: &Scratch,
+    progress: &(dyn Fn(&'static str, usize, usize) + Sync),
+) -> Result<u64, IndexError> {
+    let n = job.file.len();
+    let mut writer = IndexWriter::create(&job.dir.join(GRAPH_FILE), header)?;
+    let mut done = 0;
+    let mut degrees = 0u64;
+    let merge = Merge { pq, codes, metric: storage.metric, params: job.params };
+    for p in 0..job.partitions {
+        let order = read_ids(&scratch.path(&order_name(p)))?;
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        let vectors = storage.store(job.file.gather(&sorted)?)?;
+        let merged: Vec<Result<Vec<u32>, IndexError>> = order
+            .par_iter()
+            .map_init(MergeScratch::default, |s, &id| {
+                let k = sorted.binary_search(&id).expect("a member");
+                let [home, guest] = &mut s.lists;
+                home.clear();
+                guest.clear();
+                lists.read(id, &mut s.buf, [home, guest])?;
+                Ok(merge.lists(id, vectors.row(k), s))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (&id, list) in order.iter().zip(merged) {
+            let list = list?;
+            degrees += list.len() as u64;
+            out.clear();
+            out.extend(list.iter().map(|&u| position[u as usize]));
+            let k = sorted.binary_search(&id).expect("a member");
+            writer.push(vectors.row_bytes(k), &out, id)?;
+        }
+        done += order.len();
+        progress("merge", done, n);
+    }
+    writer.finish()?;
+    Ok(degrees)
+}
+
+/// The merge of one point's lists.
+struct Merge<'a> {
+    pq: &'a PqCodebook,
+    codes: &'a [u8],
+    metric: Metric,
+    params: &'a BuildParams,
+}
+
+impl Merge<'_> {
+    /// The union of `s.lists` without `id` or repeats; re-pruned to `R` when longer, with
+    /// distances from `row` (the point's stored vector) to its candidates' PQ reconstructions,
+    /// and between those.
+    fn lists(&self, id: u32, row: Row<'_>, s: &mut MergeScratch) -> Vec<u32> {
+        let r = self.params.graph.max_degree;
+        let [home, guest] = &s.lists;
+        let mut union: Vec<u32> = Vec::with_capacity(home.len() + guest.len());
+        for &u in home.iter().chain(guest) {
+            if u != id && !union.contains(&u) {
+                union.push(u);
+            }
+        }
+        if union.len() <= r {
+            return union;
+        }
+        let m = self.pq.bytes();
+        let dim = self.pq.dim();
+        let mut decoded = VectorSet::zeroed(ElemType::F32, dim, union.len())
+            .expect("the stored dimension is valid");
+        s.decoded.resize(dim, 0.0);
+        for (i, &u) in union.iter().enumerate() {
+            let code = &self.codes[u as usize * m..(u as usize + 1) * m];
+            self.pq.decode_into(code, &mut s.decoded);
+            decoded.row_bytes_mut(i).copy_from_slice(bytemuck::cast_slice(&s.decoded));
+        }
+        let point = row.to_f32();
+        let kernels = Isa::active();
+        let cands: Vec<Candidate> = (0..union.len())
+            .map(|i| Candidate {
+                id: i as u32,
+                dist: distance(kernels, self.metric, Row::F32(&point), decoded.row(i)),
+            })
+            .collect();
+        let kept = robust_prune(
+            &decoded,
+            self.metric,
+            u32::MAX,
+            cands,
+            self.params.graph.alpha,
+            r,
+            self.params.graph.saturate,
+        );
+        kept.into_iter().map(|i| union[i as usize]).collect()
+    }
+}
+
+/// Reorders `codes` (`m` bytes each, in input order) in place so that point `i`'s code lands at
+/// `position[i]`: each cycle of the permutation is followed once, with a bit per point.
+fn permute(codes: &mut [u8], m: usize, position: &[u32]) {
+    let n = position.len();
+    let mut placed = vec![0u64; n.div_ceil(64)];
+    let mut carried = vec![0u8; m];
+    for start in 0..n {
+        if placed[start / 64] >> (start % 64) & 1 == 1 {
+            continue;
+        }
+        carried.copy_from_slice(&codes[start * m..(start + 1) * m]);
+        let mut from = start;
+        loop {
+            let to = position[from] as usize;
+            codes[to * m..(to + 1) * m].swap_with_slice(&mut carried);
+            placed[to / 64] |= 1 << (to % 64);
+            if to == start {
+                break;
+            }
+            from = to;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_moves_every_code_to_its_position() {
+        let n = 1000;
+        let m = 3;
+        let mut position: Vec<u32> = (0..n as u32).collect();
+        let mut rng = StdRng::seed_from_u64(7);
+        rand::seq::SliceRandom::shuffle(&mut position[..], &mut rng);
+        let codes: Vec<u8> = (0..n * m).map(|i| (i * 31 % 251) as u8).collect();
+        let mut moved = codes.clone();
+        permute(&mut moved, m, &position);
+        for i in 0..n {
+            let p = position[i] as usize;
+            assert_eq!(&moved[p * m..(p + 1) * m], &codes[i * m..(i + 1) * m]);
+        }
+    }
+}

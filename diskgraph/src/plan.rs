@@ -1,0 +1,346 @@
+//! The build planner: from the input's shape and a RAM budget, which strategy builds the index
+//! and how much memory each phase of it should take.
+//!
+//! Every figure here is an estimate of the bytes the build allocates, phase by phase, from
+//! counts the code below it actually allocates (see the `*_BYTES` constants and the per-point
+//! sums); `BENCHMARKS.md` and the capped-build test compare them with the measured peak
+//! (`VmHWM`). The strategies, cheapest first:
+//!
+//! 1. [`Strategy::InMemory`]: today's build — every stored vector, the graph's adjacency slab,
+//!    the codes and the packing arrays resident at once. Chosen whenever it fits.
+//! 2. [`Strategy::Partitioned`]: the points are split into `P` overlapping partitions by k-means
+//!    on a sample (each point in the partitions of its two nearest centroids, each partition
+//!    capped); each partition's graph is built in RAM over full-precision vectors gathered from the
+//!    file, its lists spilled to disk; then every point's two lists are merged and re-pruned to
+//!    `R` (over PQ-decoded neighbours), and nodes are written partition by partition. Resident
+//!    throughout: the PQ codes (`m` bytes per point, which a search holds anyway) and a few bytes
+//!    per point of bookkeeping; the rest of the budget is one partition at a time.
+//!
+//! A graph built over compressed codes held in RAM (8-bit scalar codes) would sit between the two;
+//! it is not implemented yet, so inputs that do not fit in RAM always take the partitioned path.
+
+use std::fmt;
+
+use crate::data::ElemType;
+
+/// Bytes the build needs whatever its input: thread stacks, the allocator's own state, I/O
+/// buffers, the PQ tables of a merge. The program's own resident size comes on top (see
+/// `docs/build.md`).
+pub const FIXED_BYTES: u64 = 24 << 20;
+
+/// Bookkeeping bytes per point resident during a partitioned build: the home partition (`u16`)
+/// and, while nodes are written, the position map (`u32`).
+const PARTITIONED_GLOBAL_PER_POINT: u64 = 2 + 4;
+
+/// Partitions hold this much more than their even share, so that a capped assignment always
+/// finds room.
+pub const PARTITION_SLACK: f64 = 1.15;
+
+/// Fewest rows PQ (256 centroids a subspace) and the partition k-means are trained on.
+const MIN_TRAINING_ROWS: u64 = 1_024;
+
+/// Fewest points worth a partition of their own: below this the overlap dominates.
+const MIN_PARTITION_POINTS: u64 = 2_000;
+
+/// The shape of a build: what the estimates depend on.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Points.
+    pub n: u64,
+    /// Dimension of the stored vectors (`dim + 1` for inner product).
+    pub stored_dim: usize,
+    /// Element type of the stored vectors.
+    pub stored_elem: ElemType,
+    /// Element type of the input file (inner product reads it, then transforms).
+    pub input_elem: ElemType,
+    /// Dimension of the input.
+    pub dim: usize,
+    /// Maximum degree `R`.
+    pub max_degree: usize,
+    /// The graph build's slack (lists grow to `slack · R`).
+    pub slack: f32,
+    /// PQ bytes per point.
+    pub pq_bytes: usize,
+    /// PQ training rows, at most.
+    pub pq_samples: usize,
+}
+
+impl Shape {
+    /// Bytes of one stored row in a [`VectorSet`](crate::data::VectorSet) (rows are padded to
+    /// 64 bytes).
+    pub fn stored_row(&self) -> u64 {
+        ((self.stored_dim * self.stored_elem.size()).div_ceil(64) * 64) as u64
+    }
+
+    fn input_row(&self) -> u64 {
+        ((self.dim * self.input_elem.size()).div_ceil(64) * 64) as u64
+    }
+
+    /// Bytes per point of the build's adjacency slab.
+    fn adjacency(&self) -> u64 {
+        let cap = ((self.max_degree as f32 * self.slack) as usize).max(self.max_degree);
+        4 * (cap as u64 + 1)
+    }
+
+    /// Bytes of PQ training over `rows` sampled rows: the sample as f32, and its per-subspace
+    /// copies.
+    fn pq_training(&self, rows: u64) -> u64 {
+        rows * self.stored_dim as u64 * 4 * 2
+    }
+
+    /// Peak bytes of the in-memory build of `n` points (every phase's live set; the largest).
+    pub fn in_memory(&self, n: u64) -> u64 {
+        let vectors = n * self.stored_row();
+        // Inner product reads the input, then builds a transformed copy beside it.
+        let load = vectors + if self.stored_dim != self.dim { n * self.input_row() } else { 0 };
+        let codes = n * self.pq_bytes as u64;
+        let pq = vectors + self.pq_training(n.min(self.pq_samples as u64)) + codes;
+        let graph = vectors + codes + n * self.adjacency() + graph_scratch(n, self.max_degree);
+        // Writing: the compact graph (at most R per point plus offsets), the packing arrays
+        // (order, position, score, BFS seeds: u32 each; two flags) and the reordered codes.
+        let write = vectors + 2 * codes + n * (4 * self.max_degree as u64 + 8) + n * 18;
+        FIXED_BYTES + load.max(pq).max(graph).max(write)
+    }
+
+    /// Bytes resident for the whole of a partitioned build, whatever the partition size.
+    fn partitioned_global(&self) -> u64 {
+        self.n * (self.pq_bytes as u64 + PARTITIONED_GLOBAL_PER_POINT)
+    }
+
+    /// Bytes per point of one partition while its graph is built: its member id, its vector
+    /// (and, for inner product, the input row it came from), the adjacency slab, and the
+    /// packing arrays.
+    fn per_partition_point(&self) -> u64 {
+        let input = if self.stored_dim != self.dim { self.input_row() } else { 0 };
+        let scratch = self.max_degree as u64 * GRAPH_SCRATCH_PER_EDGE / BATCH_SHARE;
+        4 + self.stored_row()
+            + input
+            + self.adjacency()
+            + 4 * self.max_degree as u64
+            + 8
+            + 18
+            + scratch
+    }
+
+    /// Bytes of one partition of `capacity` points, with the fixed part of its scratch.
+    fn partition(&self, capacity: u64) -> u64 {
+        capacity * self.per_partition_point() + GRAPH_SCRATCH_FIXED + PIECE_BYTES
+    }
+
+    /// Bytes of training PQ and the partition centroids on `rows` sampled rows.
+    fn training(&self, rows: u64) -> u64 {
+        self.pq_training(rows) + rows * self.stored_row()
+    }
+
+    /// Peak bytes of a partitioned build whose partitions hold at most `capacity` points.
+    pub fn partitioned(&self, capacity: u64, training_rows: u64) -> u64 {
+        FIXED_BYTES
+            + self.partitioned_global()
+            + self.training(training_rows).max(self.partition(capacity))
+    }
+}
+
+/// Bytes a streaming pass reads at once.
+pub const PIECE_BYTES: u64 = 8 << 20;
+
+/// The graph build inserts at most one point in this many at once (2%, see `vamana.rs`).
+const BATCH_SHARE: u64 = 50;
+/// Bytes per edge of a batch's transient arrays: the reverse edge (8), the chosen list's id (4)
+/// and its candidate while pruning (8).
+const GRAPH_SCRATCH_PER_EDGE: u64 = 8 + 4 + 8;
+/// The graph build's transient bytes that do not grow with the points: per-thread visited sets
+/// and candidate pools.
+const GRAPH_SCRATCH_FIXED: u64 = 8 << 20;
+
+/// The graph build's transient arrays for `n` points: the largest batch's edges.
+fn graph_scratch(n: u64, max_degree: usize) -> u64 {
+    (n / BATCH_SHARE).max(1) * max_degree as u64 * GRAPH_SCRATCH_PER_EDGE + GRAPH_SCRATCH_FIXED
+}
+
+/// How the index is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Everything in RAM at once.
+    InMemory,
+    /// `partitions` overlapping partitions of at most `capacity` points each, built one at a time.
+    Partitioned {
+        /// Number of partitions.
+        partitions: usize,
+        /// Most points in one partition.
+        capacity: usize,
+        /// Rows sampled for PQ and partition training.
+        training_rows: usize,
+    },
+}
+
+/// The planner's choice and its estimate.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Estimated peak bytes of the build's own allocations (plus [`FIXED_BYTES`]).
+    pub estimated_peak: u64,
+    /// The budget it was planned for, if any.
+    pub budget: Option<u64>,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.strategy {
+            Strategy::InMemory => write!(f, "in-memory build")?,
+            Strategy::Partitioned { partitions, capacity, training_rows } => write!(
+                f,
+                "partitioned build: {partitions} partitions of at most {capacity} points, \
+                 trained on {training_rows} sampled rows"
+            )?,
+        }
+        write!(f, ", estimated peak {:.1} MiB", self.estimated_peak as f64 / MIB)?;
+        if let Some(b) = self.budget {
+            write!(f, " of a {:.1} MiB budget", b as f64 / MIB)?;
+        }
+        Ok(())
+    }
+}
+
+const MIB: f64 = 1_048_576.0;
+
+/// Why no plan fits the budget.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The budget cannot hold what every strategy keeps resident.
+    #[error(
+        "a RAM budget of {budget} bytes is too small for {n} points: the PQ codes and per-point \
+         bookkeeping alone take {needed} bytes, with partitions of at least {min_partition} \
+         points ({minimum} bytes in all)"
+    )]
+    TooSmall {
+        /// The budget.
+        budget: u64,
+        /// Points.
+        n: u64,
+        /// What stays resident whatever the partitioning.
+        needed: u64,
+        /// The smallest partition the planner accepts.
+        min_partition: u64,
+        /// The smallest budget that would do.
+        minimum: u64,
+    },
+}
+
+/// Chooses how to build `shape` within `budget` bytes (`None`: in memory, as without a budget).
+///
+/// # Errors
+/// [`PlanError::TooSmall`] when even the smallest partitions do not fit.
+pub fn plan(shape: &Shape, budget: Option<u64>) -> Result<Plan, PlanError> {
+    let in_memory = shape.in_memory(shape.n);
+    let Some(budget) = budget else {
+        return Ok(Plan { strategy: Strategy::InMemory, estimated_peak: in_memory, budget });
+    };
+    if in_memory <= budget {
+        return Ok(Plan {
+            strategy: Strategy::InMemory,
+            estimated_peak: in_memory,
+            budget: Some(budget),
+        });
+    }
+    let min_partition = MIN_PARTITION_POINTS.min(shape.n);
+    let resident = FIXED_BYTES + shape.partitioned_global();
+    let available = budget.saturating_sub(resident);
+    // Training rows: as many as PQ wants, within half of what the budget leaves.
+    let min_training = MIN_TRAINING_ROWS.min(shape.n);
+    let training_rows =
+        (available / 2 / shape.training(1)).min(shape.pq_samples.max(1) as u64).min(shape.n);
+    let capacity = available.saturating_sub(shape.partition(0)) / shape.per_partition_point();
+    let too_small = || PlanError::TooSmall {
+        budget,
+        n: shape.n,
+        needed: resident,
+        min_partition,
+        minimum: shape.partitioned(min_partition, min_training),
+    };
+    if capacity < min_partition || training_rows < min_training {
+        return Err(too_small());
+    }
+    // Each point is in two partitions; each holds at most `capacity`, with slack for balance.
+    let share = capacity as f64 / PARTITION_SLACK;
+    let partitions = ((2 * shape.n) as f64 / share).ceil().max(2.0) as usize;
+    if partitions > u16::MAX as usize {
+        return Err(too_small());
+    }
+    let capacity = ((2 * shape.n) as f64 / partitions as f64 * PARTITION_SLACK).ceil() as u64;
+    let capacity = capacity.min(shape.n);
+    let estimated_peak = shape.partitioned(capacity, training_rows);
+    Ok(Plan {
+        strategy: Strategy::Partitioned {
+            partitions,
+            capacity: capacity as usize,
+            training_rows: training_rows as usize,
+        },
+        estimated_peak,
+        budget: Some(budget),
+    })
+}
+
+/// The partitioned build with `partitions` partitions, whatever the budget: for tests and tuning.
+/// At least 2 partitions (one would be the in-memory build with extra steps).
+pub fn forced_partitions(shape: &Shape, partitions: usize, budget: Option<u64>) -> Plan {
+    let partitions = partitions.clamp(2, (shape.n as usize).max(2)).min(u16::MAX as usize);
+    let capacity = ((2 * shape.n) as f64 / partitions as f64 * PARTITION_SLACK).ceil() as u64;
+    let capacity = capacity.min(shape.n);
+    let training_rows = (shape.pq_samples as u64).clamp(1, shape.n);
+    Plan {
+        strategy: Strategy::Partitioned {
+            partitions,
+            capacity: capacity as usize,
+            training_rows: training_rows as usize,
+        },
+        estimated_peak: shape.partitioned(capacity, training_rows),
+        budget,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sift(n: u64, elem: ElemType) -> Shape {
+        Shape {
+            n,
+            stored_dim: 128,
+            stored_elem: elem,
+            input_elem: elem,
+            dim: 128,
+            max_degree: 64,
+            slack: 1.3,
+            pq_bytes: 32,
+            pq_samples: 100_000,
+        }
+    }
+
+    #[test]
+    fn no_budget_or_a_roomy_one_builds_in_memory() {
+        let s = sift(100_000, ElemType::F32);
+        assert_eq!(plan(&s, None).unwrap().strategy, Strategy::InMemory);
+        assert_eq!(plan(&s, Some(8 << 30)).unwrap().strategy, Strategy::InMemory);
+    }
+
+    #[test]
+    fn a_tight_budget_partitions_within_it() {
+        let s = sift(1_000_000, ElemType::F32);
+        let budget = 96 << 20;
+        let p = plan(&s, Some(budget)).unwrap();
+        let Strategy::Partitioned { partitions, capacity, .. } = p.strategy else { panic!("{p}") };
+        assert!(p.estimated_peak <= budget, "{p}");
+        assert!(partitions * capacity >= 2_000_000, "{p}");
+    }
+
+    #[test]
+    fn a_budget_below_the_codes_is_refused_with_the_minimum() {
+        let s = sift(10_000_000, ElemType::U8);
+        let err = plan(&s, Some(64 << 20)).unwrap_err();
+        let PlanError::TooSmall { minimum, .. } = err;
+        assert!(minimum > 64 << 20);
+        assert!(plan(&s, Some(minimum + (1 << 20))).is_ok(), "the stated minimum is enough");
+    }
+}

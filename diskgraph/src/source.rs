@@ -1,0 +1,341 @@
+//! Vector files read a piece at a time: the input of a build that may not hold every vector.
+//!
+//! [`read_vectors`](crate::data::read_vectors) loads a whole file into one [`VectorSet`]; a
+//! budgeted build cannot. A [`VectorFile`] checks the file's header and length when opened and
+//! then reads rows on demand with positioned reads (`pread`): a range of consecutive rows, or a
+//! sorted list of scattered rows (nearby rows are read together, so a gather over a partition of
+//! the file costs a few large reads rather than one per row). Every row read is checked as
+//! [`read_vectors`](crate::data::read_vectors) checks it (dimension prefixes, finite floats), so a
+//! damaged file fails the same way whichever reader meets the damage. Nothing is cached: the
+//! operating system's page cache is the only copy, and it is not resident memory of the process.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use quiver_simd::MAX_DIM;
+
+use crate::data::{DataError, ElemType, Row, VectorSet};
+
+/// Largest single read a gather issues.
+const MAX_READ_BYTES: u64 = 4 << 20;
+/// Rows this close (in bytes) to the previous one wanted are read in the same request.
+const COALESCE_GAP_BYTES: u64 = 64 << 10;
+
+/// An opened vector file (`.fbin`, `.u8bin`, `.i8bin`, `.fvecs`, `.bvecs`), read on demand.
+#[derive(Debug)]
+pub struct VectorFile {
+    path: PathBuf,
+    file: File,
+    elem: ElemType,
+    dim: usize,
+    n: usize,
+    /// Offset of row 0's first element.
+    first: u64,
+    /// Bytes from one row's first element to the next's.
+    stride: u64,
+    /// Whether each row is preceded by its dimension (`.fvecs` / `.bvecs`).
+    prefixed: bool,
+}
+
+impl VectorFile {
+    /// Opens `path`, choosing the format by extension, and checks its header against its length.
+    ///
+    /// # Errors
+    /// [`DataError`] for an unknown extension, an unreadable file, a bad header or a length that
+    /// is not a whole number of rows.
+    pub fn open(path: &Path) -> Result<VectorFile, DataError> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let (elem, prefixed) = match ext.as_str() {
+            "fbin" => (ElemType::F32, false),
+            "u8bin" => (ElemType::U8, false),
+            "i8bin" => (ElemType::I8, false),
+            "fvecs" => (ElemType::F32, true),
+            "bvecs" => (ElemType::U8, true),
+            _ => return Err(DataError::UnknownFormat { path: path.to_owned() }),
+        };
+        let io = |e| DataError::Io { path: path.to_owned(), source: e };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut f = VectorFile {
+            path: path.to_owned(),
+            file,
+            elem,
+            dim: 0,
+            n: 0,
+            first: 0,
+            stride: 0,
+            prefixed,
+        };
+        if prefixed {
+            f.open_vecs(len)?
+        } else {
+            f.open_bin(len)?
+        }
+        Ok(f)
+    }
+
+    fn malformed(&self, reason: String) -> DataError {
+        DataError::Malformed { path: self.path.clone(), reason }
+    }
+
+    fn read_at(&self, buf: &mut [u8], at: u64, what: &str) -> Result<(), DataError> {
+        self.file.read_exact_at(buf, at).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.malformed(format!("file ends inside {what}"))
+            } else {
+                DataError::Io { path: self.path.clone(), source: e }
+            }
+        })
+    }
+
+    fn open_bin(&mut self, len: u64) -> Result<(), DataError> {
+        let mut head = [0u8; 8];
+        self.read_at(&mut head, 0, "the 8-byte header")?;
+        let n = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+        let dim = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
+        if dim == 0 || dim > MAX_DIM {
+            return Err(
+                self.malformed(format!("header says dimension {dim}, expected 1..={MAX_DIM}"))
+            );
+        }
+        let row = (dim * self.elem.size()) as u64;
+        let want = 8 + n as u64 * row;
+        if len != want {
+            return Err(self.malformed(format!(
+                "header says {n} vectors of {dim} {} ({want} bytes with the header), the file has {len} bytes",
+                self.elem
+            )));
+        }
+        (self.dim, self.n, self.first, self.stride) = (dim, n, 8, row);
+        Ok(())
+    }
+
+    fn open_vecs(&mut self, len: u64) -> Result<(), DataError> {
+        if len == 0 {
+            return Err(self.malformed("empty file".into()));
+        }
+        let mut head = [0u8; 4];
+        self.read_at(&mut head, 0, "the first dimension prefix")?;
+        let dim = i32::from_le_bytes(head);
+        if dim <= 0 || dim as usize > MAX_DIM {
+            return Err(self
+                .malformed(format!("first row declares dimension {dim}, expected 1..={MAX_DIM}")));
+        }
+        let dim = dim as usize;
+        let row = 4 + (dim * self.elem.size()) as u64;
+        if !len.is_multiple_of(row) {
+            return Err(self.malformed(format!(
+                "{len} bytes is not a whole number of {row}-byte rows of dimension {dim} (truncated?)"
+            )));
+        }
+        (self.dim, self.n, self.first, self.stride) = (dim, (len / row) as usize, 4, row);
+        Ok(())
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Element type.
+    pub fn elem(&self) -> ElemType {
+        self.elem
+    }
+
+    /// Dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the file holds no vectors.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Bytes of one row's elements.
+    pub fn row_bytes(&self) -> usize {
+        self.dim * self.elem.size()
+    }
+
+    /// Rows `start..start + count` as a set.
+    ///
+    /// # Errors
+    /// [`DataError`] for a read failure or a bad row (wrong prefix, non-finite value).
+    pub fn read_range(&self, start: usize, count: usize) -> Result<VectorSet, DataError> {
+        assert!(start + count <= self.n, "rows {start}..{} of {}", start + count, self.n);
+        let mut set = VectorSet::zeroed(self.elem, self.dim, count)?;
+        let per_read = (MAX_READ_BYTES / self.stride).max(1) as usize;
+        let mut buf = Vec::new();
+        let mut done = 0;
+        while done < count {
+            let rows = per_read.min(count - done);
+            self.read_rows(start + done, rows, &mut buf)?;
+            for i in 0..rows {
+                self.place(&buf, i, start + done + i, &mut set, done + i)?;
+            }
+            done += rows;
+        }
+        Ok(set)
+    }
+
+    /// The rows `ids` (ascending, no repeats), row `i` of the result being row `ids[i]` of the file.
+    ///
+    /// # Errors
+    /// As [`VectorFile::read_range`].
+    pub fn gather(&self, ids: &[u32]) -> Result<VectorSet, DataError> {
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "gather wants ascending, distinct rows");
+        assert!(ids.last().is_none_or(|&l| (l as usize) < self.n), "row past the end");
+        let mut set = VectorSet::zeroed(self.elem, self.dim, ids.len())?;
+        let gap_rows = (COALESCE_GAP_BYTES / self.stride) as usize;
+        let max_rows = (MAX_READ_BYTES / self.stride).max(1) as usize;
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < ids.len() {
+            // One read covers ids[i..j]: nearby rows, at most MAX_READ_BYTES in all.
+            let first = ids[i] as usize;
+            let mut j = i + 1;
+            while j < ids.len()
+                && (ids[j] as usize) - (ids[j - 1] as usize) <= gap_rows + 1
+                && (ids[j] as usize) - first < max_rows
+            {
+                j += 1;
+            }
+            let rows = ids[j - 1] as usize - first + 1;
+            self.read_rows(first, rows, &mut buf)?;
+            for (k, &id) in ids[i..j].iter().enumerate() {
+                self.place(&buf, id as usize - first, id as usize, &mut set, i + k)?;
+            }
+            i = j;
+        }
+        Ok(set)
+    }
+
+    /// Reads `rows` rows from `start` (with their prefixes, if any) into `buf`.
+    fn read_rows(&self, start: usize, rows: usize, buf: &mut Vec<u8>) -> Result<(), DataError> {
+        let at = self.first - if self.prefixed { 4 } else { 0 } + start as u64 * self.stride;
+        buf.resize(rows * self.stride as usize, 0);
+        self.read_at(buf, at, &format!("rows {start}..{}", start + rows))
+    }
+
+    /// Copies row `i` of `buf` (file row `row`) into row `to` of `set`, checking it.
+    fn place(
+        &self,
+        buf: &[u8],
+        i: usize,
+        row: usize,
+        set: &mut VectorSet,
+        to: usize,
+    ) -> Result<(), DataError> {
+        let mut at = i * self.stride as usize;
+        if self.prefixed {
+            let d = i32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
+            if d as usize != self.dim || d <= 0 {
+                return Err(self.malformed(format!(
+                    "row {row} declares dimension {d}, row 0 declared {}",
+                    self.dim
+                )));
+            }
+            at += 4;
+        }
+        set.row_bytes_mut(to).copy_from_slice(&buf[at..at + self.row_bytes()]);
+        if let Row::F32(r) = set.row(to)
+            && let Some(j) = r.iter().position(|x| !x.is_finite())
+        {
+            return Err(self.malformed(format!(
+                "vector {row} has a non-finite value ({}) at position {j}",
+                r[j]
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::read_vectors;
+
+    fn write_fbin(path: &Path, n: usize, dim: usize) -> Vec<f32> {
+        let values: Vec<f32> = (0..n * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(n as u32).to_le_bytes());
+        bytes.extend_from_slice(&(dim as u32).to_le_bytes());
+        bytes.extend_from_slice(bytemuck::cast_slice(&values));
+        std::fs::write(path, bytes).unwrap();
+        values
+    }
+
+    #[test]
+    fn ranges_and_gathers_equal_the_whole_file_read_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.fbin");
+        write_fbin(&path, 3000, 33);
+        let whole = read_vectors(&path).unwrap();
+        let f = VectorFile::open(&path).unwrap();
+        assert_eq!((f.len(), f.dim(), f.elem()), (3000, 33, ElemType::F32));
+        let part = f.read_range(1000, 1500).unwrap();
+        for i in 0..1500 {
+            assert_eq!(part.row_bytes(i), whole.row_bytes(1000 + i));
+        }
+        let ids: Vec<u32> = (0..3000).filter(|i| i % 7 == 0 || i % 500 == 499).collect();
+        let got = f.gather(&ids).unwrap();
+        for (k, &id) in ids.iter().enumerate() {
+            assert_eq!(got.row_bytes(k), whole.row_bytes(id as usize));
+        }
+    }
+
+    #[test]
+    fn a_nan_in_a_gathered_row_is_reported_with_its_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.fbin");
+        let mut values = write_fbin(&path, 100, 4);
+        values[57 * 4 + 2] = f32::NAN;
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(8);
+        bytes.extend_from_slice(bytemuck::cast_slice(&values));
+        std::fs::write(&path, bytes).unwrap();
+        let f = VectorFile::open(&path).unwrap();
+        let err = f.gather(&[3, 57, 90]).unwrap_err().to_string();
+        assert!(err.contains("vector 57"), "{err}");
+        assert!(f.gather(&[3, 56, 90]).is_ok());
+    }
+
+    #[test]
+    fn truncated_and_mislabelled_files_are_refused_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.fbin");
+        write_fbin(&path, 10, 4);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(VectorFile::open(&path).unwrap_err().to_string().contains("the file has"));
+        let other = dir.path().join("v.txt");
+        std::fs::write(&other, &bytes).unwrap();
+        assert!(matches!(VectorFile::open(&other), Err(DataError::UnknownFormat { .. })));
+    }
+
+    #[test]
+    fn fvecs_rows_with_a_wrong_prefix_are_refused_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.fvecs");
+        let mut bytes = Vec::new();
+        for i in 0..20 {
+            let d: i32 = if i == 11 { 5 } else { 3 };
+            bytes.extend_from_slice(&d.to_le_bytes());
+            for j in 0..3 {
+                bytes.extend_from_slice(&((i * 3 + j) as f32).to_le_bytes());
+            }
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let f = VectorFile::open(&path).unwrap();
+        assert_eq!(f.len(), 20);
+        let good = f.read_range(0, 11).unwrap();
+        assert_eq!(good.row(10).to_f32(), vec![30.0, 31.0, 32.0]);
+        assert!(f.read_range(0, 20).unwrap_err().to_string().contains("row 11 declares"));
+    }
+}
