@@ -7,7 +7,7 @@ Run inside a venv holding exactly one of the two DiskANN packages (they share th
 
     python peer.py --impl cpp|rust --base B.u8bin --queries Q.u8bin --gt GT.ivecs --out DIR \
         --metric l2 --R 64 --L 100 --alpha 1.2 --pq-bytes 32 --threads 2 --beam-width 4 \
-        --list-sizes 10,20,50,100 [--cache-nodes 0] [--phase build|search|both]
+        --list-sizes 10,20,50,100 [--cache-nodes 0] [--phase build|search|both] [--build-memory-gb 16]
 """
 import argparse
 import json
@@ -37,9 +37,9 @@ def main():
     for a, t in [("--impl", str), ("--base", str), ("--queries", str), ("--gt", str), ("--out", str),
                  ("--metric", str), ("--R", int), ("--L", int), ("--alpha", float), ("--pq-bytes", int),
                  ("--threads", int), ("--beam-width", int), ("--list-sizes", str), ("--k", int),
-                 ("--cache-nodes", int), ("--phase", str)]:
+                 ("--cache-nodes", int), ("--phase", str), ("--build-memory-gb", float)]:
         ap.add_argument(a, type=t)
-    ap.set_defaults(k=10, cache_nodes=0, phase="both", alpha=1.2)
+    ap.set_defaults(k=10, cache_nodes=0, phase="both", alpha=1.2, build_memory_gb=16.0)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     n, dim = (int(x) for x in np.fromfile(args.base, dtype=np.uint32, count=2))
@@ -52,11 +52,11 @@ def main():
             budget_gb = (args.pq_bytes + 0.5) * n / 2**30
             dap.build_disk_index(data=args.base, distance_metric=args.metric, index_directory=args.out,
                                  complexity=args.L, graph_degree=args.R, search_memory_maximum=budget_gb,
-                                 build_memory_maximum=16.0, num_threads=args.threads, pq_disk_bytes=0,
+                                 build_memory_maximum=args.build_memory_gb, num_threads=args.threads, pq_disk_bytes=0,
                                  vector_dtype=dtype)
         else:
             dap.build_disk_index(data=args.base, distance_metric=args.metric, index_directory=args.out,
-                                 complexity=args.L, graph_degree=args.R, build_memory_maximum=16.0,
+                                 complexity=args.L, graph_degree=args.R, build_memory_maximum=args.build_memory_gb,
                                  num_threads=args.threads, alpha=args.alpha, num_of_pq_chunks=args.pq_bytes,
                                  vector_dtype=dtype)
         print(json.dumps({"impl": args.impl, "build_seconds": round(time.time() - t, 1),

@@ -26,7 +26,7 @@ use crate::data::ElemType;
 /// Bytes the build needs whatever its input: thread stacks, the allocator's own state, I/O
 /// buffers, the PQ tables of a merge. The program's own resident size comes on top (see
 /// `docs/build.md`).
-pub const FIXED_BYTES: u64 = 24 << 20;
+pub const FIXED_BYTES: u64 = 4 << 20;
 
 /// Bookkeeping bytes per point resident during a partitioned build: the home partition (`u16`)
 /// and, while nodes are written, the position map (`u32`).
@@ -141,7 +141,7 @@ impl Shape {
 }
 
 /// Bytes a streaming pass reads at once.
-pub const PIECE_BYTES: u64 = 8 << 20;
+pub const PIECE_BYTES: u64 = 4 << 20;
 
 /// The graph build inserts at most one point in this many at once (2%, see `vamana.rs`).
 const BATCH_SHARE: u64 = 50;
@@ -150,7 +150,7 @@ const BATCH_SHARE: u64 = 50;
 const GRAPH_SCRATCH_PER_EDGE: u64 = 8 + 4 + 8;
 /// The graph build's transient bytes that do not grow with the points: per-thread visited sets
 /// and candidate pools.
-const GRAPH_SCRATCH_FIXED: u64 = 8 << 20;
+const GRAPH_SCRATCH_FIXED: u64 = 2 << 20;
 
 /// The graph build's transient arrays for `n` points: the largest batch's edges.
 fn graph_scratch(n: u64, max_degree: usize) -> u64 {
