@@ -20,7 +20,7 @@ name=$(basename "$ds")
 R=${R:-64}; L=${L:-100}; ALPHA=${ALPHA:-1.2}; PQ=${PQ:-32}; THREADS=${THREADS:-2}; W=${W:-4}; K=${K:-10}
 VENVS=${VENVS:-$root/.bench-venvs}
 RESULTS=${RESULTS:-$root/budget-results/$name}
-base=$(ls "$ds"/base.fbin "$ds"/base.u8bin 2>/dev/null | head -1)
+base=$( (ls "$ds"/base.fbin "$ds"/base.u8bin 2>/dev/null || true) | head -1)
 queries=$(ls "$ds"/query.* | head -1); gt=$ds/groundtruth.l2.ivecs
 mkdir -p "$RESULTS"
 . "$here/diskann/common.sh"
