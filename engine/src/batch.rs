@@ -108,13 +108,23 @@ impl From<ArrowError> for BatchError {
     }
 }
 
-/// Vectors in the representation searches use: `f32` (for f32 and f16 collections; normalised
-/// under cosine), `u8` or `i8`, row-major. The buffers are Arrow's, so vectors taken from a batch
-/// that needs no conversion share its memory instead of copying it.
+/// Vectors in the representation searches use: `f32` (for f32 and f16 collections), `u8` or
+/// `i8`, row-major. The buffers are Arrow's, so vectors taken from a batch that needs no
+/// conversion share its memory instead of copying it. Cosine vectors are kept as given, with
+/// each row's inverse length beside them (4 bytes a row), rather than as a normalised copy: a
+/// cosine collection holds one copy of each vector.
 #[derive(Clone, Debug, Default)]
 pub enum Vectors {
     /// Float vectors.
     F32(ScalarBuffer<f32>),
+    /// Float vectors under cosine: the rows as given and `1 / ‖row‖` for each.
+    Cosine {
+        /// The rows, as given.
+        values: ScalarBuffer<f32>,
+        /// Each row's inverse length (computed in f64, as
+        /// [`unit_length`](crate::diskgraph::data::unit_length) normalises).
+        inverse_norms: ScalarBuffer<f32>,
+    },
     /// Unsigned byte vectors.
     U8(ScalarBuffer<u8>),
     /// Signed byte vectors.
@@ -338,13 +348,16 @@ fn checked_vectors(
                 });
             }
             if cosine {
-                let mut v = v.to_vec();
-                for (row, chunk) in v.chunks_exact_mut(dim).enumerate() {
-                    if !normalize(chunk) {
+                let mut inverse_norms = Vec::with_capacity(v.len() / dim);
+                for (row, chunk) in v.chunks_exact(dim).enumerate() {
+                    let norm = chunk.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>();
+                    let norm = norm.sqrt();
+                    if norm == 0.0 || !norm.is_finite() {
                         return Err(BatchError::ZeroVector(row));
                     }
+                    inverse_norms.push((1.0 / norm) as f32);
                 }
-                Vectors::F32(v.into())
+                Vectors::Cosine { values: v, inverse_norms: inverse_norms.into() }
             } else {
                 Vectors::F32(v)
             }
@@ -386,13 +399,13 @@ fn first_beyond(v: &[f32], limit: f32) -> Option<usize> {
     None
 }
 
-/// Whether [`vectors_of`] returns the column's own buffer (no conversion: f32 not under cosine,
-/// u8, i8) rather than a converted copy.
+/// Whether [`vectors_of`] returns the column's own buffer (no conversion: f32, u8, i8; under
+/// cosine plus 4 bytes a row of inverse lengths, see [`Vectors::extra_bytes`]) rather than a
+/// converted copy (f16).
 pub fn vectors_share_batch(schema: &CollectionSchema) -> bool {
     match schema.vector_type() {
-        VectorType::F32 => schema.metric() != crate::diskgraph::data::Metric::Cosine,
+        VectorType::F32 | VectorType::U8 | VectorType::I8 => true,
         VectorType::F16 => false,
-        VectorType::U8 | VectorType::I8 => true,
     }
 }
 
@@ -405,7 +418,7 @@ impl Vectors {
     /// Values held (rows × dim).
     pub fn values(&self) -> usize {
         match self {
-            Vectors::F32(v) => v.len(),
+            Vectors::F32(v) | Vectors::Cosine { values: v, .. } => v.len(),
             Vectors::U8(v) => v.len(),
             Vectors::I8(v) => v.len(),
             Vectors::Empty => 0,
@@ -416,7 +429,24 @@ impl Vectors {
     pub fn bytes(&self) -> usize {
         match self {
             Vectors::F32(v) => 4 * v.len(),
+            Vectors::Cosine { values, inverse_norms } => 4 * (values.len() + inverse_norms.len()),
             _ => self.values(),
+        }
+    }
+
+    /// Bytes held beside a buffer shared with the batch: the inverse lengths of cosine rows.
+    pub fn extra_bytes(&self) -> usize {
+        match self {
+            Vectors::Cosine { inverse_norms, .. } => 4 * inverse_norms.len(),
+            _ => 0,
+        }
+    }
+
+    /// The factor row `i`'s distances are taken with: its inverse length under cosine, else 1.
+    pub fn scale(&self, i: usize) -> f32 {
+        match self {
+            Vectors::Cosine { inverse_norms, .. } => inverse_norms[i],
+            _ => 1.0,
         }
     }
 
@@ -424,7 +454,7 @@ impl Vectors {
     pub fn row(&self, i: usize, dim: usize) -> Row<'_> {
         let r = i * dim..(i + 1) * dim;
         match self {
-            Vectors::F32(v) => Row::F32(&v[r]),
+            Vectors::F32(v) | Vectors::Cosine { values: v, .. } => Row::F32(&v[r]),
             Vectors::U8(v) => Row::U8(&v[r]),
             Vectors::I8(v) => Row::I8(&v[r]),
             Vectors::Empty => panic!("row {i} of no vectors"),
@@ -455,6 +485,16 @@ impl Vectors {
                 Vectors::F32(b) => Some(b),
                 _ => None,
             })),
+            Some(Vectors::Cosine { .. }) => Vectors::Cosine {
+                values: cat(parts, |p| match p {
+                    Vectors::Cosine { values, .. } => Some(values),
+                    _ => None,
+                }),
+                inverse_norms: cat(parts, |p| match p {
+                    Vectors::Cosine { inverse_norms, .. } => Some(inverse_norms),
+                    _ => None,
+                }),
+            },
             Some(Vectors::U8(_)) => Vectors::U8(cat(parts, |p| match p {
                 Vectors::U8(b) => Some(b),
                 _ => None,
@@ -478,6 +518,9 @@ impl Vectors {
         }
         match self {
             Vectors::F32(v) => Vectors::F32(keep(v)),
+            Vectors::Cosine { values, inverse_norms } => {
+                Vectors::Cosine { values: keep(values), inverse_norms: keep(inverse_norms) }
+            }
             Vectors::U8(v) => Vectors::U8(keep(v)),
             Vectors::I8(v) => Vectors::I8(keep(v)),
             Vectors::Empty => Vectors::Empty,
@@ -496,6 +539,10 @@ impl Vectors {
         }
         match self {
             Vectors::F32(v) => Vectors::F32(pick(v, rows, dim).into()),
+            Vectors::Cosine { values, inverse_norms } => Vectors::Cosine {
+                values: pick(values, rows, dim).into(),
+                inverse_norms: pick(inverse_norms, rows, 1).into(),
+            },
             Vectors::U8(v) => Vectors::U8(pick(v, rows, dim).into()),
             Vectors::I8(v) => Vectors::I8(pick(v, rows, dim).into()),
             Vectors::Empty => Vectors::Empty,
@@ -511,7 +558,8 @@ impl Vectors {
         dim: usize,
     ) -> Result<VectorSet, crate::diskgraph::data::DataError> {
         match self {
-            Vectors::F32(v) => VectorSet::from_f32(dim, v),
+            // Cosine rows go as given: the index builder normalises them itself.
+            Vectors::F32(v) | Vectors::Cosine { values: v, .. } => VectorSet::from_f32(dim, v),
             Vectors::U8(v) => VectorSet::from_u8(dim, v),
             Vectors::I8(v) => VectorSet::from_i8(dim, v),
             Vectors::Empty => Err(crate::diskgraph::data::DataError::Invalid("no vectors".into())),

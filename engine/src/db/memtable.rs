@@ -37,8 +37,10 @@ impl Memtable {
     pub(super) fn append(&mut self, p: Prepared) -> u32 {
         let first = self.keys.len() as u32;
         let b = self.batches.len() as u32;
-        // Vectors sharing the batch's buffer are counted once (in the batch).
-        let vector_bytes = if p.vectors_shared { 0 } else { p.vectors.bytes() };
+        // Vectors sharing the batch's buffer are counted once (in the batch), with what they
+        // hold beside it (a cosine row's inverse length).
+        let vector_bytes =
+            if p.vectors_shared { p.vectors.extra_bytes() } else { p.vectors.bytes() };
         self.bytes += p.batch.get_array_memory_size() + vector_bytes + 48 * p.keys.len();
         for i in 0..p.keys.len() {
             self.locs.push((b, i as u32));

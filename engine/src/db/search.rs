@@ -136,7 +136,7 @@ impl TopK {
         for i in 0..v.values() / q.dim {
             let r = base + i;
             if pass(r) {
-                let d = q.exact_distance(v.row(i, q.dim), scratch);
+                let d = q.exact_distance(v.row(i, q.dim), v.scale(i), scratch);
                 if self.would_take(d) {
                     self.push(Cand { d, key: keys[r].clone(), loc: loc(r as u32) });
                 }
@@ -183,8 +183,17 @@ pub(super) struct PreparedQuery {
 }
 
 impl PreparedQuery {
-    fn exact_distance(&self, row: Row<'_>, scratch: &mut Vec<f32>) -> f32 {
+    /// The distance from the query to `row`, whose own length is `1 / scale` under cosine (rows
+    /// are kept as given; the query is at unit length): `1 − q·row · scale`. Other metrics take
+    /// `scale` = 1 and ignore it.
+    fn exact_distance(&self, row: Row<'_>, scale: f32, scratch: &mut Vec<f32>) -> f32 {
         let (metric, q) = (self.metric, &self.exact);
+        if let (Metric::Cosine, Row::F32(x)) = (metric, row) {
+            // -q·x from the inner-product kernel, then scaled: the same bits as `1 − q·x̂`
+            // when the row is already at unit length (scale 1).
+            return 1.0
+                + distance_active(Metric::InnerProduct, Row::F32(&q.f), Row::F32(x)) * scale;
+        }
         match (row, &q.u8, &q.i8) {
             (Row::F32(x), _, _) => distance_active(metric, Row::F32(&q.f), Row::F32(x)),
             (Row::U8(x), Some(qu), _) => distance_active(metric, Row::U8(qu), Row::U8(x)),
