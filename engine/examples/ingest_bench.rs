@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arrow_array::{FixedSizeListArray, RecordBatch, UInt8Array, UInt64Array};
 use arrow_schema::{DataType, Field};
-use quiver_engine::diskgraph::data::{Metric, VectorSet, read_ivecs, read_vectors};
+use quiver_diskgraph::data::{Metric, VectorSet, read_ivecs, read_vectors};
 use quiver_engine::{CollectionSchema, Database, Options, SearchParams, VectorType};
 
 fn rss_bytes() -> u64 {
@@ -105,9 +105,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gt = read_ivecs(gt.as_ref())?;
     let dim = data.dim();
     let ty = match data.elem() {
-        quiver_engine::diskgraph::data::ElemType::U8 => VectorType::U8,
-        quiver_engine::diskgraph::data::ElemType::I8 => VectorType::I8,
-        quiver_engine::diskgraph::data::ElemType::F32 => VectorType::F32,
+        quiver_engine::ElemType::U8 => VectorType::U8,
+        quiver_engine::ElemType::I8 => VectorType::I8,
+        quiver_engine::ElemType::F32 => VectorType::F32,
     };
     assert_eq!(ty, VectorType::U8, "this benchmark feeds u8 vectors");
     let schema = CollectionSchema::new(dim as u32, ty, Metric::L2);

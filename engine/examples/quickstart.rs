@@ -9,7 +9,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, UInt64Type};
 use arrow_array::{FixedSizeListArray, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field};
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{CollectionSchema, Database, Options, SearchParams, VectorType};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use quiver_engine::diskgraph::data::read_vectors;
+use quiver_diskgraph::data::read_vectors;
 use quiver_engine::{Database, Options, SearchParams};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

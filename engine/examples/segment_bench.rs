@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use arrow_array::{FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use quiver_engine::diskgraph::data::{Row, read_vectors};
+use quiver_diskgraph::data::{Row, read_vectors};
 use quiver_engine::segment::write_segment;
-use quiver_engine::wal::vfs::OsVfs;
+use quiver_vfs::OsVfs;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

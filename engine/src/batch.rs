@@ -10,10 +10,10 @@ use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow_buffer::ScalarBuffer;
 use arrow_schema::{ArrowError, DataType};
 
-use crate::diskgraph::data::{Row, VectorSet};
 use crate::schema::{
     CollectionSchema, ID_COLUMN, IdType, MAX_STRING_ID, VECTOR_COLUMN, VectorType,
 };
+use quiver_diskgraph::data::{Row, VectorSet};
 
 /// A row's primary key. `i64` ids are kept as their bit pattern in [`Key::Int`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,7 +122,7 @@ pub enum Vectors {
         /// The rows, as given.
         values: ScalarBuffer<f32>,
         /// Each row's inverse length (computed in f64, as
-        /// [`unit_length`](crate::diskgraph::data::unit_length) normalises).
+        /// [`unit_length`](quiver_diskgraph::data::unit_length) normalises).
         inverse_norms: ScalarBuffer<f32>,
     },
     /// Unsigned byte vectors.
@@ -332,7 +332,7 @@ fn checked_vectors(
     }
     Ok(match schema.vector_type() {
         VectorType::F32 | VectorType::F16 => {
-            let cosine = schema.metric() == crate::diskgraph::data::Metric::Cosine;
+            let cosine = schema.metric() == quiver_diskgraph::data::Metric::Cosine;
             let v: ScalarBuffer<f32> = if schema.vector_type() == VectorType::F32 {
                 values.as_primitive::<Float32Type>().values().clone()
             } else {
@@ -411,7 +411,7 @@ pub fn vectors_share_batch(schema: &CollectionSchema) -> bool {
 
 /// Scales `v` to unit length (in f64); false for a zero vector, which is left alone.
 pub fn normalize(v: &mut [f32]) -> bool {
-    crate::diskgraph::data::unit_length(v)
+    quiver_diskgraph::data::unit_length(v)
 }
 
 impl Vectors {
@@ -556,13 +556,13 @@ impl Vectors {
     pub fn to_vector_set(
         &self,
         dim: usize,
-    ) -> Result<VectorSet, crate::diskgraph::data::DataError> {
+    ) -> Result<VectorSet, quiver_diskgraph::data::DataError> {
         match self {
             // Cosine rows go as given: the index builder normalises them itself.
             Vectors::F32(v) | Vectors::Cosine { values: v, .. } => VectorSet::from_f32(dim, v),
             Vectors::U8(v) => VectorSet::from_u8(dim, v),
             Vectors::I8(v) => VectorSet::from_i8(dim, v),
-            Vectors::Empty => Err(crate::diskgraph::data::DataError::Invalid("no vectors".into())),
+            Vectors::Empty => Err(quiver_diskgraph::data::DataError::Invalid("no vectors".into())),
         }
     }
 }

@@ -17,8 +17,7 @@
 //! use std::sync::Arc;
 //! use arrow_array::{FixedSizeListArray, RecordBatch, UInt64Array, types::Float32Type};
 //! use arrow_schema::{Field, Schema};
-//! use quiver_engine::{CollectionSchema, Database, Options, SearchParams, VectorType};
-//! use quiver_engine::diskgraph::data::Metric;
+//! use quiver_engine::{CollectionSchema, Database, Metric, Options, SearchParams, VectorType};
 //!
 //! let db = Database::open("/tmp/quiver-doc", Options::default())?;
 //! let schema = CollectionSchema::new(3, VectorType::F32, Metric::L2);
@@ -65,7 +64,13 @@ pub use filter::{
 pub use options::Options;
 pub use schema::{CollectionSchema, IdType, VectorType};
 
-/// The disk index crate, re-exported for users who tune it.
-pub use quiver_diskgraph as diskgraph;
-/// The write-ahead log crate.
-pub use quiver_wal as wal;
+// The lower crates' types an embedder names: the metric, the element types indexes store, the
+// index build and open options, the errors engine errors carry, and the file-system seam.
+// Nothing else of them is part of this crate's API.
+pub use quiver_diskgraph::data::{ElemType, Metric};
+pub use quiver_diskgraph::index::{BuildParams, IndexError};
+pub use quiver_diskgraph::pq::PqParams;
+pub use quiver_diskgraph::search::{Backend, OpenOptionsIndex};
+pub use quiver_diskgraph::vamana::VamanaParams;
+pub use quiver_wal::vfs::{OsVfs, Vfs};
+pub use quiver_wal::{AppendError as WalAppendError, OpenError as WalOpenError};

@@ -6,8 +6,8 @@ use std::time::Duration;
 use quiver_wal::vfs::{OsVfs, Vfs};
 use quiver_wal::{Compression, SyncPolicy};
 
-use crate::diskgraph::index::BuildParams;
-use crate::diskgraph::search::OpenOptionsIndex;
+use quiver_diskgraph::index::BuildParams;
+use quiver_diskgraph::search::OpenOptionsIndex;
 
 /// Options for [`crate::Database::open`]. `Options::default()` gives the documented defaults;
 /// each setter documents its own.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::diskgraph::data::{ElemType, Metric};
+use quiver_diskgraph::data::{ElemType, Metric};
 
 /// The id column's name.
 pub const ID_COLUMN: &str = "id";

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use common::*;
+use quiver_engine::Metric;
 use quiver_engine::batch::BatchError;
-use quiver_engine::diskgraph::data::Metric;
 use quiver_engine::names::NameError;
 use quiver_engine::{CollectionError, Database, Options, ReadError, SearchParams, WriteError};
 

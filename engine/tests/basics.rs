@@ -11,7 +11,7 @@ use std::time::Duration;
 use arrow_array::UInt64Array;
 use arrow_array::cast::AsArray;
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{Database, Options, SearchParams};
 
 const DIM: usize = 8;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier};
 
 use arrow_array::UInt64Array;
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{Database, Options, SearchParams};
 
 const DIM: usize = 8;

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{Database, Options, SearchParams};
 
 const DIM: usize = 64;

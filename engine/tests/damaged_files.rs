@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
-use quiver_engine::wal::format::{RecordHeader, SEGMENT_HEADER_LEN};
+use quiver_engine::Metric;
 use quiver_engine::{Database, OpenError, Options};
+use quiver_wal::format::{RecordHeader, SEGMENT_HEADER_LEN};
 
 const DIM: usize = 8;
 
@@ -186,7 +186,7 @@ fn a_wal_truncated_inside_its_last_record_is_refused_untouched_and_cut_only_when
 
     let err = Database::open(dir.path(), opts()).unwrap_err();
     match &err {
-        OpenError::Wal(quiver_engine::wal::OpenError::Truncated { segment: s, lsn, .. }) => {
+        OpenError::Wal(quiver_wal::OpenError::Truncated { segment: s, lsn, .. }) => {
             assert_eq!((s, *lsn), (&segment, 3));
         }
         other => panic!("a truncated WAL must be refused, got {other:?}"),

@@ -16,7 +16,7 @@ use arrow_array::{
 use arrow_schema::{DataType, Field};
 use common::{check_exact, vector};
 use half::f16;
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{CollectionSchema, Database, IdType, Options, SearchParams, VectorType};
 
 const DIM: usize = 8;

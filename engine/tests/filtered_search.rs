@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arrow_array::{Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{
     CollectionSchema, CompareOp, Database, Literal, Options, Predicate, ReadError, SearchParams,
     VectorType,

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use arrow_array::UInt64Array;
 use common::gate::{GateOp, GateVfs};
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
-use quiver_engine::wal::vfs::Vfs;
-use quiver_engine::wal::vfs::sim::{CrashMode, SimVfs};
+use quiver_engine::Metric;
 use quiver_engine::{Database, Options};
+use quiver_vfs::Vfs;
+use quiver_vfs::sim::{CrashMode, SimVfs};
 
 const DIR: &str = "/db";
 const DIM: usize = 4;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use arrow_array::UInt64Array;
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{Database, Options, SearchParams};
 
 const CHILD_ENV: &str = "QUIVER_ENGINE_KILL9_CHILD";

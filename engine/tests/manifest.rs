@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quiver_engine::manifest::{MANIFEST_FILE, MANIFEST_TMP, ManifestError, ManifestStore};
-use quiver_engine::wal::vfs::Vfs;
-use quiver_engine::wal::vfs::sim::{CrashMode, Fault, OpKind, SimVfs};
+use quiver_vfs::Vfs;
+use quiver_vfs::sim::{CrashMode, Fault, OpKind, SimVfs};
 
 const DIR: &str = "/db";
 

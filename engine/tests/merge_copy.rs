@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use arrow_array::UInt64Array;
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{Database, Options};
 
 const DIM: usize = 8;

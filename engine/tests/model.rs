@@ -24,9 +24,9 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
-use quiver_engine::diskgraph::data::Metric;
-use quiver_engine::wal::vfs::sim::{CrashMode, Fault, OpKind, SimVfs};
+use quiver_engine::Metric;
 use quiver_engine::{Database, OpenError, Options, SearchParams, WriteError};
+use quiver_vfs::sim::{CrashMode, Fault, OpKind, SimVfs};
 
 const DIR: &str = "/db";
 const DIM: usize = 6;
@@ -142,7 +142,7 @@ impl Sut {
             Ok(db) => db,
             Err(
                 OpenError::Io { .. }
-                | OpenError::Wal(quiver_engine::wal::OpenError::Io { .. })
+                | OpenError::Wal(quiver_wal::OpenError::Io { .. })
                 | OpenError::Manifest(quiver_engine::manifest::ManifestError::Io { .. })
                 | OpenError::Segment(quiver_engine::segment::SegmentError::Io { .. }),
             ) => {

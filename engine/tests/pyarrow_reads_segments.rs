@@ -14,7 +14,7 @@ use std::process::Command;
 
 use arrow_array::UInt64Array;
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{Database, Options};
 
 const DIM: usize = 8;

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{Database, Options};
 
 const DIM: usize = 8;

@@ -21,7 +21,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 use quiver_engine::segment::{SegmentFile, SegmentWriter};
-use quiver_engine::wal::vfs::OsVfs;
+use quiver_vfs::OsVfs;
 
 const DIM: usize = 12;
 const ROWS: usize = 1000;

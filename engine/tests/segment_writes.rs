@@ -22,7 +22,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use quiver_engine::segment::{SegmentFile, SegmentWriter};
-use quiver_engine::wal::vfs::OsVfs;
+use quiver_vfs::OsVfs;
 
 fn schema(dim: usize, nullable_item: bool) -> SchemaRef {
     let item = Arc::new(Field::new("item", DataType::Float32, nullable_item));

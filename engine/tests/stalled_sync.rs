@@ -13,9 +13,9 @@ use std::time::Duration;
 use arrow_array::UInt64Array;
 use common::gate::{GateOp, GateVfs};
 use common::*;
-use quiver_engine::diskgraph::data::Metric;
-use quiver_engine::wal::vfs::sim::SimVfs;
+use quiver_engine::Metric;
 use quiver_engine::{Database, Options, SearchParams};
+use quiver_vfs::sim::SimVfs;
 
 const DIM: usize = 4;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_cast::{CastOptions, cast_with_options};
 use arrow_schema::{DataType, Field, Metadata, Schema};
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{CollectionSchema, IdType, VectorType};
 
 pub use quiver_engine::schema::{ID_COLUMN, VECTOR_COLUMN};

@@ -31,7 +31,7 @@ use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::schema::{DISTANCE_COLUMN, RESULT_DISTANCE_COLUMN, SCORE_COLUMN};
 use quiver_engine::{
     CollectionError, CollectionSchema, Database, FlushError, IdType, MAX_K, PendingWrite,
@@ -1195,7 +1195,7 @@ mod tests {
     #[test]
     fn a_full_disk_is_resource_exhausted_and_says_whether_to_restart() {
         let enospc = || std::io::Error::from_raw_os_error(28);
-        let wal = WriteError::Wal(quiver_engine::wal::AppendError::Failed(Arc::new(enospc())));
+        let wal = WriteError::Wal(quiver_engine::WalAppendError::Failed(Arc::new(enospc())));
         let s = write_status("c", wal);
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("disk is full") && s.message().contains("restart"), "{s:?}");

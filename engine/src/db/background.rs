@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::Vectors;
-use crate::diskgraph::index::IndexError;
-use crate::diskgraph::search::DiskIndex;
 use crate::error::{BackgroundError, FlushError};
 use crate::index_source;
 use crate::schema::CollectionSchema;
+use quiver_diskgraph::index::IndexError;
+use quiver_diskgraph::search::DiskIndex;
 
 use super::Database;
 use super::body::SegmentMeta;
@@ -187,7 +187,7 @@ fn build_index_dir(
     let tmp = idir.join(format!("{}.tmp", index_name(sid)));
     let fin = idir.join(index_name(sid));
     let _ = std::fs::remove_dir_all(&tmp);
-    let built = crate::diskgraph::index::build_index(
+    let built = quiver_diskgraph::index::build_index(
         set,
         schema.metric(),
         &inner.opts.index_params,

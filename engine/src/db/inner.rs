@@ -10,11 +10,11 @@ use std::time::Instant;
 use quiver_wal::vfs::Vfs;
 use quiver_wal::{Lsn, Wal};
 
-use crate::diskgraph::search::{DiskIndex, SearchState, Searcher};
 use crate::error::{BackgroundError, ReadError};
 use crate::lock::DirLock;
 use crate::manifest::{ManifestError, ManifestStore};
 use crate::options::Options;
+use quiver_diskgraph::search::{DiskIndex, SearchState, Searcher};
 
 use super::body::{Body, index_name};
 use super::model::{Op, State};
@@ -114,10 +114,10 @@ impl Inner {
         c: &CollectionView,
         s: &SegmentView,
         ix: &Arc<DiskIndex>,
-        e: &crate::diskgraph::layout::LayoutError,
+        e: &quiver_diskgraph::layout::LayoutError,
     ) {
         c.index_failures.fetch_add(1, Ordering::Relaxed);
-        let damaged = matches!(e, crate::diskgraph::layout::LayoutError::Corrupt { .. });
+        let damaged = matches!(e, quiver_diskgraph::layout::LayoutError::Corrupt { .. });
         tracing::error!(
             collection = %c.name,
             segment = format!("{:016x}", s.id),

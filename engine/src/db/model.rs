@@ -11,11 +11,11 @@ use arrow_schema::SchemaRef;
 use quiver_wal::Lsn;
 
 use crate::batch::{Key, Prepared, Vectors};
-use crate::diskgraph::search::DiskIndex;
 use crate::error::ReadError;
 use crate::rowset::RowSet;
 use crate::schema::CollectionSchema;
 use crate::segment::SegmentFile;
+use quiver_diskgraph::search::DiskIndex;
 
 use super::body::{BODY_FORMAT, Body, CollectionMeta, SegmentMeta};
 use super::memtable::Memtable;

@@ -13,7 +13,6 @@ use quiver_wal::vfs::{OpenMode, Vfs};
 use quiver_wal::{Wal, WalOptions};
 
 use crate::batch::{self, Vectors, kind};
-use crate::diskgraph::search::DiskIndex;
 use crate::error::OpenError;
 use crate::index_source;
 use crate::lock::DirLock;
@@ -23,6 +22,7 @@ use crate::options::Options;
 use crate::rowset::RowSet;
 use crate::schema::{CollectionSchema, ID_COLUMN};
 use crate::segment::{self, FileSum, SegmentFile};
+use quiver_diskgraph::search::DiskIndex;
 
 use super::background::background_loop;
 use super::body::{

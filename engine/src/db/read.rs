@@ -9,11 +9,11 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 
 use crate::batch::{self, Key, Vectors};
-use crate::diskgraph::search::DiskIndex;
 use crate::error::ReadError;
 use crate::rowset::RowSet;
 use crate::schema::CollectionSchema;
 use crate::segment::{self, SegmentFile};
+use quiver_diskgraph::search::DiskIndex;
 
 use super::model::{Collection, Loc, Segment};
 use super::{Database, MAX_SCAN_BATCH_ROWS, SCAN_BATCH_ROWS};

@@ -23,11 +23,11 @@ use arrow_schema::{Field, Schema};
 use rayon::prelude::*;
 
 use crate::batch::{self, Key, Vectors};
-use crate::diskgraph::data::{ElemType, Metric, Row, distance_active};
-use crate::diskgraph::search::{MAX_BEAM_WIDTH, SearchError};
 use crate::error::ReadError;
 use crate::filter::{Filter, Predicate};
 use crate::schema::{CollectionSchema, DISTANCE_COLUMN, ID_COLUMN};
+use quiver_diskgraph::data::{ElemType, Metric, Row, distance_active};
+use quiver_diskgraph::search::{MAX_BEAM_WIDTH, SearchError};
 
 use super::inner::Inner;
 use super::model::Segment;
@@ -43,7 +43,7 @@ pub struct SearchParams {
     /// The disk index's candidate list size `L` (raised to `k` if smaller).
     pub list_size: usize,
     /// The disk index's beam width `W`: reads kept in flight per search
-    /// (1..=[`MAX_BEAM_WIDTH`](crate::diskgraph::search::MAX_BEAM_WIDTH)).
+    /// (1..=[`MAX_BEAM_WIDTH`](quiver_diskgraph::search::MAX_BEAM_WIDTH)).
     pub beam_width: usize,
     /// Exhaustive search: every live row's exact distance, ignoring the indexes (slow; for
     /// ground truth and tests).
@@ -173,7 +173,7 @@ impl Forms {
 
 /// A query validated once and prepared for every source. Exact distances are taken against
 /// `exact` (for cosine, the query at unit length); disk indexes take `as_given` and normalise it
-/// with the same function ([`unit_length`](crate::diskgraph::data::unit_length)), so every
+/// with the same function ([`unit_length`](quiver_diskgraph::data::unit_length)), so every
 /// source ranks against the same bits.
 pub(super) struct PreparedQuery {
     metric: Metric,
@@ -421,7 +421,7 @@ fn walk_segment(
     let mut list = params.list_size.max(params.k);
     loop {
         let want = if filter.is_some() { list } else { params.k };
-        let sp = crate::diskgraph::search::SearchParams {
+        let sp = quiver_diskgraph::search::SearchParams {
             k: want,
             list_size: list,
             beam_width: params.beam_width,

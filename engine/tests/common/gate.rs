@@ -6,8 +6,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use quiver_engine::wal::vfs::sim::SimVfs;
-use quiver_engine::wal::vfs::{OpenMode, Vfs, VfsFile};
+use quiver_vfs::sim::SimVfs;
+use quiver_vfs::{OpenMode, Vfs, VfsFile};
 
 /// An operation the gate may hold.
 #[derive(Clone, Copy, Debug)]

@@ -10,7 +10,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, FixedSizeListArray, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
-use quiver_engine::diskgraph::data::Metric;
+use quiver_engine::Metric;
 use quiver_engine::{CollectionSchema, VectorType};
 
 /// A schema of `dim`-d f32 vectors with a nullable `tag` string attribute.
