@@ -10,7 +10,9 @@
 #
 # DATASET_DIR holds base.fbin (or .u8bin), query.* and groundtruth.l2.ivecs. Runs need root (the
 # cap is a memory cgroup: scripts/capped.py). Environment: R (64), L (100), ALPHA (1.2), PQ (32),
-# THREADS (2), W (4), K (10), VENVS (./.bench-venvs), RESULTS (./budget-results/NAME), SKIP_DISKANN.
+# THREADS (2), W (4), K (10), METRIC (l2; or cosine, with groundtruth.cos.ivecs), VENVS
+# (./.bench-venvs), RESULTS (./budget-results/NAME), SKIP_DISKANN, SKIP_UNBUDGETED (keep the
+# unbudgeted results of an earlier run in RESULTS).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -18,19 +20,22 @@ ds=$(cd "$1" && pwd); budget=$2; cap=$3
 lists=${4:-10,20,30,50,75,100}
 name=$(basename "$ds")
 R=${R:-64}; L=${L:-100}; ALPHA=${ALPHA:-1.2}; PQ=${PQ:-32}; THREADS=${THREADS:-2}; W=${W:-4}; K=${K:-10}
+METRIC=${METRIC:-l2}
 VENVS=${VENVS:-$root/.bench-venvs}
 RESULTS=${RESULTS:-$root/budget-results/$name}
 base=$( (ls "$ds"/base.fbin "$ds"/base.u8bin 2>/dev/null || true) | head -1)
-queries=$(ls "$ds"/query.* | head -1); gt=$ds/groundtruth.l2.ivecs
+queries=$( (ls "$ds"/query.fbin "$ds"/query.u8bin 2>/dev/null || true) | head -1)
+gt=$ds/groundtruth.$([ "$METRIC" = cosine ] && echo cos || echo "$METRIC").ivecs
 mkdir -p "$RESULTS"
 . "$here/diskann/common.sh"
 capped=$root/scripts/capped.py
 q=$root/target/release/quiver
 (cd "$root" && cargo build --release -q --bin quiver)
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-common=(--metric l2 --max-degree "$R" --list-size "$L" --alpha "$ALPHA" --pq-bytes "$PQ" --threads "$THREADS")
+common=(--metric "$METRIC" --max-degree "$R" --list-size "$L" --alpha "$ALPHA" --pq-bytes "$PQ" --threads "$THREADS")
 
-for run in budgeted unbudgeted; do
+runs="budgeted unbudgeted"; [ -n "${SKIP_UNBUDGETED:-}" ] && runs=budgeted
+for run in $runs; do
   echo "== quiver $run" >&2
   rm -rf "$RESULTS/quiver-$run"
   drop
@@ -52,13 +57,21 @@ if [ -z "${SKIP_DISKANN:-}" ]; then
   gb=$(python3 -c "import sys; sys.path.insert(0, '$root/scripts'); import capped; print(capped.parse_size('$budget') / 2**30)")
   rm -rf "$RESULTS/diskann-cpp"
   args=(--impl cpp --base "$base" --queries "$queries" --gt "$gt" --out "$RESULTS/diskann-cpp"
-        --metric l2 --R "$R" --L "$L" --alpha "$ALPHA" --pq-bytes "$PQ" --threads "$THREADS"
+        --metric "$METRIC" --R "$R" --L "$L" --alpha "$ALPHA" --pq-bytes "$PQ" --threads "$THREADS"
         --beam-width "$W" --list-sizes "$lists" --k "$K")
   drop
   python3 "$capped" --json --limit "$cap" -- "$py" "$here/diskann/peer.py" "${args[@]}" --phase build \
     --build-memory-gb "$gb" > "$RESULTS/diskann-cpp-build.jsonl" 2> "$RESULTS/diskann-cpp-build.err" || true
+  if ! ls "$RESULTS/diskann-cpp"/*disk.index >/dev/null 2>&1; then
+    # Killed under the cap: build again without one, to see its time and real peak at this budget.
+    echo "== diskann-cpp budgeted, no cap" >&2
+    rm -rf "$RESULTS/diskann-cpp"
+    drop
+    python3 "$capped" --json --limit 64GiB -- "$py" "$here/diskann/peer.py" "${args[@]}" --phase build \
+      --build-memory-gb "$gb" > "$RESULTS/diskann-cpp-uncapped-build.jsonl" 2> "$RESULTS/diskann-cpp-uncapped-build.err" || true
+  fi
   drop
-  if [ -e "$RESULTS/diskann-cpp/ann_disk.index" ] || ls "$RESULTS/diskann-cpp"/*disk.index >/dev/null 2>&1; then
+  if ls "$RESULTS/diskann-cpp"/*disk.index >/dev/null 2>&1; then
     "$py" "$here/diskann/peer.py" "${args[@]}" --phase search > "$RESULTS/diskann-cpp-search.jsonl" || true
   fi
 fi

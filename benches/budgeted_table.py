@@ -33,7 +33,8 @@ def main():
     seconds = {}
     for name, err in [("quiver budgeted", "quiver-budgeted-build.err"),
                       ("quiver unbudgeted", "quiver-unbudgeted-build.err"),
-                      ("diskann-cpp budgeted", "diskann-cpp-build.err")]:
+                      ("diskann-cpp budgeted", "diskann-cpp-build.err"),
+                      ("diskann-cpp budgeted, no cap", "diskann-cpp-uncapped-build.err")]:
         r = last_json(os.path.join(d, err))
         if r is None:
             continue
@@ -48,9 +49,9 @@ def main():
                 print(f"\n`{line.strip()}`")
     if "quiver budgeted" in seconds and "quiver unbudgeted" in seconds:
         print(f"\nbudgeted / unbudgeted build time: {seconds['quiver budgeted'] / seconds['quiver unbudgeted']:.2f}×")
-    if "quiver budgeted" in seconds and "diskann-cpp budgeted" in seconds:
-        print(f"budgeted Quiver / budgeted DiskANN build time: "
-              f"{seconds['quiver budgeted'] / seconds['diskann-cpp budgeted']:.2f}×")
+    for peer in ("diskann-cpp budgeted", "diskann-cpp budgeted, no cap"):
+        if "quiver budgeted" in seconds and peer in seconds:
+            print(f"budgeted Quiver / {peer} build time: {seconds['quiver budgeted'] / seconds[peer]:.2f}×")
     runs = {"quiver budgeted": jsonl(os.path.join(d, "quiver-budgeted-search.jsonl")),
             "quiver unbudgeted": jsonl(os.path.join(d, "quiver-unbudgeted-search.jsonl")),
             "diskann-cpp budgeted": [r for r in jsonl(os.path.join(d, "diskann-cpp-search.jsonl")) if "list_size" in r]}

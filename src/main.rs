@@ -97,6 +97,27 @@ struct BuildArgs {
     partitions: Option<usize>,
 }
 
+/// Makes mimalloc return freed memory to the system at once. It waits 10 ms by default (100 ms
+/// for its arenas), and a budgeted build frees one partition's arrays and allocates the next
+/// one's within that time, so both would be resident: on 200k SIFT vectors under a 64 MiB
+/// budget the build peaked at 80.9 MiB resident with the delay and 60.4 MiB without.
+fn allocator_purges_at_once() {
+    /// `mi_option_purge_delay` in mimalloc's `mi_option_e` (v2 and v3 alike); the crate does
+    /// not name it.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets one option, before the build starts its threads (mimalloc's option calls
+    // are not thread-safe); 0 is a documented value of this option ("immediate purging").
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
+    // SAFETY: reads the option just set.
+    let now = unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) };
+    if now != 0 {
+        tracing::warn!(
+            now,
+            "could not make the allocator purge at once: the build may exceed its budget"
+        );
+    }
+}
+
 /// Parses a size such as `96MiB`, `1.5GiB`, `500MB` or `1048576` into bytes.
 fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -211,6 +232,10 @@ fn info() {
     let b: Vec<f32> = a.iter().rev().copied().collect();
     let scalar = Isa::for_tier(Tier::Scalar).map_or(0.0, |s| s.l2_sq_f32(&a, &b));
     println!("self-check l2(96):    {} (scalar {scalar})", Isa::active().l2_sq_f32(&a, &b));
+    // The binary's own footprint: what a budgeted build may use beyond its budget.
+    if let Some(peak) = peak_rss_bytes() {
+        println!("peak resident:        {:.1} MiB (VmHWM)", peak as f64 / MIB);
+    }
 }
 
 type BoxError = Box<dyn std::error::Error>;
@@ -236,6 +261,9 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
         ram_budget: args.ram_budget,
         partitions: args.partitions,
     };
+    if args.ram_budget.is_some() {
+        allocator_purges_at_once();
+    }
     if args.threads > 1 {
         // PQ training and encoding use rayon's global pool: size it too.
         if let Err(e) = quiver_diskgraph::rayon_global_pool(args.threads) {

@@ -271,6 +271,7 @@ pub fn build_index_from_file(
                 partitions,
                 capacity,
                 training_rows,
+                merge_rows: shape.merge_rows(capacity as u64) as usize,
                 plan,
             };
             partition::build(&job, progress)

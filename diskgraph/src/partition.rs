@@ -7,12 +7,15 @@
 //!    (the codes stay resident: `m` bytes a point, as a search holds them) and joins the
 //!    partitions of its two nearest centroids that still have room, the nearer being its *home*.
 //!    Member ids go to one file per partition. The row nearest the sample mean becomes the entry.
-//! 3. **Build.** Per partition: its members' vectors are gathered from the file, its Vamana graph
-//!    built in RAM, and each member's list (as global ids) written to its slot in the lists file
+//! 3. **Build.** Per partition: its members' vectors are gathered from the file (float rows as
+//!    8-bit scalar codes, a piece at a time: a quarter of the memory, so partitions are four
+//!    times larger, and fewer, within the same budget), its Vamana graph built in RAM, and each
+//!    member's list (as global ids) written to its slot in the lists file
 //!    (two slots per point: home, guest). The members at home here are ordered for sector
 //!    packing ([`crate::pack::sector_order`] on the partition's graph), and the order written out.
 //! 4. **Merge and write.** Positions follow the partitions' packing orders one after another.
-//!    Per partition again, for its home members in packed order: the two lists are united and,
+//!    Per partition again, for its home members in packed order (a chunk at a time, within a
+//!    partition's allowance, with their full-precision rows): the two lists are united and,
 //!    when the union is longer than `R`, re-pruned with RobustPrune (the point's own vector
 //!    against its candidates' PQ reconstructions) — DiskANN truncates the union at random
 //!    instead, which drops the edges that made the graph navigable. Nodes are written in
@@ -110,6 +113,8 @@ pub(crate) struct Job<'a> {
     pub(crate) partitions: usize,
     pub(crate) capacity: usize,
     pub(crate) training_rows: usize,
+    /// Home members the merge takes at once ([`crate::plan::Shape::merge_rows`]).
+    pub(crate) merge_rows: usize,
     pub(crate) plan: Plan,
 }
 
@@ -157,7 +162,7 @@ pub(crate) fn build(
         mips_max_norm_sq: max_norm_sq as f32,
     };
     let lists = ListsFile::create(&scratch.path("lists"), n, job.params.graph.max_degree)?;
-    build_partitions(job, &storage, &assigned, &lists, &header, &scratch, progress)?;
+    build_partitions(job, &storage, &trained, &assigned, &lists, &header, &scratch, progress)?;
     let graph_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -227,6 +232,49 @@ struct Trained {
     centroids: Vec<f32>,
     /// The sample's mean, in the stored space.
     mean: Vec<f32>,
+    /// The 8-bit codes partition graphs are built over, for float rows.
+    scalar: Option<ScalarCodes>,
+}
+
+/// 8-bit scalar codes of float rows, for building partition graphs in a quarter of the memory:
+/// `code = round((x − offset_j) / step)`, clamped to 0..=255, with one `step` for every
+/// dimension (the largest range in the sample over 255), so that squared L2 between codes is
+/// squared L2 between rows over `step²`, up to rounding. Cosine rows are at unit length, where
+/// L2 orders as cosine does; inner product is stored as L2 already.
+struct ScalarCodes {
+    offset: Vec<f32>,
+    step: f32,
+}
+
+impl ScalarCodes {
+    /// Codes fitted to `sample`'s range, or `None` when its rows are bytes already.
+    fn train(sample: &VectorSet) -> Option<ScalarCodes> {
+        if sample.elem() != ElemType::F32 || sample.is_empty() {
+            return None;
+        }
+        let dim = sample.dim();
+        let (mut lo, mut hi) = (vec![f32::INFINITY; dim], vec![f32::NEG_INFINITY; dim]);
+        for i in 0..sample.len() {
+            let Row::F32(r) = sample.row(i) else { unreachable!("checked f32") };
+            for ((l, h), &x) in lo.iter_mut().zip(&mut hi).zip(r) {
+                *l = l.min(x);
+                *h = h.max(x);
+            }
+        }
+        let range = lo.iter().zip(&hi).map(|(l, h)| h - l).fold(0.0f32, f32::max);
+        let step = if range > 0.0 { range / 255.0 } else { 1.0 };
+        Some(ScalarCodes { offset: lo, step })
+    }
+
+    /// Writes the codes of `piece`'s rows into rows `at..` of `out` (u8, same dimension).
+    fn encode(&self, piece: &VectorSet, out: &mut VectorSet, at: usize) {
+        for i in 0..piece.len() {
+            let Row::F32(r) = piece.row(i) else { unreachable!("trained on f32 rows") };
+            for ((c, &x), &o) in out.row_bytes_mut(at + i).iter_mut().zip(r).zip(&self.offset) {
+                *c = ((x - o) / self.step).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
 }
 
 /// Step 1: PQ, partition centroids and the mean, from a sample gathered from the file.
@@ -253,7 +301,8 @@ fn train(job: &Job<'_>, storage: &Storage) -> Result<Trained, IndexError> {
     }
     let mean = mean.iter().map(|&m| (m / sample.len() as f64) as f32).collect();
     let centroids = kmeans(&sample, job.partitions, job.params.pq.seed);
-    Ok(Trained { pq, centroids, mean })
+    let scalar = ScalarCodes::train(&sample);
+    Ok(Trained { pq, centroids, mean, scalar })
 }
 
 /// `k` centroids of `sample` (L2, in f32): distinct sample rows to start, then Lloyd iterations;
@@ -474,9 +523,11 @@ impl ListsFile {
 
 /// Step 3: each partition's graph, its lists spilled to `lists`, its home members' packed order
 /// written out.
+#[allow(clippy::too_many_arguments)]
 fn build_partitions(
     job: &Job<'_>,
     storage: &Storage,
+    trained: &Trained,
     assigned: &Assigned,
     lists: &ListsFile,
     header: &Header,
@@ -495,8 +546,11 @@ fn build_partitions(
             write_ids(&order_path, std::iter::empty())?;
             continue;
         }
-        let local = storage.store(job.file.gather(&ids)?)?;
-        let graph = vamana::build(&local, storage.metric, &job.params.graph, &|d| {
+        let (local, metric) = match &trained.scalar {
+            Some(codes) => (gather_codes(job, storage, codes, &ids)?, Metric::L2),
+            None => (storage.store(job.file.gather(&ids)?)?, storage.metric),
+        };
+        let graph = vamana::build(&local, metric, &job.params.graph, &|d| {
             progress("graph", done + d.min(ids.len()), total)
         })?;
         drop(local);
@@ -513,6 +567,23 @@ fn build_partitions(
         progress("graph", done, total);
     }
     Ok(())
+}
+
+/// The 8-bit codes of rows `ids` (ascending), gathered and encoded a piece at a time so that no
+/// more than a piece of full rows is held beside the codes.
+fn gather_codes(
+    job: &Job<'_>,
+    storage: &Storage,
+    codes: &ScalarCodes,
+    ids: &[u32],
+) -> Result<VectorSet, IndexError> {
+    let mut out = VectorSet::zeroed(ElemType::U8, codes.offset.len(), ids.len())?;
+    let rows = piece_rows(job.file, 0);
+    for (k, chunk) in ids.chunks(rows).enumerate() {
+        let piece = storage.store(job.file.gather(chunk)?)?;
+        codes.encode(&piece, &mut out, k * rows);
+    }
+    Ok(out)
 }
 
 /// Every point's position: the partitions' packing orders, one after another.
@@ -559,31 +630,34 @@ fn merge_and_write(
     let merge = Merge { pq, codes, metric: storage.metric, params: job.params };
     for p in 0..job.partitions {
         let order = read_ids(&scratch.path(&order_name(p)))?;
-        let mut sorted = order.clone();
-        sorted.sort_unstable();
-        let vectors = storage.store(job.file.gather(&sorted)?)?;
-        let merged: Vec<Result<Vec<u32>, IndexError>> = order
-            .par_iter()
-            .map_init(MergeScratch::default, |s, &id| {
+        // A chunk of home members at a time (in packed order), within the merge's allowance.
+        for chunk in order.chunks(job.merge_rows.max(1)) {
+            let mut sorted = chunk.to_vec();
+            sorted.sort_unstable();
+            let vectors = storage.store(job.file.gather(&sorted)?)?;
+            let merged: Vec<Result<Vec<u32>, IndexError>> = chunk
+                .par_iter()
+                .map_init(MergeScratch::default, |s, &id| {
+                    let k = sorted.binary_search(&id).expect("a member");
+                    let [home, guest] = &mut s.lists;
+                    home.clear();
+                    guest.clear();
+                    lists.read(id, &mut s.buf, [home, guest])?;
+                    Ok(merge.lists(id, vectors.row(k), s))
+                })
+                .collect();
+            let mut out = Vec::new();
+            for (&id, list) in chunk.iter().zip(merged) {
+                let list = list?;
+                degrees += list.len() as u64;
+                out.clear();
+                out.extend(list.iter().map(|&u| position[u as usize]));
                 let k = sorted.binary_search(&id).expect("a member");
-                let [home, guest] = &mut s.lists;
-                home.clear();
-                guest.clear();
-                lists.read(id, &mut s.buf, [home, guest])?;
-                Ok(merge.lists(id, vectors.row(k), s))
-            })
-            .collect();
-        let mut out = Vec::new();
-        for (&id, list) in order.iter().zip(merged) {
-            let list = list?;
-            degrees += list.len() as u64;
-            out.clear();
-            out.extend(list.iter().map(|&u| position[u as usize]));
-            let k = sorted.binary_search(&id).expect("a member");
-            writer.push(vectors.row_bytes(k), &out, id)?;
+                writer.push(vectors.row_bytes(k), &out, id)?;
+            }
+            done += chunk.len();
+            progress("merge", done, n);
         }
-        done += order.len();
-        progress("merge", done, n);
     }
     writer.finish()?;
     Ok(degrees)

@@ -10,14 +10,15 @@
 //!    the codes and the packing arrays resident at once. Chosen whenever it fits.
 //! 2. [`Strategy::Partitioned`]: the points are split into `P` overlapping partitions by k-means
 //!    on a sample (each point in the partitions of its two nearest centroids, each partition
-//!    capped); each partition's graph is built in RAM over full-precision vectors gathered from the
-//!    file, its lists spilled to disk; then every point's two lists are merged and re-pruned to
+//!    capped); each partition's graph is built in RAM over its rows gathered from the file (float
+//!    rows as 8-bit scalar codes), its lists spilled to disk; then every point's two lists are merged and re-pruned to
 //!    `R` (over PQ-decoded neighbours), and nodes are written partition by partition. Resident
 //!    throughout: the PQ codes (`m` bytes per point, which a search holds anyway) and a few bytes
 //!    per point of bookkeeping; the rest of the budget is one partition at a time.
 //!
-//! A graph built over compressed codes held in RAM (8-bit scalar codes) would sit between the two;
-//! it is not implemented yet, so inputs that do not fit in RAM always take the partitioned path.
+//! A single graph built over 8-bit codes of all the points held in RAM would sit between the two;
+//! it is not a strategy of its own yet (the partitions use the codes), so inputs that do not fit
+//! in RAM always take the partitioned path.
 
 use std::fmt;
 
@@ -96,9 +97,9 @@ impl Shape {
         let codes = n * self.pq_bytes as u64;
         let pq = vectors + self.pq_training(n.min(self.pq_samples as u64)) + codes;
         let graph = vectors + codes + n * self.adjacency() + graph_scratch(n, self.max_degree);
-        // Writing: the compact graph (at most R per point plus offsets), the packing arrays
-        // (order, position, score, BFS seeds: u32 each; two flags) and the reordered codes.
-        let write = vectors + 2 * codes + n * (4 * self.max_degree as u64 + 8) + n * 18;
+        // Writing: the compacted graph (in the slab's allocation, plus offsets), the packing
+        // arrays (order, position, score, BFS seeds: u32 each; two flags) and the reordered codes.
+        let write = vectors + 2 * codes + n * (self.adjacency() + 8) + n * 18;
         FIXED_BYTES + load.max(pq).max(graph).max(write)
     }
 
@@ -107,19 +108,37 @@ impl Shape {
         self.n * (self.pq_bytes as u64 + PARTITIONED_GLOBAL_PER_POINT)
     }
 
-    /// Bytes per point of one partition while its graph is built: its member id, its vector
-    /// (and, for inner product, the input row it came from), the adjacency slab, and the
-    /// packing arrays.
+    /// Whether partition graphs are built over 8-bit scalar codes of the stored rows (float rows:
+    /// a quarter of the bytes; byte rows are built over as they are).
+    pub fn partitions_use_codes(&self) -> bool {
+        self.stored_elem == ElemType::F32
+    }
+
+    /// Bytes per point of one partition while its graph is built: its member id, the row the
+    /// graph is built over (an 8-bit code of a float row, see [`Shape::partitions_use_codes`]),
+    /// the adjacency slab (which the finished graph keeps, with its offsets), the packing arrays
+    /// and the batch scratch.
     fn per_partition_point(&self) -> u64 {
-        let input = if self.stored_dim != self.dim { self.input_row() } else { 0 };
+        let row = if self.partitions_use_codes() {
+            (self.stored_dim as u64).div_ceil(64) * 64
+        } else {
+            self.stored_row()
+        };
         let scratch = self.max_degree as u64 * GRAPH_SCRATCH_PER_EDGE / BATCH_SHARE;
-        4 + self.stored_row()
-            + input
-            + self.adjacency()
-            + 4 * self.max_degree as u64
-            + 8
-            + 18
-            + scratch
+        4 + row + self.adjacency() + 8 + 18 + scratch
+    }
+
+    /// Home members a merge takes at once within what a partition of `capacity` points was
+    /// allowed: each holds its stored row, its united lists and its merged list.
+    pub fn merge_rows(&self, capacity: u64) -> u64 {
+        let per_member = self.stored_row() + 12 * self.max_degree as u64 + 64;
+        (self.partition_bytes(capacity) / per_member).max(1)
+    }
+
+    /// Bytes of one partition of `capacity` points while its graph is built: what the merge of
+    /// a chunk of home members may use too.
+    pub fn partition_bytes(&self, capacity: u64) -> u64 {
+        capacity * self.per_partition_point()
     }
 
     /// Bytes of one partition of `capacity` points, with the fixed part of its scratch.

@@ -18,7 +18,7 @@ use quiver_simd::MAX_DIM;
 use crate::data::{DataError, ElemType, Row, VectorSet};
 
 /// Largest single read a gather issues.
-const MAX_READ_BYTES: u64 = 4 << 20;
+const MAX_READ_BYTES: u64 = 1 << 20;
 /// Rows this close (in bytes) to the previous one wanted are read in the same request.
 const COALESCE_GAP_BYTES: u64 = 64 << 10;
 

@@ -555,8 +555,8 @@ impl Adjacency {
     }
 
     /// The compact graph, built in place: each list moves down to follow the previous one (a list
-    /// never moves up, as no list is longer than its slot), then the slab is cut to size, so the
-    /// build never holds two copies of the graph.
+    /// never moves up, as no list is longer than its slot), so the build never holds two copies
+    /// of the graph.
     fn into_graph(self, entry: u32, max_degree: usize) -> Graph {
         let Self { stride, slots } = self;
         let n = slots.len() / stride;
@@ -573,8 +573,10 @@ impl Adjacency {
             end += len;
             offsets.push(end as u64);
         }
+        // The slab's allocation is kept, not shrunk: shrinking copies the lists into a new
+        // allocation while the slab still exists, the largest transient of a build (the planner
+        // counts the slab instead, `plan.rs`).
         ids.truncate(end);
-        ids.shrink_to_fit();
         Graph { offsets, ids, entry, max_degree }
     }
 }
