@@ -10,7 +10,8 @@ limit is hard: past it the kernel reclaims page cache and then OOM-kills the com
 
 - the command's exit status (or the signal that killed it),
 - its peak resident set (`ru_maxrss` of the child: the largest VmHWM among the command and its
-  descendants),
+  descendants; a forked child starts from this script's own high-water mark, ~10 MiB of
+  Python, so a command smaller than that reads as that — `quiver build` prints its own VmHWM),
 - the cgroup's peak charge (resident memory plus page cache the command caused, which the kernel
   may reclaim) and its limit,
 - how many times the OOM killer fired in the cgroup.
