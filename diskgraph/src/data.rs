@@ -475,79 +475,9 @@ fn open(path: &Path) -> Result<(BufReader<File>, u64), DataError> {
 /// [`DataError`] naming the file and the problem: unknown extension, I/O failure, truncation,
 /// inconsistent dimensions, trailing bytes, a dimension out of range, or a non-finite float.
 pub fn read_vectors(path: &Path) -> Result<VectorSet, DataError> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let set = match ext.as_str() {
-        "fbin" => read_bin(path, ElemType::F32)?,
-        "u8bin" => read_bin(path, ElemType::U8)?,
-        "i8bin" => read_bin(path, ElemType::I8)?,
-        "fvecs" => read_vecs(path, ElemType::F32)?,
-        "bvecs" => read_vecs(path, ElemType::U8)?,
-        _ => return Err(DataError::UnknownFormat { path: path.to_owned() }),
-    };
-    set.validate()
-        .map_err(|e| DataError::Malformed { path: path.to_owned(), reason: e.to_string() })?;
-    Ok(set)
-}
-
-fn read_bin(path: &Path, elem: ElemType) -> Result<VectorSet, DataError> {
-    let (mut r, len) = open(path)?;
-    let mut head = [0u8; 8];
-    read_exact_at(&mut r, &mut head, path, "the 8-byte header")?;
-    let n = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-    let dim = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
-    let malformed = |reason: String| DataError::Malformed { path: path.to_owned(), reason };
-    if dim == 0 || dim > MAX_DIM {
-        return Err(malformed(format!("header says dimension {dim}, expected 1..={MAX_DIM}")));
-    }
-    let want = 8 + (n as u64) * (dim as u64) * elem.size() as u64;
-    if len != want {
-        return Err(malformed(format!(
-            "header says {n} vectors of {dim} {elem} ({want} bytes with the header), the file has {len} bytes"
-        )));
-    }
-    let mut set = VectorSet::zeroed(elem, dim, n)?;
-    for i in 0..n {
-        read_exact_at(&mut r, set.row_bytes_mut(i), path, &format!("vector {i}"))?;
-    }
-    Ok(set)
-}
-
-fn read_vecs(path: &Path, elem: ElemType) -> Result<VectorSet, DataError> {
-    let (mut r, len) = open(path)?;
-    let malformed = |reason: String| DataError::Malformed { path: path.to_owned(), reason };
-    if len == 0 {
-        return Err(malformed("empty file".into()));
-    }
-    let mut head = [0u8; 4];
-    read_exact_at(&mut r, &mut head, path, "the first dimension prefix")?;
-    let dim = i32::from_le_bytes(head);
-    if dim <= 0 || dim as usize > MAX_DIM {
-        return Err(malformed(format!(
-            "first row declares dimension {dim}, expected 1..={MAX_DIM}"
-        )));
-    }
-    let dim = dim as usize;
-    let row = 4 + (dim * elem.size()) as u64;
-    if len % row != 0 {
-        return Err(malformed(format!(
-            "{len} bytes is not a whole number of {row}-byte rows of dimension {dim} (truncated?)"
-        )));
-    }
-    let n = (len / row) as usize;
-    let mut set = VectorSet::zeroed(elem, dim, n)?;
-    for i in 0..n {
-        if i > 0 {
-            read_exact_at(&mut r, &mut head, path, &format!("the dimension prefix of row {i}"))?;
-            let d = i32::from_le_bytes(head);
-            if d as usize != dim || d <= 0 {
-                return Err(malformed(format!(
-                    "row {i} declares dimension {d}, row 0 declared {dim}"
-                )));
-            }
-        }
-        read_exact_at(&mut r, set.row_bytes_mut(i), path, &format!("row {i}"))?;
-    }
-    Ok(set)
+    // One reader for every format: the whole file as one range of rows, checked as it is read.
+    let file = crate::source::VectorFile::open(path)?;
+    file.read_range(0, file.len())
 }
 
 /// Reads an `.ivecs` file (ground truth): one list of ids per row.
