@@ -351,12 +351,7 @@ impl VectorSet {
     /// # Errors
     /// If the set does not hold floats.
     pub fn normalize(&mut self) -> Result<(), DataError> {
-        if self.elem != ElemType::F32 {
-            return Err(DataError::Invalid(format!(
-                "the cosine metric needs float vectors, these are {}",
-                self.elem
-            )));
-        }
+        cosine_accepts(self.elem)?;
         for i in 0..self.n {
             unit_length(bytemuck::cast_slice_mut(self.row_bytes_mut(i)));
         }
@@ -394,7 +389,30 @@ pub fn mips_max_norm_sq(data: &VectorSet) -> f64 {
 }
 
 fn norm_sq(row: Row<'_>) -> f64 {
-    row.to_f32().iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+    match row {
+        Row::F32(v) => norm_sq_f64(v),
+        other => norm_sq_f64(&other.to_f32()),
+    }
+}
+
+/// The squared length of `row`, summed in f64: what [`unit_length`] divides by (its square
+/// root), and what every other length of a float vector is taken with, so the same row always
+/// gives the same bits.
+pub fn norm_sq_f64(row: &[f32]) -> f64 {
+    row.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+}
+
+/// Refuses the cosine metric on vectors of `elem` unless they are floats (integer vectors
+/// cannot be stored normalised).
+///
+/// # Errors
+/// [`DataError::Invalid`] for integer element types.
+pub fn cosine_accepts(elem: ElemType) -> Result<(), DataError> {
+    if elem == ElemType::F32 {
+        Ok(())
+    } else {
+        Err(DataError::Invalid(format!("the cosine metric needs float vectors, these are {elem}")))
+    }
 }
 
 /// Each row `x` of `data` as `[x, √(M² − ‖x‖²)]` for `M² = max_norm_sq` (see [`mips_to_l2`]).
@@ -522,7 +540,7 @@ pub fn read_ivecs(path: &Path) -> Result<Vec<Vec<u32>>, DataError> {
 /// so the same input always gives the same bits. Returns `false`, leaving `row` as it is, if its
 /// length is zero or not finite.
 pub fn unit_length(row: &mut [f32]) -> bool {
-    let norm = row.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    let norm = norm_sq_f64(row).sqrt();
     if norm == 0.0 || !norm.is_finite() {
         return false;
     }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::data::{DataError, ElemType, Metric, VectorSet, mips_to_l2};
+use crate::data::{DataError, ElemType, Metric, VectorSet, mips_max_norm_sq, mips_transform};
 use crate::layout::{Header, IndexWriter, LayoutError};
 use crate::pack;
 use crate::partition;
@@ -104,20 +104,34 @@ pub enum IndexError {
 ///
 /// # Errors
 /// Cosine on integer vectors.
-pub fn to_stored(
-    mut data: VectorSet,
+pub fn to_stored(data: VectorSet, metric: Metric) -> Result<(VectorSet, Metric, f32), DataError> {
+    let max_norm_sq = if metric == Metric::InnerProduct { mips_max_norm_sq(&data) } else { 0.0 };
+    Ok((store_piece(data, metric, max_norm_sq)?, stored_metric(metric), max_norm_sq as f32))
+}
+
+/// The metric the graph of a `metric` index is built and searched with: L2 for inner product
+/// (through the MIPS → L2 reduction), the metric itself otherwise.
+pub fn stored_metric(metric: Metric) -> Metric {
+    if metric == Metric::InnerProduct { Metric::L2 } else { metric }
+}
+
+/// [`to_stored`] for one piece of a larger input whose inner-product `M²` (`max_norm_sq`, see
+/// [`crate::data::mips_max_norm_sq`]) was taken over all of it.
+///
+/// # Errors
+/// Cosine on integer vectors.
+pub fn store_piece(
+    mut raw: VectorSet,
     metric: Metric,
-) -> Result<(VectorSet, Metric, f32), DataError> {
+    max_norm_sq: f64,
+) -> Result<VectorSet, DataError> {
     match metric {
-        Metric::L2 => Ok((data, Metric::L2, 0.0)),
+        Metric::L2 => Ok(raw),
         Metric::Cosine => {
-            data.normalize()?;
-            Ok((data, Metric::Cosine, 0.0))
+            raw.normalize()?;
+            Ok(raw)
         }
-        Metric::InnerProduct => {
-            let (t, m2) = mips_to_l2(&data)?;
-            Ok((t, Metric::L2, m2))
-        }
+        Metric::InnerProduct => mips_transform(&raw, max_norm_sq),
     }
 }
 
@@ -272,6 +286,7 @@ pub fn build_index_from_file(
                 capacity,
                 training_rows,
                 merge_rows: shape.merge_rows(capacity as u64) as usize,
+                shape,
                 plan,
             };
             partition::build(&job, progress)

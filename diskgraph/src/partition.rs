@@ -36,12 +36,12 @@ use rand::rngs::StdRng;
 use rayon::prelude::*;
 
 use crate::data::{
-    DataError, ElemType, Metric, Row, VectorSet, distance, mips_max_norm_sq, mips_transform,
+    DataError, ElemType, Metric, Row, VectorSet, cosine_accepts, distance, mips_max_norm_sq,
 };
-use crate::index::{BuildParams, BuildSummary, GRAPH_FILE, IndexError};
+use crate::index::{BuildParams, BuildSummary, GRAPH_FILE, IndexError, store_piece, stored_metric};
 use crate::layout::{Header, IndexWriter};
 use crate::pack;
-use crate::plan::{PIECE_BYTES, Plan};
+use crate::plan::{PIECE_BYTES, Plan, Shape};
 use crate::pq::{CODES_FILE, PIVOTS_FILE, PqCodebook, PqParams, write_codes};
 use crate::source::VectorFile;
 use crate::vamana::{self, Candidate, robust_prune};
@@ -51,7 +51,7 @@ pub const SCRATCH_DIR: &str = ".partitioned-build";
 /// Lloyd iterations of the partition k-means.
 const KMEANS_ITERATIONS: usize = 10;
 
-/// How the input's rows become stored rows (see [`crate::index::to_stored`]), one piece at a time.
+/// How the input's rows become stored rows ([`crate::index::store_piece`]), one piece at a time.
 struct Storage {
     user: Metric,
     metric: Metric,
@@ -60,15 +60,7 @@ struct Storage {
 
 impl Storage {
     fn store(&self, raw: VectorSet) -> Result<VectorSet, DataError> {
-        match self.user {
-            Metric::L2 => Ok(raw),
-            Metric::Cosine => {
-                let mut raw = raw;
-                raw.normalize()?;
-                Ok(raw)
-            }
-            Metric::InnerProduct => mips_transform(&raw, self.max_norm_sq),
-        }
+        store_piece(raw, self.user, self.max_norm_sq)
     }
 }
 
@@ -115,6 +107,8 @@ pub(crate) struct Job<'a> {
     pub(crate) training_rows: usize,
     /// Home members the merge takes at once ([`crate::plan::Shape::merge_rows`]).
     pub(crate) merge_rows: usize,
+    /// The input's shape, in the stored space.
+    pub(crate) shape: Shape,
     pub(crate) plan: Plan,
 }
 
@@ -128,19 +122,15 @@ pub(crate) fn build(
     progress: &(dyn Fn(&'static str, usize, usize) + Sync),
 ) -> Result<BuildSummary, IndexError> {
     let (file, n, dim) = (job.file, job.file.len(), job.file.dim());
-    if job.metric == Metric::Cosine && file.elem() != ElemType::F32 {
-        return Err(DataError::Invalid(format!(
-            "the cosine metric needs float vectors, these are {}",
-            file.elem()
-        ))
-        .into());
+    if job.metric == Metric::Cosine {
+        cosine_accepts(file.elem())?; // before anything touches the disk
     }
     std::fs::create_dir_all(job.dir).map_err(io(job.dir))?;
     let scratch = Scratch::create(job.dir)?;
     let t = Instant::now();
     let max_norm_sq =
         if job.metric == Metric::InnerProduct { max_norm_sq_of(file, progress)? } else { 0.0 };
-    let stored_metric = if job.metric == Metric::InnerProduct { Metric::L2 } else { job.metric };
+    let stored_metric = stored_metric(job.metric);
     let storage = Storage { user: job.metric, metric: stored_metric, max_norm_sq };
 
     let trained = train(job, &storage)?;
@@ -148,8 +138,7 @@ pub(crate) fn build(
     let pq_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let stored_elem = if job.metric == Metric::InnerProduct { ElemType::F32 } else { file.elem() };
-    let stored_dim = if job.metric == Metric::InnerProduct { dim + 1 } else { dim };
+    let (stored_elem, stored_dim) = (job.shape.stored_elem, job.shape.stored_dim);
     let mut header = Header {
         version: crate::layout::VERSION,
         elem: stored_elem,
@@ -635,7 +624,8 @@ fn merge_and_write(
             let mut sorted = chunk.to_vec();
             sorted.sort_unstable();
             let vectors = storage.store(job.file.gather(&sorted)?)?;
-            let merged: Vec<Result<Vec<u32>, IndexError>> = chunk
+            // Each member's row in `vectors`, and its merged list.
+            let merged: Vec<Result<(usize, Vec<u32>), IndexError>> = chunk
                 .par_iter()
                 .map_init(MergeScratch::default, |s, &id| {
                     let k = sorted.binary_search(&id).expect("a member");
@@ -643,16 +633,15 @@ fn merge_and_write(
                     home.clear();
                     guest.clear();
                     lists.read(id, &mut s.buf, [home, guest])?;
-                    Ok(merge.lists(id, vectors.row(k), s))
+                    Ok((k, merge.lists(id, vectors.row(k), s)))
                 })
                 .collect();
             let mut out = Vec::new();
-            for (&id, list) in chunk.iter().zip(merged) {
-                let list = list?;
+            for (&id, member) in chunk.iter().zip(merged) {
+                let (k, list) = member?;
                 degrees += list.len() as u64;
                 out.clear();
                 out.extend(list.iter().map(|&u| position[u as usize]));
-                let k = sorted.binary_search(&id).expect("a member");
                 writer.push(vectors.row_bytes(k), &out, id)?;
             }
             done += chunk.len();

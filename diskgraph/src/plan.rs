@@ -287,8 +287,7 @@ pub fn plan(shape: &Shape, budget: Option<u64>) -> Result<Plan, PlanError> {
     if partitions > u16::MAX as usize {
         return Err(too_small());
     }
-    let capacity = ((2 * shape.n) as f64 / partitions as f64 * PARTITION_SLACK).ceil() as u64;
-    let capacity = capacity.min(shape.n);
+    let capacity = capacity_of(shape, partitions);
     let estimated_peak = shape.partitioned(capacity, training_rows);
     Ok(Plan {
         strategy: Strategy::Partitioned {
@@ -301,12 +300,18 @@ pub fn plan(shape: &Shape, budget: Option<u64>) -> Result<Plan, PlanError> {
     })
 }
 
+/// The most points one of `partitions` partitions may hold: its share of the `2n` memberships
+/// (each point is in two), with [`PARTITION_SLACK`] for balance.
+fn capacity_of(shape: &Shape, partitions: usize) -> u64 {
+    let capacity = ((2 * shape.n) as f64 / partitions as f64 * PARTITION_SLACK).ceil() as u64;
+    capacity.min(shape.n)
+}
+
 /// The partitioned build with `partitions` partitions, whatever the budget: for tests and tuning.
 /// At least 2 partitions (one would be the in-memory build with extra steps).
 pub fn forced_partitions(shape: &Shape, partitions: usize, budget: Option<u64>) -> Plan {
     let partitions = partitions.clamp(2, (shape.n as usize).max(2)).min(u16::MAX as usize);
-    let capacity = ((2 * shape.n) as f64 / partitions as f64 * PARTITION_SLACK).ceil() as u64;
-    let capacity = capacity.min(shape.n);
+    let capacity = capacity_of(shape, partitions);
     let training_rows = (shape.pq_samples as u64).clamp(1, shape.n);
     Plan {
         strategy: Strategy::Partitioned {

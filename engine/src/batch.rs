@@ -350,8 +350,7 @@ fn checked_vectors(
             if cosine {
                 let mut inverse_norms = Vec::with_capacity(v.len() / dim);
                 for (row, chunk) in v.chunks_exact(dim).enumerate() {
-                    let norm = chunk.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>();
-                    let norm = norm.sqrt();
+                    let norm = quiver_diskgraph::data::norm_sq_f64(chunk).sqrt();
                     if norm == 0.0 || !norm.is_finite() {
                         return Err(BatchError::ZeroVector(row));
                     }
