@@ -88,11 +88,13 @@ struct BuildArgs {
     #[arg(long, default_value_t = 0x5155_4956)]
     seed: u64,
     /// Most memory the build may allocate, e.g. `96MiB`, `2GiB`, `500MB` (binary units KiB, MiB,
-    /// GiB, TiB; decimal KB, MB, GB, TB; bare bytes). Inputs that do not fit are built a
-    /// partition at a time. Default: build in memory.
+    /// GiB, TiB; decimal KB, MB, GB, TB; bare bytes). Inputs that do not fit are built as one
+    /// graph over 8-bit codes when that fits, else a partition at a time. Default: build in
+    /// memory.
     #[arg(long, value_parser = parse_size)]
     ram_budget: Option<u64>,
-    /// Force the partitioned build with this many partitions (tuning and tests).
+    /// Force the partitioned build with this many partitions; 1 forces the single graph over
+    /// 8-bit codes (tuning and tests).
     #[arg(long)]
     partitions: Option<usize>,
 }

@@ -36,7 +36,8 @@ pub struct BuildParams {
     /// [`build_index`] is handed its vectors in RAM already.
     pub ram_budget: Option<u64>,
     /// Forces the partitioned build with this many partitions, whatever the budget (for tests
-    /// and tuning; [`build_index_from_file`] only). `None` lets the planner choose.
+    /// and tuning; [`build_index_from_file`] only); 1 forces the single graph over 8-bit codes.
+    /// `None` lets the planner choose.
     pub partitions: Option<usize>,
 }
 
@@ -246,8 +247,9 @@ fn shape_of(n: usize, dim: usize, elem: ElemType, metric: Metric, params: &Build
 pub type Progress<'a> = &'a (dyn Fn(&'static str, usize, usize) + Sync);
 
 /// Builds an index of the vector file at `input` into `dir`, within `params.ram_budget`: the
-/// planner ([`crate::plan::plan`]) picks the in-memory build when it fits, and the partitioned
-/// build ([`crate::partition`]) otherwise, which never holds more than one partition's vectors.
+/// planner ([`crate::plan::plan`]) picks the in-memory build when it fits, then one graph over
+/// 8-bit codes of every point, and the partitioned build ([`crate::partition`]) otherwise, which
+/// never holds more than one partition's vectors.
 /// `progress(phase, done, total)` reports each phase.
 ///
 /// # Errors
@@ -275,6 +277,21 @@ pub fn build_index_from_file(
             progress("read", file.len(), file.len());
             let summary = build_index(data, metric, params, dir, &|d, t| progress("graph", d, t))?;
             Ok(BuildSummary { plan, ..summary })
+        }
+        Strategy::SingleGraph { training_rows } => {
+            let job = partition::Job {
+                file: &file,
+                metric,
+                params,
+                dir,
+                partitions: 1,
+                capacity: file.len(),
+                training_rows,
+                merge_rows: shape.merge_rows(file.len() as u64) as usize,
+                shape,
+                plan,
+            };
+            partition::build(&job, progress)
         }
         Strategy::Partitioned { partitions, capacity, training_rows } => {
             let job = partition::Job {

@@ -1,8 +1,11 @@
 //! The partitioned build: an index of more points than the RAM budget holds, one partition at a
-//! time (strategy 2 of [`crate::plan`]).
+//! time (strategy 3 of [`crate::plan`]). With one partition it is strategy 2, the single graph
+//! over 8-bit codes: every point belongs to it once, its list is its only one, and the merge
+//! just writes the nodes.
 //!
 //! 1. **Train.** A sample of rows, gathered from the file, trains the PQ codebook and `P`
-//!    partition centroids (k-means), and gives the mean the entry point is chosen by.
+//!    partition centroids (k-means), and gives the mean the entry point is chosen by. Partitions
+//!    the sample says would overflow their capacity are split in two ([`balance`]).
 //! 2. **Assign and encode.** One pass over the file, a piece at a time: each row is encoded
 //!    (the codes stay resident: `m` bytes a point, as a search holds them) and joins the
 //!    partitions of its two nearest centroids that still have room, the nearer being its *home*.
@@ -134,6 +137,7 @@ pub(crate) fn build(
     let storage = Storage { user: job.metric, metric: stored_metric, max_norm_sq };
 
     let trained = train(job, &storage)?;
+    let partitions = trained.partitions();
     let assigned = assign(job, &storage, &trained, &scratch, progress)?;
     let pq_seconds = t.elapsed().as_secs_f64();
 
@@ -150,18 +154,19 @@ pub(crate) fn build(
         entry: 0,
         mips_max_norm_sq: max_norm_sq as f32,
     };
-    let lists = ListsFile::create(&scratch.path("lists"), n, job.params.graph.max_degree)?;
+    let lists =
+        ListsFile::create(&scratch.path("lists"), n, job.params.graph.max_degree, copies(job))?;
     build_partitions(job, &storage, &trained, &assigned, &lists, &header, &scratch, progress)?;
     let graph_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let position = positions(n, job.partitions, &scratch)?;
+    let position = positions(n, trained.partitions(), &scratch)?;
     header.entry = position[assigned.entry as usize];
     let graph_path = job.dir.join(GRAPH_FILE);
     let degrees = merge_and_write(
         job,
         &storage,
-        &trained.pq,
+        &trained,
         &assigned.codes,
         &position,
         header,
@@ -189,8 +194,13 @@ pub(crate) fn build(
         graph_seconds,
         write_seconds,
         graph_file_bytes,
-        plan: job.plan,
+        plan: Plan { strategy: job.plan.strategy.with_partitions(partitions), ..job.plan },
     })
+}
+
+/// How many partitions each point joins: its two nearest, or the only one.
+fn copies(job: &Job<'_>) -> usize {
+    job.partitions.min(2)
 }
 
 /// Rows per piece of a streaming pass over `file`: [`PIECE_BYTES`] of stored rows (at least 1).
@@ -233,6 +243,13 @@ struct Trained {
 struct ScalarCodes {
     offset: Vec<f32>,
     step: f32,
+}
+
+impl Trained {
+    /// Number of partitions (balancing may have split some of the planned ones).
+    fn partitions(&self) -> usize {
+        self.centroids.len() / self.mean.len()
+    }
 }
 
 impl ScalarCodes {
@@ -290,8 +307,69 @@ fn train(job: &Job<'_>, storage: &Storage) -> Result<Trained, IndexError> {
     }
     let mean = mean.iter().map(|&m| (m / sample.len() as f64) as f32).collect();
     let centroids = kmeans(&sample, job.partitions, job.params.pq.seed);
+    let centroids = balance(&sample, centroids, n, job.capacity, job.params.pq.seed);
     let scalar = ScalarCodes::train(&sample);
     Ok(Trained { pq, centroids, mean, scalar })
+}
+
+/// A partition is split when the sample says it would hold more than this share of its capacity:
+/// the margin absorbs the sample's error, so that the capacity (a hard limit, which sends a point
+/// to a farther partition once its nearer ones are full) is seldom reached.
+const BALANCE_SHARE: f64 = 0.9;
+
+/// Splits the partitions that would overflow, until none would: k-means clusters are uneven
+/// (on 1M SIFT, the largest of 23 drew ~2× its share), and once a partition is full every later
+/// point near it joins a farther one, where its neighbours are not. Each point's two nearest
+/// centroids are counted over the sample and scaled to the `n` points; the most crowded
+/// partition over [`BALANCE_SHARE`] of `capacity` is replaced by a 2-means split of the sample
+/// rows at home in it. More, smaller partitions cost little (the memberships stay `2n`); a
+/// crowded one costs recall.
+fn balance(
+    sample: &VectorSet,
+    mut cents: Vec<f32>,
+    n: usize,
+    capacity: usize,
+    seed: u64,
+) -> Vec<f32> {
+    let dim = sample.dim();
+    let kernels = Isa::active();
+    let limit = capacity as f64 * BALANCE_SHARE;
+    let scale = n as f64 / sample.len().max(1) as f64;
+    while cents.len() / dim > 1 && cents.len() / dim < u16::MAX as usize {
+        let nearest: Vec<(u16, u16)> = (0..sample.len())
+            .into_par_iter()
+            .map(|i| {
+                let ranking = ranked(kernels, &sample.row(i).to_f32(), &cents, dim);
+                (ranking[0].1, ranking[1].1)
+            })
+            .collect();
+        let mut counts = vec![0usize; cents.len() / dim];
+        for &(a, b) in &nearest {
+            counts[a as usize] += 1;
+            counts[b as usize] += 1;
+        }
+        let (crowded, count) = counts
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by_key(|&(_, c)| c)
+            .expect("at least two partitions");
+        if count as f64 * scale <= limit {
+            break;
+        }
+        let home: Vec<f32> = (0..sample.len())
+            .filter(|&i| nearest[i].0 as usize == crowded)
+            .flat_map(|i| sample.row(i).to_f32())
+            .collect();
+        if home.len() / dim < 2 {
+            break; // a partition crowded only by guests: splitting it would not help
+        }
+        let members = VectorSet::from_f32(dim, &home).expect("sample rows are valid");
+        let halves = kmeans(&members, 2, seed ^ cents.len() as u64);
+        cents[crowded * dim..(crowded + 1) * dim].copy_from_slice(&halves[..dim]);
+        cents.extend_from_slice(&halves[dim..]);
+    }
+    cents
 }
 
 /// `k` centroids of `sample` (L2, in f32): distinct sample rows to start, then Lloyd iterations;
@@ -371,7 +449,7 @@ fn assign(
     scratch: &Scratch,
     progress: &(dyn Fn(&'static str, usize, usize) + Sync),
 ) -> Result<Assigned, IndexError> {
-    let (file, n, parts) = (job.file, job.file.len(), job.partitions);
+    let (file, n, parts) = (job.file, job.file.len(), trained.partitions());
     let m = trained.pq.bytes();
     let mut codes = vec![0u8; n * m];
     let mut home = vec![u16::MAX; n];
@@ -387,6 +465,8 @@ fn assign(
     // Each row's ranking of every centroid is held for one piece: bound the piece by it too.
     let rows = piece_rows(file, parts * 8);
     let mut entry = (f32::INFINITY, 0u32);
+    // Memberships that went to a farther partition because a nearer one was full.
+    let mut displaced = 0usize;
     for start in (0..n).step_by(rows) {
         let piece = storage.store(file.read_range(start, rows.min(n - start))?)?;
         trained.pq.encode_into_slice(&piece, &mut codes[start * m..(start + piece.len()) * m]);
@@ -405,11 +485,16 @@ fn assign(
             if to_mean < entry.0 {
                 entry = (to_mean, id);
             }
-            let mut chosen =
-                ranking.iter().map(|&(_, p)| p as usize).filter(|&p| counts[p] < job.capacity);
-            let first = chosen.next().expect("the plan leaves room in the partitions");
+            let mut chosen = ranking
+                .iter()
+                .enumerate()
+                .map(|(rank, &(_, p))| (rank, p as usize))
+                .filter(|&(_, p)| counts[p] < job.capacity);
+            let (rank, first) = chosen.next().expect("the plan leaves room in the partitions");
             home[id as usize] = first as u16;
-            for p in std::iter::once(first).chain(chosen.next()) {
+            let second = chosen.next();
+            displaced += usize::from(rank > 0) + usize::from(second.is_some_and(|(r, _)| r > 1));
+            for p in std::iter::once(first).chain(second.map(|(_, p)| p)) {
                 counts[p] += 1;
                 let path = scratch.path(&members_name(p));
                 writers[p].write_all(&id.to_le_bytes()).map_err(io(&path))?;
@@ -421,6 +506,13 @@ fn assign(
         let path = scratch.path(&members_name(p));
         w.into_inner().map_err(|e| io(&path)(e.into_error()))?;
     }
+    tracing::info!(
+        displaced,
+        memberships = counts.iter().sum::<usize>(),
+        largest = counts.iter().max().copied().unwrap_or(0),
+        smallest = counts.iter().min().copied().unwrap_or(0),
+        "points assigned to partitions"
+    );
     Ok(Assigned { codes, home, entry: entry.1 })
 }
 
@@ -441,16 +533,24 @@ fn write_ids(path: &Path, ids: impl Iterator<Item = u32>) -> Result<(), IndexErr
     Ok(())
 }
 
-/// Two neighbour lists per point on disk (home, guest), each `1 + R` little-endian words: the
-/// length, then the ids. A slot never written reads as an empty list.
+/// Neighbour lists on disk, one slot per partition a point joins (home, then guest), each
+/// `1 + R` little-endian words: the length, then the ids. A slot never written reads as an empty
+/// list.
 struct ListsFile {
     path: PathBuf,
     file: File,
     record: usize,
+    slots: usize,
 }
 
 impl ListsFile {
-    fn create(path: &Path, n: usize, max_degree: usize) -> Result<ListsFile, IndexError> {
+    fn create(
+        path: &Path,
+        n: usize,
+        max_degree: usize,
+        slots: usize,
+    ) -> Result<ListsFile, IndexError> {
+        assert!((1..=2).contains(&slots), "{slots} lists per point");
         let file = File::options()
             .read(true)
             .write(true)
@@ -459,8 +559,8 @@ impl ListsFile {
             .open(path)
             .map_err(io(path))?;
         let record = 4 * (1 + max_degree);
-        file.set_len((2 * n * record) as u64).map_err(io(path))?;
-        Ok(ListsFile { path: path.to_owned(), file, record })
+        file.set_len((slots * n * record) as u64).map_err(io(path))?;
+        Ok(ListsFile { path: path.to_owned(), file, record, slots })
     }
 
     fn write(
@@ -475,22 +575,23 @@ impl ListsFile {
         for x in list {
             buf.extend_from_slice(&x.to_le_bytes());
         }
-        let at = ((2 * id as usize + slot) * self.record) as u64;
+        assert!(slot < self.slots, "slot {slot} of {}", self.slots);
+        let at = ((self.slots * id as usize + slot) * self.record) as u64;
         self.file.write_all_at(buf, at).map_err(io(&self.path))
     }
 
-    /// Both lists of `id`, appended to `home` and `guest`.
+    /// Both lists of `id`, appended to `home` and `guest` (left empty with one slot).
     fn read(
         &self,
         id: u32,
         buf: &mut Vec<u8>,
         lists: [&mut Vec<u32>; 2],
     ) -> Result<(), IndexError> {
-        buf.resize(2 * self.record, 0);
+        buf.resize(self.slots * self.record, 0);
         self.file
-            .read_exact_at(buf, (2 * id as usize * self.record) as u64)
+            .read_exact_at(buf, (self.slots * id as usize * self.record) as u64)
             .map_err(io(&self.path))?;
-        for (slot, out) in lists.into_iter().enumerate() {
+        for (slot, out) in lists.into_iter().take(self.slots).enumerate() {
             let rec = &buf[slot * self.record..(slot + 1) * self.record];
             let len = u32::from_le_bytes(rec[..4].try_into().expect("4 bytes")) as usize;
             let max = self.record / 4 - 1;
@@ -524,11 +625,11 @@ fn build_partitions(
     progress: &(dyn Fn(&'static str, usize, usize) + Sync),
 ) -> Result<(), IndexError> {
     let per_sector = header.nodes_per_sector();
-    let total = 2 * job.file.len();
+    let total = copies(job) * job.file.len();
     let mut done = 0;
     let mut buf = Vec::new();
     let mut list = Vec::new();
-    for p in 0..job.partitions {
+    for p in 0..trained.partitions() {
         let ids = read_ids(&scratch.path(&members_name(p)))?;
         let order_path = scratch.path(&order_name(p));
         if ids.is_empty() {
@@ -604,7 +705,7 @@ struct MergeScratch {
 fn merge_and_write(
     job: &Job<'_>,
     storage: &Storage,
-    pq: &PqCodebook,
+    trained: &Trained,
     codes: &[u8],
     position: &[u32],
     header: Header,
@@ -616,8 +717,9 @@ fn merge_and_write(
     let mut writer = IndexWriter::create(&job.dir.join(GRAPH_FILE), header)?;
     let mut done = 0;
     let mut degrees = 0u64;
-    let merge = Merge { pq, codes, metric: storage.metric, params: job.params };
-    for p in 0..job.partitions {
+    let merge = Merge { pq: &trained.pq, codes, metric: storage.metric, params: job.params };
+    let partitions = trained.partitions();
+    for p in 0..partitions {
         let order = read_ids(&scratch.path(&order_name(p)))?;
         // A chunk of home members at a time (in packed order), within the merge's allowance.
         for chunk in order.chunks(job.merge_rows.max(1)) {
@@ -734,6 +836,40 @@ fn permute(codes: &mut [u8], m: usize, position: &[u32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::PARTITION_SLACK;
+
+    /// Rows around `centre`, `count` of them, spread by `spread` (deterministic).
+    fn cluster(centre: f32, count: usize, spread: f32, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..count * 4)
+            .map(|_| centre + spread * (rand::RngExt::random::<f32>(&mut rng) - 0.5))
+            .collect()
+    }
+
+    #[test]
+    fn an_uneven_sample_is_split_until_no_partition_would_overflow() {
+        // Three clusters holding 70%, 20% and 10% of the points; four partitions planned, each
+        // capped at 1.15 × its share of the 2n memberships. K-means alone leaves the big cluster
+        // (1.4n memberships) overflowing its partitions.
+        let mut rows = cluster(0.0, 7000, 1.0, 1);
+        rows.extend(cluster(10.0, 2000, 1.0, 2));
+        rows.extend(cluster(-10.0, 1000, 1.0, 3));
+        let sample = VectorSet::from_f32(4, &rows).unwrap();
+        let n = 1_000_000;
+        let capacity = (2.0 * n as f64 / 4.0 * PARTITION_SLACK) as usize;
+        let planned = kmeans(&sample, 4, 9);
+        let cents = balance(&sample, planned, n, capacity, 9);
+        let parts = cents.len() / 4;
+        assert!(parts > 4, "nothing was split: {parts} partitions");
+        let mut counts = vec![0usize; parts];
+        for i in 0..sample.len() {
+            let ranking = ranked(Isa::active(), &sample.row(i).to_f32(), &cents, 4);
+            counts[ranking[0].1 as usize] += 1;
+            counts[ranking[1].1 as usize] += 1;
+        }
+        let largest = *counts.iter().max().unwrap() as f64 * n as f64 / sample.len() as f64;
+        assert!(largest <= capacity as f64 * BALANCE_SHARE, "{largest} of {capacity}: {counts:?}");
+    }
 
     #[test]
     fn permute_moves_every_code_to_its_position() {

@@ -8,17 +8,25 @@
 //!
 //! 1. [`Strategy::InMemory`]: today's build — every stored vector, the graph's adjacency slab,
 //!    the codes and the packing arrays resident at once. Chosen whenever it fits.
-//! 2. [`Strategy::Partitioned`]: the points are split into `P` overlapping partitions by k-means
+//! 2. [`Strategy::SingleGraph`]: one Vamana graph over every point, built in RAM over 8-bit
+//!    scalar codes of the rows (float rows; byte rows as they are), with the PQ codes; the full
+//!    rows stay in the file and are read again, a chunk at a time, only to write the nodes. For
+//!    128-d floats that is a quarter of the vectors' bytes beside the graph's lists.
+//! 3. [`Strategy::Partitioned`]: the points are split into `P` overlapping partitions by k-means
 //!    on a sample (each point in the partitions of its two nearest centroids, each partition
 //!    capped); each partition's graph is built in RAM over its rows gathered from the file (float
-//!    rows as 8-bit scalar codes), its lists spilled to disk; then every point's two lists are merged and re-pruned to
-//!    `R` (over PQ-decoded neighbours), and nodes are written partition by partition. Resident
-//!    throughout: the PQ codes (`m` bytes per point, which a search holds anyway) and a few bytes
-//!    per point of bookkeeping; the rest of the budget is one partition at a time.
+//!    rows as 8-bit scalar codes), its lists spilled to disk; then every point's two lists are
+//!    merged and re-pruned to `R` (over PQ-decoded neighbours), and nodes are written partition
+//!    by partition. Resident throughout: the PQ codes (`m` bytes per point, which a search holds
+//!    anyway) and a few bytes per point of bookkeeping; the rest of the budget is one partition
+//!    at a time.
 //!
-//! A single graph built over 8-bit codes of all the points held in RAM would sit between the two;
-//! it is not a strategy of its own yet (the partitions use the codes), so inputs that do not fit
-//! in RAM always take the partitioned path.
+//! Strategies 2 and 3 are one code path ([`crate::partition`]): a single graph is the partitioned
+//! build with one partition, whose points each belong to it once, so nothing is merged. A graph
+//! over PQ codes (smaller still than 8-bit codes) is not a strategy: at `R = 64` the lists take
+//! 336 bytes a point while being built, against 128 for a 128-d 8-bit code, so PQ would save a
+//! fifth of a single graph's memory for a graph built over much coarser distances, and below
+//! that the partitions take over anyway.
 
 use std::fmt;
 
@@ -181,6 +189,12 @@ fn graph_scratch(n: u64, max_degree: usize) -> u64 {
 pub enum Strategy {
     /// Everything in RAM at once.
     InMemory,
+    /// One graph over 8-bit codes of every point held in RAM, full rows read from the file to
+    /// write the nodes.
+    SingleGraph {
+        /// Rows sampled for PQ training.
+        training_rows: usize,
+    },
     /// `partitions` overlapping partitions of at most `capacity` points each, built one at a time.
     Partitioned {
         /// Number of partitions.
@@ -190,6 +204,18 @@ pub enum Strategy {
         /// Rows sampled for PQ and partition training.
         training_rows: usize,
     },
+}
+
+impl Strategy {
+    /// The same strategy with `partitions` partitions (the build may split crowded ones).
+    pub fn with_partitions(self, partitions: usize) -> Strategy {
+        match self {
+            Strategy::Partitioned { capacity, training_rows, .. } => {
+                Strategy::Partitioned { partitions, capacity, training_rows }
+            }
+            other => other,
+        }
+    }
 }
 
 /// The planner's choice and its estimate.
@@ -207,6 +233,11 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.strategy {
             Strategy::InMemory => write!(f, "in-memory build")?,
+            Strategy::SingleGraph { training_rows } => write!(
+                f,
+                "single graph over 8-bit codes of every point, full rows read from the file to \
+                 write the nodes; PQ trained on {training_rows} sampled rows"
+            )?,
             Strategy::Partitioned { partitions, capacity, training_rows } => write!(
                 f,
                 "partitioned build: {partitions} partitions of at most {capacity} points, \
@@ -270,6 +301,16 @@ pub fn plan(shape: &Shape, budget: Option<u64>) -> Result<Plan, PlanError> {
     let min_training = MIN_TRAINING_ROWS.min(shape.n);
     let training_rows =
         (available / 2 / shape.training(1)).min(shape.pq_samples.max(1) as u64).min(shape.n);
+    if training_rows >= min_training {
+        let single = shape.partitioned(shape.n, training_rows);
+        if single <= budget {
+            return Ok(Plan {
+                strategy: Strategy::SingleGraph { training_rows: training_rows as usize },
+                estimated_peak: single,
+                budget: Some(budget),
+            });
+        }
+    }
     let capacity = available.saturating_sub(shape.partition(0)) / shape.per_partition_point();
     let too_small = || PlanError::TooSmall {
         budget,
@@ -308,11 +349,18 @@ fn capacity_of(shape: &Shape, partitions: usize) -> u64 {
 }
 
 /// The partitioned build with `partitions` partitions, whatever the budget: for tests and tuning.
-/// At least 2 partitions (one would be the in-memory build with extra steps).
+/// One partition is [`Strategy::SingleGraph`].
 pub fn forced_partitions(shape: &Shape, partitions: usize, budget: Option<u64>) -> Plan {
-    let partitions = partitions.clamp(2, (shape.n as usize).max(2)).min(u16::MAX as usize);
-    let capacity = capacity_of(shape, partitions);
+    let partitions = partitions.clamp(1, (shape.n as usize).max(1)).min(u16::MAX as usize);
     let training_rows = (shape.pq_samples as u64).clamp(1, shape.n);
+    if partitions == 1 {
+        return Plan {
+            strategy: Strategy::SingleGraph { training_rows: training_rows as usize },
+            estimated_peak: shape.partitioned(shape.n, training_rows),
+            budget,
+        };
+    }
+    let capacity = capacity_of(shape, partitions);
     Plan {
         strategy: Strategy::Partitioned {
             partitions,
@@ -357,6 +405,18 @@ mod tests {
         let Strategy::Partitioned { partitions, capacity, .. } = p.strategy else { panic!("{p}") };
         assert!(p.estimated_peak <= budget, "{p}");
         assert!(partitions * capacity >= 2_000_000, "{p}");
+    }
+
+    #[test]
+    fn between_the_two_a_single_graph_over_codes() {
+        let s = sift(1_000_000, ElemType::F32);
+        let single = s.partitioned(s.n, s.pq_samples as u64);
+        assert!(single < s.in_memory(s.n) * 2 / 3, "{single}");
+        let p = plan(&s, Some(single + (1 << 20))).unwrap();
+        assert!(matches!(p.strategy, Strategy::SingleGraph { .. }), "{p}");
+        assert!(p.estimated_peak <= single + (1 << 20));
+        let p = plan(&s, Some(single - (1 << 20))).unwrap();
+        assert!(matches!(p.strategy, Strategy::Partitioned { .. }), "{p}");
     }
 
     #[test]
