@@ -185,6 +185,10 @@ struct SearchArgs {
     /// Nodes cached in RAM (BFS from the entry point).
     #[arg(long, default_value_t = 0)]
     cache_nodes: usize,
+    /// Nodes a search may start from (the nearest by PQ is taken); 1: the entry point alone.
+    /// Default: the square root of the node count, at most 4096.
+    #[arg(long)]
+    start_candidates: Option<usize>,
     /// I/O backend: auto, io_uring or pread.
     #[arg(long, default_value = "auto")]
     backend: Backend,
@@ -369,6 +373,7 @@ fn search(args: &SearchArgs) -> Result<(), BoxError> {
         backend: args.backend,
         direct: !args.buffered,
         cache_nodes: args.cache_nodes,
+        start_candidates: args.start_candidates,
     };
     let index = DiskIndex::open(&args.index, opts)?;
     if !args.json {

@@ -2,7 +2,8 @@
 //! This pins down recall on real BIGANN data, that the io_uring and pread backends return
 //! identical results (and identical I/O counts), that the node cache changes only I/O counts, that
 //! every metric's reported distances are the true ones, that concurrent searches agree with serial
-//! ones, and that bad queries and damaged files are errors, not panics or garbage.
+//! ones, that starting at the nearest of several start candidates saves reads without losing
+//! recall, and that bad queries and damaged files are errors, not panics or garbage.
 
 mod common;
 use common::{fixture, synthetic};
@@ -78,6 +79,45 @@ fn bigann10k_recall_at_10_is_at_least_0_95_at_list_size_50_and_backends_agree() 
     let recall = hits as f64 / 10_000.0;
     assert!(recall >= 0.95, "recall@10 at L=50: {recall}");
     assert!(ios > 0);
+}
+
+/// Recall@10 and total reads over the bigann10k queries.
+fn recall_and_reads(index: &DiskIndex, queries: &VectorSet, list_size: usize) -> (f64, u64) {
+    let gt_dist = read_vectors(&fixture("groundtruth.l2.dist.fvecs")).unwrap();
+    let mut s = index.searcher().unwrap();
+    let p = SearchParams { k: 10, list_size, beam_width: 4 };
+    let (mut hits, mut ios) = (0, 0);
+    for qi in 0..queries.len() {
+        let (found, stats) = s.search(queries.row(qi), p).unwrap();
+        let Row::F32(d) = gt_dist.row(qi) else { unreachable!() };
+        hits += found.iter().filter(|n| n.distance <= d[9]).count().min(10);
+        ios += stats.ios;
+    }
+    (hits as f64 / (10 * queries.len()) as f64, ios)
+}
+
+/// A search that always starts at the entry point spends its first reads crossing the data; the
+/// nearest of `√n` start candidates (the default) must save reads at the same list size and keep
+/// recall within a point.
+#[test]
+fn starting_at_the_nearest_candidate_saves_reads_without_losing_recall() {
+    let (dir, queries) = bigann_index();
+    let entry_only = DiskIndex::open(
+        dir.path(),
+        OpenOptionsIndex { start_candidates: Some(1), ..OpenOptionsIndex::default() },
+    )
+    .unwrap();
+    let nearest = open(dir.path(), Backend::Auto, 0);
+    let (entry_recall, entry_ios) = recall_and_reads(&entry_only, &queries, 30);
+    let (nearest_recall, nearest_ios) = recall_and_reads(&nearest, &queries, 30);
+    assert!(
+        nearest_ios < entry_ios,
+        "reads: {nearest_ios} from candidates, {entry_ios} from the entry"
+    );
+    assert!(
+        nearest_recall >= entry_recall - 0.01,
+        "recall: {nearest_recall} from candidates, {entry_recall} from the entry"
+    );
 }
 
 #[test]
@@ -198,7 +238,10 @@ fn a_corrupt_sector_met_during_search_is_an_error_naming_it() {
     let mut bytes = std::fs::read(&graph).unwrap();
     bytes[sector * SECTOR + 10] ^= 0xFF;
     std::fs::write(&graph, &bytes).unwrap();
-    let index = open(dir.path(), Backend::Auto, 0); // open checks only the header and length
+    // Open checks only the header and length; starting at the entry point, the search reads its
+    // sector first.
+    let only_entry = OpenOptionsIndex { start_candidates: Some(1), ..OpenOptionsIndex::default() };
+    let index = DiskIndex::open(dir.path(), only_entry).unwrap();
     let mut s = index.searcher().unwrap();
     match s.search(queries.row(0), SearchParams::default()) {
         Err(SearchError::Layout(LayoutError::Corrupt { reason, .. })) => {
