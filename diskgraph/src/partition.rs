@@ -580,19 +580,36 @@ impl ListsFile {
         self.file.write_all_at(buf, at).map_err(io(&self.path))
     }
 
-    /// Both lists of `id`, appended to `home` and `guest` (left empty with one slot).
-    fn read(
-        &self,
-        id: u32,
-        buf: &mut Vec<u8>,
-        lists: [&mut Vec<u32>; 2],
-    ) -> Result<(), IndexError> {
-        buf.resize(self.slots * self.record, 0);
-        self.file
-            .read_exact_at(buf, (self.slots * id as usize * self.record) as u64)
-            .map_err(io(&self.path))?;
+    /// Bytes of one point's lists (all its slots).
+    fn block(&self) -> usize {
+        self.slots * self.record
+    }
+
+    /// The lists of the points `ids` (ascending, distinct): one [`ListsFile::block`] per point,
+    /// in the order of `ids`, nearby points read together (as [`VectorFile::gather`] reads
+    /// rows: a merge takes a partition's home members, spread over the whole file).
+    fn read_many(&self, ids: &[u32]) -> Result<Vec<u8>, IndexError> {
+        let block = self.block();
+        let mut out = vec![0u8; ids.len() * block];
+        let mut buf = Vec::new();
+        for run in crate::source::coalesced_runs(ids, block as u64) {
+            let first = ids[run.start] as usize;
+            buf.resize((ids[run.end - 1] as usize - first + 1) * block, 0);
+            self.file.read_exact_at(&mut buf, (first * block) as u64).map_err(io(&self.path))?;
+            for (k, &id) in ids[run.clone()].iter().enumerate() {
+                let from = (id as usize - first) * block;
+                let to = (run.start + k) * block;
+                out[to..to + block].copy_from_slice(&buf[from..from + block]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Point `id`'s lists from its `block` (as read by [`ListsFile::read_many`]), appended to
+    /// `home` and `guest` (left empty with one slot).
+    fn parse(&self, id: u32, block: &[u8], lists: [&mut Vec<u32>; 2]) -> Result<(), IndexError> {
         for (slot, out) in lists.into_iter().take(self.slots).enumerate() {
-            let rec = &buf[slot * self.record..(slot + 1) * self.record];
+            let rec = &block[slot * self.record..(slot + 1) * self.record];
             let len = u32::from_le_bytes(rec[..4].try_into().expect("4 bytes")) as usize;
             let max = self.record / 4 - 1;
             if len > max {
@@ -696,7 +713,6 @@ fn positions(n: usize, partitions: usize, scratch: &Scratch) -> Result<Vec<u32>,
 struct MergeScratch {
     lists: [Vec<u32>; 2],
     decoded: Vec<f32>,
-    buf: Vec<u8>,
 }
 
 /// Step 4: every point's two lists united and re-pruned, and the nodes written in position
@@ -726,7 +742,9 @@ fn merge_and_write(
             let mut sorted = chunk.to_vec();
             sorted.sort_unstable();
             let vectors = storage.store(job.file.gather(&sorted)?)?;
-            // Each member's row in `vectors`, and its merged list.
+            let blocks = lists.read_many(&sorted)?;
+            let block = lists.block();
+            // Each member's row in `vectors` (and block in `blocks`), and its merged list.
             let merged: Vec<Result<(usize, Vec<u32>), IndexError>> = chunk
                 .par_iter()
                 .map_init(MergeScratch::default, |s, &id| {
@@ -734,10 +752,11 @@ fn merge_and_write(
                     let [home, guest] = &mut s.lists;
                     home.clear();
                     guest.clear();
-                    lists.read(id, &mut s.buf, [home, guest])?;
+                    lists.parse(id, &blocks[k * block..(k + 1) * block], [home, guest])?;
                     Ok((k, merge.lists(id, vectors.row(k), s)))
                 })
                 .collect();
+            drop(blocks);
             let mut out = Vec::new();
             for (&id, member) in chunk.iter().zip(merged) {
                 let (k, list) = member?;

@@ -137,9 +137,10 @@ impl Shape {
     }
 
     /// Home members a merge takes at once within what a partition of `capacity` points was
-    /// allowed: each holds its stored row, its united lists and its merged list.
+    /// allowed: each holds its stored row, its two lists as read (`8 (R + 1)`), its merged list
+    /// (`4 R`) and its result's bookkeeping.
     pub fn merge_rows(&self, capacity: u64) -> u64 {
-        let per_member = self.stored_row() + 12 * self.max_degree as u64 + 64;
+        let per_member = self.stored_row() + 12 * (self.max_degree as u64 + 1) + 64;
         (self.partition_bytes(capacity) / per_member).max(1)
     }
 

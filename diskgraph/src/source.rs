@@ -22,6 +22,30 @@ const MAX_READ_BYTES: u64 = 1 << 20;
 /// Rows this close (in bytes) to the previous one wanted are read in the same request.
 const COALESCE_GAP_BYTES: u64 = 64 << 10;
 
+/// How a gather of the records `ids` (ascending, distinct; `stride` bytes each, record `i` at
+/// `i · stride`) is split into reads: each range of `ids` is read with one request, from its
+/// first record to its last — records at most [`COALESCE_GAP_BYTES`] apart, at most
+/// [`MAX_READ_BYTES`] in all (a single record may exceed it).
+pub(crate) fn coalesced_runs(ids: &[u32], stride: u64) -> Vec<std::ops::Range<usize>> {
+    let gap = (COALESCE_GAP_BYTES / stride) as usize;
+    let max = (MAX_READ_BYTES / stride).max(1) as usize;
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let first = ids[i] as usize;
+        let mut j = i + 1;
+        while j < ids.len()
+            && (ids[j] as usize) - (ids[j - 1] as usize) <= gap + 1
+            && (ids[j] as usize) - first < max
+        {
+            j += 1;
+        }
+        runs.push(i..j);
+        i = j;
+    }
+    runs
+}
+
 /// An opened vector file (`.fbin`, `.u8bin`, `.i8bin`, `.fvecs`, `.bvecs`), read on demand.
 #[derive(Debug)]
 pub struct VectorFile {
@@ -192,26 +216,14 @@ impl VectorFile {
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "gather wants ascending, distinct rows");
         assert!(ids.last().is_none_or(|&l| (l as usize) < self.n), "row past the end");
         let mut set = VectorSet::zeroed(self.elem, self.dim, ids.len())?;
-        let gap_rows = (COALESCE_GAP_BYTES / self.stride) as usize;
-        let max_rows = (MAX_READ_BYTES / self.stride).max(1) as usize;
         let mut buf = Vec::new();
-        let mut i = 0;
-        while i < ids.len() {
-            // One read covers ids[i..j]: nearby rows, at most MAX_READ_BYTES in all.
-            let first = ids[i] as usize;
-            let mut j = i + 1;
-            while j < ids.len()
-                && (ids[j] as usize) - (ids[j - 1] as usize) <= gap_rows + 1
-                && (ids[j] as usize) - first < max_rows
-            {
-                j += 1;
-            }
-            let rows = ids[j - 1] as usize - first + 1;
+        for run in coalesced_runs(ids, self.stride) {
+            let first = ids[run.start] as usize;
+            let rows = ids[run.end - 1] as usize - first + 1;
             self.read_rows(first, rows, &mut buf)?;
-            for (k, &id) in ids[i..j].iter().enumerate() {
-                self.place(&buf, id as usize - first, id as usize, &mut set, i + k)?;
+            for (k, &id) in ids[run.clone()].iter().enumerate() {
+                self.place(&buf, id as usize - first, id as usize, &mut set, run.start + k)?;
             }
-            i = j;
         }
         Ok(set)
     }
