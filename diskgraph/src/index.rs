@@ -271,42 +271,30 @@ pub fn build_index_from_file(
         Some(p) => plan::forced_partitions(&shape, p, params.ram_budget),
         None => plan::plan(&shape, params.ram_budget)?,
     };
-    match plan.strategy {
+    // The single graph is the partitioned build with one partition that holds every point.
+    let (partitions, capacity, training_rows) = match plan.strategy {
         Strategy::InMemory => {
             let data = file.read_range(0, file.len())?;
             progress("read", file.len(), file.len());
             let summary = build_index(data, metric, params, dir, &|d, t| progress("graph", d, t))?;
-            Ok(BuildSummary { plan, ..summary })
+            return Ok(BuildSummary { plan, ..summary });
         }
-        Strategy::SingleGraph { training_rows } => {
-            let job = partition::Job {
-                file: &file,
-                metric,
-                params,
-                dir,
-                partitions: 1,
-                capacity: file.len(),
-                training_rows,
-                merge_rows: shape.merge_rows(file.len() as u64) as usize,
-                shape,
-                plan,
-            };
-            partition::build(&job, progress)
-        }
+        Strategy::SingleGraph { training_rows } => (1, file.len(), training_rows),
         Strategy::Partitioned { partitions, capacity, training_rows } => {
-            let job = partition::Job {
-                file: &file,
-                metric,
-                params,
-                dir,
-                partitions,
-                capacity,
-                training_rows,
-                merge_rows: shape.merge_rows(capacity as u64) as usize,
-                shape,
-                plan,
-            };
-            partition::build(&job, progress)
+            (partitions, capacity, training_rows)
         }
-    }
+    };
+    let job = partition::Job {
+        file: &file,
+        metric,
+        params,
+        dir,
+        partitions,
+        capacity,
+        training_rows,
+        merge_rows: shape.merge_rows(capacity as u64) as usize,
+        shape,
+        plan,
+    };
+    partition::build(&job, progress)
 }

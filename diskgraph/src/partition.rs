@@ -160,7 +160,7 @@ pub(crate) fn build(
     let graph_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let position = positions(n, trained.partitions(), &scratch)?;
+    let position = positions(n, partitions, &scratch)?;
     header.entry = position[assigned.entry as usize];
     let graph_path = job.dir.join(GRAPH_FILE);
     let degrees = merge_and_write(

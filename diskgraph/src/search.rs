@@ -104,7 +104,7 @@ pub const MAX_START_CANDIDATES: usize = 4096;
 /// L 20 from 31.1 to 23.9, for recall 0.9287 → 0.9274. A graph built a partition at a time,
 /// whose long edges stay inside partitions, gains the most (35.7 → 24.9 reads). See
 /// `BENCHMARKS.md`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Starts {
     /// Positions: the entry point first, then every `n / K`-th node.
     ids: Vec<u32>,

@@ -9,7 +9,7 @@
 //! here too.
 
 mod common;
-use common::{fixture, synthetic};
+use common::{fixture, synthetic, write_fbin};
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -112,13 +112,8 @@ fn partitioned_bigann10k_keeps_the_graph_invariants_and_recall_0_95_at_l_100() {
 fn bigann10k_as_floats(dir: &Path) -> std::path::PathBuf {
     let base = read_vectors(&fixture("base.u8bin")).unwrap();
     let path = dir.join("base.fbin");
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(&(base.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&(base.dim() as u32).to_le_bytes());
-    for i in 0..base.len() {
-        bytes.extend_from_slice(bytemuck::cast_slice(&base.row(i).to_f32()));
-    }
-    std::fs::write(&path, bytes).unwrap();
+    let values: Vec<f32> = (0..base.len()).flat_map(|i| base.row(i).to_f32()).collect();
+    write_fbin(&path, &values, base.dim());
     path
 }
 
@@ -169,11 +164,7 @@ fn partitioned_inner_product_and_cosine_find_the_true_nearest() {
     let values = synthetic(n, dim, 11);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("v.fbin");
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(&(n as u32).to_le_bytes());
-    bytes.extend_from_slice(&(dim as u32).to_le_bytes());
-    bytes.extend_from_slice(bytemuck::cast_slice(&values));
-    std::fs::write(&input, bytes).unwrap();
+    write_fbin(&input, &values, dim);
     for metric in [Metric::InnerProduct, Metric::Cosine] {
         let out = dir.path().join(format!("ix-{metric}"));
         let p = BuildParams {

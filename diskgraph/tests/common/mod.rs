@@ -23,3 +23,12 @@ pub fn synthetic(n: usize, dim: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Writes `values` (rows of `dim` floats) as an `.fbin` file: row count, dimension, then the rows.
+pub fn write_fbin(path: &Path, values: &[f32], dim: usize) {
+    let mut bytes = Vec::with_capacity(8 + 4 * values.len());
+    bytes.extend_from_slice(&((values.len() / dim) as u32).to_le_bytes());
+    bytes.extend_from_slice(&(dim as u32).to_le_bytes());
+    bytes.extend_from_slice(bytemuck::cast_slice(values));
+    std::fs::write(path, bytes).unwrap();
+}
