@@ -1,0 +1,153 @@
+//! DoPut and DoExchange: batches submitted in order, acknowledged once durable.
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_flight::FlightData;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use quiver_engine::{CollectionError, Database, PendingWrite};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::status::{bounded_status, collection_status, decode_status, invalid, write_status};
+use super::{BoxStream, blocking};
+use crate::convert::{self};
+
+/// A stream's batch handed to the engine: acknowledged once `pending` is durable.
+pub(super) struct Submitted {
+    rows: usize,
+    /// `None` for an empty batch (nothing to log).
+    pending: Option<PendingWrite>,
+}
+
+/// Submits one batch into `name`, creating the collection from the batch's schema if it does
+/// not exist. Returns before the batch is durable: [`acknowledge`] waits for it.
+pub(super) fn submit_batch(
+    db: &Database,
+    name: &str,
+    batch: &RecordBatch,
+) -> Result<Submitted, Status> {
+    let in_schema = batch.schema();
+    let cs = match db.schema(name) {
+        Ok(cs) => {
+            convert::check_metric(name, &in_schema, &cs).map_err(invalid)?;
+            cs
+        }
+        Err(CollectionError::NotFound(_)) => {
+            let cs = convert::infer_schema(&in_schema).map_err(|e| {
+                invalid(format!("cannot create collection {name:?} from the batch: {e}"))
+            })?;
+            match db.create_collection(name, cs.clone()) {
+                Ok(()) => cs,
+                // Another stream created it first: conform to what it created.
+                Err(CollectionError::AlreadyExists(_)) => {
+                    let cs = db.schema(name).map_err(collection_status)?;
+                    convert::check_metric(name, &in_schema, &cs).map_err(invalid)?;
+                    cs
+                }
+                Err(e) => return Err(collection_status(e)),
+            }
+        }
+        Err(e) => return Err(collection_status(e)),
+    };
+    let rows = batch.num_rows();
+    if rows == 0 {
+        return Ok(Submitted { rows, pending: None });
+    }
+    let b =
+        convert::conform(batch, &cs).map_err(|e| invalid(format!("collection {name:?}: {e}")))?;
+    let pending = db.submit_insert(name, &b).map_err(|e| write_status(name, e))?;
+    Ok(Submitted { rows, pending: Some(pending) })
+}
+
+/// Waits until a submitted batch is durable (and visible); returns the acknowledgement JSON.
+pub(super) fn acknowledge(name: &str, s: Submitted) -> Result<Bytes, Status> {
+    let lsn = match s.pending {
+        Some(p) => Value::from(p.wait().map_err(|e| write_status(name, e))?),
+        None => Value::Null,
+    };
+    Ok(json!({"collection": name, "rows": s.rows, "lsn": lsn}).to_string().into())
+}
+
+/// Batches of one ingest stream in flight at once: submitted to the WAL, not yet acknowledged.
+/// While one is written and synced, the next is decoded and checked, and group commit can take
+/// several together. Bounds what one stream holds beyond the WAL's own queue limit: one batch
+/// being acknowledged, one just submitted waiting for room in the queue between the two tasks,
+/// and the rest in that queue.
+pub(super) const MAX_IN_FLIGHT: usize = 8;
+const _: () = assert!(MAX_IN_FLIGHT > 2, "the queue between the tasks needs room");
+
+/// Reads batches from `input` and submits each, sending `wrap(ack)` for each, in order, once it
+/// is durable. Stops at the first failure, which it sends (after the acknowledgements of the
+/// batches before it) as the stream's error.
+pub(super) fn spawn_ingest<T: Send + 'static>(
+    db: Arc<Database>,
+    name: String,
+    mut input: FlightRecordBatchStream,
+    wrap: fn(Bytes) -> T,
+) -> BoxStream<T> {
+    let (tx, rx) = mpsc::channel::<Result<T, Status>>(4);
+    let (sub_tx, mut sub_rx) = mpsc::channel::<Result<Submitted, Status>>(MAX_IN_FLIGHT - 2);
+    let ack_name = name.clone();
+    tokio::spawn(async move {
+        while let Some(next) = input.next().await {
+            let submitted = match next {
+                Err(e) => Err(decode_status(e)),
+                Ok(batch) => {
+                    let (db, name) = (db.clone(), name.clone());
+                    blocking(move || submit_batch(&db, &name, &batch)).await
+                }
+            };
+            let stop = submitted.is_err();
+            if let Err(refused) = sub_tx.send(submitted).await {
+                // The acknowledging task has stopped: wait for this batch (a dropped
+                // PendingWrite waits) off the async workers, like the ones it left queued.
+                let _ = tokio::task::spawn_blocking(move || drop(refused)).await;
+                return;
+            }
+            if stop {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(submitted) = sub_rx.recv().await {
+            let result = match submitted {
+                Ok(s) => {
+                    let name = ack_name.clone();
+                    blocking(move || acknowledge(&name, s)).await
+                }
+                Err(e) => Err(e),
+            };
+            let stop = result.is_err();
+            if tx.send(result.map(wrap).map_err(bounded_status)).await.is_err() || stop {
+                break;
+            }
+        }
+        // The client left or a batch failed: batches still in flight are waited for (a dropped
+        // PendingWrite waits) off the async workers, so each is applied or failed, not leaked.
+        sub_rx.close();
+        let _ =
+            tokio::task::spawn_blocking(move || while sub_rx.blocking_recv().is_some() {}).await;
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// The batches of a client stream whose first message (already read) is `first`. A first
+/// message that carries only the descriptor (no IPC message: pyarrow's DoExchange sends the
+/// descriptor alone, then the schema) is dropped; decoding it as IPC fails.
+pub(super) fn batch_stream(
+    first: FlightData,
+    rest: Streaming<FlightData>,
+) -> FlightRecordBatchStream {
+    let first = (!first.data_header.is_empty() || !first.data_body.is_empty()).then_some(first);
+    let all = futures::stream::iter(first.map(Ok))
+        .chain(rest)
+        .map_err(|s| FlightError::Tonic(Box::new(s)));
+    FlightRecordBatchStream::new_from_flight_data(all)
+}

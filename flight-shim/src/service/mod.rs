@@ -1,0 +1,315 @@
+//! The Flight service: each RPC parsed, checked, and handed to the engine on a blocking thread.
+//!
+//! Invariants:
+//! - A `PutResult` (DoPut) or ack message (DoExchange) is sent only after the batch's
+//!   `PendingWrite::wait` returned, i.e. after the batch is durable in the WAL and visible. A
+//!   batch that fails ends the stream with an error status, sent after the acknowledgements of
+//!   the batches before it; those stay acknowledged.
+//! - Batches of one stream are submitted in order (upserts keep their order) and acknowledged in
+//!   that order; up to `MAX_IN_FLIGHT` are in the WAL's queue at once, so a client that streams
+//!   without waiting for each acknowledgement is not held to one sync per batch. Streams run
+//!   concurrently and share the WAL's group commit.
+//! - Engine calls never run on the async runtime's threads (`spawn_blocking`).
+//!
+//! Rooms: this file holds the RPC handlers; `ingest` the DoPut/DoExchange write path,
+//! `read` searches, gets and scans, `chunker` the adaptive batching of streamed results,
+//! `actions` every DoAction, and `status` how engine errors become gRPC statuses.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use arrow_ipc::writer::IpcWriteOptions;
+use bytes::Bytes;
+use futures::Stream;
+use quiver_engine::Database;
+use serde_json::json;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::Auth;
+use crate::request::{self, Ticket as TicketReq};
+pub use actions::ACTIONS;
+use actions::{canonical_action, run_action, vector_search_queries, vector_search_stream};
+use ingest::{batch_stream, spawn_ingest};
+use read::{encode_batches, run_get, run_search, scan_stream};
+pub(crate) use status::bounded_status;
+use status::{collection_status, invalid};
+
+pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+mod actions;
+mod chunker;
+mod ingest;
+mod read;
+mod status;
+
+/// Tunables of the service (the server's flags set them).
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Rows in the first batch of a scan.
+    pub scan_chunk_start: usize,
+    /// Rows per batch a scan grows to (fewer when a batch of that many rows would exceed
+    /// `max_flight_data_bytes`: the encoder would split it into messages of that size anyway,
+    /// so gathering more only costs a copy through memory instead of cache).
+    pub scan_chunk_max: usize,
+    /// Largest FlightData message the encoder produces (bigger batches are split).
+    pub max_flight_data_bytes: usize,
+    /// Largest message the transport sends (the server sets it from its own limit); a
+    /// `VectorSearch` result over it is refused.
+    pub max_message_bytes: usize,
+    /// How long `wait-for-indexing` waits at most.
+    pub max_index_wait: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            scan_chunk_start: 1024,
+            scan_chunk_max: 65_536,
+            max_flight_data_bytes: 2 << 20,
+            max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
+            max_index_wait: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The Arrow Flight service over one [`Database`].
+#[derive(Clone, Debug)]
+pub struct QuiverFlight {
+    db: Arc<Database>,
+    cfg: Arc<ServiceConfig>,
+    auth: Auth,
+}
+
+impl QuiverFlight {
+    /// A service over `db`.
+    pub fn new(db: Arc<Database>, cfg: ServiceConfig, auth: Auth) -> Self {
+        QuiverFlight { db, cfg: Arc::new(cfg), auth }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker thread failed: {e}")))?
+}
+
+fn descriptor_collection(d: Option<&FlightDescriptor>) -> Result<String, Status> {
+    let d = d.ok_or_else(|| invalid("the first message carries no flight descriptor"))?;
+    match d.path.first() {
+        Some(p) if !p.is_empty() => Ok(p.clone()),
+        _ => Err(invalid("the flight descriptor's path[0] must name the collection")),
+    }
+}
+
+fn flight_info(db: &Database, name: &str) -> Result<FlightInfo, Status> {
+    let cs = db.schema(name).map_err(collection_status)?;
+    let st = db.stats(name).map_err(collection_status)?;
+    let ticket = json!({"name": name}).to_string();
+    FlightInfo::new()
+        .try_with_schema(&cs.arrow_schema())
+        .map_err(|e| Status::internal(e.to_string()))
+        .map(|i| {
+            i.with_descriptor(FlightDescriptor::new_path(vec![name.to_string()]))
+                .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+                .with_total_records(st.rows as i64)
+                .with_total_bytes((st.segment_bytes + st.resident_vector_bytes) as i64)
+        })
+}
+
+#[tonic::async_trait]
+impl FlightService for QuiverFlight {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        // The interceptor has already checked the credentials (a bearer token, or basic auth
+        // whose password is the token); answer with the bearer token clients should send.
+        let token = self.auth.bearer_for(request.metadata());
+        let mut input = request.into_inner();
+        let payload = match input.message().await? {
+            Some(m) => m.payload,
+            None => Bytes::new(),
+        };
+        let reply = HandshakeResponse { protocol_version: 0, payload };
+        let mut resp: Response<Self::HandshakeStream> =
+            Response::new(Box::pin(futures::stream::once(async move { Ok(reply) })));
+        if let Some(t) = token
+            && let Ok(v) = format!("Bearer {t}").parse()
+        {
+            resp.metadata_mut().insert("authorization", v);
+        }
+        Ok(resp)
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let db = self.db.clone();
+        let infos = blocking(move || {
+            db.list_collections()
+                .into_iter()
+                .filter_map(|(name, _)| match flight_info(&db, &name) {
+                    Err(s) if s.code() == tonic::Code::NotFound => None, // dropped meanwhile
+                    r => Some(r),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        Ok(Response::new(Box::pin(futures::stream::iter(infos.into_iter().map(Ok)))))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let name = descriptor_collection(Some(request.get_ref()))?;
+        let db = self.db.clone();
+        Ok(Response::new(blocking(move || flight_info(&db, &name)).await?))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("PollFlightInfo: queries complete at once; use GetFlightInfo"))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let name = descriptor_collection(Some(request.get_ref()))?;
+        let cs = self.db.schema(&name).map_err(collection_status)?;
+        let schema = cs.arrow_schema();
+        let r: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: arrow_schema::ArrowError| Status::internal(e.to_string()))?;
+        Ok(Response::new(r))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let ticket = request::parse_ticket(&request.get_ref().ticket).map_err(invalid)?;
+        let (db, cfg) = (self.db.clone(), self.cfg.clone());
+        let stream = match ticket {
+            TicketReq::Search(req) => {
+                let v = req
+                    .vector
+                    .as_deref()
+                    .ok_or_else(|| invalid("a search ticket needs \"vector\": [...]"))?;
+                let q = request::query_vector(v).map_err(invalid)?;
+                let b = blocking(move || run_search(&db, &req, &q)).await?;
+                encode_batches(
+                    b.schema(),
+                    futures::stream::iter([Ok(b)]),
+                    cfg.max_flight_data_bytes,
+                )
+            }
+            TicketReq::Get(req) => {
+                let b = blocking(move || run_get(&db, &req)).await?;
+                encode_batches(
+                    b.schema(),
+                    futures::stream::iter([Ok(b)]),
+                    cfg.max_flight_data_bytes,
+                )
+            }
+            TicketReq::Scan(req) => blocking(move || scan_stream(&db, &cfg, &req)).await?,
+        };
+        Ok(Response::new(stream))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let mut input = request.into_inner();
+        let first = input.message().await?.ok_or_else(|| invalid("the DoPut stream is empty"))?;
+        let name = descriptor_collection(first.flight_descriptor.as_ref())?;
+        let batches = batch_stream(first, input);
+        Ok(Response::new(spawn_ingest(self.db.clone(), name, batches, |ack| PutResult {
+            app_metadata: ack,
+        })))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let Action { r#type, body } = request.into_inner();
+        let action = canonical_action(&r#type).ok_or_else(|| {
+            invalid(format!("unknown action {:?}; ListActions names the actions", r#type))
+        })?;
+        let (db, cfg) = (self.db.clone(), self.cfg.clone());
+        if action == "VectorSearch" {
+            let (req, queries) = blocking(move || vector_search_queries(&body)).await?;
+            let max = cfg.max_message_bytes;
+            return Ok(Response::new(vector_search_stream(db, req, queries, max)));
+        }
+        let results = blocking(move || run_action(&db, &cfg, action, &body)).await?;
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            results.into_iter().map(|body| Ok(arrow_flight::Result { body })),
+        ))))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let types: Vec<Result<ActionType, Status>> = ACTIONS
+            .iter()
+            .flat_map(|(names, what)| {
+                names.iter().enumerate().map(move |(i, n)| {
+                    let description = if i == 0 {
+                        (*what).to_string()
+                    } else {
+                        format!("Longbow's name for {}.", names[0])
+                    };
+                    Ok(ActionType { r#type: (*n).to_string(), description })
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(types))))
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        let mut input = request.into_inner();
+        let first =
+            input.message().await?.ok_or_else(|| invalid("the DoExchange stream is empty"))?;
+        let path = first.flight_descriptor.as_ref().map(|d| d.path.clone()).unwrap_or_default();
+        let name = match path.as_slice() {
+            [verb, name] if verb == "ingest" && !name.is_empty() => name.clone(),
+            _ => {
+                return Err(invalid(format!(
+                    "DoExchange path {path:?} is not [\"ingest\", COLLECTION]"
+                )));
+            }
+        };
+        let batches = batch_stream(first, input);
+        Ok(Response::new(spawn_ingest(self.db.clone(), name, batches, |ack| FlightData {
+            app_metadata: ack,
+            ..FlightData::default()
+        })))
+    }
+}
