@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: installs what it needs on a fresh machine, then runs every check CI runs.
-#   fmt, clippy (host and aarch64), all workspace tests, and the SIMD tests for aarch64 under qemu.
+#   fmt, clippy (host and aarch64), rustdoc links, all workspace tests, and the SIMD tests for aarch64 under qemu.
 # Environment: PROPTEST_CASES raises or lowers property-test case counts (default 256 on the host;
 # the qemu run uses QEMU_PROPTEST_CASES, default 64).
 set -euo pipefail
@@ -51,6 +51,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo clippy (aarch64: the NEON kernels)"
 cargo clippy -p quiver-simd --all-targets --locked --target aarch64-unknown-linux-gnu -- -D warnings
+
+step "cargo doc (broken or private intra-doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "cargo test (workspace)"
 cargo test --workspace --locked

@@ -271,7 +271,7 @@ const ALPHA_STEP: f32 = 1.2;
 ///
 /// A candidate `v` is *occluded* by a chosen neighbour `c` by the factor `d(p, v) / d(c, v)`; it is
 /// eligible while its largest factor over the chosen neighbours is at most the round's threshold.
-/// The threshold starts at 1 and grows by [`ALPHA_STEP`] up to `alpha`, so the short, diverse edges
+/// The threshold starts at 1 and grows by `ALPHA_STEP` up to `alpha`, so the short, diverse edges
 /// an `α = 1` prune keeps are taken first and the long edges `α > 1` admits fill the remaining
 /// slots — as DiskANN prunes. Factors are brought up to date lazily: a candidate is compared with
 /// the neighbours chosen since it was last looked at, and only until the comparison rules it out

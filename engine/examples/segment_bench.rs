@@ -13,7 +13,7 @@ use std::time::Instant;
 use arrow_array::{FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use quiver_diskgraph::data::{Row, read_vectors};
-use quiver_engine::segment::write_segment;
+use quiver_engine::internals::write_segment;
 use quiver_vfs::OsVfs;
 
 fn main() {

@@ -37,19 +37,20 @@
 
 #![deny(missing_docs)]
 
-pub mod batch;
+mod batch;
 mod db;
-pub mod error;
+mod error;
 mod filter;
 mod index_source;
-pub mod lock;
-pub mod manifest;
-pub mod names;
+mod lock;
+mod manifest;
+mod names;
 mod options;
 mod rowset;
-pub mod schema;
-pub mod segment;
+mod schema;
+mod segment;
 
+pub use batch::{BatchError, max_magnitude, value_bytes};
 pub use db::{
     CollectionStats, Database, MAX_K, MAX_LIST_SIZE, MAX_SCAN_BATCH_ROWS, PendingWrite,
     SCAN_BATCH_ROWS, Scan, SearchParams,
@@ -61,8 +62,14 @@ pub use filter::{
     CompareOp, Filter, FilterError, Literal, MAX_IN_VALUES, MAX_PREDICATE_DEPTH,
     MAX_PREDICATE_NODES, Predicate,
 };
+pub use manifest::ManifestError;
+pub use names::{MAX_NAME_LEN, NameError, validate_collection_name};
 pub use options::Options;
-pub use schema::{CollectionSchema, IdType, VectorType};
+pub use schema::{
+    CollectionSchema, DISTANCE_COLUMN, ID_COLUMN, IdType, MAX_ATTRIBUTES, MAX_DIM, MAX_STRING_ID,
+    RESERVED_COLUMNS, RESULT_DISTANCE_COLUMN, SCORE_COLUMN, SchemaError, VECTOR_COLUMN, VectorType,
+};
+pub use segment::SegmentError;
 
 // The lower crates' types an embedder names: the metric, the element types indexes store, the
 // index build and open options, the errors engine errors carry, and the file-system seam.
@@ -74,3 +81,13 @@ pub use quiver_diskgraph::search::{Backend, OpenOptionsIndex};
 pub use quiver_diskgraph::vamana::VamanaParams;
 pub use quiver_wal::vfs::{OsVfs, Vfs};
 pub use quiver_wal::{AppendError as WalAppendError, OpenError as WalOpenError};
+
+/// The engine's storage pieces, for this crate's own white-box tests and benchmarks (segment
+/// files, the manifest store, the directory lock). Not part of the API: no stability promise,
+/// hidden from the documentation.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::lock::{DirLock, LOCK_FILE};
+    pub use crate::manifest::{MANIFEST_FILE, MANIFEST_TMP, ManifestStore};
+    pub use crate::segment::{FileSum, SegmentFile, SegmentWriter, write_segment};
+}

@@ -63,7 +63,7 @@ pub enum ManifestError {
         /// What is wrong.
         reason: String,
     },
-    /// A body over [`MAX_BODY`].
+    /// A body over 256 MiB (`MAX_BODY`).
     #[error("manifest body of {len} bytes exceeds the limit of {MAX_BODY}")]
     TooLarge {
         /// Its length.

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use common::*;
+use quiver_engine::BatchError;
 use quiver_engine::Metric;
-use quiver_engine::batch::BatchError;
-use quiver_engine::names::NameError;
+use quiver_engine::NameError;
 use quiver_engine::{CollectionError, Database, Options, ReadError, SearchParams, WriteError};
 
 const DIM: usize = 4;
@@ -190,7 +190,7 @@ fn finite_vectors_whose_squared_distances_overflow_are_refused_under_l2_and_inne
     // and then searched with distance = inf, which ranks nothing.
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path(), Options::default().background(false)).unwrap();
-    let limit = quiver_engine::batch::max_magnitude(DIM);
+    let limit = quiver_engine::max_magnitude(DIM);
     for (name, metric) in
         [("l2", Metric::L2), ("ip", Metric::InnerProduct), ("cos", Metric::Cosine)]
     {
@@ -270,7 +270,7 @@ fn unknown_collections_and_hostile_names_get_typed_errors() {
 #[test]
 fn bad_schemas_and_search_parameters_are_refused() {
     let (_dir, db) = setup();
-    use quiver_engine::schema::SchemaError;
+    use quiver_engine::SchemaError;
     use quiver_engine::{CollectionSchema, VectorType};
     let bad = [
         CollectionSchema::new(0, VectorType::F32, Metric::L2),

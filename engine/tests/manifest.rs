@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use quiver_engine::manifest::{MANIFEST_FILE, MANIFEST_TMP, ManifestError, ManifestStore};
+use quiver_engine::ManifestError;
+use quiver_engine::internals::{MANIFEST_FILE, MANIFEST_TMP, ManifestStore};
 use quiver_vfs::Vfs;
 use quiver_vfs::sim::{CrashMode, Fault, OpKind, SimVfs};
 

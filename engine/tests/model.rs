@@ -143,8 +143,8 @@ impl Sut {
             Err(
                 OpenError::Io { .. }
                 | OpenError::Wal(quiver_wal::OpenError::Io { .. })
-                | OpenError::Manifest(quiver_engine::manifest::ManifestError::Io { .. })
-                | OpenError::Segment(quiver_engine::segment::SegmentError::Io { .. }),
+                | OpenError::Manifest(quiver_engine::ManifestError::Io { .. })
+                | OpenError::Segment(quiver_engine::SegmentError::Io { .. }),
             ) => {
                 // An injected fault hit the open itself, which may fail. With the faults gone
                 // (and the machine up) it must not.

@@ -2,8 +2,8 @@
 //! absurd lengths) must be refused with a reason before any path is built; and a database directory
 //! must never be opened twice at once, or two writers would interleave one WAL.
 
-use quiver_engine::lock::DirLock;
-use quiver_engine::names::{MAX_NAME_LEN, NameError, validate_collection_name};
+use quiver_engine::internals::DirLock;
+use quiver_engine::{MAX_NAME_LEN, NameError, validate_collection_name};
 
 #[test]
 fn hostile_collection_names_are_refused_with_a_reason() {

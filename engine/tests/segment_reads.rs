@@ -20,7 +20,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
-use quiver_engine::segment::{SegmentFile, SegmentWriter};
+use quiver_engine::internals::{SegmentFile, SegmentWriter};
 use quiver_vfs::OsVfs;
 
 const DIM: usize = 12;

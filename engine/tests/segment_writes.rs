@@ -21,7 +21,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use quiver_engine::segment::{SegmentFile, SegmentWriter};
+use quiver_engine::internals::{SegmentFile, SegmentWriter};
 use quiver_vfs::OsVfs;
 
 fn schema(dim: usize, nullable_item: bool) -> SchemaRef {

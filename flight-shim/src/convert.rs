@@ -11,7 +11,7 @@ use arrow_schema::{DataType, Field, Metadata, Schema};
 use quiver_engine::Metric;
 use quiver_engine::{CollectionSchema, IdType, VectorType};
 
-pub use quiver_engine::schema::{ID_COLUMN, VECTOR_COLUMN};
+pub use quiver_engine::{ID_COLUMN, VECTOR_COLUMN};
 /// Other names clients give the vector column; renamed to [`VECTOR_COLUMN`] on ingest.
 pub const VECTOR_ALIASES: [&str; 1] = ["embedding"];
 /// Schema metadata keys naming the metric, in order of precedence.

@@ -14,7 +14,7 @@
 //! ## Tiers and proof of CPU features
 //! Every kernel exists in up to four [`Tier`]s: a scalar reference ([`Scalar`], the test oracle), AVX2+FMA
 //! ([`Avx2`]), AVX-512 F/BW/VL with a VNNI path for the integer kernels ([`Avx512`]) on x86-64, and NEON
-//! ([`Neon`]) on aarch64. Each tier is a zero-sized (or near zero-sized) *token* type whose only public
+//! (`Neon`) on aarch64. Each tier is a zero-sized (or near zero-sized) *token* type whose only public
 //! constructor checks the CPU at run time; the `#[target_feature]` kernels behind a token are private,
 //! so safe code cannot reach an AVX-512 instruction without first holding proof that the CPU has it.
 //!

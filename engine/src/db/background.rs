@@ -240,7 +240,7 @@ fn install_index(
 
 impl Database {
     /// Runs background work (index builds, merges) on this thread until none is left. For
-    /// databases opened with [`Options::background`] off, and for tests.
+    /// databases opened with [`Options::background`](crate::Options::background) off, and for tests.
     ///
     /// # Errors
     /// The first failure.
@@ -273,7 +273,7 @@ impl Database {
 
     /// Whether some acknowledged row is not yet where searches reach it through a disk index:
     /// rows still in the in-memory table, or segments awaiting an index or a merge. (Segments
-    /// below [`Options::min_index_rows`] are searched exactly by design and do not count.)
+    /// below [`Options::min_index_rows`](crate::Options::min_index_rows) are searched exactly by design and do not count.)
     pub fn indexing_pending(&self) -> bool {
         self.has_in_memory_rows() || self.background_pending()
     }

@@ -132,7 +132,7 @@ pub fn scan_all(db: &quiver_engine::Database, coll: &str) -> Vec<(u64, Vec<f32>,
 }
 
 /// The length and CRC32C of the file at `path`, as the manifest records a segment's.
-pub fn file_sum(path: &std::path::Path) -> quiver_engine::segment::FileSum {
+pub fn file_sum(path: &std::path::Path) -> quiver_engine::internals::FileSum {
     let bytes = std::fs::read(path).unwrap();
-    quiver_engine::segment::FileSum { len: bytes.len() as u64, crc: crc32c::crc32c(&bytes) }
+    quiver_engine::internals::FileSum { len: bytes.len() as u64, crc: crc32c::crc32c(&bytes) }
 }

@@ -41,7 +41,7 @@ impl Chunker {
     /// Lowers `max` to the rows of `b`'s size that fit in `max_bytes` (once, on the first rows).
     fn fit(&mut self, b: &RecordBatch) {
         let Some(bytes) = self.max_bytes.take() else { return };
-        let row = quiver_engine::batch::value_bytes(b).div_ceil(b.num_rows()).max(1);
+        let row = quiver_engine::value_bytes(b).div_ceil(b.num_rows()).max(1);
         self.max = self.max.min((bytes / row).max(1));
         self.chunk = self.chunk.min(self.max);
     }
