@@ -646,13 +646,45 @@ impl Default for SearchParams {
     }
 }
 
+/// Why a query does not fit an index.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// k, the list size or the beam width is zero.
+    #[error(
+        "k, list size and beam width must be at least 1 (k {k}, list size {list_size}, beam width {beam_width})"
+    )]
+    Zero {
+        /// Results asked for.
+        k: usize,
+        /// The search list's size.
+        list_size: usize,
+        /// Reads in flight.
+        beam_width: usize,
+    },
+    /// The beam width is over [`MAX_BEAM_WIDTH`].
+    #[error("beam width {0} exceeds the maximum {MAX_BEAM_WIDTH}")]
+    BeamWidth(usize),
+    /// The query's length is not the index's input dimension.
+    #[error("dimension {got}, the index has {expected}")]
+    Dimension {
+        /// The index's input dimension.
+        expected: usize,
+        /// The query's length.
+        got: usize,
+    },
+    /// The query holds a NaN or an infinity.
+    #[error("non-finite value {0}")]
+    NonFinite(f32),
+}
+
 /// Why a search failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SearchError {
     /// The query does not fit the index.
     #[error("query: {0}")]
-    Query(String),
+    Query(#[from] QueryError),
     /// Reading the index failed or found corruption.
     #[error(transparent)]
     Layout(#[from] LayoutError),
@@ -697,27 +729,20 @@ impl Searcher<'_> {
         let ix = self.index;
         let h = ix.header;
         if params.k == 0 || params.list_size == 0 || params.beam_width == 0 {
-            return Err(SearchError::Query(
-                "k, list size and beam width must be at least 1".into(),
-            ));
+            let SearchParams { k, list_size, beam_width } = params;
+            return Err(QueryError::Zero { k, list_size, beam_width }.into());
         }
         if params.beam_width > MAX_BEAM_WIDTH {
-            return Err(SearchError::Query(format!(
-                "beam width {} exceeds the maximum {MAX_BEAM_WIDTH}",
-                params.beam_width
-            )));
+            return Err(QueryError::BeamWidth(params.beam_width).into());
         }
         let in_dim =
             if h.user_metric == Metric::InnerProduct { h.dim as usize - 1 } else { h.dim as usize };
         if query.len() != in_dim {
-            return Err(SearchError::Query(format!(
-                "dimension {}, the index has {in_dim}",
-                query.len()
-            )));
+            return Err(QueryError::Dimension { expected: in_dim, got: query.len() }.into());
         }
         let mut qf = query.to_f32();
         if let Some(bad) = qf.iter().find(|x| !x.is_finite()) {
-            return Err(SearchError::Query(format!("non-finite value {bad}")));
+            return Err(QueryError::NonFinite(*bad).into());
         }
         match h.user_metric {
             // A zero query stays zero: every cosine distance is then 1.

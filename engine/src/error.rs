@@ -157,7 +157,7 @@ pub enum ReadError {
     NotFound(String),
     /// The query or parameters are invalid.
     #[error("invalid query: {0}")]
-    Query(String),
+    Query(#[from] QueryError),
     /// A requested column is not in the collection.
     #[error("no column named {0:?}")]
     UnknownColumn(String),
@@ -179,9 +179,63 @@ pub enum ReadError {
         #[source]
         source: quiver_diskgraph::index::IndexError,
     },
+    /// A disk index search failed in a way not named above.
+    #[error("disk index of segment {segment:016x}: {source}")]
+    Search {
+        /// The segment's id.
+        segment: u64,
+        /// What failed.
+        #[source]
+        source: quiver_diskgraph::search::SearchError,
+    },
     /// Arrow could not assemble the result.
     #[error("arrow: {0}")]
-    Arrow(String),
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+/// Why a search's query or parameters were refused. Nothing was read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The query's length is not the collection's dimension.
+    #[error("the query has {got} values, the collection's vectors {expected}")]
+    Dimension {
+        /// The collection's dimension.
+        expected: usize,
+        /// The query's length.
+        got: usize,
+    },
+    /// The query holds a NaN or an infinity.
+    #[error("the query has the non-finite value {0}")]
+    NonFinite(f32),
+    /// A value so large that squared distances would overflow `f32` (L2 and inner product; see
+    /// [`max_magnitude`](crate::max_magnitude)).
+    #[error(
+        "the query has the value {value}, beyond the largest magnitude {limit:e} this dimension allows (larger values make squared distances overflow f32)"
+    )]
+    Magnitude {
+        /// The offending value.
+        value: f32,
+        /// The largest magnitude allowed at this dimension.
+        limit: f32,
+    },
+    /// A zero query under the cosine metric.
+    #[error("a zero query has no cosine distance")]
+    ZeroCosine,
+    /// k outside `1..=MAX_K`.
+    #[error("k = {0} is outside 1..={max}", max = crate::MAX_K)]
+    K(usize),
+    /// The list size or the beam width is out of range.
+    #[error("list size {list_size} must be in 1..={max_list} and beam width {beam_width} in 1..={max_beam}", max_list = crate::MAX_LIST_SIZE, max_beam = quiver_diskgraph::search::MAX_BEAM_WIDTH)]
+    Walk {
+        /// The list size asked for.
+        list_size: usize,
+        /// The beam width asked for.
+        beam_width: usize,
+    },
+    /// A disk index refused the query (it does not fit the index the segment was built with).
+    #[error(transparent)]
+    Index(#[from] quiver_diskgraph::search::QueryError),
 }
 
 impl ReadError {
@@ -199,12 +253,6 @@ impl ReadError {
             ),
             _ => false,
         }
-    }
-}
-
-impl From<arrow_schema::ArrowError> for ReadError {
-    fn from(e: arrow_schema::ArrowError) -> Self {
-        ReadError::Arrow(e.to_string())
     }
 }
 

@@ -56,7 +56,8 @@ pub use db::{
     SCAN_BATCH_ROWS, Scan, SearchParams,
 };
 pub use error::{
-    BackgroundError, CollectionError, FlushError, OpenError, ReadError, WriteError, is_no_space,
+    BackgroundError, CollectionError, FlushError, OpenError, QueryError, ReadError, WriteError,
+    is_no_space,
 };
 pub use filter::{
     CompareOp, Filter, FilterError, Literal, MAX_IN_VALUES, MAX_PREDICATE_DEPTH,
@@ -77,7 +78,9 @@ pub use segment::SegmentError;
 pub use quiver_diskgraph::data::{ElemType, Metric};
 pub use quiver_diskgraph::index::{BuildParams, IndexError};
 pub use quiver_diskgraph::pq::PqParams;
-pub use quiver_diskgraph::search::{Backend, OpenOptionsIndex};
+pub use quiver_diskgraph::search::{
+    Backend, OpenOptionsIndex, QueryError as IndexQueryError, SearchError as IndexSearchError,
+};
 pub use quiver_diskgraph::vamana::VamanaParams;
 pub use quiver_wal::vfs::{OsVfs, Vfs};
 pub use quiver_wal::{AppendError as WalAppendError, OpenError as WalOpenError};

@@ -13,7 +13,9 @@ use common::*;
 use quiver_engine::BatchError;
 use quiver_engine::Metric;
 use quiver_engine::NameError;
-use quiver_engine::{CollectionError, Database, Options, ReadError, SearchParams, WriteError};
+use quiver_engine::{
+    CollectionError, Database, Options, QueryError, ReadError, SearchParams, WriteError,
+};
 
 const DIM: usize = 4;
 
@@ -210,7 +212,12 @@ fn finite_vectors_whose_squared_distances_overflow_are_refused_under_l2_and_inne
         }
         assert_eq!(scan_all(&db, name).len(), 1, "{name}: nothing of the refused batch");
         let err = db.search(name, &huge, &SearchParams::default()).unwrap_err();
-        assert!(matches!(err, ReadError::Query(_)), "{name}: {err}");
+        match err {
+            ReadError::Query(QueryError::Magnitude { value, limit: l }) => {
+                assert_eq!((value, l), (1e20, limit), "{name}");
+            }
+            other => panic!("{name}: expected Magnitude, got {other:?}"),
+        }
         let hit = db.search(name, &[limit, limit, 0.0, 0.0], &SearchParams::default()).unwrap();
         assert!(distances(&hit).iter().all(|d| d.is_finite()), "{name}: at the bound, finite");
     }
@@ -304,17 +311,32 @@ fn bad_schemas_and_search_parameters_are_refused() {
     }
     assert!(db.list_collections().iter().all(|(n, _)| n != "d"), "nothing was created");
     let q = [1.0f32; DIM];
-    let cases: Vec<(Vec<f32>, SearchParams)> = vec![
-        (vec![1.0; DIM + 1], SearchParams::default()),
-        (vec![f32::NAN; DIM], SearchParams::default()),
-        (vec![0.0; DIM], SearchParams::default()), // zero query under cosine
-        (q.to_vec(), SearchParams { k: 0, ..SearchParams::default() }),
-        (q.to_vec(), SearchParams { k: 1_000_000, ..SearchParams::default() }),
-        (q.to_vec(), SearchParams { beam_width: 0, ..SearchParams::default() }),
+    let walk = |list_size, beam_width| QueryError::Walk { list_size, beam_width };
+    let cases: Vec<(Vec<f32>, SearchParams, QueryError)> = vec![
+        (
+            vec![1.0; DIM + 1],
+            SearchParams::default(),
+            QueryError::Dimension { expected: DIM, got: DIM + 1 },
+        ),
+        (vec![f32::NAN; DIM], SearchParams::default(), QueryError::NonFinite(f32::NAN)),
+        (vec![0.0; DIM], SearchParams::default(), QueryError::ZeroCosine),
+        (q.to_vec(), SearchParams { k: 0, ..SearchParams::default() }, QueryError::K(0)),
+        (
+            q.to_vec(),
+            SearchParams { k: 1_000_000, ..SearchParams::default() },
+            QueryError::K(1_000_000),
+        ),
+        (q.to_vec(), SearchParams { beam_width: 0, ..SearchParams::default() }, walk(100, 0)),
     ];
-    for (query, p) in cases {
+    for (query, p, want) in cases {
         let err = db.search("c", &query, &p).unwrap_err();
-        assert!(matches!(err, ReadError::Query(_)), "{query:?} {p:?}: {err}");
+        // NaN != NaN: compare the variants' messages, which carry every field.
+        match err {
+            ReadError::Query(got) => {
+                assert_eq!(got.to_string(), want.to_string(), "{query:?} {p:?}")
+            }
+            other => panic!("{query:?} {p:?}: expected {want:?}, got {other:?}"),
+        }
     }
     let p = SearchParams { columns: vec!["nope".into()], ..SearchParams::default() };
     assert!(matches!(db.search("c", &q, &p), Err(ReadError::UnknownColumn(_))));

@@ -231,3 +231,36 @@ fn scans_in_changing_batch_sizes_return_every_live_row_once() {
         assert_eq!(got, model, "batch sizes {sizes:?}");
     }
 }
+
+/// `stats` counts searches, disk-index walks and the sector reads they issued, so benchmarks can
+/// report mean I/Os per query through the engine. The counts must move only where the work
+/// happened: an exact search or a search of the in-memory table walks no index.
+#[test]
+fn stats_count_index_walks_and_reads_only_for_searches_that_walk_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), opts()).unwrap();
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    let mut model = BTreeMap::new();
+    put(&db, &mut model, 7, &(0..2000).collect::<Vec<u64>>());
+    let q = vector(8, 0, DIM);
+    db.search("c", &q, &SearchParams::default()).unwrap();
+    let st = db.stats("c").unwrap();
+    assert_eq!((st.searches, st.index_walks, st.index_reads), (1, 0, 0), "memtable only");
+
+    db.flush().unwrap();
+    db.run_background().unwrap();
+    assert_eq!(db.stats("c").unwrap().indexed_segments, 1);
+    db.search("c", &q, &exact(10)).unwrap();
+    let st = db.stats("c").unwrap();
+    assert_eq!((st.searches, st.index_walks, st.index_reads), (2, 0, 0), "exact walks nothing");
+
+    let walks = 10u64;
+    for i in 0..walks {
+        db.search("c", &vector(9, i, DIM), &SearchParams::default()).unwrap();
+    }
+    let st = db.stats("c").unwrap();
+    assert_eq!((st.searches, st.index_walks), (2 + walks, walks));
+    // Each walk reads at least the entry's sector and at most one per list entry it expands.
+    let list = SearchParams::default().list_size as u64;
+    assert!(st.index_reads >= walks && st.index_reads <= walks * list, "{}", st.index_reads);
+}

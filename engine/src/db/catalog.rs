@@ -1,7 +1,7 @@
 //! Collections: create, drop, list, describe. Each create or drop is a manifest commit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::batch::Vectors;
 use crate::error::CollectionError;
@@ -38,6 +38,14 @@ pub struct CollectionStats {
     /// search of the segment's Parquet file; a damaged index is then dropped and rebuilt (the
     /// segment counts as unindexed until it is).
     pub index_failures: u64,
+    /// Searches since the database was opened.
+    pub searches: u64,
+    /// Disk index walks those searches made: one per indexed segment searched, more when a
+    /// filter widened a walk.
+    pub index_walks: u64,
+    /// 4 KiB sector reads those walks issued; `index_reads / searches` is the mean I/O count
+    /// per query.
+    pub index_reads: u64,
 }
 
 impl Database {
@@ -80,7 +88,7 @@ impl Database {
                 mem: Memtable::default(),
                 segments: Vec::new(),
                 keys: KeyMap::default(),
-                index_failures: Arc::new(AtomicU64::new(0)),
+                counters: Arc::default(),
             },
         );
         Ok(())
@@ -164,7 +172,10 @@ impl Database {
                     .flat_map(|v| v.iter())
                     .map(Vectors::bytes)
                     .sum::<usize>()) as u64,
-            index_failures: c.index_failures.load(Ordering::Relaxed),
+            index_failures: c.counters.index_failures.load(Ordering::Relaxed),
+            searches: c.counters.searches.load(Ordering::Relaxed),
+            index_walks: c.counters.index_walks.load(Ordering::Relaxed),
+            index_reads: c.counters.index_reads.load(Ordering::Relaxed),
         })
     }
 }

@@ -116,7 +116,7 @@ impl Inner {
         ix: &Arc<DiskIndex>,
         e: &quiver_diskgraph::layout::LayoutError,
     ) {
-        c.index_failures.fetch_add(1, Ordering::Relaxed);
+        c.counters.index_failures.fetch_add(1, Ordering::Relaxed);
         let damaged = matches!(e, quiver_diskgraph::layout::LayoutError::Corrupt { .. });
         tracing::error!(
             collection = %c.name,

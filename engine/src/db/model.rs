@@ -81,9 +81,23 @@ pub(super) struct Collection {
     pub(super) segments: Vec<Segment>,
     /// Every live row's place.
     pub(super) keys: KeyMap,
-    /// Index searches that failed since open (each fell back to an exact search of its
-    /// segment's Parquet file, and the index was queued for a rebuild if damaged).
-    pub(super) index_failures: Arc<AtomicU64>,
+    /// What reads of this collection did since open.
+    pub(super) counters: Arc<ReadCounters>,
+}
+
+/// Counters of a collection's reads since the database opened: statistics only (relaxed
+/// atomics, read together without a common instant).
+#[derive(Debug, Default)]
+pub(super) struct ReadCounters {
+    /// Index searches that failed (each fell back to an exact search of its segment's Parquet
+    /// file, and the index was queued for a rebuild if damaged).
+    pub(super) index_failures: AtomicU64,
+    /// Searches (`Database::search` calls that passed validation).
+    pub(super) searches: AtomicU64,
+    /// Walks of a disk index (one per indexed segment per search, more when a filter widened).
+    pub(super) index_walks: AtomicU64,
+    /// Sector reads those walks issued.
+    pub(super) index_reads: AtomicU64,
 }
 
 impl Collection {

@@ -241,7 +241,7 @@ pub(super) fn load_collection(
         mem: Memtable::default(),
         segments: Vec::new(),
         keys: KeyMap::default(),
-        index_failures: Arc::new(AtomicU64::new(0)),
+        counters: Arc::default(),
     };
     let mut last = None;
     for sm in &cm.segments {

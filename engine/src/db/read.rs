@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
@@ -15,7 +14,7 @@ use crate::schema::CollectionSchema;
 use crate::segment::{self, SegmentFile};
 use quiver_diskgraph::search::DiskIndex;
 
-use super::model::{Collection, Loc, Segment};
+use super::model::{Collection, Loc, ReadCounters, Segment};
 use super::{Database, MAX_SCAN_BATCH_ROWS, SCAN_BATCH_ROWS};
 
 /// A row a read returns, resolved while the state lock was held: a flush renumbers in-memory
@@ -60,7 +59,7 @@ pub(super) struct CollectionView {
     pub(super) name: String,
     pub(super) schema: Arc<CollectionSchema>,
     pub(super) arrow: SchemaRef,
-    pub(super) index_failures: Arc<AtomicU64>,
+    pub(super) counters: Arc<ReadCounters>,
 }
 
 impl Collection {
@@ -70,7 +69,7 @@ impl Collection {
             name: self.name.clone(),
             schema: Arc::clone(&self.schema),
             arrow: Arc::clone(&self.arrow),
-            index_failures: Arc::clone(&self.index_failures),
+            counters: Arc::clone(&self.counters),
         }
     }
 

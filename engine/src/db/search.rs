@@ -17,13 +17,14 @@
 //! against the filter, widening that segment's walk alone while too few pass.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch};
 use arrow_schema::{Field, Schema};
 use rayon::prelude::*;
 
 use crate::batch::{self, Key, Vectors};
-use crate::error::ReadError;
+use crate::error::{QueryError, ReadError};
 use crate::filter::{Filter, Predicate};
 use crate::schema::{CollectionSchema, DISTANCE_COLUMN, ID_COLUMN};
 use quiver_diskgraph::data::{ElemType, Metric, Row, distance_active};
@@ -219,26 +220,21 @@ pub(super) fn prepare_query(
 ) -> Result<PreparedQuery, ReadError> {
     let dim = schema.dim();
     if query.len() != dim {
-        return Err(ReadError::Query(format!(
-            "the query has {} values, the collection's vectors {dim}",
-            query.len()
-        )));
+        return Err(QueryError::Dimension { expected: dim, got: query.len() }.into());
     }
     if let Some(v) = query.iter().find(|x| !x.is_finite()) {
-        return Err(ReadError::Query(format!("the query has the non-finite value {v}")));
+        return Err(QueryError::NonFinite(*v).into());
     }
     let metric = schema.metric();
     let limit = batch::max_magnitude(dim);
     if metric != Metric::Cosine
         && let Some(v) = query.iter().find(|x| x.abs() > limit)
     {
-        return Err(ReadError::Query(format!(
-            "the query has the value {v}, beyond the largest magnitude {limit:e} this dimension allows (larger values make squared distances overflow f32)"
-        )));
+        return Err(QueryError::Magnitude { value: *v, limit }.into());
     }
     let mut unit = query.to_vec();
     if metric == Metric::Cosine && !batch::normalize(&mut unit) {
-        return Err(ReadError::Query("a zero query has no cosine distance".into()));
+        return Err(QueryError::ZeroCosine.into());
     }
     Ok(PreparedQuery { metric, dim, as_given: Forms::new(query.to_vec()), exact: Forms::new(unit) })
 }
@@ -246,17 +242,15 @@ pub(super) fn prepare_query(
 /// Checks the parameters that do not depend on the collection.
 fn check_params(params: &SearchParams) -> Result<(), ReadError> {
     if params.k == 0 || params.k > MAX_K {
-        return Err(ReadError::Query(format!("k = {} is outside 1..={MAX_K}", params.k)));
+        return Err(QueryError::K(params.k).into());
     }
     if params.list_size == 0
         || params.list_size > MAX_LIST_SIZE
         || params.beam_width == 0
         || params.beam_width > MAX_BEAM_WIDTH
     {
-        return Err(ReadError::Query(format!(
-            "list size {} must be in 1..={MAX_LIST_SIZE} and beam width {} in 1..={MAX_BEAM_WIDTH}",
-            params.list_size, params.beam_width
-        )));
+        let (list_size, beam_width) = (params.list_size, params.beam_width);
+        return Err(QueryError::Walk { list_size, beam_width }.into());
     }
     Ok(())
 }
@@ -294,6 +288,7 @@ impl Database {
         check_params(params)?;
         let Snapshot { collection: c, query: q, filter, columns, segments, mut top, mut sources } =
             self.snapshot_for_search(collection, query, params)?;
+        c.counters.searches.fetch_add(1, Ordering::Relaxed);
         let search = |s: &SegmentView| search_segment(&self.inner, &c, s, &q, params, &filter);
         let found: Vec<Vec<Cand>> = if segments.len() > 1 {
             self.inner
@@ -434,7 +429,11 @@ fn walk_segment(
         );
         inner.return_search_state(searcher.into_state());
         let found = match found {
-            Ok((found, _)) => found,
+            Ok((found, stats)) => {
+                c.counters.index_walks.fetch_add(1, Ordering::Relaxed);
+                c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
+                found
+            }
             Err(SearchError::Layout(e)) => {
                 // The index is derived data: answer from the segment's Parquet file (correct,
                 // slower) and have a damaged index rebuilt.
@@ -443,7 +442,8 @@ fn walk_segment(
                 offer_segment_file(c, s, q, filter, &mut top)?;
                 return Ok(top.into_sorted_vec());
             }
-            Err(e) => return Err(ReadError::Query(e.to_string())),
+            Err(SearchError::Query(e)) => return Err(QueryError::Index(e).into()),
+            Err(source) => return Err(ReadError::Search { segment: s.id, source }),
         };
         let cands: Vec<Cand> = found
             .iter()

@@ -165,6 +165,9 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
         "deleted_segment_rows": st.deleted_segment_rows,
         "segment_bytes": st.segment_bytes,
         "index_failures": st.index_failures,
+        "searches": st.searches,
+        "index_walks": st.index_walks,
+        "index_reads": st.index_reads,
     }))
 }
 

@@ -77,7 +77,7 @@ pub(super) fn flush_status(e: FlushError) -> Status {
 pub(super) fn read_status(e: ReadError) -> Status {
     match e {
         ReadError::NotFound(n) => Status::not_found(format!("no collection named {n:?}")),
-        ReadError::Query(m) => invalid(m),
+        ReadError::Query(e) => invalid(e.to_string()),
         ReadError::UnknownColumn(c) => invalid(format!("no column named {c:?}")),
         ReadError::Ids(b) => invalid(b.to_string()),
         other => Status::internal(other.to_string()),
