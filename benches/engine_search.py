@@ -3,17 +3,25 @@ on one index built from the same file, in the same run (issue 19's benchmark).
 
     target/pyenv/bin/python benches/engine_search.py --data /work/data/sift-dev-1m \
         [--rows 1000000] [--list-sizes 20,30,50,75,100] [--threads 2] [--queries 2000] \
-        [--rounds 3] [--delete-frac 0.1]
+        [--rounds 3] [--delete-frac 0.1] [--busy-list-size 50] [--busy-rows 30000]
 
 Build first: `cargo build --release --bin quiver`. Steps:
 1. `quiver serve` (release) on a fresh directory; the base rows are put with pyarrow in batches of
    10,000 (uint8 vectors, uint64 ids); `wait-for-indexing`; `stats`.
 2. `quiver build` of the same base file with the same defaults (R 64, L 100, PQ bytes dim/4).
 3. Rounds, interleaved: a sweep of list sizes over Flight (T client threads, k = 10), then the
-   same sweep with `quiver search --threads T`. Recall@10 counts a hit when its distance is at
-   Recall@10 counts the returned ids among the ground truth's 10 nearest, as `quiver search` does.
+   same sweep with `quiver search --threads T`. Recall@10 counts the returned ids among the ground truth's 10 nearest, as `quiver search` does.
 4. `--delete-frac` of the rows (random ids) are deleted over Flight, the deletions flushed, and
    the Flight sweep repeated, with recall against the ground truth restricted to live rows.
+5. Busy (last, as it adds rows): at list size `--busy-list-size`, 30 s of idle Flight searches,
+   then the same searches repeated while a writer puts `--busy-rows` new rows in `--busy-flushes` flushed parts (each flush makes
+   a segment; once there are 4 the merge starts) and waits for indexing; latency percentiles of
+   the searches that ran in that window against the idle ones (recall is not scored there: the
+   new rows are not in the ground truth).
+Mean I/Os per query through the engine come from the server's `stats` (`index_reads /
+searches`), sampled around each list size's run.
+With `--rows` under the file's size, the ground truth is recomputed exactly (numpy) over those
+rows.
 Prints medians per list size and the QPS ratio at equal list size and at recall 0.95
 (interpolated on each side's curve).
 """
@@ -75,11 +83,17 @@ def action(uri, kind, body):
             for r in c.do_action(fl.Action(kind, json.dumps(body).encode()))]
 
 
+def engine_reads(uri, name):
+    st = action(uri, "stats", {"name": name})[0]
+    return st.get("index_reads", 0), st.get("searches", 0)
+
+
 def flight_sweep(uri, name, queries, gt_ids, list_sizes, threads, live=None):
-    """Per list size: (qps, recall, p50 ms, p99 ms)."""
+    """Per list size: (qps, recall, p50 ms, p99 ms, mean index reads per query)."""
     clients = [fl.FlightClient(uri) for _ in range(threads)]
     out = {}
     for ls in list_sizes:
+        reads0, searches0 = engine_reads(uri, name)
         tickets = [json.dumps({"search": {"dataset": name, "vector": q.tolist(), "k": K,
                                           "list_size": ls}}).encode() for q in queries]
 
@@ -107,9 +121,82 @@ def flight_sweep(uri, name, queries, gt_ids, list_sizes, threads, live=None):
             want = gt_ids[i][:K] if live is None else [x for x in gt_ids[i] if live[x]][:K]
             hits += len(set(res[i][0].tolist()) & set(int(x) for x in want))
         lat = np.array(lat) * 1e3
+        reads1, searches1 = engine_reads(uri, name)
         out[ls] = (len(queries) / secs, hits / (K * len(queries)),
-                   float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
+                   float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
+                   (reads1 - reads0) / max(searches1 - searches0, 1))
     return out
+
+
+def busy_run(uri, name, queries, ls, threads, stop):
+    """Searches (cycling through `queries`) until `stop` is set: (latencies ms, seconds)."""
+    clients = [fl.FlightClient(uri) for _ in range(threads)]
+    tickets = [json.dumps({"search": {"dataset": name, "vector": q.tolist(), "k": K,
+                                      "list_size": ls}}).encode() for q in queries]
+
+    def run(part):
+        c, lat, i = clients[part], [], part
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            c.do_get(fl.Ticket(tickets[i % len(tickets)])).read_all()
+            lat.append(time.perf_counter() - t0)
+            i += threads
+        return lat
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(threads) as ex:
+        parts = list(ex.map(run, range(threads)))
+    return np.array([x for p in parts for x in p]) * 1e3, time.perf_counter() - t0
+
+
+def busy_phase(uri, name, base, queries, ls, threads, rows, flushes):
+    """Idle latency at list size `ls`, then latency while `rows` new rows are put in `flushes`
+    flushed parts and indexed (flushes, index builds and a merge)."""
+    import threading
+    idle_stop = threading.Event()
+    timer = threading.Timer(30.0, idle_stop.set)
+    timer.start()
+    idle, idle_secs = busy_run(uri, name, queries, ls, threads, idle_stop)
+    rng = np.random.default_rng(11)
+    picks = rng.choice(len(base), rows, replace=True)
+    noise = rng.integers(-3, 4, size=(rows, base.shape[1]))
+    fresh = np.clip(base[picks].astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    before = action(uri, "stats", {"name": name})[0]
+    stop = threading.Event()
+    timeline = {}
+
+    def writer():
+        t0 = time.perf_counter()
+        c = fl.FlightClient(uri)
+        for part, chunk in enumerate(np.array_split(np.arange(rows), flushes)):
+            ids = pa.array(len(base) + 10_000_000 + chunk.astype(np.uint64))
+            vec = pa.FixedSizeListArray.from_arrays(pa.array(fresh[chunk].ravel()),
+                                                    base.shape[1])
+            t = pa.table({"id": ids, "vector": vec})
+            w, r = c.do_put(fl.FlightDescriptor.for_path(name), t.schema)
+            for b in t.to_batches(max_chunksize=10_000):
+                w.write_batch(b)
+                r.read()
+            w.done_writing()
+            w.close()
+            action(uri, "flush", {})
+            timeline[f"flush {part + 1}"] = time.perf_counter() - t0
+        action(uri, "wait-for-indexing", {"dataset": name})
+        timeline["indexed"] = time.perf_counter() - t0
+        stop.set()
+
+    wt = threading.Thread(target=writer)
+    wt.start()
+    busy, busy_secs = busy_run(uri, name, queries, ls, threads, stop)
+    wt.join()
+    after = action(uri, "stats", {"name": name})[0]
+    pct = lambda a, p: float(np.percentile(a, p))  # noqa: E731
+    return {
+        "idle": (len(idle) / idle_secs, pct(idle, 50), pct(idle, 99), len(idle)),
+        "busy": (len(busy) / busy_secs, pct(busy, 50), pct(busy, 99), len(busy)),
+        "busy_secs": busy_secs, "timeline": timeline,
+        "segments": (before.get("segments"), after.get("segments")),
+    }
 
 
 def quiver_sweep(binary, index, queries_file, gt_file, list_sizes, threads, nq):
@@ -125,6 +212,18 @@ def quiver_sweep(binary, index, queries_file, gt_file, list_sizes, threads, nq):
         j = json.loads(line)
         res[j["list_size"]] = j
     return res
+
+
+def exact_ground_truth(base, queries, k):
+    """The `k` nearest base rows of each query by L2, exactly (float64 for the norms)."""
+    b = base.astype(np.float32)
+    norms = (b.astype(np.float64) ** 2).sum(1)
+    out = []
+    for q in queries.astype(np.float32):
+        d = norms - 2.0 * (b @ q).astype(np.float64)
+        top = np.argpartition(d, k)[:k]
+        out.append(top[np.argsort(d[top], kind="stable")])
+    return np.array(out, dtype=np.int32)
 
 
 def at_recall(curve, target=0.95):
@@ -147,15 +246,23 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--delete-frac", type=float, default=0.1)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--busy-list-size", type=int, default=50)
+    ap.add_argument("--busy-rows", type=int, default=30_000)
+    ap.add_argument("--busy-flushes", type=int, default=3)
     args = ap.parse_args()
     list_sizes = [int(x) for x in args.list_sizes.split(",")]
     base_file = os.path.join(args.data, "base.u8bin")
     base = read_u8bin(base_file, args.rows)
     queries = read_u8bin(os.path.join(args.data, "query.u8bin"), args.queries)
-    if args.rows is not None and args.rows < 1_000_000:
-        sys.exit("ground truth covers the whole base file: use all rows")
     gt_ids = read_vecs(os.path.join(args.data, "groundtruth.l2.ivecs"), np.int32)[: len(queries)]
     work = args.workdir or tempfile.mkdtemp(prefix="quiver-engine-search-")
+    full = read_u8bin(base_file, None).shape[0]
+    if len(base) < full:
+        gt_ids = exact_ground_truth(base, queries, 100)
+        base_file = os.path.join(work, "base.u8bin")
+        with open(base_file, "wb") as f:
+            f.write(np.array(base.shape, dtype=np.uint32).tobytes())
+            f.write(base.tobytes())
     qfile = os.path.join(work, "queries.u8bin")
     with open(qfile, "wb") as f:
         f.write(np.array(queries.shape, dtype=np.uint32).tobytes())
@@ -205,6 +312,9 @@ def main():
         e = flight_sweep(uri, "sift", queries, gt_ids, list_sizes, args.threads, live)
         for ls in list_sizes:
             dele[ls].append(e[ls])
+    busy = busy_phase(uri, "sift", base, queries, args.busy_list_size, args.threads,
+                      args.busy_rows, args.busy_flushes)
+    print(f"busy: {busy}", file=sys.stderr)
     p.terminate()
     p.wait()
 
@@ -212,15 +322,23 @@ def main():
     print(f"rows={len(base)} queries={len(queries)} threads={args.threads} k={K} "
           f"rounds={args.rounds} (medians)")
     print("| L | engine over Flight QPS | recall | p50 ms | p99 ms | quiver search QPS | recall "
-          "| mean IOs | QPS ratio | engine, {:.0%} deleted: QPS | recall | p99 ms |"
-          .format(args.delete_frac))
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| mean IOs | engine mean IOs | QPS ratio | engine, {:.0%} deleted: QPS | recall | p99 ms "
+          "| mean IOs |".format(args.delete_frac))
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for ls in list_sizes:
-        eq, er, e50, e99 = (med(eng[ls], i) for i in range(4))
+        eq, er, e50, e99, eio = (med(eng[ls], i) for i in range(5))
         cq, cr, cio = (med(cli[ls], i) for i in range(3))
-        dq, dr, _, d99 = (med(dele[ls], i) for i in range(4))
+        dq, dr, _, d99, dio = (med(dele[ls], i) for i in range(5))
         print(f"| {ls} | {eq:.0f} | {er:.3f} | {e50:.2f} | {e99:.2f} | {cq:.0f} | {cr:.3f} | "
-              f"{cio:.1f} | {eq / cq:.2f} | {dq:.0f} | {dr:.3f} | {d99:.2f} |")
+              f"{cio:.1f} | {eio:.1f} | {eq / cq:.2f} | {dq:.0f} | {dr:.3f} | {d99:.2f} | "
+              f"{dio:.1f} |")
+    (iq, i50, i99, inn), (bq, b50, b99, bn) = busy["idle"], busy["busy"]
+    print(f"\nL {args.busy_list_size}, {args.threads} threads: idle {iq:.0f} QPS p50 {i50:.2f} "
+          f"p99 {i99:.2f} ms ({inn} searches); during {args.busy_rows} puts in "
+          f"{args.busy_flushes} flushes, index builds and merges ({busy['busy_secs']:.0f} s, "
+          f"segments {busy['segments'][0]} -> {busy['segments'][1]}, {busy['timeline']}): "
+          f"{bq:.0f} QPS p50 {b50:.2f} p99 {b99:.2f} ms ({bn} searches); p99 ratio "
+          f"{b99 / i99:.2f}")
     e95 = at_recall([(med(eng[ls], 0), med(eng[ls], 1)) for ls in list_sizes])
     c95 = at_recall([(med(cli[ls], 0), med(cli[ls], 1)) for ls in list_sizes])
     d95 = at_recall([(med(dele[ls], 0), med(dele[ls], 1)) for ls in list_sizes])

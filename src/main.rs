@@ -21,10 +21,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use quiver_diskgraph::cache::SectorCache;
 use quiver_diskgraph::data::{Metric, read_ivecs, read_vectors};
 use quiver_diskgraph::index::{BuildParams, build_index_from_file};
 use quiver_diskgraph::pq::PqParams;
@@ -188,6 +190,10 @@ struct SearchArgs {
     /// Nodes cached in RAM (BFS from the entry point).
     #[arg(long, default_value_t = 0)]
     cache_nodes: usize,
+    /// RAM for a sector cache shared by the search threads (e.g. 256MiB): nodes read and
+    /// verified join it, CLOCK evicts. Default: none (every node not in the BFS cache is read).
+    #[arg(long, value_parser = parse_size)]
+    sector_cache: Option<u64>,
     /// Nodes a search may start from (the nearest by PQ is taken); 1: the entry point alone.
     /// Default: the square root of the node count, at most 4096.
     #[arg(long)]
@@ -377,6 +383,7 @@ fn search(args: &SearchArgs) -> Result<(), BoxError> {
         direct: !args.buffered,
         cache_nodes: args.cache_nodes,
         start_candidates: args.start_candidates,
+        sector_cache: args.sector_cache.map(|b| Arc::new(SectorCache::new(b as usize))),
     };
     let index = DiskIndex::open(&args.index, opts)?;
     if !args.json {

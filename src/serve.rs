@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// In-memory table size before it is written as a segment, MiB.
     #[arg(long, default_value_t = 64)]
     memtable_mb: usize,
+    /// RAM for verified index sectors shared by every disk index, MiB (CLOCK eviction); 0 turns
+    /// it off.
+    #[arg(long, default_value_t = 128)]
+    sector_cache_mb: usize,
     /// Do not build disk indexes in the background (searches stay exact).
     #[arg(long)]
     no_index: bool,
@@ -155,6 +159,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     cfg.service.scan_chunk_max = args.scan_chunk_max.max(args.scan_chunk_start).max(1);
     let opts = Options::default()
         .memtable_bytes(args.memtable_mb.max(1) << 20)
+        .sector_cache_bytes(args.sector_cache_mb << 20)
         .build_indexes(!args.no_index)
         .cut_truncated_wal(args.cut_truncated_wal);
     let db = Arc::new(Database::open(&args.data, opts)?);

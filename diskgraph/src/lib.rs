@@ -20,6 +20,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod data;
 pub mod index;
 pub mod layout;

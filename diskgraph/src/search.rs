@@ -22,11 +22,13 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytemuck::{Pod, Zeroable};
 use quiver_simd::{Isa, Kernels, PqTable};
 
+use crate::cache::SectorCache;
 use crate::data::{Metric, Row, distance};
 use crate::index::{GRAPH_FILE, IndexError};
 use crate::layout::{
@@ -68,7 +70,7 @@ impl std::str::FromStr for Backend {
 }
 
 /// Options for opening an index. `Default`: auto backend, `O_DIRECT`, no cache.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct OpenOptionsIndex {
     /// I/O backend.
     pub backend: Backend,
@@ -84,11 +86,21 @@ pub struct OpenOptionsIndex {
     /// point. `None` (the default): `⌈√n⌉`, at most [`MAX_START_CANDIDATES`]; `Some(1)`: the
     /// entry point alone. See [`DiskIndex::open`].
     pub start_candidates: Option<usize>,
+    /// A cache the index's searches share with other indexes opened with the same one: each
+    /// node read from disk, once verified, joins it, and later searches (of any thread) take
+    /// it from RAM while CLOCK keeps it. Bounded in bytes by the cache's capacity. Default none.
+    pub sector_cache: Option<Arc<SectorCache>>,
 }
 
 impl Default for OpenOptionsIndex {
     fn default() -> Self {
-        Self { backend: Backend::Auto, direct: true, cache_nodes: 0, start_candidates: None }
+        Self {
+            backend: Backend::Auto,
+            direct: true,
+            cache_nodes: 0,
+            start_candidates: None,
+            sector_cache: None,
+        }
     }
 }
 
@@ -171,6 +183,8 @@ pub struct DiskIndex {
     starts: Starts,
     /// Cached sectors by first sector number: the node's sectors as stored, verified at load.
     cache: HashMap<u64, Box<[u8]>>,
+    /// The shared sector cache, with this index's key in it.
+    shared: Option<(Arc<SectorCache>, u64)>,
     backend: Backend,
 }
 
@@ -230,8 +244,9 @@ impl DiskIndex {
             b => b,
         };
         let starts = Starts::choose(&header, &codes, m, opts.start_candidates);
-        let mut index =
-            Self { path, header, file, pq, codes, starts, cache: HashMap::new(), backend };
+        let shared = opts.sector_cache.map(|c| (c, SectorCache::next_index_key()));
+        let cache = HashMap::new();
+        let mut index = Self { path, header, file, pq, codes, starts, cache, shared, backend };
         index.fill_cache(&reader, opts.cache_nodes)?;
         Ok(index)
     }
@@ -283,8 +298,8 @@ impl DiskIndex {
         self.backend
     }
 
-    /// Resident RAM of the index: PQ codes, pivots and the sector cache (not the per-thread
-    /// buffers).
+    /// Resident RAM of the index: PQ codes, pivots and the BFS node cache (not the per-thread
+    /// buffers, nor a shared [`SectorCache`], which counts its own bytes).
     pub fn ram_bytes(&self) -> usize {
         self.codes.len()
             + 4 * (self.pq.center().len() + self.pq.centroids().len())
@@ -333,6 +348,8 @@ pub struct SearchState {
     expanded: VisitedSet,
     /// A cached sector's copy, processed like a read one (verification reassembles in place).
     cached: Vec<u8>,
+    /// A read node's sectors as read, admitted to the shared cache once they verified.
+    admit: Vec<u8>,
     table: Vec<f32>,
     /// PQ distances of the start candidates.
     start_distances: Vec<f32>,
@@ -360,6 +377,7 @@ impl SearchState {
             visited: VisitedSet::new(),
             expanded: VisitedSet::new(),
             cached: Vec::new(),
+            admit: Vec::new(),
             table: Vec::new(),
             start_distances: Vec::new(),
         })
@@ -823,6 +841,21 @@ impl Searcher<'_> {
                     )?;
                     continue;
                 }
+                if let Some((cache, key)) = &ix.shared
+                    && cache.get(*key, loc.sector, &mut self.state.cached)
+                {
+                    stats.cache_hits += 1;
+                    let (visited, expanded) = (&mut self.state.visited, &mut self.state.expanded);
+                    ctx.process(
+                        &mut walk,
+                        visited,
+                        expanded,
+                        &mut stats,
+                        id,
+                        &mut self.state.cached,
+                    )?;
+                    continue;
+                }
                 let slot = free.pop().expect("a free slot");
                 self.state
                     .io
@@ -841,6 +874,11 @@ impl Searcher<'_> {
                 .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
             depth = trip;
             stats.hops = stats.hops.max(depth);
+            if ix.shared.is_some() {
+                // As read: verification may reassemble a spanning node in place.
+                self.state.admit.clear();
+                self.state.admit.extend_from_slice(buf);
+            }
             ctx.process(
                 &mut walk,
                 &mut self.state.visited,
@@ -849,6 +887,10 @@ impl Searcher<'_> {
                 id,
                 buf,
             )?;
+            if let Some((cache, key)) = &ix.shared {
+                // Verified: `process` returned no error for these bytes.
+                cache.insert(*key, h.locate(id).sector, &self.state.admit);
+            }
             free.push(slot);
         }
         let mut exact = walk.exact;

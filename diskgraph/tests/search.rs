@@ -3,13 +3,15 @@
 //! identical results (and identical I/O counts), that the node cache changes only I/O counts, that
 //! every metric's reported distances are the true ones, that concurrent searches agree with serial
 //! ones, that starting at the nearest of several start candidates saves reads without losing
-//! recall, and that bad queries and damaged files are errors, not panics or garbage.
+//! recall, that a shared sector cache changes where bytes come from but never a result (and admits
+//! only verified sectors), and that bad queries and damaged files are errors, not panics or garbage.
 
 mod common;
 use common::{fixture, synthetic};
 
 use std::path::Path;
 
+use quiver_diskgraph::cache::SectorCache;
 use quiver_diskgraph::data::{Metric, Row, VectorSet, distance_active, read_vectors};
 use quiver_diskgraph::index::{BuildParams, GRAPH_FILE, IndexError, build_index};
 use quiver_diskgraph::layout::{LayoutError, SECTOR};
@@ -410,4 +412,82 @@ fn a_reused_search_state_gives_the_results_of_a_fresh_searcher() {
         assert_eq!(s2.search(Row::F32(&q2), p).unwrap().0, want.0);
         state = Some(s2.into_state());
     }
+}
+
+fn with_cache(cache: &std::sync::Arc<SectorCache>) -> OpenOptionsIndex {
+    OpenOptionsIndex { sector_cache: Some(std::sync::Arc::clone(cache)), ..Default::default() }
+}
+
+/// Every query of the fixture: (results, disk reads, cache hits).
+fn search_all(index: &DiskIndex, queries: &VectorSet) -> (Vec<Vec<(u32, f32)>>, u64, u64) {
+    let mut s = index.searcher().unwrap();
+    let (mut results, mut ios, mut hits) = (Vec::new(), 0, 0);
+    for q in 0..queries.len() {
+        let (found, stats) = s.search(queries.row(q), SearchParams::default()).unwrap();
+        results.push(found.iter().map(|n| (n.id, n.distance)).collect());
+        ios += stats.ios;
+        hits += stats.cache_hits;
+    }
+    (results, ios, hits)
+}
+
+/// A shared sector cache may change where bytes come from, never what a search returns: the
+/// results with the cache equal those without, and a second pass over the same queries is
+/// served from RAM (a cache large enough for the whole graph leaves no read to repeat).
+#[test]
+fn a_shared_sector_cache_serves_repeated_searches_from_ram_with_identical_results() {
+    let (dir, queries) = bigann_index();
+    let plain = open(dir.path(), Backend::Auto, 0);
+    let (want, cold_ios, _) = search_all(&plain, &queries);
+    let graph_bytes = std::fs::metadata(dir.path().join(GRAPH_FILE)).unwrap().len() as usize;
+    let cache = std::sync::Arc::new(SectorCache::new(4 * graph_bytes));
+    let cached = DiskIndex::open(dir.path(), with_cache(&cache)).unwrap();
+    let (first, first_ios, _) = search_all(&cached, &queries);
+    assert_eq!(first, want, "results with a cold cache");
+    assert!(first_ios < cold_ios, "queries share sectors: {first_ios} vs {cold_ios}");
+    let (second, second_ios, second_hits) = search_all(&cached, &queries);
+    assert_eq!(second, want, "results served from the cache");
+    assert_eq!(second_ios, 0, "every node read once is cached");
+    assert!(second_hits > 0);
+    let st = cache.stats();
+    assert!(st.bytes <= st.capacity && st.entries as u64 == st.inserts, "{st:?}");
+}
+
+/// Index keys keep indexes apart in one cache: a second index opened on the same files (as a
+/// rebuilt index would be) never gets the first one's sectors.
+#[test]
+fn two_indexes_sharing_a_cache_never_see_each_others_sectors() {
+    let (dir, queries) = bigann_index();
+    let cache = std::sync::Arc::new(SectorCache::new(64 << 20));
+    let a = DiskIndex::open(dir.path(), with_cache(&cache)).unwrap();
+    search_all(&a, &queries);
+    let b = DiskIndex::open(dir.path(), with_cache(&cache)).unwrap();
+    let mut s = b.searcher().unwrap();
+    let (_, stats) = s.search(queries.row(0), SearchParams::default()).unwrap();
+    assert_eq!(stats.cache_hits, 0, "b's first search found a's sectors");
+    assert!(stats.ios > 0);
+}
+
+/// Only verified bytes join the cache: a sector that fails its checksum is an error and is not
+/// admitted, so no later search can be handed it from RAM.
+#[test]
+fn a_corrupt_sector_is_never_admitted_to_the_shared_cache() {
+    let (dir, queries) = bigann_index();
+    let graph = dir.path().join(GRAPH_FILE);
+    let index = open(dir.path(), Backend::Auto, 0);
+    let sector = index.header().locate(index.header().entry).sector as usize;
+    drop(index);
+    let mut bytes = std::fs::read(&graph).unwrap();
+    bytes[sector * SECTOR + 10] ^= 0xFF;
+    std::fs::write(&graph, &bytes).unwrap();
+    let cache = std::sync::Arc::new(SectorCache::new(64 << 20));
+    let opts = OpenOptionsIndex { start_candidates: Some(1), ..with_cache(&cache) };
+    let index = DiskIndex::open(dir.path(), opts).unwrap();
+    let mut s = index.searcher().unwrap();
+    for _ in 0..2 {
+        let got = s.search(queries.row(0), SearchParams::default());
+        assert!(matches!(got, Err(SearchError::Layout(LayoutError::Corrupt { .. }))), "{got:?}");
+    }
+    let st = cache.stats();
+    assert_eq!((st.inserts, st.entries, st.hits), (0, 0, 0), "{st:?}");
 }

@@ -65,7 +65,7 @@ pub use filter::{
 };
 pub use manifest::ManifestError;
 pub use names::{MAX_NAME_LEN, NameError, validate_collection_name};
-pub use options::Options;
+pub use options::{DEFAULT_SECTOR_CACHE_BYTES, Options};
 pub use schema::{
     CollectionSchema, DISTANCE_COLUMN, ID_COLUMN, IdType, MAX_ATTRIBUTES, MAX_DIM, MAX_STRING_ID,
     RESERVED_COLUMNS, RESULT_DISTANCE_COLUMN, SCORE_COLUMN, SchemaError, VECTOR_COLUMN, VectorType,
@@ -75,6 +75,7 @@ pub use segment::SegmentError;
 // The lower crates' types an embedder names: the metric, the element types indexes store, the
 // index build and open options, the errors engine errors carry, and the file-system seam.
 // Nothing else of them is part of this crate's API.
+pub use quiver_diskgraph::cache::{CacheStats, SectorCache};
 pub use quiver_diskgraph::data::{ElemType, Metric};
 pub use quiver_diskgraph::index::{BuildParams, IndexError};
 pub use quiver_diskgraph::pq::PqParams;

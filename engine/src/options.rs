@@ -24,6 +24,7 @@ pub struct Options {
     pub(crate) min_index_rows: usize,
     pub(crate) index_params: BuildParams,
     pub(crate) index_open: OpenOptionsIndex,
+    pub(crate) sector_cache_bytes: usize,
     pub(crate) merge_min_segments: usize,
     pub(crate) merge_max_rows: u64,
     pub(crate) max_unindexed_segments: usize,
@@ -33,6 +34,9 @@ pub struct Options {
     pub(crate) cut_truncated_wal: bool,
     pub(crate) idle_flush: Option<Duration>,
 }
+
+/// [`Options::sector_cache_bytes`]'s default: 128 MiB.
+pub const DEFAULT_SECTOR_CACHE_BYTES: usize = 128 << 20;
 
 impl Default for Options {
     fn default() -> Self {
@@ -48,6 +52,7 @@ impl Default for Options {
             min_index_rows: 4096,
             index_params: BuildParams::default(),
             index_open: OpenOptionsIndex::default(),
+            sector_cache_bytes: DEFAULT_SECTOR_CACHE_BYTES,
             merge_min_segments: 4,
             merge_max_rows: 4 << 20,
             max_unindexed_segments: 4,
@@ -144,10 +149,20 @@ impl Options {
     }
 
     /// How disk indexes are opened (I/O backend, `O_DIRECT`, node cache). Default
-    /// [`OpenOptionsIndex::default`].
+    /// [`OpenOptionsIndex::default`]. A `sector_cache` set here is used as given (it may be
+    /// shared with other databases) and [`Options::sector_cache_bytes`] is ignored.
     #[must_use]
     pub fn index_open(mut self, opts: OpenOptionsIndex) -> Self {
         self.index_open = opts;
+        self
+    }
+
+    /// Bytes of RAM for verified index sectors, shared by every disk index of the database
+    /// (CLOCK eviction; see `quiver_diskgraph::cache`): a collection whose hot sectors fit
+    /// searches from memory. 0 turns the cache off. Default 128 MiB.
+    #[must_use]
+    pub fn sector_cache_bytes(mut self, bytes: usize) -> Self {
+        self.sector_cache_bytes = bytes;
         self
     }
 

@@ -238,7 +238,9 @@ fn scans_in_changing_batch_sizes_return_every_live_row_once() {
 #[test]
 fn stats_count_index_walks_and_reads_only_for_searches_that_walk_an_index() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(dir.path(), opts()).unwrap();
+    // No sector cache: every walk reads from disk.
+    let db = Database::open(dir.path(), opts().sector_cache_bytes(0)).unwrap();
+    assert!(db.sector_cache_stats().is_none());
     db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
     let mut model = BTreeMap::new();
     put(&db, &mut model, 7, &(0..2000).collect::<Vec<u64>>());
@@ -263,4 +265,25 @@ fn stats_count_index_walks_and_reads_only_for_searches_that_walk_an_index() {
     // Each walk reads at least the entry's sector and at most one per list entry it expands.
     let list = SearchParams::default().list_size as u64;
     assert!(st.index_reads >= walks && st.index_reads <= walks * list, "{}", st.index_reads);
+}
+
+/// The sector cache shared by a database's indexes serves a repeated search from RAM with the
+/// same answer: the second walk of a query reads nothing from disk.
+#[test]
+fn a_repeated_search_is_answered_from_the_sector_cache_with_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), opts().sector_cache_bytes(16 << 20)).unwrap();
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    put(&db, &mut BTreeMap::new(), 7, &(0..2000).collect::<Vec<u64>>());
+    db.flush().unwrap();
+    db.run_background().unwrap();
+    let q = vector(8, 0, DIM);
+    let first = db.search("c", &q, &SearchParams::default()).unwrap();
+    let reads = db.stats("c").unwrap().index_reads;
+    assert!(reads > 0, "the first walk reads from disk");
+    let second = db.search("c", &q, &SearchParams::default()).unwrap();
+    assert_eq!((ids(&second), distances(&second)), (ids(&first), distances(&first)));
+    assert_eq!(db.stats("c").unwrap().index_reads, reads, "the second walk read nothing");
+    let cache = db.sector_cache_stats().expect("the cache is on");
+    assert!(cache.hits > 0 && cache.bytes <= cache.capacity, "{cache:?}");
 }

@@ -23,6 +23,7 @@ use super::open::{read_vectors, source_of};
 /// The background worker thread: runs [`background_step`] while it finds work, then sleeps
 /// until notified (or a second passes). Failures are retried with backoff.
 pub(super) fn background_loop(inner: &Arc<Inner>) {
+    super::open::lower_thread_priority(super::open::BACKGROUND_NICE);
     let mut backoff = Duration::from_millis(10);
     loop {
         let seen = {
@@ -32,7 +33,8 @@ pub(super) fn background_loop(inner: &Arc<Inner>) {
             }
             w.generation
         };
-        match background_step(inner) {
+        // Index builds and merges fan out on the low-priority pool, not rayon's global one.
+        match inner.build_pool.install(|| background_step(inner)) {
             Ok(progress) => {
                 *lock(&inner.background_failure) = None;
                 if progress == Progress::Worked {
@@ -203,7 +205,7 @@ fn build_index_dir(
     let _ = std::fs::remove_dir_all(&fin);
     std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
     std::fs::File::open(idir).and_then(|d| d.sync_all()).map_err(io_error(idir))?;
-    DiskIndex::open(&fin, inner.opts.index_open).map_err(index_error)
+    DiskIndex::open(&fin, inner.opts.index_open.clone()).map_err(index_error)
 }
 
 /// Commits segment `sid` as indexed and installs `index` in place of its resident vectors. If

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use quiver_diskgraph::cache::CacheStats;
+
 use crate::batch::Vectors;
 use crate::error::CollectionError;
 use crate::names::validate_collection_name;
@@ -49,6 +51,13 @@ pub struct CollectionStats {
 }
 
 impl Database {
+    /// What the sector cache shared by the database's disk indexes holds and has done; `None`
+    /// when it is off ([`Options::sector_cache_bytes`](crate::Options::sector_cache_bytes) 0).
+    #[must_use]
+    pub fn sector_cache_stats(&self) -> Option<CacheStats> {
+        self.inner.opts.index_open.sector_cache.as_ref().map(|c| c.stats())
+    }
+
     /// Creates collection `name` with `schema`; durable when it returns.
     ///
     /// # Errors

@@ -59,6 +59,10 @@ pub(super) struct Inner {
     /// Threads that search a query's segments in parallel: its own pool, so searches never
     /// queue behind an index build's work on rayon's global pool.
     pub(super) search_pool: rayon::ThreadPool,
+    /// Threads of the background worker's index builds and merges, at a lower scheduling
+    /// priority ([`BACKGROUND_NICE`](super::open::BACKGROUND_NICE)): they use idle cores fully
+    /// and yield them to searches and writes.
+    pub(super) build_pool: rayon::ThreadPool,
     /// When the last write was applied (for [`Options::idle_flush`]).
     pub(super) last_write: Mutex<Instant>,
     /// The background worker's last failure, until a unit of work succeeds: a flush waiting

@@ -22,6 +22,7 @@ use crate::options::Options;
 use crate::rowset::RowSet;
 use crate::schema::{CollectionSchema, ID_COLUMN};
 use crate::segment::{self, FileSum, SegmentFile};
+use quiver_diskgraph::cache::SectorCache;
 use quiver_diskgraph::search::DiskIndex;
 
 use super::background::background_loop;
@@ -42,7 +43,11 @@ impl Database {
     ///
     /// # Errors
     /// [`OpenError`]: the directory is locked or unreadable, or a file is damaged.
-    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Database, OpenError> {
+    pub fn open(path: impl AsRef<Path>, mut opts: Options) -> Result<Database, OpenError> {
+        if opts.sector_cache_bytes > 0 && opts.index_open.sector_cache.is_none() {
+            let cache = SectorCache::new(opts.sector_cache_bytes);
+            opts.index_open.sector_cache = Some(Arc::new(cache));
+        }
         let dir = path.as_ref().to_path_buf();
         let vfs = opts.vfs.clone();
         let io = |p: &Path| {
@@ -168,8 +173,9 @@ impl Database {
             state.apply(op);
         }
 
-        let search_pool = search_pool()
-            .map_err(|e| OpenError::Io { path: dir.clone(), source: std::io::Error::other(e) })?;
+        let pool_error = |e| OpenError::Io { path: dir.clone(), source: std::io::Error::other(e) };
+        let search_pool = search_pool().map_err(pool_error)?;
+        let build_pool = build_pool().map_err(pool_error)?;
         let inner = Arc::new(Inner {
             dir,
             vfs,
@@ -188,6 +194,7 @@ impl Database {
             background_failure: Mutex::new(None),
             search_states: Mutex::new(Vec::new()),
             search_pool,
+            build_pool,
             last_write: Mutex::new(Instant::now()),
             _lock: lock,
             opts,
@@ -219,6 +226,38 @@ fn search_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
         .num_threads(cores.min(MAX_SEARCH_THREADS))
         .thread_name(|i| format!("quiver-search-{i}"))
         .build()
+}
+
+/// The pool the background worker builds indexes and merges on: a thread per core, each at
+/// [`BACKGROUND_NICE`].
+fn build_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.min(MAX_SEARCH_THREADS))
+        .thread_name(|i| format!("quiver-build-{i}"))
+        .start_handler(|_| lower_thread_priority(BACKGROUND_NICE))
+        .build()
+}
+
+/// How far below the searches' the background threads' scheduling priority is (a nice
+/// increment). At 10, the kernel gives a runnable search thread about ten times a background
+/// thread's share of a contended core; an idle core still goes to the background work.
+pub(super) const BACKGROUND_NICE: i32 = 10;
+
+/// Raises the calling thread's nice value by `increment` (Linux keeps a nice value per thread).
+/// A failure only costs priority: it is logged, not returned.
+pub(super) fn lower_thread_priority(increment: i32) {
+    // SAFETY: `nice` takes an integer and touches no memory of ours; on Linux it changes the
+    // calling thread's nice value only. Resetting errno first tells a new nice value of -1
+    // from a failure, as nice(2) prescribes.
+    let failed = unsafe {
+        *libc::__errno_location() = 0;
+        libc::nice(increment) == -1 && *libc::__errno_location() != 0
+    };
+    if failed {
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(%error, "could not lower a background thread's priority");
+    }
 }
 
 /// The most threads a database's segment-search pool has.
@@ -322,29 +361,32 @@ pub(super) fn load_segment(
     let mut index = None;
     if meta.indexed {
         match index_dir {
-            Some(idir) => match DiskIndex::open(&idir.join(index_name(meta.id)), opts.index_open) {
-                Ok(ix) if ix.header().n == meta.rows => {
-                    match index_source::check(&idir.join(index_name(meta.id)), source_of(&meta)) {
-                        Ok(()) => index = Some(Arc::new(ix)),
-                        Err(e) => tracing::warn!(
-                            "index of segment {:016x} is not bound to it: {e}; rebuilding it",
+            Some(idir) => {
+                match DiskIndex::open(&idir.join(index_name(meta.id)), opts.index_open.clone()) {
+                    Ok(ix) if ix.header().n == meta.rows => {
+                        match index_source::check(&idir.join(index_name(meta.id)), source_of(&meta))
+                        {
+                            Ok(()) => index = Some(Arc::new(ix)),
+                            Err(e) => tracing::warn!(
+                                "index of segment {:016x} is not bound to it: {e}; rebuilding it",
+                                meta.id
+                            ),
+                        }
+                    }
+                    Ok(ix) => tracing::warn!(
+                        "index of segment {:016x} has {} nodes for {} rows; rebuilding it",
+                        meta.id,
+                        ix.header().n,
+                        meta.rows
+                    ),
+                    Err(e) => {
+                        tracing::warn!(
+                            "index of segment {:016x} unusable ({e}); rebuilding it",
                             meta.id
-                        ),
+                        );
                     }
                 }
-                Ok(ix) => tracing::warn!(
-                    "index of segment {:016x} has {} nodes for {} rows; rebuilding it",
-                    meta.id,
-                    ix.header().n,
-                    meta.rows
-                ),
-                Err(e) => {
-                    tracing::warn!(
-                        "index of segment {:016x} unusable ({e}); rebuilding it",
-                        meta.id
-                    );
-                }
-            },
+            }
             None => tracing::info!(
                 "segment {:016x} has an index, but indexing is off here: searching it exactly",
                 meta.id

@@ -168,6 +168,10 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
         "searches": st.searches,
         "index_walks": st.index_walks,
         "index_reads": st.index_reads,
+        "sector_cache": db.sector_cache_stats().map(|c| json!({
+            "capacity": c.capacity, "bytes": c.bytes, "entries": c.entries, "hits": c.hits,
+            "misses": c.misses, "inserts": c.inserts, "evictions": c.evictions,
+        })),
     }))
 }
 
