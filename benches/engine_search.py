@@ -3,7 +3,8 @@ on one index built from the same file, in the same run (issue 19's benchmark).
 
     target/pyenv/bin/python benches/engine_search.py --data /work/data/sift-dev-1m \
         [--rows 1000000] [--list-sizes 20,30,50,75,100] [--threads 2] [--queries 2000] \
-        [--rounds 3] [--delete-frac 0.1] [--busy-list-size 50] [--busy-rows 30000]
+        [--rounds 3] [--delete-frac 0.1] [--busy-list-size 50] [--busy-rows 30000] \
+        [--sector-cache-mb 0]
 
 Build first: `cargo build --release --bin quiver`. Steps:
 1. `quiver serve` (release) on a fresh directory; the base rows are put with pyarrow in batches of
@@ -56,8 +57,9 @@ def read_vecs(path, dtype):
     return raw.reshape(-1, d + 1)[:, 1:].view(dtype)
 
 
-def start_quiver(binary, data):
-    p = subprocess.Popen([binary, "serve", "--data", data, "--listen", "127.0.0.1:0"],
+def start_quiver(binary, data, cache_mb):
+    p = subprocess.Popen([binary, "serve", "--data", data, "--listen", "127.0.0.1:0",
+                          "--sector-cache-mb", str(cache_mb)],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline().strip()
     assert line.startswith("listening on "), line
@@ -199,11 +201,12 @@ def busy_phase(uri, name, base, queries, ls, threads, rows, flushes):
     }
 
 
-def quiver_sweep(binary, index, queries_file, gt_file, list_sizes, threads, nq):
+def quiver_sweep(binary, index, queries_file, gt_file, list_sizes, threads, cache_mb):
+    cache = ["--sector-cache", f"{cache_mb}MiB"] if cache_mb else []
     out = subprocess.run([binary, "search", "--index", index, "--queries", queries_file,
                           "--ground-truth", gt_file, "--list-sizes",
-                          ",".join(map(str, list_sizes)), "--threads", str(threads), "--json"],
-                         capture_output=True, text=True, check=True).stdout
+                          ",".join(map(str, list_sizes)), "--threads", str(threads), "--json"]
+                         + cache, capture_output=True, text=True, check=True).stdout
     res = {}
     for line in out.splitlines():
         line = line.strip()
@@ -247,6 +250,10 @@ def main():
     ap.add_argument("--delete-frac", type=float, default=0.1)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--busy-list-size", type=int, default=50)
+    ap.add_argument("--busy-only", action="store_true",
+                    help="ingest, then only the busy phase (no build, sweeps or deletions)")
+    ap.add_argument("--sector-cache-mb", type=int, default=0,
+                    help="sector cache of both sides (0: every node read from disk)")
     ap.add_argument("--busy-rows", type=int, default=30_000)
     ap.add_argument("--busy-flushes", type=int, default=3)
     args = ap.parse_args()
@@ -272,7 +279,7 @@ def main():
     np.hstack([np.full((len(gt_ids), 1), d, np.int32), gt_ids]).tofile(gtfile)
 
     data = os.path.join(work, "db")
-    p, uri = start_quiver(args.quiver, data)
+    p, uri = start_quiver(args.quiver, data, args.sector_cache_mb)
     t0 = time.perf_counter()
     put(uri, "sift", base, 10_000)
     t_put = time.perf_counter() - t0
@@ -283,6 +290,13 @@ def main():
           f"segments {stats.get('segments')}, indexed {stats.get('indexed_segments')}",
           file=sys.stderr)
 
+    if args.busy_only:
+        busy = busy_phase(uri, "sift", base, queries, args.busy_list_size, args.threads,
+                          args.busy_rows, args.busy_flushes)
+        print(json.dumps(busy))
+        p.terminate()
+        p.wait()
+        return
     index = os.path.join(work, "index")
     t0 = time.perf_counter()
     subprocess.run([args.quiver, "build", "--input", base_file, "--metric", "l2", "--out", index],
@@ -293,7 +307,7 @@ def main():
     for rnd in range(args.rounds):
         e = flight_sweep(uri, "sift", queries, gt_ids, list_sizes, args.threads)
         c = quiver_sweep(args.quiver, index, qfile, gtfile, list_sizes, args.threads,
-                         len(queries))
+                         args.sector_cache_mb)
         for ls in list_sizes:
             eng[ls].append(e[ls])
             cli[ls].append((c[ls]["qps"], c[ls]["recall_at_k"], c[ls]["mean_ios"]))
