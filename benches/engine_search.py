@@ -57,9 +57,9 @@ def read_vecs(path, dtype):
     return raw.reshape(-1, d + 1)[:, 1:].view(dtype)
 
 
-def start_quiver(binary, data, cache_mb):
+def start_quiver(binary, data, cache_mb, nice):
     p = subprocess.Popen([binary, "serve", "--data", data, "--listen", "127.0.0.1:0",
-                          "--sector-cache-mb", str(cache_mb)],
+                          "--sector-cache-mb", str(cache_mb), "--background-nice", str(nice)],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline().strip()
     assert line.startswith("listening on "), line
@@ -250,6 +250,7 @@ def main():
     ap.add_argument("--delete-frac", type=float, default=0.1)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--busy-list-size", type=int, default=50)
+    ap.add_argument("--background-nice", type=int, default=10)
     ap.add_argument("--busy-only", action="store_true",
                     help="ingest, then only the busy phase (no build, sweeps or deletions)")
     ap.add_argument("--sector-cache-mb", type=int, default=0,
@@ -279,7 +280,7 @@ def main():
     np.hstack([np.full((len(gt_ids), 1), d, np.int32), gt_ids]).tofile(gtfile)
 
     data = os.path.join(work, "db")
-    p, uri = start_quiver(args.quiver, data, args.sector_cache_mb)
+    p, uri = start_quiver(args.quiver, data, args.sector_cache_mb, args.background_nice)
     t0 = time.perf_counter()
     put(uri, "sift", base, 10_000)
     t_put = time.perf_counter() - t0

@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// In-memory table size before it is written as a segment, MiB.
     #[arg(long, default_value_t = 64)]
     memtable_mb: usize,
+    /// How far below searches the index builds and merges are scheduled (nice, 0..=19).
+    #[arg(long, default_value_t = 10)]
+    background_nice: i32,
     /// RAM for verified index sectors shared by every disk index, MiB (CLOCK eviction); 0 turns
     /// it off.
     #[arg(long, default_value_t = 128)]
@@ -160,6 +163,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     let opts = Options::default()
         .memtable_bytes(args.memtable_mb.max(1) << 20)
         .sector_cache_bytes(args.sector_cache_mb << 20)
+        .background_nice(args.background_nice)
         .build_indexes(!args.no_index)
         .cut_truncated_wal(args.cut_truncated_wal);
     let db = Arc::new(Database::open(&args.data, opts)?);

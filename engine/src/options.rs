@@ -25,6 +25,7 @@ pub struct Options {
     pub(crate) index_params: BuildParams,
     pub(crate) index_open: OpenOptionsIndex,
     pub(crate) sector_cache_bytes: usize,
+    pub(crate) background_nice: i32,
     pub(crate) merge_min_segments: usize,
     pub(crate) merge_max_rows: u64,
     pub(crate) max_unindexed_segments: usize,
@@ -53,6 +54,7 @@ impl Default for Options {
             index_params: BuildParams::default(),
             index_open: OpenOptionsIndex::default(),
             sector_cache_bytes: DEFAULT_SECTOR_CACHE_BYTES,
+            background_nice: 10,
             merge_min_segments: 4,
             merge_max_rows: 4 << 20,
             max_unindexed_segments: 4,
@@ -154,6 +156,16 @@ impl Options {
     #[must_use]
     pub fn index_open(mut self, opts: OpenOptionsIndex) -> Self {
         self.index_open = opts;
+        self
+    }
+
+    /// How far below searches and writes the background worker's threads (index builds,
+    /// merges) are scheduled: a nice increment, 0..=19. At 10, a runnable search thread gets
+    /// about ten times a build thread's share of a contended core; an idle core still goes to
+    /// the builds. Higher favours search latency over indexing speed under load. Default 10.
+    #[must_use]
+    pub fn background_nice(mut self, increment: i32) -> Self {
+        self.background_nice = increment.clamp(0, 19);
         self
     }
 

@@ -60,7 +60,7 @@ pub(super) struct Inner {
     /// queue behind an index build's work on rayon's global pool.
     pub(super) search_pool: rayon::ThreadPool,
     /// Threads of the background worker's index builds and merges, at a lower scheduling
-    /// priority ([`BACKGROUND_NICE`](super::open::BACKGROUND_NICE)): they use idle cores fully
+    /// priority ([`Options::background_nice`]): they use idle cores fully
     /// and yield them to searches and writes.
     pub(super) build_pool: rayon::ThreadPool,
     /// When the last write was applied (for [`Options::idle_flush`]).

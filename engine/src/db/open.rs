@@ -175,7 +175,7 @@ impl Database {
 
         let pool_error = |e| OpenError::Io { path: dir.clone(), source: std::io::Error::other(e) };
         let search_pool = search_pool().map_err(pool_error)?;
-        let build_pool = build_pool().map_err(pool_error)?;
+        let build_pool = build_pool(opts.background_nice).map_err(pool_error)?;
         let inner = Arc::new(Inner {
             dir,
             vfs,
@@ -229,24 +229,22 @@ fn search_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
 }
 
 /// The pool the background worker builds indexes and merges on: a thread per core, each at
-/// [`BACKGROUND_NICE`].
-fn build_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+/// nice `increment` ([`Options::background_nice`](crate::Options::background_nice)).
+fn build_pool(increment: i32) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     rayon::ThreadPoolBuilder::new()
         .num_threads(cores.min(MAX_SEARCH_THREADS))
         .thread_name(|i| format!("quiver-build-{i}"))
-        .start_handler(|_| lower_thread_priority(BACKGROUND_NICE))
+        .start_handler(move |_| lower_thread_priority(increment))
         .build()
 }
-
-/// How far below the searches' the background threads' scheduling priority is (a nice
-/// increment). At 10, the kernel gives a runnable search thread about ten times a background
-/// thread's share of a contended core; an idle core still goes to the background work.
-pub(super) const BACKGROUND_NICE: i32 = 10;
 
 /// Raises the calling thread's nice value by `increment` (Linux keeps a nice value per thread).
 /// A failure only costs priority: it is logged, not returned.
 pub(super) fn lower_thread_priority(increment: i32) {
+    if increment == 0 {
+        return;
+    }
     // SAFETY: `nice` takes an integer and touches no memory of ours; on Linux it changes the
     // calling thread's nice value only. Resetting errno first tells a new nice value of -1
     // from a failure, as nice(2) prescribes.
