@@ -142,6 +142,7 @@ fn tls_material(args: &ServeArgs) -> Result<Option<TlsPem>, BoxError> {
 }
 
 pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
+    crate::allocator_purges_at_once();
     // Every check that can refuse the configuration runs before the database is opened or the
     // port bound, so a refused start prints no "listening" line.
     let token = auth_token(args)?;

@@ -298,11 +298,14 @@ impl DiskIndex {
         self.backend
     }
 
-    /// Resident RAM of the index: PQ codes, pivots and the BFS node cache (not the per-thread
-    /// buffers, nor a shared [`SectorCache`], which counts its own bytes).
+    /// Resident RAM of the index: PQ codes, pivots, the start candidates and the BFS node
+    /// cache (not the per-thread buffers, nor a shared [`SectorCache`], which counts its own
+    /// bytes).
     pub fn ram_bytes(&self) -> usize {
         self.codes.len()
             + 4 * (self.pq.center().len() + self.pq.centroids().len())
+            + 4 * self.starts.ids.len()
+            + self.starts.codes.len()
             + self.cache.values().map(|v| v.len() + 16).sum::<usize>()
     }
 

@@ -53,7 +53,7 @@ mod segment;
 pub use batch::{BatchError, max_magnitude, value_bytes};
 pub use db::{
     CollectionStats, Database, MAX_K, MAX_LIST_SIZE, MAX_SCAN_BATCH_ROWS, PendingWrite,
-    SCAN_BATCH_ROWS, Scan, SearchParams,
+    ResidentBytes, SCAN_BATCH_ROWS, Scan, SearchParams,
 };
 pub use error::{
     BackgroundError, CollectionError, FlushError, OpenError, QueryError, ReadError, WriteError,

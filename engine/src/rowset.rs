@@ -22,6 +22,11 @@ impl RowSet {
         self.words[row / 64] >> (row % 64) & 1 == 1
     }
 
+    /// Bytes the set holds in RAM (its words).
+    pub(crate) fn bytes(&self) -> usize {
+        self.words.capacity() * 8
+    }
+
     /// How many rows are in the set.
     pub(crate) fn count(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()

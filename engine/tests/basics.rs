@@ -292,3 +292,36 @@ fn a_repeated_search_is_answered_from_the_sector_cache_and_agrees_with_brute_for
     let cache = db.sector_cache_stats().expect("the cache is on");
     assert!(cache.hits > 0 && cache.bytes <= cache.capacity, "{cache:?}");
 }
+
+/// `stats().resident` must count every structure that grows with the collection, at its size:
+/// a structure left out (or counted by length where its capacity is held) would hide the bytes
+/// per row the memory budget is about. Checked against each structure's least possible size
+/// for N rows, before and after the segment is indexed.
+#[test]
+fn resident_bytes_count_every_per_row_structure_at_least_at_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), opts().sector_cache_bytes(0)).unwrap();
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    let n = 5000u64;
+    put(&db, &mut BTreeMap::new(), 3, &(0..n).collect::<Vec<u64>>());
+    let st = db.stats("c").unwrap().resident;
+    assert!(st.memtable >= n * (DIM as u64 * 4 + 8), "memtable {st:?}");
+    // (Key, Loc) pairs: 16 + 16 bytes, plus a control byte each.
+    assert!(st.key_map >= n * 33, "key map {st:?}");
+
+    db.flush().unwrap();
+    let st = db.stats("c").unwrap().resident;
+    assert!(st.unindexed_vectors >= n * DIM as u64 * 4, "unindexed {st:?}");
+    assert!(st.segment_keys >= n * 16 && st.deletion_sets >= n / 8, "{st:?}");
+    assert_eq!(st.indexes, 0);
+
+    db.run_background().unwrap();
+    let st = db.stats("c").unwrap().resident;
+    assert_eq!(st.unindexed_vectors, 0, "the index replaced the resident vectors");
+    let pq_bytes = (DIM / 4) as u64;
+    assert!(st.indexes >= n * pq_bytes, "indexes {st:?}");
+    assert_eq!(
+        st.total(),
+        st.memtable + st.key_map + st.segment_keys + st.deletion_sets + st.indexes
+    );
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use quiver_diskgraph::cache::CacheStats;
 
-use crate::batch::Vectors;
+use crate::batch::{Key, Vectors};
 use crate::error::CollectionError;
 use crate::names::validate_collection_name;
 use crate::schema::CollectionSchema;
@@ -13,7 +13,7 @@ use crate::schema::CollectionSchema;
 use super::body::{CollectionMeta, delete_name, segment_name};
 use super::inner::lock;
 use super::memtable::Memtable;
-use super::model::{Collection, KeyMap};
+use super::model::{Collection, KeyMap, Loc};
 use super::{DELETES_DIR, Database, SEGMENTS_DIR};
 
 /// Counters of one collection.
@@ -48,6 +48,86 @@ pub struct CollectionStats {
     /// 4 KiB sector reads those walks issued; `index_reads / searches` is the mean I/O count
     /// per query.
     pub index_reads: u64,
+    /// RAM the collection's structures hold, by structure.
+    pub resident: ResidentBytes,
+}
+
+/// RAM a collection's structures hold, in bytes, by structure: what grows with the collection.
+/// Container capacities are counted, not lengths; allocator overhead is not. The database-wide
+/// sector cache is reported apart ([`Database::sector_cache_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResidentBytes {
+    /// The in-memory table: its Arrow batches, search vectors, keys and row places.
+    pub memtable: u64,
+    /// Search vectors of flushed segments still waiting for their disk index.
+    pub unindexed_vectors: u64,
+    /// The id → row map over every live row: `capacity × (size of (Key, Loc) + 1)`, plus the
+    /// bytes of string ids.
+    pub key_map: u64,
+    /// Each segment's row → id array (deleted rows too), plus the bytes of string ids.
+    pub segment_keys: u64,
+    /// Deleted-row bitsets, one bit per segment row.
+    pub deletion_sets: u64,
+    /// Disk indexes' RAM: PQ codes (`pq_bytes` per row), pivots, start candidates' codes and
+    /// the BFS node cache.
+    pub indexes: u64,
+}
+
+impl ResidentBytes {
+    /// The sum of every structure.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.memtable
+            + self.unindexed_vectors
+            + self.key_map
+            + self.segment_keys
+            + self.deletion_sets
+            + self.indexes
+    }
+}
+
+/// Heap bytes of string keys (integer keys have none).
+fn key_heap_bytes<'a>(keys: impl Iterator<Item = &'a Key>) -> usize {
+    keys.map(|k| match k {
+        Key::Int(_) => 0,
+        Key::Str(s) => s.len(),
+    })
+    .sum()
+}
+
+/// What collection `c`'s structures hold in RAM.
+fn resident_bytes(c: &Collection) -> ResidentBytes {
+    let mem = &c.mem;
+    let memtable = mem.bytes
+        + mem.keys.capacity() * size_of::<Key>()
+        + key_heap_bytes(mem.keys.iter())
+        + mem.locs.capacity() * size_of::<(u32, u32)>()
+        + mem.live.capacity();
+    let unindexed: usize = c
+        .segments
+        .iter()
+        .filter_map(|s| s.vectors.as_ref())
+        .flat_map(|v| v.iter())
+        .map(Vectors::bytes)
+        .sum();
+    let key_map = c.keys.capacity() * (size_of::<(Key, Loc)>() + 1) + key_heap_bytes(c.keys.keys());
+    let segment_keys: usize = c
+        .segments
+        .iter()
+        .map(|s| s.keys.len() * size_of::<Key>() + key_heap_bytes(s.keys.iter()))
+        .sum();
+    let deletion_sets: usize = c.segments.iter().map(|s| s.deleted.bytes()).sum();
+    let indexes: usize =
+        c.segments.iter().filter_map(|s| s.index.as_ref()).map(|i| i.ram_bytes()).sum();
+    ResidentBytes {
+        memtable: memtable as u64,
+        unindexed_vectors: unindexed as u64,
+        key_map: key_map as u64,
+        segment_keys: segment_keys as u64,
+        deletion_sets: deletion_sets as u64,
+        indexes: indexes as u64,
+    }
 }
 
 impl Database {
@@ -185,6 +265,7 @@ impl Database {
             searches: c.counters.searches.load(Ordering::Relaxed),
             index_walks: c.counters.index_walks.load(Ordering::Relaxed),
             index_reads: c.counters.index_reads.load(Ordering::Relaxed),
+            resident: resident_bytes(c),
         })
     }
 }

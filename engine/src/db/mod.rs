@@ -41,7 +41,7 @@ mod read;
 mod search;
 mod write;
 
-pub use catalog::CollectionStats;
+pub use catalog::{CollectionStats, ResidentBytes};
 pub use read::Scan;
 pub use search::SearchParams;
 pub use write::PendingWrite;

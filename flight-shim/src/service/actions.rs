@@ -168,6 +168,15 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
         "searches": st.searches,
         "index_walks": st.index_walks,
         "index_reads": st.index_reads,
+        "resident_bytes": {
+            "memtable": st.resident.memtable,
+            "unindexed_vectors": st.resident.unindexed_vectors,
+            "key_map": st.resident.key_map,
+            "segment_keys": st.resident.segment_keys,
+            "deletion_sets": st.resident.deletion_sets,
+            "indexes": st.resident.indexes,
+            "total": st.resident.total(),
+        },
         "sector_cache": db.sector_cache_stats().map(|c| json!({
             "capacity": c.capacity, "bytes": c.bytes, "entries": c.entries, "hits": c.hits,
             "misses": c.misses, "inserts": c.inserts, "evictions": c.evictions,
