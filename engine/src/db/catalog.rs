@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use arrow_array::RecordBatch;
 use quiver_diskgraph::cache::CacheStats;
 
 use crate::batch::{Key, Vectors};
@@ -99,7 +100,8 @@ fn key_heap_bytes<'a>(keys: impl Iterator<Item = &'a Key>) -> usize {
 /// What collection `c`'s structures hold in RAM.
 fn resident_bytes(c: &Collection) -> ResidentBytes {
     let mem = &c.mem;
-    let memtable = mem.bytes
+    let memtable = mem.batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>()
+        + mem.vector_bytes()
         + mem.keys.capacity() * size_of::<Key>()
         + key_heap_bytes(mem.keys.iter())
         + mem.locs.capacity() * size_of::<(u32, u32)>()

@@ -112,6 +112,11 @@ impl Memtable {
         }
         self.batches.drain(..f.batches);
         self.vectors.drain(..f.batches);
+        // The per-row arrays held a whole table's rows; keep room for what is left only, so an
+        // idle table costs nothing per row of the collection.
+        self.live.shrink_to_fit();
+        self.keys.shrink_to_fit();
+        self.locs.shrink_to_fit();
         self.bytes -= f.bytes;
         f.bytes
     }
