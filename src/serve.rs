@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// In-memory table size before it is written as a segment, MiB.
     #[arg(long, default_value_t = 64)]
     memtable_mb: usize,
+    /// RAM an index build in the background may use, MiB: the segment's vectors go to a file
+    /// and the budgeted build (one graph over 8-bit codes, or partitions) keeps within it. 0:
+    /// the in-memory build, which holds the graph of the whole segment.
+    #[arg(long, default_value_t = 0)]
+    index_build_budget_mb: u64,
     /// How far below searches the index builds and merges are scheduled (nice, 0..=19).
     #[arg(long, default_value_t = 10)]
     background_nice: i32,
@@ -165,6 +170,11 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
         .memtable_bytes(args.memtable_mb.max(1) << 20)
         .sector_cache_bytes(args.sector_cache_mb << 20)
         .background_nice(args.background_nice)
+        .index_params(quiver_engine::BuildParams {
+            ram_budget: (args.index_build_budget_mb > 0)
+                .then_some(args.index_build_budget_mb << 20),
+            ..quiver_engine::BuildParams::default()
+        })
         .build_indexes(!args.no_index)
         .cut_truncated_wal(args.cut_truncated_wal);
     let db = Arc::new(Database::open(&args.data, opts)?);

@@ -189,15 +189,15 @@ fn build_index_dir(
     let tmp = idir.join(format!("{}.tmp", index_name(sid)));
     let fin = idir.join(index_name(sid));
     let _ = std::fs::remove_dir_all(&tmp);
-    let built = quiver_diskgraph::index::build_index(
-        set,
-        schema.metric(),
-        &inner.opts.index_params,
-        &tmp,
-        &|_, _| {},
-    )
-    .map_err(index_error)
-    .and_then(|_| index_source::write(&tmp, source_of(meta)).map_err(io_error(&tmp)));
+    let params = &inner.opts.index_params;
+    let built = if params.ram_budget.is_some() {
+        build_within_budget(idir, sid, set, schema, params, &tmp)
+    } else {
+        quiver_diskgraph::index::build_index(set, schema.metric(), params, &tmp, &|_, _| {})
+            .map(drop)
+            .map_err(index_error)
+    }
+    .and_then(|()| index_source::write(&tmp, source_of(meta)).map_err(io_error(&tmp)));
     if let Err(e) = built {
         let _ = std::fs::remove_dir_all(&tmp); // ENOSPC, say
         return Err(e);
@@ -206,6 +206,41 @@ fn build_index_dir(
     std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
     std::fs::File::open(idir).and_then(|d| d.sync_all()).map_err(io_error(idir))?;
     DiskIndex::open(&fin, inner.opts.index_open.clone()).map_err(index_error)
+}
+
+/// The budgeted build of segment `sid`'s index into `tmp`: the vectors go to a file in
+/// `idir/{id}.input/` (removed afterwards, or by the orphan sweep after a crash) and are
+/// dropped from RAM, then [`build_index_from_file`] keeps within `params.ram_budget`.
+///
+/// [`build_index_from_file`]: quiver_diskgraph::index::build_index_from_file
+fn build_within_budget(
+    idir: &Path,
+    sid: u64,
+    set: quiver_diskgraph::data::VectorSet,
+    schema: &CollectionSchema,
+    params: &quiver_diskgraph::index::BuildParams,
+    tmp: &Path,
+) -> Result<(), BackgroundError> {
+    let index_error = |source| BackgroundError::Index { segment: sid, source };
+    let input_dir = idir.join(format!("{}.input", index_name(sid)));
+    let _ = std::fs::remove_dir_all(&input_dir);
+    std::fs::create_dir_all(&input_dir).map_err(io_error(&input_dir))?;
+    let input = input_dir.join(format!("vectors.{}", set.bin_extension()));
+    let written = set.write_bin(&input).map_err(io_error(&input));
+    drop(set);
+    let built = written.and_then(|()| {
+        quiver_diskgraph::index::build_index_from_file(
+            &input,
+            schema.metric(),
+            params,
+            tmp,
+            &|_, _, _| {},
+        )
+        .map(drop)
+        .map_err(index_error)
+    });
+    let _ = std::fs::remove_dir_all(&input_dir);
+    built
 }
 
 /// Commits segment `sid` as indexed and installs `index` in place of its resident vectors. If

@@ -480,7 +480,9 @@ pub(super) fn engine_file_id(sub: &str, name: &str) -> Option<u64> {
     let stem = match sub {
         SEGMENTS_DIR => name.strip_suffix(".parquet")?,
         DELETES_DIR => name.strip_suffix(".del")?,
-        INDEXES_DIR => name.strip_suffix(".tmp").unwrap_or(name),
+        INDEXES_DIR => {
+            name.strip_suffix(".tmp").or_else(|| name.strip_suffix(".input")).unwrap_or(name)
+        }
         _ => return None,
     };
     if stem.len() != 16 || !stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
