@@ -31,31 +31,9 @@ import time
 
 import numpy as np
 
+from benchlib import at_recall, exact_ground_truth, read_u8bin, write_u8bin
+
 K = 10
-
-
-def read_u8bin(path, rows=None):
-    with open(path, "rb") as f:
-        n, d = np.frombuffer(f.read(8), dtype=np.uint32)
-        n = n if rows is None else min(n, rows)
-        return np.frombuffer(f.read(int(n) * int(d)), dtype=np.uint8).reshape(int(n), int(d))
-
-
-def write_u8bin(path, a):
-    with open(path, "wb") as f:
-        f.write(np.array(a.shape, dtype=np.uint32).tobytes())
-        f.write(a.tobytes())
-
-
-def exact_ground_truth(base, queries, k):
-    b = base.astype(np.float32)
-    norms = (b.astype(np.float64) ** 2).sum(1)
-    out = []
-    for q in queries.astype(np.float32):
-        d = norms - 2.0 * (b @ q).astype(np.float64)
-        top = np.argpartition(d, k)[:k]
-        out.append(top[np.argsort(d[top], kind="stable")])
-    return np.array(out, dtype=np.int32)
 
 
 def quiver_sweep(binary, index, qfile, gtfile, list_sizes, threads, cache):
@@ -112,14 +90,6 @@ def qdrant_sweep(shard, queries, gt, efs, threads):
         hits = sum(len(set(res[i]) & set(gt[i][:K].tolist())) for i in range(len(qf)))
         out[ef] = (len(qf) / secs, hits / (K * len(qf)))
     return out
-
-
-def at_recall(curve, target=0.95):
-    pts = sorted((r, q) for q, r in curve)
-    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
-        if r0 <= target <= r1:
-            return q0 + (q1 - q0) * (target - r0) / max(r1 - r0, 1e-9)
-    return float("nan")
 
 
 def main():

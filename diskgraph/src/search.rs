@@ -829,24 +829,17 @@ impl Searcher<'_> {
             while !free.is_empty() {
                 let Some(id) = walk.take_nearest_new() else { break };
                 let loc = h.locate(id);
-                if let Some(bytes) = ix.cache.get(&loc.sector) {
-                    stats.cache_hits += 1;
+                // The BFS cache first, then the shared cache; a hit is a copy in `cached`.
+                let hit = if let Some(bytes) = ix.cache.get(&loc.sector) {
                     self.state.cached.clear();
                     self.state.cached.extend_from_slice(bytes);
-                    let (visited, expanded) = (&mut self.state.visited, &mut self.state.expanded);
-                    ctx.process(
-                        &mut walk,
-                        visited,
-                        expanded,
-                        &mut stats,
-                        id,
-                        &mut self.state.cached,
-                    )?;
-                    continue;
-                }
-                if let Some((cache, key)) = &ix.shared
-                    && cache.get(*key, loc.sector, &mut self.state.cached)
-                {
+                    true
+                } else if let Some((cache, key)) = &ix.shared {
+                    cache.get(*key, loc.sector, &mut self.state.cached)
+                } else {
+                    false
+                };
+                if hit {
                     stats.cache_hits += 1;
                     let (visited, expanded) = (&mut self.state.visited, &mut self.state.expanded);
                     ctx.process(
