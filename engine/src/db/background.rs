@@ -182,17 +182,17 @@ fn build_index_dir(
 ) -> Result<DiskIndex, BackgroundError> {
     let sid = meta.id;
     let index_error = |source| BackgroundError::Index { segment: sid, source };
-    let set = Vectors::concat(&vectors)
-        .to_vector_set(schema.dim())
-        .map_err(|e| index_error(IndexError::Data(e)))?;
-    drop(vectors);
     let tmp = idir.join(format!("{}.tmp", index_name(sid)));
     let fin = idir.join(index_name(sid));
     let _ = std::fs::remove_dir_all(&tmp);
     let params = &inner.opts.index_params;
     let built = if params.ram_budget.is_some() {
-        build_within_budget(idir, sid, set, schema, params, &tmp)
+        build_within_budget(idir, sid, &vectors, schema, params, &tmp)
     } else {
+        let set = Vectors::concat(&vectors)
+            .to_vector_set(schema.dim())
+            .map_err(|e| index_error(IndexError::Data(e)))?;
+        drop(vectors);
         quiver_diskgraph::index::build_index(set, schema.metric(), params, &tmp, &|_, _| {})
             .map(drop)
             .map_err(index_error)
@@ -208,15 +208,15 @@ fn build_index_dir(
     DiskIndex::open(&fin, inner.opts.index_open.clone()).map_err(index_error)
 }
 
-/// The budgeted build of segment `sid`'s index into `tmp`: the vectors go to a file in
-/// `idir/{id}.input/` (removed afterwards, or by the orphan sweep after a crash) and are
-/// dropped from RAM, then [`build_index_from_file`] keeps within `params.ram_budget`.
+/// The budgeted build of segment `sid`'s index into `tmp`: the vectors are written, straight
+/// from their buffers, to a file in `idir/{id}.input/` (removed afterwards, or by the orphan
+/// sweep after a crash), then [`build_index_from_file`] keeps within `params.ram_budget`.
 ///
 /// [`build_index_from_file`]: quiver_diskgraph::index::build_index_from_file
 fn build_within_budget(
     idir: &Path,
     sid: u64,
-    set: quiver_diskgraph::data::VectorSet,
+    vectors: &[Vectors],
     schema: &CollectionSchema,
     params: &quiver_diskgraph::index::BuildParams,
     tmp: &Path,
@@ -225,9 +225,8 @@ fn build_within_budget(
     let input_dir = idir.join(format!("{}.input", index_name(sid)));
     let _ = std::fs::remove_dir_all(&input_dir);
     std::fs::create_dir_all(&input_dir).map_err(io_error(&input_dir))?;
-    let input = input_dir.join(format!("vectors.{}", set.bin_extension()));
-    let written = set.write_bin(&input).map_err(io_error(&input));
-    drop(set);
+    let input = input_dir.join(format!("vectors.{}", Vectors::bin_extension(vectors)));
+    let written = Vectors::write_bin(vectors, schema.dim(), &input).map_err(io_error(&input));
     let built = written.and_then(|()| {
         quiver_diskgraph::index::build_index_from_file(
             &input,
