@@ -114,8 +114,8 @@ pub(crate) fn allocator_purges_at_once() {
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: `mi_option_set` takes no pointers; its only requirements are a valid option id
     // (15 is `mi_option_purge_delay`, inside `mi_option_e`, whose last id is above it in both
-    // mimalloc v2 and v3) and no concurrent option calls: this runs before the build starts any
-    // thread. 0 is a documented value of this option ("immediate purging").
+    // mimalloc v2 and v3) and no concurrent option calls: this runs before the build or the
+    // server starts any thread. 0 is a documented value of this option ("immediate purging").
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
     // SAFETY: `mi_option_get` takes no pointers and reads the global option table at the same
     // valid id, on the same single thread, after the set above.

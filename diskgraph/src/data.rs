@@ -26,6 +26,17 @@ pub enum ElemType {
 }
 
 impl ElemType {
+    /// The extension of the headered binary vector file of this element type (`fbin`, `u8bin`,
+    /// `i8bin`), which [`VectorFile::open`](crate::source::VectorFile::open) and
+    /// [`read_vectors`] read and [`write_bin`](crate::source::write_bin) writes.
+    pub const fn bin_extension(self) -> &'static str {
+        match self {
+            ElemType::F32 => "fbin",
+            ElemType::U8 => "u8bin",
+            ElemType::I8 => "i8bin",
+        }
+    }
+
     /// Bytes per element.
     pub const fn size(self) -> usize {
         match self {
@@ -326,35 +337,6 @@ impl VectorSet {
     pub fn row_bytes(&self, i: usize) -> &[u8] {
         let at = i * self.stride;
         &self.all_bytes()[at..at + self.dim * self.elem.size()]
-    }
-
-    /// The extension of the binary vector file format for this set's element type: `fbin`,
-    /// `u8bin` or `i8bin` (what [`VectorSet::write_bin`] writes and [`read_vectors`] reads).
-    pub fn bin_extension(&self) -> &'static str {
-        match self.elem {
-            ElemType::F32 => "fbin",
-            ElemType::U8 => "u8bin",
-            ElemType::I8 => "i8bin",
-        }
-    }
-
-    /// Writes the set as a binary vector file: `n` and `dim` as little-endian `u32`, then the
-    /// rows without padding. The file is not synced (callers that keep it sync it).
-    ///
-    /// # Errors
-    /// I/O failure, or a set too large for the format's `u32` header.
-    pub fn write_bin(&self, path: &Path) -> io::Result<()> {
-        use std::io::Write;
-        let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "over u32::MAX rows");
-        let n = u32::try_from(self.n).map_err(|_| too_large())?;
-        let dim = u32::try_from(self.dim).map_err(|_| too_large())?;
-        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(path)?);
-        out.write_all(&n.to_le_bytes())?;
-        out.write_all(&dim.to_le_bytes())?;
-        for i in 0..self.n {
-            out.write_all(self.row_bytes(i))?;
-        }
-        out.into_inner().map_err(io::IntoInnerError::into_error)?.flush()
     }
 
     /// The raw bytes of row `i`, for filling.

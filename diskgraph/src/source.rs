@@ -10,6 +10,7 @@
 //! operating system's page cache is the only copy, and it is not resident memory of the process.
 
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,33 @@ pub(crate) fn coalesced_runs(ids: &[u32], stride: u64) -> Vec<std::ops::Range<us
         i = j;
     }
     runs
+}
+
+/// Writes a headered binary vector file (the format of [`ElemType::bin_extension`]): the row
+/// count and `dim` as little-endian `u32`, then `chunks` one after another, each whole rows of
+/// `dim` values of `elem` in little-endian byte order. Chunks are written as they are, with no
+/// concatenated copy. The file is not synced (a caller that keeps it syncs it).
+///
+/// # Errors
+/// I/O failure; `InvalidInput` if the chunks are not whole rows or the row count or `dim` do
+/// not fit the header's `u32`.
+pub fn write_bin(path: &Path, elem: ElemType, dim: usize, chunks: &[&[u8]]) -> io::Result<()> {
+    use std::io::Write;
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_owned());
+    let row_bytes = dim * elem.size();
+    let bytes: usize = chunks.iter().map(|c| c.len()).sum();
+    if row_bytes == 0 || chunks.iter().any(|c| c.len() % row_bytes != 0) {
+        return Err(invalid("vector chunks must hold whole rows"));
+    }
+    let rows = u32::try_from(bytes / row_bytes).map_err(|_| invalid("over u32::MAX rows"))?;
+    let dim = u32::try_from(dim).map_err(|_| invalid("dimension over u32::MAX"))?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, File::create(path)?);
+    out.write_all(&rows.to_le_bytes())?;
+    out.write_all(&dim.to_le_bytes())?;
+    for chunk in chunks {
+        out.write_all(chunk)?;
+    }
+    out.into_inner().map_err(io::IntoInnerError::into_error)?.flush()
 }
 
 /// An opened vector file (`.fbin`, `.u8bin`, `.i8bin`, `.fvecs`, `.bvecs`), read on demand.
@@ -273,14 +301,27 @@ mod tests {
     use super::*;
     use crate::data::read_vectors;
 
+    /// `n` rows of `dim` floats, written in two chunks (the first row, then the rest).
     fn write_fbin(path: &Path, n: usize, dim: usize) -> Vec<f32> {
         let values: Vec<f32> = (0..n * dim).map(|i| (i as f32 * 0.37).sin()).collect();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&(n as u32).to_le_bytes());
-        bytes.extend_from_slice(&(dim as u32).to_le_bytes());
-        bytes.extend_from_slice(bytemuck::cast_slice(&values));
-        std::fs::write(path, bytes).unwrap();
+        let (first, rest) = values.split_at(dim);
+        let chunks = [bytemuck::cast_slice(first), bytemuck::cast_slice(rest)];
+        write_bin(path, ElemType::F32, dim, &chunks).unwrap();
         values
+    }
+
+    /// A chunk that is not whole rows would shift every later row: refused, not written.
+    #[test]
+    fn writing_chunks_that_are_not_whole_rows_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.u8bin");
+        let got = write_bin(&path, ElemType::U8, 4, &[&[1, 2, 3, 4], &[5, 6, 7]]);
+        assert_eq!(got.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert!(!path.exists());
+        write_bin(&path, ElemType::U8, 4, &[&[1, 2, 3, 4], &[5, 6, 7, 8]]).unwrap();
+        let f = VectorFile::open(&path).unwrap();
+        assert_eq!((f.len(), f.dim()), (2, 4));
+        assert_eq!(f.read_range(1, 1).unwrap().row_bytes(0), &[5, 6, 7, 8]);
     }
 
     #[test]

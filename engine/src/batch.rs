@@ -460,47 +460,15 @@ impl Vectors {
         }
     }
 
-    /// The binary vector file extension for `parts` (all of one element type): `fbin` for
-    /// floats (cosine rows too, as given), `u8bin`, `i8bin`.
-    pub(crate) fn bin_extension(parts: &[Vectors]) -> &'static str {
-        match parts.iter().find(|p| !matches!(p, Vectors::Empty)) {
-            Some(Vectors::U8(_)) => "u8bin",
-            Some(Vectors::I8(_)) => "i8bin",
-            _ => "fbin",
+    /// The bytes of the values held, in native byte order (a scalar buffer's inner buffer is
+    /// sliced to exactly its values).
+    pub(crate) fn value_bytes(&self) -> &[u8] {
+        match self {
+            Vectors::F32(v) | Vectors::Cosine { values: v, .. } => v.inner().as_slice(),
+            Vectors::U8(v) => v.inner().as_slice(),
+            Vectors::I8(v) => v.inner().as_slice(),
+            Vectors::Empty => &[],
         }
-    }
-
-    /// Writes `parts` (all of one element type) one after another as a binary vector file of
-    /// `dim`-value rows ([`Vectors::bin_extension`]'s format: `n` and `dim` as little-endian
-    /// `u32`, then the values), straight from their buffers: no concatenated copy.
-    ///
-    /// # Errors
-    /// I/O failure, or more rows than the format's `u32` header holds.
-    pub(crate) fn write_bin(
-        parts: &[Vectors],
-        dim: usize,
-        path: &std::path::Path,
-    ) -> std::io::Result<()> {
-        use std::io::Write;
-        let rows = parts.iter().map(Vectors::values).sum::<usize>() / dim;
-        let too_large = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "too many rows");
-        let rows = u32::try_from(rows).map_err(|_| too_large())?;
-        let dim32 = u32::try_from(dim).map_err(|_| too_large())?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-        out.write_all(&rows.to_le_bytes())?;
-        out.write_all(&dim32.to_le_bytes())?;
-        for p in parts {
-            match p {
-                // A scalar buffer's inner buffer is exactly its values' bytes (sliced to them).
-                Vectors::F32(v) | Vectors::Cosine { values: v, .. } => {
-                    out.write_all(v.inner().as_slice())?;
-                }
-                Vectors::U8(v) => out.write_all(v.inner().as_slice())?,
-                Vectors::I8(v) => out.write_all(v.inner().as_slice())?,
-                Vectors::Empty => {}
-            }
-        }
-        out.into_inner().map_err(std::io::IntoInnerError::into_error)?.flush()
     }
 
     /// `parts` (all of one element type, or empty) one after another, in one buffer.

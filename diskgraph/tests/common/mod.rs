@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use quiver_diskgraph::data::ElemType;
+
 /// A file of the bigann10k fixture (beside the repository, in `../shared/datasets`).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,9 +28,6 @@ pub fn synthetic(n: usize, dim: usize, seed: u64) -> Vec<f32> {
 
 /// Writes `values` (rows of `dim` floats) as an `.fbin` file: row count, dimension, then the rows.
 pub fn write_fbin(path: &Path, values: &[f32], dim: usize) {
-    let mut bytes = Vec::with_capacity(8 + 4 * values.len());
-    bytes.extend_from_slice(&((values.len() / dim) as u32).to_le_bytes());
-    bytes.extend_from_slice(&(dim as u32).to_le_bytes());
-    bytes.extend_from_slice(bytemuck::cast_slice(values));
-    std::fs::write(path, bytes).unwrap();
+    let bytes: &[u8] = bytemuck::cast_slice(values);
+    quiver_diskgraph::source::write_bin(path, ElemType::F32, dim, &[bytes]).unwrap();
 }

@@ -225,8 +225,13 @@ fn build_within_budget(
     let input_dir = idir.join(format!("{}.input", index_name(sid)));
     let _ = std::fs::remove_dir_all(&input_dir);
     std::fs::create_dir_all(&input_dir).map_err(io_error(&input_dir))?;
-    let input = input_dir.join(format!("vectors.{}", Vectors::bin_extension(vectors)));
-    let written = Vectors::write_bin(vectors, schema.dim(), &input).map_err(io_error(&input));
+    let elem = schema.vector_type().search_elem();
+    let input = input_dir.join(format!("vectors.{}", elem.bin_extension()));
+    // The buffers are native byte order and the file little-endian: one on every target.
+    const _: () = assert!(cfg!(target_endian = "little"), "vector files are little-endian");
+    let chunks: Vec<&[u8]> = vectors.iter().map(Vectors::value_bytes).collect();
+    let written = quiver_diskgraph::source::write_bin(&input, elem, schema.dim(), &chunks)
+        .map_err(io_error(&input));
     let built = written.and_then(|()| {
         quiver_diskgraph::index::build_index_from_file(
             &input,

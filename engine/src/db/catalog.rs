@@ -248,6 +248,7 @@ impl Database {
         let st = self.inner.read();
         let c =
             st.collections.get(name).ok_or_else(|| CollectionError::NotFound(name.to_string()))?;
+        let resident = resident_bytes(c);
         Ok(CollectionStats {
             rows: c.keys.len() as u64,
             memtable_rows: c.mem.live_count as u64,
@@ -256,18 +257,12 @@ impl Database {
             segment_rows: c.segments.iter().map(|s| s.meta.rows).sum(),
             deleted_segment_rows: c.segments.iter().map(|s| s.deleted_count).sum(),
             segment_bytes: c.segments.iter().map(|s| s.meta.bytes).sum(),
-            resident_vector_bytes: (c.mem.vector_bytes()
-                + c.segments
-                    .iter()
-                    .filter_map(|s| s.vectors.as_ref())
-                    .flat_map(|v| v.iter())
-                    .map(Vectors::bytes)
-                    .sum::<usize>()) as u64,
+            resident_vector_bytes: c.mem.vector_bytes() as u64 + resident.unindexed_vectors,
             index_failures: c.counters.index_failures.load(Ordering::Relaxed),
             searches: c.counters.searches.load(Ordering::Relaxed),
             index_walks: c.counters.index_walks.load(Ordering::Relaxed),
             index_reads: c.counters.index_reads.load(Ordering::Relaxed),
-            resident: resident_bytes(c),
+            resident,
         })
     }
 }

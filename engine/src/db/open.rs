@@ -174,8 +174,8 @@ impl Database {
         }
 
         let pool_error = |e| OpenError::Io { path: dir.clone(), source: std::io::Error::other(e) };
-        let search_pool = search_pool().map_err(pool_error)?;
-        let build_pool = build_pool(opts.background_nice).map_err(pool_error)?;
+        let search_pool = thread_pool("quiver-search", 0).map_err(pool_error)?;
+        let build_pool = thread_pool("quiver-build", opts.background_nice).map_err(pool_error)?;
         let inner = Arc::new(Inner {
             dir,
             vfs,
@@ -218,23 +218,18 @@ impl Database {
     }
 }
 
-/// The pool that searches segments in parallel: a thread per core, at most
-/// [`MAX_SEARCH_THREADS`].
-fn search_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+/// A pool of a thread per core (at most [`MAX_POOL_THREADS`]) named `{name}-{i}`, each at nice
+/// `increment` above the process's: the segment-search pool (`quiver-search`, 0) and the
+/// background worker's build pool (`quiver-build`,
+/// [`Options::background_nice`](crate::Options::background_nice)).
+fn thread_pool(
+    name: &'static str,
+    increment: i32,
+) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     rayon::ThreadPoolBuilder::new()
-        .num_threads(cores.min(MAX_SEARCH_THREADS))
-        .thread_name(|i| format!("quiver-search-{i}"))
-        .build()
-}
-
-/// The pool the background worker builds indexes and merges on: a thread per core, each at
-/// nice `increment` ([`Options::background_nice`](crate::Options::background_nice)).
-fn build_pool(increment: i32) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(cores.min(MAX_SEARCH_THREADS))
-        .thread_name(|i| format!("quiver-build-{i}"))
+        .num_threads(cores.min(MAX_POOL_THREADS))
+        .thread_name(move |i| format!("{name}-{i}"))
         .start_handler(move |_| lower_thread_priority(increment))
         .build()
 }
@@ -258,8 +253,8 @@ pub(super) fn lower_thread_priority(increment: i32) {
     }
 }
 
-/// The most threads a database's segment-search pool has.
-const MAX_SEARCH_THREADS: usize = 16;
+/// The most threads each of a database's pools (segment search, background builds) has.
+const MAX_POOL_THREADS: usize = 16;
 
 pub(super) fn load_collection(
     vfs: &Arc<dyn Vfs>,
@@ -360,10 +355,10 @@ pub(super) fn load_segment(
     if meta.indexed {
         match index_dir {
             Some(idir) => {
-                match DiskIndex::open(&idir.join(index_name(meta.id)), opts.index_open.clone()) {
+                let path = idir.join(index_name(meta.id));
+                match DiskIndex::open(&path, opts.index_open.clone()) {
                     Ok(ix) if ix.header().n == meta.rows => {
-                        match index_source::check(&idir.join(index_name(meta.id)), source_of(&meta))
-                        {
+                        match index_source::check(&path, source_of(&meta)) {
                             Ok(()) => index = Some(Arc::new(ix)),
                             Err(e) => tracing::warn!(
                                 "index of segment {:016x} is not bound to it: {e}; rebuilding it",
