@@ -56,22 +56,88 @@ pub(crate) fn coalesced_runs(ids: &[u32], stride: u64) -> Vec<std::ops::Range<us
 /// I/O failure; `InvalidInput` if the chunks are not whole rows or the row count or `dim` do
 /// not fit the header's `u32`.
 pub fn write_bin(path: &Path, elem: ElemType, dim: usize, chunks: &[&[u8]]) -> io::Result<()> {
-    use std::io::Write;
-    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_owned());
     let row_bytes = dim * elem.size();
     let bytes: usize = chunks.iter().map(|c| c.len()).sum();
     if row_bytes == 0 || chunks.iter().any(|c| c.len() % row_bytes != 0) {
-        return Err(invalid("vector chunks must hold whole rows"));
+        return Err(invalid_input("vector chunks must hold whole rows"));
     }
-    let rows = u32::try_from(bytes / row_bytes).map_err(|_| invalid("over u32::MAX rows"))?;
-    let dim = u32::try_from(dim).map_err(|_| invalid("dimension over u32::MAX"))?;
-    let mut out = io::BufWriter::with_capacity(1 << 20, File::create(path)?);
-    out.write_all(&rows.to_le_bytes())?;
-    out.write_all(&dim.to_le_bytes())?;
+    let mut out = BinWriter::create(path, elem, dim, bytes / row_bytes)?;
     for chunk in chunks {
-        out.write_all(chunk)?;
+        out.push(chunk)?;
     }
-    out.into_inner().map_err(io::IntoInnerError::into_error)?.flush()
+    out.finish()
+}
+
+fn invalid_input(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, why.to_owned())
+}
+
+/// A headered binary vector file written a chunk at a time, for a writer that knows how many
+/// rows it will write but never holds them together (a merge streaming its live rows). The
+/// header declares the row count up front; [`BinWriter::finish`] refuses a file that did not
+/// get exactly that many, so a short or long write never passes for a whole file.
+#[derive(Debug)]
+pub struct BinWriter {
+    out: io::BufWriter<File>,
+    row_bytes: usize,
+    declared: usize,
+    written: usize,
+}
+
+impl BinWriter {
+    /// Creates (or truncates) `path` for `rows` rows of `dim` values of `elem`, and writes the
+    /// header.
+    ///
+    /// # Errors
+    /// I/O failure; `InvalidInput` if `dim` is 0 or `rows` or `dim` do not fit the header's `u32`.
+    pub fn create(path: &Path, elem: ElemType, dim: usize, rows: usize) -> io::Result<BinWriter> {
+        use std::io::Write;
+        let header_rows = u32::try_from(rows).map_err(|_| invalid_input("over u32::MAX rows"))?;
+        let header_dim =
+            u32::try_from(dim).map_err(|_| invalid_input("dimension over u32::MAX"))?;
+        if dim == 0 {
+            return Err(invalid_input("dimension 0"));
+        }
+        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(path)?);
+        out.write_all(&header_rows.to_le_bytes())?;
+        out.write_all(&header_dim.to_le_bytes())?;
+        Ok(BinWriter { out, row_bytes: dim * elem.size(), declared: rows, written: 0 })
+    }
+
+    /// Appends `chunk`: whole rows, little-endian.
+    ///
+    /// # Errors
+    /// I/O failure; `InvalidInput` if `chunk` is not whole rows or goes past the declared count.
+    pub fn push(&mut self, chunk: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        if !chunk.len().is_multiple_of(self.row_bytes) {
+            return Err(invalid_input("vector chunks must hold whole rows"));
+        }
+        let rows = chunk.len() / self.row_bytes;
+        if self.written + rows > self.declared {
+            return Err(invalid_input("more rows than the header declares"));
+        }
+        self.out.write_all(chunk)?;
+        self.written += rows;
+        Ok(())
+    }
+
+    /// Rows pushed so far.
+    pub fn rows_written(&self) -> usize {
+        self.written
+    }
+
+    /// Flushes the file (not synced).
+    ///
+    /// # Errors
+    /// I/O failure; `InvalidInput` if fewer rows were pushed than the header declares.
+    pub fn finish(self) -> io::Result<()> {
+        use std::io::Write;
+        if self.written != self.declared {
+            return Err(invalid_input("fewer rows than the header declares"));
+        }
+        self.out.into_inner().map_err(io::IntoInnerError::into_error)?.flush()
+    }
 }
 
 /// An opened vector file (`.fbin`, `.u8bin`, `.i8bin`, `.fvecs`, `.bvecs`), read on demand.
@@ -322,6 +388,24 @@ mod tests {
         let f = VectorFile::open(&path).unwrap();
         assert_eq!((f.len(), f.dim()), (2, 4));
         assert_eq!(f.read_range(1, 1).unwrap().row_bytes(0), &[5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn a_streamed_file_with_fewer_or_more_rows_than_declared_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.u8bin");
+        let mut w = BinWriter::create(&path, ElemType::U8, 2, 3).unwrap();
+        w.push(&[1, 2, 3, 4]).unwrap();
+        assert_eq!(w.rows_written(), 2);
+        assert_eq!(w.push(&[5, 6, 7, 8]).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(w.finish().unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        let mut w = BinWriter::create(&path, ElemType::U8, 2, 3).unwrap();
+        w.push(&[1, 2, 3, 4]).unwrap();
+        w.push(&[5, 6]).unwrap();
+        w.finish().unwrap();
+        let f = VectorFile::open(&path).unwrap();
+        assert_eq!((f.len(), f.dim()), (3, 2));
+        assert_eq!(f.read_range(2, 1).unwrap().row_bytes(0), &[5, 6]);
     }
 
     #[test]

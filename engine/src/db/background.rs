@@ -7,18 +7,16 @@ use std::time::{Duration, Instant};
 
 use crate::batch::Vectors;
 use crate::error::{BackgroundError, FlushError};
-use crate::index_source;
 use crate::schema::CollectionSchema;
-use quiver_diskgraph::index::IndexError;
 use quiver_diskgraph::search::DiskIndex;
 
 use super::Database;
 use super::body::SegmentMeta;
-use super::body::index_name;
+use super::index_build::build_index_dir;
 use super::inner::{Inner, lock};
 use super::merge::{merge_candidates, merge_one};
 use super::model::{Segment, State};
-use super::open::{read_vectors, source_of};
+use super::open::read_vectors;
 
 /// The background worker thread: runs [`background_step`] while it finds work, then sleeps
 /// until notified (or a second passes). Failures are retried with backoff.
@@ -168,83 +166,6 @@ pub(super) fn index_one(inner: &Inner) -> Result<Progress, BackgroundError> {
     let sid = job.meta.id;
     tracing::info!("indexed segment {sid:016x} in {:.1} s", t.elapsed().as_secs_f64());
     install_index(inner, job.collection, sid, index)
-}
-
-/// Builds the index of segment `meta` from its `vectors` in `idir/{id}.tmp`, binds it to the
-/// segment (the SOURCE record), renames it into place, syncs the directory and opens it. A
-/// failed build leaves nothing behind.
-fn build_index_dir(
-    inner: &Inner,
-    idir: &Path,
-    meta: &SegmentMeta,
-    schema: &CollectionSchema,
-    vectors: Arc<[Vectors]>,
-) -> Result<DiskIndex, BackgroundError> {
-    let sid = meta.id;
-    let index_error = |source| BackgroundError::Index { segment: sid, source };
-    let tmp = idir.join(format!("{}.tmp", index_name(sid)));
-    let fin = idir.join(index_name(sid));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let params = &inner.opts.index_params;
-    let built = if params.ram_budget.is_some() {
-        build_within_budget(idir, sid, &vectors, schema, params, &tmp)
-    } else {
-        let set = Vectors::concat(&vectors)
-            .to_vector_set(schema.dim())
-            .map_err(|e| index_error(IndexError::Data(e)))?;
-        drop(vectors);
-        quiver_diskgraph::index::build_index(set, schema.metric(), params, &tmp, &|_, _| {})
-            .map(drop)
-            .map_err(index_error)
-    }
-    .and_then(|()| index_source::write(&tmp, source_of(meta)).map_err(io_error(&tmp)));
-    if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&tmp); // ENOSPC, say
-        return Err(e);
-    }
-    let _ = std::fs::remove_dir_all(&fin);
-    std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
-    std::fs::File::open(idir).and_then(|d| d.sync_all()).map_err(io_error(idir))?;
-    DiskIndex::open(&fin, inner.opts.index_open.clone()).map_err(index_error)
-}
-
-/// The budgeted build of segment `sid`'s index into `tmp`: the vectors are written, straight
-/// from their buffers, to a file in `idir/{id}.input/` (removed afterwards, or by the orphan
-/// sweep after a crash), then [`build_index_from_file`] keeps within `params.ram_budget`.
-///
-/// [`build_index_from_file`]: quiver_diskgraph::index::build_index_from_file
-fn build_within_budget(
-    idir: &Path,
-    sid: u64,
-    vectors: &[Vectors],
-    schema: &CollectionSchema,
-    params: &quiver_diskgraph::index::BuildParams,
-    tmp: &Path,
-) -> Result<(), BackgroundError> {
-    let index_error = |source| BackgroundError::Index { segment: sid, source };
-    let input_dir = idir.join(format!("{}.input", index_name(sid)));
-    let _ = std::fs::remove_dir_all(&input_dir);
-    std::fs::create_dir_all(&input_dir).map_err(io_error(&input_dir))?;
-    let elem = schema.vector_type().search_elem();
-    let input = input_dir.join(format!("vectors.{}", elem.bin_extension()));
-    // The buffers are native byte order and the file little-endian: one on every target.
-    const _: () = assert!(cfg!(target_endian = "little"), "vector files are little-endian");
-    let chunks: Vec<&[u8]> = vectors.iter().map(Vectors::value_bytes).collect();
-    let written = quiver_diskgraph::source::write_bin(&input, elem, schema.dim(), &chunks)
-        .map_err(io_error(&input));
-    let built = written.and_then(|()| {
-        quiver_diskgraph::index::build_index_from_file(
-            &input,
-            schema.metric(),
-            params,
-            tmp,
-            &|_, _, _| {},
-        )
-        .map(drop)
-        .map_err(index_error)
-    });
-    let _ = std::fs::remove_dir_all(&input_dir);
-    built
 }
 
 /// Commits segment `sid` as indexed and installs `index` in place of its resident vectors. If

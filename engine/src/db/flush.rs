@@ -370,12 +370,15 @@ pub(super) fn wait_for_background(inner: &Inner) -> Result<(), FlushError> {
     let mut work = lock(&inner.work);
     loop {
         let waiting = {
+            let merging = lock(&inner.merging);
             let st = inner.read();
-            st.collections
+            let alone = st
+                .collections
                 .values()
                 .flat_map(|c| &c.segments)
-                .filter(|s| awaits_index(inner, s))
-                .count()
+                .filter(|s| awaits_index(inner, s) && !merging.contains(&s.meta.id))
+                .count();
+            alone + usize::from(!merging.is_empty())
         };
         if waiting < inner.opts.max_unindexed_segments {
             return Ok(());
@@ -430,18 +433,18 @@ pub(super) fn write_new_segment(
         inner.opts.row_group_rows,
         inner.opts.parquet_zstd_level,
     )?;
-    open_new_segment(inner, arrow, id, sum, keys, vectors)
+    open_new_segment(inner, arrow, id, sum, keys, Some(vectors.into()))
 }
 
 /// Opens the segment `id` just written (checksum `sum`) as a live [`Segment`] with every row
-/// alive.
+/// alive, holding `vectors` if it is to be searched exactly (`None`: its index comes next).
 pub(super) fn open_new_segment(
     inner: &Inner,
     arrow: &SchemaRef,
     id: u64,
     sum: FileSum,
     keys: Vec<Key>,
-    vectors: Vec<Vectors>,
+    vectors: Option<Arc<[Vectors]>>,
 ) -> Result<Segment, segment::SegmentError> {
     let path = inner.path(SEGMENTS_DIR, &segment_name(id));
     let rows = keys.len() as u64;
@@ -453,7 +456,7 @@ pub(super) fn open_new_segment(
         keys: keys.into(),
         deleted_count: 0,
         dirty: false,
-        vectors: Some(vectors.into()),
+        vectors,
         index: None,
     })
 }

@@ -68,6 +68,9 @@ pub(super) struct Inner {
     /// The background worker's last failure, until a unit of work succeeds: a flush waiting
     /// for index builds that fail for lack of space reports that instead of stalling.
     pub(super) background_failure: Mutex<Option<Arc<BackgroundError>>>,
+    /// The inputs of the merge in progress, if any: their vectors stay resident while it builds
+    /// the merged segment's index, and backpressure counts them as the one segment they become.
+    pub(super) merging: Mutex<Vec<u64>>,
     pub(super) _lock: Option<DirLock>,
 }
 

@@ -16,10 +16,11 @@ use crate::segment::{self, SegmentFile};
 use super::background::{Progress, io_error};
 use super::body::{DeleteMeta, delete_name, segment_name};
 use super::flush::{open_new_segment, write_deletes};
+use super::index_build::IndexInput;
 use super::inner::{Inner, lock};
 use super::install::install_segment;
 use super::model::{Collection, Loc, Segment};
-use super::open::read_vectors;
+use super::open::for_each_vectors;
 use super::{DELETES_DIR, SCAN_BATCH_ROWS, SEGMENTS_DIR};
 
 /// The segments of `c` to merge next, oldest first; empty if none is due. Size-tiered: segments
@@ -81,6 +82,23 @@ impl MergeJob {
     }
 }
 
+/// Records a merge's inputs in [`Inner::merging`] while it runs.
+struct Merging<'a>(&'a Inner);
+
+impl<'a> Merging<'a> {
+    fn start(inner: &'a Inner, inputs: Vec<u64>) -> Merging<'a> {
+        *lock(&inner.merging) = inputs;
+        Merging(inner)
+    }
+}
+
+impl Drop for Merging<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.merging).clear();
+        self.0.work_cv.notify_all(); // a flush waiting on backpressure counts again
+    }
+}
+
 /// Why a merge gave up after writing its segment (nothing to report as an error).
 struct Abandoned(&'static str);
 
@@ -89,27 +107,39 @@ struct Abandoned(&'static str);
 ///
 /// 1. [`plan_merge`]: which segments, and which of their rows are live, under a brief read lock.
 /// 2. [`write_merged`]: the new segment file, with no lock held; writers and readers go on.
+///    When the merged segment is large enough for an index, its vectors stream to the index
+///    build's input file rather than into memory, and its index is built before the commit:
+///    searches go on using the inputs' indexes meanwhile, and the merged segment is never
+///    searched exactly nor held in RAM.
 /// 3. Under the manifest lock: [`carry_deletions`] made since step 1 into the new segment, and
 ///    write its deletion file; commit the manifest (the inputs out, the new segment in).
 /// 4. [`install_segment`] under the write lock, then remove the inputs' files.
+///
+/// A failure or a crash before the commit leaves the inputs as they were; the new files are
+/// removed at once, or by the next open's orphan sweep.
 pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
     let Some(job) = plan_merge(inner) else { return Ok(Progress::Idle) };
+    let _merging = Merging::start(inner, job.input_ids());
     let new_id = inner.alloc_id();
     let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
-    let mut seg = write_merged(inner, &job, new_id).inspect_err(|_| inner.remove_quietly(&path))?;
+    let remove_segment = || {
+        inner.remove_quietly(&path);
+        inner.remove_index_dir(new_id);
+    };
+    let mut seg = write_merged(inner, &job, new_id).inspect_err(|_| remove_segment())?;
 
     let mut store = lock(&inner.manifest);
     let prepared = match carry_deletions(inner, &job, &mut seg) {
         Ok(()) => write_merge_deletes(inner, &mut seg),
         Err(Abandoned(why)) => {
             tracing::info!("merge into {new_id:016x} abandoned: {why}");
-            inner.remove_quietly(&path);
+            remove_segment();
             return Ok(Progress::Idle);
         }
     };
-    let del_path = prepared.inspect_err(|_| inner.remove_quietly(&path))?;
+    let del_path = prepared.inspect_err(|_| remove_segment())?;
     let remove_new_files = || {
-        inner.remove_quietly(&path);
+        remove_segment();
         if let Some(p) = &del_path {
             inner.remove_quietly(p);
         }
@@ -178,13 +208,37 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
     Some(job)
 }
 
+/// Where a merge puts its rows' search vectors.
+enum MergedVectors {
+    /// Kept, for a merged segment searched exactly (too small for an index, or indexing off).
+    Resident(Vec<Vectors>),
+    /// Streamed to the merged segment's index build.
+    Input(IndexInput),
+}
+
+impl MergedVectors {
+    fn push(&mut self, v: Vectors) -> Result<(), BackgroundError> {
+        match self {
+            MergedVectors::Resident(all) => all.push(v),
+            MergedVectors::Input(input) => input.push(&v)?,
+        }
+        Ok(())
+    }
+}
+
 /// Step 2 of a merge: writes segment `new_id` from the job's live rows (synced, directory
-/// too) and opens it with every row alive. No lock is held.
+/// too) and opens it with every row alive; if it is large enough for an index and indexing
+/// is on, builds the index too (from a file its vectors streamed to). No lock is held.
 fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, BackgroundError> {
     let MergeJob { schema, arrow, inputs, .. } = job;
     let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
-    let mut keys = Vec::new();
-    let mut vectors = Vec::new();
+    let rows: usize = inputs.iter().map(|i| i.live.len()).sum();
+    let index_dir = inner.index_dir.as_deref().filter(|_| rows >= inner.opts.min_index_rows);
+    let mut vectors = match index_dir {
+        Some(idir) => MergedVectors::Input(IndexInput::create(idir, new_id, schema, rows)?),
+        None => MergedVectors::Resident(Vec::new()),
+    };
+    let mut keys = Vec::with_capacity(rows);
     let all: Vec<usize> = (0..arrow.fields().len()).collect();
     let mut w = segment::SegmentWriter::create(
         inner.vfs.as_ref(),
@@ -198,23 +252,32 @@ fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, B
             w.copy_row_groups(&input.file)?;
             keys.extend(input.keys.iter().cloned());
             match &input.vectors {
-                Some(v) => vectors.extend(v.iter().cloned()),
-                None => vectors.extend(read_vectors(&input.file, schema)?),
+                Some(v) => v.iter().cloned().try_for_each(|v| vectors.push(v))?,
+                None => for_each_vectors(&input.file, schema, |v| vectors.push(v))?,
             }
             continue;
         }
         for chunk in input.live.chunks(SCAN_BATCH_ROWS) {
             for b in input.file.read(&all, Some(chunk), SCAN_BATCH_ROWS)? {
                 keys.extend(batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)?);
-                vectors.push(batch::vectors_of(schema, b.column(1).as_ref())?);
+                vectors.push(batch::vectors_of(schema, b.column(1).as_ref())?)?;
                 w.write(&b)?;
             }
         }
     }
     let sum = w.finish()?;
-    let seg = open_new_segment(inner, arrow, new_id, sum, keys, vectors)?;
+    let resident = match &mut vectors {
+        MergedVectors::Resident(all) => Some(std::mem::take(all).into()),
+        MergedVectors::Input(_) => None,
+    };
+    let mut seg = open_new_segment(inner, arrow, new_id, sum, keys, resident)?;
     let d = inner.dir.join(SEGMENTS_DIR);
     inner.vfs.sync_dir(&d).map_err(io_error(&d))?;
+    if let (MergedVectors::Input(input), Some(idir)) = (vectors, index_dir) {
+        let index = input.build(inner, idir, &seg.meta, schema)?;
+        seg.meta.indexed = true;
+        seg.index = Some(Arc::new(index));
+    }
     Ok(seg)
 }
 

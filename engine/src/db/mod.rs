@@ -15,6 +15,7 @@
 //! | `flush.rs`      | freeze → write → commit → install of the in-memory rows              |
 //! | `install.rs`    | the one step that puts a new segment in place of the rows it copied |
 //! | `background.rs` | the background worker: index builds, damaged-index replacement       |
+//! | `index_build.rs`| a segment's index built (in memory or from a file) and put in place |
 //! | `merge.rs`      | merges: pick, write, carry deletions, commit, install                |
 //! | `search.rs`     | nearest-neighbour search over every source of a collection           |
 //! | `read.rs`       | get and scan, and the lock-free views every read works on            |
@@ -31,6 +32,7 @@ mod background;
 mod body;
 mod catalog;
 mod flush;
+mod index_build;
 mod inner;
 mod install;
 mod memtable;

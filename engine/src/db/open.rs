@@ -192,6 +192,7 @@ impl Database {
             flush_cv: Condvar::new(),
             damaged_indexes: Mutex::new(Vec::new()),
             background_failure: Mutex::new(None),
+            merging: Mutex::new(Vec::new()),
             search_states: Mutex::new(Vec::new()),
             search_pool,
             build_pool,
@@ -412,17 +413,32 @@ pub(super) fn read_vectors(
     file: &SegmentFile,
     schema: &CollectionSchema,
 ) -> Result<Vec<Vectors>, segment::SegmentError> {
-    file.batches(&[1], None, MAX_SCAN_BATCH_ROWS)?
-        .map(|b| {
-            let b = b?;
-            batch::vectors_of(schema, b.column(0).as_ref()).map_err(|e| {
-                segment::SegmentError::Corrupt {
-                    path: file.path().to_path_buf(),
-                    reason: e.to_string(),
-                }
-            })
-        })
-        .collect()
+    let mut all = Vec::new();
+    for_each_vectors(file, schema, |v| {
+        all.push(v);
+        Ok::<(), segment::SegmentError>(())
+    })?;
+    Ok(all)
+}
+
+/// Hands `each` the search vectors of every row of `file`, a chunk per batch read, in row order;
+/// stops at its first error.
+pub(super) fn for_each_vectors<E: From<segment::SegmentError>>(
+    file: &SegmentFile,
+    schema: &CollectionSchema,
+    mut each: impl FnMut(Vectors) -> Result<(), E>,
+) -> Result<(), E> {
+    for b in file.batches(&[1], None, MAX_SCAN_BATCH_ROWS)? {
+        let b = b?;
+        let v = batch::vectors_of(schema, b.column(0).as_ref()).map_err(|e| {
+            segment::SegmentError::Corrupt {
+                path: file.path().to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+        each(v)?;
+    }
+    Ok(())
 }
 
 /// Refuses to open a directory as a new database when `MANIFEST` is missing but data is there:

@@ -1,0 +1,158 @@
+//! Building a segment's disk index: in memory from resident vectors, or from a vector file
+//! written beside the index (a budgeted build, or a merge that streams its rows), then bound to
+//! its segment and renamed into place.
+//!
+//! Every build goes to `indexes/{id}.tmp` and is renamed to `indexes/{id}` only once complete
+//! and bound ([`crate::index_source`]); the input file lives in `indexes/{id}.input/`. Both are
+//! removed when a build fails, and by the orphan sweep after a crash, since the manifest names
+//! neither.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::Vectors;
+use crate::error::BackgroundError;
+use crate::index_source;
+use crate::schema::CollectionSchema;
+use quiver_diskgraph::index::{BuildParams, IndexError};
+use quiver_diskgraph::search::DiskIndex;
+use quiver_diskgraph::source::BinWriter;
+
+use super::background::io_error;
+use super::body::{SegmentMeta, index_name};
+use super::inner::Inner;
+use super::open::source_of;
+
+/// A build's input: a headered vector file in `indexes/{id}.input/`, written a chunk at a time
+/// (the buffers are native byte order and the file little-endian: one on every target Quiver
+/// builds for). The directory is removed when this is dropped, built from or not.
+pub(super) struct IndexInput {
+    dir: PathBuf,
+    file: PathBuf,
+    writer: Option<BinWriter>,
+}
+
+const _: () = assert!(cfg!(target_endian = "little"), "vector files are little-endian");
+
+impl IndexInput {
+    /// Creates the input of segment `sid`'s index for `rows` rows of `schema`'s search vectors.
+    pub(super) fn create(
+        idir: &Path,
+        sid: u64,
+        schema: &CollectionSchema,
+        rows: usize,
+    ) -> Result<IndexInput, BackgroundError> {
+        let dir = idir.join(format!("{}.input", index_name(sid)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let elem = schema.vector_type().search_elem();
+        let file = dir.join(format!("vectors.{}", elem.bin_extension()));
+        let mut input = IndexInput { dir, file, writer: None };
+        input.writer = Some(
+            BinWriter::create(&input.file, elem, schema.dim(), rows)
+                .map_err(io_error(&input.file))?,
+        );
+        Ok(input)
+    }
+
+    /// Appends `v`'s rows, straight from their buffer.
+    pub(super) fn push(&mut self, v: &Vectors) -> Result<(), BackgroundError> {
+        let w = self.writer.as_mut().expect("pushed before finish");
+        w.push(v.value_bytes()).map_err(io_error(&self.file))
+    }
+
+    /// Completes the file (every declared row written) and builds the index of segment `meta`
+    /// from it into `idir` within `params.ram_budget`.
+    pub(super) fn build(
+        mut self,
+        inner: &Inner,
+        idir: &Path,
+        meta: &SegmentMeta,
+        schema: &CollectionSchema,
+    ) -> Result<DiskIndex, BackgroundError> {
+        let w = self.writer.take().expect("built once");
+        w.finish().map_err(io_error(&self.file))?;
+        let params = &inner.opts.index_params;
+        let sid = meta.id;
+        place_index(inner, idir, meta, |tmp| {
+            quiver_diskgraph::index::build_index_from_file(
+                &self.file,
+                schema.metric(),
+                params,
+                tmp,
+                &|_, _, _| {},
+            )
+            .map(drop)
+            .map_err(|source| BackgroundError::Index { segment: sid, source })
+        })
+    }
+}
+
+impl Drop for IndexInput {
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Builds the index of segment `meta` from its resident `vectors` into `idir`: through a
+/// vector file when the build has a RAM budget (the file is what the budgeted build reads), in
+/// memory otherwise.
+pub(super) fn build_index_dir(
+    inner: &Inner,
+    idir: &Path,
+    meta: &SegmentMeta,
+    schema: &CollectionSchema,
+    vectors: Arc<[Vectors]>,
+) -> Result<DiskIndex, BackgroundError> {
+    let params: &BuildParams = &inner.opts.index_params;
+    if params.ram_budget.is_some() {
+        let mut input = IndexInput::create(idir, meta.id, schema, meta.rows as usize)?;
+        for v in vectors.iter() {
+            input.push(v)?;
+        }
+        drop(vectors);
+        return input.build(inner, idir, meta, schema);
+    }
+    let sid = meta.id;
+    let index_error = |source| BackgroundError::Index { segment: sid, source };
+    let set = Vectors::concat(&vectors)
+        .to_vector_set(schema.dim())
+        .map_err(|e| index_error(IndexError::Data(e)))?;
+    drop(vectors);
+    place_index(inner, idir, meta, |tmp| {
+        quiver_diskgraph::index::build_index(set, schema.metric(), params, tmp, &|_, _| {})
+            .map(drop)
+            .map_err(index_error)
+    })
+}
+
+/// Runs `build` into `idir/{id}.tmp`, binds what it built to segment `meta` (the SOURCE
+/// record), renames it to `idir/{id}`, syncs `idir` and opens the index. A failed build leaves
+/// nothing behind.
+fn place_index(
+    inner: &Inner,
+    idir: &Path,
+    meta: &SegmentMeta,
+    build: impl FnOnce(&Path) -> Result<(), BackgroundError>,
+) -> Result<DiskIndex, BackgroundError> {
+    let sid = meta.id;
+    let tmp = idir.join(format!("{}.tmp", index_name(sid)));
+    let fin = idir.join(index_name(sid));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let built = build(&tmp)
+        .and_then(|()| index_source::write(&tmp, source_of(meta)).map_err(io_error(&tmp)));
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&tmp); // ENOSPC, say
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(&fin);
+    std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
+    std::fs::File::open(idir).and_then(|d| d.sync_all()).map_err(io_error(idir))?;
+    DiskIndex::open(&fin, inner.opts.index_open.clone())
+        .map_err(|source| BackgroundError::Index { segment: sid, source })
+}
