@@ -129,7 +129,7 @@ pub(crate) fn allocator_purges_at_once() {
 }
 
 /// Parses a size such as `96MiB`, `1.5GiB`, `500MB` or `1048576` into bytes.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);

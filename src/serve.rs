@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_engine::{Database, Options};
+use quiver_engine::{DEFAULT_SECTOR_CACHE_BYTES, Database, Options};
 use quiver_flight::{DEFAULT_LISTEN, ServerConfig};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -36,19 +36,21 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Largest gRPC message accepted or sent, MiB.
-    #[arg(long, default_value_t = 256)]
-    max_message_mb: usize,
+    /// Largest gRPC message accepted or sent, MiB [default: 256; with --memory-budget, a
+    /// sixteenth of it, at least 1].
+    #[arg(long)]
+    max_message_mb: Option<usize>,
     /// HTTP/2 keepalive ping interval, seconds (0 disables).
     #[arg(long, default_value_t = 30)]
     keepalive_secs: u64,
     /// Seconds a keepalive ping may go unanswered.
     #[arg(long, default_value_t = 20)]
     keepalive_timeout_secs: u64,
-    /// HTTP/2 per-stream flow-control window, KiB.
+    /// HTTP/2 per-stream flow-control window, KiB (with --memory-budget, at most a 32nd of it).
     #[arg(long, default_value_t = 4096)]
     stream_window_kb: u32,
-    /// HTTP/2 per-connection flow-control window, KiB.
+    /// HTTP/2 per-connection flow-control window, KiB (with --memory-budget, at most a 16th of
+    /// it).
     #[arg(long, default_value_t = 16384)]
     connection_window_kb: u32,
     /// Rows in the first batch of a scan (batches double from here).
@@ -57,21 +59,29 @@ pub struct ServeArgs {
     /// Rows per batch a scan grows to.
     #[arg(long, default_value_t = 65536)]
     scan_chunk_max: usize,
-    /// In-memory table size before it is written as a segment, MiB.
-    #[arg(long, default_value_t = 64)]
-    memtable_mb: usize,
+    /// Bound the server's memory to about this (e.g. 96MiB, 2GiB): the in-memory tables,
+    /// unindexed segments, index builds, merges and row groups get fixed shares, and the
+    /// sector cache what the per-row structures leave (docs/memory.md). The flags below that
+    /// size those parts override their share when given.
+    #[arg(long, value_parser = crate::parse_size)]
+    memory_budget: Option<u64>,
+    /// In-memory table size before it is written as a segment, MiB [default: 64; with
+    /// --memory-budget, a sixteenth of it].
+    #[arg(long)]
+    memtable_mb: Option<usize>,
     /// RAM an index build in the background may use, MiB: the segment's vectors go to a file
     /// and the budgeted build (one graph over 8-bit codes, or partitions) keeps within it. 0:
-    /// the in-memory build, which holds the graph of the whole segment.
-    #[arg(long, default_value_t = 0)]
-    index_build_budget_mb: u64,
+    /// the in-memory build, which holds the graph of the whole segment [default: 0; with
+    /// --memory-budget, an eighth of it].
+    #[arg(long)]
+    index_build_budget_mb: Option<u64>,
     /// How far below searches the index builds and merges are scheduled (nice, 0..=19).
     #[arg(long, default_value_t = 10)]
     background_nice: i32,
     /// RAM for verified index sectors shared by every disk index, MiB (CLOCK eviction); 0 turns
-    /// it off.
-    #[arg(long, default_value_t = 128)]
-    sector_cache_mb: usize,
+    /// it off [default: 128; with --memory-budget, what the budget leaves].
+    #[arg(long)]
+    sector_cache_mb: Option<usize>,
     /// Do not build disk indexes in the background (searches stay exact).
     #[arg(long)]
     no_index: bool,
@@ -146,6 +156,53 @@ fn tls_material(args: &ServeArgs) -> Result<Option<TlsPem>, BoxError> {
     Ok(Some((cert, key)))
 }
 
+/// The largest gRPC message, MiB: as given, else a sixteenth of the memory budget (at least 1),
+/// else 256.
+fn max_message_mb(args: &ServeArgs) -> usize {
+    match (args.max_message_mb, args.memory_budget) {
+        (Some(mb), _) => mb.max(1),
+        (None, Some(budget)) => {
+            ((budget >> 20) as usize / quiver_engine::budget_shares::MESSAGE).max(1)
+        }
+        (None, None) => 256,
+    }
+}
+
+/// An HTTP/2 flow-control window, bytes: `kb` KiB (at least 64), and under a memory budget no
+/// more than `1/share` of it (data a client may send ahead sits in the server's buffers).
+fn window_bytes(kb: u32, budget: Option<u64>, share: u64) -> u32 {
+    let given = kb.max(64) << 10;
+    match budget {
+        Some(b) => given.min(u32::try_from(b / share).unwrap_or(u32::MAX)).max(64 << 10),
+        None => given,
+    }
+}
+
+/// The engine's options from the flags: the memory budget's shares first, then each size flag
+/// given over its share.
+fn engine_options(args: &ServeArgs) -> Options {
+    let mut opts = Options::default();
+    if let Some(budget) = args.memory_budget {
+        opts = opts.memory_budget(usize::try_from(budget).unwrap_or(usize::MAX));
+    }
+    if let Some(mb) = args.memtable_mb {
+        opts = opts.memtable_bytes(mb.max(1) << 20);
+    }
+    if let Some(mb) = args.sector_cache_mb {
+        opts = opts.sector_cache_bytes(mb << 20);
+    } else if args.memory_budget.is_none() {
+        opts = opts.sector_cache_bytes(DEFAULT_SECTOR_CACHE_BYTES);
+    }
+    if let Some(mb) = args.index_build_budget_mb {
+        let mut params = *opts.index_build_params();
+        params.ram_budget = (mb > 0).then_some(mb << 20);
+        opts = opts.index_params(params);
+    }
+    opts.background_nice(args.background_nice)
+        .build_indexes(!args.no_index)
+        .cut_truncated_wal(args.cut_truncated_wal)
+}
+
 pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     crate::allocator_purges_at_once();
     // Every check that can refuse the configuration runs before the database is opened or the
@@ -156,28 +213,17 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     let mut cfg = ServerConfig {
         auth_token: token,
         tls,
-        max_message_bytes: args.max_message_mb.max(1) << 20,
+        max_message_bytes: max_message_mb(args) << 20,
         keepalive_interval: (args.keepalive_secs > 0)
             .then(|| Duration::from_secs(args.keepalive_secs)),
         keepalive_timeout: Duration::from_secs(args.keepalive_timeout_secs.max(1)),
-        stream_window: args.stream_window_kb.max(64) << 10,
-        connection_window: args.connection_window_kb.max(64) << 10,
+        stream_window: window_bytes(args.stream_window_kb, args.memory_budget, 32),
+        connection_window: window_bytes(args.connection_window_kb, args.memory_budget, 16),
         ..ServerConfig::default()
     };
     cfg.service.scan_chunk_start = args.scan_chunk_start.max(1);
     cfg.service.scan_chunk_max = args.scan_chunk_max.max(args.scan_chunk_start).max(1);
-    let opts = Options::default()
-        .memtable_bytes(args.memtable_mb.max(1) << 20)
-        .sector_cache_bytes(args.sector_cache_mb << 20)
-        .background_nice(args.background_nice)
-        .index_params(quiver_engine::BuildParams {
-            ram_budget: (args.index_build_budget_mb > 0)
-                .then_some(args.index_build_budget_mb << 20),
-            ..quiver_engine::BuildParams::default()
-        })
-        .build_indexes(!args.no_index)
-        .cut_truncated_wal(args.cut_truncated_wal);
-    let db = Arc::new(Database::open(&args.data, opts)?);
+    let db = Arc::new(Database::open(&args.data, engine_options(args))?);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = args.threads {

@@ -9,8 +9,9 @@
 //!
 //! Invariants:
 //! - The bytes held (entries' sector bytes plus [`ENTRY_OVERHEAD`] each) never exceed the
-//!   capacity given at creation: an insert evicts first, and an entry larger than a shard's
-//!   share is not admitted.
+//!   capacity: an insert evicts first, an entry larger than a shard's share is not admitted,
+//!   and [`SectorCache::set_capacity`] evicts down to a lowered capacity before it returns
+//!   (each shard's share is read under that shard's lock, so no insert slips past it).
 //! - An entry is keyed by (index key, first sector). Index keys come from
 //!   [`SectorCache::next_index_key`] and are never reused, so a rebuilt index at the same path
 //!   never meets its predecessor's sectors; those age out.
@@ -20,7 +21,7 @@
 //!   sectors.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Bytes each entry is charged beyond its sectors: the map slot, the slot record and the
@@ -92,8 +93,8 @@ impl Shard {
 #[derive(Debug)]
 pub struct SectorCache {
     shards: Box<[Mutex<Shard>]>,
-    shard_capacity: usize,
-    capacity: usize,
+    shard_capacity: AtomicUsize,
+    capacity: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
     inserts: AtomicU64,
@@ -130,8 +131,8 @@ impl SectorCache {
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
         Self {
             shards,
-            shard_capacity: capacity / SHARDS,
-            capacity,
+            shard_capacity: AtomicUsize::new(capacity / SHARDS),
+            capacity: AtomicUsize::new(capacity),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             inserts: AtomicU64::new(0),
@@ -175,15 +176,15 @@ impl SectorCache {
     pub fn insert(&self, index: u64, sector: u64, bytes: &[u8]) {
         let key = Key { index, sector };
         let charge = bytes.len() + ENTRY_OVERHEAD;
-        if charge > self.shard_capacity {
-            return;
-        }
         let mut shard = self.shard(key);
-        if shard.map.contains_key(&key) {
+        // Read under the shard's lock: a concurrent `set_capacity` either stored its share
+        // before (seen here) or evicts this shard after this insert.
+        let share = self.shard_capacity.load(Ordering::Acquire);
+        if charge > share || shard.map.contains_key(&key) {
             return;
         }
         let mut evicted = 0;
-        while shard.bytes + charge > self.shard_capacity {
+        while shard.bytes + charge > share {
             let emptied = !shard.evict_one();
             assert!(!emptied, "an empty shard has room for an entry under its share");
             evicted += 1;
@@ -199,7 +200,7 @@ impl SectorCache {
         shard.slots[at] = Some(entry);
         shard.map.insert(key, at);
         shard.bytes += charge;
-        assert!(shard.bytes <= self.shard_capacity, "a shard holds no more than its share");
+        assert!(shard.bytes <= share, "a shard holds no more than its share");
         drop(shard);
         self.inserts.fetch_add(1, Ordering::Relaxed);
         self.evictions.fetch_add(evicted, Ordering::Relaxed);
@@ -208,13 +209,31 @@ impl SectorCache {
     /// The capacity in bytes.
     #[must_use]
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    /// Changes the capacity: a lower one evicts (CLOCK) until every shard is within its new
+    /// share before this returns. For an owner whose other memory grows, so the cache takes
+    /// only what is left of a budget.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Release);
+        let share = capacity / SHARDS;
+        self.shard_capacity.store(share, Ordering::Release);
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while shard.bytes > share {
+                assert!(shard.evict_one(), "a shard over its share holds an entry");
+                evicted += 1;
+            }
+        }
+        self.evictions.fetch_add(evicted, Ordering::Relaxed);
     }
 
     /// What the cache holds and has done. Shards are read one after another, not at one instant.
     pub fn stats(&self) -> CacheStats {
         let mut stats = CacheStats {
-            capacity: self.capacity,
+            capacity: self.capacity(),
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             inserts: self.inserts.load(Ordering::Relaxed),
@@ -269,6 +288,38 @@ mod tests {
         let s = cache.stats();
         assert!(s.evictions > 0 && s.entries <= 10 * SHARDS, "{s:?}");
         assert_eq!(s.bytes, s.entries * (NODE + ENTRY_OVERHEAD));
+    }
+
+    /// A lowered capacity is a bound at once, not after later inserts; raised again, the cache
+    /// fills to the new bound.
+    #[test]
+    fn lowering_the_capacity_evicts_down_to_it_before_returning() {
+        let full = 20 * (NODE + ENTRY_OVERHEAD) * SHARDS;
+        let cache = SectorCache::new(full);
+        let ix = SectorCache::next_index_key();
+        for sector in 0..4000u64 {
+            cache.insert(ix, sector, &sector_bytes(sector));
+        }
+        let before = cache.stats();
+        assert!(before.bytes > full / 2, "{before:?}");
+        let low = 3 * (NODE + ENTRY_OVERHEAD) * SHARDS;
+        cache.set_capacity(low);
+        let after = cache.stats();
+        assert!(after.bytes <= low && after.capacity == low, "{after:?}");
+        assert!(after.evictions > before.evictions);
+        for sector in 4000..8000u64 {
+            cache.insert(ix, sector, &sector_bytes(sector));
+            assert!(cache.stats().bytes <= low);
+        }
+        cache.set_capacity(0);
+        assert_eq!(cache.stats().bytes, 0);
+        cache.insert(ix, 1, &sector_bytes(1));
+        assert_eq!(cache.stats().entries, 0, "a zero capacity admits nothing");
+        cache.set_capacity(full);
+        for sector in 0..4000u64 {
+            cache.insert(ix, sector, &sector_bytes(sector));
+        }
+        assert!(cache.stats().bytes > low, "raised again, it fills past the old bound");
     }
 
     /// CLOCK's point: a sector hit since the hand last passed survives a stream of one-off

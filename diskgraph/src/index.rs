@@ -243,6 +243,29 @@ fn shape_of(n: usize, dim: usize, elem: ElemType, metric: Metric, params: &Build
     }
 }
 
+fn plan_of(shape: &Shape, params: &BuildParams) -> Result<Plan, PlanError> {
+    Ok(match params.partitions {
+        Some(p) => plan::forced_partitions(shape, p, params.ram_budget),
+        None => plan::plan(shape, params.ram_budget)?,
+    })
+}
+
+/// The plan [`build_index_from_file`] would follow for `n` rows of `dim` values of `elem`:
+/// lets a caller check that a budget fits (and learn the estimated peak) before it writes the
+/// input file.
+///
+/// # Errors
+/// [`PlanError::TooSmall`] when no strategy fits `params.ram_budget`.
+pub fn plan_build(
+    n: usize,
+    dim: usize,
+    elem: ElemType,
+    metric: Metric,
+    params: &BuildParams,
+) -> Result<Plan, PlanError> {
+    plan_of(&shape_of(n, dim, elem, metric, params), params)
+}
+
 /// What a build from a file reports as it goes: the phase, and how far it is.
 pub type Progress<'a> = &'a (dyn Fn(&'static str, usize, usize) + Sync);
 
@@ -267,10 +290,7 @@ pub fn build_index_from_file(
         return Err(DataError::Invalid("cannot build an index of zero vectors".into()).into());
     }
     let shape = shape_of(file.len(), file.dim(), file.elem(), metric, params);
-    let plan = match params.partitions {
-        Some(p) => plan::forced_partitions(&shape, p, params.ram_budget),
-        None => plan::plan(&shape, params.ram_budget)?,
-    };
+    let plan = plan_of(&shape, params)?;
     // The single graph is the partitioned build with one partition that holds every point.
     let (partitions, capacity, training_rows) = match plan.strategy {
         Strategy::InMemory => {

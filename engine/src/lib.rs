@@ -52,7 +52,7 @@ mod segment;
 
 pub use batch::{BatchError, max_magnitude, value_bytes};
 pub use db::{
-    CollectionStats, Database, MAX_K, MAX_LIST_SIZE, MAX_SCAN_BATCH_ROWS, PendingWrite,
+    CollectionStats, Database, MAX_K, MAX_LIST_SIZE, MAX_SCAN_BATCH_ROWS, MemoryUse, PendingWrite,
     ResidentBytes, SCAN_BATCH_ROWS, Scan, SearchParams,
 };
 pub use error::{
@@ -65,7 +65,9 @@ pub use filter::{
 };
 pub use manifest::ManifestError;
 pub use names::{MAX_NAME_LEN, NameError, validate_collection_name};
-pub use options::{DEFAULT_SECTOR_CACHE_BYTES, Options};
+pub use options::{
+    DEFAULT_ROW_GROUP_BYTES, DEFAULT_SECTOR_CACHE_BYTES, MIN_MEMORY_BUDGET, Options, budget_shares,
+};
 pub use schema::{
     CollectionSchema, DISTANCE_COLUMN, ID_COLUMN, IdType, MAX_ATTRIBUTES, MAX_DIM, MAX_STRING_ID,
     RESERVED_COLUMNS, RESULT_DISTANCE_COLUMN, SCORE_COLUMN, SchemaError, VECTOR_COLUMN, VectorType,

@@ -16,6 +16,11 @@ pub struct Options {
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) memtable_bytes: usize,
     pub(crate) row_group_rows: usize,
+    pub(crate) row_group_bytes: usize,
+    pub(crate) memory_budget: Option<usize>,
+    /// Whether the sector cache is sized from the memory budget (set by `memory_budget`,
+    /// cleared by an explicit `sector_cache_bytes`).
+    pub(crate) cache_from_budget: bool,
     pub(crate) parquet_zstd_level: i32,
     pub(crate) wal_sync: SyncPolicy,
     pub(crate) wal_segment_bytes: u64,
@@ -39,12 +44,54 @@ pub struct Options {
 /// [`Options::sector_cache_bytes`]'s default: 128 MiB.
 pub const DEFAULT_SECTOR_CACHE_BYTES: usize = 128 << 20;
 
+/// [`Options::row_group_bytes`]'s default: 64 MiB.
+pub const DEFAULT_ROW_GROUP_BYTES: usize = 64 << 20;
+
+/// The smallest [`Options::memory_budget`] taken: 16 MiB (a smaller one is raised to it).
+pub const MIN_MEMORY_BUDGET: usize = 16 << 20;
+
+/// How a [`Options::memory_budget`] is shared out, in 32nds of the budget.
+///
+/// | share | what | 32nds |
+/// |---|---|---|
+/// | in-memory tables | `memtable_bytes` = 1/16, and the second table writers fill during a flush | 4 |
+/// | unindexed segments | `max_unindexed_segments` = 2 flushed tables' search vectors (and `min_index_rows` = 256, so every flushed table gets an index) | 4 |
+/// | ingest | the WAL's pooled record buffers (1/32) and one client message (1/16, what `quiver serve` accepts) | 3 |
+/// | a row group being encoded | `row_group_bytes` = 1/32 | 1 |
+/// | an index build or merge | at least 1/8, more when the structures below leave room (the cache gives it up while the build runs) | 4 |
+/// | per-row structures and the sector cache | the rest: the cache gets what the key maps, segment keys, deletion sets and indexes' codes do not use | 16 |
+pub mod budget_shares {
+    /// `memtable_bytes` = budget / this.
+    pub const MEMTABLE: usize = 16;
+    /// The least an index build gets: budget / this.
+    pub const BUILD: usize = 8;
+    /// `row_group_bytes` = budget / this.
+    pub const ROW_GROUP: usize = 32;
+    /// The WAL's pooled record buffers: budget / this in all.
+    pub const WAL_POOL: usize = 32;
+    /// The largest client message a server under this budget accepts: budget / this.
+    pub const MESSAGE: usize = 16;
+    /// Unindexed segments allowed before a flush waits (each up to one table).
+    pub const UNINDEXED_SEGMENTS: usize = 2;
+    /// Segments of fewer rows stay unindexed (searched exactly) until merged.
+    pub const MIN_INDEX_ROWS: usize = 256;
+    /// 32nds of the budget held for everything but a build and the rest: the tables, the
+    /// unindexed segments, ingest and a row group.
+    pub const NOT_BUILD_32NDS: usize = 12;
+    /// 32nds of the budget the transient shares reserve (the above and a build's least); the
+    /// rest is for per-row structures and the cache.
+    pub const RESERVED_32NDS: usize = NOT_BUILD_32NDS + 32 / BUILD;
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
             vfs: Arc::new(OsVfs),
             memtable_bytes: 64 << 20,
             row_group_rows: 64 * 1024,
+            row_group_bytes: DEFAULT_ROW_GROUP_BYTES,
+            memory_budget: None,
+            cache_from_budget: false,
             parquet_zstd_level: 1,
             wal_sync: SyncPolicy::EveryGroup,
             wal_segment_bytes: 64 << 20,
@@ -95,6 +142,39 @@ impl Options {
     #[must_use]
     pub fn row_group_rows(mut self, rows: usize) -> Self {
         self.row_group_rows = rows.max(1);
+        self
+    }
+
+    /// The most bytes of rows a segment's row group holds (estimated from the schema's row
+    /// size), besides [`Options::row_group_rows`]: writing a segment buffers a row group, and a
+    /// merge reads its inputs in batches of at most this many bytes. Default 64 MiB.
+    #[must_use]
+    pub fn row_group_bytes(mut self, bytes: usize) -> Self {
+        self.row_group_bytes = bytes.max(1);
+        self
+    }
+
+    /// Bounds the database's resident memory to about `bytes` (at least [`MIN_MEMORY_BUDGET`]),
+    /// shared out as [`budget_shares`] says: sets [`Options::memtable_bytes`],
+    /// [`Options::max_unindexed_segments`], [`Options::min_index_rows`], the WAL's buffer pool,
+    /// the index build's `ram_budget`
+    /// ([`Options::index_params`]) and [`Options::row_group_bytes`], and sizes the sector cache
+    /// to what the structures that grow with the data (key maps, segment keys, deletion sets,
+    /// index codes; [`crate::ResidentBytes`]) leave of the budget, re-sized as they grow. A
+    /// setter called after this one overrides its pick. Not counted: the process's fixed
+    /// memory (code, thread stacks, I/O rings), which `docs/memory.md` states. Default: no
+    /// budget.
+    #[must_use]
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        use budget_shares::*;
+        let b = bytes.max(MIN_MEMORY_BUDGET);
+        self.memory_budget = Some(b);
+        self.memtable_bytes = b / MEMTABLE;
+        self.max_unindexed_segments = UNINDEXED_SEGMENTS;
+        self.min_index_rows = MIN_INDEX_ROWS;
+        self.index_params.ram_budget = Some((b / BUILD) as u64);
+        self.row_group_bytes = b / ROW_GROUP;
+        self.cache_from_budget = true; // sized at open, and after every change, from the rest
         self
     }
 
@@ -150,6 +230,12 @@ impl Options {
         self
     }
 
+    /// The disk index build parameters in effect (after [`Options::memory_budget`], say).
+    #[must_use]
+    pub fn index_build_params(&self) -> &BuildParams {
+        &self.index_params
+    }
+
     /// How disk indexes are opened (I/O backend, `O_DIRECT`, node cache). Default
     /// [`OpenOptionsIndex::default`]. A `sector_cache` set here is used as given (it may be
     /// shared with other databases) and [`Options::sector_cache_bytes`] is ignored.
@@ -171,10 +257,12 @@ impl Options {
 
     /// Bytes of RAM for verified index sectors, shared by every disk index of the database
     /// (CLOCK eviction; see `quiver_diskgraph::cache`): a collection whose hot sectors fit
-    /// searches from memory. 0 turns the cache off. Default 128 MiB.
+    /// searches from memory. 0 turns the cache off. Default 128 MiB; with a
+    /// [`Options::memory_budget`], what the budget leaves (unless this is called after it).
     #[must_use]
     pub fn sector_cache_bytes(mut self, bytes: usize) -> Self {
         self.sector_cache_bytes = bytes;
+        self.cache_from_budget = false;
         self
     }
 

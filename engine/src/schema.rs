@@ -233,6 +233,19 @@ impl CollectionSchema {
         &self.attributes
     }
 
+    /// About how many bytes a row takes in memory: its vector at its stored width, 8 for the
+    /// id, and 16 for each attribute (a guess for variable-width ones). For sizing row groups
+    /// and read batches by bytes.
+    #[must_use]
+    pub fn row_bytes_estimate(&self) -> usize {
+        let value = match self.vector_type {
+            VectorType::F32 => 4,
+            VectorType::F16 => 2,
+            VectorType::U8 | VectorType::I8 => 1,
+        };
+        self.dim() * value + 8 + 16 * self.attributes().len()
+    }
+
     /// The Arrow schema of stored batches: `id`, `vector`, then the attributes.
     pub fn arrow_schema(&self) -> SchemaRef {
         let mut fields = vec![

@@ -12,6 +12,7 @@ use quiver_diskgraph::search::DiskIndex;
 
 use super::Database;
 use super::body::SegmentMeta;
+use super::budget::{build_allowance, fit_cache_to_budget, grown_bytes};
 use super::index_build::build_index_dir;
 use super::inner::{Inner, lock};
 use super::merge::{merge_candidates, merge_one};
@@ -87,6 +88,7 @@ pub(super) fn background_step(inner: &Inner) -> Result<Progress, BackgroundError
         progress = index_one(inner)?;
     }
     if progress == Progress::Worked {
+        fit_cache_to_budget(inner);
         inner.notify_work();
     }
     Ok(progress)
@@ -268,9 +270,10 @@ impl Database {
             return true;
         }
         let st = inner.read();
+        let allowance = build_allowance(inner, grown_bytes(&st));
         st.collections.values().any(|c| {
             c.segments.iter().any(|s| awaits_index(inner, s))
-                || !merge_candidates(c, &inner.opts).is_empty()
+                || !merge_candidates(inner, c, allowance).is_empty()
         })
     }
 }

@@ -9,9 +9,10 @@ use quiver_diskgraph::cache::CacheStats;
 use crate::batch::{Key, Vectors};
 use crate::error::CollectionError;
 use crate::names::validate_collection_name;
-use crate::schema::CollectionSchema;
+use crate::schema::{CollectionSchema, IdType};
 
 use super::body::{CollectionMeta, delete_name, segment_name};
+use super::budget::fit_cache_to_budget;
 use super::inner::lock;
 use super::memtable::Memtable;
 use super::model::{Collection, KeyMap, Loc};
@@ -89,7 +90,7 @@ impl ResidentBytes {
 }
 
 /// Heap bytes of string keys (integer keys have none).
-fn key_heap_bytes<'a>(keys: impl Iterator<Item = &'a Key>) -> usize {
+fn key_heap_bytes(keys: &mut dyn Iterator<Item = &Key>) -> usize {
     keys.map(|k| match k {
         Key::Int(_) => 0,
         Key::Str(s) => s.len(),
@@ -98,12 +99,12 @@ fn key_heap_bytes<'a>(keys: impl Iterator<Item = &'a Key>) -> usize {
 }
 
 /// What collection `c`'s structures hold in RAM.
-fn resident_bytes(c: &Collection) -> ResidentBytes {
+pub(super) fn resident_bytes(c: &Collection) -> ResidentBytes {
     let mem = &c.mem;
     let memtable = mem.batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>()
         + mem.vector_bytes()
         + mem.keys.capacity() * size_of::<Key>()
-        + key_heap_bytes(mem.keys.iter())
+        + key_heap_bytes(&mut mem.keys.iter())
         + mem.locs.capacity() * size_of::<(u32, u32)>()
         + mem.live.capacity();
     let unindexed: usize = c
@@ -113,12 +114,13 @@ fn resident_bytes(c: &Collection) -> ResidentBytes {
         .flat_map(|v| v.iter())
         .map(Vectors::bytes)
         .sum();
-    let key_map = c.keys.capacity() * (size_of::<(Key, Loc)>() + 1) + key_heap_bytes(c.keys.keys());
-    let segment_keys: usize = c
-        .segments
-        .iter()
-        .map(|s| s.keys.len() * size_of::<Key>() + key_heap_bytes(s.keys.iter()))
-        .sum();
+    // Integer ids have no heap bytes: skip the walk over every key.
+    let strings = c.schema.id_type() == IdType::Utf8;
+    let heap =
+        |keys: &mut dyn Iterator<Item = &Key>| if strings { key_heap_bytes(keys) } else { 0 };
+    let key_map = c.keys.capacity() * (size_of::<(Key, Loc)>() + 1) + heap(&mut c.keys.keys());
+    let segment_keys: usize =
+        c.segments.iter().map(|s| s.keys.len() * size_of::<Key>() + heap(&mut s.keys.iter())).sum();
     let deletion_sets: usize = c.segments.iter().map(|s| s.deleted.bytes()).sum();
     let indexes: usize =
         c.segments.iter().filter_map(|s| s.index.as_ref()).map(|i| i.ram_bytes()).sum();
@@ -132,7 +134,43 @@ fn resident_bytes(c: &Collection) -> ResidentBytes {
     }
 }
 
+/// The database's memory against its budget ([`Database::memory`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryUse {
+    /// [`Options::memory_budget`](crate::Options::memory_budget), if set.
+    pub budget: Option<u64>,
+    /// Every collection's structures ([`ResidentBytes::total`]), summed.
+    pub structures: u64,
+    /// Bytes the sector cache holds.
+    pub sector_cache: u64,
+    /// The sector cache's capacity now.
+    pub sector_cache_capacity: u64,
+    /// Index builds since open that ran over the budget: no plan fitted what the budget left
+    /// them (the growing structures had taken it), so they ran in memory rather than leave a
+    /// segment unindexed. Non-zero means the budget is too small for the data.
+    pub over_budget_builds: u64,
+}
+
 impl Database {
+    /// What the database holds in RAM, by kind, and its budget. Collections are counted one
+    /// after another, not at one instant.
+    #[must_use]
+    pub fn memory(&self) -> MemoryUse {
+        let structures = {
+            let st = self.inner.read();
+            st.collections.values().map(|c| resident_bytes(c).total()).sum()
+        };
+        let cache = self.sector_cache_stats().unwrap_or_default();
+        MemoryUse {
+            budget: self.inner.opts.memory_budget.map(|b| b as u64),
+            structures,
+            sector_cache: cache.bytes as u64,
+            sector_cache_capacity: cache.capacity as u64,
+            over_budget_builds: self.inner.over_budget_builds.load(Ordering::Relaxed),
+        }
+    }
+
     /// What the sector cache shared by the database's disk indexes holds and has done; `None`
     /// when it is off ([`Options::sector_cache_bytes`](crate::Options::sector_cache_bytes) 0).
     #[must_use]
@@ -214,6 +252,7 @@ impl Database {
             }
             inner.remove_index_dir(s.meta.id);
         }
+        fit_cache_to_budget(inner);
         Ok(())
     }
 

@@ -20,6 +20,7 @@ use crate::segment::{self, FileSum, SegmentFile};
 
 use super::background::awaits_index;
 use super::body::{DeleteMeta, SegmentMeta, delete_name, segment_name};
+use super::budget::fit_cache_to_budget;
 use super::inner::{Inner, lock};
 use super::install::install_segment;
 use super::memtable::Frozen;
@@ -38,6 +39,8 @@ pub(super) struct PlannedSegment {
     pub(super) collection: u64,
     pub(super) id: u64,
     pub(super) arrow: SchemaRef,
+    /// Rows per row group ([`Inner::row_group_rows`]).
+    pub(super) row_group_rows: usize,
     /// The frozen memtable rows written, in order (segment row i is memtable row `rows[i]`).
     pub(super) rows: Vec<u32>,
     pub(super) batches: Vec<RecordBatch>,
@@ -164,6 +167,7 @@ pub(super) fn flush_once(inner: &Inner) -> Result<(), FlushError> {
     if let Err(e) = inner.wal.truncate_before(checkpoint) {
         tracing::warn!("WAL truncation failed (retried at the next flush): {e}");
     }
+    fit_cache_to_budget(inner);
     inner.notify_work();
     inner.notify_flushed();
     Ok(())
@@ -222,7 +226,7 @@ fn write_flush(inner: &Inner, plan: FlushPlan) -> Result<Written, FlushError> {
             written.paths.push(inner.path(SEGMENTS_DIR, &segment_name(p.id)));
             let keys = std::mem::take(&mut p.keys);
             let vectors = std::mem::take(&mut p.vectors);
-            let seg = write_new_segment(inner, &p.arrow, p.id, &p.batches, keys, vectors)?;
+            let seg = write_new_segment(inner, &p, keys, vectors)?;
             p.batches.clear();
             written.segments.push((p, seg));
         }
@@ -329,6 +333,7 @@ pub(super) fn plan_flush(inner: &Inner, st: &State) -> Result<FlushPlan, FlushEr
             let dim = c.schema.dim();
             plan.segments.push(PlannedSegment {
                 collection: c.id,
+                row_group_rows: inner.row_group_rows(&c.schema),
                 id,
                 arrow: c.arrow.clone(),
                 keys: rows.iter().map(|&r| c.mem.keys[r as usize].clone()).collect(),
@@ -416,24 +421,22 @@ pub(super) fn write_deletes(
 }
 
 /// Writes a new segment file (synced; the caller syncs the directory) and its in-memory handle.
-pub(super) fn write_new_segment(
+fn write_new_segment(
     inner: &Inner,
-    arrow: &SchemaRef,
-    id: u64,
-    batches: &[RecordBatch],
+    p: &PlannedSegment,
     keys: Vec<Key>,
     vectors: Vec<Vectors>,
 ) -> Result<Segment, segment::SegmentError> {
-    let path = inner.path(SEGMENTS_DIR, &segment_name(id));
+    let path = inner.path(SEGMENTS_DIR, &segment_name(p.id));
     let sum = segment::write_segment(
         inner.vfs.as_ref(),
         &path,
-        arrow,
-        batches,
-        inner.opts.row_group_rows,
+        &p.arrow,
+        &p.batches,
+        p.row_group_rows,
         inner.opts.parquet_zstd_level,
     )?;
-    open_new_segment(inner, arrow, id, sum, keys, Some(vectors.into()))
+    open_new_segment(inner, &p.arrow, p.id, sum, keys, Some(vectors.into()))
 }
 
 /// Opens the segment `id` just written (checksum `sum`) as a live [`Segment`] with every row

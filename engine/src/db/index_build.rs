@@ -14,12 +14,13 @@ use crate::batch::Vectors;
 use crate::error::BackgroundError;
 use crate::index_source;
 use crate::schema::CollectionSchema;
-use quiver_diskgraph::index::{BuildParams, IndexError};
+use quiver_diskgraph::index::IndexError;
 use quiver_diskgraph::search::DiskIndex;
 use quiver_diskgraph::source::BinWriter;
 
 use super::background::io_error;
 use super::body::{SegmentMeta, index_name};
+use super::budget::build_params;
 use super::inner::Inner;
 use super::open::source_of;
 
@@ -62,7 +63,8 @@ impl IndexInput {
     }
 
     /// Completes the file (every declared row written) and builds the index of segment `meta`
-    /// from it into `idir` within `params.ram_budget`.
+    /// from it into `idir` within the RAM the memory budget allows
+    /// ([`super::budget::build_params`]), or `BuildParams::ram_budget` without one.
     pub(super) fn build(
         mut self,
         inner: &Inner,
@@ -72,8 +74,8 @@ impl IndexInput {
     ) -> Result<DiskIndex, BackgroundError> {
         let w = self.writer.take().expect("built once");
         w.finish().map_err(io_error(&self.file))?;
-        let params = &inner.opts.index_params;
         let sid = meta.id;
+        let params = &build_params(inner, schema, meta.rows as usize);
         place_index(inner, idir, meta, |tmp| {
             quiver_diskgraph::index::build_index_from_file(
                 &self.file,
@@ -109,8 +111,7 @@ pub(super) fn build_index_dir(
     schema: &CollectionSchema,
     vectors: Arc<[Vectors]>,
 ) -> Result<DiskIndex, BackgroundError> {
-    let params: &BuildParams = &inner.opts.index_params;
-    if params.ram_budget.is_some() {
+    if inner.opts.index_params.ram_budget.is_some() || inner.opts.memory_budget.is_some() {
         let mut input = IndexInput::create(idir, meta.id, schema, meta.rows as usize)?;
         for v in vectors.iter() {
             input.push(v)?;
@@ -120,6 +121,7 @@ pub(super) fn build_index_dir(
     }
     let sid = meta.id;
     let index_error = |source| BackgroundError::Index { segment: sid, source };
+    let params = &inner.opts.index_params;
     let set = Vectors::concat(&vectors)
         .to_vector_set(schema.dim())
         .map_err(|e| index_error(IndexError::Data(e)))?;

@@ -14,8 +14,10 @@ use crate::error::{BackgroundError, ReadError};
 use crate::lock::DirLock;
 use crate::manifest::{ManifestError, ManifestStore};
 use crate::options::Options;
+use crate::schema::CollectionSchema;
 use quiver_diskgraph::search::{DiskIndex, SearchState, Searcher};
 
+use super::SCAN_BATCH_ROWS;
 use super::body::{Body, index_name};
 use super::model::{Op, State};
 use super::read::{CollectionView, SegmentView};
@@ -71,8 +73,13 @@ pub(super) struct Inner {
     /// The inputs of the merge in progress, if any: their vectors stay resident while it builds
     /// the merged segment's index, and backpressure counts them as the one segment they become.
     pub(super) merging: Mutex<Vec<u64>>,
+    /// Index builds that ran over the memory budget (no plan fitted what it left them).
+    pub(super) over_budget_builds: AtomicU64,
     pub(super) _lock: Option<DirLock>,
 }
+
+/// The fewest rows a row group or a merge's read batch is cut to, however large the rows.
+pub(super) const MIN_BATCH_ROWS: usize = 64;
 
 /// Search states kept for reuse: one per concurrent segment search, up to this many (each holds
 /// an io_uring ring and 64 registered 4 KiB buffer slots, about 300 KiB).
@@ -94,6 +101,20 @@ impl Inner {
 
     pub(super) fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rows per row group of `schema`'s segments: [`Options::row_group_rows`], fewer if that
+    /// many rows would pass [`Options::row_group_bytes`].
+    pub(super) fn row_group_rows(&self, schema: &CollectionSchema) -> usize {
+        let by_bytes = self.opts.row_group_bytes / schema.row_bytes_estimate().max(1);
+        self.opts.row_group_rows.min(by_bytes).max(MIN_BATCH_ROWS)
+    }
+
+    /// Rows per batch when a merge reads `schema`'s segments: [`SCAN_BATCH_ROWS`], fewer if
+    /// that many rows would pass [`Options::row_group_bytes`].
+    pub(super) fn read_batch_rows(&self, schema: &CollectionSchema) -> usize {
+        let by_bytes = self.opts.row_group_bytes / schema.row_bytes_estimate().max(1);
+        SCAN_BATCH_ROWS.min(by_bytes).max(MIN_BATCH_ROWS)
     }
 
     pub(super) fn alloc_id(&self) -> u64 {

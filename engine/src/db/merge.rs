@@ -15,34 +15,54 @@ use crate::segment::{self, SegmentFile};
 
 use super::background::{Progress, io_error};
 use super::body::{DeleteMeta, delete_name, segment_name};
+use super::budget::{build_allowance, grown_bytes, merge_fits};
 use super::flush::{open_new_segment, write_deletes};
 use super::index_build::IndexInput;
 use super::inner::{Inner, lock};
 use super::install::install_segment;
 use super::model::{Collection, Loc, Segment};
 use super::open::for_each_vectors;
-use super::{DELETES_DIR, SCAN_BATCH_ROWS, SEGMENTS_DIR};
+use super::{DELETES_DIR, SEGMENTS_DIR};
 
 /// The segments of `c` to merge next, oldest first; empty if none is due. Size-tiered: segments
 /// of at most [`Options::merge_max_rows`] rows fall in tiers by live rows (powers of 4); the
 /// lowest tier holding [`Options::merge_min_segments`] segments is merged (at most 16 at a
 /// time), so each row is rewritten about log₄(size) times. Failing that, a segment that is
-/// more than a fifth deletions is rewritten alone.
-pub(super) fn merge_candidates<'a>(c: &'a Collection, opts: &Options) -> Vec<&'a Segment> {
+/// more than a fifth deletions is rewritten alone. Under a memory budget, `allowance` is what
+/// an index build may use ([`super::budget::build_allowance`]): a pick whose merged segment's
+/// index would not fit is cut to the most segments that fit, and dropped below two.
+pub(super) fn merge_candidates<'a>(
+    inner: &Inner,
+    c: &'a Collection,
+    allowance: Option<u64>,
+) -> Vec<&'a Segment> {
+    let opts: &Options = &inner.opts;
     let min = opts.merge_min_segments;
     if min == 0 {
         return Vec::new();
     }
+    let live = |s: &Segment| (s.meta.rows - s.deleted_count) as usize;
+    let fits = |pick: &[&Segment]| {
+        let rows: usize = pick.iter().map(|s| live(s)).sum();
+        match (allowance, inner.index_dir.is_some()) {
+            (Some(a), true) if rows >= opts.min_index_rows => merge_fits(inner, &c.schema, rows, a),
+            _ => true,
+        }
+    };
     let mut tiers: BTreeMap<u32, Vec<&Segment>> = BTreeMap::new();
     for s in c.segments.iter().filter(|s| s.meta.rows <= opts.merge_max_rows) {
-        let live = (s.meta.rows - s.deleted_count).max(1);
-        tiers.entry(live.ilog2() / 2).or_default().push(s);
+        tiers.entry((live(s) as u64).max(1).ilog2() / 2).or_default().push(s);
     }
-    if let Some(mut pick) = tiers.into_values().find(|t| t.len() >= min.max(2)) {
+    for mut pick in tiers.into_values().filter(|t| t.len() >= min.max(2)) {
         pick.truncate(16);
-        return pick;
+        while pick.len() >= 2 && !fits(&pick) {
+            pick.pop();
+        }
+        if pick.len() >= 2 {
+            return pick;
+        }
     }
-    c.segments.iter().filter(|s| s.deleted_count * 5 > s.meta.rows).take(1).collect()
+    c.segments.iter().filter(|s| s.deleted_count * 5 > s.meta.rows && fits(&[*s])).take(1).collect()
 }
 
 /// One segment a merge reads, as it was when the merge began.
@@ -180,8 +200,9 @@ pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
 /// Step 1 of a merge: the first collection with segments due, and a snapshot of those.
 fn plan_merge(inner: &Inner) -> Option<MergeJob> {
     let st = inner.read();
+    let allowance = build_allowance(inner, grown_bytes(&st));
     let mut job = st.collections.values().find_map(|c| {
-        let pick = merge_candidates(c, &inner.opts);
+        let pick = merge_candidates(inner, c, allowance);
         if pick.is_empty() {
             return None;
         }
@@ -244,21 +265,22 @@ fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, B
         inner.vfs.as_ref(),
         &path,
         arrow,
-        inner.opts.row_group_rows,
+        inner.row_group_rows(schema),
         inner.opts.parquet_zstd_level,
     )?;
+    let batch_rows = inner.read_batch_rows(schema);
     for input in inputs {
         if input.whole() {
             w.copy_row_groups(&input.file)?;
             keys.extend(input.keys.iter().cloned());
             match &input.vectors {
                 Some(v) => v.iter().cloned().try_for_each(|v| vectors.push(v))?,
-                None => for_each_vectors(&input.file, schema, |v| vectors.push(v))?,
+                None => for_each_vectors(&input.file, schema, batch_rows, |v| vectors.push(v))?,
             }
             continue;
         }
-        for chunk in input.live.chunks(SCAN_BATCH_ROWS) {
-            for b in input.file.read(&all, Some(chunk), SCAN_BATCH_ROWS)? {
+        for chunk in input.live.chunks(batch_rows) {
+            for b in input.file.read(&all, Some(chunk), batch_rows)? {
                 keys.extend(batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)?);
                 vectors.push(batch::vectors_of(schema, b.column(1).as_ref())?)?;
                 w.write(&b)?;

@@ -6,6 +6,7 @@
 //! | file            | what it holds                                                        |
 //! |-----------------|----------------------------------------------------------------------|
 //! | `body.rs`       | the manifest body (what is durable) and the engine's file names      |
+//! | `budget.rs`     | the memory budget: a build's allowance, the sector cache's share     |
 //! | `model.rs`      | the in-memory model: collections, sealed segments, the key map      |
 //! | `memtable.rs`   | the in-memory table of recent rows, and its frozen prefix            |
 //! | `inner.rs`      | the shared state behind a [`Database`], its locks and pools          |
@@ -30,6 +31,7 @@ use std::sync::Arc;
 
 mod background;
 mod body;
+mod budget;
 mod catalog;
 mod flush;
 mod index_build;
@@ -43,7 +45,7 @@ mod read;
 mod search;
 mod write;
 
-pub use catalog::{CollectionStats, ResidentBytes};
+pub use catalog::{CollectionStats, MemoryUse, ResidentBytes};
 pub use read::Scan;
 pub use search::SearchParams;
 pub use write::PendingWrite;

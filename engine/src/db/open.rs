@@ -29,11 +29,13 @@ use super::background::background_loop;
 use super::body::{
     BODY_FORMAT, Body, CollectionMeta, SegmentMeta, delete_name, index_name, segment_name,
 };
+use super::budget::fit_cache_to_budget;
 use super::flush::flush_loop;
 use super::inner::{FlushCtl, Inner, Order, WAL_BUFFER_POOL, Work};
 use super::memtable::Memtable;
 use super::model::{Collection, KeyMap, Loc, Op, Segment, State};
 use super::{DELETES_DIR, Database, INDEXES_DIR, MAX_SCAN_BATCH_ROWS, SEGMENTS_DIR, WAL_DIR};
+use crate::options::budget_shares;
 
 impl Database {
     /// Opens (creating if needed) the database in `path`: takes the directory lock, loads the
@@ -44,9 +46,14 @@ impl Database {
     /// # Errors
     /// [`OpenError`]: the directory is locked or unreadable, or a file is damaged.
     pub fn open(path: impl AsRef<Path>, mut opts: Options) -> Result<Database, OpenError> {
-        if opts.sector_cache_bytes > 0 && opts.index_open.sector_cache.is_none() {
-            let cache = SectorCache::new(opts.sector_cache_bytes);
-            opts.index_open.sector_cache = Some(Arc::new(cache));
+        if opts.index_open.sector_cache.is_none() {
+            if opts.cache_from_budget {
+                // Sized from the budget once the collections are loaded (fit_cache_to_budget).
+                opts.index_open.sector_cache = Some(Arc::new(SectorCache::new(0)));
+            } else if opts.sector_cache_bytes > 0 {
+                let cache = SectorCache::new(opts.sector_cache_bytes);
+                opts.index_open.sector_cache = Some(Arc::new(cache));
+            }
         }
         let dir = path.as_ref().to_path_buf();
         let vfs = opts.vfs.clone();
@@ -115,12 +122,18 @@ impl Database {
         }
         // Decide before changing anything: the WAL is scanned, not yet repaired, and no file is
         // removed until the manifest, every file it names and the log agree.
+        // Under a memory budget the pooled buffers share budget / WAL_POOL: four of at most a
+        // quarter of it each (a larger record's buffer is freed, not kept).
+        let wal_pool = match opts.memory_budget {
+            Some(b) => (4, b / budget_shares::WAL_POOL / 4),
+            None => WAL_BUFFER_POOL,
+        };
         let wal_opts = WalOptions::default()
             .vfs(vfs.clone())
             .sync(opts.wal_sync)
             .segment_bytes(opts.wal_segment_bytes)
             .compression(opts.wal_compression)
-            .buffer_pool(WAL_BUFFER_POOL.0, WAL_BUFFER_POOL.1)
+            .buffer_pool(wal_pool.0, wal_pool.1)
             .cut_truncated_tail(opts.cut_truncated_wal);
         let wal_scan = Wal::scan(dir.join(WAL_DIR), wal_opts)?;
         if manifest_missing {
@@ -193,6 +206,7 @@ impl Database {
             damaged_indexes: Mutex::new(Vec::new()),
             background_failure: Mutex::new(None),
             merging: Mutex::new(Vec::new()),
+            over_budget_builds: AtomicU64::new(0),
             search_states: Mutex::new(Vec::new()),
             search_pool,
             build_pool,
@@ -200,6 +214,7 @@ impl Database {
             _lock: lock,
             opts,
         });
+        fit_cache_to_budget(&inner);
         let spawn = |name: &str, f: fn(&Arc<Inner>)| {
             let w = Arc::clone(&inner);
             std::thread::Builder::new()
@@ -414,21 +429,22 @@ pub(super) fn read_vectors(
     schema: &CollectionSchema,
 ) -> Result<Vec<Vectors>, segment::SegmentError> {
     let mut all = Vec::new();
-    for_each_vectors(file, schema, |v| {
+    for_each_vectors(file, schema, MAX_SCAN_BATCH_ROWS, |v| {
         all.push(v);
         Ok::<(), segment::SegmentError>(())
     })?;
     Ok(all)
 }
 
-/// Hands `each` the search vectors of every row of `file`, a chunk per batch read, in row order;
-/// stops at its first error.
+/// Hands `each` the search vectors of every row of `file`, a chunk of at most `batch_rows` rows
+/// at a time, in row order; stops at its first error.
 pub(super) fn for_each_vectors<E: From<segment::SegmentError>>(
     file: &SegmentFile,
     schema: &CollectionSchema,
+    batch_rows: usize,
     mut each: impl FnMut(Vectors) -> Result<(), E>,
 ) -> Result<(), E> {
-    for b in file.batches(&[1], None, MAX_SCAN_BATCH_ROWS)? {
+    for b in file.batches(&[1], None, batch_rows)? {
         let b = b?;
         let v = batch::vectors_of(schema, b.column(0).as_ref()).map_err(|e| {
             segment::SegmentError::Corrupt {

@@ -181,6 +181,7 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
             "capacity": c.capacity, "bytes": c.bytes, "entries": c.entries, "hits": c.hits,
             "misses": c.misses, "inserts": c.inserts, "evictions": c.evictions,
         })),
+        "memory_budget": db.memory().budget,
     }))
 }
 

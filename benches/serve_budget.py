@@ -1,0 +1,169 @@
+"""`quiver serve --memory-budget` ingesting several times its budget over Flight (issue 21).
+
+    target/pyenv/bin/python benches/serve_budget.py --memory-budget-mib 24 \
+        [--data /work/data/sift-dev-1m --rows 200000 --f32] | [--dim 256 --rows 100000] \
+        [--batch-rows 2000] [--cgroup-mib 0] [--quiver target/release/quiver]
+
+Starts the server on a fresh directory (optionally inside a cgroup with a hard `memory.max`),
+puts the rows with pyarrow in `--batch-rows` batches, waits for indexing, measures recall@10
+at L = 50 and 100 for 200 queries against numpy brute force, and prints one JSON line: rows,
+raw MB and its ratio to the budget, durable ingest rows/s, seconds to indexed, recall, the
+server's `VmHWM` and `VmRSS`, and `stats().resident_bytes` per row. With `--data`, the base rows
+of a `.u8bin` set (`--f32` widens them to float, four times the bytes); without, seeded
+clustered synthetic float vectors of `--dim` dimensions. Exits non-zero if the server dies (an
+OOM kill under the cgroup).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as fl
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import read_u8bin  # noqa: E402
+
+K = 10
+
+
+def clustered(rows, dim, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (max(16, rows // 500), dim)).astype(np.float32)
+    pick = rng.integers(0, len(centres), rows)
+    return centres[pick] + rng.normal(0, 1, (rows, dim)).astype(np.float32)
+
+
+def put(uri, name, base, batch_rows):
+    c = fl.FlightClient(uri)
+    dim = base.shape[1]
+    w = r = None
+    for start in range(0, len(base), batch_rows):
+        part = base[start:start + batch_rows]
+        ids = pa.array(np.arange(start, start + len(part), dtype=np.uint64))
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), dim)
+        b = pa.record_batch([ids, vec], names=["id", "vector"])
+        if w is None:
+            w, r = c.do_put(fl.FlightDescriptor.for_path(name), b.schema)
+        w.write_batch(b)
+        r.read()
+    w.done_writing()
+    w.close()
+
+
+def action(uri, kind, body):
+    c = fl.FlightClient(uri)
+    return [json.loads(r.body.to_pybytes() or b"{}")
+            for r in c.do_action(fl.Action(kind, json.dumps(body).encode()))]
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return {k: v.strip() for k, v in (x.split(":", 1) for x in f if x.startswith("Vm"))}
+
+
+def kib(text):
+    return int(text.split()[0])
+
+
+def recall(uri, name, base, queries, list_size):
+    c = fl.FlightClient(uri)
+    found = 0
+    for q in queries:
+        d = ((base - q) ** 2).sum(axis=1)
+        truth = set(np.argpartition(d, K)[:K].tolist())
+        ticket = json.dumps({"search": {"dataset": name, "vector": q.tolist(), "k": K,
+                                        "list_size": list_size}}).encode()
+        got = c.do_get(fl.Ticket(ticket)).read_all().column("id").to_pylist()
+        found += len(truth.intersection(got))
+    return found / (K * len(queries))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quiver", default="target/release/quiver")
+    ap.add_argument("--memory-budget-mib", type=int, required=True)
+    ap.add_argument("--data")
+    ap.add_argument("--f32", action="store_true")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--batch-rows", type=int, default=2000)
+    ap.add_argument("--cgroup-mib", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the data directory and server log")
+    ap.add_argument("--extra", default="", help="more `quiver serve` flags, space separated")
+    args = ap.parse_args()
+    if args.data:
+        base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
+        if args.f32:
+            base = base.astype(np.float32)
+    else:
+        base = clustered(args.rows, args.dim, 7)
+    queries = base[np.random.default_rng(11).choice(len(base), args.queries, replace=False)]
+    queries = queries + np.random.default_rng(12).normal(0, 0.5, queries.shape).astype(base.dtype)
+    work = tempfile.mkdtemp(prefix="quiver-serve-budget-")
+    cmd = [args.quiver, "serve", "--data", os.path.join(work, "db"), "--listen", "127.0.0.1:0",
+           "--memory-budget", f"{args.memory_budget_mib}MiB"] + args.extra.split()
+    cgroup = None
+    if args.cgroup_mib:
+        cgroup = f"/sys/fs/cgroup/quiver-budget-{os.getpid()}"
+        os.makedirs(cgroup)
+        with open(f"{cgroup}/memory.max", "w") as f:
+            f.write(str(args.cgroup_mib << 20))
+        with open(f"{cgroup}/memory.swap.max", "w") as f:
+            f.write("0")
+        cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh"] + cmd
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(os.path.join(work, "server.log"), "w"), text=True)
+    try:
+        line = p.stdout.readline().strip()
+        assert line.startswith("listening on "), line
+        uri = line.split("listening on ", 1)[1]
+        t0 = time.perf_counter()
+        put(uri, "v", base, args.batch_rows)
+        ingest_s = time.perf_counter() - t0
+        hwm_after_ingest = kib(proc_status(p.pid)["VmHWM"])
+        action(uri, "wait-for-indexing", {"dataset": "v"})
+        indexed_s = time.perf_counter() - t0
+        st = action(uri, "stats", {"name": "v"})[0]
+        rec = {ls: round(recall(uri, "v", base, queries, ls), 4) for ls in (50, 100)}
+        proc = proc_status(p.pid)
+        rows = st["rows"]
+        r = st["resident_bytes"]
+        raw = base.nbytes
+        print(json.dumps({
+            "rows": rows, "dim": base.shape[1], "dtype": str(base.dtype),
+            "raw_mb": round(raw / 1e6, 1),
+            "budget_mib": args.memory_budget_mib,
+            "raw_over_budget": round(raw / (args.memory_budget_mib << 20), 2),
+            "cgroup_mib": args.cgroup_mib,
+            "ingest_rows_per_s": round(rows / ingest_s), "ingest_mb_per_s": round(raw / 1e6 / ingest_s, 1),
+            "indexed_after_s": round(indexed_s, 1),
+            "segments": st["segments"], "indexed_segments": st["indexed_segments"],
+            "recall_at_10": rec,
+            "VmHWM_mib": round(kib(proc["VmHWM"]) / 1024, 1),
+            "VmHWM_after_ingest_mib": round(hwm_after_ingest / 1024, 1),
+            "VmRSS_mib": round(kib(proc["VmRSS"]) / 1024, 1),
+            "resident_bytes_per_row": {k: round(v / rows, 1) for k, v in r.items()},
+            "sector_cache": st.get("sector_cache"),
+        }))
+    finally:
+        p.terminate()
+        code = p.wait()
+        if code in (0, -15) and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"server log kept in {work}/server.log", file=sys.stderr)
+        if cgroup:
+            os.rmdir(cgroup)
+        if code not in (0, -15):
+            print(f"server exited with {code}", file=sys.stderr)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

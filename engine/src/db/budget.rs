@@ -1,0 +1,122 @@
+//! The memory budget ([`Options::memory_budget`](crate::Options::memory_budget)): what an index
+//! build may use, and what the sector cache gets, once the fixed shares
+//! ([`budget_shares`]) and the structures that grow with the data are counted.
+//!
+//! The structures that grow (key maps, segment keys, deletion sets, index codes: the
+//! [`ResidentBytes`](crate::ResidentBytes) fields other than the memtable and unindexed
+//! vectors) are counted as they are, after every flush, merge, index build and drop:
+//!
+//! - the sector cache gets `budget − reserved − grown`, where `reserved` is the transient
+//!   shares (in-memory tables, unindexed segments, a build, a row group:
+//!   [`budget_shares::RESERVED_32NDS`]);
+//! - an index build (of a flushed segment, or inside a merge) may use what the budget leaves
+//!   besides the tables, unindexed segments, ingest buffers and a row group, and the growing
+//!   structures — at least its own share — and
+//!   while it runs the cache gives up what the build's plan expects to use;
+//! - a merge whose build would not fit that is not attempted: its segments stay apart (more
+//!   segments to search, memory kept) until a streaming merge that needs no rebuild exists.
+
+use quiver_diskgraph::index::{BuildParams, plan_build};
+
+use crate::options::budget_shares;
+use crate::schema::CollectionSchema;
+
+use super::catalog::resident_bytes;
+use super::inner::Inner;
+use super::model::State;
+
+/// Bytes of the structures that grow with the data, over every collection.
+pub(super) fn grown_bytes(st: &State) -> u64 {
+    st.collections
+        .values()
+        .map(|c| {
+            let r = resident_bytes(c);
+            r.key_map + r.segment_keys + r.deletion_sets + r.indexes
+        })
+        .sum()
+}
+
+/// What an index build may use now, given `grown` bytes of growing structures: `None` without
+/// a budget (the build's own `ram_budget`, if any, stands).
+pub(super) fn build_allowance(inner: &Inner, grown: u64) -> Option<u64> {
+    let budget = inner.opts.memory_budget? as u64;
+    let share = budget / budget_shares::BUILD as u64;
+    let left = (budget - budget / 32 * budget_shares::NOT_BUILD_32NDS as u64).saturating_sub(grown);
+    Some(left.max(share))
+}
+
+/// The build parameters for an index of `rows` rows of `schema`: the database's, with the
+/// RAM budget set to [`build_allowance`] under a memory budget. While the build runs, the cache
+/// keeps only what the allowance leaves beside the plan's estimated peak
+/// ([`fit_cache_to_budget`] gives it back afterwards).
+///
+/// A build no plan fits within the allowance (a flushed segment, once the structures have
+/// grown: merges that would not fit are not started) runs in memory anyway, with the cache
+/// emptied and a warning: it is at most a table's rows, and a segment left unindexed would
+/// hold its vectors and stall writers for good.
+pub(super) fn build_params(inner: &Inner, schema: &CollectionSchema, rows: usize) -> BuildParams {
+    let mut params = inner.opts.index_params;
+    let Some(allowance) = build_allowance(inner, grown_bytes(&inner.read())) else {
+        return params;
+    };
+    params.ram_budget = Some(allowance);
+    let elem = schema.vector_type().search_elem();
+    let peak = match plan_build(rows, schema.dim(), elem, schema.metric(), &params) {
+        Ok(plan) => plan.estimated_peak,
+        Err(e) => {
+            tracing::warn!(
+                "the memory budget leaves {allowance} bytes for an index build of {rows} rows, \
+                 too few ({e}): building it in memory, over the budget; give the database more \
+                 memory"
+            );
+            params.ram_budget = None;
+            inner.over_budget_builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            u64::MAX
+        }
+    };
+    tracing::debug!("index build of {rows} rows: {allowance} bytes allowed, plan's peak {peak}");
+    if let Some(cache) = cache_from_budget(inner) {
+        let keep = allowance.saturating_sub(peak) as usize;
+        if cache.capacity() > keep {
+            cache.set_capacity(keep);
+        }
+    }
+    params
+}
+
+/// Whether a merged segment of `rows` rows of `schema` could be indexed within `allowance`.
+pub(super) fn merge_fits(
+    inner: &Inner,
+    schema: &CollectionSchema,
+    rows: usize,
+    allowance: u64,
+) -> bool {
+    let mut params = inner.opts.index_params;
+    params.ram_budget = Some(allowance);
+    let elem = schema.vector_type().search_elem();
+    plan_build(rows, schema.dim(), elem, schema.metric(), &params).is_ok()
+}
+
+fn cache_from_budget(inner: &Inner) -> Option<&quiver_diskgraph::cache::SectorCache> {
+    let opts = &inner.opts;
+    if opts.memory_budget.is_some() && opts.cache_from_budget {
+        opts.index_open.sector_cache.as_deref()
+    } else {
+        None
+    }
+}
+
+/// With the cache sized from the budget: gives it `budget − reserved − grown`. Called at open
+/// and after every flush, merge, index build and drop, so the cache shrinks as the collection
+/// grows.
+pub(super) fn fit_cache_to_budget(inner: &Inner) {
+    let (Some(budget), Some(cache)) = (inner.opts.memory_budget, cache_from_budget(inner)) else {
+        return;
+    };
+    let grown = grown_bytes(&inner.read());
+    let reserved = budget / 32 * budget_shares::RESERVED_32NDS;
+    let left = budget.saturating_sub(reserved).saturating_sub(grown as usize);
+    if cache.capacity() != left {
+        cache.set_capacity(left);
+    }
+}
