@@ -75,7 +75,7 @@ def recall(uri, name, base, queries, list_size):
     c = fl.FlightClient(uri)
     found = 0
     for q in queries:
-        d = ((base - q) ** 2).sum(axis=1)
+        d = ((base.astype(np.float32) - q.astype(np.float32)) ** 2).sum(axis=1)
         truth = set(np.argpartition(d, K)[:K].tolist())
         ticket = json.dumps({"search": {"dataset": name, "vector": q.tolist(), "k": K,
                                         "list_size": list_size}}).encode()
@@ -104,8 +104,12 @@ def main():
             base = base.astype(np.float32)
     else:
         base = clustered(args.rows, args.dim, 7)
-    queries = base[np.random.default_rng(11).choice(len(base), args.queries, replace=False)]
-    queries = queries + np.random.default_rng(12).normal(0, 0.5, queries.shape).astype(base.dtype)
+    if args.data:
+        queries = read_u8bin(os.path.join(args.data, "query.u8bin"), args.queries).astype(base.dtype)
+    else:
+        pick = np.random.default_rng(11).choice(len(base), args.queries, replace=False)
+        noise = np.random.default_rng(12).normal(0, 2, (args.queries, base.shape[1]))
+        queries = (base[pick] + noise).astype(base.dtype)
     work = tempfile.mkdtemp(prefix="quiver-serve-budget-")
     cmd = [args.quiver, "serve", "--data", os.path.join(work, "db"), "--listen", "127.0.0.1:0",
            "--memory-budget", f"{args.memory_budget_mib}MiB"] + args.extra.split()

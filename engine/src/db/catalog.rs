@@ -9,13 +9,13 @@ use quiver_diskgraph::cache::CacheStats;
 use crate::batch::{Key, Vectors};
 use crate::error::CollectionError;
 use crate::names::validate_collection_name;
-use crate::schema::{CollectionSchema, IdType};
+use crate::schema::CollectionSchema;
 
 use super::body::{CollectionMeta, delete_name, segment_name};
 use super::budget::fit_cache_to_budget;
 use super::inner::lock;
 use super::memtable::Memtable;
-use super::model::{Collection, KeyMap, Loc};
+use super::model::{Collection, KeyMap};
 use super::{DELETES_DIR, Database, SEGMENTS_DIR};
 
 /// Counters of one collection.
@@ -114,13 +114,8 @@ pub(super) fn resident_bytes(c: &Collection) -> ResidentBytes {
         .flat_map(|v| v.iter())
         .map(Vectors::bytes)
         .sum();
-    // Integer ids have no heap bytes: skip the walk over every key.
-    let strings = c.schema.id_type() == IdType::Utf8;
-    let heap =
-        |keys: &mut dyn Iterator<Item = &Key>| if strings { key_heap_bytes(keys) } else { 0 };
-    let key_map = c.keys.capacity() * (size_of::<(Key, Loc)>() + 1) + heap(&mut c.keys.keys());
-    let segment_keys: usize =
-        c.segments.iter().map(|s| s.keys.len() * size_of::<Key>() + heap(&mut s.keys.iter())).sum();
+    let key_map = c.keys.resident_bytes();
+    let segment_keys: usize = c.segments.iter().map(|s| s.keys.resident_bytes()).sum();
     let deletion_sets: usize = c.segments.iter().map(|s| s.deleted.bytes()).sum();
     let indexes: usize =
         c.segments.iter().filter_map(|s| s.index.as_ref()).map(|i| i.ram_bytes()).sum();
@@ -199,6 +194,7 @@ impl Database {
         }
         let id = inner.alloc_id();
         let schema = Arc::new(schema);
+        let id_type = schema.id_type();
         let arrow = schema.arrow_schema();
         let meta = CollectionMeta {
             id,
@@ -216,7 +212,7 @@ impl Database {
                 arrow,
                 mem: Memtable::default(),
                 segments: Vec::new(),
-                keys: KeyMap::default(),
+                keys: KeyMap::for_ids(id_type),
                 counters: Arc::default(),
             },
         );

@@ -23,6 +23,7 @@ use super::body::{DeleteMeta, SegmentMeta, delete_name, segment_name};
 use super::budget::fit_cache_to_budget;
 use super::inner::{Inner, lock};
 use super::install::install_segment;
+use super::keys::SegmentKeys;
 use super::memtable::Frozen;
 use super::model::{Loc, Segment, State};
 use super::{DELETES_DIR, Database, SEGMENTS_DIR};
@@ -456,7 +457,7 @@ pub(super) fn open_new_segment(
         meta: SegmentMeta { id, rows, bytes: sum.len, crc: sum.crc, deletes: None, indexed: false },
         file,
         deleted: Arc::new(RowSet::new(keys.len())),
-        keys: keys.into(),
+        keys: SegmentKeys::new(keys),
         deleted_count: 0,
         dirty: false,
         vectors,

@@ -42,7 +42,7 @@ pub(super) fn install_segment(
         if seg.deleted.contains(row) {
             continue;
         }
-        match c.keys.get_mut(&seg.keys[row]) {
+        match c.keys.get_mut(&seg.keys.key(row)) {
             Some(loc) if *loc == origin => *loc = Loc::Seg(id, row as u32),
             _ => {
                 seg.kill(row as u32);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
 
-use crate::batch::{self, Key, Vectors};
+use crate::batch::{self, Vectors};
 use crate::error::BackgroundError;
 use crate::options::Options;
 use crate::schema::CollectionSchema;
@@ -20,6 +20,7 @@ use super::flush::{open_new_segment, write_deletes};
 use super::index_build::IndexInput;
 use super::inner::{Inner, lock};
 use super::install::install_segment;
+use super::keys::SegmentKeys;
 use super::model::{Collection, Loc, Segment};
 use super::open::for_each_vectors;
 use super::{DELETES_DIR, SEGMENTS_DIR};
@@ -71,7 +72,7 @@ pub(super) struct MergeInput {
     pub(super) file: SegmentFile,
     /// Its live rows then.
     pub(super) live: Vec<u32>,
-    pub(super) keys: Arc<[Key]>,
+    pub(super) keys: SegmentKeys,
     pub(super) vectors: Option<Arc<[Vectors]>>,
 }
 
@@ -272,7 +273,7 @@ fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, B
     for input in inputs {
         if input.whole() {
             w.copy_row_groups(&input.file)?;
-            keys.extend(input.keys.iter().cloned());
+            keys.extend(input.keys.iter());
             match &input.vectors {
                 Some(v) => v.iter().cloned().try_for_each(|v| vectors.push(v))?,
                 None => for_each_vectors(&input.file, schema, batch_rows, |v| vectors.push(v))?,

@@ -8,6 +8,7 @@
 //! | `body.rs`       | the manifest body (what is durable) and the engine's file names      |
 //! | `budget.rs`     | the memory budget: a build's allowance, the sector cache's share     |
 //! | `model.rs`      | the in-memory model: collections, sealed segments, the key map      |
+//! | `keys.rs`       | ids in RAM: the key map and segment key arrays, by id kind           |
 //! | `memtable.rs`   | the in-memory table of recent rows, and its frozen prefix            |
 //! | `inner.rs`      | the shared state behind a [`Database`], its locks and pools          |
 //! | `open.rs`       | open and recovery: load, check, sweep orphans, replay the WAL        |
@@ -37,6 +38,7 @@ mod flush;
 mod index_build;
 mod inner;
 mod install;
+mod keys;
 mod memtable;
 mod merge;
 mod model;

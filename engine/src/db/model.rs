@@ -2,7 +2,7 @@
 //! saying where every live row is. Guarded by `Inner::state`; changed only by applying writes
 //! and by installs (flush, merge, index), each under the write lock and without I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -18,6 +18,7 @@ use crate::segment::SegmentFile;
 use quiver_diskgraph::search::DiskIndex;
 
 use super::body::{BODY_FORMAT, Body, CollectionMeta, SegmentMeta};
+pub(super) use super::keys::{KeyMap, SegmentKeys};
 use super::memtable::Memtable;
 
 /// Where a live row is.
@@ -29,17 +30,13 @@ pub(super) enum Loc {
     Seg(u64, u32),
 }
 
-/// Every live row's place by id. aHash with per-process random keys: about three times cheaper
-/// than SipHash on the insert path, still not predictable by a client choosing ids.
-pub(super) type KeyMap = HashMap<Key, Loc, ahash::RandomState>;
-
 /// A sealed segment.
 #[derive(Debug)]
 pub(super) struct Segment {
     pub(super) meta: SegmentMeta,
     pub(super) file: SegmentFile,
     /// The key of every row (deleted ones too); shared so merges take them without a copy.
-    pub(super) keys: Arc<[Key]>,
+    pub(super) keys: SegmentKeys,
     /// Copy on write: reads keep the bitmap they started with (an `Arc` clone) while a delete
     /// changes a copy.
     pub(super) deleted: Arc<RowSet>,
@@ -120,7 +117,7 @@ impl Collection {
     pub(super) fn insert(&mut self, p: Prepared) -> usize {
         let first = self.mem.keys.len() as u32;
         for (i, k) in p.keys.iter().enumerate() {
-            if let Some(old) = self.keys.insert(k.clone(), Loc::Mem(first + i as u32)) {
+            if let Some(old) = self.keys.insert(k, Loc::Mem(first + i as u32)) {
                 self.kill(old);
             }
         }

@@ -33,7 +33,7 @@ use super::budget::fit_cache_to_budget;
 use super::flush::flush_loop;
 use super::inner::{FlushCtl, Inner, Order, WAL_BUFFER_POOL, Work};
 use super::memtable::Memtable;
-use super::model::{Collection, KeyMap, Loc, Op, Segment, State};
+use super::model::{Collection, KeyMap, Loc, Op, Segment, SegmentKeys, State};
 use super::{DELETES_DIR, Database, INDEXES_DIR, MAX_SCAN_BATCH_ROWS, SEGMENTS_DIR, WAL_DIR};
 use crate::options::budget_shares;
 
@@ -288,7 +288,7 @@ pub(super) fn load_collection(
         arrow: arrow.clone(),
         mem: Memtable::default(),
         segments: Vec::new(),
-        keys: KeyMap::default(),
+        keys: KeyMap::for_ids(schema.id_type()),
         counters: Arc::default(),
     };
     let mut last = None;
@@ -302,12 +302,10 @@ pub(super) fn load_collection(
         last = Some(sm.id);
         let seg = load_segment(vfs, dir, index_dir, opts, &schema, &arrow, sm.clone())?;
         for (r, k) in seg.keys.iter().enumerate() {
-            if !seg.deleted.contains(r)
-                && c.keys.insert(k.clone(), Loc::Seg(sm.id, r as u32)).is_some()
-            {
+            if !seg.deleted.contains(r) && c.keys.insert(&k, Loc::Seg(sm.id, r as u32)).is_some() {
                 return Err(OpenError::ManifestBody(format!(
                     "id {} of collection {:?} is live in two segments",
-                    batch::key_to_string(k, schema.id_type()),
+                    batch::key_to_string(&k, schema.id_type()),
                     cm.name
                 )));
             }
@@ -409,7 +407,7 @@ pub(super) fn load_segment(
     Ok(Segment {
         meta,
         file,
-        keys: keys.into(),
+        keys: SegmentKeys::new(keys),
         deleted: Arc::new(deleted),
         deleted_count,
         dirty: false,

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 
-use crate::batch::{self, Key, Vectors};
+use crate::batch::{self, Vectors};
 use crate::error::ReadError;
 use crate::rowset::RowSet;
 use crate::schema::CollectionSchema;
 use crate::segment::{self, SegmentFile};
 use quiver_diskgraph::search::DiskIndex;
 
+use super::keys::SegmentKeys;
 use super::model::{Collection, Loc, ReadCounters, Segment};
 use super::{Database, MAX_SCAN_BATCH_ROWS, SCAN_BATCH_ROWS};
 
@@ -34,7 +35,7 @@ pub(super) enum Hit {
 pub(super) struct SegmentView {
     pub(super) id: u64,
     pub(super) file: SegmentFile,
-    pub(super) keys: Arc<[Key]>,
+    pub(super) keys: SegmentKeys,
     pub(super) deleted: Arc<RowSet>,
     pub(super) vectors: Option<Arc<[Vectors]>>,
     pub(super) index: Option<Arc<DiskIndex>>,
@@ -45,7 +46,7 @@ impl Segment {
         SegmentView {
             id: self.meta.id,
             file: self.file.clone(),
-            keys: Arc::clone(&self.keys),
+            keys: self.keys.clone(),
             deleted: Arc::clone(&self.deleted),
             vectors: self.vectors.clone(),
             index: self.index.clone(),
@@ -132,7 +133,7 @@ impl Database {
             .get(collection)
             .ok_or_else(|| ReadError::NotFound(collection.to_string()))?;
         let keys = batch::delete_keys(ids, c.schema.id_type())?;
-        let locs: Vec<Loc> = keys.iter().filter_map(|k| c.keys.get(k).copied()).collect();
+        let locs: Vec<Loc> = keys.iter().filter_map(|k| c.keys.get(k)).collect();
         let (hits, sources) = c.resolve(&locs);
         let arrow = c.arrow.clone();
         drop(st); // the segment reads happen without the state lock

@@ -129,7 +129,7 @@ impl TopK {
         q: &PreparedQuery,
         v: &Vectors,
         base: usize,
-        keys: &[Key],
+        key: impl Fn(usize) -> Key,
         pass: impl Fn(usize) -> bool,
         loc: impl Fn(u32) -> Hit,
         scratch: &mut Vec<f32>,
@@ -139,7 +139,7 @@ impl TopK {
             if pass(r) {
                 let d = q.exact_distance(v.row(i, q.dim), v.scale(i), scratch);
                 if self.would_take(d) {
-                    self.push(Cand { d, key: keys[r].clone(), loc: loc(r as u32) });
+                    self.push(Cand { d, key: key(r), loc: loc(r as u32) });
                 }
             }
         }
@@ -354,7 +354,7 @@ impl Database {
                 let (b, i) = mem.locs[r as usize];
                 Hit::Mem(b, i)
             };
-            top.offer_exact(&q, v, base, &mem.keys, pass, loc, &mut scratch);
+            top.offer_exact(&q, v, base, |r| mem.keys[r].clone(), pass, loc, &mut scratch);
             base += v.values() / q.dim;
         }
         let in_memory: Vec<Hit> = top.heap.iter().map(|c| c.loc).collect();
@@ -388,7 +388,7 @@ fn search_segment(
             let loc = |r: u32| Hit::Seg(s.id, r);
             let mut base = 0;
             for v in chunks.iter() {
-                top.offer_exact(q, v, base, &s.keys, pass, loc, &mut scratch);
+                top.offer_exact(q, v, base, |r| s.keys.key(r), pass, loc, &mut scratch);
                 base += v.values() / q.dim;
             }
         }
@@ -449,7 +449,7 @@ fn walk_segment(
             .iter()
             .map(|n| Cand {
                 d: n.distance,
-                key: s.keys[n.id as usize].clone(),
+                key: s.keys.key(n.id as usize),
                 loc: Hit::Seg(s.id, n.id),
             })
             .collect();
@@ -536,7 +536,7 @@ fn offer_segment_file(
     let mut base = 0usize;
     for b in s.file.read(&[1], None, 65_536)? {
         let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
-        top.offer_exact(q, &v, base, &s.keys, pass, loc, &mut scratch);
+        top.offer_exact(q, &v, base, |r| s.keys.key(r), pass, loc, &mut scratch);
         base += b.num_rows();
     }
     Ok(())
