@@ -163,7 +163,12 @@ def main():
         else:
             print(f"server log kept in {work}/server.log", file=sys.stderr)
         if cgroup:
-            os.rmdir(cgroup)
+            for _ in range(50):  # the kernel empties the group shortly after the exit
+                try:
+                    os.rmdir(cgroup)
+                    break
+                except OSError:
+                    time.sleep(0.1)
         if code not in (0, -15):
             print(f"server exited with {code}", file=sys.stderr)
             sys.exit(1)

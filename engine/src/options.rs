@@ -71,6 +71,8 @@ pub mod budget_shares {
     pub const WAL_POOL: usize = 32;
     /// The largest client message a server under this budget accepts: budget / this.
     pub const MESSAGE: usize = 16;
+    /// `wal_segment_bytes` = budget / this (1 MiB to 64 MiB): opening reads a segment whole.
+    pub const WAL_SEGMENT: usize = 16;
     /// Unindexed segments allowed before a flush waits (each up to one table).
     pub const UNINDEXED_SEGMENTS: usize = 2;
     /// Segments of fewer rows stay unindexed (searched exactly) until merged.
@@ -156,7 +158,8 @@ impl Options {
 
     /// Bounds the database's resident memory to about `bytes` (at least [`MIN_MEMORY_BUDGET`]),
     /// shared out as [`budget_shares`] says: sets [`Options::memtable_bytes`],
-    /// [`Options::max_unindexed_segments`], [`Options::min_index_rows`], the WAL's buffer pool,
+    /// [`Options::max_unindexed_segments`], [`Options::min_index_rows`], the WAL's buffer pool
+    /// and [`Options::wal_segment_bytes`],
     /// the index build's `ram_budget`
     /// ([`Options::index_params`]) and [`Options::row_group_bytes`], and sizes the sector cache
     /// to what the structures that grow with the data (key maps, segment keys, deletion sets,
@@ -174,6 +177,8 @@ impl Options {
         self.min_index_rows = MIN_INDEX_ROWS;
         self.index_params.ram_budget = Some((b / BUILD) as u64);
         self.row_group_bytes = b / ROW_GROUP;
+        // Opening reads a WAL segment whole to scan it: a 64 MiB segment was a 64 MiB peak.
+        self.wal_segment_bytes = (b / WAL_SEGMENT).clamp(1 << 20, 64 << 20) as u64;
         self.cache_from_budget = true; // sized at open, and after every change, from the rest
         self
     }
