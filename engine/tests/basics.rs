@@ -306,8 +306,8 @@ fn resident_bytes_count_every_per_row_structure_at_least_at_its_size() {
     put(&db, &mut BTreeMap::new(), 3, &(0..n).collect::<Vec<u64>>());
     let st = db.stats("c").unwrap().resident;
     assert!(st.memtable >= n * (DIM as u64 * 4 + 8), "memtable {st:?}");
-    // (u64 id, Loc) pairs: 8 + 16 bytes, plus a control byte each.
-    assert!(st.key_map >= n * 25, "key map {st:?}");
+    // (u64 id, packed place) pairs: 8 + 8 bytes, plus a control byte each.
+    assert!(st.key_map >= n * 17, "key map {st:?}");
 
     db.flush().unwrap();
     let st = db.stats("c").unwrap().resident;

@@ -213,6 +213,7 @@ impl Database {
                 mem: Memtable::default(),
                 segments: Vec::new(),
                 keys: KeyMap::for_ids(id_type),
+                slots: Vec::new(),
                 counters: Arc::default(),
             },
         );

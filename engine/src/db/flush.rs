@@ -295,7 +295,7 @@ fn install_flush(inner: &Inner, checkpoint: Lsn, written: Written) -> Vec<PathBu
     for (p, seg) in written.segments {
         let c = st.by_id_mut(p.collection).expect("no drop during a flush");
         let id = seg.meta.id;
-        let origins = p.rows.iter().map(|&r| Loc::Mem(r));
+        let origins = p.rows.iter().map(|&r| Loc::mem(r));
         let outcome = install_segment(c, seg, origins, &[]);
         if outcome.late > 0 {
             tracing::debug!("flush of {id:016x}: {} rows written meanwhile", outcome.late);
@@ -308,8 +308,8 @@ fn install_flush(inner: &Inner, checkpoint: Lsn, written: Written) -> Vec<PathBu
         for (r, k) in c.mem.keys.iter().enumerate() {
             if c.mem.live[r] {
                 let loc = c.keys.get_mut(k).expect("a live row's key is mapped");
-                debug_assert_eq!(*loc, Loc::Mem(r as u32 + moved));
-                *loc = Loc::Mem(r as u32);
+                debug_assert_eq!(*loc, Loc::mem(r as u32 + moved));
+                *loc = Loc::mem(r as u32);
             }
         }
     }
@@ -462,5 +462,6 @@ pub(super) fn open_new_segment(
         dirty: false,
         vectors,
         index: None,
+        slot: u32::MAX, // given by install_segment
     })
 }

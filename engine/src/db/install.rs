@@ -20,7 +20,7 @@ pub(super) struct Installed {
 /// Installs `seg` in collection `c` in place of the rows it copied and of the segments
 /// `replaces`. Row `i` of `seg` was copied from the row then at `origins[i]`:
 ///
-/// - a row whose key still points at its origin takes over the key (`Loc::Seg(seg, i)`);
+/// - a row whose key still points at its origin takes over the key (`Loc::seg(its slot, i)`);
 /// - a row whose key moved on meanwhile (a delete or upsert applied after the copy was taken)
 ///   is killed in `seg`, which becomes dirty: that write is in the WAL after the checkpoint
 ///   the new segment was committed with, so until the next flush persists the deletion file,
@@ -35,6 +35,8 @@ pub(super) fn install_segment(
     replaces: &[u64],
 ) -> Installed {
     let id = seg.meta.id;
+    let slot = c.take_slot(id);
+    seg.slot = slot;
     let mut late = 0;
     let mut copied = 0usize;
     for (row, origin) in origins.into_iter().enumerate() {
@@ -43,7 +45,7 @@ pub(super) fn install_segment(
             continue;
         }
         match c.keys.get_mut(&seg.keys.key(row)) {
-            Some(loc) if *loc == origin => *loc = Loc::Seg(id, row as u32),
+            Some(loc) if *loc == origin => *loc = Loc::seg(slot, row as u32),
             _ => {
                 seg.kill(row as u32);
                 late += 1;
@@ -55,10 +57,17 @@ pub(super) fn install_segment(
     c.segments.retain(|s| {
         let gone = replaces.contains(&s.meta.id);
         if gone {
-            replaced.push((s.meta.id, s.meta.deletes));
+            replaced.push((s.meta.id, s.meta.deletes, s.slot));
         }
         !gone
     });
+    let replaced: Vec<_> = replaced
+        .into_iter()
+        .map(|(sid, deletes, old_slot)| {
+            c.free_slot(old_slot, sid);
+            (sid, deletes)
+        })
+        .collect();
     assert_eq!(replaced.len(), replaces.len(), "every replaced segment was there");
     let at = c.segments.partition_point(|s| s.meta.id < id);
     c.segments.insert(at, seg);

@@ -1,10 +1,11 @@
 //! Ids in RAM: the key map (every live row's place by id) and each segment's row → id array,
 //! stored by id kind so integer ids cost their eight bytes and no more.
 //!
-//! A [`Key`] is 16 bytes (an integer, or a boxed string); a `(Key, Loc)` slot of the hash map
-//! was 32 bytes, 37.8 bytes a row at hashbrown's load factor. Integer ids are kept here as bare
-//! `u64`s: a slot is 24 bytes, a segment's key array 8 bytes a row. String ids keep their boxed
-//! strings. Which kind a collection uses is fixed by its schema, so a map or array never mixes
+//! A [`Key`] is 16 bytes (an integer, or a boxed string), and a place was 16 (an enum of a
+//! segment id and a row): a `(Key, Loc)` slot of the hash map was 32 bytes, 37.8 bytes a row at
+//! hashbrown's load factor. Integer ids are kept here as bare `u64`s and a place packs into
+//! 8 bytes ([`Loc`]: a segment slot and a row), so a slot is 16 bytes, and a segment's key array
+//! 8 bytes a row. String ids keep their boxed strings. Which kind a collection uses is fixed by its schema, so a map or array never mixes
 //! them; a key of the other kind is absent from it.
 
 use std::collections::HashMap;
@@ -173,23 +174,23 @@ mod tests {
         assert_eq!(seg.iter().collect::<Vec<_>>(), keys);
         let mut map = KeyMap::for_ids(IdType::U64);
         for (r, k) in keys.iter().enumerate() {
-            assert_eq!(map.insert(k, Loc::Seg(7, r as u32)), None);
+            assert_eq!(map.insert(k, Loc::seg(7, r as u32)), None);
         }
-        assert_eq!(map.get(&Key::Int(5)), Some(Loc::Seg(7, 5)));
+        assert_eq!(map.get(&Key::Int(5)), Some(Loc::seg(7, 5)));
         assert_eq!(map.get(&Key::Str("5".into())), None);
         assert_eq!(map.remove(&Key::Str("5".into())), None);
         assert_eq!(map.len(), 1000);
         let KeyMap::Int(m) = &map else { panic!("an integer map") };
-        assert_eq!(size_of::<(u64, Loc)>(), 24, "a slot: the id and its place");
-        assert_eq!(map.resident_bytes(), m.capacity() * 25);
+        assert_eq!(size_of::<(u64, Loc)>(), 16, "a slot: the id and its place, packed");
+        assert_eq!(map.resident_bytes(), m.capacity() * 17);
 
         let strs: Vec<Key> = ["a", "bb", "ccc"].iter().map(|s| Key::Str((*s).into())).collect();
         let seg = SegmentKeys::new(strs.clone());
         assert_eq!(seg.resident_bytes(), 3 * size_of::<Key>() + 6);
         assert_eq!(seg.key(1), strs[1]);
         let mut map = KeyMap::for_ids(IdType::Utf8);
-        map.insert(&strs[2], Loc::Mem(3));
-        assert_eq!(map.get(&strs[2]), Some(Loc::Mem(3)));
+        map.insert(&strs[2], Loc::mem(3));
+        assert_eq!(map.get(&strs[2]), Some(Loc::mem(3)));
         assert_eq!(map.get(&Key::Int(3)), None);
     }
 }

@@ -73,6 +73,8 @@ pub(super) struct MergeInput {
     /// Its live rows then.
     pub(super) live: Vec<u32>,
     pub(super) keys: SegmentKeys,
+    /// Its slot in the collection (stable while it exists).
+    pub(super) slot: u32,
     pub(super) vectors: Option<Arc<[Vectors]>>,
 }
 
@@ -95,7 +97,7 @@ struct MergeJob {
 impl MergeJob {
     /// Where each row of the merged segment was copied from, in the merged segment's order.
     fn origins(&self) -> impl Iterator<Item = Loc> + '_ {
-        self.inputs.iter().flat_map(|i| i.live.iter().map(move |&r| Loc::Seg(i.id, r)))
+        self.inputs.iter().flat_map(|i| i.live.iter().map(move |&r| Loc::seg(i.slot, r)))
     }
 
     fn input_ids(&self) -> Vec<u64> {
@@ -214,6 +216,7 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
                 file: s.file.clone(),
                 live: s.live_rows(),
                 keys: s.keys.clone(),
+                slot: s.slot,
                 vectors: s.vectors.clone(),
             })
             .collect();

@@ -21,14 +21,44 @@ use super::body::{BODY_FORMAT, Body, CollectionMeta, SegmentMeta};
 pub(super) use super::keys::{KeyMap, SegmentKeys};
 use super::memtable::Memtable;
 
-/// Where a live row is.
+/// Where a live row is, in the eight bytes a key map slot holds beside an integer id: the
+/// high half is the segment's slot in its collection ([`Collection::slots`]), or
+/// [`Loc::MEM_SLOT`] for the in-memory table; the low half is the row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Loc {
+pub(super) struct Loc(u64);
+
+/// A [`Loc`] unpacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Place {
     /// Row of the in-memory table.
     Mem(u32),
-    /// Row of a segment.
-    Seg(u64, u32),
+    /// Row `row` of the segment in slot `slot`.
+    Seg { slot: u32, row: u32 },
 }
+
+impl Loc {
+    /// The slot value that means the in-memory table.
+    const MEM_SLOT: u32 = u32::MAX;
+
+    /// Row `row` of the in-memory table.
+    pub(super) fn mem(row: u32) -> Loc {
+        Loc((u64::from(Self::MEM_SLOT) << 32) | u64::from(row))
+    }
+
+    /// Row `row` of the segment in slot `slot`.
+    pub(super) fn seg(slot: u32, row: u32) -> Loc {
+        assert_ne!(slot, Self::MEM_SLOT, "slot {slot} is the in-memory table's");
+        Loc((u64::from(slot) << 32) | u64::from(row))
+    }
+
+    pub(super) fn place(self) -> Place {
+        let (slot, row) = ((self.0 >> 32) as u32, self.0 as u32);
+        if slot == Self::MEM_SLOT { Place::Mem(row) } else { Place::Seg { slot, row } }
+    }
+}
+
+/// A slot no segment holds.
+const FREE_SLOT: u64 = u64::MAX;
 
 /// A sealed segment.
 #[derive(Debug)]
@@ -47,6 +77,8 @@ pub(super) struct Segment {
     /// (those of flushed batches share the batches' buffers).
     pub(super) vectors: Option<Arc<[Vectors]>>,
     pub(super) index: Option<Arc<DiskIndex>>,
+    /// Its slot in its collection ([`Collection::slots`]), given when it is installed.
+    pub(super) slot: u32,
 }
 
 impl Segment {
@@ -78,6 +110,10 @@ pub(super) struct Collection {
     pub(super) segments: Vec<Segment>,
     /// Every live row's place.
     pub(super) keys: KeyMap,
+    /// The segment id in each slot ([`FREE_SLOT`] when free): [`Loc`]s name a segment by its
+    /// slot, 32 bits, where its id takes 64. Slots are reused once free, which is safe because
+    /// no key points into a segment once it is removed (its live rows were repointed first).
+    pub(super) slots: Vec<u64>,
     /// What reads of this collection did since open.
     pub(super) counters: Arc<ReadCounters>,
 }
@@ -108,16 +144,45 @@ impl Collection {
     }
 
     pub(super) fn kill(&mut self, loc: Loc) {
-        match loc {
-            Loc::Mem(r) => self.mem.kill(r),
-            Loc::Seg(s, r) => self.segment_mut(s).kill(r),
+        match loc.place() {
+            Place::Mem(r) => self.mem.kill(r),
+            Place::Seg { slot, row } => {
+                let id = self.slot_segment(slot);
+                self.segment_mut(id).kill(row);
+            }
         }
+    }
+
+    /// The id of the segment in `slot`.
+    pub(super) fn slot_segment(&self, slot: u32) -> u64 {
+        let id = self.slots[slot as usize];
+        assert_ne!(id, FREE_SLOT, "a location points at free slot {slot}");
+        id
+    }
+
+    /// A slot for segment `id`: the first free one, or a new one.
+    pub(super) fn take_slot(&mut self, id: u64) -> u32 {
+        let slot = match self.slots.iter().position(|&s| s == FREE_SLOT) {
+            Some(free) => free,
+            None => {
+                self.slots.push(FREE_SLOT);
+                self.slots.len() - 1
+            }
+        };
+        self.slots[slot] = id;
+        u32::try_from(slot).expect("fewer than 2^32 segments")
+    }
+
+    /// Frees segment `id`'s `slot`.
+    pub(super) fn free_slot(&mut self, slot: u32, id: u64) {
+        assert_eq!(self.slots[slot as usize], id, "slot {slot} held segment {id:016x}");
+        self.slots[slot as usize] = FREE_SLOT;
     }
 
     pub(super) fn insert(&mut self, p: Prepared) -> usize {
         let first = self.mem.keys.len() as u32;
         for (i, k) in p.keys.iter().enumerate() {
-            if let Some(old) = self.keys.insert(k, Loc::Mem(first + i as u32)) {
+            if let Some(old) = self.keys.insert(k, Loc::mem(first + i as u32)) {
                 self.kill(old);
             }
         }

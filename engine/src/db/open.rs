@@ -289,6 +289,7 @@ pub(super) fn load_collection(
         mem: Memtable::default(),
         segments: Vec::new(),
         keys: KeyMap::for_ids(schema.id_type()),
+        slots: Vec::new(),
         counters: Arc::default(),
     };
     let mut last = None;
@@ -300,9 +301,11 @@ pub(super) fn load_collection(
             )));
         }
         last = Some(sm.id);
-        let seg = load_segment(vfs, dir, index_dir, opts, &schema, &arrow, sm.clone())?;
+        let mut seg = load_segment(vfs, dir, index_dir, opts, &schema, &arrow, sm.clone())?;
+        seg.slot = c.take_slot(sm.id);
         for (r, k) in seg.keys.iter().enumerate() {
-            if !seg.deleted.contains(r) && c.keys.insert(&k, Loc::Seg(sm.id, r as u32)).is_some() {
+            if !seg.deleted.contains(r) && c.keys.insert(&k, Loc::seg(seg.slot, r as u32)).is_some()
+            {
                 return Err(OpenError::ManifestBody(format!(
                     "id {} of collection {:?} is live in two segments",
                     batch::key_to_string(&k, schema.id_type()),
@@ -413,6 +416,7 @@ pub(super) fn load_segment(
         dirty: false,
         vectors,
         index,
+        slot: u32::MAX, // given by the caller
     })
 }
 

@@ -15,7 +15,7 @@ use crate::segment::{self, SegmentFile};
 use quiver_diskgraph::search::DiskIndex;
 
 use super::keys::SegmentKeys;
-use super::model::{Collection, Loc, ReadCounters, Segment};
+use super::model::{Collection, Loc, Place, ReadCounters, Segment};
 use super::{Database, MAX_SCAN_BATCH_ROWS, SCAN_BATCH_ROWS};
 
 /// A row a read returns, resolved while the state lock was held: a flush renumbers in-memory
@@ -79,12 +79,12 @@ impl Collection {
     pub(super) fn resolve(&self, locs: &[Loc]) -> (Vec<Hit>, ReadSources) {
         let hits: Vec<Hit> = locs
             .iter()
-            .map(|l| match *l {
-                Loc::Mem(r) => {
+            .map(|l| match l.place() {
+                Place::Mem(r) => {
                     let (b, i) = self.mem.locs[r as usize];
                     Hit::Mem(b, i)
                 }
-                Loc::Seg(sid, r) => Hit::Seg(sid, r),
+                Place::Seg { slot, row } => Hit::Seg(self.slot_segment(slot), row),
             })
             .collect();
         let sources = self.sources_of(&hits);
