@@ -28,6 +28,7 @@ import pyarrow.flight as fl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import read_u8bin  # noqa: E402
+from engine_search import action, put  # noqa: E402
 
 K = 10
 
@@ -37,29 +38,6 @@ def clustered(rows, dim, seed):
     centres = rng.normal(0, 4, (max(16, rows // 500), dim)).astype(np.float32)
     pick = rng.integers(0, len(centres), rows)
     return centres[pick] + rng.normal(0, 1, (rows, dim)).astype(np.float32)
-
-
-def put(uri, name, base, batch_rows):
-    c = fl.FlightClient(uri)
-    dim = base.shape[1]
-    w = r = None
-    for start in range(0, len(base), batch_rows):
-        part = base[start:start + batch_rows]
-        ids = pa.array(np.arange(start, start + len(part), dtype=np.uint64))
-        vec = pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), dim)
-        b = pa.record_batch([ids, vec], names=["id", "vector"])
-        if w is None:
-            w, r = c.do_put(fl.FlightDescriptor.for_path(name), b.schema)
-        w.write_batch(b)
-        r.read()
-    w.done_writing()
-    w.close()
-
-
-def action(uri, kind, body):
-    c = fl.FlightClient(uri)
-    return [json.loads(r.body.to_pybytes() or b"{}")
-            for r in c.do_action(fl.Action(kind, json.dumps(body).encode()))]
 
 
 def proc_status(pid):
