@@ -121,12 +121,15 @@ fn a_full_disk_is_reported_as_such_and_background_work_resumes_once_space_return
         other => panic!("expected the flush to report the full disk, got {other:?}"),
     }
     assert!(tmp_index_dirs(&data).is_empty(), "a failed build leaves no partial output");
+    let failure = db.background_error().expect("the failed build is reported");
+    assert!(failure.is_no_space(), "{failure}");
     // Reads and writes still work; nothing is lost.
     put(&db, &mut model, 4000..4010);
     assert_eq!(scan_all(&db, "c").len(), model.len());
 
     std::fs::remove_file(&filler).unwrap();
     assert!(db.wait_idle(Duration::from_secs(60)), "background work resumes by itself");
+    assert!(db.background_error().is_none(), "cleared once work succeeds");
     db.flush().unwrap();
     db.wait_idle(Duration::from_secs(60));
     let stats = db.stats("c").unwrap();

@@ -262,6 +262,16 @@ impl Database {
         Ok(self.wait_idle(timeout.saturating_sub(started.elapsed())))
     }
 
+    /// The background worker's last failure, while it lasts: set when a unit of work (an index
+    /// build, a merge) fails, cleared when one succeeds, and `None` once no work is pending.
+    /// The worker retries with backoff meanwhile; a wait for indexing that times out can say
+    /// why.
+    #[must_use]
+    pub fn background_error(&self) -> Option<Arc<BackgroundError>> {
+        let failure = lock(&self.inner.background_failure).clone()?;
+        self.background_pending().then_some(failure)
+    }
+
     /// Whether background work is pending: a segment awaits its index or a merge, or an index
     /// found damaged awaits its replacement.
     pub fn background_pending(&self) -> bool {

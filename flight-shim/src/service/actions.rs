@@ -182,6 +182,7 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
             "misses": c.misses, "inserts": c.inserts, "evictions": c.evictions,
         })),
         "memory_budget": db.memory().budget,
+        "background_error": db.background_error().map(|e| e.to_string()),
     }))
 }
 
@@ -311,7 +312,12 @@ pub(super) fn run_action(
         }
         "wait-for-indexing" => {
             let idle = db.wait_indexed(cfg.max_index_wait).map_err(flush_status)?;
-            json_body(json!({"status": if idle { "complete" } else { "timeout" }}))
+            // A timeout says why when background work is failing (and being retried).
+            let error = if idle { None } else { db.background_error().map(|e| e.to_string()) };
+            json_body(json!({
+                "status": if idle { "complete" } else { "timeout" },
+                "background_error": error,
+            }))
         }
         other => Err(Status::internal(format!("action {other} has no handler"))),
     }
