@@ -1,7 +1,7 @@
 """What `quiver serve` holds per row after ingest and indexing, and at its peak (issue 21).
 
     target/pyenv/bin/python benches/engine_memory.py --data /work/data/sift-dev-1m \
-        [--rows 200000] [--index-build-budget-mb 0] [--sector-cache-mb 0]
+        [--rows 200000] [--index-build-budget-mb 0] [--sector-cache-mb 0] [--string-ids]
 
 Build first: `cargo build --release --bin quiver`. Starts the server on a fresh directory, puts
 the first `--rows` base rows (uint8, u64 ids) with pyarrow in 10,000-row batches, waits for
@@ -21,6 +21,23 @@ from benchlib import read_u8bin
 from engine_search import action, put
 
 
+def put_string_ids(uri, name, base, batch_rows):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.flight as fl
+    c = fl.FlightClient(uri)
+    ids = pa.array([f"doc-{i:012d}" for i in range(len(base))])
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(base).ravel()),
+                                            base.shape[1])
+    t = pa.table({"id": ids, "vector": vec})
+    w, r = c.do_put(fl.FlightDescriptor.for_path(name), t.schema)
+    for b in t.to_batches(max_chunksize=batch_rows):
+        w.write_batch(b)
+        r.read()
+    w.done_writing()
+    w.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quiver", default="target/release/quiver")
@@ -28,6 +45,8 @@ def main():
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--index-build-budget-mb", type=int, default=0)
     ap.add_argument("--sector-cache-mb", type=int, default=0)
+    ap.add_argument("--string-ids", action="store_true",
+                    help='string ids ("doc-" and 12 digits, 16 bytes) instead of u64')
     args = ap.parse_args()
     base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
     work = tempfile.mkdtemp(prefix="quiver-engine-memory-")
@@ -41,7 +60,10 @@ def main():
         assert line.startswith("listening on "), line
         uri = line.split("listening on ", 1)[1]
         t0 = time.perf_counter()
-        put(uri, "sift", base, 10_000)
+        if args.string_ids:
+            put_string_ids(uri, "sift", base, 10_000)
+        else:
+            put(uri, "sift", base, 10_000)
         action(uri, "wait-for-indexing", {"dataset": "sift"})
         secs = time.perf_counter() - t0
         st = action(uri, "stats", {"name": "sift"})[0]
@@ -51,6 +73,7 @@ def main():
         print(json.dumps({
             "rows": st["rows"], "segments": st["segments"], "indexed_after_s": round(secs),
             "index_build_budget_mb": args.index_build_budget_mb,
+            "ids": "string" if args.string_ids else "u64",
             "resident_bytes": r,
             "resident_bytes_per_row": {k: round(v / st["rows"], 1) for k, v in r.items()},
             "VmRSS": proc["VmRSS"], "VmHWM": proc["VmHWM"],
