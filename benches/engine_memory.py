@@ -17,25 +17,10 @@ import sys
 import tempfile
 import time
 
+import pyarrow as pa
+
 from benchlib import read_u8bin
 from engine_search import action, put
-
-
-def put_string_ids(uri, name, base, batch_rows):
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.flight as fl
-    c = fl.FlightClient(uri)
-    ids = pa.array([f"doc-{i:012d}" for i in range(len(base))])
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(base).ravel()),
-                                            base.shape[1])
-    t = pa.table({"id": ids, "vector": vec})
-    w, r = c.do_put(fl.FlightDescriptor.for_path(name), t.schema)
-    for b in t.to_batches(max_chunksize=batch_rows):
-        w.write_batch(b)
-        r.read()
-    w.done_writing()
-    w.close()
 
 
 def main():
@@ -60,10 +45,10 @@ def main():
         assert line.startswith("listening on "), line
         uri = line.split("listening on ", 1)[1]
         t0 = time.perf_counter()
+        ids = None
         if args.string_ids:
-            put_string_ids(uri, "sift", base, 10_000)
-        else:
-            put(uri, "sift", base, 10_000)
+            ids = pa.array([f"doc-{i:012d}" for i in range(len(base))])
+        put(uri, "sift", base, 10_000, ids)
         action(uri, "wait-for-indexing", {"dataset": "sift"})
         secs = time.perf_counter() - t0
         st = action(uri, "stats", {"name": "sift"})[0]

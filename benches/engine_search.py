@@ -55,11 +55,13 @@ def start_quiver(binary, data, cache_mb, nice):
     return p, line.split("listening on ", 1)[1]
 
 
-def put(uri, name, base, batch_rows):
+def put(uri, name, base, batch_rows, ids=None):
+    """Puts `base` as collection `name`; ids 0.. as u64 unless `ids` (an Arrow array) says."""
     c = fl.FlightClient(uri)
-    ids = np.arange(len(base), dtype=np.uint64)
+    if ids is None:
+        ids = pa.array(np.arange(len(base), dtype=np.uint64))
     vec = pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), base.shape[1])
-    t = pa.table({"id": pa.array(ids), "vector": vec})
+    t = pa.table({"id": ids, "vector": vec})
     w, r = c.do_put(fl.FlightDescriptor.for_path(name), t.schema)
     for b in t.to_batches(max_chunksize=batch_rows):
         w.write_batch(b)

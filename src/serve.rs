@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_engine::{DEFAULT_SECTOR_CACHE_BYTES, Database, Options};
+use quiver_engine::{Database, Options};
 use quiver_flight::{DEFAULT_LISTEN, ServerConfig};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,8 +61,8 @@ pub struct ServeArgs {
     scan_chunk_max: usize,
     /// Bound the server's memory to about this (e.g. 96MiB, 2GiB): the in-memory tables,
     /// unindexed segments, index builds, merges and row groups get fixed shares, and the
-    /// sector cache what the per-row structures leave (docs/memory.md). The flags below that
-    /// size those parts override their share when given.
+    /// sector cache what the per-row structures leave (docs/memory.md). --memtable-mb and
+    /// --sector-cache-mb override their share when given.
     #[arg(long, value_parser = crate::parse_size)]
     memory_budget: Option<u64>,
     /// In-memory table size before it is written as a segment, MiB [default: 64; with
@@ -72,7 +72,7 @@ pub struct ServeArgs {
     /// RAM an index build in the background may use, MiB: the segment's vectors go to a file
     /// and the budgeted build (one graph over 8-bit codes, or partitions) keeps within it. 0:
     /// the in-memory build, which holds the graph of the whole segment [default: 0; with
-    /// --memory-budget, an eighth of it].
+    /// --memory-budget, ignored: a build gets what the budget leaves, at least an eighth].
     #[arg(long)]
     index_build_budget_mb: Option<u64>,
     /// How far below searches the index builds and merges are scheduled (nice, 0..=19).
@@ -190,8 +190,6 @@ fn engine_options(args: &ServeArgs) -> Options {
     }
     if let Some(mb) = args.sector_cache_mb {
         opts = opts.sector_cache_bytes(mb << 20);
-    } else if args.memory_budget.is_none() {
-        opts = opts.sector_cache_bytes(DEFAULT_SECTOR_CACHE_BYTES);
     }
     if let Some(mb) = args.index_build_budget_mb {
         let mut params = *opts.index_build_params();

@@ -164,7 +164,9 @@ impl Options {
     /// ([`Options::index_params`]) and [`Options::row_group_bytes`], and sizes the sector cache
     /// to what the structures that grow with the data (key maps, segment keys, deletion sets,
     /// index codes; [`crate::ResidentBytes`]) leave of the budget, re-sized as they grow. A
-    /// setter called after this one overrides its pick. Not counted: the process's fixed
+    /// setter called after this one overrides its pick, except the build's `ram_budget`: under
+    /// a budget every index build gets what the budget leaves it (at least 1/8). Not counted:
+    /// the process's fixed
     /// memory (code, thread stacks, I/O rings), which `docs/memory.md` states. Default: no
     /// budget.
     #[must_use]

@@ -12,7 +12,7 @@ use quiver_diskgraph::search::DiskIndex;
 
 use super::Database;
 use super::body::SegmentMeta;
-use super::budget::{build_allowance, fit_cache_to_budget, grown_bytes};
+use super::budget::{build_allowance, fit_cache_to_budget};
 use super::index_build::build_index_dir;
 use super::inner::{Inner, lock};
 use super::merge::{merge_candidates, merge_one};
@@ -280,7 +280,7 @@ impl Database {
             return true;
         }
         let st = inner.read();
-        let allowance = build_allowance(inner, grown_bytes(&st));
+        let allowance = build_allowance(inner, &st);
         st.collections.values().any(|c| {
             c.segments.iter().any(|s| awaits_index(inner, s))
                 || !merge_candidates(inner, c, allowance).is_empty()

@@ -17,6 +17,7 @@
 //!   segments to search, memory kept) until a streaming merge that needs no rebuild exists.
 
 use quiver_diskgraph::index::{BuildParams, plan_build};
+use quiver_diskgraph::plan::{Plan, PlanError};
 
 use crate::options::budget_shares;
 use crate::schema::CollectionSchema;
@@ -36,10 +37,12 @@ pub(super) fn grown_bytes(st: &State) -> u64 {
         .sum()
 }
 
-/// What an index build may use now, given `grown` bytes of growing structures: `None` without
-/// a budget (the build's own `ram_budget`, if any, stands).
-pub(super) fn build_allowance(inner: &Inner, grown: u64) -> Option<u64> {
+/// What an index build may use now, given the state `st` (its growing structures are counted
+/// only under a budget): `None` without a budget (the build's own `ram_budget`, if any,
+/// stands).
+pub(super) fn build_allowance(inner: &Inner, st: &State) -> Option<u64> {
     let budget = inner.opts.memory_budget? as u64;
+    let grown = grown_bytes(st);
     let share = budget / budget_shares::BUILD as u64;
     let left = (budget - budget / 32 * budget_shares::NOT_BUILD_32NDS as u64).saturating_sub(grown);
     Some(left.max(share))
@@ -56,12 +59,11 @@ pub(super) fn build_allowance(inner: &Inner, grown: u64) -> Option<u64> {
 /// hold its vectors and stall writers for good.
 pub(super) fn build_params(inner: &Inner, schema: &CollectionSchema, rows: usize) -> BuildParams {
     let mut params = inner.opts.index_params;
-    let Some(allowance) = build_allowance(inner, grown_bytes(&inner.read())) else {
+    let Some(allowance) = build_allowance(inner, &inner.read()) else {
         return params;
     };
     params.ram_budget = Some(allowance);
-    let elem = schema.vector_type().search_elem();
-    let peak = match plan_build(rows, schema.dim(), elem, schema.metric(), &params) {
+    let peak = match plan_within(inner, schema, rows, allowance) {
         Ok(plan) => plan.estimated_peak,
         Err(e) => {
             tracing::warn!(
@@ -91,10 +93,20 @@ pub(super) fn merge_fits(
     rows: usize,
     allowance: u64,
 ) -> bool {
-    let mut params = inner.opts.index_params;
-    params.ram_budget = Some(allowance);
+    plan_within(inner, schema, rows, allowance).is_ok()
+}
+
+/// The plan an index build of `rows` rows of `schema` would follow with the database's build
+/// parameters and `allowance` bytes.
+fn plan_within(
+    inner: &Inner,
+    schema: &CollectionSchema,
+    rows: usize,
+    allowance: u64,
+) -> Result<Plan, PlanError> {
+    let params = BuildParams { ram_budget: Some(allowance), ..inner.opts.index_params };
     let elem = schema.vector_type().search_elem();
-    plan_build(rows, schema.dim(), elem, schema.metric(), &params).is_ok()
+    plan_build(rows, schema.dim(), elem, schema.metric(), &params)
 }
 
 fn cache_from_budget(inner: &Inner) -> Option<&quiver_diskgraph::cache::SectorCache> {

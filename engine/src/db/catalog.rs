@@ -14,6 +14,7 @@ use crate::schema::CollectionSchema;
 use super::body::{CollectionMeta, delete_name, segment_name};
 use super::budget::fit_cache_to_budget;
 use super::inner::lock;
+use super::keys::key_heap_bytes;
 use super::memtable::Memtable;
 use super::model::{Collection, KeyMap};
 use super::{DELETES_DIR, Database, SEGMENTS_DIR};
@@ -64,10 +65,12 @@ pub struct ResidentBytes {
     pub memtable: u64,
     /// Search vectors of flushed segments still waiting for their disk index.
     pub unindexed_vectors: u64,
-    /// The id → row map over every live row: `capacity × (size of (Key, Loc) + 1)`, plus the
-    /// bytes of string ids.
+    /// The id → row map over every live row: `capacity × (slot + 1)`, a slot being an id and
+    /// its 8-byte place (16 bytes for integer ids, 24 for string ids), plus the bytes of string
+    /// ids.
     pub key_map: u64,
-    /// Each segment's row → id array (deleted rows too), plus the bytes of string ids.
+    /// Each segment's row → id array (deleted rows too: 8 bytes a row for integer ids, 16 for
+    /// string ids), plus the bytes of string ids.
     pub segment_keys: u64,
     /// Deleted-row bitsets, one bit per segment row.
     pub deletion_sets: u64,
@@ -89,22 +92,13 @@ impl ResidentBytes {
     }
 }
 
-/// Heap bytes of string keys (integer keys have none).
-fn key_heap_bytes(keys: &mut dyn Iterator<Item = &Key>) -> usize {
-    keys.map(|k| match k {
-        Key::Int(_) => 0,
-        Key::Str(s) => s.len(),
-    })
-    .sum()
-}
-
 /// What collection `c`'s structures hold in RAM.
 pub(super) fn resident_bytes(c: &Collection) -> ResidentBytes {
     let mem = &c.mem;
     let memtable = mem.batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>()
         + mem.vector_bytes()
         + mem.keys.capacity() * size_of::<Key>()
-        + key_heap_bytes(&mut mem.keys.iter())
+        + key_heap_bytes(&mem.keys)
         + mem.locs.capacity() * size_of::<(u32, u32)>()
         + mem.live.capacity();
     let unindexed: usize = c

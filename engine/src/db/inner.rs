@@ -106,15 +106,20 @@ impl Inner {
     /// Rows per row group of `schema`'s segments: [`Options::row_group_rows`], fewer if that
     /// many rows would pass [`Options::row_group_bytes`].
     pub(super) fn row_group_rows(&self, schema: &CollectionSchema) -> usize {
-        let by_bytes = self.opts.row_group_bytes / schema.row_bytes_estimate().max(1);
-        self.opts.row_group_rows.min(by_bytes).max(MIN_BATCH_ROWS)
+        self.rows_within_row_group_bytes(schema, self.opts.row_group_rows)
     }
 
     /// Rows per batch when a merge reads `schema`'s segments: [`SCAN_BATCH_ROWS`], fewer if
     /// that many rows would pass [`Options::row_group_bytes`].
     pub(super) fn read_batch_rows(&self, schema: &CollectionSchema) -> usize {
+        self.rows_within_row_group_bytes(schema, SCAN_BATCH_ROWS)
+    }
+
+    /// `rows`, or fewer if that many of `schema`'s rows would pass
+    /// [`Options::row_group_bytes`]; at least [`MIN_BATCH_ROWS`].
+    fn rows_within_row_group_bytes(&self, schema: &CollectionSchema, rows: usize) -> usize {
         let by_bytes = self.opts.row_group_bytes / schema.row_bytes_estimate().max(1);
-        SCAN_BATCH_ROWS.min(by_bytes).max(MIN_BATCH_ROWS)
+        rows.min(by_bytes).max(MIN_BATCH_ROWS)
     }
 
     pub(super) fn alloc_id(&self) -> u64 {

@@ -5,8 +5,8 @@
 //! segment id and a row): a `(Key, Loc)` slot of the hash map was 32 bytes, 37.8 bytes a row at
 //! hashbrown's load factor. Integer ids are kept here as bare `u64`s and a place packs into
 //! 8 bytes ([`Loc`]: a segment slot and a row), so a slot is 16 bytes, and a segment's key array
-//! 8 bytes a row. String ids keep their boxed strings. Which kind a collection uses is fixed by its schema, so a map or array never mixes
-//! them; a key of the other kind is absent from it.
+//! 8 bytes a row. String ids keep their boxed strings. Which kind a collection uses is fixed by
+//! its schema, so a map or array never mixes them; a key of the other kind is absent from it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -148,17 +148,19 @@ impl SegmentKeys {
     pub(super) fn resident_bytes(&self) -> usize {
         match self {
             SegmentKeys::Int(k) => k.len() * size_of::<u64>(),
-            SegmentKeys::Str(k) => {
-                k.len() * size_of::<Key>()
-                    + k.iter()
-                        .map(|k| match k {
-                            Key::Str(s) => s.len(),
-                            Key::Int(_) => 0,
-                        })
-                        .sum::<usize>()
-            }
+            SegmentKeys::Str(k) => k.len() * size_of::<Key>() + key_heap_bytes(k),
         }
     }
+}
+
+/// Heap bytes of `keys`' strings (integer keys have none).
+pub(super) fn key_heap_bytes(keys: &[Key]) -> usize {
+    keys.iter()
+        .map(|k| match k {
+            Key::Int(_) => 0,
+            Key::Str(s) => s.len(),
+        })
+        .sum()
 }
 
 #[cfg(test)]

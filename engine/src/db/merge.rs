@@ -15,7 +15,7 @@ use crate::segment::{self, SegmentFile};
 
 use super::background::{Progress, io_error};
 use super::body::{DeleteMeta, delete_name, segment_name};
-use super::budget::{build_allowance, grown_bytes, merge_fits};
+use super::budget::{build_allowance, merge_fits};
 use super::flush::{open_new_segment, write_deletes};
 use super::index_build::IndexInput;
 use super::inner::{Inner, lock};
@@ -203,7 +203,7 @@ pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
 /// Step 1 of a merge: the first collection with segments due, and a snapshot of those.
 fn plan_merge(inner: &Inner) -> Option<MergeJob> {
     let st = inner.read();
-    let allowance = build_allowance(inner, grown_bytes(&st));
+    let allowance = build_allowance(inner, &st);
     let mut job = st.collections.values().find_map(|c| {
         let pick = merge_candidates(inner, c, allowance);
         if pick.is_empty() {
@@ -292,14 +292,14 @@ fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, B
         }
     }
     let sum = w.finish()?;
-    let resident = match &mut vectors {
-        MergedVectors::Resident(all) => Some(std::mem::take(all).into()),
-        MergedVectors::Input(_) => None,
+    let (resident, input) = match vectors {
+        MergedVectors::Resident(all) => (Some(all.into()), None),
+        MergedVectors::Input(input) => (None, Some(input)),
     };
     let mut seg = open_new_segment(inner, arrow, new_id, sum, keys, resident)?;
     let d = inner.dir.join(SEGMENTS_DIR);
     inner.vfs.sync_dir(&d).map_err(io_error(&d))?;
-    if let (MergedVectors::Input(input), Some(idir)) = (vectors, index_dir) {
+    if let (Some(input), Some(idir)) = (input, index_dir) {
         let index = input.build(inner, idir, &seg.meta, schema)?;
         seg.meta.indexed = true;
         seg.index = Some(Arc::new(index));
