@@ -99,6 +99,9 @@ pub enum IndexError {
     /// The index files disagree with each other.
     #[error("{0}")]
     Mismatch(String),
+    /// The index cannot be grown as asked ([`crate::grow`]); a rebuild can.
+    #[error("cannot grow the index: {0}")]
+    CannotGrow(&'static str),
 }
 
 /// Puts `data` in the space the index searches: `(stored vectors, stored metric, M²)`.

@@ -11,6 +11,8 @@
 //! - [`layout`]: the versioned, checksummed file of 4 KiB sectors (`docs/format.md`).
 //! - [`pack`]: the order nodes are written in, so that a sector holds graph neighbours.
 //! - [`search`]: beam search over the sectors through io_uring (or `pread`), steered by PQ codes.
+//! - [`grow`]: a new index from an old one with rows dropped and rows added, in one pass over
+//!   the old file (FreshDiskANN's streaming merge), without rebuilding the graph.
 //! - [`index`]: builds all of it into an index directory, from vectors in RAM or, within a RAM
 //!   budget, from a vector file ([`source`] reads it a piece at a time; [`plan`] chooses between
 //!   the in-memory build and the partitioned one, which holds one partition at a time).
@@ -22,6 +24,7 @@
 
 pub mod cache;
 pub mod data;
+pub mod grow;
 pub mod index;
 pub mod layout;
 pub mod pack;

@@ -298,6 +298,21 @@ impl DiskIndex {
         self.backend
     }
 
+    /// The PQ codebook the codes were made with.
+    pub fn pq(&self) -> &PqCodebook {
+        &self.pq
+    }
+
+    /// Every node's PQ code, `pq().bytes()` each, in position order.
+    pub fn codes(&self) -> &[u8] {
+        &self.codes
+    }
+
+    /// The graph file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Resident RAM of the index: PQ codes, pivots, the start candidates and the BFS node
     /// cache (not the per-thread buffers, nor a shared [`SectorCache`], which counts its own
     /// bytes).
@@ -746,6 +761,30 @@ impl Searcher<'_> {
         params: SearchParams,
         accept: &dyn Fn(u32) -> bool,
     ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
+        self.walk(query, params, accept, Report::Labels)
+    }
+
+    /// [`Searcher::search_accepting`] reporting each result's position in the index (its node
+    /// id in neighbour lists) rather than its label: what an insertion into the graph links to.
+    ///
+    /// # Errors
+    /// As [`Searcher::search`].
+    pub fn search_positions(
+        &mut self,
+        query: Row<'_>,
+        params: SearchParams,
+        accept: &dyn Fn(u32) -> bool,
+    ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
+        self.walk(query, params, accept, Report::Positions)
+    }
+
+    fn walk(
+        &mut self,
+        query: Row<'_>,
+        params: SearchParams,
+        accept: &dyn Fn(u32) -> bool,
+        report: Report,
+    ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
         let started = Instant::now();
         let ix = self.index;
         let h = ix.header;
@@ -823,7 +862,7 @@ impl Searcher<'_> {
         let mut free: Vec<usize> = (0..width).rev().collect();
         // The round trip of the node last expanded: reads issued now end round trip `depth + 1`.
         let mut depth = 0u64;
-        let ctx = Ctx { ix, h, k, table, query, qf: &qf, native, accept };
+        let ctx = Ctx { ix, h, k, table, query, qf: &qf, native, accept, report };
         loop {
             // Keep `width` reads in flight, each for the nearest candidate not yet taken.
             while !free.is_empty() {
@@ -910,6 +949,25 @@ struct Ctx<'a, 'q> {
     qf: &'a [f32],
     native: bool,
     accept: &'a dyn Fn(u32) -> bool,
+    report: Report,
+}
+
+/// What a result's id is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Report {
+    /// The node's label (the caller's id).
+    Labels,
+    /// The node's position in the index.
+    Positions,
+}
+
+impl Report {
+    fn id(self, label: u32, position: u32) -> u32 {
+        match self {
+            Report::Labels => label,
+            Report::Positions => position,
+        }
+    }
 }
 
 impl Ctx<'_, '_> {
@@ -929,12 +987,13 @@ impl Ctx<'_, '_> {
         walk: &mut Walk,
         visited: &mut VisitedSet,
         stats: &mut QueryStats,
+        position: u32,
         node: &NodeRef<'_>,
     ) {
         if (self.accept)(node.label) {
             let d = self.exact(node.vector);
             stats.exact_distances += 1;
-            walk.exact.push(Neighbour { id: node.label, distance: d });
+            walk.exact.push(Neighbour { id: self.report.id(node.label, position), distance: d });
         }
         walk.fresh.clear();
         walk.fresh.extend(node.neighbours.iter().copied().filter(|&nb| visited.insert(nb)));
@@ -962,7 +1021,7 @@ impl Ctx<'_, '_> {
         let h = &self.h;
         let node = node_from_sectors(h, &self.ix.path, id, h.locate(id), buf)?;
         expanded.insert(id);
-        self.expand(walk, visited, stats, &node);
+        self.expand(walk, visited, stats, id, &node);
         let mates = h.sector_mates(id);
         walk.mates.clear();
         walk.mates.extend(mates.clone().filter(|&y| y != id && !expanded.contains(y)));
@@ -979,14 +1038,14 @@ impl Ctx<'_, '_> {
                     visited.insert(y);
                     expanded.insert(y);
                     let node = parse_node(h, y, bytes).map_err(|e| self.corrupt(y, &e))?;
-                    self.expand(walk, visited, stats, &node);
+                    self.expand(walk, visited, stats, y, &node);
                 }
                 MateUse::Exact => {
                     let label = node_label(h, y, bytes).map_err(|e| self.corrupt(y, &e))?;
                     if (self.accept)(label) {
                         let d = self.exact(&bytes[..h.dim as usize * h.elem.size()]);
                         stats.exact_distances += 1;
-                        walk.exact.push(Neighbour { id: label, distance: d });
+                        walk.exact.push(Neighbour { id: self.report.id(label, y), distance: d });
                     }
                 }
                 MateUse::InFlight => {}

@@ -1,0 +1,607 @@
+//! Growing an index without rebuilding it: rows dropped, rows added, one sequential pass over
+//! the old graph file (FreshDiskANN's StreamingMerge, Singh et al. 2021, done out of core).
+//!
+//! The result is a new index directory, in the ordinary format; the old one is only read, so a
+//! crash at any point leaves it intact (the caller commits the new one, or removes it).
+//!
+//! 1. **Scan.** One pass over the old graph file, in position order: each node's label says
+//!    whether it is kept ([`Growth::relabel`]) and, if so, its new position (kept nodes keep
+//!    their relative order). The neighbour lists of dropped nodes are held until the write.
+//! 2. **Link the added rows.** An in-memory Vamana graph over the added rows (they are the
+//!    small side) gives each its neighbours among themselves. Each added row is searched for in
+//!    the old index (the PQ-steered disk search, with dropped nodes walked through but never
+//!    returned), and its candidates (the search's nearest kept nodes, with exact distances, and
+//!    its graph neighbours among the added rows) are pruned with RobustPrune to at most `R`
+//!    out-neighbours. Each out-edge is recorded in reverse, to be added to its target.
+//! 3. **Patch and write.** A second pass over the old file writes the new one. A kept node's
+//!    list loses its dropped neighbours, which are replaced by *their* kept neighbours (delete
+//!    consolidation), and gains its reverse edges; a list that grew past `R` is re-pruned with
+//!    the node's own vector against its candidates' PQ reconstructions, as the partitioned
+//!    build's merge does. The added rows follow, in sector-packed order. Unchanged lists are
+//!    copied as they are.
+//!
+//! The PQ codebook is the old index's: added rows are encoded with it, kept codes are copied.
+//! Memory: 4 bytes per old node (its new position), the codes of the new index, the dropped
+//! nodes' lists, and the added rows with their graph and reverse edges
+//! ([`grow_peak_bytes`]). Inner-product indexes are not grown: their stored vectors are scaled
+//! by the largest norm seen at build time, which an added row may exceed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use quiver_simd::Isa;
+use rayon::prelude::*;
+
+use crate::data::{DataError, ElemType, Metric, Row, VectorSet, distance};
+use crate::index::{BuildParams, GRAPH_FILE, IndexError, store_piece};
+use crate::layout::{Header, IndexReader, IndexWriter, LayoutError, SECTOR, parse_node, unseal};
+use crate::pack;
+use crate::pq::{CODES_FILE, PIVOTS_FILE, PqCodebook, write_codes};
+use crate::search::{DiskIndex, SearchParams};
+use crate::vamana::{self, Candidate, robust_prune};
+
+/// Marks an old node that is dropped.
+const DROPPED: u32 = u32::MAX;
+/// Sectors read at a time by the sequential passes (1 MiB).
+const SCAN_SECTORS: usize = 256;
+/// Reads in flight while an added row is searched for.
+const BEAM_WIDTH: usize = 4;
+
+/// What to make of an old index.
+pub struct Growth<'a> {
+    /// The index grown, open.
+    pub base: &'a DiskIndex,
+    /// The new label of an old label, or `None` for a row dropped.
+    pub relabel: &'a (dyn Fn(u32) -> Option<u32> + Sync),
+    /// The rows added, in the input space (as a build from them would take them).
+    pub added: VectorSet,
+    /// The label of each added row.
+    pub added_labels: &'a [u32],
+    /// `R`, `L`, `α` and the rest; the PQ parameters are unused (the old codebook is kept).
+    pub params: &'a BuildParams,
+}
+
+impl std::fmt::Debug for Growth<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Growth")
+            .field("base", &self.base.path())
+            .field("added", &self.added)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a growth did.
+#[derive(Clone, Debug, Default)]
+pub struct GrowSummary {
+    /// Old nodes kept.
+    pub kept: usize,
+    /// Old nodes dropped.
+    pub dropped: usize,
+    /// Rows added.
+    pub added: usize,
+    /// Kept nodes whose lists changed (lost a dropped neighbour or gained an added one).
+    pub patched: usize,
+    /// Mean out-degree of the new graph.
+    pub mean_degree: f64,
+    /// Seconds scanning the old file.
+    pub scan_seconds: f64,
+    /// Seconds building the added rows' graph and searching the old index for them.
+    pub link_seconds: f64,
+    /// Seconds writing the new files.
+    pub write_seconds: f64,
+}
+
+/// Bytes [`grow_index`] holds at its peak for an old index of `old` nodes with `dropped` of
+/// them dropped and `added` rows of `row_bytes` each added, codes of `m` bytes and degree `r`:
+/// the planner's figure (within a small factor of what is measured).
+pub fn grow_peak_bytes(old: u64, dropped: u64, added: u64, row_bytes: u64, m: u64, r: u64) -> u64 {
+    let positions = 4 * old;
+    let dropped_lists = dropped * (4 * r + 48);
+    let codes = (old + added) * m;
+    // The added rows: vectors, their graph (with the build's slack), their out-lists and the
+    // reverse edges they leave (each at most R, in per-node vectors).
+    let added_side = added * (row_bytes + 3 * (4 * r + 32));
+    positions + dropped_lists + codes + added_side + (SECTOR * SCAN_SECTORS) as u64
+}
+
+/// Writes into `dir` (created if missing) the index of `growth.base` with its dropped rows
+/// removed and the added rows inserted, relabelled. `progress(phase, done, total)` reports
+/// each phase.
+///
+/// # Errors
+/// [`IndexError::CannotGrow`] for an inner-product index, added rows of another dimension or
+/// element type, or nothing left; [`IndexError`] for a damaged old index or I/O failure.
+pub fn grow_index(
+    growth: &Growth<'_>,
+    dir: &Path,
+    progress: &(dyn Fn(&'static str, usize, usize) + Sync),
+) -> Result<GrowSummary, IndexError> {
+    let base = growth.base;
+    let h = *base.header();
+    check(growth, &h)?;
+    let added = store_piece(growth.added.clone(), h.user_metric, 0.0)?;
+    let mut summary = GrowSummary { added: added.len(), ..GrowSummary::default() };
+
+    let t = Instant::now();
+    let reader = IndexReader::open(base.path())?;
+    let old = scan(&reader, growth, progress)?;
+    summary.kept = old.kept as usize;
+    summary.dropped = h.n as usize - summary.kept;
+    summary.scan_seconds = t.elapsed().as_secs_f64();
+    if old.kept as usize + added.len() == 0 {
+        return Err(IndexError::CannotGrow("no rows would be left"));
+    }
+
+    let t = Instant::now();
+    let link = link(growth, &h, &old, &added, progress)?;
+    summary.link_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    std::fs::create_dir_all(dir).map_err(|e| IndexError::Io { path: dir.into(), source: e })?;
+    let job = Patch { growth, h, old: &old, added: &added, link: &link };
+    let (patched, degrees) = job.write(&reader, dir, progress)?;
+    summary.patched = patched;
+    summary.mean_degree = degrees as f64 / (old.kept as usize + added.len()) as f64;
+    job.write_codes(dir)?;
+    base.pq().write_to(&dir.join(PIVOTS_FILE))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| IndexError::Io { path: dir.into(), source: e })?;
+    summary.write_seconds = t.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn check(growth: &Growth<'_>, h: &Header) -> Result<(), IndexError> {
+    if h.user_metric == Metric::InnerProduct {
+        return Err(IndexError::CannotGrow("inner-product indexes are rebuilt, not grown"));
+    }
+    if growth.added.len() != growth.added_labels.len() {
+        return Err(IndexError::CannotGrow("one label is needed per added row"));
+    }
+    if !growth.added.is_empty() {
+        // Cosine indexes store unit f32 rows of f32 input; the others store the input as given.
+        if growth.added.dim() != h.dim as usize || growth.added.elem() != h.elem {
+            return Err(IndexError::CannotGrow(
+                "the added rows' dimension or element type differs from the index's",
+            ));
+        }
+    }
+    if h.n > u64::from(u32::MAX - 1) || growth.added.len() as u64 + h.n > u64::from(u32::MAX - 1) {
+        return Err(DataError::Invalid("too many rows for 32-bit positions".into()).into());
+    }
+    Ok(())
+}
+
+/// What the first pass learned of the old index.
+struct Old {
+    /// The new position of each old position, or [`DROPPED`].
+    position: Vec<u32>,
+    /// Old nodes kept.
+    kept: u32,
+    /// The neighbour lists (old positions) of dropped nodes.
+    dropped_lists: HashMap<u32, Vec<u32>>,
+}
+
+impl Old {
+    fn is_kept(&self, p: u32) -> bool {
+        self.position[p as usize] != DROPPED
+    }
+}
+
+/// Calls `each(position, node)` for every node of the file in position order, reading
+/// [`SCAN_SECTORS`] sectors at a time and verifying each sector.
+fn for_each_node(
+    reader: &IndexReader,
+    mut each: impl FnMut(u32, crate::layout::NodeRef<'_>) -> Result<(), IndexError>,
+) -> Result<(), IndexError> {
+    let h = *reader.header();
+    let per_sector = h.nodes_per_sector() as u64;
+    let corrupt = |reason: String| LayoutError::Corrupt { path: reader.path().into(), reason };
+    if per_sector == 0 {
+        let mut buf = Vec::new();
+        for p in 0..h.n as u32 {
+            each(p, reader.read_node(p, &mut buf)?)?;
+        }
+        return Ok(());
+    }
+    let sectors = h.node_sectors();
+    let mut buf = vec![0u8; SECTOR * SCAN_SECTORS];
+    let mut first = 0u64;
+    while first < sectors {
+        let count = (sectors - first).min(SCAN_SECTORS as u64) as usize;
+        let chunk = &mut buf[..count * SECTOR];
+        std::os::unix::fs::FileExt::read_exact_at(
+            reader.file(),
+            chunk,
+            (1 + first) * SECTOR as u64,
+        )
+        .map_err(|e| LayoutError::Io { path: reader.path().into(), source: e })?;
+        for s in 0..count {
+            let sector = &chunk[s * SECTOR..(s + 1) * SECTOR];
+            unseal(sector).map_err(|e| corrupt(format!("sector {}: {e}", 1 + first + s as u64)))?;
+            let start = (first + s as u64) * per_sector;
+            let end = (start + per_sector).min(h.n);
+            for p in start..end {
+                let at = (p - start) as usize * h.node_size();
+                let node = parse_node(&h, p as u32, &sector[at..at + h.node_size()])
+                    .map_err(|e| corrupt(format!("node {p}: {e}")))?;
+                each(p as u32, node)?;
+            }
+        }
+        first += count as u64;
+    }
+    Ok(())
+}
+
+/// Step 1: which old nodes are kept, where they go, and the dropped nodes' lists.
+fn scan(
+    reader: &IndexReader,
+    growth: &Growth<'_>,
+    progress: &(dyn Fn(&'static str, usize, usize) + Sync),
+) -> Result<Old, IndexError> {
+    let n = reader.header().n as usize;
+    let mut old = Old { position: vec![DROPPED; n], kept: 0, dropped_lists: HashMap::new() };
+    for_each_node(reader, |p, node| {
+        if (growth.relabel)(node.label).is_some() {
+            old.position[p as usize] = old.kept;
+            old.kept += 1;
+        } else {
+            old.dropped_lists.insert(p, node.neighbours);
+        }
+        if (p as usize).is_multiple_of(65_536) {
+            progress("scan", p as usize, n);
+        }
+        Ok(())
+    })?;
+    progress("scan", n, n);
+    Ok(old)
+}
+
+/// Ids while linking: an old position, or `old_n + i` for added row `i` ("joint ids").
+struct Link {
+    /// Added rows' out-lists (joint ids), by added row.
+    out: Vec<Vec<u32>>,
+    /// Reverse edges to add, by joint id.
+    reverse: HashMap<u32, Vec<u32>>,
+    /// `order[k]` is the added row written `k`-th (sector-packed).
+    order: Vec<u32>,
+    /// The new position of each added row.
+    position: Vec<u32>,
+    /// The added rows' graph's entry point (an added row), if any were added.
+    entry: Option<u32>,
+    /// The added rows' PQ codes, by added row.
+    codes: Vec<u8>,
+}
+
+/// Step 2: out-lists for the added rows, and the reverse edges they imply.
+fn link(
+    growth: &Growth<'_>,
+    h: &Header,
+    old: &Old,
+    added: &VectorSet,
+    progress: &(dyn Fn(&'static str, usize, usize) + Sync),
+) -> Result<Link, IndexError> {
+    let b = added.len();
+    let base = growth.base;
+    let pq = base.pq();
+    let mut codes = vec![0u8; b * pq.bytes()];
+    pq.encode_into_slice(added, &mut codes);
+    if b == 0 {
+        let (out, reverse, order, position) = (Vec::new(), HashMap::new(), Vec::new(), Vec::new());
+        return Ok(Link { out, reverse, order, position, entry: None, codes });
+    }
+    let mut params = growth.params.graph;
+    params.max_degree = h.max_degree as usize;
+    let graph = vamana::build(added, h.metric, &params, &|d| progress("graph", d, b))?;
+    let order = pack::sector_order(&graph, h.nodes_per_sector());
+    let mut position = vec![0u32; b];
+    for (k, &i) in order.iter().enumerate() {
+        position[i as usize] = old.kept + k as u32;
+    }
+    let old_n = h.n as u32;
+    let list_size = params.list_size.max(params.max_degree);
+    let search = SearchParams { k: list_size, list_size, beam_width: BEAM_WIDTH };
+    let accept = |label: u32| (growth.relabel)(label).is_some();
+    let pruner = Pruner { pq, codes: base.codes(), added, old_n, metric: h.metric, params };
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let out: Vec<Result<Vec<u32>, IndexError>> = (0..b)
+        .into_par_iter()
+        .map_init(
+            || base.searcher(),
+            |searcher, i| {
+                let searcher = searcher.as_mut().map_err(|e| IndexError::Io {
+                    path: base.path().into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                let row = added.row(i).to_f32();
+                let found = if old.kept > 0 {
+                    searcher
+                        .search_positions(Row::F32(&row), search, &accept)
+                        .map_err(search_error)?
+                        .0
+                } else {
+                    Vec::new()
+                };
+                let mut cands: Vec<(u32, Option<f32>)> =
+                    found.iter().map(|f| (f.id, Some(f.distance))).collect();
+                cands.extend(graph.neighbours(i).iter().map(|&j| (old_n + j, None)));
+                let list = pruner.prune(&row, &cands);
+                let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if d.is_multiple_of(4096) {
+                    progress("link", d, b);
+                }
+                Ok(list)
+            },
+        )
+        .collect();
+    progress("link", b, b);
+    let out: Vec<Vec<u32>> = out.into_iter().collect::<Result<_, _>>()?;
+    let mut reverse: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (i, list) in out.iter().enumerate() {
+        for &u in list {
+            assert!(u >= old_n || old.is_kept(u), "an out-edge to a dropped node");
+            reverse.entry(u).or_default().push(old_n + i as u32);
+        }
+    }
+    Ok(Link { out, reverse, order, position, entry: Some(graph.entry), codes })
+}
+
+/// A search error as an index error (the old index is damaged or unreadable).
+fn search_error(e: crate::search::SearchError) -> IndexError {
+    match e {
+        crate::search::SearchError::Layout(l) => l.into(),
+        other => IndexError::Mismatch(other.to_string()),
+    }
+}
+
+/// RobustPrune over joint ids: old nodes stand as their PQ reconstructions, added rows as
+/// themselves.
+struct Pruner<'a> {
+    pq: &'a PqCodebook,
+    codes: &'a [u8],
+    added: &'a VectorSet,
+    old_n: u32,
+    metric: Metric,
+    params: crate::vamana::VamanaParams,
+}
+
+impl Pruner<'_> {
+    /// Prunes `cands` (joint ids, each with its distance from `row` if known exactly; repeats
+    /// allowed) to at most `R`. Unknown distances are taken to the candidate's stand-in.
+    fn prune(&self, row: &[f32], cands: &[(u32, Option<f32>)]) -> Vec<u32> {
+        let mut unique: Vec<(u32, Option<f32>)> = Vec::with_capacity(cands.len());
+        for &(u, d) in cands {
+            if !unique.iter().any(|&(v, _)| v == u) {
+                unique.push((u, d));
+            }
+        }
+        let dim = self.pq.dim();
+        let m = self.pq.bytes();
+        let mut vectors = VectorSet::zeroed(ElemType::F32, dim, unique.len())
+            .expect("the stored dimension is valid");
+        let mut decoded = vec![0.0f32; dim];
+        let kernels = Isa::active();
+        let mut scored = Vec::with_capacity(unique.len());
+        for (i, &(u, d)) in unique.iter().enumerate() {
+            if u < self.old_n {
+                let code = &self.codes[u as usize * m..(u as usize + 1) * m];
+                self.pq.decode_into(code, &mut decoded);
+            } else {
+                decoded = self.added.row((u - self.old_n) as usize).to_f32();
+            }
+            vectors.row_bytes_mut(i).copy_from_slice(bytemuck::cast_slice(&decoded));
+            let dist = d.unwrap_or_else(|| {
+                distance(kernels, self.metric, Row::F32(row), Row::F32(&decoded))
+            });
+            scored.push(Candidate { id: i as u32, dist });
+        }
+        let p = &self.params;
+        robust_prune(&vectors, self.metric, u32::MAX, scored, p.alpha, p.max_degree, p.saturate)
+            .into_iter()
+            .map(|i| unique[i as usize].0)
+            .collect()
+    }
+}
+
+/// A kept node read in the write pass, owned so that a batch of them is patched in parallel.
+struct OldNode {
+    position: u32,
+    vector: Vec<u8>,
+    neighbours: Vec<u32>,
+    label: u32,
+}
+
+/// Nodes patched in parallel at a time in the write pass.
+const PATCH_BATCH: usize = 4096;
+
+/// Step 3: the new files.
+struct Patch<'a> {
+    growth: &'a Growth<'a>,
+    h: Header,
+    old: &'a Old,
+    added: &'a VectorSet,
+    link: &'a Link,
+}
+
+impl Patch<'_> {
+    /// The new position of a joint id.
+    fn position(&self, u: u32) -> u32 {
+        let old_n = self.h.n as u32;
+        if u < old_n {
+            self.old.position[u as usize]
+        } else {
+            self.link.position[(u - old_n) as usize]
+        }
+    }
+
+    fn pruner(&self) -> Pruner<'_> {
+        let mut params = self.growth.params.graph;
+        params.max_degree = self.h.max_degree as usize;
+        Pruner {
+            pq: self.growth.base.pq(),
+            codes: self.growth.base.codes(),
+            added: self.added,
+            old_n: self.h.n as u32,
+            metric: self.h.metric,
+            params,
+        }
+    }
+
+    /// The new header: same shape, the new count, an entry point that survives.
+    fn header(&self) -> Header {
+        let h = self.h;
+        let entry = if self.old.is_kept(h.entry) {
+            Some(self.old.position[h.entry as usize])
+        } else {
+            let mates = self.old.dropped_lists.get(&h.entry).into_iter().flatten();
+            mates.copied().find(|&u| self.old.is_kept(u)).map(|u| self.old.position[u as usize])
+        };
+        let entry =
+            entry.or_else(|| self.link.entry.map(|i| self.link.position[i as usize])).unwrap_or(0);
+        Header {
+            version: crate::layout::VERSION,
+            n: u64::from(self.old.kept) + self.added.len() as u64,
+            entry,
+            ..h
+        }
+    }
+
+    /// A kept node's list (joint ids): its kept neighbours, the kept neighbours of its dropped
+    /// ones, and its reverse edges, re-pruned to `R` when longer. Whether it changed.
+    fn patched(&self, node: &OldNode, old_p: u32, pruner: &Pruner<'_>) -> (Vec<u32>, bool) {
+        let mut list: Vec<u32> = Vec::with_capacity(node.neighbours.len());
+        let mut changed = false;
+        let push = |list: &mut Vec<u32>, u: u32| {
+            if u != old_p && !list.contains(&u) {
+                list.push(u);
+            }
+        };
+        for &nb in &node.neighbours {
+            if self.old.is_kept(nb) {
+                push(&mut list, nb);
+                continue;
+            }
+            changed = true;
+            for &x in self.old.dropped_lists.get(&nb).into_iter().flatten() {
+                if self.old.is_kept(x) {
+                    push(&mut list, x);
+                }
+            }
+        }
+        if let Some(extra) = self.link.reverse.get(&old_p) {
+            changed = true;
+            extra.iter().for_each(|&u| push(&mut list, u));
+        }
+        if list.len() > self.h.max_degree as usize {
+            let row = stored_f32(self.h.elem, &node.vector);
+            let cands: Vec<(u32, Option<f32>)> = list.iter().map(|&u| (u, None)).collect();
+            list = pruner.prune(&row, &cands);
+        }
+        (list, changed)
+    }
+
+    /// Writes the graph file: kept nodes (patched), then the added rows. Returns the number of
+    /// patched kept nodes and the sum of degrees.
+    fn write(
+        &self,
+        reader: &IndexReader,
+        dir: &Path,
+        progress: &(dyn Fn(&'static str, usize, usize) + Sync),
+    ) -> Result<(usize, u64), IndexError> {
+        let header = self.header();
+        let total = header.n as usize;
+        let mut writer = IndexWriter::create(&dir.join(GRAPH_FILE), header)?;
+        let pruner = self.pruner();
+        let (mut patched, mut degrees, mut written) = (0usize, 0u64, 0usize);
+        let mut batch: Vec<OldNode> = Vec::with_capacity(PATCH_BATCH);
+        let mut out = Vec::new();
+        let mut flush =
+            |batch: &mut Vec<OldNode>, writer: &mut IndexWriter| -> Result<(), IndexError> {
+                let lists: Vec<(Vec<u32>, bool)> =
+                    batch.par_iter().map(|n| self.patched(n, n.position, &pruner)).collect();
+                for (node, (list, changed)) in batch.iter().zip(lists) {
+                    patched += usize::from(changed);
+                    degrees += list.len() as u64;
+                    out.clear();
+                    out.extend(list.iter().map(|&u| self.position(u)));
+                    let label = (self.growth.relabel)(node.label).expect("a kept node");
+                    writer.push(&node.vector, &out, label)?;
+                }
+                written += batch.len();
+                progress("write", written, total);
+                batch.clear();
+                Ok(())
+            };
+        for_each_node(reader, |p, node| {
+            if self.old.is_kept(p) {
+                let (vector, neighbours, label) =
+                    (node.vector.to_vec(), node.neighbours, node.label);
+                batch.push(OldNode { position: p, vector, neighbours, label });
+                if batch.len() == PATCH_BATCH {
+                    flush(&mut batch, &mut writer)?;
+                }
+            }
+            Ok(())
+        })?;
+        flush(&mut batch, &mut writer)?;
+        let old_n = self.h.n as u32;
+        let lists: Vec<Vec<u32>> = self
+            .link
+            .order
+            .par_iter()
+            .map(|&i| {
+                let mut list = self.link.out[i as usize].clone();
+                for &u in self.link.reverse.get(&(old_n + i)).into_iter().flatten() {
+                    if !list.contains(&u) {
+                        list.push(u);
+                    }
+                }
+                if list.len() > self.h.max_degree as usize {
+                    let row = self.added.row(i as usize).to_f32();
+                    let cands: Vec<(u32, Option<f32>)> = list.iter().map(|&u| (u, None)).collect();
+                    list = pruner.prune(&row, &cands);
+                }
+                list
+            })
+            .collect();
+        for (&i, list) in self.link.order.iter().zip(lists) {
+            degrees += list.len() as u64;
+            out.clear();
+            out.extend(list.iter().map(|&u| self.position(u)));
+            let label = self.growth.added_labels[i as usize];
+            writer.push(self.added.row_bytes(i as usize), &out, label)?;
+        }
+        progress("write", total, total);
+        writer.finish()?;
+        Ok((patched, degrees))
+    }
+
+    /// Writes the PQ codes in the new positions' order.
+    fn write_codes(&self, dir: &Path) -> Result<(), IndexError> {
+        let m = self.growth.base.pq().bytes();
+        let old = self.growth.base.codes();
+        let mut codes = Vec::with_capacity((self.old.kept as usize + self.added.len()) * m);
+        for (p, code) in old.chunks_exact(m).enumerate() {
+            if self.old.is_kept(p as u32) {
+                codes.extend_from_slice(code);
+            }
+        }
+        for &i in &self.link.order {
+            codes.extend_from_slice(&self.link.codes[i as usize * m..(i as usize + 1) * m]);
+        }
+        write_codes(&dir.join(CODES_FILE), m, &codes)?;
+        Ok(())
+    }
+}
+
+/// A stored vector's bytes as `f32`s.
+fn stored_f32(elem: ElemType, bytes: &[u8]) -> Vec<f32> {
+    match elem {
+        ElemType::F32 => {
+            bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect()
+        }
+        ElemType::U8 => bytes.iter().map(|&x| f32::from(x)).collect(),
+        ElemType::I8 => bytes.iter().map(|&x| f32::from(x as i8)).collect(),
+    }
+}
