@@ -96,8 +96,10 @@ fn kill9_child_process() {
                             db.delete("c", &UInt64Array::from(ids)).unwrap();
                         }
                     }
+                    let grows = db.background_stats().index_grows;
                     let mut o = out.lock().unwrap();
                     writeln!(o, "ack {w} {s}").unwrap();
+                    writeln!(o, "grows {grows}").unwrap();
                     o.flush().unwrap();
                 }
             })
@@ -114,6 +116,8 @@ fn every_acknowledged_change_survives_kill_9_during_background_work() {
     let dir_s = dir.path().to_str().unwrap().to_string();
     let mut rows: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
     let kill_after_ms = [700u64, 1500, 400, 2500];
+    // Index growths the children had committed before they were killed, over all rounds.
+    let mut grown_before_kills = 0u64;
     for (round, ms) in kill_after_ms.iter().enumerate() {
         let first = round as u64 * WRITERS;
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -146,7 +150,10 @@ fn every_acknowledged_change_survives_kill_9_during_background_work() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let mut last: BTreeMap<u64, u64> = BTreeMap::new();
-        for line in reader.join().unwrap() {
+        let lines = reader.join().unwrap();
+        let grows = lines.iter().rev().find_map(|l| l.strip_prefix("grows ")).unwrap_or("0");
+        grown_before_kills += grows.parse::<u64>().unwrap_or(0);
+        for line in lines {
             let f: Vec<&str> = line.split_whitespace().collect();
             // A line cut by the kill has fewer fields; an acknowledgement counts only whole.
             if f.len() == 3 && f[0] == "ack" {
@@ -194,4 +201,5 @@ fn every_acknowledged_change_survives_kill_9_during_background_work() {
         let st = db.stats("c").unwrap();
         eprintln!("round {round}: {} rows, {st:?}", rows.len());
     }
+    eprintln!("{grown_before_kills} index growths committed before the kills");
 }

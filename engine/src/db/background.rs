@@ -272,6 +272,16 @@ impl Database {
         self.background_pending().then_some(failure)
     }
 
+    /// What the background worker has done since open.
+    #[must_use]
+    pub fn background_stats(&self) -> BackgroundStats {
+        let inner = &*self.inner;
+        BackgroundStats {
+            merges: inner.merges.load(std::sync::atomic::Ordering::Relaxed),
+            index_grows: inner.index_grows.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     /// Whether background work is pending: a segment awaits its index or a merge, or an index
     /// found damaged awaits its replacement.
     pub fn background_pending(&self) -> bool {
@@ -286,4 +296,15 @@ impl Database {
                 || !merge_candidates(inner, c, allowance).is_empty()
         })
     }
+}
+
+/// What the background worker has done since the database opened ([`Database::background_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackgroundStats {
+    /// Merges committed.
+    pub merges: u64,
+    /// Of those, merges whose index was grown from their largest input's index (rows dropped
+    /// and added in a pass over it) instead of rebuilt.
+    pub index_grows: u64,
 }

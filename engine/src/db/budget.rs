@@ -14,10 +14,14 @@
 //!   structures — at least its own share — and
 //!   while it runs the cache gives up what the build's plan expects to use;
 //! - a merge whose build would not fit that is not attempted: its segments stay apart (more
-//!   segments to search, memory kept) until a streaming merge that needs no rebuild exists.
+//!   segments to search, memory kept). A merge that grows its largest input's index rather
+//!   than rebuilding it is held to the growth's own peak ([`grow_peak`]: 4 bytes per old row,
+//!   the codes, and the added rows), which does not grow with the old index's vectors.
 
+use quiver_diskgraph::grow::grow_peak_bytes;
 use quiver_diskgraph::index::{BuildParams, plan_build};
 use quiver_diskgraph::plan::{Plan, PlanError};
+use quiver_diskgraph::search::DiskIndex;
 
 use crate::options::budget_shares;
 use crate::schema::CollectionSchema;
@@ -77,13 +81,40 @@ pub(super) fn build_params(inner: &Inner, schema: &CollectionSchema, rows: usize
         }
     };
     tracing::debug!("index build of {rows} rows: {allowance} bytes allowed, plan's peak {peak}");
+    make_room(inner, allowance, peak);
+    params
+}
+
+/// While a build expected to peak at `peak` runs with `allowance`, the cache keeps only what
+/// is left beside it ([`fit_cache_to_budget`] gives the rest back afterwards).
+fn make_room(inner: &Inner, allowance: u64, peak: u64) {
     if let Some(cache) = cache_from_budget(inner) {
         let keep = allowance.saturating_sub(peak) as usize;
         if cache.capacity() > keep {
             cache.set_capacity(keep);
         }
     }
-    params
+}
+
+/// The peak of growing `base` by `added` rows with `dropped` of its rows dropped
+/// ([`grow_peak_bytes`]).
+pub(super) fn grow_peak(base: &DiskIndex, dropped: u64, added: u64) -> u64 {
+    let h = base.header();
+    let row_bytes = u64::from(h.dim) * h.elem.size() as u64;
+    let (m, r) = (base.pq().bytes() as u64, u64::from(h.max_degree));
+    grow_peak_bytes(h.n, dropped, added, row_bytes, m, r)
+}
+
+/// Whether growing `base` (see [`grow_peak`]) fits `allowance`.
+pub(super) fn grow_fits(base: &DiskIndex, dropped: u64, added: u64, allowance: u64) -> bool {
+    grow_peak(base, dropped, added) <= allowance
+}
+
+/// Under a memory budget, makes room in the cache for growing `base` (see [`grow_peak`]).
+pub(super) fn room_to_grow(inner: &Inner, base: &DiskIndex, dropped: u64, added: u64) {
+    if let Some(allowance) = build_allowance(inner, &inner.read()) {
+        make_room(inner, allowance, grow_peak(base, dropped, added));
+    }
 }
 
 /// Whether a merged segment of `rows` rows of `schema` could be indexed within `allowance`.

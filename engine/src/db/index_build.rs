@@ -14,15 +14,28 @@ use crate::batch::Vectors;
 use crate::error::BackgroundError;
 use crate::index_source;
 use crate::schema::CollectionSchema;
+use quiver_diskgraph::data::VectorSet;
+use quiver_diskgraph::grow::{Growth, grow_index};
 use quiver_diskgraph::index::IndexError;
 use quiver_diskgraph::search::DiskIndex;
-use quiver_diskgraph::source::BinWriter;
+use quiver_diskgraph::source::{BinWriter, VectorFile};
 
 use super::background::io_error;
 use super::body::{SegmentMeta, index_name};
 use super::budget::build_params;
 use super::inner::Inner;
 use super::open::source_of;
+
+/// The index a merged segment's grows from ([`IndexInput::grow`]).
+#[derive(Clone, Copy)]
+pub(super) struct GrowFrom<'a> {
+    /// The input's index.
+    pub(super) base: &'a DiskIndex,
+    /// The merged segment's row of each of its rows kept (`None`: dropped).
+    pub(super) relabel: &'a (dyn Fn(u32) -> Option<u32> + Sync),
+    /// The merged segment's row of each row of the input file.
+    pub(super) labels: &'a [u32],
+}
 
 /// A build's input: a headered vector file in `indexes/{id}.input/`, written a chunk at a time
 /// (the buffers are native byte order and the file little-endian: one on every target Quiver
@@ -86,6 +99,47 @@ impl IndexInput {
             )
             .map(drop)
             .map_err(|source| BackgroundError::Index { segment: sid, source })
+        })
+    }
+
+    /// Completes the file (it holds the added rows) and writes segment `meta`'s index as
+    /// `base` grown ([`quiver_diskgraph::grow`]): the base's rows that `relabel` keeps, under
+    /// their new labels, and the file's rows under `labels`. No graph is rebuilt.
+    pub(super) fn grow(
+        mut self,
+        inner: &Inner,
+        idir: &Path,
+        meta: &SegmentMeta,
+        schema: &CollectionSchema,
+        from: GrowFrom<'_>,
+    ) -> Result<DiskIndex, BackgroundError> {
+        let GrowFrom { base, relabel, labels } = from;
+        let w = self.writer.take().expect("built once");
+        w.finish().map_err(io_error(&self.file))?;
+        let sid = meta.id;
+        let index_error = |source| BackgroundError::Index { segment: sid, source };
+        let added = match labels.len() {
+            0 => VectorSet::zeroed(schema.vector_type().search_elem(), schema.dim(), 0),
+            n => VectorFile::open(&self.file).and_then(|f| f.read_range(0, n)),
+        }
+        .map_err(|e| index_error(IndexError::Data(e)))?;
+        let params = &inner.opts.index_params;
+        place_index(inner, idir, meta, |tmp| {
+            let growth = Growth { base, relabel, added, added_labels: labels, params };
+            let summary = grow_index(&growth, tmp, &|_, _, _| {}).map_err(index_error)?;
+            tracing::info!(
+                "segment {sid:016x}: index grown from {}: {} rows kept, {} dropped, {} added, \
+                 {} lists patched; scan {:.1} s, link {:.1} s, write {:.1} s",
+                base.path().display(),
+                summary.kept,
+                summary.dropped,
+                summary.added,
+                summary.patched,
+                summary.scan_seconds,
+                summary.link_seconds,
+                summary.write_seconds
+            );
+            Ok(())
         })
     }
 }

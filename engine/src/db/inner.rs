@@ -75,6 +75,10 @@ pub(super) struct Inner {
     pub(super) merging: Mutex<Vec<u64>>,
     /// Index builds that ran over the memory budget (no plan fitted what it left them).
     pub(super) over_budget_builds: AtomicU64,
+    /// Merges committed since open.
+    pub(super) merges: AtomicU64,
+    /// Merges whose index was grown from an input's rather than rebuilt.
+    pub(super) index_grows: AtomicU64,
     pub(super) _lock: Option<DirLock>,
 }
 

@@ -4,8 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arrow_schema::SchemaRef;
+use quiver_diskgraph::data::Metric;
+use quiver_diskgraph::search::DiskIndex;
 
 use crate::batch::{self, Vectors};
 use crate::error::BackgroundError;
@@ -15,9 +18,9 @@ use crate::segment::{self, SegmentFile};
 
 use super::background::{Progress, io_error};
 use super::body::{DeleteMeta, delete_name, segment_name};
-use super::budget::{build_allowance, merge_fits};
+use super::budget::{build_allowance, grow_fits, merge_fits, room_to_grow};
 use super::flush::{open_new_segment, write_deletes};
-use super::index_build::IndexInput;
+use super::index_build::{GrowFrom, IndexInput};
 use super::inner::{Inner, lock};
 use super::install::install_segment;
 use super::keys::SegmentKeys;
@@ -42,7 +45,6 @@ pub(super) fn merge_candidates<'a>(
     if min == 0 {
         return Vec::new();
     }
-    let live = |s: &Segment| (s.meta.rows - s.deleted_count) as usize;
     let fits = |pick: &[&Segment]| {
         let rows: usize = pick.iter().map(|s| live(s)).sum();
         match (allowance, inner.index_dir.is_some()) {
@@ -50,8 +52,13 @@ pub(super) fn merge_candidates<'a>(
             _ => true,
         }
     };
+    if let Some(pick) = absorb_pick(inner, c, allowance) {
+        return pick;
+    }
+    let base = growth_base(inner, c).map(|b| b.meta.id);
     let mut tiers: BTreeMap<u32, Vec<&Segment>> = BTreeMap::new();
-    for s in c.segments.iter().filter(|s| s.meta.rows <= opts.merge_max_rows) {
+    let tiered = |s: &&Segment| s.meta.rows <= opts.merge_max_rows && Some(s.meta.id) != base;
+    for s in c.segments.iter().filter(tiered) {
         tiers.entry((live(s) as u64).max(1).ilog2() / 2).or_default().push(s);
     }
     for mut pick in tiers.into_values().filter(|t| t.len() >= min.max(2)) {
@@ -66,6 +73,54 @@ pub(super) fn merge_candidates<'a>(
     c.segments.iter().filter(|s| s.deleted_count * 5 > s.meta.rows && fits(&[*s])).take(1).collect()
 }
 
+/// Live rows of `s`.
+fn live(s: &Segment) -> usize {
+    (s.meta.rows - s.deleted_count) as usize
+}
+
+/// The segment of `c` whose index merges grow ([`quiver_diskgraph::grow`]): the indexed
+/// segment with the most live rows, if at least half of its rows are live (past that, a
+/// rebuild is cheaper than consolidating the deletions) and the metric allows growth (inner
+/// product does not).
+fn growth_base<'a>(inner: &Inner, c: &'a Collection) -> Option<&'a Segment> {
+    if inner.index_dir.is_none() || c.schema.metric() == Metric::InnerProduct {
+        return None;
+    }
+    let growable = |s: &&Segment| s.index.is_some() && live(s) * 2 >= s.meta.rows as usize;
+    c.segments.iter().filter(growable).max_by_key(|s| (live(s), std::cmp::Reverse(s.meta.id)))
+}
+
+/// A merge that grows the collection's largest index ([`growth_base`]) by the other segments,
+/// oldest first: due once there are [`Options::merge_min_segments`]` − 1` of them (at least
+/// one), so a search walks at most `merge_min_segments` graphs. At most 15 are taken, holding
+/// together no more live rows than the base (which stays the larger side, and the growth's
+/// cost a pass over it plus work for the added rows); under a memory budget, no more than the
+/// growth's peak allows. No row cap: the base grows with the collection.
+fn absorb_pick<'a>(
+    inner: &Inner,
+    c: &'a Collection,
+    allowance: Option<u64>,
+) -> Option<Vec<&'a Segment>> {
+    let base = growth_base(inner, c)?;
+    let index = base.index.as_deref()?;
+    let mut pick = vec![base];
+    let mut added = 0;
+    for s in c.segments.iter().filter(|s| s.meta.id != base.meta.id) {
+        if pick.len() == 16 || added + live(s) > live(base) {
+            break;
+        }
+        added += live(s);
+        pick.push(s);
+    }
+    if let Some(a) = allowance {
+        while pick.len() >= 2 && !grow_fits(index, base.deleted_count, added as u64, a) {
+            added -= live(pick.pop().expect("two or more"));
+        }
+    }
+    let due = inner.opts.merge_min_segments.saturating_sub(1).max(1);
+    (pick.len() > due).then_some(pick)
+}
+
 /// One segment a merge reads, as it was when the merge began.
 pub(super) struct MergeInput {
     pub(super) id: u64,
@@ -76,6 +131,8 @@ pub(super) struct MergeInput {
     /// Its slot in the collection (stable while it exists).
     pub(super) slot: u32,
     pub(super) vectors: Option<Arc<[Vectors]>>,
+    /// Its disk index, if it has one.
+    pub(super) index: Option<Arc<DiskIndex>>,
 }
 
 impl MergeInput {
@@ -149,7 +206,7 @@ pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
         inner.remove_quietly(&path);
         inner.remove_index_dir(new_id);
     };
-    let mut seg = write_merged(inner, &job, new_id).inspect_err(|_| remove_segment())?;
+    let (mut seg, grown) = write_merged(inner, &job, new_id).inspect_err(|_| remove_segment())?;
 
     let mut store = lock(&inner.manifest);
     let prepared = match carry_deletions(inner, &job, &mut seg) {
@@ -187,6 +244,8 @@ pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
         install_segment(c, seg, job.origins(), &input_ids)
     };
     drop(store);
+    inner.merges.fetch_add(1, Ordering::Relaxed);
+    inner.index_grows.fetch_add(u64::from(grown), Ordering::Relaxed);
     if installed.late > 0 {
         tracing::debug!("merge into {new_id:016x}: {} rows written meanwhile", installed.late);
     }
@@ -218,6 +277,7 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
                 keys: s.keys.clone(),
                 slot: s.slot,
                 vectors: s.vectors.clone(),
+                index: s.index.clone(),
             })
             .collect();
         Some(MergeJob {
@@ -253,14 +313,22 @@ impl MergedVectors {
 
 /// Step 2 of a merge: writes segment `new_id` from the job's live rows (synced, directory
 /// too) and opens it with every row alive; if it is large enough for an index and indexing
-/// is on, builds the index too (from a file its vectors streamed to). No lock is held.
-fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, BackgroundError> {
+/// is on, builds the index too (from a file its vectors streamed to), or grows it from an
+/// input's ([`grown_input`]; returns whether it did). No lock is held.
+fn write_merged(
+    inner: &Inner,
+    job: &MergeJob,
+    new_id: u64,
+) -> Result<(Segment, bool), BackgroundError> {
     let MergeJob { schema, arrow, inputs, .. } = job;
     let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
     let rows: usize = inputs.iter().map(|i| i.live.len()).sum();
     let index_dir = inner.index_dir.as_deref().filter(|_| rows >= inner.opts.min_index_rows);
+    let grow = index_dir.and_then(|_| grown_input(schema, inputs, rows));
+    // A grown index needs only the other inputs' vectors: the base's are in its index.
+    let input_rows = rows - grow.map_or(0, |b| inputs[b].live.len());
     let mut vectors = match index_dir {
-        Some(idir) => MergedVectors::Input(IndexInput::create(idir, new_id, schema, rows)?),
+        Some(idir) => MergedVectors::Input(IndexInput::create(idir, new_id, schema, input_rows)?),
         None => MergedVectors::Resident(Vec::new()),
     };
     let mut keys = Vec::with_capacity(rows);
@@ -273,11 +341,13 @@ fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, B
         inner.opts.parquet_zstd_level,
     )?;
     let batch_rows = inner.read_batch_rows(schema);
-    for input in inputs {
+    for (k, input) in inputs.iter().enumerate() {
+        let feed = grow != Some(k);
         if input.whole() {
             w.copy_row_groups(&input.file)?;
             keys.extend(input.keys.iter());
             match &input.vectors {
+                _ if !feed => {}
                 Some(v) => v.iter().cloned().try_for_each(|v| vectors.push(v))?,
                 None => for_each_vectors(&input.file, schema, batch_rows, |v| vectors.push(v))?,
             }
@@ -286,7 +356,9 @@ fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, B
         for chunk in input.live.chunks(batch_rows) {
             for b in input.file.read(&all, Some(chunk), batch_rows)? {
                 keys.extend(batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)?);
-                vectors.push(batch::vectors_of(schema, b.column(1).as_ref())?)?;
+                if feed {
+                    vectors.push(batch::vectors_of(schema, b.column(1).as_ref())?)?;
+                }
                 w.write(&b)?;
             }
         }
@@ -300,11 +372,60 @@ fn write_merged(inner: &Inner, job: &MergeJob, new_id: u64) -> Result<Segment, B
     let d = inner.dir.join(SEGMENTS_DIR);
     inner.vfs.sync_dir(&d).map_err(io_error(&d))?;
     if let (Some(input), Some(idir)) = (input, index_dir) {
-        let index = input.build(inner, idir, &seg.meta, schema)?;
+        let index = match grow {
+            Some(base) => grow_index_of(inner, idir, &seg.meta, schema, inputs, base, input)?,
+            None => input.build(inner, idir, &seg.meta, schema)?,
+        };
         seg.meta.indexed = true;
         seg.index = Some(Arc::new(index));
     }
-    Ok(seg)
+    Ok((seg, grow.is_some()))
+}
+
+/// The input whose index the merged segment's grows from: the one [`growth_base`] would
+/// choose among the inputs (most live rows, at least half of them live), if it holds at least
+/// half of the merged rows. `None` means a rebuild.
+fn grown_input(schema: &CollectionSchema, inputs: &[MergeInput], rows: usize) -> Option<usize> {
+    if schema.metric() == Metric::InnerProduct {
+        return None;
+    }
+    let (k, base) = inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.index.is_some() && i.live.len() * 2 >= i.keys.len())
+        .max_by_key(|(_, i)| i.live.len())?;
+    (base.live.len() * 2 >= rows).then_some(k)
+}
+
+/// Grows input `base`'s index into the merged segment's: the base's live rows keep their
+/// order at their place in the merged file, the other inputs' rows (streamed to `input`) are
+/// added under theirs.
+fn grow_index_of(
+    inner: &Inner,
+    idir: &std::path::Path,
+    meta: &super::body::SegmentMeta,
+    schema: &CollectionSchema,
+    inputs: &[MergeInput],
+    base: usize,
+    input: IndexInput,
+) -> Result<DiskIndex, BackgroundError> {
+    let (mut offset, mut base_offset, mut labels) = (0u32, 0u32, Vec::new());
+    for (k, i) in inputs.iter().enumerate() {
+        let n = i.live.len() as u32;
+        if k == base {
+            base_offset = offset;
+        } else {
+            labels.extend(offset..offset + n);
+        }
+        offset += n;
+    }
+    let live = &inputs[base].live;
+    let relabel = |l: u32| live.binary_search(&l).ok().map(|r| base_offset + r as u32);
+    let index = inputs[base].index.as_deref().expect("a grown input has an index");
+    let dropped = (inputs[base].keys.len() - live.len()) as u64;
+    room_to_grow(inner, index, dropped, labels.len() as u64);
+    let from = GrowFrom { base: index, relabel: &relabel, labels: &labels };
+    input.grow(inner, idir, meta, schema, from)
 }
 
 /// Step 3 of a merge, under the manifest lock: rows deleted from the inputs since the snapshot

@@ -47,6 +47,7 @@ mod read;
 mod search;
 mod write;
 
+pub use background::BackgroundStats;
 pub use catalog::{CollectionStats, MemoryUse, ResidentBytes};
 pub use read::Scan;
 pub use search::SearchParams;
