@@ -46,10 +46,13 @@ from benchlib import at_recall, exact_ground_truth, read_u8bin, read_vecs
 K = 10
 
 
-def start_quiver(binary, data, cache_mb, nice):
+def start_quiver(binary, data, cache_mb, nice, background_threads=0, log=None):
+    extra = ["--background-threads", str(background_threads)] if background_threads else []
+    err = open(log, "w") if log else subprocess.DEVNULL
+    env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")) if log else None
     p = subprocess.Popen([binary, "serve", "--data", data, "--listen", "127.0.0.1:0",
-                          "--sector-cache-mb", str(cache_mb), "--background-nice", str(nice)],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                          "--sector-cache-mb", str(cache_mb), "--background-nice", str(nice)]
+                         + extra, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     line = p.stdout.readline().strip()
     assert line.startswith("listening on "), line
     return p, line.split("listening on ", 1)[1]
@@ -183,10 +186,17 @@ def busy_phase(uri, name, base, queries, ls, threads, rows, flushes):
     busy, busy_secs = busy_run(uri, name, queries, ls, threads, stop)
     wt.join()
     after = action(uri, "stats", {"name": name})[0]
+    # Idle again, over the segments the writes left (and the merges made of them).
+    after_stop = threading.Event()
+    timer = threading.Timer(20.0, after_stop.set)
+    timer.start()
+    settled, settled_secs = busy_run(uri, name, queries, ls, threads, after_stop)
     pct = lambda a, p: float(np.percentile(a, p))  # noqa: E731
     return {
         "idle": (len(idle) / idle_secs, pct(idle, 50), pct(idle, 99), len(idle)),
         "busy": (len(busy) / busy_secs, pct(busy, 50), pct(busy, 99), len(busy)),
+        "after": (len(settled) / settled_secs, pct(settled, 50), pct(settled, 99),
+                  len(settled)),
         "busy_secs": busy_secs, "timeline": timeline,
         "segments": (before.get("segments"), after.get("segments")),
     }
@@ -221,6 +231,9 @@ def main():
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--busy-list-size", type=int, default=50)
     ap.add_argument("--background-nice", type=int, default=10)
+    ap.add_argument("--background-threads", type=int, default=0,
+                    help="threads of the server's index builds and merges (0: one per core)")
+    ap.add_argument("--server-log", default=None, help="file for the server's log (RUST_LOG)")
     ap.add_argument("--busy-only", action="store_true",
                     help="ingest, then only the busy phase (no build, sweeps or deletions)")
     ap.add_argument("--sector-cache-mb", type=int, default=0,
@@ -250,7 +263,8 @@ def main():
     np.hstack([np.full((len(gt_ids), 1), d, np.int32), gt_ids]).tofile(gtfile)
 
     data = os.path.join(work, "db")
-    p, uri = start_quiver(args.quiver, data, args.sector_cache_mb, args.background_nice)
+    p, uri = start_quiver(args.quiver, data, args.sector_cache_mb, args.background_nice,
+                          args.background_threads, args.server_log)
     t0 = time.perf_counter()
     put(uri, "sift", base, 10_000)
     t_put = time.perf_counter() - t0

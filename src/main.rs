@@ -51,6 +51,37 @@ enum Command {
     Build(BuildArgs),
     /// Search a disk index with a query file and report recall, QPS, I/O and latency.
     Search(SearchArgs),
+    /// Grow a disk index without rebuilding it: drop some of its rows, add a vector file's.
+    /// Kept rows are relabelled 0.. in their old label order; added rows follow, in file order.
+    Grow(GrowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GrowArgs {
+    /// The index to grow (left unchanged).
+    #[arg(long)]
+    index: PathBuf,
+    /// Vector file whose rows are added (same type and dimension as the index's input).
+    #[arg(long)]
+    add: PathBuf,
+    /// Rows of `--add` skipped before the first one added.
+    #[arg(long, default_value_t = 0)]
+    add_skip: usize,
+    /// Rows of `--add` added (default: all after `--add-skip`).
+    #[arg(long)]
+    add_rows: Option<usize>,
+    /// Drop every old row whose label is a multiple of this (for experiments; 0 drops none).
+    #[arg(long, default_value_t = 0)]
+    drop_every: u32,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// List size L of the searches that link each added row.
+    #[arg(long, default_value_t = 100)]
+    list_size: usize,
+    /// Pruning factor α.
+    #[arg(long, default_value_t = 1.2)]
+    alpha: f32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -229,6 +260,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args).map_err(|e| -> BoxError { e }),
         Command::Build(args) => build(&args),
         Command::Search(args) => search(&args),
+        Command::Grow(args) => grow(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -262,6 +294,59 @@ const MIB: f64 = 1_048_576.0;
 
 /// One query's outcome: query index, result ids, counters.
 type QueryOutcome = (usize, Vec<u32>, QueryStats);
+
+fn grow(args: &GrowArgs) -> Result<(), BoxError> {
+    use quiver_diskgraph::grow::{Growth, grow_index};
+    use quiver_diskgraph::source::VectorFile;
+    let base = DiskIndex::open(&args.index, OpenOptionsIndex::default())?;
+    let file = VectorFile::open(&args.add)?;
+    let skip = args.add_skip.min(file.len());
+    let count = args.add_rows.unwrap_or(file.len() - skip).min(file.len() - skip);
+    let added = file.read_range(skip, count)?;
+    let n = base.header().n as u32;
+    let every = args.drop_every;
+    let dropped = |l: u32| every > 0 && l.is_multiple_of(every);
+    // Kept labels in order get 0..; the number of dropped labels below `l` is ⌈l / every⌉.
+    let relabel = |l: u32| (!dropped(l)).then(|| if every > 0 { l - l.div_ceil(every) } else { l });
+    let kept = (0..n).filter(|&l| !dropped(l)).count() as u32;
+    let labels: Vec<u32> = (kept..kept + count as u32).collect();
+    let params = BuildParams {
+        graph: VamanaParams {
+            list_size: args.list_size,
+            alpha: args.alpha,
+            ..VamanaParams::default()
+        },
+        ..BuildParams::default()
+    };
+    let growth =
+        Growth { base: &base, relabel: &relabel, added, added_labels: &labels, params: &params };
+    let bars = PhaseBars::default();
+    let total = Instant::now();
+    let summary = grow_index(&growth, &args.out, &|phase, done, of| bars.report(phase, done, of))?;
+    bars.finish();
+    println!(
+        "grew {} into {}: {} kept, {} dropped, {} added, {} lists patched, mean degree {:.1}",
+        args.index.display(),
+        args.out.display(),
+        summary.kept,
+        summary.dropped,
+        summary.added,
+        summary.patched,
+        summary.mean_degree
+    );
+    println!(
+        "time: scan {:.1}s, added rows' graph {:.1}s, link {:.1}s, write {:.1}s, total {:.1}s",
+        summary.scan_seconds,
+        summary.graph_seconds,
+        summary.link_seconds,
+        summary.write_seconds,
+        total.elapsed().as_secs_f64()
+    );
+    if let Some(peak) = peak_rss_bytes() {
+        println!("memory: measured peak resident {:.1} MiB (VmHWM)", peak as f64 / MIB);
+    }
+    Ok(())
+}
 
 fn build(args: &BuildArgs) -> Result<(), BoxError> {
     let params = BuildParams {

@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// How far below searches the index builds and merges are scheduled (nice, 0..=19).
     #[arg(long, default_value_t = 10)]
     background_nice: i32,
+    /// Threads of the index builds and merges; 0 means one per core. Fewer keep cores free for
+    /// searches while indexing runs longer.
+    #[arg(long, default_value_t = 0)]
+    background_threads: usize,
     /// RAM for verified index sectors shared by every disk index, MiB (CLOCK eviction); 0 turns
     /// it off [default: 128; with --memory-budget, what the budget leaves].
     #[arg(long)]
@@ -197,6 +201,7 @@ fn engine_options(args: &ServeArgs) -> Options {
         opts = opts.index_params(params);
     }
     opts.background_nice(args.background_nice)
+        .background_threads(args.background_threads)
         .build_indexes(!args.no_index)
         .cut_truncated_wal(args.cut_truncated_wal)
 }

@@ -31,6 +31,7 @@ pub struct Options {
     pub(crate) index_open: OpenOptionsIndex,
     pub(crate) sector_cache_bytes: usize,
     pub(crate) background_nice: i32,
+    pub(crate) background_threads: usize,
     pub(crate) merge_min_segments: usize,
     pub(crate) merge_max_rows: u64,
     pub(crate) max_unindexed_segments: usize,
@@ -104,6 +105,7 @@ impl Default for Options {
             index_open: OpenOptionsIndex::default(),
             sector_cache_bytes: DEFAULT_SECTOR_CACHE_BYTES,
             background_nice: 10,
+            background_threads: 0,
             merge_min_segments: 4,
             merge_max_rows: 4 << 20,
             max_unindexed_segments: 4,
@@ -259,6 +261,16 @@ impl Options {
     #[must_use]
     pub fn background_nice(mut self, increment: i32) -> Self {
         self.background_nice = increment.clamp(0, 19);
+        self
+    }
+
+    /// Threads of the background worker's index builds and merges; 0 (the default) means one
+    /// per core (at most 64). Fewer leave cores to searches while indexing runs longer: on a
+    /// small machine under search load, the background work's threads otherwise take turns with
+    /// the search threads on every core, and search tail latency pays.
+    #[must_use]
+    pub fn background_threads(mut self, threads: usize) -> Self {
+        self.background_threads = threads;
         self
     }
 

@@ -129,13 +129,14 @@ impl IndexInput {
             let summary = grow_index(&growth, tmp, &|_, _, _| {}).map_err(index_error)?;
             tracing::info!(
                 "segment {sid:016x}: index grown from {}: {} rows kept, {} dropped, {} added, \
-                 {} lists patched; scan {:.1} s, link {:.1} s, write {:.1} s",
+                 {} lists patched; scan {:.1} s, graph {:.1} s, link {:.1} s, write {:.1} s",
                 base.path().display(),
                 summary.kept,
                 summary.dropped,
                 summary.added,
                 summary.patched,
                 summary.scan_seconds,
+                summary.graph_seconds,
                 summary.link_seconds,
                 summary.write_seconds
             );

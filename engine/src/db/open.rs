@@ -187,8 +187,9 @@ impl Database {
         }
 
         let pool_error = |e| OpenError::Io { path: dir.clone(), source: std::io::Error::other(e) };
-        let search_pool = thread_pool("quiver-search", 0).map_err(pool_error)?;
-        let build_pool = thread_pool("quiver-build", opts.background_nice).map_err(pool_error)?;
+        let search_pool = thread_pool("quiver-search", 0, 0).map_err(pool_error)?;
+        let build_pool = thread_pool("quiver-build", opts.background_nice, opts.background_threads)
+            .map_err(pool_error)?;
         let inner = Arc::new(Inner {
             dir,
             vfs,
@@ -243,10 +244,12 @@ impl Database {
 fn thread_pool(
     name: &'static str,
     increment: i32,
+    threads: usize,
 ) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = if threads == 0 { cores } else { threads };
     rayon::ThreadPoolBuilder::new()
-        .num_threads(cores.min(MAX_POOL_THREADS))
+        .num_threads(threads.min(MAX_POOL_THREADS))
         .thread_name(move |i| format!("{name}-{i}"))
         .start_handler(move |_| lower_thread_priority(increment))
         .build()
