@@ -91,11 +91,16 @@ fn growth_base<'a>(inner: &Inner, c: &'a Collection) -> Option<&'a Segment> {
 }
 
 /// A merge that grows the collection's largest index ([`growth_base`]) by the other segments,
-/// oldest first: due once there are [`Options::merge_min_segments`]` − 1` of them (at least
-/// one), so a search walks at most `merge_min_segments` graphs. At most 15 are taken, holding
-/// together no more live rows than the base (which stays the larger side, and the growth's
-/// cost a pass over it plus work for the added rows); under a memory budget, no more than the
-/// growth's peak allows. No row cap: the base grows with the collection.
+/// oldest first. At most [`MAX_ABSORBED`] are taken, holding together no more live rows than
+/// the base (which stays the larger side, and the growth's cost a pass over it plus work for
+/// the added rows); under a memory budget, no more than the growth's peak allows. No row cap:
+/// the base grows with the collection.
+///
+/// Due once there are [`Options::merge_min_segments`]` − 1` of them (at least one), so a
+/// search walks at most `merge_min_segments` graphs, and they hold at least
+/// 1/[`ABSORB_MIN_FRACTION`] of the base's rows: each growth rewrites the whole base, so tiny
+/// segments (an idle flush of a few rows) wait, merged among themselves by the tiers, until
+/// they are worth a pass — or until [`MAX_ABSORBED`] of them are waiting.
 fn absorb_pick<'a>(
     inner: &Inner,
     c: &'a Collection,
@@ -106,7 +111,7 @@ fn absorb_pick<'a>(
     let mut pick = vec![base];
     let mut added = 0;
     for s in c.segments.iter().filter(|s| s.meta.id != base.meta.id) {
-        if pick.len() == 16 || added + live(s) > live(base) {
+        if pick.len() > MAX_ABSORBED || added + live(s) > live(base) {
             break;
         }
         added += live(s);
@@ -117,9 +122,16 @@ fn absorb_pick<'a>(
             added -= live(pick.pop().expect("two or more"));
         }
     }
-    let due = inner.opts.merge_min_segments.saturating_sub(1).max(1);
-    (pick.len() > due).then_some(pick)
+    let others = pick.len() - 1;
+    let enough_segments = others >= inner.opts.merge_min_segments.saturating_sub(1).max(1);
+    let enough_rows = added * ABSORB_MIN_FRACTION >= live(base) || others >= MAX_ABSORBED;
+    (enough_segments && enough_rows).then_some(pick)
 }
+
+/// Most segments one growth absorbs.
+const MAX_ABSORBED: usize = 15;
+/// A growth is due once the other segments hold at least 1/this of the base's live rows.
+const ABSORB_MIN_FRACTION: usize = 64;
 
 /// One segment a merge reads, as it was when the merge began.
 pub(super) struct MergeInput {
