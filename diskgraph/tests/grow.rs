@@ -9,13 +9,11 @@
 mod common;
 use common::fixture;
 
-use std::collections::VecDeque;
 use std::path::Path;
 
 use quiver_diskgraph::data::{ElemType, Metric, VectorSet, distance_active, read_vectors};
 use quiver_diskgraph::grow::{Growth, grow_index};
 use quiver_diskgraph::index::{BuildParams, GRAPH_FILE, IndexError, build_index};
-use quiver_diskgraph::layout::IndexReader;
 use quiver_diskgraph::pq::PqParams;
 use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex, SearchParams};
 use quiver_diskgraph::vamana::VamanaParams;
@@ -39,44 +37,9 @@ fn rows_of(all: &VectorSet, labels: &[usize]) -> VectorSet {
     out
 }
 
-/// Checks the graph file in `dir` against `rows` (its labels are rows of it): each label once
-/// and holding its row, degree ≤ R, no self-loops or repeats, every node reachable.
+/// [`common::check_graph`] with this file's `R`.
 fn check_graph(dir: &Path, rows: &VectorSet) {
-    let reader = IndexReader::open(&dir.join(GRAPH_FILE)).unwrap();
-    let h = *reader.header();
-    let n = h.n as usize;
-    assert_eq!(n, rows.len(), "node count");
-    let mut seen = vec![false; n];
-    let mut lists = Vec::with_capacity(n);
-    let mut buf = Vec::new();
-    for i in 0..n as u32 {
-        let node = reader.read_node(i, &mut buf).unwrap();
-        let label = node.label as usize;
-        assert!(!seen[label], "label {label} stored twice");
-        seen[label] = true;
-        assert_eq!(node.vector, rows.row_bytes(label), "node {i} holds another row's vector");
-        let nb = node.neighbours.clone();
-        assert!(nb.len() <= R, "node {i}: degree {} over R", nb.len());
-        assert!(!nb.contains(&i), "node {i} links to itself");
-        let mut sorted = nb.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), nb.len(), "node {i} repeats a neighbour");
-        lists.push(nb);
-    }
-    let mut reached = vec![false; n];
-    reached[h.entry as usize] = true;
-    let mut queue = VecDeque::from([h.entry]);
-    while let Some(v) = queue.pop_front() {
-        for &u in &lists[v as usize] {
-            if !reached[u as usize] {
-                reached[u as usize] = true;
-                queue.push_back(u);
-            }
-        }
-    }
-    let unreached = reached.iter().filter(|&&r| !r).count();
-    assert_eq!(unreached, 0, "{unreached} nodes unreachable from the entry");
+    common::check_graph(dir, rows, R);
 }
 
 /// Recall@10 at `list_size` of the index in `dir` over `rows`, against brute force.

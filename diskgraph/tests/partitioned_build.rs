@@ -11,12 +11,10 @@
 mod common;
 use common::{fixture, synthetic, write_fbin};
 
-use std::collections::VecDeque;
 use std::path::Path;
 
 use quiver_diskgraph::data::{Metric, Row, read_vectors};
-use quiver_diskgraph::index::{BuildParams, GRAPH_FILE, IndexError, build_index_from_file};
-use quiver_diskgraph::layout::IndexReader;
+use quiver_diskgraph::index::{BuildParams, IndexError, build_index_from_file};
 use quiver_diskgraph::plan::Strategy;
 use quiver_diskgraph::pq::PqParams;
 use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex, SearchParams};
@@ -31,45 +29,9 @@ fn params(partitions: Option<usize>) -> BuildParams {
     }
 }
 
-/// Checks every invariant of the graph file against the input rows; returns the mean degree.
+/// [`common::check_graph`] against the rows of the input file.
 fn check_graph(dir: &Path, input: &Path, max_degree: usize) -> f64 {
-    let base = read_vectors(input).unwrap();
-    let reader = IndexReader::open(&dir.join(GRAPH_FILE)).unwrap();
-    let h = *reader.header();
-    let n = h.n as usize;
-    assert_eq!(n, base.len());
-    let mut lists = Vec::with_capacity(n);
-    let mut seen_label = vec![false; n];
-    let mut buf = Vec::new();
-    for i in 0..n as u32 {
-        let node = reader.read_node(i, &mut buf).unwrap();
-        let label = node.label as usize;
-        assert!(!seen_label[label], "label {label} stored twice");
-        seen_label[label] = true;
-        assert_eq!(node.vector, base.row_bytes(label), "node {i} holds another row's vector");
-        let nb = node.neighbours.clone();
-        assert!(nb.len() <= max_degree, "node {i}: degree {} over R", nb.len());
-        assert!(!nb.contains(&i), "node {i} links to itself");
-        let mut sorted = nb.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), nb.len(), "node {i} repeats a neighbour");
-        lists.push(nb);
-    }
-    let mut reached = vec![false; n];
-    let mut queue = VecDeque::from([h.entry]);
-    reached[h.entry as usize] = true;
-    while let Some(v) = queue.pop_front() {
-        for &u in &lists[v as usize] {
-            if !reached[u as usize] {
-                reached[u as usize] = true;
-                queue.push_back(u);
-            }
-        }
-    }
-    let unreached = reached.iter().filter(|&&r| !r).count();
-    assert_eq!(unreached, 0, "{unreached} nodes unreachable from the entry");
-    lists.iter().map(Vec::len).sum::<usize>() as f64 / n as f64
+    common::check_graph(dir, &read_vectors(input).unwrap(), max_degree)
 }
 
 fn recall_at_10(dir: &Path, list_size: usize) -> f64 {

@@ -3,7 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use quiver_diskgraph::data::ElemType;
+use std::collections::VecDeque;
+
+use quiver_diskgraph::data::{ElemType, VectorSet};
+use quiver_diskgraph::index::GRAPH_FILE;
+use quiver_diskgraph::layout::IndexReader;
 
 /// A file of the bigann10k fixture (beside the repository, in `../shared/datasets`).
 pub fn fixture(name: &str) -> PathBuf {
@@ -30,4 +34,46 @@ pub fn synthetic(n: usize, dim: usize, seed: u64) -> Vec<f32> {
 pub fn write_fbin(path: &Path, values: &[f32], dim: usize) {
     let bytes: &[u8] = bytemuck::cast_slice(values);
     quiver_diskgraph::source::write_bin(path, ElemType::F32, dim, &[bytes]).unwrap();
+}
+
+/// Checks every invariant of the graph file in `dir` against `rows` (a node's label is its row
+/// there): each label once and holding its row's vector, degree ≤ `max_degree`, no self-loops
+/// or repeated neighbours, every node reachable from the entry. Returns the mean degree.
+pub fn check_graph(dir: &Path, rows: &VectorSet, max_degree: usize) -> f64 {
+    let reader = IndexReader::open(&dir.join(GRAPH_FILE)).unwrap();
+    let h = *reader.header();
+    let n = h.n as usize;
+    assert_eq!(n, rows.len(), "node count");
+    let mut lists = Vec::with_capacity(n);
+    let mut seen_label = vec![false; n];
+    let mut buf = Vec::new();
+    for i in 0..n as u32 {
+        let node = reader.read_node(i, &mut buf).unwrap();
+        let label = node.label as usize;
+        assert!(!seen_label[label], "label {label} stored twice");
+        seen_label[label] = true;
+        assert_eq!(node.vector, rows.row_bytes(label), "node {i} holds another row's vector");
+        let nb = node.neighbours.clone();
+        assert!(nb.len() <= max_degree, "node {i}: degree {} over R", nb.len());
+        assert!(!nb.contains(&i), "node {i} links to itself");
+        let mut sorted = nb.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), nb.len(), "node {i} repeats a neighbour");
+        lists.push(nb);
+    }
+    let mut reached = vec![false; n];
+    let mut queue = VecDeque::from([h.entry]);
+    reached[h.entry as usize] = true;
+    while let Some(v) = queue.pop_front() {
+        for &u in &lists[v as usize] {
+            if !reached[u as usize] {
+                reached[u as usize] = true;
+                queue.push_back(u);
+            }
+        }
+    }
+    let unreached = reached.iter().filter(|&&r| !r).count();
+    assert_eq!(unreached, 0, "{unreached} nodes unreachable from the entry");
+    lists.iter().map(Vec::len).sum::<usize>() as f64 / n as f64
 }
