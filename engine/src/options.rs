@@ -285,15 +285,19 @@ impl Options {
         self
     }
 
-    /// A collection's segments of at most [`Options::merge_max_rows`] rows are merged once there
-    /// are this many. Default 4; 0 disables merging.
+    /// Merging starts once a collection has this many segments: the others are absorbed into
+    /// its largest index by growing it (once they hold 1/64 of its rows, or 15 of them wait),
+    /// or, without an index to grow, size tiers of this many segments of at most
+    /// [`Options::merge_max_rows`] rows are merged and rebuilt. So a search walks about this
+    /// many graphs at most. Default 4; 0 disables merging.
     #[must_use]
     pub fn merge_min_segments(mut self, n: usize) -> Self {
         self.merge_min_segments = n;
         self
     }
 
-    /// Segments above this many rows are not merged further. Default 4 Mi rows.
+    /// Segments above this many rows are not merged further by the size tiers (the index a
+    /// collection grows has no cap). Default 4 Mi rows.
     #[must_use]
     pub fn merge_max_rows(mut self, rows: u64) -> Self {
         self.merge_max_rows = rows;
