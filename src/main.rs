@@ -322,7 +322,7 @@ fn grow(args: &GrowArgs) -> Result<(), BoxError> {
         Growth { base: &base, relabel: &relabel, added, added_labels: &labels, params: &params };
     let bars = PhaseBars::default();
     let total = Instant::now();
-    let summary = grow_index(&growth, &args.out, &|phase, done, of| bars.report(phase, done, of))?;
+    let summary = grow_index(growth, &args.out, &|phase, done, of| bars.report(phase, done, of))?;
     bars.finish();
     println!(
         "grew {} into {}: {} kept, {} dropped, {} added, {} lists patched, mean degree {:.1}",

@@ -29,6 +29,8 @@ use crate::data::{ElemType, Metric};
 pub const SECTOR: usize = 4096;
 /// Bytes of a sector available to data: the last 4 hold its CRC32C.
 pub const PAYLOAD: usize = SECTOR - 4;
+/// Sectors [`IndexReader::for_each_node`] reads at a time (1 MiB).
+pub const SCAN_SECTORS: usize = 256;
 /// First 8 bytes of an index file.
 pub const MAGIC: [u8; 8] = *b"QVRGRAPH";
 /// Format version this code writes. It also reads version 1 (no labels).
@@ -526,6 +528,52 @@ impl IndexReader {
         self.file
             .read_exact_at(buf, loc.sector * SECTOR as u64)
             .map_err(|e| LayoutError::Io { path: self.path.clone(), source: e })
+    }
+
+    /// Calls `each(position, node)` for every node in position order: a sequential pass that
+    /// reads [`SCAN_SECTORS`] sectors at a time and verifies each sector before parsing its
+    /// nodes (nodes spanning sectors are read one by one). Stops at the first error.
+    ///
+    /// # Errors
+    /// I/O failure, a checksum mismatch or an invalid node; or what `each` returns.
+    pub fn for_each_node<E: From<LayoutError>>(
+        &self,
+        mut each: impl FnMut(u32, NodeRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let h = self.header;
+        let per_sector = h.nodes_per_sector() as u64;
+        let corrupt = |reason: String| LayoutError::Corrupt { path: self.path.clone(), reason };
+        if per_sector == 0 {
+            let mut buf = Vec::new();
+            for p in 0..h.n as u32 {
+                each(p, self.read_node(p, &mut buf)?)?;
+            }
+            return Ok(());
+        }
+        let sectors = h.node_sectors();
+        let mut buf = vec![0u8; SECTOR * SCAN_SECTORS];
+        let mut first = 0u64;
+        while first < sectors {
+            let count = (sectors - first).min(SCAN_SECTORS as u64) as usize;
+            let chunk = &mut buf[..count * SECTOR];
+            self.file
+                .read_exact_at(chunk, (1 + first) * SECTOR as u64)
+                .map_err(|e| LayoutError::Io { path: self.path.clone(), source: e })?;
+            for s in 0..count {
+                let sector_no = 1 + first + s as u64;
+                let sector = &chunk[s * SECTOR..(s + 1) * SECTOR];
+                unseal(sector).map_err(|e| corrupt(format!("sector {sector_no}: {e}")))?;
+                let start = (first + s as u64) * per_sector;
+                for p in start..(start + per_sector).min(h.n) {
+                    let at = (p - start) as usize * h.node_size();
+                    let node = parse_node(&h, p as u32, &sector[at..at + h.node_size()])
+                        .map_err(|e| corrupt(format!("node {p} (sector {sector_no}): {e}")))?;
+                    each(p as u32, node)?;
+                }
+            }
+            first += count as u64;
+        }
+        Ok(())
     }
 
     /// Reads and verifies every sector and every node (a full scan; `open` checks only the header).

@@ -89,7 +89,7 @@ fn grow_once(
         added_labels: &added_labels,
         params: &params(),
     };
-    let summary = grow_index(&growth, new_dir, &|_, _, _| {}).unwrap();
+    let summary = grow_index(growth, new_dir, &|_, _, _| {}).unwrap();
     assert_eq!(summary.kept + summary.added, next.len());
     assert_eq!(summary.added, add.len());
     next
@@ -201,7 +201,7 @@ fn an_inner_product_index_is_refused_not_grown_wrongly() {
         added_labels: &labels,
         params: &params(),
     };
-    let err = grow_index(&growth, &tmp.path().join("grown"), &|_, _, _| {}).unwrap_err();
+    let err = grow_index(growth, &tmp.path().join("grown"), &|_, _, _| {}).unwrap_err();
     assert!(matches!(err, IndexError::CannotGrow(_)), "{err}");
     assert!(!tmp.path().join("grown").join(GRAPH_FILE).exists());
 }

@@ -75,6 +75,12 @@ impl IndexInput {
         w.push(v.value_bytes()).map_err(io_error(&self.file))
     }
 
+    /// Completes the file: every declared row written, synced. Once.
+    fn finish(&mut self) -> Result<(), BackgroundError> {
+        let w = self.writer.take().expect("finished once");
+        w.finish().map_err(io_error(&self.file))
+    }
+
     /// Completes the file (every declared row written) and builds the index of segment `meta`
     /// from it into `idir` within the RAM the memory budget allows
     /// ([`super::budget::build_params`]), or `BuildParams::ram_budget` without one.
@@ -85,8 +91,7 @@ impl IndexInput {
         meta: &SegmentMeta,
         schema: &CollectionSchema,
     ) -> Result<DiskIndex, BackgroundError> {
-        let w = self.writer.take().expect("built once");
-        w.finish().map_err(io_error(&self.file))?;
+        self.finish()?;
         let sid = meta.id;
         let params = &build_params(inner, schema, meta.rows as usize);
         place_index(inner, idir, meta, |tmp| {
@@ -114,8 +119,7 @@ impl IndexInput {
         from: GrowFrom<'_>,
     ) -> Result<DiskIndex, BackgroundError> {
         let GrowFrom { base, relabel, labels } = from;
-        let w = self.writer.take().expect("built once");
-        w.finish().map_err(io_error(&self.file))?;
+        self.finish()?;
         let sid = meta.id;
         let index_error = |source| BackgroundError::Index { segment: sid, source };
         let added = match labels.len() {
@@ -126,7 +130,7 @@ impl IndexInput {
         let params = &inner.opts.index_params;
         place_index(inner, idir, meta, |tmp| {
             let growth = Growth { base, relabel, added, added_labels: labels, params };
-            let summary = grow_index(&growth, tmp, &|_, _, _| {}).map_err(index_error)?;
+            let summary = grow_index(growth, tmp, &|_, _, _| {}).map_err(index_error)?;
             tracing::info!(
                 "segment {sid:016x}: index grown from {}: {} rows kept, {} dropped, {} added, \
                  {} lists patched; scan {:.1} s, graph {:.1} s, link {:.1} s, write {:.1} s",

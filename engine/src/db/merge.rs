@@ -83,11 +83,18 @@ fn live(s: &Segment) -> usize {
 /// rebuild is cheaper than consolidating the deletions) and the metric allows growth (inner
 /// product does not).
 fn growth_base<'a>(inner: &Inner, c: &'a Collection) -> Option<&'a Segment> {
-    if inner.index_dir.is_none() || c.schema.metric() == Metric::InnerProduct {
-        return None;
-    }
-    let growable = |s: &&Segment| s.index.is_some() && live(s) * 2 >= s.meta.rows as usize;
+    inner.index_dir.as_ref()?;
+    let metric = c.schema.metric();
+    let growable =
+        |s: &&Segment| grows_from(metric, s.index.is_some(), live(s), s.meta.rows as usize);
     c.segments.iter().filter(growable).max_by_key(|s| (live(s), std::cmp::Reverse(s.meta.id)))
+}
+
+/// Whether a segment can be grown from: it has an index, at least half of its `rows` are
+/// `live` (past that, consolidating the deletions costs more than a rebuild), and the metric
+/// is not inner product (whose stored vectors are scaled by the norms seen at build time).
+fn grows_from(metric: Metric, indexed: bool, live: usize, rows: usize) -> bool {
+    indexed && live * 2 >= rows && metric != Metric::InnerProduct
 }
 
 /// A merge that grows the collection's largest index ([`growth_base`]) by the other segments,
@@ -398,13 +405,11 @@ fn write_merged(
 /// choose among the inputs (most live rows, at least half of them live), if it holds at least
 /// half of the merged rows. `None` means a rebuild.
 fn grown_input(schema: &CollectionSchema, inputs: &[MergeInput], rows: usize) -> Option<usize> {
-    if schema.metric() == Metric::InnerProduct {
-        return None;
-    }
+    let metric = schema.metric();
     let (k, base) = inputs
         .iter()
         .enumerate()
-        .filter(|(_, i)| i.index.is_some() && i.live.len() * 2 >= i.keys.len())
+        .filter(|(_, i)| grows_from(metric, i.index.is_some(), i.live.len(), i.keys.len()))
         .max_by_key(|(_, i)| i.live.len())?;
     (base.live.len() * 2 >= rows).then_some(k)
 }
