@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -43,6 +44,20 @@ def clustered(rows, dim, seed):
 def proc_status(pid):
     with open(f"/proc/{pid}/status") as f:
         return {k: v.strip() for k, v in (x.split(":", 1) for x in f if x.startswith("Vm"))}
+
+
+def trace_rss(pid, path, t0, stop):
+    with open(path, "w") as out:
+        while not stop.is_set():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    st = {k: v for k, v in (x.split(":", 1) for x in f)}
+            except OSError:
+                return
+            fields = [kib(st[k]) for k in ("VmRSS", "RssAnon", "RssFile")]
+            out.write(f"{time.perf_counter() - t0:.2f} {fields[0]} {fields[1]} {fields[2]}\n")
+            out.flush()
+            time.sleep(0.05)
 
 
 def kib(text):
@@ -75,6 +90,8 @@ def main():
     ap.add_argument("--cgroup-mib", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the data directory and server log")
     ap.add_argument("--extra", default="", help="more `quiver serve` flags, space separated")
+    ap.add_argument("--rss-trace", help="write the server's VmRSS, RssAnon and RssFile (KiB) every "
+                    "50 ms to this file, one 'seconds rss anon file' line each, to find what peaks")
     args = ap.parse_args()
     if args.data:
         base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
@@ -88,6 +105,7 @@ def main():
         pick = np.random.default_rng(11).choice(len(base), args.queries, replace=False)
         noise = np.random.default_rng(12).normal(0, 2, (args.queries, base.shape[1]))
         queries = (base[pick] + noise).astype(base.dtype)
+    stop_trace = threading.Event()
     work = tempfile.mkdtemp(prefix="quiver-serve-budget-")
     cmd = [args.quiver, "serve", "--data", os.path.join(work, "db"), "--listen", "127.0.0.1:0",
            "--memory-budget", f"{args.memory_budget_mib}MiB"] + args.extra.split()
@@ -106,6 +124,9 @@ def main():
         assert line.startswith("listening on "), line
         uri = line.split("listening on ", 1)[1]
         t0 = time.perf_counter()
+        if args.rss_trace:
+            threading.Thread(target=trace_rss, args=(p.pid, args.rss_trace, t0, stop_trace),
+                             daemon=True).start()
         put(uri, "v", base, args.batch_rows)
         ingest_s = time.perf_counter() - t0
         hwm_after_ingest = kib(proc_status(p.pid)["VmHWM"])
@@ -134,6 +155,7 @@ def main():
             "sector_cache": st.get("sector_cache"),
         }))
     finally:
+        stop_trace.set()
         p.terminate()
         code = p.wait()
         if code in (0, -15) and not args.keep:

@@ -7,7 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-[ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
+# CI builds from scratch on a shared disk: no incremental state and no debug info (the test binaries
+# link arrow and parquet statically; line tables alone doubled their size, and a full disk once
+# crashed the linker). Panic messages still carry file and line.
+if [ -n "${CI:-}" ]; then
+  export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_DEV_STRIP=debuginfo
+fi
 
 step() { printf '\n==> %s\n' "$*"; }
 

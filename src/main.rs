@@ -296,8 +296,9 @@ const MIB: f64 = 1_048_576.0;
 type QueryOutcome = (usize, Vec<u32>, QueryStats);
 
 fn grow(args: &GrowArgs) -> Result<(), BoxError> {
-    use quiver_diskgraph::grow::{Growth, grow_index};
+    use quiver_diskgraph::grow::{Growth, grow_index, grow_peak_bytes};
     use quiver_diskgraph::source::VectorFile;
+    allocator_purges_at_once();
     let base = DiskIndex::open(&args.index, OpenOptionsIndex::default())?;
     let file = VectorFile::open(&args.add)?;
     let skip = args.add_skip.min(file.len());
@@ -318,6 +319,11 @@ fn grow(args: &GrowArgs) -> Result<(), BoxError> {
         },
         ..BuildParams::default()
     };
+    let h = base.header();
+    let row_bytes = u64::from(h.dim) * h.elem.size() as u64;
+    let (m, r) = (base.pq().bytes() as u64, u64::from(h.max_degree));
+    let estimate = grow_peak_bytes(h.n, u64::from(n - kept), count as u64, row_bytes, m, r);
+    let open_index = base.ram_bytes() as u64;
     let growth =
         Growth { base: &base, relabel: &relabel, added, added_labels: &labels, params: &params };
     let bars = PhaseBars::default();
@@ -342,9 +348,13 @@ fn grow(args: &GrowArgs) -> Result<(), BoxError> {
         summary.write_seconds,
         total.elapsed().as_secs_f64()
     );
-    if let Some(peak) = peak_rss_bytes() {
-        println!("memory: measured peak resident {:.1} MiB (VmHWM)", peak as f64 / MIB);
-    }
+    let peak = peak_rss_bytes().map_or("unknown".into(), |p| format!("{:.1} MiB", p as f64 / MIB));
+    println!(
+        "memory: estimated peak {:.1} MiB (the growth) + {:.1} MiB (the old index, open), \
+         measured peak resident {peak} (VmHWM, the process)",
+        estimate as f64 / MIB,
+        open_index as f64 / MIB
+    );
     Ok(())
 }
 

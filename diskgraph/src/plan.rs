@@ -180,6 +180,13 @@ const GRAPH_SCRATCH_PER_EDGE: u64 = 8 + 4 + 8;
 /// and candidate pools.
 const GRAPH_SCRATCH_FIXED: u64 = 2 << 20;
 
+/// Peak bytes of an in-memory Vamana graph build over `n` points besides their vectors: the
+/// adjacency slab (lists of up to `slack · R`) and the batches' transient arrays.
+pub fn graph_build_bytes(n: u64, max_degree: usize, slack: f32) -> u64 {
+    let cap = ((max_degree as f32 * slack) as usize).max(max_degree);
+    n * 4 * (cap as u64 + 1) + graph_scratch(n, max_degree)
+}
+
 /// The graph build's transient arrays for `n` points: the largest batch's edges.
 fn graph_scratch(n: u64, max_degree: usize) -> u64 {
     (n / BATCH_SHARE).max(1) * max_degree as u64 * GRAPH_SCRATCH_PER_EDGE + GRAPH_SCRATCH_FIXED

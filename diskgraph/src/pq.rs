@@ -65,7 +65,7 @@ pub enum PqError {
 }
 
 /// A trained product quantiser.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct PqCodebook {
     dim: usize,
     metric: Metric,
@@ -75,8 +75,22 @@ pub struct PqCodebook {
     center: Vec<f32>,
     /// Subspace `j`'s 256 centroids, row-major, start at `256 · bounds[j]`.
     centroids: Vec<f32>,
-    /// The same centroids column-major, one entry per subspace, for encoding.
-    columns: Vec<Columns>,
+    /// The same centroids column-major, one entry per subspace, for encoding; made on the first
+    /// encode. An index opened only to be searched never encodes, so it does not hold its
+    /// centroids twice (128 KiB more per index at 128-d, 512 KiB at 512-d).
+    columns: std::sync::OnceLock<Vec<Columns>>,
+}
+
+/// Two codebooks are equal when they quantise alike (whether either has made its encoding
+/// columns yet does not matter).
+impl PartialEq for PqCodebook {
+    fn eq(&self, other: &Self) -> bool {
+        self.dim == other.dim
+            && self.metric == other.metric
+            && self.bounds == other.bounds
+            && self.center == other.center
+            && self.centroids == other.centroids
+    }
 }
 
 impl PqCodebook {
@@ -171,11 +185,16 @@ impl PqCodebook {
         center: Vec<f32>,
         centroids: Vec<f32>,
     ) -> Self {
-        let columns = bounds
-            .windows(2)
-            .map(|w| Columns::new(&centroids[CENTROIDS * w[0]..CENTROIDS * w[1]], w[1] - w[0]))
-            .collect();
+        let columns = std::sync::OnceLock::new();
         Self { dim, metric, bounds, center, centroids, columns }
+    }
+
+    /// The encoding columns, made on first use.
+    fn columns(&self) -> &[Columns] {
+        self.columns.get_or_init(|| {
+            let sub = |w: &[usize]| &self.centroids[CENTROIDS * w[0]..CENTROIDS * w[1]];
+            self.bounds.windows(2).map(|w| Columns::new(sub(w), w[1] - w[0])).collect()
+        })
     }
 
     /// Dimension of the vectors.
@@ -223,7 +242,7 @@ impl PqCodebook {
             Row::U8(v) => x.extend(v.iter().zip(&self.center).map(|(&v, c)| f32::from(v) - c)),
             Row::I8(v) => x.extend(v.iter().zip(&self.center).map(|(&v, c)| f32::from(v) - c)),
         }
-        for ((o, w), columns) in out.iter_mut().zip(self.bounds.windows(2)).zip(&self.columns) {
+        for ((o, w), columns) in out.iter_mut().zip(self.bounds.windows(2)).zip(self.columns()) {
             *o = columns.nearest(&x[w[0]..w[1]], &mut scratch.dist).0;
         }
     }
@@ -618,29 +637,127 @@ pub fn write_codes(path: &std::path::Path, m: usize, codes: &[u8]) -> Result<(),
         "PQ codes: {} bytes in codes of {m}",
         codes.len()
     );
-    let mut b = Vec::with_capacity(24 + codes.len());
-    b.extend_from_slice(&CODES_MAGIC);
-    b.extend_from_slice(&PQ_FILE_VERSION.to_le_bytes());
-    b.extend_from_slice(&(m as u32).to_le_bytes());
-    b.extend_from_slice(&((codes.len() / m) as u64).to_le_bytes());
-    b.extend_from_slice(codes);
-    write_checksummed(path, &b)
+    let mut writer = CodesWriter::create(path, m, (codes.len() / m) as u64)?;
+    writer.push(codes)?;
+    writer.finish()
 }
 
-/// Reads PQ codes written by [`write_codes`]: `(m, codes)`.
+/// Bytes before the codes in `pq_codes.bin`: magic, version, `m`, `n`.
+const CODES_PREFIX: usize = 24;
+
+/// Writes a `pq_codes.bin` a piece at a time, so that the codes of a large index need not be
+/// held in RAM to be written (the format of [`write_codes`]).
+pub struct CodesWriter {
+    file: std::io::BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+    crc: u32,
+    /// Code bytes still to come.
+    left: u64,
+}
+
+impl std::fmt::Debug for CodesWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodesWriter").field("path", &self.path).field("left", &self.left).finish()
+    }
+}
+
+impl CodesWriter {
+    /// Creates `path` for `n` codes of `m` bytes.
+    ///
+    /// # Errors
+    /// If the file cannot be created or written.
+    pub fn create(path: &std::path::Path, m: usize, n: u64) -> Result<Self, PqFileError> {
+        assert!(m > 0, "PQ codes of 0 bytes");
+        let io = |e| PqFileError::Io { path: path.to_owned(), source: e };
+        let file = std::fs::File::create(path).map_err(io)?;
+        let mut prefix = Vec::with_capacity(CODES_PREFIX);
+        prefix.extend_from_slice(&CODES_MAGIC);
+        prefix.extend_from_slice(&PQ_FILE_VERSION.to_le_bytes());
+        prefix.extend_from_slice(&(m as u32).to_le_bytes());
+        prefix.extend_from_slice(&n.to_le_bytes());
+        let mut writer = Self {
+            file: std::io::BufWriter::with_capacity(1 << 16, file),
+            path: path.to_owned(),
+            crc: 0,
+            left: n * m as u64 + CODES_PREFIX as u64,
+        };
+        writer.push(&prefix)?;
+        Ok(writer)
+    }
+
+    /// Appends `codes` (whole codes, or any run of bytes: the codes are one byte string).
+    ///
+    /// # Errors
+    /// If writing fails.
+    ///
+    /// # Panics
+    /// If more bytes are pushed than `n` codes hold.
+    pub fn push(&mut self, codes: &[u8]) -> Result<(), PqFileError> {
+        use std::io::Write;
+        assert!(codes.len() as u64 <= self.left, "more PQ codes than the file was created for");
+        self.left -= codes.len() as u64;
+        self.crc = crc32c::crc32c_append(self.crc, codes);
+        self.file
+            .write_all(codes)
+            .map_err(|e| PqFileError::Io { path: self.path.clone(), source: e })
+    }
+
+    /// Writes the checksum and fsyncs the file.
+    ///
+    /// # Errors
+    /// If writing or syncing fails.
+    ///
+    /// # Panics
+    /// If fewer codes were pushed than the file was created for.
+    pub fn finish(mut self) -> Result<(), PqFileError> {
+        use std::io::Write;
+        assert_eq!(self.left, 0, "PQ codes: {} bytes short", self.left);
+        let io = |e| PqFileError::Io { path: self.path.clone(), source: e };
+        self.file.write_all(&self.crc.to_le_bytes()).map_err(io)?;
+        let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)
+    }
+}
+
+/// Reads PQ codes written by [`write_codes`]: `(m, codes)`. The codes are read straight into
+/// their own buffer (an index's codes are its largest structure in RAM: no second copy).
 ///
 /// # Errors
 /// [`PqFileError::Corrupt`] for a damaged, truncated or inconsistent file.
 pub fn read_codes(path: &std::path::Path) -> Result<(usize, Vec<u8>), PqFileError> {
+    use std::io::Read;
     let corrupt = |reason: String| PqFileError::Corrupt { path: path.to_owned(), reason };
-    let mut b = read_checksummed(path, CODES_MAGIC)?;
-    if b.len() < 12 {
-        return Err(corrupt("header too short".into()));
+    let io = |e| PqFileError::Io { path: path.to_owned(), source: e };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut prefix = [0u8; CODES_PREFIX];
+    if len < (CODES_PREFIX + 4) as u64 {
+        return Err(corrupt("not a Quiver PQ file of the expected kind (too short)".into()));
     }
-    let m = le_u32(&b, 0) as usize;
-    let n = u64::from_le_bytes(b[4..12].try_into().expect("8 bytes"));
-    if m == 0 || (b.len() - 12) as u64 != n * m as u64 {
-        return Err(corrupt(format!("{} code bytes for {n} codes of {m}", b.len() - 12)));
+    file.read_exact(&mut prefix).map_err(io)?;
+    if prefix[..8] != CODES_MAGIC {
+        return Err(corrupt("not a Quiver PQ file of the expected kind (bad magic)".into()));
     }
-    Ok((m, b.split_off(12)))
+    let version = le_u32(&prefix, 8);
+    if version != PQ_FILE_VERSION {
+        return Err(corrupt(format!("version {version}, this build reads {PQ_FILE_VERSION}")));
+    }
+    let m = le_u32(&prefix, 12) as usize;
+    let n = u64::from_le_bytes(prefix[16..24].try_into().expect("8 bytes"));
+    let body = len - (CODES_PREFIX + 4) as u64;
+    if m == 0 || n.checked_mul(m as u64) != Some(body) {
+        return Err(corrupt(format!("{body} code bytes for {n} codes of {m}")));
+    }
+    let mut codes = vec![0u8; body as usize];
+    file.read_exact(&mut codes).map_err(io)?;
+    let mut stored = [0u8; 4];
+    file.read_exact(&mut stored).map_err(io)?;
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&prefix), &codes);
+    let stored = u32::from_le_bytes(stored);
+    if stored != actual {
+        return Err(corrupt(format!(
+            "checksum {actual:#010x}, stored {stored:#010x} (damaged or truncated)"
+        )));
+    }
+    Ok((m, codes))
 }

@@ -136,3 +136,59 @@ fn impossible_code_sizes_are_errors() {
     assert!(PqCodebook::train(&data, Metric::L2, &params(0)).is_err());
     assert!(PqCodebook::train(&data.prefix(0), Metric::L2, &params(2)).is_err());
 }
+
+#[test]
+fn codes_written_in_pieces_read_back_whole_and_damage_is_refused() {
+    use quiver_diskgraph::pq::{CodesWriter, PqFileError, read_codes};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pq_codes.bin");
+    let (m, n) = (8usize, 1000u64);
+    let codes: Vec<u8> = (0..n as usize * m).map(|i| (i * 31 % 251) as u8).collect();
+    let mut writer = CodesWriter::create(&path, m, n).unwrap();
+    // Pieces of uneven sizes, across code boundaries.
+    for piece in codes.chunks(1000 * 3 + 5) {
+        writer.push(piece).unwrap();
+    }
+    writer.finish().unwrap();
+    assert_eq!(read_codes(&path).unwrap(), (m, codes.clone()));
+
+    let good = std::fs::read(&path).unwrap();
+    let corrupt = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        matches!(read_codes(&path), Err(PqFileError::Corrupt { .. }))
+    };
+    let mut flipped = good.clone();
+    flipped[24 + 500] ^= 0x10;
+    assert!(corrupt(&flipped), "a flipped code byte must fail the checksum");
+    assert!(corrupt(&good[..good.len() - 1]), "a truncated file must be refused");
+    assert!(corrupt(&good[..20]), "a file shorter than its header must be refused");
+    let mut longer = good.clone();
+    longer.insert(30, 0);
+    assert!(corrupt(&longer), "a count that disagrees with the length must be refused");
+}
+
+#[test]
+#[should_panic(expected = "bytes short")]
+fn a_codes_file_finished_short_of_its_count_is_a_bug_caught() {
+    use quiver_diskgraph::pq::CodesWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = CodesWriter::create(&dir.path().join("pq_codes.bin"), 4, 10).unwrap();
+    writer.push(&[0u8; 36]).unwrap();
+    let _ = writer.finish();
+}
+
+#[test]
+fn a_codebook_read_back_encodes_as_the_trained_one_and_compares_equal() {
+    // The encoding columns are made on first use: a codebook that has encoded and one that
+    // has not must still be equal, and encode alike.
+    let data = bigann();
+    let pq = PqCodebook::train(&data, Metric::L2, &params(16)).unwrap();
+    let before = pq.encode_all(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pq_pivots.bin");
+    pq.write_to(&path).unwrap();
+    let back = PqCodebook::read_from(&path).unwrap();
+    assert_eq!(back, pq);
+    assert_eq!(back.encode_all(&data), before);
+    assert_eq!(back, pq);
+}

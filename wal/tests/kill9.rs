@@ -76,16 +76,26 @@ fn every_acknowledged_record_survives_kill_9() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (first_ack, acked_once) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut lines = Vec::new();
+            let mut signalled = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if !signalled && line.starts_with("ack ") {
+                    let _ = first_ack.send(());
+                    signalled = true;
+                }
                 lines.push(line);
             }
             lines
         });
-        std::thread::sleep(Duration::from_millis(rng.random_range(150..600)));
+        // The kill lands at a random point once the child is writing: a loaded machine may take
+        // longer than the whole random delay just to start it (CI saw a round with no ack).
+        let started = acked_once.recv_timeout(Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..450)));
         child.kill().unwrap(); // SIGKILL
+        assert!(started.is_ok(), "round {round}: the child wrote nothing in two minutes");
         child.wait().unwrap();
         let lines = reader.join().unwrap();
         let before = acked.len();
