@@ -114,17 +114,20 @@ pub fn grow_peak_bytes(old: u64, dropped: u64, added: u64, row_bytes: u64, m: u6
     // edge and a joint id).
     let packed = added * (4 * r + 8);
     let reverse = added * 4 * r + 4 * (old + added);
-    let added_side = added * (row_bytes + m) + (graph_build + packed).max(packed + reverse);
-    let scan = (SECTOR * crate::layout::SCAN_SECTORS) as u64;
-    let working = positions + dropped_lists + added_side + scan + LINK_SCRATCH;
+    let link = graph_build + packed + LINK_SCRATCH;
+    // Writing: a batch of nodes with their vectors, old and new lists, and the file buffers.
+    let batch = PATCH_BATCH as u64 * (row_bytes + 12 * r + 64);
+    let buffers = (SECTOR * crate::layout::SCAN_SECTORS + crate::layout::WRITE_BUFFER) as u64;
+    let write = packed + reverse + batch + buffers;
+    let working = positions + dropped_lists + added * (row_bytes + m) + link.max(write);
     working.max((old - dropped.min(old) + added) * m)
 }
 
 /// Transient bytes of the link beyond the packed lists: one chunk's lists as they are made,
 /// and the searchers' lists and buffers.
-const LINK_SCRATCH: u64 = 2 << 20;
+const LINK_SCRATCH: u64 = 1 << 20;
 /// Added rows linked at a time: their fresh lists are packed after each chunk.
-const LINK_CHUNK: usize = 4096;
+const LINK_CHUNK: usize = 1024;
 
 /// Lists of joint ids, one per added row, packed one after another.
 #[derive(Default)]
@@ -483,8 +486,8 @@ struct OldNode {
     label: u32,
 }
 
-/// Nodes patched in parallel at a time in the write pass.
-const PATCH_BATCH: usize = 4096;
+/// Nodes patched in parallel at a time in the write pass (each held with its vector and lists).
+const PATCH_BATCH: usize = 1024;
 
 /// Step 3: the new files.
 struct Patch<'a> {
@@ -600,26 +603,26 @@ impl Patch<'_> {
         })?;
         flush(&mut batch, &mut writer)?;
         let old_n = self.h.n as u32;
-        let lists: Vec<Vec<u32>> = self
-            .link
-            .order
-            .par_iter()
-            .map(|&i| {
-                let mut list = self.link.out.get(i as usize).to_vec();
-                for &u in self.link.reverse.sources(old_n + i) {
-                    if !list.contains(&u) {
-                        list.push(u);
+        for order in self.link.order.chunks(PATCH_BATCH) {
+            let lists: Vec<Vec<u32>> = order
+                .par_iter()
+                .map(|&i| {
+                    let mut list = self.link.out.get(i as usize).to_vec();
+                    for &u in self.link.reverse.sources(old_n + i) {
+                        if !list.contains(&u) {
+                            list.push(u);
+                        }
                     }
-                }
-                self.pruner.fitted(list, || self.added.row(i as usize).to_f32())
-            })
-            .collect();
-        for (&i, list) in self.link.order.iter().zip(lists) {
-            degrees += list.len() as u64;
-            out.clear();
-            out.extend(list.iter().map(|&u| self.position(u)));
-            let label = self.growth.added_labels[i as usize];
-            writer.push(self.added.row_bytes(i as usize), &out, label)?;
+                    self.pruner.fitted(list, || self.added.row(i as usize).to_f32())
+                })
+                .collect();
+            for (&i, list) in order.iter().zip(lists) {
+                degrees += list.len() as u64;
+                out.clear();
+                out.extend(list.iter().map(|&u| self.position(u)));
+                let label = self.growth.added_labels[i as usize];
+                writer.push(self.added.row_bytes(i as usize), &out, label)?;
+            }
         }
         progress("write", total, total);
         writer.finish()?;

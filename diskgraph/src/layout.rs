@@ -29,8 +29,11 @@ use crate::data::{ElemType, Metric};
 pub const SECTOR: usize = 4096;
 /// Bytes of a sector available to data: the last 4 hold its CRC32C.
 pub const PAYLOAD: usize = SECTOR - 4;
-/// Sectors [`IndexReader::for_each_node`] reads at a time (1 MiB).
-pub const SCAN_SECTORS: usize = 256;
+/// Sectors [`IndexReader::for_each_node`] reads at a time (256 KiB: large enough for sequential
+/// throughput, small beside a growth's memory allowance).
+pub const SCAN_SECTORS: usize = 64;
+/// Bytes [`IndexWriter`] buffers before it writes.
+pub const WRITE_BUFFER: usize = 256 << 10;
 /// First 8 bytes of an index file.
 pub const MAGIC: [u8; 8] = *b"QVRGRAPH";
 /// Format version this code writes. It also reads version 1 (no labels).
@@ -349,7 +352,7 @@ impl IndexWriter {
         header.check().map_err(LayoutError::Usage)?;
         let io = |e| LayoutError::Io { path: path.to_owned(), source: e };
         let file = File::create(path).map_err(io)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
         out.write_all(&header.encode()).map_err(io)?;
         Ok(Self {
             path: path.to_owned(),
