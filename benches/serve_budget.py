@@ -4,7 +4,8 @@
         [--data /work/data/sift-dev-1m --rows 200000 --f32] | [--dim 256 --rows 100000] \
         [--batch-rows 2000] [--cgroup-mib 0] [--quiver target/release/quiver]
 
-Starts the server on a fresh directory (optionally inside a cgroup with a hard `memory.max`),
+Starts the server on a fresh directory (optionally inside a memory cgroup with a hard limit,
+v2 or v1, as `scripts/capped.py` makes it),
 puts the rows with pyarrow in `--batch-rows` batches, waits for indexing, measures recall@10
 at L = 50 and 100 for 200 queries against numpy brute force, and prints one JSON line: rows,
 raw MB and its ratio to the budget, durable ingest rows/s, seconds to indexed, recall, the
@@ -30,6 +31,9 @@ import pyarrow.flight as fl
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import read_u8bin  # noqa: E402
 from engine_search import action, put  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from capped import Cgroup  # noqa: E402
 
 K = 10
 
@@ -111,13 +115,9 @@ def main():
            "--memory-budget", f"{args.memory_budget_mib}MiB"] + args.extra.split()
     cgroup = None
     if args.cgroup_mib:
-        cgroup = f"/sys/fs/cgroup/quiver-budget-{os.getpid()}"
-        os.makedirs(cgroup)
-        with open(f"{cgroup}/memory.max", "w") as f:
-            f.write(str(args.cgroup_mib << 20))
-        with open(f"{cgroup}/memory.swap.max", "w") as f:
-            f.write("0")
-        cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh"] + cmd
+        # A hard cap in a fresh memory cgroup, v2 or v1, swap disallowed (scripts/capped.py).
+        cgroup = Cgroup(args.cgroup_mib << 20)
+        cmd = ["sh", "-c", f'echo $$ > {cgroup.procs_file()} && exec "$@"', "sh"] + cmd
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(os.path.join(work, "server.log"), "w"), text=True)
     try:
         line = p.stdout.readline().strip()
@@ -153,6 +153,8 @@ def main():
             "VmRSS_mib": round(kib(proc["VmRSS"]) / 1024, 1),
             "resident_bytes_per_row": {k: round(v / rows, 1) for k, v in r.items()},
             "sector_cache": st.get("sector_cache"),
+            "cgroup_peak_mib": round(cgroup.peak() / 2**20, 1) if cgroup and cgroup.peak() else None,
+            "oom_kills": cgroup.oom_kills() if cgroup else None,
         }))
     finally:
         stop_trace.set()
@@ -163,12 +165,10 @@ def main():
         else:
             print(f"server log kept in {work}/server.log", file=sys.stderr)
         if cgroup:
-            for _ in range(50):  # the kernel empties the group shortly after the exit
-                try:
-                    os.rmdir(cgroup)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            if code not in (0, -15):
+                print(f"cgroup: peak {cgroup.peak()} bytes, OOM kills {cgroup.oom_kills()}",
+                      file=sys.stderr)
+            cgroup.remove()  # the kernel empties the group shortly after the exit
         if code not in (0, -15):
             print(f"server exited with {code}", file=sys.stderr)
             sys.exit(1)

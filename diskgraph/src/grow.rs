@@ -20,9 +20,10 @@
 //!    build's merge does. The added rows follow, in sector-packed order. Unchanged lists are
 //!    copied as they are.
 //!
-//! The PQ codebook is the old index's: added rows are encoded with it, kept codes are copied.
-//! Memory: 4 bytes per old node (its new position), the codes of the new index, the dropped
-//! nodes' lists, and the added rows with their graph and reverse edges
+//! The PQ codebook is the old index's: added rows are encoded with it, kept codes are copied
+//! into the new codes file as it is written (never gathered in RAM). Memory: 4 bytes per old
+//! node (its new position), the dropped nodes' lists, and the added rows with their graph,
+//! their packed out-lists and the reverse edges they leave, grouped by target
 //! ([`grow_peak_bytes`]). Inner-product indexes are not grown: their stored vectors are scaled
 //! by the largest norm seen at build time, which an added row may exceed.
 

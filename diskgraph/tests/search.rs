@@ -508,3 +508,68 @@ fn a_corrupt_sector_is_never_admitted_to_the_shared_cache() {
     let st = cache.stats();
     assert_eq!((st.inserts, st.entries, st.hits), (0, 0, 0), "{st:?}");
 }
+
+#[test]
+fn ranking_given_labels_is_exact_brute_force_over_them_for_every_metric() {
+    // What a filtered search does when few rows pass: the k nearest of just those rows, read
+    // from the index's sectors (mates in one sector read once), at their true distances.
+    let (n, dim) = (3_000, 24);
+    let raw = synthetic(n, dim, 21);
+    let qs = VectorSet::from_f32(dim, &synthetic(10, dim, 22)).unwrap();
+    for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
+        let data = VectorSet::from_f32(dim, &raw).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        build_index(data.clone(), metric, &params(24, 48, 12), dir.path(), &|_, _| {}).unwrap();
+        let index = open(dir.path(), Backend::Auto, 0);
+        let mut s = index.searcher().unwrap();
+        // Every 37th row and a run of neighbours (likely sector mates), with a repeat.
+        let mut labels: Vec<u32> = (0..n as u32).step_by(37).chain(1000..1040).collect();
+        labels.push(74);
+        let mut hits_short = 0;
+        for qi in 0..qs.len() {
+            let q = qs.row(qi).to_f32();
+            let truth = |i: u32| {
+                let x = data.row(i as usize).to_f32();
+                match metric {
+                    Metric::Cosine => {
+                        let dot: f32 = q.iter().zip(&x).map(|(a, b)| a * b).sum();
+                        let (a, b): (f32, f32) =
+                            (q.iter().map(|v| v * v).sum(), x.iter().map(|v| v * v).sum());
+                        1.0 - dot / (a * b).sqrt()
+                    }
+                    _ => distance_active(metric, Row::F32(&q), Row::F32(&x)),
+                }
+            };
+            let mut want: Vec<(f32, u32)> = labels.iter().map(|&l| (truth(l), l)).collect();
+            want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            want.dedup_by_key(|w| w.1);
+            // A list as long as the labels: every one ranked exactly.
+            let p = SearchParams { k: 10, list_size: labels.len(), beam_width: 4 };
+            let (found, stats) = s.search_among(qs.row(qi), &labels, p).unwrap();
+            let got: Vec<u32> = found.iter().map(|f| f.id).collect();
+            let want_ids: Vec<u32> = want.iter().take(10).map(|w| w.1).collect();
+            assert_eq!(got, want_ids, "{metric}, query {qi}");
+            for (f, w) in found.iter().zip(&want) {
+                assert!((f.distance - w.0).abs() <= 1e-3 * (1.0 + w.0.abs()), "{metric}");
+            }
+            assert_eq!(stats.exact_distances, 121, "each distinct label once");
+            assert!(stats.ios < 121, "sector mates share a read ({} reads)", stats.ios);
+            // A list of 30: the 30 nearest by PQ are read, and the true nearest are among them.
+            let p = SearchParams { k: 10, list_size: 30, beam_width: 4 };
+            let (short, stats) = s.search_among(qs.row(qi), &labels, p).unwrap();
+            assert_eq!((stats.pq_distances, stats.exact_distances), (121, 30), "{metric}");
+            let hits = short.iter().filter(|f| want_ids.contains(&f.id)).count();
+            hits_short += hits;
+            assert!(short.iter().all(|f| labels.contains(&f.id)), "only the given labels");
+        }
+        assert!(hits_short >= 90, "{metric}: {hits_short} of 100 found from a list of 30");
+    }
+    // A label the index does not hold is a typed error, not a panic.
+    let data = VectorSet::from_f32(dim, &raw).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    build_index(data, Metric::L2, &params(24, 48, 12), dir.path(), &|_, _| {}).unwrap();
+    let index = open(dir.path(), Backend::Pread, 0);
+    let p = SearchParams { k: 10, list_size: 1, beam_width: 4 };
+    let err = index.searcher().unwrap().search_among(qs.row(0), &[5, n as u32], p).unwrap_err();
+    assert!(matches!(err, SearchError::Query(_)), "{err}");
+}

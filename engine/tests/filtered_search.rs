@@ -3,7 +3,10 @@
 //! rows passed. These tests pin down that `SearchParams::filter` returns only rows that pass,
 //! from every source at once (in-memory rows, an unindexed segment, an indexed segment with
 //! deletions), exactly equal to brute force when the search is exact and at high recall when it
-//! walks the index, with SQL's treatment of nulls, and that a bad filter is a typed error.
+//! walks the index, with SQL's treatment of nulls, and that a bad filter is a typed error. The
+//! filter is evaluated inside the walk: a segment whose few rows pass is answered exactly from
+//! those rows, one whose many pass is walked with the others as waypoints — the path each
+//! selectivity takes is checked through the collection's counters, and recall at each.
 
 mod common;
 
@@ -225,4 +228,92 @@ fn a_filter_the_collection_cannot_evaluate_is_a_typed_error() {
         deep = deep.negate();
     }
     assert!(matches!(search(deep), Err(ReadError::Filter(_))), "nesting is bounded");
+}
+
+/// One indexed segment of `rows` rows whose `bucket` attribute (`id * 7919 % 1000`, spread
+/// evenly and unrelated to the vectors) selects any fraction of the rows in steps of 0.1%.
+fn bucketed(dir: &std::path::Path, rows: u64) -> (Database, Vec<Vec<f32>>) {
+    let schema = CollectionSchema::new(DIM as u32, VectorType::F32, Metric::L2)
+        .with_attribute(Field::new("bucket", DataType::Int64, false));
+    let opts = Options::default().background(false).min_index_rows(500).merge_min_segments(0);
+    let db = Database::open(dir, opts).unwrap();
+    db.create_collection("b", schema).unwrap();
+    let vectors: Vec<Vec<f32>> = (0..rows).map(|i| vector(5, i, DIM)).collect();
+    let v = vector_column(DIM, &vectors);
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("vector", v.data_type().clone(), false),
+            Field::new("bucket", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(UInt64Array::from((0..rows).collect::<Vec<_>>())),
+            v,
+            Arc::new(Int64Array::from((0..rows).map(bucket).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap();
+    db.insert("b", &batch).unwrap();
+    db.flush().unwrap();
+    db.run_background().unwrap();
+    let stats = db.stats("b").unwrap();
+    assert_eq!((stats.segments, stats.indexed_segments), (1, 1), "{stats:?}");
+    (db, vectors)
+}
+
+fn bucket(id: u64) -> i64 {
+    (id * 7919 % 1000) as i64
+}
+
+#[test]
+fn a_filtered_search_ranks_a_small_share_by_pq_and_walks_past_failing_rows_otherwise() {
+    const ROWS: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, vectors) = bucketed(dir.path(), ROWS);
+    // (permille of rows that pass, whether the plan ranks them: at most 1/8 of the rows)
+    for (permille, ranked) in [(1, true), (10, true), (100, true), (250, false), (500, false)] {
+        let predicate = Predicate::compare("bucket", CompareOp::Lt, Literal::Int(permille));
+        let truth = |q: &[f32]| {
+            let mut all: Vec<(f64, u64)> = (0..ROWS)
+                .filter(|&id| bucket(id) < permille)
+                .map(|id| (oracle_distance(Metric::L2, q, &vectors[id as usize]), id))
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            all.into_iter().take(10).map(|x| x.1).collect::<Vec<u64>>()
+        };
+        let before = db.stats("b").unwrap();
+        let (mut found, mut wanted) = (0usize, 0usize);
+        for qi in 0..20 {
+            let q = vector(78, qi, DIM);
+            let p =
+                SearchParams { k: 10, filter: Some(predicate.clone()), ..SearchParams::default() };
+            let got = ids(&db.search("b", &q, &p).unwrap());
+            assert!(got.iter().all(|&id| bucket(id) < permille), "{permille}‰: a row that fails");
+            let want = truth(&q);
+            assert_eq!(got.len(), want.len(), "{permille}‰, query {qi}: as many as pass");
+            found += got.iter().filter(|id| want.contains(id)).count();
+            wanted += want.len();
+        }
+        let after = db.stats("b").unwrap();
+        let walks = after.filtered_walks - before.filtered_walks;
+        let ranks = after.filtered_ranked - before.filtered_ranked;
+        let scans = after.filtered_scans - before.filtered_scans;
+        let expected = if ranked { (0, 20, 0) } else { (20, 0, 0) };
+        assert_eq!((walks, ranks, scans), expected, "{permille}‰: the plan of each search");
+        let recall = found as f64 / wanted as f64;
+        assert!(recall >= 0.95, "{permille}‰: recall {recall}");
+        if ranked {
+            // A list as long as the passing rows reads them all: exactly brute force.
+            for qi in 0..5 {
+                let q = vector(79, qi, DIM);
+                let p = SearchParams {
+                    k: 10,
+                    list_size: 20 * permille as usize,
+                    filter: Some(predicate.clone()),
+                    ..SearchParams::default()
+                };
+                assert_eq!(ids(&db.search("b", &q, &p).unwrap()), truth(&q), "{permille}‰");
+            }
+        }
+    }
 }

@@ -51,6 +51,15 @@ pub struct CollectionStats {
     /// 4 KiB sector reads those walks issued; `index_reads / searches` is the mean I/O count
     /// per query.
     pub index_reads: u64,
+    /// Filtered searches of an indexed segment that walked its index with the rows failing
+    /// the filter as waypoints (one per segment per search).
+    pub filtered_walks: u64,
+    /// Filtered searches of an indexed segment that ranked the rows that pass by their PQ
+    /// codes and read the nearest `L` (a small share passed).
+    pub filtered_ranked: u64,
+    /// Filtered searches of an indexed segment that read every passing row from its file
+    /// (a walk would have had to list most of the segment).
+    pub filtered_scans: u64,
     /// RAM the collection's structures hold, by structure.
     pub resident: ResidentBytes,
 }
@@ -291,6 +300,9 @@ impl Database {
             index_failures: c.counters.index_failures.load(Ordering::Relaxed),
             searches: c.counters.searches.load(Ordering::Relaxed),
             index_walks: c.counters.index_walks.load(Ordering::Relaxed),
+            filtered_walks: c.counters.filtered_walks.load(Ordering::Relaxed),
+            filtered_ranked: c.counters.filtered_ranked.load(Ordering::Relaxed),
+            filtered_scans: c.counters.filtered_scans.load(Ordering::Relaxed),
             index_reads: c.counters.index_reads.load(Ordering::Relaxed),
             resident,
         })

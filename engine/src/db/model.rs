@@ -131,6 +131,15 @@ pub(super) struct ReadCounters {
     pub(super) index_walks: AtomicU64,
     /// Sector reads those walks issued.
     pub(super) index_reads: AtomicU64,
+    /// Filtered searches of an indexed segment that walked its index, rows failing the
+    /// filter as waypoints.
+    pub(super) filtered_walks: AtomicU64,
+    /// Filtered searches of an indexed segment that ranked the rows that pass by PQ and read
+    /// the nearest (a small share passed).
+    pub(super) filtered_ranked: AtomicU64,
+    /// Filtered searches of an indexed segment whose widened walk would have listed most of
+    /// it: every passing row's vector read from the segment's file.
+    pub(super) filtered_scans: AtomicU64,
 }
 
 impl Collection {

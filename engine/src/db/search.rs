@@ -399,10 +399,16 @@ fn search_segment(
 }
 
 /// Searches segment `s` through its disk index. Deleted rows are waypoints: walked through,
-/// never returned, so deletions cost no wider search. With a filter, the walk returns its whole
-/// ranked list and the rows that pass are kept; while fewer than `k` pass, the walk is widened (4× the list, this segment only), and once it would cover most of the
-/// segment, the segment is searched exactly instead. A damaged index is answered from the
+/// never returned, so deletions cost no wider search. A damaged index is answered from the
 /// segment's Parquet file and queued for a rebuild.
+///
+/// With a filter, the segment's rows that pass it are found first (its columns read whole),
+/// and the search is planned by how many match ([`plan_filtered`]): none — nothing to search;
+/// a small share — they are ranked by their PQ codes and the nearest `L` read and ranked
+/// exactly ([`rank_passing`]); more — a walk in which rows that fail the filter are waypoints
+/// like deleted ones, its list widened by the inverse of the fraction that passes (the
+/// accepted rows a walk meets thin out with it), and widened again (4×) while fewer than `k`
+/// come back, until the segment is read exactly.
 fn walk_segment(
     inner: &Inner,
     c: &CollectionView,
@@ -412,12 +418,32 @@ fn walk_segment(
     filter: Option<&Filter>,
 ) -> Result<Vec<Cand>, ReadError> {
     let ix = s.index.as_ref().expect("walked only when indexed");
-    let live = |label: u32| !s.deleted.contains(label as usize);
-    let mut list = params.list_size.max(params.k);
+    let (passed, mut list) = match filter {
+        None => (None, params.list_size.max(params.k)),
+        Some(f) => {
+            let mask = segment_mask(s, f)?;
+            let matching =
+                (0..mask.len()).filter(|&r| mask.value(r) && !s.deleted.contains(r)).count();
+            match plan_filtered(matching, s.keys.len() - s.deleted.count(), params) {
+                FilteredPlan::Nothing => return Ok(Vec::new()),
+                FilteredPlan::Rank => {
+                    c.counters.filtered_ranked.fetch_add(1, Ordering::Relaxed);
+                    return rank_passing(inner, c, s, q, params, &mask);
+                }
+                FilteredPlan::Walk { list } => {
+                    c.counters.filtered_walks.fetch_add(1, Ordering::Relaxed);
+                    (Some(mask), list)
+                }
+            }
+        }
+    };
+    let accept = |label: u32| {
+        let row = label as usize;
+        !s.deleted.contains(row) && passed.as_ref().is_none_or(|m| m.value(row))
+    };
     loop {
-        let want = if filter.is_some() { list } else { params.k };
         let sp = quiver_diskgraph::search::SearchParams {
-            k: want,
+            k: params.k,
             list_size: list,
             beam_width: params.beam_width,
         };
@@ -425,7 +451,7 @@ fn walk_segment(
         let found = searcher.search_accepting(
             q.as_given.row(c.schema.vector_type().search_elem()),
             sp,
-            &live,
+            &accept,
         );
         inner.return_search_state(searcher.into_state());
         let found = match found {
@@ -453,48 +479,100 @@ fn walk_segment(
                 loc: Hit::Seg(s.id, n.id),
             })
             .collect();
-        let Some(f) = filter else { return Ok(cands) };
-        let rows: Vec<u32> = found.iter().map(|n| n.id).collect();
-        let passed = rows_passing(s, f, &rows)?;
-        let kept: Vec<Cand> = cands
-            .into_iter()
-            .zip(passed)
-            .filter(|(_, p)| *p)
-            .map(|(c, _)| c)
-            .take(params.k)
-            .collect();
-        // Fewer than k passed among the walk's list: widen it. (A short list proves nothing:
-        // deleted rows in it are not returned.)
-        if kept.len() >= params.k {
-            return Ok(kept);
-        }
-        list *= 4;
+        // Fewer than k accepted rows within the walk's list (the matching rows are far from
+        // the query, or sparse around it): widen it, or read them all once that would cover
+        // most of the segment.
+        let Some(mask) = passed.as_ref().filter(|_| cands.len() < params.k) else {
+            return Ok(cands);
+        };
+        list = list.saturating_mul(4);
         let live_rows = s.keys.len() - s.deleted.count();
         if list >= MAX_LIST_SIZE || list * 2 >= live_rows {
+            c.counters.filtered_scans.fetch_add(1, Ordering::Relaxed);
             let mut top = TopK::new(params.k);
-            offer_segment_file(c, s, q, Some(f), &mut top)?;
+            offer_rows(c, s, q, mask, &mut top)?;
             return Ok(top.into_sorted_vec());
         }
     }
 }
 
-/// Which of segment `s`'s rows `rows` (any order) pass `filter`, in the order given: reads the
-/// filter's columns of those rows only.
-fn rows_passing(s: &SegmentView, filter: &Filter, rows: &[u32]) -> Result<Vec<bool>, ReadError> {
-    let mut sorted = rows.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut mask = Vec::with_capacity(sorted.len());
-    for b in s.file.read(filter.columns(), Some(&sorted), sorted.len().max(1))? {
-        mask.extend(filter.evaluate(&b)?.iter().map(|v| v == Some(true)));
+/// The `params.k` nearest of segment `s`'s live rows whose `mask` bit is set, at exact
+/// distances, their vectors read from the segment's index (a read per sector that holds
+/// some): the exact plan of a filtered search when few rows pass. A damaged index is answered
+/// from the segment's Parquet file and queued for a rebuild, as a walk is.
+fn rank_passing(
+    inner: &Inner,
+    c: &CollectionView,
+    s: &SegmentView,
+    q: &PreparedQuery,
+    params: &SearchParams,
+    mask: &BooleanArray,
+) -> Result<Vec<Cand>, ReadError> {
+    let ix = s.index.as_ref().expect("ranked through the index only when indexed");
+    let rows: Vec<u32> = (0..mask.len())
+        .filter(|&r| mask.value(r) && !s.deleted.contains(r))
+        .map(|r| r as u32)
+        .collect();
+    let sp = quiver_diskgraph::search::SearchParams {
+        k: params.k,
+        list_size: params.list_size.max(params.k),
+        beam_width: params.beam_width,
+    };
+    let mut searcher = inner.searcher(s.id, ix)?;
+    let query = q.as_given.row(c.schema.vector_type().search_elem());
+    let found = searcher.search_among(query, &rows, sp);
+    inner.return_search_state(searcher.into_state());
+    match found {
+        Ok((found, stats)) => {
+            c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
+            let cand = |n: &quiver_diskgraph::search::Neighbour| Cand {
+                d: n.distance,
+                key: s.keys.key(n.id as usize),
+                loc: Hit::Seg(s.id, n.id),
+            };
+            Ok(found.iter().map(cand).collect())
+        }
+        Err(SearchError::Layout(e)) => {
+            inner.index_failed(c, s, ix, &e);
+            let mut top = TopK::new(params.k);
+            offer_rows(c, s, q, mask, &mut top)?;
+            Ok(top.into_sorted_vec())
+        }
+        Err(SearchError::Query(e)) => Err(QueryError::Index(e).into()),
+        Err(source) => Err(ReadError::Search { segment: s.id, source }),
     }
-    if mask.len() != sorted.len() {
-        return Err(ReadError::Segment(crate::segment::SegmentError::Corrupt {
-            path: s.file.path().to_path_buf(),
-            reason: format!("read {} rows, asked for {}", mask.len(), sorted.len()),
-        }));
+}
+
+/// How a filtered search of one indexed segment goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FilteredPlan {
+    /// No live row passes: nothing to search.
+    Nothing,
+    /// A small share passes: ranked by PQ, the nearest `L` of them read and ranked exactly.
+    Rank,
+    /// A walk with rows that fail the filter as waypoints, with this list size.
+    Walk { list: usize },
+}
+
+/// A filtered search ranks the passing rows by PQ ([`FilteredPlan::Rank`]) when at most one
+/// in this many of the segment's live rows pass — its walk's list would be this many times
+/// `L` — or when at most [`RANK_ALWAYS`] pass. Scoring a PQ code costs about a hundredth of
+/// reading a node, so ranking 1/8 of a segment by PQ costs less than the reads of such a walk.
+const RANK_SHARE: usize = 8;
+/// Passing rows ranked by PQ whatever share of the segment they are.
+const RANK_ALWAYS: usize = 4_096;
+
+/// The plan for a filtered search of a segment with `live` live rows of which `matching` pass.
+fn plan_filtered(matching: usize, live: usize, params: &SearchParams) -> FilteredPlan {
+    if matching == 0 {
+        return FilteredPlan::Nothing;
     }
-    Ok(rows.iter().map(|r| mask[sorted.binary_search(r).expect("sorted from rows")]).collect())
+    if matching <= RANK_ALWAYS || matching.saturating_mul(RANK_SHARE) <= live {
+        return FilteredPlan::Rank;
+    }
+    let asked = params.list_size.max(params.k);
+    let widened = (asked as u128 * live as u128).div_ceil(matching as u128);
+    FilteredPlan::Walk { list: widened.min(MAX_LIST_SIZE as u128) as usize }
 }
 
 /// Which rows of segment `s` pass `filter`, all of them: reads the filter's columns whole.
@@ -517,6 +595,58 @@ fn segment_mask(s: &SegmentView, filter: &Filter) -> Result<BooleanArray, ReadEr
         }));
     }
     Ok(mask)
+}
+
+/// Offers the live rows of segment `s` whose `mask` bit is set to `top`, reading only their
+/// vectors from the Parquet file (the pages that hold them).
+fn offer_rows(
+    c: &CollectionView,
+    s: &SegmentView,
+    q: &PreparedQuery,
+    mask: &BooleanArray,
+    top: &mut TopK,
+) -> Result<(), ReadError> {
+    let rows: Vec<u32> = (0..mask.len())
+        .filter(|&r| mask.value(r) && !s.deleted.contains(r))
+        .map(|r| r as u32)
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let loc = |r: u32| Hit::Seg(s.id, r);
+    let mut scratch = Vec::new();
+    let mut at = 0usize;
+    for b in s.file.read(&[1], Some(&rows), 4_096)? {
+        let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
+        let got = b.num_rows();
+        if at + got > rows.len() {
+            return Err(read_mismatch(s, at + got, rows.len()));
+        }
+        let picked = &rows[at..at + got];
+        // Batch row `i` is segment row `picked[i]`.
+        top.offer_exact(
+            q,
+            &v,
+            0,
+            |i| s.keys.key(picked[i] as usize),
+            |_| true,
+            |i| loc(picked[i as usize]),
+            &mut scratch,
+        );
+        at += got;
+    }
+    if at != rows.len() {
+        return Err(read_mismatch(s, at, rows.len()));
+    }
+    Ok(())
+}
+
+/// A segment file that gave back another number of rows than were asked for.
+fn read_mismatch(s: &SegmentView, got: usize, asked: usize) -> ReadError {
+    ReadError::Segment(crate::segment::SegmentError::Corrupt {
+        path: s.file.path().to_path_buf(),
+        reason: format!("read {got} rows, asked for {asked}"),
+    })
 }
 
 /// Offers every live row of segment `s` that passes `filter` to `top`, reading its vectors from

@@ -168,6 +168,9 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
         "searches": st.searches,
         "index_walks": st.index_walks,
         "index_reads": st.index_reads,
+        "filtered_walks": st.filtered_walks,
+        "filtered_ranked": st.filtered_ranked,
+        "filtered_scans": st.filtered_scans,
         "resident_bytes": {
             "memtable": st.resident.memtable,
             "unindexed_vectors": st.resident.unindexed_vectors,
