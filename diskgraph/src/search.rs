@@ -818,11 +818,12 @@ impl Searcher<'_> {
 
     /// The `params.k` nearest to `query` of the nodes labelled `labels`: all of them scored by
     /// their PQ codes (in RAM), the `params.list_size` nearest by PQ read from the index (a
-    /// sector once however many of them it holds, `params.beam_width` reads in flight, caches
-    /// not consulted) and ranked by exact distance. What a filtered search does when a small
+    /// sector once however many of them it holds, from the caches when they hold it, else
+    /// `params.beam_width` reads in flight) and ranked by exact distance. What a filtered search does when a small
     /// share of the rows pass: about as many reads as an unfiltered search with the same list,
-    /// however few pass. A list at least as long as `labels` ranks them all exactly. The first
-    /// call on an index scans its graph file once to learn where each label lies.
+    /// however few pass. A list at least as long as `labels` ranks them all exactly (a label
+    /// given twice is ranked once, but may take two places of a shorter list). The first call
+    /// on an index scans its graph file once to learn where each label lies.
     ///
     /// # Errors
     /// [`QueryError::Label`] for a label not in the index, and as [`Searcher::search`].
@@ -849,8 +850,6 @@ impl Searcher<'_> {
             let p = where_is.get(label as usize).ok_or(QueryError::Label { label, n: h.n })?;
             wanted.push(*p);
         }
-        wanted.sort_unstable();
-        wanted.dedup();
         let kernels = Isa::active();
         let mut stats = QueryStats::default();
         let reread = params.list_size.max(params.k);
@@ -865,10 +864,11 @@ impl Searcher<'_> {
             order.select_nth_unstable_by(reread - 1, |&a, &b| {
                 d[a as usize].total_cmp(&d[b as usize]).then(a.cmp(&b))
             });
-            let mut kept: Vec<u32> = order[..reread].iter().map(|&i| wanted[i as usize]).collect();
-            kept.sort_unstable();
-            wanted = kept;
+            wanted = order[..reread].iter().map(|&i| wanted[i as usize]).collect();
         }
+        // In file order, each node once (a label given twice may have been kept twice).
+        wanted.sort_unstable();
+        wanted.dedup();
         // One read per sector (or per node, for nodes that span sectors), in file order.
         let mut reads: Vec<(crate::layout::NodeLocation, std::ops::Range<usize>)> = Vec::new();
         for (at, &p) in wanted.iter().enumerate() {
@@ -884,28 +884,8 @@ impl Searcher<'_> {
             .prepare(width, h.sectors_per_node())
             .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
         let mut found = Vec::with_capacity(wanted.len());
-        let mut flight = std::collections::VecDeque::with_capacity(width);
-        let mut next = 0;
-        while next < reads.len() || !flight.is_empty() {
-            while next < reads.len() && flight.len() < width {
-                let slot = (0..width).find(|s| !flight.iter().any(|&(f, _)| f == *s));
-                let slot = slot.expect("fewer reads in flight than slots");
-                let offset = reads[next].0.sector * SECTOR as u64;
-                self.state
-                    .io
-                    .submit(&ix.file, slot, offset)
-                    .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
-                stats.ios += reads[next].0.sectors as u64;
-                flight.push_back((slot, next));
-                next += 1;
-            }
-            let (slot, r) = flight.pop_front().expect("a read in flight");
-            let buf = self
-                .state
-                .io
-                .wait(&ix.file, slot)
-                .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
-            stats.hops += 1;
+        // Ranks the wanted nodes of read `r`, whose sectors are in `buf` as stored.
+        let mut rank = |r: usize, buf: &mut [u8], stats: &mut QueryStats| {
             let (loc, span) = (reads[r].0, reads[r].1.clone());
             // Verifies the read's sectors, and parses its first wanted node.
             let first = wanted[span.start];
@@ -925,6 +905,56 @@ impl Searcher<'_> {
                     LayoutError::Corrupt { path: ix.path.clone(), reason }
                 })?;
                 take(node.label, node.vector);
+            }
+            Ok::<(), LayoutError>(())
+        };
+        let mut flight = std::collections::VecDeque::with_capacity(width);
+        let mut next = 0;
+        while next < reads.len() || !flight.is_empty() {
+            while next < reads.len() && flight.len() < width {
+                let sector = reads[next].0.sector;
+                // The BFS cache, then the shared cache: a hit is ranked from a copy at once.
+                let hit = if let Some(bytes) = ix.cache.get(&sector) {
+                    self.state.cached.clear();
+                    self.state.cached.extend_from_slice(bytes);
+                    true
+                } else if let Some((cache, key)) = &ix.shared {
+                    cache.get(*key, sector, &mut self.state.cached)
+                } else {
+                    false
+                };
+                if hit {
+                    stats.cache_hits += 1;
+                    rank(next, &mut self.state.cached, &mut stats)?;
+                    next += 1;
+                    continue;
+                }
+                let slot = (0..width).find(|s| !flight.iter().any(|&(f, _)| f == *s));
+                let slot = slot.expect("fewer reads in flight than slots");
+                self.state
+                    .io
+                    .submit(&ix.file, slot, sector * SECTOR as u64)
+                    .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
+                stats.ios += reads[next].0.sectors as u64;
+                flight.push_back((slot, next));
+                next += 1;
+            }
+            let Some((slot, r)) = flight.pop_front() else { continue };
+            let buf = self
+                .state
+                .io
+                .wait(&ix.file, slot)
+                .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
+            stats.hops += 1;
+            if ix.shared.is_some() {
+                // As read: verification may reassemble a spanning node in place.
+                self.state.admit.clear();
+                self.state.admit.extend_from_slice(buf);
+            }
+            rank(r, buf, &mut stats)?;
+            if let Some((cache, key)) = &ix.shared {
+                // Verified: `rank` returned no error for these bytes.
+                cache.insert(*key, reads[r].0.sector, &self.state.admit);
             }
         }
         found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));

@@ -525,6 +525,9 @@ fn ranking_given_labels_is_exact_brute_force_over_them_for_every_metric() {
         // Every 37th row and a run of neighbours (likely sector mates), with a repeat.
         let mut labels: Vec<u32> = (0..n as u32).step_by(37).chain(1000..1040).collect();
         labels.push(74);
+        let mut distinct = labels.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
         let mut hits_short = 0;
         for qi in 0..qs.len() {
             let q = qs.row(qi).to_f32();
@@ -556,7 +559,7 @@ fn ranking_given_labels_is_exact_brute_force_over_them_for_every_metric() {
             assert!(stats.ios < 121, "sector mates share a read ({} reads)", stats.ios);
             // A list of 30: the 30 nearest by PQ are read, and the true nearest are among them.
             let p = SearchParams { k: 10, list_size: 30, beam_width: 4 };
-            let (short, stats) = s.search_among(qs.row(qi), &labels, p).unwrap();
+            let (short, stats) = s.search_among(qs.row(qi), &distinct, p).unwrap();
             assert_eq!((stats.pq_distances, stats.exact_distances), (121, 30), "{metric}");
             let hits = short.iter().filter(|f| want_ids.contains(&f.id)).count();
             hits_short += hits;
@@ -572,4 +575,29 @@ fn ranking_given_labels_is_exact_brute_force_over_them_for_every_metric() {
     let p = SearchParams { k: 10, list_size: 1, beam_width: 4 };
     let err = index.searcher().unwrap().search_among(qs.row(0), &[5, n as u32], p).unwrap_err();
     assert!(matches!(err, SearchError::Query(_)), "{err}");
+}
+
+#[test]
+fn ranking_given_labels_reads_through_the_shared_cache_with_the_same_result() {
+    // The first ranking reads the sectors and admits them; the same ranking again takes them
+    // from RAM: no disk read, the same neighbours at the same distances.
+    let (dir, queries) = bigann_index();
+    let cache = std::sync::Arc::new(SectorCache::new(64 << 20));
+    let index = DiskIndex::open(dir.path(), with_cache(&cache)).unwrap();
+    let plain = open(dir.path(), Backend::Auto, 0);
+    let labels: Vec<u32> = (0..index.header().n as u32).step_by(13).collect();
+    let p = SearchParams { k: 10, list_size: 40, beam_width: 4 };
+    let mut s = index.searcher().unwrap();
+    let mut uncached = plain.searcher().unwrap();
+    let mut cold_reads = 0;
+    for q in 0..20 {
+        let (first, cold) = s.search_among(queries.row(q), &labels, p).unwrap();
+        let (again, warm) = s.search_among(queries.row(q), &labels, p).unwrap();
+        let (without, _) = uncached.search_among(queries.row(q), &labels, p).unwrap();
+        assert_eq!(first, again, "query {q}");
+        assert_eq!(first, without, "query {q}: the cache changes nothing but the reads");
+        cold_reads += cold.ios;
+        assert_eq!((warm.ios, warm.cache_hits > 0), (0, true), "query {q}: the second does not");
+    }
+    assert!(cold_reads > 0, "the first rankings read from disk");
 }

@@ -32,6 +32,39 @@ impl RowSet {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
 
+    /// The rows whose `mask` value is true (not false, not null) and that are not in `self`:
+    /// what passes a filter and is live, word by word.
+    ///
+    /// # Panics
+    /// If `mask` is not as long as the set.
+    pub(crate) fn passing(&self, mask: &arrow_array::BooleanArray) -> RowSet {
+        use arrow_array::Array;
+        assert_eq!(mask.len(), self.len, "a mask of {} rows for a set of {}", mask.len(), self.len);
+        let values = mask.values().bit_chunks();
+        let mut words: Vec<u64> =
+            values.iter_padded().zip(&self.words).map(|(v, deleted)| v & !deleted).collect();
+        if let Some(nulls) = mask.nulls() {
+            for (w, valid) in words.iter_mut().zip(nulls.inner().bit_chunks().iter_padded()) {
+                *w &= valid;
+            }
+        }
+        RowSet { words, len: self.len }
+    }
+
+    /// The rows in the set, ascending.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                (w != 0).then(|| {
+                    let bit = w.trailing_zeros();
+                    w &= w - 1;
+                    (i * 64) as u32 + bit
+                })
+            })
+        })
+    }
+
     /// Adds `row`; returns whether it was absent. Panics if `row` is not below the length.
     pub(crate) fn insert(&mut self, row: usize) -> bool {
         assert!(row < self.len, "row {row} of a set of {} rows", self.len);
@@ -45,6 +78,35 @@ impl RowSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `passing` keeps the rows a mask holds true (not null), minus the set's, and `rows` lists
+    /// them: against a per-row model, with a mask that is a slice (its bits start mid-byte).
+    #[test]
+    fn the_rows_passing_a_mask_are_its_true_rows_outside_the_set() {
+        for len in [0usize, 1, 63, 64, 65, 200] {
+            let mut deleted = RowSet::new(len);
+            (0..len).filter(|r| r % 7 == 3).for_each(|r| _ = deleted.insert(r));
+            let wide: arrow_array::BooleanArray = (0..len + 5)
+                .map(|r| match r % 5 {
+                    0 => None,
+                    1 | 2 => Some(true),
+                    _ => Some(false),
+                })
+                .collect();
+            let mask = wide.slice(5, len);
+            let passing = deleted.passing(&mask);
+            let want: Vec<u32> = (0..len)
+                .filter(|&r| (r + 5) % 5 == 1 || (r + 5) % 5 == 2)
+                .filter(|&r| !deleted.contains(r))
+                .map(|r| r as u32)
+                .collect();
+            assert_eq!(passing.rows().collect::<Vec<_>>(), want, "len {len}");
+            assert_eq!(passing.count(), want.len());
+            for r in 0..len {
+                assert_eq!(passing.contains(r), want.contains(&(r as u32)), "row {r}");
+            }
+        }
+    }
 
     /// Against a `Vec<bool>` model, across word boundaries and lengths that are not multiples
     /// of 64.

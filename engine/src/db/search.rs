@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use crate::batch::{self, Key, Vectors};
 use crate::error::{QueryError, ReadError};
 use crate::filter::{Filter, Predicate};
+use crate::rowset::RowSet;
 use crate::schema::{CollectionSchema, DISTANCE_COLUMN, ID_COLUMN};
 use quiver_diskgraph::data::{ElemType, Metric, Row, distance_active};
 use quiver_diskgraph::search::{MAX_BEAM_WIDTH, SearchError};
@@ -421,25 +422,24 @@ fn walk_segment(
     let (passed, mut list) = match filter {
         None => (None, params.list_size.max(params.k)),
         Some(f) => {
-            let mask = segment_mask(s, f)?;
-            let matching =
-                (0..mask.len()).filter(|&r| mask.value(r) && !s.deleted.contains(r)).count();
-            match plan_filtered(matching, s.keys.len() - s.deleted.count(), params) {
+            let passing = s.deleted.passing(&segment_mask(s, f)?);
+            match plan_filtered(passing.count(), s.keys.len() - s.deleted.count(), params) {
                 FilteredPlan::Nothing => return Ok(Vec::new()),
                 FilteredPlan::Rank => {
                     c.counters.filtered_ranked.fetch_add(1, Ordering::Relaxed);
-                    return rank_passing(inner, c, s, q, params, &mask);
+                    return rank_passing(inner, c, s, q, params, &passing);
                 }
                 FilteredPlan::Walk { list } => {
                     c.counters.filtered_walks.fetch_add(1, Ordering::Relaxed);
-                    (Some(mask), list)
+                    (Some(passing), list)
                 }
             }
         }
     };
-    let accept = |label: u32| {
-        let row = label as usize;
-        !s.deleted.contains(row) && passed.as_ref().is_none_or(|m| m.value(row))
+    // Live, and passing the filter if there is one (`passed` holds only live rows).
+    let accept = |label: u32| match &passed {
+        Some(passing) => passing.contains(label as usize),
+        None => !s.deleted.contains(label as usize),
     };
     loop {
         let sp = quiver_diskgraph::search::SearchParams {
@@ -482,7 +482,7 @@ fn walk_segment(
         // Fewer than k accepted rows within the walk's list (the matching rows are far from
         // the query, or sparse around it): widen it, or read them all once that would cover
         // most of the segment.
-        let Some(mask) = passed.as_ref().filter(|_| cands.len() < params.k) else {
+        let Some(passing) = passed.as_ref().filter(|_| cands.len() < params.k) else {
             return Ok(cands);
         };
         list = list.saturating_mul(4);
@@ -490,13 +490,13 @@ fn walk_segment(
         if list >= MAX_LIST_SIZE || list * 2 >= live_rows {
             c.counters.filtered_scans.fetch_add(1, Ordering::Relaxed);
             let mut top = TopK::new(params.k);
-            offer_rows(c, s, q, mask, &mut top)?;
+            offer_rows(c, s, q, passing, &mut top)?;
             return Ok(top.into_sorted_vec());
         }
     }
 }
 
-/// The `params.k` nearest of segment `s`'s live rows whose `mask` bit is set, at exact
+/// The `params.k` nearest of segment `s`'s `passing` rows (live, passing the filter), at exact
 /// distances, their vectors read from the segment's index (a read per sector that holds
 /// some): the exact plan of a filtered search when few rows pass. A damaged index is answered
 /// from the segment's Parquet file and queued for a rebuild, as a walk is.
@@ -506,13 +506,10 @@ fn rank_passing(
     s: &SegmentView,
     q: &PreparedQuery,
     params: &SearchParams,
-    mask: &BooleanArray,
+    passing: &RowSet,
 ) -> Result<Vec<Cand>, ReadError> {
     let ix = s.index.as_ref().expect("ranked through the index only when indexed");
-    let rows: Vec<u32> = (0..mask.len())
-        .filter(|&r| mask.value(r) && !s.deleted.contains(r))
-        .map(|r| r as u32)
-        .collect();
+    let rows: Vec<u32> = passing.rows().collect();
     let sp = quiver_diskgraph::search::SearchParams {
         k: params.k,
         list_size: params.list_size.max(params.k),
@@ -535,7 +532,7 @@ fn rank_passing(
         Err(SearchError::Layout(e)) => {
             inner.index_failed(c, s, ix, &e);
             let mut top = TopK::new(params.k);
-            offer_rows(c, s, q, mask, &mut top)?;
+            offer_rows(c, s, q, passing, &mut top)?;
             Ok(top.into_sorted_vec())
         }
         Err(SearchError::Query(e)) => Err(QueryError::Index(e).into()),
@@ -597,19 +594,16 @@ fn segment_mask(s: &SegmentView, filter: &Filter) -> Result<BooleanArray, ReadEr
     Ok(mask)
 }
 
-/// Offers the live rows of segment `s` whose `mask` bit is set to `top`, reading only their
-/// vectors from the Parquet file (the pages that hold them).
+/// Offers segment `s`'s `passing` rows to `top`, reading only their vectors from the Parquet
+/// file (the pages that hold them).
 fn offer_rows(
     c: &CollectionView,
     s: &SegmentView,
     q: &PreparedQuery,
-    mask: &BooleanArray,
+    passing: &RowSet,
     top: &mut TopK,
 ) -> Result<(), ReadError> {
-    let rows: Vec<u32> = (0..mask.len())
-        .filter(|&r| mask.value(r) && !s.deleted.contains(r))
-        .map(|r| r as u32)
-        .collect();
+    let rows: Vec<u32> = passing.rows().collect();
     if rows.is_empty() {
         return Ok(());
     }
