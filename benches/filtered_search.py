@@ -9,8 +9,8 @@ Puts the first `--rows` base rows of a `.u8bin` set over Flight with two attribu
 row's source image id (`base_img_ids.npy`: rows of one image are alike, so a filter on images
 is correlated with the vectors, as labels are in practice), and `rnd`, uniform in 0..999 and
 unrelated to them. Waits for indexing, stops the server, then for `--rounds` rounds starts each
-binary in turn on the same directory and runs every query with each filter (`rnd < t` and
-`img < t`, for 0.1%, 1%, 10% and 50% of the rows) at each list size, 2 client threads. Recall@10
+binary in turn on the same directory and runs every query unfiltered and with each filter
+(`rnd < t` and `img < t`, for 0.1%, 1%, 10% and 50% of the rows) at each list size, 2 client threads. Recall@10
 is against numpy brute force over the rows that pass. Prints one JSON line per (round, binary,
 filter, L): QPS, recall, mean sector reads per query and the plan counters; then a table of
 medians over the rounds.
@@ -65,7 +65,7 @@ def put(uri, base, img, rnd, batch_rows=10_000):
 
 def filters(img, rnd):
     """(name, column, threshold, mask of passing rows) for each fraction and column."""
-    out = []
+    out = [("none (100%)", None, None, np.ones(len(img), dtype=bool))]
     for f in FRACTIONS:
         t = int(round(f * 1000))
         out.append((f"rnd<{t} ({f:.1%})", "rnd", t, rnd < t))
@@ -86,10 +86,10 @@ def truth(base, queries, mask):
 
 
 def sweep(uri, queries, column, threshold, gt, list_size, threads):
+    filters = [{"field": column, "op": "<", "value": threshold}] if column else []
     tickets = [json.dumps({"search": {
         "dataset": "f", "vector": q.tolist(), "k": K, "list_size": list_size,
-        "filters": [{"field": column, "op": "<", "value": threshold}]}}).encode()
-        for q in queries]
+        "filters": filters}}).encode() for q in queries]
     clients = [fl.FlightClient(uri) for _ in range(threads)]
     before = action(uri, "stats", {"name": "f"})[0]
 

@@ -164,6 +164,21 @@ fn concurrent_searches_agree_with_serial_ones() {
     });
 }
 
+/// The distance from `q` to `x` under the user's `metric` (cosine on normalised copies), by
+/// brute force.
+fn true_distance(metric: Metric, q: &[f32], x: &[f32]) -> f32 {
+    match metric {
+        Metric::Cosine => {
+            let (d, a, b) = q
+                .iter()
+                .zip(x)
+                .fold((0.0, 0.0, 0.0), |(d, a, b), (p, r)| (d + p * r, a + p * p, b + r * r));
+            1.0 - d / (a * b).sqrt()
+        }
+        _ => distance_active(metric, Row::F32(q), Row::F32(x)),
+    }
+}
+
 #[test]
 fn every_metric_matches_brute_force_with_true_distances() {
     let (n, dim) = (3_000, 24);
@@ -179,16 +194,7 @@ fn every_metric_matches_brute_force_with_true_distances() {
         for qi in 0..qs.len() {
             // Brute force under the user's metric (cosine on normalised copies).
             let q = qs.row(qi).to_f32();
-            let truth = |i: usize| match metric {
-                Metric::Cosine => {
-                    let x = data.row(i).to_f32();
-                    let (d, a, b) = q.iter().zip(&x).fold((0.0, 0.0, 0.0), |(d, a, b), (p, r)| {
-                        (d + p * r, a + p * p, b + r * r)
-                    });
-                    1.0 - d / (a * b).sqrt()
-                }
-                _ => distance_active(metric, Row::F32(&q), data.row(i)),
-            };
+            let truth = |i: usize| true_distance(metric, &q, &data.row(i).to_f32());
             let mut all: Vec<f32> = (0..n).map(truth).collect();
             all.sort_by(f32::total_cmp);
             let (found, _) =
@@ -531,18 +537,7 @@ fn ranking_given_labels_is_exact_brute_force_over_them_for_every_metric() {
         let mut hits_short = 0;
         for qi in 0..qs.len() {
             let q = qs.row(qi).to_f32();
-            let truth = |i: u32| {
-                let x = data.row(i as usize).to_f32();
-                match metric {
-                    Metric::Cosine => {
-                        let dot: f32 = q.iter().zip(&x).map(|(a, b)| a * b).sum();
-                        let (a, b): (f32, f32) =
-                            (q.iter().map(|v| v * v).sum(), x.iter().map(|v| v * v).sum());
-                        1.0 - dot / (a * b).sqrt()
-                    }
-                    _ => distance_active(metric, Row::F32(&q), Row::F32(&x)),
-                }
-            };
+            let truth = |i: u32| true_distance(metric, &q, &data.row(i as usize).to_f32());
             let mut want: Vec<(f32, u32)> = labels.iter().map(|&l| (truth(l), l)).collect();
             want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             want.dedup_by_key(|w| w.1);
