@@ -163,6 +163,8 @@ pub struct Filter {
     /// The collection's columns the predicate reads, ascending, without repeats.
     columns: Vec<usize>,
     root: Node,
+    /// The predicate as written, to remember its result on a segment by.
+    key: String,
 }
 
 #[derive(Debug)]
@@ -198,7 +200,12 @@ impl Filter {
         columns.sort_unstable();
         columns.dedup();
         let root = compile_node(predicate, schema, &columns)?;
-        Ok(Filter { columns, root })
+        Ok(Filter { columns, root, key: format!("{predicate:?}") })
+    }
+
+    /// A key that two filters compiled from equal predicates share.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// The collection's columns the filter reads (indices in its schema), ascending.

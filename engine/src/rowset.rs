@@ -32,22 +32,25 @@ impl RowSet {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
 
-    /// The rows whose `mask` value is true (not false, not null) and that are not in `self`:
-    /// what passes a filter and is live, word by word.
-    ///
-    /// # Panics
-    /// If `mask` is not as long as the set.
-    pub(crate) fn passing(&self, mask: &arrow_array::BooleanArray) -> RowSet {
+    /// The rows whose `mask` value is true (not false, not null).
+    pub(crate) fn of_mask(mask: &arrow_array::BooleanArray) -> RowSet {
         use arrow_array::Array;
-        assert_eq!(mask.len(), self.len, "a mask of {} rows for a set of {}", mask.len(), self.len);
-        let values = mask.values().bit_chunks();
-        let mut words: Vec<u64> =
-            values.iter_padded().zip(&self.words).map(|(v, deleted)| v & !deleted).collect();
+        let mut words: Vec<u64> = mask.values().bit_chunks().iter_padded().collect();
         if let Some(nulls) = mask.nulls() {
             for (w, valid) in words.iter_mut().zip(nulls.inner().bit_chunks().iter_padded()) {
                 *w &= valid;
             }
         }
+        RowSet { words, len: mask.len() }
+    }
+
+    /// The rows of `other` that are not in `self`.
+    ///
+    /// # Panics
+    /// If the two sets are not of the same length.
+    pub(crate) fn outside(&self, other: &RowSet) -> RowSet {
+        assert_eq!(other.len, self.len, "sets of {} and {} rows", other.len, self.len);
+        let words = other.words.iter().zip(&self.words).map(|(o, s)| o & !s).collect();
         RowSet { words, len: self.len }
     }
 
@@ -79,8 +82,8 @@ impl RowSet {
 mod tests {
     use super::*;
 
-    /// `passing` keeps the rows a mask holds true (not null), minus the set's, and `rows` lists
-    /// them: against a per-row model, with a mask that is a slice (its bits start mid-byte).
+    /// `of_mask` keeps the rows a mask holds true (not null), `outside` takes the set's away,
+    /// and `rows` lists them: against a per-row model, with a mask that is a slice (its bits start mid-byte).
     #[test]
     fn the_rows_passing_a_mask_are_its_true_rows_outside_the_set() {
         for len in [0usize, 1, 63, 64, 65, 200] {
@@ -94,7 +97,7 @@ mod tests {
                 })
                 .collect();
             let mask = wide.slice(5, len);
-            let passing = deleted.passing(&mask);
+            let passing = deleted.outside(&RowSet::of_mask(&mask));
             let want: Vec<u32> = (0..len)
                 .filter(|&r| (r + 5) % 5 == 1 || (r + 5) % 5 == 2)
                 .filter(|&r| !deleted.contains(r))

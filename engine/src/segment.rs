@@ -37,6 +37,8 @@ use parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::properties::WriterProperties;
+
+use crate::rowset::RowSet;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;
 
@@ -544,7 +546,15 @@ pub struct SegmentFile {
     meta: ArrowReaderMetadata,
     rows: u64,
     sum: FileSum,
+    /// The rows that passed the filters last evaluated over the whole file, by filter key
+    /// (most recent first, at most [`MASK_MEMO`]): a file never changes, so a filter asked
+    /// again is not read and evaluated again.
+    masks: Arc<std::sync::Mutex<Vec<(String, Arc<RowSet>)>>>,
 }
+
+/// Filter results a segment file remembers: each is a bit per row, so a segment holds at most
+/// `MASK_MEMO / 8` bytes a row of them.
+pub const MASK_MEMO: usize = 4;
 
 impl SegmentFile {
     /// Opens `path`, checks its length and CRC32C against `sum`, its schema against `schema`, and
@@ -578,7 +588,8 @@ impl SegmentFile {
         if file_rows < 0 || file_rows as u64 != rows {
             return Err(corrupt(format!("{file_rows} rows, the manifest says {rows}")));
         }
-        Ok(SegmentFile { path: path.to_path_buf(), reader, meta, rows, sum })
+        let masks = Arc::default();
+        Ok(SegmentFile { path: path.to_path_buf(), reader, meta, rows, sum, masks })
     }
 
     /// Checks the file against its length and checksum again (it was checked when opened).
@@ -592,6 +603,26 @@ impl SegmentFile {
     /// Rows in the file.
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// The rows that passed the filter keyed `key` when it was last evaluated over the file,
+    /// if it is remembered.
+    pub(crate) fn remembered_mask(&self, key: &str) -> Option<Arc<RowSet>> {
+        let mut masks = self.masks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = masks.iter().position(|(k, _)| k == key)?;
+        let hit = masks.remove(at);
+        let rows = Arc::clone(&hit.1);
+        masks.insert(0, hit);
+        Some(rows)
+    }
+
+    /// Remembers `rows` as what passes the filter keyed `key`, forgetting the least recent
+    /// beyond [`MASK_MEMO`].
+    pub(crate) fn remember_mask(&self, key: &str, rows: Arc<RowSet>) {
+        let mut masks = self.masks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        masks.retain(|(k, _)| k != key);
+        masks.insert(0, (key.to_string(), rows));
+        masks.truncate(MASK_MEMO);
     }
 
     /// The file's path.

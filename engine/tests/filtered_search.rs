@@ -317,3 +317,34 @@ fn a_filtered_search_ranks_a_small_share_by_pq_and_walks_past_failing_rows_other
         }
     }
 }
+
+#[test]
+fn a_remembered_filter_result_never_returns_a_row_deleted_after_it() {
+    // A segment file remembers which rows passed a filter; rows deleted afterwards must still
+    // be left out, and another filter must not be answered from the first one's result.
+    const ROWS: u64 = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, vectors) = bucketed(dir.path(), ROWS);
+    let below = |t: i64| Predicate::compare("bucket", CompareOp::Lt, Literal::Int(t));
+    let q = vector(80, 0, DIM);
+    // A list as long as what passes: every passing row ranked exactly.
+    let exact = |t: i64| SearchParams {
+        k: 10,
+        list_size: 5_000,
+        filter: Some(below(t)),
+        ..SearchParams::default()
+    };
+    let first = ids(&db.search("b", &q, &exact(100)).unwrap());
+    assert_eq!(first.len(), 10);
+    db.delete("b", &UInt64Array::from(first[..5].to_vec())).unwrap();
+    let again = ids(&db.search("b", &q, &exact(100)).unwrap());
+    assert!(again.iter().all(|id| !first[..5].contains(id)), "a deleted row came back");
+    assert_eq!(&again[..5], &first[5..], "the survivors keep their order");
+    let mut want: Vec<(f64, u64)> = (0..ROWS)
+        .filter(|&id| bucket(id) < 300 && !first[..5].contains(&id))
+        .map(|id| (oracle_distance(Metric::L2, &q, &vectors[id as usize]), id))
+        .collect();
+    want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let want: Vec<u64> = want.into_iter().take(10).map(|x| x.1).collect();
+    assert_eq!(ids(&db.search("b", &q, &exact(300)).unwrap()), want, "another filter");
+}

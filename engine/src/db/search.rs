@@ -422,7 +422,7 @@ fn walk_segment(
     let (passed, mut list) = match filter {
         None => (None, params.list_size.max(params.k)),
         Some(f) => {
-            let passing = s.deleted.passing(&segment_mask(s, f)?);
+            let passing = passing_rows(s, f)?;
             match plan_filtered(passing.count(), s.keys.len() - s.deleted.count(), params) {
                 FilteredPlan::Nothing => return Ok(Vec::new()),
                 FilteredPlan::Rank => {
@@ -570,6 +570,21 @@ fn plan_filtered(matching: usize, live: usize, params: &SearchParams) -> Filtere
     let asked = params.list_size.max(params.k);
     let widened = (asked as u128 * live as u128).div_ceil(matching as u128);
     FilteredPlan::Walk { list: widened.min(MAX_LIST_SIZE as u128) as usize }
+}
+
+/// Segment `s`'s live rows that pass `filter`: the filter's result over the file is
+/// remembered by the segment's file (`SegmentFile::remembered_mask`), so the same filter asked again
+/// costs the deletions' words, not a read of its columns.
+fn passing_rows(s: &SegmentView, filter: &Filter) -> Result<RowSet, ReadError> {
+    let all = match s.file.remembered_mask(filter.key()) {
+        Some(all) => all,
+        None => {
+            let all = Arc::new(RowSet::of_mask(&segment_mask(s, filter)?));
+            s.file.remember_mask(filter.key(), Arc::clone(&all));
+            all
+        }
+    };
+    Ok(s.deleted.outside(&all))
 }
 
 /// Which rows of segment `s` pass `filter`, all of them: reads the filter's columns whole.
