@@ -616,6 +616,12 @@ impl SegmentFile {
         Some(rows)
     }
 
+    /// Bytes of the filter results the file remembers.
+    pub(crate) fn remembered_bytes(&self) -> usize {
+        let masks = self.masks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        masks.iter().map(|(k, rows)| k.len() + rows.bytes()).sum()
+    }
+
     /// Remembers `rows` as what passes the filter keyed `key`, forgetting the least recent
     /// beyond [`MASK_MEMO`].
     pub(crate) fn remember_mask(&self, key: &str, rows: Arc<RowSet>) {

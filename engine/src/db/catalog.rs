@@ -81,7 +81,8 @@ pub struct ResidentBytes {
     /// Each segment's row → id array (deleted rows too: 8 bytes a row for integer ids, 16 for
     /// string ids), plus the bytes of string ids.
     pub segment_keys: u64,
-    /// Deleted-row bitsets, one bit per segment row.
+    /// Row bitsets: the deleted rows, one bit per segment row, and the rows that passed the
+    /// last filters each segment file remembers (at most 4 bits a row).
     pub deletion_sets: u64,
     /// Disk indexes' RAM: PQ codes (`pq_bytes` per row), pivots, start candidates' codes and
     /// the BFS node cache.
@@ -119,7 +120,8 @@ pub(super) fn resident_bytes(c: &Collection) -> ResidentBytes {
         .sum();
     let key_map = c.keys.resident_bytes();
     let segment_keys: usize = c.segments.iter().map(|s| s.keys.resident_bytes()).sum();
-    let deletion_sets: usize = c.segments.iter().map(|s| s.deleted.bytes()).sum();
+    let deletion_sets: usize =
+        c.segments.iter().map(|s| s.deleted.bytes() + s.file.remembered_bytes()).sum();
     let indexes: usize =
         c.segments.iter().filter_map(|s| s.index.as_ref()).map(|i| i.ram_bytes()).sum();
     ResidentBytes {
