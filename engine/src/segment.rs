@@ -549,8 +549,11 @@ pub struct SegmentFile {
     /// The rows that passed the filters last evaluated over the whole file, by filter key
     /// (most recent first, at most [`MASK_MEMO`]): a file never changes, so a filter asked
     /// again is not read and evaluated again.
-    masks: Arc<std::sync::Mutex<Vec<(String, Arc<RowSet>)>>>,
+    masks: Arc<std::sync::Mutex<RememberedMasks>>,
 }
+
+/// Filter results a segment file remembers, by filter key, most recent first.
+type RememberedMasks = Vec<(String, Arc<RowSet>)>;
 
 /// Filter results a segment file remembers: each is a bit per row, so a segment holds at most
 /// `MASK_MEMO / 8` bytes a row of them.
