@@ -330,6 +330,20 @@ impl DiskIndex {
             + self.positions.get().map_or(0, |p| 4 * p.capacity())
     }
 
+    /// Copies the node sectors starting at `sector` into `into` if a cache holds them: the BFS
+    /// cache first, then the shared cache. Whether one did.
+    fn cached_sector(&self, sector: u64, into: &mut Vec<u8>) -> bool {
+        if let Some(bytes) = self.cache.get(&sector) {
+            into.clear();
+            into.extend_from_slice(bytes);
+            true
+        } else if let Some((cache, key)) = &self.shared {
+            cache.get(*key, sector, into)
+        } else {
+            false
+        }
+    }
+
     /// Each label's position in the graph file, made on first use by one sequential scan of
     /// it (then held: 4 bytes a node, counted by [`DiskIndex::ram_bytes`]).
     ///
@@ -913,17 +927,8 @@ impl Searcher<'_> {
         while next < reads.len() || !flight.is_empty() {
             while next < reads.len() && flight.len() < width {
                 let sector = reads[next].0.sector;
-                // The BFS cache, then the shared cache: a hit is ranked from a copy at once.
-                let hit = if let Some(bytes) = ix.cache.get(&sector) {
-                    self.state.cached.clear();
-                    self.state.cached.extend_from_slice(bytes);
-                    true
-                } else if let Some((cache, key)) = &ix.shared {
-                    cache.get(*key, sector, &mut self.state.cached)
-                } else {
-                    false
-                };
-                if hit {
+                // A cached sector is ranked from its copy at once.
+                if ix.cached_sector(sector, &mut self.state.cached) {
                     stats.cache_hits += 1;
                     rank(next, &mut self.state.cached, &mut stats)?;
                     next += 1;
@@ -1033,17 +1038,7 @@ impl Searcher<'_> {
             while !free.is_empty() {
                 let Some(id) = walk.take_nearest_new() else { break };
                 let loc = h.locate(id);
-                // The BFS cache first, then the shared cache; a hit is a copy in `cached`.
-                let hit = if let Some(bytes) = ix.cache.get(&loc.sector) {
-                    self.state.cached.clear();
-                    self.state.cached.extend_from_slice(bytes);
-                    true
-                } else if let Some((cache, key)) = &ix.shared {
-                    cache.get(*key, loc.sector, &mut self.state.cached)
-                } else {
-                    false
-                };
-                if hit {
+                if ix.cached_sector(loc.sector, &mut self.state.cached) {
                     stats.cache_hits += 1;
                     let (visited, expanded) = (&mut self.state.visited, &mut self.state.expanded);
                     ctx.process(

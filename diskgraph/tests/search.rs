@@ -164,6 +164,14 @@ fn concurrent_searches_agree_with_serial_ones() {
     });
 }
 
+/// `raw` rows of `dim` floats, and an index of them under `metric` (R 24, L 48, 12 PQ bytes).
+fn metric_index(raw: &[f32], dim: usize, metric: Metric) -> (VectorSet, tempfile::TempDir) {
+    let data = VectorSet::from_f32(dim, raw).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    build_index(data.clone(), metric, &params(24, 48, 12), dir.path(), &|_, _| {}).unwrap();
+    (data, dir)
+}
+
 /// The distance from `q` to `x` under the user's `metric` (cosine on normalised copies), by
 /// brute force.
 fn true_distance(metric: Metric, q: &[f32], x: &[f32]) -> f32 {
@@ -185,9 +193,7 @@ fn every_metric_matches_brute_force_with_true_distances() {
     let raw = synthetic(n, dim, 11);
     let qs = VectorSet::from_f32(dim, &synthetic(40, dim, 12)).unwrap();
     for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
-        let data = VectorSet::from_f32(dim, &raw).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        build_index(data.clone(), metric, &params(24, 48, 12), dir.path(), &|_, _| {}).unwrap();
+        let (data, dir) = metric_index(&raw, dim, metric);
         let index = open(dir.path(), Backend::Auto, 0);
         let mut s = index.searcher().unwrap();
         let mut hits = 0;
@@ -523,9 +529,7 @@ fn ranking_given_labels_is_exact_brute_force_over_them_for_every_metric() {
     let raw = synthetic(n, dim, 21);
     let qs = VectorSet::from_f32(dim, &synthetic(10, dim, 22)).unwrap();
     for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
-        let data = VectorSet::from_f32(dim, &raw).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        build_index(data.clone(), metric, &params(24, 48, 12), dir.path(), &|_, _| {}).unwrap();
+        let (data, dir) = metric_index(&raw, dim, metric);
         let index = open(dir.path(), Backend::Auto, 0);
         let mut s = index.searcher().unwrap();
         // Every 37th row and a run of neighbours (likely sector mates), with a repeat.
@@ -563,9 +567,7 @@ fn ranking_given_labels_is_exact_brute_force_over_them_for_every_metric() {
         assert!(hits_short >= 90, "{metric}: {hits_short} of 100 found from a list of 30");
     }
     // A label the index does not hold is a typed error, not a panic.
-    let data = VectorSet::from_f32(dim, &raw).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    build_index(data, Metric::L2, &params(24, 48, 12), dir.path(), &|_, _| {}).unwrap();
+    let (_, dir) = metric_index(&raw, dim, Metric::L2);
     let index = open(dir.path(), Backend::Pread, 0);
     let p = SearchParams { k: 10, list_size: 1, beam_width: 4 };
     let err = index.searcher().unwrap().search_among(qs.row(0), &[5, n as u32], p).unwrap_err();
