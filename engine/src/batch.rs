@@ -76,16 +76,6 @@ pub enum BatchError {
     /// A zero vector under the cosine metric (it has no direction).
     #[error("vector at row {0} is all zeros, which has no cosine distance")]
     ZeroVector(usize),
-    /// The same id twice in one batch.
-    #[error("id {id} appears twice in the batch (rows {first} and {second})")]
-    DuplicateId {
-        /// The id, printed.
-        id: String,
-        /// Its first row.
-        first: usize,
-        /// Its second row.
-        second: usize,
-    },
     /// A string id longer than [`MAX_STRING_ID`] bytes.
     #[error("string id at row {0} is longer than {MAX_STRING_ID} bytes")]
     IdTooLong(usize),
@@ -159,11 +149,11 @@ fn first_null(a: &dyn Array) -> Option<usize> {
     (0..a.len()).find(|&i| a.is_null(i))
 }
 
-/// Keys of an id column of `id_type`, refusing nulls, long strings and (if `unique`) duplicates.
+/// Keys of an id column of `id_type`, refusing nulls and long strings (repeats are allowed).
 ///
 /// # Errors
-/// [`BatchError`] for a wrong type, a null, an over-long string or a duplicate.
-pub fn keys_of(ids: &dyn Array, id_type: IdType, unique: bool) -> Result<Vec<Key>, BatchError> {
+/// [`BatchError`] for a wrong type, a null or an over-long string.
+pub fn keys_of(ids: &dyn Array, id_type: IdType) -> Result<Vec<Key>, BatchError> {
     if ids.data_type() != &id_type.arrow_type() {
         return Err(type_err(ID_COLUMN, ids.data_type(), id_type.arrow_type()));
     }
@@ -190,22 +180,24 @@ pub fn keys_of(ids: &dyn Array, id_type: IdType, unique: bool) -> Result<Vec<Key
             out
         }
     };
-    if unique {
-        let mut seen = std::collections::HashMap::with_capacity_and_hasher(
-            keys.len(),
-            ahash::RandomState::new(),
-        );
-        for (i, k) in keys.iter().enumerate() {
-            if let Some(first) = seen.insert(k, i) {
-                return Err(BatchError::DuplicateId {
-                    id: key_to_string(k, id_type),
-                    first,
-                    second: i,
-                });
-            }
-        }
-    }
     Ok(keys)
+}
+
+/// The rows to keep when `keys` repeats an id, ascending: each id's last occurrence (an id
+/// written twice in one batch is an upsert within the batch, and the later row wins). `None`
+/// when every id occurs once.
+pub fn last_of_each(keys: &[Key]) -> Option<Vec<usize>> {
+    let mut last =
+        std::collections::HashMap::with_capacity_and_hasher(keys.len(), ahash::RandomState::new());
+    for (row, key) in keys.iter().enumerate() {
+        last.insert(key, row);
+    }
+    if last.len() == keys.len() {
+        return None;
+    }
+    let mut rows: Vec<usize> = last.into_values().collect();
+    rows.sort_unstable();
+    Some(rows)
 }
 
 /// A key printed as the user wrote it.
@@ -247,11 +239,30 @@ pub enum Admit {
     Logged,
 }
 
-/// Validates `batch` against `schema` and converts it to stored form.
+/// Validates `batch` against `schema` and converts it to stored form. An id that occurs more
+/// than once keeps only its last row (upsert semantics within the batch); every row is
+/// validated, including the ones a later row replaces.
 ///
 /// # Errors
 /// [`BatchError`] naming the first problem found.
 pub fn prepare(
+    schema: &CollectionSchema,
+    batch: &RecordBatch,
+    admit: Admit,
+) -> Result<Prepared, BatchError> {
+    let prepared = prepare_rows(schema, batch, admit)?;
+    match last_of_each(&prepared.keys) {
+        None => Ok(prepared),
+        Some(rows) => {
+            let rows = arrow_array::UInt64Array::from_iter_values(rows.iter().map(|&r| r as u64));
+            let kept = arrow_select::take::take_record_batch(batch, &rows)?;
+            prepare_rows(schema, &kept, admit)
+        }
+    }
+}
+
+/// [`prepare`] without the merging of repeated ids.
+fn prepare_rows(
     schema: &CollectionSchema,
     batch: &RecordBatch,
     admit: Admit,
@@ -268,7 +279,7 @@ pub fn prepare(
     }
     let column = |name: &str| batch.column_by_name(name);
     let ids = column(ID_COLUMN).ok_or_else(|| BatchError::MissingColumn(ID_COLUMN.into()))?;
-    let keys = keys_of(ids.as_ref(), schema.id_type(), true)?;
+    let keys = keys_of(ids.as_ref(), schema.id_type())?;
     let vector =
         column(VECTOR_COLUMN).ok_or_else(|| BatchError::MissingColumn(VECTOR_COLUMN.into()))?;
     let dim = schema.dim();
@@ -597,7 +608,7 @@ fn stored_vector_column(schema: &CollectionSchema, vector: &ArrayRef) -> ArrayRe
 /// # Errors
 /// [`BatchError`] for a wrong type, nulls or over-long strings (duplicates are allowed).
 pub fn delete_keys(ids: &dyn Array, id_type: IdType) -> Result<Vec<Key>, BatchError> {
-    let keys = keys_of(ids, id_type, false)?;
+    let keys = keys_of(ids, id_type)?;
     let mut seen = HashSet::with_capacity(keys.len());
     Ok(keys.into_iter().filter(|k| seen.insert(k.clone())).collect())
 }

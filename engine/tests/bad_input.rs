@@ -1,7 +1,8 @@
 //! Bad input must get a clear, typed error and change nothing: wrong dimensions, NaN and
-//! infinity, missing or mistyped `id` / `vector` columns, duplicate ids in a batch, unknown
-//! collections and columns, hostile collection names, and bad search parameters. Each case
-//! checks the error variant, then that the collection (and the files on disk) are unchanged.
+//! infinity (also in a row that a later row with the same id replaces), missing or mistyped
+//! `id` / `vector` columns, unknown collections and columns, hostile collection names, and bad
+//! search parameters. Each case checks the error variant, then that the collection (and the
+//! files on disk) are unchanged.
 
 mod common;
 
@@ -97,9 +98,9 @@ fn malformed_batches_are_refused_and_nothing_is_written() {
     refused(
         d,
         &db,
-        "duplicate ids",
-        || db.insert("c", &batch(&[10, 12, 10], &vec![vec![1.0; DIM]; 3])),
-        |e| matches!(e, BatchError::DuplicateId { first: 0, second: 2, .. }),
+        "NaN in a row that a later row with the same id replaces",
+        || db.insert("c", &batch(&[10, 12, 10], &[nan_row(), vec![1.0; DIM], vec![1.0; DIM]])),
+        |e| matches!(e, BatchError::NonFinite { row: 0, .. }),
     );
     refused(
         d,
@@ -341,4 +342,10 @@ fn bad_schemas_and_search_parameters_are_refused() {
     let p = SearchParams { columns: vec!["nope".into()], ..SearchParams::default() };
     assert!(matches!(db.search("c", &q, &p), Err(ReadError::UnknownColumn(_))));
     assert!(matches!(db.scan("c", Some(&["id", "nope"])), Err(ReadError::UnknownColumn(_))));
+}
+
+fn nan_row() -> Vec<f32> {
+    let mut v = vec![1.0; DIM];
+    v[1] = f32::NAN;
+    v
 }

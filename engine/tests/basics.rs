@@ -1,5 +1,6 @@
 //! The engine's contract on the happy path, each test named after the failure it would catch:
-//! writes visible at once (read-your-writes), upserts replacing rather than duplicating, deletes
+//! writes visible at once (read-your-writes), upserts replacing rather than duplicating (also an
+//! id repeated within one batch: its last row wins, as Longbow's clients expect), deletes
 //! hiding rows in every source (in-memory table, unindexed and indexed segments), flushes and
 //! reopen losing nothing, merges dropping deleted rows, and exact search equal to brute force.
 
@@ -54,6 +55,28 @@ fn check_all(db: &Database, model: &BTreeMap<u64, Vec<f32>>, metric: Metric) {
         assert_eq!(&v, &model[id]);
     }
     assert_eq!(db.stats("c").unwrap().rows, model.len() as u64);
+}
+
+#[test]
+fn an_id_repeated_in_one_batch_keeps_its_last_row_through_flush_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = BTreeMap::new();
+    {
+        let db = Database::open(dir.path(), opts()).unwrap();
+        db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+        put(&db, &mut model, 1, &[5, 9]);
+        let ids = [5u64, 6, 5, 7, 6, 5];
+        let rows: Vec<Vec<f32>> = (0..ids.len() as u64).map(|r| vector(2, r, DIM)).collect();
+        db.insert("c", &batch(&ids, &rows)).unwrap();
+        for (id, row) in ids.iter().zip(rows) {
+            model.insert(*id, row); // later rows overwrite earlier ones
+        }
+        check_all(&db, &model, Metric::L2);
+        db.flush().unwrap();
+        check_all(&db, &model, Metric::L2);
+    }
+    let db = Database::open(dir.path(), opts()).unwrap();
+    check_all(&db, &model, Metric::L2);
 }
 
 #[test]

@@ -145,8 +145,29 @@ fn cast_exact(a: &ArrayRef, to: &DataType, what: &str) -> Result<ArrayRef, Strin
     cast_with_options(a, to, &opts).map_err(|e| format!("{what}: cannot convert to {to}: {e}"))
 }
 
+/// Whether `a` and `b` are the same type up to the width of their offsets (or views): `utf8`,
+/// `large_utf8` and `utf8_view`; `binary`, `large_binary` and `binary_view`; `list` and
+/// `large_list` of such types. pyarrow writes `utf8` and pandas 3 `large_string` for the same
+/// column, so a collection created by one client takes the other's batches.
+fn offset_widths_differ(a: &DataType, b: &DataType) -> bool {
+    use DataType::{Binary, BinaryView, LargeBinary, LargeList, LargeUtf8, List, Utf8, Utf8View};
+    let same_or_widths = |x: &DataType, y: &DataType| x == y || offset_widths_differ(x, y);
+    match (a, b) {
+        (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
+        (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
+        (List(x) | LargeList(x), List(y) | LargeList(y)) => {
+            same_or_widths(x.data_type(), y.data_type())
+        }
+        (DataType::FixedSizeList(x, n), DataType::FixedSizeList(y, m)) => {
+            n == m && x != y && offset_widths_differ(x.data_type(), y.data_type())
+        }
+        _ => false,
+    }
+}
+
 /// `batch` shaped for the collection: the vector alias renamed, `float64` vectors cast to the
-/// collection's float type, narrower ids widened, schema metadata dropped. Columns that do not
+/// collection's float type, narrower ids widened, string, binary and list columns cast between
+/// offset widths (`utf8` and `large_utf8`, say), schema metadata dropped. Columns that do not
 /// fit are passed through for the engine to refuse by name.
 ///
 /// # Errors
@@ -175,6 +196,11 @@ pub fn conform(batch: &RecordBatch, cs: &CollectionSchema) -> Result<RecordBatch
             if col.data_type() != &want && id_type(col.data_type()) == Some(cs.id_type()) {
                 col = cast_exact(&col, &want, "id column")?;
             }
+        } else if let Some(a) = cs.attributes().iter().find(|a| a.name() == &name)
+            && col.data_type() != a.data_type()
+            && offset_widths_differ(col.data_type(), a.data_type())
+        {
+            col = cast_exact(&col, a.data_type(), &format!("column {name:?}"))?;
         }
         fields.push(Field::new(name, col.data_type().clone(), f.is_nullable()));
         columns.push(col);
@@ -251,6 +277,61 @@ mod tests {
         assert_eq!(c.column(1).data_type(), &cs.vector_data_type());
         assert_eq!(c.column(0).data_type(), &DataType::Int64);
         assert!(c.schema().metadata().is_empty());
+    }
+
+    #[test]
+    fn string_binary_and_list_columns_are_taken_in_either_offset_width() {
+        use arrow_array::{BinaryArray, LargeBinaryArray, LargeListArray, LargeStringArray};
+        use arrow_array::{ListArray, types::Int32Type};
+        let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![
+            Some(vec![Some(1), Some(2)]),
+            None,
+        ]);
+        let large_list = LargeListArray::from_iter_primitive::<Int32Type, _, _>(vec![
+            Some(vec![Some(1), Some(2)]),
+            None,
+        ]);
+        let make = |tag: ArrayRef, blob: ArrayRef, nums: ArrayRef| {
+            let v = FixedSizeListArray::from_iter_primitive::<Float64Type, _, _>(
+                vec![Some(vec![Some(1.0), Some(2.0)]), Some(vec![Some(3.0), Some(4.0)])],
+                2,
+            );
+            let schema = Schema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("vector", v.data_type().clone(), true),
+                Field::new("tag", tag.data_type().clone(), true),
+                Field::new("blob", blob.data_type().clone(), true),
+                Field::new("nums", nums.data_type().clone(), true),
+            ]);
+            let id: ArrayRef = Arc::new(arrow_array::Int64Array::from(vec![1, 2]));
+            RecordBatch::try_new(Arc::new(schema), vec![id, Arc::new(v), tag, blob, nums]).unwrap()
+        };
+        let narrow = make(
+            Arc::new(StringArray::from(vec![Some("a"), None])),
+            Arc::new(BinaryArray::from(vec![Some(&b"x"[..]), None])),
+            Arc::new(list),
+        );
+        let wide = make(
+            Arc::new(LargeStringArray::from(vec![Some("a"), None])),
+            Arc::new(LargeBinaryArray::from(vec![Some(&b"x"[..]), None])),
+            Arc::new(large_list),
+        );
+        for (created_by, sent) in [(&narrow, &wide), (&wide, &narrow)] {
+            let cs = infer_schema(&created_by.schema()).unwrap();
+            let c = conform(sent, &cs).unwrap();
+            for (i, a) in cs.attributes().iter().enumerate() {
+                assert_eq!(c.column(2 + i).data_type(), a.data_type());
+                assert_eq!(c.column(2 + i).to_data(), created_by.column(2 + i).to_data());
+            }
+        }
+        // A different element type is not a width: left for the engine to refuse by name.
+        let cs = infer_schema(&narrow.schema()).unwrap();
+        let ints = make(
+            Arc::new(Int32Array::from(vec![1, 2])),
+            Arc::new(BinaryArray::from(vec![Some(&b"x"[..]), None])),
+            narrow.column(4).clone(),
+        );
+        assert_eq!(conform(&ints, &cs).unwrap().column(2).data_type(), &DataType::Int32);
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Attribute filters from tickets: `[{"field": F, "op": OP, "value": V}, ...]`, ANDed.
 //!
+//! Longbow's clients send every value as a string (`"value": "100"` on an integer column): a
+//! string compared with a numeric or boolean column is parsed as that column's type, and a
+//! number compared with a string column is compared as its JSON text; only a value that does
+//! not parse is refused, naming the column, the value and the type.
+//!
 //! The JSON is translated into the engine's [`Predicate`] (an AND of comparisons), which the
 //! engine compiles against the collection's schema (unknown column, unsupported type or operator,
 //! a value that does not convert: an error before any data is read) and applies inside a search
@@ -7,7 +12,7 @@
 //! compares as false.
 
 use arrow_array::RecordBatch;
-use arrow_schema::{ArrowError, Schema};
+use arrow_schema::{ArrowError, DataType, Schema};
 use quiver_engine::{CompareOp, Filter, FilterError, Literal, Predicate};
 use serde::Deserialize;
 use serde_json::Value;
@@ -76,6 +81,16 @@ pub enum TicketFilterError {
         /// The value, as written.
         value: String,
     },
+    /// A string value that does not parse as its numeric or boolean column's type.
+    #[error("filter on {field:?} (type {data_type}): cannot parse {value:?} as {data_type}")]
+    Unparsable {
+        /// The column.
+        field: String,
+        /// The value, as written.
+        value: String,
+        /// The column's type.
+        data_type: DataType,
+    },
     /// The engine cannot use the predicate on this collection.
     #[error(transparent)]
     Engine(#[from] FilterError),
@@ -87,7 +102,21 @@ pub enum TicketFilterError {
     Arrow(#[from] ArrowError),
 }
 
-fn literal(spec: &FilterSpec) -> Result<Literal, TicketFilterError> {
+/// The literal for `spec`, converted as Longbow converts values when its column is of type
+/// `column` (`None`: a column the schema lacks, left for the engine to refuse by name).
+fn literal(spec: &FilterSpec, column: Option<&DataType>) -> Result<Literal, TicketFilterError> {
+    match (&spec.value, column) {
+        (Value::String(s), Some(dt)) if dt.is_numeric() || dt == &DataType::Boolean => {
+            return parse_literal(spec, s, dt);
+        }
+        (Value::Number(n), Some(dt)) if is_string_type(dt) => {
+            return Ok(Literal::Str(n.to_string()));
+        }
+        (Value::Bool(b), Some(dt)) if is_string_type(dt) => {
+            return Ok(Literal::Str(b.to_string()));
+        }
+        _ => {}
+    }
     Ok(match &spec.value {
         Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
             (Some(u), _, _) => Literal::UInt(u),
@@ -111,11 +140,48 @@ fn literal(spec: &FilterSpec) -> Result<Literal, TicketFilterError> {
     })
 }
 
-/// The engine predicate for `specs` (all must hold), or `None` for no filter.
+fn is_string_type(dt: &DataType) -> bool {
+    matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// A string value parsed as the numeric or boolean type `dt`.
+fn parse_literal(
+    spec: &FilterSpec,
+    text: &str,
+    dt: &DataType,
+) -> Result<Literal, TicketFilterError> {
+    let t = text.trim();
+    let parsed = if dt == &DataType::Boolean {
+        match t.to_ascii_lowercase().as_str() {
+            "true" | "1" => Some(Literal::Bool(true)),
+            "false" | "0" => Some(Literal::Bool(false)),
+            _ => None,
+        }
+    } else if let Ok(u) = t.parse::<u64>() {
+        Some(Literal::UInt(u))
+    } else if let Ok(i) = t.parse::<i64>() {
+        Some(Literal::Int(i))
+    } else {
+        // A fraction on an integer column compares in f64, as a JSON number would.
+        t.parse::<f64>().ok().filter(|f| !f.is_nan()).map(Literal::Float)
+    };
+    parsed.ok_or_else(|| TicketFilterError::Unparsable {
+        field: spec.field.clone(),
+        value: text.to_string(),
+        data_type: dt.clone(),
+    })
+}
+
+/// The engine predicate for `specs` (all must hold) on a collection whose Arrow schema is
+/// `schema`, or `None` for no filter.
 ///
 /// # Errors
-/// Too many filters, an unknown operator, or a value that is not a number, string or boolean.
-pub fn to_predicate(specs: &[FilterSpec]) -> Result<Option<Predicate>, TicketFilterError> {
+/// Too many filters, an unknown operator, a value that is not a number, string or boolean, or
+/// a string that does not parse as its column's type.
+pub fn to_predicate(
+    specs: &[FilterSpec],
+    schema: &Schema,
+) -> Result<Option<Predicate>, TicketFilterError> {
     if specs.len() > MAX_FILTERS {
         return Err(TicketFilterError::TooMany { count: specs.len() });
     }
@@ -126,7 +192,8 @@ pub fn to_predicate(specs: &[FilterSpec]) -> Result<Option<Predicate>, TicketFil
                 field: s.field.clone(),
                 op: s.op.clone(),
             })?;
-            Ok(Predicate::compare(s.field.clone(), op, literal(s)?))
+            let column = schema.field_with_name(&s.field).ok().map(|f| f.data_type());
+            Ok(Predicate::compare(s.field.clone(), op, literal(s, column)?))
         })
         .collect::<Result<Vec<_>, TicketFilterError>>()?;
     Ok(match parts.len() {
@@ -148,7 +215,7 @@ impl Filters {
     /// # Errors
     /// As [`to_predicate`], or the engine's [`FilterError`].
     pub fn compile(specs: &[FilterSpec], schema: &Schema) -> Result<Filters, TicketFilterError> {
-        let Some(p) = to_predicate(specs)? else { return Ok(Filters::default()) };
+        let Some(p) = to_predicate(specs, schema)? else { return Ok(Filters::default()) };
         let f = Filter::compile(&p, schema)?;
         let names = f.columns().iter().map(|&i| schema.field(i).name().clone()).collect();
         Ok(Filters { compiled: Some((f, names)) })
@@ -260,8 +327,43 @@ mod tests {
         let e = Filters::compile(&[spec("n", "~", 1.into())], &s).unwrap_err().to_string();
         assert!(e.contains("unknown operator"), "{e}");
         let e = Filters::compile(&[spec("n", "=", "x".into())], &s).unwrap_err().to_string();
+        assert!(e.contains("\"n\"") && e.contains("\"x\"") && e.contains("Int32"), "{e}");
+        let e = Filters::compile(&[spec("u", "<", "1e".into())], &s).unwrap_err().to_string();
+        assert!(e.contains("cannot parse \"1e\" as UInt8"), "{e}");
+        let e = Filters::compile(&[spec("s", "=", Value::Null)], &s).unwrap_err().to_string();
         assert!(e.contains("cannot compare"), "{e}");
-        let e = Filters::compile(&[spec("s", "=", 3.into())], &s).unwrap_err().to_string();
-        assert!(e.contains("cannot compare"), "{e}");
+    }
+
+    #[test]
+    fn values_sent_as_strings_are_converted_to_the_column_type_as_longbow_does() {
+        let text = |v: &str| Value::from(v);
+        assert_eq!(rows(&[spec("n", "gt", text("0"))]), vec![1, 2]);
+        assert_eq!(rows(&[spec("n", "<", text(" -1 "))]), vec![4]);
+        assert_eq!(rows(&[spec("n", "<", text("1.5"))]), vec![1, 4]);
+        assert_eq!(rows(&[spec("u", ">=", text("3"))]), vec![3, 4]);
+        assert_eq!(rows(&[spec("u", "<", text("-1"))]), Vec::<u8>::new());
+        assert_eq!(rows(&[spec("s", "eq", text("b"))]), vec![2, 3]);
+        let schema = Schema::new(vec![
+            Field::new("flag", DataType::Boolean, false),
+            Field::new("code", DataType::Utf8, false),
+        ]);
+        let b = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(arrow_array::BooleanArray::from(vec![true, false, true])),
+                Arc::new(StringArray::from(vec!["7", "7.0", "true"])),
+            ],
+        )
+        .unwrap();
+        let count = |f: FilterSpec| {
+            Filters::compile(&[f], &b.schema()).unwrap().apply(&b).unwrap().num_rows()
+        };
+        assert_eq!(count(spec("flag", "=", text("TRUE"))), 2);
+        assert_eq!(count(spec("flag", "=", text("0"))), 1);
+        assert_eq!(count(spec("code", "=", 7.into())), 1, "a number on a string column");
+        assert_eq!(count(spec("code", "=", Value::from(7.0))), 1, "compared as its JSON text");
+        assert_eq!(count(spec("code", "=", true.into())), 1);
+        let e = Filters::compile(&[spec("flag", "=", text("yes"))], &b.schema()).unwrap_err();
+        assert!(e.to_string().contains("cannot parse \"yes\" as Boolean"), "{e}");
     }
 }

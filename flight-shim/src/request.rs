@@ -46,6 +46,41 @@ pub struct SearchRequest {
     /// Search every row exactly instead of through the indexes.
     #[serde(default)]
     pub exact: bool,
+    /// Longbow's hybrid search: keywords to match (see [`SearchRequest::unsupported_key`]).
+    #[serde(default)]
+    pub text_query: Option<Value>,
+    /// Longbow's hybrid weight: 1 is pure vector search, less blends in keyword scores.
+    #[serde(default)]
+    pub alpha: Option<Value>,
+    /// Longbow's GraphRAG weight: above 0 blends in scores from graph edges.
+    #[serde(default)]
+    pub graph_alpha: Option<Value>,
+}
+
+impl SearchRequest {
+    /// A key that asks for something other than a vector search, which Quiver does not offer
+    /// yet: a non-empty `text_query`, an `alpha` other than 1, a `graph_alpha` other than 0.
+    /// Answering such a request with pure vector results would be a silent change of meaning.
+    /// Other unknown keys (`local_only`, say) do not change the answer and are ignored.
+    pub fn unsupported_key(&self) -> Option<&'static str> {
+        if given(self.text_query.as_ref())
+            .is_some_and(|v| v.as_str().is_none_or(|t| !t.trim().is_empty()))
+        {
+            return Some("text_query");
+        }
+        if given(self.alpha.as_ref()).is_some_and(|v| v.as_f64() != Some(1.0)) {
+            return Some("alpha");
+        }
+        if given(self.graph_alpha.as_ref()).is_some_and(|v| v.as_f64() != Some(0.0)) {
+            return Some("graph_alpha");
+        }
+        None
+    }
+}
+
+/// A value that is present and not JSON `null`.
+fn given(v: Option<&Value>) -> Option<&Value> {
+    v.filter(|v| !v.is_null())
 }
 
 fn default_k() -> i64 {
@@ -262,13 +297,29 @@ mod tests {
 
     #[test]
     fn longbow_search_ticket_parses_and_ignores_unknown_keys() {
-        let t = br#"{"search": {"dataset": "d", "vector": [1, 2.5], "k": 3, "alpha": 0.5,
-                    "filters": [{"field": "x", "op": ">", "value": 1}], "text_query": "q"}}"#;
+        let t = br#"{"search": {"dataset": "d", "vector": [1, 2.5], "k": 3, "local_only": true,
+                    "filters": [{"field": "x", "op": ">", "value": 1}], "vector_format": "f32"}}"#;
         let Ticket::Search(s) = parse_ticket(t).unwrap() else { panic!("not a search") };
         assert_eq!(s.dataset, "d");
         assert_eq!(s.k, 3);
         assert_eq!(query_vector(s.vector.as_deref().unwrap()).unwrap(), vec![1.0, 2.5]);
         assert_eq!(s.filters.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn hybrid_keys_that_change_the_answer_are_named_and_neutral_ones_are_not() {
+        let search = |extra: &str| {
+            let t = format!(r#"{{"search": {{"dataset": "d", "vector": [1], {extra}}}}}"#);
+            let Ticket::Search(s) = parse_ticket(t.as_bytes()).unwrap() else { panic!() };
+            s.unsupported_key()
+        };
+        assert_eq!(search(r#""text_query": "red shoes""#), Some("text_query"));
+        assert_eq!(search(r#""text_query": "red", "alpha": 1.0"#), Some("text_query"));
+        assert_eq!(search(r#""alpha": 0.5"#), Some("alpha"));
+        assert_eq!(search(r#""alpha": 0"#), Some("alpha"));
+        assert_eq!(search(r#""graph_alpha": 0.3"#), Some("graph_alpha"));
+        assert_eq!(search(r#""text_query": "", "alpha": 1, "graph_alpha": 0"#), None);
+        assert_eq!(search(r#""text_query": null, "local_only": true"#), None);
     }
 
     #[test]

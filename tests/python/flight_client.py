@@ -25,7 +25,7 @@ def fail(msg):
 
 def search(client, q, k=K):
     t = {"search": {"dataset": NAME, "vector": q.tolist(), "k": k, "columns": ["group"],
-                    "alpha": 0.5}}  # an unknown Longbow key, to be ignored
+                    "local_only": True}}  # a Longbow key that changes nothing: ignored
     return client.do_get(fl.Ticket(json.dumps(t).encode())).read_all()
 
 

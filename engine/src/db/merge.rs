@@ -374,7 +374,7 @@ fn write_merged(
         }
         for chunk in input.live.chunks(batch_rows) {
             for b in input.file.read(&all, Some(chunk), batch_rows)? {
-                keys.extend(batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)?);
+                keys.extend(batch::keys_of(b.column(0).as_ref(), schema.id_type())?);
                 if feed {
                     vectors.push(batch::vectors_of(schema, b.column(1).as_ref())?)?;
                 }

@@ -344,7 +344,7 @@ pub(super) fn load_segment(
     let mut keys = Vec::with_capacity(meta.rows as usize);
     for b in file.read(&[0], None, 65_536)? {
         keys.extend(
-            batch::keys_of(b.column(0).as_ref(), schema.id_type(), false)
+            batch::keys_of(b.column(0).as_ref(), schema.id_type())
                 .map_err(|e| corrupt(e.to_string()))?,
         );
     }

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::chunker::ipc_stream_bytes;
-use super::read::{ids_array, run_search};
+use super::read::{hybrid_unimplemented, ids_array, run_search};
 use super::status::{bounded_status, collection_status, flush_status, invalid, write_status};
 use super::{BoxStream, ServiceConfig};
 use crate::convert::{self, metric_name};
@@ -197,6 +197,9 @@ pub(super) const SEARCH_RESULTS_IN_FLIGHT: usize = 2;
 /// The parsed queries of a `VectorSearch` body.
 pub(super) fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<Vec<f32>>), Status> {
     let mut req: SearchRequest = request::parse_body("VectorSearch", body).map_err(invalid)?;
+    if let Some(key) = req.unsupported_key() {
+        return Err(hybrid_unimplemented(key));
+    }
     let queries: Vec<Vec<Value>> = match (req.vectors.take(), &req.vector) {
         (Some(vs), _) => vs,
         (None, Some(v)) => vec![v.clone()],

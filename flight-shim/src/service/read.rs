@@ -43,6 +43,9 @@ pub(super) fn run_search(
     req: &SearchRequest,
     query: &[f32],
 ) -> Result<RecordBatch, Status> {
+    if let Some(key) = req.unsupported_key() {
+        return Err(hybrid_unimplemented(key));
+    }
     if req.k < 1 || req.k as u64 > MAX_K as u64 {
         return Err(invalid(format!("k = {} must be in 1..={MAX_K}", req.k)));
     }
@@ -56,8 +59,8 @@ pub(super) fn run_search(
             cs.dim()
         )));
     }
-    let filter =
-        to_predicate(req.filters.as_deref().unwrap_or(&[])).map_err(|e| invalid(e.to_string()))?;
+    let filter = to_predicate(req.filters.as_deref().unwrap_or(&[]), &cs.arrow_schema())
+        .map_err(|e| invalid(e.to_string()))?;
     let mut out_cols: Vec<String> = req.columns.clone().unwrap_or_default();
     check_columns(&cs, &out_cols)?;
     if req.include_vectors && !out_cols.iter().any(|c| c == VECTOR_COLUMN) {
@@ -77,6 +80,14 @@ pub(super) fn run_search(
     };
     let hits = db.search(&req.dataset, query, &params).map_err(read_status)?;
     shape_hits(&hits, cs.metric(), &out_cols)
+}
+
+/// The answer to a search that asks for hybrid or graph-blended ranking.
+pub(super) fn hybrid_unimplemented(key: &str) -> Status {
+    Status::unimplemented(format!(
+        "{key:?} asks for hybrid (keyword or graph) ranking, which Quiver does not provide yet; \
+         send a pure vector search (no text_query, alpha 1 or absent, graph_alpha 0 or absent)"
+    ))
 }
 
 pub(super) fn shape_hits(

@@ -1,0 +1,197 @@
+"""Longbow's clients against `quiver serve` (tests/flight_longbow_parity.rs), with the exact
+ticket and action bodies Longbow's SDK (longbowclientsdk/src/longbow/client.py) and scripts
+(scripts/ops_test.py, scripts/perf_test.py) send. Each check names the incompatibility it pins:
+
+  string_filters   Longbow sends every filter value as a string ("value": "100" on an integer
+                   column); it must be converted to the column's type, and one that does not
+                   parse refused naming the column, the value and the type
+  duplicate_ids    an id twice in one batch is accepted and the last row wins (as in Longbow)
+  string_widths    a collection made from utf8 columns takes large_string ones (pandas 3) and
+                   the reverse; values read back unchanged
+  hybrid_keys      text_query / alpha must not silently return pure vector results
+  readiness        check_readiness is BUSY while rows wait in memory; wait-for-indexing returns
+                   only when nothing waits; then READY
+
+    longbow_parity_client.py URI
+
+Exits non-zero (with the reason) on any mismatch; numpy is the brute-force oracle.
+"""
+import json
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as fl
+
+D = 16
+
+
+def fail(msg):
+    print("FAIL:", msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def vectors(v):
+    return pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), type=pa.float32()), D)
+
+
+def put(client, name, columns):
+    t = pa.table(columns)
+    # The SDK's _upload_batch: one DoPut per table, then one read of the acknowledgement.
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path(name), t.schema)
+    writer.write_table(t)
+    writer.done_writing()
+    reader.read()
+    writer.close()
+
+
+def do_get(client, ticket):
+    return client.do_get(fl.Ticket(json.dumps(ticket).encode())).read_all()
+
+
+def action(client, kind, body):
+    got = client.do_action(fl.Action(kind, json.dumps(body).encode()))
+    return [json.loads(r.body.to_pybytes()) for r in got]
+
+
+def expect_error(what, f, words):
+    try:
+        f()
+    except (fl.FlightError, pa.ArrowException) as e:
+        text = str(e)
+        for w in words:
+            if w not in text:
+                fail(f"{what}: the error lacks {w!r}: {text}")
+        return text
+    fail(f"{what}: no error")
+
+
+def brute(ids, vecs, q, k, keep):
+    d = ((vecs - q) ** 2).sum(axis=1)
+    order = [i for i in np.argsort(d, kind="stable") if keep(i)]
+    return [int(ids[i]) for i in order[:k]]
+
+
+def check_string_filters(client, rng):
+    n = 2000
+    ids = np.arange(n, dtype=np.int64)
+    v = rng.standard_normal((n, D)).astype(np.float32)
+    price = (np.arange(n) % 97).astype(np.float64) / 4
+    active = np.arange(n) % 3 == 0
+    put(client, "lb_filters", {"id": ids, "vector": vectors(v), "price": price,
+                               "active": pa.array(active)})
+    cases = [  # (Longbow filters, the rows that pass)
+        ([{"field": "id", "op": "lt", "value": "100"}], ids < 100),
+        ([{"field": "id", "operator": ">=", "value": "1990"}], ids >= 1990),  # ops_test form
+        ([{"field": "price", "op": "le", "value": "2.5"}], price <= 2.5),
+        ([{"field": "active", "op": "eq", "value": "true"},
+          {"field": "id", "op": "lt", "value": "300"}], active & (ids < 300)),
+    ]
+    for filters, passing in cases:
+        for r in range(5):
+            q = v[rng.integers(n)] + rng.standard_normal(D).astype(np.float32) * 0.1
+            # The SDK's search(): {"search": {"dataset", "vector", "k", "filters"}}.
+            t = {"search": {"dataset": "lb_filters", "vector": q.tolist(), "k": 10,
+                            "filters": filters}}
+            got = do_get(client, t).column("id").to_pylist()
+            want = brute(ids, v, q, 10, lambda i: passing[i])
+            if got != want:
+                fail(f"search with {filters}: got {got}, brute force {want}")
+        # The SDK's download_arrow(): {"name", "filters"}.
+        got = do_get(client, {"name": "lb_filters", "filters": filters}).column("id").to_pylist()
+        if sorted(got) != [int(i) for i in ids[passing]]:
+            fail(f"scan with {filters}: {len(got)} rows, expected {int(passing.sum())}")
+    bad = {"search": {"dataset": "lb_filters", "vector": [0.0] * D, "k": 1,
+                      "filters": [{"field": "id", "op": "lt", "value": "ten"}]}}
+    expect_error("an unparsable value", lambda: do_get(client, bad),
+                 ['"id"', '"ten"', "Int64"])
+
+
+def check_duplicate_ids(client, rng):
+    v = rng.standard_normal((6, D)).astype(np.float32)
+    ids = np.array([1, 2, 1, 3, 2, 1], dtype=np.int64)
+    put(client, "lb_dups", {"id": ids, "vector": vectors(v), "tag": [f"r{i}" for i in range(6)]})
+    got = do_get(client, {"get": {"dataset": "lb_dups", "ids": [1, 2, 3]}})
+    if got.column("id").to_pylist() != [1, 2, 3]:
+        fail(f"get after a batch with repeated ids: {got.column('id').to_pylist()}")
+    if got.column("tag").to_pylist() != ["r5", "r4", "r3"]:
+        fail(f"the last row of each id must win: {got.column('tag').to_pylist()}")
+    stored = np.asarray(got.column("vector").combine_chunks().flatten()).reshape(-1, D)
+    if not np.array_equal(stored, v[[5, 4, 3]]):
+        fail("the stored vectors are not the last rows'")
+    scan = do_get(client, {"name": "lb_dups"})
+    if scan.num_rows != 3:
+        fail(f"a scan returned {scan.num_rows} rows for 3 ids")
+
+
+def check_string_widths(client, rng):
+    for first, second in [(pa.string(), pa.large_string()), (pa.large_string(), pa.string())]:
+        name = f"lb_{first}_{second}".replace(" ", "")
+        v = rng.standard_normal((4, D)).astype(np.float32)
+        put(client, name, {"id": pa.array([1, 2], pa.uint64()), "vector": vectors(v[:2]),
+                           "category": pa.array(["a", None], first)})
+        put(client, name, {"id": pa.array([3, 4], pa.uint64()), "vector": vectors(v[2:]),
+                           "category": pa.array(["c", "d"], second)})
+        got = do_get(client, {"get": {"dataset": name, "ids": [1, 2, 3, 4]}})
+        if got.column("category").to_pylist() != ["a", None, "c", "d"]:
+            fail(f"{first} then {second}: {got.column('category').to_pylist()}")
+        if got.schema.field("category").type != first:
+            fail(f"stored as {got.schema.field('category').type}, created as {first}")
+
+
+def check_hybrid_keys(client):
+    base = {"dataset": "lb_filters", "vector": [0.0] * D, "k": 3}
+    for extra, key in [({"text_query": "red shoes"}, "text_query"),
+                       ({"text_query": "red", "alpha": 0.5}, "text_query"),
+                       ({"alpha": 0.3}, "alpha"),
+                       ({"graph_alpha": 0.5}, "graph_alpha")]:
+        t = {"search": dict(base, **extra)}
+        text = expect_error(f"search with {extra}", lambda: do_get(client, t),
+                            [key, "hybrid"])
+        if "unimplemented" not in text.lower():
+            fail(f"{extra}: expected Unimplemented, got {text}")
+        expect_error(f"VectorSearch with {extra}",
+                     lambda: list(client.do_action(
+                         fl.Action("VectorSearch", json.dumps(dict(base, **extra)).encode()))),
+                     [key])
+    # Keys that do not change the answer are still tolerated.
+    t = {"search": dict(base, local_only=True, alpha=1.0, text_query="")}
+    if do_get(client, t).num_rows != 3:
+        fail("a search with neutral Longbow keys failed")
+
+
+def check_readiness(client, rng):
+    n = 5000  # over the engine's min_index_rows (4096): the flushed rows get an index
+    v = rng.standard_normal((n, D)).astype(np.float32)
+    put(client, "lb_ready", {"id": np.arange(n, dtype=np.int64), "vector": vectors(v)})
+    status = action(client, "check_readiness", {"name": "lb_ready"})[0]["status"]
+    if status != "BUSY":
+        fail(f"check_readiness right after a put: {status}, expected BUSY (rows in memory)")
+    done = action(client, "wait-for-indexing", {"name": "lb_ready"})[0]
+    if done["status"] != "complete":
+        fail(f"wait-for-indexing: {done}")
+    stats = action(client, "stats", {"name": "lb_ready"})[0]
+    if stats["memtable_rows"] != 0 or stats["indexed_segments"] != stats["segments"]:
+        fail(f"wait-for-indexing returned with work left: {stats}")
+    status = action(client, "check_readiness", {"name": "lb_ready"})[0]["status"]
+    if status != "READY":
+        fail(f"check_readiness after wait-for-indexing: {status}")
+
+
+def main():
+    client = fl.FlightClient(sys.argv[1])
+    rng = np.random.default_rng(11)
+    check_string_filters(client, rng)
+    print("string filters ok")
+    check_duplicate_ids(client, rng)
+    print("duplicate ids ok")
+    check_string_widths(client, rng)
+    print("string widths ok")
+    check_hybrid_keys(client)
+    print("hybrid keys ok")
+    check_readiness(client, rng)
+    print("readiness ok")
+
+
+if __name__ == "__main__":
+    main()
