@@ -33,6 +33,17 @@ pub fn parse_metric(name: &str) -> Result<Metric, String> {
     }
 }
 
+/// The element type's name in replies (`float32`, `float16`, `uint8`, `int8`).
+pub fn element_type_name(t: VectorType) -> &'static str {
+    match t {
+        VectorType::F32 => "float32",
+        VectorType::F16 => "float16",
+        VectorType::U8 => "uint8",
+        VectorType::I8 => "int8",
+        _ => "other",
+    }
+}
+
 /// The metric's name in tickets and replies.
 pub fn metric_name(m: Metric) -> &'static str {
     match m {
@@ -63,15 +74,26 @@ fn vector_index(schema: &Schema) -> Result<usize, String> {
     VECTOR_ALIASES.iter().find_map(|a| schema.index_of(a).ok()).ok_or_else(|| {
         format!(
             "the batch has no vector column: expected a column named {VECTOR_COLUMN:?} (or \
-             {:?}) of type FixedSizeList<float32|float16|float64|uint8|int8>",
+             {:?}) of type FixedSizeList<float32|float16|float64|uint8|int8|int16..uint64>",
             VECTOR_ALIASES.join("\", \"")
         )
     })
 }
 
+/// The largest integer magnitude `f32` holds exactly (2^24): integer vector elements are stored
+/// as `f32` only up to it.
+pub const MAX_EXACT_F32_INTEGER: i64 = 1 << 24;
+
 fn element_type(dt: &DataType) -> Option<VectorType> {
     match dt {
         DataType::Float32 | DataType::Float64 => Some(VectorType::F32),
+        // Longbow stores wider integers; Quiver indexes them as f32, exactly or not at all.
+        DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => Some(VectorType::F32),
         DataType::Float16 => Some(VectorType::F16),
         DataType::UInt8 => Some(VectorType::U8),
         DataType::Int8 => Some(VectorType::I8),
@@ -105,7 +127,7 @@ pub fn infer_schema(schema: &Schema) -> Result<CollectionSchema, String> {
             _ => {
                 return Err(format!(
                     "vector column {:?} has type {}; expected FixedSizeList of float32, float16, \
-                     float64, uint8 or int8 with at least one element",
+                     float64, uint8, int8 or a wider integer with at least one element",
                     vf.name(),
                     vf.data_type()
                 ));
@@ -114,7 +136,7 @@ pub fn infer_schema(schema: &Schema) -> Result<CollectionSchema, String> {
         other => {
             return Err(format!(
                 "vector column {:?} has type {other}; expected FixedSizeList of float32, \
-                 float16, float64, uint8 or int8",
+                 float16, float64, uint8, int8 or a wider integer",
                 vf.name()
             ));
         }
@@ -166,7 +188,8 @@ fn offset_widths_differ(a: &DataType, b: &DataType) -> bool {
 }
 
 /// `batch` shaped for the collection: the vector alias renamed, `float64` vectors cast to the
-/// collection's float type, narrower ids widened, string, binary and list columns cast between
+/// collection's float type, integer vectors cast exactly to the collection's element type (or
+/// refused), narrower ids widened, string, binary and list columns cast between
 /// offset widths (`utf8` and `large_utf8`, say), schema metadata dropped. Columns that do not
 /// fit are passed through for the engine to refuse by name.
 ///
@@ -186,10 +209,14 @@ pub fn conform(batch: &RecordBatch, cs: &CollectionSchema) -> Result<RecordBatch
             if let (DataType::FixedSizeList(item, n), DataType::FixedSizeList(witem, wn)) =
                 (col.data_type(), &want)
                 && n == wn
-                && item.data_type() == &DataType::Float64
-                && matches!(witem.data_type(), DataType::Float32 | DataType::Float16)
             {
-                col = cast_exact(&col, &want, "vector column")?;
+                let (from, to) = (item.data_type(), witem.data_type());
+                if from == &DataType::Float64 && matches!(to, DataType::Float32 | DataType::Float16)
+                {
+                    col = cast_exact(&col, &want, "vector column")?;
+                } else if from.is_integer() && from != to {
+                    col = integer_vectors(&col, &want, to)?;
+                }
             }
         } else if name == ID_COLUMN {
             let want = cs.id_type().arrow_type();
@@ -207,6 +234,41 @@ pub fn conform(batch: &RecordBatch, cs: &CollectionSchema) -> Result<RecordBatch
     }
     let out = Schema::new(fields);
     RecordBatch::try_new(Arc::new(out), columns).map_err(|e| e.to_string())
+}
+
+/// An integer vector column as the collection's element type, without changing a value: to
+/// `f32` when every element is within ±2^24 ([`MAX_EXACT_F32_INTEGER`]), to `u8` or `i8` when
+/// every element fits. Anything else is refused, naming the row and the value.
+fn integer_vectors(col: &ArrayRef, want: &DataType, to: &DataType) -> Result<ArrayRef, String> {
+    use arrow_array::types::Int64Type;
+    let list = col.as_any().downcast_ref::<arrow_array::FixedSizeListArray>().expect("a list");
+    let dim = list.value_length() as usize;
+    match to {
+        DataType::Float32 => {
+            let values = list.values().slice(list.offset() * dim, list.len() * dim);
+            let wide = cast_exact(&values, &DataType::Int64, "vector column")
+                .map_err(|_| too_wide_message(None))?;
+            let wide = wide.as_any().downcast_ref::<arrow_array::PrimitiveArray<Int64Type>>();
+            let wide = wide.expect("cast to Int64");
+            if let Some(i) = wide.values().iter().position(|v| v.abs() > MAX_EXACT_F32_INTEGER) {
+                return Err(too_wide_message(Some((i / dim, wide.value(i)))));
+            }
+            cast_exact(col, want, "vector column")
+        }
+        DataType::UInt8 | DataType::Int8 => cast_exact(col, want, "vector column"),
+        _ => Ok(col.clone()), // left for the engine to refuse by name
+    }
+}
+
+fn too_wide_message(at: Option<(usize, i64)>) -> String {
+    let what = match at {
+        Some((row, value)) => format!("vector at row {row} has the integer {value}"),
+        None => "the vector column has an integer beyond 2^63".to_string(),
+    };
+    format!(
+        "{what}: integer vectors are stored as float32, which holds integers exactly only within \
+         ±{MAX_EXACT_F32_INTEGER} (2^24); scale the values down or send float32"
+    )
 }
 
 /// Checks that a batch's metadata does not ask for a different metric than the collection's.
@@ -332,6 +394,42 @@ mod tests {
             narrow.column(4).clone(),
         );
         assert_eq!(conform(&ints, &cs).unwrap().column(2).data_type(), &DataType::Int32);
+    }
+
+    #[test]
+    fn integer_vectors_are_stored_exactly_or_refused_by_row_and_value() {
+        use arrow_array::types::{Int32Type, UInt16Type, UInt64Type};
+        fn batch_of<T: arrow_array::ArrowPrimitiveType>(rows: Vec<Vec<T::Native>>) -> RecordBatch {
+            let v = FixedSizeListArray::from_iter_primitive::<T, _, _>(
+                rows.into_iter().map(|r| Some(r.into_iter().map(Some).collect::<Vec<_>>())),
+                2,
+            );
+            let n = v.len() as i64;
+            let schema = Schema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("vector", v.data_type().clone(), false),
+            ]);
+            let ids = arrow_array::Int64Array::from_iter_values(0..n);
+            RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ids), Arc::new(v)]).unwrap()
+        }
+        let first = batch_of::<Int32Type>(vec![vec![-5, 16_777_216], vec![7, 0]]);
+        let cs = infer_schema(&first.schema()).unwrap();
+        assert_eq!(cs.vector_type(), VectorType::F32);
+        let c = conform(&first, &cs).unwrap();
+        let values = c.column(1).as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        let values = values.values().as_any().downcast_ref::<arrow_array::Float32Array>();
+        assert_eq!(values.unwrap().values().to_vec(), vec![-5.0, 16_777_216.0, 7.0, 0.0]);
+        let e = conform(&batch_of::<Int32Type>(vec![vec![1, 2], vec![3, -16_777_217]]), &cs);
+        let e = e.unwrap_err();
+        assert!(e.contains("row 1") && e.contains("-16777217") && e.contains("2^24"), "{e}");
+        let e = conform(&batch_of::<UInt64Type>(vec![vec![u64::MAX, 1]]), &cs).unwrap_err();
+        assert!(e.contains("2^24"), "{e}");
+        // Into a uint8 collection: exact or refused.
+        let u8_cs = CollectionSchema::new(2, VectorType::U8, Metric::L2).with_id_type(IdType::I64);
+        let c = conform(&batch_of::<UInt16Type>(vec![vec![0, 255]]), &u8_cs).unwrap();
+        assert_eq!(c.column(1).data_type(), &u8_cs.vector_data_type());
+        let e = conform(&batch_of::<UInt16Type>(vec![vec![0, 256]]), &u8_cs).unwrap_err();
+        assert!(e.contains("vector column"), "{e}");
     }
 
     #[test]

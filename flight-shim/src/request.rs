@@ -87,6 +87,17 @@ fn default_k() -> i64 {
     10
 }
 
+/// A search with a stored row's vector (Longbow's `VectorSearchByID`): `{"dataset": NAME,
+/// "id": ID, "k": 10}`, plus any other key of a [`SearchRequest`] (filters, list size, ...).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SearchByIdRequest {
+    /// The row whose vector is the query: a number, or a string (Longbow's SDK sends strings).
+    pub id: Value,
+    /// The search; its `vector` and `vectors` must be absent.
+    #[serde(flatten)]
+    pub search: SearchRequest,
+}
+
 /// A scan: `{"name": NAME, "filters": [...], "limit": N, "columns": [...]}` or a plain name.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ScanRequest {
@@ -230,9 +241,10 @@ pub struct CreateRequest {
     /// The collection's name.
     #[serde(alias = "dataset")]
     pub name: String,
-    /// The vector dimension (`dim`, `dims` or `dimension`).
-    #[serde(alias = "dims", alias = "dimension")]
-    pub dim: u32,
+    /// The vector dimension (`dim`, `dims` or `dimension`). Required: Longbow's
+    /// `CreateNamespace` without one is refused, saying that a DoPut creates the collection.
+    #[serde(default, alias = "dims", alias = "dimension")]
+    pub dim: Option<u32>,
     /// `float32` (default), `float16`, `uint8` or `int8` (`element_type` or `data_type`).
     #[serde(default, alias = "data_type")]
     pub element_type: Option<String>,

@@ -178,6 +178,117 @@ def check_readiness(client, rng):
         fail(f"check_readiness after wait-for-indexing: {status}")
 
 
+def check_search_by_id(client, rng):
+    n = 500
+    ids = np.arange(n, dtype=np.int64)
+    v = rng.integers(-40, 40, size=(n, D)).astype(np.float32)
+    put(client, "lb_byid", {"id": ids, "vector": vectors(v)})
+    for qid in [0, 17, 499]:
+        # The SDK's search_by_id sends the id as given; perf_test --test-id-search as a string;
+        # ops_test similar as an int.
+        for sent in [qid, str(qid)]:
+            got = action(client, "VectorSearchByID", {"dataset": "lb_byid", "id": sent, "k": 5})[0]
+            want = brute(ids, v, v[qid], 5, lambda i: True)
+            d = np.sqrt(((v[want] - v[qid]) ** 2).sum(axis=1))
+            if [int(i) for i in got["ids"]] != want and not np.allclose(
+                    sorted(got["distances"]), sorted(d), atol=1e-4):
+                fail(f"VectorSearchByID {sent!r}: got {got['ids']}, brute force {want}")
+            if len(got["scores"]) != 5 or got["distances"][0] > 1e-6:
+                fail(f"VectorSearchByID {sent!r}: the row itself must come first: {got}")
+    expect_error("an absent id", lambda: action(client, "VectorSearchByID",
+                                                {"dataset": "lb_byid", "id": "9999", "k": 5}),
+                 ["9999", "lb_byid"])
+
+
+def check_exchange_search(client, rng):
+    n = 500
+    ids = np.arange(n, dtype=np.int64)
+    v = rng.standard_normal((n, D)).astype(np.float32)
+    put(client, "lb_xsearch", {"id": ids, "vector": vectors(v)})
+    for command, list_type in [(b"VectorSearch", pa.list_(pa.float32(), D)),
+                               (b"search", pa.list_(pa.float32(), D)),
+                               (b"VectorSearch", pa.list_(pa.float32()))]:
+        queries = v[rng.integers(n, size=3)] + 0.01
+        # benchmark_comprehensive.py's form: query_vector, k (int32), dataset; one row a query.
+        if isinstance(list_type, pa.FixedSizeListType):
+            qv = pa.FixedSizeListArray.from_arrays(pa.array(queries.reshape(-1)), type=list_type)
+        else:
+            qv = pa.array([q.tolist() for q in queries], type=list_type)
+        table = pa.table({"query_vector": qv, "k": pa.array([4, 4, 4], pa.int32()),
+                          "dataset": ["lb_xsearch"] * 3})
+        writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(command))
+        writer.begin(table.schema)
+        writer.write_table(table)
+        writer.done_writing()
+        got = reader.read_all()
+        writer.close()
+        want = sum((brute(ids, v, q, 4, lambda i: True) for q in queries), [])
+        if got.column("id").to_pylist() != want:
+            fail(f"DoExchange {command}: got {got.column('id').to_pylist()}, brute force {want}")
+    # ops_test's "fetch" command is not a form Quiver has: refused, naming the accepted ones.
+    def fetch():
+        writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(b"fetch"))
+        t = pa.table({"data": ["ping"]})
+        writer.begin(t.schema)
+        writer.write_table(t)
+        writer.done_writing()
+        reader.read_all()
+    expect_error("DoExchange fetch", fetch, ["ingest", "VectorSearch"])
+
+
+def check_integer_vectors(client, rng):
+    for t in [pa.int16(), pa.int32(), pa.int64(), pa.uint16(), pa.uint32(), pa.uint64()]:
+        name = f"lb_int_{t}"
+        v = rng.integers(0, 3000, size=(50, D))
+        col = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), type=t), D)
+        t_ = pa.table({"id": np.arange(50, dtype=np.int64), "vector": col})
+        writer, reader = client.do_put(fl.FlightDescriptor.for_path(name), t_.schema)
+        writer.write_table(t_)
+        writer.done_writing()
+        ack = json.loads(reader.read().to_pybytes())
+        writer.close()
+        if ack.get("element_type") != "float32":
+            fail(f"{t}: the ack does not say what the vectors are stored as: {ack}")
+        got = do_get(client, {"get": {"dataset": name, "ids": list(range(50))}})
+        stored = np.asarray(got.column("vector").combine_chunks().flatten()).reshape(-1, D)
+        if not np.array_equal(stored, v.astype(np.float32)):
+            fail(f"{t}: the stored values differ from those sent")
+        q = v[3].astype(np.float32)
+        t2 = {"search": {"dataset": name, "vector": q.tolist(), "k": 1}}
+        if do_get(client, t2).column("id").to_pylist() != [3]:
+            fail(f"{t}: a search for row 3's vector")
+    big = np.full((1, D), 1 << 25, dtype=np.int64)
+    col = pa.FixedSizeListArray.from_arrays(pa.array(big.reshape(-1)), D)
+    expect_error("an integer float32 cannot hold", lambda: put(
+        client, "lb_int_int64", {"id": np.array([99], dtype=np.int64), "vector": col}),
+        ["33554432", "2^24"])
+
+
+def check_namespaces_and_longbow_only_actions(client):
+    # The SDK's create_namespace: {"name", "overwrite"} with no dimension.
+    expect_error("CreateNamespace without a dimension", lambda: action(
+        client, "CreateNamespace", {"name": "lb_ns", "overwrite": False}), ["dim", "DoPut"])
+    got = action(client, "ListNamespaces", {})[0]
+    if "lb_byid" not in got["namespaces"] or got["count"] != len(got["namespaces"]):
+        fail(f"ListNamespaces: {got}")
+    listed = {a.type for a in client.list_actions()}
+    for name, body in [("add-edge", {"dataset": "lb_byid", "subject": 1, "predicate": "p",
+                                     "object": 2, "weight": 1.0}),
+                       ("traverse-graph", {"dataset": "lb_byid", "start": 1, "max_hops": 2}),
+                       ("GetGraphStats", {"dataset": "lb_byid"}),
+                       ("cluster-status", {}),
+                       ("MeshIdentity", {})]:
+        text = expect_error(name, lambda: action(client, name, body), [name, "Longbow"])
+        if "unimplemented" not in text.lower():
+            fail(f"{name}: expected Unimplemented, got {text}")
+        if name in listed:
+            fail(f"ListActions lists {name}, which Quiver does not provide")
+    text = expect_error("a made-up action", lambda: action(client, "frobnicate", {}),
+                        ["frobnicate", "ListActions"])
+    if "unimplemented" in text.lower():
+        fail(f"an unknown action is not Unimplemented: {text}")
+
+
 def main():
     client = fl.FlightClient(sys.argv[1])
     rng = np.random.default_rng(11)
@@ -191,6 +302,14 @@ def main():
     print("hybrid keys ok")
     check_readiness(client, rng)
     print("readiness ok")
+    check_search_by_id(client, rng)
+    print("search by id ok")
+    check_exchange_search(client, rng)
+    print("DoExchange search ok")
+    check_integer_vectors(client, rng)
+    print("integer vectors ok")
+    check_namespaces_and_longbow_only_actions(client)
+    print("namespaces and Longbow-only actions ok")
 
 
 if __name__ == "__main__":

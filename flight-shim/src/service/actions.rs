@@ -2,10 +2,14 @@
 
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int64Type, UInt64Type};
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, Field};
 use bytes::Bytes;
 use quiver_engine::Metric;
 use quiver_engine::{CollectionSchema, Database, IdType, VectorType};
+use quiver_engine::{RESULT_DISTANCE_COLUMN, SCORE_COLUMN};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,10 +17,12 @@ use tonic::Status;
 
 use super::chunker::ipc_stream_bytes;
 use super::read::{hybrid_unimplemented, ids_array, run_search};
-use super::status::{bounded_status, collection_status, flush_status, invalid, write_status};
+use super::status::write_status;
+use super::status::{bounded_status, collection_status, flush_status, invalid, read_status};
 use super::{BoxStream, ServiceConfig};
 use crate::convert::{self, metric_name};
-use crate::request::{self, CreateRequest, DeleteRequest, MAX_QUERIES, SearchRequest};
+use crate::request::{self, CreateRequest, DeleteRequest, MAX_QUERIES};
+use crate::request::{SearchByIdRequest, SearchRequest};
 
 /// Every action: its names (the first is Quiver's; the others are Longbow's) and what it does.
 pub const ACTIONS: &[(&[&str], &str)] = &[
@@ -51,6 +57,13 @@ pub const ACTIONS: &[(&[&str], &str)] = &[
          [[...], ...] (or \"vector\"). One result per query: an Arrow IPC stream.",
     ),
     (
+        &["search_by_id", "VectorSearchByID"],
+        "Search with a stored row's vector. Body: {\"dataset\", \"id\", \"k\"} and any \
+         search option. Reply: {\"ids\": [...], \"scores\": [...], \"distances\": [...]}, \
+         nearest first (the row itself included).",
+    ),
+    (&["list_namespaces", "ListNamespaces"], "{\"namespaces\": [NAME, ...], \"count\": N}."),
+    (
         &["check_readiness"],
         "{\"status\": READY|BUSY|NOT_FOUND}: BUSY while rows are in memory or segments await an index or a merge.",
     ),
@@ -60,8 +73,97 @@ pub const ACTIONS: &[(&[&str], &str)] = &[
     ),
 ];
 
+/// Longbow actions for features Quiver does not offer (graph edges, the gossip mesh, cluster
+/// membership, hybrid search by action, internal vector ids). Each is `Unimplemented` naming
+/// it, and ListActions does not list them.
+pub const LONGBOW_ONLY_ACTIONS: &[(&str, &str)] = &[
+    ("add-edge", "graph edges"),
+    ("traverse-graph", "graph edges"),
+    ("GetGraphStats", "graph edges"),
+    ("cluster-status", "a cluster mesh"),
+    ("MeshIdentity", "a cluster mesh"),
+    ("MeshStatus", "a cluster mesh"),
+    ("DiscoveryStatus", "a cluster mesh"),
+    ("GetTotalNamespaceCount", "namespaces apart from collections"),
+    ("GetNamespaceDatasetCount", "namespaces apart from collections"),
+    ("HybridSearch", "hybrid (keyword and vector) search"),
+    ("delete-vector", "internal vector ids (delete by id instead)"),
+];
+
 pub(super) fn canonical_action(name: &str) -> Option<&'static str> {
     ACTIONS.iter().find(|(names, _)| names.contains(&name)).map(|(names, _)| names[0])
+}
+
+/// The answer to an action that is not Quiver's: `Unimplemented` for Longbow's actions Quiver
+/// does not offer, `InvalidArgument` for anything else.
+pub(super) fn unknown_action(name: &str) -> Status {
+    match LONGBOW_ONLY_ACTIONS.iter().find(|(n, _)| *n == name) {
+        Some((n, feature)) => Status::unimplemented(format!(
+            "action {n:?} is Longbow's; Quiver does not provide {feature}"
+        )),
+        None => invalid(format!("unknown action {name:?}; ListActions names the actions")),
+    }
+}
+
+/// `VectorSearchByID`: the stored row's vector, then an ordinary search with it; the reply is
+/// Longbow's JSON (`ids` and `scores`) with the distances beside them.
+pub(super) fn search_by_id(db: &Database, body: &[u8]) -> Result<Value, Status> {
+    let req: SearchByIdRequest = request::parse_body("VectorSearchByID", body).map_err(invalid)?;
+    let search = &req.search;
+    if search.vector.is_some() || search.vectors.is_some() {
+        return Err(invalid("VectorSearchByID takes an \"id\", not a \"vector\""));
+    }
+    let cs = db.schema(&search.dataset).map_err(collection_status)?;
+    let ids = ids_array(std::slice::from_ref(&req.id), cs.id_type())?;
+    let row = db.get(&search.dataset, ids.as_ref()).map_err(read_status)?;
+    if row.num_rows() == 0 {
+        return Err(Status::not_found(format!(
+            "id {} is not in collection {:?}",
+            req.id, search.dataset
+        )));
+    }
+    let query = stored_vector(&row, cs.dim())?;
+    let hits = run_search(db, search, &query)?;
+    let column = |name: &str| {
+        hits.column_by_name(name)
+            .ok_or_else(|| Status::internal(format!("the result has no {name} column")))
+    };
+    let floats = |name: &str| -> Result<Vec<f32>, Status> {
+        Ok(column(name)?.as_primitive::<Float32Type>().values().to_vec())
+    };
+    Ok(json!({
+        "ids": ids_json(column(convert::ID_COLUMN)?.as_ref())?,
+        "scores": floats(SCORE_COLUMN)?,
+        "distances": floats(RESULT_DISTANCE_COLUMN)?,
+    }))
+}
+
+/// Row 0's vector (of any stored element type) as the `f32` query a search takes.
+fn stored_vector(row: &RecordBatch, dim: usize) -> Result<Vec<f32>, Status> {
+    let vectors = row
+        .column_by_name(convert::VECTOR_COLUMN)
+        .ok_or_else(|| Status::internal("a stored row without its vector"))?;
+    let f32_list = DataType::FixedSizeList(
+        Arc::new(Field::new_list_field(DataType::Float32, true)),
+        dim as i32,
+    );
+    let cast = arrow_cast::cast(vectors, &f32_list).map_err(|e| Status::internal(e.to_string()))?;
+    let values = cast.as_fixed_size_list().values().as_primitive::<Float32Type>().values().clone();
+    Ok(values[..dim].to_vec())
+}
+
+/// An id column as JSON: numbers for integer ids, strings for string ids.
+fn ids_json(ids: &dyn Array) -> Result<Vec<Value>, Status> {
+    Ok(match ids.data_type() {
+        DataType::UInt64 => {
+            ids.as_primitive::<UInt64Type>().values().iter().map(|&v| v.into()).collect()
+        }
+        DataType::Int64 => {
+            ids.as_primitive::<Int64Type>().values().iter().map(|&v| v.into()).collect()
+        }
+        DataType::Utf8 => ids.as_string::<i32>().iter().map(|v| v.unwrap_or("").into()).collect(),
+        other => return Err(Status::internal(format!("an id column of type {other}"))),
+    })
 }
 
 pub(super) fn parse_vector_type(s: Option<&str>) -> Result<VectorType, Status> {
@@ -124,8 +226,17 @@ pub(super) fn create_schema(req: &CreateRequest) -> Result<CollectionSchema, Sta
         None => Metric::L2,
         Some(m) => convert::parse_metric(m).map_err(invalid)?,
     };
+    let dim = req.dim.ok_or_else(|| {
+        invalid(format!(
+            "collection {:?} needs a \"dim\" to be created empty; without one, send the first \
+             batch with DoPut instead: a put to a collection that does not exist creates it \
+             from the batch's schema, its dimension included (Longbow's CreateNamespace without \
+             a dimension is not needed)",
+            req.name
+        ))
+    })?;
     let mut cs =
-        CollectionSchema::new(req.dim, parse_vector_type(req.element_type.as_deref())?, metric)
+        CollectionSchema::new(dim, parse_vector_type(req.element_type.as_deref())?, metric)
             .with_id_type(parse_id_type(req.id_type.as_deref())?);
     for a in &req.attributes {
         cs =
@@ -140,13 +251,7 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
     Ok(json!({
         "name": name,
         "dim": cs.dim(),
-        "element_type": match cs.vector_type() {
-            VectorType::F32 => "float32",
-            VectorType::F16 => "float16",
-            VectorType::U8 => "uint8",
-            VectorType::I8 => "int8",
-            _ => "other",
-        },
+        "element_type": convert::element_type_name(cs.vector_type()),
         "metric": metric_name(cs.metric()),
         "id_type": match cs.id_type() {
             IdType::U64 => "uint64",
@@ -298,6 +403,11 @@ pub(super) fn run_action(
             let names: Vec<String> = db.list_collections().into_iter().map(|(n, _)| n).collect();
             json_body(json!({"collections": names}))
         }
+        "list_namespaces" => {
+            let names: Vec<String> = db.list_collections().into_iter().map(|(n, _)| n).collect();
+            json_body(json!({"count": names.len(), "namespaces": names}))
+        }
+        "search_by_id" => json_body(search_by_id(db, body)?),
         "VectorSearch" => {
             // Served by `vector_search_stream`, one query at a time.
             Err(Status::internal("VectorSearch is streamed, not run as a one-shot action"))

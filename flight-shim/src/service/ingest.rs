@@ -21,6 +21,8 @@ use crate::convert::{self};
 /// A stream's batch handed to the engine: acknowledged once `pending` is durable.
 pub(super) struct Submitted {
     rows: usize,
+    /// The collection's vector element type: what the batch's vectors are stored as.
+    element_type: &'static str,
     /// `None` for an empty batch (nothing to log).
     pending: Option<PendingWrite>,
 }
@@ -56,13 +58,14 @@ pub(super) fn submit_batch(
         Err(e) => return Err(collection_status(e)),
     };
     let rows = batch.num_rows();
+    let element_type = convert::element_type_name(cs.vector_type());
     if rows == 0 {
-        return Ok(Submitted { rows, pending: None });
+        return Ok(Submitted { rows, element_type, pending: None });
     }
     let b =
         convert::conform(batch, &cs).map_err(|e| invalid(format!("collection {name:?}: {e}")))?;
     let pending = db.submit_insert(name, &b).map_err(|e| write_status(name, e))?;
-    Ok(Submitted { rows, pending: Some(pending) })
+    Ok(Submitted { rows, element_type, pending: Some(pending) })
 }
 
 /// Waits until a submitted batch is durable (and visible); returns the acknowledgement JSON.
@@ -71,7 +74,9 @@ pub(super) fn acknowledge(name: &str, s: Submitted) -> Result<Bytes, Status> {
         Some(p) => Value::from(p.wait().map_err(|e| write_status(name, e))?),
         None => Value::Null,
     };
-    Ok(json!({"collection": name, "rows": s.rows, "lsn": lsn}).to_string().into())
+    let ack =
+        json!({"collection": name, "rows": s.rows, "lsn": lsn, "element_type": s.element_type});
+    Ok(ack.to_string().into())
 }
 
 /// Batches of one ingest stream in flight at once: submitted to the WAL, not yet acknowledged.

@@ -34,7 +34,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::Auth;
 use crate::request::{self, Ticket as TicketReq};
 pub use actions::ACTIONS;
-use actions::{canonical_action, run_action, vector_search_queries, vector_search_stream};
+use actions::{canonical_action, run_action, unknown_action};
+use actions::{vector_search_queries, vector_search_stream};
+use exchange::{SEARCH_COMMANDS, exchange_search};
 use ingest::{batch_stream, spawn_ingest};
 use read::{encode_batches, run_get, run_search, scan_stream};
 pub(crate) use status::bounded_status;
@@ -44,6 +46,7 @@ pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Se
 
 mod actions;
 mod chunker;
+mod exchange;
 mod ingest;
 mod read;
 mod status;
@@ -255,9 +258,7 @@ impl FlightService for QuiverFlight {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let Action { r#type, body } = request.into_inner();
-        let action = canonical_action(&r#type).ok_or_else(|| {
-            invalid(format!("unknown action {:?}; ListActions names the actions", r#type))
-        })?;
+        let action = canonical_action(&r#type).ok_or_else(|| unknown_action(&r#type))?;
         let (db, cfg) = (self.db.clone(), self.cfg.clone());
         if action == "VectorSearch" {
             let (req, queries) = blocking(move || vector_search_queries(&body)).await?;
@@ -297,12 +298,20 @@ impl FlightService for QuiverFlight {
         let mut input = request.into_inner();
         let first =
             input.message().await?.ok_or_else(|| invalid("the DoExchange stream is empty"))?;
+        let command = first.flight_descriptor.as_ref().map(|d| d.cmd.clone()).unwrap_or_default();
+        if SEARCH_COMMANDS.contains(&command.as_ref()) {
+            let stream = exchange_search(self.db.clone(), self.cfg.clone(), first, input).await?;
+            return Ok(Response::new(stream));
+        }
         let path = first.flight_descriptor.as_ref().map(|d| d.path.clone()).unwrap_or_default();
         let name = match path.as_slice() {
             [verb, name] if verb == "ingest" && !name.is_empty() => name.clone(),
             _ => {
                 return Err(invalid(format!(
-                    "DoExchange path {path:?} is not [\"ingest\", COLLECTION]"
+                    "DoExchange takes the path [\"ingest\", COLLECTION] (streaming ingest) or \
+                     the command \"VectorSearch\" (or \"search\": query rows); got path \
+                     {path:?}, command {:?}",
+                    String::from_utf8_lossy(&command)
                 )));
             }
         };
