@@ -229,6 +229,22 @@ pub fn keys_to_array(keys: &[Key], id_type: IdType) -> ArrayRef {
     }
 }
 
+/// `batch` (of a collection's schema before columns were added) under `schema`, with nulls in
+/// the added columns; the other columns are shared, not copied.
+///
+/// # Panics
+/// If `schema` does not widen the batch's schema (an engine bug: columns are only added).
+pub fn widen(batch: &RecordBatch, schema: &arrow_schema::SchemaRef) -> RecordBatch {
+    assert!(crate::segment::widens(&batch.schema(), schema), "{schema:?} widens the batch's");
+    let rows = batch.num_rows();
+    let mut columns = batch.columns().to_vec();
+    for f in schema.fields().iter().skip(columns.len()) {
+        columns.push(new_null_array(f.data_type(), rows));
+    }
+    RecordBatch::try_new(Arc::clone(schema), columns)
+        .expect("nullable columns of the batch's length")
+}
+
 /// Which values [`prepare`] admits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admit {

@@ -175,6 +175,16 @@ pub enum SchemaError {
     /// More than [`MAX_ATTRIBUTES`] attributes.
     #[error("{0} attributes exceed the limit of {MAX_ATTRIBUTES}")]
     TooManyAttributes(usize),
+    /// An attribute asked to be added exists with another type (or nullability).
+    #[error("attribute {name:?} exists as {existing}; it cannot become {asked}")]
+    AttributeExists {
+        /// The attribute.
+        name: String,
+        /// Its type now.
+        existing: DataType,
+        /// The type asked for.
+        asked: DataType,
+    },
     /// An attribute type Parquet cannot store.
     #[error("attribute {name:?} of type {data_type} cannot be stored in Parquet: {reason}")]
     AttributeType {

@@ -539,11 +539,18 @@ impl ChunkReader for BufferedChunks {
 }
 
 /// An open, verified segment file.
+///
+/// A file holds the columns its collection had when it was written: a prefix of the
+/// collection's schema, since columns are only ever added at the end and nullable
+/// ([`widens`]). Reads of the columns it lacks return nulls.
 #[derive(Debug, Clone)]
 pub struct SegmentFile {
     path: PathBuf,
     reader: VfsChunkReader,
     meta: ArrowReaderMetadata,
+    /// The collection's schema, of which the file holds the first `width` columns.
+    schema: SchemaRef,
+    width: usize,
     rows: u64,
     sum: FileSum,
     /// The rows that passed the filters last evaluated over the whole file, by filter key
@@ -580,9 +587,9 @@ impl SegmentFile {
         let reader = VfsChunkReader { file, len };
         let meta = ArrowReaderMetadata::load(&reader, ArrowReaderOptions::new())
             .map_err(|e| corrupt(format!("parquet metadata: {e}")))?;
-        if meta.schema().fields() != schema.fields() {
+        if !widens(meta.schema(), schema) {
             return Err(corrupt(format!(
-                "schema {:?} differs from the collection's {:?}",
+                "schema {:?} is not the collection's {:?} or a prefix of it",
                 meta.schema(),
                 schema
             )));
@@ -592,7 +599,35 @@ impl SegmentFile {
             return Err(corrupt(format!("{file_rows} rows, the manifest says {rows}")));
         }
         let masks = Arc::default();
-        Ok(SegmentFile { path: path.to_path_buf(), reader, meta, rows, sum, masks })
+        let width = meta.schema().fields().len();
+        let (path, schema) = (path.to_path_buf(), Arc::clone(schema));
+        Ok(SegmentFile { path, reader, meta, schema, width, rows, sum, masks })
+    }
+
+    /// The same file read under `schema`, a widening of the schema it was opened with (its
+    /// collection gained columns): no I/O.
+    ///
+    /// # Panics
+    /// If `schema` does not widen the file's own schema (an engine bug: columns are only added).
+    #[must_use]
+    pub fn with_schema(&self, schema: &SchemaRef) -> SegmentFile {
+        assert!(
+            widens(self.meta.schema(), schema),
+            "segment {}: {schema:?} does not widen the file's schema",
+            self.path.display()
+        );
+        SegmentFile { schema: Arc::clone(schema), ..self.clone() }
+    }
+
+    /// Whether the file holds every column of its collection (a file written before columns
+    /// were added does not, and cannot be copied row group by row group into a newer one).
+    pub fn holds_every_column(&self) -> bool {
+        self.width == self.schema.fields().len()
+    }
+
+    /// The collection's schema the file is read under.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
     }
 
     /// Checks the file against its length and checksum again (it was checked when opened).
@@ -664,6 +699,37 @@ impl SegmentFile {
         rows: Option<&[u32]>,
         batch_rows: usize,
     ) -> Result<SegmentBatches, SegmentError> {
+        if columns.iter().all(|&c| c < self.width) {
+            return self.stored_batches(columns, rows, batch_rows);
+        }
+        // Some columns were added after the file was written: read the others (or, if none,
+        // the id column for the row count) and put nulls in their place.
+        let stored: Vec<usize> = columns.iter().copied().filter(|&c| c < self.width).collect();
+        let read = if stored.is_empty() { vec![0] } else { stored.clone() };
+        let mut batches = self.stored_batches(&read, rows, batch_rows)?;
+        let plan = columns
+            .iter()
+            .map(|&c| match stored.iter().position(|&s| s == c) {
+                Some(at) => Ok(at),
+                None => Err(self.schema.field(c).data_type().clone()),
+            })
+            .collect();
+        let schema = self.schema.project(columns).map_err(|e| SegmentError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        batches.added = Some((plan, Arc::new(schema)));
+        Ok(batches)
+    }
+
+    /// [`SegmentFile::batches`] of columns the file holds.
+    fn stored_batches(
+        &self,
+        columns: &[usize],
+        rows: Option<&[u32]>,
+        batch_rows: usize,
+    ) -> Result<SegmentBatches, SegmentError> {
+        debug_assert!(columns.iter().all(|&c| c < self.width), "columns the file holds");
         let corrupt = |e: &dyn std::fmt::Display| SegmentError::Corrupt {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -719,6 +785,7 @@ impl SegmentFile {
             let max_rows = batch_rows.max(1);
             return Ok(SegmentBatches {
                 path: self.path.clone(),
+                added: None,
                 source: Source::Split {
                     reader,
                     others_left: None,
@@ -770,7 +837,12 @@ impl SegmentFile {
             b = b.with_row_groups(wanted).with_row_selection(RowSelection::from(sel));
         }
         let reader = b.build().map_err(|e| corrupt(&e))?;
-        Ok(SegmentBatches { path: self.path.clone(), source: Source::Arrow(reader), positions })
+        Ok(SegmentBatches {
+            path: self.path.clone(),
+            source: Source::Arrow(reader),
+            positions,
+            added: None,
+        })
     }
 }
 
@@ -1039,7 +1111,14 @@ pub struct SegmentBatches {
     source: Source,
     /// Where each asked-for column is among those read, unless that is the identity.
     positions: Option<Vec<usize>>,
+    /// For a read of columns added after the file was written: each asked-for column's place
+    /// among those read, or the type of the nulls that stand for it; and the schema of the
+    /// batches returned.
+    added: Option<AddedColumns>,
 }
+
+/// See [`SegmentBatches::added`].
+type AddedColumns = (Vec<Result<usize, arrow_schema::DataType>>, SchemaRef);
 
 impl SegmentBatches {
     /// Rows per batch from here on (at least 1, at most the `batch_rows` the read was opened
@@ -1154,11 +1233,36 @@ impl Iterator for SegmentBatches {
                 }
             }
         };
-        Some(match &self.positions {
-            None => Ok(b),
-            Some(p) => b.project(p).map_err(|e| corrupt(&e)),
-        })
+        let b = match &self.positions {
+            None => b,
+            Some(p) => match b.project(p) {
+                Ok(b) => b,
+                Err(e) => return Some(Err(corrupt(&e))),
+            },
+        };
+        let Some((plan, schema)) = &self.added else { return Some(Ok(b)) };
+        let columns = plan
+            .iter()
+            .map(|place| match place {
+                Ok(at) => Arc::clone(b.column(*at)),
+                Err(data_type) => arrow_array::new_null_array(data_type, b.num_rows()),
+            })
+            .collect();
+        let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+        Some(
+            RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)
+                .map_err(|e| corrupt(&e)),
+        )
     }
+}
+
+/// Whether `wide` is `narrow` with nullable columns added at the end (or `narrow` itself): the
+/// only schema change a collection allows, so a segment file written before it stays readable.
+pub fn widens(narrow: &arrow_schema::Schema, wide: &arrow_schema::Schema) -> bool {
+    let (n, w) = (narrow.fields(), wide.fields());
+    n.len() <= w.len()
+        && n.iter().zip(w.iter()).all(|(a, b)| a == b)
+        && w.iter().skip(n.len()).all(|f| f.is_nullable())
 }
 
 /// Checks that `file` has the length and CRC32C of `sum`.

@@ -222,3 +222,65 @@ fn whole_file_reads_return_exactly_the_batch_size_asked_before_each_batch() {
         }
     }
 }
+
+/// A file written before its collection gained columns is read under the wider schema: the
+/// columns it holds as written, the added ones as nulls, in every order and both read paths.
+/// A schema that is not a widening (a changed type, an added non-nullable column) is refused
+/// at open as corruption, never read as garbage.
+#[test]
+fn a_file_written_before_columns_were_added_reads_nulls_in_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let narrow = schema_with(true);
+    let path = dir.path().join("narrow.parquet");
+    write_raw(&path, &narrow, Encoding::BYTE_STREAM_SPLIT, Compression::UNCOMPRESSED, false);
+    let mut fields: Vec<Field> = narrow.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("price", DataType::Float64, true));
+    fields.push(Field::new("label", DataType::Utf8, true));
+    let wide: SchemaRef = Arc::new(Schema::new(fields.clone()));
+    let sum = common::file_sum(&path);
+    let file = SegmentFile::open(&OsVfs, &path, sum, &wide, ROWS as u64).unwrap();
+    assert!(!file.holds_every_column());
+    let d = data(&narrow);
+    let all_rows: Vec<u32> = (0..ROWS as u32).collect();
+    for columns in [vec![0, 1, 2, 3, 4, 5], vec![4], vec![5, 1, 4], vec![3, 5, 0]] {
+        for batch_rows in [7, 301] {
+            for rows in [None, Some(&all_rows[..]), Some(&all_rows[10..20])] {
+                let got = file.read(&columns, rows, batch_rows).unwrap();
+                let got = arrow_select::concat::concat_batches(
+                    &Arc::new(wide.project(&columns).unwrap()),
+                    &got,
+                )
+                .unwrap();
+                let want_rows = rows.map_or(ROWS, <[u32]>::len);
+                assert_eq!(got.num_rows(), want_rows, "{columns:?}");
+                let first = rows.map_or(0, |r| r[0] as usize);
+                for (i, &c) in columns.iter().enumerate() {
+                    if c < narrow.fields().len() {
+                        let want = d.column(c).slice(first, want_rows);
+                        assert_eq!(got.column(i).to_data(), want.to_data(), "column {c}");
+                    } else {
+                        assert_eq!(got.column(i).null_count(), want_rows, "column {c} is null");
+                        assert_eq!(got.column(i).data_type(), wide.field(c).data_type());
+                    }
+                }
+            }
+        }
+    }
+    // Re-pointed without I/O, as the engine does when a collection gains columns.
+    let same = SegmentFile::open(&OsVfs, &path, sum, &narrow, ROWS as u64).unwrap();
+    assert!(same.holds_every_column());
+    assert!(!same.with_schema(&wide).holds_every_column());
+    for bad in [
+        Field::new("price", DataType::Float64, false), // added but required
+        Field::new("n", DataType::Int32, true),        // an existing column's type changed
+    ] {
+        let mut f = fields.clone();
+        match f.iter().position(|x| x.name() == bad.name()) {
+            Some(at) => f[at] = bad,
+            None => unreachable!(),
+        }
+        let s: SchemaRef = Arc::new(Schema::new(f));
+        let e = SegmentFile::open(&OsVfs, &path, sum, &s, ROWS as u64).unwrap_err();
+        assert!(e.to_string().contains("prefix"), "{e}");
+    }
+}

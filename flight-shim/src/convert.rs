@@ -271,6 +271,18 @@ fn too_wide_message(at: Option<(usize, i64)>) -> String {
     )
 }
 
+/// The columns of a conformed batch that collection `cs` lacks: attributes a put adds
+/// (nullable, so the earlier rows read null in them).
+pub fn added_columns(batch_schema: &Schema, cs: &CollectionSchema) -> Vec<Field> {
+    batch_schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != ID_COLUMN && f.name() != VECTOR_COLUMN)
+        .filter(|f| !cs.attributes().iter().any(|a| a.name() == f.name()))
+        .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+        .collect()
+}
+
 /// Checks that a batch's metadata does not ask for a different metric than the collection's.
 ///
 /// # Errors

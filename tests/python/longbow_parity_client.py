@@ -11,6 +11,13 @@ ticket and action bodies Longbow's SDK (longbowclientsdk/src/longbow/client.py) 
   hybrid_keys      text_query / alpha must not silently return pure vector results
   readiness        check_readiness is BUSY while rows wait in memory; wait-for-indexing returns
                    only when nothing waits; then READY
+  search_by_id     VectorSearchByID answers Longbow's {ids, scores} JSON, ids as ints or strings
+  exchange_search  DoExchange with the VectorSearch (or search) command and query rows
+  integer_vectors  int16..uint64 vectors stored exactly as float32, or refused by value
+  namespaces       CreateNamespace without a dimension refused saying why; Longbow-only
+                   actions Unimplemented by name, not listed
+  schema_evolution a put with a new column adds it (earlier rows null); a changed type is
+                   still refused
 
     longbow_parity_client.py URI
 
@@ -289,6 +296,38 @@ def check_namespaces_and_longbow_only_actions(client):
         fail(f"an unknown action is not Unimplemented: {text}")
 
 
+def check_schema_evolution(client, rng):
+    v = rng.standard_normal((6, D)).astype(np.float32)
+    put(client, "lb_evolve", {"id": pa.array([1, 2], pa.uint64()), "vector": vectors(v[:2]),
+                              "tag": ["a", "b"]})
+    action(client, "flush", {})  # one row set in a segment written before the column existed
+    put(client, "lb_evolve", {"id": pa.array([3], pa.uint64()), "vector": vectors(v[2:3]),
+                              "tag": ["c"]})
+    # A put with a new column adds it, nullable: the earlier rows read null in it.
+    put(client, "lb_evolve", {"id": pa.array([4, 5], pa.uint64()), "vector": vectors(v[3:5]),
+                              "tag": ["d", "e"], "color": ["red", None]})
+    # A later put may leave it out.
+    put(client, "lb_evolve", {"id": pa.array([6], pa.uint64()), "vector": vectors(v[5:6]),
+                              "tag": ["f"]})
+    got = do_get(client, {"get": {"dataset": "lb_evolve", "ids": [1, 2, 3, 4, 5, 6]}})
+    if got.column("color").to_pylist() != [None, None, None, "red", None, None]:
+        fail(f"the added column: {got.column('color').to_pylist()}")
+    t = {"search": {"dataset": "lb_evolve", "vector": v[3].tolist(), "k": 6,
+                    "filters": [{"field": "color", "op": "eq", "value": "red"}],
+                    "columns": ["color"]}}
+    if do_get(client, t).column("id").to_pylist() != [4]:
+        fail("a filter on the added column")
+    stats = action(client, "stats", {"name": "lb_evolve"})[0]
+    if [a["name"] for a in stats["attributes"]] != ["tag", "color"]:
+        fail(f"the schema after the put: {stats['attributes']}")
+    # A changed type is still refused, and nothing of the batch is stored.
+    expect_error("a changed type", lambda: put(
+        client, "lb_evolve", {"id": pa.array([7], pa.uint64()), "vector": vectors(v[:1]),
+                              "tag": pa.array([7], pa.int32())}), ["tag"])
+    if do_get(client, {"get": {"dataset": "lb_evolve", "ids": [7]}}).num_rows != 0:
+        fail("a refused batch left a row behind")
+
+
 def main():
     client = fl.FlightClient(sys.argv[1])
     rng = np.random.default_rng(11)
@@ -310,6 +349,8 @@ def main():
     print("integer vectors ok")
     check_namespaces_and_longbow_only_actions(client)
     print("namespaces and Longbow-only actions ok")
+    check_schema_evolution(client, rng)
+    print("schema evolution ok")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ use quiver_diskgraph::cache::CacheStats;
 use crate::batch::{Key, Vectors};
 use crate::error::CollectionError;
 use crate::names::validate_collection_name;
-use crate::schema::CollectionSchema;
+use crate::schema::{CollectionSchema, SchemaError};
 
 use super::body::{CollectionMeta, delete_name, segment_name};
 use super::budget::fit_cache_to_budget;
@@ -223,6 +223,73 @@ impl Database {
             },
         );
         Ok(())
+    }
+
+    /// Adds attribute columns to collection `name` (additive schema evolution), durable when it
+    /// returns. Each is added at the end, nullable whatever `fields` say: the rows written
+    /// before read null in it. A field that exists with the same type is skipped; one with
+    /// another type is refused, as is a name [`CollectionSchema::validate`] refuses. Returns
+    /// how many columns were added.
+    ///
+    /// Segment files are not rewritten: a file holds the columns its collection had when it
+    /// was written, and reads of the others return nulls (merges rewrite them in full).
+    ///
+    /// # Errors
+    /// [`CollectionError`]: no such collection, a refused field, or a failed commit.
+    pub fn add_attributes(
+        &self,
+        name: &str,
+        fields: &[arrow_schema::Field],
+    ) -> Result<usize, CollectionError> {
+        let inner = &self.inner;
+        if let Some(p) = inner.poisoned() {
+            return Err(CollectionError::Poisoned(p));
+        }
+        // Held until the state is updated: no other commit can write the old schema back.
+        let mut store = lock(&inner.manifest);
+        let (id, old) = {
+            let st = inner.read();
+            let c =
+                st.collections.get(name).ok_or_else(|| CollectionError::NotFound(name.into()))?;
+            (c.id, Arc::clone(&c.schema))
+        };
+        let mut schema = (*old).clone();
+        let mut added = 0;
+        for f in fields {
+            match old.attributes().iter().find(|a| a.name() == f.name()) {
+                Some(a) if a.data_type() == f.data_type() => {}
+                Some(a) => {
+                    return Err(CollectionError::Schema(SchemaError::AttributeExists {
+                        name: f.name().clone(),
+                        existing: a.data_type().clone(),
+                        asked: f.data_type().clone(),
+                    }));
+                }
+                None => {
+                    schema = schema.with_attribute(f.clone().with_nullable(true));
+                    added += 1;
+                }
+            }
+        }
+        if added == 0 {
+            return Ok(0);
+        }
+        schema.validate()?;
+        let schema = Arc::new(schema);
+        inner.commit(&mut store, |b| {
+            for c in b.collections.iter_mut().filter(|c| c.id == id) {
+                c.schema = (*schema).clone();
+            }
+        })?;
+        let mut st = inner.write();
+        let (grown, grown_frozen) = st
+            .collections
+            .get_mut(name)
+            .expect("collections change only under the manifest lock")
+            .add_columns(schema);
+        st.mem_bytes += grown;
+        st.frozen_bytes += grown_frozen;
+        Ok(added)
     }
 
     /// Drops collection `name` and deletes its files; durable when it returns.

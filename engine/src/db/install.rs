@@ -35,6 +35,10 @@ pub(super) fn install_segment(
     replaces: &[u64],
 ) -> Installed {
     let id = seg.meta.id;
+    if seg.file.schema() != &c.arrow {
+        // Columns were added while the segment was written: it is read with nulls in them.
+        seg.file = seg.file.with_schema(&c.arrow);
+    }
     let slot = c.take_slot(id);
     seg.slot = slot;
     let mut late = 0;

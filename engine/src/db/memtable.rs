@@ -60,6 +60,25 @@ impl Memtable {
         self.live_count -= 1;
     }
 
+    /// Gives every batch the columns `schema` adds (nulls). Returns the bytes the table grew
+    /// by, and the part of them in the frozen prefix (whose flush writes the batches it took
+    /// before, under the schema it took them with).
+    pub(super) fn widen(&mut self, schema: &arrow_schema::SchemaRef) -> (usize, usize) {
+        let (mut grown, mut grown_frozen) = (0, 0);
+        for (i, b) in self.batches.iter_mut().enumerate() {
+            let wide = crate::batch::widen(b, schema);
+            let more = wide.get_array_memory_size().saturating_sub(b.get_array_memory_size());
+            *b = wide;
+            grown += more;
+            if i < self.frozen.batches {
+                grown_frozen += more;
+            }
+        }
+        self.bytes += grown;
+        self.frozen.bytes += grown_frozen;
+        (grown, grown_frozen)
+    }
+
     /// Marks every row so far as frozen (a flush is writing them).
     pub(super) fn freeze(&mut self) -> Frozen {
         assert_eq!(self.frozen, Frozen::default(), "a memtable frozen twice");

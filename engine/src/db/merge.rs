@@ -155,9 +155,11 @@ pub(super) struct MergeInput {
 }
 
 impl MergeInput {
-    /// Whether every row was live, so the merge copies the file's row groups as they are.
+    /// Whether every row was live and the file holds every column of the collection, so the
+    /// merge copies the file's row groups as they are (a file written before columns were
+    /// added is re-encoded, with nulls in them).
     pub(super) fn whole(&self) -> bool {
-        self.live.len() == self.keys.len()
+        self.live.len() == self.keys.len() && self.file.holds_every_column()
     }
 }
 

@@ -188,7 +188,25 @@ impl Collection {
         self.slots[slot as usize] = FREE_SLOT;
     }
 
-    pub(super) fn insert(&mut self, p: Prepared) -> usize {
+    /// Takes `schema`, which adds nullable columns to the collection's: every segment file is
+    /// read under it (nulls in the added columns) and the in-memory batches gain null columns.
+    /// Returns the bytes the in-memory table grew by, and the part of them in its frozen prefix.
+    pub(super) fn add_columns(&mut self, schema: Arc<CollectionSchema>) -> (usize, usize) {
+        let arrow = schema.arrow_schema();
+        for s in &mut self.segments {
+            s.file = s.file.with_schema(&arrow);
+        }
+        let grown = self.mem.widen(&arrow);
+        self.schema = schema;
+        self.arrow = arrow;
+        grown
+    }
+
+    pub(super) fn insert(&mut self, mut p: Prepared) -> usize {
+        if p.batch.schema() != self.arrow {
+            // Prepared before columns were added (the WAL holds it as it was): nulls in them.
+            p.batch = crate::batch::widen(&p.batch, &self.arrow);
+        }
         let first = self.mem.keys.len() as u32;
         for (i, k) in p.keys.iter().enumerate() {
             if let Some(old) = self.keys.insert(k, Loc::mem(first + i as u32)) {

@@ -64,6 +64,11 @@ pub(super) fn submit_batch(
     }
     let b =
         convert::conform(batch, &cs).map_err(|e| invalid(format!("collection {name:?}: {e}")))?;
+    let added = convert::added_columns(&b.schema(), &cs);
+    if !added.is_empty() {
+        // Additive schema evolution, as Longbow allows: durable before the batch is logged.
+        db.add_attributes(name, &added).map_err(collection_status)?;
+    }
     let pending = db.submit_insert(name, &b).map_err(|e| write_status(name, e))?;
     Ok(Submitted { rows, element_type, pending: Some(pending) })
 }
