@@ -145,8 +145,12 @@ impl ManifestStore {
         if vfs.exists(&tmp).map_err(io_err(&tmp))? {
             // An interrupted commit: it never became the manifest.
             vfs.remove_file(&tmp).map_err(io_err(&tmp))?;
-            vfs.sync_dir(dir).map_err(io_err(dir))?;
         }
+        // The manifest read below may be one whose rename was never made durable (a commit
+        // whose directory sync failed, then a restart without a crash): what this process
+        // goes on from must not revert at the next power cut, so the directory is synced
+        // before the manifest is read and trusted.
+        vfs.sync_dir(dir).map_err(io_err(dir))?;
         let path = dir.join(MANIFEST_FILE);
         let current = match vfs.open(&path, OpenMode::Read) {
             Ok(f) => {

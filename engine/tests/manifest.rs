@@ -153,3 +153,24 @@ fn a_commit_that_fails_before_its_rename_leaves_the_old_manifest_and_the_store_u
     assert!(s.is_poisoned());
     assert!(matches!(s.commit(b"C"), Err(ManifestError::Poisoned)));
 }
+
+/// A commit whose directory sync fails leaves a rename that may not be durable. A restart
+/// without a crash reads the new manifest and builds on it, so opening must make that rename
+/// durable before trusting it: the version a reopened store reports must survive a power cut.
+#[test]
+fn a_manifest_read_after_a_failed_directory_sync_survives_the_next_power_cut() {
+    let vfs = fresh();
+    let (mut s, _) = store(&vfs);
+    s.commit(b"one").unwrap();
+    vfs.inject(Some(OpKind::SyncDir), 0, Fault::Eio);
+    assert!(s.commit(b"two").is_err(), "the directory sync failed");
+    assert!(s.is_poisoned());
+    drop(s);
+    vfs.clear_faults();
+    let (_, seen) = store(&vfs); // a clean restart: the rename is visible
+    assert_eq!(seen, Some((2, b"two".to_vec())));
+    vfs.power_off();
+    vfs.crash(CrashMode::DropAll); // only what was synced survives
+    let (_, after) = store(&vfs);
+    assert_eq!(after, seen, "the manifest a restart read reverted at a power cut");
+}

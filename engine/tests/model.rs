@@ -1,6 +1,7 @@
 //! A model-based test of the whole engine on the simulated file system: random sequences of
-//! insert / upsert / delete / search / get / scan / flush / merge / power cut / clean reopen /
-//! injected fault, checked against a plain map of id → vector.
+//! insert / upsert / delete / search / get / scan / flush / merge / added column / power cut /
+//! clean reopen / injected fault, checked against a plain map of id → vector and the count of
+//! columns added (rows written before a column read null in it).
 //!
 //! The failures it pins down: an acknowledged write missing after a crash (or a deleted row
 //! back), a write that failed being half-applied, a flush or merge whose crash leaves a segment,
@@ -19,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::UInt64Array;
+use arrow_array::{Array, UInt64Array};
 use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -40,6 +41,7 @@ enum Transition {
     Get(Vec<u64>),
     Flush,
     Merge,
+    AddColumn,
     Crash(u64),
     Reopen,
     Fault { kind: Option<OpKind>, skip: u8, fault: Fault },
@@ -78,6 +80,7 @@ impl ReferenceStateMachine for Reference {
             2 => proptest::collection::vec(0..IDS, 1..8).prop_map(Transition::Get),
             2 => Just(Transition::Flush),
             1 => Just(Transition::Merge),
+            1 => Just(Transition::AddColumn),
             2 => any::<u64>().prop_map(Transition::Crash),
             1 => Just(Transition::Reopen),
             1 => (kind, 0u8..12, fault).prop_map(|(kind, skip, fault)| Transition::Fault { kind, skip, fault }),
@@ -121,7 +124,14 @@ struct Sut {
     metric: Metric,
     rows: Rows,
     uncertain: Option<Write>,
+    /// Columns added and acknowledged (named `a1`, `a2`, ...), and whether one more was asked
+    /// for and failed in a way that may or may not have committed it (the database poisoned).
+    columns: usize,
+    uncertain_column: bool,
 }
+
+/// The most columns a case adds.
+const MAX_ADDED: usize = 4;
 
 fn options(vfs: &SimVfs) -> Options {
     Options::default()
@@ -171,6 +181,16 @@ impl Sut {
     fn recover_and_check(&mut self) {
         self.db = None;
         let db = self.open();
+        let added = added_columns(&db);
+        let may = self.columns + usize::from(self.uncertain_column);
+        assert!(
+            added == self.columns || added == may,
+            "after recovery {added} columns were added; {} were acknowledged (uncertain: {})",
+            self.columns,
+            self.uncertain_column
+        );
+        self.columns = added;
+        self.uncertain_column = false;
         let found = rows_of(&db);
         if found != self.rows {
             let alt = self.uncertain.as_ref().map(|w| applied(&self.rows, w));
@@ -220,7 +240,15 @@ impl StateMachineTest for EngineTest {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let metric = [Metric::L2, Metric::InnerProduct, Metric::Cosine][(n % 3) as usize];
         let vfs = SimVfs::new();
-        let mut sut = Sut { vfs, db: None, metric, rows: Rows::new(), uncertain: None };
+        let mut sut = Sut {
+            vfs,
+            db: None,
+            metric,
+            rows: Rows::new(),
+            uncertain: None,
+            columns: 0,
+            uncertain_column: false,
+        };
         sut.db().create_collection("c", schema(DIM as u32, metric)).unwrap();
         sut
     }
@@ -279,6 +307,21 @@ impl StateMachineTest for EngineTest {
             Transition::Merge => {
                 let _ = sut.db().run_background();
             }
+            Transition::AddColumn if sut.columns < MAX_ADDED => {
+                let name = format!("a{}", sut.columns + 1);
+                let field = arrow_schema::Field::new(name, arrow_schema::DataType::Int64, true);
+                match sut.db().add_attributes("c", &[field]) {
+                    Ok(1) => {
+                        sut.columns += 1;
+                        sut.uncertain_column = false;
+                    }
+                    Ok(n) => panic!("a new column added {n} columns"),
+                    // A failed commit leaves the old manifest in force unless it poisoned the
+                    // database, and then the column may or may not be there after recovery.
+                    Err(_) => sut.uncertain_column = true,
+                }
+            }
+            Transition::AddColumn => {}
             Transition::Crash(seed) => {
                 sut.vfs.power_off();
                 sut.db = None;
@@ -322,6 +365,30 @@ impl Sut {
             assert_eq!(found, self.rows, "in-process reads disagree with acknowledged writes");
         }
     }
+}
+
+/// How many columns `a1`, `a2`, ... the collection has, checking that every row reads null in
+/// them (no insert ever carries them).
+fn added_columns(db: &Database) -> usize {
+    let schema = db.schema("c").unwrap();
+    let names: Vec<String> = schema
+        .attributes()
+        .iter()
+        .map(|a| a.name().clone())
+        .filter(|n| n.starts_with('a'))
+        .collect();
+    let want: Vec<String> = (1..=names.len()).map(|i| format!("a{i}")).collect();
+    assert_eq!(names, want, "columns are added in order, at the end");
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    if !refs.is_empty() {
+        for b in db.scan("c", Some(&refs)).unwrap() {
+            let b = b.unwrap();
+            for c in b.columns() {
+                assert_eq!(c.null_count(), b.num_rows(), "an added column holds only nulls");
+            }
+        }
+    }
+    names.len()
 }
 
 /// The rows by scan, or `None` if an injected fault made the scan fail.
