@@ -18,11 +18,13 @@ step() { printf '\n==> %s\n' "$*"; }
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# --- system packages: the aarch64 cross linker and qemu-user run the NEON tests -------------------
+# --- system packages: the aarch64 cross linker and qemu-user run the NEON tests; Prometheus ------
 need_apt=()
 command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
 [ -e /usr/aarch64-linux-gnu/lib/libc.so.6 ] || need_apt+=(libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
+# A real Prometheus server scrapes `quiver serve --metrics-listen` in tests/serve_metrics.rs.
+command -v prometheus >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   as_root apt-get update -qq
@@ -44,7 +46,7 @@ if ! "$PYENV/bin/python" -c 'import pyarrow.flight, numpy' 2>/dev/null; then
   [ -x "$PYENV/bin/python" ] || python3 -m venv "$PYENV"
   "$PYENV/bin/pip" install -q --disable-pip-version-check 'pyarrow==26.0.1' 'numpy==2.3.5'
 fi
-export QUIVER_PYTHON="$PWD/$PYENV/bin/python" QUIVER_REQUIRE_PYARROW=1
+export QUIVER_PYTHON="$PWD/$PYENV/bin/python" QUIVER_REQUIRE_PYARROW=1 QUIVER_REQUIRE_PROMETHEUS=1
 # The disk-full test mounts a small tmpfs: CI runs as root, so a failed mount is a failure.
 export QUIVER_REQUIRE_MOUNT=1
 

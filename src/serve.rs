@@ -27,6 +27,11 @@ pub struct ServeArgs {
     /// Address to listen on (loopback by default; port 0 picks a free port).
     #[arg(long, default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Serve Prometheus metrics (`GET /metrics`, OpenMetrics text) on this address, e.g.
+    /// 127.0.0.1:9090 (off by default; port 0 picks a free port). Anyone who can reach it reads
+    /// collection names and counts, so keep it on loopback or a private network.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Require this bearer token on every call.
     #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
     auth_token: Option<String>,
@@ -227,6 +232,8 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     cfg.service.scan_chunk_start = args.scan_chunk_start.max(1);
     cfg.service.scan_chunk_max = args.scan_chunk_max.max(args.scan_chunk_start).max(1);
     let db = Arc::new(Database::open(&args.data, engine_options(args))?);
+    let metrics = args.metrics_listen.map(|_| quiver_flight::metrics::Metrics::new(&db));
+    cfg.service.metrics = metrics.clone();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = args.threads {
@@ -237,7 +244,19 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     rt.block_on(async {
         let listener = quiver_flight::bind(args.listen).await?;
         let addr = listener.local_addr()?;
+        let metrics_listener = match args.metrics_listen {
+            Some(at) => Some(quiver_flight::bind(at).await?),
+            None => None,
+        };
         println!("listening on {scheme}://{addr}");
+        if let (Some(listener), Some(metrics)) = (metrics_listener, metrics) {
+            println!("metrics on http://{}/metrics", listener.local_addr()?);
+            tokio::spawn(async move {
+                if let Err(e) = quiver_flight::metrics::serve_metrics(listener, metrics).await {
+                    tracing::error!("the metrics listener failed: {e}");
+                }
+            });
+        }
         std::io::stdout().flush()?;
         tracing::info!(data = %args.data.display(), %addr, "serving");
         tracing::info!(

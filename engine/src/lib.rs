@@ -87,6 +87,7 @@ pub use quiver_diskgraph::search::{
 pub use quiver_diskgraph::vamana::VamanaParams;
 pub use quiver_wal::vfs::{OsVfs, Vfs};
 pub use quiver_wal::{AppendError as WalAppendError, OpenError as WalOpenError};
+pub use quiver_wal::{SYNC_BUCKETS as WAL_SYNC_BUCKETS, WalStats};
 
 /// The engine's storage pieces, for this crate's own white-box tests and benchmarks (segment
 /// files, the manifest store, the directory lock). Not part of the API: no stability promise,

@@ -26,6 +26,7 @@
 pub mod auth;
 pub mod convert;
 pub mod filter;
+pub mod metrics;
 pub mod request;
 mod service;
 

@@ -12,6 +12,8 @@ pub struct Served {
     child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// `127.0.0.1:PORT` of the metrics listener, when `--metrics-listen` was given.
+    pub metrics_addr: Option<String>,
 }
 
 impl Served {
@@ -28,13 +30,23 @@ impl Served {
             .spawn()
             .expect("spawn quiver serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("listening on grpc://")
             .unwrap_or_else(|| panic!("unexpected first line from quiver serve: {line:?}"))
             .to_string();
-        Served { child, addr }
+        let metrics_addr = extra.contains(&"--metrics-listen").then(|| {
+            line.clear();
+            out.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix("metrics on http://")
+                .and_then(|rest| rest.strip_suffix("/metrics"))
+                .unwrap_or_else(|| panic!("unexpected second line from quiver serve: {line:?}"))
+                .to_string()
+        });
+        Served { child, addr, metrics_addr }
     }
 
     /// The server's process id.

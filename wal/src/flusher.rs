@@ -105,6 +105,10 @@ impl Flusher {
                 }
                 batch.extend(st.queue.drain(..take));
                 st.queued_bytes -= bytes;
+                if take > 0 {
+                    let payload: usize = batch.iter().map(|q| q.raw_len as usize).sum();
+                    self.shared.counters.group(take, payload);
+                }
                 (st.closing, st.sync_wanted)
             };
             self.shared.space.notify_all();
@@ -164,7 +168,9 @@ impl Flusher {
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         let start = Instant::now();
         self.file.sync_data()?;
-        self.sync_ewma = (self.sync_ewma * 4 + start.elapsed()) / 5;
+        let took = start.elapsed();
+        self.shared.counters.sync(took);
+        self.sync_ewma = (self.sync_ewma * 4 + took) / 5;
         self.durable = self.written;
         self.last_sync = Instant::now();
         Ok(())

@@ -58,6 +58,7 @@ mod pending;
 mod recovery;
 mod replay;
 mod shared;
+mod stats;
 
 pub use error::{AppendError, CheckpointError, OpenError, ReadError};
 pub use open::{Recovery, RecoveryReport};
@@ -65,6 +66,7 @@ pub use options::{Compression, SyncPolicy, WalOptions};
 pub use pending::Pending;
 pub use quiver_vfs as vfs;
 pub use replay::{Record, Replay};
+pub use stats::{SYNC_BUCKETS, WalStats};
 
 use format::{FLAG_ZSTD, RECORD_HEADER_LEN, align_up};
 use recovery::SegmentFile;
@@ -231,6 +233,14 @@ impl Wal {
     #[must_use]
     pub fn next_lsn(&self) -> Lsn {
         self.shared.state().next_lsn
+    }
+
+    /// What the log has done since it opened: groups, records, bytes, sync latencies, and the
+    /// bytes queued now.
+    #[must_use]
+    pub fn stats(&self) -> WalStats {
+        let queued = self.shared.state().queued_bytes;
+        self.shared.counters.snapshot(queued)
     }
 
     /// Every record up to and including this LSN is durable (0: none).

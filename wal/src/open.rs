@@ -178,6 +178,7 @@ impl Recovery {
             compressors: crossbeam_channel::bounded(64),
             segments: Mutex::new(segments),
             checkpoint: Mutex::new(()),
+            counters: crate::stats::Counters::default(),
             opts: options,
         });
         let flusher = Flusher {

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) segments: Mutex<Vec<SegmentFile>>,
     /// Serialises checkpoints (held across their I/O; the flusher never takes it).
     pub(crate) checkpoint: Mutex<()>,
+    /// What the flusher has done, for [`crate::Wal::stats`].
+    pub(crate) counters: crate::stats::Counters,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -336,3 +336,27 @@ fn reused_payload_buffers_start_empty_and_owned_records_round_trip() {
         assert_eq!(got, want, "{compression:?}");
     }
 }
+
+/// The counters monitoring reads (`Wal::stats`) must count what was written: every record and
+/// payload byte once, at least one group and one sync per acknowledged append under
+/// `EveryGroup`, and every sync in exactly one latency bucket.
+#[test]
+fn stats_count_every_record_byte_group_and_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(wal.stats().records, 0);
+    let mut bytes = 0;
+    for i in 0..40u64 {
+        let p = payload(i, 100 + i as usize);
+        bytes += p.len() as u64;
+        wal.append(1, &p).unwrap();
+    }
+    let s = wal.stats();
+    assert_eq!(s.records, 40);
+    assert_eq!(s.bytes, bytes);
+    assert!(s.groups >= 1 && s.groups <= 40, "{s:?}");
+    assert!(s.syncs >= s.groups, "every group is synced under EveryGroup: {s:?}");
+    assert_eq!(s.sync_buckets.iter().sum::<u64>(), s.syncs, "{s:?}");
+    assert!(s.sync_seconds > 0.0);
+    assert_eq!(s.queued_bytes, 0, "nothing waits once appends returned");
+}

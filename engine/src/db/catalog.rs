@@ -171,6 +171,13 @@ impl Database {
         }
     }
 
+    /// What the write-ahead log has done since open (groups, records, bytes, sync latencies)
+    /// and the bytes queued for it now.
+    #[must_use]
+    pub fn wal_stats(&self) -> crate::WalStats {
+        self.inner.wal.stats()
+    }
+
     /// What the sector cache shared by the database's disk indexes holds and has done; `None`
     /// when it is off ([`Options::sector_cache_bytes`](crate::Options::sector_cache_bytes) 0).
     #[must_use]

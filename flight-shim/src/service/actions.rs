@@ -21,6 +21,7 @@ use super::status::write_status;
 use super::status::{bounded_status, collection_status, flush_status, invalid, read_status};
 use super::{BoxStream, ServiceConfig};
 use crate::convert::{self, metric_name};
+use crate::metrics::Metrics;
 use crate::request::{self, CreateRequest, DeleteRequest, MAX_QUERIES};
 use crate::request::{SearchByIdRequest, SearchRequest};
 
@@ -107,7 +108,11 @@ pub(super) fn unknown_action(name: &str) -> Status {
 
 /// `VectorSearchByID`: the stored row's vector, then an ordinary search with it; the reply is
 /// Longbow's JSON (`ids` and `scores`) with the distances beside them.
-pub(super) fn search_by_id(db: &Database, body: &[u8]) -> Result<Value, Status> {
+pub(super) fn search_by_id(
+    db: &Database,
+    body: &[u8],
+    metrics: Option<&Metrics>,
+) -> Result<Value, Status> {
     let req: SearchByIdRequest = request::parse_body("VectorSearchByID", body).map_err(invalid)?;
     let search = &req.search;
     if search.vector.is_some() || search.vectors.is_some() {
@@ -123,7 +128,7 @@ pub(super) fn search_by_id(db: &Database, body: &[u8]) -> Result<Value, Status> 
         )));
     }
     let query = stored_vector(&row, cs.dim())?;
-    let hits = run_search(db, search, &query)?;
+    let hits = run_search(db, search, &query, metrics)?;
     let column = |name: &str| {
         hits.column_by_name(name)
             .ok_or_else(|| Status::internal(format!("the result has no {name} column")))
@@ -334,11 +339,12 @@ pub(super) fn vector_search_stream(
     req: SearchRequest,
     queries: Vec<Vec<f32>>,
     max_message_bytes: usize,
+    metrics: Option<Arc<Metrics>>,
 ) -> BoxStream<arrow_flight::Result> {
     let (tx, rx) = mpsc::channel::<Result<arrow_flight::Result, Status>>(SEARCH_RESULTS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
         for (i, q) in queries.iter().enumerate() {
-            let result = run_search(&db, &req, q)
+            let result = run_search(&db, &req, q, metrics.as_deref())
                 .and_then(|b| ipc_stream_bytes(&b))
                 .and_then(|body| {
                     if body.len() + 64 > max_message_bytes {
@@ -407,7 +413,7 @@ pub(super) fn run_action(
             let names: Vec<String> = db.list_collections().into_iter().map(|(n, _)| n).collect();
             json_body(json!({"count": names.len(), "namespaces": names}))
         }
-        "search_by_id" => json_body(search_by_id(db, body)?),
+        "search_by_id" => json_body(search_by_id(db, body, cfg.metrics.as_deref())?),
         "VectorSearch" => {
             // Served by `vector_search_stream`, one query at a time.
             Err(Status::internal("VectorSearch is streamed, not run as a one-shot action"))

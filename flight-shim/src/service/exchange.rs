@@ -46,12 +46,13 @@ pub(super) async fn exchange_search(
     if rows == 0 {
         return Err(invalid("a DoExchange search sent no query rows"));
     }
+    let metrics = cfg.metrics.clone();
     let results = blocking(move || {
         let mut out: Vec<RecordBatch> = Vec::with_capacity(rows);
         for batch in &batches {
             for row in 0..batch.num_rows() {
                 let (req, query) = query_row(batch, row)?;
-                let result = run_search(&db, &req, &query)?;
+                let result = run_search(&db, &req, &query, metrics.as_deref())?;
                 if let Some(first) = out.first()
                     && first.schema() != result.schema()
                 {

@@ -17,10 +17,14 @@ use tonic::{Status, Streaming};
 use super::status::{bounded_status, collection_status, decode_status, invalid, write_status};
 use super::{BoxStream, blocking};
 use crate::convert::{self};
+use crate::metrics::Metrics;
 
 /// A stream's batch handed to the engine: acknowledged once `pending` is durable.
 pub(super) struct Submitted {
     rows: usize,
+    /// Arrow bytes of the batch as received, and when it arrived (for the metrics).
+    bytes: usize,
+    arrived: std::time::Instant,
     /// The collection's vector element type: what the batch's vectors are stored as.
     element_type: &'static str,
     /// `None` for an empty batch (nothing to log).
@@ -34,6 +38,7 @@ pub(super) fn submit_batch(
     name: &str,
     batch: &RecordBatch,
 ) -> Result<Submitted, Status> {
+    let arrived = std::time::Instant::now();
     let in_schema = batch.schema();
     let cs = match db.schema(name) {
         Ok(cs) => {
@@ -58,9 +63,10 @@ pub(super) fn submit_batch(
         Err(e) => return Err(collection_status(e)),
     };
     let rows = batch.num_rows();
+    let bytes = batch.get_array_memory_size();
     let element_type = convert::element_type_name(cs.vector_type());
     if rows == 0 {
-        return Ok(Submitted { rows, element_type, pending: None });
+        return Ok(Submitted { rows, bytes, arrived, element_type, pending: None });
     }
     let b =
         convert::conform(batch, &cs).map_err(|e| invalid(format!("collection {name:?}: {e}")))?;
@@ -70,15 +76,22 @@ pub(super) fn submit_batch(
         db.add_attributes(name, &added).map_err(collection_status)?;
     }
     let pending = db.submit_insert(name, &b).map_err(|e| write_status(name, e))?;
-    Ok(Submitted { rows, element_type, pending: Some(pending) })
+    Ok(Submitted { rows, bytes, arrived, element_type, pending: Some(pending) })
 }
 
 /// Waits until a submitted batch is durable (and visible); returns the acknowledgement JSON.
-pub(super) fn acknowledge(name: &str, s: Submitted) -> Result<Bytes, Status> {
+pub(super) fn acknowledge(
+    name: &str,
+    s: Submitted,
+    metrics: Option<&Metrics>,
+) -> Result<Bytes, Status> {
     let lsn = match s.pending {
         Some(p) => Value::from(p.wait().map_err(|e| write_status(name, e))?),
         None => Value::Null,
     };
+    if let Some(m) = metrics {
+        m.acknowledged(name, s.rows, s.bytes, s.arrived);
+    }
     let ack =
         json!({"collection": name, "rows": s.rows, "lsn": lsn, "element_type": s.element_type});
     Ok(ack.to_string().into())
@@ -99,6 +112,8 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
     db: Arc<Database>,
     name: String,
     mut input: FlightRecordBatchStream,
+    metrics: Option<Arc<Metrics>>,
+    method: &'static str,
     wrap: fn(Bytes) -> T,
 ) -> BoxStream<T> {
     let (tx, rx) = mpsc::channel::<Result<T, Status>>(4);
@@ -130,11 +145,15 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
             let result = match submitted {
                 Ok(s) => {
                     let name = ack_name.clone();
-                    blocking(move || acknowledge(&name, s)).await
+                    let metrics = metrics.clone();
+                    blocking(move || acknowledge(&name, s, metrics.as_deref())).await
                 }
                 Err(e) => Err(e),
             };
             let stop = result.is_err();
+            if let (Err(status), Some(m)) = (&result, &metrics) {
+                m.failed(method, status.code());
+            }
             if tx.send(result.map(wrap).map_err(bounded_status)).await.is_err() || stop {
                 break;
             }

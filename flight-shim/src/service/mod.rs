@@ -32,6 +32,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Auth;
+use crate::metrics::Metrics;
 use crate::request::{self, Ticket as TicketReq};
 pub use actions::ACTIONS;
 use actions::{canonical_action, run_action, unknown_action};
@@ -67,6 +68,8 @@ pub struct ServiceConfig {
     pub max_message_bytes: usize,
     /// How long `wait-for-indexing` waits at most.
     pub max_index_wait: Duration,
+    /// Prometheus metrics to count into (`None`: off, nothing is counted).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for ServiceConfig {
@@ -77,6 +80,7 @@ impl Default for ServiceConfig {
             max_flight_data_bytes: 2 << 20,
             max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
             max_index_wait: Duration::from_secs(3600),
+            metrics: None,
         }
     }
 }
@@ -182,9 +186,8 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let name = descriptor_collection(Some(request.get_ref()))?;
-        let db = self.db.clone();
-        Ok(Response::new(blocking(move || flight_info(&db, &name)).await?))
+        let result = self.get_flight_info_call(request).await;
+        self.counted("get_flight_info", result)
     }
 
     async fn poll_flight_info(
@@ -211,64 +214,24 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let ticket = request::parse_ticket(&request.get_ref().ticket).map_err(invalid)?;
-        let (db, cfg) = (self.db.clone(), self.cfg.clone());
-        let stream = match ticket {
-            TicketReq::Search(req) => {
-                let v = req
-                    .vector
-                    .as_deref()
-                    .ok_or_else(|| invalid("a search ticket needs \"vector\": [...]"))?;
-                let q = request::query_vector(v).map_err(invalid)?;
-                let b = blocking(move || run_search(&db, &req, &q)).await?;
-                encode_batches(
-                    b.schema(),
-                    futures::stream::iter([Ok(b)]),
-                    cfg.max_flight_data_bytes,
-                )
-            }
-            TicketReq::Get(req) => {
-                let b = blocking(move || run_get(&db, &req)).await?;
-                encode_batches(
-                    b.schema(),
-                    futures::stream::iter([Ok(b)]),
-                    cfg.max_flight_data_bytes,
-                )
-            }
-            TicketReq::Scan(req) => blocking(move || scan_stream(&db, &cfg, &req)).await?,
-        };
-        Ok(Response::new(stream))
+        let result = self.do_get_call(request).await;
+        self.counted("do_get", result)
     }
 
     async fn do_put(
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        let mut input = request.into_inner();
-        let first = input.message().await?.ok_or_else(|| invalid("the DoPut stream is empty"))?;
-        let name = descriptor_collection(first.flight_descriptor.as_ref())?;
-        let batches = batch_stream(first, input);
-        Ok(Response::new(spawn_ingest(self.db.clone(), name, batches, |ack| PutResult {
-            app_metadata: ack,
-        })))
+        let result = self.do_put_call(request).await;
+        self.counted("do_put", result)
     }
 
     async fn do_action(
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        let Action { r#type, body } = request.into_inner();
-        let action = canonical_action(&r#type).ok_or_else(|| unknown_action(&r#type))?;
-        let (db, cfg) = (self.db.clone(), self.cfg.clone());
-        if action == "VectorSearch" {
-            let (req, queries) = blocking(move || vector_search_queries(&body)).await?;
-            let max = cfg.max_message_bytes;
-            return Ok(Response::new(vector_search_stream(db, req, queries, max)));
-        }
-        let results = blocking(move || run_action(&db, &cfg, action, &body)).await?;
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            results.into_iter().map(|body| Ok(arrow_flight::Result { body })),
-        ))))
+        let result = self.do_action_call(request).await;
+        self.counted("do_action", result)
     }
 
     async fn list_actions(
@@ -295,6 +258,91 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        let result = self.do_exchange_call(request).await;
+        self.counted("do_exchange", result)
+    }
+}
+
+impl QuiverFlight {
+    /// `result`, counted in the metrics (if on) when it is an error.
+    fn counted<T>(&self, method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+        if let (Err(status), Some(m)) = (&result, &self.cfg.metrics) {
+            m.failed(method, status.code());
+        }
+        result
+    }
+
+    async fn do_get_call(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<<QuiverFlight as FlightService>::DoGetStream>, Status> {
+        let ticket = request::parse_ticket(&request.get_ref().ticket).map_err(invalid)?;
+        let (db, cfg) = (self.db.clone(), self.cfg.clone());
+        let stream = match ticket {
+            TicketReq::Search(req) => {
+                let v = req
+                    .vector
+                    .as_deref()
+                    .ok_or_else(|| invalid("a search ticket needs \"vector\": [...]"))?;
+                let q = request::query_vector(v).map_err(invalid)?;
+                let metrics = cfg.metrics.clone();
+                let b = blocking(move || run_search(&db, &req, &q, metrics.as_deref())).await?;
+                encode_batches(
+                    b.schema(),
+                    futures::stream::iter([Ok(b)]),
+                    cfg.max_flight_data_bytes,
+                )
+            }
+            TicketReq::Get(req) => {
+                let b = blocking(move || run_get(&db, &req)).await?;
+                encode_batches(
+                    b.schema(),
+                    futures::stream::iter([Ok(b)]),
+                    cfg.max_flight_data_bytes,
+                )
+            }
+            TicketReq::Scan(req) => blocking(move || scan_stream(&db, &cfg, &req)).await?,
+        };
+        Ok(Response::new(stream))
+    }
+
+    async fn do_put_call(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<<QuiverFlight as FlightService>::DoPutStream>, Status> {
+        let mut input = request.into_inner();
+        let first = input.message().await?.ok_or_else(|| invalid("the DoPut stream is empty"))?;
+        let name = descriptor_collection(first.flight_descriptor.as_ref())?;
+        let batches = batch_stream(first, input);
+        let metrics = self.cfg.metrics.clone();
+        Ok(Response::new(spawn_ingest(self.db.clone(), name, batches, metrics, "do_put", |ack| {
+            PutResult { app_metadata: ack }
+        })))
+    }
+
+    async fn do_action_call(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<QuiverFlight as FlightService>::DoActionStream>, Status> {
+        let Action { r#type, body } = request.into_inner();
+        let action = canonical_action(&r#type).ok_or_else(|| unknown_action(&r#type))?;
+        let (db, cfg) = (self.db.clone(), self.cfg.clone());
+        if action == "VectorSearch" {
+            let (req, queries) = blocking(move || vector_search_queries(&body)).await?;
+            let max = cfg.max_message_bytes;
+            let metrics = cfg.metrics.clone();
+            return Ok(Response::new(vector_search_stream(db, req, queries, max, metrics)));
+        }
+        let results = blocking(move || run_action(&db, &cfg, action, &body)).await?;
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            results.into_iter().map(|body| Ok(arrow_flight::Result { body })),
+        ))))
+    }
+
+    async fn do_exchange_call(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<<QuiverFlight as FlightService>::DoExchangeStream>, Status> {
         let mut input = request.into_inner();
         let first =
             input.message().await?.ok_or_else(|| invalid("the DoExchange stream is empty"))?;
@@ -316,9 +364,23 @@ impl FlightService for QuiverFlight {
             }
         };
         let batches = batch_stream(first, input);
-        Ok(Response::new(spawn_ingest(self.db.clone(), name, batches, |ack| FlightData {
-            app_metadata: ack,
-            ..FlightData::default()
-        })))
+        let metrics = self.cfg.metrics.clone();
+        Ok(Response::new(spawn_ingest(
+            self.db.clone(),
+            name,
+            batches,
+            metrics,
+            "do_exchange",
+            |ack| FlightData { app_metadata: ack, ..FlightData::default() },
+        )))
+    }
+
+    async fn get_flight_info_call(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let name = descriptor_collection(Some(request.get_ref()))?;
+        let db = self.db.clone();
+        Ok(Response::new(blocking(move || flight_info(&db, &name)).await?))
     }
 }

@@ -23,6 +23,7 @@ use super::status::{bounded_status, collection_status, invalid, read_status};
 use super::{BoxStream, ServiceConfig};
 use crate::convert::{ID_COLUMN, VECTOR_COLUMN};
 use crate::filter::{Filters, to_predicate};
+use crate::metrics::Metrics;
 use crate::request::{GetRequest, ScanRequest, SearchRequest};
 
 pub(super) fn check_columns(cs: &CollectionSchema, cols: &[String]) -> Result<(), Status> {
@@ -39,6 +40,20 @@ pub(super) fn check_columns(cs: &CollectionSchema, cols: &[String]) -> Result<()
 /// Runs one search and shapes Longbow's reply: `id`, `score` (higher is better), `distance`, then
 /// the asked-for columns (and `vector` with `include_vectors`).
 pub(super) fn run_search(
+    db: &Database,
+    req: &SearchRequest,
+    query: &[f32],
+    metrics: Option<&Metrics>,
+) -> Result<RecordBatch, Status> {
+    let started = std::time::Instant::now();
+    let result = search_and_shape(db, req, query);
+    if let (Some(m), Ok(_)) = (metrics, &result) {
+        m.searched(&req.dataset, started.elapsed());
+    }
+    result
+}
+
+fn search_and_shape(
     db: &Database,
     req: &SearchRequest,
     query: &[f32],
