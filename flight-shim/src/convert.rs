@@ -17,19 +17,94 @@ pub const VECTOR_ALIASES: [&str; 1] = ["embedding"];
 /// Schema metadata keys naming the metric, in order of precedence.
 pub const METRIC_KEYS: [&str; 2] = ["quiver.metric", "longbow.metric"];
 
+/// Why a batch's schema or values cannot make or fill a collection (the Flight layer answers
+/// `InvalidArgument` with the message).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConvertError {
+    /// A metric name Quiver does not know.
+    #[error("unknown metric {0:?}; expected euclidean (or l2), cosine, or dot_product (or ip)")]
+    UnknownMetric(String),
+    /// Schema metadata naming an unknown metric.
+    #[error("schema metadata {key}: {source}")]
+    Metadata {
+        /// The metadata key.
+        key: &'static str,
+        /// What is wrong with its value.
+        source: Box<ConvertError>,
+    },
+    /// No vector column.
+    #[error(
+        "the batch has no vector column: expected a column named {VECTOR_COLUMN:?} (or \"embedding\") of type FixedSizeList<float32|float16|float64|uint8|int8|int16..uint64>"
+    )]
+    NoVectorColumn,
+    /// A vector column of a type Quiver cannot store.
+    #[error(
+        "vector column {name:?} has type {data_type}; expected FixedSizeList of float32, float16, float64, uint8, int8 or a wider integer with at least one element"
+    )]
+    VectorType {
+        /// The column.
+        name: String,
+        /// Its type.
+        data_type: DataType,
+    },
+    /// No `id` column.
+    #[error("the batch has no \"id\" column (uint64, int64 or utf8)")]
+    NoIdColumn,
+    /// An `id` column of a type Quiver cannot key by.
+    #[error("id column has type {0}; expected uint64, int64 or utf8")]
+    IdType(DataType),
+    /// The schema the batch implies is not a valid collection schema.
+    #[error(transparent)]
+    Schema(#[from] quiver_engine::SchemaError),
+    /// A value that does not fit the collection's type.
+    #[error("{what}: cannot convert to {to}: {source}")]
+    Cast {
+        /// The column.
+        what: String,
+        /// The type it was cast to.
+        to: DataType,
+        /// Arrow's reason.
+        source: arrow_schema::ArrowError,
+    },
+    /// An integer vector element `f32` cannot hold exactly.
+    #[error(
+        "{}: integer vectors are stored as float32, which holds integers exactly only within ±{MAX_EXACT_F32_INTEGER} (2^24); scale the values down or send float32",
+        match at { Some((row, value)) => format!("vector at row {row} has the integer {value}"), None => "the vector column has an integer beyond 2^63".to_string() }
+    )]
+    IntegerTooWide {
+        /// The row and the value, when it fits in `i64`.
+        at: Option<(usize, i64)>,
+    },
+    /// The batch's metadata asks for another metric than the collection's.
+    #[error(
+        "collection {collection:?} uses the {} metric, but the batch's schema metadata asks for {}",
+        metric_name(*has), metric_name(*asked)
+    )]
+    MetricConflict {
+        /// The collection.
+        collection: String,
+        /// Its metric.
+        has: Metric,
+        /// The metric the batch asks for.
+        asked: Metric,
+    },
+    /// Arrow could not assemble the conformed batch.
+    #[error(transparent)]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
 /// Parses a metric name: `euclidean`/`l2`, `cosine`, `dot_product`/`dot`/`ip`/`inner_product`
 /// (any case).
 ///
 /// # Errors
-/// A message naming the accepted spellings.
-pub fn parse_metric(name: &str) -> Result<Metric, String> {
+/// [`ConvertError::UnknownMetric`], naming the accepted spellings.
+pub fn parse_metric(name: &str) -> Result<Metric, ConvertError> {
     match name.trim().to_ascii_lowercase().as_str() {
         "euclidean" | "l2" => Ok(Metric::L2),
         "cosine" => Ok(Metric::Cosine),
         "dot_product" | "dot" | "ip" | "inner_product" => Ok(Metric::InnerProduct),
-        other => Err(format!(
-            "unknown metric {other:?}; expected euclidean (or l2), cosine, or dot_product (or ip)"
-        )),
+        other => Err(ConvertError::UnknownMetric(other.to_string())),
     }
 }
 
@@ -56,28 +131,24 @@ pub fn metric_name(m: Metric) -> &'static str {
 /// The metric named by schema metadata (`quiver.metric`, else `longbow.metric`), if any.
 ///
 /// # Errors
-/// The value is not a metric name.
-pub fn metric_from_metadata(md: &Metadata) -> Result<Option<Metric>, String> {
+/// [`ConvertError::Metadata`]: the value is not a metric name.
+pub fn metric_from_metadata(md: &Metadata) -> Result<Option<Metric>, ConvertError> {
     for key in METRIC_KEYS {
         if let Some(v) = md.get(key) {
-            return parse_metric(v).map(Some).map_err(|e| format!("schema metadata {key}: {e}"));
+            return parse_metric(v)
+                .map(Some)
+                .map_err(|e| ConvertError::Metadata { key, source: Box::new(e) });
         }
     }
     Ok(None)
 }
 
 /// The index of the vector column: `vector`, or an alias when there is no `vector`.
-fn vector_index(schema: &Schema) -> Result<usize, String> {
+fn vector_index(schema: &Schema) -> Result<usize, ConvertError> {
     if let Ok(i) = schema.index_of(VECTOR_COLUMN) {
         return Ok(i);
     }
-    VECTOR_ALIASES.iter().find_map(|a| schema.index_of(a).ok()).ok_or_else(|| {
-        format!(
-            "the batch has no vector column: expected a column named {VECTOR_COLUMN:?} (or \
-             {:?}) of type FixedSizeList<float32|float16|float64|uint8|int8|int16..uint64>",
-            VECTOR_ALIASES.join("\", \"")
-        )
-    })
+    VECTOR_ALIASES.iter().find_map(|a| schema.index_of(a).ok()).ok_or(ConvertError::NoVectorColumn)
 }
 
 /// The largest integer magnitude `f32` holds exactly (2^24): integer vector elements are stored
@@ -117,39 +188,26 @@ fn id_type(dt: &DataType) -> Option<IdType> {
 /// other column as an attribute.
 ///
 /// # Errors
-/// A message saying which column is missing or of which unsupported type.
-pub fn infer_schema(schema: &Schema) -> Result<CollectionSchema, String> {
+/// [`ConvertError`] saying which column is missing or of which unsupported type.
+pub fn infer_schema(schema: &Schema) -> Result<CollectionSchema, ConvertError> {
     let vi = vector_index(schema)?;
     let vf = schema.field(vi);
     let (elem, dim) = match vf.data_type() {
-        DataType::FixedSizeList(item, n) => match element_type(item.data_type()) {
-            Some(e) if *n > 0 => (e, *n as u32),
-            _ => {
-                return Err(format!(
-                    "vector column {:?} has type {}; expected FixedSizeList of float32, float16, \
-                     float64, uint8, int8 or a wider integer with at least one element",
-                    vf.name(),
-                    vf.data_type()
-                ));
+        DataType::FixedSizeList(item, n) if *n > 0 => match element_type(item.data_type()) {
+            Some(e) => (e, *n as u32),
+            None => {
+                let (name, data_type) = (vf.name().clone(), vf.data_type().clone());
+                return Err(ConvertError::VectorType { name, data_type });
             }
         },
         other => {
-            return Err(format!(
-                "vector column {:?} has type {other}; expected FixedSizeList of float32, \
-                 float16, float64, uint8, int8 or a wider integer",
-                vf.name()
-            ));
+            let (name, data_type) = (vf.name().clone(), other.clone());
+            return Err(ConvertError::VectorType { name, data_type });
         }
     };
-    let ii = schema
-        .index_of(ID_COLUMN)
-        .map_err(|_| "the batch has no \"id\" column (uint64, int64 or utf8)".to_string())?;
-    let idt = id_type(schema.field(ii).data_type()).ok_or_else(|| {
-        format!(
-            "id column has type {}; expected uint64, int64 or utf8",
-            schema.field(ii).data_type()
-        )
-    })?;
+    let ii = schema.index_of(ID_COLUMN).map_err(|_| ConvertError::NoIdColumn)?;
+    let idt = id_type(schema.field(ii).data_type())
+        .ok_or_else(|| ConvertError::IdType(schema.field(ii).data_type().clone()))?;
     let metric = metric_from_metadata(schema.metadata())?.unwrap_or(Metric::L2);
     let mut cs = CollectionSchema::new(dim, elem, metric).with_id_type(idt);
     for (i, f) in schema.fields().iter().enumerate() {
@@ -158,13 +216,17 @@ pub fn infer_schema(schema: &Schema) -> Result<CollectionSchema, String> {
         }
         cs = cs.with_attribute(Field::new(f.name(), f.data_type().clone(), f.is_nullable()));
     }
-    cs.validate().map_err(|e| e.to_string())?;
+    cs.validate()?;
     Ok(cs)
 }
 
-fn cast_exact(a: &ArrayRef, to: &DataType, what: &str) -> Result<ArrayRef, String> {
+fn cast_exact(a: &ArrayRef, to: &DataType, what: &str) -> Result<ArrayRef, ConvertError> {
     let opts = CastOptions { safe: false, ..CastOptions::default() };
-    cast_with_options(a, to, &opts).map_err(|e| format!("{what}: cannot convert to {to}: {e}"))
+    cast_with_options(a, to, &opts).map_err(|source| ConvertError::Cast {
+        what: what.to_string(),
+        to: to.clone(),
+        source,
+    })
 }
 
 /// Whether `a` and `b` are the same type up to the width of their offsets (or views): `utf8`,
@@ -194,8 +256,9 @@ fn offset_widths_differ(a: &DataType, b: &DataType) -> bool {
 /// fit are passed through for the engine to refuse by name.
 ///
 /// # Errors
-/// A cast that would lose information (an id out of range).
-pub fn conform(batch: &RecordBatch, cs: &CollectionSchema) -> Result<RecordBatch, String> {
+/// [`ConvertError`]: a cast that would lose information (an id out of range, an integer vector
+/// element beyond what the element type holds).
+pub fn conform(batch: &RecordBatch, cs: &CollectionSchema) -> Result<RecordBatch, ConvertError> {
     let schema = batch.schema();
     let vi = vector_index(&schema).ok();
     let mut fields = Vec::with_capacity(schema.fields().len());
@@ -233,13 +296,17 @@ pub fn conform(batch: &RecordBatch, cs: &CollectionSchema) -> Result<RecordBatch
         columns.push(col);
     }
     let out = Schema::new(fields);
-    RecordBatch::try_new(Arc::new(out), columns).map_err(|e| e.to_string())
+    Ok(RecordBatch::try_new(Arc::new(out), columns)?)
 }
 
 /// An integer vector column as the collection's element type, without changing a value: to
 /// `f32` when every element is within ±2^24 ([`MAX_EXACT_F32_INTEGER`]), to `u8` or `i8` when
 /// every element fits. Anything else is refused, naming the row and the value.
-fn integer_vectors(col: &ArrayRef, want: &DataType, to: &DataType) -> Result<ArrayRef, String> {
+fn integer_vectors(
+    col: &ArrayRef,
+    want: &DataType,
+    to: &DataType,
+) -> Result<ArrayRef, ConvertError> {
     use arrow_array::types::Int64Type;
     let list = col.as_any().downcast_ref::<arrow_array::FixedSizeListArray>().expect("a list");
     let dim = list.value_length() as usize;
@@ -247,28 +314,17 @@ fn integer_vectors(col: &ArrayRef, want: &DataType, to: &DataType) -> Result<Arr
         DataType::Float32 => {
             let values = list.values().slice(list.offset() * dim, list.len() * dim);
             let wide = cast_exact(&values, &DataType::Int64, "vector column")
-                .map_err(|_| too_wide_message(None))?;
+                .map_err(|_| ConvertError::IntegerTooWide { at: None })?;
             let wide = wide.as_any().downcast_ref::<arrow_array::PrimitiveArray<Int64Type>>();
             let wide = wide.expect("cast to Int64");
             if let Some(i) = wide.values().iter().position(|v| v.abs() > MAX_EXACT_F32_INTEGER) {
-                return Err(too_wide_message(Some((i / dim, wide.value(i)))));
+                return Err(ConvertError::IntegerTooWide { at: Some((i / dim, wide.value(i))) });
             }
             cast_exact(col, want, "vector column")
         }
         DataType::UInt8 | DataType::Int8 => cast_exact(col, want, "vector column"),
         _ => Ok(col.clone()), // left for the engine to refuse by name
     }
-}
-
-fn too_wide_message(at: Option<(usize, i64)>) -> String {
-    let what = match at {
-        Some((row, value)) => format!("vector at row {row} has the integer {value}"),
-        None => "the vector column has an integer beyond 2^63".to_string(),
-    };
-    format!(
-        "{what}: integer vectors are stored as float32, which holds integers exactly only within \
-         ±{MAX_EXACT_F32_INTEGER} (2^24); scale the values down or send float32"
-    )
 }
 
 /// The columns of a conformed batch that collection `cs` lacks: attributes a put adds
@@ -286,20 +342,18 @@ pub fn added_columns(batch_schema: &Schema, cs: &CollectionSchema) -> Vec<Field>
 /// Checks that a batch's metadata does not ask for a different metric than the collection's.
 ///
 /// # Errors
-/// A message naming both metrics.
+/// [`ConvertError::MetricConflict`] naming both metrics, or a metadata metric Quiver does not
+/// know.
 pub fn check_metric(
     name: &str,
     batch_schema: &Schema,
     cs: &CollectionSchema,
-) -> Result<(), String> {
-    if let Some(m) = metric_from_metadata(batch_schema.metadata())?
-        && m != cs.metric()
+) -> Result<(), ConvertError> {
+    if let Some(asked) = metric_from_metadata(batch_schema.metadata())?
+        && asked != cs.metric()
     {
-        return Err(format!(
-            "collection {name:?} uses the {} metric, but the batch's schema metadata asks for {}",
-            metric_name(cs.metric()),
-            metric_name(m)
-        ));
+        let collection = name.to_string();
+        return Err(ConvertError::MetricConflict { collection, has: cs.metric(), asked });
     }
     Ok(())
 }
@@ -432,36 +486,36 @@ mod tests {
         let values = values.values().as_any().downcast_ref::<arrow_array::Float32Array>();
         assert_eq!(values.unwrap().values().to_vec(), vec![-5.0, 16_777_216.0, 7.0, 0.0]);
         let e = conform(&batch_of::<Int32Type>(vec![vec![1, 2], vec![3, -16_777_217]]), &cs);
-        let e = e.unwrap_err();
+        let e = e.unwrap_err().to_string();
         assert!(e.contains("row 1") && e.contains("-16777217") && e.contains("2^24"), "{e}");
-        let e = conform(&batch_of::<UInt64Type>(vec![vec![u64::MAX, 1]]), &cs).unwrap_err();
+        let e = conform(&batch_of::<UInt64Type>(vec![vec![u64::MAX, 1]]), &cs).unwrap_err().to_string();
         assert!(e.contains("2^24"), "{e}");
         // Into a uint8 collection: exact or refused.
         let u8_cs = CollectionSchema::new(2, VectorType::U8, Metric::L2).with_id_type(IdType::I64);
         let c = conform(&batch_of::<UInt16Type>(vec![vec![0, 255]]), &u8_cs).unwrap();
         assert_eq!(c.column(1).data_type(), &u8_cs.vector_data_type());
-        let e = conform(&batch_of::<UInt16Type>(vec![vec![0, 256]]), &u8_cs).unwrap_err();
+        let e = conform(&batch_of::<UInt16Type>(vec![vec![0, 256]]), &u8_cs).unwrap_err().to_string();
         assert!(e.contains("vector column"), "{e}");
     }
 
     #[test]
     fn unknown_metric_and_missing_columns_are_named() {
-        let e = infer_schema(&f64_batch(Some("manhattan")).schema()).unwrap_err();
+        let e = infer_schema(&f64_batch(Some("manhattan")).schema()).unwrap_err().to_string();
         assert!(e.contains("manhattan") && e.contains("euclidean"), "{e}");
         let no_vec = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
-        assert!(infer_schema(&no_vec).unwrap_err().contains("no vector column"));
+        assert!(infer_schema(&no_vec).unwrap_err().to_string().contains("no vector column"));
         let bad_vec = Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("vector", DataType::Utf8, false),
         ]);
-        assert!(infer_schema(&bad_vec).unwrap_err().contains("FixedSizeList"));
+        assert!(infer_schema(&bad_vec).unwrap_err().to_string().contains("FixedSizeList"));
     }
 
     #[test]
     fn metric_conflict_is_refused() {
         let b = f64_batch(Some("l2"));
         let cs = infer_schema(&f64_batch(Some("cosine")).schema()).unwrap();
-        let e = check_metric("c", &b.schema(), &cs).unwrap_err();
+        let e = check_metric("c", &b.schema(), &cs).unwrap_err().to_string();
         assert!(e.contains("cosine") && e.contains("euclidean"), "{e}");
         check_metric("c", &f64_batch(None).schema(), &cs).unwrap();
     }

@@ -139,28 +139,87 @@ pub enum Ticket {
     Get(GetRequest),
 }
 
-fn bad_json(what: &str, e: &serde_json::Error) -> String {
-    format!("malformed {what}: {e}")
+/// Why a ticket or action body was refused (the Flight layer answers `InvalidArgument` with
+/// the message).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// Longer than [`MAX_REQUEST_BYTES`].
+    #[error("{what} of {len} bytes exceeds {MAX_REQUEST_BYTES}")]
+    TooLarge {
+        /// What was too long (`ticket`, `delete body`, ...).
+        what: String,
+        /// Its length.
+        len: usize,
+    },
+    /// An empty ticket.
+    #[error(
+        "empty ticket; expected JSON ({{\"search\": ...}}, {{\"name\": ...}}, {{\"get\": ...}}) or a collection name"
+    )]
+    EmptyTicket,
+    /// Neither JSON nor UTF-8 text.
+    #[error("{0} is neither JSON nor a UTF-8 collection name")]
+    NotUtf8(&'static str),
+    /// JSON that does not parse, or lacks or mistypes a key.
+    #[error("malformed {what}: {source}")]
+    Json {
+        /// What was being parsed.
+        what: String,
+        /// serde's reason.
+        source: serde_json::Error,
+    },
+    /// A ticket object that is none of the known kinds.
+    #[error("ticket JSON has none of \"search\", \"get\", \"name\" or \"dataset\"")]
+    UnknownTicket,
+    /// A ticket that is JSON but neither an object nor a string.
+    #[error("ticket JSON must be an object or a string")]
+    TicketShape,
+    /// A query vector element that is a number outside `f32`.
+    #[error("query vector element {index} ({value}) is not a finite f32")]
+    NotFinite {
+        /// Its position.
+        index: usize,
+        /// Its value.
+        value: f64,
+    },
+    /// A query vector element that is not a number.
+    #[error("query vector element {index} is {value}, not a number")]
+    NotANumber {
+        /// Its position.
+        index: usize,
+        /// The JSON given.
+        value: String,
+    },
+    /// An action body that names no collection.
+    #[error("the action body names no collection; expected {{\"name\": NAME}}")]
+    NoCollection,
+    /// An action body that is JSON but neither an object nor a string.
+    #[error("the action body must be a JSON object or string")]
+    BodyShape,
+    /// An action body object without a name key.
+    #[error("the action body has no \"name\" or \"dataset\" string")]
+    NoNameKey,
+}
+
+fn bad_json(what: &str, source: serde_json::Error) -> RequestError {
+    RequestError::Json { what: what.to_string(), source }
 }
 
 /// Parses a ticket: a JSON object with `search`, `get`, or `name`/`dataset` (a scan); a JSON
 /// string; or a bare collection name.
 ///
 /// # Errors
-/// A message saying what is malformed and what was expected.
-pub fn parse_ticket(bytes: &[u8]) -> Result<Ticket, String> {
+/// [`RequestError`] saying what is malformed and what was expected.
+pub fn parse_ticket(bytes: &[u8]) -> Result<Ticket, RequestError> {
     if bytes.len() > MAX_REQUEST_BYTES {
-        return Err(format!("ticket of {} bytes exceeds {MAX_REQUEST_BYTES}", bytes.len()));
+        return Err(RequestError::TooLarge { what: "ticket".into(), len: bytes.len() });
     }
     if bytes.is_empty() {
-        return Err("empty ticket; expected JSON ({\"search\": ...}, {\"name\": ...}, \
-                    {\"get\": ...}) or a collection name"
-            .into());
+        return Err(RequestError::EmptyTicket);
     }
     let trimmed = bytes.trim_ascii_start();
     if !matches!(trimmed.first(), Some(b'{' | b'"' | b'[')) {
-        let name = std::str::from_utf8(bytes)
-            .map_err(|_| "ticket is neither JSON nor a UTF-8 collection name".to_string())?;
+        let name = std::str::from_utf8(bytes).map_err(|_| RequestError::NotUtf8("ticket"))?;
         return Ok(Ticket::Scan(ScanRequest {
             name: name.to_string(),
             filters: None,
@@ -168,7 +227,7 @@ pub fn parse_ticket(bytes: &[u8]) -> Result<Ticket, String> {
             columns: None,
         }));
     }
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| bad_json("ticket JSON", &e))?;
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| bad_json("ticket JSON", e))?;
     match v {
         Value::String(name) => {
             Ok(Ticket::Scan(ScanRequest { name, filters: None, limit: None, columns: None }))
@@ -177,21 +236,21 @@ pub fn parse_ticket(bytes: &[u8]) -> Result<Ticket, String> {
             if let Some(s) = o.remove("search") {
                 return serde_json::from_value(s)
                     .map(Ticket::Search)
-                    .map_err(|e| bad_json("search ticket", &e));
+                    .map_err(|e| bad_json("search ticket", e));
             }
             if let Some(g) = o.remove("get") {
                 return serde_json::from_value(g)
                     .map(Ticket::Get)
-                    .map_err(|e| bad_json("get ticket", &e));
+                    .map_err(|e| bad_json("get ticket", e));
             }
             if o.contains_key("name") || o.contains_key("dataset") {
                 return serde_json::from_value(Value::Object(o))
                     .map(Ticket::Scan)
-                    .map_err(|e| bad_json("scan ticket", &e));
+                    .map_err(|e| bad_json("scan ticket", e));
             }
-            Err("ticket JSON has none of \"search\", \"get\", \"name\" or \"dataset\"".into())
+            Err(RequestError::UnknownTicket)
         }
-        _ => Err("ticket JSON must be an object or a string".into()),
+        _ => Err(RequestError::TicketShape),
     }
 }
 
@@ -199,13 +258,13 @@ pub fn parse_ticket(bytes: &[u8]) -> Result<Ticket, String> {
 ///
 /// # Errors
 /// A non-number (or a number outside f32) at some position.
-pub fn query_vector(v: &[Value]) -> Result<Vec<f32>, String> {
+pub fn query_vector(v: &[Value]) -> Result<Vec<f32>, RequestError> {
     v.iter()
         .enumerate()
-        .map(|(i, x)| match x.as_f64() {
+        .map(|(index, x)| match x.as_f64() {
             Some(f) if (f as f32).is_finite() => Ok(f as f32),
-            Some(f) => Err(format!("query vector element {i} ({f}) is not a finite f32")),
-            None => Err(format!("query vector element {i} is {x}, not a number")),
+            Some(value) => Err(RequestError::NotFinite { index, value }),
+            None => Err(RequestError::NotANumber { index, value: x.to_string() }),
         })
         .collect()
 }
@@ -215,23 +274,23 @@ pub fn query_vector(v: &[Value]) -> Result<Vec<f32>, String> {
 ///
 /// # Errors
 /// The body names no collection.
-pub fn collection_in_body(body: &[u8]) -> Result<String, String> {
+pub fn collection_in_body(body: &[u8]) -> Result<String, RequestError> {
     let t = body.trim_ascii();
     if t.is_empty() {
-        return Err("the action body names no collection; expected {\"name\": NAME}".into());
+        return Err(RequestError::NoCollection);
     }
     if !t.starts_with(b"{") && !t.starts_with(b"\"") {
         return std::str::from_utf8(t)
             .map(str::to_string)
-            .map_err(|_| "the action body is neither JSON nor a UTF-8 name".into());
+            .map_err(|_| RequestError::NotUtf8("the action body"));
     }
-    match serde_json::from_slice::<Value>(t).map_err(|e| bad_json("action body", &e))? {
+    match serde_json::from_slice::<Value>(t).map_err(|e| bad_json("action body", e))? {
         Value::String(s) => Ok(s),
         Value::Object(o) => ["name", "dataset", "collection"]
             .iter()
             .find_map(|k| o.get(*k).and_then(Value::as_str).map(str::to_string))
-            .ok_or_else(|| "the action body has no \"name\" or \"dataset\" string".into()),
-        _ => Err("the action body must be a JSON object or string".into()),
+            .ok_or(RequestError::NoNameKey),
+        _ => Err(RequestError::BodyShape),
     }
 }
 
@@ -295,12 +354,15 @@ pub struct DeleteRequest {
 /// Parses an action body as `T`.
 ///
 /// # Errors
-/// Malformed JSON or missing keys, as text.
-pub fn parse_body<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, String> {
+/// [`RequestError`]: too long, malformed JSON, or missing or mistyped keys.
+pub fn parse_body<T: serde::de::DeserializeOwned>(
+    what: &str,
+    body: &[u8],
+) -> Result<T, RequestError> {
     if body.len() > MAX_REQUEST_BYTES {
-        return Err(format!("{what} body of {} bytes exceeds {MAX_REQUEST_BYTES}", body.len()));
+        return Err(RequestError::TooLarge { what: format!("{what} body"), len: body.len() });
     }
-    serde_json::from_slice(body).map_err(|e| bad_json(&format!("{what} body"), &e))
+    serde_json::from_slice(body).map_err(|e| bad_json(&format!("{what} body"), e))
 }
 
 #[cfg(test)]
@@ -348,14 +410,24 @@ mod tests {
 
     #[test]
     fn malformed_tickets_say_what_is_wrong() {
-        assert!(parse_ticket(b"{\"search\": ").unwrap_err().contains("malformed ticket JSON"));
-        assert!(parse_ticket(b"").unwrap_err().contains("empty ticket"));
-        assert!(parse_ticket(br#"{"foo": 1}"#).unwrap_err().contains("none of"));
-        assert!(parse_ticket(br#"{"search": {"vector": [1]}}"#).unwrap_err().contains("dataset"));
-        assert!(parse_ticket(b"[1]").unwrap_err().contains("object or a string"));
-        let e = query_vector(&[Value::from(1), Value::from("x")]).unwrap_err();
+        assert!(
+            parse_ticket(b"{\"search\": ")
+                .unwrap_err()
+                .to_string()
+                .contains("malformed ticket JSON")
+        );
+        assert!(parse_ticket(b"").unwrap_err().to_string().contains("empty ticket"));
+        assert!(parse_ticket(br#"{"foo": 1}"#).unwrap_err().to_string().contains("none of"));
+        assert!(
+            parse_ticket(br#"{"search": {"vector": [1]}}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("dataset")
+        );
+        assert!(parse_ticket(b"[1]").unwrap_err().to_string().contains("object or a string"));
+        let e = query_vector(&[Value::from(1), Value::from("x")]).unwrap_err().to_string();
         assert!(e.contains("element 1"), "{e}");
-        let e = query_vector(&[Value::from(1e300)]).unwrap_err();
+        let e = query_vector(&[Value::from(1e300)]).unwrap_err().to_string();
         assert!(e.contains("finite"), "{e}");
     }
 

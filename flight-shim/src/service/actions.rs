@@ -113,7 +113,8 @@ pub(super) fn search_by_id(
     body: &[u8],
     metrics: Option<&Metrics>,
 ) -> Result<Value, Status> {
-    let req: SearchByIdRequest = request::parse_body("VectorSearchByID", body).map_err(invalid)?;
+    let req: SearchByIdRequest =
+        request::parse_body("VectorSearchByID", body).map_err(|e| invalid(e.to_string()))?;
     let search = &req.search;
     if search.vector.is_some() || search.vectors.is_some() {
         return Err(invalid("VectorSearchByID takes an \"id\", not a \"vector\""));
@@ -306,7 +307,8 @@ pub(super) const SEARCH_RESULTS_IN_FLIGHT: usize = 2;
 
 /// The parsed queries of a `VectorSearch` body.
 pub(super) fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<Vec<f32>>), Status> {
-    let mut req: SearchRequest = request::parse_body("VectorSearch", body).map_err(invalid)?;
+    let mut req: SearchRequest =
+        request::parse_body("VectorSearch", body).map_err(|e| invalid(e.to_string()))?;
     if let Some(key) = req.unsupported_key() {
         return Err(hybrid_unimplemented(key));
     }
@@ -325,7 +327,7 @@ pub(super) fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<V
     }
     let queries = queries
         .iter()
-        .map(|q| request::query_vector(q).map_err(invalid))
+        .map(|q| request::query_vector(q).map_err(|e| invalid(e.to_string())))
         .collect::<Result<_, _>>()?;
     Ok((req, queries))
 }
@@ -373,18 +375,19 @@ pub(super) fn run_action(
     let json_body = |v: Value| -> Result<Vec<Bytes>, Status> { Ok(vec![v.to_string().into()]) };
     match action {
         "create_collection" => {
-            let req: CreateRequest =
-                request::parse_body("create_collection", body).map_err(invalid)?;
+            let req: CreateRequest = request::parse_body("create_collection", body)
+                .map_err(|e| invalid(e.to_string()))?;
             db.create_collection(&req.name, create_schema(&req)?).map_err(collection_status)?;
             json_body(json!({"status": "created", "name": req.name}))
         }
         "drop_collection" => {
-            let name = request::collection_in_body(body).map_err(invalid)?;
+            let name = request::collection_in_body(body).map_err(|e| invalid(e.to_string()))?;
             db.drop_collection(&name).map_err(collection_status)?;
             json_body(json!({"status": "dropped", "name": name}))
         }
         "delete" => {
-            let mut req: DeleteRequest = request::parse_body("delete", body).map_err(invalid)?;
+            let mut req: DeleteRequest =
+                request::parse_body("delete", body).map_err(|e| invalid(e.to_string()))?;
             if let Some(id) = req.id.take() {
                 req.ids.push(id);
             }
@@ -402,7 +405,7 @@ pub(super) fn run_action(
             json_body(json!({"status": "flushed"}))
         }
         "stats" => {
-            let name = request::collection_in_body(body).map_err(invalid)?;
+            let name = request::collection_in_body(body).map_err(|e| invalid(e.to_string()))?;
             json_body(stats_json(db, &name)?)
         }
         "list_collections" => {

@@ -276,7 +276,8 @@ impl QuiverFlight {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<<QuiverFlight as FlightService>::DoGetStream>, Status> {
-        let ticket = request::parse_ticket(&request.get_ref().ticket).map_err(invalid)?;
+        let ticket =
+            request::parse_ticket(&request.get_ref().ticket).map_err(|e| invalid(e.to_string()))?;
         let (db, cfg) = (self.db.clone(), self.cfg.clone());
         let stream = match ticket {
             TicketReq::Search(req) => {
@@ -284,7 +285,7 @@ impl QuiverFlight {
                     .vector
                     .as_deref()
                     .ok_or_else(|| invalid("a search ticket needs \"vector\": [...]"))?;
-                let q = request::query_vector(v).map_err(invalid)?;
+                let q = request::query_vector(v).map_err(|e| invalid(e.to_string()))?;
                 let metrics = cfg.metrics.clone();
                 let b = blocking(move || run_search(&db, &req, &q, metrics.as_deref())).await?;
                 encode_batches(

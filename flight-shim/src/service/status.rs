@@ -6,8 +6,8 @@ use arrow_flight::error::FlightError;
 use quiver_engine::{CollectionError, FlushError, ReadError, WriteError};
 use tonic::Status;
 
-pub(super) fn invalid(msg: impl Into<String>) -> Status {
-    Status::invalid_argument(msg.into())
+pub(super) fn invalid(msg: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(msg.to_string())
 }
 
 pub(super) fn collection_status(e: CollectionError) -> Status {
