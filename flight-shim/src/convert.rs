@@ -488,13 +488,15 @@ mod tests {
         let e = conform(&batch_of::<Int32Type>(vec![vec![1, 2], vec![3, -16_777_217]]), &cs);
         let e = e.unwrap_err().to_string();
         assert!(e.contains("row 1") && e.contains("-16777217") && e.contains("2^24"), "{e}");
-        let e = conform(&batch_of::<UInt64Type>(vec![vec![u64::MAX, 1]]), &cs).unwrap_err().to_string();
+        let e =
+            conform(&batch_of::<UInt64Type>(vec![vec![u64::MAX, 1]]), &cs).unwrap_err().to_string();
         assert!(e.contains("2^24"), "{e}");
         // Into a uint8 collection: exact or refused.
         let u8_cs = CollectionSchema::new(2, VectorType::U8, Metric::L2).with_id_type(IdType::I64);
         let c = conform(&batch_of::<UInt16Type>(vec![vec![0, 255]]), &u8_cs).unwrap();
         assert_eq!(c.column(1).data_type(), &u8_cs.vector_data_type());
-        let e = conform(&batch_of::<UInt16Type>(vec![vec![0, 256]]), &u8_cs).unwrap_err().to_string();
+        let e =
+            conform(&batch_of::<UInt16Type>(vec![vec![0, 256]]), &u8_cs).unwrap_err().to_string();
         assert!(e.contains("vector column"), "{e}");
     }
 

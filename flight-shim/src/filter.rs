@@ -1,4 +1,7 @@
-//! Attribute filters from tickets: `[{"field": F, "op": OP, "value": V}, ...]`, ANDed.
+//! Attribute filters from tickets: Longbow's list `[{"field": F, "op": OP, "value": V}, ...]`,
+//! ANDed, whose elements may also be Quiver's nested forms: `{"and": [...]}`, `{"or": [...]}`,
+//! `{"not": FILTER}`, `{"field": F, "op": "in", "value": [V, ...]}` (and `not_in`), and
+//! `{"field": F, "op": "is_null"}` (and `is_not_null`).
 //!
 //! Longbow's clients send every value as a string (`"value": "100"` on an integer column): a
 //! string compared with a numeric or boolean column is parsed as that column's type, and a
@@ -13,24 +16,40 @@
 
 use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, DataType, Schema};
-use quiver_engine::{CompareOp, Filter, FilterError, Literal, Predicate};
+use quiver_engine::{CompareOp, Filter, FilterError, Literal, MAX_PREDICATE_DEPTH, Predicate};
 use serde::Deserialize;
 use serde_json::Value;
 
 /// Most filters one request may carry.
 pub const MAX_FILTERS: usize = 64;
 
-/// A filter as it arrives in JSON.
+/// A filter as it arrives in JSON: a comparison `{"field", "op", "value"}` (`column` and
+/// `operator` are accepted too), or a nested form (see the module documentation). Checked when
+/// translated ([`to_predicate`]).
 #[derive(Clone, Debug, Deserialize)]
-pub struct FilterSpec {
-    /// The column (`column` is accepted too).
+#[serde(transparent)]
+pub struct FilterSpec(pub Value);
+
+impl FilterSpec {
+    /// The comparison `field op value`.
+    pub fn compare(field: &str, op: &str, value: Value) -> FilterSpec {
+        let mut o = serde_json::Map::new();
+        o.insert("field".into(), field.into());
+        o.insert("op".into(), op.into());
+        o.insert("value".into(), value);
+        FilterSpec(Value::Object(o))
+    }
+}
+
+/// A comparison's parts, as written.
+#[derive(Debug, Deserialize)]
+struct Comparison {
     #[serde(alias = "column")]
-    pub field: String,
-    /// The operator: `=`, `!=`, `<`, `<=`, `>`, `>=` (or `eq`, `ne`, `lt`, `le`, `gt`, `ge`).
+    field: String,
     #[serde(alias = "operator")]
-    pub op: String,
-    /// The value: a number, string or boolean.
-    pub value: Value,
+    op: String,
+    #[serde(default)]
+    value: Value,
 }
 
 fn parse_op(s: &str) -> Option<CompareOp> {
@@ -56,7 +75,9 @@ pub enum TicketFilterError {
         count: usize,
     },
     /// The operator is not one this protocol knows.
-    #[error("filter on {field:?}: unknown operator {op:?}; expected one of =, !=, <, <=, >, >=")]
+    #[error(
+        "filter on {field:?}: unknown operator {op:?}; expected one of =, !=, <, <=, >, >=, in, not_in, is_null, is_not_null"
+    )]
     UnknownOperator {
         /// The column.
         field: String,
@@ -81,6 +102,28 @@ pub enum TicketFilterError {
         /// The value, as written.
         value: String,
     },
+    /// A filter that is none of the accepted forms.
+    #[error(
+        "malformed filter {filter}: expected {{\"field\", \"op\", \"value\"}}, {{\"and\": [...]}}, {{\"or\": [...]}} or {{\"not\": FILTER}}{}",
+        if reason.is_empty() { String::new() } else { format!(" ({reason})") }
+    )]
+    Shape {
+        /// The filter, as written (cut to 200 bytes).
+        filter: String,
+        /// What is wrong, if more is known.
+        reason: String,
+    },
+    /// `in` / `not_in` without a list of values.
+    #[error("filter on {field:?}: {op:?} takes a non-empty list of values")]
+    NeedsList {
+        /// The column.
+        field: String,
+        /// The operator.
+        op: String,
+    },
+    /// Nested deeper than the engine allows.
+    #[error("filters nested deeper than {MAX_PREDICATE_DEPTH}")]
+    TooDeep,
     /// A string value that does not parse as its numeric or boolean column's type.
     #[error("filter on {field:?} (type {data_type}): cannot parse {value:?} as {data_type}")]
     Unparsable {
@@ -102,12 +145,17 @@ pub enum TicketFilterError {
     Arrow(#[from] ArrowError),
 }
 
-/// The literal for `spec`, converted as Longbow converts values when its column is of type
-/// `column` (`None`: a column the schema lacks, left for the engine to refuse by name).
-fn literal(spec: &FilterSpec, column: Option<&DataType>) -> Result<Literal, TicketFilterError> {
-    match (&spec.value, column) {
+/// The literal for `value` compared with `spec`'s column, converted as Longbow converts values
+/// when the column is of type `column` (`None`: a column the schema lacks, left for the engine
+/// to refuse by name).
+fn literal(
+    spec: &Comparison,
+    value: &Value,
+    column: Option<&DataType>,
+) -> Result<Literal, TicketFilterError> {
+    match (value, column) {
         (Value::String(s), Some(dt)) if dt.is_numeric() || dt == &DataType::Boolean => {
-            return parse_literal(spec, s, dt);
+            return parse_literal(&spec.field, s, dt);
         }
         (Value::Number(n), Some(dt)) if is_string_type(dt) => {
             return Ok(Literal::Str(n.to_string()));
@@ -117,7 +165,7 @@ fn literal(spec: &FilterSpec, column: Option<&DataType>) -> Result<Literal, Tick
         }
         _ => {}
     }
-    Ok(match &spec.value {
+    Ok(match value {
         Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
             (Some(u), _, _) => Literal::UInt(u),
             (None, Some(i), _) => Literal::Int(i),
@@ -145,11 +193,7 @@ fn is_string_type(dt: &DataType) -> bool {
 }
 
 /// A string value parsed as the numeric or boolean type `dt`.
-fn parse_literal(
-    spec: &FilterSpec,
-    text: &str,
-    dt: &DataType,
-) -> Result<Literal, TicketFilterError> {
+fn parse_literal(field: &str, text: &str, dt: &DataType) -> Result<Literal, TicketFilterError> {
     let t = text.trim();
     let parsed = if dt == &DataType::Boolean {
         match t.to_ascii_lowercase().as_str() {
@@ -166,7 +210,7 @@ fn parse_literal(
         t.parse::<f64>().ok().filter(|f| !f.is_nan()).map(Literal::Float)
     };
     parsed.ok_or_else(|| TicketFilterError::Unparsable {
-        field: spec.field.clone(),
+        field: field.to_string(),
         value: text.to_string(),
         data_type: dt.clone(),
     })
@@ -187,19 +231,70 @@ pub fn to_predicate(
     }
     let parts = specs
         .iter()
-        .map(|s| {
-            let op = parse_op(&s.op).ok_or_else(|| TicketFilterError::UnknownOperator {
-                field: s.field.clone(),
-                op: s.op.clone(),
-            })?;
-            let column = schema.field_with_name(&s.field).ok().map(|f| f.data_type());
-            Ok(Predicate::compare(s.field.clone(), op, literal(s, column)?))
-        })
+        .map(|s| node(&s.0, schema, 0))
         .collect::<Result<Vec<_>, TicketFilterError>>()?;
     Ok(match parts.len() {
         0 => None,
         1 => parts.into_iter().next(),
         _ => Some(Predicate::And(parts)),
+    })
+}
+
+/// One filter (at nesting `depth`) as a predicate.
+fn node(v: &Value, schema: &Schema, depth: usize) -> Result<Predicate, TicketFilterError> {
+    if depth > MAX_PREDICATE_DEPTH {
+        return Err(TicketFilterError::TooDeep);
+    }
+    let shape = |reason: &str| {
+        let mut filter = v.to_string();
+        if filter.len() > 200 {
+            let cut = (0..=200).rev().find(|&i| filter.is_char_boundary(i)).unwrap_or(0);
+            filter.truncate(cut);
+            filter.push_str("...");
+        }
+        TicketFilterError::Shape { filter, reason: reason.to_string() }
+    };
+    let Value::Object(o) = v else { return Err(shape("not an object")) };
+    let list = |key: &str| -> Result<Vec<Predicate>, TicketFilterError> {
+        let Some(Value::Array(parts)) = o.get(key) else {
+            return Err(shape(&format!("{key:?} takes a list of filters")));
+        };
+        parts.iter().map(|p| node(p, schema, depth + 1)).collect()
+    };
+    match (o.get("and"), o.get("or"), o.get("not")) {
+        (Some(_), None, None) if o.len() == 1 => return Ok(Predicate::And(list("and")?)),
+        (None, Some(_), None) if o.len() == 1 => return Ok(Predicate::Or(list("or")?)),
+        (None, None, Some(inner)) if o.len() == 1 => {
+            return Ok(node(inner, schema, depth + 1)?.negate());
+        }
+        (None, None, None) => {}
+        _ => return Err(shape("exactly one of and, or, not, alone")),
+    }
+    let c: Comparison = serde_json::from_value(v.clone()).map_err(|e| shape(&e.to_string()))?;
+    let column = schema.field_with_name(&c.field).ok().map(|f| f.data_type());
+    let op = c.op.trim().to_ascii_lowercase();
+    let values = || -> Result<Vec<Literal>, TicketFilterError> {
+        let needs_list =
+            || TicketFilterError::NeedsList { field: c.field.clone(), op: c.op.clone() };
+        match &c.value {
+            Value::Array(vs) if !vs.is_empty() => {
+                vs.iter().map(|x| literal(&c, x, column)).collect()
+            }
+            _ => Err(needs_list()),
+        }
+    };
+    Ok(match op.as_str() {
+        "in" => Predicate::is_in(c.field.clone(), values()?),
+        "not_in" | "nin" | "not in" => Predicate::is_in(c.field.clone(), values()?).negate(),
+        "is_null" | "isnull" | "is null" => Predicate::IsNull(c.field.clone()),
+        "is_not_null" | "not_null" | "is not null" => Predicate::IsNotNull(c.field.clone()),
+        _ => {
+            let compare = parse_op(&c.op).ok_or_else(|| TicketFilterError::UnknownOperator {
+                field: c.field.clone(),
+                op: c.op.clone(),
+            })?;
+            Predicate::compare(c.field.clone(), compare, literal(&c, &c.value, column)?)
+        }
     })
 }
 
@@ -273,7 +368,7 @@ mod tests {
     }
 
     fn spec(field: &str, op: &str, value: Value) -> FilterSpec {
-        FilterSpec { field: field.into(), op: op.into(), value }
+        FilterSpec::compare(field, op, value)
     }
 
     fn rows(f: &[FilterSpec]) -> Vec<u8> {
@@ -296,6 +391,59 @@ mod tests {
         assert_eq!(rows(&[spec("s", "eq", "b".into())]), vec![2, 3]);
         assert_eq!(rows(&[spec("s", "eq", "b".into()), spec("u", "gt", 2.into())]), vec![3]);
         assert_eq!(rows(&[spec("u", "<", Value::from(-1))]), Vec::<u8>::new());
+    }
+
+    fn nested(v: Value) -> Vec<u8> {
+        rows(&[FilterSpec(v)])
+    }
+
+    #[test]
+    fn nested_or_not_in_and_null_tests_select_the_right_rows() {
+        use serde_json::json;
+        // n: [1, 5, null, -3], s: [a, b, b, null], u: [1, 2, 3, 4]
+        let or = json!({"or": [{"field": "n", "op": "=", "value": 1}, {"field": "u", "op": ">", "value": 3}]});
+        assert_eq!(nested(or), vec![1, 4]);
+        let not = json!({"not": {"field": "s", "op": "=", "value": "b"}});
+        assert_eq!(nested(not), vec![1], "NOT of unknown (a null s) is unknown: row 4 fails");
+        assert_eq!(nested(json!({"field": "u", "op": "in", "value": [2, "4", 9]})), vec![2, 4]);
+        assert_eq!(nested(json!({"field": "s", "op": "not_in", "value": ["a"]})), vec![2, 3]);
+        assert_eq!(nested(json!({"field": "n", "op": "is_null"})), vec![3]);
+        assert_eq!(nested(json!({"column": "s", "operator": "is_not_null"})), vec![1, 2, 3]);
+        let deep = json!({"and": [
+            {"or": [{"field": "s", "op": "is_null"}, {"field": "s", "op": "=", "value": "a"}]},
+            {"not": {"field": "u", "op": "in", "value": [1]}}
+        ]});
+        assert_eq!(nested(deep), vec![4]);
+        // The list form ANDs nested elements with plain ones.
+        let mixed = [
+            FilterSpec(
+                json!({"or": [{"field": "u", "op": "=", "value": 1}, {"field": "u", "op": "=", "value": 3}]}),
+            ),
+            spec("s", "=", "b".into()),
+        ];
+        assert_eq!(rows(&mixed), vec![3]);
+    }
+
+    #[test]
+    fn malformed_nested_filters_say_what_is_accepted() {
+        use serde_json::json;
+        let s = batch().schema();
+        let err = |v: Value| Filters::compile(&[FilterSpec(v)], &s).unwrap_err().to_string();
+        let e = err(json!({"or": {"field": "n"}}));
+        assert!(e.contains("malformed filter") && e.contains("takes a list"), "{e}");
+        let e = err(json!({"and": [], "or": []}));
+        assert!(e.contains("exactly one"), "{e}");
+        let e = err(json!(["n", "=", 1]));
+        assert!(e.contains("not an object"), "{e}");
+        let e = err(json!({"field": "u", "op": "in", "value": 3}));
+        assert!(e.contains("non-empty list"), "{e}");
+        let e = err(json!({"field": "u", "op": "in", "value": ["x"]}));
+        assert!(e.contains("cannot parse \"x\" as UInt8"), "{e}");
+        let mut deep = json!({"field": "u", "op": "=", "value": 1});
+        for _ in 0..40 {
+            deep = json!({"not": deep});
+        }
+        assert!(err(deep).contains("nested deeper"));
     }
 
     #[test]

@@ -108,6 +108,28 @@ def check_string_filters(client, rng):
         got = do_get(client, {"name": "lb_filters", "filters": filters}).column("id").to_pylist()
         if sorted(got) != [int(i) for i in ids[passing]]:
             fail(f"scan with {filters}: {len(got)} rows, expected {int(passing.sum())}")
+    # Quiver's nested form (docs/flight.md) beside Longbow's list: OR, NOT, IN, null tests.
+    nested = [
+        ([{"or": [{"field": "id", "op": "<", "value": 50},
+                  {"field": "price", "op": ">=", "value": "23.5"}]}],
+         (ids < 50) | (price >= 23.5)),
+        ([{"not": {"field": "id", "op": "in", "value": list(range(0, 2000, 2))}},
+          {"field": "active", "op": "=", "value": True}], (ids % 2 == 1) & active),
+        ([{"and": [{"field": "price", "op": "is_not_null"},
+                   {"not": {"or": [{"field": "id", "op": ">", "value": 100},
+                                   {"field": "active", "op": "=", "value": False}]}}]}],
+         (ids <= 100) & active),
+    ]
+    for filters, passing in nested:
+        q = v[int(np.flatnonzero(passing)[0])]
+        t = {"search": {"dataset": "lb_filters", "vector": q.tolist(), "k": 10, "filters": filters}}
+        got = do_get(client, t).column("id").to_pylist()
+        want = brute(ids, v, q, 10, lambda i: passing[i])
+        if got != want:
+            fail(f"nested filter {filters}: got {got}, brute force {want}")
+        got = do_get(client, {"name": "lb_filters", "filters": filters}).column("id").to_pylist()
+        if sorted(got) != [int(i) for i in ids[passing]]:
+            fail(f"scan with nested filter {filters}: {len(got)} rows")
     bad = {"search": {"dataset": "lb_filters", "vector": [0.0] * D, "k": 1,
                       "filters": [{"field": "id", "op": "lt", "value": "ten"}]}}
     expect_error("an unparsable value", lambda: do_get(client, bad),
