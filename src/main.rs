@@ -7,6 +7,7 @@
 //!   latency per list size.
 
 mod serve;
+mod telemetry;
 
 /// The program's allocator. Scans, flushes and Flight messages allocate and free buffers of
 /// megabytes at a high rate; glibc serves those with fresh `mmap`s, so every batch paid page
@@ -244,13 +245,7 @@ struct SearchArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let telemetry = telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => {
@@ -262,6 +257,7 @@ fn main() -> ExitCode {
         Command::Search(args) => search(&args),
         Command::Grow(args) => grow(&args),
     };
+    drop(telemetry); // flushes the spans not yet exported
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -18,6 +18,11 @@ pub struct Served {
 
 impl Served {
     pub fn start(data: &Path, extra: &[&str]) -> Served {
+        Served::start_with_env(data, extra, &[])
+    }
+
+    /// [`Served::start`] with extra environment variables.
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
             .arg("serve")
             .arg("--data")
@@ -25,6 +30,7 @@ impl Served {
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -163,6 +163,8 @@ pub(super) fn index_one(inner: &Inner) -> Result<Progress, BackgroundError> {
         })
     };
     let Some(job) = job else { return Ok(Progress::Idle) };
+    let _span =
+        tracing::debug_span!("index_build", segment = job.meta.id, rows = job.meta.rows).entered();
     let t = Instant::now();
     let index = build_index_dir(inner, &idir, &job.meta, &job.schema, job.vectors)?;
     let sid = job.meta.id;

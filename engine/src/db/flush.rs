@@ -146,6 +146,7 @@ pub(super) fn flush_once(inner: &Inner) -> Result<(), FlushError> {
         return Err(FlushError::Poisoned(p));
     }
     let Some(checkpoint) = freeze(inner)? else { return Ok(()) };
+    let _span = tracing::debug_span!("flush", checkpoint).entered();
     let plan = plan_flush(inner, &inner.read()).inspect_err(|_| thaw(inner))?;
     let written = write_flush(inner, plan).inspect_err(|_| thaw(inner))?;
     if let Err(e) = commit_flush(inner, &mut store, checkpoint, &written) {

@@ -220,6 +220,7 @@ struct Abandoned(&'static str);
 /// removed at once, or by the next open's orphan sweep.
 pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
     let Some(job) = plan_merge(inner) else { return Ok(Progress::Idle) };
+    let _span = tracing::debug_span!("merge", inputs = job.inputs.len()).entered();
     let _merging = Merging::start(inner, job.input_ids());
     let new_id = inner.alloc_id();
     let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));

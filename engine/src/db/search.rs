@@ -287,10 +287,23 @@ impl Database {
         params: &SearchParams,
     ) -> Result<RecordBatch, ReadError> {
         check_params(params)?;
+        let span = tracing::debug_span!("search", collection, k = params.k);
+        let _entered = span.enter();
         let Snapshot { collection: c, query: q, filter, columns, segments, mut top, mut sources } =
             self.snapshot_for_search(collection, query, params)?;
         c.counters.searches.fetch_add(1, Ordering::Relaxed);
-        let search = |s: &SegmentView| search_segment(&self.inner, &c, s, &q, params, &filter);
+        let search = |s: &SegmentView| {
+            // Segments may be searched on the search pool's threads: name the parent.
+            let _segment = tracing::debug_span!(
+                parent: &span,
+                "segment",
+                id = s.id,
+                indexed = s.index.is_some(),
+                reads = tracing::field::Empty
+            )
+            .entered();
+            search_segment(&self.inner, &c, s, &q, params, &filter)
+        };
         let found: Vec<Vec<Cand>> = if segments.len() > 1 {
             self.inner
                 .search_pool
@@ -458,6 +471,7 @@ fn walk_segment(
             Ok((found, stats)) => {
                 c.counters.index_walks.fetch_add(1, Ordering::Relaxed);
                 c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
+                tracing::Span::current().record("reads", stats.ios);
                 found
             }
             Err(SearchError::Layout(e)) => {

@@ -44,6 +44,7 @@ impl Database {
         batch: &RecordBatch,
     ) -> Result<PendingWrite, WriteError> {
         let inner = &self.inner;
+        let _span = tracing::debug_span!("insert", collection, rows = batch.num_rows()).entered();
         let (cid, schema) = self.admit(collection, batch.num_rows())?;
         let prepared = batch::prepare(&schema, batch, batch::Admit::New)?;
         if prepared.keys.is_empty() {
@@ -205,6 +206,7 @@ impl PendingWrite {
     /// # Errors
     /// [`WriteError`] if the WAL failed first (the database is then poisoned).
     pub fn wait(mut self) -> Result<u64, WriteError> {
+        let _span = tracing::debug_span!("wal_wait", lsn = self.lsn).entered();
         match self.wal.take() {
             Some(p) => finish_write(&self.inner, p),
             None => Ok(self.lsn),

@@ -344,7 +344,9 @@ pub(super) fn vector_search_stream(
     metrics: Option<Arc<Metrics>>,
 ) -> BoxStream<arrow_flight::Result> {
     let (tx, rx) = mpsc::channel::<Result<arrow_flight::Result, Status>>(SEARCH_RESULTS_IN_FLIGHT);
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
         for (i, q) in queries.iter().enumerate() {
             let result = run_search(&db, &req, q, metrics.as_deref())
                 .and_then(|b| ipc_stream_bytes(&b))

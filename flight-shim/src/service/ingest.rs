@@ -119,7 +119,7 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
     let (tx, rx) = mpsc::channel::<Result<T, Status>>(4);
     let (sub_tx, mut sub_rx) = mpsc::channel::<Result<Submitted, Status>>(MAX_IN_FLIGHT - 2);
     let ack_name = name.clone();
-    tokio::spawn(async move {
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         while let Some(next) = input.next().await {
             let submitted = match next {
                 Err(e) => Err(decode_status(e)),
@@ -139,8 +139,8 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
                 return;
             }
         }
-    });
-    tokio::spawn(async move {
+    }));
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         while let Some(submitted) = sub_rx.recv().await {
             let result = match submitted {
                 Ok(s) => {
@@ -163,7 +163,7 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
         sub_rx.close();
         let _ =
             tokio::task::spawn_blocking(move || while sub_rx.blocking_recv().is_some() {}).await;
-    });
+    }));
     Box::pin(ReceiverStream::new(rx))
 }
 

@@ -30,6 +30,7 @@ use futures::Stream;
 use quiver_engine::Database;
 use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::auth::Auth;
 use crate::metrics::Metrics;
@@ -103,9 +104,49 @@ impl QuiverFlight {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| Status::internal(format!("worker thread failed: {e}")))?
+}
+
+/// The span of one Flight call, a child of the client's trace when its gRPC metadata carries
+/// W3C trace context (`traceparent`). Disabled, and nothing extracted, when tracing is off.
+fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = match method {
+        "do_get" => tracing::debug_span!("do_get"),
+        "do_put" => tracing::debug_span!("do_put"),
+        "do_action" => tracing::debug_span!("do_action"),
+        "do_exchange" => tracing::debug_span!("do_exchange"),
+        _ => tracing::debug_span!("flight", rpc = method),
+    };
+    if !span.is_disabled() {
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&MetadataExtractor(metadata))
+        });
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// Reads W3C trace context from gRPC metadata.
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
 }
 
 fn descriptor_collection(d: Option<&FlightDescriptor>) -> Result<String, Status> {
@@ -186,7 +227,8 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let result = self.get_flight_info_call(request).await;
+        let span = rpc_span("get_flight_info", request.metadata());
+        let result = self.get_flight_info_call(request).instrument(span).await;
         self.counted("get_flight_info", result)
     }
 
@@ -214,7 +256,8 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let result = self.do_get_call(request).await;
+        let span = rpc_span("do_get", request.metadata());
+        let result = self.do_get_call(request).instrument(span).await;
         self.counted("do_get", result)
     }
 
@@ -222,7 +265,8 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        let result = self.do_put_call(request).await;
+        let span = rpc_span("do_put", request.metadata());
+        let result = self.do_put_call(request).instrument(span).await;
         self.counted("do_put", result)
     }
 
@@ -230,7 +274,8 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        let result = self.do_action_call(request).await;
+        let span = rpc_span("do_action", request.metadata());
+        let result = self.do_action_call(request).instrument(span).await;
         self.counted("do_action", result)
     }
 
@@ -258,7 +303,8 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        let result = self.do_exchange_call(request).await;
+        let span = rpc_span("do_exchange", request.metadata());
+        let result = self.do_exchange_call(request).instrument(span).await;
         self.counted("do_exchange", result)
     }
 }

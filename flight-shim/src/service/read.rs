@@ -247,7 +247,9 @@ pub(super) fn scan_stream(
         .with_max_bytes(cfg.max_flight_data_bytes);
     let mut left = req.limit.unwrap_or(u64::MAX);
     let (tx, rx) = mpsc::channel::<Result<RecordBatch, FlightError>>(4);
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
         let send = |b: RecordBatch, left: &mut u64| -> bool {
             let n = (b.num_rows() as u64).min(*left) as usize;
             *left -= n as u64;
