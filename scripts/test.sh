@@ -41,12 +41,13 @@ rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup
 # --- Python with pyarrow and numpy: pyarrow reads the engine's segment files, and pyarrow.flight ---
 # --- drives `quiver serve` as Longbow's users do (numpy is the brute-force oracle) -----------------
 PYENV=target/pyenv
-# --- grpcio and opentelemetry-proto: the OTLP receiver the tracing test exports to ---------------
-if ! "$PYENV/bin/python" -c 'import pyarrow.flight, numpy, grpc, opentelemetry.proto' 2>/dev/null; then
-  step "installing pyarrow, numpy, grpcio and opentelemetry-proto into $PYENV"
+# --- grpcio and opentelemetry-proto: the OTLP receiver the tracing test exports to; ---------------
+# --- kubernetes-validate: the offline schema check of deploy/ (and PyYAML with it) ----------------
+if ! "$PYENV/bin/python" -c 'import pyarrow.flight, numpy, grpc, opentelemetry.proto, kubernetes_validate, yaml' 2>/dev/null; then
+  step "installing pyarrow, numpy, grpcio, opentelemetry-proto and kubernetes-validate into $PYENV"
   [ -x "$PYENV/bin/python" ] || python3 -m venv "$PYENV"
   "$PYENV/bin/pip" install -q --disable-pip-version-check 'pyarrow==26.0.1' 'numpy==2.3.5' \
-    'grpcio==1.85.4' 'opentelemetry-proto==1.45.2' 'protobuf==7.36.2'
+    'grpcio==1.85.4' 'opentelemetry-proto==1.45.2' 'protobuf==7.36.2' 'kubernetes-validate==1.37.0'
 fi
 export QUIVER_PYTHON="$PWD/$PYENV/bin/python" QUIVER_REQUIRE_PYARROW=1 QUIVER_REQUIRE_PROMETHEUS=1
 # The disk-full test mounts a small tmpfs: CI runs as root, so a failed mount is a failure.

@@ -64,6 +64,8 @@ impl CollectionLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The database, for the health endpoints (weak: never keeps it open).
+    db: std::sync::Weak<Database>,
     labels: Arc<CollectionLabels>,
     ingest_rows: Family<Labels, Counter>,
     ingest_bytes: Family<Labels, Counter>,
@@ -121,7 +123,17 @@ impl Metrics {
             labels: Arc::clone(&labels),
             pending_since: Mutex::new(None),
         }));
-        Arc::new(Metrics { registry, labels, ingest_rows, ingest_bytes, put_ack, search, errors })
+        let db = Arc::downgrade(db);
+        Arc::new(Metrics {
+            registry,
+            db,
+            labels,
+            ingest_rows,
+            ingest_bytes,
+            put_ack,
+            search,
+            errors,
+        })
     }
 
     fn collection(&self, name: &str) -> Labels {
@@ -158,28 +170,55 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
+/// Serves, on `listener`, until the task is dropped:
+/// - `GET /metrics`: the exposition;
+/// - `GET /live`: 200 while the database is healthy, 503 once an I/O failure poisoned it (it
+///   refuses writes until restarted: a liveness probe restarts it, and recovery runs);
+/// - `GET /ready`: 200 while the database is healthy and open, 503 otherwise. Rows waiting to be
+///   indexed do not make it unready: they are served exactly meanwhile (the Flight action
+///   `check_readiness` reports indexing progress).
 ///
 /// # Errors
 /// The listener failed.
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
     use axum::http::{StatusCode, header};
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = Arc::clone(&metrics);
+    let health = {
+        let db = metrics.db.clone();
+        move || {
+            let db = db.clone();
             async move {
-                match metrics.encode() {
-                    Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text),
-                    Err(_) => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        [(header::CONTENT_TYPE, "text/plain")],
-                        "encoding the metrics failed".to_string(),
-                    ),
+                match db.upgrade() {
+                    None => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_string()),
+                    Some(db) => match db.poisoned() {
+                        Some(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("poisoned, restart to recover: {why}\n"),
+                        ),
+                        None => (StatusCode::OK, "ok\n".to_string()),
+                    },
                 }
             }
-        }),
-    );
+        }
+    };
+    let app = axum::Router::new()
+        .route("/live", axum::routing::get(health.clone()))
+        .route("/ready", axum::routing::get(health))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    match metrics.encode() {
+                        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text),
+                        Err(_) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            "encoding the metrics failed".to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
     axum::serve(listener, app).await
 }
 

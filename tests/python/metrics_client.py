@@ -60,6 +60,21 @@ def expect(samples, name, want, at_least=False):
         fail(f"{name} = {got}, expected {'at least ' if at_least else ''}{want}")
 
 
+def check_adapter_series(samples):
+    """Every series deploy/prometheus-adapter.yaml's rules name is one the server exports."""
+    import os
+    import re
+    import yaml
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "deploy", "prometheus-adapter.yaml")) as f:
+        config = yaml.safe_load(yaml.safe_load(f)["data"]["config.yaml"])
+    exported = {name.split("{")[0] for name in samples}
+    for rule in config["rules"]:
+        series = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", rule["seriesQuery"].strip("'")).group(0)
+        if series not in exported:
+            fail(f"the adapter rule names {series}, which the server does not export")
+
+
 def prometheus_value(addr, query):
     url = f"http://{addr}/api/v1/query?" + urllib.parse.urlencode({"query": query})
     with urllib.request.urlopen(url, timeout=10) as r:
@@ -103,7 +118,12 @@ def main():
     expect(s, "quiver_wal_sync_seconds_count", 1.0, at_least=True)
     expect(s, 'quiver_wal_sync_seconds_bucket{le="+Inf"}', s["quiver_wal_sync_seconds_count"])
     expect(s, "quiver_process_resident_memory_bytes", 1 << 20, at_least=True)
-    print(f"scrape ok: {len(s)} samples")
+    for path in ["/live", "/ready"]:
+        with urllib.request.urlopen(f"http://{metrics_addr}{path}", timeout=10) as r:
+            if r.status != 200 or r.read().strip() != b"ok":
+                fail(f"{path}: {r.status}")
+    check_adapter_series(s)
+    print(f"scrape ok: {len(s)} samples; /live and /ready answer ok; adapter series exported")
     if prometheus is None:
         return
     # Prometheus scrapes every second; wait for a scrape taken after the writes.

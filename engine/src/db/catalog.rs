@@ -171,6 +171,14 @@ impl Database {
         }
     }
 
+    /// Why the database refuses writes until it is reopened (an I/O failure whose outcome is
+    /// unknown: a failed `fdatasync`, a manifest commit that may or may not have happened), or
+    /// `None` while it is healthy. Reads go on; a restart recovers.
+    #[must_use]
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.poisoned()
+    }
+
     /// What the write-ahead log has done since open (groups, records, bytes, sync latencies)
     /// and the bytes queued for it now.
     #[must_use]
