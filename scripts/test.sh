@@ -25,6 +25,8 @@ command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
 # A real Prometheus server scrapes `quiver serve --metrics-listen` in tests/serve_metrics.rs.
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+# `quiver bench` draws its charts' text with DejaVu Sans (tests/cli_bench.rs).
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   as_root apt-get update -qq

@@ -6,6 +6,7 @@
 //! - `quiver search`: searches a disk index with a query file and reports recall, QPS, I/O and
 //!   latency per list size.
 
+mod bench;
 mod serve;
 mod telemetry;
 
@@ -55,6 +56,9 @@ enum Command {
     /// Grow a disk index without rebuilding it: drop some of its rows, add a vector file's.
     /// Kept rows are relabelled 0.. in their old label order; added rows follow, in file order.
     Grow(GrowArgs),
+    /// Build (or open) an index, sweep list sizes, and write recall–QPS and recall–I/O charts
+    /// (PNG) with a JSON and CSV table; `--peer diskann` adds DiskANN's curve from the same run.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -256,6 +260,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build(&args),
         Command::Search(args) => search(&args),
         Command::Grow(args) => grow(&args),
+        Command::Bench(args) => bench::bench(&args),
     };
     drop(telemetry); // flushes the spans not yet exported
     match result {
@@ -419,6 +424,103 @@ fn build(args: &BuildArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Refuses ground truth with fewer rows than queries or rows shorter than `k`.
+pub(crate) fn check_ground_truth(
+    gt: Option<&[Vec<u32>]>,
+    queries: usize,
+    k: usize,
+) -> Result<(), BoxError> {
+    let Some(gt) = gt else { return Ok(()) };
+    if gt.len() < queries {
+        return Err(format!("ground truth has {} rows for {queries} queries", gt.len()).into());
+    }
+    if let Some(short) = gt.iter().take(queries).position(|r| r.len() < k) {
+        return Err(format!("ground truth row {short} has fewer than k = {k} ids").into());
+    }
+    Ok(())
+}
+
+/// What one list size measured over a query set.
+#[derive(Clone, Debug)]
+pub(crate) struct Point {
+    pub(crate) list_size: usize,
+    /// Mean recall@k against the ground truth, when there is one.
+    pub(crate) recall: Option<f64>,
+    pub(crate) qps: f64,
+    pub(crate) mean_ios: f64,
+    pub(crate) mean_hops: f64,
+    pub(crate) mean_us: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+}
+
+/// Searches every query at list size `l` on `threads` threads; recall against `gt` (rows of at
+/// least `k` ids, nearest first).
+pub(crate) fn measure(
+    index: &DiskIndex,
+    queries: &quiver_diskgraph::data::VectorSet,
+    gt: Option<&[Vec<u32>]>,
+    k: usize,
+    l: usize,
+    beam_width: usize,
+    threads: usize,
+) -> Result<Point, BoxError> {
+    let params = SearchParams { k, list_size: l, beam_width };
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    let per_thread: Vec<Result<Vec<QueryOutcome>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut searcher = index.searcher().map_err(|e| e.to_string())?;
+                    let mut out = Vec::new();
+                    loop {
+                        let qi = next.fetch_add(1, Ordering::Relaxed);
+                        if qi >= queries.len() {
+                            break;
+                        }
+                        let (found, stats) =
+                            searcher.search(queries.row(qi), params).map_err(|e| e.to_string())?;
+                        out.push((qi, found.iter().map(|n| n.id).collect(), stats));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("search thread panicked".into())))
+            .collect()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let mut results = Vec::with_capacity(queries.len());
+    for r in per_thread {
+        results.extend(r?);
+    }
+    let n = results.len().max(1) as f64;
+    let recall = gt.map(|gt| {
+        let hits: usize = results
+            .iter()
+            .map(|(qi, ids, _)| ids.iter().filter(|id| gt[*qi][..k].contains(id)).count())
+            .sum();
+        hits as f64 / (n * k as f64)
+    });
+    let mut lat: Vec<f64> = results.iter().map(|r| r.2.latency_us).collect();
+    lat.sort_by(f64::total_cmp);
+    let pct =
+        |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    Ok(Point {
+        list_size: l,
+        recall,
+        qps: n / wall,
+        mean_ios: results.iter().map(|r| r.2.ios as f64).sum::<f64>() / n,
+        mean_hops: results.iter().map(|r| r.2.hops as f64).sum::<f64>() / n,
+        mean_us: lat.iter().sum::<f64>() / n,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    })
+}
+
 /// One progress bar per build phase, each started when its phase first reports and finished
 /// when the next begins.
 #[derive(Default)]
@@ -457,21 +559,7 @@ impl PhaseBars {
 fn search(args: &SearchArgs) -> Result<(), BoxError> {
     let queries = read_vectors(&args.queries)?;
     let gt = args.ground_truth.as_deref().map(read_ivecs).transpose()?;
-    if let Some(gt) = &gt {
-        if gt.len() < queries.len() {
-            return Err(format!(
-                "ground truth has {} rows for {} queries",
-                gt.len(),
-                queries.len()
-            )
-            .into());
-        }
-        if let Some(short) = gt.iter().take(queries.len()).position(|r| r.len() < args.k) {
-            return Err(
-                format!("ground truth row {short} has fewer than k = {} ids", args.k).into()
-            );
-        }
-    }
+    check_ground_truth(gt.as_deref(), queries.len(), args.k)?;
     let opts = OpenOptionsIndex {
         backend: args.backend,
         direct: !args.buffered,
@@ -498,73 +586,27 @@ fn search(args: &SearchArgs) -> Result<(), BoxError> {
         );
     }
     for &l in &args.list_sizes {
-        let params = SearchParams { k: args.k, list_size: l, beam_width: args.beam_width };
-        let next = AtomicUsize::new(0);
-        let started = Instant::now();
-        let per_thread: Vec<Result<Vec<QueryOutcome>, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..args.threads.max(1))
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut searcher = index.searcher().map_err(|e| e.to_string())?;
-                        let mut out = Vec::new();
-                        loop {
-                            let qi = next.fetch_add(1, Ordering::Relaxed);
-                            if qi >= queries.len() {
-                                break;
-                            }
-                            let (found, stats) = searcher
-                                .search(queries.row(qi), params)
-                                .map_err(|e| e.to_string())?;
-                            out.push((qi, found.iter().map(|n| n.id).collect(), stats));
-                        }
-                        Ok(out)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err("search thread panicked".into())))
-                .collect()
-        });
-        let wall = started.elapsed().as_secs_f64();
-        let mut results = Vec::with_capacity(queries.len());
-        for r in per_thread {
-            results.extend(r?);
-        }
-        let n = results.len().max(1) as f64;
-        let recall = gt.as_ref().map(|gt| {
-            let hits: usize = results
-                .iter()
-                .map(|(qi, ids, _)| ids.iter().filter(|id| gt[*qi][..args.k].contains(id)).count())
-                .sum();
-            hits as f64 / (n * args.k as f64)
-        });
-        let mut lat: Vec<f64> = results.iter().map(|r| r.2.latency_us).collect();
-        lat.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0)
-        };
-        let mean_ios = results.iter().map(|r| r.2.ios as f64).sum::<f64>() / n;
-        let mean_hops = results.iter().map(|r| r.2.hops as f64).sum::<f64>() / n;
-        let mean_us = lat.iter().sum::<f64>() / n;
-        let qps = n / wall;
+        let p = measure(&index, &queries, gt.as_deref(), args.k, l, args.beam_width, args.threads)?;
         if args.json {
-            let recall = recall.map_or("null".to_owned(), |r| format!("{r:.4}"));
+            let recall = p.recall.map_or("null".to_owned(), |r| format!("{r:.4}"));
             println!(
-                "{{\"list_size\":{l},\"k\":{},\"recall_at_k\":{recall},\"qps\":{qps:.1},\"mean_ios\":{mean_ios:.2},\"mean_hops\":{mean_hops:.2},\"mean_us\":{mean_us:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"ram_bytes\":{},\"threads\":{},\"beam_width\":{}}}",
+                "{{\"list_size\":{l},\"k\":{},\"recall_at_k\":{recall},\"qps\":{:.1},\"mean_ios\":{:.2},\"mean_hops\":{:.2},\"mean_us\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"ram_bytes\":{},\"threads\":{},\"beam_width\":{}}}",
                 args.k,
-                pct(0.5),
-                pct(0.99),
+                p.qps,
+                p.mean_ios,
+                p.mean_hops,
+                p.mean_us,
+                p.p50_us,
+                p.p99_us,
                 index.ram_bytes(),
                 args.threads,
                 args.beam_width
             );
         } else {
-            let recall = recall.map_or("-".to_owned(), |r| format!("{r:.4}"));
+            let recall = p.recall.map_or("-".to_owned(), |r| format!("{r:.4}"));
             println!(
-                "{l:>6} {recall:>10} {qps:>10.1} {mean_ios:>9.2} {mean_hops:>9.2} {:>9.1} {:>9.1}",
-                pct(0.5),
-                pct(0.99)
+                "{l:>6} {recall:>10} {:>10.1} {:>9.2} {:>9.2} {:>9.1} {:>9.1}",
+                p.qps, p.mean_ios, p.mean_hops, p.p50_us, p.p99_us
             );
         }
     }
