@@ -11,6 +11,9 @@ Per round and mode:
 - search QPS over Flight: one client, sequential DoGet search tickets (k = 10) on the indexed
   collection (after `wait-for-indexing`), queries drawn from the base rows.
 Reports each mode's median and the ratio on/off (target: within 3%).
+
+With `--baseline OLD`, both modes run without metrics and "off" is the binary OLD: the cost of
+what the newer binary added with tracing off (its spans are disabled at their call sites).
 """
 import argparse
 import json
@@ -55,8 +58,12 @@ def scraper(addr, stop_event, counts):
 
 def one_round(args, vecs, table, metrics):
     work = tempfile.mkdtemp(dir=args.workdir)
+    binary = args.quiver
+    if args.baseline:
+        binary = args.quiver if metrics else args.baseline
+        metrics = False
     try:
-        p, uri, metrics_addr = start(args.quiver, os.path.join(work, "db"), metrics)
+        p, uri, metrics_addr = start(binary, os.path.join(work, "db"), metrics)
         stop_event, scrapes = threading.Event(), []
         t = None
         if metrics_addr:
@@ -95,6 +102,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--batch-rows", type=int, default=10_000)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--baseline", default=None,
+                    help="compare --quiver against this binary, both without metrics")
     args = ap.parse_args()
     vecs = load_base(args.base, args.rows)
     table = table_of(vecs)
@@ -112,8 +121,9 @@ def main():
     print(f"\nmedians over {args.rounds} rounds, {args.rows} rows, {args.queries} queries:")
     print("| metrics | durable DoPut MB/s | search QPS |")
     print("|---|---|---|")
+    names = {False: "baseline" if args.baseline else "off", True: "new" if args.baseline else "on"}
     for m in (False, True):
-        print(f"| {'on' if m else 'off'} | {med[m][0]:.1f} | {med[m][1]:.1f} |")
+        print(f"| {names[m]} | {med[m][0]:.1f} | {med[m][1]:.1f} |")
     print(f"| on / off | {med[True][0] / med[False][0]:.3f} | {med[True][1] / med[False][1]:.3f} |")
 
 
