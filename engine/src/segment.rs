@@ -542,7 +542,7 @@ impl ChunkReader for BufferedChunks {
 ///
 /// A file holds the columns its collection had when it was written: a prefix of the
 /// collection's schema, since columns are only ever added at the end and nullable
-/// ([`widens`]). Reads of the columns it lacks return nulls.
+/// (`segment::widens`). Reads of the columns it lacks return nulls.
 #[derive(Debug, Clone)]
 pub struct SegmentFile {
     path: PathBuf,

@@ -3,7 +3,7 @@
 //! request paths counts anything.
 //!
 //! Two kinds:
-//! - **Read at scrape time** from the engine ([`EngineCollector`]): rows, segments, resident
+//! - **Read at scrape time** from the engine (`EngineCollector`): rows, segments, resident
 //!   bytes by structure, searches and index sector reads, filtered-search plans, the sector
 //!   cache, the WAL (groups, records, bytes, queued bytes, `fdatasync` latency), background work,
 //!   the memory budget and the process's resident memory. They cost the request paths nothing:
@@ -273,6 +273,16 @@ impl Series {
     }
 }
 
+/// A family of one unlabelled series holding `value`.
+fn single(
+    mut series: Series,
+    value: f64,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    series.add(Vec::new(), value);
+    series.encode(encoder)
+}
+
 /// One value of a counter or gauge.
 fn encode_value(
     kind: MetricType,
@@ -400,41 +410,41 @@ impl EngineCollector {
         db: &Database,
         encoder: &mut DescriptorEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
-        let one = |mut s: Series, v: f64, encoder: &mut DescriptorEncoder<'_>| {
-            s.add(Vec::new(), v);
-            s.encode(encoder)
-        };
         if let Some(c) = db.sector_cache_stats() {
             let help = "Sector cache lookups that found the sector";
-            one(counter("quiver_sector_cache_hits", help, None), c.hits as f64, encoder)?;
+            single(counter("quiver_sector_cache_hits", help, None), c.hits as f64, encoder)?;
             let help = "Sector cache lookups that missed";
-            one(counter("quiver_sector_cache_misses", help, None), c.misses as f64, encoder)?;
+            single(counter("quiver_sector_cache_misses", help, None), c.misses as f64, encoder)?;
             let help = "Sectors evicted from the cache";
-            one(counter("quiver_sector_cache_evictions", help, None), c.evictions as f64, encoder)?;
+            single(
+                counter("quiver_sector_cache_evictions", help, None),
+                c.evictions as f64,
+                encoder,
+            )?;
             let help = "Bytes of sectors cached";
-            one(gauge("quiver_sector_cache", help, Some(Unit::Bytes)), c.bytes as f64, encoder)?;
+            single(gauge("quiver_sector_cache", help, Some(Unit::Bytes)), c.bytes as f64, encoder)?;
             let help = "The sector cache's capacity";
             let s = gauge("quiver_sector_cache_capacity", help, Some(Unit::Bytes));
-            one(s, c.capacity as f64, encoder)?;
+            single(s, c.capacity as f64, encoder)?;
         }
         let memory = db.memory();
         if let Some(budget) = memory.budget {
             let help = "The engine's memory budget (--memory-budget)";
-            one(gauge("quiver_memory_budget", help, Some(Unit::Bytes)), budget as f64, encoder)?;
+            single(gauge("quiver_memory_budget", help, Some(Unit::Bytes)), budget as f64, encoder)?;
         }
         let help = "Bytes the engine's bounded structures hold (not the sector cache)";
         let s = gauge("quiver_engine_structures", help, Some(Unit::Bytes));
-        one(s, memory.structures as f64, encoder)?;
+        single(s, memory.structures as f64, encoder)?;
         let help = "Index builds that ran over the memory budget";
         let s = counter("quiver_over_budget_builds", help, None);
-        one(s, memory.over_budget_builds as f64, encoder)?;
+        single(s, memory.over_budget_builds as f64, encoder)?;
         if let Some(rss) = proc_status_bytes("VmRSS:") {
             let help = "The server process's resident memory (VmRSS)";
-            one(gauge("quiver_process_resident_memory", help, Some(Unit::Bytes)), rss, encoder)?;
+            single(gauge("quiver_process_resident_memory", help, Some(Unit::Bytes)), rss, encoder)?;
         }
         let background = db.background_stats();
         let help = "Merges committed by the background worker";
-        one(counter("quiver_merges", help, None), background.merges as f64, encoder)?;
+        single(counter("quiver_merges", help, None), background.merges as f64, encoder)?;
         let pending = db.indexing_pending();
         let age = {
             let mut since =
@@ -452,13 +462,17 @@ impl EngineCollector {
             }
         };
         let help = "1 while rows wait in memory or segments await an index or a merge";
-        one(gauge("quiver_background_pending", help, None), f64::from(u8::from(pending)), encoder)?;
+        single(
+            gauge("quiver_background_pending", help, None),
+            f64::from(u8::from(pending)),
+            encoder,
+        )?;
         let help = "How long background work has been pending without a break, as scrapes saw it";
         let s = gauge("quiver_background_pending_age", help, Some(Unit::Seconds));
-        one(s, age, encoder)?;
+        single(s, age, encoder)?;
         let help = "1 while the background worker's last unit of work failed (it retries)";
         let failing = f64::from(u8::from(db.background_error().is_some()));
-        one(gauge("quiver_background_failing", help, None), failing, encoder)
+        single(gauge("quiver_background_failing", help, None), failing, encoder)
     }
 }
 
@@ -466,18 +480,18 @@ impl EngineCollector {
 fn encode_wal(db: &Database, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
     {
         let w = db.wal_stats();
-        let one = |mut s: Series, v: f64, encoder: &mut DescriptorEncoder<'_>| {
-            s.add(Vec::new(), v);
-            s.encode(encoder)
-        };
         let help = "WAL groups written (each one write and one fdatasync)";
-        one(counter("quiver_wal_groups", help, None), w.groups as f64, encoder)?;
+        single(counter("quiver_wal_groups", help, None), w.groups as f64, encoder)?;
         let help = "WAL records written (group size: rate of this over rate of groups)";
-        one(counter("quiver_wal_records", help, None), w.records as f64, encoder)?;
+        single(counter("quiver_wal_records", help, None), w.records as f64, encoder)?;
         let help = "WAL payload bytes written, before compression";
-        one(counter("quiver_wal_payload", help, Some(Unit::Bytes)), w.bytes as f64, encoder)?;
+        single(counter("quiver_wal_payload", help, Some(Unit::Bytes)), w.bytes as f64, encoder)?;
         let help = "Bytes queued for the WAL's flusher";
-        one(gauge("quiver_wal_queued", help, Some(Unit::Bytes)), w.queued_bytes as f64, encoder)?;
+        single(
+            gauge("quiver_wal_queued", help, Some(Unit::Bytes)),
+            w.queued_bytes as f64,
+            encoder,
+        )?;
         let buckets: Vec<(f64, u64)> = WAL_SYNC_BUCKETS
             .iter()
             .copied()
