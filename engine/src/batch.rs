@@ -672,23 +672,38 @@ pub fn encode_payload_into(
     Ok(())
 }
 
+/// Why a WAL payload was refused ([`decode_payload`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// Fewer than the 8 bytes of its collection id.
+    #[error("payload shorter than its collection id")]
+    Short,
+    /// The Arrow IPC stream does not open.
+    #[error("IPC stream: {0}")]
+    Stream(ArrowError),
+    /// The stream's batch does not decode.
+    #[error("IPC batch: {0}")]
+    Batch(ArrowError),
+    /// Not exactly one batch.
+    #[error("IPC stream holds {0} batches, not one")]
+    Batches(&'static str),
+}
+
 /// Decodes a WAL payload written by [`encode_payload`].
 ///
 /// # Errors
-/// A description of what is malformed.
-pub fn decode_payload(payload: &[u8]) -> Result<(u64, RecordBatch), String> {
+/// [`PayloadError`]: what is malformed.
+pub fn decode_payload(payload: &[u8]) -> Result<(u64, RecordBatch), PayloadError> {
     if payload.len() < 8 {
-        return Err("payload shorter than its collection id".into());
+        return Err(PayloadError::Short);
     }
     let collection = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
     let mut r = arrow_ipc::reader::StreamReader::try_new(&payload[8..], None)
-        .map_err(|e| format!("IPC stream: {e}"))?;
-    let batch = r
-        .next()
-        .ok_or_else(|| "IPC stream holds no batch".to_string())?
-        .map_err(|e| format!("IPC batch: {e}"))?;
+        .map_err(PayloadError::Stream)?;
+    let batch = r.next().ok_or(PayloadError::Batches("no"))?.map_err(PayloadError::Batch)?;
     if r.next().is_some() {
-        return Err("IPC stream holds more than one batch".into());
+        return Err(PayloadError::Batches("more than one"));
     }
     Ok((collection, batch))
 }

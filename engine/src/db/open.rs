@@ -155,7 +155,7 @@ impl Database {
         for rec in replay {
             let rec = rec.map_err(|e| OpenError::WalRecord { lsn: 0, reason: e.to_string() })?;
             let bad = |reason: String| OpenError::WalRecord { lsn: rec.lsn, reason };
-            let (cid, b) = batch::decode_payload(&rec.payload).map_err(bad)?;
+            let (cid, b) = batch::decode_payload(&rec.payload).map_err(|e| bad(e.to_string()))?;
             let Some(c) = state.collections.values().find(|c| c.id == cid) else {
                 if cid >= body.next_id {
                     // Never allocated under this manifest: not a dropped collection's record.
@@ -359,8 +359,9 @@ pub(super) fn load_segment(
             .open(&p, OpenMode::Read)
             .and_then(|f| f.read_to_vec())
             .map_err(|source| segment::SegmentError::Io { path: p.clone(), source })?;
-        let rows = segment::decode_deletes(&bytes, meta.id, meta.rows)
-            .map_err(|reason| segment::SegmentError::Corrupt { path: p.clone(), reason })?;
+        let rows = segment::decode_deletes(&bytes, meta.id, meta.rows).map_err(|e| {
+            segment::SegmentError::Corrupt { path: p.clone(), reason: e.to_string() }
+        })?;
         if rows.len() as u64 != d.count {
             return Err(segment::SegmentError::Corrupt {
                 path: p,
