@@ -4,7 +4,7 @@
 //! A search reads a whole sector to get one node. With nodes written in input order, the other
 //! nodes of that sector are unrelated to the query and the bytes are wasted. Written in packed
 //! order, they are mostly the node's own graph neighbours, which the search is likely to want
-//! next; the search uses them (see `search.rs`) and needs fewer reads for the same recall (as in
+//! next; the search uses them (see `search/`) and needs fewer reads for the same recall (as in
 //! Starling, SIGMOD 2024, whose block shuffling this approximates greedily).
 //!
 //! The greedy packing: seeds are taken in breadth-first order from the entry point (then any node
