@@ -223,7 +223,16 @@ fn run_diskann(args: &BenchArgs) -> Result<Curve, BoxError> {
         .args(["--beam-width", &args.beam_width.to_string(), "--k", &args.k.to_string()])
         .args(["--list-sizes", &list_sizes.join(","), "--phase", "both"]);
     println!("peer: {} {}", args.python, script.display());
-    let out = cmd.output().map_err(|e| format!("could not run {}: {e}", args.python))?;
+    // The peer builds and searches in one process: a spinner with the elapsed time meanwhile.
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} DiskANN build and sweep ({elapsed})")
+            .expect("a valid template"),
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let out = cmd.output().map_err(|e| format!("could not run {}: {e}", args.python));
+    spinner.finish_and_clear();
+    let out = out?;
     if !out.status.success() {
         return Err(format!(
             "the DiskANN peer failed (is diskannpy installed for {}?):\n{}",
@@ -300,9 +309,17 @@ fn print_table(curves: &[Curve]) {
     for c in curves {
         for p in &c.points {
             let recall = p.recall.map_or("-".to_owned(), |r| format!("{r:.4}"));
+            // A figure the peer does not report is NaN: shown as "-".
+            let shown = |v: f64, digits: usize| {
+                if v.is_finite() { format!("{v:.digits$}") } else { "-".to_owned() }
+            };
             println!(
-                "{:>8} {:>6} {recall:>10} {:>10.1} {:>9.2} {:>9.1}",
-                c.system, p.list_size, p.qps, p.mean_ios, p.p99_us
+                "{:>8} {:>6} {recall:>10} {:>10} {:>9} {:>9}",
+                c.system,
+                p.list_size,
+                shown(p.qps, 1),
+                shown(p.mean_ios, 2),
+                shown(p.p99_us, 1)
             );
         }
     }
