@@ -29,18 +29,11 @@ import urllib.request
 import pyarrow.flight as fl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from flight_bench import load_base, nbytes, put, stop, table_of  # noqa: E402
+from flight_bench import load_base, nbytes, put, start_quiver, stop, table_of  # noqa: E402
 
 
 def start(binary, data, metrics):
-    import subprocess
-    extra = ["--metrics-listen", "127.0.0.1:0"] if metrics else []
-    p = subprocess.Popen([binary, "serve", "--data", data, "--listen", "127.0.0.1:0", *extra],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                         env={**os.environ, "RUST_LOG": "warn"})
-    line = p.stdout.readline().strip()
-    assert line.startswith("listening on grpc://"), line
-    uri = line.split("listening on ")[1]
+    p, uri = start_quiver(binary, data, ["--metrics-listen", "127.0.0.1:0"] if metrics else [])
     metrics_addr = None
     if metrics:
         line = p.stdout.readline().strip()

@@ -126,7 +126,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), BoxError> {
         args.beam_width,
         args.threads
     );
-    let bar = progress("sweep", args.list_sizes.len());
+    let bar = crate::phase_bar("sweep", args.list_sizes.len());
     let mut points = Vec::with_capacity(args.list_sizes.len());
     for &l in &args.list_sizes {
         points.push(measure(
@@ -155,13 +155,6 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), BoxError> {
         args.out.display()
     );
     Ok(())
-}
-
-fn progress(phase: &str, total: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total as u64);
-    let template = format!("{phase:>7} {{bar:40}} {{pos}}/{{len}} ({{elapsed}}, {{eta}} left)");
-    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("a valid template"));
-    bar
 }
 
 /// The index at `--index`, built from `--base` first if the directory holds none.

@@ -528,6 +528,14 @@ struct PhaseBars {
     current: std::sync::Mutex<Option<(&'static str, indicatif::ProgressBar)>>,
 }
 
+/// A progress bar for a phase of `total` steps, in the style of every long phase of the CLI.
+pub(crate) fn phase_bar(phase: &str, total: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let template = format!("{phase:>7} {{bar:40}} {{pos}}/{{len}} ({{elapsed}}, {{eta}} left)");
+    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("a valid template"));
+    bar
+}
+
 impl PhaseBars {
     fn report(&self, phase: &'static str, done: usize, total: usize) {
         let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -535,13 +543,7 @@ impl PhaseBars {
             if let Some((_, bar)) = current.take() {
                 bar.finish();
             }
-            let bar = indicatif::ProgressBar::new(total as u64);
-            let template =
-                format!("{phase:>7} {{bar:40}} {{pos}}/{{len}} ({{elapsed}}, {{eta}} left)");
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(&template).expect("a valid template"),
-            );
-            *current = Some((phase, bar));
+            *current = Some((phase, phase_bar(phase, total)));
         }
         if let Some((_, bar)) = current.as_ref() {
             bar.set_position(done as u64);

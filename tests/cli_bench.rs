@@ -5,20 +5,9 @@
 //! than the search users run would fail here. A second run opens the index instead of
 //! rebuilding it; bad arguments end in a clear error before anything long runs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/fixtures/bigann10k").join(name)
-}
-
-fn quiver(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quiver")).args(args).output().expect("run quiver")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use cli::{fixture, quiver, s};
 
 /// Width and height from a PNG's IHDR chunk, if the bytes are a PNG.
 fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {

@@ -3,20 +3,10 @@
 //! (a missing file, cosine on bytes, a query file of the wrong dimension) must end in a clear error
 //! and a failing exit status, never a panic.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/fixtures/bigann10k").join(name)
-}
-
-fn quiver(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quiver")).args(args).output().expect("run quiver")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use cli::{fixture, quiver, s};
+use std::process::Output;
 
 #[test]
 fn build_then_search_reports_recall_at_10_above_0_95_at_list_size_50() {
