@@ -15,6 +15,9 @@ Build first: `cargo build --release --bin quiver`. Steps:
 4. `--delete-frac` of the rows (random ids) are deleted over Flight, the deletions flushed, and
    the Flight sweep repeated, with recall against the ground truth restricted to live rows.
 5. Busy (last, as it adds rows): at list size `--busy-list-size`, 30 s of idle Flight searches,
+   then (`--floor-hogs N`) 20 s of them beside N pure CPU loops in another process at the
+   background's nice value — the contention floor: what any background work of that much CPU
+   costs the searches on this machine, with nothing shared but the cores —
    then the same searches repeated while a writer puts `--busy-rows` new rows in `--busy-flushes` flushed parts (each flush makes
    a segment; once there are 4 the merge starts) and waits for indexing; latency percentiles of
    the searches that ran in that window against the idle ones (recall is not scored there: the
@@ -145,9 +148,32 @@ def busy_run(uri, name, queries, ls, threads, stop):
     return np.array([x for p in parts for x in p]) * 1e3, time.perf_counter() - t0
 
 
-def busy_phase(uri, name, base, queries, ls, threads, rows, flushes):
-    """Idle latency at list size `ls`, then latency while `rows` new rows are put in `flushes`
-    flushed parts and indexed (flushes, index builds and a merge)."""
+HOG = "import time\nend = time.time() + {secs}\nwhile time.time() < end: pass\n"
+
+
+def floor_run(uri, name, queries, ls, threads, hogs, nice, secs=20.0):
+    """Latency while `hogs` pure CPU loops run in another process at `nice` (no I/O, no memory,
+    nothing shared with the server but the cores): the least any background work of that much
+    CPU costs searches on this machine. (latencies ms, seconds), or None without hogs."""
+    import threading
+    if hogs == 0:
+        return None
+    procs = [subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c",
+                               HOG.format(secs=secs + 1)]) for _ in range(hogs)]
+    time.sleep(0.5)
+    stop = threading.Event()
+    timer = threading.Timer(secs - 0.5, stop.set)
+    timer.start()
+    lat, took = busy_run(uri, name, queries, ls, threads, stop)
+    for p in procs:
+        p.wait()
+    return lat, took
+
+
+def busy_phase(uri, name, base, queries, ls, threads, rows, flushes, hogs=0, hog_nice=10):
+    """Idle latency at list size `ls`; with `hogs`, latency beside that many CPU loops in another
+    process (`floor_run`); then latency while `rows` new rows are put in `flushes` flushed parts
+    and indexed (flushes, index builds and a merge)."""
     import threading
     idle_stop = threading.Event()
     timer = threading.Timer(30.0, idle_stop.set)
@@ -157,6 +183,7 @@ def busy_phase(uri, name, base, queries, ls, threads, rows, flushes):
     picks = rng.choice(len(base), rows, replace=True)
     noise = rng.integers(-3, 4, size=(rows, base.shape[1]))
     fresh = np.clip(base[picks].astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    floor = floor_run(uri, name, queries, ls, threads, hogs, hog_nice)
     before = action(uri, "stats", {"name": name})[0]
     stop = threading.Event()
     timeline = {}
@@ -192,8 +219,10 @@ def busy_phase(uri, name, base, queries, ls, threads, rows, flushes):
     timer.start()
     settled, settled_secs = busy_run(uri, name, queries, ls, threads, after_stop)
     pct = lambda a, p: float(np.percentile(a, p))  # noqa: E731
+    summary = lambda a, secs: (len(a) / secs, pct(a, 50), pct(a, 99), len(a))  # noqa: E731
     return {
         "idle": (len(idle) / idle_secs, pct(idle, 50), pct(idle, 99), len(idle)),
+        "floor": summary(*floor) if floor else None,
         "busy": (len(busy) / busy_secs, pct(busy, 50), pct(busy, 99), len(busy)),
         "after": (len(settled) / settled_secs, pct(settled, 50), pct(settled, 99),
                   len(settled)),
@@ -240,6 +269,9 @@ def main():
                     help="sector cache of both sides (0: every node read from disk)")
     ap.add_argument("--busy-rows", type=int, default=30_000)
     ap.add_argument("--busy-flushes", type=int, default=3)
+    ap.add_argument("--floor-hogs", type=int, default=0,
+                    help="before the busy phase, 20 s of searches beside this many pure CPU "
+                         "loops in another process at --background-nice: the contention floor")
     args = ap.parse_args()
     list_sizes = [int(x) for x in args.list_sizes.split(",")]
     base_file = os.path.join(args.data, "base.u8bin")
@@ -277,7 +309,7 @@ def main():
 
     if args.busy_only:
         busy = busy_phase(uri, "sift", base, queries, args.busy_list_size, args.threads,
-                          args.busy_rows, args.busy_flushes)
+                          args.busy_rows, args.busy_flushes, args.floor_hogs, args.background_nice)
         print(json.dumps(busy))
         p.terminate()
         p.wait()
@@ -312,7 +344,7 @@ def main():
         for ls in list_sizes:
             dele[ls].append(e[ls])
     busy = busy_phase(uri, "sift", base, queries, args.busy_list_size, args.threads,
-                      args.busy_rows, args.busy_flushes)
+                      args.busy_rows, args.busy_flushes, args.floor_hogs, args.background_nice)
     print(f"busy: {busy}", file=sys.stderr)
     p.terminate()
     p.wait()

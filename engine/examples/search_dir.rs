@@ -1,8 +1,9 @@
 //! In-process search throughput on an existing database, for comparison with the same searches
 //! over Flight (benches/flight_bench.py).
 //!
-//! `search_dir DB COLLECTION QUERIES.fbin K L ROUNDS` prints one QPS figure per round (queries
-//! run one after another on one thread, as the Flight benchmark's client does).
+//! `search_dir DB COLLECTION QUERIES.fbin K L ROUNDS [SECTOR_CACHE_MB]` prints one QPS figure per
+//! round (queries run one after another on one thread, as the Flight benchmark's client does).
+//! The sector cache is the engine's default unless `SECTOR_CACHE_MB` is given (0: none).
 
 use std::time::Instant;
 
@@ -11,10 +12,20 @@ use quiver_engine::{Database, Options, SearchParams};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    let [db, coll, queries, k, l, rounds] = a.as_slice() else {
-        return Err("usage: search_dir DB COLLECTION QUERIES.fbin K L ROUNDS".into());
+    let (args, cache_mb) = match a.as_slice() {
+        [rest @ .., mb] if a.len() == 7 => (rest, Some(mb.parse::<usize>()?)),
+        rest => (rest, None),
     };
-    let db = Database::open(db, Options::default().background(false))?;
+    let [db, coll, queries, k, l, rounds] = args else {
+        return Err(
+            "usage: search_dir DB COLLECTION QUERIES.fbin K L ROUNDS [SECTOR_CACHE_MB]".into()
+        );
+    };
+    let mut options = Options::default().background(false);
+    if let Some(mb) = cache_mb {
+        options = options.sector_cache_bytes(mb << 20);
+    }
+    let db = Database::open(db, options)?;
     let q = read_vectors(std::path::Path::new(queries))?;
     let q: Vec<Vec<f32>> = (0..q.len()).map(|i| q.row(i).to_f32()).collect();
     let params = SearchParams { k: k.parse()?, list_size: l.parse()?, ..SearchParams::default() };

@@ -7,8 +7,9 @@
 //!    source is searched with the same [`PreparedQuery`].
 //! 2. Under a brief read lock: the in-memory rows are searched (no I/O), and views of the
 //!    segments taken.
-//! 3. With no lock held: every segment is searched ([`search_segment`]), in parallel on the
-//!    database's search pool when there is more than one, each for its own `k` best.
+//! 3. With no lock held: every segment is searched ([`search_segment`]) for its own `k` best.
+//!    The largest index walk and the exact scans run on the calling thread; further index walks
+//!    run beside them on the database's search pool ([`search_segments`]).
 //! 4. The candidates are merged, and the result's columns gathered.
 //!
 //! A filter ([`SearchParams::filter`]) is applied as candidates enter a top-k: in-memory rows
@@ -304,13 +305,13 @@ impl Database {
             .entered();
             search_segment(&self.inner, &c, s, &q, params, &filter)
         };
-        let found: Vec<Vec<Cand>> = if segments.len() > 1 {
-            self.inner
-                .search_pool
-                .install(|| segments.par_iter().map(search).collect::<Result<_, _>>())?
-        } else {
-            segments.iter().map(search).collect::<Result<_, _>>()?
-        };
+        let found = search_segments(
+            &self.inner.search_pool,
+            &segments,
+            |s| s.index.is_some() && !params.exact,
+            |s| s.keys.len(),
+            search,
+        )?;
         for cand in found.into_iter().flatten() {
             top.push(cand);
         }
@@ -375,6 +376,42 @@ impl Database {
         let sources = c.sources_of(&in_memory);
         let segments: Vec<SegmentView> = c.segments.iter().map(Segment::view).collect();
         Ok(Snapshot { collection: c.view(), query: q, filter, columns, segments, top, sources })
+    }
+}
+
+/// Step 3's schedule: `search` once per segment, in no particular order. Only index walks
+/// (`walks`) wait on I/O, so only they go to the search `pool`, and only from the second on:
+/// the largest walk (by `rows`) and every exact scan (in-memory vectors, CPU only) run on the
+/// calling thread. A query over one indexed segment beside small unindexed ones never waits
+/// for a pool thread, which busy cores may not give it for milliseconds.
+fn search_segments<S: Sync, R: Send, E: Send>(
+    pool: &rayon::ThreadPool,
+    segments: &[S],
+    walks: impl Fn(&S) -> bool,
+    rows: impl Fn(&S) -> usize,
+    search: impl Fn(&S) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    let mut walked: Vec<&S> = segments.iter().filter(|s| walks(s)).collect();
+    walked.sort_by_key(|s| std::cmp::Reverse(rows(s)));
+    let here = |first: Option<&S>| -> Result<Vec<R>, E> {
+        let scans = segments.iter().filter(|s| !walks(s));
+        first.into_iter().chain(scans).map(&search).collect()
+    };
+    match walked.split_first() {
+        None => here(None),
+        Some((largest, [])) => here(Some(largest)),
+        Some((largest, others)) => {
+            let mut on_pool = Ok(Vec::new());
+            let mut on_caller = Ok(Vec::new());
+            pool.in_place_scope(|scope| {
+                let (pool_slot, search) = (&mut on_pool, &search);
+                scope.spawn(move |_| *pool_slot = others.par_iter().map(|s| search(s)).collect());
+                on_caller = here(Some(largest));
+            });
+            let mut found = on_caller?;
+            found.extend(on_pool?);
+            Ok(found)
+        }
     }
 }
 
@@ -693,4 +730,56 @@ fn offer_segment_file(
         base += b.num_rows();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The segment schedule of a search: each segment searched exactly once, and a hop to the
+    //! search pool (a wake-up that busy cores delay) only for a second index walk.
+    use super::search_segments;
+
+    /// Segments given as (rows, walked); each search answers (segment, ran on a pool thread),
+    /// or fails for segment `fail`.
+    fn run(segments: &[(usize, bool)], fail: Option<usize>) -> Result<Vec<(usize, bool)>, usize> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool");
+        let numbered: Vec<(usize, usize, bool)> =
+            segments.iter().enumerate().map(|(i, &(rows, walked))| (i, rows, walked)).collect();
+        let mut found = search_segments(
+            &pool,
+            &numbered,
+            |s| s.2,
+            |s| s.1,
+            |s| match fail {
+                Some(f) if f == s.0 => Err(f),
+                _ => Ok((s.0, rayon::current_thread_index().is_some())),
+            },
+        )?;
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    #[test]
+    fn one_index_walk_beside_exact_scans_never_waits_for_a_pool_thread() {
+        let found = run(&[(10, false), (1_000, true), (20, false)], None);
+        assert_eq!(found, Ok(vec![(0, false), (1, false), (2, false)]));
+    }
+
+    #[test]
+    fn the_largest_walk_stays_on_the_caller_and_further_walks_go_to_the_pool() {
+        let found = run(&[(100, true), (1_000, true), (5, false), (200, true)], None);
+        assert_eq!(found, Ok(vec![(0, true), (1, false), (2, false), (3, true)]));
+    }
+
+    #[test]
+    fn a_failed_segment_fails_the_search_wherever_it_ran() {
+        let segments = [(100, true), (1_000, true), (5, false)];
+        for fail in 0..segments.len() {
+            assert_eq!(run(&segments, Some(fail)), Err(fail));
+        }
+    }
+
+    #[test]
+    fn a_search_over_no_segments_finds_nothing() {
+        assert_eq!(run(&[], None), Ok(Vec::new()));
+    }
 }
