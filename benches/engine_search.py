@@ -370,6 +370,11 @@ def main():
           f"segments {busy['segments'][0]} -> {busy['segments'][1]}, {busy['timeline']}): "
           f"{bq:.0f} QPS p50 {b50:.2f} p99 {b99:.2f} ms ({bn} searches); p99 ratio "
           f"{b99 / i99:.2f}")
+    if busy["floor"]:
+        fq, f50, f99, fn = busy["floor"]
+        print(f"contention floor ({args.floor_hogs} CPU loops in another process at nice "
+              f"{args.background_nice}): {fq:.0f} QPS p50 {f50:.2f} p99 {f99:.2f} ms ({fn} "
+              f"searches); p99 ratio {f99 / i99:.2f}")
     e95 = at_recall([(med(eng[ls], 0), med(eng[ls], 1)) for ls in list_sizes])
     c95 = at_recall([(med(cli[ls], 0), med(cli[ls], 1)) for ls in list_sizes])
     d95 = at_recall([(med(dele[ls], 0), med(dele[ls], 1)) for ls in list_sizes])
