@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// --memory-budget, a sixteenth of it].
     #[arg(long)]
     memtable_mb: Option<usize>,
+    /// Size of each WAL segment file, MiB, reserved when the segment is created [default: 64].
+    /// Smaller segments rotate (and reserve disk space) more often.
+    #[arg(long)]
+    wal_segment_mb: Option<u64>,
     /// RAM an index build in the background may use, MiB: the segment's vectors go to a file
     /// and the budgeted build (one graph over 8-bit codes, or partitions) keeps within it. 0:
     /// the in-memory build, which holds the graph of the whole segment [default: 0; with
@@ -196,6 +200,9 @@ fn engine_options(args: &ServeArgs) -> Options {
     }
     if let Some(mb) = args.memtable_mb {
         opts = opts.memtable_bytes(mb.max(1) << 20);
+    }
+    if let Some(mb) = args.wal_segment_mb {
+        opts = opts.wal_segment_bytes(mb.max(1) << 20);
     }
     if let Some(mb) = args.sector_cache_mb {
         opts = opts.sector_cache_bytes(mb << 20);

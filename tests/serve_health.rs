@@ -1,0 +1,73 @@
+//! `quiver serve`'s health endpoints when the disk fills up: the WAL cannot reserve its next
+//! segment, the database poisons itself (it refuses writes until a restart, which recovers), and
+//! `/live` and `/ready` must then answer 503 naming the failure so that Kubernetes restarts the
+//! pod and takes it out of its Service. Before this test the 503 path was only read, never run:
+//! a probe that kept answering 200 would leave a server that refuses every write in rotation.
+//!
+//! A real file system fills up: a small tmpfs mounted for the test. The README's test command
+//! runs as root and sets `QUIVER_REQUIRE_MOUNT=1` (a failed mount then fails the test instead of
+//! skipping it) and `QUIVER_REQUIRE_PYARROW=1` (the client is pyarrow).
+
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serve::Served;
+
+/// A tmpfs of `megabytes` MiB mounted on a fresh directory, unmounted on drop.
+struct SmallDisk {
+    _parent: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u64) -> Option<SmallDisk> {
+        let parent = tempfile::tempdir().unwrap();
+        let path = parent.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var("QUIVER_REQUIRE_MOUNT").is_err(),
+                "cannot mount a tmpfs (QUIVER_REQUIRE_MOUNT is set): run as root"
+            );
+            eprintln!("skipping: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(SmallDisk { _parent: parent, path })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_disk_turns_live_and_ready_to_503_naming_the_failure() {
+    let Some(py) = quiver_testkit::python_with("pyarrow.flight, numpy") else { return };
+    let Some(disk) = SmallDisk::mount(16) else { return };
+    let server = Served::start(
+        &disk.path.join("db"),
+        &["--metrics-listen", "127.0.0.1:0", "--wal-segment-mb", "1", "--no-index"],
+    );
+    let metrics = server.metrics_addr.clone().expect("the metrics address");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/health_client.py");
+    let out = Command::new(&py)
+        .arg(script)
+        .args([server.uri(), metrics])
+        .arg(disk.path.join("filler"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "health checks failed:\n{stdout}\n{stderr}");
+    eprintln!("{}", stdout.trim());
+    server.kill9();
+}
