@@ -3,7 +3,7 @@ by side on the same data directory.
 
     target/pyenv/bin/python benches/filtered_search.py --data /work/data/sift-dev-1m \
         --rows 200000 --queries 200 --quiver target/release/quiver --baseline OLD_BINARY \
-        [--list-sizes 50,100] [--rounds 2] [--threads 2]
+        [--list-sizes 50,100] [--rounds 2] [--threads 2] [--sector-cache-mb 0]
 
 Puts the first `--rows` base rows of a `.u8bin` set over Flight with two attributes: `img`, the
 row's source image id (`base_img_ids.npy`: rows of one image are alike, so a filter on images
@@ -37,8 +37,9 @@ K = 10
 FRACTIONS = (0.001, 0.01, 0.1, 0.5)
 
 
-def start(binary, data):
-    p = subprocess.Popen([binary, "serve", "--data", data, "--listen", "127.0.0.1:0"],
+def start(binary, data, cache_mb=None):
+    cache = [] if cache_mb is None else ["--sector-cache-mb", str(cache_mb)]
+    p = subprocess.Popen([binary, "serve", "--data", data, "--listen", "127.0.0.1:0"] + cache,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline().strip()
     assert line.startswith("listening on "), line
@@ -130,6 +131,9 @@ def main():
     ap.add_argument("--list-sizes", default="50,100")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sector-cache-mb", type=int, default=None,
+                    help="the servers' sector cache (default: quiver serve's); 0 reads every "
+                         "node from disk, so `reads` counts every sector a query needs")
     args = ap.parse_args()
     base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
     queries = read_u8bin(os.path.join(args.data, "query.u8bin"), args.queries)
@@ -150,7 +154,7 @@ def main():
         results = {}
         for rnd_i in range(args.rounds):
             for label, binary in binaries:
-                p, uri = start(binary, data)
+                p, uri = start(binary, data, args.sector_cache_mb)
                 try:
                     for name, col, t, gt in cases:
                         for ls in (int(x) for x in args.list_sizes.split(",")):
