@@ -10,51 +10,18 @@
 
 mod serve;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use quiver_testkit::SmallDisk;
 use serve::Served;
-
-/// A tmpfs of `megabytes` MiB mounted on a fresh directory, unmounted on drop.
-struct SmallDisk {
-    _parent: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(megabytes: u64) -> Option<SmallDisk> {
-        let parent = tempfile::tempdir().unwrap();
-        let path = parent.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            assert!(
-                std::env::var("QUIVER_REQUIRE_MOUNT").is_err(),
-                "cannot mount a tmpfs (QUIVER_REQUIRE_MOUNT is set): run as root"
-            );
-            eprintln!("skipping: cannot mount a tmpfs (needs root)");
-            return None;
-        }
-        Some(SmallDisk { _parent: parent, path })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 #[test]
 fn a_full_disk_turns_live_and_ready_to_503_naming_the_failure() {
     let Some(py) = quiver_testkit::python_with("pyarrow.flight, numpy") else { return };
-    let Some(disk) = SmallDisk::mount(16) else { return };
+    let Some(disk) = SmallDisk::mount(16 << 20) else { return };
     let server = Served::start(
-        &disk.path.join("db"),
+        &disk.path().join("db"),
         &["--metrics-listen", "127.0.0.1:0", "--wal-segment-mb", "1", "--no-index"],
     );
     let metrics = server.metrics_addr.clone().expect("the metrics address");
@@ -62,7 +29,7 @@ fn a_full_disk_turns_live_and_ready_to_503_naming_the_failure() {
     let out = Command::new(&py)
         .arg(script)
         .args([server.uri(), metrics])
-        .arg(disk.path.join("filler"))
+        .arg(disk.path().join("filler"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

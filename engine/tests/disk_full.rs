@@ -11,48 +11,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use quiver_engine::Metric;
 use quiver_engine::{Database, FlushError, Options, SearchParams, is_no_space};
+use quiver_testkit::SmallDisk;
 
 const DIM: usize = 8;
-
-/// A tmpfs of `bytes` mounted on a fresh directory, unmounted on drop.
-struct SmallDisk {
-    _parent: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(bytes: u64) -> Option<SmallDisk> {
-        let parent = tempfile::tempdir().unwrap();
-        let path = parent.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(
-                std::env::var("QUIVER_REQUIRE_MOUNT").is_err(),
-                "cannot mount a tmpfs (QUIVER_REQUIRE_MOUNT is set): run as root"
-            );
-            eprintln!("skipping: cannot mount a tmpfs (needs root)");
-            return None;
-        }
-        Some(SmallDisk { _parent: parent, path })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 /// Fills the file system of `dir` with `dir/filler`, then frees `leave` bytes of it.
 fn fill(dir: &Path, leave: u64) -> PathBuf {
@@ -93,7 +59,7 @@ fn tmp_index_dirs(data: &Path) -> Vec<String> {
 #[test]
 fn a_full_disk_is_reported_as_such_and_background_work_resumes_once_space_returns() {
     let Some(disk) = SmallDisk::mount(48 << 20) else { return };
-    let data = disk.path.join("db");
+    let data = disk.path().join("db");
     let opts = || {
         Options::default()
             .min_index_rows(64)
@@ -108,7 +74,7 @@ fn a_full_disk_is_reported_as_such_and_background_work_resumes_once_space_return
     put(&db, &mut model, 0..3000);
 
     // Room for a segment (tens of KB) but not for its index (hundreds of KB).
-    let filler = fill(&disk.path, 160 << 10);
+    let filler = fill(disk.path(), 160 << 10);
     db.flush().unwrap();
     assert_eq!(db.stats("c").unwrap().segments, 1);
     put(&db, &mut model, 3000..4000);

@@ -1,7 +1,9 @@
-//! Helpers shared by the tests of several Quiver crates: deterministic synthetic vectors and
-//! finding a Python interpreter with the modules a test needs. A dev-dependency only; it depends
+//! Helpers shared by the tests of several Quiver crates: deterministic synthetic vectors,
+//! finding a Python interpreter with the modules a test needs, and a small real file system
+//! to fill up. A dev-dependency only; it depends
 //! on no Quiver crate, so any crate's tests may use it without breaking the layering.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 /// A deterministic pseudo-random vector for `(seed, id)`: `dim` values in [-1, 1) from xorshift.
@@ -42,4 +44,53 @@ pub fn python_with(modules: &str) -> Option<String> {
         "skipping: {py} cannot import {modules} (run ./scripts/test.sh, which installs them)"
     );
     None
+}
+
+/// A tmpfs of a given size mounted on a fresh directory ([`SmallDisk::path`]), unmounted on
+/// drop: a real file system a test can fill up.
+#[derive(Debug)]
+pub struct SmallDisk {
+    _parent: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes`; `None` (the test skips, saying why) if mounting is not
+    /// permitted.
+    ///
+    /// # Panics
+    /// If the mount fails while `QUIVER_REQUIRE_MOUNT` is set (the README's test command runs
+    /// as root and sets it, so a failed mount fails there instead of skipping).
+    #[must_use]
+    pub fn mount(bytes: u64) -> Option<SmallDisk> {
+        let parent = tempfile::tempdir().expect("a temporary directory");
+        let path = parent.path().join("disk");
+        std::fs::create_dir(&path).expect("the mount point");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var("QUIVER_REQUIRE_MOUNT").is_err(),
+                "cannot mount a tmpfs (QUIVER_REQUIRE_MOUNT is set): run as root"
+            );
+            eprintln!("skipping: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(SmallDisk { _parent: parent, path })
+    }
+
+    /// The mounted directory.
+    #[must_use]
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }
