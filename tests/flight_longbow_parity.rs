@@ -11,9 +11,6 @@
 
 mod serve;
 
-use std::path::Path;
-use std::process::Command;
-
 use serve::Served;
 
 #[test]
@@ -21,12 +18,11 @@ fn longbow_client_bodies_get_longbow_answers() {
     let Some(py) = quiver_testkit::python_with("pyarrow.flight, numpy") else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = Served::start(&dir.path().join("db"), &[]);
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/longbow_parity_client.py");
-    let out = Command::new(&py).arg(script).arg(server.uri()).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "Longbow parity checks failed:\n{stdout}\n{stderr}");
-    eprintln!("{}", stdout.trim());
+    serve::run_python_client(
+        &py,
+        "longbow_parity_client.py",
+        [server.uri()],
+        "Longbow parity checks",
+    );
     server.terminate();
 }

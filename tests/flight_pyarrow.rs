@@ -11,8 +11,8 @@
 
 mod serve;
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 
 use serve::Served;
 
@@ -21,12 +21,8 @@ fn python() -> Option<String> {
 }
 
 fn run(py: &str, phase: &str, uri: &str, state: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/flight_client.py");
-    let out = Command::new(py).arg(script).args([phase, uri]).arg(state).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{phase} failed:\n{stdout}\n{stderr}");
-    eprintln!("{phase}: {}", stdout.trim());
+    let args = [OsStr::new(phase), OsStr::new(uri), state.as_os_str()];
+    serve::run_python_client(py, "flight_client.py", args, phase);
 }
 
 #[test]

@@ -10,9 +10,6 @@
 
 mod serve;
 
-use std::path::Path;
-use std::process::Command;
-
 use serve::Served;
 
 #[test]
@@ -20,16 +17,7 @@ fn pyarrow_probes_of_reliability_defects_pass() {
     let Some(py) = quiver_testkit::python_with("pyarrow.flight, numpy") else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = Served::start(&dir.path().join("db"), &["--max-message-mb", "1"]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/reliability_client.py");
-    let out = Command::new(&py)
-        .arg(script)
-        .arg(server.uri())
-        .arg(server.pid().to_string())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "reliability probes failed:\n{stdout}\n{stderr}");
-    eprintln!("{}", stdout.trim());
+    let args = [server.uri(), server.pid().to_string()];
+    serve::run_python_client(&py, "reliability_client.py", args, "reliability probes");
     server.terminate();
 }

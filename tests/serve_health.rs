@@ -10,9 +10,6 @@
 
 mod serve;
 
-use std::path::Path;
-use std::process::Command;
-
 use quiver_testkit::SmallDisk;
 use serve::Served;
 
@@ -25,16 +22,12 @@ fn a_full_disk_turns_live_and_ready_to_503_naming_the_failure() {
         &["--metrics-listen", "127.0.0.1:0", "--wal-segment-mb", "1", "--no-index"],
     );
     let metrics = server.metrics_addr.clone().expect("the metrics address");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/health_client.py");
-    let out = Command::new(&py)
-        .arg(script)
-        .args([server.uri(), metrics])
-        .arg(disk.path().join("filler"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "health checks failed:\n{stdout}\n{stderr}");
-    eprintln!("{}", stdout.trim());
+    let filler = disk.path().join("filler").display().to_string();
+    serve::run_python_client(
+        &py,
+        "health_client.py",
+        [server.uri(), metrics, filler],
+        "health checks",
+    );
     server.kill9();
 }

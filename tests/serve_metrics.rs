@@ -76,16 +76,8 @@ fn prometheus_scrapes_counters_equal_to_what_was_sent() {
     let server = Served::start(&dir.path().join("db"), &["--metrics-listen", "127.0.0.1:0"]);
     let metrics = server.metrics_addr.clone().expect("the metrics address");
     let prometheus = start_prometheus(&bin, dir.path(), &metrics);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/metrics_client.py");
-    let out = Command::new(&py)
-        .arg(script)
-        .args([server.uri(), metrics, prometheus.addr.clone()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "metrics checks failed:\n{stdout}\n{stderr}");
-    eprintln!("{}", stdout.trim());
+    let args = [server.uri(), metrics, prometheus.addr.clone()];
+    serve::run_python_client(&py, "metrics_client.py", args, "metrics checks");
     drop(prometheus);
     server.terminate();
 }

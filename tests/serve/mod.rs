@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -93,4 +94,20 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the client `tests/python/{script}` with `py` and `args`, and echoes its report. Panics
+/// with everything it printed, headed "`what` failed", if it exits unsuccessfully.
+pub fn run_python_client(
+    py: &str,
+    script: &str,
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    what: &str,
+) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let out = Command::new(py).arg(path).args(args).output().expect("run the Python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    eprintln!("{what}: {}", stdout.trim());
 }
