@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
@@ -184,11 +184,20 @@ fn a_column_added_while_writes_flushes_and_merges_run_loses_no_row() {
     let db = Arc::new(Database::open(dir.path(), opts).unwrap());
     db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
     let added = Arc::new(AtomicBool::new(false));
+    let rounds_done = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (db, added) = (Arc::clone(&db), Arc::clone(&added));
+        let (db, added, rounds_done) =
+            (Arc::clone(&db), Arc::clone(&added), Arc::clone(&rounds_done));
         std::thread::spawn(move || {
             let mut written = Vec::new();
             for round in 0..60u64 {
+                // The column is added while the writes run, whatever the machine's speed: it
+                // is added once 10 rounds are in, and the writer waits for it at round 30.
+                if round == 30 {
+                    while !added.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
                 let ids: Vec<u64> = (round * 50..round * 50 + 50).collect();
                 // Old-shape batches throughout; priced ones once the column exists.
                 if added.load(Ordering::SeqCst) && round % 2 == 0 {
@@ -198,11 +207,14 @@ fn a_column_added_while_writes_flushes_and_merges_run_loses_no_row() {
                     db.insert("c", &plain(&ids)).unwrap();
                     written.push((ids, false));
                 }
+                rounds_done.store(round + 1, Ordering::SeqCst);
             }
             written
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    while rounds_done.load(Ordering::SeqCst) < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     db.add_attributes("c", &[price_column()]).unwrap();
     added.store(true, Ordering::SeqCst);
     let written = writer.join().unwrap();
