@@ -12,7 +12,8 @@
 # cap is a memory cgroup: scripts/capped.py). Environment: R (64), L (100), ALPHA (1.2), PQ (32),
 # THREADS (2), W (4), K (10), METRIC (l2; or cosine, with groundtruth.cos.ivecs), VENVS
 # (./.bench-venvs), RESULTS (./budget-results/NAME), SKIP_DISKANN, SKIP_UNBUDGETED (keep the
-# unbudgeted results of an earlier run in RESULTS).
+# unbudgeted results of an earlier run in RESULTS), SKIP_QUIVER (only DiskANN's build; Quiver's results
+# of an earlier run in RESULTS are kept).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -35,6 +36,7 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 common=(--metric "$METRIC" --max-degree "$R" --list-size "$L" --alpha "$ALPHA" --pq-bytes "$PQ" --threads "$THREADS")
 
 runs="budgeted unbudgeted"; [ -n "${SKIP_UNBUDGETED:-}" ] && runs=budgeted
+[ -n "${SKIP_QUIVER:-}" ] && runs=
 for run in $runs; do
   echo "== quiver $run" >&2
   rm -rf "$RESULTS/quiver-$run"

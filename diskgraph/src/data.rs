@@ -453,7 +453,7 @@ pub fn mips_query(query: &[f32]) -> Vec<f32> {
 ///
 /// # Panics
 /// If the rows differ in type or length.
-#[inline]
+#[inline(always)] // a match on constants around one kernel call: inlined, the match folds away
 pub fn distance<K: Kernels>(k: K, metric: Metric, a: Row<'_>, b: Row<'_>) -> f32 {
     match (metric, a, b) {
         (Metric::L2, Row::F32(x), Row::F32(y)) => k.l2_sq_f32(x, y),

@@ -25,7 +25,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use quiver_simd::Isa;
+use quiver_simd::{Isa, Kernels, WithKernels};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -168,6 +168,12 @@ impl Scratch {
     pub fn new() -> Self {
         Self { visited: VisitedSet::new() }
     }
+
+    /// Scratch for walks over a graph of `n` points: a bitmap of `n` bits marks the visited
+    /// points when that is small (it is for a build in RAM), else as [`Scratch::new`].
+    pub fn for_points(n: usize) -> Self {
+        Self { visited: VisitedSet::for_points(n) }
+    }
 }
 
 impl Default for Scratch {
@@ -200,6 +206,12 @@ impl Beam {
         self.cursor = self.cursor.min(at);
     }
 
+    /// The nearest unexpanded candidate, left unexpanded: the one [`Beam::next`] gives next
+    /// unless a nearer one is inserted first.
+    fn peek(&self) -> Option<Candidate> {
+        self.items[self.cursor..].iter().find(|(_, done)| !done).map(|(c, _)| *c)
+    }
+
     /// The nearest unexpanded candidate, now marked expanded.
     fn next(&mut self) -> Option<Candidate> {
         let at = self.cursor + self.items[self.cursor..].iter().position(|(_, done)| !done)?;
@@ -220,7 +232,37 @@ pub fn greedy_search(
     neighbours: impl Fn(u32, &mut Vec<u32>),
     scratch: &mut Scratch,
 ) -> (Vec<Candidate>, Vec<Candidate>) {
-    let k = Isa::active();
+    let no_prefetch = |_: u32| {};
+    greedy_search_with(
+        Isa::active(),
+        data,
+        metric,
+        query,
+        entry,
+        l,
+        neighbours,
+        no_prefetch,
+        scratch,
+    )
+}
+
+/// [`greedy_search`] with the kernels of `k`: the build passes the token of its tier, so that
+/// each distance is one direct call, not a dispatch on the tier. `prefetch_list(id)` starts
+/// loading node `id`'s list: it is called for the candidate likely to be expanded next while the
+/// current one's neighbours are scored, so that the list's cache misses (a build's lists are
+/// tens of megabytes, read at random) overlap that work instead of stalling the walk.
+#[allow(clippy::too_many_arguments)] // greedy_search's arguments, the kernels, the prefetch
+fn greedy_search_with<K: Kernels>(
+    k: K,
+    data: &VectorSet,
+    metric: Metric,
+    query: crate::data::Row<'_>,
+    entry: u32,
+    l: usize,
+    neighbours: impl Fn(u32, &mut Vec<u32>),
+    prefetch_list: impl Fn(u32),
+    scratch: &mut Scratch,
+) -> (Vec<Candidate>, Vec<Candidate>) {
     scratch.visited.clear();
     let mut beam = Beam::new(l.max(1));
     let mut expanded = Vec::new();
@@ -234,8 +276,11 @@ pub fn greedy_search(
         expanded.push(c);
         nbrs.clear();
         neighbours(c.id, &mut nbrs);
+        if let Some(after) = beam.peek() {
+            prefetch_list(after.id);
+        }
         // Mark every new neighbour first, then score them with their rows prefetched a window ahead.
-        nbrs.retain(|&n| scratch.visited.insert(n));
+        keep_unvisited(&mut nbrs, &mut scratch.visited);
         for (i, &n) in nbrs.iter().enumerate() {
             prefetch_ahead(data, &nbrs, i);
             beam.insert(Candidate {
@@ -245,6 +290,21 @@ pub fn greedy_search(
         }
     }
     (beam.items.into_iter().map(|(c, _)| c).collect(), expanded)
+}
+
+/// Keeps the ids of `ids` not yet in `visited`, in order, and marks them visited. Written without a
+/// branch on the answer (each id is copied down, and the write position advances only for a new
+/// one): about half the ids are new, at random, so `retain`'s branch mispredicted half the time.
+#[inline]
+fn keep_unvisited(ids: &mut Vec<u32>, visited: &mut VisitedSet) {
+    let mut kept = 0;
+    for i in 0..ids.len() {
+        let id = ids[i];
+        let fresh = visited.insert(id);
+        ids[kept] = id;
+        kept += usize::from(fresh);
+    }
+    ids.truncate(kept);
 }
 
 /// How many rows ahead of the one being scored a walk prefetches: enough to overlap their misses,
@@ -286,12 +346,26 @@ pub fn robust_prune(
     data: &VectorSet,
     metric: Metric,
     p: u32,
+    cands: Vec<Candidate>,
+    alpha: f32,
+    r: usize,
+    saturate: bool,
+) -> Vec<u32> {
+    robust_prune_with(Isa::active(), data, metric, p, cands, alpha, r, saturate)
+}
+
+/// [`robust_prune`] with the kernels of `k` (see [`greedy_search_with`]).
+#[allow(clippy::too_many_arguments)] // robust_prune's arguments and the kernels
+fn robust_prune_with<K: Kernels>(
+    k: K,
+    data: &VectorSet,
+    metric: Metric,
+    p: u32,
     mut cands: Vec<Candidate>,
     alpha: f32,
     r: usize,
     saturate: bool,
 ) -> Vec<u32> {
-    let k = Isa::active();
     cands.retain(|c| c.id != p);
     cands.sort_by(|a, b| a.dist.total_cmp(&b.dist).then(a.id.cmp(&b.id)));
     cands.dedup_by_key(|c| c.id);
@@ -390,6 +464,35 @@ pub fn build(
     if n == 0 {
         return Ok(Graph { offsets: vec![0], ids: Vec::new(), entry: 0, max_degree: r });
     }
+    Isa::active().dispatch(Builder { data, metric, params, progress })
+}
+
+/// The build after its parameters are checked, monomorphised for the kernel tier in use.
+struct Builder<'a> {
+    data: &'a VectorSet,
+    metric: Metric,
+    params: &'a VamanaParams,
+    progress: &'a (dyn Fn(usize) + Sync),
+}
+
+impl WithKernels for Builder<'_> {
+    type Output = Result<Graph, BuildError>;
+
+    fn run<K: Kernels>(self, k: K) -> Self::Output {
+        build_with(k, self.data, self.metric, self.params, self.progress)
+    }
+}
+
+/// [`build`] with the kernels of `k`, on checked parameters and at least one point.
+fn build_with<K: Kernels>(
+    k: K,
+    data: &VectorSet,
+    metric: Metric,
+    params: &VamanaParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Graph, BuildError> {
+    let n = data.len();
+    let r = params.max_degree;
     let entry = medoid(data);
     let slack_cap = ((r as f32 * params.slack) as usize).max(r);
     let adj = Adjacency::new(n, slack_cap);
@@ -402,10 +505,11 @@ pub fn build(
         .build()
         .map_err(|e| BuildError::Param(format!("thread pool: {e}")))?;
     let prune = |p: u32, cands: Vec<Candidate>, alpha: f32| {
-        robust_prune(data, metric, p, cands, alpha, r, params.saturate)
+        robust_prune_with(k, data, metric, p, cands, alpha, r, params.saturate)
     };
     // Prunes node `j`'s own (oversized) list.
-    let reprune = |j: u32, list: &[u32], alpha: f32| prune(j, scored(data, metric, j, list), alpha);
+    let reprune =
+        |j: u32, list: &[u32], alpha: f32| prune(j, scored(k, data, metric, j, list), alpha);
 
     pool.install(|| {
         let mut done = 0;
@@ -418,24 +522,30 @@ pub fn build(
                 //    list changes until all have, so no reader meets a writer.
                 let chosen: Vec<Vec<u32>> = ids
                     .par_iter()
-                    .map_init(Scratch::new, |scratch, &p| {
-                        let read = |id: u32, out: &mut Vec<u32>| adj.read(id, out);
-                        let (_, mut pool) = greedy_search(
-                            data,
-                            metric,
-                            data.row(p as usize),
-                            entry,
-                            l,
-                            read,
-                            scratch,
-                        );
-                        // The current neighbours stay candidates: reverse edges from earlier
-                        // batches, and in a second pass the first pass's list.
-                        let mut current = Vec::new();
-                        adj.read(p, &mut current);
-                        pool.extend(scored(data, metric, p, &current));
-                        prune(p, pool, alpha)
-                    })
+                    .map_init(
+                        || Scratch::for_points(n),
+                        |scratch, &p| {
+                            let read = |id: u32, out: &mut Vec<u32>| adj.read(id, out);
+                            let prefetch = |id: u32| adj.prefetch(id);
+                            let (_, mut pool) = greedy_search_with(
+                                k,
+                                data,
+                                metric,
+                                data.row(p as usize),
+                                entry,
+                                l,
+                                read,
+                                prefetch,
+                                scratch,
+                            );
+                            // The current neighbours stay candidates: reverse edges from earlier
+                            // batches, and in a second pass the first pass's list.
+                            let mut current = Vec::new();
+                            adj.read(p, &mut current);
+                            pool.extend(scored(k, data, metric, p, &current));
+                            prune(p, pool, alpha)
+                        },
+                    )
                     .collect();
                 // 2. Their lists are replaced (each point once per batch, so writes are disjoint).
                 ids.par_iter().zip(&chosen).for_each(|(&p, list)| adj.write(p, list));
@@ -502,8 +612,13 @@ fn batches(n: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// `ids` with their distances to point `from`, rows prefetched a window ahead.
-fn scored(data: &VectorSet, metric: Metric, from: u32, ids: &[u32]) -> Vec<Candidate> {
-    let k = Isa::active();
+fn scored<K: Kernels>(
+    k: K,
+    data: &VectorSet,
+    metric: Metric,
+    from: u32,
+    ids: &[u32],
+) -> Vec<Candidate> {
     let row = data.row(from as usize);
     ids.iter()
         .enumerate()
@@ -537,6 +652,13 @@ impl Adjacency {
         let at = i as usize * self.stride;
         let len = (self.slots[at].load(Ordering::Relaxed) as usize).min(self.stride - 1);
         out.extend(self.slots[at + 1..at + 1 + len].iter().map(|s| s.load(Ordering::Relaxed)));
+    }
+
+    /// Starts loading node `i`'s list into the cache (a hint).
+    #[inline]
+    fn prefetch(&self, i: u32) {
+        let at = i as usize * self.stride;
+        quiver_simd::prefetch_slice(&self.slots[at..at + self.stride]);
     }
 
     /// Replaces node `i`'s list; no other task touches node `i` in the same phase.

@@ -1,76 +1,141 @@
 //! The visited set shared by the disk search and the graph build.
 
-/// The ids a graph walk has seen: a small open-addressing hash set, cleared in O(entries) per walk.
+/// The ids a graph walk has seen, cleared in O(entries) per walk, in one of two forms:
 ///
-/// A walk (a query, or a build's insertion) touches a few thousand ids out of millions. A dense
-/// bitmap or stamp array of `n` entries would cost a cache miss per lookup at 1M points; this table
-/// (16 K slots to start, 64 KiB, grown at half load) stays in L2. `u32::MAX` marks an empty slot;
-/// it is never a node id (`n < u32::MAX - 1`).
+/// - **Hashed** ([`VisitedSet::new`]): a small open-addressing hash set. A disk search touches a
+///   few thousand ids out of millions; a dense bitmap or stamp array of `n` entries would cost a
+///   cache miss per lookup at 100M points, while this table (16 K slots to start, 64 KiB, grown at
+///   half load) stays in L2. `u32::MAX` marks an empty slot; it is never a node id
+///   (`n < u32::MAX - 1`).
+/// - **Dense** ([`VisitedSet::for_points`]): one bit per point, for walks over a graph of at most
+///   [`DENSE_MAX_POINTS`] points (a graph build in RAM). A build's insertion sees ~10,000 ids; the
+///   hash table grows to 128 KiB for them and probes it, while the bitmap of a 100,000-point
+///   partition is 12.5 KiB (it fits in L1) and of 1M points 125 KiB: never larger, one load a
+///   lookup, and no branch on whether the id was there ([`VisitedSet::insert`] is branch-free,
+///   which matters: about half the ids a walk meets were seen before, at random, so a branch
+///   on it mispredicts half the time). Clearing zeroes the whole bitmap, a memset of at most
+///   256 KiB against the thousands of distances of the walk it follows.
 #[derive(Debug)]
 pub(crate) struct VisitedSet {
-    slots: Vec<u32>,
-    used: Vec<u32>,
-    bits: u32,
+    form: Form,
 }
 
-impl VisitedSet {
-    const EMPTY: u32 = u32::MAX;
+#[derive(Debug)]
+enum Form {
+    Hashed {
+        slots: Vec<u32>,
+        used: Vec<u32>,
+        bits: u32,
+    },
+    /// A bit per point.
+    Dense {
+        words: Vec<u64>,
+    },
+}
 
+/// The most points a dense visited set is made for: its bitmap is then 256 KiB, about the size the
+/// hashed table reaches for a walk of 30,000 ids.
+pub(crate) const DENSE_MAX_POINTS: usize = 1 << 21;
+
+const EMPTY: u32 = u32::MAX;
+
+impl VisitedSet {
+    /// A hashed set, for walks over graphs of any size.
     pub(crate) fn new() -> Self {
-        Self { slots: vec![Self::EMPTY; 1 << 14], used: Vec::new(), bits: 14 }
+        Self { form: Form::Hashed { slots: vec![EMPTY; 1 << 14], used: Vec::new(), bits: 14 } }
+    }
+
+    /// The best set for walks over a graph of `n` points: dense up to [`DENSE_MAX_POINTS`],
+    /// hashed beyond.
+    pub(crate) fn for_points(n: usize) -> Self {
+        if n > DENSE_MAX_POINTS {
+            return Self::new();
+        }
+        Self { form: Form::Dense { words: vec![0; n.div_ceil(64)] } }
     }
 
     pub(crate) fn clear(&mut self) {
-        for &i in &self.used {
-            self.slots[i as usize] = Self::EMPTY;
-        }
-        self.used.clear();
-    }
-
-    /// The slot holding `id`, or the empty slot where it would go: `(slot, present)`.
-    #[inline]
-    fn probe(&self, id: u32) -> (usize, bool) {
-        let mask = self.slots.len() - 1;
-        // Fibonacci hashing: the top `bits` bits of id · 2⁶⁴/φ.
-        let mut i =
-            (u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize;
-        loop {
-            match self.slots[i] {
-                s if s == id => return (i, true),
-                Self::EMPTY => return (i, false),
-                _ => i = (i + 1) & mask,
+        match &mut self.form {
+            Form::Hashed { slots, used, .. } => {
+                for &i in used.iter() {
+                    slots[i as usize] = EMPTY;
+                }
+                used.clear();
             }
+            Form::Dense { words } => words.fill(0),
         }
     }
 
     /// Whether `id` is in the set.
     #[inline]
     pub(crate) fn contains(&self, id: u32) -> bool {
-        self.probe(id).1
+        match &self.form {
+            Form::Hashed { slots, bits, .. } => probe(slots, *bits, id).1,
+            Form::Dense { words, .. } => {
+                words.get(id as usize / 64).is_some_and(|w| w & (1 << (id % 64)) != 0)
+            }
+        }
     }
 
     /// Inserts `id`; returns whether it was absent.
+    ///
+    /// # Panics
+    /// If the set is dense and `id` is not below the number of points it was made for.
     #[inline]
     pub(crate) fn insert(&mut self, id: u32) -> bool {
-        debug_assert_ne!(id, Self::EMPTY);
-        if 2 * self.used.len() >= self.slots.len() {
-            self.grow();
+        debug_assert_ne!(id, EMPTY);
+        match &mut self.form {
+            Form::Hashed { slots, used, bits } => {
+                if 2 * used.len() >= slots.len() {
+                    self.grow();
+                    return self.insert(id);
+                }
+                let (i, present) = probe(slots, *bits, id);
+                if !present {
+                    slots[i] = id;
+                    used.push(i as u32);
+                }
+                !present
+            }
+            Form::Dense { words } => {
+                let word = &mut words[id as usize / 64];
+                let bit = 1u64 << (id % 64);
+                let fresh = *word & bit == 0;
+                *word |= bit;
+                fresh
+            }
         }
-        let (i, present) = self.probe(id);
-        if !present {
-            self.slots[i] = id;
-            self.used.push(i as u32);
-        }
-        !present
     }
 
+    /// Doubles a hashed table, re-inserting its ids.
     fn grow(&mut self) {
-        let ids: Vec<u32> = self.used.iter().map(|&i| self.slots[i as usize]).collect();
-        self.bits += 1;
-        self.slots = vec![Self::EMPTY; 1 << self.bits];
-        self.used.clear();
+        let Form::Hashed { slots, used, bits } = &mut self.form else {
+            unreachable!("only a hashed set grows")
+        };
+        let ids: Vec<u32> = used.iter().map(|&i| slots[i as usize]).collect();
+        *bits += 1;
+        *slots = vec![EMPTY; 1 << *bits];
+        used.clear();
         for id in ids {
-            self.insert(id);
+            let (i, _) = probe(slots, *bits, id);
+            slots[i] = id;
+            used.push(i as u32);
+        }
+    }
+}
+
+/// The slot of a hashed table holding `id`, or the empty slot where it would go:
+/// `(slot, present)`.
+#[inline]
+fn probe(slots: &[u32], bits: u32, id: u32) -> (usize, bool) {
+    let mask = slots.len() - 1;
+    // Fibonacci hashing: the top `bits` bits of id · 2⁶⁴/φ.
+    let mut i = (u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
+    loop {
+        match slots[i] {
+            s if s == id => return (i, true),
+            EMPTY => return (i, false),
+            _ => i = (i + 1) & mask,
         }
     }
 }
@@ -79,26 +144,38 @@ impl VisitedSet {
 mod tests {
     use super::VisitedSet;
 
-    /// The set against a `HashSet` model across clears and growth, with ids dense and sparse: a
-    /// lost id would make a search expand a node twice, a phantom one skip a node.
+    /// Both forms against a `HashSet` model across clears (and, hashed, growth), with ids dense
+    /// and sparse: a lost id would make a search expand a node twice, a phantom one skip a node.
     #[test]
     fn the_visited_set_agrees_with_a_hash_set_across_clears_and_growth() {
-        let mut s = 0x2545_F491_4F6C_DD1Du64;
-        let mut set = VisitedSet::new();
-        for round in 0..20 {
-            let mut model = std::collections::HashSet::new();
-            let span = if round % 2 == 0 { 1_000 } else { 5_000_000 };
-            for _ in 0..20_000 {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let id = (s % span) as u32;
-                let fresh = !model.contains(&id);
-                assert_eq!(set.contains(id), !fresh, "contains {id}");
-                assert_eq!(set.insert(id), fresh, "insert {id}");
-                model.insert(id);
+        let points = super::DENSE_MAX_POINTS;
+        for mut set in [VisitedSet::new(), VisitedSet::for_points(points)] {
+            let mut s = 0x2545_F491_4F6C_DD1Du64;
+            for round in 0..20 {
+                let mut model = std::collections::HashSet::new();
+                let span = if round % 2 == 0 { 1_000 } else { points as u64 };
+                for _ in 0..20_000 {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    let id = (s % span) as u32;
+                    let fresh = !model.contains(&id);
+                    assert_eq!(set.contains(id), !fresh, "contains {id}");
+                    assert_eq!(set.insert(id), fresh, "insert {id}");
+                    model.insert(id);
+                }
+                set.clear();
+                assert!(model.iter().all(|&id| !set.contains(id)), "an id survived the clear");
             }
-            set.clear();
         }
+    }
+
+    /// A graph too large for a bitmap gets the hashed form, whose memory follows the walk.
+    #[test]
+    fn a_graph_over_the_dense_limit_gets_a_hashed_set() {
+        let big = VisitedSet::for_points(super::DENSE_MAX_POINTS + 1);
+        assert!(matches!(big.form, super::Form::Hashed { .. }));
+        let small = VisitedSet::for_points(10);
+        assert!(matches!(small.form, super::Form::Dense { .. }));
     }
 }

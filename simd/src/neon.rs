@@ -230,18 +230,21 @@ impl Kernels for Neon {
         Tier::Neon
     }
 
+    #[inline]
     fn l2_sq_f32(self, a: &[f32], b: &[f32]) -> f32 {
         check_pair(a.len(), b.len());
         // SAFETY: `self` exists only if NEON was detected (`Neon::new`); lengths are equal.
         unsafe { l2_sq_f32(a, b) }
     }
 
+    #[inline]
     fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
         check_pair(a.len(), b.len());
         // SAFETY: `self` proves NEON; lengths are equal.
         unsafe { dot_f32(a, b) }
     }
 
+    #[inline]
     fn cosine_f32(self, a: &[f32], b: &[f32]) -> f32 {
         check_pair(a.len(), b.len());
         // SAFETY: `self` proves NEON; lengths are equal.
@@ -249,24 +252,28 @@ impl Kernels for Neon {
         cosine_from_sums(dot, na, nb)
     }
 
+    #[inline]
     fn l2_sq_u8(self, a: &[u8], b: &[u8]) -> u32 {
         check_int_pair(a.len(), b.len());
         // SAFETY: `self` proves NEON; lengths equal, at most MAX_DIM.
         unsafe { l2_sq_u8(a, b) }
     }
 
+    #[inline]
     fn dot_u8(self, a: &[u8], b: &[u8]) -> u32 {
         check_int_pair(a.len(), b.len());
         // SAFETY: `self` proves NEON; lengths equal, at most MAX_DIM.
         unsafe { dot_u8(a, b) }
     }
 
+    #[inline]
     fn l2_sq_i8(self, a: &[i8], b: &[i8]) -> u32 {
         check_int_pair(a.len(), b.len());
         // SAFETY: `self` proves NEON; lengths equal, at most MAX_DIM.
         unsafe { l2_sq_i8(a, b) }
     }
 
+    #[inline]
     fn dot_i8(self, a: &[i8], b: &[i8]) -> i32 {
         check_int_pair(a.len(), b.len());
         // SAFETY: `self` proves NEON; lengths equal, at most MAX_DIM.

@@ -42,6 +42,21 @@ pub(crate) fn prefetch_bytes(bytes: &[u8]) {
     }
 }
 
+/// Prefetches the lines of the `len` bytes at `start`, at most `max_lines` of them (see
+/// [`crate::prefetch_slice`]).
+#[inline(always)]
+pub(crate) fn prefetch_range(start: *const u8, len: usize, max_lines: usize) {
+    let first = start as usize & !63;
+    let lines = (start as usize + len).saturating_sub(first).div_ceil(64).min(max_lines);
+    for line in 0..lines {
+        // SAFETY: `_mm_prefetch` needs SSE, which every x86-64 CPU has (this module is compiled
+        // for x86-64 only). `prefetcht0` is a hint: it never faults and reads nothing the program
+        // observes, so no address can make it unsound; the pointer is only computed
+        // (`wrapping_add`), never dereferenced.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line * 64).cast()) };
+    }
+}
+
 /// The codes a PQ scorer visits: contiguous (`ids == None`) or picked by id, with prefetching.
 #[derive(Clone, Copy)]
 struct CodeWalk<'a> {
@@ -127,18 +142,21 @@ impl Kernels for Avx2 {
         Tier::Avx2
     }
 
+    #[inline]
     fn l2_sq_f32(self, a: &[f32], b: &[f32]) -> f32 {
         check_pair(a.len(), b.len());
         // SAFETY: `self` exists only if AVX2 and FMA were detected (`Avx2::new`); lengths are equal.
         unsafe { avx2::l2_sq_f32(a, b) }
     }
 
+    #[inline]
     fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
         check_pair(a.len(), b.len());
         // SAFETY: `self` proves AVX2 + FMA; lengths are equal.
         unsafe { avx2::dot_f32(a, b) }
     }
 
+    #[inline]
     fn cosine_f32(self, a: &[f32], b: &[f32]) -> f32 {
         check_pair(a.len(), b.len());
         // SAFETY: `self` proves AVX2 + FMA; lengths are equal.
@@ -146,24 +164,28 @@ impl Kernels for Avx2 {
         cosine_from_sums(dot, na, nb)
     }
 
+    #[inline]
     fn l2_sq_u8(self, a: &[u8], b: &[u8]) -> u32 {
         check_int_pair(a.len(), b.len());
         // SAFETY: `self` proves AVX2; lengths are equal and at most MAX_DIM.
         unsafe { avx2::l2_sq_u8(a, b) }
     }
 
+    #[inline]
     fn dot_u8(self, a: &[u8], b: &[u8]) -> u32 {
         check_int_pair(a.len(), b.len());
         // SAFETY: `self` proves AVX2; lengths are equal and at most MAX_DIM.
         unsafe { avx2::dot_u8(a, b) }
     }
 
+    #[inline]
     fn l2_sq_i8(self, a: &[i8], b: &[i8]) -> u32 {
         check_int_pair(a.len(), b.len());
         // SAFETY: `self` proves AVX2; lengths are equal and at most MAX_DIM.
         unsafe { avx2::l2_sq_i8(a, b) }
     }
 
+    #[inline]
     fn dot_i8(self, a: &[i8], b: &[i8]) -> i32 {
         check_int_pair(a.len(), b.len());
         // SAFETY: `self` proves AVX2; lengths are equal and at most MAX_DIM.
@@ -188,18 +210,21 @@ impl Kernels for Avx512 {
         Tier::Avx512
     }
 
+    #[inline]
     fn l2_sq_f32(self, a: &[f32], b: &[f32]) -> f32 {
         check_pair(a.len(), b.len());
         // SAFETY: `self` exists only if AVX-512 F/BW/VL were detected (`Avx512::new`); lengths are equal.
         unsafe { avx512::l2_sq_f32(a, b) }
     }
 
+    #[inline]
     fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
         check_pair(a.len(), b.len());
         // SAFETY: `self` proves AVX-512 F/BW/VL; lengths are equal.
         unsafe { avx512::dot_f32(a, b) }
     }
 
+    #[inline]
     fn cosine_f32(self, a: &[f32], b: &[f32]) -> f32 {
         check_pair(a.len(), b.len());
         // SAFETY: `self` proves AVX-512 F/BW/VL; lengths are equal.
@@ -207,6 +232,7 @@ impl Kernels for Avx512 {
         cosine_from_sums(dot, na, nb)
     }
 
+    #[inline]
     fn l2_sq_u8(self, a: &[u8], b: &[u8]) -> u32 {
         check_int_pair(a.len(), b.len());
         if self.vnni {
@@ -218,6 +244,7 @@ impl Kernels for Avx512 {
         }
     }
 
+    #[inline]
     fn dot_u8(self, a: &[u8], b: &[u8]) -> u32 {
         check_int_pair(a.len(), b.len());
         if self.vnni {
@@ -229,6 +256,7 @@ impl Kernels for Avx512 {
         }
     }
 
+    #[inline]
     fn l2_sq_i8(self, a: &[i8], b: &[i8]) -> u32 {
         check_int_pair(a.len(), b.len());
         if self.vnni {
@@ -240,6 +268,7 @@ impl Kernels for Avx512 {
         }
     }
 
+    #[inline]
     fn dot_i8(self, a: &[i8], b: &[i8]) -> i32 {
         check_int_pair(a.len(), b.len());
         if self.vnni {
