@@ -376,7 +376,7 @@ fn link(
         };
         let mut cands: Vec<(u32, Option<f32>)> =
             found.iter().map(|f| (f.id, Some(f.distance))).collect();
-        cands.extend(graph.neighbours(i).iter().map(|&j| (old_n + j, None)));
+        cands.extend(graph.neighbours(i).map(|j| (old_n + j, None)));
         Ok::<_, IndexError>(pruner.prune(&row, &cands))
     };
     // A chunk at a time, so that only one chunk's lists are unpacked at once.

@@ -200,7 +200,7 @@ pub fn build_index(
     let mut list = Vec::with_capacity(params.graph.max_degree);
     for &v in &order {
         list.clear();
-        list.extend(graph.neighbours(v as usize).iter().map(|&u| position[u as usize]));
+        list.extend(graph.neighbours(v as usize).map(|u| position[u as usize]));
         w.push(stored.row_bytes(v as usize), &list, v)?;
     }
     w.finish()?;

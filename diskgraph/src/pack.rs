@@ -47,7 +47,7 @@ pub fn sector_order(graph: &Graph, per_sector: usize) -> Vec<u32> {
         let mut last = take_seed(&mut placed);
         order.push(last);
         while order.len() - start < per_sector && order.len() < n {
-            for (rank, &u) in graph.neighbours(last as usize).iter().enumerate() {
+            for (rank, u) in graph.neighbours(last as usize).enumerate() {
                 if placed[u as usize] {
                     continue;
                 }
@@ -92,7 +92,7 @@ fn bfs_seeds(graph: &Graph) -> Vec<u32> {
     while head < seeds.len() {
         let v = seeds[head];
         head += 1;
-        for &u in graph.neighbours(v as usize) {
+        for u in graph.neighbours(v as usize) {
             if !seen[u as usize] {
                 seen[u as usize] = true;
                 seeds.push(u);

@@ -664,7 +664,7 @@ fn build_partitions(
         for (l, &id) in ids.iter().enumerate() {
             let slot = usize::from(assigned.home[id as usize] != p as u16);
             list.clear();
-            list.extend(graph.neighbours(l).iter().map(|&u| ids[u as usize]));
+            list.extend(graph.neighbours(l).map(|u| ids[u as usize]));
             lists.write(id, slot, &list, &mut buf)?;
         }
         let order = pack::sector_order(&graph, per_sector);

@@ -26,11 +26,13 @@
 //! over PQ codes (smaller still than 8-bit codes) is not a strategy: at `R = 64` the lists take
 //! 336 bytes a point while being built, against 128 for a 128-d 8-bit code, so PQ would save a
 //! fifth of a single graph's memory for a graph built over much coarser distances, and below
-//! that the partitions take over anyway.
+//! that the partitions take over anyway. Graphs of at most 65,535 points (most partitions under
+//! a tight budget) keep 16-bit ids, 168 bytes a point, and the planner sizes partitions for it.
 
 use std::fmt;
 
 use crate::data::ElemType;
+use crate::vamana::NARROW_MAX_POINTS;
 
 /// Bytes the build needs whatever its input: thread stacks, the allocator's own state, I/O
 /// buffers, the PQ tables of a merge. The program's own resident size comes on top (see
@@ -85,10 +87,10 @@ impl Shape {
         ((self.dim * self.input_elem.size()).div_ceil(64) * 64) as u64
     }
 
-    /// Bytes per point of the build's adjacency slab.
-    fn adjacency(&self) -> u64 {
-        let cap = ((self.max_degree as f32 * self.slack) as usize).max(self.max_degree);
-        4 * (cap as u64 + 1)
+    /// Bytes per point of the adjacency slab of a graph of at most `points` points: 16-bit ids
+    /// up to [`NARROW_MAX_POINTS`], else 32-bit.
+    fn adjacency_for(&self, points: u64) -> u64 {
+        slab_bytes_per_point(points, self.max_degree, self.slack)
     }
 
     /// Bytes of PQ training over `rows` sampled rows: the sample as f32, and its per-subspace
@@ -104,10 +106,10 @@ impl Shape {
         let load = vectors + if self.stored_dim != self.dim { n * self.input_row() } else { 0 };
         let codes = n * self.pq_bytes as u64;
         let pq = vectors + self.pq_training(n.min(self.pq_samples as u64)) + codes;
-        let graph = vectors + codes + n * self.adjacency() + graph_scratch(n, self.max_degree);
+        let graph = vectors + codes + n * self.adjacency_for(n) + graph_scratch(n, self.max_degree);
         // Writing: the compacted graph (in the slab's allocation, plus offsets), the packing
         // arrays (order, position, score, BFS seeds: u32 each; two flags) and the reordered codes.
-        let write = vectors + 2 * codes + n * (self.adjacency() + 8) + n * 18;
+        let write = vectors + 2 * codes + n * (self.adjacency_for(n) + 8) + n * 18;
         FIXED_BYTES + load.max(pq).max(graph).max(write)
     }
 
@@ -122,18 +124,19 @@ impl Shape {
         self.stored_elem == ElemType::F32
     }
 
-    /// Bytes per point of one partition while its graph is built: its member id, the row the
-    /// graph is built over (an 8-bit code of a float row, see [`Shape::partitions_use_codes`]),
-    /// the adjacency slab (which the finished graph keeps, with its offsets), the packing arrays
-    /// and the batch scratch.
-    fn per_partition_point(&self) -> u64 {
+    /// Bytes per point of a partition of at most `capacity` points while its graph is built:
+    /// its member id, the row the graph is built over (an 8-bit code of a float row, see
+    /// [`Shape::partitions_use_codes`]), the adjacency slab (which the finished graph keeps, with
+    /// its offsets; 16-bit ids when the capacity allows), the packing arrays and the batch
+    /// scratch.
+    fn per_partition_point(&self, capacity: u64) -> u64 {
         let row = if self.partitions_use_codes() {
             (self.stored_dim as u64).div_ceil(64) * 64
         } else {
             self.stored_row()
         };
         let scratch = self.max_degree as u64 * GRAPH_SCRATCH_PER_EDGE / BATCH_SHARE;
-        4 + row + self.adjacency() + 8 + 18 + scratch
+        4 + row + self.adjacency_for(capacity) + 8 + 18 + scratch
     }
 
     /// Home members a merge takes at once within what a partition of `capacity` points was
@@ -147,12 +150,12 @@ impl Shape {
     /// Bytes of one partition of `capacity` points while its graph is built: what the merge of
     /// a chunk of home members may use too.
     pub fn partition_bytes(&self, capacity: u64) -> u64 {
-        capacity * self.per_partition_point()
+        capacity * self.per_partition_point(capacity)
     }
 
     /// Bytes of one partition of `capacity` points, with the fixed part of its scratch.
     fn partition(&self, capacity: u64) -> u64 {
-        capacity * self.per_partition_point() + GRAPH_SCRATCH_FIXED + PIECE_BYTES
+        capacity * self.per_partition_point(capacity) + GRAPH_SCRATCH_FIXED + PIECE_BYTES
     }
 
     /// Bytes of training PQ and the partition centroids on `rows` sampled rows.
@@ -183,8 +186,15 @@ const GRAPH_SCRATCH_FIXED: u64 = 2 << 20;
 /// Peak bytes of an in-memory Vamana graph build over `n` points besides their vectors: the
 /// adjacency slab (lists of up to `slack · R`) and the batches' transient arrays.
 pub fn graph_build_bytes(n: u64, max_degree: usize, slack: f32) -> u64 {
+    n * slab_bytes_per_point(n, max_degree, slack) + graph_scratch(n, max_degree)
+}
+
+/// Bytes per point of the adjacency slab of a graph of `n` points: a length and `slack · R` id
+/// slots, 16-bit up to [`NARROW_MAX_POINTS`] points, else 32-bit (see `vamana.rs`).
+fn slab_bytes_per_point(n: u64, max_degree: usize, slack: f32) -> u64 {
     let cap = ((max_degree as f32 * slack) as usize).max(max_degree);
-    n * 4 * (cap as u64 + 1) + graph_scratch(n, max_degree)
+    let id_bytes = if n <= NARROW_MAX_POINTS as u64 { 2 } else { 4 };
+    id_bytes * (cap as u64 + 1)
 }
 
 /// The graph build's transient arrays for `n` points: the largest batch's edges.
@@ -319,7 +329,13 @@ pub fn plan(shape: &Shape, budget: Option<u64>) -> Result<Plan, PlanError> {
             });
         }
     }
-    let capacity = available.saturating_sub(shape.partition(0)) / shape.per_partition_point();
+    // The most points a partition may hold: with 32-bit ids, or with 16-bit ids (about 1.5×
+    // as many at R = 64) when that many stays within their limit.
+    let room = available.saturating_sub(shape.partition(0));
+    let wide = room / shape.per_partition_point(u64::MAX);
+    let narrow_limit = NARROW_MAX_POINTS as u64;
+    let narrow = (room / shape.per_partition_point(narrow_limit)).min(narrow_limit);
+    let capacity = wide.max(narrow);
     let too_small = || PlanError::TooSmall {
         budget,
         n: shape.n,
@@ -425,6 +441,22 @@ mod tests {
         assert!(p.estimated_peak <= single + (1 << 20));
         let p = plan(&s, Some(single - (1 << 20))).unwrap();
         assert!(matches!(p.strategy, Strategy::Partitioned { .. }), "{p}");
+    }
+
+    /// A budget whose partitions hold fewer than 65,536 points sizes them for 16-bit ids: more
+    /// points a partition than 32-bit ids allow, never more than 16 bits can name, and still
+    /// within the budget. Sized for 32-bit ids they would be about two thirds as large.
+    #[test]
+    fn a_budget_of_small_partitions_sizes_them_for_sixteen_bit_ids() {
+        let s = sift(1_000_000, ElemType::F32);
+        let budget = 64 << 20;
+        let p = plan(&s, Some(budget)).unwrap();
+        let Strategy::Partitioned { capacity, .. } = p.strategy else { panic!("{p}") };
+        assert!(p.estimated_peak <= budget, "{p}");
+        assert!(capacity <= NARROW_MAX_POINTS, "{p}");
+        let room = budget - FIXED_BYTES - s.partitioned_global() - s.partition(0);
+        let wide = room / s.per_partition_point(u64::MAX);
+        assert!(capacity as u64 > wide * 13 / 10, "{p}: 32-bit ids would allow {wide}");
     }
 
     #[test]

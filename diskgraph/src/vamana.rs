@@ -23,7 +23,7 @@
 //! receives. No phase has a reader racing a writer or two writers on one list, so no list needs a
 //! lock, and the result depends only on the seed, not on the number of threads.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use quiver_simd::{Isa, Kernels, WithKernels};
 use rand::SeedableRng;
@@ -96,7 +96,7 @@ pub enum BuildError {
 pub struct Graph {
     /// `offsets[i]..offsets[i + 1]` is where point `i`'s neighbours lie in `ids`.
     offsets: Vec<u64>,
-    ids: Vec<u32>,
+    ids: Ids,
     /// Where every search starts: the medoid.
     pub entry: u32,
     /// The degree bound `R` the lists respect.
@@ -115,13 +115,13 @@ impl Graph {
     }
 
     /// Point `i`'s out-neighbours.
-    pub fn neighbours(&self, i: usize) -> &[u32] {
-        &self.ids[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    pub fn neighbours(&self, i: usize) -> Neighbours<'_> {
+        self.ids.range(self.offsets[i] as usize..self.offsets[i + 1] as usize)
     }
 
     /// Every point's out-neighbours, in point order.
-    pub fn lists(&self) -> impl Iterator<Item = &[u32]> + '_ {
-        self.offsets.windows(2).map(|w| &self.ids[w[0] as usize..w[1] as usize])
+    pub fn lists(&self) -> impl Iterator<Item = Neighbours<'_>> + '_ {
+        self.offsets.windows(2).map(|w| self.ids.range(w[0] as usize..w[1] as usize))
     }
 
     /// A graph from explicit lists (for tests and tools).
@@ -139,6 +139,12 @@ impl Graph {
             ids.extend_from_slice(l);
             offsets.push(ids.len() as u64);
         }
+        // Stored as a build of `n` points would store them, so that equal graphs compare equal.
+        let ids = if n <= NARROW_MAX_POINTS {
+            Ids::Narrow(ids.into_iter().map(|v| v as u16).collect())
+        } else {
+            Ids::Wide(ids)
+        };
         Self { offsets, ids, entry, max_degree }
     }
 
@@ -147,6 +153,68 @@ impl Graph {
         self.ids.len() as f64 / self.len().max(1) as f64
     }
 }
+
+/// The most points whose ids a graph stores in 16 bits: ids `0..=65_534` (the slab's length
+/// words, at most `slack · R ≤ 2,048`, fit too). A graph of at most this many points (a build's
+/// partition, often) holds its lists, and builds them, in half the memory: 168 bytes a point
+/// instead of 336 at `R = 64` while building, the largest share of a partition's bytes
+/// ([`crate::plan`] counts it), so a budget holds larger partitions.
+pub const NARROW_MAX_POINTS: usize = u16::MAX as usize;
+
+/// A graph's neighbour ids, all lists back to back, in the narrowest width its points allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ids {
+    Narrow(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+impl Ids {
+    fn len(&self) -> usize {
+        match self {
+            Ids::Narrow(v) => v.len(),
+            Ids::Wide(v) => v.len(),
+        }
+    }
+
+    fn range(&self, r: std::ops::Range<usize>) -> Neighbours<'_> {
+        Neighbours(match self {
+            Ids::Narrow(v) => Walk::Narrow(v[r].iter()),
+            Ids::Wide(v) => Walk::Wide(v[r].iter()),
+        })
+    }
+}
+
+/// One point's out-neighbours in a [`Graph`], as `u32` ids whatever width the graph stores.
+#[derive(Clone, Debug)]
+pub struct Neighbours<'a>(Walk<'a>);
+
+#[derive(Clone, Debug)]
+enum Walk<'a> {
+    Narrow(std::slice::Iter<'a, u16>),
+    Wide(std::slice::Iter<'a, u32>),
+}
+
+impl Iterator for Neighbours<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        match &mut self.0 {
+            Walk::Narrow(it) => it.next().map(|&v| u32::from(v)),
+            Walk::Wide(it) => it.next().copied(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let len = match &self.0 {
+            Walk::Narrow(it) => it.len(),
+            Walk::Wide(it) => it.len(),
+        };
+        (len, Some(len))
+    }
+}
+
+impl ExactSizeIterator for Neighbours<'_> {}
 
 /// A candidate: point id and its distance to the current target.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -462,7 +530,12 @@ pub fn build(
         return Err(BuildError::TooMany(n));
     }
     if n == 0 {
-        return Ok(Graph { offsets: vec![0], ids: Vec::new(), entry: 0, max_degree: r });
+        return Ok(Graph {
+            offsets: vec![0],
+            ids: Ids::Narrow(Vec::new()),
+            entry: 0,
+            max_degree: r,
+        });
     }
     Isa::active().dispatch(Builder { data, metric, params, progress })
 }
@@ -479,12 +552,18 @@ impl WithKernels for Builder<'_> {
     type Output = Result<Graph, BuildError>;
 
     fn run<K: Kernels>(self, k: K) -> Self::Output {
-        build_with(k, self.data, self.metric, self.params, self.progress)
+        let (data, metric, params, progress) = (self.data, self.metric, self.params, self.progress);
+        if data.len() <= NARROW_MAX_POINTS {
+            build_with::<K, AtomicU16>(k, data, metric, params, progress)
+        } else {
+            build_with::<K, AtomicU32>(k, data, metric, params, progress)
+        }
     }
 }
 
-/// [`build`] with the kernels of `k`, on checked parameters and at least one point.
-fn build_with<K: Kernels>(
+/// [`build`] with the kernels of `k` and lists of `S` slots, on checked parameters and at least
+/// one point.
+fn build_with<K: Kernels, S: Slot>(
     k: K,
     data: &VectorSet,
     metric: Metric,
@@ -495,7 +574,7 @@ fn build_with<K: Kernels>(
     let r = params.max_degree;
     let entry = medoid(data);
     let slack_cap = ((r as f32 * params.slack) as usize).max(r);
-    let adj = Adjacency::new(n, slack_cap);
+    let adj = Adjacency::<S>::new(n, slack_cap);
     let mut order: Vec<u32> = (0..n as u32).collect();
     order.shuffle(&mut StdRng::seed_from_u64(params.seed));
     let l = params.list_size.max(r);
@@ -636,22 +715,86 @@ fn scored<K: Kernels>(
 /// only so that disjoint lists can be written from many threads through a shared reference
 /// without `unsafe`. Relaxed stores suffice: the end of each rayon phase orders them before the
 /// next phase's loads.
-struct Adjacency {
+struct Adjacency<S> {
     stride: usize,
-    slots: Vec<AtomicU32>,
+    slots: Vec<S>,
 }
 
-impl Adjacency {
+/// A word of the adjacency slab: 16 bits for graphs of at most [`NARROW_MAX_POINTS`] points,
+/// else 32.
+trait Slot: Send + Sync + Sized {
+    /// The plain integer the slot holds.
+    type Plain: Copy;
+    fn new(value: u32) -> Self;
+    fn load(&self) -> u32;
+    /// Stores `value`, which fits (the slab's width was chosen for the points).
+    fn store(&self, value: u32);
+    fn into_plain(self) -> Self::Plain;
+    fn widen(plain: Self::Plain) -> u32;
+    /// The compacted lists as a graph's ids.
+    fn ids(plain: Vec<Self::Plain>) -> Ids;
+}
+
+impl Slot for AtomicU16 {
+    type Plain = u16;
+    fn new(value: u32) -> Self {
+        AtomicU16::new(value as u16)
+    }
+    #[inline]
+    fn load(&self) -> u32 {
+        u32::from(AtomicU16::load(self, Ordering::Relaxed))
+    }
+    #[inline]
+    fn store(&self, value: u32) {
+        debug_assert!(value <= u32::from(u16::MAX), "id {value} in a 16-bit slab");
+        AtomicU16::store(self, value as u16, Ordering::Relaxed);
+    }
+    fn into_plain(self) -> u16 {
+        self.into_inner()
+    }
+    fn widen(plain: u16) -> u32 {
+        u32::from(plain)
+    }
+    fn ids(plain: Vec<u16>) -> Ids {
+        Ids::Narrow(plain)
+    }
+}
+
+impl Slot for AtomicU32 {
+    type Plain = u32;
+    fn new(value: u32) -> Self {
+        AtomicU32::new(value)
+    }
+    #[inline]
+    fn load(&self) -> u32 {
+        AtomicU32::load(self, Ordering::Relaxed)
+    }
+    #[inline]
+    fn store(&self, value: u32) {
+        AtomicU32::store(self, value, Ordering::Relaxed);
+    }
+    fn into_plain(self) -> u32 {
+        self.into_inner()
+    }
+    fn widen(plain: u32) -> u32 {
+        plain
+    }
+    fn ids(plain: Vec<u32>) -> Ids {
+        Ids::Wide(plain)
+    }
+}
+
+impl<S: Slot> Adjacency<S> {
     fn new(n: usize, cap: usize) -> Self {
         let stride = cap + 1;
-        Self { stride, slots: (0..n * stride).map(|_| AtomicU32::new(0)).collect() }
+        Self { stride, slots: (0..n * stride).map(|_| S::new(0)).collect() }
     }
 
     /// Appends node `i`'s list to `out`.
     fn read(&self, i: u32, out: &mut Vec<u32>) {
         let at = i as usize * self.stride;
-        let len = (self.slots[at].load(Ordering::Relaxed) as usize).min(self.stride - 1);
-        out.extend(self.slots[at + 1..at + 1 + len].iter().map(|s| s.load(Ordering::Relaxed)));
+        let len = (self.slots[at].load() as usize).min(self.stride - 1);
+        out.extend(self.slots[at + 1..at + 1 + len].iter().map(S::load));
     }
 
     /// Starts loading node `i`'s list into the cache (a hint).
@@ -671,9 +814,9 @@ impl Adjacency {
             self.stride - 1
         );
         for (slot, &id) in self.slots[at + 1..].iter().zip(ids) {
-            slot.store(id, Ordering::Relaxed);
+            slot.store(id);
         }
-        self.slots[at].store(ids.len() as u32, Ordering::Relaxed);
+        self.slots[at].store(ids.len() as u32);
     }
 
     /// The compact graph, built in place: each list moves down to follow the previous one (a list
@@ -683,13 +826,13 @@ impl Adjacency {
         let Self { stride, slots } = self;
         let n = slots.len() / stride;
         // Same size and alignment: this collect reuses the slab's allocation.
-        let mut ids: Vec<u32> = slots.into_iter().map(AtomicU32::into_inner).collect();
+        let mut ids: Vec<S::Plain> = slots.into_iter().map(S::into_plain).collect();
         let mut offsets = Vec::with_capacity(n + 1);
         offsets.push(0u64);
         let mut end = 0;
         for i in 0..n {
             let at = i * stride;
-            let len = (ids[at] as usize).min(stride - 1);
+            let len = (S::widen(ids[at]) as usize).min(stride - 1);
             assert!(len <= max_degree, "point {i} kept {len} neighbours over R = {max_degree}");
             ids.copy_within(at + 1..at + 1 + len, end);
             end += len;
@@ -699,7 +842,7 @@ impl Adjacency {
         // allocation while the slab still exists, the largest transient of a build (the planner
         // counts the slab instead, `plan.rs`).
         ids.truncate(end);
-        Graph { offsets, ids, entry, max_degree }
+        Graph { offsets, ids: S::ids(ids), entry, max_degree }
     }
 }
 
@@ -714,8 +857,49 @@ pub fn search_in_memory(
     l: usize,
     scratch: &mut Scratch,
 ) -> Vec<Candidate> {
-    let read = |id: u32, out: &mut Vec<u32>| out.extend_from_slice(graph.neighbours(id as usize));
+    let read = |id: u32, out: &mut Vec<u32>| out.extend(graph.neighbours(id as usize));
     let (mut list, _) = greedy_search(data, metric, query, graph.entry, l.max(k), read, scratch);
     list.truncate(k);
     list
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU16, AtomicU32};
+
+    use super::*;
+
+    /// The 16-bit slab is a storage choice, not a different build: the same points, seed and
+    /// parameters give the same lists with 16-bit and 32-bit ids. A narrowed id that wrapped, or a
+    /// length word cut short, would change them.
+    #[test]
+    fn sixteen_and_thirty_two_bit_slabs_build_the_same_graph() {
+        let (n, dim) = (3_000, 16);
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let values: Vec<f32> = (0..n * dim)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 1_000) as f32
+            })
+            .collect();
+        let data = VectorSet::from_f32(dim, &values).unwrap();
+        let params =
+            VamanaParams { max_degree: 24, list_size: 40, threads: 2, ..Default::default() };
+        let k = Isa::active();
+        let narrow = build_with::<_, AtomicU16>(k, &data, Metric::L2, &params, &|_| {}).unwrap();
+        let wide = build_with::<_, AtomicU32>(k, &data, Metric::L2, &params, &|_| {}).unwrap();
+        assert!(matches!(narrow.ids, Ids::Narrow(_)) && matches!(wide.ids, Ids::Wide(_)));
+        assert_eq!(narrow.entry, wide.entry);
+        assert_eq!(narrow.mean_degree(), wide.mean_degree());
+        for i in 0..n {
+            let (a, b): (Vec<u32>, Vec<u32>) =
+                (narrow.neighbours(i).collect(), wide.neighbours(i).collect());
+            assert_eq!(a, b, "point {i}");
+        }
+        // A build picks 16-bit ids for this many points.
+        let built = build(&data, Metric::L2, &params, &|_| {}).unwrap();
+        assert_eq!(built, narrow);
+    }
 }

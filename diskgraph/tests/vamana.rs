@@ -20,6 +20,7 @@ use quiver_diskgraph::vamana::{
 fn check_structure(g: &Graph, n: usize) {
     assert_eq!(g.len(), n);
     for (i, list) in g.lists().enumerate() {
+        let list: Vec<u32> = list.collect();
         assert!(list.len() <= g.max_degree, "node {i} has degree {}", list.len());
         assert!(!list.contains(&(i as u32)), "node {i} links to itself");
         let mut s = list.to_vec();
@@ -32,7 +33,7 @@ fn check_structure(g: &Graph, n: usize) {
     let mut q = VecDeque::from([g.entry]);
     seen[g.entry as usize] = true;
     while let Some(v) = q.pop_front() {
-        for &w in g.neighbours(v as usize) {
+        for w in g.neighbours(v as usize) {
             if !seen[w as usize] {
                 seen[w as usize] = true;
                 q.push_back(w);

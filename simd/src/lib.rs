@@ -582,4 +582,25 @@ mod tests {
         assert_eq!(cosine_from_sums(0.0, 0.0, 4.0), 1.0);
         assert_eq!(cosine_from_sums(3.0, 9.0, 1.0), 0.0);
     }
+
+    /// Prefetching is a hint: empty slices, slices starting anywhere in a line, longer than the
+    /// line limit or of atomics (which have no byte view) must neither fault nor change the data.
+    #[test]
+    fn prefetching_any_slice_is_harmless() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let words: Vec<AtomicU32> = (0..1_000).map(AtomicU32::new).collect();
+        for start in 0..20 {
+            for len in [0, 1, 15, 16, 17, 84, 300, 980] {
+                prefetch_slice(&words[start..start + len]);
+            }
+        }
+        prefetch_slice::<u64>(&[]);
+        let bytes = vec![7u8; 4096];
+        for start in 0..70 {
+            prefetch(&bytes[start..]);
+            prefetch_slice(&bytes[start..start + 1]);
+        }
+        assert!(words.iter().enumerate().all(|(i, w)| w.load(Ordering::Relaxed) == i as u32));
+        assert!(bytes.iter().all(|&b| b == 7));
+    }
 }
