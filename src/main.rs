@@ -248,9 +248,24 @@ struct SearchArgs {
     json: bool,
 }
 
+/// A report piped into `head` ends, as other Unix tools do, when its reader goes away: the
+/// default `SIGPIPE` action instead of Rust's (ignore it, and panic in `println!` on the write
+/// error). Not for `serve`, whose sockets must see a vanished client as an error to handle.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: `signal` with `SIG_DFL` only changes this process's disposition of `SIGPIPE`; it is
+    // called at the start of `main`, before any thread exists that could race on it, and
+    // installs no handler (so no async-signal-safety obligations arise).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let telemetry = telemetry::init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        end_quietly_on_a_closed_pipe();
+    }
     let result = match cli.command {
         Command::Info => {
             info();

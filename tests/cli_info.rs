@@ -48,3 +48,23 @@ fn an_unknown_quiver_simd_value_is_reported_not_silently_used() {
     let (best, _) = info(None);
     assert_eq!(active_tier(&out), active_tier(&best));
 }
+
+/// `quiver search … | head -3` used to end in a panic and a backtrace ("failed printing to
+/// stdout") when `head` closed the pipe. Now a command whose reader has gone ends as other Unix
+/// tools do: by `SIGPIPE`, silently. The reader is closed before the child starts, so its first
+/// write fails whatever the timing.
+#[test]
+fn a_report_piped_into_a_closed_reader_ends_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .arg("info")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run quiver info");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "quiver info panicked on a closed pipe: {stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+}

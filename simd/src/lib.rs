@@ -598,7 +598,7 @@ mod tests {
         let bytes = vec![7u8; 4096];
         for start in 0..70 {
             prefetch(&bytes[start..]);
-            prefetch_slice(&bytes[start..start + 1]);
+            prefetch_slice(&bytes[start..=start]);
         }
         assert!(words.iter().enumerate().all(|(i, w)| w.load(Ordering::Relaxed) == i as u32));
         assert!(bytes.iter().all(|&b| b == 7));
