@@ -552,24 +552,18 @@ impl WithKernels for Builder<'_> {
     type Output = Result<Graph, BuildError>;
 
     fn run<K: Kernels>(self, k: K) -> Self::Output {
-        let (data, metric, params, progress) = (self.data, self.metric, self.params, self.progress);
-        if data.len() <= NARROW_MAX_POINTS {
-            build_with::<K, AtomicU16>(k, data, metric, params, progress)
+        if self.data.len() <= NARROW_MAX_POINTS {
+            build_with::<K, AtomicU16>(k, &self)
         } else {
-            build_with::<K, AtomicU32>(k, data, metric, params, progress)
+            build_with::<K, AtomicU32>(k, &self)
         }
     }
 }
 
 /// [`build`] with the kernels of `k` and lists of `S` slots, on checked parameters and at least
 /// one point.
-fn build_with<K: Kernels, S: Slot>(
-    k: K,
-    data: &VectorSet,
-    metric: Metric,
-    params: &VamanaParams,
-    progress: &(dyn Fn(usize) + Sync),
-) -> Result<Graph, BuildError> {
+fn build_with<K: Kernels, S: Slot>(k: K, job: &Builder<'_>) -> Result<Graph, BuildError> {
+    let (data, metric, params, progress) = (job.data, job.metric, job.params, job.progress);
     let n = data.len();
     let r = params.max_degree;
     let entry = medoid(data);
@@ -888,8 +882,9 @@ mod tests {
         let params =
             VamanaParams { max_degree: 24, list_size: 40, threads: 2, ..Default::default() };
         let k = Isa::active();
-        let narrow = build_with::<_, AtomicU16>(k, &data, Metric::L2, &params, &|_| {}).unwrap();
-        let wide = build_with::<_, AtomicU32>(k, &data, Metric::L2, &params, &|_| {}).unwrap();
+        let job = Builder { data: &data, metric: Metric::L2, params: &params, progress: &|_| {} };
+        let narrow = build_with::<_, AtomicU16>(k, &job).unwrap();
+        let wide = build_with::<_, AtomicU32>(k, &job).unwrap();
         assert!(matches!(narrow.ids, Ids::Narrow(_)) && matches!(wide.ids, Ids::Wide(_)));
         assert_eq!(narrow.entry, wide.entry);
         assert_eq!(narrow.mean_degree(), wide.mean_degree());
