@@ -15,8 +15,9 @@
 //!    times larger, and fewer, within the same budget), its Vamana graph built in RAM, and each
 //!    member's list (as global ids) written to its slot in the lists file
 //!    (two slots per point: home, guest), in a block laid out by home partition
-//!    ([`BlockIndex`]), so that a partition's home lists are one dense stretch of the file. The members at home here are ordered for sector
-//!    packing ([`crate::pack::sector_order`] on the partition's graph), and the order written out.
+//!    ([`BlockIndex`]), so that a partition's home lists are one dense stretch of the file. The
+//!    members at home here are ordered for sector packing ([`crate::pack::sector_order`] on the
+//!    partition's graph), and the order written out.
 //! 4. **Merge and write.** Positions follow the partitions' packing orders one after another.
 //!    Per partition again, for its home members in packed order (a chunk at a time, within a
 //!    partition's allowance, with their full-precision rows): the two lists are united and,
@@ -175,7 +176,8 @@ pub(crate) fn build(
         &assigned.codes,
         &position,
         header,
-        (&lists, &blocks),
+        &lists,
+        &blocks,
         &scratch,
         progress,
     )?;
@@ -481,13 +483,13 @@ impl BlockIndex {
     }
 }
 
-/// The blocks of partition `p`'s home members `ids` (ascending, a subset of `home_sorted`, all of
-/// `p`'s home members ascending): ascending too.
-fn blocks_of(starts: &[u32], p: usize, home_sorted: &[u32], ids: &[u32]) -> Vec<u32> {
+/// The blocks of a partition's home members `ids` (ascending, a subset of `home_sorted`, all of
+/// the partition's home members ascending, whose blocks start at `first`): ascending too.
+fn blocks_of(first: u32, home_sorted: &[u32], ids: &[u32]) -> Vec<u32> {
     ids.iter()
         .map(|id| {
             let rank = home_sorted.binary_search(id).expect("a home member of the partition");
-            starts[p] + rank as u32
+            first + rank as u32
         })
         .collect()
 }
@@ -655,8 +657,8 @@ impl ListsFile {
             let first = blocks[run.start] as usize;
             buf.resize((blocks[run.end - 1] as usize - first + 1) * block, 0);
             self.file.read_exact_at(&mut buf, (first * block) as u64).map_err(io(&self.path))?;
-            for (k, &id) in blocks[run.clone()].iter().enumerate() {
-                let from = (id as usize - first) * block;
+            for (k, &b) in blocks[run.clone()].iter().enumerate() {
+                let from = (b as usize - first) * block;
                 let to = (run.start + k) * block;
                 out[to..to + block].copy_from_slice(&buf[from..from + block]);
             }
@@ -785,7 +787,8 @@ fn merge_and_write(
     codes: &[u8],
     position: &[u32],
     header: Header,
-    (lists, starts): (&ListsFile, &[u32]),
+    lists: &ListsFile,
+    starts: &[u32],
     scratch: &Scratch,
     progress: &(dyn Fn(&'static str, usize, usize) + Sync),
 ) -> Result<u64, IndexError> {
@@ -794,8 +797,8 @@ fn merge_and_write(
     let mut done = 0;
     let mut degrees = 0u64;
     let merge = Merge { pq: &trained.pq, codes, metric: storage.metric, params: job.params };
-    let partitions = trained.partitions();
-    for p in 0..partitions {
+    // `starts` ends with the total: each partition's blocks begin at its own entry.
+    for (p, &first) in starts[..trained.partitions()].iter().enumerate() {
         let order = read_ids(&scratch.path(&order_name(p)))?;
         let mut home_sorted = order.clone();
         home_sorted.sort_unstable();
@@ -804,7 +807,7 @@ fn merge_and_write(
             let mut sorted = chunk.to_vec();
             sorted.sort_unstable();
             let vectors = storage.store(job.file.gather(&sorted)?)?;
-            let blocks = lists.read_many(&blocks_of(starts, p, &home_sorted, &sorted))?;
+            let blocks = lists.read_many(&blocks_of(first, &home_sorted, &sorted))?;
             let block = lists.block();
             // Each member's row in `vectors` (and block in `blocks`), and its merged list.
             let merged: Vec<Result<(usize, Vec<u32>), IndexError>> = chunk

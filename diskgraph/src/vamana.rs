@@ -274,15 +274,20 @@ impl Beam {
         self.cursor = self.cursor.min(at);
     }
 
+    /// Where the nearest unexpanded candidate lies (every entry before `cursor` is expanded).
+    fn first_unexpanded(&self) -> Option<usize> {
+        Some(self.cursor + self.items[self.cursor..].iter().position(|(_, done)| !done)?)
+    }
+
     /// The nearest unexpanded candidate, left unexpanded: the one [`Beam::next`] gives next
     /// unless a nearer one is inserted first.
     fn peek(&self) -> Option<Candidate> {
-        self.items[self.cursor..].iter().find(|(_, done)| !done).map(|(c, _)| *c)
+        self.first_unexpanded().map(|at| self.items[at].0)
     }
 
     /// The nearest unexpanded candidate, now marked expanded.
     fn next(&mut self) -> Option<Candidate> {
-        let at = self.cursor + self.items[self.cursor..].iter().position(|(_, done)| !done)?;
+        let at = self.first_unexpanded()?;
         self.items[at].1 = true;
         self.cursor = at + 1;
         Some(self.items[at].0)

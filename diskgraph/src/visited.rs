@@ -1,12 +1,12 @@
 //! The visited set shared by the disk search and the graph build.
 
-/// The ids a graph walk has seen, cleared in O(entries) per walk, in one of two forms:
+/// The ids a graph walk has seen, cleared between walks, in one of two forms:
 ///
 /// - **Hashed** ([`VisitedSet::new`]): a small open-addressing hash set. A disk search touches a
 ///   few thousand ids out of millions; a dense bitmap or stamp array of `n` entries would cost a
 ///   cache miss per lookup at 100M points, while this table (16 K slots to start, 64 KiB, grown at
 ///   half load) stays in L2. `u32::MAX` marks an empty slot; it is never a node id
-///   (`n < u32::MAX - 1`).
+///   (`n < u32::MAX - 1`). Cleared in O(entries).
 /// - **Dense** ([`VisitedSet::for_points`]): one bit per point, for walks over a graph of at most
 ///   [`DENSE_MAX_POINTS`] points (a graph build in RAM). A build's insertion sees ~10,000 ids; the
 ///   hash table grows to 128 KiB for them and probes it, while the bitmap of a 100,000-point

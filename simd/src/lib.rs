@@ -534,7 +534,7 @@ pub const PREFETCH_LINES: usize = 4;
 #[inline(always)]
 pub fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    x86::prefetch_bytes(bytes);
+    x86::prefetch_range(bytes.as_ptr(), bytes.len(), PREFETCH_LINES);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bytes;
 }

@@ -29,21 +29,8 @@ fn prefetch_code(codes: &[u8], id: u32, m: usize) {
     }
 }
 
-/// Prefetches the first `PREFETCH_LINES` cache lines of `bytes` (see [`crate::prefetch`]).
-#[inline(always)]
-pub(crate) fn prefetch_bytes(bytes: &[u8]) {
-    let lines = bytes.len().div_ceil(64).min(crate::PREFETCH_LINES);
-    for line in 0..lines {
-        // SAFETY: `_mm_prefetch` needs SSE, which every x86-64 CPU has (this module is compiled
-        // for x86-64 only). `prefetcht0` is a hint: it never faults and reads nothing the program
-        // observes, so no address can make it unsound; this one lies inside `bytes` in any case
-        // (`line < bytes.len().div_ceil(64)`).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().wrapping_add(line * 64).cast()) };
-    }
-}
-
-/// Prefetches the lines of the `len` bytes at `start`, at most `max_lines` of them (see
-/// [`crate::prefetch_slice`]).
+/// Prefetches the cache lines of the `len` bytes at `start`, at most `max_lines` of them (see
+/// [`crate::prefetch`] and [`crate::prefetch_slice`]).
 #[inline(always)]
 pub(crate) fn prefetch_range(start: *const u8, len: usize, max_lines: usize) {
     let first = start as usize & !63;
