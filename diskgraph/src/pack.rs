@@ -28,12 +28,37 @@ pub fn sector_order(graph: &Graph, per_sector: usize) -> Vec<u32> {
     if per_sector <= 1 || n <= 1 {
         return (0..n as u32).collect();
     }
+    sector_order_among(graph, per_sector, &vec![true; n], per_sector)
+}
+
+/// The packed order of the nodes of `graph` with `members[node]` set, the others left out (a
+/// partition's guests, written by another partition), when the first of them lands with
+/// `first_free` slots left in its sector (`1..=per_sector`; a partition written after others
+/// rarely starts on a sector boundary). The left-out nodes still link members for the
+/// breadth-first seeds, but are never placed or scored.
+///
+/// # Panics
+/// When `members` is not one flag a node or `first_free` is not in `1..=per_sector`.
+pub fn sector_order_among(
+    graph: &Graph,
+    per_sector: usize,
+    members: &[bool],
+    first_free: usize,
+) -> Vec<u32> {
+    let n = graph.len();
+    assert_eq!(members.len(), n, "one membership flag a node");
+    assert!((1..=per_sector.max(1)).contains(&first_free), "{first_free} free of {per_sector}");
+    let wanted = members.iter().filter(|&&m| m).count();
+    if per_sector <= 1 || wanted <= 1 {
+        return (0..n as u32).filter(|&v| members[v as usize]).collect();
+    }
     let seeds = bfs_seeds(graph);
-    let mut placed = vec![false; n];
+    let mut placed: Vec<bool> = members.iter().map(|&m| !m).collect();
     let mut score = vec![0u32; n];
     // Nodes with a non-zero score in the current sector, in the order first met.
     let mut touched: Vec<u32> = Vec::new();
-    let mut order: Vec<u32> = Vec::with_capacity(n);
+    let mut order: Vec<u32> = Vec::with_capacity(wanted);
+    let mut capacity = first_free;
     let mut next_seed = seeds.iter();
     let mut take_seed = |placed: &mut [bool]| loop {
         let s = *next_seed.next().expect("unplaced nodes remain among the seeds");
@@ -42,11 +67,11 @@ pub fn sector_order(graph: &Graph, per_sector: usize) -> Vec<u32> {
             return s;
         }
     };
-    while order.len() < n {
+    while order.len() < wanted {
         let start = order.len();
         let mut last = take_seed(&mut placed);
         order.push(last);
-        while order.len() - start < per_sector && order.len() < n {
+        while order.len() - start < capacity && order.len() < wanted {
             for (rank, u) in graph.neighbours(last as usize).enumerate() {
                 if placed[u as usize] {
                     continue;
@@ -76,6 +101,7 @@ pub fn sector_order(graph: &Graph, per_sector: usize) -> Vec<u32> {
             score[u as usize] = 0;
         }
         touched.clear();
+        capacity = per_sector;
     }
     debug_assert!(placed.iter().all(|&p| p));
     order

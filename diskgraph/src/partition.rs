@@ -30,7 +30,7 @@
 //! whether it succeeds or not.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -156,13 +156,11 @@ pub(crate) fn build(
         entry: 0,
         mips_max_norm_sq: max_norm_sq as f32,
     };
-    let lists =
-        ListsFile::create(&scratch.path("lists"), n, job.params.graph.max_degree, copies(job))?;
-    let blocks = BlockIndex::new(&assigned.home, partitions);
+    let lists = ListsFile::create(&scratch.path("lists"), n, job.params.graph.max_degree)?;
+    let starts = home_starts(&assigned.home, partitions);
     build_partitions(
-        job, &storage, &trained, &assigned, &lists, &blocks, &header, &scratch, progress,
+        job, &storage, &trained, &assigned, &lists, &starts, &header, &scratch, progress,
     )?;
-    let blocks = blocks.into_starts();
     let graph_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -177,7 +175,7 @@ pub(crate) fn build(
         &position,
         header,
         &lists,
-        &blocks,
+        &starts,
         &scratch,
         progress,
     )?;
@@ -279,13 +277,11 @@ impl ScalarCodes {
         Some(ScalarCodes { offset: lo, step })
     }
 
-    /// Writes the codes of `piece`'s rows into rows `at..` of `out` (u8, same dimension).
-    fn encode(&self, piece: &VectorSet, out: &mut VectorSet, at: usize) {
-        for i in 0..piece.len() {
-            let Row::F32(r) = piece.row(i) else { unreachable!("trained on f32 rows") };
-            for ((c, &x), &o) in out.row_bytes_mut(at + i).iter_mut().zip(r).zip(&self.offset) {
-                *c = ((x - o) / self.step).round().clamp(0.0, 255.0) as u8;
-            }
+    /// Writes the code of `row` into `out` (one byte a dimension).
+    fn encode_row(&self, row: Row<'_>, out: &mut [u8]) {
+        let Row::F32(r) = row else { unreachable!("trained on f32 rows") };
+        for ((c, &x), &o) in out.iter_mut().zip(r).zip(&self.offset) {
+            *c = ((x - o) / self.step).round().clamp(0.0, 255.0) as u8;
         }
     }
 }
@@ -440,47 +436,22 @@ struct Assigned {
     entry: u32,
 }
 
-/// Where each point's lists lie in the lists file: its *block*, in home-partition order (the home
-/// members of partition 0 in ascending id order, then those of partition 1, …). The merge takes
-/// one partition's home members at a time, so their blocks are read from one dense stretch of the
-/// file: in id order (the first layout), a partition's members were spread over all of it, and
-/// every chunk of the merge read nearly the whole file (on GloVe at 32 MiB, 14 GB of reads for a
-/// 200 MB file). Each partition's build writes its home members' lists in one dense, ascending
-/// stretch too.
-struct BlockIndex {
-    /// Each point's block, while the partitions are built.
-    block: Vec<u32>,
-    /// Each partition's first block (and the total, last).
-    starts: Vec<u32>,
-}
-
-impl BlockIndex {
-    fn new(home: &[u16], partitions: usize) -> BlockIndex {
-        let mut starts = vec![0u32; partitions + 1];
-        for &p in home {
-            starts[p as usize + 1] += 1;
-        }
-        for p in 0..partitions {
-            starts[p + 1] += starts[p];
-        }
-        let mut next = starts.clone();
-        let block = home
-            .iter()
-            .map(|&p| {
-                let b = next[p as usize];
-                next[p as usize] += 1;
-                b
-            })
-            .collect();
-        BlockIndex { block, starts }
+/// Where each partition's home lists begin in the lists file, and the total, last. A point's
+/// *block* is its record there, in home-partition order: the home members of partition 0 in
+/// ascending id order, then those of partition 1, and so on. A partition's build writes its home
+/// members' lists as one dense, ascending stretch, and the merge, which takes one partition's home
+/// members at a time, reads them from it. In id order (the first layout) every chunk of the merge
+/// read nearly the whole file (on GloVe at 32 MiB, 14 GB of reads for a 200 MB file). The starts
+/// are also where each partition's nodes begin in the index, as positions follow home partitions.
+fn home_starts(home: &[u16], partitions: usize) -> Vec<u32> {
+    let mut starts = vec![0u32; partitions + 1];
+    for &p in home {
+        starts[p as usize + 1] += 1;
     }
-
-    /// The partitions' first blocks alone: the merge finds a block from its partition's sorted
-    /// home members, so the per-point array (4 bytes a point) is freed before the position map
-    /// takes its place.
-    fn into_starts(self) -> Vec<u32> {
-        self.starts
+    for p in 0..partitions {
+        starts[p + 1] += starts[p];
     }
+    starts
 }
 
 /// The blocks of a partition's home members `ids` (ascending, a subset of `home_sorted`, all of
@@ -559,6 +530,7 @@ fn assign(
                 counts[p] += 1;
                 let path = scratch.path(&members_name(p));
                 writers[p].write_all(&id.to_le_bytes()).map_err(io(&path))?;
+                writers[p].write_all(piece.row_bytes(i)).map_err(io(&path))?;
             }
         }
         progress("assign", start + piece.len(), n);
@@ -575,6 +547,79 @@ fn assign(
         "points assigned to partitions"
     );
     Ok(Assigned { codes, home, entry: entry.1 })
+}
+
+/// A partition's members as step 2 wrote them (file `members-{p}`): per member, in ascending id
+/// order, its id (`u32`, little-endian) and then its stored row. Steps 3 and 4 read a partition's
+/// rows from here, one sequential pass each, instead of gathering them from the input, where a
+/// partition's members lie all over the file: the gather's reads, coalesced across the gaps
+/// between members, read nearly the whole input for every partition (on SIFT 1M at 96 MiB, 15 GB
+/// in the graph phase and 16 GB in the merge, against 1 GB written here).
+struct Members {
+    path: PathBuf,
+    reader: BufReader<File>,
+    /// One row, the buffer a record's row is read into (aligned for any element type).
+    row: VectorSet,
+    len: usize,
+}
+
+impl Members {
+    fn open(scratch: &Scratch, p: usize, shape: &Shape) -> Result<Members, IndexError> {
+        let path = scratch.path(&members_name(p));
+        let file = File::open(&path).map_err(io(&path))?;
+        let row = VectorSet::zeroed(shape.stored_elem, shape.stored_dim, 1)?;
+        let record = 4 + row.row_bytes(0).len() as u64;
+        let bytes = file.metadata().map_err(io(&path))?.len();
+        if bytes % record != 0 {
+            return Err(IndexError::Mismatch(format!(
+                "{}: {bytes} bytes is not a whole number of {record}-byte members",
+                path.display()
+            )));
+        }
+        let reader = BufReader::with_capacity(LOG_BUFFER_BYTES, file);
+        Ok(Members { path, reader, row, len: (bytes / record) as usize })
+    }
+
+    /// Every member: its id, its row in [`Members::row`] as `each(index, id, row)` sees it.
+    fn for_each(
+        mut self,
+        mut each: impl FnMut(usize, u32, Row<'_>) -> Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
+        let mut id = [0u8; 4];
+        for i in 0..self.len {
+            self.reader.read_exact(&mut id).map_err(io(&self.path))?;
+            self.reader.read_exact(self.row.row_bytes_mut(0)).map_err(io(&self.path))?;
+            each(i, u32::from_le_bytes(id), self.row.row(0))?;
+        }
+        Ok(())
+    }
+
+    /// The rows of `sorted` (ascending member ids), into rows `0..` of a new set.
+    fn gather(mut self, sorted: &[u32]) -> Result<VectorSet, IndexError> {
+        let mut out = VectorSet::zeroed(self.row.elem(), self.row.dim(), sorted.len())?;
+        let mut next = 0;
+        for _ in 0..self.len {
+            let wanted = sorted.get(next).copied();
+            let mut peek = [0u8; 4];
+            self.reader.read_exact(&mut peek).map_err(io(&self.path))?;
+            let id = u32::from_le_bytes(peek);
+            let row = if Some(id) == wanted {
+                out.row_bytes_mut(next)
+            } else {
+                self.row.row_bytes_mut(0)
+            };
+            self.reader.read_exact(row).map_err(io(&self.path))?;
+            next += usize::from(Some(id) == wanted);
+        }
+        if next != sorted.len() {
+            return Err(IndexError::Mismatch(format!(
+                "{}: member {} missing",
+                self.path.display(),
+                sorted[next]
+            )));
+        }
+        Ok(out)
+    }
 }
 
 fn read_ids(path: &Path) -> Result<Vec<u32>, IndexError> {
@@ -594,24 +639,28 @@ fn write_ids(path: &Path, ids: impl Iterator<Item = u32>) -> Result<(), IndexErr
     Ok(())
 }
 
-/// Neighbour lists on disk, one slot per partition a point joins (home, then guest), each
-/// `1 + R` little-endian words: the length, then the ids. A slot never written reads as an empty
-/// list.
+/// Home lists on disk: one record per point, in its block (see [`home_starts`]), `1 + R`
+/// little-endian words: the length, then the ids. A record never written reads as an empty list.
+/// A partition writes its home members' records in one ascending, dense stretch.
 struct ListsFile {
     path: PathBuf,
     file: File,
     record: usize,
-    slots: usize,
+}
+
+/// A record of a list: its length, then its ids, padded with zeros to `record` bytes.
+fn encode_record(list: &[u32], record: usize, out: &mut Vec<u8>) {
+    assert!(4 * (1 + list.len()) <= record, "a list of {} over the record", list.len());
+    let at = out.len();
+    out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+    for x in list {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.resize(at + record, 0);
 }
 
 impl ListsFile {
-    fn create(
-        path: &Path,
-        n: usize,
-        max_degree: usize,
-        slots: usize,
-    ) -> Result<ListsFile, IndexError> {
-        assert!((1..=2).contains(&slots), "{slots} lists per point");
+    fn create(path: &Path, n: usize, max_degree: usize) -> Result<ListsFile, IndexError> {
         let file = File::options()
             .read(true)
             .write(true)
@@ -620,72 +669,129 @@ impl ListsFile {
             .open(path)
             .map_err(io(path))?;
         let record = 4 * (1 + max_degree);
-        file.set_len((slots * n * record) as u64).map_err(io(path))?;
-        Ok(ListsFile { path: path.to_owned(), file, record, slots })
+        file.set_len((n * record) as u64).map_err(io(path))?;
+        Ok(ListsFile { path: path.to_owned(), file, record })
     }
 
-    /// Writes `list` into slot `slot` of block `block` (see [`BlockIndex`]).
-    fn write(
-        &self,
-        block: u32,
-        slot: usize,
-        list: &[u32],
-        buf: &mut Vec<u8>,
-    ) -> Result<(), IndexError> {
-        buf.clear();
-        buf.extend_from_slice(&(list.len() as u32).to_le_bytes());
-        for x in list {
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        assert!(slot < self.slots, "slot {slot} of {}", self.slots);
-        let at = ((self.slots * block as usize + slot) * self.record) as u64;
-        self.file.write_all_at(buf, at).map_err(io(&self.path))
+    /// A writer of consecutive records from block `first` on.
+    fn writer_at(&self, first: u32) -> Result<BufWriter<File>, IndexError> {
+        let mut file = self.file.try_clone().map_err(io(&self.path))?;
+        file.seek(SeekFrom::Start((first as usize * self.record) as u64))
+            .map_err(io(&self.path))?;
+        Ok(BufWriter::with_capacity(LOG_BUFFER_BYTES, file))
     }
 
-    /// Bytes of one point's lists (all its slots).
-    fn block(&self) -> usize {
-        self.slots * self.record
-    }
-
-    /// The blocks `blocks` (ascending, distinct), one [`ListsFile::block`] of bytes each, in
-    /// that order, nearby blocks read together (as [`VectorFile::gather`] reads rows).
-    fn read_many(&self, blocks: &[u32]) -> Result<Vec<u8>, IndexError> {
-        let block = self.block();
-        let mut out = vec![0u8; blocks.len() * block];
+    /// The records of `blocks` (ascending, distinct), one after another in `out` at `stride`
+    /// bytes apart (at least a record; the rest of each stride is left as it is), nearby blocks
+    /// read together (as [`VectorFile::gather`] reads rows).
+    fn read_many(&self, blocks: &[u32], out: &mut [u8], stride: usize) -> Result<(), IndexError> {
+        let record = self.record;
+        assert!(stride >= record && out.len() == blocks.len() * stride, "room for every record");
         let mut buf = Vec::new();
-        for run in crate::source::coalesced_runs(blocks, block as u64) {
+        for run in crate::source::coalesced_runs(blocks, record as u64) {
             let first = blocks[run.start] as usize;
-            buf.resize((blocks[run.end - 1] as usize - first + 1) * block, 0);
-            self.file.read_exact_at(&mut buf, (first * block) as u64).map_err(io(&self.path))?;
+            buf.resize((blocks[run.end - 1] as usize - first + 1) * record, 0);
+            self.file.read_exact_at(&mut buf, (first * record) as u64).map_err(io(&self.path))?;
             for (k, &b) in blocks[run.clone()].iter().enumerate() {
-                let from = (b as usize - first) * block;
-                let to = (run.start + k) * block;
-                out[to..to + block].copy_from_slice(&buf[from..from + block]);
+                let from = (b as usize - first) * record;
+                let to = (run.start + k) * stride;
+                out[to..to + record].copy_from_slice(&buf[from..from + record]);
             }
-        }
-        Ok(out)
-    }
-
-    /// Point `id`'s lists from its `block` (as read by [`ListsFile::read_many`]), appended to
-    /// `home` and `guest` (left empty with one slot).
-    fn parse(&self, id: u32, block: &[u8], lists: [&mut Vec<u32>; 2]) -> Result<(), IndexError> {
-        for (slot, out) in lists.into_iter().take(self.slots).enumerate() {
-            let rec = &block[slot * self.record..(slot + 1) * self.record];
-            let len = u32::from_le_bytes(rec[..4].try_into().expect("4 bytes")) as usize;
-            let max = self.record / 4 - 1;
-            if len > max {
-                return Err(IndexError::Mismatch(format!(
-                    "{}: point {id} has a list of {len} over R = {max}",
-                    self.path.display()
-                )));
-            }
-            out.extend(
-                rec[4..4 + 4 * len]
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
-            );
         }
         Ok(())
+    }
+
+    /// A list from its `record` (as [`encode_record`] wrote it), appended to `out`.
+    fn parse(&self, id: u32, record: &[u8], out: &mut Vec<u32>) -> Result<(), IndexError> {
+        let len = u32::from_le_bytes(record[..4].try_into().expect("4 bytes")) as usize;
+        let max = self.record / 4 - 1;
+        if len > max {
+            return Err(IndexError::Mismatch(format!(
+                "{}: point {id} has a list of {len} over R = {max}",
+                self.path.display()
+            )));
+        }
+        out.extend(
+            record[4..4 + 4 * len]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
+        );
+        Ok(())
+    }
+}
+
+/// Bytes of the buffer of a scratch writer or reader of lists.
+const LOG_BUFFER_BYTES: usize = 256 << 10;
+
+fn guests_name(p: usize) -> String {
+    format!("guests-{p:05}")
+}
+
+/// The guest lists of partition `home`'s members, built in other partitions: one file per home
+/// partition, appended to by each partition that hosts some of its members (their records in
+/// ascending id order). Appending keeps every write sequential: written into the members' blocks
+/// instead, each guest list dirtied a page of its own, which under a memory cap was evicted and
+/// read back to be written (about 4 KiB read and written per 260-byte list).
+fn append_guests(
+    scratch: &Scratch,
+    home: usize,
+    record: usize,
+    members: &[u32],
+    list_of: impl Fn(u32, &mut Vec<u32>) -> u32,
+) -> Result<(), IndexError> {
+    let path = scratch.path(&guests_name(home));
+    let file = File::options().create(true).append(true).open(&path).map_err(io(&path))?;
+    let mut w = BufWriter::with_capacity(LOG_BUFFER_BYTES, file);
+    let (mut buf, mut list) = (Vec::with_capacity(4 + record), Vec::new());
+    for &member in members {
+        let id = list_of(member, &mut list);
+        buf.clear();
+        buf.extend_from_slice(&id.to_le_bytes());
+        encode_record(&list, record, &mut buf);
+        w.write_all(&buf).map_err(io(&path))?;
+    }
+    w.into_inner().map_err(|e| io(&path)(e.into_error()))?;
+    Ok(())
+}
+
+/// Copies the guest record of each of `sorted`'s members (ascending) from partition `home`'s
+/// guest log into `out`, at `stride · k + offset` for member `k`. Members without one keep what
+/// `out` held there (zeros: an empty list).
+fn read_guests(
+    scratch: &Scratch,
+    home: usize,
+    record: usize,
+    sorted: &[u32],
+    out: &mut [u8],
+    (stride, offset): (usize, usize),
+) -> Result<(), IndexError> {
+    let path = scratch.path(&guests_name(home));
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()), // no guests
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let bytes = file.metadata().map_err(io(&path))?.len();
+    if bytes % (4 + record) as u64 != 0 {
+        return Err(IndexError::Mismatch(format!(
+            "{}: {bytes} bytes is not a whole number of {}-byte guest lists",
+            path.display(),
+            4 + record
+        )));
+    }
+    let mut r = BufReader::with_capacity(LOG_BUFFER_BYTES, file);
+    let mut entry = vec![0u8; 4 + record];
+    loop {
+        match r.read_exact(&mut entry) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(io(&path)(e)),
+        }
+        let id = u32::from_le_bytes(entry[..4].try_into().expect("4 bytes"));
+        if let Ok(k) = sorted.binary_search(&id) {
+            let at = k * stride + offset;
+            out[at..at + record].copy_from_slice(&entry[4..]);
+        }
     }
 }
 
@@ -698,7 +804,7 @@ fn build_partitions(
     trained: &Trained,
     assigned: &Assigned,
     lists: &ListsFile,
-    blocks: &BlockIndex,
+    starts: &[u32],
     header: &Header,
     scratch: &Scratch,
     progress: &(dyn Fn(&'static str, usize, usize) + Sync),
@@ -706,53 +812,76 @@ fn build_partitions(
     let per_sector = header.nodes_per_sector();
     let total = copies(job) * job.file.len();
     let mut done = 0;
-    let mut buf = Vec::new();
+    let mut record = Vec::new();
     let mut list = Vec::new();
     for p in 0..trained.partitions() {
-        let ids = read_ids(&scratch.path(&members_name(p)))?;
+        let members = Members::open(scratch, p, &job.shape)?;
         let order_path = scratch.path(&order_name(p));
-        if ids.is_empty() {
+        if members.len == 0 {
             write_ids(&order_path, std::iter::empty())?;
             continue;
         }
-        let (local, metric) = match &trained.scalar {
-            Some(codes) => (gather_codes(job, storage, codes, &ids)?, Metric::L2),
-            None => (storage.store(job.file.gather(&ids)?)?, storage.metric),
+        let mut ids = Vec::with_capacity(members.len);
+        // The rows the graph is built over: 8-bit codes of float rows, byte rows as they are.
+        let (mut local, metric) = match &trained.scalar {
+            Some(codes) => {
+                (VectorSet::zeroed(ElemType::U8, codes.offset.len(), members.len)?, Metric::L2)
+            }
+            None => (
+                VectorSet::zeroed(job.shape.stored_elem, job.shape.stored_dim, members.len)?,
+                storage.metric,
+            ),
         };
+        members.for_each(|i, id, row| {
+            ids.push(id);
+            match &trained.scalar {
+                Some(codes) => codes.encode_row(row, local.row_bytes_mut(i)),
+                None => local.row_bytes_mut(i).copy_from_slice(row.as_bytes()),
+            }
+            Ok(())
+        })?;
         let graph = vamana::build(&local, metric, &job.params.graph, &|d| {
             progress("graph", done + d.min(ids.len()), total)
         })?;
-        drop(local);
-        for (l, &id) in ids.iter().enumerate() {
-            let slot = usize::from(assigned.home[id as usize] != p as u16);
+        drop(local); // the guests' index below takes a fraction of its bytes
+        let home_of = |l: u32| assigned.home[ids[l as usize] as usize];
+        // Member `l`'s list as global ids into `list`; returns its global id.
+        let global = |l: u32, list: &mut Vec<u32>| {
             list.clear();
-            list.extend(graph.neighbours(l).map(|u| ids[u as usize]));
-            lists.write(blocks.block[id as usize], slot, &list, &mut buf)?;
+            list.extend(graph.neighbours(l as usize).map(|u| ids[u as usize]));
+            ids[l as usize]
+        };
+        // Home members' blocks are consecutive, in ascending id order, from the partition's first.
+        let mut home_lists = lists.writer_at(starts[p])?;
+        let mut guests: Vec<u32> = Vec::new();
+        for l in 0..ids.len() as u32 {
+            if home_of(l) != p as u16 {
+                guests.push(l);
+                continue;
+            }
+            global(l, &mut list);
+            record.clear();
+            encode_record(&list, lists.record, &mut record);
+            home_lists.write_all(&record).map_err(io(&lists.path))?;
         }
-        let order = pack::sector_order(&graph, per_sector);
-        let home = order.into_iter().map(|l| ids[l as usize]);
-        write_ids(&order_path, home.filter(|&id| assigned.home[id as usize] == p as u16))?;
+        home_lists.into_inner().map_err(|e| io(&lists.path)(e.into_error()))?;
+        guests.sort_by_key(|&l| home_of(l)); // stable: ascending ids within each home
+        for run in guests.chunk_by(|&a, &b| home_of(a) == home_of(b)) {
+            append_guests(scratch, home_of(run[0]) as usize, lists.record, run, global)?;
+        }
+        drop(guests);
+        // Packed among the home members alone, from where the partition's first node lands: with
+        // guests packed too and dropped after, or every partition after the first shifted within
+        // its sectors, the sectors would not hold the groups the packing chose.
+        let at_home: Vec<bool> =
+            ids.iter().map(|&id| assigned.home[id as usize] == p as u16).collect();
+        let first_free = per_sector.max(1) - starts[p] as usize % per_sector.max(1);
+        let order = pack::sector_order_among(&graph, per_sector, &at_home, first_free);
+        write_ids(&order_path, order.into_iter().map(|l| ids[l as usize]))?;
         done += ids.len();
         progress("graph", done, total);
     }
     Ok(())
-}
-
-/// The 8-bit codes of rows `ids` (ascending), gathered and encoded a piece at a time so that no
-/// more than a piece of full rows is held beside the codes.
-fn gather_codes(
-    job: &Job<'_>,
-    storage: &Storage,
-    codes: &ScalarCodes,
-    ids: &[u32],
-) -> Result<VectorSet, IndexError> {
-    let mut out = VectorSet::zeroed(ElemType::U8, codes.offset.len(), ids.len())?;
-    let rows = piece_rows(job.file, 0);
-    for (k, chunk) in ids.chunks(rows).enumerate() {
-        let piece = storage.store(job.file.gather(chunk)?)?;
-        codes.encode(&piece, &mut out, k * rows);
-    }
-    Ok(out)
 }
 
 /// Every point's position: the partitions' packing orders, one after another.
@@ -806,9 +935,15 @@ fn merge_and_write(
         for chunk in order.chunks(job.merge_rows.max(1)) {
             let mut sorted = chunk.to_vec();
             sorted.sort_unstable();
-            let vectors = storage.store(job.file.gather(&sorted)?)?;
-            let blocks = lists.read_many(&blocks_of(first, &home_sorted, &sorted))?;
-            let block = lists.block();
+            let vectors = Members::open(scratch, p, &job.shape)?.gather(&sorted)?;
+            // Each member's home record, then its guest record (none with one partition).
+            let (record, copies) = (lists.record, copies(job));
+            let block = copies * record;
+            let mut blocks = vec![0u8; sorted.len() * block];
+            lists.read_many(&blocks_of(first, &home_sorted, &sorted), &mut blocks, block)?;
+            if copies == 2 {
+                read_guests(scratch, p, record, &sorted, &mut blocks, (block, record))?;
+            }
             // Each member's row in `vectors` (and block in `blocks`), and its merged list.
             let merged: Vec<Result<(usize, Vec<u32>), IndexError>> = chunk
                 .par_iter()
@@ -817,7 +952,11 @@ fn merge_and_write(
                     let [home, guest] = &mut s.lists;
                     home.clear();
                     guest.clear();
-                    lists.parse(id, &blocks[k * block..(k + 1) * block], [home, guest])?;
+                    let records = &blocks[k * block..(k + 1) * block];
+                    lists.parse(id, &records[..record], home)?;
+                    if copies == 2 {
+                        lists.parse(id, &records[record..], guest)?;
+                    }
                     Ok((k, merge.lists(id, vectors.row(k), s)))
                 })
                 .collect();
