@@ -9,20 +9,23 @@
 //! 2. **Assign and encode.** One pass over the file, a piece at a time: each row is encoded
 //!    (the codes stay resident: `m` bytes a point, as a search holds them) and joins the
 //!    partitions of its two nearest centroids that still have room, the nearer being its *home*.
-//!    Member ids go to one file per partition. The row nearest the sample mean becomes the entry.
-//! 3. **Build.** Per partition: its members' vectors are gathered from the file (float rows as
-//!    8-bit scalar codes, a piece at a time: a quarter of the memory, so partitions are four
-//!    times larger, and fewer, within the same budget), its Vamana graph built in RAM, and each
-//!    member's list (as global ids) written to its slot in the lists file
-//!    (two slots per point: home, guest), in a block laid out by home partition
-//!    ([`BlockIndex`]), so that a partition's home lists are one dense stretch of the file. The
-//!    members at home here are ordered for sector packing ([`crate::pack::sector_order`] on the
-//!    partition's graph), and the order written out.
+//!    Each member's id and stored row go to its partition's member file ([`Members`]).
+//!    The row nearest the sample mean becomes the entry.
+//! 3. **Build.** Per partition: its members are read back in one pass (float rows as 8-bit
+//!    scalar codes: a quarter of the memory, so partitions are four times larger, and fewer,
+//!    within the same budget), its Vamana graph built in RAM, and each member's list (as global
+//!    ids) written out: a home member's to its record in the lists file, laid out by home
+//!    partition ([`home_starts`]) so that a partition's home lists are one dense stretch; a
+//!    guest's appended to its home partition's guest log ([`append_guests`]). The members at
+//!    home here are ordered for sector packing among themselves
+//!    ([`crate::pack::sector_order_among`] on the partition's graph, from the slot of its sector
+//!    where the partition's first node lands), and the order written out.
 //! 4. **Merge and write.** Positions follow the partitions' packing orders one after another.
 //!    Per partition again, for its home members in packed order (a chunk at a time, within a
-//!    partition's allowance, with their full-precision rows): the two lists are united and,
-//!    when the union is longer than `R`, re-pruned with RobustPrune (the point's own vector
-//!    against its candidates' PQ reconstructions) — DiskANN truncates the union at random
+//!    partition's allowance, with their full-precision rows read from the member file, their
+//!    home lists from the lists file and their guest lists from the guest log): the two lists are
+//!    united and, when the union is longer than `R`, re-pruned with RobustPrune (the point's own
+//!    vector against its candidates' PQ reconstructions) — DiskANN truncates the union at random
 //!    instead, which drops the edges that made the graph navigable. Nodes are written in
 //!    position order; the codes are permuted into it in place and written last.
 //!
@@ -46,7 +49,7 @@ use crate::data::{
 use crate::index::{BuildParams, BuildSummary, GRAPH_FILE, IndexError, store_piece, stored_metric};
 use crate::layout::{Header, IndexWriter};
 use crate::pack;
-use crate::plan::{PIECE_BYTES, Plan, Shape};
+use crate::plan::{MEMBER_WRITER_BYTES, PIECE_BYTES, Plan, SCRATCH_STREAM_BYTES, Shape};
 use crate::pq::{CODES_FILE, PIVOTS_FILE, PqCodebook, PqParams, write_codes};
 use crate::source::VectorFile;
 use crate::vamana::{self, Candidate, robust_prune};
@@ -489,7 +492,9 @@ fn assign(
     let mut writers = (0..parts)
         .map(|p| {
             let path = scratch.path(&members_name(p));
-            File::create(&path).map(|f| BufWriter::with_capacity(16 << 10, f)).map_err(io(&path))
+            File::create(&path)
+                .map(|f| BufWriter::with_capacity(MEMBER_WRITER_BYTES as usize, f))
+                .map_err(io(&path))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let kernels = Isa::active();
@@ -576,7 +581,7 @@ impl Members {
                 path.display()
             )));
         }
-        let reader = BufReader::with_capacity(LOG_BUFFER_BYTES, file);
+        let reader = BufReader::with_capacity(SCRATCH_STREAM_BYTES, file);
         Ok(Members { path, reader, row, len: (bytes / record) as usize })
     }
 
@@ -678,7 +683,7 @@ impl ListsFile {
         let mut file = self.file.try_clone().map_err(io(&self.path))?;
         file.seek(SeekFrom::Start((first as usize * self.record) as u64))
             .map_err(io(&self.path))?;
-        Ok(BufWriter::with_capacity(LOG_BUFFER_BYTES, file))
+        Ok(BufWriter::with_capacity(SCRATCH_STREAM_BYTES, file))
     }
 
     /// The records of `blocks` (ascending, distinct), one after another in `out` at `stride`
@@ -720,9 +725,6 @@ impl ListsFile {
     }
 }
 
-/// Bytes of the buffer of a scratch writer or reader of lists.
-const LOG_BUFFER_BYTES: usize = 256 << 10;
-
 fn guests_name(p: usize) -> String {
     format!("guests-{p:05}")
 }
@@ -741,7 +743,7 @@ fn append_guests(
 ) -> Result<(), IndexError> {
     let path = scratch.path(&guests_name(home));
     let file = File::options().create(true).append(true).open(&path).map_err(io(&path))?;
-    let mut w = BufWriter::with_capacity(LOG_BUFFER_BYTES, file);
+    let mut w = BufWriter::with_capacity(SCRATCH_STREAM_BYTES, file);
     let (mut buf, mut list) = (Vec::with_capacity(4 + record), Vec::new());
     for &member in members {
         let id = list_of(member, &mut list);
@@ -779,7 +781,7 @@ fn read_guests(
             4 + record
         )));
     }
-    let mut r = BufReader::with_capacity(LOG_BUFFER_BYTES, file);
+    let mut r = BufReader::with_capacity(SCRATCH_STREAM_BYTES, file);
     let mut entry = vec![0u8; 4 + record];
     loop {
         match r.read_exact(&mut entry) {
@@ -814,7 +816,8 @@ fn build_partitions(
     let mut done = 0;
     let mut record = Vec::new();
     let mut list = Vec::new();
-    for p in 0..trained.partitions() {
+    // `starts` ends with the total.
+    for (p, &start) in starts[..trained.partitions()].iter().enumerate() {
         let members = Members::open(scratch, p, &job.shape)?;
         let order_path = scratch.path(&order_name(p));
         if members.len == 0 {
@@ -852,7 +855,7 @@ fn build_partitions(
             ids[l as usize]
         };
         // Home members' blocks are consecutive, in ascending id order, from the partition's first.
-        let mut home_lists = lists.writer_at(starts[p])?;
+        let mut home_lists = lists.writer_at(start)?;
         let mut guests: Vec<u32> = Vec::new();
         for l in 0..ids.len() as u32 {
             if home_of(l) != p as u16 {
@@ -875,7 +878,7 @@ fn build_partitions(
         // its sectors, the sectors would not hold the groups the packing chose.
         let at_home: Vec<bool> =
             ids.iter().map(|&id| assigned.home[id as usize] == p as u16).collect();
-        let first_free = per_sector.max(1) - starts[p] as usize % per_sector.max(1);
+        let first_free = per_sector.max(1) - start as usize % per_sector.max(1);
         let order = pack::sector_order_among(&graph, per_sector, &at_home, first_free);
         write_ids(&order_path, order.into_iter().map(|l| ids[l as usize]))?;
         done += ids.len();
@@ -999,6 +1002,9 @@ impl Merge<'_> {
             }
         }
         if union.len() <= r {
+            // Held until the chunk is written: at most R ids, as the merge's allowance counts,
+            // not the two lists' worth it was made room for.
+            union.shrink_to_fit();
             return union;
         }
         let m = self.pq.bytes();
@@ -1108,5 +1114,98 @@ mod tests {
             let p = position[i] as usize;
             assert_eq!(&moved[p * m..(p + 1) * m], &codes[i * m..(i + 1) * m]);
         }
+    }
+
+    /// A shape of `dim`-float rows, for the member files.
+    fn floats(dim: usize) -> Shape {
+        Shape {
+            n: 0,
+            stored_dim: dim,
+            stored_elem: ElemType::F32,
+            input_elem: ElemType::F32,
+            dim,
+            max_degree: 4,
+            slack: 1.3,
+            pq_bytes: 1,
+            pq_samples: 1,
+        }
+    }
+
+    fn chop(path: &Path, bytes: u64) {
+        let file = File::options().write(true).open(path).unwrap();
+        let len = file.metadata().unwrap().len();
+        file.set_len(len - bytes).unwrap();
+    }
+
+    #[test]
+    fn guest_lists_reach_their_members_and_a_torn_guest_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = Scratch::create(dir.path()).unwrap();
+        let record = 4 * (1 + 4);
+        // Partition 3's guests, hosted by two partitions: local members 0..3 are points 5, 9
+        // and 12 of the first, local member 0 is point 30 of the second.
+        let first = |l: u32, list: &mut Vec<u32>| {
+            *list = vec![l + 10, l + 20];
+            [5, 9, 12][l as usize]
+        };
+        append_guests(&scratch, 3, record, &[0, 1, 2], first).unwrap();
+        append_guests(&scratch, 3, record, &[0], |_, list: &mut Vec<u32>| {
+            *list = vec![7, 8, 9, 6];
+            30
+        })
+        .unwrap();
+        let lists = ListsFile::create(&scratch.path("lists"), 1, 4).unwrap();
+        let (sorted, stride) = ([9u32, 30, 31], 2 * record);
+        let mut out = vec![0u8; sorted.len() * stride];
+        read_guests(&scratch, 3, record, &sorted, &mut out, (stride, record)).unwrap();
+        let guest = |k: usize| {
+            let mut list = Vec::new();
+            lists.parse(sorted[k], &out[k * stride + record..(k + 1) * stride], &mut list).unwrap();
+            list
+        };
+        assert_eq!(guest(0), [11, 21]);
+        assert_eq!(guest(1), [7, 8, 9, 6]);
+        assert!(guest(2).is_empty(), "point 31 has no guest list");
+        // A partition nobody hosted members of has no log: no guest lists, no error.
+        read_guests(&scratch, 4, record, &sorted, &mut out, (stride, record)).unwrap();
+
+        chop(&scratch.path(&guests_name(3)), 3);
+        let torn = read_guests(&scratch, 3, record, &sorted, &mut out, (stride, record));
+        assert!(matches!(torn, Err(IndexError::Mismatch(_))), "{torn:?}");
+    }
+
+    #[test]
+    fn a_partitions_members_come_back_with_their_rows_and_a_torn_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = Scratch::create(dir.path()).unwrap();
+        let shape = floats(3);
+        let path = scratch.path(&members_name(0));
+        let mut bytes = Vec::new();
+        for id in [2u32, 4, 7, 8] {
+            bytes.extend_from_slice(&id.to_le_bytes());
+            for j in 0..3 {
+                bytes.extend_from_slice(&(id as f32 + j as f32 / 10.0).to_le_bytes());
+            }
+        }
+        std::fs::write(&path, &bytes).unwrap();
+
+        let mut seen = Vec::new();
+        Members::open(&scratch, 0, &shape)
+            .unwrap()
+            .for_each(|i, id, row| {
+                seen.push((i, id, row.to_f32()[2]));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, [(0, 2, 2.2), (1, 4, 4.2), (2, 7, 7.2), (3, 8, 8.2)]);
+        let rows = Members::open(&scratch, 0, &shape).unwrap().gather(&[4, 8]).unwrap();
+        assert_eq!(rows.row(0).to_f32(), [4.0, 4.1, 4.2]);
+        assert_eq!(rows.row(1).to_f32(), [8.0, 8.1, 8.2]);
+        let missing = Members::open(&scratch, 0, &shape).unwrap().gather(&[4, 5]);
+        assert!(matches!(missing, Err(IndexError::Mismatch(_))), "{missing:?}");
+
+        chop(&path, 1);
+        let torn = Members::open(&scratch, 0, &shape);
+        assert!(matches!(torn, Err(IndexError::Mismatch(_))), "{:?}", torn.err());
     }
 }

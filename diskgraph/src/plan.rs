@@ -153,9 +153,19 @@ impl Shape {
         capacity * self.per_partition_point(capacity)
     }
 
-    /// Bytes of one partition of `capacity` points, with the fixed part of its scratch.
+    /// Bytes of one partition of `capacity` points, with the fixed part of its scratch and its
+    /// buffered scratch streams (the members read, the home lists and guest logs written; the
+    /// merge's members and guest logs read).
     fn partition(&self, capacity: u64) -> u64 {
-        capacity * self.per_partition_point(capacity) + GRAPH_SCRATCH_FIXED + PIECE_BYTES
+        capacity * self.per_partition_point(capacity) + GRAPH_SCRATCH_FIXED + SCRATCH_STREAMS_BYTES
+    }
+
+    /// Bytes of the assign pass (step 2) into `partitions` partitions: a piece of rows read and
+    /// its stored copy (transformed for inner product), each row's ranking of the centroids
+    /// (within the piece), and a buffered writer per partition's member file, counted twice for
+    /// the partitions balancing splits off.
+    fn assign(&self, partitions: u64) -> u64 {
+        2 * PIECE_BYTES + 2 * partitions * MEMBER_WRITER_BYTES
     }
 
     /// Bytes of training PQ and the partition centroids on `rows` sampled rows.
@@ -163,16 +173,34 @@ impl Shape {
         self.pq_training(rows) + rows * self.stored_row()
     }
 
-    /// Peak bytes of a partitioned build whose partitions hold at most `capacity` points.
-    pub fn partitioned(&self, capacity: u64, training_rows: u64) -> u64 {
+    /// Peak bytes of a partitioned build into `partitions` partitions of at most `capacity`
+    /// points: the phases (training, assigning, building a partition or merging its members)
+    /// follow one another.
+    pub fn partitioned(&self, capacity: u64, training_rows: u64, partitions: u64) -> u64 {
         FIXED_BYTES
             + self.partitioned_global()
-            + self.training(training_rows).max(self.partition(capacity))
+            + self
+                .training(training_rows)
+                .max(self.assign(partitions))
+                .max(self.partition(capacity))
+    }
+
+    /// Partitions of at most `capacity` points for the `2n` memberships, with
+    /// [`PARTITION_SLACK`] for balance.
+    fn partitions_for(&self, capacity: u64) -> u64 {
+        let share = capacity.max(1) as f64 / PARTITION_SLACK;
+        ((2 * self.n) as f64 / share).ceil().max(2.0) as u64
     }
 }
 
 /// Bytes a streaming pass reads at once.
 pub const PIECE_BYTES: u64 = 4 << 20;
+/// Bytes of the buffer of each scratch stream a partition's build or merge reads or writes.
+pub const SCRATCH_STREAM_BYTES: usize = 256 << 10;
+/// Scratch streams open at once while a partition is built or merged: three.
+const SCRATCH_STREAMS_BYTES: u64 = 3 * SCRATCH_STREAM_BYTES as u64;
+/// Bytes of the buffer of each partition's member file while the assign pass writes it.
+pub const MEMBER_WRITER_BYTES: u64 = 16 << 10;
 
 /// The graph build inserts at most one point in this many at once (2%, see `vamana.rs`).
 const BATCH_SHARE: u64 = 50;
@@ -320,7 +348,7 @@ pub fn plan(shape: &Shape, budget: Option<u64>) -> Result<Plan, PlanError> {
     let training_rows =
         (available / 2 / shape.training(1)).min(shape.pq_samples.max(1) as u64).min(shape.n);
     if training_rows >= min_training {
-        let single = shape.partitioned(shape.n, training_rows);
+        let single = shape.partitioned(shape.n, training_rows, 1);
         if single <= budget {
             return Ok(Plan {
                 strategy: Strategy::SingleGraph { training_rows: training_rows as usize },
@@ -341,19 +369,22 @@ pub fn plan(shape: &Shape, budget: Option<u64>) -> Result<Plan, PlanError> {
         n: shape.n,
         needed: resident,
         min_partition,
-        minimum: shape.partitioned(min_partition, min_training),
+        minimum: shape.partitioned(
+            min_partition,
+            min_training,
+            shape.partitions_for(min_partition),
+        ),
     };
     if capacity < min_partition || training_rows < min_training {
         return Err(too_small());
     }
     // Each point is in two partitions; each holds at most `capacity`, with slack for balance.
-    let share = capacity as f64 / PARTITION_SLACK;
-    let partitions = ((2 * shape.n) as f64 / share).ceil().max(2.0) as usize;
-    if partitions > u16::MAX as usize {
+    let partitions = shape.partitions_for(capacity) as usize;
+    if partitions > u16::MAX as usize || shape.assign(partitions as u64) > available {
         return Err(too_small());
     }
     let capacity = capacity_of(shape, partitions);
-    let estimated_peak = shape.partitioned(capacity, training_rows);
+    let estimated_peak = shape.partitioned(capacity, training_rows, partitions as u64);
     Ok(Plan {
         strategy: Strategy::Partitioned {
             partitions,
@@ -380,7 +411,7 @@ pub fn forced_partitions(shape: &Shape, partitions: usize, budget: Option<u64>) 
     if partitions == 1 {
         return Plan {
             strategy: Strategy::SingleGraph { training_rows: training_rows as usize },
-            estimated_peak: shape.partitioned(shape.n, training_rows),
+            estimated_peak: shape.partitioned(shape.n, training_rows, 1),
             budget,
         };
     }
@@ -391,7 +422,7 @@ pub fn forced_partitions(shape: &Shape, partitions: usize, budget: Option<u64>) 
             capacity: capacity as usize,
             training_rows: training_rows as usize,
         },
-        estimated_peak: shape.partitioned(capacity, training_rows),
+        estimated_peak: shape.partitioned(capacity, training_rows, partitions as u64),
         budget,
     }
 }
@@ -434,7 +465,7 @@ mod tests {
     #[test]
     fn between_the_two_a_single_graph_over_codes() {
         let s = sift(1_000_000, ElemType::F32);
-        let single = s.partitioned(s.n, s.pq_samples as u64);
+        let single = s.partitioned(s.n, s.pq_samples as u64, 1);
         assert!(single < s.in_memory(s.n) * 2 / 3, "{single}");
         let p = plan(&s, Some(single + (1 << 20))).unwrap();
         assert!(matches!(p.strategy, Strategy::SingleGraph { .. }), "{p}");

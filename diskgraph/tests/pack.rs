@@ -3,9 +3,13 @@
 //! order is always a permutation (a node lost or written twice would corrupt the index), that it
 //! is the identity when a sector holds one node, and that it really gathers neighbours: on a ring
 //! whose ids are scrambled, input order puts almost no neighbours together and packing puts most.
+//! A partitioned build packs each partition's home members alone, into sectors that start where
+//! the partition's first node lands: packing every member and dropping the guests after, or
+//! ignoring that offset, left its sectors holding other groups than the packing chose, and the
+//! search read 5% more sectors than over the in-memory build's index.
 
 use proptest::prelude::*;
-use quiver_diskgraph::pack::{inverse, sector_order};
+use quiver_diskgraph::pack::{inverse, sector_order, sector_order_among};
 use quiver_diskgraph::vamana::Graph;
 
 /// A pseudo-random permutation of `0..n` (xorshift-driven Fisher–Yates).
@@ -89,6 +93,82 @@ fn a_scrambled_ring_is_packed_so_that_sector_mates_are_neighbours() {
     assert!(before < 0.1, "input order already local: {before}");
     // Runs along the ring give 3.25 of a possible 4; the greedy must get most of that.
     assert!(after >= 2.5, "packed: {after} of 4 neighbours share a node's sector");
+}
+
+/// Like [`mates_that_are_neighbours`], for sectors laid out from `first_free` slots left in the
+/// first one.
+fn mates_in_layout(g: &Graph, order: &[u32], k: usize, first_free: usize) -> f64 {
+    let (head, rest) = order.split_at(first_free.min(order.len()));
+    let sectors = std::iter::once(head).chain(rest.chunks(k));
+    let mut hits = 0usize;
+    for sector in sectors {
+        for &v in sector {
+            hits += sector
+                .iter()
+                .filter(|&&u| u != v && g.neighbours(v as usize).any(|w| w == u))
+                .count();
+        }
+    }
+    hits as f64 / order.len() as f64
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn packing_among_members_places_every_member_once_and_nothing_else(
+        n in 1usize..300,
+        degree in 0usize..12,
+        per_sector in 1usize..20,
+        free_seed in 0usize..1000,
+        seed in 1u64..u64::MAX,
+    ) {
+        let mut s = seed;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let lists: Vec<Vec<u32>> =
+            (0..n).map(|_| (0..degree).map(|_| (next() % n as u64) as u32).collect()).collect();
+        let members: Vec<bool> = (0..n).map(|_| next() % 3 != 0).collect();
+        let g = Graph::from_lists(&lists, (seed % n as u64) as u32, degree.max(1));
+        let first_free = 1 + free_seed % per_sector;
+        let order = sector_order_among(&g, per_sector, &members, first_free);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        let wanted: Vec<u32> = (0..n as u32).filter(|&v| members[v as usize]).collect();
+        prop_assert_eq!(sorted, wanted);
+    }
+}
+
+#[test]
+fn a_partitions_home_members_are_packed_into_the_sectors_they_land_in() {
+    let n = 3_000;
+    let ring = scramble(n, 0x9abc_def0);
+    let mut lists = vec![Vec::new(); n];
+    for i in 0..n {
+        let v = ring[i] as usize;
+        for step in [1, n - 1, 2, n - 2, 3, n - 3] {
+            lists[v].push(ring[(i + step) % n]);
+        }
+    }
+    let g = Graph::from_lists(&lists, ring[0], 6);
+    // Every third node along the ring is a guest; the partition's first node lands with 3 of 8
+    // slots left in its sector.
+    let mut members = vec![true; n];
+    for i in (0..n).step_by(3) {
+        members[ring[i] as usize] = false;
+    }
+    let (k, first_free) = (8, 3);
+    let among = sector_order_among(&g, k, &members, first_free);
+    let dropped: Vec<u32> =
+        sector_order(&g, k).into_iter().filter(|&v| members[v as usize]).collect();
+    let (packed, naive) =
+        (mates_in_layout(&g, &among, k, first_free), mates_in_layout(&g, &dropped, k, first_free));
+    // A member has 4 members among its 6 ring neighbours; runs of 8 along the ring keep most.
+    assert!(packed >= 2.5, "packed among members: {packed} neighbours share a node's sector");
+    assert!(packed > naive + 0.5, "packed {packed}, packed with guests then dropped {naive}");
 }
 
 #[test]
