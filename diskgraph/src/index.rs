@@ -274,7 +274,7 @@ pub type Progress<'a> = &'a (dyn Fn(&'static str, usize, usize) + Sync);
 
 /// Builds an index of the vector file at `input` into `dir`, within `params.ram_budget`: the
 /// planner ([`crate::plan::plan`]) picks the in-memory build when it fits, then one graph over
-/// 8-bit codes of every point, and the partitioned build (`partition.rs`) otherwise, which
+/// 8-bit codes of every point, and the partitioned build (`partition/`) otherwise, which
 /// never holds more than one partition's vectors.
 /// `progress(phase, done, total)` reports each phase.
 ///

@@ -21,7 +21,7 @@
 //!    anyway) and a few bytes per point of bookkeeping; the rest of the budget is one partition
 //!    at a time.
 //!
-//! Strategies 2 and 3 are one code path (`partition.rs`): a single graph is the partitioned
+//! Strategies 2 and 3 are one code path (`partition/`): a single graph is the partitioned
 //! build with one partition, whose points each belong to it once, so nothing is merged. A graph
 //! over PQ codes (smaller still than 8-bit codes) is not a strategy: at `R = 64` the lists take
 //! 336 bytes a point while being built, against 128 for a 128-d 8-bit code, so PQ would save a
