@@ -18,6 +18,7 @@ mod telemetry;
 /// Flight puts ran ~20% faster without; scans were unchanged; search over Flight on a
 /// 100k-vector index was within noise, its median 4% lower in 12 alternating runs). The engine
 /// and Flight crates leave the choice to the program that embeds them.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -145,6 +146,9 @@ struct BuildArgs {
 /// arrays a background index build freed stayed resident while that thread idled (200k SIFT
 /// over Flight, after indexing: 190 MiB resident with the delay, 42 MiB without).
 pub(crate) fn allocator_purges_at_once() {
+    if cfg!(feature = "system-allocator") {
+        return; // profiling build: glibc's allocator, whose options are its own
+    }
     /// `mi_option_purge_delay` in mimalloc's `mi_option_e` (v2 and v3 alike); the crate does
     /// not name it.
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

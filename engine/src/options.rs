@@ -134,8 +134,9 @@ impl Options {
     }
 
     /// Memory the in-memory table of recent rows may use (all collections together) before it is
-    /// written out as Parquet segments. Default 64 MiB. The flush runs beside the writers, who go
-    /// on filling a second budget meanwhile, so the tables may hold up to about twice this.
+    /// written out as Parquet segments. Default 64 MiB. A write that would take the table past
+    /// it starts a new table (an empty table takes any write). The flush runs beside the
+    /// writers, who fill the new table meanwhile, so the tables hold at most twice this.
     #[must_use]
     pub fn memtable_bytes(mut self, bytes: usize) -> Self {
         self.memtable_bytes = bytes.max(1);

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use arrow_array::RecordBatch;
 use quiver_diskgraph::cache::CacheStats;
 
 use crate::batch::{Key, Vectors};
@@ -105,7 +104,7 @@ impl ResidentBytes {
 /// What collection `c`'s structures hold in RAM.
 pub(super) fn resident_bytes(c: &Collection) -> ResidentBytes {
     let mem = &c.mem;
-    let memtable = mem.batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>()
+    let memtable = mem.batches.iter().map(crate::batch::held_bytes).sum::<usize>()
         + mem.vector_bytes()
         + mem.keys.capacity() * size_of::<Key>()
         + key_heap_bytes(&mem.keys)

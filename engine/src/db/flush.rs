@@ -82,10 +82,11 @@ pub(super) fn flush_loop(inner: &Arc<Inner>) {
     let mut backoff = Duration::from_millis(10);
     loop {
         {
-            let ctl = lock(&inner.flush_ctl);
+            let mut ctl = lock(&inner.flush_ctl);
             if ctl.shutdown {
                 return;
             }
+            let rotate = std::mem::take(&mut ctl.rotate);
             let due = {
                 let st = inner.read();
                 let unfrozen = st.mem_bytes - st.frozen_bytes;
@@ -93,7 +94,7 @@ pub(super) fn flush_loop(inner: &Arc<Inner>) {
                     .opts
                     .idle_flush
                     .is_some_and(|after| lock(&inner.last_write).elapsed() >= after);
-                unfrozen >= inner.opts.memtable_bytes || (unfrozen > 0 && quiet)
+                unfrozen >= inner.opts.memtable_bytes || (unfrozen > 0 && (quiet || rotate))
             };
             if !due {
                 drop(
@@ -109,7 +110,9 @@ pub(super) fn flush_loop(inner: &Arc<Inner>) {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        match flush_once(inner) {
+        let result = flush_once(inner);
+        lock(&inner.flush_ctl).failing = result.is_err();
+        match result {
             Ok(()) => backoff = Duration::from_millis(10),
             Err(_) if lock(&inner.flush_ctl).shutdown => return,
             Err(e) => {

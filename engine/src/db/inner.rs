@@ -259,4 +259,10 @@ pub(super) struct FlushCtl {
     pub(super) shutdown: bool,
     /// Bumped when a flush is wanted or one finished.
     pub(super) generation: u64,
+    /// A writer's batch does not fit the table beside the rows it holds: the flusher freezes
+    /// the table whatever its size, so no table outgrows `memtable_bytes`.
+    pub(super) rotate: bool,
+    /// The flusher's last attempt failed: writers that need room flush themselves, so they
+    /// report the error instead of waiting out `max_stall`.
+    pub(super) failing: bool,
 }

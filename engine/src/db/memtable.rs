@@ -19,6 +19,9 @@ pub(super) struct Memtable {
     /// Search vectors, one entry per batch (sharing the batch's buffer where no conversion was
     /// needed).
     pub(super) vectors: Vec<Vectors>,
+    /// Per batch, the bytes its search vectors hold beside the batch (all of them when they
+    /// were converted; a cosine row's inverse length when they share the batch's buffer).
+    pub(super) vectors_own: Vec<usize>,
     pub(super) live: Vec<bool>,
     pub(super) live_count: usize,
     pub(super) bytes: usize,
@@ -41,7 +44,8 @@ impl Memtable {
         // hold beside it (a cosine row's inverse length).
         let vector_bytes =
             if p.vectors_shared { p.vectors.extra_bytes() } else { p.vectors.bytes() };
-        self.bytes += p.batch.get_array_memory_size() + vector_bytes + 48 * p.keys.len();
+        self.bytes += Self::batch_bytes(&p.batch, vector_bytes, p.keys.len());
+        self.vectors_own.push(vector_bytes);
         for i in 0..p.keys.len() {
             self.locs.push((b, i as u32));
         }
@@ -51,6 +55,13 @@ impl Memtable {
         self.vectors.push(p.vectors);
         self.batches.push(p.batch);
         first
+    }
+
+    /// What a batch of `rows` rows costs a table: the allocations it holds
+    /// ([`held_bytes`](crate::batch::held_bytes)), its vectors' own bytes, and 48 bytes a row
+    /// for its key, place and live flag.
+    pub(super) fn batch_bytes(batch: &RecordBatch, vector_bytes: usize, rows: usize) -> usize {
+        crate::batch::held_bytes(batch) + vector_bytes + 48 * rows
     }
 
     pub(super) fn kill(&mut self, row: u32) {
@@ -67,7 +78,7 @@ impl Memtable {
         let (mut grown, mut grown_frozen) = (0, 0);
         for (i, b) in self.batches.iter_mut().enumerate() {
             let wide = crate::batch::widen(b, schema);
-            let more = wide.get_array_memory_size().saturating_sub(b.get_array_memory_size());
+            let more = crate::batch::held_bytes(&wide).saturating_sub(crate::batch::held_bytes(b));
             *b = wide;
             grown += more;
             if i < self.frozen.batches {
@@ -131,6 +142,7 @@ impl Memtable {
         }
         self.batches.drain(..f.batches);
         self.vectors.drain(..f.batches);
+        self.vectors_own.drain(..f.batches);
         // The per-row arrays held a whole table's rows; keep room for what is left only, so an
         // idle table costs nothing per row of the collection.
         self.live.shrink_to_fit();
@@ -161,8 +173,9 @@ impl Memtable {
         parts
     }
 
-    /// Bytes of search vectors held.
+    /// Bytes of search vectors held beside the batches (vectors sharing a batch's buffer are
+    /// counted with the batch).
     pub(super) fn vector_bytes(&self) -> usize {
-        self.vectors.iter().map(Vectors::bytes).sum()
+        self.vectors_own.iter().sum()
     }
 }

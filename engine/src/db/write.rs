@@ -100,11 +100,14 @@ impl Database {
         Ok((c.id, c.schema.clone()))
     }
 
-    /// Makes room in the memtables before a write. Writes never wait for a flush's I/O unless
-    /// the memtables hold twice their budget: past one budget, the flusher thread is woken (or,
-    /// without background work, the writer flushes); while a flush runs and new rows fill
-    /// another budget, writers wait for it (at most [`Options::max_stall`]).
-    pub(super) fn make_room(&self) -> Result<(), WriteError> {
+    /// Makes room in the memtables before a write of about `incoming` bytes. A table takes a
+    /// write while it stays within `memtable_bytes` (an empty table takes any: the server caps
+    /// a message below it), so the tables — one filling, one being flushed — hold at most twice
+    /// that. A write that does not fit asks the flusher to freeze the table and waits while a
+    /// flush writes the frozen one (at most [`Options::max_stall`]); writers never wait for a
+    /// flush's I/O otherwise. Without background work, or while the flusher is failing, the
+    /// writer flushes itself and reports the error.
+    pub(super) fn make_room(&self, incoming: usize) -> Result<(), WriteError> {
         let inner = &*self.inner;
         let limit = inner.opts.memtable_bytes;
         let started = Instant::now();
@@ -114,11 +117,12 @@ impl Database {
                 (st.mem_bytes, st.frozen_bytes)
             };
             let mutable = total - frozen;
-            if mutable < limit {
+            if mutable == 0 || mutable + incoming <= limit {
                 return Ok(());
             }
-            if !inner.opts.background || (frozen == 0 && mutable >= 2 * limit) {
-                // No flusher, or it is failing or behind: flush here, reporting its error.
+            let failing = lock(&inner.flush_ctl).failing;
+            if !inner.opts.background || (frozen == 0 && failing) {
+                // No flusher, or it is failing: flush here, reporting its error.
                 return flush_once(inner).map_err(|e| match e {
                     FlushError::Stalled(d) => WriteError::Stalled(d),
                     FlushError::Poisoned(p) => WriteError::Poisoned(p),
@@ -127,11 +131,11 @@ impl Database {
             }
             let mut ctl = lock(&inner.flush_ctl);
             if frozen == 0 {
+                ctl.rotate = true;
                 ctl.generation += 1;
                 inner.flush_cv.notify_all();
-                return Ok(());
             }
-            // A flush is writing the frozen rows and the new ones fill a budget: wait for it.
+            // The flusher freezes the table, or a flush is writing the frozen rows: wait.
             if let Some(p) = inner.poisoned() {
                 return Err(WriteError::Poisoned(p));
             }
@@ -156,7 +160,7 @@ impl Database {
         payload: Vec<u8>,
     ) -> Result<PendingWrite, WriteError> {
         let inner = &self.inner;
-        self.make_room()?;
+        self.make_room(payload.len())?;
         let pending = {
             let mut order = lock(&inner.order);
             let pending = inner.wal.submit_owned(kind, payload).inspect_err(|e| {

@@ -63,7 +63,7 @@ pub(super) fn submit_batch(
         Err(e) => return Err(collection_status(e)),
     };
     let rows = batch.num_rows();
-    let bytes = batch.get_array_memory_size();
+    let bytes = quiver_engine::value_bytes(batch);
     let element_type = convert::element_type_name(cs.vector_type());
     if rows == 0 {
         return Ok(Submitted { rows, bytes, arrived, element_type, pending: None });
