@@ -238,6 +238,9 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     };
     cfg.service.scan_chunk_start = args.scan_chunk_start.max(1);
     cfg.service.scan_chunk_max = args.scan_chunk_max.max(args.scan_chunk_start).max(1);
+    cfg.service.max_ingest_bytes = args.memory_budget.map(|b| {
+        usize::try_from(b).unwrap_or(usize::MAX) / quiver_engine::budget_shares::IN_FLIGHT
+    });
     let db = Arc::new(Database::open(&args.data, engine_options(args))?);
     let metrics = args.metrics_listen.map(|_| quiver_flight::metrics::Metrics::new(&db));
     cfg.service.metrics = metrics.clone();

@@ -57,10 +57,10 @@ pub const MIN_MEMORY_BUDGET: usize = 16 << 20;
 /// |---|---|---|
 /// | in-memory tables | `memtable_bytes` = 1/16, and the second table writers fill during a flush | 4 |
 /// | unindexed segments | `max_unindexed_segments` = 2 flushed tables' search vectors (and `min_index_rows` = 256, so every flushed table gets an index) | 4 |
-/// | ingest | the WAL's pooled record buffers (1/32) and one client message (1/16, what `quiver serve` accepts) | 3 |
+/// | ingest | the WAL's pooled record buffers (1/32), one client message being received (1/16, what `quiver serve` accepts) and the batches in flight, decoded and logged but not yet acknowledged (1/16, `quiver serve`'s ingest gate: a batch counts twice, for its WAL record) | 5 |
 /// | a row group being encoded | `row_group_bytes` = 1/32 | 1 |
 /// | an index build or merge | at least 1/8, more when the structures below leave room (the cache gives it up while the build runs) | 4 |
-/// | per-row structures and the sector cache | the rest: the cache gets what the key maps, segment keys, deletion sets and indexes' codes do not use | 16 |
+/// | per-row structures and the sector cache | the rest: the cache gets what the key maps, segment keys, deletion sets and indexes' codes do not use | 14 |
 pub mod budget_shares {
     /// `memtable_bytes` = budget / this.
     pub const MEMTABLE: usize = 16;
@@ -72,6 +72,9 @@ pub mod budget_shares {
     pub const WAL_POOL: usize = 32;
     /// The largest client message a server under this budget accepts: budget / this.
     pub const MESSAGE: usize = 16;
+    /// The ingest batches a server under this budget holds in flight (decoded and logged, not
+    /// yet acknowledged, each counted twice for its WAL record): budget / this.
+    pub const IN_FLIGHT: usize = 16;
     /// `wal_segment_bytes` = budget / this (1 MiB to 64 MiB): opening reads a segment whole.
     pub const WAL_SEGMENT: usize = 16;
     /// Unindexed segments allowed before a flush waits (each up to one table).
@@ -80,7 +83,7 @@ pub mod budget_shares {
     pub const MIN_INDEX_ROWS: usize = 256;
     /// 32nds of the budget held for everything but a build and the rest: the tables, the
     /// unindexed segments, ingest and a row group.
-    pub const NOT_BUILD_32NDS: usize = 12;
+    pub const NOT_BUILD_32NDS: usize = 14;
     /// 32nds of the budget the transient shares reserve (the above and a build's least); the
     /// rest is for per-row structures and the cache.
     pub const RESERVED_32NDS: usize = NOT_BUILD_32NDS + 32 / BUILD;

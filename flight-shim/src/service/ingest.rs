@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use quiver_engine::{CollectionError, Database, PendingWrite};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -29,6 +29,40 @@ pub(super) struct Submitted {
     element_type: &'static str,
     /// `None` for an empty batch (nothing to log).
     pending: Option<PendingWrite>,
+    /// The batch's room in the server's [`IngestGate`], given back once it is acknowledged.
+    gate: Option<OwnedSemaphorePermit>,
+}
+
+/// Bounds the bytes of ingest batches in flight over every stream of a server: decoded and
+/// handed to the WAL, not yet acknowledged. Each batch counts twice its Arrow bytes (its rows,
+/// and the WAL record that copies them). Without a bound only [`MAX_IN_FLIGHT`] per stream
+/// applies: eight 5 MB batches, and their records, were 80 MB in flight on one stream.
+#[derive(Clone, Debug)]
+pub(super) struct IngestGate {
+    /// Kibibytes; `None`: unbounded.
+    room: Option<(Arc<Semaphore>, u32)>,
+}
+
+impl IngestGate {
+    /// A gate of `max_bytes` (at least 1 KiB), or none.
+    pub(super) fn new(max_bytes: Option<usize>) -> IngestGate {
+        let room = max_bytes.map(|b| {
+            let kib = u32::try_from(b.div_ceil(1024)).unwrap_or(u32::MAX >> 4).max(1);
+            (Arc::new(Semaphore::new(kib as usize)), kib)
+        });
+        IngestGate { room }
+    }
+
+    /// Waits until `batch` fits beside the batches in flight. A batch larger than the whole
+    /// gate waits until it is empty, and then goes alone.
+    async fn admit(&self, batch: &RecordBatch) -> Option<OwnedSemaphorePermit> {
+        let (room, total) = self.room.as_ref()?;
+        let kib = u32::try_from((2 * quiver_engine::value_bytes(batch)).div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, *total);
+        // The semaphore is never closed, so acquiring fails only if it were.
+        Arc::clone(room).acquire_many_owned(kib).await.ok()
+    }
 }
 
 /// Submits one batch into `name`, creating the collection from the batch's schema if it does
@@ -66,7 +100,7 @@ pub(super) fn submit_batch(
     let bytes = quiver_engine::value_bytes(batch);
     let element_type = convert::element_type_name(cs.vector_type());
     if rows == 0 {
-        return Ok(Submitted { rows, bytes, arrived, element_type, pending: None });
+        return Ok(Submitted { rows, bytes, arrived, element_type, pending: None, gate: None });
     }
     let b =
         convert::conform(batch, &cs).map_err(|e| invalid(format!("collection {name:?}: {e}")))?;
@@ -76,7 +110,7 @@ pub(super) fn submit_batch(
         db.add_attributes(name, &added).map_err(collection_status)?;
     }
     let pending = db.submit_insert(name, &b).map_err(|e| write_status(name, e))?;
-    Ok(Submitted { rows, bytes, arrived, element_type, pending: Some(pending) })
+    Ok(Submitted { rows, bytes, arrived, element_type, pending: Some(pending), gate: None })
 }
 
 /// Waits until a submitted batch is durable (and visible); returns the acknowledgement JSON.
@@ -110,6 +144,7 @@ const _: () = assert!(MAX_IN_FLIGHT > 2, "the queue between the tasks needs room
 /// batches before it) as the stream's error.
 pub(super) fn spawn_ingest<T: Send + 'static>(
     db: Arc<Database>,
+    gate: IngestGate,
     name: String,
     mut input: FlightRecordBatchStream,
     metrics: Option<Arc<Metrics>>,
@@ -124,8 +159,12 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
             let submitted = match next {
                 Err(e) => Err(decode_status(e)),
                 Ok(batch) => {
+                    let room = gate.admit(&batch).await;
                     let (db, name) = (db.clone(), name.clone());
-                    blocking(move || submit_batch(&db, &name, &batch)).await
+                    blocking(move || submit_batch(&db, &name, &batch)).await.map(|mut s| {
+                        s.gate = room;
+                        s
+                    })
                 }
             };
             let stop = submitted.is_err();
@@ -179,4 +218,54 @@ pub(super) fn batch_stream(
         .chain(rest)
         .map_err(|s| FlightError::Tonic(Box::new(s)));
     FlightRecordBatchStream::new_from_flight_data(all)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ingest gate is what keeps a server's in-flight batches inside its memory budget:
+    //! before it, eight decoded batches and their WAL records per stream were held whatever the
+    //! budget (80 MB for 5 MB batches, on a 96 MiB budget).
+
+    use std::sync::Arc;
+
+    use arrow_array::{RecordBatch, UInt8Array};
+    use arrow_schema::{DataType, Field, Schema};
+    use futures::FutureExt;
+
+    use super::IngestGate;
+
+    fn batch_of(bytes: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("b", DataType::UInt8, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(UInt8Array::from(vec![7u8; bytes]))]).unwrap()
+    }
+
+    #[test]
+    fn a_batch_waits_while_the_batches_in_flight_fill_the_gate() {
+        let gate = IngestGate::new(Some(1 << 20));
+        // 300 KB counts 600 KB (its rows and its WAL record): one fits, two do not.
+        let first = gate.admit(&batch_of(300_000)).now_or_never().expect("an empty gate admits");
+        assert!(gate.admit(&batch_of(300_000)).now_or_never().is_none(), "the second must wait");
+        drop(first);
+        let second = gate.admit(&batch_of(300_000)).now_or_never();
+        assert!(second.is_some(), "admitted once the first was acknowledged");
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_gate_goes_alone_rather_than_never() {
+        let gate = IngestGate::new(Some(1 << 20));
+        let small = gate.admit(&batch_of(1_000)).now_or_never().expect("room");
+        assert!(gate.admit(&batch_of(4 << 20)).now_or_never().is_none(), "waits for the gate");
+        drop(small);
+        let big = gate.admit(&batch_of(4 << 20)).now_or_never().expect("alone, it goes");
+        assert!(gate.admit(&batch_of(1_000)).now_or_never().is_none(), "and nothing beside it");
+        drop(big);
+    }
+
+    #[test]
+    fn without_a_bound_nothing_waits() {
+        let gate = IngestGate::new(None);
+        for _ in 0..4 {
+            assert!(gate.admit(&batch_of(1 << 20)).now_or_never().is_some());
+        }
+    }
 }

@@ -39,7 +39,7 @@ pub use actions::ACTIONS;
 use actions::{canonical_action, run_action, unknown_action};
 use actions::{vector_search_queries, vector_search_stream};
 use exchange::{SEARCH_COMMANDS, exchange_search};
-use ingest::{batch_stream, spawn_ingest};
+use ingest::{IngestGate, batch_stream, spawn_ingest};
 use read::{encode_batches, run_get, run_search, scan_stream};
 pub(crate) use status::bounded_status;
 use status::{collection_status, invalid};
@@ -69,6 +69,10 @@ pub struct ServiceConfig {
     pub max_message_bytes: usize,
     /// How long `wait-for-indexing` waits at most.
     pub max_index_wait: Duration,
+    /// Bytes of ingest batches in flight over every stream (decoded and logged, not yet
+    /// acknowledged; a batch counts twice its Arrow bytes, for the WAL's copy). `None`: no bound
+    /// but eight batches a stream. `quiver serve --memory-budget` sets a sixteenth of it.
+    pub max_ingest_bytes: Option<usize>,
     /// Prometheus metrics to count into (`None`: off, nothing is counted).
     pub metrics: Option<Arc<Metrics>>,
 }
@@ -81,6 +85,7 @@ impl Default for ServiceConfig {
             max_flight_data_bytes: 2 << 20,
             max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
             max_index_wait: Duration::from_secs(3600),
+            max_ingest_bytes: None,
             metrics: None,
         }
     }
@@ -92,12 +97,14 @@ pub struct QuiverFlight {
     db: Arc<Database>,
     cfg: Arc<ServiceConfig>,
     auth: Auth,
+    ingest_gate: IngestGate,
 }
 
 impl QuiverFlight {
     /// A service over `db`.
     pub fn new(db: Arc<Database>, cfg: ServiceConfig, auth: Auth) -> Self {
-        QuiverFlight { db, cfg: Arc::new(cfg), auth }
+        let ingest_gate = IngestGate::new(cfg.max_ingest_bytes);
+        QuiverFlight { db, cfg: Arc::new(cfg), auth, ingest_gate }
     }
 }
 
@@ -362,9 +369,16 @@ impl QuiverFlight {
         let name = descriptor_collection(first.flight_descriptor.as_ref())?;
         let batches = batch_stream(first, input);
         let metrics = self.cfg.metrics.clone();
-        Ok(Response::new(spawn_ingest(self.db.clone(), name, batches, metrics, "do_put", |ack| {
-            PutResult { app_metadata: ack }
-        })))
+        let gate = self.ingest_gate.clone();
+        Ok(Response::new(spawn_ingest(
+            self.db.clone(),
+            gate,
+            name,
+            batches,
+            metrics,
+            "do_put",
+            |ack| PutResult { app_metadata: ack },
+        )))
     }
 
     async fn do_action_call(
@@ -414,6 +428,7 @@ impl QuiverFlight {
         let metrics = self.cfg.metrics.clone();
         Ok(Response::new(spawn_ingest(
             self.db.clone(),
+            self.ingest_gate.clone(),
             name,
             batches,
             metrics,
