@@ -372,7 +372,7 @@ impl Database {
             st.collections.get(name).ok_or_else(|| CollectionError::NotFound(name.to_string()))?;
         let resident = resident_bytes(c);
         Ok(CollectionStats {
-            rows: c.keys.len() as u64,
+            rows: c.live_count(),
             memtable_rows: c.mem.live_count as u64,
             segments: c.segments.len(),
             indexed_segments: c.segments.iter().filter(|s| s.index.is_some()).count(),

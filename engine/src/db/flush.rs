@@ -307,15 +307,8 @@ fn install_flush(inner: &Inner, checkpoint: Lsn, written: Written) -> Vec<PathBu
     }
     let mut freed = 0;
     for c in st.collections.values_mut() {
-        let moved = c.mem.frozen.rows as u32;
         freed += c.mem.drain_frozen();
-        for (r, k) in c.mem.keys.iter().enumerate() {
-            if c.mem.live[r] {
-                let loc = c.keys.get_mut(k).expect("a live row's key is mapped");
-                debug_assert_eq!(*loc, Loc::mem(r as u32 + moved));
-                *loc = Loc::mem(r as u32);
-            }
-        }
+        c.remap_table();
     }
     st.mem_bytes -= freed;
     st.frozen_bytes = 0;
@@ -461,7 +454,8 @@ pub(super) fn open_new_segment(
         meta: SegmentMeta { id, rows, bytes: sum.len, crc: sum.crc, deletes: None, indexed: false },
         file,
         deleted: Arc::new(RowSet::new(keys.len())),
-        keys: SegmentKeys::new(keys),
+        // A flush writes live rows, a merge its inputs' live rows: one row per id.
+        keys: SegmentKeys::new(keys).unwrap_or_else(|k| panic!("segment {id:016x}: {k:?} twice")),
         deleted_count: 0,
         dirty: false,
         vectors,

@@ -20,9 +20,10 @@ pub(super) struct Installed {
 /// Installs `seg` in collection `c` in place of the rows it copied and of the segments
 /// `replaces`. Row `i` of `seg` was copied from the row then at `origins[i]`:
 ///
-/// - a row whose key still points at its origin takes over the key (`Loc::seg(its slot, i)`);
-/// - a row whose key moved on meanwhile (a delete or upsert applied after the copy was taken)
-///   is killed in `seg`, which becomes dirty: that write is in the WAL after the checkpoint
+/// - a row whose origin is still live takes over its key (the origin goes with the frozen
+///   table or the replaced segments; the caller remaps the table);
+/// - a row whose origin was killed meanwhile (a delete or upsert applied after the copy was
+///   taken) is killed in `seg`, which becomes dirty: that write is in the WAL after the checkpoint
 ///   the new segment was committed with, so until the next flush persists the deletion file,
 ///   replay re-applies it;
 /// - a row already deleted in `seg` (a deletion carried over before the commit) is skipped.
@@ -48,12 +49,9 @@ pub(super) fn install_segment(
         if seg.deleted.contains(row) {
             continue;
         }
-        match c.keys.get_mut(&seg.keys.key(row)) {
-            Some(loc) if *loc == origin => *loc = Loc::seg(slot, row as u32),
-            _ => {
-                seg.kill(row as u32);
-                late += 1;
-            }
+        if !c.is_live(origin) {
+            seg.kill(row as u32);
+            late += 1;
         }
     }
     assert_eq!(copied, seg.keys.len(), "segment {id:016x}: an origin for every row");

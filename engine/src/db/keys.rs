@@ -1,12 +1,15 @@
-//! Ids in RAM: the key map (every live row's place by id) and each segment's row → id array,
-//! stored by id kind so integer ids cost their eight bytes and no more.
+//! Ids in RAM: each segment's row → id array with its rows in id order (an id is found by
+//! binary search), and a map of the in-memory table's live rows by id. There is no map of every
+//! live row of a collection: at 1M rows it alone cost 31 bytes a row.
 //!
-//! A [`Key`] is 16 bytes (an integer, or a boxed string), and a place was 16 (an enum of a
-//! segment id and a row): a `(Key, Loc)` slot of the hash map was 32 bytes, 37.8 bytes a row at
-//! hashbrown's load factor. Integer ids are kept here as bare `u64`s and a place packs into
-//! 8 bytes ([`Loc`]: a segment slot and a row), so a slot is 16 bytes, and a segment's key array
-//! 8 bytes a row. String ids keep their boxed strings. Which kind a collection uses is fixed by
-//! its schema, so a map or array never mixes them; a key of the other kind is absent from it.
+//! A [`Key`] is 16 bytes (an integer, or a boxed string). Integer ids are kept here as bare
+//! `u64`s, so a segment costs 8 bytes a row for its ids and 4 for their order; the table's map
+//! packs a place into 8 bytes ([`Loc`]). String ids keep their boxed strings. Which kind a
+//! collection uses is fixed by its schema, so a map or array never mixes them; a key of the
+//! other kind is absent from it.
+//!
+//! Invariant: an id is live in at most one place, the table or one segment. Where it is: the
+//! table's map first, then each segment's order, checking the segment's deletion set.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +17,12 @@ use std::sync::Arc;
 use crate::batch::Key;
 use crate::schema::IdType;
 
+use super::id_filter::IdFilter;
 use super::model::Loc;
 
 type Hasher = ahash::RandomState;
 
-/// Every live row's place by id. aHash with per-process random keys: about three times cheaper
+/// The in-memory table's live rows by id (their [`Loc::mem`] places). aHash with per-process random keys: about three times cheaper
 /// than SipHash on the insert path, still not predictable by a client choosing ids.
 #[derive(Debug)]
 pub(super) enum KeyMap {
@@ -37,10 +41,17 @@ impl KeyMap {
         }
     }
 
-    pub(super) fn len(&self) -> usize {
+    /// Empties the map, keeping half its room at most (the table it maps was just flushed).
+    pub(super) fn clear(&mut self) {
         match self {
-            KeyMap::Int(m) => m.len(),
-            KeyMap::Str(m) => m.len(),
+            KeyMap::Int(m) => {
+                m.clear();
+                m.shrink_to(m.capacity() / 2);
+            }
+            KeyMap::Str(m) => {
+                m.clear();
+                m.shrink_to(m.capacity() / 2);
+            }
         }
     }
 
@@ -48,14 +59,6 @@ impl KeyMap {
         match (self, k) {
             (KeyMap::Int(m), Key::Int(i)) => m.get(i).copied(),
             (KeyMap::Str(m), Key::Str(s)) => m.get(s).copied(),
-            _ => None,
-        }
-    }
-
-    pub(super) fn get_mut(&mut self, k: &Key) -> Option<&mut Loc> {
-        match (self, k) {
-            (KeyMap::Int(m), Key::Int(i)) => m.get_mut(i),
-            (KeyMap::Str(m), Key::Str(s)) => m.get_mut(s),
             _ => None,
         }
     }
@@ -99,10 +102,40 @@ impl KeyMap {
     }
 }
 
-/// A segment's id of every row (deleted rows too), shared by the views reads take and by
-/// merges.
+/// A segment's id of every row (deleted rows too), and its rows in id order, so an id is
+/// found by binary search. Shared (an `Arc` clone) by the views reads take and by merges.
+///
+/// There is no map from every id of a collection to its place: one cost 17 bytes a slot at
+/// hashbrown's load factor, 19.5 to 39 bytes a row depending on where the table's capacity
+/// fell (31 at 1M rows), beside the 8 of this array. The order costs 4. A segment never holds
+/// two rows with one id (a flush writes the frozen table's live rows, a merge its inputs' live
+/// rows, and ids are unique among live rows), so a lookup finds at most one row.
 #[derive(Clone, Debug)]
-pub(super) enum SegmentKeys {
+pub(super) struct SegmentKeys {
+    ids: Ids,
+    /// Row numbers sorted by their id.
+    by_id: Arc<[u32]>,
+    /// Which ids may be here ([`id_hash`]): most lookups of an id not here stop at it.
+    filter: Arc<IdFilter>,
+}
+
+/// The hash a segment's [`IdFilter`] keeps of `k`: integers mixed (splitmix64's finalizer),
+/// strings by aHash with fixed keys (the filters live in RAM only; a client choosing ids that
+/// collide costs itself a binary search, nothing more).
+pub(super) fn id_hash(k: &Key) -> u64 {
+    match k {
+        Key::Int(i) => {
+            let mut x = *i;
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        }
+        Key::Str(s) => ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(&**s),
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Ids {
     /// Integer ids.
     Int(Arc<[u64]>),
     /// String ids.
@@ -112,31 +145,47 @@ pub(super) enum SegmentKeys {
 impl SegmentKeys {
     /// The keys of a segment's rows, in row order: integer arrays when every key is an
     /// integer.
-    pub(super) fn new(keys: Vec<Key>) -> SegmentKeys {
-        if keys.iter().all(|k| matches!(k, Key::Int(_))) {
+    ///
+    /// # Errors
+    /// The first key found twice: a segment holds one row per id.
+    ///
+    /// # Panics
+    /// If there are 2^32 rows or more.
+    pub(super) fn new(keys: Vec<Key>) -> Result<SegmentKeys, Key> {
+        let ids = if keys.iter().all(|k| matches!(k, Key::Int(_))) {
             let ints = keys.into_iter().map(|k| match k {
                 Key::Int(i) => i,
                 Key::Str(_) => unreachable!("checked above"),
             });
-            SegmentKeys::Int(ints.collect())
+            Ids::Int(ints.collect())
         } else {
-            SegmentKeys::Str(keys.into())
+            Ids::Str(keys.into())
+        };
+        let rows = u32::try_from(ids.len()).expect("a segment holds fewer than 2^32 rows");
+        let mut by_id: Vec<u32> = (0..rows).collect();
+        match &ids {
+            Ids::Int(k) => by_id.sort_unstable_by_key(|&r| k[r as usize]),
+            Ids::Str(k) => by_id.sort_unstable_by(|&a, &b| k[a as usize].cmp(&k[b as usize])),
+        }
+        let mut filter = IdFilter::for_ids(by_id.len());
+        for r in 0..ids.len() {
+            filter.insert(id_hash(&ids.key(r)));
+        }
+        let keys = SegmentKeys { ids, by_id: by_id.into(), filter: Arc::new(filter) };
+        let same = |w: &[u32]| keys.key(w[0] as usize) == keys.key(w[1] as usize);
+        match keys.by_id.windows(2).find(|w| same(w)) {
+            Some(w) => Err(keys.key(w[0] as usize)),
+            None => Ok(keys),
         }
     }
 
     pub(super) fn len(&self) -> usize {
-        match self {
-            SegmentKeys::Int(k) => k.len(),
-            SegmentKeys::Str(k) => k.len(),
-        }
+        self.ids.len()
     }
 
     /// Row `row`'s key.
     pub(super) fn key(&self, row: usize) -> Key {
-        match self {
-            SegmentKeys::Int(k) => Key::Int(k[row]),
-            SegmentKeys::Str(k) => k[row].clone(),
-        }
+        self.ids.key(row)
     }
 
     /// Every row's key, in row order.
@@ -144,11 +193,81 @@ impl SegmentKeys {
         (0..self.len()).map(|r| self.key(r))
     }
 
-    /// Heap bytes: the array, plus the strings.
+    /// The row holding `k`, deleted or not; `None` for a key not here (or of the other kind).
+    #[cfg(test)]
+    pub(super) fn find(&self, k: &Key) -> Option<u32> {
+        self.find_hashed(k, id_hash(k))
+    }
+
+    /// [`SegmentKeys::find`] with `k`'s [`id_hash`] already taken (one hash for every segment).
+    pub(super) fn find_hashed(&self, k: &Key, hash: u64) -> Option<u32> {
+        if !self.filter.may_contain(hash) {
+            return None;
+        }
+        let at = match (&self.ids, k) {
+            (Ids::Int(ids), Key::Int(i)) => {
+                self.by_id.binary_search_by(|&r| ids[r as usize].cmp(i)).ok()
+            }
+            (Ids::Str(ids), Key::Str(_)) => {
+                self.by_id.binary_search_by(|&r| ids[r as usize].cmp(k)).ok()
+            }
+            _ => None,
+        };
+        at.map(|at| self.by_id[at])
+    }
+
+    /// The first id both segments hold in rows neither has deleted (`live_a`, `live_b` say which
+    /// rows are live), by one merge of their id orders.
+    pub(super) fn first_shared_live(
+        &self,
+        live_a: impl Fn(u32) -> bool,
+        other: &SegmentKeys,
+        live_b: impl Fn(u32) -> bool,
+    ) -> Option<Key> {
+        let (mut i, mut j) = (0, 0);
+        while i < self.by_id.len() && j < other.by_id.len() {
+            let (ra, rb) = (self.by_id[i], other.by_id[j]);
+            let (a, b) = (self.key(ra as usize), other.key(rb as usize));
+            match a.cmp(&b) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    if live_a(ra) && live_b(rb) {
+                        return Some(a);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        None
+    }
+
+    /// Heap bytes: the array, the id order (4 bytes a row) and the filter (1.25), plus the
+    /// strings.
     pub(super) fn resident_bytes(&self) -> usize {
+        let order = self.by_id.len() * size_of::<u32>();
+        order
+            + self.filter.bytes()
+            + match &self.ids {
+                Ids::Int(k) => k.len() * size_of::<u64>(),
+                Ids::Str(k) => k.len() * size_of::<Key>() + key_heap_bytes(k),
+            }
+    }
+}
+
+impl Ids {
+    fn key(&self, row: usize) -> Key {
         match self {
-            SegmentKeys::Int(k) => k.len() * size_of::<u64>(),
-            SegmentKeys::Str(k) => k.len() * size_of::<Key>() + key_heap_bytes(k),
+            Ids::Int(k) => Key::Int(k[row]),
+            Ids::Str(k) => k[row].clone(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ids::Int(k) => k.len(),
+            Ids::Str(k) => k.len(),
         }
     }
 }
@@ -168,31 +287,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn integer_keys_cost_eight_bytes_a_row_and_a_key_of_the_other_kind_is_absent() {
-        let keys: Vec<Key> = (0..1000u64).map(Key::Int).collect();
-        let seg = SegmentKeys::new(keys.clone());
-        assert!(matches!(seg, SegmentKeys::Int(_)));
-        assert_eq!(seg.resident_bytes(), 8000);
+    fn integer_keys_cost_twelve_bytes_a_row_and_a_key_of_the_other_kind_is_absent() {
+        let keys: Vec<Key> = (0..1000u64).map(|i| Key::Int(i * 7919 % 1000)).collect();
+        let seg = SegmentKeys::new(keys.clone()).unwrap();
+        assert!(matches!(seg.ids, Ids::Int(_)));
+        assert_eq!(
+            seg.resident_bytes(),
+            12_000 + 1_280,
+            "8 for the id, 4 for its place in id order, 1.25 for the filter"
+        );
         assert_eq!(seg.iter().collect::<Vec<_>>(), keys);
-        let mut map = KeyMap::for_ids(IdType::U64);
         for (r, k) in keys.iter().enumerate() {
-            assert_eq!(map.insert(k, Loc::seg(7, r as u32)), None);
+            assert_eq!(seg.find(k), Some(r as u32));
         }
-        assert_eq!(map.get(&Key::Int(5)), Some(Loc::seg(7, 5)));
+        assert_eq!(seg.find(&Key::Int(1000)), None);
+        assert_eq!(seg.find(&Key::Str("5".into())), None);
+
+        let mut map = KeyMap::for_ids(IdType::U64);
+        assert_eq!(map.insert(&Key::Int(5), Loc::mem(7)), None);
+        assert_eq!(map.get(&Key::Int(5)), Some(Loc::mem(7)));
         assert_eq!(map.get(&Key::Str("5".into())), None);
         assert_eq!(map.remove(&Key::Str("5".into())), None);
-        assert_eq!(map.len(), 1000);
         let KeyMap::Int(m) = &map else { panic!("an integer map") };
         assert_eq!(size_of::<(u64, Loc)>(), 16, "a slot: the id and its place, packed");
         assert_eq!(map.resident_bytes(), m.capacity() * 17);
 
-        let strs: Vec<Key> = ["a", "bb", "ccc"].iter().map(|s| Key::Str((*s).into())).collect();
-        let seg = SegmentKeys::new(strs.clone());
-        assert_eq!(seg.resident_bytes(), 3 * size_of::<Key>() + 6);
+        let strs: Vec<Key> = ["bb", "a", "ccc"].iter().map(|s| Key::Str((*s).into())).collect();
+        let seg = SegmentKeys::new(strs.clone()).unwrap();
+        assert_eq!(seg.resident_bytes(), 3 * (size_of::<Key>() + 4) + 6 + 32);
         assert_eq!(seg.key(1), strs[1]);
-        let mut map = KeyMap::for_ids(IdType::Utf8);
-        map.insert(&strs[2], Loc::mem(3));
-        assert_eq!(map.get(&strs[2]), Some(Loc::mem(3)));
-        assert_eq!(map.get(&Key::Int(3)), None);
+        assert_eq!(seg.find(&strs[2]), Some(2));
+        assert_eq!(seg.find(&Key::Str("b".into())), None);
+        assert_eq!(seg.find(&Key::Int(3)), None);
+    }
+
+    #[test]
+    fn a_segment_holding_an_id_twice_is_refused() {
+        let keys: Vec<Key> = [3u64, 9, 4, 9].iter().map(|&i| Key::Int(i)).collect();
+        assert_eq!(SegmentKeys::new(keys).unwrap_err(), Key::Int(9));
+    }
+
+    #[test]
+    fn two_segments_sharing_a_live_id_are_found_and_a_dead_copy_is_not_counted() {
+        let a = SegmentKeys::new([1u64, 5, 9, 12].iter().map(|&i| Key::Int(i)).collect()).unwrap();
+        let b = SegmentKeys::new([12u64, 2, 5].iter().map(|&i| Key::Int(i)).collect()).unwrap();
+        assert_eq!(a.first_shared_live(|_| true, &b, |_| true), Some(Key::Int(5)));
+        // Row 1 of `a` (id 5) is deleted: 12 is the first shared live id.
+        assert_eq!(a.first_shared_live(|r| r != 1, &b, |_| true), Some(Key::Int(12)));
+        assert_eq!(a.first_shared_live(|r| r != 1, &b, |r| r != 0), None);
     }
 }

@@ -1,5 +1,6 @@
-//! The in-memory model of the database: collections, their sealed segments, and the key map
-//! saying where every live row is. Guarded by `Inner::state`; changed only by applying writes
+//! The in-memory model of the database: collections, their sealed segments, and the ids that
+//! say where every live row is (each segment's ids in id order, and a map of the in-memory
+//! table's). Guarded by `Inner::state`; changed only by applying writes
 //! and by installs (flush, merge, index), each under the write lock and without I/O.
 
 use std::collections::BTreeMap;
@@ -108,7 +109,8 @@ pub(super) struct Collection {
     pub(super) mem: Memtable,
     /// Ascending id (older first).
     pub(super) segments: Vec<Segment>,
-    /// Every live row's place.
+    /// The in-memory table's live rows by id; a segment's are found in its
+    /// [`SegmentKeys`].
     pub(super) keys: KeyMap,
     /// The segment id in each slot ([`FREE_SLOT`] when free): [`Loc`]s name a segment by its
     /// slot, 32 bits, where its id takes 64. Slots are reused once free, which is safe because
@@ -150,6 +152,46 @@ impl Collection {
 
     pub(super) fn segment(&self, id: u64) -> Option<&Segment> {
         self.segments.binary_search_by_key(&id, |s| s.meta.id).ok().map(|at| &self.segments[at])
+    }
+
+    /// Where `k`'s live row is: the table's map, else the one segment holding it undeleted.
+    pub(super) fn live_loc(&self, k: &Key) -> Option<Loc> {
+        if let Some(loc) = self.keys.get(k) {
+            return Some(loc);
+        }
+        let hash = super::keys::id_hash(k);
+        self.segments.iter().rev().find_map(|s| {
+            let row = s.keys.find_hashed(k, hash)?;
+            (!s.deleted.contains(row as usize)).then(|| Loc::seg(s.slot, row))
+        })
+    }
+
+    /// Whether the row at `loc` is live (not deleted, not replaced by a later write).
+    pub(super) fn is_live(&self, loc: Loc) -> bool {
+        match loc.place() {
+            Place::Mem(r) => self.mem.live[r as usize],
+            Place::Seg { slot, row } => self
+                .segment(self.slot_segment(slot))
+                .is_some_and(|s| !s.deleted.contains(row as usize)),
+        }
+    }
+
+    /// Live rows: the table's and every segment's.
+    pub(super) fn live_count(&self) -> u64 {
+        let segments: u64 = self.segments.iter().map(|s| s.meta.rows - s.deleted_count).sum();
+        self.mem.live_count as u64 + segments
+    }
+
+    /// Maps the table's live rows by id again (after a flush drops its frozen prefix and the
+    /// rows after it move down).
+    pub(super) fn remap_table(&mut self) {
+        self.keys.clear();
+        for (r, k) in self.mem.keys.iter().enumerate() {
+            if self.mem.live[r] {
+                let old = self.keys.insert(k, Loc::mem(r as u32));
+                assert!(old.is_none(), "id {k:?} is live twice in the table");
+            }
+        }
     }
 
     pub(super) fn kill(&mut self, loc: Loc) {
@@ -209,9 +251,10 @@ impl Collection {
         }
         let first = self.mem.keys.len() as u32;
         for (i, k) in p.keys.iter().enumerate() {
-            if let Some(old) = self.keys.insert(k, Loc::mem(first + i as u32)) {
+            if let Some(old) = self.live_loc(k) {
                 self.kill(old);
             }
+            self.keys.insert(k, Loc::mem(first + i as u32));
         }
         let before = self.mem.bytes;
         self.mem.append(p);
@@ -220,8 +263,9 @@ impl Collection {
 
     pub(super) fn delete(&mut self, keys: &[Key]) {
         for k in keys {
-            if let Some(old) = self.keys.remove(k) {
+            if let Some(old) = self.live_loc(k) {
                 self.kill(old);
+                self.keys.remove(k);
             }
         }
     }

@@ -33,7 +33,7 @@ use super::budget::fit_cache_to_budget;
 use super::flush::flush_loop;
 use super::inner::{FlushCtl, Inner, Order, WAL_BUFFER_POOL, Work};
 use super::memtable::Memtable;
-use super::model::{Collection, KeyMap, Loc, Op, Segment, SegmentKeys, State};
+use super::model::{Collection, KeyMap, Op, Segment, SegmentKeys, State};
 use super::{DELETES_DIR, Database, INDEXES_DIR, MAX_SCAN_BATCH_ROWS, SEGMENTS_DIR, WAL_DIR};
 use crate::options::budget_shares;
 
@@ -308,9 +308,11 @@ pub(super) fn load_collection(
         last = Some(sm.id);
         let mut seg = load_segment(vfs, dir, index_dir, opts, &schema, &arrow, sm.clone())?;
         seg.slot = c.take_slot(sm.id);
-        for (r, k) in seg.keys.iter().enumerate() {
-            if !seg.deleted.contains(r) && c.keys.insert(&k, Loc::seg(seg.slot, r as u32)).is_some()
-            {
+        for earlier in &c.segments {
+            let (here, there) = (&seg.deleted, &earlier.deleted);
+            let live_here = |r: u32| !here.contains(r as usize);
+            let live_there = |r: u32| !there.contains(r as usize);
+            if let Some(k) = seg.keys.first_shared_live(live_here, &earlier.keys, live_there) {
                 return Err(OpenError::ManifestBody(format!(
                     "id {} of collection {:?} is live in two segments",
                     batch::key_to_string(&k, schema.id_type()),
@@ -413,10 +415,14 @@ pub(super) fn load_segment(
         }
     }
     let vectors = if index.is_some() { None } else { Some(read_vectors(&file, schema)?.into()) };
+    let keys = SegmentKeys::new(keys).map_err(|k| crate::SegmentError::Corrupt {
+        path: path.clone(),
+        reason: format!("id {} is in two rows", batch::key_to_string(&k, schema.id_type())),
+    })?;
     Ok(Segment {
         meta,
         file,
-        keys: SegmentKeys::new(keys),
+        keys,
         deleted: Arc::new(deleted),
         deleted_count,
         dirty: false,

@@ -133,7 +133,7 @@ impl Database {
             .get(collection)
             .ok_or_else(|| ReadError::NotFound(collection.to_string()))?;
         let keys = batch::delete_keys(ids, c.schema.id_type())?;
-        let locs: Vec<Loc> = keys.iter().filter_map(|k| c.keys.get(k)).collect();
+        let locs: Vec<Loc> = keys.iter().filter_map(|k| c.live_loc(k)).collect();
         let (hits, sources) = c.resolve(&locs);
         let arrow = c.arrow.clone();
         drop(st); // the segment reads happen without the state lock
