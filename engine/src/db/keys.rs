@@ -41,18 +41,13 @@ impl KeyMap {
         }
     }
 
-    /// Empties the map, keeping half its room at most (the table it maps was just flushed).
+    /// Empties the map and gives its memory back (the table it maps was just flushed: an idle
+    /// table costs nothing).
     pub(super) fn clear(&mut self) {
-        match self {
-            KeyMap::Int(m) => {
-                m.clear();
-                m.shrink_to(m.capacity() / 2);
-            }
-            KeyMap::Str(m) => {
-                m.clear();
-                m.shrink_to(m.capacity() / 2);
-            }
-        }
+        *self = match self {
+            KeyMap::Int(_) => KeyMap::Int(HashMap::default()),
+            KeyMap::Str(_) => KeyMap::Str(HashMap::default()),
+        };
     }
 
     pub(super) fn get(&self, k: &Key) -> Option<Loc> {
@@ -124,22 +119,28 @@ pub(super) struct SegmentKeys {
 /// collide costs itself a binary search, nothing more).
 pub(super) fn id_hash(k: &Key) -> u64 {
     match k {
-        Key::Int(i) => {
-            let mut x = *i;
-            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            x ^ (x >> 31)
-        }
-        Key::Str(s) => ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(&**s),
+        Key::Int(i) => int_hash(*i),
+        Key::Str(s) => str_hash(s),
     }
+}
+
+fn int_hash(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn str_hash(s: &str) -> u64 {
+    ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(s)
 }
 
 #[derive(Clone, Debug)]
 enum Ids {
     /// Integer ids.
     Int(Arc<[u64]>),
-    /// String ids.
-    Str(Arc<[Key]>),
+    /// String ids, one after another in one string: their bytes and 4 bytes a row (a boxed
+    /// string each was 16 bytes and an allocation a row).
+    Str { text: Arc<str>, ends: Arc<[u32]> },
 }
 
 impl SegmentKeys {
@@ -159,17 +160,20 @@ impl SegmentKeys {
             });
             Ids::Int(ints.collect())
         } else {
-            Ids::Str(keys.into())
+            Ids::strings(&keys)
         };
         let rows = u32::try_from(ids.len()).expect("a segment holds fewer than 2^32 rows");
         let mut by_id: Vec<u32> = (0..rows).collect();
         match &ids {
             Ids::Int(k) => by_id.sort_unstable_by_key(|&r| k[r as usize]),
-            Ids::Str(k) => by_id.sort_unstable_by(|&a, &b| k[a as usize].cmp(&k[b as usize])),
+            Ids::Str { .. } => by_id.sort_unstable_by(|&a, &b| ids.str(a).cmp(ids.str(b))),
         }
         let mut filter = IdFilter::for_ids(by_id.len());
-        for r in 0..ids.len() {
-            filter.insert(id_hash(&ids.key(r)));
+        for r in 0..rows {
+            filter.insert(match &ids {
+                Ids::Int(k) => int_hash(k[r as usize]),
+                Ids::Str { .. } => str_hash(ids.str(r)),
+            });
         }
         let keys = SegmentKeys { ids, by_id: by_id.into(), filter: Arc::new(filter) };
         let same = |w: &[u32]| keys.key(w[0] as usize) == keys.key(w[1] as usize);
@@ -208,8 +212,8 @@ impl SegmentKeys {
             (Ids::Int(ids), Key::Int(i)) => {
                 self.by_id.binary_search_by(|&r| ids[r as usize].cmp(i)).ok()
             }
-            (Ids::Str(ids), Key::Str(_)) => {
-                self.by_id.binary_search_by(|&r| ids[r as usize].cmp(k)).ok()
+            (Ids::Str { .. }, Key::Str(s)) => {
+                self.by_id.binary_search_by(|&r| self.ids.str(r).cmp(s)).ok()
             }
             _ => None,
         };
@@ -251,23 +255,46 @@ impl SegmentKeys {
             + self.filter.bytes()
             + match &self.ids {
                 Ids::Int(k) => k.len() * size_of::<u64>(),
-                Ids::Str(k) => k.len() * size_of::<Key>() + key_heap_bytes(k),
+                Ids::Str { text, ends } => text.len() + ends.len() * size_of::<u32>(),
             }
     }
 }
 
 impl Ids {
+    /// String ids packed into one string.
+    ///
+    /// # Panics
+    /// If `keys` holds an integer, or the strings pass 4 GiB.
+    fn strings(keys: &[Key]) -> Ids {
+        let mut text = String::with_capacity(key_heap_bytes(keys));
+        let mut ends = Vec::with_capacity(keys.len());
+        for k in keys {
+            let Key::Str(s) = k else { panic!("an integer id among string ids") };
+            text.push_str(s);
+            ends.push(u32::try_from(text.len()).expect("a segment's string ids are under 4 GiB"));
+        }
+        Ids::Str { text: text.into(), ends: ends.into() }
+    }
+
+    /// String id of `row` (of a segment of string ids).
+    fn str(&self, row: u32) -> &str {
+        let Ids::Str { text, ends } = self else { panic!("string id of an integer segment") };
+        let r = row as usize;
+        let start = if r == 0 { 0 } else { ends[r - 1] as usize };
+        &text[start..ends[r] as usize]
+    }
+
     fn key(&self, row: usize) -> Key {
         match self {
             Ids::Int(k) => Key::Int(k[row]),
-            Ids::Str(k) => k[row].clone(),
+            Ids::Str { .. } => Key::Str(self.str(row as u32).into()),
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Ids::Int(k) => k.len(),
-            Ids::Str(k) => k.len(),
+            Ids::Str { ends, .. } => ends.len(),
         }
     }
 }
@@ -314,7 +341,7 @@ mod tests {
 
         let strs: Vec<Key> = ["bb", "a", "ccc"].iter().map(|s| Key::Str((*s).into())).collect();
         let seg = SegmentKeys::new(strs.clone()).unwrap();
-        assert_eq!(seg.resident_bytes(), 3 * (size_of::<Key>() + 4) + 6 + 32);
+        assert_eq!(seg.resident_bytes(), 3 * (4 + 4) + 6 + 32, "4 for its end, 4 for its order");
         assert_eq!(seg.key(1), strs[1]);
         assert_eq!(seg.find(&strs[2]), Some(2));
         assert_eq!(seg.find(&Key::Str("b".into())), None);
