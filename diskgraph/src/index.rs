@@ -151,6 +151,26 @@ pub fn build_index(
     dir: &Path,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<BuildSummary, IndexError> {
+    build_index_with(data, metric, params, None, dir, progress)
+}
+
+/// [`build_index`] with the PQ codebook given (`Some`) instead of trained on `data`: indexes
+/// built with one codebook can share its pivots in RAM ([`OpenOptionsIndex::pq`]), and a build
+/// skips the training.
+///
+/// [`OpenOptionsIndex::pq`]: crate::search::OpenOptionsIndex::pq
+///
+/// # Errors
+/// As [`build_index`]; [`IndexError::Mismatch`] for a codebook of another dimension or metric
+/// than the stored vectors'.
+pub fn build_index_with(
+    data: VectorSet,
+    metric: Metric,
+    params: &BuildParams,
+    codebook: Option<&PqCodebook>,
+    dir: &Path,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<BuildSummary, IndexError> {
     if data.is_empty() {
         return Err(DataError::Invalid("cannot build an index of zero vectors".into()).into());
     }
@@ -170,7 +190,10 @@ pub fn build_index(
     std::fs::create_dir_all(dir).map_err(io(dir))?;
 
     let t = Instant::now();
-    let pq = PqCodebook::train(&stored, stored_metric, &params.pq)?;
+    let pq = match codebook {
+        Some(c) => fits(c, stored.dim(), stored_metric)?.clone(),
+        None => PqCodebook::train(&stored, stored_metric, &params.pq)?,
+    };
     let codes = pq.encode_all(&stored);
     let pq_seconds = t.elapsed().as_secs_f64();
 
@@ -227,6 +250,23 @@ pub fn build_index(
         graph_file_bytes,
         plan,
     })
+}
+
+/// `codebook`, if it quantises vectors of `dim` values under `metric` (the stored space).
+pub(crate) fn fits(
+    codebook: &PqCodebook,
+    dim: usize,
+    metric: Metric,
+) -> Result<&PqCodebook, IndexError> {
+    if codebook.dim() == dim && codebook.metric() == metric {
+        Ok(codebook)
+    } else {
+        Err(IndexError::Mismatch(format!(
+            "a codebook of dimension {} ({}) for vectors of dimension {dim} ({metric})",
+            codebook.dim(),
+            codebook.metric()
+        )))
+    }
 }
 
 /// The build's shape, for the planner.
@@ -288,6 +328,22 @@ pub fn build_index_from_file(
     dir: &Path,
     progress: Progress<'_>,
 ) -> Result<BuildSummary, IndexError> {
+    build_index_from_file_with(input, metric, params, None, dir, progress)
+}
+
+/// [`build_index_from_file`] with the PQ codebook given (`Some`) instead of trained on a
+/// sample of the file (see [`build_index_with`]).
+///
+/// # Errors
+/// As [`build_index_from_file`] and [`build_index_with`].
+pub fn build_index_from_file_with(
+    input: &Path,
+    metric: Metric,
+    params: &BuildParams,
+    codebook: Option<&PqCodebook>,
+    dir: &Path,
+    progress: Progress<'_>,
+) -> Result<BuildSummary, IndexError> {
     let file = VectorFile::open(input)?;
     if file.is_empty() {
         return Err(DataError::Invalid("cannot build an index of zero vectors".into()).into());
@@ -299,7 +355,8 @@ pub fn build_index_from_file(
         Strategy::InMemory => {
             let data = file.read_range(0, file.len())?;
             progress("read", file.len(), file.len());
-            let summary = build_index(data, metric, params, dir, &|d, t| progress("graph", d, t))?;
+            let graph = |d, t| progress("graph", d, t);
+            let summary = build_index_with(data, metric, params, codebook, dir, &graph)?;
             return Ok(BuildSummary { plan, ..summary });
         }
         Strategy::SingleGraph { training_rows } => (1, file.len(), training_rows),
@@ -315,6 +372,7 @@ pub fn build_index_from_file(
         partitions,
         capacity,
         training_rows,
+        codebook,
         merge_rows: shape.merge_rows(capacity as u64) as usize,
         shape,
         plan,

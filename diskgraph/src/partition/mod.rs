@@ -87,6 +87,8 @@ pub(crate) struct Job<'a> {
     pub(crate) partitions: usize,
     pub(crate) capacity: usize,
     pub(crate) training_rows: usize,
+    /// The PQ codebook to use instead of training one ([`crate::index::build_index_with`]).
+    pub(crate) codebook: Option<&'a PqCodebook>,
     /// Home members the merge takes at once ([`crate::plan::Shape::merge_rows`]).
     pub(crate) merge_rows: usize,
     /// The input's shape, in the stored space.
@@ -276,8 +278,13 @@ fn train(job: &Job<'_>, storage: &Storage) -> Result<Trained, IndexError> {
     ids.sort_unstable();
     let sample = storage.store(job.file.gather(&ids)?)?;
     drop(ids);
-    let pq_params = PqParams { max_samples: rows, ..job.params.pq };
-    let pq = PqCodebook::train(&sample, storage.metric, &pq_params)?;
+    let pq = match job.codebook {
+        Some(c) => crate::index::fits(c, sample.dim(), storage.metric)?.clone(),
+        None => {
+            let pq_params = PqParams { max_samples: rows, ..job.params.pq };
+            PqCodebook::train(&sample, storage.metric, &pq_params)?
+        }
+    };
     let dim = sample.dim();
     let mut mean = vec![0.0f64; dim];
     for i in 0..sample.len() {

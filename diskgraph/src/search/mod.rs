@@ -93,6 +93,11 @@ pub struct OpenOptionsIndex {
     /// node read from disk, once verified, joins it, and later searches (of any thread) take
     /// it from RAM while CLOCK keeps it. Bounded in bytes by the cache's capacity. Default none.
     pub sector_cache: Option<Arc<SectorCache>>,
+    /// A codebook to share: when the index's own pivots are the same (an index built with
+    /// [`crate::index::build_index_with`] and this codebook), the index holds this one instead
+    /// of its own copy, so many indexes of one collection hold their pivots once (256 × dim × 4
+    /// bytes each: 128 KiB at 128-d). Default none.
+    pub pq: Option<Arc<PqCodebook>>,
 }
 
 impl Default for OpenOptionsIndex {
@@ -103,6 +108,7 @@ impl Default for OpenOptionsIndex {
             cache_nodes: 0,
             start_candidates: None,
             sector_cache: None,
+            pq: None,
         }
     }
 }
@@ -180,7 +186,8 @@ pub struct DiskIndex {
     path: PathBuf,
     header: Header,
     file: File,
-    pq: PqCodebook,
+    /// Shared with other indexes of the same codebook ([`OpenOptionsIndex::pq`]).
+    pq: Arc<PqCodebook>,
     codes: Vec<u8>,
     /// Where searches may start.
     starts: Starts,
@@ -204,7 +211,11 @@ impl DiskIndex {
         let path = dir.join(GRAPH_FILE);
         let reader = IndexReader::open(&path)?;
         let header = *reader.header();
-        let pq = PqCodebook::read_from(&dir.join(PIVOTS_FILE))?;
+        let own = PqCodebook::read_from(&dir.join(PIVOTS_FILE))?;
+        let pq = match opts.pq {
+            Some(shared) if *shared == own => shared,
+            _ => Arc::new(own),
+        };
         let (m, codes) = read_codes(&dir.join(CODES_FILE))?;
         if pq.dim() != header.dim as usize || pq.bytes() != m || pq.metric() != header.metric {
             return Err(IndexError::Mismatch(format!(
@@ -311,6 +322,17 @@ impl DiskIndex {
         &self.pq
     }
 
+    /// The codebook as held: shared with the other indexes opened with it
+    /// ([`OpenOptionsIndex::pq`]), or this index's own.
+    pub fn shared_pq(&self) -> &Arc<PqCodebook> {
+        &self.pq
+    }
+
+    /// Bytes of the codebook's pivots (counted once however many indexes share them).
+    pub fn pq_ram_bytes(&self) -> usize {
+        4 * (self.pq.center().len() + self.pq.centroids().len())
+    }
+
     /// Every node's PQ code, `pq().bytes()` each, in position order.
     pub fn codes(&self) -> &[u8] {
         &self.codes
@@ -321,12 +343,12 @@ impl DiskIndex {
         &self.path
     }
 
-    /// Resident RAM of the index: PQ codes, pivots, the start candidates and the BFS node
-    /// cache (not the per-thread buffers, nor a shared [`SectorCache`], which counts its own
-    /// bytes).
+    /// Resident RAM of the index: PQ codes, pivots ([`DiskIndex::pq_ram_bytes`], whether
+    /// shared or not), the start candidates and the BFS node cache (not the per-thread buffers,
+    /// nor a shared [`SectorCache`], which counts its own bytes).
     pub fn ram_bytes(&self) -> usize {
         self.codes.len()
-            + 4 * (self.pq.center().len() + self.pq.centroids().len())
+            + self.pq_ram_bytes()
             + 4 * self.starts.ids.len()
             + self.starts.codes.len()
             + self.cache.values().map(|v| v.len() + 16).sum::<usize>()

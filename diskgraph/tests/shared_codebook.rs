@@ -1,0 +1,86 @@
+//! Indexes built with one PQ codebook hold it once. Every index used to train and hold its own
+//! pivots (256 × dim × 4 bytes: 256 KiB at 256-d), so a collection of many small indexes under a
+//! small memory budget spent most of it on pivots: 128 indexes of 512 rows, 581 bytes a row.
+//! What can break: a build that ignores the given codebook (its codes would not match a shared
+//! one), an open that shares a codebook the index was not built with (wrong distances, found
+//! only by recall), a codebook of another shape accepted silently.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::synthetic;
+use quiver_diskgraph::data::{Metric, VectorSet};
+use quiver_diskgraph::index::{
+    BuildParams, IndexError, build_index, build_index_from_file_with, build_index_with,
+};
+use quiver_diskgraph::pq::{PqCodebook, PqParams};
+use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex, SearchParams};
+use quiver_diskgraph::vamana::VamanaParams;
+
+const DIM: usize = 16;
+
+fn params() -> BuildParams {
+    BuildParams {
+        graph: VamanaParams { max_degree: 16, list_size: 32, ..VamanaParams::default() },
+        pq: PqParams { bytes: Some(8), ..PqParams::default() },
+        ..BuildParams::default()
+    }
+}
+
+fn rows(n: usize, seed: u64) -> VectorSet {
+    VectorSet::from_f32(DIM, &synthetic(n, DIM, seed)).unwrap()
+}
+
+fn open_sharing(dir: &std::path::Path, pq: Option<Arc<PqCodebook>>) -> DiskIndex {
+    DiskIndex::open(dir, OpenOptionsIndex { pq, ..OpenOptionsIndex::default() }).unwrap()
+}
+
+#[test]
+fn indexes_built_with_one_codebook_share_it_and_others_keep_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    // `a` trains; `b` is built with `a`'s codebook (from a file, as the engine builds);
+    // `c` trains its own on other data.
+    build_index(rows(2_000, 1), Metric::L2, &params(), &a, &|_, _| {}).unwrap();
+    let first = open_sharing(&a, None);
+    let shared = Arc::clone(first.shared_pq());
+    let input = tmp.path().join("b.fbin");
+    common::write_fbin(&input, &synthetic(1_500, DIM, 2), DIM);
+    build_index_from_file_with(&input, Metric::L2, &params(), Some(&shared), &b, &|_, _, _| {})
+        .unwrap();
+    build_index(rows(1_500, 3), Metric::L2, &params(), &c, &|_, _| {}).unwrap();
+
+    let second = open_sharing(&b, Some(Arc::clone(&shared)));
+    assert!(Arc::ptr_eq(second.shared_pq(), &shared), "built with it: holds the shared one");
+    let third = open_sharing(&c, Some(Arc::clone(&shared)));
+    assert!(!Arc::ptr_eq(third.shared_pq(), &shared), "trained its own: keeps it");
+    assert_ne!(**third.shared_pq(), *shared);
+
+    // The shared index searches as well as its own codebook lets it: every row finds itself.
+    let data = rows(1_500, 2);
+    let mut s = second.searcher().unwrap();
+    let sp = SearchParams { k: 1, list_size: 32, ..SearchParams::default() };
+    let found = (0..200)
+        .filter(|&i| {
+            let (hits, _) = s.search(data.row(i), sp).unwrap();
+            hits.first().is_some_and(|n| n.id == i as u32)
+        })
+        .count();
+    assert!(found >= 190, "{found} of 200 rows found themselves");
+}
+
+#[test]
+fn a_codebook_of_another_shape_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wide = PqCodebook::train(
+        &VectorSet::from_f32(2 * DIM, &synthetic(600, 2 * DIM, 5)).unwrap(),
+        Metric::L2,
+        &PqParams { bytes: Some(8), ..PqParams::default() },
+    )
+    .unwrap();
+    let err =
+        build_index_with(rows(600, 6), Metric::L2, &params(), Some(&wide), tmp.path(), &|_, _| {})
+            .unwrap_err();
+    assert!(matches!(err, IndexError::Mismatch(_)), "{err}");
+}
