@@ -328,6 +328,16 @@ impl DiskIndex {
         &self.pq
     }
 
+    /// Holds `pq` instead of its own codebook if the two are the same (see
+    /// [`OpenOptionsIndex::pq`]); returns whether it does now.
+    pub fn share_pq(&mut self, pq: &Arc<PqCodebook>) -> bool {
+        if Arc::ptr_eq(&self.pq, pq) || *self.pq == **pq {
+            self.pq = Arc::clone(pq);
+            return true;
+        }
+        false
+    }
+
     /// Bytes of the codebook's pivots (counted once however many indexes share them).
     pub fn pq_ram_bytes(&self) -> usize {
         4 * (self.pq.center().len() + self.pq.centroids().len())

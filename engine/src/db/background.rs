@@ -145,6 +145,7 @@ struct IndexJob {
     meta: SegmentMeta,
     schema: Arc<CollectionSchema>,
     vectors: Arc<[Vectors]>,
+    codebook: Option<Arc<quiver_diskgraph::pq::PqCodebook>>,
 }
 
 /// Builds the index of the oldest segment that needs one: [`build_index_dir`] with no lock
@@ -159,6 +160,7 @@ pub(super) fn index_one(inner: &Inner) -> Result<Progress, BackgroundError> {
                 meta: s.meta.clone(),
                 schema: c.schema.clone(),
                 vectors: s.vectors.clone().expect("an unindexed segment holds its vectors"),
+                codebook: c.codebook.clone(),
             })
         })
     };
@@ -166,7 +168,8 @@ pub(super) fn index_one(inner: &Inner) -> Result<Progress, BackgroundError> {
     let _span =
         tracing::debug_span!("index_build", segment = job.meta.id, rows = job.meta.rows).entered();
     let t = Instant::now();
-    let index = build_index_dir(inner, &idir, &job.meta, &job.schema, job.vectors)?;
+    let codebook = job.codebook.as_ref();
+    let index = build_index_dir(inner, &idir, &job.meta, &job.schema, job.vectors, codebook)?;
     let sid = job.meta.id;
     tracing::info!("indexed segment {sid:016x} in {:.1} s", t.elapsed().as_secs_f64());
     install_index(inner, job.collection, sid, index)
@@ -197,6 +200,7 @@ fn install_index(
     inner.commit(&mut store, |b| b.set_indexed(cid, sid, true))?;
     let mut st = inner.write();
     let c = st.by_id_mut(cid).expect("checked under the manifest lock");
+    c.adopt_codebook(&index);
     let s = c.segment_mut(sid);
     s.meta.indexed = true;
     s.index = Some(Arc::new(index));

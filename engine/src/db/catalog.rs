@@ -121,8 +121,17 @@ pub(super) fn resident_bytes(c: &Collection) -> ResidentBytes {
     let segment_keys: usize = c.segments.iter().map(|s| s.keys.resident_bytes()).sum();
     let deletion_sets: usize =
         c.segments.iter().map(|s| s.deleted.bytes() + s.file.remembered_bytes()).sum();
-    let indexes: usize =
-        c.segments.iter().filter_map(|s| s.index.as_ref()).map(|i| i.ram_bytes()).sum();
+    // A codebook shared by several indexes (`Collection::codebook`) is counted once.
+    let mut codebooks = std::collections::HashSet::new();
+    let indexes: usize = c
+        .segments
+        .iter()
+        .filter_map(|s| s.index.as_ref())
+        .map(|i| {
+            let first = codebooks.insert(Arc::as_ptr(i.shared_pq()));
+            i.ram_bytes() - if first { 0 } else { i.pq_ram_bytes() }
+        })
+        .sum();
     ResidentBytes {
         memtable: memtable as u64,
         unindexed_vectors: unindexed as u64,
@@ -234,6 +243,7 @@ impl Database {
                 keys: KeyMap::for_ids(id_type),
                 slots: Vec::new(),
                 counters: Arc::default(),
+                codebook: None,
             },
         );
         Ok(())

@@ -17,7 +17,8 @@ use crate::schema::CollectionSchema;
 use quiver_diskgraph::data::VectorSet;
 use quiver_diskgraph::grow::{Growth, grow_index};
 use quiver_diskgraph::index::IndexError;
-use quiver_diskgraph::search::DiskIndex;
+use quiver_diskgraph::pq::PqCodebook;
+use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex};
 use quiver_diskgraph::source::{BinWriter, VectorFile};
 
 use super::background::io_error;
@@ -90,15 +91,17 @@ impl IndexInput {
         idir: &Path,
         meta: &SegmentMeta,
         schema: &CollectionSchema,
+        codebook: Option<&Arc<PqCodebook>>,
     ) -> Result<DiskIndex, BackgroundError> {
         self.finish()?;
         let sid = meta.id;
         let params = &build_params(inner, schema, meta.rows as usize);
-        place_index(inner, idir, meta, |tmp| {
-            quiver_diskgraph::index::build_index_from_file(
+        place_index(inner, idir, meta, codebook.cloned(), |tmp| {
+            quiver_diskgraph::index::build_index_from_file_with(
                 &self.file,
                 schema.metric(),
                 params,
+                codebook.map(|c| &**c),
                 tmp,
                 &|_, _, _| {},
             )
@@ -128,7 +131,9 @@ impl IndexInput {
         }
         .map_err(|e| index_error(IndexError::Data(e)))?;
         let params = &inner.opts.index_params;
-        place_index(inner, idir, meta, |tmp| {
+        // A grown index keeps its base's codebook, and shares the base's copy.
+        let share = Some(Arc::clone(base.shared_pq()));
+        place_index(inner, idir, meta, share, |tmp| {
             let growth = Growth { base, relabel, added, added_labels: labels, params };
             let summary = grow_index(growth, tmp, &|_, _, _| {}).map_err(index_error)?;
             tracing::info!(
@@ -169,6 +174,7 @@ pub(super) fn build_index_dir(
     meta: &SegmentMeta,
     schema: &CollectionSchema,
     vectors: Arc<[Vectors]>,
+    codebook: Option<&Arc<PqCodebook>>,
 ) -> Result<DiskIndex, BackgroundError> {
     if inner.opts.index_params.ram_budget.is_some() || inner.opts.memory_budget.is_some() {
         let mut input = IndexInput::create(idir, meta.id, schema, meta.rows as usize)?;
@@ -176,7 +182,7 @@ pub(super) fn build_index_dir(
             input.push(v)?;
         }
         drop(vectors);
-        return input.build(inner, idir, meta, schema);
+        return input.build(inner, idir, meta, schema, codebook);
     }
     let sid = meta.id;
     let index_error = |source| BackgroundError::Index { segment: sid, source };
@@ -185,20 +191,29 @@ pub(super) fn build_index_dir(
         .to_vector_set(schema.dim())
         .map_err(|e| index_error(IndexError::Data(e)))?;
     drop(vectors);
-    place_index(inner, idir, meta, |tmp| {
-        quiver_diskgraph::index::build_index(set, schema.metric(), params, tmp, &|_, _| {})
-            .map(drop)
-            .map_err(index_error)
+    place_index(inner, idir, meta, codebook.cloned(), |tmp| {
+        let codebook = codebook.map(|c| &**c);
+        quiver_diskgraph::index::build_index_with(
+            set,
+            schema.metric(),
+            params,
+            codebook,
+            tmp,
+            &|_, _| {},
+        )
+        .map(drop)
+        .map_err(index_error)
     })
 }
 
 /// Runs `build` into `idir/{id}.tmp`, binds what it built to segment `meta` (the SOURCE
-/// record), renames it to `idir/{id}`, syncs `idir` and opens the index. A failed build leaves
-/// nothing behind.
+/// record), renames it to `idir/{id}`, syncs `idir` and opens the index, sharing `codebook` if
+/// it was built with it. A failed build leaves nothing behind.
 fn place_index(
     inner: &Inner,
     idir: &Path,
     meta: &SegmentMeta,
+    codebook: Option<Arc<PqCodebook>>,
     build: impl FnOnce(&Path) -> Result<(), BackgroundError>,
 ) -> Result<DiskIndex, BackgroundError> {
     let sid = meta.id;
@@ -214,6 +229,6 @@ fn place_index(
     let _ = std::fs::remove_dir_all(&fin);
     std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
     std::fs::File::open(idir).and_then(|d| d.sync_all()).map_err(io_error(idir))?;
-    DiskIndex::open(&fin, inner.opts.index_open.clone())
-        .map_err(|source| BackgroundError::Index { segment: sid, source })
+    let opts = OpenOptionsIndex { pq: codebook, ..inner.opts.index_open.clone() };
+    DiskIndex::open(&fin, opts).map_err(|source| BackgroundError::Index { segment: sid, source })
 }

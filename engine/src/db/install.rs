@@ -71,6 +71,9 @@ pub(super) fn install_segment(
         })
         .collect();
     assert_eq!(replaced.len(), replaces.len(), "every replaced segment was there");
+    if let Some(index) = &seg.index {
+        c.adopt_codebook(index);
+    }
     let at = c.segments.partition_point(|s| s.meta.id < id);
     c.segments.insert(at, seg);
     Installed { late, replaced }

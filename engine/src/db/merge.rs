@@ -170,6 +170,8 @@ struct MergeJob {
     arrow: SchemaRef,
     /// Whole inputs (copied row group by row group) last; see [`MergeInput::whole`].
     inputs: Vec<MergeInput>,
+    /// The collection's codebook when the merge was planned: a rebuilt index is built with it.
+    codebook: Option<Arc<quiver_diskgraph::pq::PqCodebook>>,
 }
 
 impl MergeJob {
@@ -307,6 +309,7 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
             schema: c.schema.clone(),
             arrow: c.arrow.clone(),
             inputs,
+            codebook: c.codebook.clone(),
         })
     })?;
     // Segments that lost no rows are copied row group by row group, without decoding; the
@@ -396,7 +399,7 @@ fn write_merged(
     if let (Some(input), Some(idir)) = (input, index_dir) {
         let index = match grow {
             Some(base) => grow_index_of(inner, idir, &seg.meta, schema, inputs, base, input)?,
-            None => input.build(inner, idir, &seg.meta, schema)?,
+            None => input.build(inner, idir, &seg.meta, schema, job.codebook.as_ref())?,
         };
         seg.meta.indexed = true;
         seg.index = Some(Arc::new(index));

@@ -16,6 +16,7 @@ use crate::error::ReadError;
 use crate::rowset::RowSet;
 use crate::schema::CollectionSchema;
 use crate::segment::SegmentFile;
+use quiver_diskgraph::pq::PqCodebook;
 use quiver_diskgraph::search::DiskIndex;
 
 use super::body::{BODY_FORMAT, Body, CollectionMeta, SegmentMeta};
@@ -118,7 +119,15 @@ pub(super) struct Collection {
     pub(super) slots: Vec<u64>,
     /// What reads of this collection did since open.
     pub(super) counters: Arc<ReadCounters>,
+    /// The PQ codebook the collection's new indexes are built with and share in RAM: the first
+    /// index's of at least [`MIN_SHARED_CODEBOOK_ROWS`] rows ([`Collection::adopt_codebook`]).
+    /// `None` until then: each index trains and holds its own.
+    pub(super) codebook: Option<Arc<PqCodebook>>,
 }
+
+/// An index of fewer rows keeps its codebook to itself: its 256 centroids a subspace were
+/// trained on fewer than four rows each.
+pub(super) const MIN_SHARED_CODEBOOK_ROWS: u64 = 1024;
 
 /// Counters of a collection's reads since the database opened: statistics only (relaxed
 /// atomics, read together without a common instant).
@@ -152,6 +161,16 @@ impl Collection {
 
     pub(super) fn segment(&self, id: u64) -> Option<&Segment> {
         self.segments.binary_search_by_key(&id, |s| s.meta.id).ok().map(|at| &self.segments[at])
+    }
+
+    /// Takes `index`'s codebook as the collection's, if it has none yet and `index` was built
+    /// on at least [`MIN_SHARED_CODEBOOK_ROWS`] rows. Later indexes are built with it and hold
+    /// it once between them (an index's pivots are 256 × dim × 4 bytes, 128 KiB at 128-d,
+    /// however few its rows).
+    pub(super) fn adopt_codebook(&mut self, index: &DiskIndex) {
+        if self.codebook.is_none() && index.header().n >= MIN_SHARED_CODEBOOK_ROWS {
+            self.codebook = Some(Arc::clone(index.shared_pq()));
+        }
     }
 
     /// Where `k`'s live row is: the table's map, else the one segment holding it undeleted.

@@ -23,7 +23,7 @@ use crate::rowset::RowSet;
 use crate::schema::{CollectionSchema, ID_COLUMN};
 use crate::segment::{self, FileSum, SegmentFile};
 use quiver_diskgraph::cache::SectorCache;
-use quiver_diskgraph::search::DiskIndex;
+use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex};
 
 use super::background::background_loop;
 use super::body::{
@@ -296,8 +296,10 @@ pub(super) fn load_collection(
         keys: KeyMap::for_ids(schema.id_type()),
         slots: Vec::new(),
         counters: Arc::default(),
+        codebook: None,
     };
     let mut last = None;
+    let mut codebooks = Vec::new();
     for sm in &cm.segments {
         if last.is_some_and(|l| l >= sm.id) {
             return Err(OpenError::ManifestBody(format!(
@@ -306,7 +308,18 @@ pub(super) fn load_collection(
             )));
         }
         last = Some(sm.id);
-        let mut seg = load_segment(vfs, dir, index_dir, opts, &schema, &arrow, sm.clone())?;
+        // Indexes built with the collection's codebook share its copy.
+        let open = OpenOptionsIndex { pq: c.codebook.clone(), ..opts.index_open.clone() };
+        let mut seg = load_segment(vfs, dir, index_dir, open, &schema, &arrow, sm.clone())?;
+        if let Some(index) = seg.index.as_mut() {
+            let index = Arc::get_mut(index).expect("an index just opened has no other owner");
+            // Indexes built with a codebook the collection had before (it was merged away)
+            // share one copy of it too.
+            if !codebooks.iter().any(|pq| index.share_pq(pq)) {
+                codebooks.push(Arc::clone(index.shared_pq()));
+            }
+            c.adopt_codebook(index);
+        }
         seg.slot = c.take_slot(sm.id);
         for earlier in &c.segments {
             let (here, there) = (&seg.deleted, &earlier.deleted);
@@ -329,7 +342,7 @@ pub(super) fn load_segment(
     vfs: &Arc<dyn Vfs>,
     dir: &Path,
     index_dir: Option<&Path>,
-    opts: &Options,
+    index_open: OpenOptionsIndex,
     schema: &CollectionSchema,
     arrow: &SchemaRef,
     mut meta: SegmentMeta,
@@ -381,7 +394,7 @@ pub(super) fn load_segment(
         match index_dir {
             Some(idir) => {
                 let path = idir.join(index_name(meta.id));
-                match DiskIndex::open(&path, opts.index_open.clone()) {
+                match DiskIndex::open(&path, index_open) {
                     Ok(ix) if ix.header().n == meta.rows => {
                         match index_source::check(&path, source_of(&meta)) {
                             Ok(()) => index = Some(Arc::new(ix)),

@@ -1,0 +1,62 @@
+//! A collection's indexes share one PQ codebook in RAM. Each index used to train and hold its
+//! own pivots, 256 × dim × 4 bytes whatever its size (128 KiB at 128-d): under a 16 MiB budget
+//! 128 small indexes of 256-d rows held 581 bytes a row, most of it pivots, and the budget was
+//! overrun fourfold. What can break: later indexes still holding their own copy (memory), an
+//! index built with the shared codebook searching badly (recall), a reopen that loads a copy
+//! per index again.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use quiver_engine::{Database, Metric, Options, SearchParams};
+
+const DIM: usize = 128;
+const ROWS: u64 = 2_000;
+/// One index's pivots at this dimension.
+const PIVOTS: u64 = 256 * DIM as u64 * 4;
+
+fn indexes_bytes(db: &Database) -> u64 {
+    db.stats("c").unwrap().resident.indexes
+}
+
+#[test]
+fn small_indexes_share_one_codebook_and_still_find_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options::default().background(false).min_index_rows(256).merge_min_segments(64);
+    let db = Arc::new(Database::open(dir.path(), opts()).unwrap());
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    let mut sizes = Vec::new();
+    for part in 0..5 {
+        let ids: Vec<u64> = (part * ROWS..(part + 1) * ROWS).collect();
+        let vectors: Vec<Vec<f32>> = ids.iter().map(|&i| vector(21, i, DIM)).collect();
+        db.insert("c", &batch(&ids, &vectors)).unwrap();
+        db.flush().unwrap();
+        db.run_background().unwrap();
+        sizes.push(indexes_bytes(&db));
+    }
+    let st = db.stats("c").unwrap();
+    assert_eq!((st.segments, st.indexed_segments), (5, 5), "five indexes, none merged");
+    // The first index brings its pivots; each later one its codes and start candidates only.
+    for w in sizes.windows(2) {
+        let added = w[1] - w[0];
+        assert!(
+            added < PIVOTS,
+            "an index added {added} bytes: it holds its own {PIVOTS} of pivots"
+        );
+    }
+
+    // Every row still finds itself.
+    let params = SearchParams { k: 1, list_size: 40, ..SearchParams::default() };
+    let found = (0..5 * ROWS)
+        .step_by(50)
+        .filter(|&i| ids(&db.search("c", &vector(21, i, DIM), &params).unwrap()) == [i])
+        .count();
+    assert!(found >= 190, "{found} of 200 rows found themselves");
+
+    let before = indexes_bytes(&db);
+    drop(db);
+    let db = Database::open(dir.path(), opts()).unwrap();
+    assert_eq!(indexes_bytes(&db), before, "a reopen shares the codebook again");
+}
