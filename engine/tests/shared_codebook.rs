@@ -60,3 +60,27 @@ fn small_indexes_share_one_codebook_and_still_find_their_rows() {
     let db = Database::open(dir.path(), opts()).unwrap();
     assert_eq!(indexes_bytes(&db), before, "a reopen shares the codebook again");
 }
+
+#[test]
+fn a_build_four_times_larger_than_the_codebook_trained_on_trains_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().background(false).min_index_rows(256).merge_min_segments(64);
+    let db = Database::open(dir.path(), opts).unwrap();
+    db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
+    let mut next = 0u64;
+    let mut add = |rows: u64| {
+        let ids: Vec<u64> = (next..next + rows).collect();
+        next += rows;
+        let vectors: Vec<Vec<f32>> = ids.iter().map(|&i| vector(22, i, DIM)).collect();
+        let before = indexes_bytes(&db);
+        db.insert("c", &batch(&ids, &vectors)).unwrap();
+        db.flush().unwrap();
+        db.run_background().unwrap();
+        indexes_bytes(&db) - before
+    };
+    assert!(add(300) > PIVOTS, "the first index trains its codebook");
+    assert!(add(300) < PIVOTS, "the next shares it");
+    assert!(add(1_500) > PIVOTS, "five times the rows: trains its own");
+    assert!(add(300) < PIVOTS, "and a later small index shares a codebook again");
+    assert_eq!(db.stats("c").unwrap().indexed_segments, 4);
+}

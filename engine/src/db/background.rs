@@ -160,7 +160,7 @@ pub(super) fn index_one(inner: &Inner) -> Result<Progress, BackgroundError> {
                 meta: s.meta.clone(),
                 schema: c.schema.clone(),
                 vectors: s.vectors.clone().expect("an unindexed segment holds its vectors"),
-                codebook: c.codebook.clone(),
+                codebook: c.codebook_for(s.meta.rows),
             })
         })
     };

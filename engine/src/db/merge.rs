@@ -292,7 +292,7 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
         if pick.is_empty() {
             return None;
         }
-        let inputs = pick
+        let inputs: Vec<MergeInput> = pick
             .iter()
             .map(|s| MergeInput {
                 id: s.meta.id,
@@ -308,8 +308,8 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
             collection: c.id,
             schema: c.schema.clone(),
             arrow: c.arrow.clone(),
+            codebook: c.codebook_for(inputs.iter().map(|i| i.live.len() as u64).sum()),
             inputs,
-            codebook: c.codebook.clone(),
         })
     })?;
     // Segments that lost no rows are copied row group by row group, without decoding; the

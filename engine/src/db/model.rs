@@ -119,15 +119,21 @@ pub(super) struct Collection {
     pub(super) slots: Vec<u64>,
     /// What reads of this collection did since open.
     pub(super) counters: Arc<ReadCounters>,
-    /// The PQ codebook the collection's new indexes are built with and share in RAM: the first
-    /// index's of at least [`MIN_SHARED_CODEBOOK_ROWS`] rows ([`Collection::adopt_codebook`]).
-    /// `None` until then: each index trains and holds its own.
-    pub(super) codebook: Option<Arc<PqCodebook>>,
+    /// The PQ codebook the collection's new indexes are built with and share in RAM, and the
+    /// rows of the index that trained it ([`Collection::adopt_codebook`]). `None` until an index
+    /// of [`MIN_SHARED_CODEBOOK_ROWS`] rows: each index trains and holds its own.
+    pub(super) codebook: Option<(Arc<PqCodebook>, u64)>,
 }
 
-/// An index of fewer rows keeps its codebook to itself: its 256 centroids a subspace were
-/// trained on fewer than four rows each.
-pub(super) const MIN_SHARED_CODEBOOK_ROWS: u64 = 1024;
+/// An index of fewer rows keeps its codebook to itself: k-means of 256 centroids a subspace
+/// needs at least as many rows.
+pub(super) const MIN_SHARED_CODEBOOK_ROWS: u64 = 256;
+
+/// A build of this many times the rows the shared codebook was trained on trains its own (a
+/// larger sample), and its codebook becomes the collection's: a collection whose first index
+/// was small does not keep that index's codebook for good. Indexes built with an older one
+/// keep it, shared among them.
+pub(super) const CODEBOOK_RETRAIN_FACTOR: u64 = 4;
 
 /// Counters of a collection's reads since the database opened: statistics only (relaxed
 /// atomics, read together without a common instant).
@@ -163,14 +169,29 @@ impl Collection {
         self.segments.binary_search_by_key(&id, |s| s.meta.id).ok().map(|at| &self.segments[at])
     }
 
-    /// Takes `index`'s codebook as the collection's, if it has none yet and `index` was built
-    /// on at least [`MIN_SHARED_CODEBOOK_ROWS`] rows. Later indexes are built with it and hold
-    /// it once between them (an index's pivots are 256 × dim × 4 bytes, 128 KiB at 128-d,
-    /// however few its rows).
+    /// Takes `index`'s codebook as the collection's: if it has none yet and `index` holds at
+    /// least [`MIN_SHARED_CODEBOOK_ROWS`] rows, or if `index` trained its own on
+    /// [`CODEBOOK_RETRAIN_FACTOR`] times the rows of the current one's. Later indexes are built
+    /// with it and hold it once between them (an index's pivots are 256 × dim × 4 bytes, 128 KiB
+    /// at 128-d, however few its rows).
     pub(super) fn adopt_codebook(&mut self, index: &DiskIndex) {
-        if self.codebook.is_none() && index.header().n >= MIN_SHARED_CODEBOOK_ROWS {
-            self.codebook = Some(Arc::clone(index.shared_pq()));
+        let rows = index.header().n;
+        let better = match &self.codebook {
+            None => rows >= MIN_SHARED_CODEBOOK_ROWS,
+            Some((pq, trained)) => {
+                !Arc::ptr_eq(pq, index.shared_pq()) && rows >= CODEBOOK_RETRAIN_FACTOR * trained
+            }
+        };
+        if better {
+            self.codebook = Some((Arc::clone(index.shared_pq()), rows));
         }
+    }
+
+    /// The codebook a build of `rows` rows uses: the collection's, unless the build is large
+    /// enough to train a better one ([`CODEBOOK_RETRAIN_FACTOR`]).
+    pub(super) fn codebook_for(&self, rows: u64) -> Option<Arc<PqCodebook>> {
+        let (pq, trained) = self.codebook.as_ref()?;
+        (rows < CODEBOOK_RETRAIN_FACTOR * trained).then(|| Arc::clone(pq))
     }
 
     /// Where `k`'s live row is: the table's map, else the one segment holding it undeleted.

@@ -309,7 +309,8 @@ pub(super) fn load_collection(
         }
         last = Some(sm.id);
         // Indexes built with the collection's codebook share its copy.
-        let open = OpenOptionsIndex { pq: c.codebook.clone(), ..opts.index_open.clone() };
+        let shared = c.codebook.as_ref().map(|(pq, _)| Arc::clone(pq));
+        let open = OpenOptionsIndex { pq: shared, ..opts.index_open.clone() };
         let mut seg = load_segment(vfs, dir, index_dir, open, &schema, &arrow, sm.clone())?;
         if let Some(index) = seg.index.as_mut() {
             let index = Arc::get_mut(index).expect("an index just opened has no other owner");
