@@ -249,9 +249,6 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     if let Some(n) = args.threads {
         rt.worker_threads(n.max(1));
     }
-    if std::env::var_os("QUIVER_EXP_BLOCKING").is_some() {
-        rt.max_blocking_threads(8).thread_keep_alive(Duration::from_secs(600));
-    }
     let rt = rt.build()?;
     let grace = Duration::from_secs(args.shutdown_grace);
     rt.block_on(async {
