@@ -75,14 +75,8 @@ impl IdFilter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::keys::int_hash as mix;
     use super::*;
-
-    /// A 64-bit mix (splitmix64's finalizer), as the keys' hash does for integer ids.
-    fn mix(mut x: u64) -> u64 {
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
 
     #[test]
     fn every_inserted_id_is_found_and_few_others_are() {

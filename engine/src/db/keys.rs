@@ -124,7 +124,8 @@ pub(super) fn id_hash(k: &Key) -> u64 {
     }
 }
 
-fn int_hash(mut x: u64) -> u64 {
+/// splitmix64's finalizer.
+pub(super) fn int_hash(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
@@ -164,23 +165,15 @@ impl SegmentKeys {
         };
         let rows = u32::try_from(ids.len()).expect("a segment holds fewer than 2^32 rows");
         let mut by_id: Vec<u32> = (0..rows).collect();
-        match &ids {
-            Ids::Int(k) => by_id.sort_unstable_by_key(|&r| k[r as usize]),
-            Ids::Str { .. } => by_id.sort_unstable_by(|&a, &b| ids.str(a).cmp(ids.str(b))),
+        by_id.sort_unstable_by(|&a, &b| ids.cmp_rows(a, &ids, b));
+        if let Some(w) = by_id.windows(2).find(|w| ids.cmp_rows(w[0], &ids, w[1]).is_eq()) {
+            return Err(ids.key(w[0] as usize));
         }
         let mut filter = IdFilter::for_ids(by_id.len());
         for r in 0..rows {
-            filter.insert(match &ids {
-                Ids::Int(k) => int_hash(k[r as usize]),
-                Ids::Str { .. } => str_hash(ids.str(r)),
-            });
+            filter.insert(ids.hash(r));
         }
-        let keys = SegmentKeys { ids, by_id: by_id.into(), filter: Arc::new(filter) };
-        let same = |w: &[u32]| keys.key(w[0] as usize) == keys.key(w[1] as usize);
-        match keys.by_id.windows(2).find(|w| same(w)) {
-            Some(w) => Err(keys.key(w[0] as usize)),
-            None => Ok(keys),
-        }
+        Ok(SegmentKeys { ids, by_id: by_id.into(), filter: Arc::new(filter) })
     }
 
     pub(super) fn len(&self) -> usize {
@@ -210,14 +203,14 @@ impl SegmentKeys {
         }
         let at = match (&self.ids, k) {
             (Ids::Int(ids), Key::Int(i)) => {
-                self.by_id.binary_search_by(|&r| ids[r as usize].cmp(i)).ok()
+                self.by_id.binary_search_by(|&r| ids[r as usize].cmp(i))
             }
             (Ids::Str { .. }, Key::Str(s)) => {
-                self.by_id.binary_search_by(|&r| self.ids.str(r).cmp(s)).ok()
+                self.by_id.binary_search_by(|&r| self.ids.str(r).cmp(s))
             }
-            _ => None,
+            _ => return None,
         };
-        at.map(|at| self.by_id[at])
+        at.ok().map(|at| self.by_id[at])
     }
 
     /// The first id both segments hold in rows neither has deleted (`live_a`, `live_b` say which
@@ -231,13 +224,12 @@ impl SegmentKeys {
         let (mut i, mut j) = (0, 0);
         while i < self.by_id.len() && j < other.by_id.len() {
             let (ra, rb) = (self.by_id[i], other.by_id[j]);
-            let (a, b) = (self.key(ra as usize), other.key(rb as usize));
-            match a.cmp(&b) {
+            match self.ids.cmp_rows(ra, &other.ids, rb) {
                 std::cmp::Ordering::Less => i += 1,
                 std::cmp::Ordering::Greater => j += 1,
                 std::cmp::Ordering::Equal => {
                     if live_a(ra) && live_b(rb) {
-                        return Some(a);
+                        return Some(self.key(ra as usize));
                     }
                     i += 1;
                     j += 1;
@@ -282,6 +274,25 @@ impl Ids {
         let r = row as usize;
         let start = if r == 0 { 0 } else { ends[r - 1] as usize };
         &text[start..ends[r] as usize]
+    }
+
+    /// Row `a`'s id against row `b`'s of `other`, as their [`Key`]s order (integers before
+    /// strings), without making either.
+    fn cmp_rows(&self, a: u32, other: &Ids, b: u32) -> std::cmp::Ordering {
+        match (self, other) {
+            (Ids::Int(x), Ids::Int(y)) => x[a as usize].cmp(&y[b as usize]),
+            (Ids::Str { .. }, Ids::Str { .. }) => self.str(a).cmp(other.str(b)),
+            (Ids::Int(_), Ids::Str { .. }) => std::cmp::Ordering::Less,
+            (Ids::Str { .. }, Ids::Int(_)) => std::cmp::Ordering::Greater,
+        }
+    }
+
+    /// Row `row`'s [`id_hash`], without making its key.
+    fn hash(&self, row: u32) -> u64 {
+        match self {
+            Ids::Int(k) => int_hash(k[row as usize]),
+            Ids::Str { .. } => str_hash(self.str(row)),
+        }
     }
 
     fn key(&self, row: usize) -> Key {
