@@ -101,7 +101,7 @@ impl IndexInput {
                 &self.file,
                 schema.metric(),
                 params,
-                codebook.map(|c| &**c),
+                codebook.map(Arc::as_ref),
                 tmp,
                 &|_, _, _| {},
             )
@@ -192,7 +192,7 @@ pub(super) fn build_index_dir(
         .map_err(|e| index_error(IndexError::Data(e)))?;
     drop(vectors);
     place_index(inner, idir, meta, codebook.cloned(), |tmp| {
-        let codebook = codebook.map(|c| &**c);
+        let codebook = codebook.map(Arc::as_ref);
         quiver_diskgraph::index::build_index_with(
             set,
             schema.metric(),

@@ -23,7 +23,7 @@ use crate::rowset::RowSet;
 use crate::schema::{CollectionSchema, ID_COLUMN};
 use crate::segment::{self, FileSum, SegmentFile};
 use quiver_diskgraph::cache::SectorCache;
-use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex};
+use quiver_diskgraph::search::DiskIndex;
 
 use super::background::background_loop;
 use super::body::{
@@ -308,14 +308,11 @@ pub(super) fn load_collection(
             )));
         }
         last = Some(sm.id);
-        // Indexes built with the collection's codebook share its copy.
-        let shared = c.codebook.as_ref().map(|(pq, _)| Arc::clone(pq));
-        let open = OpenOptionsIndex { pq: shared, ..opts.index_open.clone() };
-        let mut seg = load_segment(vfs, dir, index_dir, open, &schema, &arrow, sm.clone())?;
+        let mut seg = load_segment(vfs, dir, index_dir, opts, &schema, &arrow, sm.clone())?;
         if let Some(index) = seg.index.as_mut() {
             let index = Arc::get_mut(index).expect("an index just opened has no other owner");
-            // Indexes built with a codebook the collection had before (it was merged away)
-            // share one copy of it too.
+            // Indexes built with one codebook (the collection's, or one it had before) share
+            // one copy of it.
             if !codebooks.iter().any(|pq| index.share_pq(pq)) {
                 codebooks.push(Arc::clone(index.shared_pq()));
             }
@@ -343,7 +340,7 @@ pub(super) fn load_segment(
     vfs: &Arc<dyn Vfs>,
     dir: &Path,
     index_dir: Option<&Path>,
-    index_open: OpenOptionsIndex,
+    opts: &Options,
     schema: &CollectionSchema,
     arrow: &SchemaRef,
     mut meta: SegmentMeta,
@@ -395,7 +392,7 @@ pub(super) fn load_segment(
         match index_dir {
             Some(idir) => {
                 let path = idir.join(index_name(meta.id));
-                match DiskIndex::open(&path, index_open) {
+                match DiskIndex::open(&path, opts.index_open.clone()) {
                     Ok(ix) if ix.header().n == meta.rows => {
                         match index_source::check(&path, source_of(&meta)) {
                             Ok(()) => index = Some(Arc::new(ix)),

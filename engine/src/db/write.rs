@@ -120,8 +120,9 @@ impl Database {
             if mutable == 0 || mutable + incoming <= limit {
                 return Ok(());
             }
-            let failing = lock(&inner.flush_ctl).failing;
-            if !inner.opts.background || (frozen == 0 && failing) {
+            let mut ctl = lock(&inner.flush_ctl);
+            if !inner.opts.background || (frozen == 0 && ctl.failing) {
+                drop(ctl);
                 // No flusher, or it is failing: flush here, reporting its error.
                 return flush_once(inner).map_err(|e| match e {
                     FlushError::Stalled(d) => WriteError::Stalled(d),
@@ -129,7 +130,6 @@ impl Database {
                     e => WriteError::Flush(Box::new(e)),
                 });
             }
-            let mut ctl = lock(&inner.flush_ctl);
             if frozen == 0 {
                 ctl.rotate = true;
                 ctl.generation += 1;
