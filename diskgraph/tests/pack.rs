@@ -46,6 +46,21 @@ fn mates_in_layout(g: &Graph, order: &[u32], k: usize, first_free: usize) -> f64
     hits as f64 / order.len() as f64
 }
 
+/// A xorshift64 stream from `seed` (not 0).
+fn xorshift(mut s: u64) -> impl FnMut() -> u64 {
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// `n` out-lists of `degree` targets each, drawn from `next`.
+fn random_lists(n: usize, degree: usize, next: &mut impl FnMut() -> u64) -> Vec<Vec<u32>> {
+    (0..n).map(|_| (0..degree).map(|_| (next() % n as u64) as u32).collect()).collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
@@ -55,19 +70,7 @@ proptest! {
         per_sector in 0usize..20,
         seed in 1u64..u64::MAX,
     ) {
-        let mut s = seed;
-        let lists: Vec<Vec<u32>> = (0..n)
-            .map(|_| {
-                (0..degree)
-                    .map(|_| {
-                        s ^= s << 13;
-                        s ^= s >> 7;
-                        s ^= s << 17;
-                        (s % n as u64) as u32
-                    })
-                    .collect()
-            })
-            .collect();
+        let lists = random_lists(n, degree, &mut xorshift(seed));
         let g = Graph::from_lists(&lists, (seed % n as u64) as u32, degree.max(1));
         let order = sector_order(&g, per_sector);
         let mut sorted = order.clone();
@@ -113,16 +116,9 @@ proptest! {
         free_seed in 0usize..1000,
         seed in 1u64..u64::MAX,
     ) {
-        let mut s = seed;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
-        let lists: Vec<Vec<u32>> =
-            (0..n).map(|_| (0..degree).map(|_| (next() % n as u64) as u32).collect()).collect();
-        let members: Vec<bool> = (0..n).map(|_| next() % 3 != 0).collect();
+        let mut next = xorshift(seed);
+        let lists = random_lists(n, degree, &mut next);
+        let members: Vec<bool> = (0..n).map(|_| !next().is_multiple_of(3)).collect();
         let g = Graph::from_lists(&lists, (seed % n as u64) as u32, degree.max(1));
         let first_free = 1 + free_seed % per_sector;
         let order = sector_order_among(&g, per_sector, &members, first_free);
