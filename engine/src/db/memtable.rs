@@ -60,7 +60,7 @@ impl Memtable {
     /// What a batch of `rows` rows costs a table: the allocations it holds
     /// ([`held_bytes`](crate::batch::held_bytes)), its vectors' own bytes, and 48 bytes a row
     /// for its key, place and live flag.
-    pub(super) fn batch_bytes(batch: &RecordBatch, vector_bytes: usize, rows: usize) -> usize {
+    fn batch_bytes(batch: &RecordBatch, vector_bytes: usize, rows: usize) -> usize {
         crate::batch::held_bytes(batch) + vector_bytes + 48 * rows
     }
 
