@@ -17,8 +17,10 @@ use common::*;
 use quiver_engine::{Database, Metric, Options, SearchParams};
 
 const DIM: usize = 16;
-/// Rows of each flushed segment: below `MIN_INDEX_ROWS`, so only the merge indexes them.
-const SEGMENT_ROWS: u64 = 1500;
+/// Rows of each flushed segment: two of them are below `MIN_INDEX_ROWS` too, so only the merge
+/// of all three is indexed (two segments too small for an index are merged as soon as they
+/// exist, into a segment still too small).
+const SEGMENT_ROWS: u64 = 1200;
 const MIN_INDEX_ROWS: usize = 3000;
 
 fn opts() -> Options {

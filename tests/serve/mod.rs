@@ -96,18 +96,20 @@ impl Drop for Served {
     }
 }
 
-/// Runs the client `tests/python/{script}` with `py` and `args`, and echoes its report. Panics
-/// with everything it printed, headed "`what` failed", if it exits unsuccessfully.
+/// Runs the client `tests/python/{script}` with `py` and `args`, echoes its report and returns
+/// what it printed on stdout. Panics with everything it printed, headed "`what` failed", if it
+/// exits unsuccessfully.
 pub fn run_python_client(
     py: &str,
     script: &str,
     args: impl IntoIterator<Item = impl AsRef<OsStr>>,
     what: &str,
-) {
+) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
     let out = Command::new(py).arg(path).args(args).output().expect("run the Python client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
     eprintln!("{what}: {}", stdout.trim());
+    stdout.into_owned()
 }

@@ -102,6 +102,16 @@ pub(super) fn awaits_index(inner: &Inner, s: &Segment) -> bool {
         && s.meta.rows as usize >= inner.opts.min_index_rows
 }
 
+/// Whether segment `s` is too small for an index of its own: indexing is on, it has none, and
+/// it has fewer than [`crate::Options::min_index_rows`] rows. It is searched exactly, its
+/// vectors in RAM, until a merge takes it ([`super::merge::merge_candidates`] merges two or
+/// more at once).
+pub(super) fn too_small_for_index(inner: &Inner, s: &Segment) -> bool {
+    inner.index_dir.is_some()
+        && s.index.is_none()
+        && (s.meta.rows as usize) < inner.opts.min_index_rows
+}
+
 /// Takes one index a search found damaged out of service: reads its segment's vectors back
 /// from Parquet (no lock held), commits a manifest that no longer calls the segment indexed,
 /// installs the vectors (the segment is searched exactly from then on), and removes the index

@@ -18,6 +18,8 @@
 //!   than rebuilding it is held to the growth's own peak ([`grow_peak`]: 4 bytes per old row,
 //!   the codes, and the added rows), which does not grow with the old index's vectors.
 
+use std::sync::atomic::Ordering;
+
 use quiver_diskgraph::grow::grow_peak_bytes;
 use quiver_diskgraph::index::{BuildParams, plan_build};
 use quiver_diskgraph::plan::{Plan, PlanError};
@@ -70,13 +72,20 @@ pub(super) fn build_params(inner: &Inner, schema: &CollectionSchema, rows: usize
     let peak = match plan_within(inner, schema, rows, allowance) {
         Ok(plan) => plan.estimated_peak,
         Err(e) => {
-            tracing::warn!(
-                "the memory budget leaves {allowance} bytes for an index build of {rows} rows, \
-                 too few ({e}): building it in memory, over the budget; give the database more \
-                 memory"
-            );
+            // The first one warns; the rest are counted (`DatabaseStats::over_budget_builds`):
+            // under a tight budget every flushed table's build may be one.
+            let earlier = inner.over_budget_builds.fetch_add(1, Ordering::Relaxed);
+            if earlier == 0 {
+                tracing::warn!(
+                    "the memory budget leaves {allowance} bytes for an index build of {rows} \
+                     rows, too few ({e}): building it in memory, over the budget; give the \
+                     database more memory (later such builds are counted in the stats' \
+                     over_budget_builds, not logged)"
+                );
+            } else {
+                tracing::debug!("index build of {rows} rows over the budget: {e}");
+            }
             params.ram_budget = None;
-            inner.over_budget_builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             u64::MAX
         }
     };

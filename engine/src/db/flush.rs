@@ -18,7 +18,7 @@ use crate::manifest::{ManifestError, ManifestStore};
 use crate::rowset::RowSet;
 use crate::segment::{self, FileSum, SegmentFile};
 
-use super::background::awaits_index;
+use super::background::{awaits_index, too_small_for_index};
 use super::body::{DeleteMeta, SegmentMeta, delete_name, segment_name};
 use super::budget::fit_cache_to_budget;
 use super::inner::{Inner, lock};
@@ -364,7 +364,10 @@ pub(super) fn thaw(inner: &Inner) {
     inner.notify_flushed();
 }
 
-/// Backpressure: waits while more segments await an index than allowed.
+/// Backpressure: waits while more segments hold their vectors in RAM than allowed: those that
+/// await an index, and those too small for one (which merges take two or more at a time).
+/// Counting only the first let a table smaller than `min_index_rows` rows (a tight budget's,
+/// with wide rows) leave one small segment a flush, every one of them resident, without bound.
 pub(super) fn wait_for_background(inner: &Inner) -> Result<(), FlushError> {
     if !inner.opts.background || inner.index_dir.is_none() {
         return Ok(());
@@ -379,7 +382,10 @@ pub(super) fn wait_for_background(inner: &Inner) -> Result<(), FlushError> {
                 .collections
                 .values()
                 .flat_map(|c| &c.segments)
-                .filter(|s| awaits_index(inner, s) && !merging.contains(&s.meta.id))
+                .filter(|s| {
+                    (awaits_index(inner, s) || too_small_for_index(inner, s))
+                        && !merging.contains(&s.meta.id)
+                })
                 .count();
             alone + usize::from(!merging.is_empty())
         };

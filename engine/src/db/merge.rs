@@ -16,7 +16,7 @@ use crate::options::Options;
 use crate::schema::CollectionSchema;
 use crate::segment::{self, SegmentFile};
 
-use super::background::{Progress, io_error};
+use super::background::{Progress, io_error, too_small_for_index};
 use super::body::{DeleteMeta, delete_name, segment_name};
 use super::budget::{build_allowance, grow_fits, merge_fits, room_to_grow};
 use super::flush::{open_new_segment, write_deletes};
@@ -28,8 +28,9 @@ use super::model::{Collection, Loc, Segment};
 use super::open::for_each_vectors;
 use super::{DELETES_DIR, SEGMENTS_DIR};
 
-/// The segments of `c` to merge next, oldest first; empty if none is due. Size-tiered: segments
-/// of at most [`Options::merge_max_rows`] rows fall in tiers by live rows (powers of 4); the
+/// The segments of `c` to merge next, oldest first; empty if none is due. First a growth of the
+/// collection's largest index, if due ([`absorb_pick`]); then two or more segments too small
+/// for an index ([`small_pick`]). Then size-tiered: segments of at most [`Options::merge_max_rows`] rows fall in tiers by live rows (powers of 4); the
 /// lowest tier holding [`Options::merge_min_segments`] segments is merged (at most 16 at a
 /// time), so each row is rewritten about log₄(size) times. Failing that, a segment that is
 /// more than a fifth deletions is rewritten alone. Under a memory budget, `allowance` is what
@@ -55,6 +56,9 @@ pub(super) fn merge_candidates<'a>(
     if let Some(pick) = absorb_pick(inner, c, allowance) {
         return pick;
     }
+    if let Some(pick) = small_pick(inner, c) {
+        return pick;
+    }
     let base = growth_base(inner, c).map(|b| b.meta.id);
     let mut tiers: BTreeMap<u32, Vec<&Segment>> = BTreeMap::new();
     let tiered = |s: &&Segment| s.meta.rows <= opts.merge_max_rows && Some(s.meta.id) != base;
@@ -71,6 +75,27 @@ pub(super) fn merge_candidates<'a>(
         }
     }
     c.segments.iter().filter(|s| s.deleted_count * 5 > s.meta.rows && fits(&[*s])).take(1).collect()
+}
+
+/// Segments too small for an index of their own ([`too_small_for_index`]), oldest first, as
+/// soon as two of them exist: as many as it takes for the merged rows to reach
+/// [`Options::min_index_rows`] (the merge then indexes them), or all of them. Not subject to
+/// the budget's build allowance: the merged segment is at most `min_index_rows` rows and one
+/// small segment, and its build runs over the allowance when no plan fits, as a flushed
+/// segment's does ([`super::budget::build_params`]). Left to the size tiers, such segments
+/// waited for `merge_min_segments` of one tier, or for good when the index of the tier's merge
+/// did not fit the allowance, each holding its vectors in RAM.
+fn small_pick<'a>(inner: &Inner, c: &'a Collection) -> Option<Vec<&'a Segment>> {
+    let mut pick = Vec::new();
+    let mut rows = 0;
+    for s in c.segments.iter().filter(|s| too_small_for_index(inner, s)) {
+        pick.push(s);
+        rows += live(s);
+        if rows >= inner.opts.min_index_rows {
+            break;
+        }
+    }
+    (pick.len() >= 2).then_some(pick)
 }
 
 /// Live rows of `s`.
