@@ -117,7 +117,7 @@ pub fn grow_peak_bytes(old: u64, dropped: u64, added: u64, row_bytes: u64, m: u6
     let reverse = added * 4 * r + 4 * (old + added);
     let link = graph_build + packed + LINK_SCRATCH;
     // Writing: a batch of nodes with their vectors, old and new lists, and the file buffers.
-    let batch = PATCH_BATCH as u64 * (row_bytes + 12 * r + 64);
+    let batch = patch_batch(row_bytes, r) as u64 * (row_bytes + 12 * r + 64);
     let buffers = (SECTOR * crate::layout::SCAN_SECTORS + crate::layout::WRITE_BUFFER) as u64;
     let write = packed + reverse + batch + buffers;
     let working = positions + dropped_lists + added * (row_bytes + m) + link.max(write);
@@ -487,8 +487,21 @@ struct OldNode {
     label: u32,
 }
 
-/// Nodes patched in parallel at a time in the write pass (each held with its vector and lists).
-const PATCH_BATCH: usize = 1024;
+/// Bytes the write pass's batch of kept nodes may hold, each with its vector and lists.
+const PATCH_BATCH_BYTES: u64 = 3 << 19;
+/// Most nodes patched in parallel at a time in the write pass.
+const PATCH_BATCH_MAX: u64 = 1024;
+/// Fewest nodes patched in parallel at a time in the write pass.
+const PATCH_BATCH_MIN: u64 = 64;
+
+/// Nodes patched in parallel at a time in the write pass: as many as [`PATCH_BATCH_BYTES`]
+/// holds with rows of `row_bytes` and lists of up to `r` (1,024 of 128-d floats, 319 of 1024-d
+/// floats, whose batch of 1,024 took 5 MB and kept growths from fitting a tight budget). The
+/// batch's size changes nothing in the file written.
+fn patch_batch(row_bytes: u64, r: u64) -> usize {
+    let node = row_bytes + 12 * r + 64;
+    (PATCH_BATCH_BYTES / node).clamp(PATCH_BATCH_MIN, PATCH_BATCH_MAX) as usize
+}
 
 /// Step 3: the new files.
 struct Patch<'a> {
@@ -572,7 +585,9 @@ impl Patch<'_> {
         let total = header.n as usize;
         let mut writer = IndexWriter::create(&dir.join(GRAPH_FILE), header)?;
         let (mut patched, mut degrees, mut written) = (0usize, 0u64, 0usize);
-        let mut batch: Vec<OldNode> = Vec::with_capacity(PATCH_BATCH);
+        let row_bytes = u64::from(self.h.dim) * self.h.elem.size() as u64;
+        let batch_len = patch_batch(row_bytes, u64::from(self.h.max_degree));
+        let mut batch: Vec<OldNode> = Vec::with_capacity(batch_len);
         let mut out = Vec::new();
         let mut flush = |batch: &mut Vec<OldNode>,
                          writer: &mut IndexWriter|
@@ -596,7 +611,7 @@ impl Patch<'_> {
                 let (vector, neighbours, label) =
                     (node.vector.to_vec(), node.neighbours, node.label);
                 batch.push(OldNode { position: p, vector, neighbours, label });
-                if batch.len() == PATCH_BATCH {
+                if batch.len() == batch_len {
                     flush(&mut batch, &mut writer)?;
                 }
             }
@@ -604,7 +619,7 @@ impl Patch<'_> {
         })?;
         flush(&mut batch, &mut writer)?;
         let old_n = self.h.n as u32;
-        for order in self.link.order.chunks(PATCH_BATCH) {
+        for order in self.link.order.chunks(batch_len) {
             let lists: Vec<Vec<u32>> = order
                 .par_iter()
                 .map(|&i| {

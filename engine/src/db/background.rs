@@ -80,15 +80,24 @@ pub(super) fn background_step(inner: &Inner) -> Result<Progress, BackgroundError
     if inner.poisoned().is_some() {
         return Ok(Progress::Idle);
     }
-    let mut progress = drop_damaged_index(inner)?;
-    if progress == Progress::Idle {
-        progress = merge_one(inner)?;
-    }
-    if progress == Progress::Idle {
-        progress = index_one(inner)?;
+    let step = || -> Result<Progress, BackgroundError> {
+        let mut progress = drop_damaged_index(inner)?;
+        if progress == Progress::Idle {
+            progress = merge_one(inner)?;
+        }
+        if progress == Progress::Idle {
+            progress = index_one(inner)?;
+        }
+        Ok(progress)
+    };
+    let result = step();
+    // Whatever the step built is done (or failed): the cache may have its room again.
+    let reserved = inner.build_reserve.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let progress = result?;
+    if progress == Progress::Worked || reserved > 0 {
+        fit_cache_to_budget(inner);
     }
     if progress == Progress::Worked {
-        fit_cache_to_budget(inner);
         inner.notify_work();
     }
     Ok(progress)

@@ -75,6 +75,10 @@ pub(super) struct Inner {
     pub(super) merging: Mutex<Vec<u64>>,
     /// Index builds that ran over the memory budget (no plan fitted what it left them).
     pub(super) over_budget_builds: AtomicU64,
+    /// Under a memory budget, the bytes the running index build or growth took from the cache
+    /// (its plan's peak, at most its allowance); 0 when none runs. Resizing the cache for a
+    /// flush meanwhile leaves them to the build.
+    pub(super) build_reserve: AtomicU64,
     /// Merges committed since open.
     pub(super) merges: AtomicU64,
     /// Merges whose index was grown from an input's rather than rebuilt.

@@ -35,7 +35,8 @@ use super::{DELETES_DIR, SEGMENTS_DIR};
 /// time), so each row is rewritten about log₄(size) times. Failing that, a segment that is
 /// more than a fifth deletions is rewritten alone. Under a memory budget, `allowance` is what
 /// an index build may use ([`super::budget::build_allowance`]): a pick whose merged segment's
-/// index would not fit is cut to the most segments that fit, and dropped below two.
+/// index would not fit (its growth's peak when it grows an input's index, else its rebuild's
+/// plan) is cut to the most segments that fit, and dropped below two.
 pub(super) fn merge_candidates<'a>(
     inner: &Inner,
     c: &'a Collection,
@@ -46,11 +47,22 @@ pub(super) fn merge_candidates<'a>(
     if min == 0 {
         return Vec::new();
     }
+    // Whether the merge's index fits the allowance: its growth's peak if it will grow an input's
+    // index (as `grown_input` decides), else its rebuild's plan. Judging every merge as a
+    // rebuild kept equal indexed segments apart for good under a tight budget (a pair grows
+    // within a few MB where its rebuild plans several times that): 41 of them at 1024-d under
+    // 16 MiB, each searched on its own.
     let fits = |pick: &[&Segment]| {
         let rows: usize = pick.iter().map(|s| live(s)).sum();
-        match (allowance, inner.index_dir.is_some()) {
-            (Some(a), true) if rows >= opts.min_index_rows => merge_fits(inner, &c.schema, rows, a),
-            _ => true,
+        let Some(a) = allowance else { return true };
+        if inner.index_dir.is_none() || rows < opts.min_index_rows {
+            return true;
+        }
+        match grown_segment(c.schema.metric(), pick, rows) {
+            Some((base, index)) => {
+                grow_fits(index, base.deleted_count, (rows - live(base)) as u64, a)
+            }
+            None => merge_fits(inner, &c.schema, rows, a),
         }
     };
     if let Some(pick) = absorb_pick(inner, c, allowance) {
@@ -443,6 +455,19 @@ fn grown_input(schema: &CollectionSchema, inputs: &[MergeInput], rows: usize) ->
         .filter(|(_, i)| grows_from(metric, i.index.is_some(), i.live.len(), i.keys.len()))
         .max_by_key(|(_, i)| i.live.len())?;
     (base.live.len() * 2 >= rows).then_some(k)
+}
+
+/// The segment of `pick` whose index a merge of it would grow, with that index: as
+/// [`grown_input`] chooses among the merge's inputs.
+fn grown_segment<'a>(
+    metric: Metric,
+    pick: &[&'a Segment],
+    rows: usize,
+) -> Option<(&'a Segment, &'a DiskIndex)> {
+    let growable =
+        |s: &&&Segment| grows_from(metric, s.index.is_some(), live(s), s.meta.rows as usize);
+    let base = *pick.iter().filter(growable).max_by_key(|s| live(s))?;
+    (live(base) * 2 >= rows).then(|| (base, base.index.as_deref().expect("growable: indexed")))
 }
 
 /// Grows input `base`'s index into the merged segment's: the base's live rows keep their

@@ -208,6 +208,7 @@ impl Database {
             background_failure: Mutex::new(None),
             merging: Mutex::new(Vec::new()),
             over_budget_builds: AtomicU64::new(0),
+            build_reserve: AtomicU64::new(0),
             merges: AtomicU64::new(0),
             index_grows: AtomicU64::new(0),
             search_states: Mutex::new(Vec::new()),
