@@ -365,7 +365,9 @@ pub(super) fn thaw(inner: &Inner) {
 }
 
 /// Backpressure: waits while more segments hold their vectors in RAM than allowed: those that
-/// await an index, and those too small for one (which merges take two or more at a time).
+/// await an index, and those too small for one where a merge of them is due (two or more in a
+/// collection: merges take them together); a collection keeps at most one uncounted, under
+/// `min_index_rows` rows.
 /// Counting only the first let a table smaller than `min_index_rows` rows (a tight budget's,
 /// with wide rows) leave one small segment a flush, every one of them resident, without bound.
 pub(super) fn wait_for_background(inner: &Inner) -> Result<(), FlushError> {
@@ -378,15 +380,24 @@ pub(super) fn wait_for_background(inner: &Inner) -> Result<(), FlushError> {
         let waiting = {
             let merging = lock(&inner.merging);
             let st = inner.read();
-            let alone = st
-                .collections
-                .values()
-                .flat_map(|c| &c.segments)
-                .filter(|s| {
-                    (awaits_index(inner, s) || too_small_for_index(inner, s))
-                        && !merging.contains(&s.meta.id)
-                })
-                .count();
+            let idle = |s: &&Segment| !merging.contains(&s.meta.id);
+            let mut alone = 0;
+            for c in st.collections.values() {
+                alone += c.segments.iter().filter(idle).filter(|s| awaits_index(inner, s)).count();
+                // Small segments count once a merge of them is due (two or more in one
+                // collection, merges on): one alone waits for the next flush to join it, and
+                // counting it would stall writers for good (one small segment in each of four
+                // collections once stalled a server's flush for `max_stall`).
+                let small = c
+                    .segments
+                    .iter()
+                    .filter(idle)
+                    .filter(|s| too_small_for_index(inner, s))
+                    .count();
+                if small >= 2 && inner.opts.merge_min_segments > 0 {
+                    alone += small;
+                }
+            }
             alone + usize::from(!merging.is_empty())
         };
         if waiting < inner.opts.max_unindexed_segments {
