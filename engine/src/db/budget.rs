@@ -50,8 +50,13 @@ pub(super) fn build_allowance(inner: &Inner, st: &State) -> Option<u64> {
     let budget = inner.opts.memory_budget? as u64;
     let grown = grown_bytes(st);
     let share = budget / budget_shares::BUILD as u64;
-    let left = (budget - budget / 32 * budget_shares::NOT_BUILD_32NDS as u64).saturating_sub(grown);
-    Some(left.max(share))
+    Some(build_room(budget, grown).max(share))
+}
+
+/// What a `budget` leaves an index build and the cache together once its other shares and
+/// `grown` bytes of growing structures are taken.
+fn build_room(budget: u64, grown: u64) -> u64 {
+    (budget - budget / 32 * budget_shares::NOT_BUILD_32NDS as u64).saturating_sub(grown)
 }
 
 /// The build parameters for an index of `rows` rows of `schema`: the database's, with the
@@ -168,14 +173,12 @@ pub(super) fn fit_cache_to_budget(inner: &Inner) {
     let (Some(budget), Some(cache)) = (inner.opts.memory_budget, cache_from_budget(inner)) else {
         return;
     };
-    let grown = grown_bytes(&inner.read()) as usize;
+    let grown = grown_bytes(&inner.read());
     let reserved = budget / 32 * budget_shares::RESERVED_32NDS;
-    let mut left = budget.saturating_sub(reserved).saturating_sub(grown);
-    let building = inner.build_reserve.load(Ordering::Relaxed) as usize;
+    let mut left = budget.saturating_sub(reserved).saturating_sub(grown as usize);
+    let building = inner.build_reserve.load(Ordering::Relaxed);
     if building > 0 {
-        let not_build = budget / 32 * budget_shares::NOT_BUILD_32NDS;
-        left = left
-            .min(budget.saturating_sub(not_build).saturating_sub(grown).saturating_sub(building));
+        left = left.min(build_room(budget as u64, grown).saturating_sub(building) as usize);
     }
     if cache.capacity() != left {
         cache.set_capacity(left);

@@ -448,13 +448,8 @@ fn write_merged(
 /// choose among the inputs (most live rows, at least half of them live), if it holds at least
 /// half of the merged rows. `None` means a rebuild.
 fn grown_input(schema: &CollectionSchema, inputs: &[MergeInput], rows: usize) -> Option<usize> {
-    let metric = schema.metric();
-    let (k, base) = inputs
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| grows_from(metric, i.index.is_some(), i.live.len(), i.keys.len()))
-        .max_by_key(|(_, i)| i.live.len())?;
-    (base.live.len() * 2 >= rows).then_some(k)
+    let shapes = inputs.iter().map(|i| (i.index.is_some(), i.live.len(), i.keys.len()));
+    growth_input(schema.metric(), shapes, rows)
 }
 
 /// The segment of `pick` whose index a merge of it would grow, with that index: as
@@ -464,10 +459,25 @@ fn grown_segment<'a>(
     pick: &[&'a Segment],
     rows: usize,
 ) -> Option<(&'a Segment, &'a DiskIndex)> {
-    let growable =
-        |s: &&&Segment| grows_from(metric, s.index.is_some(), live(s), s.meta.rows as usize);
-    let base = *pick.iter().filter(growable).max_by_key(|s| live(s))?;
-    (live(base) * 2 >= rows).then(|| (base, base.index.as_deref().expect("growable: indexed")))
+    let shapes = pick.iter().map(|s| (s.index.is_some(), live(s), s.meta.rows as usize));
+    let base = pick[growth_input(metric, shapes, rows)?];
+    Some((base, base.index.as_deref().expect("growable: indexed")))
+}
+
+/// Which of a merge's inputs, each `(indexed, live rows, rows)`, its index grows from: the
+/// growable one ([`grows_from`]) with the most live rows (the last of equals), if it holds at
+/// least half of the merged `rows`.
+fn growth_input(
+    metric: Metric,
+    inputs: impl Iterator<Item = (bool, usize, usize)>,
+    rows: usize,
+) -> Option<usize> {
+    let (k, live) = inputs
+        .enumerate()
+        .filter(|&(_, (indexed, live, all))| grows_from(metric, indexed, live, all))
+        .map(|(k, (_, live, _))| (k, live))
+        .max_by_key(|&(_, live)| live)?;
+    (live * 2 >= rows).then_some(k)
 }
 
 /// Grows input `base`'s index into the merged segment's: the base's live rows keep their
