@@ -88,6 +88,10 @@ struct GrowArgs {
     /// Pruning factor α.
     #[arg(long, default_value_t = 1.2)]
     alpha: f32,
+    /// Link the added rows this many at a time (0: all at once), as the engine does under a
+    /// memory budget; here the rows themselves are still read whole.
+    #[arg(long, default_value_t = 0)]
+    chunk_rows: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -316,7 +320,7 @@ const MIB: f64 = 1_048_576.0;
 type QueryOutcome = (usize, Vec<u32>, QueryStats);
 
 fn grow(args: &GrowArgs) -> Result<(), BoxError> {
-    use quiver_diskgraph::grow::{Growth, grow_index, grow_peak_bytes};
+    use quiver_diskgraph::grow::{AddedRows, Growth, grow_index, grow_peak_bytes};
     use quiver_diskgraph::source::VectorFile;
     allocator_purges_at_once();
     let base = DiskIndex::open(&args.index, OpenOptionsIndex::default())?;
@@ -342,21 +346,30 @@ fn grow(args: &GrowArgs) -> Result<(), BoxError> {
     let h = base.header();
     let row_bytes = u64::from(h.dim) * h.elem.size() as u64;
     let (m, r) = (base.pq().bytes() as u64, u64::from(h.max_degree));
-    let estimate = grow_peak_bytes(h.n, u64::from(n - kept), count as u64, row_bytes, m, r);
+    let chunk = args.chunk_rows as u64;
+    let estimate = grow_peak_bytes(h.n, u64::from(n - kept), count as u64, row_bytes, m, r, chunk);
     let open_index = base.ram_bytes() as u64;
-    let growth =
-        Growth { base: &base, relabel: &relabel, added, added_labels: &labels, params: &params };
+    let growth = Growth {
+        base: &base,
+        relabel: &relabel,
+        added: AddedRows::Memory(added),
+        added_labels: &labels,
+        params: &params,
+        chunk_rows: args.chunk_rows,
+    };
     let bars = PhaseBars::default();
     let total = Instant::now();
     let summary = grow_index(growth, &args.out, &|phase, done, of| bars.report(phase, done, of))?;
     bars.finish();
     println!(
-        "grew {} into {}: {} kept, {} dropped, {} added, {} lists patched, mean degree {:.1}",
+        "grew {} into {}: {} kept, {} dropped, {} added in {} chunks, {} lists patched, mean \
+         degree {:.1}",
         args.index.display(),
         args.out.display(),
         summary.kept,
         summary.dropped,
         summary.added,
+        summary.chunks,
         summary.patched,
         summary.mean_degree
     );

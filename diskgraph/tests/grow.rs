@@ -4,7 +4,9 @@
 //! it), a label stored twice or naming the wrong vector, a list over `R` after the reverse edges
 //! were added, and recall that drifts below a fresh build of the same rows as deletes and inserts
 //! come and go (FreshDiskANN's concern, issue 21). It must also refuse what it cannot grow (an
-//! inner-product index), and leave the old index untouched.
+//! inner-product index), and leave the old index untouched. Rows added a chunk at a time (the
+//! memory-bounded growth) must give the same sound graph, read from a file, with recall near
+//! the one-chunk growth's.
 
 mod common;
 use common::fixture;
@@ -12,10 +14,11 @@ use common::fixture;
 use std::path::Path;
 
 use quiver_diskgraph::data::{ElemType, Metric, VectorSet, distance_active, read_vectors};
-use quiver_diskgraph::grow::{Growth, grow_index};
+use quiver_diskgraph::grow::{AddedRows, Growth, grow_index};
 use quiver_diskgraph::index::{BuildParams, GRAPH_FILE, IndexError, build_index};
 use quiver_diskgraph::pq::PqParams;
 use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex, SearchParams};
+use quiver_diskgraph::source::{VectorFile, write_bin};
 use quiver_diskgraph::vamana::VamanaParams;
 
 const R: usize = 32;
@@ -70,6 +73,20 @@ fn grow_once(
     add: &[usize],
     new_dir: &Path,
 ) -> Vec<usize> {
+    grow_in_chunks(all, old_dir, live, drop, add, new_dir, 0)
+}
+
+/// [`grow_once`], the added rows read from a vector file `chunk_rows` at a time (0: from
+/// memory, at once).
+fn grow_in_chunks(
+    all: &VectorSet,
+    old_dir: &Path,
+    live: &[usize],
+    drop: &dyn Fn(usize) -> bool,
+    add: &[usize],
+    new_dir: &Path,
+    chunk_rows: usize,
+) -> Vec<usize> {
     let base = DiskIndex::open(old_dir, OpenOptionsIndex::default()).unwrap();
     let mut next: Vec<usize> = Vec::new();
     let mut relabelled = vec![None; live.len()];
@@ -82,16 +99,35 @@ fn grow_once(
     let added_labels: Vec<u32> = (next.len()..next.len() + add.len()).map(|l| l as u32).collect();
     next.extend_from_slice(add);
     let relabel = |l: u32| relabelled[l as usize];
+    let rows = rows_of(all, add);
+    let added = if chunk_rows == 0 {
+        AddedRows::Memory(rows)
+    } else {
+        let file = new_dir.with_extension(format!("added.{}", rows.elem().bin_extension()));
+        let bytes: Vec<u8> = (0..rows.len()).flat_map(|i| rows.row_bytes(i).to_vec()).collect();
+        write_bin(&file, rows.elem(), rows.dim(), &[&bytes]).unwrap();
+        AddedRows::File(VectorFile::open(&file).unwrap())
+    };
     let growth = Growth {
         base: &base,
         relabel: &relabel,
-        added: rows_of(all, add),
+        added,
         added_labels: &added_labels,
         params: &params(),
+        chunk_rows,
     };
     let summary = grow_index(growth, new_dir, &|_, _, _| {}).unwrap();
     assert_eq!(summary.kept + summary.added, next.len());
     assert_eq!(summary.added, add.len());
+    let chunks =
+        if chunk_rows == 0 { usize::from(!add.is_empty()) } else { add.len().div_ceil(chunk_rows) };
+    assert_eq!(summary.chunks, chunks);
+    let leftovers: Vec<_> = std::fs::read_dir(new_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "spill files left behind: {leftovers:?}");
     next
 }
 
@@ -119,6 +155,31 @@ fn dropped_rows_vanish_added_rows_are_reachable_and_recall_matches_a_fresh_build
         let (g, f) = (recall(&grown, &rows, &queries, l), recall(&fresh, &rows, &queries, l));
         eprintln!("L {l}: grown recall {g}, fresh build {f}");
         assert!(g >= f - 0.02, "L {l}: grown recall {g}, fresh build {f}");
+    }
+}
+
+#[test]
+fn rows_added_a_chunk_at_a_time_from_a_file_are_linked_as_well_as_at_once() {
+    let all = read_vectors(&fixture("base.u8bin")).unwrap();
+    let queries = read_vectors(&fixture("query.u8bin")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let first: Vec<usize> = (0..6000).collect();
+    let old = tmp.path().join("old");
+    build_index(rows_of(&all, &first), Metric::L2, &params(), &old, &|_, _| {}).unwrap();
+    let add: Vec<usize> = (6000..9000).collect();
+    let drop = |r: usize| r % 10 == 3;
+    let at_once = tmp.path().join("at-once");
+    let live = grow_once(&all, &old, &first, &drop, &add, &at_once);
+    // 3,000 rows in chunks of 700: five chunks, the last one short.
+    let chunked = tmp.path().join("chunked");
+    let live_chunked = grow_in_chunks(&all, &old, &first, &drop, &add, &chunked, 700);
+    assert_eq!(live, live_chunked);
+    let rows = rows_of(&all, &live);
+    check_graph(&chunked, &rows);
+    for l in [20, 50] {
+        let (c, o) = (recall(&chunked, &rows, &queries, l), recall(&at_once, &rows, &queries, l));
+        eprintln!("L {l}: chunked recall {c}, at once {o}");
+        assert!(c >= o - 0.02, "L {l}: chunked recall {c}, at once {o}");
     }
 }
 
@@ -197,9 +258,10 @@ fn an_inner_product_index_is_refused_not_grown_wrongly() {
     let growth = Growth {
         base: &base,
         relabel: &relabel,
-        added: rows_of(&all, &(500..600).collect::<Vec<_>>()),
+        added: AddedRows::Memory(rows_of(&all, &(500..600).collect::<Vec<_>>())),
         added_labels: &labels,
         params: &params(),
+        chunk_rows: 0,
     };
     let err = grow_index(growth, &tmp.path().join("grown"), &|_, _, _| {}).unwrap_err();
     assert!(matches!(err, IndexError::CannotGrow(_)), "{err}");

@@ -15,7 +15,7 @@ use crate::error::BackgroundError;
 use crate::index_source;
 use crate::schema::CollectionSchema;
 use quiver_diskgraph::data::VectorSet;
-use quiver_diskgraph::grow::{Growth, grow_index};
+use quiver_diskgraph::grow::{AddedRows, Growth, grow_index};
 use quiver_diskgraph::index::IndexError;
 use quiver_diskgraph::pq::PqCodebook;
 use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex};
@@ -36,6 +36,8 @@ pub(super) struct GrowFrom<'a> {
     pub(super) relabel: &'a (dyn Fn(u32) -> Option<u32> + Sync),
     /// The merged segment's row of each row of the input file.
     pub(super) labels: &'a [u32],
+    /// Rows of the input file linked at a time (0: all at once).
+    pub(super) chunk_rows: usize,
 }
 
 /// A build's input: a headered vector file in `indexes/{id}.input/`, written a chunk at a time
@@ -112,7 +114,8 @@ impl IndexInput {
 
     /// Completes the file (it holds the added rows) and writes segment `meta`'s index as
     /// `base` grown ([`quiver_diskgraph::grow`]): the base's rows that `relabel` keeps, under
-    /// their new labels, and the file's rows under `labels`. No graph is rebuilt.
+    /// their new labels, and the file's rows under `labels`, read and linked `chunk_rows` at
+    /// a time. No graph is rebuilt.
     pub(super) fn grow(
         mut self,
         inner: &Inner,
@@ -121,28 +124,36 @@ impl IndexInput {
         schema: &CollectionSchema,
         from: GrowFrom<'_>,
     ) -> Result<DiskIndex, BackgroundError> {
-        let GrowFrom { base, relabel, labels } = from;
+        let GrowFrom { base, relabel, labels, chunk_rows } = from;
         self.finish()?;
         let sid = meta.id;
         let index_error = |source| BackgroundError::Index { segment: sid, source };
         let added = match labels.len() {
-            0 => VectorSet::zeroed(schema.vector_type().search_elem(), schema.dim(), 0),
-            n => VectorFile::open(&self.file).and_then(|f| f.read_range(0, n)),
+            0 => VectorSet::zeroed(schema.vector_type().search_elem(), schema.dim(), 0)
+                .map(AddedRows::Memory),
+            _ => VectorFile::open(&self.file).map(AddedRows::File),
         }
         .map_err(|e| index_error(IndexError::Data(e)))?;
+        if added.len() != labels.len() {
+            let found =
+                format!("{} rows in {}, {} labels", added.len(), self.file.display(), labels.len());
+            return Err(index_error(IndexError::Mismatch(found)));
+        }
         let params = &inner.opts.index_params;
         // A grown index keeps its base's codebook, and shares the base's copy.
         let share = Some(Arc::clone(base.shared_pq()));
         place_index(inner, idir, meta, share, |tmp| {
-            let growth = Growth { base, relabel, added, added_labels: labels, params };
+            let growth = Growth { base, relabel, added, added_labels: labels, params, chunk_rows };
             let summary = grow_index(growth, tmp, &|_, _, _| {}).map_err(index_error)?;
             tracing::info!(
-                "segment {sid:016x}: index grown from {}: {} rows kept, {} dropped, {} added, \
-                 {} lists patched; scan {:.1} s, graph {:.1} s, link {:.1} s, write {:.1} s",
+                "segment {sid:016x}: index grown from {}: {} rows kept, {} dropped, {} added \
+                 in {} chunks, {} lists patched; scan {:.1} s, graph {:.1} s, link {:.1} s, \
+                 write {:.1} s",
                 base.path().display(),
                 summary.kept,
                 summary.dropped,
                 summary.added,
+                summary.chunks,
                 summary.patched,
                 summary.scan_seconds,
                 summary.graph_seconds,

@@ -506,8 +506,8 @@ fn grow_index_of(
     let relabel = |l: u32| live.binary_search(&l).ok().map(|r| base_offset + r as u32);
     let index = inputs[base].index.as_deref().expect("a grown input has an index");
     let dropped = (inputs[base].keys.len() - live.len()) as u64;
-    room_to_grow(inner, index, dropped, labels.len() as u64);
-    let from = GrowFrom { base: index, relabel: &relabel, labels: &labels };
+    let chunk_rows = room_to_grow(inner, index, dropped, labels.len() as u64);
+    let from = GrowFrom { base: index, relabel: &relabel, labels: &labels, chunk_rows };
     input.grow(inner, idir, meta, schema, from)
 }
 
