@@ -600,7 +600,7 @@ fn search(args: &SearchArgs) -> Result<(), BoxError> {
         cache_nodes: args.cache_nodes,
         start_candidates: args.start_candidates,
         sector_cache: args.sector_cache.map(|b| Arc::new(SectorCache::new(b as usize))),
-        pq: None,
+        ..OpenOptionsIndex::default()
     };
     let index = DiskIndex::open(&args.index, opts)?;
     if !args.json {

@@ -190,7 +190,8 @@ pub struct GrowSummary {
 /// them dropped and `added` rows of `row_bytes` each added `chunk` at a time (0: all at once),
 /// codes of `m` bytes and degree `r` (the old index itself, open, is the caller's): the
 /// planner's figure. It is the larger of the growth's working set and the grown index's
-/// codes, which whoever opens it loads.
+/// codes that its opening loads beside the old index's, opened sharing them
+/// ([`grown_codes_bytes`]).
 ///
 /// The working set: each old node's new position (4 bytes), the dropped nodes' lists, each
 /// added row's code and new position, and one chunk — its rows and codes, with their
@@ -227,7 +228,23 @@ pub fn grow_peak_bytes(
     let buffers = (SECTOR * crate::layout::SCAN_SECTORS + crate::layout::WRITE_BUFFER) as u64;
     let write = c * row_bytes + batch + buffers + NODES_BUFFER as u64 + runs * run_buffer(runs);
     let working = positions + dropped_lists + per_added + link.max(finish).max(write);
-    working.max((old - dropped.min(old) + added) * m)
+    working.max(grown_codes_bytes(old, dropped, added, m))
+}
+
+/// Bytes of codes a grown index loads when it is opened sharing its base's codes
+/// ([`crate::search::OpenOptionsIndex::share_codes`]) while the base is open: with no row
+/// dropped, every old code stays at its position and is shared, so the added rows' codes and
+/// at most one merge of two pieces ([`crate::codes::MAX_PIECES`]: the two adjacent pieces
+/// smallest together hold at most an eighth of the codes); with rows dropped, the positions
+/// after the first move, and all of them, conservatively.
+#[must_use]
+pub fn grown_codes_bytes(old: u64, dropped: u64, added: u64, m: u64) -> u64 {
+    let total = (old - dropped.min(old) + added) * m;
+    if dropped == 0 {
+        (added * m + total.div_ceil(crate::codes::MAX_PIECES as u64 / 2)).min(total)
+    } else {
+        total
+    }
 }
 
 /// The most added rows a chunk may hold for a growth (as [`grow_peak_bytes`]) to peak within
@@ -826,7 +843,7 @@ fn search_error(e: crate::search::SearchError) -> IndexError {
 /// themselves while their chunk is held, else as their PQ reconstructions too.
 struct Pruner<'a> {
     pq: &'a PqCodebook,
-    codes: &'a [u8],
+    codes: &'a crate::codes::Codes,
     /// The added rows held (stored), and the added row the first of them is.
     held: Option<(usize, &'a VectorSet)>,
     /// Every added row's code, in new-position order, with the new positions and the first
@@ -882,7 +899,7 @@ impl<'a> Pruner<'a> {
     fn stand_in(&self, u: u32, into: &mut Vec<f32>) {
         let m = self.pq.bytes();
         if u < self.old_n {
-            self.pq.decode_into(&self.codes[u as usize * m..(u as usize + 1) * m], into);
+            self.pq.decode_into(self.codes.code(u), into);
             return;
         }
         let a = (u - self.old_n) as usize;
@@ -1123,7 +1140,7 @@ impl Patch<'_> {
         let old = self.growth.base.codes();
         let n = u64::from(self.old.kept) + self.linked.position.len() as u64;
         let mut writer = CodesWriter::create(&dir.join(CODES_FILE), m, n)?;
-        for (p, code) in old.chunks_exact(m).enumerate() {
+        for (p, code) in old.iter().enumerate() {
             if self.old.is_kept(p as u32) {
                 writer.push(code)?;
             }
@@ -1184,6 +1201,13 @@ mod tests {
         assert!(grow_peak_bytes(old, 0, added, row, m, r, chunk) <= allowance);
         assert!(grow_peak_bytes(old, 0, added, row, m, r, chunk + 1) > allowance);
         // The grown index's codes alone would not fit: no chunk helps.
-        assert_eq!(grow_chunk_rows(old, 0, added, row, m, r, (old + added) * m - 1), None);
+        let codes = grown_codes_bytes(old, 10, added, m);
+        assert_eq!(codes, (old - 10 + added) * m, "with rows dropped, every code is loaded");
+        assert_eq!(grow_chunk_rows(old, 10, added, row, m, r, codes - 1), None);
+        // With none dropped, only the added codes and one merge of pieces are loaded.
+        let (big, batch) = (1_000_000, 30_000);
+        let shared = grown_codes_bytes(big, 0, batch, m);
+        assert_eq!(shared, batch * m + ((big + batch) * m).div_ceil(8));
+        assert!(shared < grown_codes_bytes(big, 1, batch, m) / 4);
     }
 }

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod codes;
 pub mod data;
 pub mod grow;
 pub mod index;

@@ -643,7 +643,7 @@ pub fn write_codes(path: &std::path::Path, m: usize, codes: &[u8]) -> Result<(),
 }
 
 /// Bytes before the codes in `pq_codes.bin`: magic, version, `m`, `n`.
-const CODES_PREFIX: usize = 24;
+pub(crate) const CODES_PREFIX: usize = 24;
 
 /// Writes a `pq_codes.bin` a piece at a time, so that the codes of a large index need not be
 /// held in RAM to be written (the format of [`write_codes`]).
@@ -719,12 +719,15 @@ impl CodesWriter {
     }
 }
 
-/// Reads PQ codes written by [`write_codes`]: `(m, codes)`. The codes are read straight into
-/// their own buffer (an index's codes are its largest structure in RAM: no second copy).
+/// Opens a `pq_codes.bin` and checks its prefix (magic, version, and a length that holds `n`
+/// codes of `m` bytes and the checksum): the file positioned at the first code, the prefix
+/// bytes (the checksum covers them), `m` and `n`.
 ///
 /// # Errors
-/// [`PqFileError::Corrupt`] for a damaged, truncated or inconsistent file.
-pub fn read_codes(path: &std::path::Path) -> Result<(usize, Vec<u8>), PqFileError> {
+/// [`PqFileError::Corrupt`] for a damaged, truncated or inconsistent prefix.
+pub(crate) fn read_codes_prefix(
+    path: &std::path::Path,
+) -> Result<(std::fs::File, [u8; CODES_PREFIX], usize, u64), PqFileError> {
     use std::io::Read;
     let corrupt = |reason: String| PqFileError::Corrupt { path: path.to_owned(), reason };
     let io = |e| PqFileError::Io { path: path.to_owned(), source: e };
@@ -748,7 +751,20 @@ pub fn read_codes(path: &std::path::Path) -> Result<(usize, Vec<u8>), PqFileErro
     if m == 0 || n.checked_mul(m as u64) != Some(body) {
         return Err(corrupt(format!("{body} code bytes for {n} codes of {m}")));
     }
-    let mut codes = vec![0u8; body as usize];
+    Ok((file, prefix, m, n))
+}
+
+/// Reads PQ codes written by [`write_codes`]: `(m, codes)`. The codes are read straight into
+/// their own buffer (an index's codes are its largest structure in RAM: no second copy).
+///
+/// # Errors
+/// [`PqFileError::Corrupt`] for a damaged, truncated or inconsistent file.
+pub fn read_codes(path: &std::path::Path) -> Result<(usize, Vec<u8>), PqFileError> {
+    use std::io::Read;
+    let corrupt = |reason: String| PqFileError::Corrupt { path: path.to_owned(), reason };
+    let io = |e| PqFileError::Io { path: path.to_owned(), source: e };
+    let (mut file, prefix, m, n) = read_codes_prefix(path)?;
+    let mut codes = vec![0u8; n as usize * m];
     file.read_exact(&mut codes).map_err(io)?;
     let mut stored = [0u8; 4];
     file.read_exact(&mut stored).map_err(io)?;

@@ -267,3 +267,57 @@ fn an_inner_product_index_is_refused_not_grown_wrongly() {
     assert!(matches!(err, IndexError::CannotGrow(_)), "{err}");
     assert!(!tmp.path().join("grown").join(GRAPH_FILE).exists());
 }
+
+#[test]
+fn a_grown_index_shares_the_codes_it_repeats_and_answers_as_one_opened_alone() {
+    let all = read_vectors(&fixture("base.u8bin")).unwrap();
+    let queries = read_vectors(&fixture("query.u8bin")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let first: Vec<usize> = (0..3000).collect();
+    let old = tmp.path().join("old");
+    build_index(rows_of(&all, &first), Metric::L2, &params(), &old, &|_, _| {}).unwrap();
+    let base = DiskIndex::open(&old, OpenOptionsIndex::default()).unwrap();
+    let sharing = |codes: &quiver_diskgraph::codes::Codes| OpenOptionsIndex {
+        share_codes: Some(codes.clone()),
+        ..OpenOptionsIndex::default()
+    };
+    // Growths without drops: each shares every code of its base and adds a piece.
+    let (mut dir, mut live, mut held) = (old.clone(), first.clone(), base);
+    for round in 0..3 {
+        let add: Vec<usize> = (3000 + round * 500..3500 + round * 500).collect();
+        let next = tmp.path().join(format!("grown-{round}"));
+        live = grow_once(&all, &dir, &live, &|_| false, &add, &next);
+        let shared = DiskIndex::open(&next, sharing(held.codes())).unwrap();
+        let alone = DiskIndex::open(&next, OpenOptionsIndex::default()).unwrap();
+        assert_eq!(shared.codes().shared_with(held.codes()), held.codes().bytes(), "round {round}");
+        assert_eq!(shared.codes().pieces(), round + 2);
+        assert!(shared.codes().iter().eq(alone.codes().iter()), "the same codes, round {round}");
+        let p = SearchParams { k: 10, list_size: 40, beam_width: 4 };
+        let (mut a, mut b) = (shared.searcher().unwrap(), alone.searcher().unwrap());
+        for q in 0..queries.len() {
+            let (x, _) = a.search(queries.row(q), p).unwrap();
+            let (y, _) = b.search(queries.row(q), p).unwrap();
+            let ids = |v: &[quiver_diskgraph::search::Neighbour]| {
+                v.iter().map(|n| n.id).collect::<Vec<_>>()
+            };
+            assert_eq!(ids(&x), ids(&y), "query {q}, round {round}");
+        }
+        (dir, held) = (next, shared);
+    }
+    assert_eq!(live.len(), 4500);
+    // A growth that drops rows moves every later code: it shares only what comes before.
+    let dropped = tmp.path().join("dropped");
+    grow_once(&all, &dir, &live, &|r| r == 2000, &[], &dropped);
+    let shared = DiskIndex::open(&dropped, sharing(held.codes())).unwrap();
+    let alone = DiskIndex::open(&dropped, OpenOptionsIndex::default()).unwrap();
+    assert!(shared.codes().shared_with(held.codes()) < held.codes().bytes());
+    assert!(shared.codes().iter().eq(alone.codes().iter()));
+    // A damaged codes file is refused, shared or not.
+    let codes_file = dropped.join(quiver_diskgraph::pq::CODES_FILE);
+    let mut bytes = std::fs::read(&codes_file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&codes_file, &bytes).unwrap();
+    let err = DiskIndex::open(&dropped, sharing(held.codes())).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+}

@@ -35,12 +35,13 @@ use std::time::Instant;
 use quiver_simd::{Isa, Kernels, PqTable};
 
 use crate::cache::SectorCache;
+use crate::codes::Codes;
 use crate::data::{Metric, Row, distance};
 use crate::index::{GRAPH_FILE, IndexError};
 use crate::layout::{
     Header, IndexReader, LayoutError, NodeRef, SECTOR, node_from_sectors, node_label, parse_node,
 };
-use crate::pq::{CENTROIDS, CODES_FILE, PIVOTS_FILE, PqCodebook, read_codes};
+use crate::pq::{CENTROIDS, CODES_FILE, PIVOTS_FILE, PqCodebook};
 use crate::visited::VisitedSet;
 use sector_io::{PreadIo, SectorIo, UringIo};
 use walk::{Cand, CandState, Ctx, Report, Walk};
@@ -98,6 +99,10 @@ pub struct OpenOptionsIndex {
     /// of its own copy, so many indexes of one collection hold their pivots once (256 × dim × 4
     /// bytes each: 128 KiB at 128-d). Default none.
     pub pq: Option<Arc<PqCodebook>>,
+    /// Codes to share: an index grown from another without dropping rows repeats its codes at
+    /// the same positions, and holds the pieces of these that its file repeats (checked byte
+    /// for byte as the file is read) instead of a copy ([`crate::codes`]). Default none.
+    pub share_codes: Option<Codes>,
 }
 
 impl Default for OpenOptionsIndex {
@@ -109,6 +114,7 @@ impl Default for OpenOptionsIndex {
             start_candidates: None,
             sector_cache: None,
             pq: None,
+            share_codes: None,
         }
     }
 }
@@ -134,7 +140,7 @@ struct Starts {
 }
 
 impl Starts {
-    fn choose(header: &Header, codes: &[u8], m: usize, wanted: Option<usize>) -> Starts {
+    fn choose(header: &Header, codes: &Codes, wanted: Option<usize>) -> Starts {
         let n = header.n as usize;
         let k = wanted
             .unwrap_or_else(|| (n as f64).sqrt().ceil() as usize)
@@ -144,11 +150,7 @@ impl Starts {
         ids.extend(
             (0..k.saturating_sub(1)).map(|i| (i * n / k) as u32).filter(|&id| id != header.entry),
         );
-        let codes = ids
-            .iter()
-            .flat_map(|&id| &codes[id as usize * m..(id as usize + 1) * m])
-            .copied()
-            .collect();
+        let codes = ids.iter().flat_map(|&id| codes.code(id)).copied().collect();
         Starts { ids, codes }
     }
 }
@@ -188,7 +190,7 @@ pub struct DiskIndex {
     file: File,
     /// Shared with other indexes of the same codebook ([`OpenOptionsIndex::pq`]).
     pq: Arc<PqCodebook>,
-    codes: Vec<u8>,
+    codes: Codes,
     /// Where searches may start.
     starts: Starts,
     /// Cached sectors by first sector number: the node's sectors as stored, verified at load.
@@ -216,7 +218,7 @@ impl DiskIndex {
             Some(shared) if *shared == own => shared,
             _ => Arc::new(own),
         };
-        let (m, codes) = read_codes(&dir.join(CODES_FILE))?;
+        let (m, codes) = Codes::read_sharing(&dir.join(CODES_FILE), opts.share_codes.as_ref())?;
         if pq.dim() != header.dim as usize || pq.bytes() != m || pq.metric() != header.metric {
             return Err(IndexError::Mismatch(format!(
                 "{}: PQ pivots (dim {}, {} bytes, {}) do not match the graph (dim {}, {})",
@@ -228,11 +230,11 @@ impl DiskIndex {
                 header.metric
             )));
         }
-        if codes.len() as u64 != header.n * m as u64 {
+        if codes.len() as u64 != header.n {
             return Err(IndexError::Mismatch(format!(
                 "{}: {} PQ codes for {} graph nodes",
                 dir.display(),
-                codes.len() / m,
+                codes.len(),
                 header.n
             )));
         }
@@ -260,7 +262,7 @@ impl DiskIndex {
             },
             b => b,
         };
-        let starts = Starts::choose(&header, &codes, m, opts.start_candidates);
+        let starts = Starts::choose(&header, &codes, opts.start_candidates);
         let shared = opts.sector_cache.map(|c| (c, SectorCache::next_index_key()));
         let cache = HashMap::new();
         let positions = std::sync::OnceLock::new();
@@ -344,7 +346,7 @@ impl DiskIndex {
     }
 
     /// Every node's PQ code, `pq().bytes()` each, in position order.
-    pub fn codes(&self) -> &[u8] {
+    pub fn codes(&self) -> &Codes {
         &self.codes
     }
 
@@ -357,7 +359,7 @@ impl DiskIndex {
     /// shared or not), the start candidates and the BFS node cache (not the per-thread buffers,
     /// nor a shared [`SectorCache`], which counts its own bytes).
     pub fn ram_bytes(&self) -> usize {
-        self.codes.len()
+        self.codes.bytes()
             + self.pq_ram_bytes()
             + 4 * self.starts.ids.len()
             + self.starts.codes.len()
@@ -656,7 +658,7 @@ impl Searcher<'_> {
             ix.pq.query_table(&qf, &mut self.state.table);
             let table = PqTable::new(&self.state.table, ix.pq.bytes());
             let mut d = vec![0.0f32; wanted.len()];
-            kernels.pq_score_ids(table, &ix.codes, &wanted, &mut d);
+            ix.codes.score_ids(kernels, table, &wanted, &mut d);
             stats.pq_distances += wanted.len() as u64;
             let mut order: Vec<u32> = (0..wanted.len() as u32).collect();
             order.select_nth_unstable_by(reread - 1, |&a, &b| {

@@ -63,7 +63,7 @@ impl Ctx<'_, '_> {
         walk.fresh.clear();
         walk.fresh.extend(node.neighbours.iter().copied().filter(|&nb| visited.insert(nb)));
         walk.fresh_d.resize(walk.fresh.len(), 0.0);
-        self.k.pq_score_ids(self.table, &self.ix.codes, &walk.fresh, &mut walk.fresh_d);
+        self.ix.codes.score_ids(self.k, self.table, &walk.fresh, &mut walk.fresh_d);
         stats.pq_distances += walk.fresh.len() as u64;
         walk.merge_fresh();
     }
@@ -91,7 +91,7 @@ impl Ctx<'_, '_> {
         walk.mates.clear();
         walk.mates.extend(mates.clone().filter(|&y| y != id && !expanded.contains(y)));
         walk.mates_d.resize(walk.mates.len(), 0.0);
-        self.k.pq_score_ids(self.table, &self.ix.codes, &walk.mates, &mut walk.mates_d);
+        self.ix.codes.score_ids(self.k, self.table, &walk.mates, &mut walk.mates_d);
         stats.pq_distances += walk.mates.len() as u64;
         let size = h.node_size();
         for j in 0..walk.mates.len() {

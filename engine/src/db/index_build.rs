@@ -14,6 +14,7 @@ use crate::batch::Vectors;
 use crate::error::BackgroundError;
 use crate::index_source;
 use crate::schema::CollectionSchema;
+use quiver_diskgraph::codes::Codes;
 use quiver_diskgraph::data::VectorSet;
 use quiver_diskgraph::grow::{AddedRows, Growth, grow_index};
 use quiver_diskgraph::index::IndexError;
@@ -98,7 +99,7 @@ impl IndexInput {
         self.finish()?;
         let sid = meta.id;
         let params = &build_params(inner, schema, meta.rows as usize);
-        place_index(inner, idir, meta, codebook.cloned(), |tmp| {
+        place_index(inner, idir, meta, (codebook.cloned(), None), |tmp| {
             quiver_diskgraph::index::build_index_from_file_with(
                 &self.file,
                 schema.metric(),
@@ -140,8 +141,9 @@ impl IndexInput {
             return Err(index_error(IndexError::Mismatch(found)));
         }
         let params = &inner.opts.index_params;
-        // A grown index keeps its base's codebook, and shares the base's copy.
-        let share = Some(Arc::clone(base.shared_pq()));
+        // A grown index keeps its base's codebook, and shares the base's copy, and the base's
+        // codes where it repeats them (all of them when no row was dropped).
+        let share = (Some(Arc::clone(base.shared_pq())), Some(base.codes().clone()));
         place_index(inner, idir, meta, share, |tmp| {
             let growth = Growth { base, relabel, added, added_labels: labels, params, chunk_rows };
             let summary = grow_index(growth, tmp, &|_, _, _| {}).map_err(index_error)?;
@@ -202,7 +204,7 @@ pub(super) fn build_index_dir(
         .to_vector_set(schema.dim())
         .map_err(|e| index_error(IndexError::Data(e)))?;
     drop(vectors);
-    place_index(inner, idir, meta, codebook.cloned(), |tmp| {
+    place_index(inner, idir, meta, (codebook.cloned(), None), |tmp| {
         let codebook = codebook.map(Arc::as_ref);
         quiver_diskgraph::index::build_index_with(
             set,
@@ -219,12 +221,13 @@ pub(super) fn build_index_dir(
 
 /// Runs `build` into `idir/{id}.tmp`, binds what it built to segment `meta` (the SOURCE
 /// record), renames it to `idir/{id}`, syncs `idir` and opens the index, sharing `codebook` if
-/// it was built with it. A failed build leaves nothing behind.
+/// it was built with it and the pieces of `share_codes` its codes repeat. A failed build leaves
+/// nothing behind.
 fn place_index(
     inner: &Inner,
     idir: &Path,
     meta: &SegmentMeta,
-    codebook: Option<Arc<PqCodebook>>,
+    (codebook, share_codes): (Option<Arc<PqCodebook>>, Option<Codes>),
     build: impl FnOnce(&Path) -> Result<(), BackgroundError>,
 ) -> Result<DiskIndex, BackgroundError> {
     let sid = meta.id;
@@ -240,6 +243,6 @@ fn place_index(
     let _ = std::fs::remove_dir_all(&fin);
     std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
     std::fs::File::open(idir).and_then(|d| d.sync_all()).map_err(io_error(idir))?;
-    let opts = OpenOptionsIndex { pq: codebook, ..inner.opts.index_open.clone() };
+    let opts = OpenOptionsIndex { pq: codebook, share_codes, ..inner.opts.index_open.clone() };
     DiskIndex::open(&fin, opts).map_err(|source| BackgroundError::Index { segment: sid, source })
 }
