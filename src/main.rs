@@ -320,7 +320,7 @@ const MIB: f64 = 1_048_576.0;
 type QueryOutcome = (usize, Vec<u32>, QueryStats);
 
 fn grow(args: &GrowArgs) -> Result<(), BoxError> {
-    use quiver_diskgraph::grow::{AddedRows, Growth, grow_index, grow_peak_bytes};
+    use quiver_diskgraph::grow::{AddedRows, GrowShape, Growth, grow_index};
     use quiver_diskgraph::source::VectorFile;
     allocator_purges_at_once();
     let base = DiskIndex::open(&args.index, OpenOptionsIndex::default())?;
@@ -343,11 +343,8 @@ fn grow(args: &GrowArgs) -> Result<(), BoxError> {
         },
         ..BuildParams::default()
     };
-    let h = base.header();
-    let row_bytes = u64::from(h.dim) * h.elem.size() as u64;
-    let (m, r) = (base.pq().bytes() as u64, u64::from(h.max_degree));
-    let chunk = args.chunk_rows as u64;
-    let estimate = grow_peak_bytes(h.n, u64::from(n - kept), count as u64, row_bytes, m, r, chunk);
+    let shape = GrowShape::of(&base, u64::from(n - kept), count as u64);
+    let estimate = shape.peak_bytes(args.chunk_rows as u64);
     let open_index = base.ram_bytes() as u64;
     let growth = Growth {
         base: &base,

@@ -28,7 +28,7 @@
 //!
 //! The PQ codebook is the old index's: added rows are encoded with it, kept codes are copied
 //! into the new codes file as it is written (never gathered in RAM). Memory
-//! ([`grow_peak_bytes`]): 4 bytes per old node (its new position), the dropped nodes' lists,
+//! ([`GrowShape::peak_bytes`]): 4 bytes per old node (its new position), the dropped nodes' lists,
 //! `m + 4` bytes per added row (its code and position), and one chunk: its rows, their graph,
 //! their lists and edges. Inner-product indexes are not grown: their stored vectors are
 //! scaled by the largest norm seen at build time, which an added row may exceed.
@@ -72,7 +72,7 @@ const NODES_BUFFER: usize = 64 << 10;
 fn run_buffer(runs: u64) -> u64 {
     (RUN_BUFFERS / runs.max(1)).clamp(4 << 10, 64 << 10)
 }
-/// The fewest rows a chunk may have ([`grow_chunk_rows`]): fewer would leave each chunk's own
+/// The fewest rows a chunk may have ([`GrowShape::chunk_rows`]): fewer would leave each chunk's own
 /// graph too sparse to matter.
 pub const MIN_CHUNK_ROWS: u64 = 256;
 
@@ -146,8 +146,8 @@ pub struct Growth<'a> {
     pub added_labels: &'a [u32],
     /// `R`, `L`, `α` and the rest; the PQ parameters are unused (the old codebook is kept).
     pub params: &'a BuildParams,
-    /// Added rows linked at a time (0: all at once). [`grow_chunk_rows`] picks the most a RAM
-    /// allowance holds.
+    /// Added rows linked at a time (0: all at once). [`GrowShape::chunk_rows`] picks the most a
+    /// RAM allowance holds.
     pub chunk_rows: usize,
 }
 
@@ -186,97 +186,113 @@ pub struct GrowSummary {
     pub write_seconds: f64,
 }
 
-/// Bytes [`grow_index`] holds at its peak for an old index of `old` nodes with `dropped` of
-/// them dropped and `added` rows of `row_bytes` each added `chunk` at a time (0: all at once),
-/// codes of `m` bytes and degree `r` (the old index itself, open, is the caller's): the
-/// planner's figure. It is the larger of the growth's working set and the grown index's
-/// codes that its opening loads beside the old index's, opened sharing them
-/// ([`grown_codes_bytes`]).
-///
-/// The working set: each old node's new position (4 bytes), the dropped nodes' lists, each
-/// added row's code and new position, and one chunk — its rows and codes, with their
-/// in-memory graph beside their packed out-lists while they are linked, then the lists beside
-/// the chunk's edges (those into old nodes a run at a time) while its nodes are finished and
-/// spilled; in the write pass, the last
-/// chunk's rows (kept as exact stand-ins), a batch of old nodes, the file buffers and a
-/// buffer per run of spilled edges. (200k SIFT bytes, 10k dropped, 30k added in one chunk:
-/// 23.4 MiB estimated.)
-pub fn grow_peak_bytes(
-    old: u64,
-    dropped: u64,
-    added: u64,
-    row_bytes: u64,
-    m: u64,
-    r: u64,
-    chunk: u64,
-) -> u64 {
-    let c = if chunk == 0 { added } else { chunk.min(added) };
-    let run_edges = (c * r).min(RUN_EDGES as u64);
-    let runs = if c == 0 { 0 } else { added.div_ceil(c) + (added * r).div_ceil(RUN_EDGES as u64) };
-    let positions = 4 * old;
-    let dropped_lists = dropped * (4 * r + 48);
-    let per_added = added * (m + 4);
-    let slack = crate::vamana::VamanaParams::default().slack;
-    let graph_build = crate::plan::graph_build_bytes(c, r as usize, slack);
-    let rows = c * (row_bytes + m);
-    let packed = c * (4 * r + 8);
-    let link = rows + graph_build + packed + LINK_SCRATCH;
-    // Finishing: the lists, the chunk's edges among itself (grouped) and a run of its edges
-    // into old nodes (8 bytes each, sorted), and a batch of finished records.
-    let finish = rows + packed + c * (4 * r + 4) + run_edges * 8 + LINK_SCRATCH;
-    let batch = patch_batch(row_bytes, r) as u64 * (row_bytes + 12 * r + 64);
-    let buffers = (SECTOR * crate::layout::SCAN_SECTORS + crate::layout::WRITE_BUFFER) as u64;
-    let write = c * row_bytes + batch + buffers + NODES_BUFFER as u64 + runs * run_buffer(runs);
-    let working = positions + dropped_lists + per_added + link.max(finish).max(write);
-    working.max(grown_codes_bytes(old, dropped, added, m))
+/// A growth's shape, all its memory plan needs: an old index of `old` nodes with `dropped` of
+/// them dropped, `added` rows of `row_bytes` each added, codes of `m` bytes, degree `r`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrowShape {
+    /// Nodes of the old index.
+    pub old: u64,
+    /// Of them, dropped.
+    pub dropped: u64,
+    /// Rows added.
+    pub added: u64,
+    /// Bytes of a stored row.
+    pub row_bytes: u64,
+    /// Bytes of a PQ code.
+    pub m: u64,
+    /// The graph's degree `R`.
+    pub r: u64,
 }
 
-/// Bytes of codes a grown index loads when it is opened sharing its base's codes
-/// ([`crate::search::OpenOptionsIndex::share_codes`]) while the base is open: with no row
-/// dropped, every old code stays at its position and is shared, so the added rows' codes and
-/// at most one merge of two pieces ([`crate::codes::MAX_PIECES`]: the two adjacent pieces
-/// smallest together hold at most an eighth of the codes); with rows dropped, the positions
-/// after the first move, and all of them, conservatively.
-#[must_use]
-pub fn grown_codes_bytes(old: u64, dropped: u64, added: u64, m: u64) -> u64 {
-    let total = (old - dropped.min(old) + added) * m;
-    if dropped == 0 {
-        (added * m + total.div_ceil(crate::codes::MAX_PIECES as u64 / 2)).min(total)
-    } else {
-        total
+impl GrowShape {
+    /// The shape of growing `base` by `added` rows with `dropped` of its rows dropped.
+    #[must_use]
+    pub fn of(base: &DiskIndex, dropped: u64, added: u64) -> GrowShape {
+        let h = base.header();
+        let row_bytes = u64::from(h.dim) * h.elem.size() as u64;
+        let (m, r) = (base.pq().bytes() as u64, u64::from(h.max_degree));
+        GrowShape { old: h.n, dropped, added, row_bytes, m, r }
     }
-}
 
-/// The most added rows a chunk may hold for a growth (as [`grow_peak_bytes`]) to peak within
-/// `allowance`: all of them if they fit at once, else the largest chunk that fits, or `None`
-/// when not even [`MIN_CHUNK_ROWS`] does.
-pub fn grow_chunk_rows(
-    old: u64,
-    dropped: u64,
-    added: u64,
-    row_bytes: u64,
-    m: u64,
-    r: u64,
-    allowance: u64,
-) -> Option<u64> {
-    let fits = |c: u64| grow_peak_bytes(old, dropped, added, row_bytes, m, r, c) <= allowance;
-    if added == 0 || fits(added) {
-        return fits(added).then_some(added);
+    /// Bytes [`grow_index`] holds at its peak linking `chunk` added rows at a time (0: all at
+    /// once); the old index itself, open, is the caller's. It is the larger of the growth's
+    /// working set and the grown index's codes that its opening loads beside the old index's,
+    /// opened sharing them ([`GrowShape::grown_codes_bytes`]).
+    ///
+    /// The working set: each old node's new position (4 bytes), the dropped nodes' lists, each
+    /// added row's code and new position, and one chunk — its rows and codes, with their
+    /// in-memory graph beside their packed out-lists while they are linked, then the lists
+    /// beside the chunk's edges (those into old nodes a run at a time) while its nodes are
+    /// finished and spilled; in the write pass, the last chunk's rows (kept as exact stand-ins),
+    /// a batch of old nodes, the file buffers and a buffer per run of spilled edges. (200k SIFT
+    /// bytes grown by 30k at once: 24.4 MiB estimated, 36.8 MiB measured for the whole `quiver
+    /// grow` process, the old index's 6.2 MiB and the binary's own included.)
+    #[must_use]
+    pub fn peak_bytes(&self, chunk: u64) -> u64 {
+        let GrowShape { old, dropped, added, row_bytes, m, r } = *self;
+        let c = if chunk == 0 { added } else { chunk.min(added) };
+        let run_edges = (c * r).min(RUN_EDGES as u64);
+        let runs =
+            if c == 0 { 0 } else { added.div_ceil(c) + (added * r).div_ceil(RUN_EDGES as u64) };
+        let positions = 4 * old;
+        let dropped_lists = dropped * (4 * r + 48);
+        let per_added = added * (m + 4);
+        let slack = crate::vamana::VamanaParams::default().slack;
+        let graph_build = crate::plan::graph_build_bytes(c, r as usize, slack);
+        let rows = c * (row_bytes + m);
+        let packed = c * (4 * r + 8);
+        let link = rows + graph_build + packed + LINK_SCRATCH;
+        // Finishing: the lists, the chunk's edges among itself (grouped) and a run of its edges
+        // into old nodes (8 bytes each, sorted), and a batch of finished records.
+        let finish = rows + packed + c * (4 * r + 4) + run_edges * 8 + LINK_SCRATCH;
+        let batch = patch_batch(row_bytes, r) as u64 * (row_bytes + 12 * r + 64);
+        let buffers = (SECTOR * crate::layout::SCAN_SECTORS + crate::layout::WRITE_BUFFER) as u64;
+        let write = c * row_bytes + batch + buffers + NODES_BUFFER as u64 + runs * run_buffer(runs);
+        let working = positions + dropped_lists + per_added + link.max(finish).max(write);
+        working.max(self.grown_codes_bytes())
     }
-    let (mut lo, mut hi) = (MIN_CHUNK_ROWS, added);
-    if !fits(lo) {
-        return None;
-    }
-    // The peak grows with the chunk: the largest chunk that fits lies in lo..hi.
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if fits(mid) {
-            lo = mid;
+
+    /// Bytes of codes the grown index loads when it is opened sharing its base's codes
+    /// ([`crate::search::OpenOptionsIndex::share_codes`]) while the base is open: with no row
+    /// dropped, every old code stays at its position and is shared, so the added rows' codes
+    /// and at most one merge of two pieces ([`crate::codes::MAX_PIECES`]: the two adjacent
+    /// pieces smallest together hold at most an eighth of the codes); with rows dropped, the
+    /// positions after the first move, and all of them, conservatively.
+    #[must_use]
+    pub fn grown_codes_bytes(&self) -> u64 {
+        let total = (self.old - self.dropped.min(self.old) + self.added) * self.m;
+        if self.dropped == 0 {
+            (self.added * self.m + total.div_ceil(crate::codes::MAX_PIECES as u64 / 2)).min(total)
         } else {
-            hi = mid;
+            total
         }
     }
-    Some(lo)
+
+    /// The most added rows a chunk may hold for the growth to peak ([`GrowShape::peak_bytes`])
+    /// within `allowance`: all of them if they fit at once, else the largest chunk that fits,
+    /// or `None` when not even [`MIN_CHUNK_ROWS`] does.
+    #[must_use]
+    pub fn chunk_rows(&self, allowance: u64) -> Option<u64> {
+        let fits = |c: u64| self.peak_bytes(c) <= allowance;
+        let added = self.added;
+        if added == 0 || fits(added) {
+            return fits(added).then_some(added);
+        }
+        let (mut lo, mut hi) = (MIN_CHUNK_ROWS, added);
+        if !fits(lo) {
+            return None;
+        }
+        // The peak grows with the chunk: the largest chunk that fits lies in lo..hi.
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
 }
 
 /// Transient bytes of the link beyond the packed lists: one sub-chunk's lists as they are
@@ -1192,22 +1208,23 @@ mod tests {
 
     #[test]
     fn a_chunk_is_picked_to_fit_the_allowance_and_none_below_the_least_chunk() {
-        let (old, added, row, m, r) = (200_000, 150_000, 512, 32, 64);
-        let whole = grow_peak_bytes(old, 0, added, row, m, r, 0);
-        assert_eq!(grow_chunk_rows(old, 0, added, row, m, r, whole), Some(added));
+        let shape =
+            GrowShape { old: 200_000, dropped: 0, added: 150_000, row_bytes: 512, m: 32, r: 64 };
+        let whole = shape.peak_bytes(0);
+        assert_eq!(shape.chunk_rows(whole), Some(shape.added));
         let allowance = whole / 8;
-        let chunk = grow_chunk_rows(old, 0, added, row, m, r, allowance).expect("a chunk fits");
-        assert!(chunk < added && chunk >= MIN_CHUNK_ROWS, "chunk {chunk}");
-        assert!(grow_peak_bytes(old, 0, added, row, m, r, chunk) <= allowance);
-        assert!(grow_peak_bytes(old, 0, added, row, m, r, chunk + 1) > allowance);
+        let chunk = shape.chunk_rows(allowance).expect("a chunk fits");
+        assert!(chunk < shape.added && chunk >= MIN_CHUNK_ROWS, "chunk {chunk}");
+        assert!(shape.peak_bytes(chunk) <= allowance);
+        assert!(shape.peak_bytes(chunk + 1) > allowance);
         // The grown index's codes alone would not fit: no chunk helps.
-        let codes = grown_codes_bytes(old, 10, added, m);
-        assert_eq!(codes, (old - 10 + added) * m, "with rows dropped, every code is loaded");
-        assert_eq!(grow_chunk_rows(old, 10, added, row, m, r, codes - 1), None);
+        let dropping = GrowShape { dropped: 10, ..shape };
+        let codes = dropping.grown_codes_bytes();
+        assert_eq!(codes, (200_000 - 10 + 150_000) * 32, "with rows dropped, every code is loaded");
+        assert_eq!(dropping.chunk_rows(codes - 1), None);
         // With none dropped, only the added codes and one merge of pieces are loaded.
-        let (big, batch) = (1_000_000, 30_000);
-        let shared = grown_codes_bytes(big, 0, batch, m);
-        assert_eq!(shared, batch * m + ((big + batch) * m).div_ceil(8));
-        assert!(shared < grown_codes_bytes(big, 1, batch, m) / 4);
+        let big = GrowShape { old: 1_000_000, added: 30_000, ..shape };
+        assert_eq!(big.grown_codes_bytes(), 30_000 * 32 + (1_030_000 * 32u64).div_ceil(8));
+        assert!(big.grown_codes_bytes() < GrowShape { dropped: 1, ..big }.grown_codes_bytes() / 4);
     }
 }

@@ -15,13 +15,13 @@
 //!   while it runs the cache gives up what the build's plan expects to use;
 //! - a merge whose build would not fit that is not attempted: its segments stay apart (more
 //!   segments to search, memory kept). A merge that grows its largest input's index rather
-//!   than rebuilding it is held to the growth's own peak ([`grow_peak`]: 4 bytes per old row,
-//!   the codes, and one chunk of the added rows: [`grow_chunk`] picks the largest chunk that
-//!   fits), which does not grow with the old index's vectors.
+//!   than rebuilding it is held to the growth's own peak ([`GrowShape::peak_bytes`]: 4 bytes
+//!   per old row, the codes, and one chunk of the added rows: [`GrowShape::chunk_rows`] picks
+//!   the largest chunk that fits), which does not grow with the old index's vectors.
 
 use std::sync::atomic::Ordering;
 
-use quiver_diskgraph::grow::{MIN_CHUNK_ROWS, grow_chunk_rows, grow_peak_bytes};
+use quiver_diskgraph::grow::{GrowShape, MIN_CHUNK_ROWS};
 use quiver_diskgraph::index::{BuildParams, plan_build};
 use quiver_diskgraph::plan::{Plan, PlanError};
 use quiver_diskgraph::search::DiskIndex;
@@ -112,36 +112,10 @@ fn make_room(inner: &Inner, allowance: u64, peak: u64) {
     }
 }
 
-/// The shape of growing `base` by `added` rows with `dropped` of its rows dropped: rows of
-/// `row_bytes`, codes of `m` bytes, degree `r`.
-fn growth_shape(base: &DiskIndex) -> (u64, u64, u64, u64) {
-    let h = base.header();
-    let row_bytes = u64::from(h.dim) * h.elem.size() as u64;
-    (h.n, row_bytes, base.pq().bytes() as u64, u64::from(h.max_degree))
-}
-
-/// The peak of growing `base` by `added` rows with `dropped` of its rows dropped, `chunk`
-/// added rows linked at a time ([`grow_peak_bytes`]).
-pub(super) fn grow_peak(base: &DiskIndex, dropped: u64, added: u64, chunk: u64) -> u64 {
-    let (n, row_bytes, m, r) = growth_shape(base);
-    grow_peak_bytes(n, dropped, added, row_bytes, m, r, chunk)
-}
-
-/// The most added rows growing `base` (see [`grow_peak`]) may link at a time within
-/// `allowance`, or `None` if not even the least chunk fits.
-pub(super) fn grow_chunk(
-    base: &DiskIndex,
-    dropped: u64,
-    added: u64,
-    allowance: u64,
-) -> Option<u64> {
-    let (n, row_bytes, m, r) = growth_shape(base);
-    grow_chunk_rows(n, dropped, added, row_bytes, m, r, allowance)
-}
-
-/// Whether growing `base` (see [`grow_peak`]) fits `allowance`, a chunk at a time if need be.
+/// Whether growing `base` by `added` rows with `dropped` of its rows dropped fits `allowance`,
+/// a chunk at a time if need be ([`GrowShape::chunk_rows`]).
 pub(super) fn grow_fits(base: &DiskIndex, dropped: u64, added: u64, allowance: u64) -> bool {
-    grow_chunk(base, dropped, added, allowance).is_some()
+    GrowShape::of(base, dropped, added).chunk_rows(allowance).is_some()
 }
 
 /// The added rows growing `base` links at a time (0: all at once): under a memory budget,
@@ -149,13 +123,14 @@ pub(super) fn grow_fits(base: &DiskIndex, dropped: u64, added: u64, allowance: u
 /// when planned), with room made in the cache for it; else under the build's `ram_budget`, if
 /// any.
 pub(super) fn room_to_grow(inner: &Inner, base: &DiskIndex, dropped: u64, added: u64) -> usize {
+    let shape = GrowShape::of(base, dropped, added);
     if let Some(allowance) = build_allowance(inner, &inner.read()) {
-        let chunk = grow_chunk(base, dropped, added, allowance).unwrap_or(MIN_CHUNK_ROWS);
-        make_room(inner, allowance, grow_peak(base, dropped, added, chunk));
+        let chunk = shape.chunk_rows(allowance).unwrap_or(MIN_CHUNK_ROWS);
+        make_room(inner, allowance, shape.peak_bytes(chunk));
         return chunk as usize;
     }
     let ram = inner.opts.index_params.ram_budget;
-    ram.and_then(|a| grow_chunk(base, dropped, added, a)).map_or(0, |c| c as usize)
+    ram.and_then(|a| shape.chunk_rows(a)).map_or(0, |c| c as usize)
 }
 
 /// Whether a merged segment of `rows` rows of `schema` could be indexed within `allowance`.
