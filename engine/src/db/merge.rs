@@ -59,10 +59,10 @@ pub(super) fn merge_candidates<'a>(
             return true;
         }
         match grown_segment(c.schema.metric(), pick, rows) {
-            Some((base, index)) => {
+            Some((base, index)) if c.keeps_codebook(index, rows as u64) => {
                 grow_fits(index, base.deleted_count, (rows - live(base)) as u64, a)
             }
-            None => merge_fits(inner, &c.schema, rows, a),
+            _ => merge_fits(inner, &c.schema, rows, a),
         }
     };
     if let Some(pick) = absorb_pick(inner, c, allowance) {
@@ -166,6 +166,9 @@ fn absorb_pick<'a>(
             added -= live(pick.pop().expect("two or more"));
         }
     }
+    while pick.len() >= 2 && !c.keeps_codebook(index, (live(base) + added) as u64) {
+        added -= live(pick.pop().expect("two or more"));
+    }
     let others = pick.len() - 1;
     let enough_segments = others >= inner.opts.merge_min_segments.saturating_sub(1).max(1);
     let enough_rows = added * ABSORB_MIN_FRACTION >= live(base) || others >= MAX_ABSORBED;
@@ -209,6 +212,9 @@ struct MergeJob {
     inputs: Vec<MergeInput>,
     /// The collection's codebook when the merge was planned: a rebuilt index is built with it.
     codebook: Option<Arc<quiver_diskgraph::pq::PqCodebook>>,
+    /// The input whose index the merged segment's grows from ([`grown_input`], when its
+    /// codebook may be kept: [`super::model::Collection::keeps_codebook`]); `None`: a rebuild.
+    grow: Option<usize>,
 }
 
 impl MergeJob {
@@ -324,7 +330,7 @@ pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
 fn plan_merge(inner: &Inner) -> Option<MergeJob> {
     let st = inner.read();
     let allowance = build_allowance(inner, &st);
-    let mut job = st.collections.values().find_map(|c| {
+    st.collections.values().find_map(|c| {
         let pick = merge_candidates(inner, c, allowance);
         if pick.is_empty() {
             return None;
@@ -341,18 +347,23 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
                 index: s.index.clone(),
             })
             .collect();
+        let mut inputs = inputs;
+        // Segments that lost no rows are copied row group by row group, without decoding; the
+        // others are re-encoded from their live rows. Encoded rows come first in the new file.
+        inputs.sort_by_key(MergeInput::whole);
+        let rows: usize = inputs.iter().map(|i| i.live.len()).sum();
+        let grow = grown_input(&c.schema, &inputs, rows).filter(|&b| {
+            inputs[b].index.as_deref().is_some_and(|ix| c.keeps_codebook(ix, rows as u64))
+        });
         Some(MergeJob {
             collection: c.id,
             schema: c.schema.clone(),
             arrow: c.arrow.clone(),
-            codebook: c.codebook_for(inputs.iter().map(|i| i.live.len() as u64).sum()),
+            codebook: c.codebook_for(rows as u64),
             inputs,
+            grow,
         })
-    })?;
-    // Segments that lost no rows are copied row group by row group, without decoding; the
-    // others are re-encoded from their live rows. Encoded rows come first in the new file.
-    job.inputs.sort_by_key(MergeInput::whole);
-    Some(job)
+    })
 }
 
 /// Where a merge puts its rows' search vectors.
@@ -386,7 +397,7 @@ fn write_merged(
     let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
     let rows: usize = inputs.iter().map(|i| i.live.len()).sum();
     let index_dir = inner.index_dir.as_deref().filter(|_| rows >= inner.opts.min_index_rows);
-    let grow = index_dir.and_then(|_| grown_input(schema, inputs, rows));
+    let grow = index_dir.and(job.grow);
     // A grown index needs only the other inputs' vectors: the base's are in its index.
     let input_rows = rows - grow.map_or(0, |b| inputs[b].live.len());
     let mut vectors = match index_dir {

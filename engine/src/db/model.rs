@@ -135,6 +135,10 @@ pub(super) const MIN_SHARED_CODEBOOK_ROWS: u64 = 256;
 /// keep it, shared among them.
 pub(super) const CODEBOOK_RETRAIN_FACTOR: u64 = 4;
 
+/// A codebook trained on at least this many rows is kept however large an index grown with it
+/// becomes: PQ training samples at most this many (`PqParams::default().max_samples`).
+pub(super) const CODEBOOK_ENOUGH_ROWS: u64 = 100_000;
+
 /// Counters of a collection's reads since the database opened: statistics only (relaxed
 /// atomics, read together without a common instant).
 #[derive(Debug, Default)]
@@ -184,6 +188,21 @@ impl Collection {
         };
         if better {
             self.codebook = Some((Arc::clone(index.shared_pq()), rows));
+        }
+    }
+
+    /// Whether an index grown from `index` to `rows` rows may keep `index`'s codebook (a growth
+    /// keeps its base's): yes unless it is the collection's codebook, trained on fewer than
+    /// [`CODEBOOK_ENOUGH_ROWS`] rows and on less than 1/[`CODEBOOK_RETRAIN_FACTOR`] of `rows`.
+    /// Such a merge rebuilds instead, and trains a better one. Growing the 1024-d rows of the
+    /// 4× budget test into one index with the codebook of its first 400 rows gave recall@10
+    /// 0.947 at L 100, against 0.994 for the same growth with a codebook of 8,192 rows.
+    pub(super) fn keeps_codebook(&self, index: &DiskIndex, rows: u64) -> bool {
+        match &self.codebook {
+            Some((pq, trained)) if Arc::ptr_eq(pq, index.shared_pq()) => {
+                *trained >= CODEBOOK_ENOUGH_ROWS || rows < CODEBOOK_RETRAIN_FACTOR * trained
+            }
+            _ => true,
         }
     }
 
