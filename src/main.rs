@@ -92,6 +92,10 @@ struct GrowArgs {
     /// memory budget; here the rows themselves are still read whole.
     #[arg(long, default_value_t = 0)]
     chunk_rows: usize,
+    /// Train a new PQ codebook on a sample of this many of the grown index's rows, and encode
+    /// every row with it (0: keep the old index's codebook).
+    #[arg(long, default_value_t = 0)]
+    retrain_samples: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -343,7 +347,8 @@ fn grow(args: &GrowArgs) -> Result<(), BoxError> {
         },
         ..BuildParams::default()
     };
-    let shape = GrowShape::of(&base, u64::from(n - kept), count as u64);
+    let shape = GrowShape::of(&base, u64::from(n - kept), count as u64)
+        .retraining(args.retrain_samples as u64);
     let estimate = shape.peak_bytes(args.chunk_rows as u64);
     let open_index = base.ram_bytes() as u64;
     let growth = Growth {
@@ -353,6 +358,8 @@ fn grow(args: &GrowArgs) -> Result<(), BoxError> {
         added_labels: &labels,
         params: &params,
         chunk_rows: args.chunk_rows,
+        retrain: (args.retrain_samples > 0)
+            .then(|| PqParams { max_samples: args.retrain_samples, ..PqParams::default() }),
     };
     let bars = PhaseBars::default();
     let total = Instant::now();
@@ -371,8 +378,11 @@ fn grow(args: &GrowArgs) -> Result<(), BoxError> {
         summary.mean_degree
     );
     println!(
-        "time: scan {:.1}s, added rows' graph {:.1}s, link {:.1}s, write {:.1}s, total {:.1}s",
+        "time: scan {:.1}s, codebook trained on {} rows {:.1}s, added rows' graph {:.1}s, link \
+         {:.1}s, write {:.1}s, total {:.1}s",
         summary.scan_seconds,
+        summary.trained_rows,
+        summary.train_seconds,
         summary.graph_seconds,
         summary.link_seconds,
         summary.write_seconds,

@@ -14,9 +14,10 @@ use common::fixture;
 use std::path::Path;
 
 use quiver_diskgraph::data::{ElemType, Metric, VectorSet, distance_active, read_vectors};
-use quiver_diskgraph::grow::{AddedRows, Growth, grow_index};
+use quiver_diskgraph::grow::{AddedRows, GrowSummary, Growth, grow_index};
 use quiver_diskgraph::index::{BuildParams, GRAPH_FILE, IndexError, build_index};
-use quiver_diskgraph::pq::PqParams;
+use quiver_diskgraph::layout::IndexReader;
+use quiver_diskgraph::pq::{CODES_FILE, PIVOTS_FILE, PqCodebook, PqParams, read_codes};
 use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex, SearchParams};
 use quiver_diskgraph::source::{VectorFile, write_bin};
 use quiver_diskgraph::vamana::VamanaParams;
@@ -87,6 +88,21 @@ fn grow_in_chunks(
     new_dir: &Path,
     chunk_rows: usize,
 ) -> Vec<usize> {
+    let (next, _) = grow_with(all, old_dir, live, drop, (add, chunk_rows), new_dir, None);
+    next
+}
+
+/// [`grow_in_chunks`] of `(add, chunk_rows)`, retraining the codebook if `retrain` says so;
+/// also returns the growth's summary.
+fn grow_with(
+    all: &VectorSet,
+    old_dir: &Path,
+    live: &[usize],
+    drop: &dyn Fn(usize) -> bool,
+    (add, chunk_rows): (&[usize], usize),
+    new_dir: &Path,
+    retrain: Option<PqParams>,
+) -> (Vec<usize>, GrowSummary) {
     let base = DiskIndex::open(old_dir, OpenOptionsIndex::default()).unwrap();
     let mut next: Vec<usize> = Vec::new();
     let mut relabelled = vec![None; live.len()];
@@ -115,6 +131,7 @@ fn grow_in_chunks(
         added_labels: &added_labels,
         params: &params(),
         chunk_rows,
+        retrain,
     };
     let summary = grow_index(growth, new_dir, &|_, _, _| {}).unwrap();
     assert_eq!(summary.kept + summary.added, next.len());
@@ -128,7 +145,7 @@ fn grow_in_chunks(
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "spill files left behind: {leftovers:?}");
-    next
+    (next, summary)
 }
 
 #[test]
@@ -180,6 +197,62 @@ fn rows_added_a_chunk_at_a_time_from_a_file_are_linked_as_well_as_at_once() {
         let (c, o) = (recall(&chunked, &rows, &queries, l), recall(&at_once, &rows, &queries, l));
         eprintln!("L {l}: chunked recall {c}, at once {o}");
         assert!(c >= o - 0.02, "L {l}: chunked recall {c}, at once {o}");
+    }
+}
+
+/// A codebook trained on an index's first few hundred rows, kept as the index grows twentyfold,
+/// steers its searches badly (the 4× budget test's 1024-d rows fell to recall 0.947): a
+/// retraining growth must write a new codebook, every node's code must be that codebook's
+/// encoding of the node's own vector (in position order, old nodes and added ones), and its
+/// recall must match a fresh build's.
+#[test]
+fn a_retraining_growth_encodes_every_node_with_its_new_codebook_and_matches_a_fresh_build() {
+    let all = read_vectors(&fixture("base.u8bin")).unwrap();
+    let queries = read_vectors(&fixture("query.u8bin")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let first: Vec<usize> = (0..300).collect();
+    let old = tmp.path().join("old");
+    build_index(rows_of(&all, &first), Metric::L2, &params(), &old, &|_, _| {}).unwrap();
+    let old_pq = PqCodebook::read_from(&old.join(PIVOTS_FILE)).unwrap();
+    let add: Vec<usize> = (300..6300).collect();
+    let drop = |r: usize| r % 10 == 3;
+    let kept = tmp.path().join("kept");
+    let live = grow_once(&all, &old, &first, &drop, &add, &kept);
+    let retrained = tmp.path().join("retrained");
+    let retrain = PqParams { max_samples: 4000, ..PqParams::default() };
+    let (live_retrained, summary) =
+        grow_with(&all, &old, &first, &drop, (&add, 6000), &retrained, Some(retrain));
+    assert_eq!(live, live_retrained);
+    // 4,000 planned, in proportion: 190 old positions (a tenth of them dropped, skipped) and
+    // 3,810 added rows.
+    assert!((3950..=4000).contains(&summary.trained_rows), "trained on {}", summary.trained_rows);
+    let rows = rows_of(&all, &live);
+    check_graph(&retrained, &rows);
+
+    let pq = PqCodebook::read_from(&retrained.join(PIVOTS_FILE)).unwrap();
+    assert!(pq != old_pq, "the codebook was not retrained");
+    assert_eq!(pq.bytes(), old_pq.bytes(), "the code size changed");
+    let (m, codes) = read_codes(&retrained.join(CODES_FILE)).unwrap();
+    assert_eq!((m, codes.len()), (pq.bytes(), live.len() * m));
+    let reader = IndexReader::open(&retrained.join(GRAPH_FILE)).unwrap();
+    let mut expected = vec![0u8; m];
+    reader
+        .for_each_node::<IndexError>(|p, node| {
+            let row = &rows.row(node.label as usize);
+            pq.encode_into(*row, &mut expected);
+            let at = p as usize * m;
+            assert_eq!(&codes[at..at + m], &expected[..], "node {p}'s code");
+            Ok(())
+        })
+        .unwrap();
+
+    let fresh = tmp.path().join("fresh");
+    build_index(rows.clone(), Metric::L2, &params(), &fresh, &|_, _| {}).unwrap();
+    for l in [20, 50] {
+        let r = recall(&retrained, &rows, &queries, l);
+        let (k, f) = (recall(&kept, &rows, &queries, l), recall(&fresh, &rows, &queries, l));
+        eprintln!("L {l}: retrained recall {r}, old codebook kept {k}, fresh build {f}");
+        assert!(r >= f - 0.02, "L {l}: retrained recall {r}, fresh build {f}");
     }
 }
 
@@ -262,6 +335,7 @@ fn an_inner_product_index_is_refused_not_grown_wrongly() {
         added_labels: &labels,
         params: &params(),
         chunk_rows: 0,
+        retrain: None,
     };
     let err = grow_index(growth, &tmp.path().join("grown"), &|_, _, _| {}).unwrap_err();
     assert!(matches!(err, IndexError::CannotGrow(_)), "{err}");

@@ -27,10 +27,15 @@
 //!    copied as they are.
 //!
 //! The PQ codebook is the old index's: added rows are encoded with it, kept codes are copied
-//! into the new codes file as it is written (never gathered in RAM). Memory
+//! into the new codes file as it is written (never gathered in RAM). Unless the growth
+//! retrains it ([`Growth::retrain`]): then a sample of the grown index's rows, old ones taken
+//! in the scan and added ones read before the link, trains a new codebook of the same code
+//! size, and the write pass encodes every node it writes with it (the link still steers by
+//! the old codes). Memory
 //! ([`GrowShape::peak_bytes`]): 4 bytes per old node (its new position), the dropped nodes' lists,
 //! `m + 4` bytes per added row (its code and position), and one chunk: its rows, their graph,
-//! their lists and edges. Inner-product indexes are not grown: their stored vectors are
+//! their lists and edges; when retraining, the sample while it trains
+//! ([`training_bytes`]) and the grown index's codes, all new, as it is opened. Inner-product indexes are not grown: their stored vectors are
 //! scaled by the largest norm seen at build time, which an added row may exceed.
 
 use std::collections::HashMap;
@@ -47,18 +52,21 @@ use crate::data::{DataError, ElemType, Metric, Row, VectorSet, distance};
 use crate::index::{BuildParams, GRAPH_FILE, IndexError, store_piece};
 use crate::layout::{Header, IndexReader, IndexWriter, SECTOR};
 use crate::pack;
-use crate::pq::{CODES_FILE, CodesWriter, PIVOTS_FILE, PqCodebook};
+use crate::pq::{CODES_FILE, CodesWriter, PIVOTS_FILE, PqCodebook, PqParams};
 use crate::search::{DiskIndex, SearchParams};
 use crate::source::VectorFile;
 use crate::vamana::{self, Candidate, robust_prune};
 
 mod link;
 mod plan;
+mod retrain;
 mod spill;
 mod write;
 
 use link::{ChunkJob, Linked, Pruner};
 pub use plan::GrowShape;
+pub use retrain::training_bytes;
+use retrain::{Sample, SamplePlan};
 use spill::Spill;
 use write::Patch;
 
@@ -67,6 +75,10 @@ const DROPPED: u32 = u32::MAX;
 /// The fewest rows a chunk may have ([`GrowShape::chunk_rows`]): fewer would leave each chunk's own
 /// graph too sparse to matter.
 pub const MIN_CHUNK_ROWS: u64 = 256;
+/// The fewest sampled rows a growth that retrains its codebook should train on (39 a centroid
+/// of a subspace's 256, below which faiss warns that k-means is starved), or all the rows if
+/// fewer: [`GrowShape::sample_rows`] offers no smaller sample.
+pub const MIN_RETRAIN_ROWS: u64 = 10_000;
 
 /// Where a growth's added rows come from.
 #[derive(Debug)]
@@ -114,6 +126,13 @@ impl AddedRows {
                 let empty = VectorSet::zeroed(set.elem(), set.dim(), 0)?;
                 Ok(std::mem::replace(set, empty))
             }
+            _ => self.copy(start, count),
+        }
+    }
+
+    /// A copy of rows `start..start + count`, the rows left in place.
+    fn copy(&self, start: usize, count: usize) -> Result<VectorSet, DataError> {
+        match self {
             AddedRows::Memory(set) => {
                 let mut out = VectorSet::zeroed(set.elem(), set.dim(), count)?;
                 for i in 0..count {
@@ -141,6 +160,11 @@ pub struct Growth<'a> {
     /// Added rows linked at a time (0: all at once). [`GrowShape::chunk_rows`] picks the most a
     /// RAM allowance holds.
     pub chunk_rows: usize,
+    /// `None`: the base's codebook is kept. `Some`: a new one, of the base's code size, is
+    /// trained on a sample of at most `max_samples` of the grown index's rows (kept and added in
+    /// proportion; [`GrowShape::sample_rows`] picks what an allowance holds) with these
+    /// iterations and seed, and every code is re-encoded with it.
+    pub retrain: Option<PqParams>,
 }
 
 impl std::fmt::Debug for Growth<'_> {
@@ -149,6 +173,7 @@ impl std::fmt::Debug for Growth<'_> {
             .field("base", &self.base.path())
             .field("added", &self.added)
             .field("chunk_rows", &self.chunk_rows)
+            .field("retrain", &self.retrain)
             .finish_non_exhaustive()
     }
 }
@@ -164,12 +189,16 @@ pub struct GrowSummary {
     pub added: usize,
     /// Chunks the added rows were linked in.
     pub chunks: usize,
+    /// Rows the new codebook was trained on (0: the base's was kept).
+    pub trained_rows: usize,
     /// Kept nodes whose lists changed (lost a dropped neighbour or gained an added one).
     pub patched: usize,
     /// Mean out-degree of the new graph.
     pub mean_degree: f64,
     /// Seconds scanning the old file.
     pub scan_seconds: f64,
+    /// Seconds gathering the rest of the sample and training a new codebook (0: kept).
+    pub train_seconds: f64,
     /// Seconds building the added rows' graphs among themselves (chunk by chunk).
     pub graph_seconds: f64,
     /// Seconds searching the old index for the added rows, pruning and spilling their lists.
@@ -199,13 +228,26 @@ pub fn grow_index(
 
     let t = Instant::now();
     let reader = IndexReader::open(base.path())?;
-    let old = scan(&reader, &growth, progress)?;
+    let plan = growth.retrain.map(|p| SamplePlan::new(h.n as usize, b, p.max_samples, p.seed));
+    let mut sample = plan.as_ref().map(|plan| Sample::new(plan, &h)).transpose()?;
+    let old = scan(&reader, &growth, plan.as_ref().zip(sample.as_mut()), progress)?;
     summary.kept = old.kept as usize;
     summary.dropped = h.n as usize - summary.kept;
     summary.scan_seconds = t.elapsed().as_secs_f64();
     if old.kept as usize + b == 0 {
         return Err(IndexError::CannotGrow("no rows would be left"));
     }
+
+    let t = Instant::now();
+    let codebook = match (plan, sample, growth.retrain) {
+        (Some(plan), Some(mut sample), Some(params)) => {
+            sample.take_added(&plan, &growth.added, h.user_metric)?;
+            summary.trained_rows = sample.filled;
+            Some(sample.train(base.pq().metric(), base.pq().bytes(), &params)?)
+        }
+        _ => None,
+    };
+    summary.train_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     std::fs::create_dir_all(dir).map_err(|e| IndexError::Io { path: dir.into(), source: e })?;
@@ -228,13 +270,22 @@ pub fn grow_index(
     let last = linked.last.take();
     let pruner = Pruner::new(&growth, &h, last.as_ref().map(|(f, rows)| (*f, rows)))
         .with_added_codes(&linked.codes, &linked.position, old.kept);
-    let job = Patch { growth: &growth, h, old: &old, linked: &linked, pruner: &pruner };
+    let job = Patch {
+        growth: &growth,
+        h,
+        old: &old,
+        linked: &linked,
+        pruner: &pruner,
+        codebook: codebook.as_ref(),
+    };
     let (patched, degrees) = job.write(&reader, &spill, dir, progress)?;
     summary.patched = patched;
     summary.mean_degree = degrees as f64 / (old.kept as usize + b) as f64;
-    job.write_codes(dir)?;
+    if codebook.is_none() {
+        job.write_codes(dir)?;
+    }
     spill.remove();
-    base.pq().write_to(&dir.join(PIVOTS_FILE))?;
+    codebook.as_ref().unwrap_or(base.pq()).write_to(&dir.join(PIVOTS_FILE))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| IndexError::Io { path: dir.into(), source: e })?;
@@ -286,16 +337,22 @@ impl Old {
     }
 }
 
-/// Step 1: which old nodes are kept, where they go, and the dropped nodes' lists.
+/// Step 1: which old nodes are kept, where they go, and the dropped nodes' lists; the kept
+/// nodes of a retraining growth's sample are taken.
 fn scan(
     reader: &IndexReader,
     growth: &Growth<'_>,
+    mut sample: Option<(&SamplePlan, &mut Sample)>,
     progress: &(dyn Fn(&'static str, usize, usize) + Sync),
 ) -> Result<Old, IndexError> {
     let n = reader.header().n as usize;
     let mut old = Old { position: vec![DROPPED; n], kept: 0, dropped_lists: HashMap::new() };
     reader.for_each_node::<IndexError>(|p, node| {
-        if (growth.relabel)(node.label).is_some() {
+        let kept = (growth.relabel)(node.label).is_some();
+        if let Some((plan, sample)) = sample.as_mut() {
+            sample.offer_old(plan, p, kept, node.vector);
+        }
+        if kept {
             old.position[p as usize] = old.kept;
             old.kept += 1;
         } else {

@@ -1,12 +1,14 @@
 //! A growth's memory plan: its peak for a chunk size, and the largest chunk an allowance holds.
 
 use super::link::LINK_SCRATCH;
+use super::retrain::training_bytes;
 use super::spill::{NODES_BUFFER, RUN_EDGES, run_buffer};
 use super::write::patch_batch;
 use super::*;
 
 /// A growth's shape, all its memory plan needs: an old index of `old` nodes with `dropped` of
-/// them dropped, `added` rows of `row_bytes` each added, codes of `m` bytes, degree `r`.
+/// them dropped, `added` rows of `row_bytes` each (`dim` dimensions) added, codes of `m` bytes,
+/// degree `r`, and a new codebook trained on `train_rows` sampled rows (0: the old one kept).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GrowShape {
     /// Nodes of the old index.
@@ -21,6 +23,10 @@ pub struct GrowShape {
     pub m: u64,
     /// The graph's degree `R`.
     pub r: u64,
+    /// Dimensions of a stored row.
+    pub dim: u64,
+    /// Rows a new codebook is trained on ([`Growth::retrain`]); 0: the old one is kept.
+    pub train_rows: u64,
 }
 
 impl GrowShape {
@@ -30,7 +36,66 @@ impl GrowShape {
         let h = base.header();
         let row_bytes = u64::from(h.dim) * h.elem.size() as u64;
         let (m, r) = (base.pq().bytes() as u64, u64::from(h.max_degree));
-        GrowShape { old: h.n, dropped, added, row_bytes, m, r }
+        GrowShape {
+            old: h.n,
+            dropped,
+            added,
+            row_bytes,
+            m,
+            r,
+            dim: u64::from(h.dim),
+            train_rows: 0,
+        }
+    }
+
+    /// This growth training a new codebook on `rows` sampled rows (0: keeping the old one).
+    #[must_use]
+    pub fn retraining(self, rows: u64) -> GrowShape {
+        GrowShape { train_rows: rows.min(self.rows()), ..self }
+    }
+
+    /// Rows of the grown index.
+    #[must_use]
+    pub fn rows(&self) -> u64 {
+        self.old - self.dropped.min(self.old) + self.added
+    }
+
+    /// The most rows, at most `max`, a new codebook may be trained on for this growth's sample
+    /// to fit `allowance` beside what the scan holds (the positions and dropped lists), and for
+    /// the grown index's codes, all new, to fit it when opened: `None` if fewer than
+    /// [`MIN_RETRAIN_ROWS`] (or all the rows, when fewer) would.
+    #[must_use]
+    pub fn sample_rows(&self, allowance: u64, max: u64) -> Option<u64> {
+        let want = max.min(self.rows());
+        let least = MIN_RETRAIN_ROWS.min(want);
+        let fits = |rows: u64| self.retraining(rows).train_peak() <= allowance;
+        if want == 0 || !fits(least) || self.rows() * self.m > allowance {
+            return None;
+        }
+        if fits(want) {
+            return Some(want);
+        }
+        let (mut lo, mut hi) = (least, want);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+
+    /// Bytes held while the new codebook trains: what the scan left (positions, dropped lists)
+    /// and the training ([`training_bytes`]); 0 when none is trained.
+    fn train_peak(&self) -> u64 {
+        if self.train_rows == 0 {
+            return 0;
+        }
+        4 * self.old
+            + self.dropped * (4 * self.r + 48)
+            + training_bytes(self.train_rows, self.row_bytes, self.dim)
     }
 
     /// Bytes [`grow_index`] holds at its peak linking `chunk` added rows at a time (0: all at
@@ -48,7 +113,7 @@ impl GrowShape {
     /// grow` process, the old index's 6.2 MiB and the binary's own included.)
     #[must_use]
     pub fn peak_bytes(&self, chunk: u64) -> u64 {
-        let GrowShape { old, dropped, added, row_bytes, m, r } = *self;
+        let GrowShape { old, dropped, added, row_bytes, m, r, .. } = *self;
         let c = if chunk == 0 { added } else { chunk.min(added) };
         let run_edges = (c * r).min(RUN_EDGES as u64);
         let runs =
@@ -67,8 +132,14 @@ impl GrowShape {
         let batch = patch_batch(row_bytes, r) as u64 * (row_bytes + 12 * r + 64);
         let buffers = (SECTOR * crate::layout::SCAN_SECTORS + crate::layout::WRITE_BUFFER) as u64;
         let write = c * row_bytes + batch + buffers + NODES_BUFFER as u64 + runs * run_buffer(runs);
-        let working = positions + dropped_lists + per_added + link.max(finish).max(write);
-        working.max(self.grown_codes_bytes())
+        // A retraining growth's write pass encodes a batch of rows at a time beside the rest.
+        let encode = if self.train_rows > 0 {
+            patch_batch(row_bytes, r) as u64 * (row_bytes + m) + buffers
+        } else {
+            0
+        };
+        let working = positions + dropped_lists + per_added + link.max(finish).max(write + encode);
+        working.max(self.grown_codes_bytes()).max(self.train_peak())
     }
 
     /// Bytes of codes the grown index loads when it is opened sharing its base's codes
@@ -76,11 +147,12 @@ impl GrowShape {
     /// dropped, every old code stays at its position and is shared, so the added rows' codes
     /// and at most one merge of two pieces ([`crate::codes::MAX_PIECES`]: the two adjacent
     /// pieces smallest together hold at most an eighth of the codes); with rows dropped, the
-    /// positions after the first move, and all of them, conservatively.
+    /// positions after the first move, and all of them, conservatively. A retrained codebook's
+    /// codes are all new.
     #[must_use]
     pub fn grown_codes_bytes(&self) -> u64 {
-        let total = (self.old - self.dropped.min(self.old) + self.added) * self.m;
-        if self.dropped == 0 {
+        let total = self.rows() * self.m;
+        if self.dropped == 0 && self.train_rows == 0 {
             (self.added * self.m + total.div_ceil(crate::codes::MAX_PIECES as u64 / 2)).min(total)
         } else {
             total
@@ -120,8 +192,16 @@ mod tests {
 
     #[test]
     fn a_chunk_is_picked_to_fit_the_allowance_and_none_below_the_least_chunk() {
-        let shape =
-            GrowShape { old: 200_000, dropped: 0, added: 150_000, row_bytes: 512, m: 32, r: 64 };
+        let shape = GrowShape {
+            old: 200_000,
+            dropped: 0,
+            added: 150_000,
+            row_bytes: 512,
+            m: 32,
+            r: 64,
+            dim: 128,
+            train_rows: 0,
+        };
         let whole = shape.peak_bytes(0);
         assert_eq!(shape.chunk_rows(whole), Some(shape.added));
         let allowance = whole / 8;
@@ -138,5 +218,35 @@ mod tests {
         let big = GrowShape { old: 1_000_000, added: 30_000, ..shape };
         assert_eq!(big.grown_codes_bytes(), 30_000 * 32 + (1_030_000 * 32u64).div_ceil(8));
         assert!(big.grown_codes_bytes() < GrowShape { dropped: 1, ..big }.grown_codes_bytes() / 4);
+    }
+
+    #[test]
+    fn a_retraining_growths_sample_is_cut_to_fit_and_its_codes_are_counted_whole() {
+        let shape = GrowShape {
+            old: 40_000,
+            dropped: 0,
+            added: 40_000,
+            row_bytes: 512,
+            m: 32,
+            r: 64,
+            dim: 128,
+            train_rows: 0,
+        };
+        // Unbounded: every row up to the cap.
+        assert_eq!(shape.sample_rows(u64::MAX, 100_000), Some(80_000));
+        assert_eq!(shape.sample_rows(u64::MAX, 30_000), Some(30_000));
+        // 20 MiB: the sample shrinks to what fits beside the positions.
+        let allowance = 20 << 20;
+        let rows = shape.sample_rows(allowance, 100_000).expect("a sample fits");
+        assert!((MIN_RETRAIN_ROWS..80_000).contains(&rows), "{rows} rows");
+        let retraining = shape.retraining(rows);
+        assert!(retraining.train_peak() <= allowance);
+        assert!(shape.retraining(rows + 1).train_peak() > allowance);
+        // The grown index's codes are all new: no sharing with the base's.
+        assert_eq!(retraining.grown_codes_bytes(), 80_000 * 32);
+        assert!(retraining.peak_bytes(0) >= shape.peak_bytes(0));
+        // Too little for the least sample: none.
+        let least = shape.retraining(MIN_RETRAIN_ROWS).train_peak();
+        assert_eq!(shape.sample_rows(least - 1, 100_000), None);
     }
 }

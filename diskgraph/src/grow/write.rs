@@ -36,6 +36,71 @@ pub(super) struct Patch<'a> {
     pub(super) old: &'a Old,
     pub(super) linked: &'a Linked,
     pub(super) pruner: &'a Pruner<'a>,
+    /// A retrained codebook ([`Growth::retrain`]): every node written is encoded with it.
+    pub(super) codebook: Option<&'a PqCodebook>,
+}
+
+/// Encodes the nodes a retraining growth writes, a batch at a time in parallel, into the new
+/// codes file in position order.
+pub(super) struct Encoder<'a> {
+    pq: &'a PqCodebook,
+    batch: VectorSet,
+    len: usize,
+    codes: Vec<u8>,
+    writer: CodesWriter,
+}
+
+impl<'a> Encoder<'a> {
+    pub(super) fn create(
+        pq: &'a PqCodebook,
+        h: &Header,
+        rows: usize,
+        path: &Path,
+    ) -> Result<Encoder<'a>, IndexError> {
+        let row_bytes = u64::from(h.dim) * h.elem.size() as u64;
+        let batch_len = patch_batch(row_bytes, u64::from(h.max_degree));
+        Ok(Encoder {
+            pq,
+            batch: VectorSet::zeroed(h.elem, h.dim as usize, batch_len)?,
+            len: 0,
+            codes: vec![0u8; batch_len * pq.bytes()],
+            writer: CodesWriter::create(path, pq.bytes(), rows as u64)?,
+        })
+    }
+
+    /// Adds a node's stored vector.
+    pub(super) fn push(&mut self, vector: &[u8]) -> Result<(), IndexError> {
+        self.batch.row_bytes_mut(self.len).copy_from_slice(vector);
+        self.len += 1;
+        if self.len == self.batch.len() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), IndexError> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let m = self.pq.bytes();
+        let (batch, codes) = if self.len == self.batch.len() {
+            (&self.batch, &mut self.codes[..])
+        } else {
+            self.batch = self.batch.prefix(self.len);
+            (&self.batch, &mut self.codes[..self.len * m])
+        };
+        self.pq.encode_into_slice(batch, codes);
+        self.writer.push(codes)?;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Encodes what is left and completes the file (every row pushed).
+    pub(super) fn finish(mut self) -> Result<(), IndexError> {
+        self.flush()?;
+        self.writer.finish()?;
+        Ok(())
+    }
 }
 
 impl Patch<'_> {
@@ -104,6 +169,10 @@ impl Patch<'_> {
         let header = self.header();
         let total = header.n as usize;
         let mut writer = IndexWriter::create(&dir.join(GRAPH_FILE), header)?;
+        let mut encoder = match self.codebook {
+            Some(pq) => Some(Encoder::create(pq, &self.h, total, &dir.join(CODES_FILE))?),
+            None => None,
+        };
         let (mut patched, mut degrees, mut written) = (0usize, 0u64, 0usize);
         let row_bytes = u64::from(self.h.dim) * self.h.elem.size() as u64;
         let batch_len = patch_batch(row_bytes, u64::from(self.h.max_degree));
@@ -137,6 +206,9 @@ impl Patch<'_> {
                     out.extend(list.iter().map(|&u| self.position(u)));
                     let label = (self.growth.relabel)(node.label).expect("a kept node");
                     writer.push(&node.vector, &out, label)?;
+                    if let Some(encoder) = encoder.as_mut() {
+                        encoder.push(&node.vector)?;
+                    }
                 }
                 written += batch.len();
                 progress("write", written, total);
@@ -158,17 +230,22 @@ impl Patch<'_> {
         for cursor in &mut cursors {
             assert!(cursor.peek()?.is_none(), "every reverse edge reached a kept node");
         }
-        degrees += self.copy_added(spill, &mut writer)?;
+        degrees += self.copy_added(spill, &mut writer, encoder.as_mut())?;
         progress("write", total, total);
         writer.finish()?;
+        if let Some(encoder) = encoder {
+            encoder.finish()?;
+        }
         Ok((patched, degrees))
     }
 
-    /// Appends the spilled added nodes; returns the sum of their degrees.
+    /// Appends the spilled added nodes (encoded by `encoder`, if retraining); returns the sum
+    /// of their degrees.
     pub(super) fn copy_added(
         &self,
         spill: &Spill,
         writer: &mut IndexWriter,
+        mut encoder: Option<&mut Encoder<'_>>,
     ) -> Result<u64, IndexError> {
         let r = self.h.max_degree as usize;
         let row_bytes = self.h.dim as usize * self.h.elem.size();
@@ -189,6 +266,9 @@ impl Patch<'_> {
             list.extend((0..count).map(|k| word(&record, 2 + k)));
             degrees += count as u64;
             writer.push(&record[8 + 4 * r..], &list, label)?;
+            if let Some(encoder) = encoder.as_deref_mut() {
+                encoder.push(&record[8 + 4 * r..])?;
+            }
         }
         Ok(degrees)
     }

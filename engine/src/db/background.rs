@@ -304,6 +304,7 @@ impl Database {
         BackgroundStats {
             merges: inner.merges.load(std::sync::atomic::Ordering::Relaxed),
             index_grows: inner.index_grows.load(std::sync::atomic::Ordering::Relaxed),
+            index_retrains: inner.index_retrains.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -332,4 +333,8 @@ pub struct BackgroundStats {
     /// Of those, merges whose index was grown from their largest input's index (rows dropped
     /// and added in a pass over it) instead of rebuilt.
     pub index_grows: u64,
+    /// Of those, growths that trained the grown index a new PQ codebook on a sample of its rows
+    /// (the collection's codebook had been trained on too few of them), which the collection
+    /// then adopts.
+    pub index_retrains: u64,
 }

@@ -21,7 +21,7 @@
 
 use std::sync::atomic::Ordering;
 
-use quiver_diskgraph::grow::{GrowShape, MIN_CHUNK_ROWS};
+use quiver_diskgraph::grow::{GrowShape, MIN_CHUNK_ROWS, MIN_RETRAIN_ROWS};
 use quiver_diskgraph::index::{BuildParams, plan_build};
 use quiver_diskgraph::plan::{Plan, PlanError};
 use quiver_diskgraph::search::DiskIndex;
@@ -112,25 +112,68 @@ fn make_room(inner: &Inner, allowance: u64, peak: u64) {
     }
 }
 
-/// Whether growing `base` by `added` rows with `dropped` of its rows dropped fits `allowance`,
-/// a chunk at a time if need be ([`GrowShape::chunk_rows`]).
-pub(super) fn grow_fits(base: &DiskIndex, dropped: u64, added: u64, allowance: u64) -> bool {
-    GrowShape::of(base, dropped, added).chunk_rows(allowance).is_some()
+/// What a merge that grows an index asks of it: rows dropped from the base, rows added, and
+/// whether the growth trains a new codebook
+/// ([`super::model::Collection::keeps_codebook`] said no).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GrowAsk {
+    pub(super) dropped: u64,
+    pub(super) added: u64,
+    pub(super) retrain: bool,
 }
 
-/// The added rows growing `base` links at a time (0: all at once): under a memory budget,
-/// the most its allowance now holds (at least the least chunk: the merge was judged to fit
-/// when planned), with room made in the cache for it; else under the build's `ram_budget`, if
-/// any.
-pub(super) fn room_to_grow(inner: &Inner, base: &DiskIndex, dropped: u64, added: u64) -> usize {
-    let shape = GrowShape::of(base, dropped, added);
-    if let Some(allowance) = build_allowance(inner, &inner.read()) {
-        let chunk = shape.chunk_rows(allowance).unwrap_or(MIN_CHUNK_ROWS);
-        make_room(inner, allowance, shape.peak_bytes(chunk));
-        return chunk as usize;
+/// The shape of growing `base` as `ask` says within `allowance`, its codebook's sample (if it
+/// retrains one, [`GrowShape::sample_rows`]: at most `max_samples`) cut to what fits; `None`
+/// if not even the least sample does.
+fn grow_shape(
+    base: &DiskIndex,
+    ask: GrowAsk,
+    allowance: u64,
+    max_samples: u64,
+) -> Option<GrowShape> {
+    let shape = GrowShape::of(base, ask.dropped, ask.added);
+    if !ask.retrain {
+        return Some(shape);
     }
-    let ram = inner.opts.index_params.ram_budget;
-    ram.and_then(|a| shape.chunk_rows(a)).map_or(0, |c| c as usize)
+    shape.sample_rows(allowance, max_samples).map(|rows| shape.retraining(rows))
+}
+
+/// Whether growing `base` as `ask` says fits `allowance`, a chunk at a time if need be
+/// ([`GrowShape::chunk_rows`]), with a sample cut to fit if it retrains its codebook.
+pub(super) fn grow_fits(inner: &Inner, base: &DiskIndex, ask: GrowAsk, allowance: u64) -> bool {
+    let max_samples = inner.opts.index_params.pq.max_samples as u64;
+    grow_shape(base, ask, allowance, max_samples)
+        .is_some_and(|shape| shape.chunk_rows(allowance).is_some())
+}
+
+/// How growing `base` as `ask` says goes: the added rows it links at a time (0: all at once)
+/// and the rows a new codebook is trained on (0: kept). Under a memory budget, the most its
+/// allowance now holds (at least the least chunk and sample: the merge was judged to fit when
+/// planned), with room made in the cache for it; else under the build's `ram_budget`, if any,
+/// or unbounded.
+pub(super) fn room_to_grow(inner: &Inner, base: &DiskIndex, ask: GrowAsk) -> (usize, usize) {
+    let max_samples = inner.opts.index_params.pq.max_samples as u64;
+    let least = GrowShape::of(base, ask.dropped, ask.added);
+    let least = if ask.retrain { least.retraining(MIN_RETRAIN_ROWS) } else { least };
+    let pick = |allowance: u64| {
+        let shape = grow_shape(base, ask, allowance, max_samples).unwrap_or(least);
+        (shape, shape.chunk_rows(allowance).unwrap_or(MIN_CHUNK_ROWS))
+    };
+    if let Some(allowance) = build_allowance(inner, &inner.read()) {
+        let (shape, chunk) = pick(allowance);
+        make_room(inner, allowance, shape.peak_bytes(chunk));
+        return (chunk as usize, shape.train_rows as usize);
+    }
+    match inner.opts.index_params.ram_budget {
+        Some(allowance) => {
+            let (shape, chunk) = pick(allowance);
+            (chunk as usize, shape.train_rows as usize)
+        }
+        None => {
+            let shape = grow_shape(base, ask, u64::MAX, max_samples).unwrap_or(least);
+            (0, shape.train_rows as usize)
+        }
+    }
 }
 
 /// Whether a merged segment of `rows` rows of `schema` could be indexed within `allowance`.

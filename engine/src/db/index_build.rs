@@ -18,7 +18,7 @@ use quiver_diskgraph::codes::Codes;
 use quiver_diskgraph::data::VectorSet;
 use quiver_diskgraph::grow::{AddedRows, Growth, grow_index};
 use quiver_diskgraph::index::IndexError;
-use quiver_diskgraph::pq::PqCodebook;
+use quiver_diskgraph::pq::{PqCodebook, PqParams};
 use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex};
 use quiver_diskgraph::source::{BinWriter, VectorFile};
 
@@ -39,6 +39,9 @@ pub(super) struct GrowFrom<'a> {
     pub(super) labels: &'a [u32],
     /// Rows of the input file linked at a time (0: all at once).
     pub(super) chunk_rows: usize,
+    /// `Some`: a new codebook is trained on a sample of at most `max_samples` rows
+    /// ([`quiver_diskgraph::grow::Growth::retrain`]); `None`: the base's is kept.
+    pub(super) retrain: Option<PqParams>,
 }
 
 /// A build's input: a headered vector file in `indexes/{id}.input/`, written a chunk at a time
@@ -125,7 +128,7 @@ impl IndexInput {
         schema: &CollectionSchema,
         from: GrowFrom<'_>,
     ) -> Result<DiskIndex, BackgroundError> {
-        let GrowFrom { base, relabel, labels, chunk_rows } = from;
+        let GrowFrom { base, relabel, labels, chunk_rows, retrain } = from;
         self.finish()?;
         let sid = meta.id;
         let index_error = |source| BackgroundError::Index { segment: sid, source };
@@ -141,23 +144,30 @@ impl IndexInput {
             return Err(index_error(IndexError::Mismatch(found)));
         }
         let params = &inner.opts.index_params;
-        // A grown index keeps its base's codebook, and shares the base's copy, and the base's
-        // codes where it repeats them (all of them when no row was dropped).
-        let share = (Some(Arc::clone(base.shared_pq())), Some(base.codes().clone()));
+        // A grown index that keeps its base's codebook shares the base's copy, and the base's
+        // codes where it repeats them (all of them when no row was dropped). A retrained one
+        // shares nothing.
+        let share = match retrain {
+            None => (Some(Arc::clone(base.shared_pq())), Some(base.codes().clone())),
+            Some(_) => (None, None),
+        };
         place_index(inner, idir, meta, share, |tmp| {
-            let growth = Growth { base, relabel, added, added_labels: labels, params, chunk_rows };
+            let growth =
+                Growth { base, relabel, added, added_labels: labels, params, chunk_rows, retrain };
             let summary = grow_index(growth, tmp, &|_, _, _| {}).map_err(index_error)?;
             tracing::info!(
                 "segment {sid:016x}: index grown from {}: {} rows kept, {} dropped, {} added \
-                 in {} chunks, {} lists patched; scan {:.1} s, graph {:.1} s, link {:.1} s, \
-                 write {:.1} s",
+                 in {} chunks, {} lists patched, codebook trained on {} rows (0: kept); scan \
+                 {:.1} s, train {:.1} s, graph {:.1} s, link {:.1} s, write {:.1} s",
                 base.path().display(),
                 summary.kept,
                 summary.dropped,
                 summary.added,
                 summary.chunks,
                 summary.patched,
+                summary.trained_rows,
                 summary.scan_seconds,
+                summary.train_seconds,
                 summary.graph_seconds,
                 summary.link_seconds,
                 summary.write_seconds

@@ -83,6 +83,8 @@ pub(super) struct Inner {
     pub(super) merges: AtomicU64,
     /// Merges whose index was grown from an input's rather than rebuilt.
     pub(super) index_grows: AtomicU64,
+    /// Of those, growths that trained a new codebook (`BackgroundStats::index_retrains`).
+    pub(super) index_retrains: AtomicU64,
     pub(super) _lock: Option<DirLock>,
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use arrow_schema::SchemaRef;
 use quiver_diskgraph::data::Metric;
+use quiver_diskgraph::pq::PqParams;
 use quiver_diskgraph::search::DiskIndex;
 
 use crate::batch::{self, Vectors};
@@ -18,7 +19,7 @@ use crate::segment::{self, SegmentFile};
 
 use super::background::{Progress, io_error, too_small_for_index};
 use super::body::{DeleteMeta, delete_name, segment_name};
-use super::budget::{build_allowance, grow_fits, merge_fits, room_to_grow};
+use super::budget::{GrowAsk, build_allowance, grow_fits, merge_fits, room_to_grow};
 use super::flush::{open_new_segment, write_deletes};
 use super::index_build::{GrowFrom, IndexInput};
 use super::inner::{Inner, lock};
@@ -59,10 +60,11 @@ pub(super) fn merge_candidates<'a>(
             return true;
         }
         match grown_segment(c.schema.metric(), pick, rows) {
-            Some((base, index)) if c.keeps_codebook(index, rows as u64) => {
-                grow_fits(index, base.deleted_count, (rows - live(base)) as u64, a)
+            Some((base, index)) => {
+                let added = (rows - live(base)) as u64;
+                grow_fits(inner, index, ask(c, base, index, added), a)
             }
-            _ => merge_fits(inner, &c.schema, rows, a),
+            None => merge_fits(inner, &c.schema, rows, a),
         }
     };
     if let Some(pick) = absorb_pick(inner, c, allowance) {
@@ -162,17 +164,22 @@ fn absorb_pick<'a>(
         pick.push(s);
     }
     if let Some(a) = allowance {
-        while pick.len() >= 2 && !grow_fits(index, base.deleted_count, added as u64, a) {
+        while pick.len() >= 2 && !grow_fits(inner, index, ask(c, base, index, added as u64), a) {
             added -= live(pick.pop().expect("two or more"));
         }
-    }
-    while pick.len() >= 2 && !c.keeps_codebook(index, (live(base) + added) as u64) {
-        added -= live(pick.pop().expect("two or more"));
     }
     let others = pick.len() - 1;
     let enough_segments = others >= inner.opts.merge_min_segments.saturating_sub(1).max(1);
     let enough_rows = added * ABSORB_MIN_FRACTION >= live(base) || others >= MAX_ABSORBED;
     (enough_segments && enough_rows).then_some(pick)
+}
+
+/// What growing `base`'s `index` by `added` rows asks: its deleted rows dropped, and a new
+/// codebook if the grown index may not keep the one it has
+/// ([`Collection::keeps_codebook`]).
+fn ask(c: &Collection, base: &Segment, index: &DiskIndex, added: u64) -> GrowAsk {
+    let rows = live(base) as u64 + added;
+    GrowAsk { dropped: base.deleted_count, added, retrain: !c.keeps_codebook(index, rows) }
 }
 
 /// Most segments one growth absorbs.
@@ -212,9 +219,10 @@ struct MergeJob {
     inputs: Vec<MergeInput>,
     /// The collection's codebook when the merge was planned: a rebuilt index is built with it.
     codebook: Option<Arc<quiver_diskgraph::pq::PqCodebook>>,
-    /// The input whose index the merged segment's grows from ([`grown_input`], when its
-    /// codebook may be kept: [`super::model::Collection::keeps_codebook`]); `None`: a rebuild.
-    grow: Option<usize>,
+    /// The input whose index the merged segment's grows from ([`grown_input`]), and whether
+    /// the growth trains a new codebook (the grown index may not keep its base's:
+    /// [`super::model::Collection::keeps_codebook`]); `None`: a rebuild.
+    grow: Option<(usize, bool)>,
 }
 
 impl MergeJob {
@@ -313,6 +321,8 @@ pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
     drop(store);
     inner.merges.fetch_add(1, Ordering::Relaxed);
     inner.index_grows.fetch_add(u64::from(grown), Ordering::Relaxed);
+    let retrained = grown && job.grow.is_some_and(|(_, retrain)| retrain);
+    inner.index_retrains.fetch_add(u64::from(retrained), Ordering::Relaxed);
     if installed.late > 0 {
         tracing::debug!("merge into {new_id:016x}: {} rows written meanwhile", installed.late);
     }
@@ -352,8 +362,9 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
         // others are re-encoded from their live rows. Encoded rows come first in the new file.
         inputs.sort_by_key(MergeInput::whole);
         let rows: usize = inputs.iter().map(|i| i.live.len()).sum();
-        let grow = grown_input(&c.schema, &inputs, rows).filter(|&b| {
-            inputs[b].index.as_deref().is_some_and(|ix| c.keeps_codebook(ix, rows as u64))
+        let grow = grown_input(&c.schema, &inputs, rows).map(|b| {
+            let index = inputs[b].index.as_deref().expect("a grown input has an index");
+            (b, !c.keeps_codebook(index, rows as u64))
         });
         Some(MergeJob {
             collection: c.id,
@@ -399,7 +410,7 @@ fn write_merged(
     let index_dir = inner.index_dir.as_deref().filter(|_| rows >= inner.opts.min_index_rows);
     let grow = index_dir.and(job.grow);
     // A grown index needs only the other inputs' vectors: the base's are in its index.
-    let input_rows = rows - grow.map_or(0, |b| inputs[b].live.len());
+    let input_rows = rows - grow.map_or(0, |(b, _)| inputs[b].live.len());
     let mut vectors = match index_dir {
         Some(idir) => MergedVectors::Input(IndexInput::create(idir, new_id, schema, input_rows)?),
         None => MergedVectors::Resident(Vec::new()),
@@ -415,7 +426,7 @@ fn write_merged(
     )?;
     let batch_rows = inner.read_batch_rows(schema);
     for (k, input) in inputs.iter().enumerate() {
-        let feed = grow != Some(k);
+        let feed = grow.map(|(b, _)| b) != Some(k);
         if input.whole() {
             w.copy_row_groups(&input.file)?;
             keys.extend(input.keys.iter());
@@ -493,14 +504,14 @@ fn growth_input(
 
 /// Grows input `base`'s index into the merged segment's: the base's live rows keep their
 /// order at their place in the merged file, the other inputs' rows (streamed to `input`) are
-/// added under theirs.
+/// added under theirs; a new codebook is trained if `retrain`.
 fn grow_index_of(
     inner: &Inner,
     idir: &std::path::Path,
     meta: &super::body::SegmentMeta,
     schema: &CollectionSchema,
     inputs: &[MergeInput],
-    base: usize,
+    (base, retrain): (usize, bool),
     input: IndexInput,
 ) -> Result<DiskIndex, BackgroundError> {
     let (mut offset, mut base_offset, mut labels) = (0u32, 0u32, Vec::new());
@@ -517,8 +528,11 @@ fn grow_index_of(
     let relabel = |l: u32| live.binary_search(&l).ok().map(|r| base_offset + r as u32);
     let index = inputs[base].index.as_deref().expect("a grown input has an index");
     let dropped = (inputs[base].keys.len() - live.len()) as u64;
-    let chunk_rows = room_to_grow(inner, index, dropped, labels.len() as u64);
-    let from = GrowFrom { base: index, relabel: &relabel, labels: &labels, chunk_rows };
+    let ask = GrowAsk { dropped, added: labels.len() as u64, retrain };
+    let (chunk_rows, train_rows) = room_to_grow(inner, index, ask);
+    let retrain =
+        retrain.then_some(PqParams { max_samples: train_rows, ..inner.opts.index_params.pq });
+    let from = GrowFrom { base: index, relabel: &relabel, labels: &labels, chunk_rows, retrain };
     input.grow(inner, idir, meta, schema, from)
 }
 

@@ -194,9 +194,11 @@ impl Collection {
     /// Whether an index grown from `index` to `rows` rows may keep `index`'s codebook (a growth
     /// keeps its base's): yes unless it is the collection's codebook, trained on fewer than
     /// [`CODEBOOK_ENOUGH_ROWS`] rows and on less than 1/[`CODEBOOK_RETRAIN_FACTOR`] of `rows`.
-    /// Such a merge rebuilds instead, and trains a better one. Growing the 1024-d rows of the
-    /// 4× budget test into one index with the codebook of its first 400 rows gave recall@10
-    /// 0.947 at L 100, against 0.994 for the same growth with a codebook of 8,192 rows.
+    /// Such a growth trains a new codebook on a sample of the grown index's rows
+    /// ([`quiver_diskgraph::grow::Growth::retrain`]), which the collection then adopts.
+    /// Growing the 1024-d rows of the 4× budget test into one index with the codebook of its
+    /// first 400 rows gave recall@10 0.947 at L 100, against 0.994 for the same growth with a
+    /// codebook of 8,192 rows.
     pub(super) fn keeps_codebook(&self, index: &DiskIndex, rows: u64) -> bool {
         match &self.codebook {
             Some((pq, trained)) if Arc::ptr_eq(pq, index.shared_pq()) => {

@@ -211,6 +211,7 @@ impl Database {
             build_reserve: AtomicU64::new(0),
             merges: AtomicU64::new(0),
             index_grows: AtomicU64::new(0),
+            index_retrains: AtomicU64::new(0),
             search_states: Mutex::new(Vec::new()),
             search_pool,
             build_pool,
