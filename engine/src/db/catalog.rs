@@ -10,13 +10,13 @@ use crate::error::CollectionError;
 use crate::names::validate_collection_name;
 use crate::schema::{CollectionSchema, SchemaError};
 
-use super::body::{CollectionMeta, delete_name, segment_name};
+use super::body::{CollectionMeta, delete_name};
 use super::budget::fit_cache_to_budget;
 use super::inner::lock;
 use super::keys::key_heap_bytes;
 use super::memtable::Memtable;
 use super::model::{Collection, KeyMap};
-use super::{DELETES_DIR, Database, SEGMENTS_DIR};
+use super::{DELETES_DIR, Database};
 
 /// Counters of one collection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -339,7 +339,7 @@ impl Database {
         };
         drop(store);
         for s in &c.segments {
-            inner.remove_quietly(&inner.path(SEGMENTS_DIR, &segment_name(s.meta.id)));
+            inner.remove_segment_files(s.meta.id);
             if let Some(d) = s.meta.deletes {
                 inner.remove_quietly(&inner.path(DELETES_DIR, &delete_name(d.file)));
             }

@@ -21,9 +21,10 @@ use crate::segment::{self, FileSum, SegmentFile};
 use super::background::{awaits_index, too_small_for_index};
 use super::body::{DeleteMeta, SegmentMeta, delete_name, segment_name};
 use super::budget::fit_cache_to_budget;
+use super::id_file::ids_name;
 use super::inner::{Inner, lock};
 use super::install::install_segment;
-use super::keys::SegmentKeys;
+use super::keys::{KeysError, segment_keys};
 use super::memtable::Frozen;
 use super::model::{Loc, Segment, State};
 use super::{DELETES_DIR, Database, SEGMENTS_DIR};
@@ -229,6 +230,7 @@ fn write_flush(inner: &Inner, plan: FlushPlan) -> Result<Written, FlushError> {
     let result = (|| -> Result<(), FlushError> {
         for mut p in plan.segments {
             written.paths.push(inner.path(SEGMENTS_DIR, &segment_name(p.id)));
+            written.paths.push(inner.path(SEGMENTS_DIR, &ids_name(p.id)));
             let keys = std::mem::take(&mut p.keys);
             let vectors = std::mem::take(&mut p.vectors);
             let seg = write_new_segment(inner, &p, keys, vectors)?;
@@ -467,12 +469,18 @@ pub(super) fn open_new_segment(
     let path = inner.path(SEGMENTS_DIR, &segment_name(id));
     let rows = keys.len() as u64;
     let file = SegmentFile::open(inner.vfs.as_ref(), &path, sum, arrow, rows)?;
+    let ids_path = inner.path(SEGMENTS_DIR, &ids_name(id));
+    // A flush writes live rows, a merge its inputs' live rows: one row per id.
+    let keys = match segment_keys(inner.vfs.as_ref(), &ids_path, sum.crc, keys, false) {
+        Ok(keys) => keys,
+        Err(KeysError::File(e)) => return Err(e),
+        Err(KeysError::Twice(k)) => panic!("segment {id:016x}: {k:?} twice"),
+    };
     Ok(Segment {
         meta: SegmentMeta { id, rows, bytes: sum.len, crc: sum.crc, deletes: None, indexed: false },
         file,
-        deleted: Arc::new(RowSet::new(keys.len())),
-        // A flush writes live rows, a merge its inputs' live rows: one row per id.
-        keys: SegmentKeys::new(keys).unwrap_or_else(|k| panic!("segment {id:016x}: {k:?} twice")),
+        deleted: Arc::new(RowSet::new(rows as usize)),
+        keys,
         deleted_count: 0,
         dirty: false,
         vectors,

@@ -247,6 +247,12 @@ impl Inner {
         }
     }
 
+    /// Removes segment `id`'s Parquet file and its ids file (if it has one), quietly.
+    pub(super) fn remove_segment_files(&self, id: u64) {
+        self.remove_quietly(&self.path(super::SEGMENTS_DIR, &super::body::segment_name(id)));
+        self.remove_quietly(&self.path(super::SEGMENTS_DIR, &super::id_file::ids_name(id)));
+    }
+
     pub(super) fn remove_index_dir(&self, seg: u64) {
         if let Some(dir) = &self.index_dir {
             let p = dir.join(index_name(seg));

@@ -4,19 +4,26 @@
 //!
 //! A [`Key`] is 16 bytes (an integer, or a boxed string). Integer ids are kept here as bare
 //! `u64`s, so a segment costs 8 bytes a row for its ids and 4 for their order; the table's map
-//! packs a place into 8 bytes ([`Loc`]). String ids keep their boxed strings. Which kind a
-//! collection uses is fixed by its schema, so a map or array never mixes them; a key of the
-//! other kind is absent from it.
+//! packs a place into 8 bytes ([`Loc`]). A segment's string ids stay on disk
+//! ([`super::id_file`]): RAM holds a 128-bit keyed hash of each (two SipHash-1-3 with random
+//! keys per process: no client can choose ids that collide, and a chance collision among 2^32
+//! ids is about 2^-64), 16 bytes a row and 4 for their order, whatever the strings' length; a
+//! lookup compares hashes, and a row's id is read from disk only when a search returns it or a
+//! merge copies it. Which kind a collection uses is fixed by its schema, so a map or array
+//! never mixes them; a key of the other kind is absent from it.
 //!
 //! Invariant: an id is live in at most one place, the table or one segment. Where it is: the
 //! table's map first, then each segment's order, checking the segment's deletion set.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, OnceLock};
 
 use crate::batch::Key;
 use crate::schema::IdType;
+use crate::segment::SegmentError;
 
+use super::id_file::IdFile;
 use super::id_filter::IdFilter;
 use super::model::Loc;
 
@@ -108,18 +115,17 @@ impl KeyMap {
 #[derive(Clone, Debug)]
 pub(super) struct SegmentKeys {
     ids: Ids,
-    /// Row numbers sorted by their id.
+    /// Row numbers sorted by their id (integers), or by their id's hash (strings).
     by_id: Arc<[u32]>,
     /// Which ids may be here ([`id_hash`]): most lookups of an id not here stop at it.
     filter: Arc<IdFilter>,
 }
 
-/// The hash a segment's [`IdFilter`] keeps of `k`: integers mixed (splitmix64's finalizer),
-/// strings by aHash with fixed keys (the filters live in RAM only; a client choosing ids that
-/// collide costs itself a binary search, nothing more).
-pub(super) fn id_hash(k: &Key) -> u64 {
+/// The hash of `k` a lookup takes once for every segment: integers mixed (splitmix64's
+/// finalizer), strings by [`str_hash`]. A segment's [`IdFilter`] keeps its low 64 bits.
+pub(super) fn id_hash(k: &Key) -> u128 {
     match k {
-        Key::Int(i) => int_hash(*i),
+        Key::Int(i) => u128::from(int_hash(*i)),
         Key::Str(s) => str_hash(s),
     }
 }
@@ -131,17 +137,25 @@ pub(super) fn int_hash(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn str_hash(s: &str) -> u64 {
-    ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(s)
+/// A string id's 128-bit hash, which stands for it in RAM: two SipHash-1-3 (std's
+/// `RandomState`) with keys drawn once per process. Hashes live in RAM only (rebuilt at open
+/// from the segment files), so they need not agree across processes, and no client can learn
+/// the keys to choose ids that collide.
+pub(super) fn str_hash(s: &str) -> u128 {
+    static KEYS: OnceLock<(std::hash::RandomState, std::hash::RandomState)> = OnceLock::new();
+    let (a, b) =
+        KEYS.get_or_init(|| (std::hash::RandomState::new(), std::hash::RandomState::new()));
+    (u128::from(a.hash_one(s)) << 64) | u128::from(b.hash_one(s))
 }
 
 #[derive(Clone, Debug)]
 enum Ids {
     /// Integer ids.
     Int(Arc<[u64]>),
-    /// String ids, one after another in one string: their bytes and 4 bytes a row (a boxed
-    /// string each was 16 bytes and an allocation a row).
-    Str { text: Arc<str>, ends: Arc<[u32]> },
+    /// String ids: their hashes ([`str_hash`]) in ascending order (`by_id` names each one's
+    /// row), the strings in the segment's ids file. Packed in RAM they cost their bytes and 4
+    /// more a row; a boxed string each, 16 bytes and an allocation a row before that.
+    Str { hashes: Arc<[u128]>, file: Arc<IdFile> },
 }
 
 impl SegmentKeys {
@@ -153,41 +167,81 @@ impl SegmentKeys {
     ///
     /// # Panics
     /// If there are 2^32 rows or more.
-    pub(super) fn new(keys: Vec<Key>) -> Result<SegmentKeys, Key> {
-        let ids = if keys.iter().all(|k| matches!(k, Key::Int(_))) {
-            let ints = keys.into_iter().map(|k| match k {
-                Key::Int(i) => i,
-                Key::Str(_) => unreachable!("checked above"),
-            });
-            Ids::Int(ints.collect())
-        } else {
-            Ids::strings(&keys)
-        };
-        let rows = u32::try_from(ids.len()).expect("a segment holds fewer than 2^32 rows");
+    pub(super) fn new(keys: &[Key]) -> Result<SegmentKeys, Key> {
+        let rows = u32::try_from(keys.len()).expect("a segment holds fewer than 2^32 rows");
+        let ints: Arc<[u64]> = keys
+            .iter()
+            .map(|k| match k {
+                Key::Int(i) => *i,
+                Key::Str(_) => panic!("a string id among integer ids: use SegmentKeys::strings"),
+            })
+            .collect();
         let mut by_id: Vec<u32> = (0..rows).collect();
-        by_id.sort_unstable_by(|&a, &b| ids.cmp_rows(a, &ids, b));
-        if let Some(w) = by_id.windows(2).find(|w| ids.cmp_rows(w[0], &ids, w[1]).is_eq()) {
-            return Err(ids.key(w[0] as usize));
+        by_id.sort_unstable_by_key(|&r| ints[r as usize]);
+        if let Some(w) = by_id.windows(2).find(|w| ints[w[0] as usize] == ints[w[1] as usize]) {
+            return Err(keys[w[0] as usize].clone());
         }
         let mut filter = IdFilter::for_ids(by_id.len());
-        for r in 0..rows {
-            filter.insert(ids.hash(r));
+        for &i in ints.iter() {
+            filter.insert(int_hash(i));
         }
-        Ok(SegmentKeys { ids, by_id: by_id.into(), filter: Arc::new(filter) })
+        Ok(SegmentKeys { ids: Ids::Int(ints), by_id: by_id.into(), filter: Arc::new(filter) })
+    }
+
+    /// The keys of a segment of string ids: `keys` (every row's, in row order) hashed, the
+    /// strings themselves in `file` (which holds the same ids).
+    ///
+    /// # Errors
+    /// The first key found twice: a segment holds one row per id.
+    ///
+    /// # Panics
+    /// If a key is an integer, or there are 2^32 rows or more.
+    pub(super) fn strings(keys: &[Key], file: IdFile) -> Result<SegmentKeys, Key> {
+        let rows = u32::try_from(keys.len()).expect("a segment holds fewer than 2^32 rows");
+        let hash_of = |k: &Key| match k {
+            Key::Str(s) => str_hash(s),
+            Key::Int(_) => panic!("an integer id among string ids"),
+        };
+        let mut pairs: Vec<(u128, u32)> = keys.iter().map(hash_of).zip(0..rows).collect();
+        pairs.sort_unstable();
+        if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(keys[w[0].1 as usize].clone());
+        }
+        let mut filter = IdFilter::for_ids(pairs.len());
+        for &(h, _) in &pairs {
+            filter.insert(h as u64);
+        }
+        let by_id: Arc<[u32]> = pairs.iter().map(|&(_, r)| r).collect();
+        let hashes: Arc<[u128]> = pairs.into_iter().map(|(h, _)| h).collect();
+        let ids = Ids::Str { hashes, file: Arc::new(file) };
+        Ok(SegmentKeys { ids, by_id, filter: Arc::new(filter) })
     }
 
     pub(super) fn len(&self) -> usize {
         self.ids.len()
     }
 
-    /// Row `row`'s key.
-    pub(super) fn key(&self, row: usize) -> Key {
-        self.ids.key(row)
+    /// Row `row`'s key (a string id is read from disk).
+    ///
+    /// # Errors
+    /// A string id that cannot be read, or fails its checksum.
+    pub(super) fn key(&self, row: usize) -> Result<Key, SegmentError> {
+        match &self.ids {
+            Ids::Int(k) => Ok(Key::Int(k[row])),
+            Ids::Str { file, .. } => file.read(row as u32).map(Key::Str),
+        }
     }
 
-    /// Every row's key, in row order.
-    pub(super) fn iter(&self) -> impl Iterator<Item = Key> + '_ {
-        (0..self.len()).map(|r| self.key(r))
+    /// Appends every row's key, in row order, to `out`.
+    ///
+    /// # Errors
+    /// As [`SegmentKeys::key`].
+    pub(super) fn append_to(&self, out: &mut Vec<Key>) -> Result<(), SegmentError> {
+        out.reserve(self.len());
+        for r in 0..self.len() {
+            out.push(self.key(r)?);
+        }
+        Ok(())
     }
 
     /// The row holding `k`, deleted or not; `None` for a key not here (or of the other kind).
@@ -197,117 +251,138 @@ impl SegmentKeys {
     }
 
     /// [`SegmentKeys::find`] with `k`'s [`id_hash`] already taken (one hash for every segment).
-    pub(super) fn find_hashed(&self, k: &Key, hash: u64) -> Option<u32> {
-        if !self.filter.may_contain(hash) {
+    /// Reads nothing from disk: string ids are compared by their hashes.
+    pub(super) fn find_hashed(&self, k: &Key, hash: u128) -> Option<u32> {
+        if !self.filter.may_contain(hash as u64) {
             return None;
         }
         let at = match (&self.ids, k) {
             (Ids::Int(ids), Key::Int(i)) => {
                 self.by_id.binary_search_by(|&r| ids[r as usize].cmp(i))
             }
-            (Ids::Str { .. }, Key::Str(s)) => {
-                self.by_id.binary_search_by(|&r| self.ids.str(r).cmp(s))
-            }
+            (Ids::Str { hashes, .. }, Key::Str(_)) => hashes.binary_search(&hash),
             _ => return None,
         };
         at.ok().map(|at| self.by_id[at])
     }
 
     /// The first id both segments hold in rows neither has deleted (`live_a`, `live_b` say which
-    /// rows are live), by one merge of their id orders.
+    /// rows are live), by one merge of their id (or id hash) orders.
+    ///
+    /// # Errors
+    /// The shared string id cannot be read back.
     pub(super) fn first_shared_live(
         &self,
         live_a: impl Fn(u32) -> bool,
         other: &SegmentKeys,
         live_b: impl Fn(u32) -> bool,
-    ) -> Option<Key> {
+    ) -> Result<Option<Key>, SegmentError> {
         let (mut i, mut j) = (0, 0);
         while i < self.by_id.len() && j < other.by_id.len() {
             let (ra, rb) = (self.by_id[i], other.by_id[j]);
-            match self.ids.cmp_rows(ra, &other.ids, rb) {
+            match self.ids.cmp_sorted(i, &other.ids, j, &self.by_id, &other.by_id) {
                 std::cmp::Ordering::Less => i += 1,
                 std::cmp::Ordering::Greater => j += 1,
                 std::cmp::Ordering::Equal => {
                     if live_a(ra) && live_b(rb) {
-                        return Some(self.key(ra as usize));
+                        return self.key(ra as usize).map(Some);
                     }
                     i += 1;
                     j += 1;
                 }
             }
         }
-        None
+        Ok(None)
     }
 
-    /// Heap bytes: the array, the id order (4 bytes a row) and the filter (1.25), plus the
-    /// strings.
+    /// Heap bytes: the ids (8 bytes a row) or their hashes (16), the order (4 bytes a row) and
+    /// the filter (1.25). String ids themselves are on disk.
     pub(super) fn resident_bytes(&self) -> usize {
         let order = self.by_id.len() * size_of::<u32>();
         order
             + self.filter.bytes()
             + match &self.ids {
                 Ids::Int(k) => k.len() * size_of::<u64>(),
-                Ids::Str { text, ends } => text.len() + ends.len() * size_of::<u32>(),
+                Ids::Str { hashes, .. } => hashes.len() * size_of::<u128>(),
             }
     }
 }
 
 impl Ids {
-    /// String ids packed into one string.
-    ///
-    /// # Panics
-    /// If `keys` holds an integer, or the strings pass 4 GiB.
-    fn strings(keys: &[Key]) -> Ids {
-        let mut text = String::with_capacity(key_heap_bytes(keys));
-        let mut ends = Vec::with_capacity(keys.len());
-        for k in keys {
-            let Key::Str(s) = k else { panic!("an integer id among string ids") };
-            text.push_str(s);
-            ends.push(u32::try_from(text.len()).expect("a segment's string ids are under 4 GiB"));
-        }
-        Ids::Str { text: text.into(), ends: ends.into() }
-    }
-
-    /// String id of `row` (of a segment of string ids).
-    fn str(&self, row: u32) -> &str {
-        let Ids::Str { text, ends } = self else { panic!("string id of an integer segment") };
-        let r = row as usize;
-        let start = if r == 0 { 0 } else { ends[r - 1] as usize };
-        &text[start..ends[r] as usize]
-    }
-
-    /// Row `a`'s id against row `b`'s of `other`, as their [`Key`]s order (integers before
-    /// strings), without making either.
-    fn cmp_rows(&self, a: u32, other: &Ids, b: u32) -> std::cmp::Ordering {
+    /// The `i`-th id of this segment's order against the `j`-th of `other`'s (`by_a`, `by_b`
+    /// being the orders): integers by value, strings by hash (the order both are sorted in).
+    fn cmp_sorted(
+        &self,
+        i: usize,
+        other: &Ids,
+        j: usize,
+        by_a: &[u32],
+        by_b: &[u32],
+    ) -> std::cmp::Ordering {
         match (self, other) {
-            (Ids::Int(x), Ids::Int(y)) => x[a as usize].cmp(&y[b as usize]),
-            (Ids::Str { .. }, Ids::Str { .. }) => self.str(a).cmp(other.str(b)),
+            (Ids::Int(x), Ids::Int(y)) => x[by_a[i] as usize].cmp(&y[by_b[j] as usize]),
+            (Ids::Str { hashes: x, .. }, Ids::Str { hashes: y, .. }) => x[i].cmp(&y[j]),
             (Ids::Int(_), Ids::Str { .. }) => std::cmp::Ordering::Less,
             (Ids::Str { .. }, Ids::Int(_)) => std::cmp::Ordering::Greater,
-        }
-    }
-
-    /// Row `row`'s [`id_hash`], without making its key.
-    fn hash(&self, row: u32) -> u64 {
-        match self {
-            Ids::Int(k) => int_hash(k[row as usize]),
-            Ids::Str { .. } => str_hash(self.str(row)),
-        }
-    }
-
-    fn key(&self, row: usize) -> Key {
-        match self {
-            Ids::Int(k) => Key::Int(k[row]),
-            Ids::Str { .. } => Key::Str(self.str(row as u32).into()),
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Ids::Int(k) => k.len(),
-            Ids::Str { ends, .. } => ends.len(),
+            Ids::Str { hashes, .. } => hashes.len(),
         }
     }
+}
+
+/// Why a segment's keys could not be made.
+#[derive(Debug)]
+pub(super) enum KeysError {
+    /// A key found twice (a segment holds one row per id).
+    Twice(Key),
+    /// The ids file could not be written or read.
+    File(SegmentError),
+}
+
+/// The keys of segment rows `keys` (in row order): integers in RAM; string ids hashed, the
+/// strings in the ids file at `ids_path`, bound to the segment file's checksum `segment_crc`.
+/// With `reuse`, an existing ids file that verifies is kept (a segment opened again); one that
+/// does not (missing, cut, another segment's) is written again, as it always is without.
+///
+/// # Errors
+/// [`KeysError::Twice`] for a key found twice; [`KeysError::File`] if the ids file cannot be
+/// written.
+pub(super) fn segment_keys(
+    vfs: &dyn quiver_wal::vfs::Vfs,
+    ids_path: &std::path::Path,
+    segment_crc: u32,
+    keys: Vec<Key>,
+    reuse: bool,
+) -> Result<SegmentKeys, KeysError> {
+    // `keys` is taken, and dropped once hashed: the caller's transient copy of every id.
+    if !matches!(keys.first(), Some(Key::Str(_))) {
+        let made = SegmentKeys::new(&keys).map_err(KeysError::Twice);
+        drop(keys);
+        return made;
+    }
+    let rows = keys.len() as u64;
+    let opened = reuse.then(|| IdFile::open(vfs, ids_path, segment_crc, rows));
+    let file = match opened {
+        Some(Ok(file)) => file,
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::warn!("{e}: writing the segment's ids file again");
+            }
+            let strs = keys.iter().map(|k| match k {
+                Key::Str(s) => &**s,
+                Key::Int(_) => panic!("an integer id among string ids"),
+            });
+            IdFile::write(vfs, ids_path, segment_crc, strs).map_err(KeysError::File)?
+        }
+    };
+    let made = SegmentKeys::strings(&keys, file).map_err(KeysError::Twice);
+    drop(keys);
+    made
 }
 
 /// Heap bytes of `keys`' strings (integer keys have none).
@@ -327,14 +402,16 @@ mod tests {
     #[test]
     fn integer_keys_cost_twelve_bytes_a_row_and_a_key_of_the_other_kind_is_absent() {
         let keys: Vec<Key> = (0..1000u64).map(|i| Key::Int(i * 7919 % 1000)).collect();
-        let seg = SegmentKeys::new(keys.clone()).unwrap();
+        let seg = SegmentKeys::new(&keys).unwrap();
         assert!(matches!(seg.ids, Ids::Int(_)));
         assert_eq!(
             seg.resident_bytes(),
             12_000 + 1_280,
             "8 for the id, 4 for its place in id order, 1.25 for the filter"
         );
-        assert_eq!(seg.iter().collect::<Vec<_>>(), keys);
+        let mut all = Vec::new();
+        seg.append_to(&mut all).unwrap();
+        assert_eq!(all, keys);
         for (r, k) in keys.iter().enumerate() {
             assert_eq!(seg.find(k), Some(r as u32));
         }
@@ -349,29 +426,53 @@ mod tests {
         let KeyMap::Int(m) = &map else { panic!("an integer map") };
         assert_eq!(size_of::<(u64, Loc)>(), 16, "a slot: the id and its place, packed");
         assert_eq!(map.resident_bytes(), m.capacity() * 17);
+    }
 
-        let strs: Vec<Key> = ["bb", "a", "ccc"].iter().map(|s| Key::Str((*s).into())).collect();
-        let seg = SegmentKeys::new(strs.clone()).unwrap();
-        assert_eq!(seg.resident_bytes(), 3 * (4 + 4) + 6 + 32, "4 for its end, 4 for its order");
-        assert_eq!(seg.key(1), strs[1]);
-        assert_eq!(seg.find(&strs[2]), Some(2));
+    /// String ids of `strs`, their file in `dir`.
+    fn string_keys(dir: &std::path::Path, strs: &[&str]) -> Result<SegmentKeys, Key> {
+        let path = dir.join(super::super::id_file::ids_name(1));
+        let file = IdFile::write(&quiver_wal::vfs::OsVfs, &path, 0, strs.iter().copied()).unwrap();
+        let keys: Vec<Key> = strs.iter().map(|s| Key::Str((*s).into())).collect();
+        SegmentKeys::strings(&keys, file)
+    }
+
+    #[test]
+    fn string_ids_cost_their_hash_and_order_whatever_their_length_and_read_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "an id of sixty-four bytes, as a URL or a document path might be!";
+        let strs = ["bb", "a", long];
+        let seg = string_keys(dir.path(), &strs).unwrap();
+        assert_eq!(seg.resident_bytes(), 3 * (16 + 4) + 32, "16 for its hash, 4 for its order");
+        for (r, s) in strs.iter().enumerate() {
+            let k = Key::Str((*s).into());
+            assert_eq!(seg.key(r).unwrap(), k);
+            assert_eq!(seg.find(&k), Some(r as u32));
+        }
         assert_eq!(seg.find(&Key::Str("b".into())), None);
         assert_eq!(seg.find(&Key::Int(3)), None);
+        let twice = string_keys(dir.path(), &["x", "y", "x"]).unwrap_err();
+        assert_eq!(twice, Key::Str("x".into()));
+        let dir_b = tempfile::tempdir().unwrap();
+        let other = string_keys(dir_b.path(), &["q", "a"]).unwrap();
+        assert_eq!(
+            seg.first_shared_live(|_| true, &other, |_| true).unwrap(),
+            Some(Key::Str("a".into()))
+        );
     }
 
     #[test]
     fn a_segment_holding_an_id_twice_is_refused() {
         let keys: Vec<Key> = [3u64, 9, 4, 9].iter().map(|&i| Key::Int(i)).collect();
-        assert_eq!(SegmentKeys::new(keys).unwrap_err(), Key::Int(9));
+        assert_eq!(SegmentKeys::new(&keys).unwrap_err(), Key::Int(9));
     }
 
     #[test]
     fn two_segments_sharing_a_live_id_are_found_and_a_dead_copy_is_not_counted() {
-        let a = SegmentKeys::new([1u64, 5, 9, 12].iter().map(|&i| Key::Int(i)).collect()).unwrap();
-        let b = SegmentKeys::new([12u64, 2, 5].iter().map(|&i| Key::Int(i)).collect()).unwrap();
-        assert_eq!(a.first_shared_live(|_| true, &b, |_| true), Some(Key::Int(5)));
+        let a = SegmentKeys::new(&[1u64, 5, 9, 12].map(Key::Int)).unwrap();
+        let b = SegmentKeys::new(&[12u64, 2, 5].map(Key::Int)).unwrap();
+        assert_eq!(a.first_shared_live(|_| true, &b, |_| true).unwrap(), Some(Key::Int(5)));
         // Row 1 of `a` (id 5) is deleted: 12 is the first shared live id.
-        assert_eq!(a.first_shared_live(|r| r != 1, &b, |_| true), Some(Key::Int(12)));
-        assert_eq!(a.first_shared_live(|r| r != 1, &b, |r| r != 0), None);
+        assert_eq!(a.first_shared_live(|r| r != 1, &b, |_| true).unwrap(), Some(Key::Int(12)));
+        assert_eq!(a.first_shared_live(|r| r != 1, &b, |r| r != 0).unwrap(), None);
     }
 }

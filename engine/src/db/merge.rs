@@ -276,9 +276,8 @@ pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
     let _span = tracing::debug_span!("merge", inputs = job.inputs.len()).entered();
     let _merging = Merging::start(inner, job.input_ids());
     let new_id = inner.alloc_id();
-    let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
     let remove_segment = || {
-        inner.remove_quietly(&path);
+        inner.remove_segment_files(new_id);
         inner.remove_index_dir(new_id);
     };
     let (mut seg, grown) = write_merged(inner, &job, new_id).inspect_err(|_| remove_segment())?;
@@ -327,7 +326,7 @@ pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
         tracing::debug!("merge into {new_id:016x}: {} rows written meanwhile", installed.late);
     }
     for (sid, d) in installed.replaced {
-        inner.remove_quietly(&inner.path(SEGMENTS_DIR, &segment_name(sid)));
+        inner.remove_segment_files(sid);
         if let Some(d) = d {
             inner.remove_quietly(&inner.path(DELETES_DIR, &delete_name(d.file)));
         }
@@ -429,7 +428,7 @@ fn write_merged(
         let feed = grow.map(|(b, _)| b) != Some(k);
         if input.whole() {
             w.copy_row_groups(&input.file)?;
-            keys.extend(input.keys.iter());
+            input.keys.append_to(&mut keys)?;
             match &input.vectors {
                 _ if !feed => {}
                 Some(v) => v.iter().cloned().try_for_each(|v| vectors.push(v))?,

@@ -35,6 +35,7 @@ mod body;
 mod budget;
 mod catalog;
 mod flush;
+mod id_file;
 mod id_filter;
 mod index_build;
 mod inner;

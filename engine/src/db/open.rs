@@ -31,9 +31,11 @@ use super::body::{
 };
 use super::budget::fit_cache_to_budget;
 use super::flush::flush_loop;
+use super::id_file::ids_name;
 use super::inner::{FlushCtl, Inner, Order, WAL_BUFFER_POOL, Work};
+use super::keys::{KeysError, segment_keys};
 use super::memtable::Memtable;
-use super::model::{Collection, KeyMap, Op, Segment, SegmentKeys, State};
+use super::model::{Collection, KeyMap, Op, Segment, State};
 use super::{DELETES_DIR, Database, INDEXES_DIR, MAX_SCAN_BATCH_ROWS, SEGMENTS_DIR, WAL_DIR};
 use crate::options::budget_shares;
 
@@ -325,7 +327,7 @@ pub(super) fn load_collection(
             let (here, there) = (&seg.deleted, &earlier.deleted);
             let live_here = |r: u32| !here.contains(r as usize);
             let live_there = |r: u32| !there.contains(r as usize);
-            if let Some(k) = seg.keys.first_shared_live(live_here, &earlier.keys, live_there) {
+            if let Some(k) = seg.keys.first_shared_live(live_here, &earlier.keys, live_there)? {
                 return Err(OpenError::ManifestBody(format!(
                     "id {} of collection {:?} is live in two segments",
                     batch::key_to_string(&k, schema.id_type()),
@@ -428,10 +430,15 @@ pub(super) fn load_segment(
         }
     }
     let vectors = if index.is_some() { None } else { Some(read_vectors(&file, schema)?.into()) };
-    let keys = SegmentKeys::new(keys).map_err(|k| crate::SegmentError::Corrupt {
-        path: path.clone(),
-        reason: format!("id {} is in two rows", batch::key_to_string(&k, schema.id_type())),
-    })?;
+    let ids_path = dir.join(SEGMENTS_DIR).join(ids_name(meta.id));
+    let keys =
+        segment_keys(vfs.as_ref(), &ids_path, meta.crc, keys, true).map_err(|e| match e {
+            KeysError::Twice(k) => crate::SegmentError::Corrupt {
+                path: path.clone(),
+                reason: format!("id {} is in two rows", batch::key_to_string(&k, schema.id_type())),
+            },
+            KeysError::File(e) => e,
+        })?;
     Ok(Segment {
         meta,
         file,
@@ -528,11 +535,12 @@ pub(super) fn refuse_if_data_without_manifest(
     Err(OpenError::ManifestMissing { dir: dir.to_path_buf(), found })
 }
 
-/// The id in a file name this engine writes in `sub` (`{id:016x}.parquet`, `{id:016x}.del`, or
+/// The id in a file name this engine writes in `sub` (`{id:016x}.parquet`, `{id:016x}.ids`,
+/// `{id:016x}.del`, or
 /// an index directory `{id:016x}` / `{id:016x}.tmp`), or `None` for a name it never writes.
 pub(super) fn engine_file_id(sub: &str, name: &str) -> Option<u64> {
     let stem = match sub {
-        SEGMENTS_DIR => name.strip_suffix(".parquet")?,
+        SEGMENTS_DIR => name.strip_suffix(".parquet").or_else(|| name.strip_suffix(".ids"))?,
         DELETES_DIR => name.strip_suffix(".del")?,
         INDEXES_DIR => {
             name.strip_suffix(".tmp").or_else(|| name.strip_suffix(".input")).unwrap_or(name)
@@ -562,6 +570,7 @@ pub(super) fn remove_orphans(
     for c in &body.collections {
         for s in &c.segments {
             keep.insert(segment_name(s.id));
+            keep.insert(ids_name(s.id));
             if let Some(d) = s.deletes {
                 keep.insert(delete_name(d.file));
             }

@@ -29,6 +29,7 @@ use crate::error::{QueryError, ReadError};
 use crate::filter::{Filter, Predicate};
 use crate::rowset::RowSet;
 use crate::schema::{CollectionSchema, DISTANCE_COLUMN, ID_COLUMN};
+use crate::segment::SegmentError;
 use quiver_diskgraph::data::{ElemType, Metric, Row, distance_active};
 use quiver_diskgraph::search::{MAX_BEAM_WIDTH, SearchError};
 
@@ -131,20 +132,21 @@ impl TopK {
         q: &PreparedQuery,
         v: &Vectors,
         base: usize,
-        key: impl Fn(usize) -> Key,
+        key: impl Fn(usize) -> Result<Key, SegmentError>,
         pass: impl Fn(usize) -> bool,
         loc: impl Fn(u32) -> Hit,
         scratch: &mut Vec<f32>,
-    ) {
+    ) -> Result<(), SegmentError> {
         for i in 0..v.values() / q.dim {
             let r = base + i;
             if pass(r) {
                 let d = q.exact_distance(v.row(i, q.dim), v.scale(i), scratch);
                 if self.would_take(d) {
-                    self.push(Cand { d, key: key(r), loc: loc(r as u32) });
+                    self.push(Cand { d, key: key(r)?, loc: loc(r as u32) });
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -369,7 +371,8 @@ impl Database {
                 let (b, i) = mem.locs[r as usize];
                 Hit::Mem(b, i)
             };
-            top.offer_exact(&q, v, base, |r| mem.keys[r].clone(), pass, loc, &mut scratch);
+            let key = |r: usize| Ok(mem.keys[r].clone());
+            top.offer_exact(&q, v, base, key, pass, loc, &mut scratch)?;
             base += v.values() / q.dim;
         }
         let in_memory: Vec<Hit> = top.heap.iter().map(|c| c.loc).collect();
@@ -439,7 +442,7 @@ fn search_segment(
             let loc = |r: u32| Hit::Seg(s.id, r);
             let mut base = 0;
             for v in chunks.iter() {
-                top.offer_exact(q, v, base, |r| s.keys.key(r), pass, loc, &mut scratch);
+                top.offer_exact(q, v, base, |r| s.keys.key(r), pass, loc, &mut scratch)?;
                 base += v.values() / q.dim;
             }
         }
@@ -524,12 +527,11 @@ fn walk_segment(
         };
         let cands: Vec<Cand> = found
             .iter()
-            .map(|n| Cand {
-                d: n.distance,
-                key: s.keys.key(n.id as usize),
-                loc: Hit::Seg(s.id, n.id),
+            .map(|n| {
+                let key = s.keys.key(n.id as usize)?;
+                Ok(Cand { d: n.distance, key, loc: Hit::Seg(s.id, n.id) })
             })
-            .collect();
+            .collect::<Result<_, SegmentError>>()?;
         // Fewer than k accepted rows within the walk's list (the matching rows are far from
         // the query, or sparse around it): widen it, or read them all once that would cover
         // most of the segment.
@@ -573,12 +575,11 @@ fn rank_passing(
     match found {
         Ok((found, stats)) => {
             c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
-            let cand = |n: &quiver_diskgraph::search::Neighbour| Cand {
-                d: n.distance,
-                key: s.keys.key(n.id as usize),
-                loc: Hit::Seg(s.id, n.id),
+            let cand = |n: &quiver_diskgraph::search::Neighbour| {
+                let key = s.keys.key(n.id as usize)?;
+                Ok(Cand { d: n.distance, key, loc: Hit::Seg(s.id, n.id) })
             };
-            Ok(found.iter().map(cand).collect())
+            Ok(found.iter().map(cand).collect::<Result<_, SegmentError>>()?)
         }
         Err(SearchError::Layout(e)) => {
             inner.index_failed(c, s, ix, &e);
@@ -692,7 +693,7 @@ fn offer_rows(
             |_| true,
             |i| loc(picked[i as usize]),
             &mut scratch,
-        );
+        )?;
         at += got;
     }
     if at != rows.len() {
@@ -726,7 +727,7 @@ fn offer_segment_file(
     let mut base = 0usize;
     for b in s.file.read(&[1], None, 65_536)? {
         let v = batch::vectors_of(&c.schema, b.column(0).as_ref())?;
-        top.offer_exact(q, &v, base, |r| s.keys.key(r), pass, loc, &mut scratch);
+        top.offer_exact(q, &v, base, |r| s.keys.key(r), pass, loc, &mut scratch)?;
         base += b.num_rows();
     }
     Ok(())

@@ -1,0 +1,215 @@
+//! A segment's string ids on disk (`segments/{id:016x}.ids`): what lets a segment of string
+//! ids keep only their 128-bit hashes in RAM ([`super::keys`]) and read a row's id back when a
+//! search returns it or a merge copies it.
+//!
+//! ```text
+//! header   32 bytes: magic "QVRIDS01", rows (u64), text bytes (u64), the segment file's
+//!          CRC-32C (u32), CRC-32C of the 28 bytes before it (u32)
+//! entries  12 bytes a row: where its id ends in the text (u64, exclusive), CRC-32C of the id
+//! text     the ids' UTF-8 bytes, one after another
+//! ```
+//!
+//! All integers little-endian. The file is derived: its segment's Parquet file holds the same
+//! ids. It is written and synced with its segment, before the manifest names the segment; one
+//! that is missing, of another length or with a bad header at open is written again from the
+//! Parquet ids. A row whose id fails its checksum is reported corrupt, never returned.
+
+use std::path::{Path, PathBuf};
+
+use quiver_wal::vfs::{OpenMode, Vfs, VfsFile};
+
+use crate::segment::SegmentError;
+
+const MAGIC: [u8; 8] = *b"QVRIDS01";
+const HEADER: u64 = 32;
+const ENTRY: u64 = 12;
+/// Bytes of entries and of text buffered while the file is written.
+const WRITE_BUFFER: usize = 256 << 10;
+
+/// The file name of segment `id`'s string ids.
+pub(super) fn ids_name(id: u64) -> String {
+    format!("{id:016x}.ids")
+}
+
+/// An open ids file: the handle and its shape; nothing per row in RAM.
+#[derive(Debug)]
+pub(super) struct IdFile {
+    file: Box<dyn VfsFile>,
+    path: PathBuf,
+    rows: u64,
+    text_bytes: u64,
+}
+
+impl IdFile {
+    /// Writes `ids` (every row's, in row order) as segment `path`'s ids file, bound to the
+    /// segment file's checksum `segment_crc`, synced (not its directory), and opens it. An
+    /// existing file of that name is replaced.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] if a write or the sync fails (the partial file stays: its header,
+    /// written last, does not verify).
+    pub(super) fn write<'a>(
+        vfs: &dyn Vfs,
+        path: &Path,
+        segment_crc: u32,
+        ids: impl ExactSizeIterator<Item = &'a str>,
+    ) -> Result<IdFile, SegmentError> {
+        let io = |source| SegmentError::Io { path: path.to_path_buf(), source };
+        match vfs.remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+        let file = vfs.open(path, OpenMode::CreateNew).map_err(io)?;
+        let rows = ids.len() as u64;
+        let text_at = HEADER + ENTRY * rows;
+        let (mut entries, mut text) = (Vec::with_capacity(WRITE_BUFFER), Vec::new());
+        let (mut entries_at, mut written_text, mut end) = (HEADER, 0u64, 0u64);
+        for id in ids {
+            end += id.len() as u64;
+            entries.extend_from_slice(&end.to_le_bytes());
+            entries.extend_from_slice(&crc32c::crc32c(id.as_bytes()).to_le_bytes());
+            text.extend_from_slice(id.as_bytes());
+            if entries.len() >= WRITE_BUFFER {
+                file.write_all_at(&entries, entries_at).map_err(io)?;
+                entries_at += entries.len() as u64;
+                entries.clear();
+            }
+            if text.len() >= WRITE_BUFFER {
+                file.write_all_at(&text, text_at + written_text).map_err(io)?;
+                written_text += text.len() as u64;
+                text.clear();
+            }
+        }
+        file.write_all_at(&entries, entries_at).map_err(io)?;
+        file.write_all_at(&text, text_at + written_text).map_err(io)?;
+        file.write_all_at(&header(rows, end, segment_crc), 0).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        Ok(IdFile { file, path: path.to_path_buf(), rows, text_bytes: end })
+    }
+
+    /// Opens segment `path`'s ids file, which must hold `rows` rows and be bound to
+    /// `segment_crc`.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] if it cannot be read (missing, say); [`SegmentError::Corrupt`] if
+    /// its header fails its checksum, names other rows or another segment file, or its length
+    /// disagrees.
+    pub(super) fn open(
+        vfs: &dyn Vfs,
+        path: &Path,
+        segment_crc: u32,
+        rows: u64,
+    ) -> Result<IdFile, SegmentError> {
+        let io = |source| SegmentError::Io { path: path.to_path_buf(), source };
+        let corrupt = |reason: String| SegmentError::Corrupt { path: path.to_path_buf(), reason };
+        let file = vfs.open(path, OpenMode::Read).map_err(io)?;
+        let mut h = [0u8; HEADER as usize];
+        file.read_exact_at(&mut h, 0).map_err(io)?;
+        let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+        let crc = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
+        if h[..8] != MAGIC || crc(28) != crc32c::crc32c(&h[..28]) {
+            return Err(corrupt("bad magic or header checksum".into()));
+        }
+        let (n, text_bytes) = (word(8), word(16));
+        if n != rows || crc(24) != segment_crc {
+            return Err(corrupt(format!(
+                "written for {n} rows of a segment file with CRC {:08x}, not {rows} rows with \
+                 {segment_crc:08x}",
+                crc(24)
+            )));
+        }
+        let len = file.len().map_err(io)?;
+        let want = HEADER + ENTRY * rows + text_bytes;
+        if len != want {
+            return Err(corrupt(format!("{len} bytes, {want} expected")));
+        }
+        Ok(IdFile { file, path: path.to_path_buf(), rows, text_bytes })
+    }
+
+    /// Row `row`'s id, read and checked.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] for a failed read; [`SegmentError::Corrupt`] if its entry or bytes
+    /// fail their checks.
+    ///
+    /// # Panics
+    /// If `row` is not a row of the file.
+    pub(super) fn read(&self, row: u32) -> Result<Box<str>, SegmentError> {
+        let r = u64::from(row);
+        assert!(r < self.rows, "row {row} of {} ids", self.rows);
+        let io = |source| SegmentError::Io { path: self.path.clone(), source };
+        let corrupt = |reason: String| SegmentError::Corrupt { path: self.path.clone(), reason };
+        let mut e = [0u8; 2 * ENTRY as usize];
+        let (at, e) = if r == 0 {
+            (HEADER, &mut e[ENTRY as usize..])
+        } else {
+            (HEADER + ENTRY * (r - 1), &mut e[..])
+        };
+        self.file.read_exact_at(e, at).map_err(io)?;
+        let entry = |k: usize| &e[e.len() - ENTRY as usize * k..];
+        let start =
+            if r == 0 { 0 } else { u64::from_le_bytes(entry(2)[..8].try_into().expect("8 bytes")) };
+        let last = entry(1);
+        let end = u64::from_le_bytes(last[..8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(last[8..12].try_into().expect("4 bytes"));
+        if start > end || end > self.text_bytes {
+            return Err(corrupt(format!("row {row}: id at {start}..{end} of {}", self.text_bytes)));
+        }
+        let mut bytes = vec![0u8; (end - start) as usize];
+        let text_at = HEADER + ENTRY * self.rows;
+        self.file.read_exact_at(&mut bytes, text_at + start).map_err(io)?;
+        if crc32c::crc32c(&bytes) != crc {
+            return Err(corrupt(format!("row {row}: the id fails its checksum")));
+        }
+        String::from_utf8(bytes)
+            .map(String::into_boxed_str)
+            .map_err(|_| corrupt(format!("row {row}: the id is not UTF-8")))
+    }
+}
+
+fn header(rows: u64, text_bytes: u64, segment_crc: u32) -> [u8; HEADER as usize] {
+    let mut h = [0u8; HEADER as usize];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..16].copy_from_slice(&rows.to_le_bytes());
+    h[16..24].copy_from_slice(&text_bytes.to_le_bytes());
+    h[24..28].copy_from_slice(&segment_crc.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vfs() -> (tempfile::TempDir, quiver_wal::vfs::OsVfs) {
+        (tempfile::tempdir().unwrap(), quiver_wal::vfs::OsVfs)
+    }
+
+    #[test]
+    fn ids_read_back_and_a_flipped_byte_or_another_segment_is_caught() {
+        let (dir, vfs) = vfs();
+        let path = dir.path().join(ids_name(7));
+        let ids = ["", "a", "héllo", "a much longer id of forty-odd bytes, say 44"];
+        let file = IdFile::write(&vfs, &path, 0xfeed, ids.iter().copied()).unwrap();
+        for (r, id) in ids.iter().enumerate() {
+            assert_eq!(&*file.read(r as u32).unwrap(), *id);
+        }
+        let reopened = IdFile::open(&vfs, &path, 0xfeed, 4).unwrap();
+        assert_eq!(&*reopened.read(2).unwrap(), "héllo");
+        assert!(matches!(IdFile::open(&vfs, &path, 0xbeef, 4), Err(SegmentError::Corrupt { .. })));
+        assert!(matches!(IdFile::open(&vfs, &path, 0xfeed, 5), Err(SegmentError::Corrupt { .. })));
+
+        // A flipped byte of the last id's text: that row is corrupt, the others still read.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let file = IdFile::open(&vfs, &path, 0xfeed, 4).unwrap();
+        assert!(matches!(file.read(3), Err(SegmentError::Corrupt { .. })));
+        assert_eq!(&*file.read(1).unwrap(), "a");
+        // A cut file fails at open.
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(matches!(IdFile::open(&vfs, &path, 0xfeed, 4), Err(SegmentError::Corrupt { .. })));
+    }
+}
