@@ -30,8 +30,10 @@ fn ids_array(ids: &[u64]) -> ArrayRef {
 }
 
 fn rows(ids: &[u64], version: f32) -> RecordBatch {
-    let vectors: Vec<Vec<f32>> =
-        ids.iter().map(|&i| vector(31, i, DIM).into_iter().map(|x| x + version).collect()).collect();
+    let vectors: Vec<Vec<f32>> = ids
+        .iter()
+        .map(|&i| vector(31, i, DIM).into_iter().map(|x| x + version).collect())
+        .collect();
     let v = vector_column(DIM, &vectors);
     let schema = Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
@@ -66,8 +68,8 @@ fn ids_files(dir: &Path) -> Vec<String> {
 fn long_string_ids_cost_twenty_bytes_a_row_and_read_back_through_searches_merges_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
-    let schema = CollectionSchema::new(DIM as u32, VectorType::F32, Metric::L2)
-        .with_id_type(IdType::Utf8);
+    let schema =
+        CollectionSchema::new(DIM as u32, VectorType::F32, Metric::L2).with_id_type(IdType::Utf8);
     db.create_collection("c", schema).unwrap();
     for part in 0..3u64 {
         let ids: Vec<u64> = (part * 1000..(part + 1) * 1000).collect();

@@ -24,10 +24,11 @@ use super::budget::fit_cache_to_budget;
 use super::id_file::ids_name;
 use super::inner::{Inner, lock};
 use super::install::install_segment;
-use super::keys::{KeysError, segment_keys};
+use super::keys::{KeysBuilder, KeysError};
 use super::memtable::Frozen;
 use super::model::{Loc, Segment, State};
 use super::{DELETES_DIR, Database, SEGMENTS_DIR};
+use crate::schema::IdType;
 
 /// What a flush writes, taken when it freezes the memtables.
 pub(super) struct FlushPlan {
@@ -47,6 +48,8 @@ pub(super) struct PlannedSegment {
     pub(super) rows: Vec<u32>,
     pub(super) batches: Vec<RecordBatch>,
     pub(super) keys: Vec<Key>,
+    /// The collection's id kind.
+    pub(super) id_type: IdType,
     pub(super) vectors: Vec<Vectors>,
 }
 
@@ -334,6 +337,7 @@ pub(super) fn plan_flush(inner: &Inner, st: &State) -> Result<FlushPlan, FlushEr
             plan.segments.push(PlannedSegment {
                 collection: c.id,
                 row_group_rows: inner.row_group_rows(&c.schema),
+                id_type: c.schema.id_type(),
                 id,
                 arrow: c.arrow.clone(),
                 keys: rows.iter().map(|&r| c.mem.keys[r as usize].clone()).collect(),
@@ -453,7 +457,14 @@ fn write_new_segment(
         p.row_group_rows,
         inner.opts.parquet_zstd_level,
     )?;
-    open_new_segment(inner, &p.arrow, p.id, sum, keys, Some(vectors.into()))
+    let ids_path = inner.path(SEGMENTS_DIR, &ids_name(p.id));
+    let mut builder =
+        KeysBuilder::new(inner.vfs.as_ref(), &ids_path, p.id_type, keys.len() as u64, None)?;
+    for k in &keys {
+        builder.push(k)?;
+    }
+    drop(keys);
+    open_new_segment(inner, &p.arrow, p.id, sum, builder, Some(vectors.into()))
 }
 
 /// Opens the segment `id` just written (checksum `sum`) as a live [`Segment`] with every row
@@ -463,15 +474,14 @@ pub(super) fn open_new_segment(
     arrow: &SchemaRef,
     id: u64,
     sum: FileSum,
-    keys: Vec<Key>,
+    keys: KeysBuilder,
     vectors: Option<Arc<[Vectors]>>,
 ) -> Result<Segment, segment::SegmentError> {
     let path = inner.path(SEGMENTS_DIR, &segment_name(id));
     let rows = keys.len() as u64;
     let file = SegmentFile::open(inner.vfs.as_ref(), &path, sum, arrow, rows)?;
-    let ids_path = inner.path(SEGMENTS_DIR, &ids_name(id));
     // A flush writes live rows, a merge its inputs' live rows: one row per id.
-    let keys = match segment_keys(inner.vfs.as_ref(), &ids_path, sum.crc, keys, false) {
+    let keys = match keys.finish(sum.crc) {
         Ok(keys) => keys,
         Err(KeysError::File(e)) => return Err(e),
         Err(KeysError::Twice(k)) => panic!("segment {id:016x}: {k:?} twice"),

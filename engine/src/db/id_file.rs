@@ -42,49 +42,23 @@ pub(super) struct IdFile {
 
 impl IdFile {
     /// Writes `ids` (every row's, in row order) as segment `path`'s ids file, bound to the
-    /// segment file's checksum `segment_crc`, synced (not its directory), and opens it. An
-    /// existing file of that name is replaced.
+    /// segment file's checksum `segment_crc`, synced (not its directory), and opens it
+    /// ([`IdWriter`] in one call).
     ///
     /// # Errors
-    /// [`SegmentError::Io`] if a write or the sync fails (the partial file stays: its header,
-    /// written last, does not verify).
+    /// As [`IdWriter`]'s.
+    #[cfg(test)]
     pub(super) fn write<'a>(
         vfs: &dyn Vfs,
         path: &Path,
         segment_crc: u32,
         ids: impl ExactSizeIterator<Item = &'a str>,
     ) -> Result<IdFile, SegmentError> {
-        let io = |source| SegmentError::Io { path: path.to_path_buf(), source };
-        match vfs.remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-            _ => {}
-        }
-        let file = vfs.open(path, OpenMode::CreateNew).map_err(io)?;
-        let rows = ids.len() as u64;
-        let text_at = HEADER + ENTRY * rows;
-        let (mut entries, mut text) = (Vec::with_capacity(WRITE_BUFFER), Vec::new());
-        let (mut entries_at, mut written_text, mut end) = (HEADER, 0u64, 0u64);
+        let mut writer = IdWriter::create(vfs, path, ids.len() as u64)?;
         for id in ids {
-            end += id.len() as u64;
-            entries.extend_from_slice(&end.to_le_bytes());
-            entries.extend_from_slice(&crc32c::crc32c(id.as_bytes()).to_le_bytes());
-            text.extend_from_slice(id.as_bytes());
-            if entries.len() >= WRITE_BUFFER {
-                file.write_all_at(&entries, entries_at).map_err(io)?;
-                entries_at += entries.len() as u64;
-                entries.clear();
-            }
-            if text.len() >= WRITE_BUFFER {
-                file.write_all_at(&text, text_at + written_text).map_err(io)?;
-                written_text += text.len() as u64;
-                text.clear();
-            }
+            writer.push(id)?;
         }
-        file.write_all_at(&entries, entries_at).map_err(io)?;
-        file.write_all_at(&text, text_at + written_text).map_err(io)?;
-        file.write_all_at(&header(rows, end, segment_crc), 0).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        Ok(IdFile { file, path: path.to_path_buf(), rows, text_bytes: end })
+        writer.finish(segment_crc)
     }
 
     /// Opens segment `path`'s ids file, which must hold `rows` rows and be bound to
@@ -164,6 +138,107 @@ impl IdFile {
         String::from_utf8(bytes)
             .map(String::into_boxed_str)
             .map_err(|_| corrupt(format!("row {row}: the id is not UTF-8")))
+    }
+}
+
+/// Writes an ids file as its ids come, in row order: the entries and the text each through a
+/// buffer, the header last (so a file cut short never verifies).
+pub(super) struct IdWriter {
+    file: Box<dyn VfsFile>,
+    path: PathBuf,
+    rows: u64,
+    pushed: u64,
+    entries: Vec<u8>,
+    entries_at: u64,
+    text: Vec<u8>,
+    text_written: u64,
+    end: u64,
+}
+
+impl IdWriter {
+    /// Starts segment `path`'s ids file for `rows` rows, replacing any file of that name.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] if the file cannot be made.
+    pub(super) fn create(vfs: &dyn Vfs, path: &Path, rows: u64) -> Result<IdWriter, SegmentError> {
+        let io = |source| SegmentError::Io { path: path.to_path_buf(), source };
+        match vfs.remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+        let file = vfs.open(path, OpenMode::CreateNew).map_err(io)?;
+        Ok(IdWriter {
+            file,
+            path: path.to_path_buf(),
+            rows,
+            pushed: 0,
+            entries: Vec::with_capacity(WRITE_BUFFER),
+            entries_at: HEADER,
+            text: Vec::with_capacity(WRITE_BUFFER),
+            text_written: 0,
+            end: 0,
+        })
+    }
+
+    fn io(&self) -> impl FnOnce(std::io::Error) -> SegmentError + '_ {
+        |source| SegmentError::Io { path: self.path.clone(), source }
+    }
+
+    /// Appends the next row's id.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] if a buffer's write fails.
+    ///
+    /// # Panics
+    /// If every declared row was pushed already.
+    pub(super) fn push(&mut self, id: &str) -> Result<(), SegmentError> {
+        assert!(self.pushed < self.rows, "more ids than the {} rows declared", self.rows);
+        self.pushed += 1;
+        self.end += id.len() as u64;
+        self.entries.extend_from_slice(&self.end.to_le_bytes());
+        self.entries.extend_from_slice(&crc32c::crc32c(id.as_bytes()).to_le_bytes());
+        self.text.extend_from_slice(id.as_bytes());
+        if self.entries.len() >= WRITE_BUFFER {
+            self.write_entries()?;
+        }
+        if self.text.len() >= WRITE_BUFFER {
+            self.write_text()?;
+        }
+        Ok(())
+    }
+
+    fn write_entries(&mut self) -> Result<(), SegmentError> {
+        self.file.write_all_at(&self.entries, self.entries_at).map_err(self.io())?;
+        self.entries_at += self.entries.len() as u64;
+        self.entries.clear();
+        Ok(())
+    }
+
+    fn write_text(&mut self) -> Result<(), SegmentError> {
+        let at = HEADER + ENTRY * self.rows + self.text_written;
+        self.file.write_all_at(&self.text, at).map_err(self.io())?;
+        self.text_written += self.text.len() as u64;
+        self.text.clear();
+        Ok(())
+    }
+
+    /// Completes the file, bound to the segment file's checksum `segment_crc`, synced (not its
+    /// directory), and opens it.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] if a write or the sync fails (the header, written last, then does
+    /// not verify).
+    ///
+    /// # Panics
+    /// If fewer ids than declared were pushed.
+    pub(super) fn finish(mut self, segment_crc: u32) -> Result<IdFile, SegmentError> {
+        assert_eq!(self.pushed, self.rows, "ids pushed against rows declared");
+        self.write_entries()?;
+        self.write_text()?;
+        let h = header(self.rows, self.end, segment_crc);
+        self.file.write_all_at(&h, 0).map_err(self.io())?;
+        self.file.sync_data().map_err(self.io())?;
+        Ok(IdFile { file: self.file, path: self.path, rows: self.rows, text_bytes: self.end })
     }
 }
 

@@ -23,7 +23,7 @@ use crate::batch::Key;
 use crate::schema::IdType;
 use crate::segment::SegmentError;
 
-use super::id_file::IdFile;
+use super::id_file::{IdFile, IdWriter};
 use super::id_filter::IdFilter;
 use super::model::Loc;
 
@@ -167,54 +167,46 @@ impl SegmentKeys {
     ///
     /// # Panics
     /// If there are 2^32 rows or more.
-    pub(super) fn new(keys: &[Key]) -> Result<SegmentKeys, Key> {
-        let rows = u32::try_from(keys.len()).expect("a segment holds fewer than 2^32 rows");
-        let ints: Arc<[u64]> = keys
-            .iter()
-            .map(|k| match k {
-                Key::Int(i) => *i,
-                Key::Str(_) => panic!("a string id among integer ids: use SegmentKeys::strings"),
-            })
-            .collect();
+    pub(super) fn ints(ints: Vec<u64>) -> Result<SegmentKeys, Key> {
+        let rows = u32::try_from(ints.len()).expect("a segment holds fewer than 2^32 rows");
         let mut by_id: Vec<u32> = (0..rows).collect();
         by_id.sort_unstable_by_key(|&r| ints[r as usize]);
         if let Some(w) = by_id.windows(2).find(|w| ints[w[0] as usize] == ints[w[1] as usize]) {
-            return Err(keys[w[0] as usize].clone());
+            return Err(Key::Int(ints[w[0] as usize]));
         }
         let mut filter = IdFilter::for_ids(by_id.len());
-        for &i in ints.iter() {
+        for &i in &ints {
             filter.insert(int_hash(i));
         }
-        Ok(SegmentKeys { ids: Ids::Int(ints), by_id: by_id.into(), filter: Arc::new(filter) })
+        let ids = Ids::Int(ints.into());
+        Ok(SegmentKeys { ids, by_id: by_id.into(), filter: Arc::new(filter) })
     }
 
-    /// The keys of a segment of string ids: `keys` (every row's, in row order) hashed, the
-    /// strings themselves in `file` (which holds the same ids).
+    /// The keys of a segment of string ids: `hashes` ([`str_hash`] of every row's id, in row
+    /// order), the ids themselves in `file`. Sorted in place: 20 bytes a row at most, and a bit
+    /// a row while the hashes are put in order.
     ///
     /// # Errors
-    /// The first key found twice: a segment holds one row per id.
+    /// [`KeysError::Twice`] with the first id found twice (a segment holds one row per id), or
+    /// [`KeysError::File`] if that id cannot be read back to say so.
     ///
     /// # Panics
-    /// If a key is an integer, or there are 2^32 rows or more.
-    pub(super) fn strings(keys: &[Key], file: IdFile) -> Result<SegmentKeys, Key> {
-        let rows = u32::try_from(keys.len()).expect("a segment holds fewer than 2^32 rows");
-        let hash_of = |k: &Key| match k {
-            Key::Str(s) => str_hash(s),
-            Key::Int(_) => panic!("an integer id among string ids"),
-        };
-        let mut pairs: Vec<(u128, u32)> = keys.iter().map(hash_of).zip(0..rows).collect();
-        pairs.sort_unstable();
-        if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(keys[w[0].1 as usize].clone());
+    /// If there are 2^32 rows or more.
+    fn from_hashes(mut hashes: Vec<u128>, file: IdFile) -> Result<SegmentKeys, KeysError> {
+        let rows = u32::try_from(hashes.len()).expect("a segment holds fewer than 2^32 rows");
+        let mut by_id: Vec<u32> = (0..rows).collect();
+        by_id.sort_unstable_by_key(|&r| hashes[r as usize]);
+        gather_in_place(&mut hashes, &by_id);
+        if let Some(at) = hashes.windows(2).position(|w| w[0] == w[1]) {
+            let key = file.read(by_id[at]).map_err(KeysError::File)?;
+            return Err(KeysError::Twice(Key::Str(key)));
         }
-        let mut filter = IdFilter::for_ids(pairs.len());
-        for &(h, _) in &pairs {
+        let mut filter = IdFilter::for_ids(hashes.len());
+        for &h in &hashes {
             filter.insert(h as u64);
         }
-        let by_id: Arc<[u32]> = pairs.iter().map(|&(_, r)| r).collect();
-        let hashes: Arc<[u128]> = pairs.into_iter().map(|(h, _)| h).collect();
-        let ids = Ids::Str { hashes, file: Arc::new(file) };
-        Ok(SegmentKeys { ids, by_id, filter: Arc::new(filter) })
+        let ids = Ids::Str { hashes: hashes.into(), file: Arc::new(file) };
+        Ok(SegmentKeys { ids, by_id: by_id.into(), filter: Arc::new(filter) })
     }
 
     pub(super) fn len(&self) -> usize {
@@ -232,14 +224,13 @@ impl SegmentKeys {
         }
     }
 
-    /// Appends every row's key, in row order, to `out`.
+    /// Pushes every row's key, in row order, to `out` (string ids read from disk one by one).
     ///
     /// # Errors
-    /// As [`SegmentKeys::key`].
-    pub(super) fn append_to(&self, out: &mut Vec<Key>) -> Result<(), SegmentError> {
-        out.reserve(self.len());
+    /// As [`SegmentKeys::key`], or `out`'s push.
+    pub(super) fn push_all(&self, out: &mut KeysBuilder) -> Result<(), SegmentError> {
         for r in 0..self.len() {
-            out.push(self.key(r)?);
+            out.push(&self.key(r)?)?;
         }
         Ok(())
     }
@@ -344,45 +335,126 @@ pub(super) enum KeysError {
     File(SegmentError),
 }
 
-/// The keys of segment rows `keys` (in row order): integers in RAM; string ids hashed, the
-/// strings in the ids file at `ids_path`, bound to the segment file's checksum `segment_crc`.
-/// With `reuse`, an existing ids file that verifies is kept (a segment opened again); one that
-/// does not (missing, cut, another segment's) is written again, as it always is without.
-///
-/// # Errors
-/// [`KeysError::Twice`] for a key found twice; [`KeysError::File`] if the ids file cannot be
-/// written.
-pub(super) fn segment_keys(
-    vfs: &dyn quiver_wal::vfs::Vfs,
-    ids_path: &std::path::Path,
-    segment_crc: u32,
-    keys: Vec<Key>,
-    reuse: bool,
-) -> Result<SegmentKeys, KeysError> {
-    // `keys` is taken, and dropped once hashed: the caller's transient copy of every id.
-    if !matches!(keys.first(), Some(Key::Str(_))) {
-        let made = SegmentKeys::new(&keys).map_err(KeysError::Twice);
-        drop(keys);
-        return made;
-    }
-    let rows = keys.len() as u64;
-    let opened = reuse.then(|| IdFile::open(vfs, ids_path, segment_crc, rows));
-    let file = match opened {
-        Some(Ok(file)) => file,
-        other => {
-            if let Some(Err(e)) = other {
-                tracing::warn!("{e}: writing the segment's ids file again");
-            }
-            let strs = keys.iter().map(|k| match k {
-                Key::Str(s) => &**s,
-                Key::Int(_) => panic!("an integer id among string ids"),
-            });
-            IdFile::write(vfs, ids_path, segment_crc, strs).map_err(KeysError::File)?
+/// Makes a segment's keys as its ids come, in row order (a flush's table, a merge's inputs, a
+/// segment file read at open), never holding them all as [`Key`]s: integers gathered, string
+/// ids hashed and written to the segment's ids file unless it already holds them.
+pub(super) enum KeysBuilder {
+    Int(Vec<u64>),
+    Str { hashes: Vec<u128>, file: StrIds },
+}
+
+/// Where a [`KeysBuilder`]'s string ids go.
+pub(super) enum StrIds {
+    /// Written as they come.
+    Writing(IdWriter),
+    /// Already in the segment's ids file (verified at open).
+    Held(IdFile),
+}
+
+impl KeysBuilder {
+    /// A builder for `rows` ids of `id_type`; string ids go to the ids file at `ids_path`. With
+    /// `reuse` (the segment file's checksum, for a segment opened again), an existing ids file
+    /// that verifies is kept; one that does not (missing, cut, another segment's) is written
+    /// again, as it always is without.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] if the ids file cannot be made.
+    pub(super) fn new(
+        vfs: &dyn quiver_wal::vfs::Vfs,
+        ids_path: &std::path::Path,
+        id_type: IdType,
+        rows: u64,
+        reuse: Option<u32>,
+    ) -> Result<KeysBuilder, SegmentError> {
+        if id_type != IdType::Utf8 {
+            return Ok(KeysBuilder::Int(Vec::with_capacity(rows as usize)));
         }
-    };
-    let made = SegmentKeys::strings(&keys, file).map_err(KeysError::Twice);
-    drop(keys);
-    made
+        let held = match reuse.map(|crc| IdFile::open(vfs, ids_path, crc, rows)) {
+            Some(Ok(file)) => Some(file),
+            Some(Err(e)) => {
+                tracing::warn!("{e}: writing the segment's ids file again");
+                None
+            }
+            None => None,
+        };
+        let file = match held {
+            Some(file) => StrIds::Held(file),
+            None => StrIds::Writing(IdWriter::create(vfs, ids_path, rows)?),
+        };
+        Ok(KeysBuilder::Str { hashes: Vec::with_capacity(rows as usize), file })
+    }
+
+    /// Adds the next row's key.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] if writing the ids file fails.
+    ///
+    /// # Panics
+    /// If `k` is not of the builder's kind (the schema admits one kind per collection).
+    pub(super) fn push(&mut self, k: &Key) -> Result<(), SegmentError> {
+        match (self, k) {
+            (KeysBuilder::Int(ints), Key::Int(i)) => ints.push(*i),
+            (KeysBuilder::Str { hashes, file }, Key::Str(s)) => {
+                hashes.push(str_hash(s));
+                if let StrIds::Writing(w) = file {
+                    w.push(s)?;
+                }
+            }
+            (_, k) => panic!("a {k:?} key among ids of the other kind"),
+        }
+        Ok(())
+    }
+
+    /// Keys pushed so far.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            KeysBuilder::Int(ints) => ints.len(),
+            KeysBuilder::Str { hashes, .. } => hashes.len(),
+        }
+    }
+
+    /// The segment's keys; a written ids file is completed, bound to the segment file's
+    /// checksum `segment_crc`.
+    ///
+    /// # Errors
+    /// [`KeysError::Twice`] for an id found twice; [`KeysError::File`] if the ids file cannot
+    /// be completed.
+    pub(super) fn finish(self, segment_crc: u32) -> Result<SegmentKeys, KeysError> {
+        match self {
+            KeysBuilder::Int(ints) => SegmentKeys::ints(ints).map_err(KeysError::Twice),
+            KeysBuilder::Str { hashes, file } => {
+                let file = match file {
+                    StrIds::Writing(w) => w.finish(segment_crc).map_err(KeysError::File)?,
+                    StrIds::Held(file) => file,
+                };
+                SegmentKeys::from_hashes(hashes, file)
+            }
+        }
+    }
+}
+
+/// Puts `values` in the order `order` gives (`values[i]` becomes the old `values[order[i]]`),
+/// in place, following the permutation's cycles with a bit a position to mark those done.
+fn gather_in_place(values: &mut [u128], order: &[u32]) {
+    assert_eq!(values.len(), order.len(), "a position for every value");
+    let mut done = vec![0u64; values.len().div_ceil(64)];
+    for start in 0..values.len() {
+        if done[start / 64] & (1 << (start % 64)) != 0 {
+            continue;
+        }
+        let first = values[start];
+        let mut at = start;
+        loop {
+            done[at / 64] |= 1 << (at % 64);
+            let from = order[at] as usize;
+            if from == start {
+                values[at] = first;
+                break;
+            }
+            values[at] = values[from];
+            at = from;
+        }
+    }
 }
 
 /// Heap bytes of `keys`' strings (integer keys have none).
@@ -401,16 +473,16 @@ mod tests {
 
     #[test]
     fn integer_keys_cost_twelve_bytes_a_row_and_a_key_of_the_other_kind_is_absent() {
-        let keys: Vec<Key> = (0..1000u64).map(|i| Key::Int(i * 7919 % 1000)).collect();
-        let seg = SegmentKeys::new(&keys).unwrap();
+        let ints: Vec<u64> = (0..1000u64).map(|i| i * 7919 % 1000).collect();
+        let keys: Vec<Key> = ints.iter().map(|&i| Key::Int(i)).collect();
+        let seg = SegmentKeys::ints(ints).unwrap();
         assert!(matches!(seg.ids, Ids::Int(_)));
         assert_eq!(
             seg.resident_bytes(),
             12_000 + 1_280,
             "8 for the id, 4 for its place in id order, 1.25 for the filter"
         );
-        let mut all = Vec::new();
-        seg.append_to(&mut all).unwrap();
+        let all: Vec<Key> = (0..keys.len()).map(|r| seg.key(r).unwrap()).collect();
         assert_eq!(all, keys);
         for (r, k) in keys.iter().enumerate() {
             assert_eq!(seg.find(k), Some(r as u32));
@@ -431,9 +503,27 @@ mod tests {
     /// String ids of `strs`, their file in `dir`.
     fn string_keys(dir: &std::path::Path, strs: &[&str]) -> Result<SegmentKeys, Key> {
         let path = dir.join(super::super::id_file::ids_name(1));
-        let file = IdFile::write(&quiver_wal::vfs::OsVfs, &path, 0, strs.iter().copied()).unwrap();
-        let keys: Vec<Key> = strs.iter().map(|s| Key::Str((*s).into())).collect();
-        SegmentKeys::strings(&keys, file)
+        let vfs = quiver_wal::vfs::OsVfs;
+        let rows = strs.len() as u64;
+        let mut builder = KeysBuilder::new(&vfs, &path, IdType::Utf8, rows, None).unwrap();
+        for s in strs {
+            builder.push(&Key::Str((*s).into())).unwrap();
+        }
+        builder.finish(0).map_err(|e| match e {
+            KeysError::Twice(k) => k,
+            KeysError::File(e) => panic!("{e}"),
+        })
+    }
+
+    #[test]
+    fn a_permutation_gathered_in_place_matches_one_gathered_into_a_copy() {
+        let values: Vec<u128> = (0..1000u128).map(|i| i * i * 7 + 3).collect();
+        let mut order: Vec<u32> = (0..1000).collect();
+        order.sort_unstable_by_key(|&i| (i * 7919) % 1000);
+        let copy: Vec<u128> = order.iter().map(|&i| values[i as usize]).collect();
+        let mut in_place = values.clone();
+        gather_in_place(&mut in_place, &order);
+        assert_eq!(in_place, copy);
     }
 
     #[test]
@@ -462,14 +552,14 @@ mod tests {
 
     #[test]
     fn a_segment_holding_an_id_twice_is_refused() {
-        let keys: Vec<Key> = [3u64, 9, 4, 9].iter().map(|&i| Key::Int(i)).collect();
-        assert_eq!(SegmentKeys::new(&keys).unwrap_err(), Key::Int(9));
+        let keys = vec![3u64, 9, 4, 9];
+        assert_eq!(SegmentKeys::ints(keys).unwrap_err(), Key::Int(9));
     }
 
     #[test]
     fn two_segments_sharing_a_live_id_are_found_and_a_dead_copy_is_not_counted() {
-        let a = SegmentKeys::new(&[1u64, 5, 9, 12].map(Key::Int)).unwrap();
-        let b = SegmentKeys::new(&[12u64, 2, 5].map(Key::Int)).unwrap();
+        let a = SegmentKeys::ints(vec![1, 5, 9, 12]).unwrap();
+        let b = SegmentKeys::ints(vec![12, 2, 5]).unwrap();
         assert_eq!(a.first_shared_live(|_| true, &b, |_| true).unwrap(), Some(Key::Int(5)));
         // Row 1 of `a` (id 5) is deleted: 12 is the first shared live id.
         assert_eq!(a.first_shared_live(|r| r != 1, &b, |_| true).unwrap(), Some(Key::Int(12)));

@@ -21,9 +21,11 @@ use super::background::{Progress, io_error, too_small_for_index};
 use super::body::{DeleteMeta, delete_name, segment_name};
 use super::budget::{GrowAsk, build_allowance, grow_fits, merge_fits, room_to_grow};
 use super::flush::{open_new_segment, write_deletes};
+use super::id_file::ids_name;
 use super::index_build::{GrowFrom, IndexInput};
 use super::inner::{Inner, lock};
 use super::install::install_segment;
+use super::keys::KeysBuilder;
 use super::keys::SegmentKeys;
 use super::model::{Collection, Loc, Segment};
 use super::open::for_each_vectors;
@@ -414,7 +416,9 @@ fn write_merged(
         Some(idir) => MergedVectors::Input(IndexInput::create(idir, new_id, schema, input_rows)?),
         None => MergedVectors::Resident(Vec::new()),
     };
-    let mut keys = Vec::with_capacity(rows);
+    let ids_path = inner.path(SEGMENTS_DIR, &ids_name(new_id));
+    let mut keys =
+        KeysBuilder::new(inner.vfs.as_ref(), &ids_path, schema.id_type(), rows as u64, None)?;
     let all: Vec<usize> = (0..arrow.fields().len()).collect();
     let mut w = segment::SegmentWriter::create(
         inner.vfs.as_ref(),
@@ -428,7 +432,7 @@ fn write_merged(
         let feed = grow.map(|(b, _)| b) != Some(k);
         if input.whole() {
             w.copy_row_groups(&input.file)?;
-            input.keys.append_to(&mut keys)?;
+            input.keys.push_all(&mut keys)?;
             match &input.vectors {
                 _ if !feed => {}
                 Some(v) => v.iter().cloned().try_for_each(|v| vectors.push(v))?,
@@ -438,7 +442,9 @@ fn write_merged(
         }
         for chunk in input.live.chunks(batch_rows) {
             for b in input.file.read(&all, Some(chunk), batch_rows)? {
-                keys.extend(batch::keys_of(b.column(0).as_ref(), schema.id_type())?);
+                for k in &batch::keys_of(b.column(0).as_ref(), schema.id_type())? {
+                    keys.push(k)?;
+                }
                 if feed {
                     vectors.push(batch::vectors_of(schema, b.column(1).as_ref())?)?;
                 }

@@ -33,7 +33,7 @@ use super::budget::fit_cache_to_budget;
 use super::flush::flush_loop;
 use super::id_file::ids_name;
 use super::inner::{FlushCtl, Inner, Order, WAL_BUFFER_POOL, Work};
-use super::keys::{KeysError, segment_keys};
+use super::keys::{KeysBuilder, KeysError};
 use super::memtable::Memtable;
 use super::model::{Collection, KeyMap, Op, Segment, State};
 use super::{DELETES_DIR, Database, INDEXES_DIR, MAX_SCAN_BATCH_ROWS, SEGMENTS_DIR, WAL_DIR};
@@ -358,17 +358,25 @@ pub(super) fn load_segment(
         meta.rows,
     )?;
     let corrupt = |reason: String| segment::SegmentError::Corrupt { path: path.clone(), reason };
-    let mut keys = Vec::with_capacity(meta.rows as usize);
+    // The ids are read a batch at a time and hashed (string ids kept on disk, in the segment's
+    // ids file, written again if it does not verify), never all held as keys.
+    let ids_path = dir.join(SEGMENTS_DIR).join(ids_name(meta.id));
+    let mut keys =
+        KeysBuilder::new(vfs.as_ref(), &ids_path, schema.id_type(), meta.rows, Some(meta.crc))?;
     for b in file.read(&[0], None, 65_536)? {
-        keys.extend(
-            batch::keys_of(b.column(0).as_ref(), schema.id_type())
-                .map_err(|e| corrupt(e.to_string()))?,
-        );
+        let batch_keys = batch::keys_of(b.column(0).as_ref(), schema.id_type())
+            .map_err(|e| corrupt(e.to_string()))?;
+        if (keys.len() + batch_keys.len()) as u64 > meta.rows {
+            return Err(corrupt(format!("more ids than its {} rows", meta.rows)).into());
+        }
+        for k in &batch_keys {
+            keys.push(k)?;
+        }
     }
     if keys.len() as u64 != meta.rows {
         return Err(corrupt(format!("{} ids for {} rows", keys.len(), meta.rows)).into());
     }
-    let mut deleted = RowSet::new(keys.len());
+    let mut deleted = RowSet::new(meta.rows as usize);
     let mut deleted_count = 0;
     if let Some(d) = meta.deletes {
         let p = dir.join(DELETES_DIR).join(delete_name(d.file));
@@ -430,15 +438,13 @@ pub(super) fn load_segment(
         }
     }
     let vectors = if index.is_some() { None } else { Some(read_vectors(&file, schema)?.into()) };
-    let ids_path = dir.join(SEGMENTS_DIR).join(ids_name(meta.id));
-    let keys =
-        segment_keys(vfs.as_ref(), &ids_path, meta.crc, keys, true).map_err(|e| match e {
-            KeysError::Twice(k) => crate::SegmentError::Corrupt {
-                path: path.clone(),
-                reason: format!("id {} is in two rows", batch::key_to_string(&k, schema.id_type())),
-            },
-            KeysError::File(e) => e,
-        })?;
+    let keys = keys.finish(meta.crc).map_err(|e| match e {
+        KeysError::Twice(k) => crate::SegmentError::Corrupt {
+            path: path.clone(),
+            reason: format!("id {} is in two rows", batch::key_to_string(&k, schema.id_type())),
+        },
+        KeysError::File(e) => e,
+    })?;
     Ok(Segment {
         meta,
         file,
