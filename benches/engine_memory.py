@@ -2,6 +2,7 @@
 
     target/pyenv/bin/python benches/engine_memory.py --data /work/data/sift-dev-1m \
         [--rows 200000] [--index-build-budget-mb 0] [--sector-cache-mb 0] [--string-ids]
+        [--id-bytes 16]
 
 Build first: `cargo build --release --bin quiver`. Starts the server on a fresh directory, puts
 the first `--rows` base rows (uint8, u64 ids) with pyarrow in 10,000-row batches, waits for
@@ -31,7 +32,9 @@ def main():
     ap.add_argument("--index-build-budget-mb", type=int, default=0)
     ap.add_argument("--sector-cache-mb", type=int, default=0)
     ap.add_argument("--string-ids", action="store_true",
-                    help='string ids ("doc-" and 12 digits, 16 bytes) instead of u64')
+                    help='string ids ("doc-", padding, and 12 digits) instead of u64')
+    ap.add_argument("--id-bytes", type=int, default=16,
+                    help="bytes of each string id (at least 16)")
     args = ap.parse_args()
     base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
     work = tempfile.mkdtemp(prefix="quiver-engine-memory-")
@@ -47,7 +50,8 @@ def main():
         t0 = time.perf_counter()
         ids = None
         if args.string_ids:
-            ids = pa.array([f"doc-{i:012d}" for i in range(len(base))])
+            pad = "x" * max(0, args.id_bytes - 16)
+            ids = pa.array([f"doc-{pad}{i:012d}" for i in range(len(base))])
         put(uri, "sift", base, 10_000, ids)
         action(uri, "wait-for-indexing", {"dataset": "sift"})
         secs = time.perf_counter() - t0
@@ -58,7 +62,7 @@ def main():
         print(json.dumps({
             "rows": st["rows"], "segments": st["segments"], "indexed_after_s": round(secs),
             "index_build_budget_mb": args.index_build_budget_mb,
-            "ids": "string" if args.string_ids else "u64",
+            "ids": f"string of {max(16, args.id_bytes)} bytes" if args.string_ids else "u64",
             "resident_bytes": r,
             "resident_bytes_per_row": {k: round(v / st["rows"], 1) for k, v in r.items()},
             "VmRSS": proc["VmRSS"], "VmHWM": proc["VmHWM"],

@@ -72,19 +72,7 @@ impl GrowShape {
         if want == 0 || !fits(least) || self.rows() * self.m > allowance {
             return None;
         }
-        if fits(want) {
-            return Some(want);
-        }
-        let (mut lo, mut hi) = (least, want);
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        Some(lo)
+        Some(largest_fitting(least, want, fits))
     }
 
     /// Bytes held while the new codebook trains: what the scan left (positions, dropped lists)
@@ -169,21 +157,27 @@ impl GrowShape {
         if added == 0 || fits(added) {
             return fits(added).then_some(added);
         }
-        let (mut lo, mut hi) = (MIN_CHUNK_ROWS, added);
-        if !fits(lo) {
-            return None;
-        }
-        // The peak grows with the chunk: the largest chunk that fits lies in lo..hi.
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        Some(lo)
+        // The peak grows with the chunk.
+        fits(MIN_CHUNK_ROWS).then(|| largest_fitting(MIN_CHUNK_ROWS, added, fits))
     }
+}
+
+/// The largest `x` in `lo..=hi` for which `fits(x)` holds, `fits` being monotone (true up to
+/// some point, false after) and true at `lo`.
+fn largest_fitting(mut lo: u64, mut hi: u64, fits: impl Fn(u64) -> bool) -> u64 {
+    debug_assert!(fits(lo), "the least value fits");
+    if fits(hi) {
+        return hi;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 #[cfg(test)]
