@@ -360,6 +360,7 @@ fn grow(args: &GrowArgs) -> Result<(), BoxError> {
         chunk_rows: args.chunk_rows,
         retrain: (args.retrain_samples > 0)
             .then(|| PqParams { max_samples: args.retrain_samples, ..PqParams::default() }),
+        recode: None,
     };
     let bars = PhaseBars::default();
     let total = Instant::now();

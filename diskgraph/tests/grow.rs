@@ -88,12 +88,12 @@ fn grow_in_chunks(
     new_dir: &Path,
     chunk_rows: usize,
 ) -> Vec<usize> {
-    let (next, _) = grow_with(all, old_dir, live, drop, (add, chunk_rows), new_dir, None);
+    let (next, _) = grow_with(all, old_dir, live, drop, (add, chunk_rows), new_dir, (None, None));
     next
 }
 
-/// [`grow_in_chunks`] of `(add, chunk_rows)`, retraining the codebook if `retrain` says so;
-/// also returns the growth's summary.
+/// [`grow_in_chunks`] of `(add, chunk_rows)`, retraining the codebook or re-encoding with one
+/// given if `(retrain, recode)` say so; also returns the growth's summary.
 fn grow_with(
     all: &VectorSet,
     old_dir: &Path,
@@ -101,7 +101,7 @@ fn grow_with(
     drop: &dyn Fn(usize) -> bool,
     (add, chunk_rows): (&[usize], usize),
     new_dir: &Path,
-    retrain: Option<PqParams>,
+    (retrain, recode): (Option<PqParams>, Option<&PqCodebook>),
 ) -> (Vec<usize>, GrowSummary) {
     let base = DiskIndex::open(old_dir, OpenOptionsIndex::default()).unwrap();
     let mut next: Vec<usize> = Vec::new();
@@ -132,6 +132,7 @@ fn grow_with(
         params: &params(),
         chunk_rows,
         retrain,
+        recode,
     };
     let summary = grow_index(growth, new_dir, &|_, _, _| {}).unwrap();
     assert_eq!(summary.kept + summary.added, next.len());
@@ -142,7 +143,7 @@ fn grow_with(
     let leftovers: Vec<_> = std::fs::read_dir(new_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".tmp"))
+        .filter(|n| n.contains(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "spill files left behind: {leftovers:?}");
     (next, summary)
@@ -221,7 +222,7 @@ fn a_retraining_growth_encodes_every_node_with_its_new_codebook_and_matches_a_fr
     let retrained = tmp.path().join("retrained");
     let retrain = PqParams { max_samples: 4000, ..PqParams::default() };
     let (live_retrained, summary) =
-        grow_with(&all, &old, &first, &drop, (&add, 6000), &retrained, Some(retrain));
+        grow_with(&all, &old, &first, &drop, (&add, 6000), &retrained, (Some(retrain), None));
     assert_eq!(live, live_retrained);
     // 4,000 planned, in proportion: 190 old positions (a tenth of them dropped, skipped) and
     // 3,810 added rows.
@@ -232,19 +233,14 @@ fn a_retraining_growth_encodes_every_node_with_its_new_codebook_and_matches_a_fr
     let pq = PqCodebook::read_from(&retrained.join(PIVOTS_FILE)).unwrap();
     assert!(pq != old_pq, "the codebook was not retrained");
     assert_eq!(pq.bytes(), old_pq.bytes(), "the code size changed");
-    let (m, codes) = read_codes(&retrained.join(CODES_FILE)).unwrap();
-    assert_eq!((m, codes.len()), (pq.bytes(), live.len() * m));
-    let reader = IndexReader::open(&retrained.join(GRAPH_FILE)).unwrap();
-    let mut expected = vec![0u8; m];
-    reader
-        .for_each_node::<IndexError>(|p, node| {
-            let row = &rows.row(node.label as usize);
-            pq.encode_into(*row, &mut expected);
-            let at = p as usize * m;
-            assert_eq!(&codes[at..at + m], &expected[..], "node {p}'s code");
-            Ok(())
-        })
-        .unwrap();
+    check_codes(&retrained, &pq, &rows);
+    // Given a codebook instead (the collection's, newer than the base's): every code is its.
+    let recoded = tmp.path().join("recoded");
+    let (live_recoded, summary) =
+        grow_with(&all, &old, &first, &drop, (&add, 6000), &recoded, (None, Some(&pq)));
+    assert_eq!((live_recoded, summary.trained_rows), (live.clone(), 0));
+    assert!(PqCodebook::read_from(&recoded.join(PIVOTS_FILE)).unwrap() == pq);
+    check_codes(&recoded, &pq, &rows);
 
     let fresh = tmp.path().join("fresh");
     build_index(rows.clone(), Metric::L2, &params(), &fresh, &|_, _| {}).unwrap();
@@ -254,6 +250,22 @@ fn a_retraining_growth_encodes_every_node_with_its_new_codebook_and_matches_a_fr
         eprintln!("L {l}: retrained recall {r}, old codebook kept {k}, fresh build {f}");
         assert!(r >= f - 0.02, "L {l}: retrained recall {r}, fresh build {f}");
     }
+}
+
+/// Every node's code in the index at `dir` is `pq`'s encoding of its row (of `rows`, by label).
+fn check_codes(dir: &Path, pq: &PqCodebook, rows: &VectorSet) {
+    let (m, codes) = read_codes(&dir.join(CODES_FILE)).unwrap();
+    assert_eq!((m, codes.len()), (pq.bytes(), rows.len() * m));
+    let reader = IndexReader::open(&dir.join(GRAPH_FILE)).unwrap();
+    let mut expected = vec![0u8; m];
+    reader
+        .for_each_node::<IndexError>(|p, node| {
+            pq.encode_into(rows.row(node.label as usize), &mut expected);
+            let at = p as usize * m;
+            assert_eq!(&codes[at..at + m], &expected[..], "node {p}'s code");
+            Ok(())
+        })
+        .unwrap();
 }
 
 #[test]
@@ -336,6 +348,7 @@ fn an_inner_product_index_is_refused_not_grown_wrongly() {
         params: &params(),
         chunk_rows: 0,
         retrain: None,
+        recode: None,
     };
     let err = grow_index(growth, &tmp.path().join("grown"), &|_, _, _| {}).unwrap_err();
     assert!(matches!(err, IndexError::CannotGrow(_)), "{err}");

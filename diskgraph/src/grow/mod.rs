@@ -165,6 +165,9 @@ pub struct Growth<'a> {
     /// proportion; [`GrowShape::sample_rows`] picks what an allowance holds) with these
     /// iterations and seed, and every code is re-encoded with it.
     pub retrain: Option<PqParams>,
+    /// `Some`: every code is re-encoded with this codebook, trained elsewhere (a newer one of
+    /// the same data's), instead of the base's; not with [`Growth::retrain`].
+    pub recode: Option<&'a PqCodebook>,
 }
 
 impl std::fmt::Debug for Growth<'_> {
@@ -174,6 +177,7 @@ impl std::fmt::Debug for Growth<'_> {
             .field("added", &self.added)
             .field("chunk_rows", &self.chunk_rows)
             .field("retrain", &self.retrain)
+            .field("recode", &self.recode.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -229,7 +233,8 @@ pub fn grow_index(
     let t = Instant::now();
     let reader = IndexReader::open(base.path())?;
     let plan = growth.retrain.map(|p| SamplePlan::new(h.n as usize, b, p.max_samples, p.seed));
-    let mut sample = plan.as_ref().map(|plan| Sample::new(plan, &h)).transpose()?;
+    std::fs::create_dir_all(dir).map_err(|e| IndexError::Io { path: dir.into(), source: e })?;
+    let mut sample = plan.as_ref().map(|_| Sample::new(&h, dir)).transpose()?;
     let old = scan(&reader, &growth, plan.as_ref().zip(sample.as_mut()), progress)?;
     summary.kept = old.kept as usize;
     summary.dropped = h.n as usize - summary.kept;
@@ -239,7 +244,7 @@ pub fn grow_index(
     }
 
     let t = Instant::now();
-    let codebook = match (plan, sample, growth.retrain) {
+    let trained = match (plan, sample, growth.retrain) {
         (Some(plan), Some(mut sample), Some(params)) => {
             sample.take_added(&plan, &growth.added, h.user_metric)?;
             summary.trained_rows = sample.filled;
@@ -247,6 +252,7 @@ pub fn grow_index(
         }
         _ => None,
     };
+    let codebook = trained.as_ref().or(growth.recode);
     summary.train_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -270,14 +276,7 @@ pub fn grow_index(
     let last = linked.last.take();
     let pruner = Pruner::new(&growth, &h, last.as_ref().map(|(f, rows)| (*f, rows)))
         .with_added_codes(&linked.codes, &linked.position, old.kept);
-    let job = Patch {
-        growth: &growth,
-        h,
-        old: &old,
-        linked: &linked,
-        pruner: &pruner,
-        codebook: codebook.as_ref(),
-    };
+    let job = Patch { growth: &growth, h, old: &old, linked: &linked, pruner: &pruner, codebook };
     let (patched, degrees) = job.write(&reader, &spill, dir, progress)?;
     summary.patched = patched;
     summary.mean_degree = degrees as f64 / (old.kept as usize + b) as f64;
@@ -285,7 +284,7 @@ pub fn grow_index(
         job.write_codes(dir)?;
     }
     spill.remove();
-    codebook.as_ref().unwrap_or(base.pq()).write_to(&dir.join(PIVOTS_FILE))?;
+    codebook.unwrap_or(base.pq()).write_to(&dir.join(PIVOTS_FILE))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| IndexError::Io { path: dir.into(), source: e })?;
@@ -296,6 +295,19 @@ pub fn grow_index(
 fn check(growth: &Growth<'_>, h: &Header) -> Result<(), IndexError> {
     if h.user_metric == Metric::InnerProduct {
         return Err(IndexError::CannotGrow("inner-product indexes are rebuilt, not grown"));
+    }
+    if growth.retrain.is_some() && growth.recode.is_some() {
+        return Err(IndexError::CannotGrow(
+            "a growth either retrains its codebook or is given one",
+        ));
+    }
+    if let Some(pq) = growth.recode {
+        let own = growth.base.pq();
+        if pq.dim() != own.dim() || pq.metric() != own.metric() {
+            return Err(IndexError::CannotGrow(
+                "the codebook given is of another dimension or metric than the index's",
+            ));
+        }
     }
     if growth.added.len() != growth.added_labels.len() {
         return Err(IndexError::CannotGrow("one label is needed per added row"));
@@ -350,7 +362,7 @@ fn scan(
     reader.for_each_node::<IndexError>(|p, node| {
         let kept = (growth.relabel)(node.label).is_some();
         if let Some((plan, sample)) = sample.as_mut() {
-            sample.offer_old(plan, p, kept, node.vector);
+            sample.offer_old(plan, p, kept, node.vector)?;
         }
         if kept {
             old.position[p as usize] = old.kept;

@@ -1,7 +1,7 @@
 //! A growth's memory plan: its peak for a chunk size, and the largest chunk an allowance holds.
 
 use super::link::LINK_SCRATCH;
-use super::retrain::training_bytes;
+use super::retrain::{SAMPLE_WRITE_BUFFER, training_bytes};
 use super::spill::{NODES_BUFFER, RUN_EDGES, run_buffer};
 use super::write::patch_batch;
 use super::*;
@@ -25,8 +25,10 @@ pub struct GrowShape {
     pub r: u64,
     /// Dimensions of a stored row.
     pub dim: u64,
-    /// Rows a new codebook is trained on ([`Growth::retrain`]); 0: the old one is kept.
+    /// Rows a new codebook is trained on ([`Growth::retrain`]); 0: none is trained.
     pub train_rows: u64,
+    /// Whether every code is written anew (a codebook trained, or given: [`Growth::recode`]).
+    pub new_codes: bool,
 }
 
 impl GrowShape {
@@ -45,13 +47,20 @@ impl GrowShape {
             r,
             dim: u64::from(h.dim),
             train_rows: 0,
+            new_codes: false,
         }
+    }
+
+    /// This growth re-encoding every row with a codebook it is given ([`Growth::recode`]).
+    #[must_use]
+    pub fn recoding(self) -> GrowShape {
+        GrowShape { new_codes: true, ..self }
     }
 
     /// This growth training a new codebook on `rows` sampled rows (0: keeping the old one).
     #[must_use]
     pub fn retraining(self, rows: u64) -> GrowShape {
-        GrowShape { train_rows: rows.min(self.rows()), ..self }
+        GrowShape { train_rows: rows.min(self.rows()), new_codes: rows > 0, ..self }
     }
 
     /// Rows of the grown index.
@@ -83,7 +92,8 @@ impl GrowShape {
         }
         4 * self.old
             + self.dropped * (4 * self.r + 48)
-            + training_bytes(self.train_rows, self.row_bytes, self.dim)
+            + training_bytes(self.train_rows, self.dim, self.m)
+            + SAMPLE_WRITE_BUFFER
     }
 
     /// Bytes [`grow_index`] holds at its peak linking `chunk` added rows at a time (0: all at
@@ -121,7 +131,7 @@ impl GrowShape {
         let buffers = (SECTOR * crate::layout::SCAN_SECTORS + crate::layout::WRITE_BUFFER) as u64;
         let write = c * row_bytes + batch + buffers + NODES_BUFFER as u64 + runs * run_buffer(runs);
         // A retraining growth's write pass encodes a batch of rows at a time beside the rest.
-        let encode = if self.train_rows > 0 {
+        let encode = if self.new_codes {
             patch_batch(row_bytes, r) as u64 * (row_bytes + m) + buffers
         } else {
             0
@@ -140,7 +150,7 @@ impl GrowShape {
     #[must_use]
     pub fn grown_codes_bytes(&self) -> u64 {
         let total = self.rows() * self.m;
-        if self.dropped == 0 && self.train_rows == 0 {
+        if self.dropped == 0 && !self.new_codes {
             (self.added * self.m + total.div_ceil(crate::codes::MAX_PIECES as u64 / 2)).min(total)
         } else {
             total
@@ -195,6 +205,7 @@ mod tests {
             r: 64,
             dim: 128,
             train_rows: 0,
+            new_codes: false,
         };
         let whole = shape.peak_bytes(0);
         assert_eq!(shape.chunk_rows(whole), Some(shape.added));
@@ -225,12 +236,13 @@ mod tests {
             r: 64,
             dim: 128,
             train_rows: 0,
+            new_codes: false,
         };
         // Unbounded: every row up to the cap.
         assert_eq!(shape.sample_rows(u64::MAX, 100_000), Some(80_000));
         assert_eq!(shape.sample_rows(u64::MAX, 30_000), Some(30_000));
-        // 20 MiB: the sample shrinks to what fits beside the positions.
-        let allowance = 20 << 20;
+        // 4 MiB: the sample shrinks to what fits beside the positions.
+        let allowance = 4 << 20;
         let rows = shape.sample_rows(allowance, 100_000).expect("a sample fits");
         assert!((MIN_RETRAIN_ROWS..80_000).contains(&rows), "{rows} rows");
         let retraining = shape.retraining(rows);

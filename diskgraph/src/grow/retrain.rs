@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::pq::{PqError, PqParams};
+use crate::source::VectorFile;
 
 use super::*;
 
@@ -40,37 +41,60 @@ impl SamplePlan {
         added_rows.sort_unstable();
         SamplePlan { old, added: added_rows }
     }
-
-    pub(super) fn len(&self) -> usize {
-        self.old.len() + self.added.len()
-    }
 }
 
-/// The sample as it is gathered: the stored rows, filled in order.
+/// The sample as it is gathered: the stored rows, written in order to a file beside the new
+/// index (so that no more than a few subspaces' columns of it are ever in RAM), removed once
+/// trained on.
 pub(super) struct Sample {
-    pub(super) set: VectorSet,
+    path: PathBuf,
+    out: BufWriter<File>,
+    elem: ElemType,
+    dim: usize,
     pub(super) filled: usize,
     /// The next planned old position to take.
     next_old: usize,
 }
 
 impl Sample {
-    pub(super) fn new(plan: &SamplePlan, h: &Header) -> Result<Sample, IndexError> {
-        let set = VectorSet::zeroed(h.elem, h.dim as usize, plan.len())?;
-        Ok(Sample { set, filled: 0, next_old: 0 })
+    pub(super) fn new(h: &Header, dir: &Path) -> Result<Sample, IndexError> {
+        let path = dir.join(format!("{SAMPLE_SPILL}.{}", h.elem.bin_extension()));
+        let file =
+            File::create(&path).map_err(|e| IndexError::Io { path: path.clone(), source: e })?;
+        let mut sample = Sample {
+            path,
+            out: BufWriter::with_capacity(SAMPLE_WRITE_BUFFER as usize, file),
+            elem: h.elem,
+            dim: h.dim as usize,
+            filled: 0,
+            next_old: 0,
+        };
+        sample.write(&[0u8; 8])?; // the header, written again once the rows are counted
+        Ok(sample)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), IndexError> {
+        self.out.write_all(bytes).map_err(|e| IndexError::Io { path: self.path.clone(), source: e })
     }
 
     /// Called for every old node in position order in the scan: takes its stored vector if
     /// it is planned and `kept`.
-    pub(super) fn offer_old(&mut self, plan: &SamplePlan, p: u32, kept: bool, vector: &[u8]) {
+    pub(super) fn offer_old(
+        &mut self,
+        plan: &SamplePlan,
+        p: u32,
+        kept: bool,
+        vector: &[u8],
+    ) -> Result<(), IndexError> {
         if plan.old.get(self.next_old) != Some(&p) {
-            return;
+            return Ok(());
         }
         self.next_old += 1;
         if kept {
-            self.set.row_bytes_mut(self.filled).copy_from_slice(vector);
+            self.write(vector)?;
             self.filled += 1;
         }
+        Ok(())
     }
 
     /// Reads the planned added rows (stored as the index stores them).
@@ -82,15 +106,17 @@ impl Sample {
     ) -> Result<(), IndexError> {
         for &i in &plan.added {
             let row = store_piece(added.copy(i, 1)?, metric, 0.0)?;
-            self.set.row_bytes_mut(self.filled).copy_from_slice(row.row_bytes(0));
+            self.write(row.row_bytes(0))?;
             self.filled += 1;
         }
         Ok(())
     }
 
-    /// Trains the new codebook: `m` bytes a code, as the base's, on the rows gathered.
+    /// Trains the new codebook: `m` bytes a code, as the base's, on the rows gathered, read
+    /// back from their file a few subspaces at a time ([`PqCodebook::train_from_file`]); the
+    /// file is removed.
     pub(super) fn train(
-        self,
+        mut self,
         stored_metric: Metric,
         m: usize,
         params: &PqParams,
@@ -98,17 +124,35 @@ impl Sample {
         if self.filled == 0 {
             return Err(IndexError::Pq(PqError::Empty));
         }
-        let set =
-            if self.filled == self.set.len() { self.set } else { self.set.prefix(self.filled) };
-        let params = PqParams { bytes: Some(m), max_samples: set.len(), ..*params };
-        Ok(PqCodebook::train(&set, stored_metric, &params)?)
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e| IndexError::Io { path, source: e }
+        };
+        self.out.flush().map_err(io(&self.path))?;
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&(self.filled as u32).to_le_bytes());
+        header[4..].copy_from_slice(&(self.dim as u32).to_le_bytes());
+        self.out.get_ref().write_all_at(&header, 0).map_err(io(&self.path))?;
+        let file = VectorFile::open(&self.path)?;
+        debug_assert_eq!((file.len(), file.elem()), (self.filled, self.elem));
+        let params = PqParams { bytes: Some(m), max_samples: file.len(), ..*params };
+        let trained = PqCodebook::train_from_file(&file, stored_metric, &params);
+        drop(file);
+        std::fs::remove_file(&self.path).map_err(io(&self.path))?;
+        Ok(trained?)
     }
 }
 
-/// Bytes of training a codebook on `rows` sampled rows of `row_bytes` stored bytes and `dim`
-/// dimensions: the sample as stored, its centred f32 copy, and the subspaces' copies and
-/// their transposes (counted as a second f32 copy, as the build's plan counts them).
+/// The sample a retraining growth spills beside the new index (with the stored rows' file
+/// extension), removed once trained on.
+pub(super) const SAMPLE_SPILL: &str = "grow-sample.tmp";
+/// Bytes the sample is written through.
+pub(super) const SAMPLE_WRITE_BUFFER: u64 = 64 << 10;
+
+/// Bytes of training a codebook of `m` bytes a code on `rows` sampled rows of `dim`
+/// dimensions, read back from their file ([`crate::pq::file_training_bytes`]): a few
+/// subspaces' columns at a time, not the sample.
 #[must_use]
-pub fn training_bytes(rows: u64, row_bytes: u64, dim: u64) -> u64 {
-    rows * (row_bytes + 8 * dim) + 2 * 256 * dim * 4
+pub fn training_bytes(rows: u64, dim: u64, m: u64) -> u64 {
+    crate::pq::file_training_bytes(rows, dim, m)
 }

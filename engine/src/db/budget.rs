@@ -31,7 +31,7 @@ use crate::schema::CollectionSchema;
 
 use super::catalog::resident_bytes;
 use super::inner::Inner;
-use super::model::State;
+use super::model::{GrowCodebook, State};
 
 /// Bytes of the structures that grow with the data, over every collection.
 pub(super) fn grown_bytes(st: &State) -> u64 {
@@ -113,13 +113,12 @@ fn make_room(inner: &Inner, allowance: u64, peak: u64) {
 }
 
 /// What a merge that grows an index asks of it: rows dropped from the base, rows added, and
-/// whether the growth trains a new codebook
-/// ([`super::model::Collection::keeps_codebook`] said no).
-#[derive(Clone, Copy, Debug)]
+/// what it does with its codebook ([`super::model::Collection::growth_codebook`]).
+#[derive(Clone, Debug)]
 pub(super) struct GrowAsk {
     pub(super) dropped: u64,
     pub(super) added: u64,
-    pub(super) retrain: bool,
+    pub(super) codebook: GrowCodebook,
 }
 
 /// The shape of growing `base` as `ask` says within `allowance`, its codebook's sample (if it
@@ -127,20 +126,23 @@ pub(super) struct GrowAsk {
 /// if not even the least sample does.
 fn grow_shape(
     base: &DiskIndex,
-    ask: GrowAsk,
+    ask: &GrowAsk,
     allowance: u64,
     max_samples: u64,
 ) -> Option<GrowShape> {
     let shape = GrowShape::of(base, ask.dropped, ask.added);
-    if !ask.retrain {
-        return Some(shape);
+    match ask.codebook {
+        GrowCodebook::Keep => Some(shape),
+        GrowCodebook::Use(_) => Some(shape.recoding()),
+        GrowCodebook::Train => {
+            shape.sample_rows(allowance, max_samples).map(|rows| shape.retraining(rows))
+        }
     }
-    shape.sample_rows(allowance, max_samples).map(|rows| shape.retraining(rows))
 }
 
 /// Whether growing `base` as `ask` says fits `allowance`, a chunk at a time if need be
 /// ([`GrowShape::chunk_rows`]), with a sample cut to fit if it retrains its codebook.
-pub(super) fn grow_fits(inner: &Inner, base: &DiskIndex, ask: GrowAsk, allowance: u64) -> bool {
+pub(super) fn grow_fits(inner: &Inner, base: &DiskIndex, ask: &GrowAsk, allowance: u64) -> bool {
     let max_samples = inner.opts.index_params.pq.max_samples as u64;
     grow_shape(base, ask, allowance, max_samples)
         .is_some_and(|shape| shape.chunk_rows(allowance).is_some())
@@ -151,10 +153,14 @@ pub(super) fn grow_fits(inner: &Inner, base: &DiskIndex, ask: GrowAsk, allowance
 /// allowance now holds (at least the least chunk and sample: the merge was judged to fit when
 /// planned), with room made in the cache for it; else under the build's `ram_budget`, if any,
 /// or unbounded.
-pub(super) fn room_to_grow(inner: &Inner, base: &DiskIndex, ask: GrowAsk) -> (usize, usize) {
+pub(super) fn room_to_grow(inner: &Inner, base: &DiskIndex, ask: &GrowAsk) -> (usize, usize) {
     let max_samples = inner.opts.index_params.pq.max_samples as u64;
     let least = GrowShape::of(base, ask.dropped, ask.added);
-    let least = if ask.retrain { least.retraining(MIN_RETRAIN_ROWS) } else { least };
+    let least = match ask.codebook {
+        GrowCodebook::Keep => least,
+        GrowCodebook::Use(_) => least.recoding(),
+        GrowCodebook::Train => least.retraining(MIN_RETRAIN_ROWS),
+    };
     let pick = |allowance: u64| {
         let shape = grow_shape(base, ask, allowance, max_samples).unwrap_or(least);
         (shape, shape.chunk_rows(allowance).unwrap_or(MIN_CHUNK_ROWS))

@@ -29,7 +29,7 @@ use super::inner::Inner;
 use super::open::source_of;
 
 /// The index a merged segment's grows from ([`IndexInput::grow`]).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) struct GrowFrom<'a> {
     /// The input's index.
     pub(super) base: &'a DiskIndex,
@@ -42,6 +42,9 @@ pub(super) struct GrowFrom<'a> {
     /// `Some`: a new codebook is trained on a sample of at most `max_samples` rows
     /// ([`quiver_diskgraph::grow::Growth::retrain`]); `None`: the base's is kept.
     pub(super) retrain: Option<PqParams>,
+    /// `Some`: every code is re-encoded with this codebook (the collection's) instead
+    /// ([`quiver_diskgraph::grow::Growth::recode`]).
+    pub(super) recode: Option<Arc<PqCodebook>>,
 }
 
 /// A build's input: a headered vector file in `indexes/{id}.input/`, written a chunk at a time
@@ -128,7 +131,7 @@ impl IndexInput {
         schema: &CollectionSchema,
         from: GrowFrom<'_>,
     ) -> Result<DiskIndex, BackgroundError> {
-        let GrowFrom { base, relabel, labels, chunk_rows, retrain } = from;
+        let GrowFrom { base, relabel, labels, chunk_rows, retrain, recode } = from;
         self.finish()?;
         let sid = meta.id;
         let index_error = |source| BackgroundError::Index { segment: sid, source };
@@ -145,15 +148,18 @@ impl IndexInput {
         }
         let params = &inner.opts.index_params;
         // A grown index that keeps its base's codebook shares the base's copy, and the base's
-        // codes where it repeats them (all of them when no row was dropped). A retrained one
-        // shares nothing.
-        let share = match retrain {
-            None => (Some(Arc::clone(base.shared_pq())), Some(base.codes().clone())),
-            Some(_) => (None, None),
+        // codes where it repeats them (all of them when no row was dropped); one re-encoded
+        // with the collection's codebook shares that; a retrained one shares nothing.
+        let share = match (&retrain, &recode) {
+            (None, None) => (Some(Arc::clone(base.shared_pq())), Some(base.codes().clone())),
+            (_, Some(pq)) => (Some(Arc::clone(pq)), None),
+            (Some(_), None) => (None, None),
         };
         place_index(inner, idir, meta, share, |tmp| {
+            let recode = recode.as_deref();
+            let added_labels = labels;
             let growth =
-                Growth { base, relabel, added, added_labels: labels, params, chunk_rows, retrain };
+                Growth { base, relabel, added, added_labels, params, chunk_rows, retrain, recode };
             let summary = grow_index(growth, tmp, &|_, _, _| {}).map_err(index_error)?;
             tracing::info!(
                 "segment {sid:016x}: index grown from {}: {} rows kept, {} dropped, {} added \

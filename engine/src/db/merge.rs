@@ -27,7 +27,7 @@ use super::inner::{Inner, lock};
 use super::install::install_segment;
 use super::keys::KeysBuilder;
 use super::keys::SegmentKeys;
-use super::model::{Collection, Loc, Segment};
+use super::model::{Collection, GrowCodebook, Loc, Segment};
 use super::open::for_each_vectors;
 use super::{DELETES_DIR, SEGMENTS_DIR};
 
@@ -64,7 +64,7 @@ pub(super) fn merge_candidates<'a>(
         match grown_segment(c.schema.metric(), pick, rows) {
             Some((base, index)) => {
                 let added = (rows - live(base)) as u64;
-                grow_fits(inner, index, ask(c, base, index, added), a)
+                grow_fits(inner, index, &ask(c, base, index, added), a)
             }
             None => merge_fits(inner, &c.schema, rows, a),
         }
@@ -166,7 +166,7 @@ fn absorb_pick<'a>(
         pick.push(s);
     }
     if let Some(a) = allowance {
-        while pick.len() >= 2 && !grow_fits(inner, index, ask(c, base, index, added as u64), a) {
+        while pick.len() >= 2 && !grow_fits(inner, index, &ask(c, base, index, added as u64), a) {
             added -= live(pick.pop().expect("two or more"));
         }
     }
@@ -176,12 +176,11 @@ fn absorb_pick<'a>(
     (enough_segments && enough_rows).then_some(pick)
 }
 
-/// What growing `base`'s `index` by `added` rows asks: its deleted rows dropped, and a new
-/// codebook if the grown index may not keep the one it has
-/// ([`Collection::keeps_codebook`]).
+/// What growing `base`'s `index` by `added` rows asks: its deleted rows dropped, and what
+/// becomes of its codebook ([`Collection::growth_codebook`]).
 fn ask(c: &Collection, base: &Segment, index: &DiskIndex, added: u64) -> GrowAsk {
     let rows = live(base) as u64 + added;
-    GrowAsk { dropped: base.deleted_count, added, retrain: !c.keeps_codebook(index, rows) }
+    GrowAsk { dropped: base.deleted_count, added, codebook: c.growth_codebook(index, rows) }
 }
 
 /// Most segments one growth absorbs.
@@ -221,10 +220,9 @@ struct MergeJob {
     inputs: Vec<MergeInput>,
     /// The collection's codebook when the merge was planned: a rebuilt index is built with it.
     codebook: Option<Arc<quiver_diskgraph::pq::PqCodebook>>,
-    /// The input whose index the merged segment's grows from ([`grown_input`]), and whether
-    /// the growth trains a new codebook (the grown index may not keep its base's:
-    /// [`super::model::Collection::keeps_codebook`]); `None`: a rebuild.
-    grow: Option<(usize, bool)>,
+    /// The input whose index the merged segment's grows from ([`grown_input`]), and what
+    /// becomes of its codebook ([`Collection::growth_codebook`]); `None`: a rebuild.
+    grow: Option<(usize, GrowCodebook)>,
 }
 
 impl MergeJob {
@@ -322,7 +320,8 @@ pub(super) fn merge_one(inner: &Inner) -> Result<Progress, BackgroundError> {
     drop(store);
     inner.merges.fetch_add(1, Ordering::Relaxed);
     inner.index_grows.fetch_add(u64::from(grown), Ordering::Relaxed);
-    let retrained = grown && job.grow.is_some_and(|(_, retrain)| retrain);
+    let retrained =
+        grown && job.grow.as_ref().is_some_and(|(_, c)| matches!(c, GrowCodebook::Train));
     inner.index_retrains.fetch_add(u64::from(retrained), Ordering::Relaxed);
     if installed.late > 0 {
         tracing::debug!("merge into {new_id:016x}: {} rows written meanwhile", installed.late);
@@ -365,7 +364,7 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
         let rows: usize = inputs.iter().map(|i| i.live.len()).sum();
         let grow = grown_input(&c.schema, &inputs, rows).map(|b| {
             let index = inputs[b].index.as_deref().expect("a grown input has an index");
-            (b, !c.keeps_codebook(index, rows as u64))
+            (b, c.growth_codebook(index, rows as u64))
         });
         Some(MergeJob {
             collection: c.id,
@@ -409,9 +408,9 @@ fn write_merged(
     let path = inner.path(SEGMENTS_DIR, &segment_name(new_id));
     let rows: usize = inputs.iter().map(|i| i.live.len()).sum();
     let index_dir = inner.index_dir.as_deref().filter(|_| rows >= inner.opts.min_index_rows);
-    let grow = index_dir.and(job.grow);
+    let grow = index_dir.and(job.grow.as_ref());
     // A grown index needs only the other inputs' vectors: the base's are in its index.
-    let input_rows = rows - grow.map_or(0, |(b, _)| inputs[b].live.len());
+    let input_rows = rows - grow.map_or(0, |(b, _)| inputs[*b].live.len());
     let mut vectors = match index_dir {
         Some(idir) => MergedVectors::Input(IndexInput::create(idir, new_id, schema, input_rows)?),
         None => MergedVectors::Resident(Vec::new()),
@@ -429,7 +428,7 @@ fn write_merged(
     )?;
     let batch_rows = inner.read_batch_rows(schema);
     for (k, input) in inputs.iter().enumerate() {
-        let feed = grow.map(|(b, _)| b) != Some(k);
+        let feed = grow.map(|(b, _)| *b) != Some(k);
         if input.whole() {
             w.copy_row_groups(&input.file)?;
             input.keys.push_all(&mut keys)?;
@@ -462,7 +461,10 @@ fn write_merged(
     inner.vfs.sync_dir(&d).map_err(io_error(&d))?;
     if let (Some(input), Some(idir)) = (input, index_dir) {
         let index = match grow {
-            Some(base) => grow_index_of(inner, idir, &seg.meta, schema, inputs, base, input)?,
+            Some((base, codebook)) => {
+                let base = (*base, codebook);
+                grow_index_of(inner, idir, &seg.meta, schema, inputs, base, input)?
+            }
             None => input.build(inner, idir, &seg.meta, schema, job.codebook.as_ref())?,
         };
         seg.meta.indexed = true;
@@ -516,7 +518,7 @@ fn grow_index_of(
     meta: &super::body::SegmentMeta,
     schema: &CollectionSchema,
     inputs: &[MergeInput],
-    (base, retrain): (usize, bool),
+    (base, codebook): (usize, &GrowCodebook),
     input: IndexInput,
 ) -> Result<DiskIndex, BackgroundError> {
     let (mut offset, mut base_offset, mut labels) = (0u32, 0u32, Vec::new());
@@ -533,11 +535,16 @@ fn grow_index_of(
     let relabel = |l: u32| live.binary_search(&l).ok().map(|r| base_offset + r as u32);
     let index = inputs[base].index.as_deref().expect("a grown input has an index");
     let dropped = (inputs[base].keys.len() - live.len()) as u64;
-    let ask = GrowAsk { dropped, added: labels.len() as u64, retrain };
-    let (chunk_rows, train_rows) = room_to_grow(inner, index, ask);
-    let retrain =
-        retrain.then_some(PqParams { max_samples: train_rows, ..inner.opts.index_params.pq });
-    let from = GrowFrom { base: index, relabel: &relabel, labels: &labels, chunk_rows, retrain };
+    let ask = GrowAsk { dropped, added: labels.len() as u64, codebook: codebook.clone() };
+    let (chunk_rows, train_rows) = room_to_grow(inner, index, &ask);
+    let retrain = matches!(codebook, GrowCodebook::Train)
+        .then_some(PqParams { max_samples: train_rows, ..inner.opts.index_params.pq });
+    let recode = match codebook {
+        GrowCodebook::Use(pq) => Some(Arc::clone(pq)),
+        _ => None,
+    };
+    let (relabel, labels) = (&relabel, &labels[..]);
+    let from = GrowFrom { base: index, relabel, labels, chunk_rows, retrain, recode };
     input.grow(inner, idir, meta, schema, from)
 }
 

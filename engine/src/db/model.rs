@@ -139,6 +139,17 @@ pub(super) const CODEBOOK_RETRAIN_FACTOR: u64 = 4;
 /// becomes: PQ training samples at most this many (`PqParams::default().max_samples`).
 pub(super) const CODEBOOK_ENOUGH_ROWS: u64 = 100_000;
 
+/// What a growth does with its base's PQ codebook ([`Collection::growth_codebook`]).
+#[derive(Clone, Debug)]
+pub(super) enum GrowCodebook {
+    /// Keeps it (and shares the base's codes).
+    Keep,
+    /// Re-encodes every code with the collection's codebook.
+    Use(Arc<PqCodebook>),
+    /// Trains a new one on a sample of the grown index's rows.
+    Train,
+}
+
 /// Counters of a collection's reads since the database opened: statistics only (relaxed
 /// atomics, read together without a common instant).
 #[derive(Debug, Default)]
@@ -191,20 +202,24 @@ impl Collection {
         }
     }
 
-    /// Whether an index grown from `index` to `rows` rows may keep `index`'s codebook (a growth
-    /// keeps its base's): yes unless it is the collection's codebook, trained on fewer than
-    /// [`CODEBOOK_ENOUGH_ROWS`] rows and on less than 1/[`CODEBOOK_RETRAIN_FACTOR`] of `rows`.
-    /// Such a growth trains a new codebook on a sample of the grown index's rows
-    /// ([`quiver_diskgraph::grow::Growth::retrain`]), which the collection then adopts.
-    /// Growing the 1024-d rows of the 4× budget test into one index with the codebook of its
-    /// first 400 rows gave recall@10 0.947 at L 100, against 0.994 for the same growth with a
-    /// codebook of 8,192 rows.
-    pub(super) fn keeps_codebook(&self, index: &DiskIndex, rows: u64) -> bool {
-        match &self.codebook {
-            Some((pq, trained)) if Arc::ptr_eq(pq, index.shared_pq()) => {
-                *trained >= CODEBOOK_ENOUGH_ROWS || rows < CODEBOOK_RETRAIN_FACTOR * trained
-            }
-            _ => true,
+    /// What an index grown from `index` to `rows` rows does with its codebook. The
+    /// collection's codebook, trained on at least [`CODEBOOK_ENOUGH_ROWS`] rows or on more than
+    /// 1/[`CODEBOOK_RETRAIN_FACTOR`] of `rows`, is good for it: kept if `index` has it, else
+    /// used to re-encode every code (an index with an older codebook, from before a larger
+    /// build replaced it, takes the collection's). Otherwise the growth trains a new codebook
+    /// on a sample of the grown index's rows ([`quiver_diskgraph::grow::Growth::retrain`]),
+    /// which the collection then adopts. Growing the 1024-d rows of the 4× budget test into
+    /// one index with the codebook of its first 400 rows gave recall@10 0.947 at L 100,
+    /// against 0.994 for the same growth with a codebook of 8,192 rows; and an index of theirs
+    /// that kept an older codebook than the collection's grew into the final one with it, at
+    /// 0.947 again, before older codebooks were replaced.
+    pub(super) fn growth_codebook(&self, index: &DiskIndex, rows: u64) -> GrowCodebook {
+        let Some((pq, trained)) = &self.codebook else { return GrowCodebook::Keep };
+        let good = *trained >= CODEBOOK_ENOUGH_ROWS || rows < CODEBOOK_RETRAIN_FACTOR * trained;
+        match (good, Arc::ptr_eq(pq, index.shared_pq())) {
+            (true, true) => GrowCodebook::Keep,
+            (true, false) => GrowCodebook::Use(Arc::clone(pq)),
+            (false, _) => GrowCodebook::Train,
         }
     }
 
