@@ -26,10 +26,11 @@ use super::background::io_error;
 use super::body::{SegmentMeta, index_name};
 use super::budget::build_params;
 use super::inner::Inner;
+use super::model::GrowCodebook;
 use super::open::source_of;
 
 /// The index a merged segment's grows from ([`IndexInput::grow`]).
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub(super) struct GrowFrom<'a> {
     /// The input's index.
     pub(super) base: &'a DiskIndex,
@@ -39,12 +40,10 @@ pub(super) struct GrowFrom<'a> {
     pub(super) labels: &'a [u32],
     /// Rows of the input file linked at a time (0: all at once).
     pub(super) chunk_rows: usize,
-    /// `Some`: a new codebook is trained on a sample of at most `max_samples` rows
-    /// ([`quiver_diskgraph::grow::Growth::retrain`]); `None`: the base's is kept.
-    pub(super) retrain: Option<PqParams>,
-    /// `Some`: every code is re-encoded with this codebook (the collection's) instead
-    /// ([`quiver_diskgraph::grow::Growth::recode`]).
-    pub(super) recode: Option<Arc<PqCodebook>>,
+    /// What becomes of the base's codebook.
+    pub(super) codebook: &'a GrowCodebook,
+    /// Rows a new codebook is trained on, if [`GrowCodebook::Train`].
+    pub(super) train_rows: usize,
 }
 
 /// A build's input: a headered vector file in `indexes/{id}.input/`, written a chunk at a time
@@ -131,7 +130,7 @@ impl IndexInput {
         schema: &CollectionSchema,
         from: GrowFrom<'_>,
     ) -> Result<DiskIndex, BackgroundError> {
-        let GrowFrom { base, relabel, labels, chunk_rows, retrain, recode } = from;
+        let GrowFrom { base, relabel, labels, chunk_rows, codebook, train_rows } = from;
         self.finish()?;
         let sid = meta.id;
         let index_error = |source| BackgroundError::Index { segment: sid, source };
@@ -150,13 +149,17 @@ impl IndexInput {
         // A grown index that keeps its base's codebook shares the base's copy, and the base's
         // codes where it repeats them (all of them when no row was dropped); one re-encoded
         // with the collection's codebook shares that; a retrained one shares nothing.
-        let share = match (&retrain, &recode) {
-            (None, None) => (Some(Arc::clone(base.shared_pq())), Some(base.codes().clone())),
-            (_, Some(pq)) => (Some(Arc::clone(pq)), None),
-            (Some(_), None) => (None, None),
+        let (retrain, recode, share) = match codebook {
+            GrowCodebook::Keep => {
+                (None, None, (Some(Arc::clone(base.shared_pq())), Some(base.codes().clone())))
+            }
+            GrowCodebook::Use(pq) => (None, Some(&**pq), (Some(Arc::clone(pq)), None)),
+            GrowCodebook::Train => {
+                let params = PqParams { max_samples: train_rows, ..inner.opts.index_params.pq };
+                (Some(params), None, (None, None))
+            }
         };
         place_index(inner, idir, meta, share, |tmp| {
-            let recode = recode.as_deref();
             let added_labels = labels;
             let growth =
                 Growth { base, relabel, added, added_labels, params, chunk_rows, retrain, recode };

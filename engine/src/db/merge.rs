@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 
 use arrow_schema::SchemaRef;
 use quiver_diskgraph::data::Metric;
-use quiver_diskgraph::pq::PqParams;
 use quiver_diskgraph::search::DiskIndex;
 
 use crate::batch::{self, Vectors};
@@ -511,7 +510,7 @@ fn growth_input(
 
 /// Grows input `base`'s index into the merged segment's: the base's live rows keep their
 /// order at their place in the merged file, the other inputs' rows (streamed to `input`) are
-/// added under theirs; a new codebook is trained if `retrain`.
+/// added under theirs; its codebook becomes what `codebook` says.
 fn grow_index_of(
     inner: &Inner,
     idir: &std::path::Path,
@@ -537,14 +536,8 @@ fn grow_index_of(
     let dropped = (inputs[base].keys.len() - live.len()) as u64;
     let ask = GrowAsk { dropped, added: labels.len() as u64, codebook: codebook.clone() };
     let (chunk_rows, train_rows) = room_to_grow(inner, index, &ask);
-    let retrain = matches!(codebook, GrowCodebook::Train)
-        .then_some(PqParams { max_samples: train_rows, ..inner.opts.index_params.pq });
-    let recode = match codebook {
-        GrowCodebook::Use(pq) => Some(Arc::clone(pq)),
-        _ => None,
-    };
     let (relabel, labels) = (&relabel, &labels[..]);
-    let from = GrowFrom { base: index, relabel, labels, chunk_rows, retrain, recode };
+    let from = GrowFrom { base: index, relabel, labels, chunk_rows, codebook, train_rows };
     input.grow(inner, idir, meta, schema, from)
 }
 
