@@ -119,14 +119,8 @@ impl PqCodebook {
     /// If `data` is empty or the code size does not fit the dimension.
     pub fn train(data: &VectorSet, metric: Metric, params: &PqParams) -> Result<Self, PqError> {
         let dim = data.dim();
-        let m = params.bytes.unwrap_or_else(|| default_pq_bytes(dim));
-        if m == 0 || m > dim || m > quiver_simd::MAX_PQ_SUBSPACES {
-            return Err(PqError::BadBytes { bytes: m, dim });
-        }
-        if data.is_empty() {
-            return Err(PqError::Empty);
-        }
-        let bounds: Vec<usize> = (0..=m).map(|j| j * dim / m).collect();
+        let bounds = subspace_bounds(dim, data.len(), params)?;
+        let m = bounds.len() - 1;
 
         // Sample without replacement, in a deterministic order.
         let mut rng = StdRng::seed_from_u64(params.seed);
@@ -184,14 +178,8 @@ impl PqCodebook {
         params: &PqParams,
     ) -> Result<Self, PqError> {
         let (dim, n) = (file.dim(), file.len());
-        let m = params.bytes.unwrap_or_else(|| default_pq_bytes(dim));
-        if m == 0 || m > dim || m > quiver_simd::MAX_PQ_SUBSPACES {
-            return Err(PqError::BadBytes { bytes: m, dim });
-        }
-        if n == 0 {
-            return Err(PqError::Empty);
-        }
-        let bounds: Vec<usize> = (0..=m).map(|j| j * dim / m).collect();
+        let bounds = subspace_bounds(dim, n, params)?;
+        let m = bounds.len() - 1;
         let piece = (FILE_TRAIN_PIECE / file.row_bytes().max(1)).max(1);
         let for_each_piece = |each: &mut dyn FnMut(&VectorSet)| -> Result<(), PqError> {
             for start in (0..n).step_by(piece) {
@@ -488,6 +476,19 @@ fn argmin(d: &[f32; CENTROIDS]) -> (u8, f32) {
     let min = lanes.iter().copied().fold(f32::INFINITY, |a, b| if b < a { b } else { a });
     let at = d.iter().position(|&v| v == min).unwrap_or(0);
     (at as u8, min)
+}
+
+/// Where each subspace of a codebook of `params.bytes` (or the default for `dim`) starts and
+/// ends: `m + 1` bounds; refuses a code size that does not fit, or no rows (`n`) to train on.
+fn subspace_bounds(dim: usize, n: usize, params: &PqParams) -> Result<Vec<usize>, PqError> {
+    let m = params.bytes.unwrap_or_else(|| default_pq_bytes(dim));
+    if m == 0 || m > dim || m > quiver_simd::MAX_PQ_SUBSPACES {
+        return Err(PqError::BadBytes { bytes: m, dim });
+    }
+    if n == 0 {
+        return Err(PqError::Empty);
+    }
+    Ok((0..=m).map(|j| j * dim / m).collect())
 }
 
 /// The seed of subspace `j`'s k-means: its own generator, so a codebook does not depend on

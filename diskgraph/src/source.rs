@@ -80,7 +80,9 @@ fn invalid_input(why: &str) -> io::Error {
 pub struct BinWriter {
     out: io::BufWriter<File>,
     row_bytes: usize,
-    declared: usize,
+    /// The rows the header declares; `None` for a writer that counts them
+    /// ([`BinWriter::create_counting`]).
+    declared: Option<usize>,
     written: usize,
 }
 
@@ -91,6 +93,16 @@ impl BinWriter {
     /// # Errors
     /// I/O failure; `InvalidInput` if `dim` is 0 or `rows` or `dim` do not fit the header's `u32`.
     pub fn create(path: &Path, elem: ElemType, dim: usize, rows: usize) -> io::Result<BinWriter> {
+        BinWriter::with_buffer(path, elem, dim, rows, 1 << 20)
+    }
+
+    fn with_buffer(
+        path: &Path,
+        elem: ElemType,
+        dim: usize,
+        rows: usize,
+        buffer: usize,
+    ) -> io::Result<BinWriter> {
         use std::io::Write;
         let header_rows = u32::try_from(rows).map_err(|_| invalid_input("over u32::MAX rows"))?;
         let header_dim =
@@ -98,10 +110,27 @@ impl BinWriter {
         if dim == 0 {
             return Err(invalid_input("dimension 0"));
         }
-        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(path)?);
+        let mut out = io::BufWriter::with_capacity(buffer, File::create(path)?);
         out.write_all(&header_rows.to_le_bytes())?;
         out.write_all(&header_dim.to_le_bytes())?;
-        Ok(BinWriter { out, row_bytes: dim * elem.size(), declared: rows, written: 0 })
+        Ok(BinWriter { out, row_bytes: dim * elem.size(), declared: Some(rows), written: 0 })
+    }
+
+    /// [`BinWriter::create`] for a writer that does not know its row count up front (a
+    /// sample whose planned rows may turn out dropped): the header's count is written by
+    /// [`BinWriter::finish`], as the rows pushed. Writes through a buffer of `buffer` bytes.
+    ///
+    /// # Errors
+    /// As [`BinWriter::create`].
+    pub fn create_counting(
+        path: &Path,
+        elem: ElemType,
+        dim: usize,
+        buffer: usize,
+    ) -> io::Result<BinWriter> {
+        let mut writer = BinWriter::with_buffer(path, elem, dim, 0, buffer)?;
+        writer.declared = None;
+        Ok(writer)
     }
 
     /// Appends `chunk`: whole rows, little-endian.
@@ -114,7 +143,7 @@ impl BinWriter {
             return Err(invalid_input("vector chunks must hold whole rows"));
         }
         let rows = chunk.len() / self.row_bytes;
-        if self.written + rows > self.declared {
+        if self.declared.is_some_and(|declared| self.written + rows > declared) {
             return Err(invalid_input("more rows than the header declares"));
         }
         self.out.write_all(chunk)?;
@@ -133,7 +162,14 @@ impl BinWriter {
     /// I/O failure; `InvalidInput` if fewer rows were pushed than the header declares.
     pub fn finish(self) -> io::Result<()> {
         use std::io::Write;
-        if self.written != self.declared {
+        use std::os::unix::fs::FileExt;
+        let Some(declared) = self.declared else {
+            let rows =
+                u32::try_from(self.written).map_err(|_| invalid_input("over u32::MAX rows"))?;
+            let file = self.out.into_inner().map_err(io::IntoInnerError::into_error)?;
+            return file.write_all_at(&rows.to_le_bytes(), 0);
+        };
+        if self.written != declared {
             return Err(invalid_input("fewer rows than the header declares"));
         }
         self.out.into_inner().map_err(io::IntoInnerError::into_error)?.flush()

@@ -35,7 +35,7 @@
 //! ([`GrowShape::peak_bytes`]): 4 bytes per old node (its new position), the dropped nodes' lists,
 //! `m + 4` bytes per added row (its code and position), and one chunk: its rows, their graph,
 //! their lists and edges; when retraining, the sample while it trains
-//! ([`training_bytes`]) and the grown index's codes, all new, as it is opened. Inner-product indexes are not grown: their stored vectors are
+//! ([`crate::pq::file_training_bytes`]) and the grown index's codes, all new, as it is opened. Inner-product indexes are not grown: their stored vectors are
 //! scaled by the largest norm seen at build time, which an added row may exceed.
 
 use std::collections::HashMap;
@@ -65,7 +65,6 @@ mod write;
 
 use link::{ChunkJob, Linked, Pruner};
 pub use plan::GrowShape;
-pub use retrain::training_bytes;
 use retrain::{Sample, SamplePlan};
 use spill::Spill;
 use write::Patch;

@@ -1,10 +1,11 @@
 //! A growth's memory plan: its peak for a chunk size, and the largest chunk an allowance holds.
 
 use super::link::LINK_SCRATCH;
-use super::retrain::{SAMPLE_WRITE_BUFFER, training_bytes};
+use super::retrain::SAMPLE_WRITE_BUFFER;
 use super::spill::{NODES_BUFFER, RUN_EDGES, run_buffer};
 use super::write::patch_batch;
 use super::*;
+use crate::pq::file_training_bytes;
 
 /// A growth's shape, all its memory plan needs: an old index of `old` nodes with `dropped` of
 /// them dropped, `added` rows of `row_bytes` each (`dim` dimensions) added, codes of `m` bytes,
@@ -85,14 +86,14 @@ impl GrowShape {
     }
 
     /// Bytes held while the new codebook trains: what the scan left (positions, dropped lists)
-    /// and the training ([`training_bytes`]); 0 when none is trained.
+    /// and the training ([`file_training_bytes`]); 0 when none is trained.
     fn train_peak(&self) -> u64 {
         if self.train_rows == 0 {
             return 0;
         }
         4 * self.old
             + self.dropped * (4 * self.r + 48)
-            + training_bytes(self.train_rows, self.dim, self.m)
+            + file_training_bytes(self.train_rows, self.dim, self.m)
             + SAMPLE_WRITE_BUFFER
     }
 

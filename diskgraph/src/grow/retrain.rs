@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::pq::{PqError, PqParams};
-use crate::source::VectorFile;
+use crate::source::{BinWriter, VectorFile};
 
 use super::*;
 
@@ -48,9 +48,7 @@ impl SamplePlan {
 /// trained on.
 pub(super) struct Sample {
     path: PathBuf,
-    out: BufWriter<File>,
-    elem: ElemType,
-    dim: usize,
+    out: BinWriter,
     pub(super) filled: usize,
     /// The next planned old position to take.
     next_old: usize,
@@ -59,22 +57,14 @@ pub(super) struct Sample {
 impl Sample {
     pub(super) fn new(h: &Header, dir: &Path) -> Result<Sample, IndexError> {
         let path = dir.join(format!("{SAMPLE_SPILL}.{}", h.elem.bin_extension()));
-        let file =
-            File::create(&path).map_err(|e| IndexError::Io { path: path.clone(), source: e })?;
-        let mut sample = Sample {
-            path,
-            out: BufWriter::with_capacity(SAMPLE_WRITE_BUFFER as usize, file),
-            elem: h.elem,
-            dim: h.dim as usize,
-            filled: 0,
-            next_old: 0,
-        };
-        sample.write(&[0u8; 8])?; // the header, written again once the rows are counted
-        Ok(sample)
+        let buffer = SAMPLE_WRITE_BUFFER as usize;
+        let out = BinWriter::create_counting(&path, h.elem, h.dim as usize, buffer)
+            .map_err(|e| IndexError::Io { path: path.clone(), source: e })?;
+        Ok(Sample { path, out, filled: 0, next_old: 0 })
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), IndexError> {
-        self.out.write_all(bytes).map_err(|e| IndexError::Io { path: self.path.clone(), source: e })
+    fn write(&mut self, row: &[u8]) -> Result<(), IndexError> {
+        self.out.push(row).map_err(|e| IndexError::Io { path: self.path.clone(), source: e })
     }
 
     /// Called for every old node in position order in the scan: takes its stored vector if
@@ -116,7 +106,7 @@ impl Sample {
     /// back from their file a few subspaces at a time ([`PqCodebook::train_from_file`]); the
     /// file is removed.
     pub(super) fn train(
-        mut self,
+        self,
         stored_metric: Metric,
         m: usize,
         params: &PqParams,
@@ -128,13 +118,9 @@ impl Sample {
             let path = path.to_path_buf();
             move |e| IndexError::Io { path, source: e }
         };
-        self.out.flush().map_err(io(&self.path))?;
-        let mut header = [0u8; 8];
-        header[..4].copy_from_slice(&(self.filled as u32).to_le_bytes());
-        header[4..].copy_from_slice(&(self.dim as u32).to_le_bytes());
-        self.out.get_ref().write_all_at(&header, 0).map_err(io(&self.path))?;
+        self.out.finish().map_err(io(&self.path))?;
         let file = VectorFile::open(&self.path)?;
-        debug_assert_eq!((file.len(), file.elem()), (self.filled, self.elem));
+        debug_assert_eq!(file.len(), self.filled);
         let params = PqParams { bytes: Some(m), max_samples: file.len(), ..*params };
         let trained = PqCodebook::train_from_file(&file, stored_metric, &params);
         drop(file);
@@ -148,11 +134,3 @@ impl Sample {
 pub(super) const SAMPLE_SPILL: &str = "grow-sample.tmp";
 /// Bytes the sample is written through.
 pub(super) const SAMPLE_WRITE_BUFFER: u64 = 64 << 10;
-
-/// Bytes of training a codebook of `m` bytes a code on `rows` sampled rows of `dim`
-/// dimensions, read back from their file ([`crate::pq::file_training_bytes`]): a few
-/// subspaces' columns at a time, not the sample.
-#[must_use]
-pub fn training_bytes(rows: u64, dim: u64, m: u64) -> u64 {
-    crate::pq::file_training_bytes(rows, dim, m)
-}
