@@ -14,12 +14,13 @@
 //! reads) and a last line with the process's peak RSS (`VmHWM`) and the memory the engine
 //! counts.
 
-use std::sync::Arc;
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow_array::{FixedSizeListArray, RecordBatch, UInt8Array, UInt64Array};
-use arrow_schema::{DataType, Field};
+use arrow_array::UInt64Array;
+use common::{flag, u8_batch};
 use quiver_diskgraph::data::{Metric, VectorSet, read_ivecs, read_vectors};
 use quiver_engine::{CollectionSchema, Database, Options, SearchParams, VectorType};
 
@@ -27,14 +28,6 @@ type BoxError = Box<dyn std::error::Error>;
 
 const COLLECTION: &str = "c";
 const K: usize = 10;
-
-/// The value after `--name`, parsed, or `default`.
-fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}: not a valid value")))
-}
 
 /// The process's peak resident set, in KiB (`VmHWM` of /proc/self/status).
 fn peak_rss_kib() -> u64 {
@@ -52,22 +45,6 @@ fn options(args: &[String]) -> Options {
     Options::default().memory_budget(budget_mib << 20)
 }
 
-fn batch(schema: &CollectionSchema, data: &VectorSet, from: usize, to: usize) -> RecordBatch {
-    let dim = data.dim();
-    let bytes: Vec<u8> = (from..to).flat_map(|i| data.row_bytes(i).iter().copied()).collect();
-    let list = FixedSizeListArray::new(
-        Arc::new(Field::new("item", DataType::UInt8, true)),
-        dim as i32,
-        Arc::new(UInt8Array::from(bytes)),
-        None,
-    );
-    RecordBatch::try_new(
-        schema.arrow_schema(),
-        vec![Arc::new(UInt64Array::from_iter_values(from as u64..to as u64)), Arc::new(list)],
-    )
-    .expect("a batch of the collection's schema")
-}
-
 fn ingest(args: &[String]) -> Result<(), BoxError> {
     let [dir, base, ..] = args else { return Err("ingest DB_DIR BASE.u8bin".into()) };
     let data = read_vectors(base.as_ref())?;
@@ -78,7 +55,8 @@ fn ingest(args: &[String]) -> Result<(), BoxError> {
     let db = Database::open(dir, options(args))?;
     db.create_collection(COLLECTION, schema.clone())?;
     for from in (0..rows).step_by(batch_rows) {
-        db.insert(COLLECTION, &batch(&schema, &data, from, (from + batch_rows).min(rows)))?;
+        let ids: Vec<u64> = (from as u64..(from + batch_rows).min(rows) as u64).collect();
+        db.insert(COLLECTION, &u8_batch(&schema, &data, &ids))?;
     }
     let ingested = started.elapsed().as_secs_f64();
     db.flush()?;

@@ -14,11 +14,12 @@
 //! a list size at the end: recall@10 of the churned and the fresh database against brute force
 //! over the surviving rows, and their difference (the bound: 0.01).
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use arrow_array::{Array, FixedSizeListArray, RecordBatch, UInt8Array, UInt64Array};
-use arrow_schema::{DataType, Field};
+use arrow_array::{Array, UInt64Array};
+use common::{flag, u8_batch};
 use quiver_diskgraph::data::{Metric, VectorSet, distance_active, read_vectors};
 use quiver_engine::{CollectionSchema, Database, Options, SearchParams, VectorType};
 
@@ -26,30 +27,6 @@ type BoxError = Box<dyn std::error::Error>;
 
 const COLLECTION: &str = "c";
 const K: usize = 10;
-
-/// The value after `--name`, parsed, or `default`.
-fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}: not a valid value")))
-}
-
-/// The rows of `data` named by `ids` (row numbers), as a batch of the collection's schema.
-fn batch(schema: &CollectionSchema, data: &VectorSet, ids: &[u64]) -> RecordBatch {
-    let bytes: Vec<u8> = ids.iter().flat_map(|&i| data.row_bytes(i as usize).to_vec()).collect();
-    let list = FixedSizeListArray::new(
-        Arc::new(Field::new("item", DataType::UInt8, true)),
-        data.dim() as i32,
-        Arc::new(UInt8Array::from(bytes)),
-        None,
-    );
-    RecordBatch::try_new(
-        schema.arrow_schema(),
-        vec![Arc::new(UInt64Array::from(ids.to_vec())), Arc::new(list)],
-    )
-    .expect("a batch of the collection's schema")
-}
 
 fn open(dir: &std::path::Path, budget_mib: usize) -> Result<Database, BoxError> {
     let mut opts = Options::default();
@@ -63,7 +40,7 @@ fn open(dir: &std::path::Path, budget_mib: usize) -> Result<Database, BoxError> 
 fn insert(db: &Database, data: &VectorSet, ids: &[u64]) -> Result<(), BoxError> {
     let schema = CollectionSchema::new(data.dim() as u32, VectorType::U8, Metric::L2);
     for chunk in ids.chunks(10_000) {
-        db.insert(COLLECTION, &batch(&schema, data, chunk))?;
+        db.insert(COLLECTION, &u8_batch(&schema, data, chunk))?;
     }
     Ok(())
 }

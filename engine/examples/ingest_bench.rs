@@ -9,12 +9,14 @@
 //! ```
 //! Prints one `key=value` line per phase. `DB_DIR` must not exist.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow_array::{FixedSizeListArray, RecordBatch, UInt8Array, UInt64Array};
-use arrow_schema::{DataType, Field};
+use arrow_array::UInt64Array;
+use common::{flag, u8_batch};
 use quiver_diskgraph::data::{Metric, VectorSet, read_ivecs, read_vectors};
 use quiver_engine::{CollectionSchema, Database, Options, SearchParams, VectorType};
 
@@ -25,29 +27,6 @@ fn rss_bytes() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
-}
-
-fn batch(schema: &CollectionSchema, data: &VectorSet, from: usize, to: usize) -> RecordBatch {
-    let dim = data.dim();
-    let bytes: Vec<u8> = (from..to).flat_map(|i| data.row_bytes(i).iter().copied()).collect();
-    let list = FixedSizeListArray::new(
-        Arc::new(Field::new("item", DataType::UInt8, true)),
-        dim as i32,
-        Arc::new(UInt8Array::from(bytes)),
-        None,
-    );
-    RecordBatch::try_new(
-        schema.arrow_schema(),
-        vec![Arc::new(UInt64Array::from_iter_values(from as u64..to as u64)), Arc::new(list)],
-    )
-    .expect("a valid batch")
 }
 
 fn query_pass(
@@ -92,12 +71,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     }
     let (dir, base, query, gt) = (&args[1], &args[2], &args[3], &args[4]);
-    let batch_rows = arg(&args, "--batch", 10_000);
-    let writers = arg(&args, "--writers", 2);
-    let memtable_mb = arg(&args, "--memtable-mb", 64);
-    let list = arg(&args, "--list", 100);
-    let nq = arg(&args, "--queries", 2000);
-    let max_unindexed = arg(&args, "--max-unindexed", 4);
+    let batch_rows = flag(&args, "--batch", 10_000);
+    let writers = flag(&args, "--writers", 2);
+    let memtable_mb = flag(&args, "--memtable-mb", 64);
+    let list = flag(&args, "--list", 100);
+    let nq = flag(&args, "--queries", 2000);
+    let max_unindexed = flag(&args, "--max-unindexed", 4);
     assert!(!std::path::Path::new(dir).exists(), "{dir} exists");
 
     let data = read_vectors(base.as_ref())?;
@@ -141,7 +120,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         break;
                     }
                     let to = (from + batch_rows).min(n);
-                    db.insert("sift", &batch(&schema, &data, from, to)).expect("insert");
+                    let ids: Vec<u64> = (from as u64..to as u64).collect();
+                    db.insert("sift", &u8_batch(&schema, &data, &ids)).expect("insert");
                 }
             });
         }
