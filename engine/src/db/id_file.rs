@@ -112,7 +112,6 @@ impl IdFile {
         let r = u64::from(row);
         assert!(r < self.rows, "row {row} of {} ids", self.rows);
         let io = |source| SegmentError::Io { path: self.path.clone(), source };
-        let corrupt = |reason: String| SegmentError::Corrupt { path: self.path.clone(), reason };
         let mut e = [0u8; 2 * ENTRY as usize];
         let (at, e) = if r == 0 {
             (HEADER, &mut e[ENTRY as usize..])
@@ -120,24 +119,66 @@ impl IdFile {
             (HEADER + ENTRY * (r - 1), &mut e[..])
         };
         self.file.read_exact_at(e, at).map_err(io)?;
-        let entry = |k: usize| &e[e.len() - ENTRY as usize * k..];
-        let start =
-            if r == 0 { 0 } else { u64::from_le_bytes(entry(2)[..8].try_into().expect("8 bytes")) };
-        let last = entry(1);
-        let end = u64::from_le_bytes(last[..8].try_into().expect("8 bytes"));
-        let crc = u32::from_le_bytes(last[8..12].try_into().expect("4 bytes"));
-        if start > end || end > self.text_bytes {
-            return Err(corrupt(format!("row {row}: id at {start}..{end} of {}", self.text_bytes)));
-        }
+        let start = if r == 0 { 0 } else { entry(e).0 };
+        let (end, crc) = entry(&e[e.len() - ENTRY as usize..]);
+        self.check_span(r, start, end, self.text_bytes)?;
         let mut bytes = vec![0u8; (end - start) as usize];
         let text_at = HEADER + ENTRY * self.rows;
         self.file.read_exact_at(&mut bytes, text_at + start).map_err(io)?;
-        if crc32c::crc32c(&bytes) != crc {
+        self.checked(r, &bytes, crc).map(Box::from)
+    }
+
+    /// That row `row`'s id at `start..end` of the text lies within `..limit`.
+    fn check_span(&self, row: u64, start: u64, end: u64, limit: u64) -> Result<(), SegmentError> {
+        if start > end || end > limit {
+            let reason = format!("row {row}: id at {start}..{end} of {}", self.text_bytes);
+            return Err(SegmentError::Corrupt { path: self.path.clone(), reason });
+        }
+        Ok(())
+    }
+
+    /// Row `row`'s id `bytes`, if they pass their checksum `crc` and are UTF-8.
+    fn checked<'b>(&self, row: u64, bytes: &'b [u8], crc: u32) -> Result<&'b str, SegmentError> {
+        let corrupt = |reason: String| SegmentError::Corrupt { path: self.path.clone(), reason };
+        if crc32c::crc32c(bytes) != crc {
             return Err(corrupt(format!("row {row}: the id fails its checksum")));
         }
-        String::from_utf8(bytes)
-            .map(String::into_boxed_str)
-            .map_err(|_| corrupt(format!("row {row}: the id is not UTF-8")))
+        std::str::from_utf8(bytes).map_err(|_| corrupt(format!("row {row}: the id is not UTF-8")))
+    }
+
+    /// Calls `each` with every row's id, in row order, each checked as [`IdFile::read`] checks
+    /// it, reading the entries and their text a buffer at a time (a merge copying a segment's
+    /// ids: one read a buffer, not two a row).
+    ///
+    /// # Errors
+    /// As [`IdFile::read`], or the first of `each`'s.
+    pub(super) fn for_each(
+        &self,
+        mut each: impl FnMut(&str) -> Result<(), SegmentError>,
+    ) -> Result<(), SegmentError> {
+        let io = |source| SegmentError::Io { path: self.path.clone(), source };
+        let per_read = WRITE_BUFFER as u64 / ENTRY;
+        let (mut entries, mut text) = (Vec::new(), Vec::new());
+        let mut start = 0u64;
+        for first in (0..self.rows).step_by(per_read as usize) {
+            let count = per_read.min(self.rows - first);
+            entries.resize((count * ENTRY) as usize, 0);
+            self.file.read_exact_at(&mut entries, HEADER + ENTRY * first).map_err(io)?;
+            let (last_end, _) = entry(&entries[entries.len() - ENTRY as usize..]);
+            self.check_span(first, start, last_end, self.text_bytes)?;
+            text.resize((last_end - start) as usize, 0);
+            self.file.read_exact_at(&mut text, HEADER + ENTRY * self.rows + start).map_err(io)?;
+            let chunk_start = start;
+            for (k, e) in entries.chunks_exact(ENTRY as usize).enumerate() {
+                let row = first + k as u64;
+                let (end, crc) = entry(e);
+                self.check_span(row, start, end, last_end)?;
+                let bytes = &text[(start - chunk_start) as usize..(end - chunk_start) as usize];
+                each(self.checked(row, bytes, crc)?)?;
+                start = end;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -242,6 +283,12 @@ impl IdWriter {
     }
 }
 
+/// An entry's fields: where its id ends in the text, and the id's CRC-32C.
+fn entry(e: &[u8]) -> (u64, u32) {
+    let end = u64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
+    (end, u32::from_le_bytes(e[8..12].try_into().expect("4 bytes")))
+}
+
 fn header(rows: u64, text_bytes: u64, segment_crc: u32) -> [u8; HEADER as usize] {
     let mut h = [0u8; HEADER as usize];
     h[..8].copy_from_slice(&MAGIC);
@@ -272,6 +319,14 @@ mod tests {
         }
         let reopened = IdFile::open(&vfs, &path, 0xfeed, 4).unwrap();
         assert_eq!(&*reopened.read(2).unwrap(), "héllo");
+        let mut all = Vec::new();
+        reopened
+            .for_each(|id| {
+                all.push(id.to_string());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(all, ids);
         assert!(matches!(IdFile::open(&vfs, &path, 0xbeef, 4), Err(SegmentError::Corrupt { .. })));
         assert!(matches!(IdFile::open(&vfs, &path, 0xfeed, 5), Err(SegmentError::Corrupt { .. })));
 
@@ -283,6 +338,7 @@ mod tests {
         let file = IdFile::open(&vfs, &path, 0xfeed, 4).unwrap();
         assert!(matches!(file.read(3), Err(SegmentError::Corrupt { .. })));
         assert_eq!(&*file.read(1).unwrap(), "a");
+        assert!(matches!(file.for_each(|_| Ok(())), Err(SegmentError::Corrupt { .. })));
         // A cut file fails at open.
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert!(matches!(IdFile::open(&vfs, &path, 0xfeed, 4), Err(SegmentError::Corrupt { .. })));

@@ -224,15 +224,16 @@ impl SegmentKeys {
         }
     }
 
-    /// Pushes every row's key, in row order, to `out` (string ids read from disk one by one).
+    /// Pushes every row's key, in row order, to `out` (string ids read from disk in order, a
+    /// buffer at a time).
     ///
     /// # Errors
     /// As [`SegmentKeys::key`], or `out`'s push.
     pub(super) fn push_all(&self, out: &mut KeysBuilder) -> Result<(), SegmentError> {
-        for r in 0..self.len() {
-            out.push(&self.key(r)?)?;
+        match &self.ids {
+            Ids::Int(ints) => ints.iter().try_for_each(|&i| out.push(&Key::Int(i))),
+            Ids::Str { file, .. } => file.for_each(|id| out.push_str(id)),
         }
-        Ok(())
     }
 
     /// The row holding `k`, deleted or not; `None` for a key not here (or of the other kind).
@@ -394,13 +395,26 @@ impl KeysBuilder {
     pub(super) fn push(&mut self, k: &Key) -> Result<(), SegmentError> {
         match (self, k) {
             (KeysBuilder::Int(ints), Key::Int(i)) => ints.push(*i),
-            (KeysBuilder::Str { hashes, file }, Key::Str(s)) => {
-                hashes.push(str_hash(s));
-                if let StrIds::Writing(w) = file {
-                    w.push(s)?;
-                }
-            }
+            (out, Key::Str(s)) => out.push_str(s)?,
             (_, k) => panic!("a {k:?} key among ids of the other kind"),
+        }
+        Ok(())
+    }
+
+    /// Adds the next row's string id, without making its [`Key`].
+    ///
+    /// # Errors
+    /// As [`KeysBuilder::push`].
+    ///
+    /// # Panics
+    /// If the builder is for integer ids.
+    pub(super) fn push_str(&mut self, s: &str) -> Result<(), SegmentError> {
+        let KeysBuilder::Str { hashes, file } = self else {
+            panic!("a string id among integer ids");
+        };
+        hashes.push(str_hash(s));
+        if let StrIds::Writing(w) = file {
+            w.push(s)?;
         }
         Ok(())
     }
