@@ -3,7 +3,8 @@ by side on the same data directory.
 
     target/pyenv/bin/python benches/filtered_search.py --data /work/data/sift-dev-1m \
         --rows 200000 --queries 200 --quiver target/release/quiver --baseline OLD_BINARY \
-        [--list-sizes 50,100] [--rounds 2] [--threads 2] [--sector-cache-mb 0]
+        [--list-sizes 50,100] [--rounds 2] [--threads 2] [--sector-cache-mb 0] \
+        [--qdrant --efs 16,32,64,128] [--keep DIR]
 
 Puts the first `--rows` base rows of a `.u8bin` set over Flight with two attributes: `img`, the
 row's source image id (`base_img_ids.npy`: rows of one image are alike, so a filter on images
@@ -14,6 +15,19 @@ binary in turn on the same directory and runs every query unfiltered and with ea
 is against numpy brute force over the rows that pass. Prints one JSON line per (round, binary,
 filter, L): QPS, recall, mean sector reads per query and the plan counters; then a table of
 medians over the rounds.
+
+With `--qdrant` (run it with a Python that has `qdrant-edge-py` as well as pyarrow, e.g.
+`.bench-venvs/qdrant/bin/python`), Qdrant Edge is the filtered peer in the same run: a shard with
+the same rows (f32, Euclid, HNSW m 16, ef_construct 100, Qdrant's default full_scan_threshold of 10,000 KB) and `img` / `rnd` as integer payloads
+with range indexes created before the points go in (so its HNSW adds its per-payload-block
+links), optimized; each round, after the binaries, every filter is run as a
+`FieldCondition(range=RangeFloat(lt=t))` at each `--efs` value on the same client threads. Its
+planner picks exact search over the payload index or filtered HNSW by cardinality, as ours
+does. The last table gives, per filter, QPS at recall@10 0.95 for each side (interpolated on
+the curve; where every point is above 0.95, the fastest such point), and their ratio.
+
+`--keep DIR` keeps the database (and the Qdrant shard) in DIR and reuses them when the script
+is run again with the same DIR, rows and data.
 """
 import argparse
 import concurrent.futures as cf
@@ -30,7 +44,7 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import read_u8bin  # noqa: E402
+from benchlib import at_recall, read_u8bin  # noqa: E402
 from engine_search import action  # noqa: E402
 
 K = 10
@@ -121,6 +135,63 @@ def sweep(uri, queries, column, threshold, gt, list_size, threads):
     }
 
 
+def qdrant_shard(path, base, img, rnd):
+    """Qdrant Edge's shard of the same rows, `img` and `rnd` as range-indexed integer payloads;
+    loaded when `path` holds a finished one already."""
+    import qdrant_edge as q
+    if os.path.exists(path + ".ready"):
+        return q.EdgeShard.load(path)
+    shutil.rmtree(path, ignore_errors=True)
+    cfg = q.EdgeConfig(vectors=q.EdgeVectorParams(size=base.shape[1], distance=q.Distance.Euclid),
+                       hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100,
+                                                     full_scan_threshold=10_000))
+    shard = q.EdgeShard.create(path, cfg)
+    for field in ("img", "rnd"):
+        shard.update(q.UpdateOperation.create_field_index(
+            field, q.IntegerIndexParams(lookup=False, range=True)))
+    f = base.astype(np.float32)
+    for start in range(0, len(f), 10_000):
+        pts = [q.Point(int(i), f[i].tolist(), {"img": int(img[i]), "rnd": int(rnd[i])})
+               for i in range(start, min(start + 10_000, len(f)))]
+        shard.update(q.UpdateOperation.upsert_points(pts))
+    shard.optimize()
+    shard.flush()
+    open(path + ".ready", "w").close()
+    return shard
+
+
+def qdrant_sweep(shard, queries, column, threshold, gt, ef, threads):
+    import qdrant_edge as q
+    flt = (q.Filter(must=[q.FieldCondition(key=column, range=q.RangeFloat(lt=float(threshold)))])
+           if column else None)
+    reqs = [q.SearchRequest(query=q.Query.Nearest(v.astype(np.float32).tolist()), limit=K,
+                            filter=flt, params=q.SearchParams(hnsw_ef=ef)) for v in queries]
+
+    def run(part):
+        return {i: [p.id for p in shard.search(reqs[i])] for i in range(part, len(reqs), threads)}
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(threads) as ex:
+        parts = list(ex.map(run, range(threads)))
+    secs = time.perf_counter() - t0
+    got = {}
+    for p in parts:
+        got.update(p)
+    hits = sum(len(gt[i] & set(got[i])) for i in range(len(queries)))
+    wanted = sum(len(g) for g in gt)
+    return {"qps": round(len(queries) / secs, 1), "recall": round(hits / max(wanted, 1), 4)}
+
+
+def qps_at(points, target=0.95):
+    """QPS at `target` recall on a (qps, recall) curve: interpolated where two points bracket
+    it, else the fastest point at or above it (NaN if none reaches it)."""
+    q = at_recall(points, target)
+    if q == q:
+        return q
+    above = [qps for qps, r in points if r >= target]
+    return max(above) if above else float("nan")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -134,50 +205,99 @@ def main():
     ap.add_argument("--sector-cache-mb", type=int, default=None,
                     help="the servers' sector cache (default: quiver serve's); 0 reads every "
                          "node from disk, so `reads` counts every sector a query needs")
+    ap.add_argument("--qdrant", action="store_true", help="Qdrant Edge as the filtered peer")
+    ap.add_argument("--efs", default="16,32,64,128", help="Qdrant Edge's hnsw_ef values")
+    ap.add_argument("--keep", help="keep the database (and shard) here; reuse them if present")
     args = ap.parse_args()
     base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
     queries = read_u8bin(os.path.join(args.data, "query.u8bin"), args.queries)
     img = np.load(os.path.join(args.data, "base_img_ids.npy"))[: args.rows]
     rnd = np.random.default_rng(22).integers(0, 1000, args.rows)
-    work = tempfile.mkdtemp(prefix="quiver-filtered-")
+    work = args.keep or tempfile.mkdtemp(prefix="quiver-filtered-")
     data = os.path.join(work, "db")
+    list_sizes = [int(x) for x in args.list_sizes.split(",")]
+    efs = [int(x) for x in args.efs.split(",")]
     try:
         p, uri = start(args.quiver, data)
-        put(uri, base, img, rnd)
-        action(uri, "wait-for-indexing", {"dataset": "f"})
+        done = os.path.join(work, f"indexed-{args.rows}")
+        if os.path.exists(done):
+            print(f"reusing {data}", file=sys.stderr)
+        else:
+            t0 = time.perf_counter()
+            put(uri, base, img, rnd)
+            action(uri, "wait-for-indexing", {"dataset": "f"})
+            print(f"quiver: put and indexed in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            open(done, "w").close()
         st = action(uri, "stats", {"name": "f"})[0]
         stop(p)
+        assert st["rows"] == len(base), (st["rows"], len(base))
         print(json.dumps({"rows": st["rows"], "segments": st["segments"],
                           "indexed_segments": st["indexed_segments"]}), flush=True)
+        shard = None
+        if args.qdrant:
+            t0 = time.perf_counter()
+            shard = qdrant_shard(os.path.join(work, "qdrant"), base, img, rnd)
+            print(f"qdrant edge: shard ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         cases = [(n, col, t, truth(base, queries, m)) for n, col, t, m in filters(img, rnd)]
         binaries = [("quiver", args.quiver)] + ([("baseline", args.baseline)] if args.baseline else [])
         results = {}
-        for rnd_i in range(args.rounds):
+        for round_i in range(args.rounds):
             for label, binary in binaries:
                 p, uri = start(binary, data, args.sector_cache_mb)
                 try:
                     for name, col, t, gt in cases:
-                        for ls in (int(x) for x in args.list_sizes.split(",")):
+                        for ls in list_sizes:
                             r = sweep(uri, queries, col, t, gt, ls, args.threads)
                             results.setdefault((label, name, ls), []).append(r)
-                            print(json.dumps({"round": rnd_i, "binary": label, "filter": name,
+                            print(json.dumps({"round": round_i, "binary": label, "filter": name,
                                               "L": ls, **r}), flush=True)
                 finally:
                     stop(p)
+            if shard is not None:
+                for name, col, t, gt in cases:
+                    for ef in efs:
+                        r = qdrant_sweep(shard, queries, col, t, gt, ef, args.threads)
+                        results.setdefault(("qdrant", name, ef), []).append(r)
+                        print(json.dumps({"round": round_i, "binary": "qdrant", "filter": name,
+                                          "ef": ef, **r}), flush=True)
+        if shard is not None:
+            shard.close()
+        med = lambda rs, k: float(np.median([r[k] for r in rs]))  # noqa: E731
         print("\n| filter | L | " + " | ".join(
             f"{b} recall / QPS / reads / walks:ranked:scans" for b, _ in binaries) + " |")
         print("|---|---:|" + "---|" * len(binaries))
         for name, _, _, _ in cases:
-            for ls in (int(x) for x in args.list_sizes.split(",")):
+            for ls in list_sizes:
                 cells = []
                 for b, _ in binaries:
                     rs = results[(b, name, ls)]
-                    med = {k: float(np.median([r[k] for r in rs])) for k in ("qps", "recall", "reads")}
-                    cells.append(f"{med['recall']:.4f} / {med['qps']:.0f} / {med['reads']:.1f} / "
+                    cells.append(f"{med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} / "
+                                 f"{med(rs, 'reads'):.1f} / "
                                  f"{rs[0]['walks']}:{rs[0]['ranked']}:{rs[0]['scans']}")
                 print(f"| {name} | {ls} | " + " | ".join(cells) + " |")
+        if shard is None:
+            return
+        print("\n| filter | hnsw_ef | Qdrant Edge recall / QPS |")
+        print("|---|---:|---|")
+        for name, _, _, _ in cases:
+            for ef in efs:
+                rs = results[("qdrant", name, ef)]
+                print(f"| {name} | {ef} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
+        sides = [b for b, _ in binaries] + ["qdrant"]
+        print("\n| filter | " + " | ".join(f"{b}: QPS at recall 0.95" for b in sides)
+              + " | " + " | ".join(f"{b} / qdrant" for b, _ in binaries) + " |")
+        print("|---|" + "---:|" * (2 * len(sides) - 1))
+        for name, _, _, _ in cases:
+            at = {}
+            for b in sides:
+                steps = efs if b == "qdrant" else list_sizes
+                at[b] = qps_at([(med(results[(b, name, x)], "qps"),
+                                 med(results[(b, name, x)], "recall")) for x in steps])
+            print(f"| {name} | " + " | ".join(f"{at[b]:.0f}" for b in sides) + " | "
+                  + " | ".join(f"{at[b] / at['qdrant']:.2f}" for b, _ in binaries) + " |")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

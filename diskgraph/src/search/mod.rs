@@ -21,6 +21,7 @@
 //! `SearchState`, and the search loop; `sector_io` the sector-reading backends (io_uring with
 //! registered buffers, `pread`); `walk` the candidate list and the bookkeeping of one search.
 
+mod among;
 mod sector_io;
 mod walk;
 
@@ -452,6 +453,8 @@ pub struct SearchState {
     table: Vec<f32>,
     /// PQ distances of the start candidates.
     start_distances: Vec<f32>,
+    /// Scratch of [`Searcher::search_among`].
+    among: among::AmongScratch,
 }
 
 impl std::fmt::Debug for SearchState {
@@ -479,6 +482,7 @@ impl SearchState {
             admit: Vec::new(),
             table: Vec::new(),
             start_distances: Vec::new(),
+            among: among::AmongScratch::default(),
         })
     }
 }
@@ -614,144 +618,6 @@ impl Searcher<'_> {
         accept: &dyn Fn(u32) -> bool,
     ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
         self.walk(query, params, accept, Report::Positions)
-    }
-
-    /// The `params.k` nearest to `query` of the nodes labelled `labels`: all of them scored by
-    /// their PQ codes (in RAM), the `params.list_size` nearest by PQ read from the index (a
-    /// sector once however many of them it holds, from the caches when they hold it, else
-    /// `params.beam_width` reads in flight) and ranked by exact distance. What a filtered search does when a small
-    /// share of the rows pass: about as many reads as an unfiltered search with the same list,
-    /// however few pass. A list at least as long as `labels` ranks them all exactly (a label
-    /// given twice is ranked once, but may take two places of a shorter list). The first call
-    /// on an index scans its graph file once to learn where each label lies.
-    ///
-    /// # Errors
-    /// [`QueryError::Label`] for a label not in the index, and as [`Searcher::search`].
-    pub fn search_among(
-        &mut self,
-        query: Row<'_>,
-        labels: &[u32],
-        params: SearchParams,
-    ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
-        let started = Instant::now();
-        let ix = self.index;
-        let h = ix.header;
-        if params.k == 0 || params.beam_width == 0 {
-            let SearchParams { k, list_size, beam_width } = params;
-            return Err(QueryError::Zero { k, list_size, beam_width }.into());
-        }
-        if params.beam_width > MAX_BEAM_WIDTH {
-            return Err(QueryError::BeamWidth(params.beam_width).into());
-        }
-        let (qf, native) = prepare_query(&h, query)?;
-        let where_is = ix.label_positions()?;
-        let mut wanted = Vec::with_capacity(labels.len());
-        for &label in labels {
-            let p = where_is.get(label as usize).ok_or(QueryError::Label { label, n: h.n })?;
-            wanted.push(*p);
-        }
-        let kernels = Isa::active();
-        let mut stats = QueryStats::default();
-        let reread = params.list_size.max(params.k);
-        if wanted.len() > reread {
-            // The nearest `reread` by PQ distance, back in file order.
-            ix.pq.query_table(&qf, &mut self.state.table);
-            let table = PqTable::new(&self.state.table, ix.pq.bytes());
-            let mut d = vec![0.0f32; wanted.len()];
-            ix.codes.score_ids(kernels, table, &wanted, &mut d);
-            stats.pq_distances += wanted.len() as u64;
-            let mut order: Vec<u32> = (0..wanted.len() as u32).collect();
-            order.select_nth_unstable_by(reread - 1, |&a, &b| {
-                d[a as usize].total_cmp(&d[b as usize]).then(a.cmp(&b))
-            });
-            wanted = order[..reread].iter().map(|&i| wanted[i as usize]).collect();
-        }
-        // In file order, each node once (a label given twice may have been kept twice).
-        wanted.sort_unstable();
-        wanted.dedup();
-        // One read per sector (or per node, for nodes that span sectors), in file order.
-        let mut reads: Vec<(crate::layout::NodeLocation, std::ops::Range<usize>)> = Vec::new();
-        for (at, &p) in wanted.iter().enumerate() {
-            let loc = h.locate(p);
-            match reads.last_mut() {
-                Some((last, span)) if last.sector == loc.sector => span.end = at + 1,
-                _ => reads.push((loc, at..at + 1)),
-            }
-        }
-        let width = params.beam_width;
-        self.state
-            .io
-            .prepare(width, h.sectors_per_node())
-            .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
-        let mut found = Vec::with_capacity(wanted.len());
-        // Ranks the wanted nodes of read `r`, whose sectors are in `buf` as stored.
-        let mut rank = |r: usize, buf: &mut [u8], stats: &mut QueryStats| {
-            let (loc, span) = (reads[r].0, reads[r].1.clone());
-            // Verifies the read's sectors, and parses its first wanted node.
-            let first = wanted[span.start];
-            let node = node_from_sectors(&h, &ix.path, first, loc, buf)?;
-            let mut take = |label: u32, vector: &[u8]| {
-                stats.exact_distances += 1;
-                let d = exact_distance(kernels, &h, native, query, &qf, vector);
-                found.push(Neighbour { id: label, distance: d });
-            };
-            take(node.label, node.vector);
-            let size = h.node_size();
-            let mates = h.sector_mates(first);
-            for &p in &wanted[span.start + 1..span.end] {
-                let at = (p - mates.start) as usize * size;
-                let node = parse_node(&h, p, &buf[at..at + size]).map_err(|e| {
-                    let reason = format!("node {p} (sector {}): {e}", loc.sector);
-                    LayoutError::Corrupt { path: ix.path.clone(), reason }
-                })?;
-                take(node.label, node.vector);
-            }
-            Ok::<(), LayoutError>(())
-        };
-        let mut flight = std::collections::VecDeque::with_capacity(width);
-        let mut next = 0;
-        while next < reads.len() || !flight.is_empty() {
-            while next < reads.len() && flight.len() < width {
-                let sector = reads[next].0.sector;
-                // A cached sector is ranked from its copy at once.
-                if ix.cached_sector(sector, &mut self.state.cached) {
-                    stats.cache_hits += 1;
-                    rank(next, &mut self.state.cached, &mut stats)?;
-                    next += 1;
-                    continue;
-                }
-                let slot = (0..width).find(|s| !flight.iter().any(|&(f, _)| f == *s));
-                let slot = slot.expect("fewer reads in flight than slots");
-                self.state
-                    .io
-                    .submit(&ix.file, slot, sector * SECTOR as u64)
-                    .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
-                stats.ios += reads[next].0.sectors as u64;
-                flight.push_back((slot, next));
-                next += 1;
-            }
-            let Some((slot, r)) = flight.pop_front() else { continue };
-            let buf = self
-                .state
-                .io
-                .wait(&ix.file, slot)
-                .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
-            stats.hops += 1;
-            if ix.shared.is_some() {
-                // As read: verification may reassemble a spanning node in place.
-                self.state.admit.clear();
-                self.state.admit.extend_from_slice(buf);
-            }
-            rank(r, buf, &mut stats)?;
-            if let Some((cache, key)) = &ix.shared {
-                // Verified: `rank` returned no error for these bytes.
-                cache.insert(*key, reads[r].0.sector, &self.state.admit);
-            }
-        }
-        found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-        found.truncate(params.k);
-        stats.latency_us = started.elapsed().as_secs_f64() * 1e6;
-        Ok((found, stats))
     }
 
     fn walk(
