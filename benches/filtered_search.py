@@ -26,6 +26,10 @@ planner picks exact search over the payload index or filtered HNSW by cardinalit
 does. The last table gives, per filter, QPS at recall@10 0.95 for each side (interpolated on
 the curve; where every point is above 0.95, the fastest such point), and their ratio.
 
+With `--engine target/release/examples/filtered_dir` the engine is also run in-process, as
+an embedder runs it (no Flight, no pyarrow client), on the same database and threads: the
+like-for-like peer of Qdrant Edge, which is in-process too.
+
 `--keep DIR` keeps the database (and the Qdrant shard) in DIR and reuses them when the script
 is run again with the same DIR, rows and data.
 """
@@ -44,7 +48,7 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import at_recall, read_u8bin  # noqa: E402
+from benchlib import at_recall, read_u8bin, write_u8bin  # noqa: E402
 from engine_search import action  # noqa: E402
 
 K = 10
@@ -182,6 +186,22 @@ def qdrant_sweep(shard, queries, column, threshold, gt, ef, threads):
     return {"qps": round(len(queries) / secs, 1), "recall": round(hits / max(wanted, 1), 4)}
 
 
+def engine_sweep(binary, data, queries_file, cases, list_sizes, threads, cache_mb):
+    """The engine in-process (`engine/examples/filtered_dir`): {(filter, L): (qps, ids)}."""
+    names = ",".join("none" if col is None else f"{col}<{t}" for _, col, t, _ in cases)
+    cmd = [binary, data, "f", queries_file, "--threads", str(threads), "--list-sizes",
+           ",".join(map(str, list_sizes)), "--filters", names]
+    if cache_mb is not None:
+        cmd += ["--sector-cache-mb", str(cache_mb)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    by_spec = {("none" if col is None else f"{col}<{t}"): name for name, col, t, _ in cases}
+    got = {}
+    for line in out.splitlines():
+        r = json.loads(line)
+        got[(by_spec[r["filter"]], r["L"])] = (r["qps"], r["ids"])
+    return got
+
+
 def qps_at(points, target=0.95):
     """QPS at `target` recall on a (qps, recall) curve: interpolated where two points bracket
     it, else the fastest point at or above it (NaN if none reaches it)."""
@@ -207,6 +227,7 @@ def main():
                          "node from disk, so `reads` counts every sector a query needs")
     ap.add_argument("--qdrant", action="store_true", help="Qdrant Edge as the filtered peer")
     ap.add_argument("--efs", default="16,32,64,128", help="Qdrant Edge's hnsw_ef values")
+    ap.add_argument("--engine", help="engine/examples/filtered_dir: the engine in-process too")
     ap.add_argument("--keep", help="keep the database (and shard) here; reuse them if present")
     args = ap.parse_args()
     base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
@@ -240,6 +261,8 @@ def main():
             print(f"qdrant edge: shard ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         cases = [(n, col, t, truth(base, queries, m)) for n, col, t, m in filters(img, rnd)]
         binaries = [("quiver", args.quiver)] + ([("baseline", args.baseline)] if args.baseline else [])
+        queries_file = os.path.join(work, "queries.u8bin")
+        write_u8bin(queries_file, queries)
         results = {}
         for round_i in range(args.rounds):
             for label, binary in binaries:
@@ -253,6 +276,17 @@ def main():
                                               "L": ls, **r}), flush=True)
                 finally:
                     stop(p)
+            if args.engine:
+                got = engine_sweep(args.engine, data, queries_file, cases, list_sizes,
+                                   args.threads, args.sector_cache_mb)
+                for name, _, _, gt in cases:
+                    for ls in list_sizes:
+                        qps, ids = got[(name, ls)]
+                        hits = sum(len(gt[i] & set(ids[i])) for i in range(len(queries)))
+                        r = {"qps": qps, "recall": round(hits / max(sum(map(len, gt)), 1), 4)}
+                        results.setdefault(("engine", name, ls), []).append(r)
+                        print(json.dumps({"round": round_i, "binary": "engine (in-process)",
+                                          "filter": name, "L": ls, **r}), flush=True)
             if shard is not None:
                 for name, col, t, gt in cases:
                     for ef in efs:
@@ -275,26 +309,38 @@ def main():
                                  f"{med(rs, 'reads'):.1f} / "
                                  f"{rs[0]['walks']}:{rs[0]['ranked']}:{rs[0]['scans']}")
                 print(f"| {name} | {ls} | " + " | ".join(cells) + " |")
-        if shard is None:
-            return
-        print("\n| filter | hnsw_ef | Qdrant Edge recall / QPS |")
-        print("|---|---:|---|")
-        for name, _, _, _ in cases:
-            for ef in efs:
-                rs = results[("qdrant", name, ef)]
-                print(f"| {name} | {ef} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
-        sides = [b for b, _ in binaries] + ["qdrant"]
+        ours = [b for b, _ in binaries]
+        if args.engine:
+            print("\n| filter | L | engine in-process recall / QPS |")
+            print("|---|---:|---|")
+            for name, _, _, _ in cases:
+                for ls in list_sizes:
+                    rs = results[("engine", name, ls)]
+                    print(f"| {name} | {ls} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
+            ours.append("engine")
+        sides = list(ours)
+        if shard is not None:
+            print("\n| filter | hnsw_ef | Qdrant Edge recall / QPS |")
+            print("|---|---:|---|")
+            for name, _, _, _ in cases:
+                for ef in efs:
+                    rs = results[("qdrant", name, ef)]
+                    print(f"| {name} | {ef} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
+            sides.append("qdrant")
+        # Ratios: the new binary against the baseline, and each of ours against Qdrant Edge.
+        ratios = [("quiver", "baseline")] if args.baseline else []
+        ratios += [(b, "qdrant") for b in ours] if shard is not None else []
         print("\n| filter | " + " | ".join(f"{b}: QPS at recall 0.95" for b in sides)
-              + " | " + " | ".join(f"{b} / qdrant" for b, _ in binaries) + " |")
-        print("|---|" + "---:|" * (2 * len(sides) - 1))
+              + "".join(f" | {a} / {b}" for a, b in ratios) + " |")
+        print("|---|" + "---:|" * (len(sides) + len(ratios)))
         for name, _, _, _ in cases:
             at = {}
             for b in sides:
                 steps = efs if b == "qdrant" else list_sizes
                 at[b] = qps_at([(med(results[(b, name, x)], "qps"),
                                  med(results[(b, name, x)], "recall")) for x in steps])
-            print(f"| {name} | " + " | ".join(f"{at[b]:.0f}" for b in sides) + " | "
-                  + " | ".join(f"{at[b] / at['qdrant']:.2f}" for b, _ in binaries) + " |")
+            print(f"| {name} | " + " | ".join(f"{at[b]:.0f}" for b in sides)
+                  + "".join(f" | {at[a] / at[b]:.2f}" for a, b in ratios) + " |")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

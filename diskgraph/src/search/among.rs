@@ -15,8 +15,8 @@ use std::time::Instant;
 use quiver_simd::{Isa, PqTable};
 
 use super::{
-    LayoutError, MAX_BEAM_WIDTH, Neighbour, QueryError, QueryStats, Row, SearchError,
-    SearchParams, Searcher, exact_distance, prepare_query,
+    LayoutError, MAX_BEAM_WIDTH, Neighbour, QueryError, QueryStats, Row, SearchError, SearchParams,
+    Searcher, exact_distance, prepare_query,
 };
 use crate::layout::{NodeLocation, SECTOR, node_from_sectors, parse_node};
 
