@@ -83,32 +83,50 @@ def put(uri, base, img, rnd, batch_rows=10_000):
 
 
 def filters(img, rnd):
-    """(name, column, threshold, mask of passing rows) for each fraction and column."""
+    """(name, column, threshold, mask of passing rows) for each fraction and column; the mask
+    is None for the case whose value changes with the query."""
     out = [("none (100%)", None, None, np.ones(len(img), dtype=bool))]
     for f in FRACTIONS:
         t = int(round(f * 1000))
         out.append((f"rnd<{t} ({f:.1%})", "rnd", t, rnd < t))
         ti = int(np.sort(img)[int(f * len(img))])
         out.append((f"img<{ti} ({(img < ti).mean():.1%})", "img", ti, img < ti))
+    # A new value each query, as tenants are: rnd = i mod 1000 for query i (0.1% each), so no
+    # segment has seen the filter before.
+    out.append(("rnd=each (0.1%, new each query)", "rnd", EACH, None))
     return out
 
 
-def truth(base, queries, mask):
-    rows = np.flatnonzero(mask)
-    sub = base[rows].astype(np.float32)
+EACH = "each"
+
+
+def condition(threshold, i):
+    """(op, value) of a case's filter for query `i`: `< threshold`, or `= i mod 1000`."""
+    return ("=", i % 1000) if threshold == EACH else ("<", threshold)
+
+
+def truth(base, queries, mask, rnd):
+    """Each query's true k nearest among the rows that pass (`mask`, or for the per-query
+    case rnd = i mod 1000)."""
     gt = []
-    for q in queries.astype(np.float32):
-        d = ((sub - q) ** 2).sum(axis=1)
+    for i, q in enumerate(queries.astype(np.float32)):
+        rows = np.flatnonzero(mask if mask is not None else rnd == i % 1000)
+        d = ((base[rows].astype(np.float32) - q) ** 2).sum(axis=1)
         take = min(K, len(rows))
         gt.append(set(rows[np.argpartition(d, take - 1)[:take]].tolist()) if take else set())
     return gt
 
 
 def sweep(uri, queries, column, threshold, gt, list_size, threads):
-    filters = [{"field": column, "op": "<", "value": threshold}] if column else []
+    def filters(i):
+        if not column:
+            return []
+        op, value = condition(threshold, i)
+        return [{"field": column, "op": op, "value": value}]
+
     tickets = [json.dumps({"search": {
         "dataset": "f", "vector": q.tolist(), "k": K, "list_size": list_size,
-        "filters": filters}}).encode() for q in queries]
+        "filters": filters(i)}}).encode() for i, q in enumerate(queries)]
     clients = [fl.FlightClient(uri) for _ in range(threads)]
     before = action(uri, "stats", {"name": "f"})[0]
 
@@ -166,10 +184,19 @@ def qdrant_shard(path, base, img, rnd):
 
 def qdrant_sweep(shard, queries, column, threshold, gt, ef, threads):
     import qdrant_edge as q
-    flt = (q.Filter(must=[q.FieldCondition(key=column, range=q.RangeFloat(lt=float(threshold)))])
-           if column else None)
+    def flt(i):
+        if not column:
+            return None
+        op, value = condition(threshold, i)
+        # Equality as the closed range [v, v]: the same rows, through the range index.
+        rng = (q.RangeFloat(gte=float(value), lte=float(value)) if op == "="
+               else q.RangeFloat(lt=float(value)))
+        cond = q.FieldCondition(key=column, range=rng)
+        return q.Filter(must=[cond])
+
     reqs = [q.SearchRequest(query=q.Query.Nearest(v.astype(np.float32).tolist()), limit=K,
-                            filter=flt, params=q.SearchParams(hnsw_ef=ef)) for v in queries]
+                            filter=flt(i), params=q.SearchParams(hnsw_ef=ef))
+            for i, v in enumerate(queries)]
 
     def run(part):
         return {i: [p.id for p in shard.search(reqs[i])] for i in range(part, len(reqs), threads)}
@@ -188,13 +215,15 @@ def qdrant_sweep(shard, queries, column, threshold, gt, ef, threads):
 
 def engine_sweep(binary, data, queries_file, cases, list_sizes, threads, cache_mb):
     """The engine in-process (`engine/examples/filtered_dir`): {(filter, L): (qps, ids)}."""
-    names = ",".join("none" if col is None else f"{col}<{t}" for _, col, t, _ in cases)
+    spec = lambda col, t: ("none" if col is None else f"{col}=each" if t == EACH  # noqa: E731
+                           else f"{col}<{t}")
+    names = ",".join(spec(col, t) for _, col, t, _ in cases)
     cmd = [binary, data, "f", queries_file, "--threads", str(threads), "--list-sizes",
            ",".join(map(str, list_sizes)), "--filters", names]
     if cache_mb is not None:
         cmd += ["--sector-cache-mb", str(cache_mb)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    by_spec = {("none" if col is None else f"{col}<{t}"): name for name, col, t, _ in cases}
+    by_spec = {spec(col, t): name for name, col, t, _ in cases}
     got = {}
     for line in out.splitlines():
         r = json.loads(line)
@@ -259,7 +288,7 @@ def main():
             t0 = time.perf_counter()
             shard = qdrant_shard(os.path.join(work, "qdrant"), base, img, rnd)
             print(f"qdrant edge: shard ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        cases = [(n, col, t, truth(base, queries, m)) for n, col, t, m in filters(img, rnd)]
+        cases = [(n, col, t, truth(base, queries, m, rnd)) for n, col, t, m in filters(img, rnd)]
         binaries = [("quiver", args.quiver)] + ([("baseline", args.baseline)] if args.baseline else [])
         queries_file = os.path.join(work, "queries.u8bin")
         write_u8bin(queries_file, queries)

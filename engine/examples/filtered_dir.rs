@@ -5,7 +5,8 @@
 //! `filtered_dir DB COLLECTION QUERIES.u8bin --list-sizes 10,20,50 [--threads 2]
 //! [--filters none,rnd<10,img<58] [--sector-cache-mb N]`
 //!
-//! Each filter is `none` or `COLUMN<VALUE` (an integer). For each filter and list size, the
+//! Each filter is `none`, `COLUMN<VALUE` (an integer) or `COLUMN=each` (`COLUMN = i mod 1000` for
+//! query `i`: a new value each query, as tenants are). For each filter and list size, the
 //! queries are searched on `--threads` threads (queries dealt round robin, each thread one at a
 //! time), after one unscored pass of the filter at the first list size (what a running server
 //! has seen before: its caches and each segment's remembered filters). Prints one JSON line
@@ -47,8 +48,11 @@ fn main() -> Result<(), Error> {
     for name in &filters {
         let filter = parse_filter(name)?;
         for (at, &list_size) in list_sizes.iter().enumerate() {
-            let params =
-                SearchParams { list_size, filter: filter.clone(), ..SearchParams::default() };
+            let params = |i: usize| SearchParams {
+                list_size,
+                filter: filter.of_query(i),
+                ..SearchParams::default()
+            };
             if at == 0 {
                 run(&db, collection, &q, &params, threads)?;
             }
@@ -63,15 +67,36 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
-/// `none`, or `COLUMN<VALUE`.
-fn parse_filter(text: &str) -> Result<Option<Predicate>, Error> {
+/// A benchmark filter: the same for every query, or `column = i mod 1000` for query `i`.
+enum QueryFilter {
+    Same(Option<Predicate>),
+    Each(String),
+}
+
+impl QueryFilter {
+    fn of_query(&self, i: usize) -> Option<Predicate> {
+        match self {
+            QueryFilter::Same(p) => p.clone(),
+            QueryFilter::Each(column) => {
+                Some(Predicate::compare(column, CompareOp::Eq, Literal::Int((i % 1000) as i64)))
+            }
+        }
+    }
+}
+
+/// `none`, `COLUMN<VALUE` or `COLUMN=each`.
+fn parse_filter(text: &str) -> Result<QueryFilter, Error> {
     if text == "none" {
-        return Ok(None);
+        return Ok(QueryFilter::Same(None));
+    }
+    if let Some((column, "each")) = text.split_once('=') {
+        return Ok(QueryFilter::Each(column.to_string()));
     }
     let Some((column, value)) = text.split_once('<') else {
-        return Err(format!("filter {text:?}: none or COLUMN<VALUE").into());
+        return Err(format!("filter {text:?}: none, COLUMN<VALUE or COLUMN=each").into());
     };
-    Ok(Some(Predicate::compare(column, CompareOp::Lt, Literal::Int(value.parse()?))))
+    let less = Predicate::compare(column, CompareOp::Lt, Literal::Int(value.parse()?));
+    Ok(QueryFilter::Same(Some(less)))
 }
 
 /// Every query's ids, searched on `threads` threads.
@@ -79,7 +104,7 @@ fn run(
     db: &Database,
     collection: &str,
     queries: &[Vec<f32>],
-    params: &SearchParams,
+    params: &(dyn Fn(usize) -> SearchParams + Sync),
     threads: usize,
 ) -> Result<Vec<Vec<u64>>, Error> {
     let parts = std::thread::scope(|scope| {
@@ -88,7 +113,7 @@ fn run(
                 scope.spawn(move || {
                     let mut found = Vec::new();
                     for i in (t..queries.len()).step_by(threads) {
-                        let batch = db.search(collection, &queries[i], params)?;
+                        let batch = db.search(collection, &queries[i], &params(i))?;
                         let ids = batch
                             .column_by_name("id")
                             .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
