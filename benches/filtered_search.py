@@ -1,37 +1,39 @@
-"""Filtered search through `quiver serve` at several selectivities (issue 22), two binaries side
-by side on the same data directory.
+"""Filtered search through `quiver serve` at several selectivities (issue 22): two binaries side
+by side on the same data directory, the engine in-process, and Qdrant Edge as the peer.
 
-    target/pyenv/bin/python benches/filtered_search.py --data /work/data/sift-dev-1m \
-        --rows 200000 --queries 200 --quiver target/release/quiver --baseline OLD_BINARY \
-        [--list-sizes 50,100] [--rounds 2] [--threads 2] [--sector-cache-mb 0] \
+    .bench-venvs/qdrant/bin/python benches/filtered_search.py --data /work/data/sift-dev-1m \
+        --rows 200000 --queries 200 --quiver target/release/quiver [--baseline OLD_BINARY] \
+        [--dataset sift|fashion] [--list-sizes 50,100] [--rounds 2] [--threads 2] \
+        [--sector-cache-mb 0] [--engine target/release/examples/filtered_dir] \
         [--qdrant --efs 16,32,64,128] [--keep DIR]
 
-Puts the first `--rows` base rows of a `.u8bin` set over Flight with two attributes: `img`, the
-row's source image id (`base_img_ids.npy`: rows of one image are alike, so a filter on images
-is correlated with the vectors, as labels are in practice), and `rnd`, uniform in 0..999 and
-unrelated to them. Waits for indexing, stops the server, then for `--rounds` rounds starts each
-binary in turn on the same directory and runs every query unfiltered and with each filter
-(`rnd < t` and `img < t`, for 0.1%, 1%, 10% and 50% of the rows) at each list size, 2 client threads. Recall@10
-is against numpy brute force over the rows that pass. Prints one JSON line per (round, binary,
-filter, L): QPS, recall, mean sector reads per query and the plan counters; then a table of
-medians over the rounds.
+Puts the first `--rows` base rows of a `.u8bin` set over Flight with integer attributes, waits
+for indexing and stops the server. `--dataset sift` (sift-dev-1m): `img`, the row's source
+image id (rows of one image are alike, so a filter on images is correlated with the vectors,
+as labels are in practice) and `rnd`, uniform in 0..999 and unrelated to them; filters
+`rnd < t` and `img < t` for 0.1%, 1%, 10% and 50% of the rows, and `rnd = i mod 1000` for
+query i (a new value each query, as tenants are). `--dataset fashion` (fashion-mnist-784):
+`label`, the image's class, filtered to the query's own class and to the next class (10%
+each; the second's rows are far from the query), and `rnd < t` for 1% and 10%.
 
-With `--qdrant` (run it with a Python that has `qdrant-edge-py` as well as pyarrow, e.g.
-`.bench-venvs/qdrant/bin/python`), Qdrant Edge is the filtered peer in the same run: a shard with
-the same rows (f32, Euclid, HNSW m 16, ef_construct 100, Qdrant's default full_scan_threshold of 10,000 KB) and `img` / `rnd` as integer payloads
-with range indexes created before the points go in (so its HNSW adds its per-payload-block
-links), optimized; each round, after the binaries, every filter is run as a
-`FieldCondition(range=RangeFloat(lt=t))` at each `--efs` value on the same client threads. Its
-planner picks exact search over the payload index or filtered HNSW by cardinality, as ours
-does. The last table gives, per filter, QPS at recall@10 0.95 for each side (interpolated on
-the curve; where every point is above 0.95, the fastest such point), and their ratio.
+Then for `--rounds` rounds, interleaved: each binary in turn is started on the same
+directory and runs every query unfiltered and with each filter at each list size on
+`--threads` client threads; with `--engine`, the engine in-process
+(`engine/examples/filtered_dir`: no Flight, no pyarrow client, the like-for-like peer of
+Qdrant Edge, also in-process) on the same directory and threads; with `--qdrant` (a Python with
+`qdrant-edge-py` and pyarrow, e.g. `.bench-venvs/qdrant/bin/python`), Qdrant Edge: a shard of
+the same rows (f32, Euclid, HNSW m 16, ef_construct 100, its default full_scan_threshold of
+10,000 KB), the attributes as integer payloads with range indexes created before the points
+go in (so its HNSW adds its per-payload-block links), optimized; each filter as a
+`FieldCondition` range (equality as `[v, v]`) at each `--efs` value. Its planner, like ours,
+picks an exact search of the matching points or a filtered graph search by cardinality.
 
-With `--engine target/release/examples/filtered_dir` the engine is also run in-process, as
-an embedder runs it (no Flight, no pyarrow client), on the same database and threads: the
-like-for-like peer of Qdrant Edge, which is in-process too.
-
-`--keep DIR` keeps the database (and the Qdrant shard) in DIR and reuses them when the script
-is run again with the same DIR, rows and data.
+Recall@10 is against numpy brute force over the rows that pass. Prints one JSON line per
+(round, side, filter, L): QPS, recall, and for the binaries mean sector reads per query and
+the plan counters; then tables of medians, and per filter the QPS at recall@10 0.95 of each
+side (interpolated on its curve; where every point is above 0.95, the fastest such point)
+with the ratios. `--keep DIR` keeps the database and the shard in DIR and reuses them when
+run again with the same DIR, data and rows.
 """
 import argparse
 import concurrent.futures as cf
@@ -69,11 +71,12 @@ def stop(p):
     p.wait()
 
 
-def put(uri, base, img, rnd, batch_rows=10_000):
+def put(uri, base, attrs, batch_rows=10_000):
     c = fl.FlightClient(uri)
     vec = pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), base.shape[1])
-    t = pa.table({"id": pa.array(np.arange(len(base), dtype=np.uint64)), "vector": vec,
-                  "img": pa.array(img.astype(np.int64)), "rnd": pa.array(rnd.astype(np.int64))})
+    cols = {"id": pa.array(np.arange(len(base), dtype=np.uint64)), "vector": vec}
+    cols.update({name: pa.array(v.astype(np.int64)) for name, v in attrs.items()})
+    t = pa.table(cols)
     w, r = c.do_put(fl.FlightDescriptor.for_path("f"), t.schema)
     for b in t.to_batches(max_chunksize=batch_rows):
         w.write_batch(b)
@@ -82,51 +85,69 @@ def put(uri, base, img, rnd, batch_rows=10_000):
     w.close()
 
 
-def filters(img, rnd):
-    """(name, column, threshold, mask of passing rows) for each fraction and column; the mask
-    is None for the case whose value changes with the query."""
-    out = [("none (100%)", None, None, np.ones(len(img), dtype=bool))]
+def same(n, cond):
+    """One condition for all `n` queries."""
+    return [cond] * n
+
+
+def sift_cases(data, rows, nq):
+    """`img`, the row's source image id (`base_img_ids.npy`: rows of one image are alike, so a
+    filter on images is correlated with the vectors, as labels are in practice), and `rnd`,
+    uniform in 0..999 and unrelated to them; `rnd < t` and `img < t` for 0.1%, 1%, 10% and 50%
+    of the rows, and `rnd = i mod 1000` for query i (0.1%, a new value each query, as tenants
+    are: no segment has seen the filter before)."""
+    img = np.load(os.path.join(data, "base_img_ids.npy"))[:rows]
+    rnd = np.random.default_rng(22).integers(0, 1000, rows)
+    cases = [("none (100%)", same(nq, None))]
     for f in FRACTIONS:
         t = int(round(f * 1000))
-        out.append((f"rnd<{t} ({f:.1%})", "rnd", t, rnd < t))
-        ti = int(np.sort(img)[int(f * len(img))])
-        out.append((f"img<{ti} ({(img < ti).mean():.1%})", "img", ti, img < ti))
-    # A new value each query, as tenants are: rnd = i mod 1000 for query i (0.1% each), so no
-    # segment has seen the filter before.
-    out.append(("rnd=each (0.1%, new each query)", "rnd", EACH, None))
-    return out
+        cases.append((f"rnd<{t} ({f:.1%})", same(nq, ("rnd", "<", t))))
+        ti = int(np.sort(img)[int(f * rows)])
+        cases.append((f"img<{ti} ({(img < ti).mean():.1%})", same(nq, ("img", "<", ti))))
+    cases.append(("rnd=each (0.1%, new each query)", [("rnd", "=", i % 1000) for i in range(nq)]))
+    return {"img": img, "rnd": rnd}, cases
 
 
-EACH = "each"
+def fashion_cases(data, rows, nq):
+    """`label`, the image's class (0..9, 10% each), and `rnd` as for SIFT: the query's own
+    class (its neighbours are mostly of it), the next class (the matching rows are far from
+    the query: the hard case for a graph walk), and `rnd < t` for 1% and 10%."""
+    label = np.load(os.path.join(data, "base_labels.npy"))[:rows].astype(np.int64)
+    own = np.load(os.path.join(data, "query_labels.npy"))[:nq].astype(np.int64)
+    rnd = np.random.default_rng(22).integers(0, 1000, rows)
+    cases = [("none (100%)", same(nq, None)),
+             ("label=own (10%)", [("label", "=", int(c)) for c in own]),
+             ("label=next (10%)", [("label", "=", int((c + 1) % 10)) for c in own]),
+             ("rnd<10 (1.0%)", same(nq, ("rnd", "<", 10))),
+             ("rnd<100 (10.0%)", same(nq, ("rnd", "<", 100)))]
+    return {"label": label, "rnd": rnd}, cases
 
 
-def condition(threshold, i):
-    """(op, value) of a case's filter for query `i`: `< threshold`, or `= i mod 1000`."""
-    return ("=", i % 1000) if threshold == EACH else ("<", threshold)
+def passes(attrs, cond):
+    if cond is None:
+        return np.ones(len(next(iter(attrs.values()))), dtype=bool)
+    col, op, value = cond
+    return attrs[col] < value if op == "<" else attrs[col] == value
 
 
-def truth(base, queries, mask, rnd):
-    """Each query's true k nearest among the rows that pass (`mask`, or for the per-query
-    case rnd = i mod 1000)."""
+def truth(base, queries, attrs, conds):
+    """Each query's true k nearest among the rows that pass its condition."""
     gt = []
-    for i, q in enumerate(queries.astype(np.float32)):
-        rows = np.flatnonzero(mask if mask is not None else rnd == i % 1000)
+    for q, cond in zip(queries.astype(np.float32), conds):
+        rows = np.flatnonzero(passes(attrs, cond))
         d = ((base[rows].astype(np.float32) - q) ** 2).sum(axis=1)
         take = min(K, len(rows))
         gt.append(set(rows[np.argpartition(d, take - 1)[:take]].tolist()) if take else set())
     return gt
 
 
-def sweep(uri, queries, column, threshold, gt, list_size, threads):
-    def filters(i):
-        if not column:
-            return []
-        op, value = condition(threshold, i)
-        return [{"field": column, "op": op, "value": value}]
+def sweep(uri, queries, conds, gt, list_size, threads):
+    def filters(cond):
+        return [] if cond is None else [{"field": cond[0], "op": cond[1], "value": cond[2]}]
 
     tickets = [json.dumps({"search": {
         "dataset": "f", "vector": q.tolist(), "k": K, "list_size": list_size,
-        "filters": filters(i)}}).encode() for i, q in enumerate(queries)]
+        "filters": filters(cond)}}).encode() for q, cond in zip(queries, conds)]
     clients = [fl.FlightClient(uri) for _ in range(threads)]
     before = action(uri, "stats", {"name": "f"})[0]
 
@@ -157,8 +178,8 @@ def sweep(uri, queries, column, threshold, gt, list_size, threads):
     }
 
 
-def qdrant_shard(path, base, img, rnd):
-    """Qdrant Edge's shard of the same rows, `img` and `rnd` as range-indexed integer payloads;
+def qdrant_shard(path, base, attrs):
+    """Qdrant Edge's shard of the same rows, the attributes as range-indexed integer payloads;
     loaded when `path` holds a finished one already."""
     import qdrant_edge as q
     if os.path.exists(path + ".ready"):
@@ -168,12 +189,12 @@ def qdrant_shard(path, base, img, rnd):
                        hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100,
                                                      full_scan_threshold=10_000))
     shard = q.EdgeShard.create(path, cfg)
-    for field in ("img", "rnd"):
+    for field in attrs:
         shard.update(q.UpdateOperation.create_field_index(
             field, q.IntegerIndexParams(lookup=False, range=True)))
     f = base.astype(np.float32)
     for start in range(0, len(f), 10_000):
-        pts = [q.Point(int(i), f[i].tolist(), {"img": int(img[i]), "rnd": int(rnd[i])})
+        pts = [q.Point(int(i), f[i].tolist(), {k: int(v[i]) for k, v in attrs.items()})
                for i in range(start, min(start + 10_000, len(f)))]
         shard.update(q.UpdateOperation.upsert_points(pts))
     shard.optimize()
@@ -182,21 +203,21 @@ def qdrant_shard(path, base, img, rnd):
     return shard
 
 
-def qdrant_sweep(shard, queries, column, threshold, gt, ef, threads):
+def qdrant_sweep(shard, queries, conds, gt, ef, threads):
     import qdrant_edge as q
-    def flt(i):
-        if not column:
+
+    def flt(cond):
+        if cond is None:
             return None
-        op, value = condition(threshold, i)
+        col, op, value = cond
         # Equality as the closed range [v, v]: the same rows, through the range index.
         rng = (q.RangeFloat(gte=float(value), lte=float(value)) if op == "="
                else q.RangeFloat(lt=float(value)))
-        cond = q.FieldCondition(key=column, range=rng)
-        return q.Filter(must=[cond])
+        return q.Filter(must=[q.FieldCondition(key=col, range=rng)])
 
     reqs = [q.SearchRequest(query=q.Query.Nearest(v.astype(np.float32).tolist()), limit=K,
-                            filter=flt(i), params=q.SearchParams(hnsw_ef=ef))
-            for i, v in enumerate(queries)]
+                            filter=flt(cond), params=q.SearchParams(hnsw_ef=ef))
+            for v, cond in zip(queries, conds)]
 
     def run(part):
         return {i: [p.id for p in shard.search(reqs[i])] for i in range(part, len(reqs), threads)}
@@ -213,21 +234,17 @@ def qdrant_sweep(shard, queries, column, threshold, gt, ef, threads):
     return {"qps": round(len(queries) / secs, 1), "recall": round(hits / max(wanted, 1), 4)}
 
 
-def engine_sweep(binary, data, queries_file, cases, list_sizes, threads, cache_mb):
-    """The engine in-process (`engine/examples/filtered_dir`): {(filter, L): (qps, ids)}."""
-    spec = lambda col, t: ("none" if col is None else f"{col}=each" if t == EACH  # noqa: E731
-                           else f"{col}<{t}")
-    names = ",".join(spec(col, t) for _, col, t, _ in cases)
+def engine_sweep(binary, data, queries_file, cases_file, list_sizes, threads, cache_mb):
+    """The engine in-process (`engine/examples/filtered_dir`): {(case, L): (qps, ids)}."""
     cmd = [binary, data, "f", queries_file, "--threads", str(threads), "--list-sizes",
-           ",".join(map(str, list_sizes)), "--filters", names]
+           ",".join(map(str, list_sizes)), "--cases", cases_file]
     if cache_mb is not None:
         cmd += ["--sector-cache-mb", str(cache_mb)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    by_spec = {spec(col, t): name for name, col, t, _ in cases}
     got = {}
     for line in out.splitlines():
         r = json.loads(line)
-        got[(by_spec[r["filter"]], r["L"])] = (r["qps"], r["ids"])
+        got[(r["case"], r["L"])] = (r["qps"], r["ids"])
     return got
 
 
@@ -244,6 +261,9 @@ def qps_at(points, target=0.95):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
+    ap.add_argument("--dataset", choices=("sift", "fashion"), default="sift",
+                    help="the attributes and filters: sift-dev-1m's (image ids, random) or "
+                         "fashion-mnist-784's (class labels, random)")
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--quiver", default="target/release/quiver")
@@ -261,8 +281,8 @@ def main():
     args = ap.parse_args()
     base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
     queries = read_u8bin(os.path.join(args.data, "query.u8bin"), args.queries)
-    img = np.load(os.path.join(args.data, "base_img_ids.npy"))[: args.rows]
-    rnd = np.random.default_rng(22).integers(0, 1000, args.rows)
+    make_cases = sift_cases if args.dataset == "sift" else fashion_cases
+    attrs, named = make_cases(args.data, len(base), len(queries))
     work = args.keep or tempfile.mkdtemp(prefix="quiver-filtered-")
     data = os.path.join(work, "db")
     list_sizes = [int(x) for x in args.list_sizes.split(",")]
@@ -274,7 +294,7 @@ def main():
             print(f"reusing {data}", file=sys.stderr)
         else:
             t0 = time.perf_counter()
-            put(uri, base, img, rnd)
+            put(uri, base, attrs)
             action(uri, "wait-for-indexing", {"dataset": "f"})
             print(f"quiver: put and indexed in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             open(done, "w").close()
@@ -286,29 +306,33 @@ def main():
         shard = None
         if args.qdrant:
             t0 = time.perf_counter()
-            shard = qdrant_shard(os.path.join(work, "qdrant"), base, img, rnd)
+            shard = qdrant_shard(os.path.join(work, "qdrant"), base, attrs)
             print(f"qdrant edge: shard ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        cases = [(n, col, t, truth(base, queries, m, rnd)) for n, col, t, m in filters(img, rnd)]
+        cases = [(n, conds, truth(base, queries, attrs, conds)) for n, conds in named]
         binaries = [("quiver", args.quiver)] + ([("baseline", args.baseline)] if args.baseline else [])
         queries_file = os.path.join(work, "queries.u8bin")
         write_u8bin(queries_file, queries)
+        cases_file = os.path.join(work, "cases.jsonl")
+        with open(cases_file, "w") as f:
+            for name, conds, _ in cases:
+                f.write(json.dumps({"name": name, "conditions": conds}) + "\n")
         results = {}
         for round_i in range(args.rounds):
             for label, binary in binaries:
                 p, uri = start(binary, data, args.sector_cache_mb)
                 try:
-                    for name, col, t, gt in cases:
+                    for name, conds, gt in cases:
                         for ls in list_sizes:
-                            r = sweep(uri, queries, col, t, gt, ls, args.threads)
+                            r = sweep(uri, queries, conds, gt, ls, args.threads)
                             results.setdefault((label, name, ls), []).append(r)
                             print(json.dumps({"round": round_i, "binary": label, "filter": name,
                                               "L": ls, **r}), flush=True)
                 finally:
                     stop(p)
             if args.engine:
-                got = engine_sweep(args.engine, data, queries_file, cases, list_sizes,
+                got = engine_sweep(args.engine, data, queries_file, cases_file, list_sizes,
                                    args.threads, args.sector_cache_mb)
-                for name, _, _, gt in cases:
+                for name, _, gt in cases:
                     for ls in list_sizes:
                         qps, ids = got[(name, ls)]
                         hits = sum(len(gt[i] & set(ids[i])) for i in range(len(queries)))
@@ -317,9 +341,9 @@ def main():
                         print(json.dumps({"round": round_i, "binary": "engine (in-process)",
                                           "filter": name, "L": ls, **r}), flush=True)
             if shard is not None:
-                for name, col, t, gt in cases:
+                for name, conds, gt in cases:
                     for ef in efs:
-                        r = qdrant_sweep(shard, queries, col, t, gt, ef, args.threads)
+                        r = qdrant_sweep(shard, queries, conds, gt, ef, args.threads)
                         results.setdefault(("qdrant", name, ef), []).append(r)
                         print(json.dumps({"round": round_i, "binary": "qdrant", "filter": name,
                                           "ef": ef, **r}), flush=True)
@@ -329,7 +353,7 @@ def main():
         print("\n| filter | L | " + " | ".join(
             f"{b} recall / QPS / reads / walks:ranked:scans" for b, _ in binaries) + " |")
         print("|---|---:|" + "---|" * len(binaries))
-        for name, _, _, _ in cases:
+        for name, _, _ in cases:
             for ls in list_sizes:
                 cells = []
                 for b, _ in binaries:
@@ -342,7 +366,7 @@ def main():
         if args.engine:
             print("\n| filter | L | engine in-process recall / QPS |")
             print("|---|---:|---|")
-            for name, _, _, _ in cases:
+            for name, _, _ in cases:
                 for ls in list_sizes:
                     rs = results[("engine", name, ls)]
                     print(f"| {name} | {ls} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
@@ -351,7 +375,7 @@ def main():
         if shard is not None:
             print("\n| filter | hnsw_ef | Qdrant Edge recall / QPS |")
             print("|---|---:|---|")
-            for name, _, _, _ in cases:
+            for name, _, _ in cases:
                 for ef in efs:
                     rs = results[("qdrant", name, ef)]
                     print(f"| {name} | {ef} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
@@ -362,7 +386,7 @@ def main():
         print("\n| filter | " + " | ".join(f"{b}: QPS at recall 0.95" for b in sides)
               + "".join(f" | {a} / {b}" for a, b in ratios) + " |")
         print("|---|" + "---:|" * (len(sides) + len(ratios)))
-        for name, _, _, _ in cases:
+        for name, _, _ in cases:
             at = {}
             for b in sides:
                 steps = efs if b == "qdrant" else list_sizes

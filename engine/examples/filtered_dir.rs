@@ -1,16 +1,16 @@
 //! Filtered search in-process, as an embedder runs it, on an existing database: the engine's
-//! side of `benches/filtered_search.py --qdrant`, where Qdrant Edge (also in-process) is the
+//! side of `benches/filtered_search.py --engine`, where Qdrant Edge (also in-process) is the
 //! peer, so that the comparison carries no transport on either side.
 //!
-//! `filtered_dir DB COLLECTION QUERIES.u8bin --list-sizes 10,20,50 [--threads 2]
-//! [--filters none,rnd<10,img<58] [--sector-cache-mb N]`
+//! `filtered_dir DB COLLECTION QUERIES.u8bin --cases CASES.jsonl --list-sizes 10,20,50
+//! [--threads 2] [--sector-cache-mb N]`
 //!
-//! Each filter is `none`, `COLUMN<VALUE` (an integer) or `COLUMN=each` (`COLUMN = i mod 1000` for
-//! query `i`: a new value each query, as tenants are). For each filter and list size, the
-//! queries are searched on `--threads` threads (queries dealt round robin, each thread one at a
-//! time), after one unscored pass of the filter at the first list size (what a running server
-//! has seen before: its caches and each segment's remembered filters). Prints one JSON line
-//! per (filter, list size): QPS, and the ids found for each query, for the caller to score.
+//! Each line of `CASES.jsonl` is a case: `{"name": "...", "conditions": [C, ...]}` with one
+//! condition a query, each `null` (no filter) or `[column, "<" or "=", integer]`. For each case
+//! and list size, the queries are searched on `--threads` threads (dealt round robin, each
+//! thread one at a time), after one unscored pass of the case at the first list size (what a
+//! running server has seen before: its caches and each segment's remembered filters). Prints
+//! one JSON line per (case, list size): QPS, and the ids found for each query.
 
 mod common;
 
@@ -35,8 +35,9 @@ fn main() -> Result<(), Error> {
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let filters: Vec<String> =
-        flag(&args, "--filters", "none".to_string()).split(',').map(str::to_string).collect();
+    let cases_path: String = flag(&args, "--cases", String::new());
+    let cases =
+        std::fs::read_to_string(&cases_path).map_err(|e| format!("--cases {cases_path:?}: {e}"))?;
     let mut options = Options::default().background(false);
     let cache_mb: usize = flag(&args, "--sector-cache-mb", usize::MAX);
     if cache_mb != usize::MAX {
@@ -45,12 +46,20 @@ fn main() -> Result<(), Error> {
     let db = Database::open(db, options)?;
     let q = read_vectors(std::path::Path::new(queries))?;
     let q: Vec<Vec<f32>> = (0..q.len()).map(|i| q.row(i).to_f32()).collect();
-    for name in &filters {
-        let filter = parse_filter(name)?;
+    for line in cases.lines().filter(|l| !l.trim().is_empty()) {
+        let (name, filters) = parse_case(line)?;
+        if filters.len() != q.len() {
+            return Err(format!(
+                "case {name:?}: {} conditions for {} queries",
+                filters.len(),
+                q.len()
+            )
+            .into());
+        }
         for (at, &list_size) in list_sizes.iter().enumerate() {
             let params = |i: usize| SearchParams {
                 list_size,
-                filter: filter.of_query(i),
+                filter: filters[i].clone(),
                 ..SearchParams::default()
             };
             if at == 0 {
@@ -60,43 +69,37 @@ fn main() -> Result<(), Error> {
             let ids = run(&db, collection, &q, &params, threads)?;
             let qps = q.len() as f64 / started.elapsed().as_secs_f64();
             println!(
-                "{{\"filter\": \"{name}\", \"L\": {list_size}, \"qps\": {qps:.1}, \"ids\": {ids:?}}}"
+                "{{\"case\": {}, \"L\": {list_size}, \"qps\": {qps:.1}, \"ids\": {ids:?}}}",
+                serde_json::Value::String(name.clone())
             );
         }
     }
     Ok(())
 }
 
-/// A benchmark filter: the same for every query, or `column = i mod 1000` for query `i`.
-enum QueryFilter {
-    Same(Option<Predicate>),
-    Each(String),
-}
-
-impl QueryFilter {
-    fn of_query(&self, i: usize) -> Option<Predicate> {
-        match self {
-            QueryFilter::Same(p) => p.clone(),
-            QueryFilter::Each(column) => {
-                Some(Predicate::compare(column, CompareOp::Eq, Literal::Int((i % 1000) as i64)))
-            }
+/// A case's name and each query's predicate.
+fn parse_case(line: &str) -> Result<(String, Vec<Option<Predicate>>), Error> {
+    let case: serde_json::Value = serde_json::from_str(line)?;
+    let name = case["name"].as_str().ok_or("a case without a name")?.to_string();
+    let conditions = case["conditions"].as_array().ok_or("a case without conditions")?;
+    let condition = |c: &serde_json::Value| -> Result<Option<Predicate>, Error> {
+        if c.is_null() {
+            return Ok(None);
         }
-    }
-}
-
-/// `none`, `COLUMN<VALUE` or `COLUMN=each`.
-fn parse_filter(text: &str) -> Result<QueryFilter, Error> {
-    if text == "none" {
-        return Ok(QueryFilter::Same(None));
-    }
-    if let Some((column, "each")) = text.split_once('=') {
-        return Ok(QueryFilter::Each(column.to_string()));
-    }
-    let Some((column, value)) = text.split_once('<') else {
-        return Err(format!("filter {text:?}: none, COLUMN<VALUE or COLUMN=each").into());
+        let bad = || format!("case {name:?}: condition {c}: not [column, \"<\" or \"=\", integer]");
+        let (Some(column), Some(op), Some(value)) = (c[0].as_str(), c[1].as_str(), c[2].as_i64())
+        else {
+            return Err(bad().into());
+        };
+        let op = match op {
+            "<" => CompareOp::Lt,
+            "=" => CompareOp::Eq,
+            _ => return Err(bad().into()),
+        };
+        Ok(Some(Predicate::compare(column, op, Literal::Int(value))))
     };
-    let less = Predicate::compare(column, CompareOp::Lt, Literal::Int(value.parse()?));
-    Ok(QueryFilter::Same(Some(less)))
+    let filters = conditions.iter().map(condition).collect::<Result<_, _>>()?;
+    Ok((name, filters))
 }
 
 /// Every query's ids, searched on `threads` threads.
