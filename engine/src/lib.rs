@@ -72,7 +72,7 @@ pub use schema::{
     CollectionSchema, DISTANCE_COLUMN, ID_COLUMN, IdType, MAX_ATTRIBUTES, MAX_DIM, MAX_STRING_ID,
     RESERVED_COLUMNS, RESULT_DISTANCE_COLUMN, SCORE_COLUMN, SchemaError, VECTOR_COLUMN, VectorType,
 };
-pub use segment::SegmentError;
+pub use segment::{MAX_LABEL_VALUES, SegmentError};
 
 // The lower crates' types an embedder names: the metric, the element types indexes store, the
 // index build and open options, the errors engine errors carry, and the file-system seam.

@@ -38,13 +38,17 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::properties::WriterProperties;
 
+use crate::filter::Filter;
 use crate::rowset::RowSet;
+pub use labels::MAX_LABEL_VALUES;
+use labels::{LabelIndex, labels_path};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;
 
 use quiver_wal::vfs::{OpenMode, Vfs, VfsFile};
 
 mod deletes;
+mod labels;
 mod vector_leaf;
 mod vector_writer;
 pub use deletes::{decode_deletes, encode_deletes};
@@ -561,7 +565,13 @@ pub struct SegmentFile {
     /// (most recent first, at most [`MASK_MEMO`]): a file never changes, so a filter asked
     /// again is not read and evaluated again.
     masks: Arc<std::sync::Mutex<RememberedMasks>>,
+    /// Its label indexes opened so far, by column: `None` for a column that has none (too
+    /// many distinct values).
+    labels: Arc<std::sync::Mutex<OpenedLabels>>,
 }
+
+/// A segment file's label indexes opened so far: by column, `None` where it has none.
+type OpenedLabels = Vec<(usize, Option<Arc<LabelIndex>>)>;
 
 /// Filter results a segment file remembers, by filter key, most recent first.
 type RememberedMasks = Vec<(String, Arc<RowSet>)>;
@@ -605,7 +615,8 @@ impl SegmentFile {
         let masks = Arc::default();
         let width = meta.schema().fields().len();
         let (path, schema) = (path.to_path_buf(), Arc::clone(schema));
-        Ok(SegmentFile { path, reader, meta, schema, width, rows, sum, masks })
+        let labels = Arc::default();
+        Ok(SegmentFile { path, reader, meta, schema, width, rows, sum, masks, labels })
     }
 
     /// The same file read under `schema`, a widening of the schema it was opened with (its
@@ -661,7 +672,9 @@ impl SegmentFile {
     /// Bytes of the filter results the file remembers.
     pub(crate) fn remembered_bytes(&self) -> usize {
         let masks = self.masks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        masks.iter().map(|(k, rows)| k.len() + rows.bytes()).sum()
+        let remembered: usize = masks.iter().map(|(k, rows)| k.len() + rows.bytes()).sum();
+        let labels = self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        remembered + labels.iter().filter_map(|(_, l)| l.as_ref()).map(|l| l.bytes()).sum::<usize>()
     }
 
     /// Remembers `rows` as what passes the filter keyed `key`, forgetting the least recent
@@ -671,6 +684,78 @@ impl SegmentFile {
         masks.retain(|(k, _)| k != key);
         masks.insert(0, (key.to_string(), rows));
         masks.truncate(MASK_MEMO);
+    }
+
+    /// The rows that pass `filter`, found through the label index of its one column
+    /// ([`labels`]: opened from `segments/{id}.{column}.labels`, or built from the column the
+    /// first time and written there); `None` when the filter reads more than one column or
+    /// its column has no label index (a type without one, more than [`MAX_LABEL_VALUES`]
+    /// distinct values, or a column added after the file was written). No lock is held
+    /// across I/O: two searches that race to build the same index both build it, and the
+    /// second file replaces the first.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] or [`SegmentError::Corrupt`] from reading the column, or
+    /// [`SegmentError::Io`] from reading a posting. An index file that fails its checks when
+    /// opened is built again; a posting that fails its checksum when read is not used: the
+    /// index is removed and `None` returned, so the caller reads the column instead.
+    pub(crate) fn label_rows(
+        &self,
+        vfs: &dyn Vfs,
+        filter: &Filter,
+    ) -> Result<Option<RowSet>, SegmentError> {
+        let &[column] = filter.columns() else { return Ok(None) };
+        let field = Arc::clone(&self.schema.fields()[column]);
+        if column >= self.width || !LabelIndex::supports(field.data_type()) {
+            return Ok(None);
+        }
+        let known = {
+            let labels = self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            labels.iter().find(|(c, _)| *c == column).map(|(_, l)| l.clone())
+        };
+        let index = match known {
+            Some(index) => index,
+            None => {
+                let path = labels_path(&self.path, column);
+                let shape = (self.rows, self.sum.crc);
+                let index = match LabelIndex::open(vfs, &path, &field, column, shape) {
+                    Ok(index) => Some(index),
+                    Err(e) => {
+                        if !matches!(&e, SegmentError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+                        {
+                            tracing::warn!("{e}; building the label index again");
+                        }
+                        let batches = self.batches(&[column], None, 65_536)?;
+                        LabelIndex::build(vfs, &path, &field, column, shape, batches)?
+                    }
+                };
+                let index = index.map(Arc::new);
+                let mut labels =
+                    self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !labels.iter().any(|(c, _)| *c == column) {
+                    labels.push((column, index.clone()));
+                }
+                index
+            }
+        };
+        let Some(index) = index else { return Ok(None) };
+        match index.rows_where(|batch| filter.evaluate(batch)) {
+            Ok(rows) => Ok(Some(rows)),
+            Err(e @ SegmentError::Corrupt { .. }) => {
+                // Derived data: forget it and answer from the segment file, which is intact;
+                // the next filter on the column builds the index again.
+                tracing::warn!("{e}; removing the label index");
+                let mut labels =
+                    self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                labels.retain(|(c, _)| *c != column);
+                drop(labels);
+                if let Err(e) = vfs.remove_file(&labels_path(&self.path, column)) {
+                    tracing::warn!("could not remove a damaged label index: {e}");
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The file's path.

@@ -247,8 +247,21 @@ impl Inner {
         }
     }
 
-    /// Removes segment `id`'s Parquet file and its ids file (if it has one), quietly.
+    /// Removes segment `id`'s Parquet file, its ids file and its label indexes (those it
+    /// has), quietly. A label index left behind (by a crash between these removals) is an
+    /// orphan the next open sweeps.
     pub(super) fn remove_segment_files(&self, id: u64) {
+        let prefix = format!("{id:016x}.");
+        let dir = self.dir.join(super::SEGMENTS_DIR);
+        match self.vfs.list_dir(&dir) {
+            Ok(names) => {
+                for name in names.iter().filter(|n| n.starts_with(&prefix) && n.contains(".labels"))
+                {
+                    self.remove_quietly(&dir.join(name));
+                }
+            }
+            Err(e) => tracing::warn!("could not list {}: {e}", dir.display()),
+        }
         self.remove_quietly(&self.path(super::SEGMENTS_DIR, &super::body::segment_name(id)));
         self.remove_quietly(&self.path(super::SEGMENTS_DIR, &super::id_file::ids_name(id)));
     }

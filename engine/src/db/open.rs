@@ -541,10 +541,41 @@ pub(super) fn refuse_if_data_without_manifest(
     Err(OpenError::ManifestMissing { dir: dir.to_path_buf(), found })
 }
 
+/// The segment id and whether it is a temporary file, for a label index's file name:
+/// `{id:016x}.{column}.labels`, or `{id:016x}.{column}.labels.{pid}.{n}.tmp` while one is
+/// written.
+fn label_file_id(name: &str) -> Option<(u64, bool)> {
+    let (stem, rest) = name.split_once('.')?;
+    let (column, kind) = rest.split_once('.')?;
+    if !column.bytes().all(|b| b.is_ascii_digit()) || column.is_empty() {
+        return None;
+    }
+    let tmp = match kind.strip_prefix("labels")? {
+        "" => false,
+        tail => {
+            let parts: Vec<&str> = tail.split('.').collect();
+            let digits = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+            match parts.as_slice() {
+                ["", pid, n, "tmp"] if digits(pid) && digits(n) => true,
+                _ => return None,
+            }
+        }
+    };
+    if stem.len() != 16 || !stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    Some((u64::from_str_radix(stem, 16).ok()?, tmp))
+}
+
 /// The id in a file name this engine writes in `sub` (`{id:016x}.parquet`, `{id:016x}.ids`,
-/// `{id:016x}.del`, or
+/// a label index `{id:016x}.{column}.labels` or its temporary file, `{id:016x}.del`, or
 /// an index directory `{id:016x}` / `{id:016x}.tmp`), or `None` for a name it never writes.
 pub(super) fn engine_file_id(sub: &str, name: &str) -> Option<u64> {
+    if sub == SEGMENTS_DIR
+        && let Some((id, _)) = label_file_id(name)
+    {
+        return Some(id);
+    }
     let stem = match sub {
         SEGMENTS_DIR => name.strip_suffix(".parquet").or_else(|| name.strip_suffix(".ids"))?,
         DELETES_DIR => name.strip_suffix(".del")?,
@@ -573,8 +604,10 @@ pub(super) fn remove_orphans(
 ) -> Result<(), (PathBuf, std::io::Error)> {
     let mut keep = std::collections::HashSet::new();
     let mut keep_index = std::collections::HashSet::new();
+    let mut live = std::collections::HashSet::new();
     for c in &body.collections {
         for s in &c.segments {
+            live.insert(s.id);
             keep.insert(segment_name(s.id));
             keep.insert(ids_name(s.id));
             if let Some(d) = s.deletes {
@@ -589,7 +622,11 @@ pub(super) fn remove_orphans(
         let d = dir.join(sub);
         let mut removed = false;
         for name in vfs.list_dir(&d).map_err(|e| (d.clone(), e))? {
-            if keep.contains(&name) {
+            // A live segment's label index is kept (its temporary files are not: a write
+            // that a crash cut short).
+            let live_labels = sub == SEGMENTS_DIR
+                && label_file_id(&name).is_some_and(|(id, tmp)| live.contains(&id) && !tmp);
+            if keep.contains(&name) || live_labels {
                 continue;
             }
             if engine_file_id(sub, &name).is_none() {

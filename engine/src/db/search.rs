@@ -475,7 +475,7 @@ fn walk_segment(
     let (passed, mut list) = match filter {
         None => (None, params.list_size.max(params.k)),
         Some(f) => {
-            let passing = passing_rows(s, f)?;
+            let passing = passing_rows(inner, s, f)?;
             match plan_filtered(passing.count(), s.keys.len() - s.deleted.count(), params) {
                 FilteredPlan::Nothing => return Ok(Vec::new()),
                 FilteredPlan::Rank => {
@@ -626,12 +626,18 @@ fn plan_filtered(matching: usize, live: usize, params: &SearchParams) -> Filtere
 
 /// Segment `s`'s live rows that pass `filter`: the filter's result over the file is
 /// remembered by the segment's file (`SegmentFile::remembered_mask`), so the same filter asked again
-/// costs the deletions' words, not a read of its columns.
-fn passing_rows(s: &SegmentView, filter: &Filter) -> Result<RowSet, ReadError> {
+/// costs the deletions' words, not a read of its columns. A filter on one low-cardinality
+/// column is answered by its label index (`SegmentFile::label_rows`: the rows of the values
+/// that pass, read from disk); others read and evaluate the filter's columns over the file.
+fn passing_rows(inner: &Inner, s: &SegmentView, filter: &Filter) -> Result<RowSet, ReadError> {
     let all = match s.file.remembered_mask(filter.key()) {
         Some(all) => all,
         None => {
-            let all = Arc::new(RowSet::of_mask(&segment_mask(s, filter)?));
+            let all = match s.file.label_rows(inner.vfs.as_ref(), filter)? {
+                Some(rows) => rows,
+                None => RowSet::of_mask(&segment_mask(s, filter)?),
+            };
+            let all = Arc::new(all);
             s.file.remember_mask(filter.key(), Arc::clone(&all));
             all
         }
