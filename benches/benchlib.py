@@ -1,4 +1,7 @@
-"""Helpers the Python benchmarks share: vector files, exact ground truth, interpolation."""
+"""Helpers the Python benchmarks share: vector files, exact ground truth, interpolation, threads."""
+import concurrent.futures as cf
+import time
+
 import numpy as np
 
 
@@ -43,3 +46,16 @@ def at_recall(curve, target=0.95):
         if r0 <= target <= r1:
             return q0 + (q1 - q0) * (target - r0) / max(r1 - r0, 1e-9)
     return float("nan")
+
+
+def on_threads(run, threads):
+    """Runs `run(part)` for each of `threads` parts at once: their {query: ids} merged, and the
+    seconds it took."""
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(threads) as ex:
+        parts = list(ex.map(run, range(threads)))
+    secs = time.perf_counter() - t0
+    got = {}
+    for p in parts:
+        got.update(p)
+    return got, secs

@@ -24,7 +24,6 @@ Steps:
 Prints medians, and QPS at recall@10 0.95 interpolated on each curve, as ratios.
 """
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import re
@@ -37,7 +36,7 @@ import time
 
 import numpy as np
 
-from benchlib import at_recall, exact_ground_truth, read_u8bin, write_u8bin
+from benchlib import at_recall, exact_ground_truth, on_threads, read_u8bin, write_u8bin
 
 K = 10
 
@@ -102,13 +101,7 @@ def qdrant_sweep(shard, queries, gt, efs, threads):
             return {i: [p.id for p in shard.search(reqs[i])]
                     for i in range(part, len(reqs), threads)}
 
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(threads) as ex:
-            parts = list(ex.map(run, range(threads)))
-        secs = time.perf_counter() - t0
-        res = {}
-        for p in parts:
-            res.update(p)
+        res, secs = on_threads(run, threads)
         hits = sum(len(set(res[i]) & set(gt[i][:K].tolist())) for i in range(len(qf)))
         out[ef] = (len(qf) / secs, hits / (K * len(qf)))
     return out

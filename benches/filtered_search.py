@@ -36,7 +36,6 @@ with the ratios. `--keep DIR` keeps the database and the shard in DIR and reuses
 run again with the same DIR, data and rows.
 """
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import shutil
@@ -50,7 +49,7 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import at_recall, read_u8bin, write_u8bin  # noqa: E402
+from benchlib import at_recall, on_threads, read_u8bin, write_u8bin  # noqa: E402
 from engine_search import action  # noqa: E402
 
 K = 10
@@ -141,6 +140,12 @@ def truth(base, queries, attrs, conds):
     return gt
 
 
+def recall(gt, got):
+    """Recall@k of `got` ({query: ids}) against the true sets `gt`."""
+    hits = sum(len(gt[i] & set(got[i])) for i in range(len(gt)))
+    return round(hits / max(sum(len(g) for g in gt), 1), 4)
+
+
 def sweep(uri, queries, conds, gt, list_size, threads):
     def filters(cond):
         return [] if cond is None else [{"field": cond[0], "op": cond[1], "value": cond[2]}]
@@ -157,20 +162,12 @@ def sweep(uri, queries, conds, gt, list_size, threads):
             got[i] = clients[part].do_get(fl.Ticket(tickets[i])).read_all().column("id").to_pylist()
         return got
 
-    t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(threads) as ex:
-        parts = list(ex.map(run, range(threads)))
-    secs = time.perf_counter() - t0
-    got = {}
-    for p in parts:
-        got.update(p)
+    got, secs = on_threads(run, threads)
     after = action(uri, "stats", {"name": "f"})[0]
-    hits = sum(len(gt[i] & set(got[i])) for i in range(len(queries)))
-    wanted = sum(len(g) for g in gt)
     searches = max(after["searches"] - before["searches"], 1)
     return {
         "qps": round(len(queries) / secs, 1),
-        "recall": round(hits / max(wanted, 1), 4),
+        "recall": recall(gt, got),
         "reads": round((after["index_reads"] - before["index_reads"]) / searches, 1),
         "walks": after.get("filtered_walks", 0) - before.get("filtered_walks", 0),
         "ranked": after.get("filtered_ranked", 0) - before.get("filtered_ranked", 0),
@@ -222,16 +219,8 @@ def qdrant_sweep(shard, queries, conds, gt, ef, threads):
     def run(part):
         return {i: [p.id for p in shard.search(reqs[i])] for i in range(part, len(reqs), threads)}
 
-    t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(threads) as ex:
-        parts = list(ex.map(run, range(threads)))
-    secs = time.perf_counter() - t0
-    got = {}
-    for p in parts:
-        got.update(p)
-    hits = sum(len(gt[i] & set(got[i])) for i in range(len(queries)))
-    wanted = sum(len(g) for g in gt)
-    return {"qps": round(len(queries) / secs, 1), "recall": round(hits / max(wanted, 1), 4)}
+    got, secs = on_threads(run, threads)
+    return {"qps": round(len(queries) / secs, 1), "recall": recall(gt, got)}
 
 
 def engine_sweep(binary, data, queries_file, cases_file, list_sizes, threads, cache_mb):
@@ -335,8 +324,7 @@ def main():
                 for name, _, gt in cases:
                     for ls in list_sizes:
                         qps, ids = got[(name, ls)]
-                        hits = sum(len(gt[i] & set(ids[i])) for i in range(len(queries)))
-                        r = {"qps": qps, "recall": round(hits / max(sum(map(len, gt)), 1), 4)}
+                        r = {"qps": qps, "recall": recall(gt, dict(enumerate(ids)))}
                         results.setdefault(("engine", name, ls), []).append(r)
                         print(json.dumps({"round": round_i, "binary": "engine (in-process)",
                                           "filter": name, "L": ls, **r}), flush=True)
