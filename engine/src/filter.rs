@@ -165,6 +165,11 @@ pub struct Filter {
     root: Node,
     /// The predicate as written, to remember its result on a segment by.
     key: String,
+    /// When the predicate is an AND of parts that each read one column: those parts, each
+    /// compiled alone. A row passes the whole exactly when it passes every part (an AND is
+    /// true only when each part is true), so the rows of each part can be found apart (by
+    /// a column's label index, say) and intersected.
+    conjuncts: Vec<Filter>,
 }
 
 #[derive(Debug)]
@@ -200,7 +205,21 @@ impl Filter {
         columns.sort_unstable();
         columns.dedup();
         let root = compile_node(predicate, schema, &columns)?;
-        Ok(Filter { columns, root, key: format!("{predicate:?}") })
+        let conjuncts = match predicate {
+            Predicate::And(parts) if parts.len() > 1 => {
+                let parts = parts.iter().map(|p| Filter::compile(p, schema));
+                let parts: Vec<Filter> = parts.collect::<Result<_, _>>()?;
+                if parts.iter().all(|p| p.columns.len() == 1) { parts } else { Vec::new() }
+            }
+            _ => Vec::new(),
+        };
+        Ok(Filter { columns, root, key: format!("{predicate:?}"), conjuncts })
+    }
+
+    /// When the predicate is an AND of two or more parts that each read one column, those
+    /// parts compiled alone (a row passes the whole exactly when it passes each); else empty.
+    pub fn conjuncts(&self) -> &[Filter] {
+        &self.conjuncts
     }
 
     /// A key that two filters compiled from equal predicates share.

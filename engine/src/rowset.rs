@@ -54,6 +54,13 @@ impl RowSet {
         RowSet { words, len: self.len }
     }
 
+    /// The rows in both sets (of the same length).
+    pub(crate) fn intersection(&self, other: &RowSet) -> RowSet {
+        assert_eq!(other.len, self.len, "sets of {} and {} rows", other.len, self.len);
+        let words = other.words.iter().zip(&self.words).map(|(o, s)| o & s).collect();
+        RowSet { words, len: self.len }
+    }
+
     /// The rows in the set, ascending.
     pub(crate) fn rows(&self) -> impl Iterator<Item = u32> + '_ {
         self.words.iter().enumerate().flat_map(|(i, &w)| {

@@ -688,8 +688,8 @@ impl SegmentFile {
 
     /// The rows that pass `filter`, found through the label index of its one column
     /// ([`labels`]: opened from `segments/{id}.{column}.labels`, or built from the column the
-    /// first time and written there); `None` when the filter reads more than one column or
-    /// its column has no label index (a type without one, more than [`MAX_LABEL_VALUES`]
+    /// first time and written there), or for an AND of one-column parts, the intersection of
+    /// each part's; `None` when the filter is neither, or a column it needs has no label index (a type without one, more than [`MAX_LABEL_VALUES`]
     /// distinct values, or a column added after the file was written). No lock is held
     /// across I/O: two searches that race to build the same index both build it, and the
     /// second file replaces the first.
@@ -700,6 +700,27 @@ impl SegmentFile {
     /// opened is built again; a posting that fails its checksum when read is not used: the
     /// index is removed and `None` returned, so the caller reads the column instead.
     pub(crate) fn label_rows(
+        &self,
+        vfs: &dyn Vfs,
+        filter: &Filter,
+    ) -> Result<Option<RowSet>, SegmentError> {
+        if filter.columns().len() == 1 {
+            return self.column_label_rows(vfs, filter);
+        }
+        // An AND of one-column parts: the intersection of theirs, if each has a label index.
+        let mut all: Option<RowSet> = None;
+        for part in filter.conjuncts() {
+            let Some(rows) = self.column_label_rows(vfs, part)? else { return Ok(None) };
+            all = Some(match all {
+                Some(before) => before.intersection(&rows),
+                None => rows,
+            });
+        }
+        Ok(all)
+    }
+
+    /// [`SegmentFile::label_rows`] of a filter that reads one column.
+    fn column_label_rows(
         &self,
         vfs: &dyn Vfs,
         filter: &Filter,
@@ -740,7 +761,7 @@ impl SegmentFile {
         };
         let Some(index) = index else { return Ok(None) };
         match index.rows_where(|batch| filter.evaluate(batch)) {
-            Ok(rows) => Ok(Some(rows)),
+            Ok(rows) => Ok(rows),
             Err(e @ SegmentError::Corrupt { .. }) => {
                 // Derived data: forget it and answer from the segment file, which is intact;
                 // the next filter on the column builds the index again.

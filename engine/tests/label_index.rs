@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{Float64Array, RecordBatch, StringArray, UInt64Array};
+use arrow_array::{Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use common::*;
 use quiver_engine::{
@@ -20,7 +20,8 @@ use quiver_engine::{
 };
 
 const DIM: usize = 8;
-/// Distinct tenants; `tenant` is column 2 (after `id` and `vector`), `weight` column 3.
+/// Distinct tenants; `tenant` is column 2 (after `id` and `vector`), `weight` column 3, `tier`
+/// (id % 3) column 4.
 const TENANTS: u64 = 40;
 
 fn tenant(id: u64) -> String {
@@ -36,6 +37,7 @@ fn rows_batch(ids: &[u64]) -> RecordBatch {
             Field::new("vector", v.data_type().clone(), false),
             Field::new("tenant", DataType::Utf8, true),
             Field::new("weight", DataType::Float64, false),
+            Field::new("tier", DataType::Int32, false),
         ])),
         vec![
             Arc::new(UInt64Array::from(ids.to_vec())),
@@ -47,6 +49,7 @@ fn rows_batch(ids: &[u64]) -> RecordBatch {
                     .collect::<StringArray>(),
             ),
             Arc::new(Float64Array::from(ids.iter().map(|&i| i as f64).collect::<Vec<_>>())),
+            Arc::new(Int32Array::from(ids.iter().map(|&i| (i % 3) as i32).collect::<Vec<_>>())),
         ],
     )
     .unwrap()
@@ -61,7 +64,8 @@ fn populated(dir: &Path, segments: u64) -> Database {
     let db = Database::open(dir, options()).unwrap();
     let schema = CollectionSchema::new(DIM as u32, VectorType::F32, Metric::L2)
         .with_attribute(Field::new("tenant", DataType::Utf8, true))
-        .with_attribute(Field::new("weight", DataType::Float64, false));
+        .with_attribute(Field::new("weight", DataType::Float64, false))
+        .with_attribute(Field::new("tier", DataType::Int32, false));
     db.create_collection("c", schema).unwrap();
     for s in 0..segments {
         let ids: Vec<u64> = (s * 2_000..(s + 1) * 2_000).collect();
@@ -164,6 +168,42 @@ fn every_tenant_filter_equals_brute_force_and_builds_one_label_file_per_segment(
     let got = ids(&db.search("c", &q, &p).unwrap());
     assert_eq!(got, truth(4_000, &q, |i| i < 100));
     assert_eq!(label_files(dir.path()).len(), 2, "no label file for a float column");
+}
+
+#[test]
+fn an_and_of_label_columns_intersects_their_rows_and_other_ands_still_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = populated(dir.path(), 1);
+    let q = vector(34, 0, DIM);
+    let tier = |t: i64| Predicate::compare("tier", CompareOp::Eq, Literal::Int(t));
+    let search = |predicate: Predicate| {
+        let p = SearchParams {
+            k: 10,
+            list_size: 400,
+            filter: Some(predicate),
+            ..SearchParams::default()
+        };
+        ids(&db.search("c", &q, &p).unwrap())
+    };
+    for t in 0..TENANTS {
+        let name = format!("t{t}");
+        let got = search(is_tenant(&name).and(tier(t as i64 % 3)));
+        let want =
+            truth(2_000, &q, |i| !i.is_multiple_of(17) && tenant(i) == name && i % 3 == t % 3);
+        assert_eq!(got, want, "tenant {name} and tier {}", t % 3);
+    }
+    let files = label_files(dir.path());
+    assert_eq!(files.len(), 2, "the tenant's and the tier's: {files:?}");
+    assert!(files.iter().any(|f| f.to_string_lossy().ends_with(".4.labels")), "{files:?}");
+    // A part on a float column has no label index: the filter is read from the segment file.
+    let got = search(is_tenant("t5").and(Predicate::compare(
+        "weight",
+        CompareOp::Lt,
+        Literal::Float(1_000.0),
+    )));
+    let want = truth(2_000, &q, |i| !i.is_multiple_of(17) && tenant(i) == "t5" && i < 1_000);
+    assert_eq!(got, want);
+    assert_eq!(label_files(dir.path()).len(), 2);
 }
 
 #[test]

@@ -264,20 +264,23 @@ impl LabelIndex {
 
     /// The rows for which `pass` holds, where `pass` evaluates a filter on a batch of this
     /// column alone: evaluated once per distinct value (and once for null), then the rows of
-    /// the values that pass are read, adjacent postings in one read.
+    /// the values that pass are read, adjacent postings in one read. `None` if `pass` fails
+    /// on the values (the caller evaluates the column itself, and meets the error there).
     ///
     /// # Errors
     /// [`SegmentError::Io`] for a failed read; [`SegmentError::Corrupt`] if a posting fails
-    /// its checksum or names a row past the segment, or the evaluation fails.
+    /// its checksum or names a row past the segment.
     pub(crate) fn rows_where(
         &self,
         pass: impl FnOnce(&RecordBatch) -> Result<BooleanArray, arrow_schema::ArrowError>,
-    ) -> Result<RowSet, SegmentError> {
+    ) -> Result<Option<RowSet>, SegmentError> {
         let corrupt = |reason: String| SegmentError::Corrupt { path: self.path.clone(), reason };
-        let schema = Arc::new(Schema::new(vec![Arc::clone(&self.field)]));
+        // Nullable whatever the column: the values end with the null entry.
+        let field = self.field.as_ref().clone().with_nullable(true);
+        let schema = Arc::new(Schema::new(vec![field]));
         let batch = RecordBatch::try_new(schema, vec![Arc::clone(&self.values)])
-            .map_err(|e| corrupt(e.to_string()))?;
-        let passed = pass(&batch).map_err(|e| corrupt(e.to_string()))?;
+            .expect("the values are of the column's type");
+        let Ok(passed) = pass(&batch) else { return Ok(None) };
         let mut out = RowSet::new(self.rows as usize);
         let wanted: Vec<usize> = (0..self.counts.len())
             .filter(|&e| passed.is_valid(e) && passed.value(e) && self.counts[e] > 0)
@@ -307,7 +310,7 @@ impl LabelIndex {
                 }
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Bytes of RAM it holds: its values and directory.
@@ -422,11 +425,12 @@ mod tests {
     use quiver_wal::vfs::OsVfs;
 
     fn int_field() -> Arc<Field> {
-        Arc::new(Field::new("tenant", DataType::UInt16, true))
+        // Not nullable, as a column may be: the values still carry their null entry.
+        Arc::new(Field::new("tenant", DataType::UInt16, false))
     }
 
     fn batches(values: &[Option<u16>]) -> Vec<Result<RecordBatch, SegmentError>> {
-        let schema = Arc::new(Schema::new(vec![int_field()]));
+        let schema = Arc::new(Schema::new(vec![Field::new("tenant", DataType::UInt16, true)]));
         values
             .chunks(7)
             .map(|c| {
@@ -459,7 +463,8 @@ mod tests {
         let reopened = LabelIndex::open(&vfs, &path, &int_field(), 2, (100, 7)).unwrap();
         for index in [&built, &reopened] {
             for v in 0..5u16 {
-                let got: Vec<u32> = index.rows_where(equal_to(v)).unwrap().rows().collect();
+                let got: Vec<u32> =
+                    index.rows_where(equal_to(v)).unwrap().unwrap().rows().collect();
                 let want: Vec<u32> =
                     (0..100u32).filter(|&r| values[r as usize] == Some(v)).collect();
                 assert_eq!(got, want, "value {v}");
@@ -467,6 +472,7 @@ mod tests {
             // IS NULL: only the null entry passes.
             let nulls = index
                 .rows_where(|b| Ok(arrow_arith::boolean::is_null(b.column(0)).unwrap()))
+                .unwrap()
                 .unwrap();
             assert_eq!(nulls.rows().collect::<Vec<_>>(), (9..100).step_by(10).collect::<Vec<_>>());
         }
