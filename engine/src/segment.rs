@@ -746,7 +746,7 @@ impl SegmentFile {
                         {
                             tracing::warn!("{e}; building the label index again");
                         }
-                        let batches = self.batches(&[column], None, 65_536)?;
+                        let batches = || self.batches(&[column], None, 65_536);
                         LabelIndex::build(vfs, &path, &field, column, shape, batches)?
                     }
                 };

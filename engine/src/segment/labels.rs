@@ -97,19 +97,28 @@ pub(crate) struct LabelIndex {
     rows: u64,
 }
 
-/// The rows of a column grouped by value, as a build collects them.
-enum Groups {
-    Int(BTreeMap<i64, Vec<u32>>),
-    Str(BTreeMap<String, Vec<u32>>),
+/// A value of a column as a build reads it.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Int(i64),
+    Str(&'a str),
 }
 
-impl Groups {
-    fn len(&self) -> usize {
+impl Key<'_> {
+    fn owned(self) -> Owned {
         match self {
-            Groups::Int(g) => g.len(),
-            Groups::Str(g) => g.len(),
+            Key::Int(v) => Owned::Int(v),
+            Key::Str(v) => Owned::Str(v.into()),
         }
     }
+}
+
+/// A distinct value as a build keeps it; `Null` orders after every value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Owned {
+    Int(i64),
+    Str(Box<str>),
+    Null,
 }
 
 impl LabelIndex {
@@ -119,69 +128,89 @@ impl LabelIndex {
     }
 
     /// Builds the label index of `field` (column `column` of a segment file of `rows` rows
-    /// whose checksum is `segment_crc`) from `batches` (the column, every row in order),
-    /// writes it to `path` and opens it. `Ok(None)` if the column has more than
-    /// [`MAX_LABEL_VALUES`] distinct values or is of a type without one.
+    /// whose checksum is `segment_crc`) from the column, read twice through `batches` (every
+    /// row in order each time: once to count each value's rows, once to place them, so the
+    /// build holds 4 bytes a row and the distinct values), writes it to `path` and opens it.
+    /// `Ok(None)` if the column has more than [`MAX_LABEL_VALUES`] distinct values or is of a
+    /// type without one.
     ///
     /// # Errors
     /// [`SegmentError::Io`] if the file cannot be written; [`SegmentError::Corrupt`] if the
-    /// batches do not hold `rows` values of the column.
-    pub(crate) fn build(
+    /// batches do not hold `rows` values of the column, the same both times.
+    pub(crate) fn build<I>(
         vfs: &dyn Vfs,
         path: &Path,
         field: &Arc<Field>,
         column: usize,
         (rows, segment_crc): (u64, u32),
-        batches: impl Iterator<Item = Result<RecordBatch, SegmentError>>,
-    ) -> Result<Option<LabelIndex>, SegmentError> {
+        mut batches: impl FnMut() -> Result<I, SegmentError>,
+    ) -> Result<Option<LabelIndex>, SegmentError>
+    where
+        I: Iterator<Item = Result<RecordBatch, SegmentError>>,
+    {
         let Some(kind) = Kind::of(field.data_type()) else { return Ok(None) };
         let corrupt = |reason: String| SegmentError::Corrupt { path: path.to_path_buf(), reason };
-        let mut groups = match kind {
-            Kind::Int => Groups::Int(BTreeMap::new()),
-            Kind::Str => Groups::Str(BTreeMap::new()),
+        let read = |batches: I, each: &mut dyn FnMut(Option<Key<'_>>)| {
+            let mut seen = 0u64;
+            for batch in batches {
+                let batch = batch?;
+                let column = batch.column(0);
+                seen += column.len() as u64;
+                let as_type = if kind == Kind::Int { DataType::Int64 } else { DataType::Utf8 };
+                let keys = cast(column, &as_type)
+                    .map_err(|e| corrupt(format!("{}: {e}", field.name())))?;
+                if let Some(ints) = keys.as_any().downcast_ref::<Int64Array>() {
+                    ints.iter().for_each(|v| each(v.map(Key::Int)));
+                } else {
+                    let texts = keys.as_any().downcast_ref::<StringArray>().expect("cast");
+                    texts.iter().for_each(|v| each(v.map(Key::Str)));
+                }
+            }
+            if seen != rows {
+                return Err(corrupt(format!("{seen} values of {} for {rows} rows", field.name())));
+            }
+            Ok(())
         };
-        let mut nulls = Vec::new();
+        // Pass 1: each value's rows, counted (`None`: the nulls).
+        let mut counts: BTreeMap<Owned, u32> = BTreeMap::new();
+        let mut too_many = false;
+        read(batches()?, &mut |key| {
+            if too_many {
+                return;
+            }
+            *counts.entry(key.map_or(Owned::Null, Key::owned)).or_insert(0) += 1;
+            too_many = counts.len() > MAX_LABEL_VALUES + 1;
+        })?;
+        let nulls = counts.remove(&Owned::Null).unwrap_or(0);
+        if too_many || counts.len() > MAX_LABEL_VALUES {
+            return Ok(None);
+        }
+        // Pass 2: each row placed in its value's posting (values ascending, the nulls last).
+        let mut next: ahash::AHashMap<Owned, usize> = ahash::AHashMap::new();
+        let mut at = 0usize;
+        for (value, &count) in &counts {
+            next.insert(value.clone(), at);
+            at += count as usize;
+        }
+        next.insert(Owned::Null, at);
+        let mut placed = vec![0u32; rows as usize];
         let mut row = 0u32;
-        for batch in batches {
-            let batch = batch?;
-            let column = batch.column(0);
-            match &mut groups {
-                Groups::Int(g) => {
-                    let values = cast(column, &DataType::Int64)
-                        .map_err(|e| corrupt(format!("{}: {e}", field.name())))?;
-                    let values = values.as_any().downcast_ref::<Int64Array>().expect("cast");
-                    for value in values {
-                        match value {
-                            Some(v) => g.entry(v).or_default().push(row),
-                            None => nulls.push(row),
-                        }
-                        row += 1;
-                    }
+        let mut strays = 0u64;
+        read(batches()?, &mut |key| {
+            match next.get_mut(&key.map_or(Owned::Null, Key::owned)) {
+                Some(slot) if *slot < placed.len() => {
+                    placed[*slot] = row;
+                    *slot += 1;
                 }
-                Groups::Str(g) => {
-                    let values = cast(column, &DataType::Utf8)
-                        .map_err(|e| corrupt(format!("{}: {e}", field.name())))?;
-                    let values = values.as_any().downcast_ref::<StringArray>().expect("cast");
-                    for value in values {
-                        match value {
-                            Some(v) => match g.get_mut(v) {
-                                Some(rows) => rows.push(row),
-                                None => drop(g.insert(v.to_string(), vec![row])),
-                            },
-                            None => nulls.push(row),
-                        }
-                        row += 1;
-                    }
-                }
+                _ => strays += 1,
             }
-            if groups.len() > MAX_LABEL_VALUES {
-                return Ok(None);
-            }
+            row += 1;
+        })?;
+        if strays > 0 {
+            return Err(corrupt(format!("{} changed between two reads", field.name())));
         }
-        if u64::from(row) != rows {
-            return Err(corrupt(format!("{row} values of {} for {rows} rows", field.name())));
-        }
-        write(vfs, path, column, (rows, segment_crc), &groups, &nulls)?;
+        let counts: Vec<(Owned, u32)> = counts.into_iter().chain([(Owned::Null, nulls)]).collect();
+        write(vfs, path, column, (rows, segment_crc), &counts, &placed)?;
         LabelIndex::open(vfs, path, field, column, (rows, segment_crc)).map(Some)
     }
 
@@ -347,40 +376,37 @@ fn parse_values(kind: Kind, bytes: &[u8], entries: usize) -> Option<ArrayRef> {
     }
 }
 
-/// Writes the label index of `groups` and `nulls` to `path`, under a temporary name renamed
-/// into place.
+/// Writes the label index of `counts` (each distinct value and its rows' count, ascending,
+/// then the nulls') whose postings lie one after another in `placed` to `path`, under a
+/// temporary name renamed into place.
 fn write(
     vfs: &dyn Vfs,
     path: &Path,
     column: usize,
     (rows, segment_crc): (u64, u32),
-    groups: &Groups,
-    nulls: &[u32],
+    counts: &[(Owned, u32)],
+    placed: &[u32],
 ) -> Result<(), SegmentError> {
-    let mut values = Vec::new();
-    let mut postings: Vec<&[u32]> = Vec::with_capacity(groups.len() + 1);
-    match groups {
-        Groups::Int(g) => {
-            for (v, rows) in g {
-                values.extend_from_slice(&v.to_le_bytes());
-                postings.push(rows);
+    let mut meta = Vec::new();
+    for (value, _) in counts {
+        match value {
+            Owned::Int(v) => meta.extend_from_slice(&v.to_le_bytes()),
+            Owned::Str(v) => {
+                meta.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                meta.extend_from_slice(v.as_bytes());
             }
-        }
-        Groups::Str(g) => {
-            for (v, rows) in g {
-                values.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                values.extend_from_slice(v.as_bytes());
-                postings.push(rows);
-            }
+            Owned::Null => {}
         }
     }
-    postings.push(nulls);
-    let mut meta = values;
     let value_bytes = meta.len();
-    for rows in &postings {
-        meta.extend_from_slice(&(rows.len() as u32).to_le_bytes());
-        meta.extend_from_slice(&crc32c::crc32c(bytemuck::cast_slice(rows)).to_le_bytes());
+    let mut at = 0usize;
+    for &(_, count) in counts {
+        let posting = &placed[at..at + count as usize];
+        at += posting.len();
+        meta.extend_from_slice(&count.to_le_bytes());
+        meta.extend_from_slice(&crc32c::crc32c(bytemuck::cast_slice(posting)).to_le_bytes());
     }
+    debug_assert_eq!(at, placed.len(), "every row in one posting");
     meta.extend_from_slice(&crc32c::crc32c(&meta).to_le_bytes());
     let mut h = Vec::with_capacity(HEADER);
     h.extend_from_slice(&MAGIC);
@@ -388,7 +414,7 @@ fn write(
     h.extend_from_slice(&(4 * rows).to_le_bytes());
     h.extend_from_slice(&segment_crc.to_le_bytes());
     h.extend_from_slice(&(column as u32).to_le_bytes());
-    h.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+    h.extend_from_slice(&(counts.len() as u32 - 1).to_le_bytes());
     h.extend_from_slice(&(value_bytes as u32).to_le_bytes());
     h.extend_from_slice(&crc32c::crc32c(&h).to_le_bytes());
     debug_assert_eq!(h.len(), HEADER);
@@ -396,25 +422,17 @@ fn write(
     let tmp = path.with_extension(format!("labels.{}.{n}.tmp", std::process::id()));
     let io = |source| SegmentError::Io { path: tmp.clone(), source };
     let file = vfs.open(&tmp, OpenMode::CreateNew).map_err(io)?;
-    let mut at = 0u64;
+    let mut offset = 0u64;
     let mut put = |bytes: &[u8]| -> Result<(), SegmentError> {
-        file.write_all_at(bytes, at).map_err(io)?;
-        at += bytes.len() as u64;
+        file.write_all_at(bytes, offset).map_err(io)?;
+        offset += bytes.len() as u64;
         Ok(())
     };
     put(&h)?;
     put(&meta)?;
-    let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
-    for rows in &postings {
-        for chunk in rows.chunks(WRITE_BUFFER / 4) {
-            if buffer.len() + 4 * chunk.len() > WRITE_BUFFER {
-                put(&buffer)?;
-                buffer.clear();
-            }
-            buffer.extend_from_slice(bytemuck::cast_slice(chunk));
-        }
+    for chunk in placed.chunks(WRITE_BUFFER / 4) {
+        put(bytemuck::cast_slice(chunk))?;
     }
-    put(&buffer)?;
     drop(file);
     vfs.rename(&tmp, path).map_err(|source| SegmentError::Io { path: path.to_path_buf(), source })
 }
@@ -456,10 +474,11 @@ mod tests {
         let values: Vec<Option<u16>> =
             (0..100u16).map(|i| if i % 10 == 9 { None } else { Some(i % 4) }).collect();
         let vfs = OsVfs;
-        let built =
-            LabelIndex::build(&vfs, &path, &int_field(), 2, (100, 7), batches(&values).into_iter())
-                .unwrap()
-                .expect("4 values are few enough");
+        let built = LabelIndex::build(&vfs, &path, &int_field(), 2, (100, 7), || {
+            Ok(batches(&values).into_iter())
+        })
+        .unwrap()
+        .expect("4 values are few enough");
         let reopened = LabelIndex::open(&vfs, &path, &int_field(), 2, (100, 7)).unwrap();
         for index in [&built, &reopened] {
             for v in 0..5u16 {
@@ -484,9 +503,11 @@ mod tests {
         let path = dir.path().join("0000000000000001.0.labels");
         let values: Vec<Option<u16>> = (0..50u16).map(|i| Some(i % 3)).collect();
         let vfs = OsVfs;
-        LabelIndex::build(&vfs, &path, &int_field(), 0, (50, 7), batches(&values).into_iter())
-            .unwrap()
-            .unwrap();
+        LabelIndex::build(&vfs, &path, &int_field(), 0, (50, 7), || {
+            Ok(batches(&values).into_iter())
+        })
+        .unwrap()
+        .unwrap();
         // Another segment file (checksum), another row count, another column.
         for (rows, crc, column) in [(50, 8, 0), (51, 7, 0), (50, 7, 1)] {
             let e = LabelIndex::open(&vfs, &path, &int_field(), column, (rows, crc)).unwrap_err();
@@ -513,12 +534,13 @@ mod tests {
         let many: Vec<Option<u16>> = (0..=MAX_LABEL_VALUES as u16).map(Some).collect();
         let rows = many.len() as u64;
         let vfs = OsVfs;
-        let built =
-            LabelIndex::build(&vfs, &path, &int_field(), 0, (rows, 7), batches(&many).into_iter());
+        let built = LabelIndex::build(&vfs, &path, &int_field(), 0, (rows, 7), || {
+            Ok(batches(&many).into_iter())
+        });
         assert!(built.unwrap().is_none());
         assert!(!path.exists(), "nothing written");
         let float = Arc::new(Field::new("f", DataType::Float32, true));
-        let built = LabelIndex::build(&vfs, &path, &float, 0, (0, 7), std::iter::empty());
+        let built = LabelIndex::build(&vfs, &path, &float, 0, (0, 7), || Ok(std::iter::empty()));
         assert!(built.unwrap().is_none());
     }
 }
