@@ -206,10 +206,16 @@ impl LabelIndex {
             }
             row += 1;
         })?;
-        if strays > 0 {
+        let counts: Vec<(Owned, u32)> = counts.into_iter().chain([(Owned::Null, nulls)]).collect();
+        // Each value's rows fill its posting exactly: its cursor ends where the next begins.
+        let mut end = 0usize;
+        let filled = counts.iter().all(|(value, count)| {
+            end += *count as usize;
+            next.get(value) == Some(&end)
+        });
+        if strays > 0 || !filled {
             return Err(corrupt(format!("{} changed between two reads", field.name())));
         }
-        let counts: Vec<(Owned, u32)> = counts.into_iter().chain([(Owned::Null, nulls)]).collect();
         write(vfs, path, column, (rows, segment_crc), &counts, &placed)?;
         LabelIndex::open(vfs, path, field, column, (rows, segment_crc)).map(Some)
     }
@@ -525,6 +531,23 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
         let e = LabelIndex::open(&vfs, &path, &int_field(), 0, (50, 7)).unwrap_err();
         assert!(matches!(e, SegmentError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_column_that_reads_differently_twice_is_refused_not_indexed() {
+        // The build reads the column twice (count, then place): if the two reads disagree,
+        // the postings would be wrong, so it fails instead of writing them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0000000000000001.0.labels");
+        let first: Vec<Option<u16>> = (0..40u16).map(|i| Some(i % 4)).collect();
+        let second: Vec<Option<u16>> = (0..40u16).map(|i| Some((i + 1) % 4 / 2)).collect();
+        let mut reads = 0;
+        let built = LabelIndex::build(&OsVfs, &path, &int_field(), 0, (40, 7), || {
+            reads += 1;
+            Ok(batches(if reads == 1 { &first } else { &second }).into_iter())
+        });
+        assert!(matches!(built, Err(SegmentError::Corrupt { .. })), "{built:?}");
+        assert!(!path.exists(), "nothing written");
     }
 
     #[test]
