@@ -351,22 +351,20 @@ def main():
                                  f"{rs[0]['walks']}:{rs[0]['ranked']}:{rs[0]['scans']}")
                 print(f"| {name} | {ls} | " + " | ".join(cells) + " |")
         ours = [b for b, _ in binaries]
-        if args.engine:
-            print("\n| filter | L | engine in-process recall / QPS |")
+        def curve(side, title, knob, steps):
+            print(f"\n| filter | {knob} | {title} recall / QPS |")
             print("|---|---:|---|")
             for name, _, _ in cases:
-                for ls in list_sizes:
-                    rs = results[("engine", name, ls)]
-                    print(f"| {name} | {ls} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
+                for x in steps:
+                    rs = results[(side, name, x)]
+                    print(f"| {name} | {x} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
+
+        if args.engine:
+            curve("engine", "engine in-process", "L", list_sizes)
             ours.append("engine")
         sides = list(ours)
         if shard is not None:
-            print("\n| filter | hnsw_ef | Qdrant Edge recall / QPS |")
-            print("|---|---:|---|")
-            for name, _, _ in cases:
-                for ef in efs:
-                    rs = results[("qdrant", name, ef)]
-                    print(f"| {name} | {ef} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
+            curve("qdrant", "Qdrant Edge", "hnsw_ef", efs)
             sides.append("qdrant")
         # Ratios: the new binary against the baseline, and each of ours against Qdrant Edge.
         ratios = [("quiver", "baseline")] if args.baseline else []
