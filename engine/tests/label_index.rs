@@ -129,6 +129,15 @@ fn every_tenant_filter_equals_brute_force_and_builds_one_label_file_per_segment(
     for t in 0..TENANTS {
         check_tenant(&db, 4_000, t, t);
     }
+    // Each tenant's rows came from the label index in both segments; the last one asked
+    // again, from the segments' remembered results (they keep the last 4 filters).
+    let sources = |db: &Database| {
+        let st = db.stats("c").unwrap();
+        (st.filter_rows_labelled, st.filter_rows_remembered, st.filter_rows_read)
+    };
+    assert_eq!(sources(&db), (2 * TENANTS, 0, 0));
+    check_tenant(&db, 4_000, TENANTS - 1, 99);
+    assert_eq!(sources(&db), (2 * TENANTS, 2, 0));
     let files = label_files(dir.path());
     assert_eq!(files.len(), 2, "one per segment, for the tenant column only: {files:?}");
     assert!(files.iter().all(|f| f.to_string_lossy().ends_with(".2.labels")), "{files:?}");
@@ -165,9 +174,11 @@ fn every_tenant_filter_equals_brute_force_and_builds_one_label_file_per_segment(
     }
     // A float column has no label index; a filter on it still works.
     let p = exact(Predicate::compare("weight", CompareOp::Lt, Literal::Float(100.0)));
+    let before = db.stats("c").unwrap().filter_rows_read;
     let got = ids(&db.search("c", &q, &p).unwrap());
     assert_eq!(got, truth(4_000, &q, |i| i < 100));
     assert_eq!(label_files(dir.path()).len(), 2, "no label file for a float column");
+    assert_eq!(db.stats("c").unwrap().filter_rows_read, before + 2, "its column read");
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //!
 //! Two kinds:
 //! - **Read at scrape time** from the engine (`EngineCollector`): rows, segments, resident
-//!   bytes by structure, searches and index sector reads, filtered-search plans, the sector
+//!   bytes by structure, searches and index sector reads, filtered-search plans and where
+//!   they found their passing rows, the sector
 //!   cache, the WAL (groups, records, bytes, queued bytes, `fdatasync` latency), background work,
 //!   the memory budget and the process's resident memory. They cost the request paths nothing:
 //!   the engine keeps these counters anyway.
@@ -344,6 +345,12 @@ impl EngineCollector {
             "Filtered searches of an indexed segment, by plan (walk, ranked, scan)",
             None,
         );
+        let mut filter_rows = counter(
+            "quiver_filter_rows",
+            "How filtered searches of an indexed segment found its passing rows, by source \
+             (remembered, label_index, columns_read)",
+            None,
+        );
         let mut failures =
             counter("quiver_index_failures", "Index searches that failed and fell back", None);
         let mut resident = gauge(
@@ -374,6 +381,14 @@ impl EngineCollector {
             ] {
                 filtered.add(vec![("collection", label.clone()), ("plan", plan.into())], n as f64);
             }
+            for (source, n) in [
+                ("remembered", st.filter_rows_remembered),
+                ("label_index", st.filter_rows_labelled),
+                ("columns_read", st.filter_rows_read),
+            ] {
+                let labels = vec![("collection", label.clone()), ("source", source.into())];
+                filter_rows.add(labels, n as f64);
+            }
             let r = &st.resident;
             for (structure, bytes) in [
                 ("memtable", r.memtable),
@@ -397,6 +412,7 @@ impl EngineCollector {
             walks,
             reads,
             filtered,
+            filter_rows,
             failures,
             resident,
         ] {

@@ -59,6 +59,14 @@ pub struct CollectionStats {
     /// Filtered searches of an indexed segment that read every passing row from its file
     /// (a walk would have had to list most of the segment).
     pub filtered_scans: u64,
+    /// Filtered searches of an indexed segment whose passing rows were the segment's
+    /// remembered result for the same filter.
+    pub filter_rows_remembered: u64,
+    /// ... whose passing rows came from the segment's label index (a filter on one
+    /// low-cardinality column, or an AND of such).
+    pub filter_rows_labelled: u64,
+    /// ... whose passing rows were found by reading the filter's columns over the segment.
+    pub filter_rows_read: u64,
     /// RAM the collection's structures hold, by structure.
     pub resident: ResidentBytes,
 }
@@ -396,6 +404,9 @@ impl Database {
             filtered_walks: c.counters.filtered_walks.load(Ordering::Relaxed),
             filtered_ranked: c.counters.filtered_ranked.load(Ordering::Relaxed),
             filtered_scans: c.counters.filtered_scans.load(Ordering::Relaxed),
+            filter_rows_remembered: c.counters.filter_rows_remembered.load(Ordering::Relaxed),
+            filter_rows_labelled: c.counters.filter_rows_labelled.load(Ordering::Relaxed),
+            filter_rows_read: c.counters.filter_rows_read.load(Ordering::Relaxed),
             index_reads: c.counters.index_reads.load(Ordering::Relaxed),
             resident,
         })

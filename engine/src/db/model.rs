@@ -172,6 +172,11 @@ pub(super) struct ReadCounters {
     /// Filtered searches of an indexed segment whose widened walk would have listed most of
     /// it: every passing row's vector read from the segment's file.
     pub(super) filtered_scans: AtomicU64,
+    /// How filtered searches of an indexed segment found its passing rows: the segment's
+    /// remembered result, its label index, or a read of the filter's columns.
+    pub(super) filter_rows_remembered: AtomicU64,
+    pub(super) filter_rows_labelled: AtomicU64,
+    pub(super) filter_rows_read: AtomicU64,
 }
 
 impl Collection {

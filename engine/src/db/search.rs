@@ -475,7 +475,7 @@ fn walk_segment(
     let (passed, mut list) = match filter {
         None => (None, params.list_size.max(params.k)),
         Some(f) => {
-            let passing = passing_rows(inner, s, f)?;
+            let passing = passing_rows(inner, c, s, f)?;
             match plan_filtered(passing.count(), s.keys.len() - s.deleted.count(), params) {
                 FilteredPlan::Nothing => return Ok(Vec::new()),
                 FilteredPlan::Rank => {
@@ -629,13 +629,30 @@ fn plan_filtered(matching: usize, live: usize, params: &SearchParams) -> Filtere
 /// costs the deletions' words, not a read of its columns. A filter on one low-cardinality
 /// column is answered by its label index (`SegmentFile::label_rows`: the rows of the values
 /// that pass, read from disk); others read and evaluate the filter's columns over the file.
-fn passing_rows(inner: &Inner, s: &SegmentView, filter: &Filter) -> Result<RowSet, ReadError> {
+fn passing_rows(
+    inner: &Inner,
+    c: &CollectionView,
+    s: &SegmentView,
+    filter: &Filter,
+) -> Result<RowSet, ReadError> {
+    let counted = |counter: &std::sync::atomic::AtomicU64| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    };
     let all = match s.file.remembered_mask(filter.key()) {
-        Some(all) => all,
+        Some(all) => {
+            counted(&c.counters.filter_rows_remembered);
+            all
+        }
         None => {
             let all = match s.file.label_rows(inner.vfs.as_ref(), filter)? {
-                Some(rows) => rows,
-                None => RowSet::of_mask(&segment_mask(s, filter)?),
+                Some(rows) => {
+                    counted(&c.counters.filter_rows_labelled);
+                    rows
+                }
+                None => {
+                    counted(&c.counters.filter_rows_read);
+                    RowSet::of_mask(&segment_mask(s, filter)?)
+                }
             };
             let all = Arc::new(all);
             s.file.remember_mask(filter.key(), Arc::clone(&all));

@@ -282,6 +282,11 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
         "filtered_walks": st.filtered_walks,
         "filtered_ranked": st.filtered_ranked,
         "filtered_scans": st.filtered_scans,
+        "filter_rows": {
+            "remembered": st.filter_rows_remembered,
+            "label_index": st.filter_rows_labelled,
+            "columns_read": st.filter_rows_read,
+        },
         "resident_bytes": {
             "memtable": st.resident.memtable,
             "unindexed_vectors": st.resident.unindexed_vectors,
