@@ -83,6 +83,12 @@ impl RowSet {
         self.words[w] |= bit;
         absent
     }
+
+    /// Takes `row` out of the set. Panics if `row` is not below the length.
+    pub(crate) fn remove(&mut self, row: usize) {
+        assert!(row < self.len, "row {row} of a set of {} rows", self.len);
+        self.words[row / 64] &= !(1u64 << (row % 64));
+    }
 }
 
 #[cfg(test)]

@@ -689,7 +689,8 @@ impl SegmentFile {
     /// The rows that pass `filter`, found through the label index of its one column
     /// ([`labels`]: opened from `segments/{id}.{column}.labels`, or built from the column the
     /// first time and written there), or for an AND of one-column parts, the intersection of
-    /// each part's; `None` when the filter is neither, or a column it needs has no label index (a type without one, more than [`MAX_LABEL_VALUES`]
+    /// the parts' that have one, the other parts evaluated on those rows alone; `None` when the
+    /// filter is neither, or no part of it has a label index (a type without one, more than [`MAX_LABEL_VALUES`]
     /// distinct values, or a column added after the file was written). No lock is held
     /// across I/O: two searches that race to build the same index both build it, and the
     /// second file replaces the first.
@@ -707,16 +708,45 @@ impl SegmentFile {
         if filter.columns().len() == 1 {
             return self.column_label_rows(vfs, filter);
         }
-        // An AND of one-column parts: the intersection of theirs, if each has a label index.
+        // An AND of one-column parts: the intersection of those that have a label index; the
+        // others evaluated on the rows that remain, their columns read for those rows only.
         let mut all: Option<RowSet> = None;
+        let mut rest = Vec::new();
         for part in filter.conjuncts() {
-            let Some(rows) = self.column_label_rows(vfs, part)? else { return Ok(None) };
-            all = Some(match all {
-                Some(before) => before.intersection(&rows),
-                None => rows,
-            });
+            match self.column_label_rows(vfs, part)? {
+                Some(rows) => {
+                    all = Some(match all {
+                        Some(before) => before.intersection(&rows),
+                        None => rows,
+                    });
+                }
+                None => rest.push(part),
+            }
         }
-        Ok(all)
+        let Some(mut all) = all else { return Ok(None) };
+        for part in rest {
+            let candidates: Vec<u32> = all.rows().collect();
+            if candidates.is_empty() {
+                break;
+            }
+            let mut at = 0;
+            for batch in self.read(part.columns(), Some(&candidates), 65_536)? {
+                // A part that cannot be evaluated is left to the whole filter's evaluation,
+                // which reports it.
+                let Ok(passed) = part.evaluate(&batch) else { return Ok(None) };
+                for i in 0..passed.len() {
+                    if !passed.value(i) {
+                        all.remove(candidates[at + i] as usize);
+                    }
+                }
+                at += passed.len();
+            }
+            if at != candidates.len() {
+                let reason = format!("{at} values read for {} rows", candidates.len());
+                return Err(SegmentError::Corrupt { path: self.path.clone(), reason });
+            }
+        }
+        Ok(Some(all))
     }
 
     /// [`SegmentFile::label_rows`] of a filter that reads one column.
