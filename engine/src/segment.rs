@@ -41,6 +41,7 @@ use parquet::file::properties::WriterProperties;
 use crate::filter::Filter;
 use crate::rowset::RowSet;
 pub use labels::MAX_LABEL_VALUES;
+pub(crate) use labels::label_file_stem;
 use labels::{LabelIndex, labels_path};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;

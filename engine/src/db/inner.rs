@@ -15,6 +15,7 @@ use crate::lock::DirLock;
 use crate::manifest::{ManifestError, ManifestStore};
 use crate::options::Options;
 use crate::schema::CollectionSchema;
+use crate::segment::label_file_stem;
 use quiver_diskgraph::search::{DiskIndex, SearchState, Searcher};
 
 use super::SCAN_BATCH_ROWS;
@@ -251,12 +252,12 @@ impl Inner {
     /// has), quietly. A label index left behind (by a crash between these removals) is an
     /// orphan the next open sweeps.
     pub(super) fn remove_segment_files(&self, id: u64) {
-        let prefix = format!("{id:016x}.");
+        let stem = format!("{id:016x}");
         let dir = self.dir.join(super::SEGMENTS_DIR);
+        let ours = |name: &String| label_file_stem(name).is_some_and(|(s, _)| s == stem);
         match self.vfs.list_dir(&dir) {
             Ok(names) => {
-                for name in names.iter().filter(|n| n.starts_with(&prefix) && n.contains(".labels"))
-                {
+                for name in names.iter().filter(|n| ours(n)) {
                     self.remove_quietly(&dir.join(name));
                 }
             }

@@ -545,26 +545,16 @@ pub(super) fn refuse_if_data_without_manifest(
 /// `{id:016x}.{column}.labels`, or `{id:016x}.{column}.labels.{pid}.{n}.tmp` while one is
 /// written.
 fn label_file_id(name: &str) -> Option<(u64, bool)> {
-    let (stem, rest) = name.split_once('.')?;
-    let (column, kind) = rest.split_once('.')?;
-    if !column.bytes().all(|b| b.is_ascii_digit()) || column.is_empty() {
-        return None;
-    }
-    let tmp = match kind.strip_prefix("labels")? {
-        "" => false,
-        tail => {
-            let parts: Vec<&str> = tail.split('.').collect();
-            let digits = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-            match parts.as_slice() {
-                ["", pid, n, "tmp"] if digits(pid) && digits(n) => true,
-                _ => return None,
-            }
-        }
-    };
+    let (stem, tmp) = crate::segment::label_file_stem(name)?;
+    Some((hex_id(stem)?, tmp))
+}
+
+/// The id a file name's stem spells: 16 lowercase hex digits.
+fn hex_id(stem: &str) -> Option<u64> {
     if stem.len() != 16 || !stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    Some((u64::from_str_radix(stem, 16).ok()?, tmp))
+    u64::from_str_radix(stem, 16).ok()
 }
 
 /// The id in a file name this engine writes in `sub` (`{id:016x}.parquet`, `{id:016x}.ids`,
@@ -584,10 +574,7 @@ pub(super) fn engine_file_id(sub: &str, name: &str) -> Option<u64> {
         }
         _ => return None,
     };
-    if stem.len() != 16 || !stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    u64::from_str_radix(stem, 16).ok()
+    hex_id(stem)
 }
 
 /// Removes the segment, deletion and index files that the committed manifest proves are

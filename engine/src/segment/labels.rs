@@ -41,7 +41,7 @@ use crate::rowset::RowSet;
 pub const MAX_LABEL_VALUES: usize = 16_384;
 const MAGIC: [u8; 8] = *b"QVRLBL01";
 const HEADER: usize = 44;
-/// Bytes of postings buffered while the file is written.
+/// Bytes of postings written at a time.
 const WRITE_BUFFER: usize = 256 << 10;
 /// Postings are written and checked as the u32s in memory: little-endian on these targets.
 const _: () = assert!(cfg!(target_endian = "little"), "label postings are little-endian");
@@ -51,6 +51,33 @@ static BUILDS: AtomicU64 = AtomicU64::new(0);
 /// The file name of column `column`'s label index beside segment file `segment`.
 pub(crate) fn labels_path(segment: &Path, column: usize) -> PathBuf {
     segment.with_extension(format!("{column}.labels"))
+}
+
+/// The temporary name a build writes `path` (a [`labels_path`]) under, unique to this
+/// process and build.
+fn temporary_path(path: &Path) -> PathBuf {
+    let n = BUILDS.fetch_add(1, Ordering::Relaxed);
+    path.with_extension(format!("labels.{}.{n}.tmp", std::process::id()))
+}
+
+/// For a file name [`labels_path`] or [`temporary_path`] gives (`{stem}.{column}.labels`, or
+/// `{stem}.{column}.labels.{pid}.{n}.tmp`): the segment file's stem, and whether the file is
+/// temporary. `None` for any other name.
+pub(crate) fn label_file_stem(name: &str) -> Option<(&str, bool)> {
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let (stem, rest) = name.split_once('.')?;
+    let (column, kind) = rest.split_once('.')?;
+    if !digits(column) {
+        return None;
+    }
+    let tmp = match kind.strip_prefix("labels")? {
+        "" => false,
+        tail => match tail.split('.').collect::<Vec<_>>().as_slice() {
+            ["", pid, n, "tmp"] if digits(pid) && digits(n) => true,
+            _ => return None,
+        },
+    };
+    Some((stem, tmp))
 }
 
 /// How a column's values are kept: which columns can have a label index.
@@ -97,23 +124,7 @@ pub(crate) struct LabelIndex {
     rows: u64,
 }
 
-/// A value of a column as a build reads it.
-#[derive(Clone, Copy)]
-enum Key<'a> {
-    Int(i64),
-    Str(&'a str),
-}
-
-impl Key<'_> {
-    fn owned(self) -> Owned {
-        match self {
-            Key::Int(v) => Owned::Int(v),
-            Key::Str(v) => Owned::Str(v.into()),
-        }
-    }
-}
-
-/// A distinct value as a build keeps it; `Null` orders after every value.
+/// A value of a column as a build reads and keeps it; `Null` orders after every value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Owned {
     Int(i64),
@@ -150,20 +161,22 @@ impl LabelIndex {
     {
         let Some(kind) = Kind::of(field.data_type()) else { return Ok(None) };
         let corrupt = |reason: String| SegmentError::Corrupt { path: path.to_path_buf(), reason };
-        let read = |batches: I, each: &mut dyn FnMut(Option<Key<'_>>)| {
+        let as_type = if kind == Kind::Int { DataType::Int64 } else { DataType::Utf8 };
+        let read = |batches: I, each: &mut dyn FnMut(Owned)| {
             let mut seen = 0u64;
             for batch in batches {
                 let batch = batch?;
                 let column = batch.column(0);
                 seen += column.len() as u64;
-                let as_type = if kind == Kind::Int { DataType::Int64 } else { DataType::Utf8 };
                 let keys = cast(column, &as_type)
                     .map_err(|e| corrupt(format!("{}: {e}", field.name())))?;
                 if let Some(ints) = keys.as_any().downcast_ref::<Int64Array>() {
-                    ints.iter().for_each(|v| each(v.map(Key::Int)));
+                    ints.iter().for_each(|v| each(v.map_or(Owned::Null, Owned::Int)));
                 } else {
                     let texts = keys.as_any().downcast_ref::<StringArray>().expect("cast");
-                    texts.iter().for_each(|v| each(v.map(Key::Str)));
+                    texts
+                        .iter()
+                        .for_each(|v| each(v.map_or(Owned::Null, |t| Owned::Str(t.into()))));
                 }
             }
             if seen != rows {
@@ -171,14 +184,14 @@ impl LabelIndex {
             }
             Ok(())
         };
-        // Pass 1: each value's rows, counted (`None`: the nulls).
+        // Pass 1: each value's rows, counted (`Owned::Null`: the nulls).
         let mut counts: BTreeMap<Owned, u32> = BTreeMap::new();
         let mut too_many = false;
         read(batches()?, &mut |key| {
             if too_many {
                 return;
             }
-            *counts.entry(key.map_or(Owned::Null, Key::owned)).or_insert(0) += 1;
+            *counts.entry(key).or_insert(0) += 1;
             too_many = counts.len() > MAX_LABEL_VALUES + 1;
         })?;
         let nulls = counts.remove(&Owned::Null).unwrap_or(0);
@@ -197,7 +210,7 @@ impl LabelIndex {
         let mut row = 0u32;
         let mut strays = 0u64;
         read(batches()?, &mut |key| {
-            match next.get_mut(&key.map_or(Owned::Null, Key::owned)) {
+            match next.get_mut(&key) {
                 Some(slot) if *slot < placed.len() => {
                     placed[*slot] = row;
                     *slot += 1;
@@ -424,8 +437,7 @@ fn write(
     h.extend_from_slice(&(value_bytes as u32).to_le_bytes());
     h.extend_from_slice(&crc32c::crc32c(&h).to_le_bytes());
     debug_assert_eq!(h.len(), HEADER);
-    let n = BUILDS.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("labels.{}.{n}.tmp", std::process::id()));
+    let tmp = temporary_path(path);
     let io = |source| SegmentError::Io { path: tmp.clone(), source };
     let file = vfs.open(&tmp, OpenMode::CreateNew).map_err(io)?;
     let mut offset = 0u64;
@@ -548,6 +560,20 @@ mod tests {
         });
         assert!(matches!(built, Err(SegmentError::Corrupt { .. })), "{built:?}");
         assert!(!path.exists(), "nothing written");
+    }
+
+    #[test]
+    fn the_names_a_build_writes_parse_back_to_their_segment_and_nothing_else_does() {
+        let path = labels_path(Path::new("segments/00000000000000ab.parquet"), 3);
+        let tmp = temporary_path(&path);
+        let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(label_file_stem(&name(&path)), Some(("00000000000000ab", false)));
+        assert_eq!(label_file_stem(&name(&tmp)), Some(("00000000000000ab", true)));
+        for other in
+            ["00000000000000ab.parquet", "00000000000000ab.ids", "a.x.labels", "a.3.labels.1.tmp"]
+        {
+            assert_eq!(label_file_stem(other), None, "{other}");
+        }
     }
 
     #[test]
