@@ -266,6 +266,10 @@ def main():
     ap.add_argument("--qdrant", action="store_true", help="Qdrant Edge as the filtered peer")
     ap.add_argument("--efs", default="16,32,64,128", help="Qdrant Edge's hnsw_ef values")
     ap.add_argument("--engine", help="engine/examples/filtered_dir: the engine in-process too")
+    ap.add_argument("--engine-baseline",
+                    help="a second filtered_dir (an older build), run in turn in-process")
+    ap.add_argument("--no-flight", action="store_true",
+                    help="skip the searches over Flight (the in-process sides and Qdrant only)")
     ap.add_argument("--keep", help="keep the database (and shard) here; reuse them if present")
     args = ap.parse_args()
     base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
@@ -306,6 +310,10 @@ def main():
             for name, conds, _ in cases:
                 f.write(json.dumps({"name": name, "conditions": conds}) + "\n")
         results = {}
+        if args.no_flight:
+            binaries = []
+        engines = [("engine", args.engine)] if args.engine else []
+        engines += [("engine-baseline", args.engine_baseline)] if args.engine_baseline else []
         for round_i in range(args.rounds):
             for label, binary in binaries:
                 p, uri = start(binary, data, args.sector_cache_mb)
@@ -318,15 +326,15 @@ def main():
                                               "L": ls, **r}), flush=True)
                 finally:
                     stop(p)
-            if args.engine:
-                got = engine_sweep(args.engine, data, queries_file, cases_file, list_sizes,
+            for label, engine in engines:
+                got = engine_sweep(engine, data, queries_file, cases_file, list_sizes,
                                    args.threads, args.sector_cache_mb)
                 for name, _, gt in cases:
                     for ls in list_sizes:
                         qps, ids = got[(name, ls)]
                         r = {"qps": qps, "recall": recall(gt, dict(enumerate(ids)))}
-                        results.setdefault(("engine", name, ls), []).append(r)
-                        print(json.dumps({"round": round_i, "binary": "engine (in-process)",
+                        results.setdefault((label, name, ls), []).append(r)
+                        print(json.dumps({"round": round_i, "binary": f"{label} (in-process)",
                                           "filter": name, "L": ls, **r}), flush=True)
             if shard is not None:
                 for name, conds, gt in cases:
@@ -338,18 +346,19 @@ def main():
         if shard is not None:
             shard.close()
         med = lambda rs, k: float(np.median([r[k] for r in rs]))  # noqa: E731
-        print("\n| filter | L | " + " | ".join(
-            f"{b} recall / QPS / reads / walks:ranked:scans" for b, _ in binaries) + " |")
-        print("|---|---:|" + "---|" * len(binaries))
-        for name, _, _ in cases:
-            for ls in list_sizes:
-                cells = []
-                for b, _ in binaries:
-                    rs = results[(b, name, ls)]
-                    cells.append(f"{med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} / "
-                                 f"{med(rs, 'reads'):.1f} / "
-                                 f"{rs[0]['walks']}:{rs[0]['ranked']}:{rs[0]['scans']}")
-                print(f"| {name} | {ls} | " + " | ".join(cells) + " |")
+        if binaries:
+            print("\n| filter | L | " + " | ".join(
+                f"{b} recall / QPS / reads / walks:ranked:scans" for b, _ in binaries) + " |")
+            print("|---|---:|" + "---|" * len(binaries))
+            for name, _, _ in cases:
+                for ls in list_sizes:
+                    cells = []
+                    for b, _ in binaries:
+                        rs = results[(b, name, ls)]
+                        cells.append(f"{med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} / "
+                                     f"{med(rs, 'reads'):.1f} / "
+                                     f"{rs[0]['walks']}:{rs[0]['ranked']}:{rs[0]['scans']}")
+                    print(f"| {name} | {ls} | " + " | ".join(cells) + " |")
         ours = [b for b, _ in binaries]
         def curve(side, title, knob, steps):
             print(f"\n| filter | {knob} | {title} recall / QPS |")
@@ -359,15 +368,16 @@ def main():
                     rs = results[(side, name, x)]
                     print(f"| {name} | {x} | {med(rs, 'recall'):.4f} / {med(rs, 'qps'):.0f} |")
 
-        if args.engine:
-            curve("engine", "engine in-process", "L", list_sizes)
-            ours.append("engine")
+        for label, _ in engines:
+            curve(label, f"{label} in-process", "L", list_sizes)
+            ours.append(label)
         sides = list(ours)
         if shard is not None:
             curve("qdrant", "Qdrant Edge", "hnsw_ef", efs)
             sides.append("qdrant")
         # Ratios: the new binary against the baseline, and each of ours against Qdrant Edge.
-        ratios = [("quiver", "baseline")] if args.baseline else []
+        ratios = [("quiver", "baseline")] if args.baseline and binaries else []
+        ratios += [("engine", "engine-baseline")] if len(engines) == 2 else []
         ratios += [(b, "qdrant") for b in ours] if shard is not None else []
         print("\n| filter | " + " | ".join(f"{b}: QPS at recall 0.95" for b in sides)
               + "".join(f" | {a} / {b}" for a, b in ratios) + " |")

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use quiver_simd::{Isa, Kernels, PqTable};
+use quiver_simd::{Isa, Kernels, PqTable, PqTableU8};
 
 use crate::pq::{PqFileError, read_codes_prefix};
 
@@ -136,25 +136,9 @@ impl Codes {
             return;
         }
         if ids.is_sorted() {
-            // Ascending ids fall in the pieces in order: a run for each, found by bisection, and
-            // the codes are read front to back.
-            let (mut ids, mut out) = (ids, out);
-            for piece in &self.pieces {
-                let end = piece.first as usize + piece.bytes.len() / self.m;
-                let here = ids.partition_point(|&id| (id as usize) < end);
-                let (run, rest) = ids.split_at(here);
-                let (scored, rest_out) = std::mem::take(&mut out).split_at_mut(here);
-                if !run.is_empty() {
-                    SCRATCH.with(|scratch| {
-                        let local = &mut scratch.borrow_mut().local;
-                        local.clear();
-                        local.extend(run.iter().map(|&id| id - piece.first));
-                        kernels.pq_score_ids(table, &piece.bytes, local, scored);
-                    });
-                }
-                (ids, out) = (rest, rest_out);
-            }
-            assert!(ids.is_empty(), "code {} of {}", ids[0], self.rows);
+            self.for_each_run(ids, |bytes, local, run| {
+                kernels.pq_score_ids(table, bytes, local, &mut out[run]);
+            });
             return;
         }
         SCRATCH.with(|scratch| {
@@ -175,6 +159,48 @@ impl Codes {
                 }
             }
         });
+    }
+
+    /// The byte-table sums of ascending positions `ids` through `table`, into `out` (as
+    /// [`Kernels::pq_score_ids_u8`] over one contiguous array).
+    ///
+    /// # Panics
+    /// If `ids` are not ascending, or as the kernel.
+    pub fn score_ids_u8(&self, kernels: Isa, table: PqTableU8<'_>, ids: &[u32], out: &mut [u16]) {
+        assert_eq!(ids.len(), out.len(), "{} ids, {} sums", ids.len(), out.len());
+        if let [one] = self.pieces.as_slice() {
+            kernels.pq_score_ids_u8(table, &one.bytes, ids, out);
+            return;
+        }
+        assert!(ids.is_sorted(), "byte-table scoring takes ascending positions");
+        self.for_each_run(ids, |bytes, local, run| {
+            kernels.pq_score_ids_u8(table, bytes, local, &mut out[run]);
+        });
+    }
+
+    /// Splits ascending `ids` into a run per piece (found by bisection, so the codes are read
+    /// front to back) and calls `each` with the piece's codes, the run's ids counted from the
+    /// piece's first, and where the run lies in `ids`.
+    fn for_each_run(
+        &self,
+        ids: &[u32],
+        mut each: impl FnMut(&[u8], &[u32], std::ops::Range<usize>),
+    ) {
+        let mut start = 0;
+        for piece in &self.pieces {
+            let end = piece.first as usize + piece.bytes.len() / self.m;
+            let here = start + ids[start..].partition_point(|&id| (id as usize) < end);
+            if here > start {
+                SCRATCH.with(|scratch| {
+                    let local = &mut scratch.borrow_mut().local;
+                    local.clear();
+                    local.extend(ids[start..here].iter().map(|&id| id - piece.first));
+                    each(&piece.bytes, local, start..here);
+                });
+            }
+            start = here;
+        }
+        assert!(start == ids.len(), "code {} of {}", ids[start], self.rows);
     }
 
     /// Reads a `pq_codes.bin` (checksum verified), holding the pieces of `share` that the file
@@ -309,6 +335,30 @@ mod tests {
             whole.score_ids(kernels, table, &ids, &mut want);
             assert_eq!(got, want, "ids {ids:?}");
         }
+    }
+
+    #[test]
+    fn byte_sums_over_pieces_match_one_piece() {
+        // Runs long enough for the 64-code blocks of the SIMD scorer inside each piece.
+        let m = 12;
+        let split = pieces(m, &[70, 3, 130, 1, 200]);
+        let whole = Codes::whole(m, split.iter().flatten().copied().collect());
+        let table: Vec<u8> = (0..m * 256).map(|i| (i * 31 % 256) as u8).collect();
+        let table = PqTableU8::new(&table, m);
+        let kernels = Isa::active();
+        let ids: Vec<u32> = (0..404u32).filter(|i| i % 7 != 3).collect();
+        let (mut got, mut want) = (vec![0; ids.len()], vec![0; ids.len()]);
+        split.score_ids_u8(kernels, table, &ids, &mut got);
+        whole.score_ids_u8(kernels, table, &ids, &mut want);
+        assert_eq!(got, want);
+        let one = |id: u32| -> u16 {
+            let code = whole.code(id);
+            code.iter()
+                .enumerate()
+                .map(|(j, &c)| u16::from(table.as_slice()[j * 256 + c as usize]))
+                .sum()
+        };
+        assert!(ids.iter().zip(&got).all(|(&id, &sum)| sum == one(id)));
     }
 
     #[test]

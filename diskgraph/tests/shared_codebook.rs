@@ -84,3 +84,42 @@ fn a_codebook_of_another_shape_is_refused() {
             .unwrap_err();
     assert!(matches!(err, IndexError::Mismatch(_)), "{err}");
 }
+
+/// A search state keeps the last query's PQ table (and its byte table) for the next index when
+/// that index holds the same codebook: a query over many segments makes its table once. A
+/// state that reused a table across two codebooks of one shape, or kept a table after the
+/// query changed, would rank by the wrong distances; results must equal fresh searchers'.
+#[test]
+fn a_search_state_reuses_a_table_only_for_the_same_codebook_and_query() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    build_index(rows(3_000, 1), Metric::L2, &params(), &a, &|_, _| {}).unwrap();
+    let first = open_sharing(&a, None);
+    let shared = Arc::clone(first.shared_pq());
+    let input = tmp.path().join("b.fbin");
+    common::write_fbin(&input, &synthetic(3_000, DIM, 2), DIM);
+    build_index_from_file_with(&input, Metric::L2, &params(), Some(&shared), &b, &|_, _, _| {})
+        .unwrap();
+    build_index(rows(3_000, 3), Metric::L2, &params(), &c, &|_, _| {}).unwrap();
+    let second = open_sharing(&b, Some(Arc::clone(&shared)));
+    let third = open_sharing(&c, None);
+    assert!(Arc::ptr_eq(second.shared_pq(), &shared));
+    assert_ne!(**third.shared_pq(), *shared, "the same shape, another codebook");
+
+    let sp = SearchParams { k: 10, list_size: 20, ..SearchParams::default() };
+    // Half the rows: enough members for the byte-table ranking.
+    let members: Vec<u32> = (0..3_000u32).filter(|i| i % 2 == 0).collect();
+    let queries = rows(12, 7);
+    let mut state = Some(first.searcher().unwrap().into_state());
+    for q in 0..queries.len() {
+        for index in [&first, &second, &third, &second, &first] {
+            let fresh = index.searcher().unwrap().search(queries.row(q), sp).unwrap().0;
+            let fresh_among =
+                index.searcher().unwrap().search_among(queries.row(q), &members, sp).unwrap().0;
+            let mut s = index.searcher_with(state.take().unwrap()).unwrap();
+            assert_eq!(s.search(queries.row(q), sp).unwrap().0, fresh, "query {q}");
+            assert_eq!(s.search_among(queries.row(q), &members, sp).unwrap().0, fresh_among);
+            state = Some(s.into_state());
+        }
+    }
+}

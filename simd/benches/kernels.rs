@@ -184,3 +184,56 @@ fn pq_neighbour_list<const M: usize>(bencher: Bencher<'_, '_>, tier: &str) {
         black_box(&out);
     });
 }
+
+/// Codes of a filtered search's ranking: every tenth code of a 2¹⁸-code array (a 10% filter on
+/// a 262k-row segment), ascending, scored through the `f32` table and through its byte table.
+const PQ_RANKED_ROWS: usize = 1 << 18;
+
+fn pq_ranked_ids(m: usize) -> (Vec<f32>, Vec<u8>, Vec<u32>) {
+    let codes = bytes(PQ_RANKED_ROWS * m, 7);
+    let ids: Vec<u32> = data(PQ_RANKED_ROWS, 8)
+        .enumerate()
+        .filter(|&(_, x)| x % 10 == 0)
+        .map(|(i, _)| i as u32)
+        .collect();
+    (pq_table(m), codes.to_vec(), ids)
+}
+
+/// A tenth of the codes, ascending, through the `f32` table.
+#[divan::bench(args = TIERS, consts = PQ_M)]
+fn pq_ranked_f32<const M: usize>(bencher: Bencher<'_, '_>, tier: &str) {
+    let Some(k) = isa(tier) else { return };
+    let (table, codes, ids) = pq_ranked_ids(M);
+    let mut out = vec![0.0f32; ids.len()];
+    bencher.counter(ItemsCount::new(ids.len())).bench_local(|| {
+        k.pq_score_ids(PqTable::new(black_box(&table), M), black_box(&codes), &ids, &mut out);
+        black_box(&out);
+    });
+}
+
+/// The same codes through the byte table.
+#[divan::bench(args = TIERS, consts = PQ_M)]
+fn pq_ranked_u8<const M: usize>(bencher: Bencher<'_, '_>, tier: &str) {
+    let Some(k) = isa(tier) else { return };
+    let (table, codes, ids) = pq_ranked_ids(M);
+    let mut out = vec![0u16; ids.len()];
+    let mut bytes = Vec::new();
+    quiver_simd::quantize_pq_table(PqTable::new(&table, M), &mut bytes);
+    bencher.counter(ItemsCount::new(ids.len())).bench_local(|| {
+        let t = quiver_simd::PqTableU8::new(black_box(&bytes), M);
+        k.pq_score_ids_u8(t, black_box(&codes), &ids, &mut out);
+        black_box(&out);
+    });
+}
+
+/// Making the byte table of one query ([`quiver_simd::quantize_pq_table`]): once per query
+/// and index a filtered search ranks by bytes.
+#[divan::bench(consts = PQ_M)]
+fn pq_quantize_table<const M: usize>(bencher: Bencher<'_, '_>) {
+    let table = pq_table(M);
+    let mut bytes = Vec::new();
+    bencher.counter(ItemsCount::new(M * PQ_CENTROIDS)).bench_local(|| {
+        quiver_simd::quantize_pq_table(PqTable::new(black_box(&table), M), &mut bytes);
+        black_box(&bytes);
+    });
+}

@@ -2,8 +2,8 @@
 //! against. It is also what a CPU without any supported extension runs.
 
 use crate::{
-    Kernels, PQ_CENTROIDS, PqTable, Tier, check_int_pair, check_pair, check_pq, check_pq_ids,
-    cosine_from_sums,
+    Kernels, PQ_CENTROIDS, PqTable, PqTableU8, Tier, check_int_pair, check_pair, check_pq,
+    check_pq_ids, cosine_from_sums,
 };
 
 /// The scalar reference tier. Always available.
@@ -71,6 +71,17 @@ impl Kernels for Scalar {
             let at = id as usize * m;
             *o = pq_one(table, &codes[at..at + m]);
         }
+    }
+}
+
+/// The byte-table sum of each code `ids[j]` ([`crate::Kernels::pq_score_ids_u8`]'s reference).
+pub(crate) fn pq_score_ids_u8(table: PqTableU8<'_>, codes: &[u8], ids: &[u32], out: &mut [u16]) {
+    let (t, m) = (table.as_slice(), table.subspaces());
+    for (&id, o) in ids.iter().zip(out.iter_mut()) {
+        let code = &codes[id as usize * m..(id as usize + 1) * m];
+        let entries =
+            code.iter().enumerate().map(|(j, &c)| u16::from(t[j * PQ_CENTROIDS + usize::from(c)]));
+        *o = entries.sum();
     }
 }
 

@@ -3,13 +3,17 @@
 //! fails here rather than silently degrading recall. Integer kernels must agree exactly; float
 //! kernels within the forward error bound of a `dim`-term sum, `dim · ε · Σ|terms|` (tiers add in
 //! different orders, so bit equality is not expected). The scalar tier itself is checked against an
-//! `f64` oracle with the same bound. On x86-64 the AVX-512 tier runs twice, with and without VNNI;
-//! on aarch64 (under qemu in CI) the NEON tier runs.
+//! `f64` oracle with the same bound. On x86-64 the AVX-512 tier runs three times: with VNNI and
+//! VBMI, without VNNI, and without VBMI; on aarch64 (under qemu in CI) the NEON tier runs. The
+//! byte-table PQ scorer must agree exactly, and a byte table must rank codes as its `f32` table
+//! does within the margin it states (a filtered search keeps every code within it).
 //!
 //! Case count: `PROPTEST_CASES` (default 256).
 
 use proptest::prelude::*;
-use quiver_simd::{Isa, Kernels, MAX_DIM, PQ_CENTROIDS, PqTable, Scalar};
+use quiver_simd::{
+    Isa, Kernels, MAX_DIM, PQ_CENTROIDS, PqTable, PqTableU8, Scalar, quantize_pq_table,
+};
 
 /// Every tier this CPU supports, plus the non-VNNI AVX-512 path where VNNI exists.
 fn tiers() -> Vec<Isa> {
@@ -18,6 +22,10 @@ fn tiers() -> Vec<Isa> {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = quiver_simd::Avx512::new().filter(|t| t.has_vnni()) {
         v.push(Isa::Avx512(t.without_vnni()));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = quiver_simd::Avx512::new().filter(|t| t.has_vbmi()) {
+        v.push(Isa::Avx512(t.without_vbmi()));
     }
     v
 }
@@ -144,6 +152,58 @@ fn check_pq(table: &[f32], m: usize, codes: &[u8], ids: &[u32]) {
     }
 }
 
+/// Byte-table sums of every tier against the naive loop (exact), and the byte table's ranking
+/// against the `f32` table's: every code among the `keep` nearest by `f32` distance is within
+/// the margin of the `keep`-th smallest sum.
+fn check_pq_u8(table: &[f32], m: usize, codes: &[u8], ids: &[u32], keep: usize) {
+    let mut bytes = Vec::new();
+    let quantized = quantize_pq_table(PqTable::new(table, m), &mut bytes).expect("finite table");
+    let t = PqTableU8::new(&bytes, m);
+    let naive: Vec<u16> = ids
+        .iter()
+        .map(|&id| {
+            let code = &codes[id as usize * m..(id as usize + 1) * m];
+            code.iter()
+                .enumerate()
+                .map(|(j, &c)| u16::from(bytes[j * PQ_CENTROIDS + usize::from(c)]))
+                .sum()
+        })
+        .collect();
+    for isa in tiers() {
+        let mut out = vec![u16::MAX; ids.len()];
+        isa.pq_score_ids_u8(t, codes, ids, &mut out);
+        assert_eq!(out, naive, "{} pq_ids_u8 m {m}", name(isa));
+    }
+    if ids.is_empty() {
+        return;
+    }
+    let mut exact = vec![0.0f32; ids.len()];
+    Scalar.pq_score_ids(PqTable::new(table, m), codes, ids, &mut exact);
+    let keep = keep.clamp(1, ids.len());
+    let mut sums = naive.clone();
+    sums.sort_unstable();
+    let threshold = u32::from(sums[keep - 1]) + quantized.margin();
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by(|&a, &b| exact[a].total_cmp(&exact[b]));
+    let kth = exact[order[keep - 1]];
+    for (j, &d) in exact.iter().enumerate() {
+        if d <= kth {
+            assert!(
+                u32::from(naive[j]) <= threshold,
+                "m {m}: code {} at f32 distance {d} (the {keep}-th is {kth}) has sum {} > {threshold}",
+                ids[j],
+                naive[j]
+            );
+        }
+        let approx = quantized.offset + quantized.step * f32::from(naive[j]);
+        let bound = quantized.step * (m as f32 / 2.0 + 0.5) + 1e-4 * d.abs();
+        assert!(
+            (approx - d).abs() <= bound,
+            "m {m}: sum {approx} for distance {d} (bound {bound})"
+        );
+    }
+}
+
 /// A pair of float vectors of one length: uniform in ±scale, sometimes one of them all zeros.
 fn f32_pair() -> impl Strategy<Value = (Vec<f32>, Vec<f32>)> {
     (1usize..=1024, prop_oneof![Just(1.0f32), Just(1e-3), Just(1e3), Just(1e15)], 0u8..8)
@@ -191,6 +251,25 @@ proptest! {
         let codes: Vec<u8> = (0..n * m).map(|_| rng.next() as u8).collect();
         let ids: Vec<u32> = if n == 0 { vec![] } else { (0..n * 2).map(|_| (rng.next() % n as u64) as u32).collect() };
         check_pq(&table, m, &codes, &ids);
+    }
+
+    #[test]
+    fn byte_table_scorer_is_exact_and_ranks_within_its_margin(
+        m in prop_oneof![Just(8usize), Just(32), Just(64), Just(256), 1usize..=80],
+        n in 1usize..300,
+        seed in any::<u64>(),
+        scale in prop_oneof![Just(1.0f32), Just(1e-3), Just(1e6)],
+        keep in 1usize..60,
+    ) {
+        let mut rng = SplitMix(seed);
+        let table: Vec<f32> = (0..m * PQ_CENTROIDS).map(|_| (rng.unit() + 1.0) * scale).collect();
+        let codes: Vec<u8> = (0..n * m).map(|_| rng.next() as u8).collect();
+        // Ascending runs as a filtered search gives them, a few repeats, the last code (whose
+        // 4-byte pieces end at the array's end), and ids far apart.
+        let mut ids: Vec<u32> = (0..n as u32).filter(|_| !rng.next().is_multiple_of(3)).collect();
+        ids.extend((0..n % 70).map(|_| (rng.next() % n as u64) as u32));
+        ids.push(n as u32 - 1);
+        check_pq_u8(&table, m, &codes, &ids, keep);
     }
 
     #[test]

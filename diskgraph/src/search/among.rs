@@ -12,12 +12,13 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use quiver_simd::{Isa, PqTable};
+use quiver_simd::{Isa, PqQuantization, PqTable, PqTableU8, quantize_pq_table};
 
 use super::{
     LayoutError, MAX_BEAM_WIDTH, Neighbour, QueryError, QueryStats, Row, SearchError, SearchParams,
     Searcher, exact_distance, prepare_query,
 };
+use crate::codes::Codes;
 use crate::layout::{NodeLocation, SECTOR, node_from_sectors, parse_node};
 
 /// Fewer labels than one in this many of the index's nodes are put in order by a sort; more,
@@ -33,6 +34,31 @@ pub(super) struct AmongScratch {
     positions: Vec<u32>,
     /// Their PQ distances.
     distances: Vec<f32>,
+    /// Scratch of the ranking through a byte table.
+    bytes: ByteScratch,
+}
+
+impl AmongScratch {
+    /// Drops the byte table: the `f32` table it was made from changed.
+    pub(super) fn forget_table(&mut self) {
+        self.bytes.quantization = None;
+    }
+}
+
+/// Scratch of [`nearest_through_bytes`].
+#[derive(Default)]
+pub(super) struct ByteScratch {
+    /// The byte table of the state's `f32` table, and how its sums map to distances, once
+    /// made (`None`: to be made).
+    quantization: Option<PqQuantization>,
+    table: Vec<u8>,
+    /// Each member's byte sum.
+    sums: Vec<u16>,
+    /// How many members have each sum.
+    counts: Vec<u32>,
+    /// The members within the margin, and their `f32` distances.
+    kept: Vec<u32>,
+    kept_distances: Vec<f32>,
 }
 
 impl Searcher<'_> {
@@ -86,16 +112,25 @@ impl Searcher<'_> {
     ) -> Result<Vec<u32>, SearchError> {
         let ix = self.index;
         let where_is = ix.label_positions()?;
-        let AmongScratch { bits, positions, distances } = scratch;
+        let AmongScratch { bits, positions, distances, bytes } = scratch;
         positions_in_order(where_is, labels, bits, positions)?;
         let reread = params.list_size.max(params.k);
         if positions.len() <= reread {
             return Ok(positions.clone());
         }
-        ix.pq.query_table(qf, &mut self.state.table);
+        if self.fill_table(qf) {
+            bytes.quantization = None;
+        }
         let table = PqTable::new(&self.state.table, ix.pq.bytes());
+        let kernels = Isa::active();
+        if positions.len() >= BYTES_FROM_SHARE * reread
+            && let Some(nearest) =
+                nearest_through_bytes(kernels, &ix.codes, table, positions, reread, bytes, stats)
+        {
+            return Ok(nearest);
+        }
         distances.resize(positions.len(), 0.0);
-        ix.codes.score_ids(Isa::active(), table, positions, distances);
+        ix.codes.score_ids(kernels, table, positions, distances);
         stats.pq_distances += positions.len() as u64;
         Ok(nearest(positions, distances, reread))
     }
@@ -228,6 +263,59 @@ fn positions_in_order(
     Ok(())
 }
 
+/// Members are ranked through a byte table when they are at least this many times the list.
+/// Fewer, and the `f32` scoring of them all costs about what the byte table's making does.
+const BYTES_FROM_SHARE: usize = 16;
+
+/// The `count` of `positions` (ascending) nearest by the `f32` table `table`, as [`nearest`]
+/// finds them, found through its byte table ([`quantize_pq_table`]) at a fraction of the cost:
+/// every member's byte sum (exact integers, several times faster than `f32` lookups), the
+/// `count`-th smallest sum, and then the `f32` distances of only the members whose sums are
+/// within the quantisation's margin of it — a set that holds every one of the `count` nearest
+/// by `f32` distance ([`PqQuantization::margin`]), so the result is [`nearest`]'s. `None` when
+/// the table cannot be quantised (too many subspaces).
+fn nearest_through_bytes(
+    kernels: Isa,
+    codes: &Codes,
+    table: PqTable<'_>,
+    positions: &[u32],
+    count: usize,
+    scratch: &mut ByteScratch,
+    stats: &mut QueryStats,
+) -> Option<Vec<u32>> {
+    debug_assert!(count > 0 && positions.len() > count);
+    let ByteScratch { quantization, table: bytes, sums, counts, kept, kept_distances } = scratch;
+    let quantization = match *quantization {
+        Some(made) => made,
+        None => *quantization.insert(quantize_pq_table(table, bytes)?),
+    };
+    let m = table.subspaces();
+    sums.resize(positions.len(), 0);
+    codes.score_ids_u8(kernels, PqTableU8::new(bytes, m), positions, sums);
+    stats.pq_distances += positions.len() as u64;
+    // The `count`-th smallest sum, by counting: sums are at most `255 · m`.
+    counts.clear();
+    counts.resize(255 * m + 1, 0);
+    for &sum in sums.iter() {
+        counts[usize::from(sum)] += 1;
+    }
+    let mut below = 0usize;
+    let kth = counts.iter().position(|&n| {
+        below += n as usize;
+        below >= count
+    });
+    let kth = kth.expect("more members than the count") as u32;
+    let limit = kth + quantization.margin();
+    kept.clear();
+    kept.extend(
+        positions.iter().zip(sums.iter()).filter(|&(_, &s)| u32::from(s) <= limit).map(|(&p, _)| p),
+    );
+    kept_distances.resize(kept.len(), 0.0);
+    codes.score_ids(kernels, table, kept, kept_distances);
+    stats.pq_distances += kept.len() as u64;
+    Some(nearest(kept, kept_distances, count))
+}
+
 /// A position with its PQ distance, ordered by distance, then position.
 #[derive(Clone, Copy, PartialEq)]
 struct Scored(f32, u32);
@@ -290,6 +378,52 @@ mod tests {
         for labels in [vec![2048u32], (0..2049u32).collect()] {
             let e = positions_in_order(&where_is, &labels, &mut bits, &mut out).unwrap_err();
             assert!(matches!(e, QueryError::Label { label: 2048, n: 2048 }), "{e}");
+        }
+    }
+
+    #[test]
+    fn ranking_through_bytes_finds_what_the_f32_table_finds() {
+        // The byte table only narrows the members whose `f32` distances are taken: the
+        // result must be `nearest`'s over every member, ties included, whatever the table's
+        // spread (one wide subspace makes the step coarse for all the others).
+        let (m, n) = (32usize, 5_000u32);
+        let mut state = 0x1234_5678_u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u32
+        };
+        let codes = Codes::whole(m, (0..n as usize * m).map(|_| next() as u8).collect());
+        let kernels = Isa::active();
+        for (round, count) in [(0, 10usize), (1, 50), (2, 1), (3, 200)] {
+            let table: Vec<f32> = (0..m * 256)
+                .map(|i| {
+                    let wide = if round == 2 && i / 256 == 5 { 1e4 } else { 1.0 };
+                    // Coarse values on round 1, so that many codes tie.
+                    let x = (next() % 1000) as f32 * wide;
+                    if round == 1 { (x / 100.0).floor() } else { x }
+                })
+                .collect();
+            let table = PqTable::new(&table, m);
+            let positions: Vec<u32> = (0..n).filter(|_| next() % 3 == 0).collect();
+            let mut distances = vec![0.0; positions.len()];
+            codes.score_ids(kernels, table, &positions, &mut distances);
+            let want = nearest(&positions, &distances, count);
+            let (mut scratch, mut stats) = (ByteScratch::default(), QueryStats::default());
+            let got = nearest_through_bytes(
+                kernels,
+                &codes,
+                table,
+                &positions,
+                count,
+                &mut scratch,
+                &mut stats,
+            );
+            assert_eq!(got.as_deref(), Some(&want[..]), "round {round}, {count} nearest");
+            // It took the `f32` distances of a few members only.
+            let exact = stats.pq_distances as usize - positions.len();
+            assert!(exact >= count && exact < positions.len() / 2, "round {round}: {exact} taken");
         }
     }
 

@@ -451,6 +451,9 @@ pub struct SearchState {
     /// A read node's sectors as read, admitted to the shared cache once they verified.
     admit: Vec<u8>,
     table: Vec<f32>,
+    /// The codebook and the query `table` was made for: a query searches every index of a
+    /// collection, and indexes that share a codebook share the table too.
+    table_for: Option<(Arc<PqCodebook>, Vec<f32>)>,
     /// PQ distances of the start candidates.
     start_distances: Vec<f32>,
     /// Scratch of [`Searcher::search_among`].
@@ -481,6 +484,7 @@ impl SearchState {
             cached: Vec::new(),
             admit: Vec::new(),
             table: Vec::new(),
+            table_for: None,
             start_distances: Vec::new(),
             among: among::AmongScratch::default(),
         })
@@ -569,6 +573,30 @@ pub enum SearchError {
 }
 
 impl Searcher<'_> {
+    /// Makes the state's PQ table for the query `qf` through this index's codebook, unless it
+    /// holds that table already (the same query searched another index of the same codebook
+    /// just before); returns whether it made it. A new table drops the byte table made from
+    /// the old one.
+    fn fill_table(&mut self, qf: &[f32]) -> bool {
+        let pq = &self.index.pq;
+        let same_query = |q: &[f32]| {
+            q.len() == qf.len() && q.iter().zip(qf).all(|(a, b)| a.to_bits() == b.to_bits())
+        };
+        if let Some((made_with, query)) = &self.state.table_for
+            && Arc::ptr_eq(made_with, pq)
+            && same_query(query)
+        {
+            return false;
+        }
+        pq.query_table(qf, &mut self.state.table);
+        let mut query = self.state.table_for.take().map(|(_, q)| q).unwrap_or_default();
+        query.clear();
+        query.extend_from_slice(qf);
+        self.state.table_for = Some((Arc::clone(pq), query));
+        self.state.among.forget_table();
+        true
+    }
+
     /// The state, to reuse for another search of this or another index.
     pub fn into_state(self) -> SearchState {
         self.state
@@ -639,7 +667,7 @@ impl Searcher<'_> {
         }
         let (qf, native) = prepare_query(&h, query)?;
         let k = Isa::active();
-        ix.pq.query_table(&qf, &mut self.state.table);
+        self.fill_table(&qf);
         let table = PqTable::new(&self.state.table, ix.pq.bytes());
         let l = params.list_size.max(params.k);
         let mut stats = QueryStats::default();

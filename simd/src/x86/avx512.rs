@@ -11,18 +11,22 @@
 
 use core::arch::x86_64::{
     __m512, __m512i, __mmask16, __mmask32, __mmask64, _mm_loadu_si128, _mm_maskz_loadu_epi8,
-    _mm256_loadu_si256, _mm256_maskz_loadu_epi8, _mm512_add_epi32, _mm512_add_ps,
-    _mm512_cvtepi8_epi16, _mm512_cvtepu8_epi16, _mm512_cvtepu8_epi32, _mm512_dpbusd_epi32,
-    _mm512_fmadd_ps, _mm512_i32gather_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_madd_epi16,
-    _mm512_mask_i32gather_ps, _mm512_maskz_loadu_epi8, _mm512_maskz_loadu_ps, _mm512_max_epi8,
-    _mm512_max_epu8, _mm512_min_epi8, _mm512_min_epu8, _mm512_reduce_add_epi32,
-    _mm512_reduce_add_ps, _mm512_set1_epi8, _mm512_set1_epi32, _mm512_setr_epi32,
-    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_slli_epi32, _mm512_sub_epi8, _mm512_sub_epi16,
-    _mm512_sub_epi32, _mm512_sub_ps, _mm512_xor_si512,
+    _mm256_loadu_si256, _mm256_maskz_loadu_epi8, _mm512_add_epi16, _mm512_add_epi32, _mm512_add_ps,
+    _mm512_castsi512_si256, _mm512_cvtepi8_epi16, _mm512_cvtepu8_epi16, _mm512_cvtepu8_epi32,
+    _mm512_dpbusd_epi32, _mm512_extracti64x4_epi64, _mm512_fmadd_ps, _mm512_i32gather_epi32,
+    _mm512_i32gather_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_madd_epi16,
+    _mm512_mask_blend_epi8, _mm512_mask_i32gather_ps, _mm512_maskz_loadu_epi8,
+    _mm512_maskz_loadu_ps, _mm512_max_epi8, _mm512_max_epu8, _mm512_max_epu32, _mm512_min_epi8,
+    _mm512_min_epu8, _mm512_min_epu32, _mm512_movepi8_mask, _mm512_mullo_epi32,
+    _mm512_permutex2var_epi8, _mm512_permutexvar_epi8, _mm512_reduce_add_epi32,
+    _mm512_reduce_add_ps, _mm512_reduce_max_epu32, _mm512_reduce_min_epu32, _mm512_set1_epi8,
+    _mm512_set1_epi32, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_setzero_si512,
+    _mm512_shuffle_i64x2, _mm512_slli_epi32, _mm512_storeu_si512, _mm512_sub_epi8,
+    _mm512_sub_epi16, _mm512_sub_epi32, _mm512_sub_ps, _mm512_xor_si512,
 };
 
 use super::CodeWalk;
-use crate::{PQ_CENTROIDS, PqTable};
+use crate::{PQ_CENTROIDS, PqTable, PqTableU8};
 
 /// Mask of the low `r` lanes, `r < 16`.
 #[inline(always)]
@@ -393,5 +397,143 @@ pub(super) unsafe fn pq_score(
             j += 16;
         }
         *o = _mm512_reduce_add_ps(acc);
+    }
+}
+
+/// Blocks of 64 codes whose codes the byte-table scorer fetches ahead of scoring them.
+const PREFETCH_BLOCKS: usize = 1;
+
+/// Byte `16b + i` takes byte `4i + b`: a register of 16 codes' 4-byte pieces (a piece per 32-bit
+/// lane) becomes four 16-byte runs, run `b` holding byte `b` of every piece.
+const PIECES_TO_RUNS: [u8; 64] = {
+    let mut index = [0u8; 64];
+    let mut at = 0;
+    while at < 64 {
+        index[at] = (4 * (at % 16) + at / 16) as u8;
+        at += 1;
+    }
+    index
+};
+
+/// The byte-table sums of the codes `ids` ([`crate::Kernels::pq_score_ids_u8`]), 64 at a time.
+///
+/// A block of 64 codes is read four bytes (subspaces) at a time: a 32-bit gather from 16 codes
+/// at once, four gathers for the 64; a byte permutation and a 4 × 4 transposition of 128-bit
+/// lanes turn them into four registers, one per subspace, each holding that subspace's byte of
+/// the 64 codes in code order. A subspace's 256 entries are four registers: two two-register
+/// byte lookups (entries below 128, and from 128) and a blend on the index's top bit give the 64
+/// entries, widened to 16 bits and added. A block whose reads would pass the end of `codes`, or
+/// whose ids lie too far apart for 32-bit offsets, and the last `ids.len() % 64`, take the
+/// scalar loop.
+///
+/// # Safety
+/// See the module docs; also the CPU has AVX-512 VBMI, and `out.len() == ids.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+pub(super) unsafe fn pq_score_ids_u8(
+    table: PqTableU8<'_>,
+    codes: &[u8],
+    ids: &[u32],
+    out: &mut [u16],
+) {
+    let m = table.subspaces();
+    // Bytes read from the start of a code: whole 4-byte pieces.
+    let reach = 4 * m.div_ceil(4);
+    let mut blocks = ids.chunks_exact(64);
+    let mut outs = out.chunks_exact_mut(64);
+    for &id in ids.iter().take(PREFETCH_BLOCKS * 64) {
+        super::prefetch_code(codes, id, m);
+    }
+    for (at, (block, o)) in (&mut blocks).zip(&mut outs).enumerate() {
+        // The codes lie anywhere in a large array: fetch those of a later block while this
+        // one is scored (a block's first reads waited on memory most of its time without).
+        let ahead = (at + PREFETCH_BLOCKS) * 64;
+        for &id in ids.get(ahead..ahead + 64).unwrap_or_default() {
+            super::prefetch_code(codes, id, m);
+        }
+        // SAFETY: the block holds 64 ids: four loads of 16 `u32` inside it.
+        let lanes: [__m512i; 4] = core::array::from_fn(|k| unsafe {
+            _mm512_loadu_si512(block.as_ptr().add(16 * k).cast())
+        });
+        let both =
+            |f: fn(__m512i, __m512i) -> __m512i| f(f(lanes[0], lanes[1]), f(lanes[2], lanes[3]));
+        let low = _mm512_reduce_min_epu32(both(|a, b| _mm512_min_epu32(a, b))) as usize;
+        let high = _mm512_reduce_max_epu32(both(|a, b| _mm512_max_epu32(a, b))) as usize;
+        if high * m + reach > codes.len() || (high - low) * m + reach > i32::MAX as usize {
+            crate::scalar::pq_score_ids_u8(table, codes, block, o);
+            continue;
+        }
+        // SAFETY: every id of the block reads `id · m .. id · m + reach`, inside `codes` as
+        // `high · m + reach <= codes.len()`; offsets from `low · m` fit 32 bits (both checked).
+        unsafe { score_block_u8(table, codes.as_ptr().add(low * m), lanes, low as u32, o) };
+    }
+    let rest = blocks.remainder();
+    crate::scalar::pq_score_ids_u8(table, codes, rest, outs.into_remainder());
+}
+
+/// One block of [`pq_score_ids_u8`]: the 64 codes whose ids are `lanes`, read from `base`
+/// (the code of id `low`) onwards, into `out[..64]`.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VBMI; for every id, `base + (id − low) · m .. + 4 · ⌈m / 4⌉` is
+/// readable and below `base + i32::MAX`; `out.len() == 64`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+#[inline]
+unsafe fn score_block_u8(
+    table: PqTableU8<'_>,
+    base: *const u8,
+    lanes: [__m512i; 4],
+    low: u32,
+    out: &mut [u16],
+) {
+    debug_assert_eq!(out.len(), 64);
+    let m = table.subspaces();
+    let entries = table.as_slice().as_ptr();
+    let (width, first) = (_mm512_set1_epi32(m as i32), _mm512_set1_epi32(low as i32));
+    let offsets = lanes.map(|ids| _mm512_mullo_epi32(_mm512_sub_epi32(ids, first), width));
+    // SAFETY: 64 bytes of a constant.
+    let to_runs = unsafe { _mm512_loadu_si512(PIECES_TO_RUNS.as_ptr().cast()) };
+    let mut sums = [_mm512_setzero_si512(); 2];
+    for piece in 0..m.div_ceil(4) {
+        let at = _mm512_set1_epi32(4 * piece as i32);
+        let runs = offsets.map(|o| {
+            // SAFETY: each lane reads 4 bytes at `base + (id − low) · m + 4 · piece`, inside
+            // the readable range (caller); scale 1 makes the offsets byte offsets.
+            let gathered =
+                unsafe { _mm512_i32gather_epi32::<1>(_mm512_add_epi32(o, at), base.cast()) };
+            _mm512_permutexvar_epi8(to_runs, gathered)
+        });
+        // 128-bit lane b of `runs[k]` is subspace 4·piece + b of codes 16k..16k + 16: transpose
+        // so that register b holds subspace 4·piece + b of all 64 codes, in order.
+        let a01 = _mm512_shuffle_i64x2::<0b01_00_01_00>(runs[0], runs[1]);
+        let b01 = _mm512_shuffle_i64x2::<0b11_10_11_10>(runs[0], runs[1]);
+        let a23 = _mm512_shuffle_i64x2::<0b01_00_01_00>(runs[2], runs[3]);
+        let b23 = _mm512_shuffle_i64x2::<0b11_10_11_10>(runs[2], runs[3]);
+        let subspaces = [
+            _mm512_shuffle_i64x2::<0b10_00_10_00>(a01, a23),
+            _mm512_shuffle_i64x2::<0b11_01_11_01>(a01, a23),
+            _mm512_shuffle_i64x2::<0b10_00_10_00>(b01, b23),
+            _mm512_shuffle_i64x2::<0b11_01_11_01>(b01, b23),
+        ];
+        for (b, &index) in subspaces.iter().enumerate().take(m - 4 * piece) {
+            let row = (4 * piece + b) * PQ_CENTROIDS;
+            // SAFETY: row `4·piece + b < m` of the table: 256 bytes at `row`, four loads of 64.
+            let quarter: [__m512i; 4] = core::array::from_fn(|q| unsafe {
+                _mm512_loadu_si512(entries.add(row + 64 * q).cast())
+            });
+            let below = _mm512_permutex2var_epi8(quarter[0], index, quarter[1]);
+            let above = _mm512_permutex2var_epi8(quarter[2], index, quarter[3]);
+            let value = _mm512_mask_blend_epi8(_mm512_movepi8_mask(index), below, above);
+            sums[0] =
+                _mm512_add_epi16(sums[0], _mm512_cvtepu8_epi16(_mm512_castsi512_si256(value)));
+            sums[1] = _mm512_add_epi16(
+                sums[1],
+                _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(value)),
+            );
+        }
+    }
+    // SAFETY: `out` holds 64 `u16`: two stores of 32.
+    unsafe {
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), sums[0]);
+        _mm512_storeu_si512(out.as_mut_ptr().add(32).cast(), sums[1]);
     }
 }

@@ -8,7 +8,8 @@ mod avx512;
 use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
 
 use crate::{
-    Kernels, PqTable, Tier, check_int_pair, check_pair, check_pq, check_pq_ids, cosine_from_sums,
+    Kernels, PqTable, PqTableU8, Tier, check_int_pair, check_pair, check_pq, check_pq_ids,
+    check_pq_ids_m, cosine_from_sums,
 };
 
 /// How many codes ahead the PQ scorers prefetch when codes are picked by id. Neighbour lists point
@@ -94,28 +95,43 @@ impl Avx2 {
 }
 
 /// Proof that the CPU has AVX-512 F, BW and VL (and AVX2/FMA, which every such CPU has), plus whether
-/// the integer kernels may use AVX-512 VNNI.
+/// the integer kernels may use AVX-512 VNNI and the byte-table PQ scorer AVX-512 VBMI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Avx512 {
     vnni: bool,
+    vbmi: bool,
 }
 
 impl Avx512 {
-    /// The token, if this CPU has AVX-512 F/BW/VL. VNNI is used when detected.
+    /// The token, if this CPU has AVX-512 F/BW/VL. VNNI and VBMI are used when detected.
     pub fn new() -> Option<Self> {
         let base = is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma");
-        base.then(|| Self { vnni: is_x86_feature_detected!("avx512vnni") })
+        base.then(|| Self {
+            vnni: is_x86_feature_detected!("avx512vnni"),
+            vbmi: is_x86_feature_detected!("avx512vbmi"),
+        })
     }
 
     /// The same tier with the VNNI integer kernels switched off (the widening AVX-512BW kernels run
     /// instead); lets tests and benchmarks check both paths on a VNNI machine.
     #[must_use]
     pub fn without_vnni(self) -> Self {
-        Self { vnni: false }
+        Self { vnni: false, ..self }
+    }
+
+    /// The same tier without the VBMI byte-table PQ scorer (the scalar loop runs instead).
+    #[must_use]
+    pub fn without_vbmi(self) -> Self {
+        Self { vbmi: false, ..self }
+    }
+
+    /// Whether the byte-table PQ scorer uses VBMI.
+    pub fn has_vbmi(self) -> bool {
+        self.vbmi
     }
 
     /// Whether the integer kernels use VNNI.
@@ -277,5 +293,16 @@ impl Kernels for Avx512 {
         check_pq_ids(&table, codes.len(), ids, out.len());
         // SAFETY: `self` proves AVX-512 F/BW/VL; every id names a whole code inside `codes` (checked).
         unsafe { avx512::pq_score(table, codes, Some(ids), out) }
+    }
+
+    fn pq_score_ids_u8(self, table: PqTableU8<'_>, codes: &[u8], ids: &[u32], out: &mut [u16]) {
+        check_pq_ids_m(table.subspaces(), codes.len(), ids, out.len());
+        if self.vbmi {
+            // SAFETY: `self.vbmi` is true only if AVX-512 VBMI was detected besides F/BW/VL;
+            // every id names a whole code inside `codes` and `out` has one slot per id (checked).
+            unsafe { avx512::pq_score_ids_u8(table, codes, ids, out) }
+        } else {
+            crate::scalar::pq_score_ids_u8(table, codes, ids, out);
+        }
     }
 }
