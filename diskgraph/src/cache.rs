@@ -99,7 +99,14 @@ pub struct SectorCache {
     misses: AtomicU64,
     inserts: AtomicU64,
     evictions: AtomicU64,
+    /// Hits and lookups of the recent past: both halved whenever the lookups pass
+    /// [`HIT_WINDOW`], so old lookups weigh less and less ([`SectorCache::recent_hit_rate`]).
+    window_hits: AtomicU64,
+    window_lookups: AtomicU64,
 }
+
+/// Lookups after which the recent hit rate's counts are halved.
+pub const HIT_WINDOW: u64 = 1 << 12;
 
 /// What a cache holds and has done since it was created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,7 +144,34 @@ impl SectorCache {
             misses: AtomicU64::new(0),
             inserts: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            window_hits: AtomicU64::new(0),
+            window_lookups: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a lookup in the recent window, halving the window's counts when it is full
+    /// (two threads may both halve: an estimate, never a count anything depends on exactly).
+    fn count_recent(&self, hit: bool) {
+        if hit {
+            self.window_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.window_lookups.fetch_add(1, Ordering::Relaxed) + 1 >= HIT_WINDOW {
+            let halve = |n: &AtomicU64| {
+                let _ = n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v / 2));
+            };
+            halve(&self.window_lookups);
+            halve(&self.window_hits);
+        }
+    }
+
+    /// The share of recent lookups that found their sectors, in `[0, 1]` (0 before any):
+    /// what a planner expects of a search's next reads. Lookups count half as much each time
+    /// [`HIT_WINDOW`] more have been made.
+    #[must_use]
+    pub fn recent_hit_rate(&self) -> f64 {
+        let lookups = self.window_lookups.load(Ordering::Relaxed);
+        let hits = self.window_hits.load(Ordering::Relaxed);
+        if lookups == 0 { 0.0 } else { (hits as f64 / lookups as f64).clamp(0.0, 1.0) }
     }
 
     /// A key for a newly opened index, never handed out before in this process.
@@ -160,6 +194,7 @@ impl SectorCache {
         let Some(&at) = shard.map.get(&key) else {
             drop(shard);
             self.misses.fetch_add(1, Ordering::Relaxed);
+            self.count_recent(false);
             return false;
         };
         let entry = shard.slots[at].as_ref().expect("mapped slots are occupied");
@@ -168,6 +203,7 @@ impl SectorCache {
         out.extend_from_slice(&entry.bytes);
         drop(shard);
         self.hits.fetch_add(1, Ordering::Relaxed);
+        self.count_recent(true);
         true
     }
 
@@ -204,6 +240,12 @@ impl SectorCache {
         drop(shard);
         self.inserts.fetch_add(1, Ordering::Relaxed);
         self.evictions.fetch_add(evicted, Ordering::Relaxed);
+    }
+
+    /// Node reads evicted since the cache was created (without locking the shards).
+    #[must_use]
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// The capacity in bytes.
@@ -272,6 +314,28 @@ mod tests {
         assert!(!cache.get(a, 8, &mut out));
         let s = cache.stats();
         assert_eq!((s.hits, s.misses, s.inserts, s.entries), (1, 2, 1, 1));
+    }
+
+    /// A planner reads the recent hit rate to price a node read: it must follow what the
+    /// cache does now (a cold start's misses fade), not the whole history.
+    #[test]
+    fn the_recent_hit_rate_follows_the_latest_lookups() {
+        let cache = SectorCache::new(64 * (NODE + ENTRY_OVERHEAD) * SHARDS);
+        let ix = SectorCache::next_index_key();
+        assert_eq!(cache.recent_hit_rate(), 0.0, "no lookups yet");
+        let mut out = Vec::new();
+        for _ in 0..3 * HIT_WINDOW {
+            assert!(!cache.get(ix, 1, &mut out));
+        }
+        assert_eq!(cache.recent_hit_rate(), 0.0);
+        cache.insert(ix, 1, &sector_bytes(1));
+        for _ in 0..4 * HIT_WINDOW {
+            assert!(cache.get(ix, 1, &mut out));
+        }
+        let rate = cache.recent_hit_rate();
+        assert!(rate > 0.9, "after 4 windows of hits: {rate}");
+        let s = cache.stats();
+        assert_eq!((s.hits, s.misses), (4 * HIT_WINDOW, 3 * HIT_WINDOW), "totals are kept");
     }
 
     /// The capacity is a bound, not a hint: filling past it evicts, and the bytes held never

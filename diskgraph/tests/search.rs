@@ -598,3 +598,28 @@ fn ranking_given_labels_reads_through_the_shared_cache_with_the_same_result() {
     }
     assert!(cold_reads > 0, "the first rankings read from disk");
 }
+
+/// Warming reads every node sector into the shared cache, verified: afterwards a search reads
+/// nothing from disk and finds what a cold search finds. A warm that admitted unverified or
+/// misplaced sectors would change results; one that stopped early would leave reads.
+#[test]
+fn a_warmed_cache_answers_every_search_from_memory_with_the_same_results() {
+    let (dir, queries) = bigann_index();
+    let cold = search_all(&open(dir.path(), Backend::IoUring, 0), &queries);
+    let cache = std::sync::Arc::new(SectorCache::new(64 << 20));
+    let index = DiskIndex::open(dir.path(), with_cache(&cache)).unwrap();
+    let sectors = index.header().n.div_ceil(index.header().nodes_per_sector().max(1) as u64);
+    assert_eq!(index.warm_shared_cache().unwrap() as u64, sectors, "every node sector admitted");
+    let (results, ios, hits) = search_all(&index, &queries);
+    assert_eq!(results, cold.0);
+    assert_eq!(ios, 0, "no read left for the disk");
+    assert!(hits > 0);
+    // A cache too small for the index stops at its capacity instead of churning.
+    let small = std::sync::Arc::new(SectorCache::new(1 << 20));
+    let index = DiskIndex::open(dir.path(), with_cache(&small)).unwrap();
+    let admitted = index.warm_shared_cache().unwrap() as u64;
+    let evicted = small.stats().evictions;
+    assert!(admitted < sectors && evicted <= 1, "{admitted} of {sectors}, {evicted} evicted");
+    // Without a shared cache there is nothing to warm.
+    assert_eq!(open(dir.path(), Backend::IoUring, 0).warm_shared_cache().unwrap(), 0);
+}

@@ -3,14 +3,15 @@
 //! peer, so that the comparison carries no transport on either side.
 //!
 //! `filtered_dir DB COLLECTION QUERIES.u8bin --cases CASES.jsonl --list-sizes 10,20,50
-//! [--threads 2] [--sector-cache-mb N]`
+//! [--threads 2] [--sector-cache-mb N] [--warm]`
 //!
 //! Each line of `CASES.jsonl` is a case: `{"name": "...", "conditions": [C, ...]}` with one
 //! condition a query, each `null` (no filter) or `[column, "<" or "=", integer]`. For each case
 //! and list size, the queries are searched on `--threads` threads (dealt round robin, each
 //! thread one at a time), after one unscored pass of the case at the first list size (what a
 //! running server has seen before: its caches and each segment's remembered filters). Prints
-//! one JSON line per (case, list size): QPS, and the ids found for each query.
+//! one JSON line per (case, list size): QPS, and the ids found for each query. `--warm` reads
+//! every index into the sector cache first (`Database::warm_sector_cache`).
 
 mod common;
 
@@ -44,6 +45,12 @@ fn main() -> Result<(), Error> {
         options = options.sector_cache_bytes(cache_mb << 20);
     }
     let db = Database::open(db, options)?;
+    if args.iter().any(|a| a == "--warm") {
+        let started = Instant::now();
+        let admitted = db.warm_sector_cache()?;
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("warmed the sector cache: {admitted} node reads in {secs:.1} s");
+    }
     let q = read_vectors(std::path::Path::new(queries))?;
     let q: Vec<Vec<f32>> = (0..q.len()).map(|i| q.row(i).to_f32()).collect();
     for line in cases.lines().filter(|l| !l.trim().is_empty()) {
@@ -68,6 +75,14 @@ fn main() -> Result<(), Error> {
             let started = Instant::now();
             let ids = run(&db, collection, &q, &params, threads)?;
             let qps = q.len() as f64 / started.elapsed().as_secs_f64();
+            if let Some(cache) = db.sector_cache_stats() {
+                let lookups = (cache.hits + cache.misses).max(1);
+                eprintln!(
+                    "{name} L {list_size}: sector cache {} MiB held, {:.3} of all lookups hit",
+                    cache.bytes >> 20,
+                    cache.hits as f64 / lookups as f64
+                );
+            }
             println!(
                 "{{\"case\": {}, \"L\": {list_size}, \"qps\": {qps:.1}, \"ids\": {ids:?}}}",
                 serde_json::Value::String(name.clone())

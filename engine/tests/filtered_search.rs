@@ -12,6 +12,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::{Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
@@ -233,9 +234,22 @@ fn a_filter_the_collection_cannot_evaluate_is_a_typed_error() {
 /// One indexed segment of `rows` rows whose `bucket` attribute (`id * 7919 % 1000`, spread
 /// evenly and unrelated to the vectors) selects any fraction of the rows in steps of 0.1%.
 fn bucketed(dir: &std::path::Path, rows: u64) -> (Database, Vec<Vec<f32>>) {
+    bucketed_with(dir, rows, None)
+}
+
+/// [`bucketed`], with the planner's node read cost fixed (`Options::node_read_cost`).
+fn bucketed_with(
+    dir: &std::path::Path,
+    rows: u64,
+    read_cost: Option<Duration>,
+) -> (Database, Vec<Vec<f32>>) {
     let schema = CollectionSchema::new(DIM as u32, VectorType::F32, Metric::L2)
         .with_attribute(Field::new("bucket", DataType::Int64, false));
-    let opts = Options::default().background(false).min_index_rows(500).merge_min_segments(0);
+    let opts = Options::default()
+        .background(false)
+        .min_index_rows(500)
+        .merge_min_segments(0)
+        .node_read_cost(read_cost);
     let db = Database::open(dir, opts).unwrap();
     db.create_collection("b", schema).unwrap();
     let vectors: Vec<Vec<f32>> = (0..rows).map(|i| vector(5, i, DIM)).collect();
@@ -265,16 +279,35 @@ fn bucket(id: u64) -> i64 {
     (id * 7919 % 1000) as i64
 }
 
+/// The planner ranks when few rows pass or reads are dear, and walks when reads are cheap
+/// and many pass: each plan must find the true nearest passing rows.
 #[test]
 fn a_filtered_search_ranks_a_small_share_by_pq_and_walks_past_failing_rows_otherwise() {
     const ROWS: u64 = 20_000;
-    let dir = tempfile::tempdir().unwrap();
-    let (db, vectors) = bucketed(dir.path(), ROWS);
-    // (permille of rows that pass, whether the plan ranks them: at most 1/8 of the rows)
-    for (permille, ranked) in [(1, true), (10, true), (100, true), (250, false), (500, false)] {
+    // Reads priced as the disk's: every share ranks (20k rows cost less to rank than a few
+    // extra reads); reads free: a walk once more than RANK_ALWAYS rows pass.
+    for (read, plans) in [
+        (Duration::from_micros(25), [true, true, true, true, true]),
+        (Duration::ZERO, [true, true, true, false, false]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, vectors) = bucketed_with(dir.path(), ROWS, Some(read));
+        check_plans(&db, &vectors, ROWS, [1, 10, 100, 250, 500].into_iter().zip(plans));
+    }
+}
+
+/// Searches `db` with `bucket < permille` for each (permille, whether it must be ranked):
+/// the plan of every search, and recall against brute force.
+fn check_plans(
+    db: &Database,
+    vectors: &[Vec<f32>],
+    rows: u64,
+    cases: impl Iterator<Item = (i64, bool)>,
+) {
+    for (permille, ranked) in cases {
         let predicate = Predicate::compare("bucket", CompareOp::Lt, Literal::Int(permille));
         let truth = |q: &[f32]| {
-            let mut all: Vec<(f64, u64)> = (0..ROWS)
+            let mut all: Vec<(f64, u64)> = (0..rows)
                 .filter(|&id| bucket(id) < permille)
                 .map(|id| (oracle_distance(Metric::L2, q, &vectors[id as usize]), id))
                 .collect();

@@ -382,6 +382,35 @@ impl DiskIndex {
         }
     }
 
+    /// Reads the index's node sectors front to back into the shared sector cache, each
+    /// verified first, until every one is in or the cache had to evict; returns the node reads
+    /// admitted. What a server does after a restart to answer from memory at once rather than
+    /// after its searches have met every node (as PostgreSQL's `pg_prewarm`). Without a shared
+    /// cache ([`OpenOptionsIndex::sector_cache`]), nothing.
+    ///
+    /// # Errors
+    /// [`LayoutError`] if the file cannot be read or a sector fails its checksum.
+    pub fn warm_shared_cache(&self) -> Result<usize, LayoutError> {
+        let Some((cache, key)) = &self.shared else { return Ok(0) };
+        let h = self.header;
+        let reader = IndexReader::open(&self.path)?;
+        let (mut raw, mut copy) = (Vec::new(), Vec::new());
+        let mut admitted = 0usize;
+        let mut id = 0u32;
+        let evicted = cache.evictions();
+        while u64::from(id) < h.n && cache.evictions() == evicted {
+            let loc = h.locate(id);
+            reader.read_sectors(loc, &mut raw)?;
+            copy.clear();
+            copy.extend_from_slice(&raw);
+            node_from_sectors(&h, &self.path, id, loc, &mut copy)?;
+            cache.insert(*key, loc.sector, &raw);
+            admitted += 1;
+            id = h.sector_mates(id).end;
+        }
+        Ok(admitted)
+    }
+
     /// Each label's position in the graph file, made on first use by one sequential scan of
     /// it (then held: 4 bytes a node, counted by [`DiskIndex::ram_bytes`]).
     ///
