@@ -5,6 +5,7 @@ by side on the same data directory, the engine in-process, and Qdrant Edge as th
         --rows 200000 --queries 200 --quiver target/release/quiver [--baseline OLD_BINARY] \
         [--dataset sift|fashion] [--list-sizes 50,100] [--rounds 2] [--threads 2] \
         [--sector-cache-mb 0] [--engine target/release/examples/filtered_dir] \
+        [--engine-baseline OLD_FILTERED_DIR] [--warm] [--no-flight] \
         [--qdrant --efs 16,32,64,128] [--keep DIR]
 
 Puts the first `--rows` base rows of a `.u8bin` set over Flight with integer attributes, waits
@@ -20,7 +21,9 @@ Then for `--rounds` rounds, interleaved: each binary in turn is started on the s
 directory and runs every query unfiltered and with each filter at each list size on
 `--threads` client threads; with `--engine`, the engine in-process
 (`engine/examples/filtered_dir`: no Flight, no pyarrow client, the like-for-like peer of
-Qdrant Edge, also in-process) on the same directory and threads; with `--qdrant` (a Python with
+Qdrant Edge, also in-process) on the same directory and threads, and with `--engine-baseline`
+an older build of it in turn (`--warm`: each reads every index into its sector cache first;
+`--no-flight`: the in-process sides and Qdrant only); with `--qdrant` (a Python with
 `qdrant-edge-py` and pyarrow, e.g. `.bench-venvs/qdrant/bin/python`), Qdrant Edge: a shard of
 the same rows (f32, Euclid, HNSW m 16, ef_construct 100, its default full_scan_threshold of
 10,000 KB), the attributes as integer payloads with range indexes created before the points
@@ -223,10 +226,12 @@ def qdrant_sweep(shard, queries, conds, gt, ef, threads):
     return {"qps": round(len(queries) / secs, 1), "recall": recall(gt, got)}
 
 
-def engine_sweep(binary, data, queries_file, cases_file, list_sizes, threads, cache_mb):
-    """The engine in-process (`engine/examples/filtered_dir`): {(case, L): (qps, ids)}."""
+def engine_sweep(binary, data, queries_file, cases_file, list_sizes, threads, cache_mb,
+                 warm=False):
+    """The engine in-process (`engine/examples/filtered_dir`): {(case, L): (qps, ids)}; with
+    `warm`, every index read into the sector cache first (`Database::warm_sector_cache`)."""
     cmd = [binary, data, "f", queries_file, "--threads", str(threads), "--list-sizes",
-           ",".join(map(str, list_sizes)), "--cases", cases_file]
+           ",".join(map(str, list_sizes)), "--cases", cases_file] + (["--warm"] if warm else [])
     if cache_mb is not None:
         cmd += ["--sector-cache-mb", str(cache_mb)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -268,6 +273,9 @@ def main():
     ap.add_argument("--engine", help="engine/examples/filtered_dir: the engine in-process too")
     ap.add_argument("--engine-baseline",
                     help="a second filtered_dir (an older build), run in turn in-process")
+    ap.add_argument("--warm", action="store_true",
+                    help="the in-process sides read every index into the sector cache first, "
+                         "so that they, like Qdrant, answer from memory from the first query")
     ap.add_argument("--no-flight", action="store_true",
                     help="skip the searches over Flight (the in-process sides and Qdrant only)")
     ap.add_argument("--keep", help="keep the database (and shard) here; reuse them if present")
@@ -328,7 +336,7 @@ def main():
                     stop(p)
             for label, engine in engines:
                 got = engine_sweep(engine, data, queries_file, cases_file, list_sizes,
-                                   args.threads, args.sector_cache_mb)
+                                   args.threads, args.sector_cache_mb, args.warm)
                 for name, _, gt in cases:
                     for ls in list_sizes:
                         qps, ids = got[(name, ls)]

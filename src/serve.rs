@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// Do not build disk indexes in the background (searches stay exact).
     #[arg(long)]
     no_index: bool,
+    /// Read every disk index into the sector cache before serving (verified, until the cache
+    /// is full), so that searches answer from memory at once after a restart.
+    #[arg(long)]
+    warm_sector_cache: bool,
     /// Seconds to let calls in flight finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
@@ -259,6 +263,12 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
         usize::try_from(b).unwrap_or(usize::MAX) / quiver_engine::budget_shares::IN_FLIGHT
     });
     let db = Arc::new(Database::open(&args.data, engine_options(args))?);
+    if args.warm_sector_cache {
+        let started = std::time::Instant::now();
+        let admitted = db.warm_sector_cache()?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(admitted, seconds, "warmed the sector cache");
+    }
     let metrics = args.metrics_listen.map(|_| quiver_flight::metrics::Metrics::new(&db));
     cfg.service.metrics = metrics.clone();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
