@@ -93,22 +93,26 @@ fn a_codebook_of_another_shape_is_refused() {
 fn a_search_state_reuses_a_table_only_for_the_same_codebook_and_query() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
-    build_index(rows(3_000, 1), Metric::L2, &params(), &a, &|_, _| {}).unwrap();
+    build_index(rows(5_000, 1), Metric::L2, &params(), &a, &|_, _| {}).unwrap();
     let first = open_sharing(&a, None);
     let shared = Arc::clone(first.shared_pq());
     let input = tmp.path().join("b.fbin");
-    common::write_fbin(&input, &synthetic(3_000, DIM, 2), DIM);
+    common::write_fbin(&input, &synthetic(5_000, DIM, 2), DIM);
     build_index_from_file_with(&input, Metric::L2, &params(), Some(&shared), &b, &|_, _, _| {})
         .unwrap();
-    build_index(rows(3_000, 3), Metric::L2, &params(), &c, &|_, _| {}).unwrap();
+    // Another spread, so that its codebook's centroids lie elsewhere (a codebook trained
+    // on data like `a`'s could come out nearly the same and hide a stale table).
+    let spread: Vec<f32> = synthetic(5_000, DIM, 3).iter().map(|x| x * 4.0 - 1.0).collect();
+    let spread = VectorSet::from_f32(DIM, &spread).unwrap();
+    build_index(spread, Metric::L2, &params(), &c, &|_, _| {}).unwrap();
     let second = open_sharing(&b, Some(Arc::clone(&shared)));
     let third = open_sharing(&c, None);
     assert!(Arc::ptr_eq(second.shared_pq(), &shared));
     assert_ne!(**third.shared_pq(), *shared, "the same shape, another codebook");
 
     let sp = SearchParams { k: 10, list_size: 20, ..SearchParams::default() };
-    // Half the rows: enough members for the byte-table ranking.
-    let members: Vec<u32> = (0..3_000u32).filter(|i| i % 2 == 0).collect();
+    // Six rows in seven: enough members for the byte-table ranking (4,096 and 16 L).
+    let members: Vec<u32> = (0..5_000u32).filter(|i| i % 7 != 3).collect();
     let queries = rows(12, 7);
     let mut state = Some(first.searcher().unwrap().into_state());
     for q in 0..queries.len() {
@@ -117,8 +121,12 @@ fn a_search_state_reuses_a_table_only_for_the_same_codebook_and_query() {
             let fresh_among =
                 index.searcher().unwrap().search_among(queries.row(q), &members, sp).unwrap().0;
             let mut s = index.searcher_with(state.take().unwrap()).unwrap();
+            // The ranking first: it must not lean on the plain search to drop a stale table.
+            let (found, stats) = s.search_among(queries.row(q), &members, sp).unwrap();
+            assert_eq!(found, fresh_among, "query {q}");
+            // Ranked through bytes: every member's sum, then the `f32` distances of a few.
+            assert!(stats.pq_distances > members.len() as u64, "{stats:?}");
             assert_eq!(s.search(queries.row(q), sp).unwrap().0, fresh, "query {q}");
-            assert_eq!(s.search_among(queries.row(q), &members, sp).unwrap().0, fresh_among);
             state = Some(s.into_state());
         }
     }

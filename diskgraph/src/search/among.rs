@@ -123,7 +123,7 @@ impl Searcher<'_> {
         }
         let table = PqTable::new(&self.state.table, ix.pq.bytes());
         let kernels = Isa::active();
-        if positions.len() >= BYTES_FROM_SHARE * reread
+        if positions.len() >= (BYTES_FROM_SHARE * reread).max(BYTES_FROM_ROWS)
             && let Some(nearest) =
                 nearest_through_bytes(kernels, &ix.codes, table, positions, reread, bytes, stats)
         {
@@ -263,9 +263,12 @@ fn positions_in_order(
     Ok(())
 }
 
-/// Members are ranked through a byte table when they are at least this many times the list.
-/// Fewer, and the `f32` scoring of them all costs about what the byte table's making does.
+/// Members are ranked through a byte table when they are at least this many times the list
+/// and at least [`BYTES_FROM_ROWS`]: fewer, and the `f32` scoring of them all costs about what
+/// making the byte table does (about 13 µs at 32 subspaces, once a query and codebook).
 const BYTES_FROM_SHARE: usize = 16;
+/// See [`BYTES_FROM_SHARE`].
+const BYTES_FROM_ROWS: usize = 4_096;
 
 /// The `count` of `positions` (ascending) nearest by the `f32` table `table`, as [`nearest`]
 /// finds them, found through its byte table ([`quantize_pq_table`]) at a fraction of the cost:
