@@ -545,6 +545,17 @@ impl Isa {
         }
     }
 
+    /// Whether [`Kernels::pq_score_ids_u8`] runs a vector kernel here (AVX-512 VBMI), several
+    /// times faster than [`Kernels::pq_score_ids`]; elsewhere it is the scalar loop, slower
+    /// than the `f32` scorer of the same tier, and callers should score through `f32` tables.
+    pub fn has_fast_byte_tables(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(k) => k.has_vbmi(),
+            _ => false,
+        }
+    }
+
     /// A short description, e.g. `avx512 (vnni)`.
     pub fn describe(self) -> String {
         match self {

@@ -123,7 +123,8 @@ impl Searcher<'_> {
         }
         let table = PqTable::new(&self.state.table, ix.pq.bytes());
         let kernels = Isa::active();
-        if positions.len() >= (BYTES_FROM_SHARE * reread).max(BYTES_FROM_ROWS)
+        if kernels.has_fast_byte_tables()
+            && positions.len() >= (BYTES_FROM_SHARE * reread).max(BYTES_FROM_ROWS)
             && let Some(nearest) =
                 nearest_through_bytes(kernels, &ix.codes, table, positions, reread, bytes, stats)
         {
