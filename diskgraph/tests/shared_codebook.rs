@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::synthetic;
@@ -36,20 +37,31 @@ fn open_sharing(dir: &std::path::Path, pq: Option<Arc<PqCodebook>>) -> DiskIndex
     DiskIndex::open(dir, OpenOptionsIndex { pq, ..OpenOptionsIndex::default() }).unwrap()
 }
 
+/// Three indexes in `dir`: `a` trains a codebook on `a_rows` rows; `b` is built with `a`'s
+/// codebook (from a file, as the engine builds) over `b_rows` others; `c` trains its own on
+/// `other`. Returns `a` opened, its codebook, and the directories of `b` and `c`.
+fn three_indexes(
+    dir: &Path,
+    a_rows: usize,
+    b_rows: usize,
+    other: VectorSet,
+) -> (DiskIndex, Arc<PqCodebook>, PathBuf, PathBuf) {
+    let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+    build_index(rows(a_rows, 1), Metric::L2, &params(), &a, &|_, _| {}).unwrap();
+    let first = open_sharing(&a, None);
+    let shared = Arc::clone(first.shared_pq());
+    let input = dir.join("b.fbin");
+    common::write_fbin(&input, &synthetic(b_rows, DIM, 2), DIM);
+    build_index_from_file_with(&input, Metric::L2, &params(), Some(&shared), &b, &|_, _, _| {})
+        .unwrap();
+    build_index(other, Metric::L2, &params(), &c, &|_, _| {}).unwrap();
+    (first, shared, b, c)
+}
+
 #[test]
 fn indexes_built_with_one_codebook_share_it_and_others_keep_their_own() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
-    // `a` trains; `b` is built with `a`'s codebook (from a file, as the engine builds);
-    // `c` trains its own on other data.
-    build_index(rows(2_000, 1), Metric::L2, &params(), &a, &|_, _| {}).unwrap();
-    let first = open_sharing(&a, None);
-    let shared = Arc::clone(first.shared_pq());
-    let input = tmp.path().join("b.fbin");
-    common::write_fbin(&input, &synthetic(1_500, DIM, 2), DIM);
-    build_index_from_file_with(&input, Metric::L2, &params(), Some(&shared), &b, &|_, _, _| {})
-        .unwrap();
-    build_index(rows(1_500, 3), Metric::L2, &params(), &c, &|_, _| {}).unwrap();
+    let (_first, shared, b, c) = three_indexes(tmp.path(), 2_000, 1_500, rows(1_500, 3));
 
     let second = open_sharing(&b, Some(Arc::clone(&shared)));
     assert!(Arc::ptr_eq(second.shared_pq(), &shared), "built with it: holds the shared one");
@@ -92,19 +104,11 @@ fn a_codebook_of_another_shape_is_refused() {
 #[test]
 fn a_search_state_reuses_a_table_only_for_the_same_codebook_and_query() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
-    build_index(rows(5_000, 1), Metric::L2, &params(), &a, &|_, _| {}).unwrap();
-    let first = open_sharing(&a, None);
-    let shared = Arc::clone(first.shared_pq());
-    let input = tmp.path().join("b.fbin");
-    common::write_fbin(&input, &synthetic(5_000, DIM, 2), DIM);
-    build_index_from_file_with(&input, Metric::L2, &params(), Some(&shared), &b, &|_, _, _| {})
-        .unwrap();
-    // Another spread, so that its codebook's centroids lie elsewhere (a codebook trained
-    // on data like `a`'s could come out nearly the same and hide a stale table).
+    // `c` over another spread, so that its codebook's centroids lie elsewhere (a codebook
+    // trained on data like `a`'s could come out nearly the same and hide a stale table).
     let spread: Vec<f32> = synthetic(5_000, DIM, 3).iter().map(|x| x * 4.0 - 1.0).collect();
     let spread = VectorSet::from_f32(DIM, &spread).unwrap();
-    build_index(spread, Metric::L2, &params(), &c, &|_, _| {}).unwrap();
+    let (first, shared, b, c) = three_indexes(tmp.path(), 5_000, 5_000, spread);
     let second = open_sharing(&b, Some(Arc::clone(&shared)));
     let third = open_sharing(&c, None);
     assert!(Arc::ptr_eq(second.shared_pq(), &shared));
@@ -132,5 +136,34 @@ fn a_search_state_reuses_a_table_only_for_the_same_codebook_and_query() {
             assert_eq!(s.search(queries.row(q), sp).unwrap().0, fresh, "query {q}");
             state = Some(s.into_state());
         }
+    }
+}
+
+/// A state handed to an index of another code size and back without a search in between
+/// keeps the table it made for the first index whole: the table is sized when it is made, not
+/// when the state changes hands (sizing it then left a reused table cut short).
+#[test]
+fn a_state_passed_through_an_index_of_another_code_size_keeps_its_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, narrow) = (tmp.path().join("a"), tmp.path().join("narrow"));
+    build_index(rows(2_000, 1), Metric::L2, &params(), &a, &|_, _| {}).unwrap();
+    let mut four = params();
+    four.pq.bytes = Some(4);
+    build_index(rows(2_000, 2), Metric::L2, &four, &narrow, &|_, _| {}).unwrap();
+    let (wide, narrow) = (open_sharing(&a, None), open_sharing(&narrow, None));
+    assert_ne!(wide.pq().bytes(), narrow.pq().bytes());
+    let sp = SearchParams { k: 10, list_size: 20, ..SearchParams::default() };
+    let queries = rows(5, 7);
+    let mut state = Some(wide.searcher().unwrap().into_state());
+    for q in 0..queries.len() {
+        let fresh = wide.searcher().unwrap().search(queries.row(q), sp).unwrap().0;
+        let mut s = wide.searcher_with(state.take().unwrap()).unwrap();
+        assert_eq!(s.search(queries.row(q), sp).unwrap().0, fresh, "query {q}");
+        // Through the narrow index without searching (a ranking of too few members to score).
+        let mut s = narrow.searcher_with(s.into_state()).unwrap();
+        assert_eq!(s.search_among(queries.row(q), &[0, 1], sp).unwrap().0.len(), 2);
+        let mut s = wide.searcher_with(s.into_state()).unwrap();
+        assert_eq!(s.search(queries.row(q), sp).unwrap().0, fresh, "query {q}, again");
+        state = Some(s.into_state());
     }
 }

@@ -38,20 +38,36 @@ pub(super) struct AmongScratch {
     bytes: ByteScratch,
 }
 
-impl AmongScratch {
+/// The byte table of a search state's `f32` PQ table, made on first use after that table
+/// changed ([`quantize_pq_table`]); kept beside it in the [`super::SearchState`], and dropped
+/// when it is made again.
+#[derive(Default)]
+pub(super) struct ByteTable {
+    /// How its sums map to distances, once made (`None`: to be made).
+    made: Option<PqQuantization>,
+    bytes: Vec<u8>,
+}
+
+impl ByteTable {
     /// Drops the byte table: the `f32` table it was made from changed.
-    pub(super) fn forget_table(&mut self) {
-        self.bytes.quantization = None;
+    pub(super) fn forget(&mut self) {
+        self.made = None;
+    }
+
+    /// The byte table of `table` (the `f32` table it stands for), made now unless it was
+    /// since the last [`ByteTable::forget`]; `None` if `table` cannot be quantised.
+    fn of(&mut self, table: PqTable<'_>) -> Option<(PqQuantization, PqTableU8<'_>)> {
+        let made = match self.made {
+            Some(made) => made,
+            None => *self.made.insert(quantize_pq_table(table, &mut self.bytes)?),
+        };
+        Some((made, PqTableU8::new(&self.bytes, table.subspaces())))
     }
 }
 
 /// Scratch of [`nearest_through_bytes`].
 #[derive(Default)]
 pub(super) struct ByteScratch {
-    /// The byte table of the state's `f32` table, and how its sums map to distances, once
-    /// made (`None`: to be made).
-    quantization: Option<PqQuantization>,
-    table: Vec<u8>,
     /// Each member's byte sum.
     sums: Vec<u16>,
     /// How many members have each sum.
@@ -118,15 +134,20 @@ impl Searcher<'_> {
         if positions.len() <= reread {
             return Ok(positions.clone());
         }
-        if self.fill_table(qf) {
-            bytes.quantization = None;
-        }
+        self.fill_table(qf);
         let table = PqTable::new(&self.state.table, ix.pq.bytes());
         let kernels = Isa::active();
         if kernels.has_fast_byte_tables()
             && positions.len() >= (BYTES_FROM_SHARE * reread).max(BYTES_FROM_ROWS)
-            && let Some(nearest) =
-                nearest_through_bytes(kernels, &ix.codes, table, positions, reread, bytes, stats)
+            && let Some(nearest) = nearest_through_bytes(
+                kernels,
+                &ix.codes,
+                (table, &mut self.state.byte_table),
+                positions,
+                reread,
+                bytes,
+                stats,
+            )
         {
             return Ok(nearest);
         }
@@ -277,25 +298,24 @@ const BYTES_FROM_ROWS: usize = 4_096;
 /// `count`-th smallest sum, and then the `f32` distances of only the members whose sums are
 /// within the quantisation's margin of it — a set that holds every one of the `count` nearest
 /// by `f32` distance ([`PqQuantization::margin`]), so the result is [`nearest`]'s. `None` when
-/// the table cannot be quantised (too many subspaces).
+/// the table cannot be quantised (too many subspaces). `tables` is the `f32` table and its
+/// byte table (made here if it is not yet).
 fn nearest_through_bytes(
     kernels: Isa,
     codes: &Codes,
-    table: PqTable<'_>,
+    tables: (PqTable<'_>, &mut ByteTable),
     positions: &[u32],
     count: usize,
     scratch: &mut ByteScratch,
     stats: &mut QueryStats,
 ) -> Option<Vec<u32>> {
     debug_assert!(count > 0 && positions.len() > count);
-    let ByteScratch { quantization, table: bytes, sums, counts, kept, kept_distances } = scratch;
-    let quantization = match *quantization {
-        Some(made) => made,
-        None => *quantization.insert(quantize_pq_table(table, bytes)?),
-    };
+    let (table, byte_table) = tables;
+    let (quantization, bytes) = byte_table.of(table)?;
     let m = table.subspaces();
+    let ByteScratch { sums, counts, kept, kept_distances } = scratch;
     sums.resize(positions.len(), 0);
-    codes.score_ids_u8(kernels, PqTableU8::new(bytes, m), positions, sums);
+    codes.score_ids_u8(kernels, bytes, positions, sums);
     stats.pq_distances += positions.len() as u64;
     // The `count`-th smallest sum, by counting: sums are at most `255 · m`.
     counts.clear();
@@ -418,7 +438,7 @@ mod tests {
             let got = nearest_through_bytes(
                 kernels,
                 &codes,
-                table,
+                (table, &mut ByteTable::default()),
                 &positions,
                 count,
                 &mut scratch,

@@ -459,7 +459,6 @@ impl DiskIndex {
             state = SearchState::new(self.backend)
                 .map_err(|e| LayoutError::Io { path: self.path.clone(), source: e })?;
         }
-        state.table.resize(self.pq.bytes() * CENTROIDS, 0.0);
         Ok(Searcher { index: self, state })
     }
 }
@@ -483,6 +482,8 @@ pub struct SearchState {
     /// The codebook and the query `table` was made for: a query searches every index of a
     /// collection, and indexes that share a codebook share the table too.
     table_for: Option<(Arc<PqCodebook>, Vec<f32>)>,
+    /// `table` quantised to bytes, once a ranking asked for it.
+    byte_table: among::ByteTable,
     /// PQ distances of the start candidates.
     start_distances: Vec<f32>,
     /// Scratch of [`Searcher::search_among`].
@@ -514,6 +515,7 @@ impl SearchState {
             admit: Vec::new(),
             table: Vec::new(),
             table_for: None,
+            byte_table: among::ByteTable::default(),
             start_distances: Vec::new(),
             among: among::AmongScratch::default(),
         })
@@ -604,9 +606,8 @@ pub enum SearchError {
 impl Searcher<'_> {
     /// Makes the state's PQ table for the query `qf` through this index's codebook, unless it
     /// holds that table already (the same query searched another index of the same codebook
-    /// just before); returns whether it made it. A new table drops the byte table made from
-    /// the old one.
-    fn fill_table(&mut self, qf: &[f32]) -> bool {
+    /// just before). A new table drops the byte table made from the old one.
+    fn fill_table(&mut self, qf: &[f32]) {
         let pq = &self.index.pq;
         let same_query = |q: &[f32]| {
             q.len() == qf.len() && q.iter().zip(qf).all(|(a, b)| a.to_bits() == b.to_bits())
@@ -615,15 +616,17 @@ impl Searcher<'_> {
             && Arc::ptr_eq(made_with, pq)
             && same_query(query)
         {
-            return false;
+            return;
         }
+        // Sized here, not when the state changes hands: a state passed through an index of
+        // another code size without searching keeps its table whole for the next.
+        self.state.table.resize(pq.bytes() * CENTROIDS, 0.0);
         pq.query_table(qf, &mut self.state.table);
         let mut query = self.state.table_for.take().map(|(_, q)| q).unwrap_or_default();
         query.clear();
         query.extend_from_slice(qf);
         self.state.table_for = Some((Arc::clone(pq), query));
-        self.state.among.forget_table();
-        true
+        self.state.byte_table.forget();
     }
 
     /// The state, to reuse for another search of this or another index.
