@@ -15,14 +15,16 @@
 //! - An entry is keyed by (index key, first sector). Index keys come from
 //!   [`SectorCache::next_index_key`] and are never reused, so a rebuilt index at the same path
 //!   never meets its predecessor's sectors; those age out.
-//! - Only verified bytes are inserted, and they are immutable once in: a hit returns exactly
-//!   what was read. (Searches verify cached bytes again, as they do read ones.)
-//! - No lock is held across I/O: a shard's lock covers a map lookup and a copy of one node's
-//!   sectors.
+//! - Only verified bytes are inserted (checksums passed, a spanning node's payloads moved
+//!   together: [`crate::layout::verify_sectors`]), and they are immutable once in: a hit hands
+//!   out a reference to exactly what was inserted, which searches parse without verifying or
+//!   copying it again. An entry evicted while a search holds it lives until that search drops
+//!   it (the charge leaves the cache at eviction; the bytes stay alive for a moment longer).
+//! - No lock is held across I/O: a shard's lock covers a map lookup and a reference count.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Bytes each entry is charged beyond its sectors: the map slot, the slot record and the
 /// allocation's header, rounded up.
@@ -43,7 +45,7 @@ struct Key {
 #[derive(Debug)]
 struct Entry {
     key: Key,
-    bytes: Box<[u8]>,
+    bytes: Arc<[u8]>,
     referenced: AtomicBool,
 }
 
@@ -186,29 +188,28 @@ impl SectorCache {
         self.shards[at].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Copies the cached sectors of (`index`, `sector`) into `out` (replacing its contents) and
-    /// returns true, or returns false if they are not cached.
-    pub fn get(&self, index: u64, sector: u64, out: &mut Vec<u8>) -> bool {
+    /// The cached (verified) sectors of (`index`, `sector`), or `None` if they are not cached.
+    /// No copy: the entry is shared, and immutable.
+    pub fn get(&self, index: u64, sector: u64) -> Option<Arc<[u8]>> {
         let key = Key { index, sector };
         let shard = self.shard(key);
         let Some(&at) = shard.map.get(&key) else {
             drop(shard);
             self.misses.fetch_add(1, Ordering::Relaxed);
             self.count_recent(false);
-            return false;
+            return None;
         };
         let entry = shard.slots[at].as_ref().expect("mapped slots are occupied");
         entry.referenced.store(true, Ordering::Relaxed);
-        out.clear();
-        out.extend_from_slice(&entry.bytes);
+        let bytes = Arc::clone(&entry.bytes);
         drop(shard);
         self.hits.fetch_add(1, Ordering::Relaxed);
         self.count_recent(true);
-        true
+        Some(bytes)
     }
 
-    /// Admits the verified sectors `bytes` of (`index`, `sector`), evicting by CLOCK to make
-    /// room. Already cached: nothing changes. Larger than a shard's share: not admitted.
+    /// Admits the verified sectors `bytes` of (`index`, `sector`) (as
+    /// [`crate::layout::verify_sectors`] left them), evicting by CLOCK to make room. Already cached: nothing changes. Larger than a shard's share: not admitted.
     pub fn insert(&self, index: u64, sector: u64, bytes: &[u8]) {
         let key = Key { index, sector };
         let charge = bytes.len() + ENTRY_OVERHEAD;
@@ -307,11 +308,9 @@ mod tests {
         let (a, b) = (SectorCache::next_index_key(), SectorCache::next_index_key());
         assert_ne!(a, b);
         cache.insert(a, 7, &sector_bytes(7));
-        let mut out = Vec::new();
-        assert!(cache.get(a, 7, &mut out));
-        assert_eq!(out, sector_bytes(7));
-        assert!(!cache.get(b, 7, &mut out), "another index's sector 7 is another entry");
-        assert!(!cache.get(a, 8, &mut out));
+        assert_eq!(cache.get(a, 7).as_deref(), Some(&sector_bytes(7)[..]));
+        assert!(cache.get(b, 7).is_none(), "another index's sector 7 is another entry");
+        assert!(cache.get(a, 8).is_none());
         let s = cache.stats();
         assert_eq!((s.hits, s.misses, s.inserts, s.entries), (1, 2, 1, 1));
     }
@@ -323,14 +322,13 @@ mod tests {
         let cache = SectorCache::new(64 * (NODE + ENTRY_OVERHEAD) * SHARDS);
         let ix = SectorCache::next_index_key();
         assert_eq!(cache.recent_hit_rate(), 0.0, "no lookups yet");
-        let mut out = Vec::new();
         for _ in 0..3 * HIT_WINDOW {
-            assert!(!cache.get(ix, 1, &mut out));
+            assert!(cache.get(ix, 1).is_none());
         }
         assert_eq!(cache.recent_hit_rate(), 0.0);
         cache.insert(ix, 1, &sector_bytes(1));
         for _ in 0..4 * HIT_WINDOW {
-            assert!(cache.get(ix, 1, &mut out));
+            assert!(cache.get(ix, 1).is_some());
         }
         let rate = cache.recent_hit_rate();
         assert!(rate > 0.9, "after 4 windows of hits: {rate}");
@@ -394,12 +392,12 @@ mod tests {
         let ix = SectorCache::next_index_key();
         let hot = 1_000_000u64;
         cache.insert(ix, hot, &sector_bytes(hot));
-        let mut out = Vec::new();
         for sector in 0..5000u64 {
-            assert!(cache.get(ix, hot, &mut out), "evicted after {sector} one-off inserts");
+            let held = cache.get(ix, hot);
+            assert!(held.is_some(), "evicted after {sector} one-off inserts");
             cache.insert(ix, sector, &sector_bytes(sector));
+            assert_eq!(held.as_deref(), Some(&sector_bytes(hot)[..]));
         }
-        assert_eq!(out, sector_bytes(hot));
         assert!(cache.stats().evictions > 1000);
     }
 
@@ -408,8 +406,7 @@ mod tests {
         let cache = SectorCache::new(NODE * SHARDS);
         let ix = SectorCache::next_index_key();
         cache.insert(ix, 1, &sector_bytes(1));
-        let mut out = Vec::new();
-        assert!(!cache.get(ix, 1, &mut out));
+        assert!(cache.get(ix, 1).is_none());
         assert_eq!(cache.stats().bytes, 0);
     }
 }

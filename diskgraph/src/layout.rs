@@ -604,6 +604,17 @@ pub fn node_from_sectors<'b>(
     loc: NodeLocation,
     buf: &'b mut [u8],
 ) -> Result<NodeRef<'b>, LayoutError> {
+    verify_sectors(path, loc, buf)?;
+    node_from_verified(h, path, i, loc, buf)
+}
+
+/// Verifies the sectors at `loc` (as read into `buf`) and reassembles a multi-sector node in
+/// place, its payloads moved together over the checksum gaps. What is left is what
+/// [`node_from_verified`] parses; it cannot be verified again (the gaps are overwritten).
+///
+/// # Errors
+/// [`LayoutError::Corrupt`] naming the sector.
+pub fn verify_sectors(path: &Path, loc: NodeLocation, buf: &mut [u8]) -> Result<(), LayoutError> {
     let corrupt = |reason: String| LayoutError::Corrupt { path: path.to_owned(), reason };
     for s in 0..loc.sectors {
         unseal(&buf[s * SECTOR..(s + 1) * SECTOR])
@@ -612,6 +623,22 @@ pub fn node_from_sectors<'b>(
     for s in 1..loc.sectors {
         buf.copy_within(s * SECTOR..s * SECTOR + PAYLOAD, s * PAYLOAD);
     }
+    Ok(())
+}
+
+/// Parses node `i` from sectors [`verify_sectors`] passed.
+///
+/// # Errors
+/// [`LayoutError::Corrupt`] if the node's structure is invalid (a neighbour out of range, a
+/// degree past the maximum).
+pub fn node_from_verified<'b>(
+    h: &Header,
+    path: &Path,
+    i: u32,
+    loc: NodeLocation,
+    buf: &'b [u8],
+) -> Result<NodeRef<'b>, LayoutError> {
+    let corrupt = |reason: String| LayoutError::Corrupt { path: path.to_owned(), reason };
     let bytes = &buf[loc.offset..loc.offset + h.node_size()];
     parse_node(h, i, bytes).map_err(|e| corrupt(format!("node {i} (sector {}): {e}", loc.sector)))
 }

@@ -623,3 +623,51 @@ fn a_warmed_cache_answers_every_search_from_memory_with_the_same_results() {
     // Without a shared cache there is nothing to warm.
     assert_eq!(open(dir.path(), Backend::IoUring, 0).warm_shared_cache().unwrap(), 0);
 }
+
+/// Caches hold a node's sectors as verification left them (a spanning node's payloads moved
+/// together over the checksum gaps) and searches parse them as they are, without verifying
+/// again. Nodes of 1,100 floats span two sectors. Served wholly from the index's own cache
+/// (filled at open) or wholly from a warmed shared cache, walks and rankings give the same
+/// answers, and every distance reported is the true one: a cache that kept the sectors as
+/// read, or reassembled them twice, would hand the parser a vector with a checksum in its
+/// middle. (From disk the walk's order differs — cached nodes are expanded at once — so its
+/// answers are checked for truth, not equality.)
+#[test]
+fn spanning_nodes_search_the_same_from_disk_and_from_either_cache() {
+    let dim = 1_100;
+    let raw = synthetic(600, dim, 11);
+    let (data, dir) = metric_index(&raw, dim, Metric::L2);
+    let disk = open(dir.path(), Backend::IoUring, 0);
+    assert!(disk.header().sectors_per_node() > 1, "the test needs spanning nodes");
+    let own = open(dir.path(), Backend::IoUring, 600);
+    let cache = std::sync::Arc::new(SectorCache::new(64 << 20));
+    let shared = DiskIndex::open(dir.path(), with_cache(&cache)).unwrap();
+    assert_eq!(shared.warm_shared_cache().unwrap(), 600, "every node admitted");
+    let p = SearchParams { k: 10, list_size: 40, beam_width: 4 };
+    let labels: Vec<u32> = (0..600).step_by(7).collect();
+    let mut searchers = [&disk, &own, &shared].map(|ix| ix.searcher().unwrap());
+    let truth = |q: usize, found: &[quiver_diskgraph::search::Neighbour]| {
+        let x = data.row(q).to_f32();
+        for n in found {
+            let y = data.row(n.id as usize).to_f32();
+            assert_eq!(n.distance, distance_active(Metric::L2, Row::F32(&x), Row::F32(&y)));
+        }
+        assert_eq!(found[0].id as usize, q, "a stored row finds itself");
+    };
+    for qi in (0..600).step_by(37) {
+        let q = data.row(qi);
+        let [from_disk, from_own, from_shared] = &mut searchers;
+        let (found, stats) = from_disk.search(q, p).unwrap();
+        assert!(stats.ios > 0 && stats.cache_hits == 0);
+        truth(qi, &found);
+        let (want, stats) = from_own.search(q, p).unwrap();
+        assert_eq!((stats.ios, stats.cache_hits > 0), (0, true), "query {qi}: {stats:?}");
+        truth(qi, &want);
+        let (got, stats) = from_shared.search(q, p).unwrap();
+        assert_eq!((stats.ios, stats.cache_hits > 0), (0, true), "query {qi}: {stats:?}");
+        assert_eq!(got, want, "query {qi}");
+        let want = from_disk.search_among(q, &labels, p).unwrap().0;
+        assert_eq!(from_shared.search_among(q, &labels, p).unwrap().0, want, "query {qi}");
+    }
+    assert_eq!(cache.stats().misses, 0, "the warmed cache answered every lookup");
+}

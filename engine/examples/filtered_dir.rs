@@ -10,7 +10,9 @@
 //! and list size, the queries are searched on `--threads` threads (dealt round robin, each
 //! thread one at a time), after one unscored pass of the case at the first list size (what a
 //! running server has seen before: its caches and each segment's remembered filters). Prints
-//! one JSON line per (case, list size): QPS, and the ids found for each query. `--warm` reads
+//! one JSON line per (case, list size): QPS, the mean disk reads a query (cache hits not
+//! counted), the filtered walks and rankings of a segment a query (the planner's choices), and
+//! the ids found for each query. `--warm` reads
 //! every index into the sector cache first (`Database::warm_sector_cache`).
 
 mod common;
@@ -72,9 +74,12 @@ fn main() -> Result<(), Error> {
             if at == 0 {
                 run(&db, collection, &q, &params, threads)?;
             }
+            let before = db.stats(collection)?;
             let started = Instant::now();
             let ids = run(&db, collection, &q, &params, threads)?;
             let qps = q.len() as f64 / started.elapsed().as_secs_f64();
+            let after = db.stats(collection)?;
+            let per_query = |a: u64, b: u64| (a - b) as f64 / q.len() as f64;
             if let Some(cache) = db.sector_cache_stats() {
                 let lookups = (cache.hits + cache.misses).max(1);
                 eprintln!(
@@ -84,8 +89,12 @@ fn main() -> Result<(), Error> {
                 );
             }
             println!(
-                "{{\"case\": {}, \"L\": {list_size}, \"qps\": {qps:.1}, \"ids\": {ids:?}}}",
-                serde_json::Value::String(name.clone())
+                "{{\"case\": {}, \"L\": {list_size}, \"qps\": {qps:.1}, \"reads\": {:.1}, \
+                 \"walks\": {:.2}, \"ranked\": {:.2}, \"ids\": {ids:?}}}",
+                serde_json::Value::String(name.clone()),
+                per_query(after.index_reads, before.index_reads),
+                per_query(after.filtered_walks, before.filtered_walks),
+                per_query(after.filtered_ranked, before.filtered_ranked),
             );
         }
     }

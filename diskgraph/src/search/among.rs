@@ -19,7 +19,7 @@ use super::{
     Searcher, exact_distance, prepare_query,
 };
 use crate::codes::Codes;
-use crate::layout::{NodeLocation, SECTOR, node_from_sectors, parse_node};
+use crate::layout::{NodeLocation, SECTOR, node_from_verified, parse_node, verify_sectors};
 
 /// Fewer labels than one in this many of the index's nodes are put in order by a sort; more,
 /// through a bit per node (whose clearing and reading cost a word per 64 nodes).
@@ -183,12 +183,11 @@ impl Searcher<'_> {
         let io_error = |e| LayoutError::Io { path: ix.path.clone(), source: e };
         self.state.io.prepare(width, h.sectors_per_node()).map_err(io_error)?;
         let mut found = Vec::with_capacity(wanted.len());
-        // Ranks the wanted nodes of read `r`, whose sectors are in `buf` as stored.
-        let mut rank = |r: usize, buf: &mut [u8], stats: &mut QueryStats| {
+        // Ranks the wanted nodes of read `r`, whose sectors are in `buf`, verified.
+        let mut rank = |r: usize, buf: &[u8], stats: &mut QueryStats| {
             let (loc, span) = (reads[r].0, reads[r].1.clone());
-            // Verifies the read's sectors, and parses its first wanted node.
             let first = wanted[span.start];
-            let node = node_from_sectors(&h, &ix.path, first, loc, buf)?;
+            let node = node_from_verified(&h, &ix.path, first, loc, buf)?;
             let mut take = |label: u32, vector: &[u8]| {
                 stats.exact_distances += 1;
                 let d = exact_distance(kernels, &h, native, query, qf, vector);
@@ -212,10 +211,10 @@ impl Searcher<'_> {
         while next < reads.len() || !flight.is_empty() {
             while next < reads.len() && flight.len() < width {
                 let sector = reads[next].0.sector;
-                // A cached sector is ranked from its copy at once.
-                if ix.cached_sector(sector, &mut self.state.cached) {
+                // A cached sector is ranked at once.
+                if let Some(verified) = ix.cached_sector(sector) {
                     stats.cache_hits += 1;
-                    rank(next, &mut self.state.cached, stats)?;
+                    rank(next, &verified, stats)?;
                     next += 1;
                     continue;
                 }
@@ -229,15 +228,11 @@ impl Searcher<'_> {
             let Some((slot, r)) = flight.pop_front() else { continue };
             let buf = self.state.io.wait(&ix.file, slot).map_err(io_error)?;
             stats.hops += 1;
-            if ix.shared.is_some() {
-                // As read: verification may reassemble a spanning node in place.
-                self.state.admit.clear();
-                self.state.admit.extend_from_slice(buf);
-            }
+            verify_sectors(&ix.path, reads[r].0, buf)?;
             rank(r, buf, stats)?;
             if let Some((cache, key)) = &ix.shared {
-                // Verified: `rank` returned no error for these bytes.
-                cache.insert(*key, reads[r].0.sector, &self.state.admit);
+                // Verified, and `rank` found the nodes well formed.
+                cache.insert(*key, reads[r].0.sector, buf);
             }
         }
         Ok(found)

@@ -40,7 +40,8 @@ use crate::codes::Codes;
 use crate::data::{Metric, Row, distance};
 use crate::index::{GRAPH_FILE, IndexError};
 use crate::layout::{
-    Header, IndexReader, LayoutError, NodeRef, SECTOR, node_from_sectors, node_label, parse_node,
+    Header, IndexReader, LayoutError, NodeRef, SECTOR, node_from_verified, node_label, parse_node,
+    verify_sectors,
 };
 use crate::pq::{CENTROIDS, CODES_FILE, PIVOTS_FILE, PqCodebook};
 use crate::visited::VisitedSet;
@@ -194,7 +195,8 @@ pub struct DiskIndex {
     codes: Codes,
     /// Where searches may start.
     starts: Starts,
-    /// Cached sectors by first sector number: the node's sectors as stored, verified at load.
+    /// Cached sectors by first sector number: the node's sectors read at open, as
+    /// [`verify_sectors`] left them.
     cache: HashMap<u64, Box<[u8]>>,
     /// The shared sector cache, with this index's key in it.
     shared: Option<(Arc<SectorCache>, u64)>,
@@ -202,6 +204,22 @@ pub struct DiskIndex {
     /// Each label's position, made by one scan of the graph file the first time a search
     /// ranks given labels ([`Searcher::search_among`]); 4 bytes a node from then on.
     positions: std::sync::OnceLock<Vec<u32>>,
+}
+
+/// A node's verified sectors from a cache: the index's own (filled at open) or the shared one.
+enum Cached<'a> {
+    Own(&'a [u8]),
+    Shared(Arc<[u8]>),
+}
+
+impl std::ops::Deref for Cached<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Cached::Own(bytes) => bytes,
+            Cached::Shared(bytes) => bytes,
+        }
+    }
 }
 
 impl DiskIndex {
@@ -281,26 +299,23 @@ impl DiskIndex {
         let mut held = 0usize;
         let mut queue = std::collections::VecDeque::from([h.entry]);
         let mut seen = std::collections::HashSet::from([h.entry]);
-        let mut buf = Vec::new();
         while let Some(id) = queue.pop_front() {
             if held >= count {
                 break;
             }
             let loc = h.locate(id);
-            // Each sector is read once, kept as stored (a cached sector is processed like a read
-            // one, which reassembles spanning nodes in place), and parsed from a copy.
-            let raw = match self.cache.entry(loc.sector) {
+            // Each sector is read once and kept verified (as the shared cache keeps them).
+            let verified = match self.cache.entry(loc.sector) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     let mut raw = Vec::new();
                     reader.read_sectors(loc, &mut raw)?;
+                    verify_sectors(reader.path(), loc, &mut raw)?;
                     held += h.sector_mates(id).len();
                     e.insert(raw.into())
                 }
             };
-            buf.clear();
-            buf.extend_from_slice(raw);
-            let node = node_from_sectors(&h, reader.path(), id, loc, &mut buf)?;
+            let node = node_from_verified(&h, reader.path(), id, loc, verified)?;
             for &nb in &node.neighbours {
                 if seen.insert(nb) {
                     queue.push_back(nb);
@@ -368,17 +383,15 @@ impl DiskIndex {
             + self.positions.get().map_or(0, |p| 4 * p.capacity())
     }
 
-    /// Copies the node sectors starting at `sector` into `into` if a cache holds them: the BFS
-    /// cache first, then the shared cache. Whether one did.
-    fn cached_sector(&self, sector: u64, into: &mut Vec<u8>) -> bool {
+    /// The verified node sectors starting at `sector` if a cache holds them: the BFS cache
+    /// first, then the shared cache. Not copied.
+    fn cached_sector(&self, sector: u64) -> Option<Cached<'_>> {
         if let Some(bytes) = self.cache.get(&sector) {
-            into.clear();
-            into.extend_from_slice(bytes);
-            true
+            Some(Cached::Own(bytes))
         } else if let Some((cache, key)) = &self.shared {
-            cache.get(*key, sector, into)
+            cache.get(*key, sector).map(Cached::Shared)
         } else {
-            false
+            None
         }
     }
 
@@ -394,16 +407,15 @@ impl DiskIndex {
         let Some((cache, key)) = &self.shared else { return Ok(0) };
         let h = self.header;
         let reader = IndexReader::open(&self.path)?;
-        let (mut raw, mut copy) = (Vec::new(), Vec::new());
+        let mut raw = Vec::new();
         let mut admitted = 0usize;
         let mut id = 0u32;
         let evicted = cache.evictions();
         while u64::from(id) < h.n && cache.evictions() == evicted {
             let loc = h.locate(id);
             reader.read_sectors(loc, &mut raw)?;
-            copy.clear();
-            copy.extend_from_slice(&raw);
-            node_from_sectors(&h, &self.path, id, loc, &mut copy)?;
+            verify_sectors(&self.path, loc, &mut raw)?;
+            node_from_verified(&h, &self.path, id, loc, &raw)?;
             cache.insert(*key, loc.sector, &raw);
             admitted += 1;
             id = h.sector_mates(id).end;
@@ -474,10 +486,6 @@ pub struct SearchState {
     visited: VisitedSet,
     /// Positions expanded (their exact distance taken and their neighbours seen).
     expanded: VisitedSet,
-    /// A cached sector's copy, processed like a read one (verification reassembles in place).
-    cached: Vec<u8>,
-    /// A read node's sectors as read, admitted to the shared cache once they verified.
-    admit: Vec<u8>,
     table: Vec<f32>,
     /// The codebook and the query `table` was made for: a query searches every index of a
     /// collection, and indexes that share a codebook share the table too.
@@ -511,8 +519,6 @@ impl SearchState {
             io,
             visited: VisitedSet::new(),
             expanded: VisitedSet::new(),
-            cached: Vec::new(),
-            admit: Vec::new(),
             table: Vec::new(),
             table_for: None,
             byte_table: among::ByteTable::default(),
@@ -704,7 +710,7 @@ impl Searcher<'_> {
         let l = params.list_size.max(params.k);
         let mut stats = QueryStats::default();
 
-        self.state.visited.clear();
+        self.state.visited.clear_for(h.n as usize);
         let width = params.beam_width;
         let spn = h.sectors_per_node();
         self.state
@@ -712,7 +718,7 @@ impl Searcher<'_> {
             .prepare(width, spn)
             .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
 
-        self.state.expanded.clear();
+        self.state.expanded.clear_for(h.n as usize);
         let mut walk = Walk {
             list: Vec::with_capacity(l + 1),
             l,
@@ -750,17 +756,10 @@ impl Searcher<'_> {
             while !free.is_empty() {
                 let Some(id) = walk.take_nearest_new() else { break };
                 let loc = h.locate(id);
-                if ix.cached_sector(loc.sector, &mut self.state.cached) {
+                if let Some(verified) = ix.cached_sector(loc.sector) {
                     stats.cache_hits += 1;
                     let (visited, expanded) = (&mut self.state.visited, &mut self.state.expanded);
-                    ctx.process(
-                        &mut walk,
-                        visited,
-                        expanded,
-                        &mut stats,
-                        id,
-                        &mut self.state.cached,
-                    )?;
+                    ctx.process(&mut walk, visited, expanded, &mut stats, id, &verified)?;
                     continue;
                 }
                 let slot = free.pop().expect("a free slot");
@@ -781,11 +780,7 @@ impl Searcher<'_> {
                 .map_err(|e| LayoutError::Io { path: ix.path.clone(), source: e })?;
             depth = trip;
             stats.hops = stats.hops.max(depth);
-            if ix.shared.is_some() {
-                // As read: verification may reassemble a spanning node in place.
-                self.state.admit.clear();
-                self.state.admit.extend_from_slice(buf);
-            }
+            verify_sectors(&ix.path, h.locate(id), buf)?;
             ctx.process(
                 &mut walk,
                 &mut self.state.visited,
@@ -795,8 +790,8 @@ impl Searcher<'_> {
                 buf,
             )?;
             if let Some((cache, key)) = &ix.shared {
-                // Verified: `process` returned no error for these bytes.
-                cache.insert(*key, h.locate(id).sector, &self.state.admit);
+                // Verified, and `process` found the nodes well formed.
+                cache.insert(*key, h.locate(id).sector, buf);
             }
             free.push(slot);
         }

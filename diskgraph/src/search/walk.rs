@@ -68,8 +68,8 @@ impl Ctx<'_, '_> {
         walk.merge_fresh();
     }
 
-    /// Handles the sectors of the node at position `id` (read or cached, unverified): verifies
-    /// them, expands the node, and then uses its sector mates.
+    /// Handles the verified sectors of the node at position `id` (read and passed through
+    /// [`verify_sectors`], or cached so): expands the node, and then uses its sector mates.
     ///
     /// The builder put the node's graph neighbours in its sector, and they came with the read.
     /// Each mate the list would take is expanded now, for free; each other one (not yet expanded)
@@ -81,10 +81,10 @@ impl Ctx<'_, '_> {
         expanded: &mut VisitedSet,
         stats: &mut QueryStats,
         id: u32,
-        buf: &mut [u8],
+        buf: &[u8],
     ) -> Result<(), LayoutError> {
         let h = &self.h;
-        let node = node_from_sectors(h, &self.ix.path, id, h.locate(id), buf)?;
+        let node = node_from_verified(h, &self.ix.path, id, h.locate(id), buf)?;
         expanded.insert(id);
         self.expand(walk, visited, stats, id, &node);
         let mates = h.sector_mates(id);
