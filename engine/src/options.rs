@@ -78,7 +78,7 @@ pub mod budget_shares {
     pub const IN_FLIGHT: usize = 16;
     /// `wal_segment_bytes` = budget / this (1 MiB to 64 MiB): opening reads a segment whole.
     pub const WAL_SEGMENT: usize = 16;
-    /// Unindexed segments allowed before a flush waits (each up to one table).
+    /// Unindexed segments whose vectors stay in RAM (each up to one table); later ones are cold.
     pub const UNINDEXED_SEGMENTS: usize = 2;
     /// Segments of fewer rows stay unindexed (searched exactly) until merged.
     pub const MIN_INDEX_ROWS: usize = 256;
@@ -322,16 +322,18 @@ impl Options {
         self
     }
 
-    /// Backpressure: how many segments may wait for their index (their vectors held in RAM)
-    /// before a flush, and so the inserts behind it, waits for background work. Default 4.
+    /// How many unindexed segments may hold their search vectors in RAM (indexing on). A flush
+    /// past that installs its segment cold: searched from its file until indexed, its vectors
+    /// read back by the index build. Flushes, and the inserts behind them, never wait for
+    /// index builds. Default 4.
     #[must_use]
     pub fn max_unindexed_segments(mut self, n: usize) -> Self {
         self.max_unindexed_segments = n.max(1);
         self
     }
 
-    /// The longest a write waits for background work before failing with
-    /// [`crate::WriteError::Stalled`]. Default 600 s.
+    /// The longest a write waits for memory (a flush to free the memtables) before failing
+    /// with [`crate::WriteError::Stalled`]. Default 600 s.
     #[must_use]
     pub fn max_stall(mut self, d: Duration) -> Self {
         self.max_stall = d;

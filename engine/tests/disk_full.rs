@@ -2,7 +2,8 @@
 //! pinned down, with the disk full an index build failed and left its partial `.tmp` output
 //! behind, `flush` then waited the whole `max_stall` (600 s) for it and failed with "background
 //! work is behind" without a word about space, and after space was freed background work kept
-//! failing until a restart. Here a real file system fills up (a small tmpfs, mounted for the
+//! failing until a restart. (Flushes no longer wait for index builds at all; the build's failure
+//! is reported through `background_error`.) Here a real file system fills up (a small tmpfs, mounted for the
 //! test; the README's test command runs as root and sets `QUIVER_REQUIRE_MOUNT=1`, so a failed
 //! mount fails the test instead of skipping it).
 
@@ -78,17 +79,26 @@ fn a_full_disk_is_reported_as_such_and_background_work_resumes_once_space_return
     db.flush().unwrap();
     assert_eq!(db.stats("c").unwrap().segments, 1);
     put(&db, &mut model, 3000..4000);
-    // This flush must wait for the first segment's index, whose build cannot get space.
+    // The first segment's index build cannot get space. Flushes do not wait for it (a put
+    // never waits for an index build): this one either fits in what is left or reports the
+    // full disk itself.
     match db.flush() {
+        Ok(()) => {}
         Err(e @ FlushError::NoSpace(_)) => {
             assert!(is_no_space(&e), "{e}");
             assert!(e.to_string().contains("disk is full"), "{e}");
         }
-        other => panic!("expected the flush to report the full disk, got {other:?}"),
+        Err(other) => panic!("expected the flush to succeed or report the full disk: {other}"),
     }
-    assert!(tmp_index_dirs(&data).is_empty(), "a failed build leaves no partial output");
-    let failure = db.background_error().expect("the failed build is reported");
-    assert!(failure.is_no_space(), "{failure}");
+    // The failed build is reported as what it is.
+    let reported = || db.background_error().filter(|f| f.is_no_space());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while reported().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    reported().expect("the failed build is reported as a full disk");
+    // Failed attempts remove their partial output; at most the retry under way has one.
+    assert!(tmp_index_dirs(&data).len() <= 1, "{:?}", tmp_index_dirs(&data));
     // Reads and writes still work; nothing is lost.
     put(&db, &mut model, 4000..4010);
     assert_eq!(scan_all(&db, "c").len(), model.len());
@@ -96,10 +106,13 @@ fn a_full_disk_is_reported_as_such_and_background_work_resumes_once_space_return
     std::fs::remove_file(&filler).unwrap();
     assert!(db.wait_idle(Duration::from_secs(60)), "background work resumes by itself");
     assert!(db.background_error().is_none(), "cleared once work succeeds");
+    assert!(tmp_index_dirs(&data).is_empty(), "no partial output is left behind");
     db.flush().unwrap();
     db.wait_idle(Duration::from_secs(60));
     let stats = db.stats("c").unwrap();
-    assert_eq!(stats.indexed_segments, stats.segments, "{stats:?}");
+    // Every segment large enough for an index has one (the 10 rows put while the disk was
+    // full may be a segment of their own, too small for an index, searched exactly).
+    assert!(!db.indexing_pending() && stats.indexed_segments >= 2, "{stats:?}");
     assert_eq!(scan_all(&db, "c").len(), model.len());
     let p = SearchParams { k: 1, ..SearchParams::default() };
     let found = model.iter().filter(|(id, v)| ids(&db.search("c", v, &p).unwrap()) == vec![**id]);

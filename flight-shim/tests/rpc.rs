@@ -493,9 +493,9 @@ async fn float64_embedding_with_string_ids_and_cosine_metadata_is_stored_as_f32(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backpressure_that_gives_up_is_resource_exhausted() {
-    // Every put fills the in-memory table, so the next put flushes a segment; with one segment
-    // allowed to wait for its index and no patience at all, a flush that finds the previous
-    // segment's index still building gives up at once.
+    // Every put fills the in-memory table, so the next put must wait for a flush to free it
+    // (memory backpressure, the one wait a put has; it never waits for an index build); with
+    // no patience at all, it gives up at once.
     let opts = Options::default()
         .memtable_bytes(1)
         .min_index_rows(1)

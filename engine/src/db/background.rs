@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::batch::Vectors;
 use crate::error::{BackgroundError, FlushError};
 use crate::schema::CollectionSchema;
+use crate::segment::SegmentFile;
 use quiver_diskgraph::search::DiskIndex;
 
 use super::Database;
@@ -163,12 +164,14 @@ struct IndexJob {
     collection: u64,
     meta: SegmentMeta,
     schema: Arc<CollectionSchema>,
-    vectors: Arc<[Vectors]>,
+    /// `None` for a cold segment (its vectors not held): read from its file for the build.
+    vectors: Option<Arc<[Vectors]>>,
+    file: SegmentFile,
     codebook: Option<Arc<quiver_diskgraph::pq::PqCodebook>>,
 }
 
 /// Builds the index of the oldest segment that needs one: [`build_index_dir`] with no lock
-/// held, then [`install_index`].
+/// held (a cold segment's vectors read from its file first), then [`install_index`].
 pub(super) fn index_one(inner: &Inner) -> Result<Progress, BackgroundError> {
     let Some(idir) = inner.index_dir.clone() else { return Ok(Progress::Idle) };
     let job = {
@@ -178,7 +181,8 @@ pub(super) fn index_one(inner: &Inner) -> Result<Progress, BackgroundError> {
                 collection: c.id,
                 meta: s.meta.clone(),
                 schema: c.schema.clone(),
-                vectors: s.vectors.clone().expect("an unindexed segment holds its vectors"),
+                vectors: s.vectors.clone(),
+                file: s.file.clone(),
                 codebook: c.codebook_for(s.meta.rows),
             })
         })
@@ -188,7 +192,11 @@ pub(super) fn index_one(inner: &Inner) -> Result<Progress, BackgroundError> {
         tracing::debug_span!("index_build", segment = job.meta.id, rows = job.meta.rows).entered();
     let t = Instant::now();
     let codebook = job.codebook.as_ref();
-    let index = build_index_dir(inner, &idir, &job.meta, &job.schema, job.vectors, codebook)?;
+    let vectors = match job.vectors {
+        Some(held) => held,
+        None => read_vectors(&job.file, &job.schema)?.into(),
+    };
+    let index = build_index_dir(inner, &idir, &job.meta, &job.schema, vectors, codebook)?;
     let sid = job.meta.id;
     tracing::info!("indexed segment {sid:016x} in {:.1} s", t.elapsed().as_secs_f64());
     install_index(inner, job.collection, sid, index)

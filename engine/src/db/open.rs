@@ -104,10 +104,13 @@ impl Database {
 
         let mut state = State { checkpoint: body.wal_checkpoint, ..State::default() };
         let mut max_id = 0u64;
+        // Unindexed segments that may hold their vectors in RAM; the others are searched from
+        // their files until indexed.
+        let mut resident = opts.max_unindexed_segments;
         for cm in &body.collections {
             validate_collection_name(&cm.name)
                 .map_err(|e| OpenError::ManifestBody(format!("collection name: {e}")))?;
-            let c = load_collection(&vfs, &dir, index_dir.as_deref(), &opts, cm)?;
+            let c = load_collection(&vfs, &dir, index_dir.as_deref(), &opts, cm, &mut resident)?;
             max_id = max_id.max(cm.id);
             for s in &cm.segments {
                 max_id = max_id.max(s.id).max(s.deletes.map_or(0, |d| d.file));
@@ -287,6 +290,7 @@ pub(super) fn load_collection(
     index_dir: Option<&Path>,
     opts: &Options,
     cm: &CollectionMeta,
+    resident: &mut usize,
 ) -> Result<Collection, OpenError> {
     let schema = Arc::new(cm.schema.clone());
     let arrow = schema.arrow_schema();
@@ -313,6 +317,15 @@ pub(super) fn load_collection(
         }
         last = Some(sm.id);
         let mut seg = load_segment(vfs, dir, index_dir, opts, &schema, &arrow, sm.clone())?;
+        // An unindexed segment's vectors are loaded while `resident` allows (always with
+        // indexing off); the others wait, cold, for the background worker, which reads them
+        // back to build.
+        if seg.index.is_none() && (index_dir.is_none() || *resident > 0) {
+            if index_dir.is_some() {
+                *resident -= 1;
+            }
+            seg.vectors = Some(read_vectors(&seg.file, &schema)?.into());
+        }
         if let Some(index) = seg.index.as_mut() {
             let index = Arc::get_mut(index).expect("an index just opened has no other owner");
             // Indexes built with one codebook (the collection's, or one it had before) share
@@ -437,7 +450,6 @@ pub(super) fn load_segment(
             meta.indexed = false;
         }
     }
-    let vectors = if index.is_some() { None } else { Some(read_vectors(&file, schema)?.into()) };
     let keys = keys.finish(meta.crc).map_err(|e| match e {
         KeysError::Twice(k) => crate::SegmentError::Corrupt {
             path: path.clone(),
@@ -452,7 +464,7 @@ pub(super) fn load_segment(
         deleted: Arc::new(deleted),
         deleted_count,
         dirty: false,
-        vectors,
+        vectors: None, // the caller loads an unindexed segment's
         index,
         slot: u32::MAX, // given by the caller
     })
