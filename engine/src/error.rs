@@ -105,8 +105,9 @@ pub enum WriteError {
     /// The write is durable but the flush it triggered failed (see the flush error).
     #[error("the write is durable, but the flush it triggered failed: {0}")]
     Flush(#[source] Box<FlushError>),
-    /// Background work fell behind for longer than [`crate::Options::max_stall`].
-    #[error("background work is behind; waited {0:?}")]
+    /// The write waited longer than [`crate::Options::max_stall`] for memory: the in-memory
+    /// tables were full and their flush had not freed them.
+    #[error("the in-memory tables are full and their flush is behind; waited {0:?}")]
     Stalled(Duration),
     /// An earlier failure left the database unable to write until it is reopened.
     #[error("the database can no longer write ({0}); reopen it")]
