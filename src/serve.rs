@@ -240,7 +240,13 @@ fn engine_options(args: &ServeArgs) -> Options {
 }
 
 pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
-    crate::allocator_purges_at_once();
+    if args.memory_budget.is_some() {
+        // Within a budget, freed memory goes back at once, so what the budget counts is what
+        // is resident. Without one, mimalloc keeps freed pages for reuse: scans and puts then
+        // reuse buffers instead of faulting fresh pages in (scans ran 1.6× faster, with half
+        // the server CPU a GB, on 600k rows of 128-d f32; BENCHMARKS.md, issue 26).
+        crate::allocator_purges_at_once();
+    }
     // Every check that can refuse the configuration runs before the database is opened or the
     // port bound, so a refused start prints no "listening" line.
     let token = auth_token(args)?;
