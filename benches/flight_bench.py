@@ -12,7 +12,12 @@ Measures, per round (medians reported):
 - DoGet scan MB/s of the whole collection (adaptive chunking), once the put's flush and merges
   are done;
 - search QPS over Flight (one client, sequential DoGet tickets) on an indexed collection, and
-  the same queries in-process (`engine/examples/search_dir.rs`) for the Flight overhead.
+  the same queries in-process (`engine/examples/search_dir.rs`) for the Flight overhead;
+- the server's CPU-seconds per GB put (1 stream, each ack awaited) and per GB scanned, from
+  `/proc/PID/stat` (the machine-independent figure: the client shares these cores);
+- with `--latency`: acknowledgement latency p50/p99 of 1k, 10k and 50k-row batches on 1 and 4
+  streams (each ack awaited), into a server that indexes as it goes (builds and merges run
+  meanwhile), and the same through the in-memory server.
 MB = 10^6 bytes of Arrow buffers (ids + vectors).
 """
 import argparse
@@ -130,6 +135,70 @@ def put(uri, name, table, streams, batch_rows, wait_each=True):
     return time.perf_counter() - t0
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def acked_latencies(uri, name, table, streams, batch_rows):
+    """Puts `table` over `streams` streams in `batch_rows`-row batches, each acknowledgement
+    awaited; returns every batch's send-to-acknowledgement time in milliseconds."""
+    per = (table.num_rows + streams - 1) // streams
+    lat, errors = [], []
+
+    def one(part):
+        try:
+            c = fl.FlightClient(uri)
+            w, r = c.do_put(fl.FlightDescriptor.for_path(name), part.schema)
+            for b in part.to_batches(max_chunksize=batch_rows):
+                t = time.perf_counter()
+                w.write_batch(b)
+                r.read()
+                lat.append((time.perf_counter() - t) * 1000)
+            w.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(table.slice(s * per, per),))
+               for s in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return lat
+
+
+def latency_table(args, vecs, work):
+    """p50/p99 acknowledgement latency by batch size and streams, Quiver and the peer."""
+    rows = min(len(vecs), args.latency_rows)
+    print(f"\nacknowledgement latency, {rows} rows a run, ms (p50 / p99):")
+    print("| batch rows | streams | Quiver (indexing on) | pyarrow in-memory server |")
+    print("|---:|---:|---:|---:|")
+    for batch_rows in (1_000, 10_000, 50_000):
+        for streams in (1, 4):
+            cells = []
+            for side in ("quiver", "peer"):
+                table = table_of(vecs[:rows])
+                if side == "quiver":
+                    d = os.path.join(work, f"lat-{batch_rows}-{streams}")
+                    p, uri = start_quiver(args.quiver, d, args.quiver_args.split())
+                    lat = acked_latencies(uri, "lat", table, streams, batch_rows)
+                    stop(p)
+                    shutil.rmtree(d)
+                else:
+                    srv = MemoryServer("grpc://127.0.0.1:0")
+                    uri = f"grpc://127.0.0.1:{srv.port}"
+                    threading.Thread(target=srv.serve, daemon=True).start()
+                    lat = acked_latencies(uri, "lat", table, streams, batch_rows)
+                    srv.shutdown()
+                cells.append(f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f}")
+            print(f"| {batch_rows:,} | {streams} | {cells[0]} | {cells[1]} |", flush=True)
+
+
 def scan(uri, ticket):
     c = fl.FlightClient(uri)
     t0 = time.perf_counter()
@@ -154,6 +223,11 @@ def main():
     ap.add_argument("--no-peer", action="store_true", help="skip the peer (quick iterations)")
     ap.add_argument("--no-search", action="store_true", help="skip the search part")
     ap.add_argument("--quiver-args", default="", help="extra `quiver serve` flags for the puts")
+    ap.add_argument("--latency", action="store_true",
+                    help="also the acknowledgement latency table (1k/10k/50k-row batches, 1 and 4 "
+                         "streams)")
+    ap.add_argument("--latency-rows", type=int, default=200_000)
+    ap.add_argument("--no-throughput", action="store_true", help="skip the MB/s table")
     args = ap.parse_args()
 
     vecs = load_base(args.base, args.rows)
@@ -162,22 +236,28 @@ def main():
     work = args.workdir or tempfile.mkdtemp(prefix="quiver-flight-bench-")
     keys = ["q_put1", "q_puts", "q_put4", "q_scan", "m_put1", "m_puts", "m_put4", "m_scan"]
     results = {k: [] for k in keys}
-    for rnd in range(args.rounds):
+    cpu_put, cpu_scan = [], []  # server CPU-seconds per GB
+    for rnd in range(0 if args.no_throughput else args.rounds):
         # Quiver: durable puts (indexing off, to measure the write path), then a scan.
         for streams, key, wait in [(1, "q_put1", True), (1, "q_puts", False), (4, "q_put4", True)]:
             d = os.path.join(work, f"q{rnd}-{key}")
             p, uri = start_quiver(args.quiver, d, ["--no-index", *args.quiver_args.split()])
+            cpu0 = cpu_seconds(p.pid)
             secs = put(uri, "bench", table, streams, args.batch_rows, wait)
             results[key].append(mb / secs)
+            if key == "q_put1":
+                cpu_put.append((cpu_seconds(p.pid) - cpu0) / (mb / 1000))
             if key == "q_put1":
                 # Scan a settled collection: the put's last flush and merges done, so the scan
                 # does not share the two cores with them.
                 c = fl.FlightClient(uri)
                 list(c.do_action(fl.Action("flush", b"")))
                 list(c.do_action(fl.Action("wait-for-indexing", b'{"dataset": "bench"}')))
+                cpu0 = cpu_seconds(p.pid)
                 secs, rows, size = scan(uri, b"bench")
                 assert rows == table.num_rows, rows
                 results["q_scan"].append(size / 1e6 / secs)
+                cpu_scan.append((cpu_seconds(p.pid) - cpu0) / (size / 1e9))
             stop(p)
             shutil.rmtree(d)
         # The peer: pyarrow's in-memory Flight server.
@@ -195,15 +275,21 @@ def main():
         print(f"round {rnd}: " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in results.items() if v),
               file=sys.stderr)
 
-    med = {k: statistics.median(v) if v else float("nan") for k, v in results.items()}
-    print(f"rows={table.num_rows} dim={vecs.shape[1]} MB={mb:.1f} rounds={args.rounds}")
-    print("| | Quiver (durable) MB/s | pyarrow in-memory server MB/s | ratio |")
-    print("|---|---:|---:|---:|")
-    for label, q, m in [("DoPut, 1 stream, each ack awaited", "q_put1", "m_put1"),
-                        ("DoPut, 1 stream, streamed", "q_puts", "m_puts"),
-                        ("DoPut, 4 streams, each ack awaited", "q_put4", "m_put4"),
-                        ("DoGet scan", "q_scan", "m_scan")]:
-        print(f"| {label} | {med[q]:.0f} | {med[m]:.0f} | {med[q] / med[m]:.2f} |")
+    if not args.no_throughput:
+        med = {k: statistics.median(v) if v else float("nan") for k, v in results.items()}
+        print(f"rows={table.num_rows} dim={vecs.shape[1]} MB={mb:.1f} rounds={args.rounds}")
+        print("| | Quiver (durable) MB/s | pyarrow in-memory server MB/s | ratio |")
+        print("|---|---:|---:|---:|")
+        for label, q, m in [("DoPut, 1 stream, each ack awaited", "q_put1", "m_put1"),
+                            ("DoPut, 1 stream, streamed", "q_puts", "m_puts"),
+                            ("DoPut, 4 streams, each ack awaited", "q_put4", "m_put4"),
+                            ("DoGet scan", "q_scan", "m_scan")]:
+            print(f"| {label} | {med[q]:.0f} | {med[m]:.0f} | {med[q] / med[m]:.2f} |")
+        print(f"\nQuiver server CPU-seconds per GB: put (1 stream, acks awaited; WAL, flushes "
+              f"and merges included) {statistics.median(cpu_put):.2f}, scan "
+              f"{statistics.median(cpu_scan):.2f}")
+    if args.latency:
+        latency_table(args, vecs, work)
 
     if args.no_search:
         return

@@ -293,7 +293,7 @@ impl Options {
 
     /// What the filtered-search planner takes a node read of a disk index to cost (as
     /// PostgreSQL's `random_page_cost`): it ranks a segment's passing rows by PQ (`L` reads)
-    /// or walks its graph with failing rows as waypoints (about `L / share` reads), whichever
+    /// or walks its graph with failing rows as waypoints (about `0.7 · L / share` reads), whichever
     /// costs less. Default `None`: estimated from the sector cache's recent hit rate, between
     /// about 2 µs a read from the cache and 25 µs from the disk (and the disk's, without a
     /// cache). Fix it for predictable plans, or for a device much slower or faster than NVMe.
