@@ -137,13 +137,6 @@ pub enum FlushError {
     /// The manifest commit failed (the database is poisoned until reopened).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    /// Background work fell behind for longer than [`crate::Options::max_stall`].
-    #[error("background work is behind; waited {0:?}")]
-    Stalled(Duration),
-    /// The flush must wait for background work (index builds) that cannot proceed because the
-    /// disk is full. Nothing is lost; the work resumes by itself once space is freed.
-    #[error("the disk is full: background work cannot proceed ({0}); free space and retry")]
-    NoSpace(#[source] std::sync::Arc<BackgroundError>),
     /// An earlier failure left the database unable to write until it is reopened.
     #[error("the database can no longer write ({0}); reopen it")]
     Poisoned(String),

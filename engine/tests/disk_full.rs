@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use quiver_engine::Metric;
-use quiver_engine::{Database, FlushError, Options, SearchParams, is_no_space};
+use quiver_engine::{Database, Options, SearchParams, is_no_space};
 use quiver_testkit::SmallDisk;
 
 const DIM: usize = 8;
@@ -84,10 +84,7 @@ fn a_full_disk_is_reported_as_such_and_background_work_resumes_once_space_return
     // full disk itself.
     match db.flush() {
         Ok(()) => {}
-        Err(e @ FlushError::NoSpace(_)) => {
-            assert!(is_no_space(&e), "{e}");
-            assert!(e.to_string().contains("disk is full"), "{e}");
-        }
+        Err(e) if is_no_space(&e) => {}
         Err(other) => panic!("expected the flush to succeed or report the full disk: {other}"),
     }
     // The failed build is reported as what it is.

@@ -68,11 +68,11 @@ pub(super) struct Inner {
     pub(super) build_pool: rayon::ThreadPool,
     /// When the last write was applied (for [`Options::idle_flush`]).
     pub(super) last_write: Mutex<Instant>,
-    /// The background worker's last failure, until a unit of work succeeds: a flush waiting
-    /// for index builds that fail for lack of space reports that instead of stalling.
+    /// The background worker's last failure, until a unit of work succeeds
+    /// ([`crate::Database::background_error`]: a full disk is reported there).
     pub(super) background_failure: Mutex<Option<Arc<BackgroundError>>>,
-    /// The inputs of the merge in progress, if any: their vectors stay resident while it builds
-    /// the merged segment's index, and backpressure counts them as the one segment they become.
+    /// The inputs of the merge in progress, if any: their vectors (if resident) stay so while it
+    /// builds the merged segment's index, and no other merge takes them.
     pub(super) merging: Mutex<Vec<u64>>,
     /// Index builds that ran over the memory budget (no plan fitted what it left them).
     pub(super) over_budget_builds: AtomicU64,

@@ -248,7 +248,7 @@ impl<'a> Merging<'a> {
 impl Drop for Merging<'_> {
     fn drop(&mut self) {
         lock(&self.0.merging).clear();
-        self.0.work_cv.notify_all(); // a flush waiting on backpressure counts again
+        self.0.work_cv.notify_all(); // waiters on background work look again
     }
 }
 

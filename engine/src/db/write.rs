@@ -21,7 +21,8 @@ impl Database {
     /// Inserts (upserts by id) the rows of `batch`: columns `id`, `vector`, and any of the
     /// collection's attributes (missing nullable ones become null). Returns once the rows are
     /// durable in the WAL; from then on every search, get and scan sees them. May first flush
-    /// the in-memory table, and wait for background work (backpressure).
+    /// the in-memory table, or wait for a flush to free it (backpressure on memory, bounded by
+    /// [`crate::Options::max_stall`]); never for an index build or a merge.
     ///
     /// # Errors
     /// [`WriteError`]; for a refused batch, nothing was written.
@@ -125,7 +126,6 @@ impl Database {
                 drop(ctl);
                 // No flusher, or it is failing: flush here, reporting its error.
                 return flush_once(inner).map_err(|e| match e {
-                    FlushError::Stalled(d) => WriteError::Stalled(d),
                     FlushError::Poisoned(p) => WriteError::Poisoned(p),
                     e => WriteError::Flush(Box::new(e)),
                 });

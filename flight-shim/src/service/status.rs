@@ -68,7 +68,6 @@ pub(super) fn flush_status(e: FlushError) -> Status {
         return s;
     }
     match e {
-        FlushError::Stalled(d) => stalled_status(d),
         FlushError::Poisoned(m) => Status::unavailable(m),
         other => Status::internal(other.to_string()),
     }
@@ -133,9 +132,9 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// A full disk was reported as INTERNAL (or, for a flush waiting on failing index builds,
-    /// as "background work is behind" after 600 s); it must say ENOSPC, and whether a retry
-    /// can succeed without a restart.
+    /// A full disk was reported as INTERNAL (or, for a flush that waited on failing index
+    /// builds, as "background work is behind" after 600 s); it must say ENOSPC, and whether a
+    /// retry can succeed without a restart.
     #[test]
     fn a_full_disk_is_resource_exhausted_and_says_whether_to_restart() {
         let enospc = || std::io::Error::from_raw_os_error(28);
@@ -143,13 +142,11 @@ mod tests {
         let s = write_status("c", wal);
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("disk is full") && s.message().contains("restart"), "{s:?}");
-        let background = |source| quiver_engine::BackgroundError::Io { path: "/x".into(), source };
-        let bg = background(enospc());
-        let s = flush_status(FlushError::NoSpace(Arc::new(bg)));
+        let segment = |source| FlushError::Io { path: "/x".into(), source };
+        let s = flush_status(segment(enospc()));
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("retry once space is freed"), "{s:?}");
-        let other = background(std::io::Error::other("x"));
-        let s = flush_status(FlushError::NoSpace(Arc::new(other)));
+        let s = flush_status(segment(std::io::Error::other("x")));
         assert!(!s.message().contains("disk is full (ENOSPC)"), "only ENOSPC says so");
     }
 }
