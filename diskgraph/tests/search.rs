@@ -671,3 +671,39 @@ fn spanning_nodes_search_the_same_from_disk_and_from_either_cache() {
     }
     assert_eq!(cache.stats().misses, 0, "the warmed cache answered every lookup");
 }
+
+/// The two halves of a ranking split across indexes must make the whole: the positions
+/// `pq_nearest_among` keeps, read by `rank_positions`, give what `search_among` gives with the
+/// same list (the same nodes read, the same exact ranking), with PQ distances that order the
+/// kept nodes as the index's codes do. Positions out of order or past the index are refused.
+#[test]
+fn a_ranking_split_in_two_phases_gives_what_the_whole_ranking_gives() {
+    let (n, dim) = (3_000, 24);
+    let raw = synthetic(n, dim, 31);
+    let qs = VectorSet::from_f32(dim, &synthetic(8, dim, 32)).unwrap();
+    let (_, dir) = metric_index(&raw, dim, Metric::L2);
+    let index = open(dir.path(), Backend::Auto, 0);
+    let mut s = index.searcher().unwrap();
+    let labels: Vec<u32> = (0..n as u32).step_by(11).collect();
+    for qi in 0..qs.len() {
+        let p = SearchParams { k: 10, list_size: 25, beam_width: 4 };
+        let (whole, _) = s.search_among(qs.row(qi), &labels, p).unwrap();
+        let kept = s.pq_nearest_among(qs.row(qi), &labels, 25).unwrap();
+        assert_eq!(kept.len(), 25, "query {qi}");
+        assert!(kept.windows(2).all(|w| w[0].0 < w[1].0), "ascending positions");
+        let positions: Vec<u32> = kept.iter().map(|k| k.0).collect();
+        let (split, stats) = s.rank_positions(qs.row(qi), &positions, p).unwrap();
+        assert_eq!(split, whole, "query {qi}");
+        assert_eq!(stats.exact_distances, 25);
+        // Fewer labels than asked: all of them, each with its PQ distance.
+        let few = s.pq_nearest_among(qs.row(qi), &labels[..7], 25).unwrap();
+        assert_eq!(few.len(), 7);
+        assert!(few.iter().all(|k| k.1.is_finite() && k.1 >= 0.0));
+    }
+    let p = SearchParams { k: 10, list_size: 10, beam_width: 4 };
+    for bad in [vec![5u32, 3], vec![4, 4], vec![1, n as u32]] {
+        let err = s.rank_positions(qs.row(0), &bad, p).unwrap_err();
+        assert!(matches!(err, SearchError::Query(_)), "{bad:?}: {err}");
+    }
+    assert!(s.pq_nearest_among(qs.row(0), &labels, 0).is_err(), "keep 0");
+}

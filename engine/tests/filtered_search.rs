@@ -381,3 +381,90 @@ fn a_remembered_filter_result_never_returns_a_row_deleted_after_it() {
     let want: Vec<u64> = want.into_iter().take(10).map(|x| x.1).collect();
     assert_eq!(ids(&db.search("b", &q, &exact(300)).unwrap()), want, "another filter");
 }
+
+/// A collection's indexes share one codebook, so the PQ distances of their passing rows
+/// compare: a filter that ranks in every segment ranks them together and reads the nearest
+/// `L` of the collection, where ranking each segment alone read `L` of every one (four
+/// segments: four times the reads, for the same answers). With no cache every node comes
+/// from the disk, so the reads counted are the reads made.
+#[test]
+fn a_ranked_filter_over_several_segments_reads_one_list_not_one_a_segment() {
+    const PART: u64 = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = CollectionSchema::new(DIM as u32, VectorType::F32, Metric::L2)
+        .with_attribute(Field::new("bucket", DataType::Int64, false));
+    let opts = Options::default()
+        .background(false)
+        .min_index_rows(500)
+        .merge_min_segments(0)
+        .sector_cache_bytes(0)
+        .node_read_cost(Some(Duration::from_micros(25)));
+    let db = Database::open(dir.path(), opts).unwrap();
+    db.create_collection("b", schema).unwrap();
+    let vectors: Vec<Vec<f32>> = (0..4 * PART).map(|i| vector(5, i, DIM)).collect();
+    for part in 0..4 {
+        let ids: Vec<u64> = (part * PART..(part + 1) * PART).collect();
+        let v = vector_column(DIM, &vectors[ids[0] as usize..=ids[ids.len() - 1] as usize]);
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::UInt64, false),
+                Field::new("vector", v.data_type().clone(), false),
+                Field::new("bucket", DataType::Int64, false),
+            ])),
+            vec![
+                Arc::new(UInt64Array::from(ids.clone())),
+                v,
+                Arc::new(Int64Array::from(ids.iter().map(|&i| bucket(i)).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        db.insert("b", &batch).unwrap();
+        db.flush().unwrap();
+    }
+    db.run_background().unwrap();
+    let stats = db.stats("b").unwrap();
+    assert_eq!((stats.segments, stats.indexed_segments), (4, 4), "{stats:?}");
+    // 1% pass: about 50 rows a segment, 200 in all.
+    let predicate = Predicate::compare("bucket", CompareOp::Lt, Literal::Int(10));
+    let passing: Vec<u64> = (0..4 * PART).filter(|&id| bucket(id) < 10).collect();
+    let truth = |q: &[f32]| {
+        let mut all: Vec<(f64, u64)> = passing
+            .iter()
+            .map(|&id| (oracle_distance(Metric::L2, q, &vectors[id as usize]), id))
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        all.into_iter().take(10).map(|x| x.1).collect::<Vec<u64>>()
+    };
+    let search = |q: &[f32], list_size: usize| {
+        let p = SearchParams {
+            k: 10,
+            list_size,
+            filter: Some(predicate.clone()),
+            ..SearchParams::default()
+        };
+        ids(&db.search("b", q, &p).unwrap())
+    };
+    let list = 40;
+    let before = db.stats("b").unwrap();
+    let (mut found, queries) = (0, 20);
+    for qi in 0..queries {
+        let q = vector(81, qi, DIM);
+        let got = search(&q, list);
+        assert!(got.iter().all(|&id| bucket(id) < 10), "query {qi}: a row that fails");
+        found += got.iter().filter(|id| truth(&q).contains(id)).count();
+    }
+    let after = db.stats("b").unwrap();
+    let reads = after.index_reads - before.index_reads;
+    assert_eq!(after.filtered_ranked - before.filtered_ranked, 4 * queries, "every segment ranked");
+    assert!(
+        reads <= list as u64 * queries,
+        "{reads} reads for {queries} searches of a list of {list}: one list a segment"
+    );
+    let recall = found as f64 / (10 * queries) as f64;
+    assert!(recall >= 0.95, "recall {recall}");
+    // A list as long as the passing rows reads them all: exactly brute force.
+    for qi in 0..5 {
+        let q = vector(82, qi, DIM);
+        assert_eq!(search(&q, passing.len()), truth(&q), "query {qi}");
+    }
+}

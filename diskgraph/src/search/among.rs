@@ -115,6 +115,79 @@ impl Searcher<'_> {
         Ok((found, stats))
     }
 
+    /// Phase one of a ranking split across indexes that share a codebook (a collection's
+    /// segments): of the nodes labelled `labels`, the `keep` nearest to `query` by PQ
+    /// distance (all of them when they are no more), as (position, PQ distance), ascending by
+    /// position. Their PQ distances compare across every index of the same codebook, so a
+    /// caller can take the nearest `L` of several indexes' candidates and read only those
+    /// ([`Searcher::rank_positions`]), where [`Searcher::search_among`] on each would read
+    /// `L` of every one.
+    ///
+    /// # Errors
+    /// [`QueryError::Label`] for a label not in the index, [`QueryError::Zero`] for `keep` 0,
+    /// and as [`Searcher::search`].
+    pub fn pq_nearest_among(
+        &mut self,
+        query: Row<'_>,
+        labels: &[u32],
+        keep: usize,
+    ) -> Result<Vec<(u32, f32)>, SearchError> {
+        if keep == 0 {
+            return Err(QueryError::Zero { k: 0, list_size: 0, beam_width: 1 }.into());
+        }
+        let (qf, _) = prepare_query(&self.index.header, query)?;
+        let mut scratch = std::mem::take(&mut self.state.among);
+        let mut stats = QueryStats::default();
+        let params = SearchParams { k: keep, list_size: keep, beam_width: 1 };
+        let wanted = self.nearest_by_pq(&qf, labels, params, &mut scratch, &mut stats);
+        self.state.among = scratch;
+        let wanted = wanted?;
+        self.fill_table(&qf);
+        let table = PqTable::new(&self.state.table, self.index.pq.bytes());
+        let mut distances = vec![0.0; wanted.len()];
+        self.index.codes.score_ids(Isa::active(), table, &wanted, &mut distances);
+        Ok(wanted.into_iter().zip(distances).collect())
+    }
+
+    /// Phase two of a split ranking: reads the nodes at `positions` (ascending, each once, as
+    /// [`Searcher::pq_nearest_among`] gave them) and returns the `params.k` nearest by exact
+    /// distance, with their labels.
+    ///
+    /// # Errors
+    /// [`QueryError::Position`] for positions out of order or past the index, and as
+    /// [`Searcher::search`].
+    pub fn rank_positions(
+        &mut self,
+        query: Row<'_>,
+        positions: &[u32],
+        params: SearchParams,
+    ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
+        let started = Instant::now();
+        if params.k == 0 || params.beam_width == 0 {
+            let SearchParams { k, list_size, beam_width } = params;
+            return Err(QueryError::Zero { k, list_size, beam_width }.into());
+        }
+        if params.beam_width > MAX_BEAM_WIDTH {
+            return Err(QueryError::BeamWidth(params.beam_width).into());
+        }
+        let n = self.index.header.n;
+        let ascending = positions.windows(2).all(|w| w[0] < w[1]);
+        if let Some(&bad) = positions.iter().find(|&&p| u64::from(p) >= n) {
+            return Err(QueryError::Position { position: bad, n }.into());
+        }
+        if !ascending {
+            let at = positions.windows(2).position(|w| w[0] >= w[1]).expect("not ascending");
+            return Err(QueryError::Position { position: positions[at + 1], n }.into());
+        }
+        let (qf, native) = prepare_query(&self.index.header, query)?;
+        let mut stats = QueryStats::default();
+        let mut found = self.rank_exactly(query, &qf, native, positions, params, &mut stats)?;
+        found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        found.truncate(params.k);
+        stats.latency_us = started.elapsed().as_secs_f64() * 1e6;
+        Ok((found, stats))
+    }
+
     /// The positions to read: of the nodes labelled `labels`, the `list_size` (at least `k`)
     /// nearest to the query `qf` by PQ distance, or all of them when they are no more; each
     /// once, ascending.

@@ -584,6 +584,14 @@ pub enum QueryError {
         /// The index's node count.
         n: u64,
     },
+    /// A position given to read is past the index, or out of ascending order.
+    #[error("position {position} is past the index or out of order (it has {n} nodes)")]
+    Position {
+        /// The position given.
+        position: u32,
+        /// The index's node count.
+        n: u64,
+    },
     /// The query's length is not the index's input dimension.
     #[error("dimension {got}, the index has {expected}")]
     Dimension {

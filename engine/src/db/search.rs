@@ -307,9 +307,21 @@ impl Database {
             .entered();
             search_segment(&self.inner, &c, s, &q, params, &filter)
         };
+        let (ranked, done) = match &filter {
+            Some(f) if !params.exact => rank_across(&self.inner, &c, &segments, &q, params, f)?,
+            _ => (Vec::new(), Vec::new()),
+        };
+        for cand in ranked {
+            top.push(cand);
+        }
+        let rest: Vec<SegmentView> = if done.is_empty() {
+            segments.clone()
+        } else {
+            segments.iter().filter(|s| !done.contains(&s.id)).cloned().collect()
+        };
         let found = search_segments(
             &self.inner.search_pool,
-            &segments,
+            &rest,
             |s| s.index.is_some() && !params.exact,
             |s| s.keys.len(),
             search,
@@ -592,6 +604,98 @@ fn rank_passing(
         Err(SearchError::Query(e)) => Err(QueryError::Index(e).into()),
         Err(source) => Err(ReadError::Search { segment: s.id, source }),
     }
+}
+
+/// A filtered search's ranked segments, ranked together: when two or more indexed segments
+/// would each rank their passing rows ([`plan_filtered`]) and their indexes share one codebook
+/// (a collection's do), every one's passing rows are scored by PQ
+/// ([`quiver_diskgraph::search::Searcher::pq_nearest_among`]: distances that compare across
+/// them), and only the nearest `L` of them all are read and ranked exactly, where ranking each
+/// segment alone reads `L` of every one. Returns the candidates and the segments it searched
+/// (nothing when it does not apply, or when an index fails: the per-segment path then
+/// searches them, and handles the failure).
+fn rank_across(
+    inner: &Inner,
+    c: &CollectionView,
+    segments: &[SegmentView],
+    q: &PreparedQuery,
+    params: &SearchParams,
+    filter: &Filter,
+) -> Result<(Vec<Cand>, Vec<u64>), ReadError> {
+    let none = || Ok((Vec::new(), Vec::new()));
+    let read_ns = read_cost_ns(inner);
+    let mut ranked: Vec<(&SegmentView, &Arc<quiver_diskgraph::search::DiskIndex>, Vec<u32>)> =
+        Vec::new();
+    for s in segments {
+        let Some(ix) = s.index.as_ref() else { continue };
+        let passing = passing_rows(inner, c, s, filter)?;
+        let live = s.keys.len() - s.deleted.count();
+        if plan_filtered(passing.count(), live, params, read_ns) == FilteredPlan::Rank {
+            ranked.push((s, ix, passing.rows().collect()));
+        }
+    }
+    let shared = |(_, ix, _): &(_, &Arc<quiver_diskgraph::search::DiskIndex>, _)| {
+        Arc::ptr_eq(ix.shared_pq(), ranked[0].1.shared_pq())
+    };
+    if ranked.len() < 2 || !ranked.iter().all(shared) {
+        return none();
+    }
+    let keep = params.list_size.max(params.k);
+    let row = q.as_given.row(c.schema.vector_type().search_elem());
+    // One search state through every index: the query's PQ table is made once.
+    let mut state = None;
+    let mut nearest: Vec<(f32, usize, u32)> = Vec::new();
+    for (at, (s, ix, rows)) in ranked.iter().enumerate() {
+        let mut searcher = match state.take() {
+            Some(st) => {
+                ix.searcher_with(st).map_err(|source| ReadError::Index { segment: s.id, source })?
+            }
+            None => inner.searcher(s.id, ix)?,
+        };
+        let found = searcher.pq_nearest_among(row, rows, keep);
+        state = Some(searcher.into_state());
+        match found {
+            Ok(found) => nearest.extend(found.into_iter().map(|(p, d)| (d, at, p))),
+            Err(_) => {
+                inner.return_search_state(state.take().expect("just kept"));
+                return none();
+            }
+        }
+    }
+    nearest.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    nearest.truncate(keep);
+    let sp = quiver_diskgraph::search::SearchParams {
+        k: params.k,
+        list_size: keep,
+        beam_width: params.beam_width,
+    };
+    let mut cands = Vec::new();
+    for (at, (s, ix, _)) in ranked.iter().enumerate() {
+        let mut positions: Vec<u32> = nearest.iter().filter(|n| n.1 == at).map(|n| n.2).collect();
+        positions.sort_unstable();
+        if positions.is_empty() {
+            continue;
+        }
+        let st = state.take().expect("kept between indexes");
+        let mut searcher =
+            ix.searcher_with(st).map_err(|source| ReadError::Index { segment: s.id, source })?;
+        let found = searcher.rank_positions(row, &positions, sp);
+        state = Some(searcher.into_state());
+        let Ok((found, stats)) = found else {
+            inner.return_search_state(state.take().expect("just kept"));
+            return none();
+        };
+        c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
+        for n in &found {
+            let key = s.keys.key(n.id as usize)?;
+            cands.push(Cand { d: n.distance, key, loc: Hit::Seg(s.id, n.id) });
+        }
+    }
+    if let Some(st) = state {
+        inner.return_search_state(st);
+    }
+    c.counters.filtered_ranked.fetch_add(ranked.len() as u64, Ordering::Relaxed);
+    Ok((cands, ranked.iter().map(|(s, _, _)| s.id).collect()))
 }
 
 /// How a filtered search of one indexed segment goes.
