@@ -606,8 +606,8 @@ fn rank_passing(
     }
 }
 
-/// A filtered search's ranked segments, ranked together: when two or more indexed segments
-/// would each rank their passing rows ([`plan_filtered`]) and their indexes share one codebook
+/// A filtered search's ranked segments, ranked together: when every indexed segment (two or
+/// more) would rank its passing rows ([`plan_filtered`]) and their indexes share one codebook
 /// (a collection's do), every one's passing rows are scored by PQ
 /// ([`quiver_diskgraph::search::Searcher::pq_nearest_among`]: distances that compare across
 /// them), and only the nearest `L` of them all are read and ranked exactly, where ranking each
@@ -630,8 +630,13 @@ fn rank_across(
         let Some(ix) = s.index.as_ref() else { continue };
         let passing = passing_rows(inner, c, s, filter)?;
         let live = s.keys.len() - s.deleted.count();
-        if plan_filtered(passing.count(), live, params, read_ns) == FilteredPlan::Rank {
-            ranked.push((s, ix, passing.rows().collect()));
+        match plan_filtered(passing.count(), live, params, read_ns) {
+            FilteredPlan::Rank => ranked.push((s, ix, passing.rows().collect())),
+            FilteredPlan::Nothing => {}
+            // A segment that walks: the segments are planned apart (their passing rows, found
+            // here, are remembered for that). Stopping at the first keeps a walking query's
+            // cost of this check to one segment's.
+            FilteredPlan::Walk { .. } => return none(),
         }
     }
     let shared = |(_, ix, _): &(_, &Arc<quiver_diskgraph::search::DiskIndex>, _)| {
