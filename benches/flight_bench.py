@@ -93,12 +93,14 @@ def stop(p):
     p.wait(timeout=600)
 
 
-def put(uri, name, table, streams, batch_rows, wait_each=True):
+def put(uri, name, table, streams, batch_rows, wait_each=True, latencies=None):
     """DoPut `table` split over `streams` concurrent streams; returns seconds until the last ack.
 
     `wait_each`: read each batch's acknowledgement before sending the next (one batch in flight
     per stream); otherwise stream every batch, then close, which returns once the server has
-    answered the whole stream (every acknowledgement is sent only after durability)."""
+    answered the whole stream (every acknowledgement is sent only after durability).
+    `latencies` (with `wait_each`): a list that gains each batch's send-to-acknowledgement
+    time in milliseconds."""
     parts = []
     per = (table.num_rows + streams - 1) // streams
     for s in range(streams):
@@ -111,10 +113,13 @@ def put(uri, name, table, streams, batch_rows, wait_each=True):
             w, r = c.do_put(fl.FlightDescriptor.for_path(name), part.schema)
             acks = 0
             for b in part.to_batches(max_chunksize=batch_rows):
+                sent = time.perf_counter()
                 w.write_batch(b)
                 if wait_each:
                     r.read()  # the acknowledgement: durable before it is sent
                     acks += 1
+                    if latencies is not None:
+                        latencies.append((time.perf_counter() - sent) * 1000)
             if not wait_each:
                 w.done_writing()
                 while r.read() is not None:
@@ -142,36 +147,6 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def acked_latencies(uri, name, table, streams, batch_rows):
-    """Puts `table` over `streams` streams in `batch_rows`-row batches, each acknowledgement
-    awaited; returns every batch's send-to-acknowledgement time in milliseconds."""
-    per = (table.num_rows + streams - 1) // streams
-    lat, errors = [], []
-
-    def one(part):
-        try:
-            c = fl.FlightClient(uri)
-            w, r = c.do_put(fl.FlightDescriptor.for_path(name), part.schema)
-            for b in part.to_batches(max_chunksize=batch_rows):
-                t = time.perf_counter()
-                w.write_batch(b)
-                r.read()
-                lat.append((time.perf_counter() - t) * 1000)
-            w.close()
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(table.slice(s * per, per),))
-               for s in range(streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return lat
-
-
 def latency_table(args, vecs, work):
     """p50/p99 acknowledgement latency by batch size and streams, Quiver and the peer."""
     rows = min(len(vecs), args.latency_rows)
@@ -186,14 +161,16 @@ def latency_table(args, vecs, work):
                 if side == "quiver":
                     d = os.path.join(work, f"lat-{batch_rows}-{streams}")
                     p, uri = start_quiver(args.quiver, d, args.quiver_args.split())
-                    lat = acked_latencies(uri, "lat", table, streams, batch_rows)
+                    lat = []
+                    put(uri, "lat", table, streams, batch_rows, latencies=lat)
                     stop(p)
                     shutil.rmtree(d)
                 else:
                     srv = MemoryServer("grpc://127.0.0.1:0")
                     uri = f"grpc://127.0.0.1:{srv.port}"
                     threading.Thread(target=srv.serve, daemon=True).start()
-                    lat = acked_latencies(uri, "lat", table, streams, batch_rows)
+                    lat = []
+                    put(uri, "lat", table, streams, batch_rows, latencies=lat)
                     srv.shutdown()
                 cells.append(f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f}")
             print(f"| {batch_rows:,} | {streams} | {cells[0]} | {cells[1]} |", flush=True)

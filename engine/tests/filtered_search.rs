@@ -253,21 +253,7 @@ fn bucketed_with(
     let db = Database::open(dir, opts).unwrap();
     db.create_collection("b", schema).unwrap();
     let vectors: Vec<Vec<f32>> = (0..rows).map(|i| vector(5, i, DIM)).collect();
-    let v = vector_column(DIM, &vectors);
-    let batch = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("id", DataType::UInt64, false),
-            Field::new("vector", v.data_type().clone(), false),
-            Field::new("bucket", DataType::Int64, false),
-        ])),
-        vec![
-            Arc::new(UInt64Array::from((0..rows).collect::<Vec<_>>())),
-            v,
-            Arc::new(Int64Array::from((0..rows).map(bucket).collect::<Vec<_>>())),
-        ],
-    )
-    .unwrap();
-    db.insert("b", &batch).unwrap();
+    db.insert("b", &bucket_batch(0..rows, &vectors)).unwrap();
     db.flush().unwrap();
     db.run_background().unwrap();
     let stats = db.stats("b").unwrap();
@@ -277,6 +263,32 @@ fn bucketed_with(
 
 fn bucket(id: u64) -> i64 {
     (id * 7919 % 1000) as i64
+}
+
+/// The 10 of `ids` nearest to `q` by brute force (ties by id), `vectors` indexed by id.
+fn nearest_ten(ids: impl Iterator<Item = u64>, vectors: &[Vec<f32>], q: &[f32]) -> Vec<u64> {
+    let mut all: Vec<(f64, u64)> =
+        ids.map(|id| (oracle_distance(Metric::L2, q, &vectors[id as usize]), id)).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    all.into_iter().take(10).map(|x| x.1).collect()
+}
+
+/// Rows `ids` of `vectors` (indexed by id) with their `bucket`.
+fn bucket_batch(ids: std::ops::Range<u64>, vectors: &[Vec<f32>]) -> RecordBatch {
+    let v = vector_column(DIM, &vectors[ids.start as usize..ids.end as usize]);
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("vector", v.data_type().clone(), false),
+            Field::new("bucket", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(UInt64Array::from(ids.clone().collect::<Vec<_>>())),
+            v,
+            Arc::new(Int64Array::from(ids.map(bucket).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap()
 }
 
 /// The planner ranks when few rows pass or reads are dear, and walks when reads are cheap
@@ -306,14 +318,8 @@ fn check_plans(
 ) {
     for (permille, ranked) in cases {
         let predicate = Predicate::compare("bucket", CompareOp::Lt, Literal::Int(permille));
-        let truth = |q: &[f32]| {
-            let mut all: Vec<(f64, u64)> = (0..rows)
-                .filter(|&id| bucket(id) < permille)
-                .map(|id| (oracle_distance(Metric::L2, q, &vectors[id as usize]), id))
-                .collect();
-            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            all.into_iter().take(10).map(|x| x.1).collect::<Vec<u64>>()
-        };
+        let truth =
+            |q: &[f32]| nearest_ten((0..rows).filter(|&id| bucket(id) < permille), vectors, q);
         let before = db.stats("b").unwrap();
         let (mut found, mut wanted) = (0usize, 0usize);
         for qi in 0..20 {
@@ -403,22 +409,7 @@ fn a_ranked_filter_over_several_segments_reads_one_list_not_one_a_segment() {
     db.create_collection("b", schema).unwrap();
     let vectors: Vec<Vec<f32>> = (0..4 * PART).map(|i| vector(5, i, DIM)).collect();
     for part in 0..4 {
-        let ids: Vec<u64> = (part * PART..(part + 1) * PART).collect();
-        let v = vector_column(DIM, &vectors[ids[0] as usize..=ids[ids.len() - 1] as usize]);
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("id", DataType::UInt64, false),
-                Field::new("vector", v.data_type().clone(), false),
-                Field::new("bucket", DataType::Int64, false),
-            ])),
-            vec![
-                Arc::new(UInt64Array::from(ids.clone())),
-                v,
-                Arc::new(Int64Array::from(ids.iter().map(|&i| bucket(i)).collect::<Vec<_>>())),
-            ],
-        )
-        .unwrap();
-        db.insert("b", &batch).unwrap();
+        db.insert("b", &bucket_batch(part * PART..(part + 1) * PART, &vectors)).unwrap();
         db.flush().unwrap();
     }
     db.run_background().unwrap();
@@ -427,14 +418,7 @@ fn a_ranked_filter_over_several_segments_reads_one_list_not_one_a_segment() {
     // 1% pass: about 50 rows a segment, 200 in all.
     let predicate = Predicate::compare("bucket", CompareOp::Lt, Literal::Int(10));
     let passing: Vec<u64> = (0..4 * PART).filter(|&id| bucket(id) < 10).collect();
-    let truth = |q: &[f32]| {
-        let mut all: Vec<(f64, u64)> = passing
-            .iter()
-            .map(|&id| (oracle_distance(Metric::L2, q, &vectors[id as usize]), id))
-            .collect();
-        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        all.into_iter().take(10).map(|x| x.1).collect::<Vec<u64>>()
-    };
+    let truth = |q: &[f32]| nearest_ten(passing.iter().copied(), &vectors, q);
     let search = |q: &[f32], list_size: usize| {
         let p = SearchParams {
             k: 10,

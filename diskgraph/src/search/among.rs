@@ -96,21 +96,13 @@ impl Searcher<'_> {
         params: SearchParams,
     ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
         let started = Instant::now();
-        if params.k == 0 || params.beam_width == 0 {
-            let SearchParams { k, list_size, beam_width } = params;
-            return Err(QueryError::Zero { k, list_size, beam_width }.into());
-        }
-        if params.beam_width > MAX_BEAM_WIDTH {
-            return Err(QueryError::BeamWidth(params.beam_width).into());
-        }
+        check_ranking(params)?;
         let (qf, native) = prepare_query(&self.index.header, query)?;
         let mut scratch = std::mem::take(&mut self.state.among);
         let mut stats = QueryStats::default();
         let wanted = self.nearest_by_pq(&qf, labels, params, &mut scratch, &mut stats);
         self.state.among = scratch;
-        let mut found = self.rank_exactly(query, &qf, native, &wanted?, params, &mut stats)?;
-        found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-        found.truncate(params.k);
+        let found = self.rank_exactly(query, &qf, native, &wanted?, params, &mut stats)?;
         stats.latency_us = started.elapsed().as_secs_f64() * 1e6;
         Ok((found, stats))
     }
@@ -163,27 +155,18 @@ impl Searcher<'_> {
         params: SearchParams,
     ) -> Result<(Vec<Neighbour>, QueryStats), SearchError> {
         let started = Instant::now();
-        if params.k == 0 || params.beam_width == 0 {
-            let SearchParams { k, list_size, beam_width } = params;
-            return Err(QueryError::Zero { k, list_size, beam_width }.into());
-        }
-        if params.beam_width > MAX_BEAM_WIDTH {
-            return Err(QueryError::BeamWidth(params.beam_width).into());
-        }
+        check_ranking(params)?;
         let n = self.index.header.n;
-        let ascending = positions.windows(2).all(|w| w[0] < w[1]);
-        if let Some(&bad) = positions.iter().find(|&&p| u64::from(p) >= n) {
-            return Err(QueryError::Position { position: bad, n }.into());
-        }
-        if !ascending {
-            let at = positions.windows(2).position(|w| w[0] >= w[1]).expect("not ascending");
-            return Err(QueryError::Position { position: positions[at + 1], n }.into());
+        // Past the index, or not above the position before it.
+        let bad = positions.iter().enumerate().find(|&(i, &p)| {
+            u64::from(p) >= n || i.checked_sub(1).is_some_and(|j| positions[j] >= p)
+        });
+        if let Some((_, &position)) = bad {
+            return Err(QueryError::Position { position, n }.into());
         }
         let (qf, native) = prepare_query(&self.index.header, query)?;
         let mut stats = QueryStats::default();
-        let mut found = self.rank_exactly(query, &qf, native, positions, params, &mut stats)?;
-        found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-        found.truncate(params.k);
+        let found = self.rank_exactly(query, &qf, native, positions, params, &mut stats)?;
         stats.latency_us = started.elapsed().as_secs_f64() * 1e6;
         Ok((found, stats))
     }
@@ -231,7 +214,8 @@ impl Searcher<'_> {
     }
 
     /// Reads the nodes at `wanted` (ascending: one read per sector, or per node for nodes that
-    /// span sectors, in file order) and returns each with its exact distance to the query.
+    /// span sectors, in file order) and returns the `params.k` nearest by exact distance to
+    /// the query, nearest first (ties by label).
     fn rank_exactly(
         &mut self,
         query: Row<'_>,
@@ -308,8 +292,23 @@ impl Searcher<'_> {
                 cache.insert(*key, reads[r].0.sector, buf);
             }
         }
+        found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        found.truncate(params.k);
         Ok(found)
     }
+}
+
+/// The parameters a ranking of given nodes needs: `k` and a beam width of at least one, the
+/// beam no wider than [`MAX_BEAM_WIDTH`] (the list size only bounds the reads).
+fn check_ranking(params: SearchParams) -> Result<(), QueryError> {
+    if params.k == 0 || params.beam_width == 0 {
+        let SearchParams { k, list_size, beam_width } = params;
+        return Err(QueryError::Zero { k, list_size, beam_width });
+    }
+    if params.beam_width > MAX_BEAM_WIDTH {
+        return Err(QueryError::BeamWidth(params.beam_width));
+    }
+    Ok(())
 }
 
 /// The positions of the nodes labelled `labels` (`where_is[label]`), each once, ascending,

@@ -31,7 +31,7 @@ use crate::rowset::RowSet;
 use crate::schema::{CollectionSchema, DISTANCE_COLUMN, ID_COLUMN};
 use crate::segment::SegmentError;
 use quiver_diskgraph::data::{ElemType, Metric, Row, distance_active};
-use quiver_diskgraph::search::{MAX_BEAM_WIDTH, SearchError};
+use quiver_diskgraph::search::{DiskIndex, MAX_BEAM_WIDTH, SearchError, SearchState, Searcher};
 
 use super::inner::Inner;
 use super::model::Segment;
@@ -314,14 +314,18 @@ impl Database {
         for cand in ranked {
             top.push(cand);
         }
-        let rest: Vec<SegmentView> = if done.is_empty() {
-            segments.clone()
+        // The ranked segments are done; the others are searched one by one (every segment
+        // stays in `segments`: the hits of both need their files below).
+        let unranked: Vec<SegmentView>;
+        let rest = if done.is_empty() {
+            &segments[..]
         } else {
-            segments.iter().filter(|s| !done.contains(&s.id)).cloned().collect()
+            unranked = segments.iter().filter(|s| !done.contains(&s.id)).cloned().collect();
+            &unranked[..]
         };
         let found = search_segments(
             &self.inner.search_pool,
-            &rest,
+            rest,
             |s| s.index.is_some() && !params.exact,
             |s| s.keys.len(),
             search,
@@ -624,8 +628,7 @@ fn rank_across(
 ) -> Result<(Vec<Cand>, Vec<u64>), ReadError> {
     let none = || Ok((Vec::new(), Vec::new()));
     let read_ns = read_cost_ns(inner);
-    let mut ranked: Vec<(&SegmentView, &Arc<quiver_diskgraph::search::DiskIndex>, Vec<u32>)> =
-        Vec::new();
+    let mut ranked: Vec<(&SegmentView, &DiskIndex, Vec<u32>)> = Vec::new();
     for s in segments {
         let Some(ix) = s.index.as_ref() else { continue };
         let passing = passing_rows(inner, c, s, filter)?;
@@ -639,24 +642,18 @@ fn rank_across(
             FilteredPlan::Walk { .. } => return none(),
         }
     }
-    let shared = |(_, ix, _): &(_, &Arc<quiver_diskgraph::search::DiskIndex>, _)| {
-        Arc::ptr_eq(ix.shared_pq(), ranked[0].1.shared_pq())
-    };
-    if ranked.len() < 2 || !ranked.iter().all(shared) {
+    if ranked.len() < 2
+        || !ranked.iter().all(|r| Arc::ptr_eq(r.1.shared_pq(), ranked[0].1.shared_pq()))
+    {
         return none();
     }
     let keep = params.list_size.max(params.k);
     let row = q.as_given.row(c.schema.vector_type().search_elem());
     // One search state through every index: the query's PQ table is made once.
-    let mut state = None;
+    let mut state: Option<SearchState> = None;
     let mut nearest: Vec<(f32, usize, u32)> = Vec::new();
     for (at, (s, ix, rows)) in ranked.iter().enumerate() {
-        let mut searcher = match state.take() {
-            Some(st) => {
-                ix.searcher_with(st).map_err(|source| ReadError::Index { segment: s.id, source })?
-            }
-            None => inner.searcher(s.id, ix)?,
-        };
+        let mut searcher = searcher_with_state(inner, &mut state, s.id, ix)?;
         let found = searcher.pq_nearest_among(row, rows, keep);
         state = Some(searcher.into_state());
         match found {
@@ -681,9 +678,7 @@ fn rank_across(
         if positions.is_empty() {
             continue;
         }
-        let st = state.take().expect("kept between indexes");
-        let mut searcher =
-            ix.searcher_with(st).map_err(|source| ReadError::Index { segment: s.id, source })?;
+        let mut searcher = searcher_with_state(inner, &mut state, s.id, ix)?;
         let found = searcher.rank_positions(row, &positions, sp);
         state = Some(searcher.into_state());
         let Ok((found, stats)) = found else {
@@ -701,6 +696,20 @@ fn rank_across(
     }
     c.counters.filtered_ranked.fetch_add(ranked.len() as u64, Ordering::Relaxed);
     Ok((cands, ranked.iter().map(|(s, _, _)| s.id).collect()))
+}
+
+/// A searcher of `ix` (segment `segment`) with the search state `state` holds (its PQ table
+/// serves every index of the same codebook), else one from the pool.
+fn searcher_with_state<'a>(
+    inner: &Inner,
+    state: &mut Option<SearchState>,
+    segment: u64,
+    ix: &'a DiskIndex,
+) -> Result<Searcher<'a>, ReadError> {
+    match state.take() {
+        Some(st) => ix.searcher_with(st).map_err(|source| ReadError::Index { segment, source }),
+        None => inner.searcher(segment, ix),
+    }
 }
 
 /// How a filtered search of one indexed segment goes.
