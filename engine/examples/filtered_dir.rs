@@ -3,7 +3,7 @@
 //! peer, so that the comparison carries no transport on either side.
 //!
 //! `filtered_dir DB COLLECTION QUERIES.u8bin --cases CASES.jsonl --list-sizes 10,20,50
-//! [--threads 2] [--sector-cache-mb N] [--warm]`
+//! [--threads 2] [--sector-cache-mb N] [--settle] [--warm]`
 //!
 //! Each line of `CASES.jsonl` is a case: `{"name": "...", "conditions": [C, ...]}` with one
 //! condition a query, each `null` (no filter) or `[column, "<" or "=", integer]`. For each case
@@ -12,8 +12,10 @@
 //! running server has seen before: its caches and each segment's remembered filters). Prints
 //! one JSON line per (case, list size): QPS, the mean disk reads a query (cache hits not
 //! counted), the filtered walks and rankings of a segment a query (the planner's choices), and
-//! the ids found for each query. `--warm` reads
-//! every index into the sector cache first (`Database::warm_sector_cache`).
+//! the ids found for each query. `--settle` first runs the background work the database has
+//! pending (index builds, merges: `Database::run_background`), as a server would after
+//! ingest; `--warm` reads every index into the sector cache first
+//! (`Database::warm_sector_cache`).
 
 mod common;
 
@@ -47,6 +49,12 @@ fn main() -> Result<(), Error> {
         options = options.sector_cache_bytes(cache_mb << 20);
     }
     let db = Database::open(db, options)?;
+    if args.iter().any(|a| a == "--settle") {
+        let started = Instant::now();
+        db.run_background()?;
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("background work (index builds, merges) done in {secs:.1} s");
+    }
     if args.iter().any(|a| a == "--warm") {
         let started = Instant::now();
         let admitted = db.warm_sector_cache()?;

@@ -68,7 +68,7 @@ pub(super) fn merge_candidates<'a>(
             None => merge_fits(inner, &c.schema, rows, a),
         }
     };
-    if let Some(pick) = absorb_pick(inner, c, allowance) {
+    if let Some(pick) = absorb_pick(inner, c, &fits) {
         return pick;
     }
     if let Some(pick) = small_pick(inner, c) {
@@ -137,11 +137,13 @@ fn grows_from(metric: Metric, indexed: bool, live: usize, rows: usize) -> bool {
     indexed && live * 2 >= rows && metric != Metric::InnerProduct
 }
 
-/// A merge that grows the collection's largest index ([`growth_base`]) by the other segments,
-/// oldest first. At most [`MAX_ABSORBED`] are taken, holding together no more live rows than
-/// the base (which stays the larger side, and the growth's cost a pass over it plus work for
-/// the added rows); under a memory budget, no more than the growth's peak allows. No row cap:
-/// the base grows with the collection.
+/// A merge into the collection's largest index ([`growth_base`]) of the other segments,
+/// oldest first, at most [`MAX_ABSORBED`] of them; under a memory budget, no more than
+/// `fits` allows. No row cap: the base grows with the collection. While the others hold no
+/// more live rows than the base, the merge grows the base's index (a pass over it plus work
+/// for the added rows); past that it rebuilds ([`growth_input`]), which costs less than
+/// linking as many rows again into a graph, and leaves one index where there were several
+/// of a size (the segments flushed while the first was being indexed).
 ///
 /// Due once there are [`Options::merge_min_segments`]` − 1` of them (at least one), so a
 /// search walks at most `merge_min_segments` graphs, and they hold at least
@@ -151,25 +153,16 @@ fn grows_from(metric: Metric, indexed: bool, live: usize, rows: usize) -> bool {
 fn absorb_pick<'a>(
     inner: &Inner,
     c: &'a Collection,
-    allowance: Option<u64>,
+    fits: &dyn Fn(&[&Segment]) -> bool,
 ) -> Option<Vec<&'a Segment>> {
     let base = growth_base(inner, c)?;
-    let index = base.index.as_deref()?;
-    let mut pick = vec![base];
-    let mut added = 0;
-    for s in c.segments.iter().filter(|s| s.meta.id != base.meta.id) {
-        if pick.len() > MAX_ABSORBED || added + live(s) > live(base) {
-            break;
-        }
-        added += live(s);
-        pick.push(s);
-    }
-    if let Some(a) = allowance {
-        while pick.len() >= 2 && !grow_fits(inner, index, &ask(c, base, index, added as u64), a) {
-            added -= live(pick.pop().expect("two or more"));
-        }
+    let others = c.segments.iter().filter(|s| s.meta.id != base.meta.id);
+    let mut pick: Vec<&Segment> = std::iter::once(base).chain(others.take(MAX_ABSORBED)).collect();
+    while pick.len() >= 2 && !fits(&pick) {
+        pick.pop();
     }
     let others = pick.len() - 1;
+    let added: usize = pick[1..].iter().map(|s| live(s)).sum();
     let enough_segments = others >= inner.opts.merge_min_segments.saturating_sub(1).max(1);
     let enough_rows = added * ABSORB_MIN_FRACTION >= live(base) || others >= MAX_ABSORBED;
     (enough_segments && enough_rows).then_some(pick)
