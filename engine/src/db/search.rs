@@ -610,12 +610,14 @@ fn rank_passing(
     }
 }
 
-/// A filtered search's ranked segments, ranked together: when every indexed segment (two or
+/// A filtered search's ranked segments, ranked together: when every indexed segment (one or
 /// more) would rank its passing rows ([`plan_filtered`]) and their indexes share one codebook
 /// (a collection's do), every one's passing rows are scored by PQ
 /// ([`quiver_diskgraph::search::Searcher::pq_nearest_among`]: distances that compare across
 /// them), and only the nearest `L` of them all are read and ranked exactly, where ranking each
-/// segment alone reads `L` of every one. Returns the candidates and the segments it searched
+/// segment alone reads `L` of every one. A single ranked index goes this way too: its passing
+/// rows, found here, are not found and listed again by the per-segment path (a fifth of a 0.1%
+/// search of a 1M-row index). Returns the candidates and the segments it searched
 /// (nothing when it does not apply, or when an index fails: the per-segment path then
 /// searches them, and handles the failure).
 fn rank_across(
@@ -642,7 +644,7 @@ fn rank_across(
             FilteredPlan::Walk { .. } => return none(),
         }
     }
-    if ranked.len() < 2
+    if ranked.is_empty()
         || !ranked.iter().all(|r| Arc::ptr_eq(r.1.shared_pq(), ranked[0].1.shared_pq()))
     {
         return none();
