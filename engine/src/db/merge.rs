@@ -149,9 +149,7 @@ fn grows_from(metric: Metric, indexed: bool, live: usize, rows: usize) -> bool {
 /// search walks at most `merge_min_segments` graphs, and they hold at least
 /// 1/[`ABSORB_MIN_FRACTION`] of the base's rows: each growth rewrites the whole base, so tiny
 /// segments (an idle flush of a few rows) wait, merged among themselves by the tiers, until
-/// they are worth a pass — or until [`MAX_ABSORBED`] of them are waiting. Due at once, however
-/// few, when they hold more rows than the base: that merge is a rebuild, and each row is
-/// rebuilt once each time the collection doubles at most.
+/// they are worth a pass — or until [`MAX_ABSORBED`] of them are waiting.
 fn absorb_pick<'a>(
     inner: &Inner,
     c: &'a Collection,
@@ -167,10 +165,7 @@ fn absorb_pick<'a>(
     let added: usize = pick[1..].iter().map(|s| live(s)).sum();
     let enough_segments = others >= inner.opts.merge_min_segments.saturating_sub(1).max(1);
     let enough_rows = added * ABSORB_MIN_FRACTION >= live(base) || others >= MAX_ABSORBED;
-    // Others that outnumber the base are rebuilt with it into one index at once, however few:
-    // left apart, each is walked by every search.
-    let outnumbered = others >= 1 && added > live(base);
-    (enough_segments && enough_rows || outnumbered).then_some(pick)
+    (enough_segments && enough_rows).then_some(pick)
 }
 
 /// What growing `base`'s `index` by `added` rows asks: its deleted rows dropped, and what
