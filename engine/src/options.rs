@@ -305,7 +305,8 @@ impl Options {
 
     /// Merging starts once a collection has this many segments: the others are absorbed into
     /// its largest index (once they hold 1/64 of its rows, or 15 of them wait), by growing it
-    /// while they hold fewer rows than it, else by rebuilding one index of them all; without an
+    /// while they hold fewer rows than it, else by rebuilding one index of them all (then due
+    /// with half as many segments); without an
     /// index to grow, size tiers of this many segments of at most [`Options::merge_max_rows`]
     /// rows are merged and rebuilt. So a search walks fewer graphs than this once background
     /// work has caught up. Default 4; 0 disables merging.

@@ -149,7 +149,9 @@ fn grows_from(metric: Metric, indexed: bool, live: usize, rows: usize) -> bool {
 /// search walks at most `merge_min_segments` graphs, and they hold at least
 /// 1/[`ABSORB_MIN_FRACTION`] of the base's rows: each growth rewrites the whole base, so tiny
 /// segments (an idle flush of a few rows) wait, merged among themselves by the tiers, until
-/// they are worth a pass — or until [`MAX_ABSORBED`] of them are waiting.
+/// they are worth a pass — or until [`MAX_ABSORBED`] of them are waiting. Due with half as
+/// many others (two at the default of four) when they hold more rows than the base: that merge
+/// is a rebuild, and a row is rebuilt at most once each time the collection doubles.
 fn absorb_pick<'a>(
     inner: &Inner,
     c: &'a Collection,
@@ -163,9 +165,13 @@ fn absorb_pick<'a>(
     }
     let others = pick.len() - 1;
     let added: usize = pick[1..].iter().map(|s| live(s)).sum();
-    let enough_segments = others >= inner.opts.merge_min_segments.saturating_sub(1).max(1);
+    let min = inner.opts.merge_min_segments;
+    let enough_segments = others >= min.saturating_sub(1).max(1);
     let enough_rows = added * ABSORB_MIN_FRACTION >= live(base) || others >= MAX_ABSORBED;
-    (enough_segments && enough_rows).then_some(pick)
+    // Others that outnumber the base are rebuilt with it into one index once half as many wait
+    // (two at the default): left apart, each is walked by every search.
+    let outnumbered = 2 * others + 1 >= min && added > live(base);
+    (enough_segments && enough_rows || outnumbered).then_some(pick)
 }
 
 /// What growing `base`'s `index` by `added` rows asks: its deleted rows dropped, and what
