@@ -66,7 +66,8 @@ pub use filter::{
 pub use manifest::ManifestError;
 pub use names::{MAX_NAME_LEN, NameError, validate_collection_name};
 pub use options::{
-    DEFAULT_ROW_GROUP_BYTES, DEFAULT_SECTOR_CACHE_BYTES, MIN_MEMORY_BUDGET, Options, budget_shares,
+    DEFAULT_MAX_GROWTH_SHARE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_SECTOR_CACHE_BYTES,
+    MIN_MEMORY_BUDGET, Options, budget_shares,
 };
 pub use schema::{
     CollectionSchema, DISTANCE_COLUMN, ID_COLUMN, IdType, MAX_ATTRIBUTES, MAX_DIM, MAX_STRING_ID,

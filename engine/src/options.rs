@@ -34,6 +34,7 @@ pub struct Options {
     pub(crate) background_threads: usize,
     pub(crate) merge_min_segments: usize,
     pub(crate) merge_max_rows: u64,
+    pub(crate) max_growth_share: f64,
     pub(crate) max_unindexed_segments: usize,
     pub(crate) max_stall: Duration,
     pub(crate) max_batch_rows: usize,
@@ -42,6 +43,12 @@ pub struct Options {
     pub(crate) idle_flush: Option<Duration>,
     pub(crate) node_read_cost: Option<Duration>,
 }
+
+/// [`Options::max_growth_share`]'s default: a merge grows an index by at most an eighth of its
+/// rows. On 2 cores (BENCHMARKS.md, "A growth costs more than a rebuild past about a tenth
+/// added: merges now rebuild past an eighth") a growth costs about 1.1 ms per added row and a
+/// build 0.12 ms per row of the whole: they break even near a tenth.
+pub const DEFAULT_MAX_GROWTH_SHARE: f64 = 0.125;
 
 /// [`Options::sector_cache_bytes`]'s default: 128 MiB.
 pub const DEFAULT_SECTOR_CACHE_BYTES: usize = 128 << 20;
@@ -113,6 +120,7 @@ impl Default for Options {
             background_threads: 0,
             merge_min_segments: 4,
             merge_max_rows: 4 << 20,
+            max_growth_share: DEFAULT_MAX_GROWTH_SHARE,
             max_unindexed_segments: 4,
             max_stall: Duration::from_secs(600),
             max_batch_rows: 1 << 20,
@@ -321,6 +329,18 @@ impl Options {
     #[must_use]
     pub fn merge_max_rows(mut self, rows: u64) -> Self {
         self.merge_max_rows = rows;
+        self
+    }
+
+    /// A merge grows the collection's largest index (links the other segments' rows into it)
+    /// while they add at most this share of its live rows; past it, the merge rebuilds one
+    /// index of them all, which then costs less. Default [`DEFAULT_MAX_GROWTH_SHARE`]; taken
+    /// within 0..=1 (1: grow while the index holds half the merged rows; 0: always rebuild).
+    /// Under a memory budget, a rebuild that does not fit is cut down to the merge that fits.
+    #[must_use]
+    pub fn max_growth_share(mut self, share: f64) -> Self {
+        self.max_growth_share =
+            if share.is_nan() { DEFAULT_MAX_GROWTH_SHARE } else { share.clamp(0.0, 1.0) };
         self
     }
 

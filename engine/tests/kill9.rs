@@ -68,6 +68,8 @@ fn options() -> Options {
         .merge_min_segments(3)
         .merge_max_rows(20_000)
         .row_group_rows(500)
+        // Kills land during growths too, as they did when the default grew by up to the base.
+        .max_growth_share(1.0)
 }
 
 /// The child: runs writer threads forever, printing `ack W S` once each operation returns.

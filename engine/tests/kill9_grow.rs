@@ -31,6 +31,8 @@ fn options() -> Options {
         .background(false)
         .min_index_rows(MIN_INDEX_ROWS)
         .merge_min_segments(2)
+        // The added rows are a third of the base: grown, as this test is about growth.
+        .max_growth_share(1.0)
         .idle_flush(None)
 }
 

@@ -4,8 +4,9 @@
 //! indexes stayed apart for good and every search walked all of them: on 1M SIFT rows, four
 //! indexes answered 4,900 queries a second at recall 0.94 where one index of the same rows
 //! answers about 10,000. These tests pin down that indexes outnumbering the largest are merged
-//! with it into one, that the rows and their answers survive it, and that smaller segments
-//! still join the large index by growing it.
+//! with it into one, that the rows and their answers survive it, and that segments adding up
+//! to an eighth of the large index grow it, while more are rebuilt with it (a growth then
+//! costs more).
 
 mod common;
 
@@ -87,20 +88,33 @@ fn three_indexes_of_one_size_are_merged_into_one() {
     assert!(missing.len() <= 2, "rows no longer found after the merge and a reopen: {missing:?}");
 }
 
-#[test]
-fn segments_smaller_than_the_index_still_grow_it() {
+/// Puts an 8,000-row indexed segment, then three of `each` rows (each large enough for an
+/// index of its own); returns the merges and growths that followed.
+fn absorb_three(each: u64) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path(), opts()).unwrap();
     db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
-    put_indexed(&db, 0, 4 * SEGMENT_ROWS);
+    put_indexed(&db, 0, 8 * SEGMENT_ROWS);
     for part in 0..3 {
-        let from = 4 * SEGMENT_ROWS + part * 400;
-        put_indexed(&db, from, from + 400);
+        let from = 8 * SEGMENT_ROWS + part * each;
+        put_indexed(&db, from, from + each);
     }
     let st = db.stats("c").unwrap();
-    assert_eq!((st.segments, st.indexed_segments, st.rows), (1, 1, 5_200));
-    let stats = db.background_stats();
-    assert_eq!((stats.merges, stats.index_grows), (1, 1), "1,200 rows into 4,000: a growth");
+    assert_eq!((st.segments, st.indexed_segments, st.rows), (1, 1, 8 * SEGMENT_ROWS + 3 * each));
     let found = found_of_200(&db);
-    assert!(found >= 190, "the grown index found {found} of 200 neighbours");
+    assert!(found >= 190, "the merged index found {found} of 200 neighbours");
+    let stats = db.background_stats();
+    (stats.merges, stats.index_grows)
+}
+
+#[test]
+fn segments_adding_an_eighth_of_the_index_grow_it() {
+    assert_eq!(absorb_three(300), (1, 1), "900 rows into 8,000: a growth");
+}
+
+#[test]
+fn segments_adding_more_than_an_eighth_are_rebuilt_with_it() {
+    // A growth links each added row by a search of the index (about nine times a build's cost
+    // a row): past an eighth, the rebuild costs less.
+    assert_eq!(absorb_three(400), (1, 0), "1,200 rows into 8,000: a rebuild");
 }

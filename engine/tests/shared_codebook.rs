@@ -110,7 +110,13 @@ fn pivots_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn an_index_grown_past_four_times_its_codebooks_rows_retrains_it_and_stays_one_index() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = || Options::default().background(false).min_index_rows(256).merge_min_segments(2);
+    let opts = || {
+        Options::default()
+            .background(false)
+            .min_index_rows(256)
+            .merge_min_segments(2)
+            .max_growth_share(1.0)
+    };
     let db = Database::open(dir.path(), opts()).unwrap();
     db.create_collection("c", schema(DIM as u32, Metric::L2)).unwrap();
     let mut next = 0u64;

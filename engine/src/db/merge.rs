@@ -60,7 +60,8 @@ pub(super) fn merge_candidates<'a>(
         if inner.index_dir.is_none() || rows < opts.min_index_rows {
             return true;
         }
-        match grown_segment(c.schema.metric(), pick, rows) {
+        let rebuild_fits = || merge_fits(inner, &c.schema, rows, a);
+        match grown_segment(c.schema.metric(), pick, rows, opts.max_growth_share, &rebuild_fits) {
             Some((base, index)) => {
                 let added = (rows - live(base)) as u64;
                 grow_fits(inner, index, &ask(c, base, index, added), a)
@@ -139,10 +140,10 @@ fn grows_from(metric: Metric, indexed: bool, live: usize, rows: usize) -> bool {
 
 /// A merge into the collection's largest index ([`growth_base`]) of the other segments,
 /// oldest first, at most [`MAX_ABSORBED`] of them; under a memory budget, no more than
-/// `fits` allows. No row cap: the base grows with the collection. While the others hold no
-/// more live rows than the base, the merge grows the base's index (a pass over it plus work
-/// for the added rows); past that it rebuilds ([`growth_input`]), which costs less than
-/// linking as many rows again into a graph, and leaves one index where there were several
+/// `fits` allows. No row cap: the base grows with the collection. While the others add at
+/// most [`Options::max_growth_share`] of the base's live rows, the merge grows the base's
+/// index (a pass over it plus a search of it for each added row); past that it rebuilds
+/// ([`growth_input`]), which then costs less, and leaves one index where there were several
 /// of a size (the segments flushed while the first was being indexed).
 ///
 /// Due once there are [`Options::merge_min_segments`]` − 1` of them (at least one), so a
@@ -360,7 +361,9 @@ fn plan_merge(inner: &Inner) -> Option<MergeJob> {
         // others are re-encoded from their live rows. Encoded rows come first in the new file.
         inputs.sort_by_key(MergeInput::whole);
         let rows: usize = inputs.iter().map(|i| i.live.len()).sum();
-        let grow = grown_input(&c.schema, &inputs, rows).map(|b| {
+        let rebuild_fits = || allowance.is_none_or(|a| merge_fits(inner, &c.schema, rows, a));
+        let share = inner.opts.max_growth_share;
+        let grow = grown_input(&c.schema, &inputs, rows, share, &rebuild_fits).map(|b| {
             let index = inputs[b].index.as_deref().expect("a grown input has an index");
             (b, c.growth_codebook(index, rows as u64))
         });
@@ -474,9 +477,15 @@ fn write_merged(
 /// The input whose index the merged segment's grows from: the one [`growth_base`] would
 /// choose among the inputs (most live rows, at least half of them live), if it holds at least
 /// half of the merged rows. `None` means a rebuild.
-fn grown_input(schema: &CollectionSchema, inputs: &[MergeInput], rows: usize) -> Option<usize> {
+fn grown_input(
+    schema: &CollectionSchema,
+    inputs: &[MergeInput],
+    rows: usize,
+    share: f64,
+    rebuild_fits: &dyn Fn() -> bool,
+) -> Option<usize> {
     let shapes = inputs.iter().map(|i| (i.index.is_some(), i.live.len(), i.keys.len()));
-    growth_input(schema.metric(), shapes, rows)
+    growth_input(schema.metric(), shapes, rows, share, rebuild_fits)
 }
 
 /// The segment of `pick` whose index a merge of it would grow, with that index: as
@@ -485,26 +494,35 @@ fn grown_segment<'a>(
     metric: Metric,
     pick: &[&'a Segment],
     rows: usize,
+    share: f64,
+    rebuild_fits: &dyn Fn() -> bool,
 ) -> Option<(&'a Segment, &'a DiskIndex)> {
     let shapes = pick.iter().map(|s| (s.index.is_some(), live(s), s.meta.rows as usize));
-    let base = pick[growth_input(metric, shapes, rows)?];
+    let base = pick[growth_input(metric, shapes, rows, share, rebuild_fits)?];
     Some((base, base.index.as_deref().expect("growable: indexed")))
 }
 
 /// Which of a merge's inputs, each `(indexed, live rows, rows)`, its index grows from: the
-/// growable one ([`grows_from`]) with the most live rows (the last of equals), if it holds at
-/// least half of the merged `rows`.
+/// growable one ([`grows_from`]) with the most live rows (the last of equals), if the others
+/// add at most `share` of its live rows ([`Options::max_growth_share`]) to the merged `rows`;
+/// past that share, a rebuild costs less and is chosen, unless it does not fit a memory
+/// budget (`rebuild_fits`) while the others add no more rows than the base holds: then the
+/// growth, whose peak a budget bounds by linking a chunk at a time.
 fn growth_input(
     metric: Metric,
     inputs: impl Iterator<Item = (bool, usize, usize)>,
     rows: usize,
+    share: f64,
+    rebuild_fits: &dyn Fn() -> bool,
 ) -> Option<usize> {
     let (k, live) = inputs
         .enumerate()
         .filter(|&(_, (indexed, live, all))| grows_from(metric, indexed, live, all))
         .map(|(k, (_, live, _))| (k, live))
         .max_by_key(|&(_, live)| live)?;
-    (live * 2 >= rows).then_some(k)
+    let added = rows.saturating_sub(live);
+    let cheaper = added as f64 <= share * live as f64;
+    (cheaper || added <= live && !rebuild_fits()).then_some(k)
 }
 
 /// Grows input `base`'s index into the merged segment's: the base's live rows keep their
