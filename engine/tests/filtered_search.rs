@@ -243,21 +243,36 @@ fn bucketed_with(
     rows: u64,
     read_cost: Option<Duration>,
 ) -> (Database, Vec<Vec<f32>>) {
+    bucketed_in_parts(dir, bucket_options().node_read_cost(read_cost), rows, 1)
+}
+
+/// The options of the bucketed collections: background work on the caller, no merges.
+fn bucket_options() -> Options {
+    Options::default().background(false).min_index_rows(500).merge_min_segments(0)
+}
+
+/// A collection `b` of `rows` vectors with a `bucket` attribute, put in `parts` flushed
+/// segments of equal size, each indexed.
+fn bucketed_in_parts(
+    dir: &std::path::Path,
+    opts: Options,
+    rows: u64,
+    parts: u64,
+) -> (Database, Vec<Vec<f32>>) {
     let schema = CollectionSchema::new(DIM as u32, VectorType::F32, Metric::L2)
         .with_attribute(Field::new("bucket", DataType::Int64, false));
-    let opts = Options::default()
-        .background(false)
-        .min_index_rows(500)
-        .merge_min_segments(0)
-        .node_read_cost(read_cost);
     let db = Database::open(dir, opts).unwrap();
     db.create_collection("b", schema).unwrap();
     let vectors: Vec<Vec<f32>> = (0..rows).map(|i| vector(5, i, DIM)).collect();
-    db.insert("b", &bucket_batch(0..rows, &vectors)).unwrap();
-    db.flush().unwrap();
+    let part_rows = rows / parts;
+    for part in 0..parts {
+        db.insert("b", &bucket_batch(part * part_rows..(part + 1) * part_rows, &vectors)).unwrap();
+        db.flush().unwrap();
+    }
     db.run_background().unwrap();
     let stats = db.stats("b").unwrap();
-    assert_eq!((stats.segments, stats.indexed_segments), (1, 1), "{stats:?}");
+    let parts = parts as usize;
+    assert_eq!((stats.segments, stats.indexed_segments), (parts, parts), "{stats:?}");
     (db, vectors)
 }
 
@@ -397,24 +412,9 @@ fn a_remembered_filter_result_never_returns_a_row_deleted_after_it() {
 fn a_ranked_filter_over_several_segments_reads_one_list_not_one_a_segment() {
     const PART: u64 = 5_000;
     let dir = tempfile::tempdir().unwrap();
-    let schema = CollectionSchema::new(DIM as u32, VectorType::F32, Metric::L2)
-        .with_attribute(Field::new("bucket", DataType::Int64, false));
-    let opts = Options::default()
-        .background(false)
-        .min_index_rows(500)
-        .merge_min_segments(0)
-        .sector_cache_bytes(0)
-        .node_read_cost(Some(Duration::from_micros(25)));
-    let db = Database::open(dir.path(), opts).unwrap();
-    db.create_collection("b", schema).unwrap();
-    let vectors: Vec<Vec<f32>> = (0..4 * PART).map(|i| vector(5, i, DIM)).collect();
-    for part in 0..4 {
-        db.insert("b", &bucket_batch(part * PART..(part + 1) * PART, &vectors)).unwrap();
-        db.flush().unwrap();
-    }
-    db.run_background().unwrap();
-    let stats = db.stats("b").unwrap();
-    assert_eq!((stats.segments, stats.indexed_segments), (4, 4), "{stats:?}");
+    let opts =
+        bucket_options().sector_cache_bytes(0).node_read_cost(Some(Duration::from_micros(25)));
+    let (db, vectors) = bucketed_in_parts(dir.path(), opts, 4 * PART, 4);
     // 1% pass: about 50 rows a segment, 200 in all.
     let predicate = Predicate::compare("bucket", CompareOp::Lt, Literal::Int(10));
     let passing: Vec<u64> = (0..4 * PART).filter(|&id| bucket(id) < 10).collect();
