@@ -312,11 +312,11 @@ impl Options {
     }
 
     /// Merging starts once a collection has this many segments: the others are absorbed into
-    /// its largest index (once they hold 1/64 of its rows, or 15 of them wait), by growing it
-    /// while they hold fewer rows than it, else by rebuilding one index of them all (then due
-    /// with half as many segments); without an
-    /// index to grow, size tiers of this many segments of at most [`Options::merge_max_rows`]
-    /// rows are merged and rebuilt. So a search walks fewer graphs than this once background
+    /// its largest index (once they hold 1/64 of its rows, or 15 of them wait; with half as
+    /// many segments once they hold more rows than it), by growing it while they add at most
+    /// [`Options::max_growth_share`] of its rows, else by rebuilding one index of them all;
+    /// without an index to grow, size tiers of this many segments of at most
+    /// [`Options::merge_max_rows`] rows are merged and rebuilt. So a search walks fewer graphs than this once background
     /// work has caught up. Default 4; 0 disables merging.
     #[must_use]
     pub fn merge_min_segments(mut self, n: usize) -> Self {
@@ -336,7 +336,9 @@ impl Options {
     /// while they add at most this share of its live rows; past it, the merge rebuilds one
     /// index of them all, which then costs less. Default [`DEFAULT_MAX_GROWTH_SHARE`]; taken
     /// within 0..=1 (1: grow while the index holds half the merged rows; 0: always rebuild).
-    /// Under a memory budget, a rebuild that does not fit is cut down to the merge that fits.
+    /// Under a memory budget, a rebuild that does not fit gives way to the growth while the
+    /// others hold no more rows than the index (its peak is bounded by linking a chunk at a
+    /// time); a merge neither fits is cut down to the segments that fit.
     #[must_use]
     pub fn max_growth_share(mut self, share: f64) -> Self {
         self.max_growth_share =

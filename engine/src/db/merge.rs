@@ -475,8 +475,8 @@ fn write_merged(
 }
 
 /// The input whose index the merged segment's grows from: the one [`growth_base`] would
-/// choose among the inputs (most live rows, at least half of them live), if it holds at least
-/// half of the merged rows. `None` means a rebuild.
+/// choose among the inputs (most live rows, at least half of them live), as [`growth_input`]
+/// decides. `None` means a rebuild.
 fn grown_input(
     schema: &CollectionSchema,
     inputs: &[MergeInput],
