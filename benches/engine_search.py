@@ -4,7 +4,7 @@ on one index built from the same file, in the same run (issue 19's benchmark).
     target/pyenv/bin/python benches/engine_search.py --data /work/data/sift-dev-1m \
         [--rows 1000000] [--list-sizes 20,30,50,75,100] [--threads 2] [--queries 2000] \
         [--rounds 3] [--delete-frac 0.1] [--busy-list-size 50] [--busy-rows 30000] \
-        [--sector-cache-mb 0]
+        [--sector-cache-mb 0] [--batch 0]
 
 Build first: `cargo build --release --bin quiver`. Steps:
 1. `quiver serve` (release) on a fresh directory; the base rows are put with pyarrow in batches of
@@ -12,6 +12,8 @@ Build first: `cargo build --release --bin quiver`. Steps:
 2. `quiver build` of the same base file with the same defaults (R 64, L 100, PQ bytes dim/4).
 3. Rounds, interleaved: a sweep of list sizes over Flight (T client threads, k = 10), then the
    same sweep with `quiver search --threads T`. Recall@10 counts the returned ids among the ground truth's 10 nearest, as `quiver search` does.
+   With `--batch N`, each round also sweeps over Flight with N queries per DoExchange call
+   (`VectorSearch`, the batched search form Longbow's benchmark uses).
 4. `--delete-frac` of the rows (random ids) are deleted over Flight, the deletions flushed, and
    the Flight sweep repeated, with recall against the ground truth restricted to live rows.
 5. Busy (last, as it adds rows): at list size `--busy-list-size`, 30 s of idle Flight searches,
@@ -124,6 +126,56 @@ def flight_sweep(uri, name, queries, gt_ids, list_sizes, threads, live=None):
         out[ls] = (len(queries) / secs, hits / (K * len(queries)),
                    float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
                    (reads1 - reads0) / max(searches1 - searches0, 1))
+    return out
+
+
+def exchange_search(client, name, queries, ls):
+    """One DoExchange search of `queries` (a 2-d array) at list size `ls`: their ids in order."""
+    qv = pa.FixedSizeListArray.from_arrays(pa.array(queries.astype(np.float32).ravel()),
+                                           queries.shape[1])
+    n = len(queries)
+    t = pa.table({"dataset": [name] * n, "query_vector": qv,
+                  "k": pa.array([K] * n, pa.int32()), "ef": pa.array([ls] * n, pa.int32())})
+    writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(b"VectorSearch"))
+    writer.begin(t.schema)
+    writer.write_table(t)
+    writer.done_writing()
+    ids = reader.read_all().column("id").to_numpy()
+    writer.close()
+    assert len(ids) == K * n, (len(ids), n)  # every query has k live rows to return
+    return ids.reshape(n, K)
+
+
+def flight_batch_sweep(uri, name, queries, gt_ids, list_sizes, threads, batch):
+    """As `flight_sweep`, but each client thread sends `batch` queries per DoExchange call.
+    Per list size: (qps, recall, p50 ms, p99 ms of a call)."""
+    clients = [fl.FlightClient(uri) for _ in range(threads)]
+    parts = [range(s, min(s + batch, len(queries))) for s in range(0, len(queries), batch)]
+    out = {}
+    for ls in list_sizes:
+        def run(t):
+            res, lat = {}, []
+            for j in range(t, len(parts), threads):
+                t0 = time.perf_counter()
+                got = exchange_search(clients[t], name, queries[parts[j].start:parts[j].stop], ls)
+                lat.append(time.perf_counter() - t0)
+                for i, row in zip(parts[j], got):
+                    res[i] = row
+            return res, lat
+
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(threads) as ex:
+            done = list(ex.map(run, range(threads)))
+        secs = time.perf_counter() - t0
+        res, lat = {}, []
+        for r, l in done:
+            res.update(r)
+            lat += l
+        hits = sum(len(set(res[i].tolist()) & set(int(x) for x in gt_ids[i][:K]))
+                   for i in range(len(queries)))
+        lat = np.array(lat) * 1e3
+        out[ls] = (len(queries) / secs, hits / (K * len(queries)),
+                   float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
     return out
 
 
@@ -267,6 +319,9 @@ def main():
                     help="ingest, then only the busy phase (no build, sweeps or deletions)")
     ap.add_argument("--sector-cache-mb", type=int, default=0,
                     help="sector cache of both sides (0: every node read from disk)")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="also sweep over Flight with this many queries per DoExchange call "
+                         "(the batched search form; 0: single-query DoGets only)")
     ap.add_argument("--busy-rows", type=int, default=30_000)
     ap.add_argument("--busy-flushes", type=int, default=3)
     ap.add_argument("--floor-hogs", type=int, default=0,
@@ -321,15 +376,23 @@ def main():
     print(f"quiver build: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     eng, cli = {ls: [] for ls in list_sizes}, {ls: [] for ls in list_sizes}
+    bat = {ls: [] for ls in list_sizes}
     for rnd in range(args.rounds):
         e = flight_sweep(uri, "sift", queries, gt_ids, list_sizes, args.threads)
+        if args.batch:
+            b = flight_batch_sweep(uri, "sift", queries, gt_ids, list_sizes, args.threads,
+                                   args.batch)
+            for ls in list_sizes:
+                bat[ls].append(b[ls])
         c = quiver_sweep(args.quiver, index, qfile, gtfile, list_sizes, args.threads,
                          args.sector_cache_mb)
         for ls in list_sizes:
             eng[ls].append(e[ls])
             cli[ls].append((c[ls]["qps"], c[ls]["recall_at_k"], c[ls]["mean_ios"]))
         print(f"round {rnd}: " + ", ".join(
-            f"L{ls} {e[ls][0]:.0f}/{c[ls]['qps']:.0f}" for ls in list_sizes), file=sys.stderr)
+            f"L{ls} {e[ls][0]:.0f}/{c[ls]['qps']:.0f}"
+            + (f" batched {bat[ls][-1][0]:.0f}" if args.batch else "")
+            for ls in list_sizes), file=sys.stderr)
 
     rng = np.random.default_rng(5)
     doomed = rng.choice(len(base), int(len(base) * args.delete_frac), replace=False)
@@ -375,11 +438,26 @@ def main():
         print(f"contention floor ({args.floor_hogs} CPU loops in another process at nice "
               f"{args.background_nice}): {fq:.0f} QPS p50 {f50:.2f} p99 {f99:.2f} ms ({fn} "
               f"searches); p99 ratio {f99 / i99:.2f}")
+    if args.batch:
+        print(f"\nbatched: {args.batch} queries per DoExchange call, {args.threads} client "
+              "threads")
+        print("| L | engine over Flight, batched QPS | recall | call p50 ms | call p99 ms "
+              "| quiver search QPS | QPS ratio |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for ls in list_sizes:
+            bq, br, b50, b99 = (med(bat[ls], i) for i in range(4))
+            cq = med(cli[ls], 0)
+            print(f"| {ls} | {bq:.0f} | {br:.3f} | {b50:.1f} | {b99:.1f} | {cq:.0f} | "
+                  f"{bq / cq:.2f} |")
     e95 = at_recall([(med(eng[ls], 0), med(eng[ls], 1)) for ls in list_sizes])
     c95 = at_recall([(med(cli[ls], 0), med(cli[ls], 1)) for ls in list_sizes])
     d95 = at_recall([(med(dele[ls], 0), med(dele[ls], 1)) for ls in list_sizes])
     print(f"\nat recall 0.95: engine {e95:.0f} QPS, quiver search {c95:.0f} QPS, "
           f"ratio {e95 / c95:.2f}; with deletions {d95:.0f} QPS ({d95 / e95:.2f} of no-delete)")
+    if args.batch:
+        b95 = at_recall([(med(bat[ls], 0), med(bat[ls], 1)) for ls in list_sizes])
+        print(f"at recall 0.95, batched ({args.batch} a call): engine {b95:.0f} QPS, "
+              f"ratio {b95 / c95:.2f}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

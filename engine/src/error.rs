@@ -227,6 +227,10 @@ pub enum QueryError {
         /// The beam width asked for.
         beam_width: usize,
     },
+    /// A batch of queries that is empty or larger than
+    /// [`MAX_BATCH_QUERIES`](crate::MAX_BATCH_QUERIES).
+    #[error("a batch of {0} queries; a batch holds 1..={max}", max = crate::MAX_BATCH_QUERIES)]
+    BatchSize(usize),
     /// A disk index refused the query (it does not fit the index the segment was built with).
     #[error(transparent)]
     Index(#[from] quiver_diskgraph::search::QueryError),

@@ -52,8 +52,9 @@ mod segment;
 
 pub use batch::{BatchError, held_bytes, max_magnitude, value_bytes};
 pub use db::{
-    BackgroundStats, CollectionStats, Database, MAX_K, MAX_LIST_SIZE, MAX_SCAN_BATCH_ROWS,
-    MemoryUse, PendingWrite, ResidentBytes, SCAN_BATCH_ROWS, Scan, SearchParams,
+    BackgroundStats, CollectionStats, Database, MAX_BATCH_QUERIES, MAX_K, MAX_LIST_SIZE,
+    MAX_SCAN_BATCH_ROWS, MemoryUse, PendingWrite, ResidentBytes, SCAN_BATCH_ROWS, Scan,
+    SearchParams,
 };
 pub use error::{
     BackgroundError, CollectionError, FlushError, OpenError, QueryError, ReadError, WriteError,

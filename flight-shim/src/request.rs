@@ -11,7 +11,7 @@ use crate::filter::FilterSpec;
 /// Longest ticket or action body accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 /// Most query vectors one `VectorSearch` action may carry.
-pub const MAX_QUERIES: usize = 10_000;
+pub const MAX_QUERIES: usize = quiver_engine::MAX_BATCH_QUERIES;
 
 /// A search (`{"search": {...}}` ticket, or one query of a `VectorSearch` action).
 #[derive(Clone, Debug, Deserialize)]

@@ -514,3 +514,65 @@ async fn backpressure_that_gives_up_is_resource_exhausted() {
     assert_eq!(code::<()>(Err(e)), Code::ResourceExhausted);
     server.stop().await;
 }
+
+/// The queries of a `VectorSearch` action are searched in chunks, and those of a DoExchange in
+/// runs of equal `k` and list size, each as one batch spread over the engine's threads: every
+/// answer must still be its own query's, in the order sent, across chunk and run boundaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_searches_answer_each_query_in_order_across_chunks_and_runs() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    put(&mut c, "b", vec![batch(&ids(0..300), DIM)]).await.unwrap();
+    let all = ids(0..300);
+    // Queries near distinct rows, not on them, so no two share an answer.
+    let qs: Vec<Vec<f32>> =
+        (0..37u64).map(|i| vector_of(i * 7 + 1, DIM).iter().map(|x| x + 0.01).collect()).collect();
+
+    let r =
+        action(&mut c, "VectorSearch", &json!({"dataset": "b", "vectors": qs, "k": 3}).to_string())
+            .await
+            .unwrap();
+    assert_eq!(r.len(), qs.len(), "one result per query");
+    for (i, (q, body)) in qs.iter().zip(&r).enumerate() {
+        let reader =
+            arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body.to_vec()), None)
+                .unwrap();
+        let bs: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        assert_eq!(all_u64s(&bs, "id"), brute_force(&all, DIM, q, 3), "VectorSearch query {i}");
+    }
+
+    // DoExchange: k 3 for the first 20 rows, 5 for the next 10, 3 again for the rest.
+    let k_of = |i: usize| if (20..30).contains(&i) { 5 } else { 3 };
+    let flat: Vec<f32> = qs.iter().flatten().copied().collect();
+    let field = Arc::new(Field::new("item", DataType::Float32, true));
+    let qv = FixedSizeListArray::new(field, DIM as i32, Arc::new(Float32Array::from(flat)), None);
+    let ks =
+        arrow_array::Int32Array::from((0..qs.len()).map(|i| k_of(i) as i32).collect::<Vec<_>>());
+    let schema = Schema::new(vec![
+        Field::new("dataset", DataType::Utf8, false),
+        Field::new("query_vector", qv.data_type().clone(), false),
+        Field::new("k", DataType::Int32, false),
+    ]);
+    let rows = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![Arc::new(StringArray::from(vec!["b"; qs.len()])), Arc::new(qv), Arc::new(ks)],
+    )
+    .unwrap();
+    let stream = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_cmd("VectorSearch")))
+        .build(futures::stream::iter([Ok(rows)]))
+        .map(Result::unwrap);
+    let mut raw = c.into_inner();
+    let out = raw.do_exchange(stream).await.unwrap().into_inner();
+    let data: Vec<FlightData> = out.try_collect().await.unwrap();
+    let batches = arrow_flight::utils::flight_data_to_batches(&data).unwrap();
+    let got = all_u64s(&batches, "id");
+    let mut at = 0;
+    for (i, q) in qs.iter().enumerate() {
+        let k = k_of(i);
+        assert_eq!(got[at..at + k], brute_force(&all, DIM, q, k)[..], "DoExchange query {i}");
+        at += k;
+    }
+    assert_eq!(at, got.len(), "no extra rows");
+    server.stop().await;
+}

@@ -69,6 +69,8 @@ pub const WAL_DIR: &str = "wal";
 pub const MAX_K: usize = 10_000;
 /// The largest candidate list a search may ask for.
 pub const MAX_LIST_SIZE: usize = 100_000;
+/// The most queries one [`Database::search_batch`] may carry (Flight's `VectorSearch` limit).
+pub const MAX_BATCH_QUERIES: usize = 10_000;
 /// Rows a scan reads from a segment per batch, unless [`Scan::set_batch_rows`] changes it.
 pub const SCAN_BATCH_ROWS: usize = 8192;
 /// The most rows [`Scan::set_batch_rows`] accepts.

@@ -36,7 +36,7 @@ use quiver_diskgraph::search::{DiskIndex, MAX_BEAM_WIDTH, SearchError, SearchSta
 use super::inner::Inner;
 use super::model::Segment;
 use super::read::{CollectionView, Hit, SegmentView, gather};
-use super::{Database, MAX_K, MAX_LIST_SIZE};
+use super::{Database, MAX_BATCH_QUERIES, MAX_K, MAX_LIST_SIZE};
 
 /// Search parameters. `Default`: k = 10, list size 100, beam width 4, approximate, no extra
 /// columns, no filter.
@@ -354,6 +354,33 @@ impl Database {
             arrays.push(a);
         }
         Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+    }
+
+    /// [`search`](Database::search) for each of `queries` with the same `params`, the queries
+    /// spread over the database's search pool (a thread per core): a batch of queries keeps
+    /// every core busy from one calling thread, and pays a caller's per-call costs (a network
+    /// round trip, a request's decoding) once. Results are in the order of `queries`, each
+    /// query's own: a bad query fails alone. At most [`MAX_BATCH_QUERIES`] queries.
+    ///
+    /// # Errors
+    /// The outer [`ReadError::Query`] when the batch is empty or larger than
+    /// [`MAX_BATCH_QUERIES`], or `params` are out of range; each query's as in
+    /// [`search`](Database::search).
+    pub fn search_batch<Q: AsRef<[f32]> + Sync>(
+        &self,
+        collection: &str,
+        queries: &[Q],
+        params: &SearchParams,
+    ) -> Result<Vec<Result<RecordBatch, ReadError>>, ReadError> {
+        if queries.is_empty() || queries.len() > MAX_BATCH_QUERIES {
+            return Err(QueryError::BatchSize(queries.len()).into());
+        }
+        check_params(params)?;
+        let search = |q: &Q| self.search(collection, q.as_ref(), params);
+        if queries.len() == 1 {
+            return Ok(vec![search(&queries[0])]);
+        }
+        Ok(self.inner.search_pool.install(|| queries.par_iter().map(search).collect()))
     }
 
     /// Step 2 of a search, under the state's read lock: resolves the collection, prepares the

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::chunker::ipc_stream_bytes;
-use super::read::{hybrid_unimplemented, ids_array, run_search};
+use super::read::{hybrid_unimplemented, ids_array, run_search, run_search_batch};
 use super::status::write_status;
 use super::status::{bounded_status, collection_status, flush_status, invalid, read_status};
 use super::{BoxStream, ServiceConfig};
@@ -305,10 +305,15 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
     }))
 }
 
-/// Results of a `VectorSearch` action that may wait to be sent: queries are searched one at a
-/// time, each result encoded and handed to the client before the next is searched once this
-/// many wait, so a request of 10,000 queries holds a few results in memory, not all of them.
+/// Results of a `VectorSearch` action that may wait to be sent: queries are searched
+/// [`SEARCH_CHUNK`] at a time, each result encoded and handed to the client, and the next chunk
+/// searched once at most this many wait, so a request of 10,000 queries holds a few results in
+/// memory, not all of them.
 pub(super) const SEARCH_RESULTS_IN_FLIGHT: usize = 2;
+
+/// Queries of a `VectorSearch` action searched together, as one engine batch spread over the
+/// search pool's threads.
+pub(super) const SEARCH_CHUNK: usize = 16;
 
 /// The parsed queries of a `VectorSearch` body.
 pub(super) fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<Vec<f32>>), Status> {
@@ -337,8 +342,9 @@ pub(super) fn vector_search_queries(body: &[u8]) -> Result<(SearchRequest, Vec<V
     Ok((req, queries))
 }
 
-/// Streams a `VectorSearch`: one Arrow IPC stream per query, in order, each searched only when
-/// the one [`SEARCH_RESULTS_IN_FLIGHT`] before it has been taken by the transport. A result
+/// Streams a `VectorSearch`: one Arrow IPC stream per query, in order. Queries are searched
+/// [`SEARCH_CHUNK`] at a time (in parallel), a chunk only when at most
+/// [`SEARCH_RESULTS_IN_FLIGHT`] results of the one before wait for the transport. A result
 /// larger than `max_message_bytes` is an error naming the query (lower k, or leave out the
 /// vectors), since it could not be sent as one message anyway. Stops when the client leaves.
 pub(super) fn vector_search_stream(
@@ -352,10 +358,17 @@ pub(super) fn vector_search_stream(
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _span = span.enter();
-        for (i, q) in queries.iter().enumerate() {
-            let result = run_search(&db, &req, q, metrics.as_deref())
-                .and_then(|b| ipc_stream_bytes(&b))
-                .and_then(|body| {
+        for (c, chunk) in queries.chunks(SEARCH_CHUNK).enumerate() {
+            let found = match run_search_batch(&db, &req, chunk, metrics.as_deref()) {
+                Ok(found) => found,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(bounded_status(e)));
+                    return;
+                }
+            };
+            for (j, batch) in found.iter().enumerate() {
+                let i = c * SEARCH_CHUNK + j;
+                let result = ipc_stream_bytes(batch).and_then(|body| {
                     if body.len() + 64 > max_message_bytes {
                         return Err(Status::resource_exhausted(format!(
                             "the result of query {i} is {} bytes, over the message limit of {max_message_bytes}; lower k or leave out the vectors",
@@ -364,9 +377,10 @@ pub(super) fn vector_search_stream(
                     }
                     Ok(arrow_flight::Result { body })
                 });
-            let failed = result.is_err();
-            if tx.blocking_send(result.map_err(bounded_status)).is_err() || failed {
-                return; // the client left, or the error ends the stream
+                let failed = result.is_err();
+                if tx.blocking_send(result.map_err(bounded_status)).is_err() || failed {
+                    return; // the client left, or the error ends the stream
+                }
             }
         }
     });

@@ -17,9 +17,10 @@ use quiver_engine::Database;
 use tonic::{Status, Streaming};
 
 use super::ingest::batch_stream;
-use super::read::{encode_batches, run_search};
+use super::read::{encode_batches, run_search_batch};
 use super::status::{decode_status, invalid};
 use super::{BoxStream, ServiceConfig, blocking};
+use crate::metrics::Metrics;
 use crate::request::{MAX_QUERIES, SearchRequest};
 
 /// The descriptor commands that make a DoExchange a search.
@@ -48,27 +49,43 @@ pub(super) async fn exchange_search(
     }
     let metrics = cfg.metrics.clone();
     let results = blocking(move || {
-        let mut out: Vec<RecordBatch> = Vec::with_capacity(rows);
+        let mut rows = Vec::with_capacity(rows);
         for batch in &batches {
             for row in 0..batch.num_rows() {
-                let (req, query) = query_row(batch, row)?;
-                let result = run_search(&db, &req, &query, metrics.as_deref())?;
-                if let Some(first) = out.first()
-                    && first.schema() != result.schema()
-                {
-                    return Err(invalid(
-                        "the queries of one DoExchange search must name one collection",
-                    ));
-                }
-                out.push(result);
+                rows.push(query_row(batch, row)?);
             }
         }
-        Ok(out)
+        search_runs(&db, rows, metrics.as_deref())
     })
     .await?;
     let schema = results[0].schema();
     let stream = futures::stream::iter(results.into_iter().map(Ok));
     Ok(encode_batches(schema, stream, cfg.max_flight_data_bytes))
+}
+
+/// Searches every query row, in order: each run of consecutive rows asking for the same `k`
+/// and list size is one engine batch, its queries searched in parallel.
+fn search_runs(
+    db: &Database,
+    rows: Vec<(SearchRequest, Vec<f32>)>,
+    metrics: Option<&Metrics>,
+) -> Result<Vec<RecordBatch>, Status> {
+    if rows.iter().any(|(req, _)| req.dataset != rows[0].0.dataset) {
+        return Err(invalid("the queries of one DoExchange search must name one collection"));
+    }
+    let mut out: Vec<RecordBatch> = Vec::with_capacity(rows.len());
+    let mut rows = rows.into_iter().peekable();
+    while let Some((req, first)) = rows.next() {
+        let mut queries = vec![first];
+        while let Some((next, _)) = rows.peek() {
+            if next.k != req.k || next.list_size != req.list_size {
+                break;
+            }
+            queries.push(rows.next().expect("peeked").1);
+        }
+        out.extend(run_search_batch(db, &req, &queries, metrics)?);
+    }
+    Ok(out)
 }
 
 /// The search a query row asks for.

@@ -58,43 +58,90 @@ fn search_and_shape(
     req: &SearchRequest,
     query: &[f32],
 ) -> Result<RecordBatch, Status> {
-    if let Some(key) = req.unsupported_key() {
-        return Err(hybrid_unimplemented(key));
+    let plan = SearchPlan::new(db, req)?;
+    plan.check_query(query)?;
+    let hits = db.search(&req.dataset, query, &plan.params).map_err(read_status)?;
+    shape_hits(&hits, plan.metric, &plan.params.columns)
+}
+
+/// Runs the searches of `queries`, all with `req`'s options, as one engine batch (spread over
+/// the engine's search pool), and shapes each reply as [`run_search`] does. The metrics count
+/// each query with the batch's mean time.
+pub(super) fn run_search_batch(
+    db: &Database,
+    req: &SearchRequest,
+    queries: &[Vec<f32>],
+    metrics: Option<&Metrics>,
+) -> Result<Vec<RecordBatch>, Status> {
+    let started = std::time::Instant::now();
+    let plan = SearchPlan::new(db, req)?;
+    for q in queries {
+        plan.check_query(q)?;
     }
-    if req.k < 1 || req.k as u64 > MAX_K as u64 {
-        return Err(invalid(format!("k = {} must be in 1..={MAX_K}", req.k)));
+    let found = db.search_batch(&req.dataset, queries, &plan.params).map_err(read_status)?;
+    let shaped = found
+        .into_iter()
+        .map(|hits| shape_hits(&hits.map_err(read_status)?, plan.metric, &plan.params.columns))
+        .collect::<Result<Vec<_>, Status>>()?;
+    if let Some(m) = metrics {
+        let each = started.elapsed() / queries.len().max(1) as u32;
+        for _ in queries {
+            m.searched(&req.dataset, each);
+        }
     }
-    let k = req.k as usize;
-    let cs = db.schema(&req.dataset).map_err(collection_status)?;
-    if query.len() != cs.dim() {
-        return Err(invalid(format!(
+    Ok(shaped)
+}
+
+/// A search request checked against its collection and turned into the engine's parameters.
+struct SearchPlan {
+    params: SearchParams,
+    metric: Metric,
+    dim: usize,
+    dataset: String,
+}
+
+impl SearchPlan {
+    fn new(db: &Database, req: &SearchRequest) -> Result<SearchPlan, Status> {
+        if let Some(key) = req.unsupported_key() {
+            return Err(hybrid_unimplemented(key));
+        }
+        if req.k < 1 || req.k as u64 > MAX_K as u64 {
+            return Err(invalid(format!("k = {} must be in 1..={MAX_K}", req.k)));
+        }
+        let cs = db.schema(&req.dataset).map_err(collection_status)?;
+        let filter = to_predicate(req.filters.as_deref().unwrap_or(&[]), &cs.arrow_schema())
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut columns: Vec<String> = req.columns.clone().unwrap_or_default();
+        check_columns(&cs, &columns)?;
+        if req.include_vectors && !columns.iter().any(|c| c == VECTOR_COLUMN) {
+            columns.push(VECTOR_COLUMN.into());
+        }
+        columns.retain(|c| c != ID_COLUMN);
+        columns.dedup();
+        let defaults = SearchParams::default();
+        // The engine applies the filter as candidates enter the top-k.
+        let params = SearchParams {
+            k: req.k as usize,
+            list_size: req.list_size.unwrap_or(defaults.list_size),
+            beam_width: req.beam_width.unwrap_or(defaults.beam_width),
+            exact: req.exact,
+            columns,
+            filter,
+        };
+        Ok(SearchPlan { params, metric: cs.metric(), dim: cs.dim(), dataset: req.dataset.clone() })
+    }
+
+    fn check_query(&self, query: &[f32]) -> Result<(), Status> {
+        if query.len() == self.dim {
+            return Ok(());
+        }
+        Err(invalid(format!(
             "the query vector has {} elements; collection {:?} has dimension {}",
             query.len(),
-            req.dataset,
-            cs.dim()
-        )));
+            self.dataset,
+            self.dim
+        )))
     }
-    let filter = to_predicate(req.filters.as_deref().unwrap_or(&[]), &cs.arrow_schema())
-        .map_err(|e| invalid(e.to_string()))?;
-    let mut out_cols: Vec<String> = req.columns.clone().unwrap_or_default();
-    check_columns(&cs, &out_cols)?;
-    if req.include_vectors && !out_cols.iter().any(|c| c == VECTOR_COLUMN) {
-        out_cols.push(VECTOR_COLUMN.into());
-    }
-    out_cols.retain(|c| c != ID_COLUMN);
-    out_cols.dedup();
-    let defaults = SearchParams::default();
-    // The engine applies the filter as candidates enter the top-k.
-    let params = SearchParams {
-        k,
-        list_size: req.list_size.unwrap_or(defaults.list_size),
-        beam_width: req.beam_width.unwrap_or(defaults.beam_width),
-        exact: req.exact,
-        columns: out_cols.clone(),
-        filter,
-    };
-    let hits = db.search(&req.dataset, query, &params).map_err(read_status)?;
-    shape_hits(&hits, cs.metric(), &out_cols)
 }
 
 /// The answer to a search that asks for hybrid or graph-blended ranking.
