@@ -232,6 +232,21 @@ impl Filter {
         &self.columns
     }
 
+    /// Per zone of a file (a Parquet row group), whether a row of it may pass: `false` only
+    /// where the zone's statistics prove that none does. `stats(column)` gives what the file's
+    /// statistics say of collection column `column`, or `None` where they say nothing usable.
+    /// Comparisons (and `IN`) are judged on integer, date, time, timestamp, string and boolean
+    /// columns; not on floating-point ones, whose statistics leave NaN out while comparisons
+    /// order it above every number.
+    pub(crate) fn zones_may_pass(
+        &self,
+        zones: usize,
+        stats: impl Fn(usize) -> Option<ZoneStats>,
+    ) -> Vec<bool> {
+        let of_input = |input: usize| stats(self.columns[input]).filter(|s| s.zones() == zones);
+        zone_maybe(&self.root, zones, &of_input).may_be_true
+    }
+
     /// Which rows of `batch` pass. `batch` holds exactly [`Filter::columns`], in that order.
     ///
     /// # Errors
@@ -446,6 +461,156 @@ fn eval(node: &Node, batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
         }
         Node::Not(part) => not(&eval(part, batch)?)?,
     })
+}
+
+/// What a file's statistics say of one column, zone by zone (a zone is a row group): the least
+/// and the greatest non-null value (null where unknown), the nulls (null where unknown), the rows.
+pub(crate) struct ZoneStats {
+    /// The least non-null value of each zone, in the column's type.
+    pub(crate) mins: ArrayRef,
+    /// The greatest non-null value of each zone, in the column's type.
+    pub(crate) maxes: ArrayRef,
+    /// The null values of each zone.
+    pub(crate) nulls: UInt64Array,
+    /// The rows of each zone.
+    pub(crate) rows: UInt64Array,
+}
+
+impl ZoneStats {
+    fn zones(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// Per zone, whether some row of it may make a node true, and whether some row may make it
+/// false (null, unknown, is neither). Each over-approximates: `true` unless ruled out.
+struct ZoneMaybe {
+    may_be_true: Vec<bool>,
+    may_be_false: Vec<bool>,
+}
+
+impl ZoneMaybe {
+    fn unknown(zones: usize) -> ZoneMaybe {
+        ZoneMaybe { may_be_true: vec![true; zones], may_be_false: vec![true; zones] }
+    }
+}
+
+fn zone_maybe(node: &Node, zones: usize, stats: &dyn Fn(usize) -> Option<ZoneStats>) -> ZoneMaybe {
+    let each = |parts: &[Node], all: bool| -> (Vec<bool>, Vec<bool>) {
+        // AND: true needs every part true, false needs one part false; OR the reverse.
+        let (mut t, mut f) = (vec![all; zones], vec![!all; zones]);
+        for p in parts {
+            let m = zone_maybe(p, zones, stats);
+            for z in 0..zones {
+                if all {
+                    t[z] &= m.may_be_true[z];
+                    f[z] |= m.may_be_false[z];
+                } else {
+                    t[z] |= m.may_be_true[z];
+                    f[z] &= m.may_be_false[z];
+                }
+            }
+        }
+        (t, f)
+    };
+    let judged = match node {
+        Node::Compare { input, op, as_type, value } => stats(*input)
+            .and_then(|s| compare_zones(&s, *op, as_type, std::slice::from_ref(value)).ok()),
+        Node::In { input, as_type, values } => {
+            stats(*input).and_then(|s| compare_zones(&s, CompareOp::Eq, as_type, values).ok())
+        }
+        Node::IsNull(input) | Node::IsNotNull(input) => stats(*input).map(|s| {
+            let some_null = (0..zones).map(|z| s.nulls.is_null(z) || s.nulls.value(z) > 0);
+            let some_value =
+                (0..zones).map(|z| s.nulls.is_null(z) || s.nulls.value(z) < s.rows.value(z));
+            let (nulls, values) = (some_null.collect(), some_value.collect());
+            match node {
+                Node::IsNull(_) => ZoneMaybe { may_be_true: nulls, may_be_false: values },
+                _ => ZoneMaybe { may_be_true: values, may_be_false: nulls },
+            }
+        }),
+        Node::And(parts) => {
+            let (may_be_true, may_be_false) = each(parts, true);
+            Some(ZoneMaybe { may_be_true, may_be_false })
+        }
+        Node::Or(parts) => {
+            let (may_be_true, may_be_false) = each(parts, false);
+            Some(ZoneMaybe { may_be_true, may_be_false })
+        }
+        Node::Not(part) => {
+            let m = zone_maybe(part, zones, stats);
+            Some(ZoneMaybe { may_be_true: m.may_be_false, may_be_false: m.may_be_true })
+        }
+    };
+    judged.unwrap_or_else(|| ZoneMaybe::unknown(zones))
+}
+
+/// Whether a column of type `column` may be judged by its statistics when compared in
+/// `as_type`: the statistics order values as the comparison does, and the cast to `as_type`
+/// keeps that order.
+fn zone_comparable(column: &DataType, as_type: &DataType) -> bool {
+    let ordered = column.is_integer()
+        || matches!(
+            column,
+            DataType::Date32
+                | DataType::Date64
+                | DataType::Time32(_)
+                | DataType::Time64(_)
+                | DataType::Timestamp(..)
+                | DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Boolean
+        );
+    let monotone_cast = column == as_type
+        || (column.is_integer()
+            && matches!(as_type, DataType::Int64 | DataType::UInt64 | DataType::Float64));
+    ordered && monotone_cast
+}
+
+/// [`ZoneMaybe`] of `column op value` for each of `values` (more than one: an `IN`, true where
+/// one is equal; its falsity is not judged).
+fn compare_zones(
+    s: &ZoneStats,
+    op: CompareOp,
+    as_type: &DataType,
+    values: &[ArrayRef],
+) -> Result<ZoneMaybe, ArrowError> {
+    use arrow_arith::boolean::{and, or};
+    use arrow_ord::cmp;
+    if !zone_comparable(s.mins.data_type(), as_type) {
+        return Err(ArrowError::InvalidArgumentError("not judged by statistics".into()));
+    }
+    let cast = |a: &ArrayRef| {
+        if a.data_type() == as_type { Ok(a.clone()) } else { arrow_cast::cast(a, as_type) }
+    };
+    let (lo, hi) = (cast(&s.mins)?, cast(&s.maxes)?);
+    // Null (a bound unknown) is "may".
+    let may = |m: BooleanArray| -> Vec<bool> {
+        (0..m.len()).map(|z| m.is_null(z) || m.value(z)).collect()
+    };
+    let mut judged: Option<ZoneMaybe> = None;
+    for value in values {
+        let v = Scalar::new(value.clone());
+        let between = || and(&cmp::lt_eq(&lo, &v)?, &cmp::gt_eq(&hi, &v)?);
+        let not_only_v = || or(&cmp::neq(&lo, &v)?, &cmp::neq(&hi, &v)?);
+        let (t, f) = match op {
+            CompareOp::Lt => (cmp::lt(&lo, &v)?, cmp::gt_eq(&hi, &v)?),
+            CompareOp::Le => (cmp::lt_eq(&lo, &v)?, cmp::gt(&hi, &v)?),
+            CompareOp::Gt => (cmp::gt(&hi, &v)?, cmp::lt_eq(&lo, &v)?),
+            CompareOp::Ge => (cmp::gt_eq(&hi, &v)?, cmp::lt(&lo, &v)?),
+            CompareOp::Eq => (between()?, not_only_v()?),
+            CompareOp::Ne => (not_only_v()?, between()?),
+        };
+        let (t, f) = (may(t), may(f));
+        judged = Some(match judged {
+            None => ZoneMaybe { may_be_true: t, may_be_false: f },
+            Some(prev) => ZoneMaybe {
+                may_be_true: prev.may_be_true.iter().zip(&t).map(|(a, b)| *a || *b).collect(),
+                may_be_false: vec![true; t.len()],
+            },
+        });
+    }
+    judged.ok_or_else(|| ArrowError::InvalidArgumentError("no values".into()))
 }
 
 fn compare(

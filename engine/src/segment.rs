@@ -750,6 +750,51 @@ impl SegmentFile {
         Ok(Some(all))
     }
 
+    /// How many row groups the file holds.
+    pub(crate) fn row_groups(&self) -> usize {
+        self.meta.metadata().num_row_groups()
+    }
+
+    /// The file's row groups in which a row may pass `filter`, as `(first row, rows)`, judged
+    /// by the columns' statistics in the Parquet footer (no I/O: the footer was read and
+    /// checksummed at open), or `None` when none is ruled out. A zone map: a filter on a column
+    /// that follows the rows' order (a timestamp, a sequence number) rules out all but a few.
+    pub(crate) fn zones_may_pass(&self, filter: &Filter) -> Option<Vec<(u64, u64)>> {
+        use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+        let md = self.meta.metadata();
+        let groups = md.row_groups();
+        let stats = |column: usize| -> Option<crate::filter::ZoneStats> {
+            if column >= self.width {
+                return None; // added after the file was written: no statistics
+            }
+            let name = self.meta.schema().field(column).name();
+            let converter =
+                StatisticsConverter::try_new(name, self.meta.schema(), self.meta.parquet_schema())
+                    .ok()?
+                    .with_missing_null_counts_as_zero(false);
+            Some(crate::filter::ZoneStats {
+                mins: converter.row_group_mins(groups).ok()?,
+                maxes: converter.row_group_maxes(groups).ok()?,
+                nulls: converter.row_group_null_counts(groups).ok()?,
+                rows: converter.row_group_row_counts(groups).ok()??,
+            })
+        };
+        let may = filter.zones_may_pass(groups.len(), stats);
+        if may.iter().all(|&m| m) {
+            return None;
+        }
+        let mut first = 0u64;
+        let mut kept = Vec::new();
+        for (g, rg) in groups.iter().enumerate() {
+            let rows = rg.num_rows().max(0) as u64;
+            if may[g] {
+                kept.push((first, rows));
+            }
+            first += rows;
+        }
+        Some(kept)
+    }
+
     /// [`SegmentFile::label_rows`] of a filter that reads one column.
     fn column_label_rows(
         &self,

@@ -351,6 +351,11 @@ impl EngineCollector {
              (remembered, label_index, columns_read)",
             None,
         );
+        let mut zones_skipped = counter(
+            "quiver_filter_row_groups_skipped",
+            "Row groups that reads of filter columns skipped, their statistics ruling out every row",
+            None,
+        );
         let mut failures =
             counter("quiver_index_failures", "Index searches that failed and fell back", None);
         let mut resident = gauge(
@@ -389,6 +394,7 @@ impl EngineCollector {
                 let labels = vec![("collection", label.clone()), ("source", source.into())];
                 filter_rows.add(labels, n as f64);
             }
+            zones_skipped.add(l(), st.filter_zones_skipped as f64);
             let r = &st.resident;
             for (structure, bytes) in [
                 ("memtable", r.memtable),
@@ -413,6 +419,7 @@ impl EngineCollector {
             reads,
             filtered,
             filter_rows,
+            zones_skipped,
             failures,
             resident,
         ] {

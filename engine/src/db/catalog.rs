@@ -67,6 +67,10 @@ pub struct CollectionStats {
     pub filter_rows_labelled: u64,
     /// ... whose passing rows were found by reading the filter's columns over the segment.
     pub filter_rows_read: u64,
+    /// Row groups that reads of filter columns skipped, their column statistics (min, max,
+    /// nulls) ruling out every row: a filter on a column that follows the rows' order (a
+    /// timestamp) reads only the groups that may hold a match.
+    pub filter_zones_skipped: u64,
     /// RAM the collection's structures hold, by structure.
     pub resident: ResidentBytes,
 }
@@ -435,6 +439,7 @@ impl Database {
             filter_rows_remembered: c.counters.filter_rows_remembered.load(Ordering::Relaxed),
             filter_rows_labelled: c.counters.filter_rows_labelled.load(Ordering::Relaxed),
             filter_rows_read: c.counters.filter_rows_read.load(Ordering::Relaxed),
+            filter_zones_skipped: c.counters.filter_zones_skipped.load(Ordering::Relaxed),
             index_reads: c.counters.index_reads.load(Ordering::Relaxed),
             resident,
         })

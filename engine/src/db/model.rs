@@ -177,6 +177,9 @@ pub(super) struct ReadCounters {
     pub(super) filter_rows_remembered: AtomicU64,
     pub(super) filter_rows_labelled: AtomicU64,
     pub(super) filter_rows_read: AtomicU64,
+    /// Row groups a read of the filter's columns skipped: their statistics ruled every row
+    /// out (`SegmentFile::zones_may_pass`).
+    pub(super) filter_zones_skipped: AtomicU64,
 }
 
 impl Collection {

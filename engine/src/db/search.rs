@@ -478,7 +478,7 @@ fn search_segment(
             return walk_segment(inner, c, s, q, params, filter.as_ref());
         }
         (_, Some(chunks)) => {
-            let passed = filter.as_ref().map(|f| segment_mask(s, f)).transpose()?;
+            let passed = filter.as_ref().map(|f| segment_mask(c, s, f)).transpose()?;
             let pass = |r: usize| {
                 !s.deleted.contains(r) && passed.as_ref().is_none_or(|m: &BooleanArray| m.value(r))
             };
@@ -843,7 +843,7 @@ fn passing_rows(
                 }
                 None => {
                     counted(&c.counters.filter_rows_read);
-                    RowSet::of_mask(&segment_mask(s, filter)?)
+                    RowSet::of_mask(&segment_mask(c, s, filter)?)
                 }
             };
             let all = Arc::new(all);
@@ -854,26 +854,62 @@ fn passing_rows(
     Ok(s.deleted.outside(&all))
 }
 
-/// Which rows of segment `s` pass `filter`, all of them: reads the filter's columns whole.
-fn segment_mask(s: &SegmentView, filter: &Filter) -> Result<BooleanArray, ReadError> {
+/// Which rows of segment `s` pass `filter`, all of them: reads the filter's columns, in the
+/// row groups whose statistics do not rule every row out (`SegmentFile::zones_may_pass`).
+fn segment_mask(
+    c: &CollectionView,
+    s: &SegmentView,
+    filter: &Filter,
+) -> Result<BooleanArray, ReadError> {
+    let zones = s.file.zones_may_pass(filter);
+    if let Some(kept) = &zones {
+        let skipped = s.file.row_groups().saturating_sub(kept.len());
+        c.counters.filter_zones_skipped.fetch_add(skipped as u64, Ordering::Relaxed);
+    }
+    let rows: Option<Vec<u32>> = zones
+        .as_ref()
+        .map(|kept| kept.iter().flat_map(|&(first, n)| first as u32..(first + n) as u32).collect());
     let mut parts = Vec::new();
-    for b in s.file.read(filter.columns(), None, 65_536)? {
-        parts.push(filter.evaluate(&b)?);
+    if rows.as_ref().is_none_or(|r| !r.is_empty()) {
+        for b in s.file.read(filter.columns(), rows.as_deref(), 65_536)? {
+            parts.push(filter.evaluate(&b)?);
+        }
     }
     let refs: Vec<&dyn Array> = parts.iter().map(|a| a as &dyn Array).collect();
-    let mask = if refs.is_empty() {
+    let read = if refs.is_empty() {
         BooleanArray::from(Vec::<bool>::new())
     } else {
         let joined = arrow_select::concat::concat(&refs)?;
         joined.as_any().downcast_ref::<BooleanArray>().expect("a boolean mask").clone()
     };
-    if mask.len() != s.keys.len() {
+    let wanted = rows.as_ref().map_or(s.keys.len(), Vec::len);
+    if read.len() != wanted {
         return Err(ReadError::Segment(crate::segment::SegmentError::Corrupt {
             path: s.file.path().to_path_buf(),
-            reason: format!("{} filter values for {} rows", mask.len(), s.keys.len()),
+            reason: format!("{} filter values for {wanted} rows", read.len()),
         }));
     }
-    Ok(mask)
+    let Some(kept) = zones else { return Ok(read) };
+    let file_rows = kept.last().map_or(0, |&(first, n)| first + n);
+    if file_rows > s.keys.len() as u64 {
+        return Err(ReadError::Segment(crate::segment::SegmentError::Corrupt {
+            path: s.file.path().to_path_buf(),
+            reason: format!("a row group ends at row {file_rows} of {}", s.keys.len()),
+        }));
+    }
+    // The rows of skipped groups fail; the others take what was read.
+    let mut mask = arrow_buffer::BooleanBufferBuilder::new(s.keys.len());
+    let (mut at, mut next) = (0usize, 0u64);
+    for (first, n) in kept {
+        mask.append_n((first - next) as usize, false);
+        for i in at..at + n as usize {
+            mask.append(read.value(i));
+        }
+        at += n as usize;
+        next = first + n;
+    }
+    mask.append_n(s.keys.len().saturating_sub(next as usize), false);
+    Ok(BooleanArray::new(mask.finish(), None))
 }
 
 /// Offers segment `s`'s `passing` rows to `top`, reading only their vectors from the Parquet
@@ -935,7 +971,7 @@ fn offer_segment_file(
     filter: Option<&Filter>,
     top: &mut TopK,
 ) -> Result<(), ReadError> {
-    let passed = filter.map(|f| segment_mask(s, f)).transpose()?;
+    let passed = filter.map(|f| segment_mask(c, s, f)).transpose()?;
     let pass = |r: usize| !s.deleted.contains(r) && passed.as_ref().is_none_or(|m| m.value(r));
     let loc = |r: u32| Hit::Seg(s.id, r);
     let mut scratch = Vec::new();

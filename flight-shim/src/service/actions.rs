@@ -287,6 +287,7 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
             "label_index": st.filter_rows_labelled,
             "columns_read": st.filter_rows_read,
         },
+        "filter_row_groups_skipped": st.filter_zones_skipped,
         "resident_bytes": {
             "memtable": st.resident.memtable,
             "unindexed_vectors": st.resident.unindexed_vectors,
