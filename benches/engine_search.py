@@ -51,8 +51,9 @@ from benchlib import at_recall, exact_ground_truth, read_u8bin, read_vecs
 K = 10
 
 
-def start_quiver(binary, data, cache_mb, nice, background_threads=0, log=None):
+def start_quiver(binary, data, cache_mb, nice, background_threads=0, log=None, idle=True):
     extra = ["--background-threads", str(background_threads)] if background_threads else []
+    extra += [] if idle else ["--no-background-idle"]
     err = open(log, "w") if log else subprocess.DEVNULL
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")) if log else None
     p = subprocess.Popen([binary, "serve", "--data", data, "--listen", "127.0.0.1:0",
@@ -314,6 +315,9 @@ def main():
     ap.add_argument("--background-nice", type=int, default=10)
     ap.add_argument("--background-threads", type=int, default=0,
                     help="threads of the server's index builds and merges (0: one per core)")
+    ap.add_argument("--no-background-idle", action="store_true",
+                    help="the server's builds and merges at their nice value, not in the "
+                         "paced idle scheduling class")
     ap.add_argument("--server-log", default=None, help="file for the server's log (RUST_LOG)")
     ap.add_argument("--busy-only", action="store_true",
                     help="ingest, then only the busy phase (no build, sweeps or deletions)")
@@ -351,7 +355,8 @@ def main():
 
     data = os.path.join(work, "db")
     p, uri = start_quiver(args.quiver, data, args.sector_cache_mb, args.background_nice,
-                          args.background_threads, args.server_log)
+                          args.background_threads, args.server_log,
+                          idle=not args.no_background_idle)
     t0 = time.perf_counter()
     put(uri, "sift", base, 10_000)
     t_put = time.perf_counter() - t0

@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// How far below searches the index builds and merges are scheduled (nice, 0..=19).
     #[arg(long, default_value_t = 10)]
     background_nice: i32,
+    /// Run the index builds and merges at their nice value always, not in the idle scheduling
+    /// class (which yields each core to a waking search at once, and is paced so that the
+    /// builds keep at least a quarter of a core; used where the process may leave the class).
+    #[arg(long)]
+    no_background_idle: bool,
     /// Threads of the index builds and merges; 0 means one per core. Fewer keep cores free for
     /// searches while indexing runs longer.
     #[arg(long, default_value_t = 0)]
@@ -234,6 +239,7 @@ fn engine_options(args: &ServeArgs) -> Options {
         opts = opts.index_params(params);
     }
     opts.background_nice(args.background_nice)
+        .background_idle(!args.no_background_idle)
         .background_threads(args.background_threads)
         .build_indexes(!args.no_index)
         .cut_truncated_wal(args.cut_truncated_wal)

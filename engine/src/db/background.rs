@@ -34,7 +34,7 @@ pub(super) fn background_loop(inner: &Arc<Inner>) {
             w.generation
         };
         // Index builds and merges fan out on the low-priority pool, not rayon's global one.
-        match inner.build_pool.install(|| background_step(inner)) {
+        match paced_step(inner) {
             Ok(progress) => {
                 *lock(&inner.background_failure) = None;
                 if progress == Progress::Worked {
@@ -59,6 +59,30 @@ pub(super) fn background_loop(inner: &Arc<Inner>) {
             drop(inner.work_cv.wait_timeout(w, Duration::from_secs(1)));
         }
     }
+}
+
+/// One [`background_step`] on the build pool, its threads' share of the CPU paced
+/// (`pace.rs`) while it runs. A panic in the step is the worker's, as if run here.
+fn paced_step(inner: &Arc<Inner>) -> Result<Progress, BackgroundError> {
+    let (done, finished) = crossbeam_channel::bounded(1);
+    let step = Arc::clone(inner);
+    inner.build_pool.spawn(move || {
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| background_step(&step)));
+        let _ = done.send(result);
+    });
+    let mut period = inner.pace.sample();
+    let result = loop {
+        match finished.recv_timeout(super::pace::PACE_PERIOD) {
+            Ok(result) => break result,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => period = inner.pace.tick(period),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                unreachable!("the step sends its result before it ends")
+            }
+        }
+    };
+    inner.pace.step_done();
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// What a unit of background work did.
@@ -313,6 +337,8 @@ impl Database {
             merges: inner.merges.load(std::sync::atomic::Ordering::Relaxed),
             index_grows: inner.index_grows.load(std::sync::atomic::Ordering::Relaxed),
             index_retrains: inner.index_retrains.load(std::sync::atomic::Ordering::Relaxed),
+            idle_class: inner.pace.uses_idle_class(),
+            paced_raises: inner.pace.raises(),
         }
     }
 
@@ -345,4 +371,10 @@ pub struct BackgroundStats {
     /// (the collection's codebook had been trained on too few of them), which the collection
     /// then adopts.
     pub index_retrains: u64,
+    /// Whether the build threads run in the idle scheduling class
+    /// ([`Options::background_idle`](crate::Options::background_idle), where the process may).
+    pub idle_class: bool,
+    /// Half-second periods the build threads ran in the normal class because the idle class
+    /// got them less than a quarter of a core (searches saturating the cores).
+    pub paced_raises: u64,
 }

@@ -66,6 +66,8 @@ pub(super) struct Inner {
     /// priority ([`Options::background_nice`]): they use idle cores fully
     /// and yield them to searches and writes.
     pub(super) build_pool: rayon::ThreadPool,
+    /// The build pool's scheduling class, paced while background work runs (`pace.rs`).
+    pub(super) pace: Arc<super::pace::Pace>,
     /// When the last write was applied (for [`Options::idle_flush`]).
     pub(super) last_write: Mutex<Instant>,
     /// The background worker's last failure, until a unit of work succeeds

@@ -45,6 +45,7 @@ mod memtable;
 mod merge;
 mod model;
 mod open;
+mod pace;
 mod read;
 mod search;
 mod write;

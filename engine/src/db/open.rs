@@ -36,6 +36,7 @@ use super::inner::{FlushCtl, Inner, Order, WAL_BUFFER_POOL, Work};
 use super::keys::{KeysBuilder, KeysError};
 use super::memtable::Memtable;
 use super::model::{Collection, KeyMap, Op, Segment, State};
+use super::pace::Pace;
 use super::{DELETES_DIR, Database, INDEXES_DIR, MAX_SCAN_BATCH_ROWS, SEGMENTS_DIR, WAL_DIR};
 use crate::options::budget_shares;
 
@@ -192,9 +193,13 @@ impl Database {
         }
 
         let pool_error = |e| OpenError::Io { path: dir.clone(), source: std::io::Error::other(e) };
-        let search_pool = thread_pool("quiver-search", 0, 0).map_err(pool_error)?;
-        let build_pool = thread_pool("quiver-build", opts.background_nice, opts.background_threads)
-            .map_err(pool_error)?;
+        let search_pool = thread_pool("quiver-search", 0, |_| {}).map_err(pool_error)?;
+        let pace = Arc::new(Pace::new(opts.background_idle, opts.background_nice));
+        let build_pool = {
+            let pace = Arc::clone(&pace);
+            thread_pool("quiver-build", opts.background_threads, move |_| pace.enter())
+                .map_err(pool_error)?
+        };
         let inner = Arc::new(Inner {
             dir,
             vfs,
@@ -220,6 +225,7 @@ impl Database {
             search_states: Mutex::new(Vec::new()),
             search_pool,
             build_pool,
+            pace,
             last_write: Mutex::new(Instant::now()),
             _lock: lock,
             opts,
@@ -244,21 +250,21 @@ impl Database {
     }
 }
 
-/// A pool of a thread per core (at most [`MAX_POOL_THREADS`]) named `{name}-{i}`, each at nice
-/// `increment` above the process's: the segment-search pool (`quiver-search`, 0) and the
-/// background worker's build pool (`quiver-build`,
-/// [`Options::background_nice`](crate::Options::background_nice)).
+/// A pool of `threads` threads (0: a thread per core; at most [`MAX_POOL_THREADS`]) named
+/// `{name}-{i}`, each running `start` first: the segment-search pool (`quiver-search`) and the
+/// background worker's build pool (`quiver-build`, whose threads enter their scheduling class,
+/// `pace.rs`).
 fn thread_pool(
     name: &'static str,
-    increment: i32,
     threads: usize,
+    start: impl Fn(usize) + Send + Sync + 'static,
 ) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = if threads == 0 { cores } else { threads };
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads.min(MAX_POOL_THREADS))
         .thread_name(move |i| format!("{name}-{i}"))
-        .start_handler(move |_| lower_thread_priority(increment))
+        .start_handler(start)
         .build()
 }
 
