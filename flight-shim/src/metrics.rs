@@ -468,6 +468,10 @@ impl EngineCollector {
         let background = db.background_stats();
         let help = "Merges committed by the background worker";
         single(counter("quiver_merges", help, None), background.merges as f64, encoder)?;
+        let help = "Half-second periods the index builds ran in the normal scheduling class \
+                    because the idle class got them less than a quarter of a core";
+        let raises = background.paced_raises as f64;
+        single(counter("quiver_background_paced_raises", help, None), raises, encoder)?;
         let pending = db.indexing_pending();
         let age = {
             let mut since =
