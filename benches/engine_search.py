@@ -90,6 +90,20 @@ def engine_reads(uri, name):
     return st.get("index_reads", 0), st.get("searches", 0)
 
 
+def run_parts(run, threads):
+    """Runs `run(part)` for each of `threads` parts at once, each returning ({query: result},
+    [latency s]): the results merged, the latencies joined, and the seconds it took."""
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(threads) as ex:
+        parts = list(ex.map(run, range(threads)))
+    secs = time.perf_counter() - t0
+    res, lat = {}, []
+    for r, l in parts:
+        res.update(r)
+        lat += l
+    return res, lat, secs
+
+
 def flight_sweep(uri, name, queries, gt_ids, list_sizes, threads, live=None):
     """Per list size: (qps, recall, p50 ms, p99 ms, mean index reads per query)."""
     clients = [fl.FlightClient(uri) for _ in range(threads)]
@@ -109,14 +123,7 @@ def flight_sweep(uri, name, queries, gt_ids, list_sizes, threads, live=None):
                 res[i] = (tab.column("id").to_numpy(), tab.column("distance").to_numpy())
             return res, lat
 
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(threads) as ex:
-            parts = list(ex.map(run, range(threads)))
-        secs = time.perf_counter() - t0
-        res, lat = {}, []
-        for r, l in parts:
-            res.update(r)
-            lat += l
+        res, lat, secs = run_parts(run, threads)
         hits = 0
         for i in range(len(queries)):
             # As `quiver search` counts: returned ids among the k nearest (of the live rows).
@@ -164,14 +171,7 @@ def flight_batch_sweep(uri, name, queries, gt_ids, list_sizes, threads, batch):
                     res[i] = row
             return res, lat
 
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(threads) as ex:
-            done = list(ex.map(run, range(threads)))
-        secs = time.perf_counter() - t0
-        res, lat = {}, []
-        for r, l in done:
-            res.update(r)
-            lat += l
+        res, lat, secs = run_parts(run, threads)
         hits = sum(len(set(res[i].tolist()) & set(int(x) for x in gt_ids[i][:K]))
                    for i in range(len(queries)))
         lat = np.array(lat) * 1e3

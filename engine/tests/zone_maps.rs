@@ -141,24 +141,16 @@ fn leaf(p: &Predicate, id: u64) -> Option<bool> {
 /// part is false and an OR with a true part true, whatever else is unknown.
 fn model(p: &Predicate, id: u64) -> Option<bool> {
     match p {
-        Predicate::And(parts) => {
+        Predicate::And(parts) | Predicate::Or(parts) => {
+            // One false part decides an AND, one true part an OR.
+            let decides = matches!(p, Predicate::Or(_));
             let all: Vec<Option<bool>> = parts.iter().map(|q| model(q, id)).collect();
-            if all.contains(&Some(false)) {
-                Some(false)
+            if all.contains(&Some(decides)) {
+                Some(decides)
             } else if all.contains(&None) {
                 None
             } else {
-                Some(true)
-            }
-        }
-        Predicate::Or(parts) => {
-            let all: Vec<Option<bool>> = parts.iter().map(|q| model(q, id)).collect();
-            if all.contains(&Some(true)) {
-                Some(true)
-            } else if all.contains(&None) {
-                None
-            } else {
-                Some(false)
+                Some(!decides)
             }
         }
         Predicate::Not(part) => model(part, id).map(|b| !b),
