@@ -1,0 +1,211 @@
+//! Which rows of a segment pass a filter, without reading its columns where that can be
+//! avoided: the results of the last few filters remembered, the label indexes of
+//! low-cardinality columns (`labels.rs`), and the zone map of the row groups' statistics.
+
+use std::io;
+use std::sync::Arc;
+
+use quiver_wal::vfs::Vfs;
+
+use super::labels::{LabelIndex, labels_path};
+use super::{MASK_MEMO, SegmentError, SegmentFile};
+use crate::filter::Filter;
+use crate::rowset::RowSet;
+
+impl SegmentFile {
+    /// The rows that passed the filter keyed `key` when it was last evaluated over the file,
+    /// if it is remembered.
+    pub(crate) fn remembered_mask(&self, key: &str) -> Option<Arc<RowSet>> {
+        let mut masks = self.masks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = masks.iter().position(|(k, _)| k == key)?;
+        let hit = masks.remove(at);
+        let rows = Arc::clone(&hit.1);
+        masks.insert(0, hit);
+        Some(rows)
+    }
+
+    /// Bytes of the filter results the file remembers.
+    pub(crate) fn remembered_bytes(&self) -> usize {
+        let masks = self.masks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let remembered: usize = masks.iter().map(|(k, rows)| k.len() + rows.bytes()).sum();
+        let labels = self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        remembered + labels.iter().filter_map(|(_, l)| l.as_ref()).map(|l| l.bytes()).sum::<usize>()
+    }
+
+    /// Remembers `rows` as what passes the filter keyed `key`, forgetting the least recent
+    /// beyond [`MASK_MEMO`].
+    pub(crate) fn remember_mask(&self, key: &str, rows: Arc<RowSet>) {
+        let mut masks = self.masks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        masks.retain(|(k, _)| k != key);
+        masks.insert(0, (key.to_string(), rows));
+        masks.truncate(MASK_MEMO);
+    }
+
+    /// The rows that pass `filter`, found through the label index of its one column
+    /// ([`labels`](super::labels): opened from `segments/{id}.{column}.labels`, or built from the column the
+    /// first time and written there), or for an AND of one-column parts, the intersection of
+    /// the parts' that have one, the other parts evaluated on those rows alone; `None` when the
+    /// filter is neither, or no part of it has a label index (a type without one, more than [`MAX_LABEL_VALUES`](super::MAX_LABEL_VALUES)
+    /// distinct values, or a column added after the file was written). No lock is held
+    /// across I/O: two searches that race to build the same index both build it, and the
+    /// second file replaces the first.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] or [`SegmentError::Corrupt`] from reading the column, or
+    /// [`SegmentError::Io`] from reading a posting. An index file that fails its checks when
+    /// opened is built again; a posting that fails its checksum when read is not used: the
+    /// index is removed and `None` returned, so the caller reads the column instead.
+    pub(crate) fn label_rows(
+        &self,
+        vfs: &dyn Vfs,
+        filter: &Filter,
+    ) -> Result<Option<RowSet>, SegmentError> {
+        if filter.columns().len() == 1 {
+            return self.column_label_rows(vfs, filter);
+        }
+        // An AND of one-column parts: the intersection of those that have a label index; the
+        // others evaluated on the rows that remain, their columns read for those rows only.
+        let mut all: Option<RowSet> = None;
+        let mut rest = Vec::new();
+        for part in filter.conjuncts() {
+            match self.column_label_rows(vfs, part)? {
+                Some(rows) => {
+                    all = Some(match all {
+                        Some(before) => before.intersection(&rows),
+                        None => rows,
+                    });
+                }
+                None => rest.push(part),
+            }
+        }
+        let Some(mut all) = all else { return Ok(None) };
+        for part in rest {
+            let candidates: Vec<u32> = all.rows().collect();
+            if candidates.is_empty() {
+                break;
+            }
+            let mut at = 0;
+            for batch in self.read(part.columns(), Some(&candidates), 65_536)? {
+                // A part that cannot be evaluated is left to the whole filter's evaluation,
+                // which reports it.
+                let Ok(passed) = part.evaluate(&batch) else { return Ok(None) };
+                for i in 0..passed.len() {
+                    if !passed.value(i) {
+                        all.remove(candidates[at + i] as usize);
+                    }
+                }
+                at += passed.len();
+            }
+            if at != candidates.len() {
+                let reason = format!("{at} values read for {} rows", candidates.len());
+                return Err(SegmentError::Corrupt { path: self.path.clone(), reason });
+            }
+        }
+        Ok(Some(all))
+    }
+
+    /// How many row groups the file holds.
+    pub(crate) fn row_groups(&self) -> usize {
+        self.meta.metadata().num_row_groups()
+    }
+
+    /// The file's row groups in which a row may pass `filter`, as `(first row, rows)`, judged
+    /// by the columns' statistics in the Parquet footer (no I/O: the footer was read and
+    /// checksummed at open), or `None` when none is ruled out. A zone map: a filter on a column
+    /// that follows the rows' order (a timestamp, a sequence number) rules out all but a few.
+    pub(crate) fn zones_may_pass(&self, filter: &Filter) -> Option<Vec<(u64, u64)>> {
+        use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+        let md = self.meta.metadata();
+        let groups = md.row_groups();
+        let stats = |column: usize| -> Option<crate::filter::ZoneStats> {
+            if column >= self.width {
+                return None; // added after the file was written: no statistics
+            }
+            let name = self.meta.schema().field(column).name();
+            let converter =
+                StatisticsConverter::try_new(name, self.meta.schema(), self.meta.parquet_schema())
+                    .ok()?
+                    .with_missing_null_counts_as_zero(false);
+            Some(crate::filter::ZoneStats {
+                mins: converter.row_group_mins(groups).ok()?,
+                maxes: converter.row_group_maxes(groups).ok()?,
+                nulls: converter.row_group_null_counts(groups).ok()?,
+                rows: converter.row_group_row_counts(groups).ok()??,
+            })
+        };
+        let may = filter.zones_may_pass(groups.len(), stats);
+        if may.iter().all(|&m| m) {
+            return None;
+        }
+        let mut first = 0u64;
+        let mut kept = Vec::new();
+        for (g, rg) in groups.iter().enumerate() {
+            let rows = rg.num_rows().max(0) as u64;
+            if may[g] {
+                kept.push((first, rows));
+            }
+            first += rows;
+        }
+        Some(kept)
+    }
+
+    /// [`SegmentFile::label_rows`] of a filter that reads one column.
+    fn column_label_rows(
+        &self,
+        vfs: &dyn Vfs,
+        filter: &Filter,
+    ) -> Result<Option<RowSet>, SegmentError> {
+        let &[column] = filter.columns() else { return Ok(None) };
+        let field = Arc::clone(&self.schema.fields()[column]);
+        if column >= self.width || !LabelIndex::supports(field.data_type()) {
+            return Ok(None);
+        }
+        let known = {
+            let labels = self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            labels.iter().find(|(c, _)| *c == column).map(|(_, l)| l.clone())
+        };
+        let index = match known {
+            Some(index) => index,
+            None => {
+                let path = labels_path(&self.path, column);
+                let shape = (self.rows, self.sum.crc);
+                let index = match LabelIndex::open(vfs, &path, &field, column, shape) {
+                    Ok(index) => Some(index),
+                    Err(e) => {
+                        if !matches!(&e, SegmentError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+                        {
+                            tracing::warn!("{e}; building the label index again");
+                        }
+                        let batches = || self.batches(&[column], None, 65_536);
+                        LabelIndex::build(vfs, &path, &field, column, shape, batches)?
+                    }
+                };
+                let index = index.map(Arc::new);
+                let mut labels =
+                    self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !labels.iter().any(|(c, _)| *c == column) {
+                    labels.push((column, index.clone()));
+                }
+                index
+            }
+        };
+        let Some(index) = index else { return Ok(None) };
+        match index.rows_where(|batch| filter.evaluate(batch)) {
+            Ok(rows) => Ok(rows),
+            Err(e @ SegmentError::Corrupt { .. }) => {
+                // Derived data: forget it and answer from the segment file, which is intact;
+                // the next filter on the column builds the index again.
+                tracing::warn!("{e}; removing the label index");
+                let mut labels =
+                    self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                labels.retain(|(c, _)| *c != column);
+                drop(labels);
+                if let Err(e) = vfs.remove_file(&labels_path(&self.path, column)) {
+                    tracing::warn!("could not remove a damaged label index: {e}");
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
