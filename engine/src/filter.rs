@@ -514,10 +514,11 @@ fn zone_maybe(node: &Node, zones: usize, stats: &dyn Fn(usize) -> Option<ZoneSta
         (t, f)
     };
     let judged = match node {
-        Node::Compare { input, op, as_type, value } => stats(*input)
-            .and_then(|s| compare_zones(&s, *op, as_type, std::slice::from_ref(value)).ok()),
+        Node::Compare { input, op, as_type, value } => {
+            stats(*input).and_then(|s| compare_zones(&s, *op, as_type, std::slice::from_ref(value)))
+        }
         Node::In { input, as_type, values } => {
-            stats(*input).and_then(|s| compare_zones(&s, CompareOp::Eq, as_type, values).ok())
+            stats(*input).and_then(|s| compare_zones(&s, CompareOp::Eq, as_type, values))
         }
         Node::IsNull(input) | Node::IsNotNull(input) => stats(*input).map(|s| {
             let some_null = (0..zones).map(|z| s.nulls.is_null(z) || s.nulls.value(z) > 0);
@@ -568,39 +569,43 @@ fn zone_comparable(column: &DataType, as_type: &DataType) -> bool {
 }
 
 /// [`ZoneMaybe`] of `column op value` for each of `values` (more than one: an `IN`, true where
-/// one is equal; its falsity is not judged).
+/// one is equal; its falsity is not judged), or `None` where the statistics cannot judge it:
+/// a column type or cast they do not order as the comparison does, or a kernel that fails.
 fn compare_zones(
     s: &ZoneStats,
     op: CompareOp,
     as_type: &DataType,
     values: &[ArrayRef],
-) -> Result<ZoneMaybe, ArrowError> {
+) -> Option<ZoneMaybe> {
     use arrow_arith::boolean::{and, or};
     use arrow_ord::cmp;
     if !zone_comparable(s.mins.data_type(), as_type) {
-        return Err(ArrowError::InvalidArgumentError("not judged by statistics".into()));
+        return None;
     }
     let cast = |a: &ArrayRef| {
         if a.data_type() == as_type { Ok(a.clone()) } else { arrow_cast::cast(a, as_type) }
     };
-    let (lo, hi) = (cast(&s.mins)?, cast(&s.maxes)?);
+    let (lo, hi) = (cast(&s.mins).ok()?, cast(&s.maxes).ok()?);
     // Null (a bound unknown) is "may".
     let may = |m: BooleanArray| -> Vec<bool> {
         (0..m.len()).map(|z| m.is_null(z) || m.value(z)).collect()
     };
-    let mut judged: Option<ZoneMaybe> = None;
-    for value in values {
+    let bounds = |value: &ArrayRef| -> Result<(BooleanArray, BooleanArray), ArrowError> {
         let v = Scalar::new(value.clone());
         let between = || and(&cmp::lt_eq(&lo, &v)?, &cmp::gt_eq(&hi, &v)?);
         let not_only_v = || or(&cmp::neq(&lo, &v)?, &cmp::neq(&hi, &v)?);
-        let (t, f) = match op {
+        Ok(match op {
             CompareOp::Lt => (cmp::lt(&lo, &v)?, cmp::gt_eq(&hi, &v)?),
             CompareOp::Le => (cmp::lt_eq(&lo, &v)?, cmp::gt(&hi, &v)?),
             CompareOp::Gt => (cmp::gt(&hi, &v)?, cmp::lt_eq(&lo, &v)?),
             CompareOp::Ge => (cmp::gt_eq(&hi, &v)?, cmp::lt(&lo, &v)?),
             CompareOp::Eq => (between()?, not_only_v()?),
             CompareOp::Ne => (not_only_v()?, between()?),
-        };
+        })
+    };
+    let mut judged: Option<ZoneMaybe> = None;
+    for value in values {
+        let (t, f) = bounds(value).ok()?;
         let (t, f) = (may(t), may(f));
         judged = Some(match judged {
             None => ZoneMaybe { may_be_true: t, may_be_false: f },
@@ -610,7 +615,7 @@ fn compare_zones(
             },
         });
     }
-    judged.ok_or_else(|| ArrowError::InvalidArgumentError("no values".into()))
+    judged
 }
 
 fn compare(
