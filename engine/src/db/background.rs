@@ -23,7 +23,7 @@ use super::open::read_vectors;
 /// The background worker thread: runs [`background_step`] while it finds work, then sleeps
 /// until notified (or a second passes). Failures are retried with backoff.
 pub(super) fn background_loop(inner: &Arc<Inner>) {
-    super::open::lower_thread_priority(inner.opts.background_nice);
+    inner.pace.lower_worker();
     let mut backoff = Duration::from_millis(10);
     loop {
         let seen = {

@@ -268,25 +268,6 @@ fn thread_pool(
         .build()
 }
 
-/// Raises the calling thread's nice value by `increment` (Linux keeps a nice value per thread).
-/// A failure only costs priority: it is logged, not returned.
-pub(super) fn lower_thread_priority(increment: i32) {
-    if increment == 0 {
-        return;
-    }
-    // SAFETY: `nice` takes an integer and touches no memory of ours; on Linux it changes the
-    // calling thread's nice value only. Resetting errno first tells a new nice value of -1
-    // from a failure, as nice(2) prescribes.
-    let failed = unsafe {
-        *libc::__errno_location() = 0;
-        libc::nice(increment) == -1 && *libc::__errno_location() != 0
-    };
-    if failed {
-        let error = std::io::Error::last_os_error();
-        tracing::debug!(%error, "could not lower a background thread's priority");
-    }
-}
-
 /// The most threads each of a database's pools (segment search, background builds) has.
 const MAX_POOL_THREADS: usize = 16;
 

@@ -88,6 +88,14 @@ impl Pace {
         set_class(tid, idle, self.nice);
     }
 
+    /// Puts the calling thread (the background worker, which waits for the steps it hands the
+    /// build pool) at the build threads' nice value, in the normal class.
+    pub(super) fn lower_worker(&self) {
+        // SAFETY: `gettid` has no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        set_class(tid, false, self.nice);
+    }
+
     /// The build threads' CPU time now.
     pub(super) fn sample(&self) -> Sample {
         let cpu_ns = lock(&self.threads).iter().map(|&tid| thread_cpu_ns(tid)).sum();
