@@ -6,14 +6,20 @@ by side on the same data directory, the engine in-process, and Qdrant Edge as th
         [--dataset sift|fashion] [--list-sizes 50,100] [--rounds 2] [--threads 2] \
         [--sector-cache-mb 0] [--engine target/release/examples/filtered_dir] \
         [--engine-baseline OLD_FILTERED_DIR] [--warm] [--no-flight] \
-        [--qdrant --efs 16,32,64,128] [--keep DIR]
+        [--qdrant --efs 16,32,64,128] [--keep DIR] [--label-graphs grp,band] \
+        [--engine-no-label-graphs]
 
 Puts the first `--rows` base rows of a `.u8bin` set over Flight with integer attributes, waits
 for indexing and stops the server. `--dataset sift` (sift-dev-1m): `img`, the row's source
 image id (rows of one image are alike, so a filter on images is correlated with the vectors,
 as labels are in practice) and `rnd`, uniform in 0..999 and unrelated to them; filters
 `rnd < t` and `img < t` for 0.1%, 1%, 10% and 50% of the rows, and `rnd = i mod 1000` for
-query i (a new value each query, as tenants are). `--dataset fashion` (fashion-mnist-784):
+query i (a new value each query, as tenants are); and two label columns of ten values, 10%
+each, `grp = rnd / 100` (unrelated) and `band`, the image ids cut in tenths (correlated),
+filtered to `= i mod 10` for query i. `--label-graphs grp,band` creates the collection with
+those declared label columns first (a graph per value in each indexed segment), and
+`--engine-no-label-graphs` runs `--engine` a second time without them (the other plans, in
+the same run). `--dataset fashion` (fashion-mnist-784):
 `label`, the image's class, filtered to the query's own class and to the next class (10%
 each; the second's rows are far from the query), and `rnd < t` for 1% and 10%.
 
@@ -107,7 +113,13 @@ def sift_cases(data, rows, nq):
         ti = int(np.sort(img)[int(f * rows)])
         cases.append((f"img<{ti} ({(img < ti).mean():.1%})", same(nq, ("img", "<", ti))))
     cases.append(("rnd=each (0.1%, new each query)", [("rnd", "=", i % 1000) for i in range(nq)]))
-    return {"img": img, "rnd": rnd}, cases
+    # Ten labels of 10% each: `grp` unrelated to the vectors, `band` a tenth of the images
+    # (correlated); query i asks for label i mod 10, mostly not the one its neighbours hold.
+    grp = rnd // 100
+    band = np.searchsorted(np.quantile(img, np.linspace(0.1, 0.9, 9)), img, side="right")
+    cases.append(("grp=each (10%)", [("grp", "=", i % 10) for i in range(nq)]))
+    cases.append(("band=each (10%)", [("band", "=", i % 10) for i in range(nq)]))
+    return {"img": img, "rnd": rnd, "grp": grp, "band": band}, cases
 
 
 def fashion_cases(data, rows, nq):
@@ -227,11 +239,12 @@ def qdrant_sweep(shard, queries, conds, gt, ef, threads):
 
 
 def engine_sweep(binary, data, queries_file, cases_file, list_sizes, threads, cache_mb,
-                 warm=False):
+                 warm=False, extra=()):
     """The engine in-process (`engine/examples/filtered_dir`): {(case, L): (qps, ids)}; with
     `warm`, every index read into the sector cache first (`Database::warm_sector_cache`)."""
     cmd = [binary, data, "f", queries_file, "--threads", str(threads), "--list-sizes",
            ",".join(map(str, list_sizes)), "--cases", cases_file] + (["--warm"] if warm else [])
+    cmd += list(extra)
     if cache_mb is not None:
         cmd += ["--sector-cache-mb", str(cache_mb)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -279,6 +292,10 @@ def main():
     ap.add_argument("--no-flight", action="store_true",
                     help="skip the searches over Flight (the in-process sides and Qdrant only)")
     ap.add_argument("--keep", help="keep the database (and shard) here; reuse them if present")
+    ap.add_argument("--label-graphs", default="",
+                    help="label columns declared when the collection is created (comma-separated)")
+    ap.add_argument("--engine-no-label-graphs", action="store_true",
+                    help="run --engine a second time with no label graph used (the other paths)")
     args = ap.parse_args()
     base = read_u8bin(os.path.join(args.data, "base.u8bin"), args.rows)
     queries = read_u8bin(os.path.join(args.data, "query.u8bin"), args.queries)
@@ -295,6 +312,11 @@ def main():
             print(f"reusing {data}", file=sys.stderr)
         else:
             t0 = time.perf_counter()
+            if args.label_graphs:
+                action(uri, "create_collection", {
+                    "name": "f", "dim": base.shape[1], "element_type": "uint8",
+                    "attributes": [{"name": n, "type": "int64", "nullable": False} for n in attrs],
+                    "label_graphs": args.label_graphs.split(",")})
             put(uri, base, attrs)
             action(uri, "wait-for-indexing", {"dataset": "f"})
             print(f"quiver: put and indexed in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -322,6 +344,8 @@ def main():
             binaries = []
         engines = [("engine", args.engine)] if args.engine else []
         engines += [("engine-baseline", args.engine_baseline)] if args.engine_baseline else []
+        if args.engine_no_label_graphs:
+            engines.append(("engine-no-labels", args.engine))
         for round_i in range(args.rounds):
             for label, binary in binaries:
                 p, uri = start(binary, data, args.sector_cache_mb)
@@ -335,8 +359,9 @@ def main():
                 finally:
                     stop(p)
             for label, engine in engines:
+                no_labels = ["--label-graph-min-rows", str(2**32)] if label == "engine-no-labels" else []
                 got = engine_sweep(engine, data, queries_file, cases_file, list_sizes,
-                                   args.threads, args.sector_cache_mb, args.warm)
+                                   args.threads, args.sector_cache_mb, args.warm, no_labels)
                 for name, _, gt in cases:
                     for ls in list_sizes:
                         qps, ids = got[(name, ls)]
@@ -385,7 +410,7 @@ def main():
             sides.append("qdrant")
         # Ratios: the new binary against the baseline, and each of ours against Qdrant Edge.
         ratios = [("quiver", "baseline")] if args.baseline and binaries else []
-        ratios += [("engine", "engine-baseline")] if len(engines) == 2 else []
+        ratios += [("engine", e) for e, _ in engines[1:]]
         ratios += [(b, "qdrant") for b in ours] if shard is not None else []
         print("\n| filter | " + " | ".join(f"{b}: QPS at recall 0.95" for b in sides)
               + "".join(f" | {a} / {b}" for a, b in ratios) + " |")

@@ -3,7 +3,7 @@
 //! peer, so that the comparison carries no transport on either side.
 //!
 //! `filtered_dir DB COLLECTION QUERIES.u8bin --cases CASES.jsonl --list-sizes 10,20,50
-//! [--threads 2] [--sector-cache-mb N] [--settle] [--warm]`
+//! [--threads 2] [--sector-cache-mb N] [--warm] [--label-graph-min-rows N]`
 //!
 //! Each line of `CASES.jsonl` is a case: `{"name": "...", "conditions": [C, ...]}` with one
 //! condition a query, each `null` (no filter) or `[column, "<" or "=", integer]`. For each case
@@ -11,11 +11,13 @@
 //! thread one at a time), after one unscored pass of the case at the first list size (what a
 //! running server has seen before: its caches and each segment's remembered filters). Prints
 //! one JSON line per (case, list size): QPS, the mean disk reads a query (cache hits not
-//! counted), the filtered walks and rankings of a segment a query (the planner's choices), and
-//! the ids found for each query. `--settle` first runs the background work the database has
-//! pending (index builds, merges: `Database::run_background`), as a server would after
-//! ingest; `--warm` reads every index into the sector cache first
-//! (`Database::warm_sector_cache`).
+//! counted), the filtered walks, rankings and label-graph walks of a segment a query (the
+//! planner's choices), and the ids found for each query. It first runs the background work the
+//! database has pending (index builds, merges, the label graphs reopened or built:
+//! `Database::run_background`), as a server would after ingest (`--settle`, which asked for
+//! that, is still accepted); `--warm` reads every index into the sector cache first
+//! (`Database::warm_sector_cache`); `--label-graph-min-rows N` sets
+//! `Options::label_graph_min_rows` (a value above every label's rows: no label graph used).
 
 mod common;
 
@@ -48,13 +50,15 @@ fn main() -> Result<(), Error> {
     if cache_mb != usize::MAX {
         options = options.sector_cache_bytes(cache_mb << 20);
     }
-    let db = Database::open(db, options)?;
-    if args.iter().any(|a| a == "--settle") {
-        let started = Instant::now();
-        db.run_background()?;
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!("background work (index builds, merges) done in {secs:.1} s");
+    let min_rows: usize = flag(&args, "--label-graph-min-rows", 0);
+    if min_rows > 0 {
+        options = options.label_graph_min_rows(min_rows);
     }
+    let db = Database::open(db, options)?;
+    let started = Instant::now();
+    db.run_background()?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("background work (index builds, merges, label graphs) done in {secs:.1} s");
     if args.iter().any(|a| a == "--warm") {
         let started = Instant::now();
         let admitted = db.warm_sector_cache()?;
@@ -98,11 +102,12 @@ fn main() -> Result<(), Error> {
             }
             println!(
                 "{{\"case\": {}, \"L\": {list_size}, \"qps\": {qps:.1}, \"reads\": {:.1}, \
-                 \"walks\": {:.2}, \"ranked\": {:.2}, \"ids\": {ids:?}}}",
+                 \"walks\": {:.2}, \"ranked\": {:.2}, \"label_walks\": {:.2}, \"ids\": {ids:?}}}",
                 serde_json::Value::String(name.clone()),
                 per_query(after.index_reads, before.index_reads),
                 per_query(after.filtered_walks, before.filtered_walks),
                 per_query(after.filtered_ranked, before.filtered_ranked),
+                per_query(after.filtered_label_walks, before.filtered_label_walks),
             );
         }
     }

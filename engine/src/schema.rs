@@ -110,6 +110,7 @@ pub struct CollectionSchema {
     metric: Metric,
     id_type: IdType,
     attributes: Vec<Field>,
+    label_graphs: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,6 +120,9 @@ struct SchemaRepr {
     metric: MetricName,
     id_type: IdType,
     attributes: Vec<Field>,
+    /// Absent in manifests written before label graphs existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    label_graphs: Vec<String>,
 }
 
 impl From<CollectionSchema> for SchemaRepr {
@@ -133,6 +137,7 @@ impl From<CollectionSchema> for SchemaRepr {
             },
             id_type: s.id_type,
             attributes: s.attributes,
+            label_graphs: s.label_graphs,
         }
     }
 }
@@ -150,6 +155,7 @@ impl TryFrom<SchemaRepr> for CollectionSchema {
             },
             id_type: r.id_type,
             attributes: r.attributes,
+            label_graphs: r.label_graphs,
         };
         s.validate()?;
         Ok(s)
@@ -185,6 +191,15 @@ pub enum SchemaError {
         /// The type asked for.
         asked: DataType,
     },
+    /// A label-graph column that is not an attribute, is declared twice, or has a type without
+    /// a label index (only integers, booleans and strings have one).
+    #[error("label graph column {column:?}: {reason}")]
+    LabelGraph {
+        /// The column.
+        column: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// An attribute type Parquet cannot store.
     #[error("attribute {name:?} of type {data_type} cannot be stored in Parquet: {reason}")]
     AttributeType {
@@ -201,7 +216,14 @@ impl CollectionSchema {
     /// A schema for `dim`-dimensional vectors of `vector_type` under `metric`, with `u64` ids and
     /// no attributes.
     pub fn new(dim: u32, vector_type: VectorType, metric: Metric) -> Self {
-        CollectionSchema { dim, vector_type, metric, id_type: IdType::U64, attributes: Vec::new() }
+        CollectionSchema {
+            dim,
+            vector_type,
+            metric,
+            id_type: IdType::U64,
+            attributes: Vec::new(),
+            label_graphs: Vec::new(),
+        }
     }
 
     /// Sets the id type (default [`IdType::U64`]).
@@ -216,6 +238,23 @@ impl CollectionSchema {
     pub fn with_attribute(mut self, field: Field) -> Self {
         self.attributes.push(field);
         self
+    }
+
+    /// Declares attribute `column` a *label column* (a tenant, a category: an integer, boolean
+    /// or string column with few distinct values): each indexed segment gets a graph of its own
+    /// for every value of the column that holds at least
+    /// [`Options::label_graph_min_rows`](crate::Options::label_graph_min_rows) of its rows, so
+    /// a search filtered to that value walks among its rows alone, from their own entry point.
+    /// [`CollectionSchema::validate`] checks the column exists and has such a type.
+    #[must_use]
+    pub fn with_label_graph(mut self, column: &str) -> Self {
+        self.label_graphs.push(column.to_string());
+        self
+    }
+
+    /// The columns declared with [`CollectionSchema::with_label_graph`].
+    pub fn label_graphs(&self) -> &[String] {
+        &self.label_graphs
     }
 
     /// The vector dimension.
@@ -304,6 +343,18 @@ impl CollectionSchema {
                     data_type: f.data_type().clone(),
                     reason: e.to_string(),
                 });
+            }
+        }
+        let mut declared = std::collections::HashSet::new();
+        for column in &self.label_graphs {
+            let refuse = |reason| SchemaError::LabelGraph { column: column.clone(), reason };
+            let field = self.attributes.iter().find(|f| f.name() == column);
+            let Some(field) = field else { return Err(refuse("no attribute has that name")) };
+            if !crate::segment::LabelIndex::supports(field.data_type()) {
+                return Err(refuse("only integer, boolean and string columns have labels"));
+            }
+            if !declared.insert(column) {
+                return Err(refuse("declared twice"));
             }
         }
         Ok(())

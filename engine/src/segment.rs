@@ -39,7 +39,7 @@ use parquet::column::writer::ColumnCloseResult;
 use parquet::file::properties::WriterProperties;
 
 use crate::rowset::RowSet;
-use labels::LabelIndex;
+pub(crate) use labels::LabelIndex;
 pub use labels::MAX_LABEL_VALUES;
 pub(crate) use labels::label_file_stem;
 use parquet::file::reader::{ChunkReader, Length};

@@ -381,6 +381,7 @@ impl EngineCollector {
             failures.add(l(), st.index_failures as f64);
             for (plan, n) in [
                 ("walk", st.filtered_walks),
+                ("label_walk", st.filtered_label_walks),
                 ("ranked", st.filtered_ranked),
                 ("scan", st.filtered_scans),
             ] {

@@ -318,6 +318,11 @@ pub struct CreateRequest {
     /// `binary`, `date32`, `timestamp_us`, `timestamp_ns`.
     #[serde(default)]
     pub attributes: Vec<AttributeSpec>,
+    /// Label columns (integer, boolean or string attributes with few distinct values: a
+    /// tenant, a category): each indexed segment gets a graph of its own for each of their
+    /// frequent values, which searches filtered to that value walk (`label_graphs`).
+    #[serde(default)]
+    pub label_graphs: Vec<String>,
 }
 
 /// An attribute column in a `create_collection` body.

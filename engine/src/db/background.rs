@@ -100,7 +100,8 @@ pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Background
 }
 
 /// One unit of background work: replacing a damaged index first, then a merge if one is due
-/// (so small segments are not indexed only to be merged away), else an index build.
+/// (so small segments are not indexed only to be merged away), else an index build, else an
+/// indexed segment's label graphs.
 pub(super) fn background_step(inner: &Inner) -> Result<Progress, BackgroundError> {
     if inner.poisoned().is_some() {
         return Ok(Progress::Idle);
@@ -112,6 +113,9 @@ pub(super) fn background_step(inner: &Inner) -> Result<Progress, BackgroundError
         }
         if progress == Progress::Idle {
             progress = index_one(inner)?;
+        }
+        if progress == Progress::Idle {
+            progress = super::label_graphs::label_graphs_one(inner)?;
         }
         Ok(progress)
     };
@@ -174,6 +178,7 @@ pub(super) fn drop_damaged_index(inner: &Inner) -> Result<Progress, BackgroundEr
         let s = c.segment_mut(sid);
         s.meta.indexed = false;
         s.index = None;
+        s.label_graphs = None;
         s.vectors = Some(vectors);
     }
     inner.remove_index_dir(sid);
@@ -255,6 +260,7 @@ fn install_index(
     let s = c.segment_mut(sid);
     s.meta.indexed = true;
     s.index = Some(Arc::new(index));
+    s.label_graphs = None;
     s.vectors = None;
     Ok(Progress::Worked)
 }
@@ -339,6 +345,10 @@ impl Database {
             index_retrains: inner.index_retrains.load(std::sync::atomic::Ordering::Relaxed),
             idle_class: inner.pace.uses_idle_class(),
             paced_raises: inner.pace.raises(),
+            label_graphs_built: inner.label_graphs_built.load(std::sync::atomic::Ordering::Relaxed),
+            label_graph_failures: inner
+                .label_graph_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -346,7 +356,7 @@ impl Database {
     /// found damaged awaits its replacement.
     pub fn background_pending(&self) -> bool {
         let inner = &*self.inner;
-        if !lock(&inner.damaged_indexes).is_empty() {
+        if !lock(&inner.damaged_indexes).is_empty() || super::label_graphs::graphs_pending(inner) {
             return true;
         }
         let st = inner.read();
@@ -377,4 +387,11 @@ pub struct BackgroundStats {
     /// Half-second periods the build threads ran in the normal class because the idle class
     /// got them less than a quarter of a core (searches saturating the cores).
     pub paced_raises: u64,
+    /// Label graphs built (not those reopened from disk): one per value of a declared label
+    /// column with enough rows in an indexed segment
+    /// ([`CollectionSchema::with_label_graph`](crate::CollectionSchema::with_label_graph)).
+    pub label_graphs_built: u64,
+    /// Columns whose label graphs could not be made in a segment (the reason is logged; the
+    /// segment is searched the other ways).
+    pub label_graph_failures: u64,
 }

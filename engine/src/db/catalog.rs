@@ -53,6 +53,10 @@ pub struct CollectionStats {
     /// Filtered searches of an indexed segment that walked its index with the rows failing
     /// the filter as waypoints (one per segment per search).
     pub filtered_walks: u64,
+    /// Filtered searches of an indexed segment that walked the label graph of the one value
+    /// the filter requires ([`CollectionSchema::with_label_graph`](crate::CollectionSchema::with_label_graph)):
+    /// among that value's rows alone.
+    pub filtered_label_walks: u64,
     /// Filtered searches of an indexed segment that ranked the rows that pass by their PQ
     /// codes and read the nearest `L` (a small share passed).
     pub filtered_ranked: u64,
@@ -143,7 +147,12 @@ pub(super) fn resident_bytes(c: &Collection) -> ResidentBytes {
             let first = codebooks.insert(Arc::as_ptr(i.shared_pq()));
             i.ram_bytes() - if first { 0 } else { i.pq_ram_bytes() }
         })
-        .sum();
+        .sum::<usize>()
+        + c.segments
+            .iter()
+            .filter_map(|s| s.label_graphs.as_ref())
+            .map(|g| g.ram_bytes())
+            .sum::<usize>();
     ResidentBytes {
         memtable: memtable as u64,
         unindexed_vectors: unindexed as u64,
@@ -213,7 +222,7 @@ impl Database {
         self.inner.opts.index_open.sector_cache.as_ref().map(|c| c.stats())
     }
 
-    /// Reads every disk index's node sectors into the sector cache, verified, until each is
+    /// Reads every disk index's node sectors (then the label graphs') into the sector cache, verified, until each is
     /// in or the cache is full (as PostgreSQL's `pg_prewarm`): after a restart, searches
     /// answer from memory at once, and the filtered planner prices reads as cached ones
     /// ([`Options::node_read_cost`](crate::Options::node_read_cost)). Returns the node reads
@@ -237,6 +246,23 @@ impl Database {
                 segment,
                 source: quiver_diskgraph::search::SearchError::Layout(e),
             })?;
+        }
+        // Then the label graphs, after every segment's own index.
+        let label_graphs: Vec<(u64, Arc<super::label_graphs::LabelGraphs>)> = {
+            let st = self.inner.read();
+            st.collections
+                .values()
+                .flat_map(|c| c.segments.iter())
+                .filter_map(|s| s.label_graphs.as_ref().map(|g| (s.meta.id, Arc::clone(g))))
+                .collect()
+        };
+        for (segment, graphs) in label_graphs {
+            for g in &graphs.graphs {
+                admitted += g.index.warm_shared_cache().map_err(|e| crate::ReadError::Search {
+                    segment,
+                    source: quiver_diskgraph::search::SearchError::Layout(e),
+                })?;
+            }
         }
         Ok(admitted)
     }
@@ -356,6 +382,53 @@ impl Database {
         Ok(added)
     }
 
+    /// Declares attribute columns of collection `name` label columns
+    /// ([`CollectionSchema::with_label_graph`]), durable when it returns: the background worker
+    /// then gives every indexed segment its graphs for them. Columns already declared are
+    /// skipped. Returns how many were added.
+    ///
+    /// # Errors
+    /// [`CollectionError`]: no such collection, a column [`CollectionSchema::validate`] refuses
+    /// (not an attribute, or of a type without labels), or a failed commit.
+    pub fn add_label_graphs(&self, name: &str, columns: &[&str]) -> Result<usize, CollectionError> {
+        let inner = &self.inner;
+        if let Some(p) = inner.poisoned() {
+            return Err(CollectionError::Poisoned(p));
+        }
+        // Held until the state is updated: no other commit can write the old schema back.
+        let mut store = lock(&inner.manifest);
+        let (id, old) = {
+            let st = inner.read();
+            let c =
+                st.collections.get(name).ok_or_else(|| CollectionError::NotFound(name.into()))?;
+            (c.id, Arc::clone(&c.schema))
+        };
+        let mut schema = (*old).clone();
+        let mut added = 0;
+        for column in columns {
+            if !schema.label_graphs().iter().any(|c| c == column) {
+                schema = schema.with_label_graph(column);
+                added += 1;
+            }
+        }
+        if added == 0 {
+            return Ok(0);
+        }
+        schema.validate()?;
+        inner.commit(&mut store, |b| {
+            for c in b.collections.iter_mut().filter(|c| c.id == id) {
+                c.schema = schema.clone();
+            }
+        })?;
+        let mut st = inner.write();
+        let c =
+            st.collections.get_mut(name).expect("collections change only under the manifest lock");
+        c.schema = Arc::new(schema);
+        drop(st);
+        inner.notify_work();
+        Ok(added)
+    }
+
     /// Drops collection `name` and deletes its files; durable when it returns.
     ///
     /// # Errors
@@ -434,6 +507,7 @@ impl Database {
             searches: c.counters.searches.load(Ordering::Relaxed),
             index_walks: c.counters.index_walks.load(Ordering::Relaxed),
             filtered_walks: c.counters.filtered_walks.load(Ordering::Relaxed),
+            filtered_label_walks: c.counters.filtered_label_walks.load(Ordering::Relaxed),
             filtered_ranked: c.counters.filtered_ranked.load(Ordering::Relaxed),
             filtered_scans: c.counters.filtered_scans.load(Ordering::Relaxed),
             filter_rows_remembered: c.counters.filter_rows_remembered.load(Ordering::Relaxed),

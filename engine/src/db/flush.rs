@@ -452,6 +452,7 @@ pub(super) fn open_new_segment(
         dirty: false,
         vectors,
         index: None,
+        label_graphs: None,
         slot: u32::MAX, // given by install_segment
     })
 }

@@ -86,6 +86,10 @@ pub(super) struct Inner {
     pub(super) merges: AtomicU64,
     /// Merges whose index was grown from an input's rather than rebuilt.
     pub(super) index_grows: AtomicU64,
+    /// Label graphs built since open (`label_graphs.rs`).
+    pub(super) label_graphs_built: AtomicU64,
+    /// Label columns whose graphs could not be made in a segment.
+    pub(super) label_graph_failures: AtomicU64,
     /// Of those, growths that trained a new codebook (`BackgroundStats::index_retrains`).
     pub(super) index_retrains: AtomicU64,
     pub(super) _lock: Option<DirLock>,

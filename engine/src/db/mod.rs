@@ -41,6 +41,7 @@ mod index_build;
 mod inner;
 mod install;
 mod keys;
+mod label_graphs;
 mod memtable;
 mod merge;
 mod model;

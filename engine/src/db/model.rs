@@ -79,6 +79,9 @@ pub(super) struct Segment {
     /// (those of flushed batches share the batches' buffers).
     pub(super) vectors: Option<Arc<[Vectors]>>,
     pub(super) index: Option<Arc<DiskIndex>>,
+    /// Its label graphs (`label_graphs.rs`), once the background worker has made them for its
+    /// index; `None` before, and again when the index changes.
+    pub(super) label_graphs: Option<Arc<super::label_graphs::LabelGraphs>>,
     /// Its slot in its collection ([`Collection::slots`]), given when it is installed.
     pub(super) slot: u32,
 }
@@ -166,6 +169,7 @@ pub(super) struct ReadCounters {
     /// Filtered searches of an indexed segment that walked its index, rows failing the
     /// filter as waypoints.
     pub(super) filtered_walks: AtomicU64,
+    pub(super) filtered_label_walks: AtomicU64,
     /// Filtered searches of an indexed segment that ranked the rows that pass by PQ and read
     /// the nearest (a small share passed).
     pub(super) filtered_ranked: AtomicU64,

@@ -221,6 +221,8 @@ impl Database {
             build_reserve: AtomicU64::new(0),
             merges: AtomicU64::new(0),
             index_grows: AtomicU64::new(0),
+            label_graphs_built: AtomicU64::new(0),
+            label_graph_failures: AtomicU64::new(0),
             index_retrains: AtomicU64::new(0),
             search_states: Mutex::new(Vec::new()),
             search_pool,
@@ -453,6 +455,7 @@ pub(super) fn load_segment(
         dirty: false,
         vectors: None, // the caller loads an unindexed segment's
         index,
+        label_graphs: None,
         slot: u32::MAX, // given by the caller
     })
 }

@@ -39,6 +39,7 @@ pub(super) struct SegmentView {
     pub(super) deleted: Arc<RowSet>,
     pub(super) vectors: Option<Arc<[Vectors]>>,
     pub(super) index: Option<Arc<DiskIndex>>,
+    pub(super) label_graphs: Option<Arc<super::label_graphs::LabelGraphs>>,
 }
 
 impl Segment {
@@ -50,6 +51,7 @@ impl Segment {
             deleted: Arc::clone(&self.deleted),
             vectors: self.vectors.clone(),
             index: self.index.clone(),
+            label_graphs: self.label_graphs.clone(),
         }
     }
 }

@@ -34,6 +34,7 @@ use quiver_diskgraph::data::{ElemType, Metric, Row, distance_active};
 use quiver_diskgraph::search::{DiskIndex, MAX_BEAM_WIDTH, SearchError, SearchState, Searcher};
 
 use super::inner::Inner;
+use super::label_graphs::{label_plan, label_walk};
 use super::model::Segment;
 use super::read::{CollectionView, Hit, SegmentView, gather};
 use super::{Database, MAX_BATCH_QUERIES, MAX_K, MAX_LIST_SIZE};
@@ -188,6 +189,11 @@ pub(super) struct PreparedQuery {
 }
 
 impl PreparedQuery {
+    /// The query as a disk index of element type `elem` takes it.
+    pub(super) fn index_row(&self, elem: ElemType) -> Row<'_> {
+        self.as_given.row(elem)
+    }
+
     /// The distance from the query to `row`, whose own length is `1 / scale` under cosine (rows
     /// are kept as given; the query is at unit length): `1 − q·row · scale`. Other metrics take
     /// `scale` = 1 and ignore it.
@@ -521,7 +527,13 @@ fn walk_segment(
         Some(f) => {
             let passing = passing_rows(inner, c, s, f)?;
             let live = s.keys.len() - s.deleted.count();
-            match plan_filtered(passing.count(), live, params, read_cost_ns(inner)) {
+            let read_ns = read_cost_ns(inner);
+            if let Some((graph, list)) = label_plan(inner, s, f, passing.count(), params, read_ns)?
+                && let Some(found) = label_walk(inner, c, s, q, params, graph, list, &passing)?
+            {
+                return Ok(found);
+            }
+            match plan_filtered(passing.count(), live, params, read_ns) {
                 FilteredPlan::Nothing => return Ok(Vec::new()),
                 FilteredPlan::Rank => {
                     c.counters.filtered_ranked.fetch_add(1, Ordering::Relaxed);
@@ -662,6 +674,9 @@ fn rank_across(
         let Some(ix) = s.index.as_ref() else { continue };
         let passing = passing_rows(inner, c, s, filter)?;
         let live = s.keys.len() - s.deleted.count();
+        if label_plan(inner, s, filter, passing.count(), params, read_ns)?.is_some() {
+            return none(); // it walks its label graph: planned apart
+        }
         match plan_filtered(passing.count(), live, params, read_ns) {
             FilteredPlan::Rank => ranked.push((s, ix, passing.rows().collect())),
             FilteredPlan::Nothing => {}
@@ -805,15 +820,34 @@ fn plan_filtered(
     if matching == 0 {
         return FilteredPlan::Nothing;
     }
-    let asked = params.list_size.max(params.k);
-    let widened = (WALK_WIDENING * asked as f64 * live as f64 / matching as f64).ceil();
-    let list = (widened as usize).clamp(asked, MAX_LIST_SIZE);
-    let rank = matching as f64 * RANK_ROW_NS + asked as f64 * read_ns;
-    let walk = list as f64 * read_ns;
+    let list = walk_list(matching, live, params);
+    let (walk, rank) = plan_costs(matching, list, params, read_ns);
     if matching <= RANK_ALWAYS || rank <= walk {
         return FilteredPlan::Rank;
     }
     FilteredPlan::Walk { list }
+}
+
+/// The list of a filtered walk among `live` rows of which `matching` pass:
+/// [`WALK_WIDENING`] `· L · live / matching`, at least `L` (and `k`), at most
+/// [`MAX_LIST_SIZE`].
+pub(super) fn walk_list(matching: usize, live: usize, params: &SearchParams) -> usize {
+    let asked = params.list_size.max(params.k);
+    let widened = (WALK_WIDENING * asked as f64 * live as f64 / matching.max(1) as f64).ceil();
+    (widened as usize).clamp(asked, MAX_LIST_SIZE)
+}
+
+/// The expected costs, in nanoseconds, of a filtered walk with a list of `list` (a read an
+/// entry) and of ranking `matching` passing rows by PQ then reading `L`: `(walk, rank)`.
+pub(super) fn plan_costs(
+    matching: usize,
+    list: usize,
+    params: &SearchParams,
+    read_ns: f64,
+) -> (f64, f64) {
+    let asked = params.list_size.max(params.k);
+    let rank = matching as f64 * RANK_ROW_NS + asked as f64 * read_ns;
+    (list as f64 * read_ns, rank)
 }
 
 /// Segment `s`'s live rows that pass `filter`: the filter's result over the file is

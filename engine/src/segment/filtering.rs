@@ -149,14 +149,22 @@ impl SegmentFile {
         Some(kept)
     }
 
-    /// [`SegmentFile::label_rows`] of a filter that reads one column.
-    fn column_label_rows(
+    /// Column `column`'s label index: the one opened before, else opened from
+    /// `segments/{id}.{column}.labels`, else built from the column and written there. `None`
+    /// for a column of a type without one, with more than [`MAX_LABEL_VALUES`](super::MAX_LABEL_VALUES) distinct values, or
+    /// added after the file was written. No lock is held across I/O: two callers that race to
+    /// build it both build it, and the second file replaces the first.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] or [`SegmentError::Corrupt`] from reading the column.
+    pub(crate) fn label_index(
         &self,
         vfs: &dyn Vfs,
-        filter: &Filter,
-    ) -> Result<Option<RowSet>, SegmentError> {
-        let &[column] = filter.columns() else { return Ok(None) };
-        let field = Arc::clone(&self.schema.fields()[column]);
+        column: usize,
+    ) -> Result<Option<Arc<LabelIndex>>, SegmentError> {
+        let Some(field) = self.schema.fields().get(column).map(Arc::clone) else {
+            return Ok(None);
+        };
         if column >= self.width || !LabelIndex::supports(field.data_type()) {
             return Ok(None);
         }
@@ -164,31 +172,80 @@ impl SegmentFile {
             let labels = self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             labels.iter().find(|(c, _)| *c == column).map(|(_, l)| l.clone())
         };
-        let index = match known {
-            Some(index) => index,
-            None => {
-                let path = labels_path(&self.path, column);
-                let shape = (self.rows, self.sum.crc);
-                let index = match LabelIndex::open(vfs, &path, &field, column, shape) {
-                    Ok(index) => Some(index),
-                    Err(e) => {
-                        if !matches!(&e, SegmentError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
-                        {
-                            tracing::warn!("{e}; building the label index again");
-                        }
-                        let batches = || self.batches(&[column], None, 65_536);
-                        LabelIndex::build(vfs, &path, &field, column, shape, batches)?
-                    }
-                };
-                let index = index.map(Arc::new);
-                let mut labels =
-                    self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if !labels.iter().any(|(c, _)| *c == column) {
-                    labels.push((column, index.clone()));
+        if let Some(index) = known {
+            return Ok(index);
+        }
+        let path = labels_path(&self.path, column);
+        let shape = (self.rows, self.sum.crc);
+        let index = match LabelIndex::open(vfs, &path, &field, column, shape) {
+            Ok(index) => Some(index),
+            Err(e) => {
+                if !matches!(&e, SegmentError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+                {
+                    tracing::warn!("{e}; building the label index again");
                 }
-                index
+                let batches = || self.batches(&[column], None, 65_536);
+                LabelIndex::build(vfs, &path, &field, column, shape, batches)?
             }
         };
+        let index = index.map(Arc::new);
+        let mut labels = self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !labels.iter().any(|(c, _)| *c == column) {
+            labels.push((column, index.clone()));
+        }
+        Ok(index)
+    }
+
+    /// Forgets column `column`'s label index and removes its file: it failed a check when
+    /// read (derived data: the next use builds it again from the column).
+    pub(crate) fn forget_label_index(&self, vfs: &dyn Vfs, column: usize) {
+        let mut labels = self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        labels.retain(|(c, _)| *c != column);
+        drop(labels);
+        if let Err(e) = vfs.remove_file(&labels_path(&self.path, column)) {
+            tracing::warn!("could not remove a damaged label index: {e}");
+        }
+    }
+
+    /// The one value of a label column that `filter` requires: `(column, entry)` for the
+    /// first of its AND parts that reads one of `columns` alone and that exactly one value of
+    /// the column passes (`tenant = 7`, `tenant IN (7)`), its entry in the column's label
+    /// index ([`LabelIndex::entries`]); `None` when no part does. The part is evaluated over
+    /// the column's distinct values in RAM, no rows read.
+    ///
+    /// # Errors
+    /// As [`SegmentFile::label_index`].
+    pub(crate) fn sole_label_value(
+        &self,
+        vfs: &dyn Vfs,
+        filter: &Filter,
+        columns: &[usize],
+    ) -> Result<Option<(usize, usize)>, SegmentError> {
+        let parts = match filter.conjuncts() {
+            [] => std::slice::from_ref(filter),
+            parts => parts,
+        };
+        for part in parts {
+            let &[column] = part.columns() else { continue };
+            if !columns.contains(&column) {
+                continue;
+            }
+            let Some(index) = self.label_index(vfs, column)? else { continue };
+            if let Some(&[entry]) = index.entries_where(|b| part.evaluate(b)).as_deref() {
+                return Ok(Some((column, entry)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`SegmentFile::label_rows`] of a filter that reads one column.
+    fn column_label_rows(
+        &self,
+        vfs: &dyn Vfs,
+        filter: &Filter,
+    ) -> Result<Option<RowSet>, SegmentError> {
+        let &[column] = filter.columns() else { return Ok(None) };
+        let index = self.label_index(vfs, column)?;
         let Some(index) = index else { return Ok(None) };
         match index.rows_where(|batch| filter.evaluate(batch)) {
             Ok(rows) => Ok(rows),
@@ -196,13 +253,7 @@ impl SegmentFile {
                 // Derived data: forget it and answer from the segment file, which is intact;
                 // the next filter on the column builds the index again.
                 tracing::warn!("{e}; removing the label index");
-                let mut labels =
-                    self.labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                labels.retain(|(c, _)| *c != column);
-                drop(labels);
-                if let Err(e) = vfs.remove_file(&labels_path(&self.path, column)) {
-                    tracing::warn!("could not remove a damaged label index: {e}");
-                }
+                self.forget_label_index(vfs, column);
                 Ok(None)
             }
             Err(e) => Err(e),

@@ -323,12 +323,7 @@ impl LabelIndex {
         pass: impl FnOnce(&RecordBatch) -> Result<BooleanArray, arrow_schema::ArrowError>,
     ) -> Result<Option<RowSet>, SegmentError> {
         let corrupt = |reason: String| SegmentError::Corrupt { path: self.path.clone(), reason };
-        // Nullable whatever the column: the values end with the null entry.
-        let field = self.field.as_ref().clone().with_nullable(true);
-        let schema = Arc::new(Schema::new(vec![field]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::clone(&self.values)])
-            .expect("the values are of the column's type");
-        let Ok(passed) = pass(&batch) else { return Ok(None) };
+        let Ok(passed) = pass(&self.values_batch()) else { return Ok(None) };
         let mut out = RowSet::new(self.rows as usize);
         let wanted: Vec<usize> = (0..self.counts.len())
             .filter(|&e| passed.is_valid(e) && passed.value(e) && self.counts[e] > 0)
@@ -359,6 +354,66 @@ impl LabelIndex {
             }
         }
         Ok(Some(out))
+    }
+
+    /// Its entries: each distinct value in ascending order, then the nulls (the last entry).
+    pub(crate) fn entries(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// The rows holding entry `entry` ([`LabelIndex::entries`]).
+    pub(crate) fn count(&self, entry: usize) -> usize {
+        self.counts[entry] as usize
+    }
+
+    /// The entries (values, never the nulls) with rows for which `pass` holds, where `pass`
+    /// evaluates a filter on a batch of this column alone; `None` if `pass` fails on the
+    /// values. No I/O: the values are in RAM.
+    pub(crate) fn entries_where(
+        &self,
+        pass: impl FnOnce(&RecordBatch) -> Result<BooleanArray, arrow_schema::ArrowError>,
+    ) -> Option<Vec<usize>> {
+        let passed = pass(&self.values_batch()).ok()?;
+        let values = self.counts.len() - 1;
+        Some(
+            (0..values)
+                .filter(|&e| passed.is_valid(e) && passed.value(e) && self.counts[e] > 0)
+                .collect(),
+        )
+    }
+
+    /// The rows of entry `entry`, ascending, read from disk and checked.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] for a failed read; [`SegmentError::Corrupt`] if the posting fails
+    /// its checksum, names a row past the segment or is out of order.
+    pub(crate) fn entry_rows(&self, entry: usize) -> Result<Vec<u32>, SegmentError> {
+        let corrupt = |reason: String| SegmentError::Corrupt { path: self.path.clone(), reason };
+        let mut buffer = vec![0u8; 4 * self.counts[entry] as usize];
+        let at = self.postings_at + 4 * self.starts[entry];
+        let io = |source| SegmentError::Io { path: self.path.clone(), source };
+        self.file.read_exact_at(&mut buffer, at).map_err(io)?;
+        if crc32c::crc32c(&buffer) != self.crcs[entry] {
+            return Err(corrupt(format!("the rows of value {entry} fail their checksum")));
+        }
+        let rows: Vec<u32> = buffer
+            .chunks_exact(4)
+            .map(|r| u32::from_le_bytes(r.try_into().expect("4 bytes")))
+            .collect();
+        let ordered = rows.windows(2).all(|w| w[0] < w[1]);
+        if !ordered || rows.last().is_some_and(|&r| u64::from(r) >= self.rows) {
+            return Err(corrupt(format!("the rows of value {entry} are not rows of the segment")));
+        }
+        Ok(rows)
+    }
+
+    /// The distinct values, then a null, as a batch of this column alone.
+    fn values_batch(&self) -> RecordBatch {
+        // Nullable whatever the column: the values end with the null entry.
+        let field = self.field.as_ref().clone().with_nullable(true);
+        let schema = Arc::new(Schema::new(vec![field]));
+        RecordBatch::try_new(schema, vec![Arc::clone(&self.values)])
+            .expect("the values are of the column's type")
     }
 
     /// Bytes of RAM it holds: its values and directory.

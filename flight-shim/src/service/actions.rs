@@ -248,6 +248,9 @@ pub(super) fn create_schema(req: &CreateRequest) -> Result<CollectionSchema, Sta
         cs =
             cs.with_attribute(Field::new(&a.name, parse_attribute_type(&a.type_name)?, a.nullable));
     }
+    for column in &req.label_graphs {
+        cs = cs.with_label_graph(column);
+    }
     Ok(cs)
 }
 
@@ -280,6 +283,7 @@ pub(super) fn stats_json(db: &Database, name: &str) -> Result<Value, Status> {
         "index_walks": st.index_walks,
         "index_reads": st.index_reads,
         "filtered_walks": st.filtered_walks,
+        "filtered_label_walks": st.filtered_label_walks,
         "filtered_ranked": st.filtered_ranked,
         "filtered_scans": st.filtered_scans,
         "filter_rows": {

@@ -1,0 +1,489 @@
+//! Label graphs: for a label column a collection declares
+//! ([`CollectionSchema::with_label_graph`]), each indexed segment gets a disk index of its own
+//! for every value of the column holding at least [`Options::label_graph_min_rows`] of its
+//! rows. A search filtered to that value walks among its rows alone, from their own entry
+//! point (the graph's medoid), instead of ranking every passing row by PQ or walking the
+//! segment's graph with the others as waypoints.
+//!
+//! This is Filtered-DiskANN's StitchedVamana without the stitching: a graph per label over its
+//! members. Stitched into the segment's graph, with one label a row, the labels' graphs would
+//! stay apart (no edge joins two labels' rows) and cut up the graph an unfiltered search
+//! walks; kept apart, the segment's graph is untouched and each label's is searched alone.
+//!
+//! Layout: `indexes/{segment}/labels/{column}.{entry}/`, a disk index like the segment's
+//! (built with its codebook, so both share it in RAM) whose node labels are positions in the
+//! value's posting in the column's label index (`segment/labels.rs`): its rows, ascending.
+//! Each is bound to its segment (`SOURCE`, [`crate::index_source`]), built under
+//! `{column}.{entry}.tmp` and renamed into place, its input under `{column}.{entry}.input/`.
+//! They are derived data: removed with the segment's index directory, reopened at the next
+//! open (and built again where missing or failing their checks), and a graph found damaged by
+//! a search is removed, the search answered the other way, and the graph built again.
+//!
+//! RAM: a graph holds its PQ codes (the codebook is the segment's) and the segment row of each
+//! of its nodes, 4 bytes; both counted in [`Database::memory`](super::Database::memory).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use quiver_diskgraph::pq::PqCodebook;
+use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex, SearchError};
+use quiver_diskgraph::source::BinWriter;
+
+use crate::error::{BackgroundError, QueryError, ReadError};
+use crate::filter::Filter;
+use crate::index_source;
+use crate::rowset::RowSet;
+use crate::schema::CollectionSchema;
+use crate::segment::{SegmentError, SegmentFile};
+
+use super::background::{Progress, io_error};
+use super::body::{SegmentMeta, index_name};
+use super::budget::build_params;
+use super::inner::Inner;
+use super::open::{for_each_vectors, source_of};
+use super::read::{CollectionView, Hit, SegmentView};
+use super::search::{Cand, PreparedQuery, SearchParams};
+
+/// The directory of a segment's label graphs, inside its index directory.
+const LABELS_DIR: &str = "labels";
+/// Rows read from the segment at a time while the graphs' inputs are written.
+const INPUT_BATCH_ROWS: usize = 65_536;
+/// Each input file's write buffer: one a graph, all open at once.
+const INPUT_BUFFER: usize = 64 << 10;
+
+/// One value's graph in one segment.
+#[derive(Debug)]
+pub(super) struct LabelGraph {
+    /// The column (its index in the collection's Arrow schema).
+    pub(super) column: usize,
+    /// The value's entry in the column's label index.
+    pub(super) entry: usize,
+    pub(super) index: DiskIndex,
+    /// The segment row of each node label: the value's rows, ascending.
+    pub(super) rows: Vec<u32>,
+}
+
+/// A segment's label graphs.
+#[derive(Debug, Default)]
+pub(super) struct LabelGraphs {
+    /// The label columns they were made for: a segment is looked at again when its collection
+    /// declares other columns.
+    pub(super) columns: Vec<usize>,
+    pub(super) graphs: Vec<LabelGraph>,
+}
+
+impl LabelGraphs {
+    /// The graph of entry `entry` of column `column`, if the segment has one.
+    pub(super) fn get(&self, column: usize, entry: usize) -> Option<&LabelGraph> {
+        self.graphs.iter().find(|g| g.column == column && g.entry == entry)
+    }
+
+    /// Bytes of RAM they hold beyond the codebook they share with the segment's index.
+    pub(super) fn ram_bytes(&self) -> usize {
+        let each = |g: &LabelGraph| g.index.ram_bytes() - g.index.pq_ram_bytes() + 4 * g.rows.len();
+        self.graphs.iter().map(each).sum()
+    }
+}
+
+/// The declared label columns of `schema`, as indices in its Arrow schema.
+pub(super) fn declared_columns(schema: &CollectionSchema) -> Vec<usize> {
+    let arrow = schema.arrow_schema();
+    schema.label_graphs().iter().filter_map(|name| arrow.index_of(name).ok()).collect()
+}
+
+/// Whether indexed segment `columns`' label graphs are missing or were made for other columns.
+fn wants_graphs(made: Option<&LabelGraphs>, columns: &[usize]) -> bool {
+    !columns.is_empty() && made.is_none_or(|m| m.columns != columns)
+}
+
+/// A segment whose label graphs are due, as the work needs it.
+struct Job {
+    collection: u64,
+    meta: SegmentMeta,
+    schema: Arc<CollectionSchema>,
+    file: SegmentFile,
+    index: Arc<DiskIndex>,
+    columns: Vec<usize>,
+}
+
+/// Whether some indexed segment awaits its label graphs.
+pub(super) fn graphs_pending(inner: &Inner) -> bool {
+    find_job(inner).is_some()
+}
+
+fn find_job(inner: &Inner) -> Option<Job> {
+    inner.index_dir.as_ref()?;
+    let st = inner.read();
+    st.collections.values().find_map(|c| {
+        let columns = declared_columns(&c.schema);
+        c.segments.iter().find_map(|s| {
+            let index = s.index.as_ref()?;
+            wants_graphs(s.label_graphs.as_deref(), &columns).then(|| Job {
+                collection: c.id,
+                meta: s.meta.clone(),
+                schema: Arc::clone(&c.schema),
+                file: s.file.clone(),
+                index: Arc::clone(index),
+                columns: columns.clone(),
+            })
+        })
+    })
+}
+
+/// Gives one indexed segment the label graphs its collection declares: those on disk
+/// reopened, the others built from one pass over its vectors, with no lock held; then
+/// installed if the segment still has the index they were made beside. A graph that cannot be
+/// made is reported and left out (derived data: the segment is searched the other ways),
+/// so a failure never holds up other work.
+pub(super) fn label_graphs_one(inner: &Inner) -> Result<Progress, BackgroundError> {
+    let Some(idir) = inner.index_dir.clone() else { return Ok(Progress::Idle) };
+    let Some(job) = find_job(inner) else { return Ok(Progress::Idle) };
+    let dir = idir.join(index_name(job.meta.id)).join(LABELS_DIR);
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    remove_leftovers(&dir);
+    let mut graphs = Vec::new();
+    for &column in &job.columns {
+        match column_graphs(inner, &dir, &job, column) {
+            Ok(mut made) => graphs.append(&mut made),
+            Err(e) => {
+                inner.label_graph_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "segment {:016x}: label graphs of column {column} not made: {e}",
+                    job.meta.id
+                );
+            }
+        }
+    }
+    let made = LabelGraphs { columns: job.columns.clone(), graphs };
+    let mut st = inner.write();
+    let segment = st.by_id_mut(job.collection).and_then(|c| {
+        c.segments.iter_mut().find(|s| {
+            s.meta.id == job.meta.id && s.index.as_ref().is_some_and(|i| Arc::ptr_eq(i, &job.index))
+        })
+    });
+    if let Some(s) = segment {
+        s.label_graphs = Some(Arc::new(made));
+    }
+    Ok(Progress::Worked)
+}
+
+/// Removes what builds cut short left in `dir`: temporary graphs and inputs.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (name.ends_with(".tmp") || name.ends_with(".input"))
+            && let Err(err) = std::fs::remove_dir_all(e.path())
+        {
+            tracing::warn!("could not remove {}: {err}", e.path().display());
+        }
+    }
+}
+
+fn graph_name(column: usize, entry: usize) -> String {
+    format!("{column}.{entry}")
+}
+
+/// Column `column`'s graphs in the job's segment: one for each value with at least
+/// `label_graph_min_rows` rows, opened where on disk and sound, built where not.
+fn column_graphs(
+    inner: &Inner,
+    dir: &Path,
+    job: &Job,
+    column: usize,
+) -> Result<Vec<LabelGraph>, BackgroundError> {
+    let Some(labels) = job.file.label_index(inner.vfs.as_ref(), column)? else {
+        return Ok(Vec::new()); // too many values (or a column added after the file was written)
+    };
+    let values = labels.entries() - 1; // the last entry is the nulls'
+    let min_rows = inner.opts.label_graph_min_rows;
+    let mut graphs = Vec::new();
+    let mut missing = Vec::new();
+    for entry in (0..values).filter(|&e| labels.count(e) >= min_rows) {
+        let rows = labels.entry_rows(entry)?;
+        let path = dir.join(graph_name(column, entry));
+        match open_graph(inner, &path, job, rows.len()) {
+            Ok(index) => graphs.push(LabelGraph { column, entry, index, rows }),
+            Err(e) => {
+                if path.exists() {
+                    tracing::warn!("{}: {e}; building it again", path.display());
+                }
+                missing.push((entry, rows));
+            }
+        }
+    }
+    build_graphs(inner, dir, job, column, missing, &mut graphs)?;
+    Ok(graphs)
+}
+
+/// Why a label graph on disk is not used.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("{0}")]
+    Index(#[from] quiver_diskgraph::index::IndexError),
+    #[error("{0}")]
+    Source(#[from] index_source::SourceError),
+    #[error("{found} nodes for a value of {expected} rows")]
+    Nodes { found: u64, expected: usize },
+}
+
+/// Opens the graph at `path`, sharing the segment index's codebook, if it is bound to the
+/// job's segment and has a node for each of the value's `rows` rows.
+fn open_graph(inner: &Inner, path: &Path, job: &Job, rows: usize) -> Result<DiskIndex, OpenError> {
+    let pq = Some(Arc::clone(job.index.shared_pq()));
+    let index = DiskIndex::open(path, OpenOptionsIndex { pq, ..inner.opts.index_open.clone() })?;
+    if index.header().n != rows as u64 {
+        return Err(OpenError::Nodes { found: index.header().n, expected: rows });
+    }
+    index_source::check(path, source_of(&job.meta))?;
+    Ok(index)
+}
+
+/// Builds the graphs of `missing` (entries of column `column`, with their rows): their inputs
+/// written in one pass over the segment's vectors, then each built with the segment index's
+/// codebook, bound, renamed into place and opened.
+fn build_graphs(
+    inner: &Inner,
+    dir: &Path,
+    job: &Job,
+    column: usize,
+    missing: Vec<(usize, Vec<u32>)>,
+    graphs: &mut Vec<LabelGraph>,
+) -> Result<(), BackgroundError> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let inputs = write_inputs(dir, job, column, &missing)?;
+    let codebook: &PqCodebook = job.index.shared_pq();
+    for ((entry, rows), input) in missing.into_iter().zip(inputs) {
+        let name = graph_name(column, entry);
+        let (tmp, fin) = (dir.join(format!("{name}.tmp")), dir.join(&name));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let params = build_params(inner, &job.schema, rows.len());
+        let metric = job.schema.metric();
+        let no_progress = &|_: &str, _: usize, _: usize| {};
+        let built = quiver_diskgraph::index::build_index_from_file_with(
+            &input.file,
+            metric,
+            &params,
+            Some(codebook),
+            &tmp,
+            no_progress,
+        )
+        .map_err(|source| BackgroundError::Index { segment: job.meta.id, source })
+        .and_then(|_| index_source::write(&tmp, source_of(&job.meta)).map_err(io_error(&tmp)));
+        drop(input);
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let _ = std::fs::remove_dir_all(&fin);
+        std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
+        let index = open_graph(inner, &fin, job, rows.len()).map_err(|e| BackgroundError::Io {
+            path: fin.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        })?;
+        inner.label_graphs_built.fetch_add(1, Ordering::Relaxed);
+        graphs.push(LabelGraph { column, entry, index, rows });
+    }
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
+    tracing::info!(
+        "segment {:016x}: label graphs of column {column} built in {:.1} s",
+        job.meta.id,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A graph's input: a vector file in its own directory, removed when dropped.
+struct Input {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Writes the input of each of `missing`'s graphs: one pass over the segment's vectors, each
+/// row copied to the input of the value it holds (4 bytes a segment row to say which).
+fn write_inputs(
+    dir: &Path,
+    job: &Job,
+    column: usize,
+    missing: &[(usize, Vec<u32>)],
+) -> Result<Vec<Input>, BackgroundError> {
+    let rows = job.meta.rows as usize;
+    let mut slot = vec![u32::MAX; rows];
+    for (at, (_, value_rows)) in missing.iter().enumerate() {
+        for &r in value_rows {
+            slot[r as usize] = at as u32;
+        }
+    }
+    let elem = job.schema.vector_type().search_elem();
+    let dim = job.schema.dim();
+    let mut inputs = Vec::with_capacity(missing.len());
+    let mut writers = Vec::with_capacity(missing.len());
+    for (entry, _) in missing {
+        let input_dir = dir.join(format!("{}.input", graph_name(column, *entry)));
+        let _ = std::fs::remove_dir_all(&input_dir);
+        std::fs::create_dir_all(&input_dir).map_err(io_error(&input_dir))?;
+        let file = input_dir.join(format!("vectors.{}", elem.bin_extension()));
+        let input = Input { dir: input_dir, file };
+        writers.push(
+            BinWriter::create_counting(&input.file, elem, dim, INPUT_BUFFER)
+                .map_err(io_error(&input.file))?,
+        );
+        inputs.push(input);
+    }
+    let mut base = 0usize;
+    for_each_vectors(&job.file, &job.schema, INPUT_BATCH_ROWS, |v| {
+        let n = v.values() / dim;
+        let bytes = v.value_bytes();
+        let row_bytes = bytes.len() / n.max(1);
+        for i in 0..n {
+            let Some(&at) = slot.get(base + i) else { break };
+            if at != u32::MAX {
+                let w = &mut writers[at as usize];
+                let row = &bytes[i * row_bytes..(i + 1) * row_bytes];
+                w.push(row).map_err(io_error(&inputs[at as usize].file))?;
+            }
+        }
+        base += n;
+        Ok::<(), BackgroundError>(())
+    })?;
+    if base != rows {
+        let reason = format!("{base} vectors read for {rows} rows");
+        let path = job.file.path().to_path_buf();
+        return Err(SegmentError::Corrupt { path, reason }.into());
+    }
+    for (w, input) in writers.into_iter().zip(&inputs) {
+        w.finish().map_err(io_error(&input.file))?;
+    }
+    Ok(inputs)
+}
+
+/// How a filtered search would use a label graph of segment `s`: the graph of the one value
+/// the filter requires, and the list to walk it with — `L`, widened as a filtered walk's is
+/// when other parts of the filter (or deletions) leave only `matching` of its rows — when that
+/// walk costs less than ranking the `matching` rows by PQ. `None` when the segment has no
+/// graph for the filter, or ranking is cheaper.
+pub(super) fn label_plan<'a>(
+    inner: &Inner,
+    s: &'a SegmentView,
+    filter: &Filter,
+    matching: usize,
+    params: &SearchParams,
+    read_ns: f64,
+) -> Result<Option<(&'a LabelGraph, usize)>, ReadError> {
+    let Some(graphs) = s.label_graphs.as_deref() else { return Ok(None) };
+    if matching == 0 || graphs.graphs.is_empty() {
+        return Ok(None);
+    }
+    let Some((column, entry)) =
+        s.file.sole_label_value(inner.vfs.as_ref(), filter, &graphs.columns)?
+    else {
+        return Ok(None);
+    };
+    let Some(graph) = graphs.get(column, entry) else { return Ok(None) };
+    let list = super::search::walk_list(matching, graph.rows.len(), params);
+    let (walk, rank) = super::search::plan_costs(matching, list, params, read_ns);
+    Ok((walk < rank).then_some((graph, list)))
+}
+
+/// Searches segment `s` for the filter's `passing` rows (live, passing the whole filter)
+/// through `graph`, a graph of exactly the rows of the one value the filter requires: a walk
+/// among them from their own entry point, rows that fail the rest of the filter (or are
+/// deleted) walked through, never returned. Widened 4× while fewer than `k` come back.
+/// `None` when it gives up (the list would cover the graph) or the graph is damaged (then
+/// removed and built again): the caller searches the segment the other ways.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn label_walk(
+    inner: &Inner,
+    c: &CollectionView,
+    s: &SegmentView,
+    q: &PreparedQuery,
+    params: &SearchParams,
+    graph: &LabelGraph,
+    mut list: usize,
+    passing: &RowSet,
+) -> Result<Option<Vec<Cand>>, ReadError> {
+    let accept = |label: u32| {
+        graph.rows.get(label as usize).is_some_and(|&row| passing.contains(row as usize))
+    };
+    let elem = c.schema.vector_type().search_elem();
+    loop {
+        let sp = quiver_diskgraph::search::SearchParams {
+            k: params.k,
+            list_size: list,
+            beam_width: params.beam_width,
+        };
+        let mut searcher = inner.searcher(s.id, &graph.index)?;
+        let found = searcher.search_accepting(q.index_row(elem), sp, &accept);
+        inner.return_search_state(searcher.into_state());
+        let found = match found {
+            Ok((found, stats)) => {
+                c.counters.index_walks.fetch_add(1, Ordering::Relaxed);
+                c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
+                found
+            }
+            Err(SearchError::Layout(e)) => {
+                tracing::warn!(
+                    "segment {:016x}: label graph {} damaged ({e}); removing it",
+                    s.id,
+                    graph.index.path().display()
+                );
+                let dir = graph.index.path().parent().unwrap_or(graph.index.path());
+                inner.label_graph_failed(c.id, s.id, dir);
+                return Ok(None);
+            }
+            Err(SearchError::Query(e)) => return Err(QueryError::Index(e).into()),
+            Err(source) => return Err(ReadError::Search { segment: s.id, source }),
+        };
+        if found.len() >= params.k {
+            c.counters.filtered_label_walks.fetch_add(1, Ordering::Relaxed);
+            let cand = |n: &quiver_diskgraph::search::Neighbour| {
+                let row = graph.rows[n.id as usize];
+                let key = s.keys.key(row as usize)?;
+                Ok(Cand { d: n.distance, key, loc: Hit::Seg(s.id, row) })
+            };
+            return Ok(Some(found.iter().map(cand).collect::<Result<_, SegmentError>>()?));
+        }
+        // Fewer than k passing rows near the query: widen, or leave it to the other paths once
+        // the list would cover the graph.
+        list = list.saturating_mul(4);
+        if list >= super::MAX_LIST_SIZE || list >= graph.rows.len() {
+            return Ok(None);
+        }
+    }
+}
+
+impl Inner {
+    /// A search found the label graph in directory `path` of segment `sid` (collection `cid`) damaged: the
+    /// segment's graphs are forgotten, so the background worker reopens the sound ones and
+    /// builds this one again, and its directory is removed.
+    pub(super) fn label_graph_failed(&self, cid: u64, sid: u64, path: &Path) {
+        {
+            let mut st = self.write();
+            if let Some(s) =
+                st.by_id_mut(cid).and_then(|c| c.segments.iter_mut().find(|s| s.meta.id == sid))
+            {
+                s.label_graphs = None;
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove {}: {e}", path.display());
+        }
+        self.notify_work();
+    }
+}
