@@ -576,3 +576,43 @@ async fn batched_searches_answer_each_query_in_order_across_chunks_and_runs() {
     assert_eq!(at, got.len(), "no extra rows");
     server.stop().await;
 }
+
+/// A collection created over Flight with a label column gets its label graphs, and a filter
+/// to one label is answered by walking that label's graph with the right rows; a label column
+/// that cannot have labels is refused at creation, naming the column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_column_declared_at_creation_is_walked_by_a_filter_to_one_label() {
+    let opts = Options::default().min_index_rows(100).label_graph_min_rows(200);
+    let server = TestServer::start_with(ServerConfig::default(), opts).await;
+    let mut c = server.client().await;
+    let attributes = json!([{"name": "tag", "type": "utf8"}, {"name": "n", "type": "int64"},
+        {"name": "w", "type": "float32"}]);
+    let bad = json!({"name": "bad", "dim": DIM, "attributes": attributes, "label_graphs": ["w"]});
+    let refused = action(&mut c, "create_collection", &bad.to_string()).await;
+    let said = format!("{refused:?}");
+    assert!(said.contains("label graph column") && said.contains("only integer"), "{said}");
+    assert_eq!(code(refused), Code::InvalidArgument);
+
+    let body = json!({"name": "lg", "dim": DIM, "label_graphs": ["tag"],
+        "attributes": [{"name": "tag", "type": "utf8"}, {"name": "n", "type": "int64"}]});
+    action(&mut c, "create_collection", &body.to_string()).await.unwrap();
+    put(&mut c, "lg", vec![batch(&ids(0..1_500), DIM)]).await.unwrap();
+    action(&mut c, "wait-for-indexing", &json!({"dataset": "lg"}).to_string()).await.unwrap();
+    let tagged: Vec<u64> = (0..1_500).filter(|i| i % 3 == 1).collect();
+    let (mut found, mut wanted) = (0, 0);
+    for q in 0..10u64 {
+        let query: Vec<f32> = vector_of(q * 31, DIM).iter().map(|x| x + 0.01).collect();
+        let t = json!({"search": {"dataset": "lg", "vector": query, "k": 5,
+            "filters": [{"field": "tag", "op": "=", "value": "t1"}]}});
+        let got = all_u64s(&get(&mut c, &t.to_string()).await.unwrap(), "id");
+        assert!(got.iter().all(|i| i % 3 == 1), "rows of another tag: {got:?}");
+        let truth = brute_force(&tagged, DIM, &query, 5);
+        found += got.iter().filter(|i| truth.contains(i)).count();
+        wanted += truth.len();
+    }
+    assert!(found * 10 >= wanted * 9, "recall {found} of {wanted}");
+    let r = action(&mut c, "stats", "{\"name\": \"lg\"}").await.unwrap();
+    let st: Value = serde_json::from_slice(&r[0]).unwrap();
+    assert_eq!(st["filtered_label_walks"], 10, "{st}");
+    server.stop().await;
+}
