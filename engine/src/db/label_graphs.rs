@@ -33,7 +33,6 @@ use quiver_diskgraph::source::BinWriter;
 use crate::error::{BackgroundError, QueryError, ReadError};
 use crate::filter::Filter;
 use crate::index_source;
-use crate::rowset::RowSet;
 use crate::schema::CollectionSchema;
 use crate::segment::{SegmentError, SegmentFile};
 
@@ -371,42 +370,71 @@ fn write_inputs(
     Ok(inputs)
 }
 
-/// How a filtered search would use a label graph of segment `s`: the graph of the one value
-/// the filter requires, and the list to walk it with — `L`, widened as a filtered walk's is
-/// when other parts of the filter (or deletions) leave only `matching` of its rows — when that
-/// walk costs less than ranking the `matching` rows by PQ. `None` when the segment has no
-/// graph for the filter, or ranking is cheaper.
-pub(super) fn label_plan<'a>(
+/// The label graph of segment `s` for the one value `filter` requires, and whether the filter
+/// is that value alone (every live row of the graph passes) or has other parts; `None` when the
+/// segment has no graph for it.
+///
+/// # Errors
+/// As [`SegmentFile::label_index`](crate::segment::SegmentFile::label_index).
+pub(super) fn label_graph_for<'a>(
     inner: &Inner,
     s: &'a SegmentView,
     filter: &Filter,
-    matching: usize,
-    params: &SearchParams,
-    read_ns: f64,
-) -> Result<Option<(&'a LabelGraph, usize)>, ReadError> {
-    let Some(graphs) = s.label_graphs.as_deref() else { return Ok(None) };
-    if matching == 0 || graphs.graphs.is_empty() {
-        return Ok(None);
-    }
-    let Some((column, entry)) =
-        s.file.sole_label_value(inner.vfs.as_ref(), filter, &graphs.columns)?
-    else {
+) -> Result<Option<(&'a LabelGraph, bool)>, ReadError> {
+    let Some(graphs) = s.label_graphs.as_deref().filter(|g| !g.graphs.is_empty()) else {
         return Ok(None);
     };
-    let Some(graph) = graphs.get(column, entry) else { return Ok(None) };
-    let list = super::search::walk_list(matching, graph.rows.len(), params);
-    let (walk, rank) = super::search::plan_costs(matching, list, params, read_ns);
-    Ok((walk < rank).then_some((graph, list)))
+    let vfs = inner.vfs.as_ref();
+    let Some((column, entry)) = s.file.sole_label_value(vfs, filter, &graphs.columns)? else {
+        return Ok(None);
+    };
+    let alone = filter.conjuncts().is_empty() && filter.columns() == [column];
+    Ok(graphs.get(column, entry).map(|g| (g, alone)))
 }
 
-/// Searches segment `s` for the filter's `passing` rows (live, passing the whole filter)
-/// through `graph`, a graph of exactly the rows of the one value the filter requires: a walk
-/// among them from their own entry point, rows that fail the rest of the filter (or are
-/// deleted) walked through, never returned. Widened 4× while fewer than `k` come back.
-/// `None` when it gives up (the list would cover the graph) or the graph is damaged (then
-/// removed and built again): the caller searches the segment the other ways.
+/// Searches segment `s` through the label graph of the one value `filter` requires, if it has
+/// one and the walk costs less than ranking the passing rows (always when the filter is the
+/// value alone: a walk of `L` among its rows): [`label_walk`]. `None` when the segment is to
+/// be searched the other ways.
+pub(super) fn label_search(
+    inner: &Inner,
+    c: &CollectionView,
+    s: &SegmentView,
+    q: &PreparedQuery,
+    params: &SearchParams,
+    filter: &Filter,
+    read_ns: f64,
+) -> Result<Option<Vec<Cand>>, ReadError> {
+    let Some((graph, alone)) = label_graph_for(inner, s, filter)? else { return Ok(None) };
+    if alone {
+        // Every row of the graph passes but the deleted: no passing rows to find.
+        let live = |label: u32| {
+            graph.rows.get(label as usize).is_some_and(|&row| !s.deleted.contains(row as usize))
+        };
+        let list = params.list_size.max(params.k);
+        return label_walk(inner, c, s, q, params, graph, list, &live);
+    }
+    let passing = super::search::passing_rows(inner, c, s, filter)?;
+    let matching = passing.count();
+    let list = super::search::walk_list(matching, graph.rows.len(), params);
+    let (walk, rank) = super::search::plan_costs(matching, list, params, read_ns);
+    if matching == 0 || rank <= walk {
+        return Ok(None);
+    }
+    let passes = |label: u32| {
+        graph.rows.get(label as usize).is_some_and(|&row| passing.contains(row as usize))
+    };
+    label_walk(inner, c, s, q, params, graph, list, &passes)
+}
+
+/// Searches segment `s` for the rows `accept` takes (by node label) through `graph`, a graph
+/// of exactly the rows of the one value the filter requires: a walk among them from their own
+/// entry point, the others (failing the rest of the filter, or deleted) walked through, never
+/// returned. Widened 4× while fewer than `k` come back. `None` when it gives up (the list
+/// would cover the graph) or the graph is damaged (then removed and built again): the caller
+/// searches the segment the other ways.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn label_walk(
+fn label_walk(
     inner: &Inner,
     c: &CollectionView,
     s: &SegmentView,
@@ -414,11 +442,8 @@ pub(super) fn label_walk(
     params: &SearchParams,
     graph: &LabelGraph,
     mut list: usize,
-    passing: &RowSet,
+    accept: &dyn Fn(u32) -> bool,
 ) -> Result<Option<Vec<Cand>>, ReadError> {
-    let accept = |label: u32| {
-        graph.rows.get(label as usize).is_some_and(|&row| passing.contains(row as usize))
-    };
     let elem = c.schema.vector_type().search_elem();
     loop {
         let sp = quiver_diskgraph::search::SearchParams {
@@ -427,7 +452,7 @@ pub(super) fn label_walk(
             beam_width: params.beam_width,
         };
         let mut searcher = inner.searcher(s.id, &graph.index)?;
-        let found = searcher.search_accepting(q.index_row(elem), sp, &accept);
+        let found = searcher.search_accepting(q.index_row(elem), sp, accept);
         inner.return_search_state(searcher.into_state());
         let found = match found {
             Ok((found, stats)) => {

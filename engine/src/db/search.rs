@@ -34,7 +34,7 @@ use quiver_diskgraph::data::{ElemType, Metric, Row, distance_active};
 use quiver_diskgraph::search::{DiskIndex, MAX_BEAM_WIDTH, SearchError, SearchState, Searcher};
 
 use super::inner::Inner;
-use super::label_graphs::{label_plan, label_walk};
+use super::label_graphs::{label_graph_for, label_search};
 use super::model::Segment;
 use super::read::{CollectionView, Hit, SegmentView, gather};
 use super::{Database, MAX_BATCH_QUERIES, MAX_K, MAX_LIST_SIZE};
@@ -525,14 +525,12 @@ fn walk_segment(
     let (passed, mut list) = match filter {
         None => (None, params.list_size.max(params.k)),
         Some(f) => {
-            let passing = passing_rows(inner, c, s, f)?;
-            let live = s.keys.len() - s.deleted.count();
             let read_ns = read_cost_ns(inner);
-            if let Some((graph, list)) = label_plan(inner, s, f, passing.count(), params, read_ns)?
-                && let Some(found) = label_walk(inner, c, s, q, params, graph, list, &passing)?
-            {
+            if let Some(found) = label_search(inner, c, s, q, params, f, read_ns)? {
                 return Ok(found);
             }
+            let passing = passing_rows(inner, c, s, f)?;
+            let live = s.keys.len() - s.deleted.count();
             match plan_filtered(passing.count(), live, params, read_ns) {
                 FilteredPlan::Nothing => return Ok(Vec::new()),
                 FilteredPlan::Rank => {
@@ -672,11 +670,11 @@ fn rank_across(
     let mut ranked: Vec<(&SegmentView, &DiskIndex, Vec<u32>)> = Vec::new();
     for s in segments {
         let Some(ix) = s.index.as_ref() else { continue };
+        if label_graph_for(inner, s, filter)?.is_some() {
+            return none(); // it may walk a label graph: planned apart
+        }
         let passing = passing_rows(inner, c, s, filter)?;
         let live = s.keys.len() - s.deleted.count();
-        if label_plan(inner, s, filter, passing.count(), params, read_ns)?.is_some() {
-            return none(); // it walks its label graph: planned apart
-        }
         match plan_filtered(passing.count(), live, params, read_ns) {
             FilteredPlan::Rank => ranked.push((s, ix, passing.rows().collect())),
             FilteredPlan::Nothing => {}
@@ -855,7 +853,7 @@ pub(super) fn plan_costs(
 /// costs the deletions' words, not a read of its columns. A filter on one low-cardinality
 /// column is answered by its label index (`SegmentFile::label_rows`: the rows of the values
 /// that pass, read from disk); others read and evaluate the filter's columns over the file.
-fn passing_rows(
+pub(super) fn passing_rows(
     inner: &Inner,
     c: &CollectionView,
     s: &SegmentView,

@@ -209,9 +209,10 @@ impl SegmentFile {
 
     /// The one value of a label column that `filter` requires: `(column, entry)` for the
     /// first of its AND parts that reads one of `columns` alone and that exactly one value of
-    /// the column passes (`tenant = 7`, `tenant IN (7)`), its entry in the column's label
-    /// index ([`LabelIndex::entries`]); `None` when no part does. The part is evaluated over
-    /// the column's distinct values in RAM, no rows read.
+    /// the column passes, and no null (`tenant = 7`, `tenant IN (7)`), its entry in the
+    /// column's label index ([`LabelIndex::entries`]; the nulls' entry when only nulls pass);
+    /// `None` when no part does. The part is evaluated over the column's distinct values in
+    /// RAM, no rows read.
     ///
     /// # Errors
     /// As [`SegmentFile::label_index`].

@@ -366,17 +366,16 @@ impl LabelIndex {
         self.counts[entry] as usize
     }
 
-    /// The entries (values, never the nulls) with rows for which `pass` holds, where `pass`
-    /// evaluates a filter on a batch of this column alone; `None` if `pass` fails on the
-    /// values. No I/O: the values are in RAM.
+    /// The entries with rows for which `pass` holds (the nulls' last, if they pass), where
+    /// `pass` evaluates a filter on a batch of this column alone; `None` if `pass` fails on
+    /// the values. No I/O: the values are in RAM.
     pub(crate) fn entries_where(
         &self,
         pass: impl FnOnce(&RecordBatch) -> Result<BooleanArray, arrow_schema::ArrowError>,
     ) -> Option<Vec<usize>> {
         let passed = pass(&self.values_batch()).ok()?;
-        let values = self.counts.len() - 1;
         Some(
-            (0..values)
+            (0..self.counts.len())
                 .filter(|&e| passed.is_valid(e) && passed.value(e) && self.counts[e] > 0)
                 .collect(),
         )
