@@ -463,8 +463,10 @@ fn eval(node: &Node, batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
     })
 }
 
-/// What a file's statistics say of one column, zone by zone (a zone is a row group): the least
-/// and the greatest non-null value (null where unknown), the nulls (null where unknown), the rows.
+/// What a file's statistics say of one column, zone by zone (a zone is a row group, or a data
+/// page): the least and the greatest non-null value (null where unknown), the nulls (null where
+/// unknown), the rows.
+#[derive(Clone)]
 pub(crate) struct ZoneStats {
     /// The least non-null value of each zone, in the column's type.
     pub(crate) mins: ArrayRef,

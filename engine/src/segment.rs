@@ -36,11 +36,16 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::writer::ColumnCloseResult;
+use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 
 use crate::rowset::RowSet;
 pub(crate) use labels::LabelIndex;
 pub use labels::MAX_LABEL_VALUES;
+
+/// Most rows a data page of an attribute (or id) column holds: a filter's zones are pages of
+/// this many rows where the file has a page index.
+pub(crate) const ZONE_PAGE_ROWS: usize = 4_096;
 pub(crate) use labels::label_file_stem;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;
@@ -323,6 +328,9 @@ fn writer_props(
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        // Pages of at most ZONE_PAGE_ROWS rows, each with its min/max in the page index (the
+        // default statistics level): the zones a filter skips (`segment/filtering.rs`).
+        .set_data_page_row_count_limit(ZONE_PAGE_ROWS)
         .set_created_by(format!("quiver {}", env!("CARGO_PKG_VERSION")));
     // The vector column's leaf (`vector.list.item`): a dictionary of float noise never pays and
     // min/max statistics of vector elements prune nothing, but both cost CPU on every flush.
@@ -436,16 +444,19 @@ impl SegmentWriter {
         let result = (|| {
             let src = BufferedChunks(from.reader.clone());
             let md = from.meta.metadata();
-            for rg in md.row_groups() {
+            // The pages' min/max and places go along (the writer moves the places to where
+            // the chunk lands), so a merged segment keeps its page zones.
+            let pages = md.page_index();
+            for (g, rg) in md.row_groups().iter().enumerate() {
                 let mut out = fw.next_row_group().map_err(&err)?;
-                for column in rg.columns() {
+                for (c, column) in rg.columns().iter().enumerate() {
                     let close = ColumnCloseResult {
                         bytes_written: column.compressed_size() as u64,
                         rows_written: rg.num_rows() as u64,
                         metadata: column.clone(),
                         bloom_filter: None,
-                        column_index: None,
-                        offset_index: None,
+                        column_index: pages.and_then(|p| p.column_index(g, c)).cloned(),
+                        offset_index: pages.and_then(|p| p.offset_index(g, c)).cloned(),
                     };
                     out.append_column(&src, close).map_err(&err)?;
                 }
@@ -600,7 +611,10 @@ impl SegmentFile {
         check_sum(file.as_ref(), path, sum)?;
         let len = sum.len;
         let reader = VfsChunkReader { file, len };
-        let meta = ArrowReaderMetadata::load(&reader, ArrowReaderOptions::new())
+        // With the page index where the file has one: the pages' zones, and reads of selected
+        // rows that skip the pages holding none.
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let meta = ArrowReaderMetadata::load(&reader, options)
             .map_err(|e| corrupt(format!("parquet metadata: {e}")))?;
         if !widens(meta.schema(), schema) {
             return Err(corrupt(format!(

@@ -893,11 +893,10 @@ fn segment_mask(
     s: &SegmentView,
     filter: &Filter,
 ) -> Result<BooleanArray, ReadError> {
-    let zones = s.file.zones_may_pass(filter);
-    if let Some(kept) = &zones {
-        let skipped = s.file.row_groups().saturating_sub(kept.len());
+    let zones = s.file.zones_may_pass(filter).map(|(kept, skipped)| {
         c.counters.filter_zones_skipped.fetch_add(skipped as u64, Ordering::Relaxed);
-    }
+        kept
+    });
     let rows: Option<Vec<u32>> = zones
         .as_ref()
         .map(|kept| kept.iter().flat_map(|&(first, n)| first as u32..(first + n) as u32).collect());

@@ -104,28 +104,56 @@ impl SegmentFile {
         Ok(Some(all))
     }
 
-    /// How many row groups the file holds.
-    pub(crate) fn row_groups(&self) -> usize {
-        self.meta.metadata().num_row_groups()
+    /// The zones of the file in which a row may pass `filter`, as `(first row, rows)` runs,
+    /// and how many zones were ruled out; `None` when none is. A zone is a data page (at most
+    /// [`ZONE_PAGE_ROWS`](super::ZONE_PAGE_ROWS) rows) for a filter on one column whose pages
+    /// all have their min/max in the file's page index, else a row group, judged by the column
+    /// statistics in the Parquet footer. No I/O: the footer and the page index were read and
+    /// checked at open. A zone map: a filter on a column that follows the rows' order (a
+    /// timestamp, a sequence number) rules out all but a few.
+    pub(crate) fn zones_may_pass(&self, filter: &Filter) -> Option<(Vec<(u64, u64)>, usize)> {
+        let (may, rows) = match self.page_zones(filter) {
+            Some(pages) => pages,
+            None => self.row_group_zones(filter)?,
+        };
+        if may.iter().all(|&m| m) {
+            return None;
+        }
+        let mut first = 0u64;
+        let mut kept: Vec<(u64, u64)> = Vec::new();
+        for (&m, &n) in may.iter().zip(&rows) {
+            if m {
+                match kept.last_mut() {
+                    Some((at, len)) if *at + *len == first => *len += n,
+                    _ => kept.push((first, n)),
+                }
+            }
+            first += n;
+        }
+        Some((kept, may.iter().filter(|&&m| !m).count()))
     }
 
-    /// The file's row groups in which a row may pass `filter`, as `(first row, rows)`, judged
-    /// by the columns' statistics in the Parquet footer (no I/O: the footer was read and
-    /// checksummed at open), or `None` when none is ruled out. A zone map: a filter on a column
-    /// that follows the rows' order (a timestamp, a sequence number) rules out all but a few.
-    pub(crate) fn zones_may_pass(&self, filter: &Filter) -> Option<Vec<(u64, u64)>> {
+    /// The statistics converter of file column `column`, if the file has it.
+    fn converter(
+        &self,
+        column: usize,
+    ) -> Option<parquet::arrow::arrow_reader::statistics::StatisticsConverter<'_>> {
         use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+        if column >= self.width {
+            return None; // added after the file was written: no statistics
+        }
+        let name = self.meta.schema().field(column).name();
+        StatisticsConverter::try_new(name, self.meta.schema(), self.meta.parquet_schema())
+            .ok()
+            .map(|c| c.with_missing_null_counts_as_zero(false))
+    }
+
+    /// Per row group, whether a row may pass `filter`, and its rows.
+    fn row_group_zones(&self, filter: &Filter) -> Option<(Vec<bool>, Vec<u64>)> {
         let md = self.meta.metadata();
         let groups = md.row_groups();
         let stats = |column: usize| -> Option<crate::filter::ZoneStats> {
-            if column >= self.width {
-                return None; // added after the file was written: no statistics
-            }
-            let name = self.meta.schema().field(column).name();
-            let converter =
-                StatisticsConverter::try_new(name, self.meta.schema(), self.meta.parquet_schema())
-                    .ok()?
-                    .with_missing_null_counts_as_zero(false);
+            let converter = self.converter(column)?;
             Some(crate::filter::ZoneStats {
                 mins: converter.row_group_mins(groups).ok()?,
                 maxes: converter.row_group_maxes(groups).ok()?,
@@ -134,19 +162,41 @@ impl SegmentFile {
             })
         };
         let may = filter.zones_may_pass(groups.len(), stats);
-        if may.iter().all(|&m| m) {
+        Some((may, groups.iter().map(|g| g.num_rows().max(0) as u64).collect()))
+    }
+
+    /// Per data page, whether a row may pass `filter`, and its rows: for a filter on one
+    /// column whose every row group has its pages' min/max and places in the page index.
+    fn page_zones(&self, filter: &Filter) -> Option<(Vec<bool>, Vec<u64>)> {
+        let &[column] = filter.columns() else { return None };
+        let md = self.meta.metadata();
+        let index = md.page_index()?.as_ref();
+        let converter = self.converter(column)?;
+        let leaf = converter.parquet_column_index()?;
+        let groups: Vec<usize> = (0..md.num_row_groups()).collect();
+        let complete = groups.iter().all(|&g| {
+            index.column_index(g, leaf).is_some() && index.offset_index(g, leaf).is_some()
+        });
+        if !complete {
             return None;
         }
-        let mut first = 0u64;
-        let mut kept = Vec::new();
-        for (g, rg) in groups.iter().enumerate() {
-            let rows = rg.num_rows().max(0) as u64;
-            if may[g] {
-                kept.push((first, rows));
-            }
-            first += rows;
+        let rows = converter.data_page_row_counts(index, md.row_groups(), &groups).ok()??;
+        let stats = crate::filter::ZoneStats {
+            mins: converter.data_page_mins(index, &groups).ok()?,
+            maxes: converter.data_page_maxes(index, &groups).ok()?,
+            nulls: converter.data_page_null_counts(index, &groups).ok()?,
+            rows: rows.clone(),
+        };
+        let pages = rows.len();
+        if stats.mins.len() != pages || stats.maxes.len() != pages || stats.nulls.len() != pages {
+            return None;
         }
-        Some(kept)
+        let total: u64 = rows.values().iter().sum();
+        if total != self.rows || arrow_array::Array::null_count(&rows) > 0 {
+            return None; // not every row's page accounted for: judge the row groups instead
+        }
+        let may = filter.zones_may_pass(pages, |c| (c == column).then(|| stats.clone()));
+        Some((may, rows.values().to_vec()))
     }
 
     /// Column `column`'s label index: the one opened before, else opened from
