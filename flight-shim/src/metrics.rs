@@ -353,7 +353,7 @@ impl EngineCollector {
         );
         let mut zones_skipped = counter(
             "quiver_filter_row_groups_skipped",
-            "Row groups that reads of filter columns skipped, their statistics ruling out every row",
+            "Zones (data pages, else row groups) that reads of filter columns skipped, their statistics ruling out every row",
             None,
         );
         let mut failures =

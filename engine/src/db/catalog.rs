@@ -71,9 +71,10 @@ pub struct CollectionStats {
     pub filter_rows_labelled: u64,
     /// ... whose passing rows were found by reading the filter's columns over the segment.
     pub filter_rows_read: u64,
-    /// Row groups that reads of filter columns skipped, their column statistics (min, max,
-    /// nulls) ruling out every row: a filter on a column that follows the rows' order (a
-    /// timestamp) reads only the groups that may hold a match.
+    /// Zones that reads of filter columns skipped, their column statistics (min, max, nulls)
+    /// ruling out every row: data pages (at most 4,096 rows) for a filter on one column where
+    /// the segment has a page index, else row groups. A filter on a column that follows the
+    /// rows' order (a timestamp) reads only the zones that may hold a match.
     pub filter_zones_skipped: u64,
     /// RAM the collection's structures hold, by structure.
     pub resident: ResidentBytes,
@@ -331,55 +332,36 @@ impl Database {
         name: &str,
         fields: &[arrow_schema::Field],
     ) -> Result<usize, CollectionError> {
-        let inner = &self.inner;
-        if let Some(p) = inner.poisoned() {
-            return Err(CollectionError::Poisoned(p));
-        }
-        // Held until the state is updated: no other commit can write the old schema back.
-        let mut store = lock(&inner.manifest);
-        let (id, old) = {
-            let st = inner.read();
-            let c =
-                st.collections.get(name).ok_or_else(|| CollectionError::NotFound(name.into()))?;
-            (c.id, Arc::clone(&c.schema))
+        let evolve = |old: &CollectionSchema| {
+            let mut schema = old.clone();
+            let mut added = 0;
+            for f in fields {
+                match old.attributes().iter().find(|a| a.name() == f.name()) {
+                    Some(a) if a.data_type() == f.data_type() => {}
+                    Some(a) => {
+                        return Err(CollectionError::Schema(SchemaError::AttributeExists {
+                            name: f.name().clone(),
+                            existing: a.data_type().clone(),
+                            asked: f.data_type().clone(),
+                        }));
+                    }
+                    None => {
+                        schema = schema.with_attribute(f.clone().with_nullable(true));
+                        added += 1;
+                    }
+                }
+            }
+            Ok((schema, added))
         };
-        let mut schema = (*old).clone();
-        let mut added = 0;
-        for f in fields {
-            match old.attributes().iter().find(|a| a.name() == f.name()) {
-                Some(a) if a.data_type() == f.data_type() => {}
-                Some(a) => {
-                    return Err(CollectionError::Schema(SchemaError::AttributeExists {
-                        name: f.name().clone(),
-                        existing: a.data_type().clone(),
-                        asked: f.data_type().clone(),
-                    }));
-                }
-                None => {
-                    schema = schema.with_attribute(f.clone().with_nullable(true));
-                    added += 1;
-                }
-            }
-        }
-        if added == 0 {
-            return Ok(0);
-        }
-        schema.validate()?;
-        let schema = Arc::new(schema);
-        inner.commit(&mut store, |b| {
-            for c in b.collections.iter_mut().filter(|c| c.id == id) {
-                c.schema = (*schema).clone();
-            }
-        })?;
-        let mut st = inner.write();
-        let (grown, grown_frozen) = st
-            .collections
-            .get_mut(name)
-            .expect("collections change only under the manifest lock")
-            .add_columns(schema);
-        st.mem_bytes += grown;
-        st.frozen_bytes += grown_frozen;
-        Ok(added)
+        self.evolve_schema(name, evolve, |st, schema| {
+            let (grown, grown_frozen) = st
+                .collections
+                .get_mut(name)
+                .expect("collections change only under the manifest lock")
+                .add_columns(schema);
+            st.mem_bytes += grown;
+            st.frozen_bytes += grown_frozen;
+        })
     }
 
     /// Declares attribute columns of collection `name` label columns
@@ -391,11 +373,42 @@ impl Database {
     /// [`CollectionError`]: no such collection, a column [`CollectionSchema::validate`] refuses
     /// (not an attribute, or of a type without labels), or a failed commit.
     pub fn add_label_graphs(&self, name: &str, columns: &[&str]) -> Result<usize, CollectionError> {
+        let evolve = |old: &CollectionSchema| {
+            let mut schema = old.clone();
+            let mut added = 0;
+            for column in columns {
+                if !schema.label_graphs().iter().any(|c| c == column) {
+                    schema = schema.with_label_graph(column);
+                    added += 1;
+                }
+            }
+            Ok((schema, added))
+        };
+        let added = self.evolve_schema(name, evolve, |st, schema| {
+            let c = st.collections.get_mut(name);
+            c.expect("collections change only under the manifest lock").schema = schema;
+        })?;
+        if added > 0 {
+            self.inner.notify_work();
+        }
+        Ok(added)
+    }
+
+    /// Changes collection `name`'s schema, durable when it returns: `evolve` makes the new one
+    /// from the current one and says how many things it added (0: nothing to do); it is
+    /// validated and committed, then `install`ed in the state. The manifest lock is held from
+    /// reading the current schema to installing the new one, so no other commit can write the
+    /// old one back. Returns what `evolve` counted.
+    fn evolve_schema(
+        &self,
+        name: &str,
+        evolve: impl FnOnce(&CollectionSchema) -> Result<(CollectionSchema, usize), CollectionError>,
+        install: impl FnOnce(&mut super::model::State, Arc<CollectionSchema>),
+    ) -> Result<usize, CollectionError> {
         let inner = &self.inner;
         if let Some(p) = inner.poisoned() {
             return Err(CollectionError::Poisoned(p));
         }
-        // Held until the state is updated: no other commit can write the old schema back.
         let mut store = lock(&inner.manifest);
         let (id, old) = {
             let st = inner.read();
@@ -403,29 +416,18 @@ impl Database {
                 st.collections.get(name).ok_or_else(|| CollectionError::NotFound(name.into()))?;
             (c.id, Arc::clone(&c.schema))
         };
-        let mut schema = (*old).clone();
-        let mut added = 0;
-        for column in columns {
-            if !schema.label_graphs().iter().any(|c| c == column) {
-                schema = schema.with_label_graph(column);
-                added += 1;
-            }
-        }
+        let (schema, added) = evolve(&old)?;
         if added == 0 {
             return Ok(0);
         }
         schema.validate()?;
+        let schema = Arc::new(schema);
         inner.commit(&mut store, |b| {
             for c in b.collections.iter_mut().filter(|c| c.id == id) {
-                c.schema = schema.clone();
+                c.schema = (*schema).clone();
             }
         })?;
-        let mut st = inner.write();
-        let c =
-            st.collections.get_mut(name).expect("collections change only under the manifest lock");
-        c.schema = Arc::new(schema);
-        drop(st);
-        inner.notify_work();
+        install(&mut inner.write(), schema);
         Ok(added)
     }
 
