@@ -20,7 +20,10 @@
 //! a search is removed, the search answered the other way, and the graph built again.
 //!
 //! RAM: a graph holds its PQ codes (the codebook is the segment's) and the segment row of each
-//! of its nodes, 4 bytes; both counted in [`Database::memory`](super::Database::memory).
+//! of its nodes, 4 bytes; both counted in [`Database::memory`](super::Database::memory). A
+//! build holds 4 bytes a segment row (which graph each row feeds) and a 64 KiB buffer a graph
+//! while it writes the inputs, then builds each graph within the build's memory allowance
+//! (`budget::build_params`), as a segment's index is built.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
