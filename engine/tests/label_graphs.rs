@@ -40,6 +40,7 @@ fn rows_batch(ids: &[u64]) -> RecordBatch {
             Field::new("vector", v.data_type().clone(), false),
             Field::new("tenant", DataType::Int64, false),
             Field::new("weight", DataType::Float32, false),
+            Field::new("tier", DataType::Int64, false),
         ])),
         vec![
             Arc::new(UInt64Array::from(ids.to_vec())),
@@ -48,6 +49,7 @@ fn rows_batch(ids: &[u64]) -> RecordBatch {
             Arc::new(Float32Array::from(
                 ids.iter().map(|&i| (i * 7 % 100) as f32).collect::<Vec<_>>(),
             )),
+            Arc::new(Int64Array::from(ids.iter().map(|&i| (i % 2) as i64).collect::<Vec<_>>())),
         ],
     )
     .unwrap()
@@ -65,6 +67,7 @@ fn collection_schema() -> CollectionSchema {
     CollectionSchema::new(DIM as u32, VectorType::F32, Metric::L2)
         .with_attribute(Field::new("tenant", DataType::Int64, false))
         .with_attribute(Field::new("weight", DataType::Float32, false))
+        .with_attribute(Field::new("tier", DataType::Int64, false))
 }
 
 /// One indexed segment of every row, `tenant` declared a label column when `declared`.
@@ -259,12 +262,17 @@ fn a_label_column_declared_later_gets_its_graphs_and_bad_declarations_are_refuse
     assert!(matches!(twice.validate(), Err(SchemaError::LabelGraph { .. })));
 
     assert_eq!(db.add_label_graphs("c", &["tenant"]).unwrap(), 1);
-    assert_eq!(db.add_label_graphs("c", &["tenant"]).unwrap(), 0);
+    assert_eq!(db.add_label_graphs("c", &["tenant", "tier"]).unwrap(), 1);
     assert!(db.background_pending(), "declared graphs are background work");
     db.run_background().unwrap();
-    assert_eq!(db.background_stats().label_graphs_built, 3);
+    // Three tenants and two tiers, built a column at a time.
+    assert_eq!(db.background_stats().label_graphs_built, 5);
     let before = label_walks(&db);
     assert!(recall(&db, &tenant_is(0), |id| tenant_of(id) == 0, &[]) >= 0.95);
+    assert_eq!(label_walks(&db) - before, 20);
+    let tier = Predicate::compare("tier", CompareOp::Eq, Literal::Int(1));
+    let before = label_walks(&db);
+    assert!(recall(&db, &tier, |id| id % 2 == 1, &[]) >= 0.95);
     assert_eq!(label_walks(&db) - before, 20);
     assert!(db.memory().structures > 0);
 }

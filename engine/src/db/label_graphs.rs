@@ -72,18 +72,19 @@ pub(super) struct LabelGraphs {
     /// The label columns they were made for: a segment is looked at again when its collection
     /// declares other columns.
     pub(super) columns: Vec<usize>,
-    pub(super) graphs: Vec<LabelGraph>,
+    pub(super) graphs: Vec<Arc<LabelGraph>>,
 }
 
 impl LabelGraphs {
     /// The graph of entry `entry` of column `column`, if the segment has one.
     pub(super) fn get(&self, column: usize, entry: usize) -> Option<&LabelGraph> {
-        self.graphs.iter().find(|g| g.column == column && g.entry == entry)
+        self.graphs.iter().find(|g| g.column == column && g.entry == entry).map(|g| &**g)
     }
 
     /// Bytes of RAM they hold beyond the codebook they share with the segment's index.
     pub(super) fn ram_bytes(&self) -> usize {
-        let each = |g: &LabelGraph| g.index.ram_bytes() - g.index.pq_ram_bytes() + 4 * g.rows.len();
+        let each =
+            |g: &Arc<LabelGraph>| g.index.ram_bytes() - g.index.pq_ram_bytes() + 4 * g.rows.len();
         self.graphs.iter().map(each).sum()
     }
 }
@@ -94,7 +95,8 @@ pub(super) fn declared_columns(schema: &CollectionSchema) -> Vec<usize> {
     schema.label_graphs().iter().filter_map(|name| arrow.index_of(name).ok()).collect()
 }
 
-/// Whether indexed segment `columns`' label graphs are missing or were made for other columns.
+/// Whether an indexed segment whose label graphs are `made` lacks those of some of `columns`
+/// (or has them for other columns).
 fn wants_graphs(made: Option<&LabelGraphs>, columns: &[usize]) -> bool {
     !columns.is_empty() && made.is_none_or(|m| m.columns != columns)
 }
@@ -107,6 +109,8 @@ struct Job {
     file: SegmentFile,
     index: Arc<DiskIndex>,
     columns: Vec<usize>,
+    /// The graphs it has, made for some of the columns.
+    made: Option<Arc<LabelGraphs>>,
 }
 
 /// Whether some indexed segment awaits its label graphs.
@@ -128,26 +132,35 @@ fn find_job(inner: &Inner) -> Option<Job> {
                 file: s.file.clone(),
                 index: Arc::clone(index),
                 columns: columns.clone(),
+                made: s.label_graphs.clone(),
             })
         })
     })
 }
 
-/// Gives one indexed segment the label graphs its collection declares: those on disk
-/// reopened, the others built from one pass over its vectors, with no lock held; then
-/// installed if the segment still has the index they were made beside. A graph that cannot be
-/// made is reported and left out (derived data: the segment is searched the other ways),
-/// so a failure never holds up other work.
+/// Gives one indexed segment the label graphs of one more column its collection declares:
+/// those on disk reopened, the others built from one pass over its vectors, with no lock
+/// held; then installed beside the graphs it has if the segment still has the index they
+/// were made beside. A column at a time, so that a flush's index build waits for one column's
+/// graphs at most. A graph that cannot be made is reported and left out (derived data: the
+/// segment is searched the other ways), so a failure never holds up other work.
 pub(super) fn label_graphs_one(inner: &Inner) -> Result<Progress, BackgroundError> {
     let Some(idir) = inner.index_dir.clone() else { return Ok(Progress::Idle) };
     let Some(job) = find_job(inner) else { return Ok(Progress::Idle) };
-    let dir = idir.join(index_name(job.meta.id)).join(LABELS_DIR);
-    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-    remove_leftovers(&dir);
-    let mut graphs = Vec::new();
-    for &column in &job.columns {
+    let declared = |c: &usize| job.columns.contains(c);
+    let (mut columns, mut graphs): (Vec<usize>, Vec<Arc<LabelGraph>>) = match &job.made {
+        Some(m) => (
+            m.columns.iter().copied().filter(declared).collect(),
+            m.graphs.iter().filter(|g| declared(&g.column)).cloned().collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    if let Some(&column) = job.columns.iter().find(|c| !columns.contains(c)) {
+        let dir = idir.join(index_name(job.meta.id)).join(LABELS_DIR);
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        remove_leftovers(&dir);
         match column_graphs(inner, &dir, &job, column) {
-            Ok(mut made) => graphs.append(&mut made),
+            Ok(made) => graphs.extend(made.into_iter().map(Arc::new)),
             Err(e) => {
                 inner.label_graph_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -156,8 +169,11 @@ pub(super) fn label_graphs_one(inner: &Inner) -> Result<Progress, BackgroundErro
                 );
             }
         }
+        columns.push(column);
     }
-    let made = LabelGraphs { columns: job.columns.clone(), graphs };
+    // In the declared order: complete when equal to the declared columns.
+    columns.sort_by_key(|c| job.columns.iter().position(|d| d == c));
+    let made = LabelGraphs { columns, graphs };
     let mut st = inner.write();
     let segment = st.by_id_mut(job.collection).and_then(|c| {
         c.segments.iter_mut().find(|s| {
