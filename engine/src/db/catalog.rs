@@ -233,37 +233,32 @@ impl Database {
     /// # Errors
     /// [`crate::ReadError::Search`] if an index file cannot be read or fails its checksums.
     pub fn warm_sector_cache(&self) -> Result<usize, crate::ReadError> {
-        let indexes: Vec<(u64, Arc<quiver_diskgraph::search::DiskIndex>)> = {
+        use quiver_diskgraph::search::{DiskIndex, SearchError};
+        type Of<T> = Vec<(u64, Arc<T>)>;
+        // Every segment's own index first, then the label graphs.
+        let (indexes, graphs): (Of<DiskIndex>, Of<super::label_graphs::LabelGraph>) = {
             let st = self.inner.read();
-            st.collections
-                .values()
-                .flat_map(|c| c.segments.iter())
+            let segments = || st.collections.values().flat_map(|c| c.segments.iter());
+            let indexes = segments()
                 .filter_map(|s| s.index.as_ref().map(|ix| (s.meta.id, Arc::clone(ix))))
-                .collect()
+                .collect();
+            let graphs = segments()
+                .filter_map(|s| s.label_graphs.as_ref().map(|g| (s.meta.id, g)))
+                .flat_map(|(id, g)| g.graphs.iter().map(move |g| (id, Arc::clone(g))))
+                .collect();
+            (indexes, graphs)
+        };
+        let warm = |segment: u64, index: &DiskIndex| {
+            index
+                .warm_shared_cache()
+                .map_err(|e| crate::ReadError::Search { segment, source: SearchError::Layout(e) })
         };
         let mut admitted = 0;
-        for (segment, index) in indexes {
-            admitted += index.warm_shared_cache().map_err(|e| crate::ReadError::Search {
-                segment,
-                source: quiver_diskgraph::search::SearchError::Layout(e),
-            })?;
+        for (segment, index) in &indexes {
+            admitted += warm(*segment, index)?;
         }
-        // Then the label graphs, after every segment's own index.
-        let label_graphs: Vec<(u64, Arc<super::label_graphs::LabelGraphs>)> = {
-            let st = self.inner.read();
-            st.collections
-                .values()
-                .flat_map(|c| c.segments.iter())
-                .filter_map(|s| s.label_graphs.as_ref().map(|g| (s.meta.id, Arc::clone(g))))
-                .collect()
-        };
-        for (segment, graphs) in label_graphs {
-            for g in &graphs.graphs {
-                admitted += g.index.warm_shared_cache().map_err(|e| crate::ReadError::Search {
-                    segment,
-                    source: quiver_diskgraph::search::SearchError::Layout(e),
-                })?;
-            }
+        for (segment, graph) in &graphs {
+            admitted += warm(*segment, &graph.index)?;
         }
         Ok(admitted)
     }
