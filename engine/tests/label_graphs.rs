@@ -276,3 +276,46 @@ fn a_label_column_declared_later_gets_its_graphs_and_bad_declarations_are_refuse
     assert_eq!(label_walks(&db) - before, 20);
     assert!(db.memory().structures > 0);
 }
+
+/// The plan each segment search took, as its `segment` span records it (`plan`), captured by
+/// a subscriber on this thread: what a per-query trace shows.
+#[derive(Clone, Default)]
+struct Plans(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Plans {
+    fn on_record(
+        &self,
+        _span: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Plan<'a>(&'a Plans);
+        impl tracing::field::Visit for Plan<'_> {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "plan" {
+                    self.0.0.lock().unwrap().push(value.to_string());
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        values.record(&mut Plan(self));
+    }
+}
+
+#[test]
+fn each_search_records_the_plan_it_took_in_its_trace() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = populated(dir.path(), true);
+    let plans = Plans::default();
+    let subscriber = tracing_subscriber::registry().with(plans.clone());
+    let light = Predicate::compare("weight", CompareOp::Lt, Literal::Float(90.0));
+    let nothing = Predicate::compare("tenant", CompareOp::Eq, Literal::Int(42));
+    tracing::subscriber::with_default(subscriber, || {
+        for filter in [tenant_is(1), light, nothing] {
+            db.search("c", &vector(77, 0, DIM), &params(filter, false)).unwrap();
+        }
+    });
+    let seen = plans.0.lock().unwrap().clone();
+    assert_eq!(seen, ["label_walk", "walk", "nothing"], "the plans recorded");
+}

@@ -480,6 +480,7 @@ fn label_walk(
             Ok((found, stats)) => {
                 c.counters.index_walks.fetch_add(1, Ordering::Relaxed);
                 c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
+                tracing::Span::current().record("reads", stats.ios);
                 found
             }
             Err(SearchError::Layout(e)) => {
@@ -497,6 +498,7 @@ fn label_walk(
         };
         if found.len() >= params.k {
             c.counters.filtered_label_walks.fetch_add(1, Ordering::Relaxed);
+            tracing::Span::current().record("plan", "label_walk");
             let cand = |n: &quiver_diskgraph::search::Neighbour| {
                 let row = graph.rows[n.id as usize];
                 let key = s.keys.key(row as usize)?;

@@ -296,7 +296,12 @@ impl Database {
         params: &SearchParams,
     ) -> Result<RecordBatch, ReadError> {
         check_params(params)?;
-        let span = tracing::debug_span!("search", collection, k = params.k);
+        let span = tracing::debug_span!(
+            "search",
+            collection,
+            k = params.k,
+            ranked_across = tracing::field::Empty
+        );
         let _entered = span.enter();
         let Snapshot { collection: c, query: q, filter, columns, segments, mut top, mut sources } =
             self.snapshot_for_search(collection, query, params)?;
@@ -308,7 +313,8 @@ impl Database {
                 "segment",
                 id = s.id,
                 indexed = s.index.is_some(),
-                reads = tracing::field::Empty
+                reads = tracing::field::Empty,
+                plan = tracing::field::Empty
             )
             .entered();
             search_segment(&self.inner, &c, s, &q, params, &filter)
@@ -532,12 +538,17 @@ fn walk_segment(
             let passing = passing_rows(inner, c, s, f)?;
             let live = s.keys.len() - s.deleted.count();
             match plan_filtered(passing.count(), live, params, read_ns) {
-                FilteredPlan::Nothing => return Ok(Vec::new()),
+                FilteredPlan::Nothing => {
+                    tracing::Span::current().record("plan", "nothing");
+                    return Ok(Vec::new());
+                }
                 FilteredPlan::Rank => {
+                    tracing::Span::current().record("plan", "ranked");
                     c.counters.filtered_ranked.fetch_add(1, Ordering::Relaxed);
                     return rank_passing(inner, c, s, q, params, &passing);
                 }
                 FilteredPlan::Walk { list } => {
+                    tracing::Span::current().record("plan", "walk");
                     c.counters.filtered_walks.fetch_add(1, Ordering::Relaxed);
                     (Some(passing), list)
                 }
@@ -596,6 +607,7 @@ fn walk_segment(
         list = list.saturating_mul(4);
         let live_rows = s.keys.len() - s.deleted.count();
         if list >= MAX_LIST_SIZE || list * 2 >= live_rows {
+            tracing::Span::current().record("plan", "scan");
             c.counters.filtered_scans.fetch_add(1, Ordering::Relaxed);
             let mut top = TopK::new(params.k);
             offer_rows(c, s, q, passing, &mut top)?;
@@ -737,6 +749,7 @@ fn rank_across(
         inner.return_search_state(st);
     }
     c.counters.filtered_ranked.fetch_add(ranked.len() as u64, Ordering::Relaxed);
+    tracing::Span::current().record("ranked_across", ranked.len());
     Ok((cands, ranked.iter().map(|(s, _, _)| s.id).collect()))
 }
 
