@@ -6,7 +6,8 @@
 //! [--threads 2] [--sector-cache-mb N] [--warm] [--label-graph-min-rows N]`
 //!
 //! Each line of `CASES.jsonl` is a case: `{"name": "...", "conditions": [C, ...]}` with one
-//! condition a query, each `null` (no filter) or `[column, "<" or "=", integer]`. For each case
+//! condition a query, each `null` (no filter), `[column, "<" or "=", integer]` or
+//! `[column, "in", [integer, ...]]`. For each case
 //! and list size, the queries are searched on `--threads` threads (dealt round robin, each
 //! thread one at a time), after one unscored pass of the case at the first list size (what a
 //! running server has seen before: its caches and each segment's remembered filters). Prints
@@ -123,7 +124,19 @@ fn parse_case(line: &str) -> Result<(String, Vec<Option<Predicate>>), Error> {
         if c.is_null() {
             return Ok(None);
         }
-        let bad = || format!("case {name:?}: condition {c}: not [column, \"<\" or \"=\", integer]");
+        let bad = || {
+            format!(
+                "case {name:?}: condition {c}: not [column, \"<\" or \"=\", integer] or \
+                 [column, \"in\", [integer, ...]]"
+            )
+        };
+        if let (Some(column), Some("in"), Some(values)) =
+            (c[0].as_str(), c[1].as_str(), c[2].as_array())
+        {
+            let values: Option<Vec<Literal>> =
+                values.iter().map(|v| v.as_i64().map(Literal::Int)).collect();
+            return Ok(Some(Predicate::is_in(column, values.ok_or_else(bad)?)));
+        }
         let (Some(column), Some(op), Some(value)) = (c[0].as_str(), c[1].as_str(), c[2].as_i64())
         else {
             return Err(bad().into());

@@ -392,9 +392,14 @@ fn write_inputs(
     Ok(inputs)
 }
 
-/// The label graph of segment `s` for the one value `filter` requires, and whether the filter
-/// is that value alone (every live row of the graph passes) or has other parts; `None` when the
-/// segment has no graph for it.
+/// Most values of a label column a filter may ask for (`IN`) and still be searched through
+/// their graphs, one walk each.
+const MAX_LABEL_WALKS: usize = 4;
+
+/// The label graphs of segment `s` for the values `filter` requires one of (one value, or an
+/// `IN` of at most [`MAX_LABEL_WALKS`]), and whether the filter is those values alone (every
+/// live row of the graphs passes) or has other parts; `None` unless the segment has a graph
+/// for each of them (none for the nulls).
 ///
 /// # Errors
 /// As [`SegmentFile::label_index`](crate::segment::SegmentFile::label_index).
@@ -402,22 +407,22 @@ pub(super) fn label_graph_for<'a>(
     inner: &Inner,
     s: &'a SegmentView,
     filter: &Filter,
-) -> Result<Option<(&'a LabelGraph, bool)>, ReadError> {
+) -> Result<Option<(Vec<&'a LabelGraph>, bool)>, ReadError> {
     let Some(graphs) = s.label_graphs.as_deref().filter(|g| !g.graphs.is_empty()) else {
         return Ok(None);
     };
     let vfs = inner.vfs.as_ref();
-    let Some((column, entry)) = s.file.sole_label_value(vfs, filter, &graphs.columns)? else {
-        return Ok(None);
-    };
+    let found = s.file.label_values(vfs, filter, &graphs.columns, MAX_LABEL_WALKS)?;
+    let Some((column, entries)) = found else { return Ok(None) };
     let alone = filter.conjuncts().is_empty() && filter.columns() == [column];
-    Ok(graphs.get(column, entry).map(|g| (g, alone)))
+    let each: Option<Vec<&LabelGraph>> = entries.iter().map(|&e| graphs.get(column, e)).collect();
+    Ok(each.map(|g| (g, alone)))
 }
 
-/// Searches segment `s` through the label graph of the one value `filter` requires, if it has
-/// one and the walk costs less than ranking the passing rows (always when the filter is the
-/// value alone: a walk of `L` among its rows): [`label_walk`]. `None` when the segment is to
-/// be searched the other ways.
+/// Searches segment `s` through the label graphs of the values `filter` requires one of, if
+/// it has them and the walks cost less than ranking the passing rows (always when the filter
+/// is those values alone: a walk of `L` among each value's rows): [`label_walk`] in each, the
+/// nearest `k` of them all kept. `None` when the segment is to be searched the other ways.
 pub(super) fn label_search(
     inner: &Inner,
     c: &CollectionView,
@@ -427,26 +432,44 @@ pub(super) fn label_search(
     filter: &Filter,
     read_ns: f64,
 ) -> Result<Option<Vec<Cand>>, ReadError> {
-    let Some((graph, alone)) = label_graph_for(inner, s, filter)? else { return Ok(None) };
+    let Some((graphs, alone)) = label_graph_for(inner, s, filter)? else { return Ok(None) };
+    let mut top = super::search::TopK::new(params.k);
     if alone {
-        // Every row of the graph passes but the deleted: no passing rows to find.
-        let live = |label: u32| {
-            graph.rows.get(label as usize).is_some_and(|&row| !s.deleted.contains(row as usize))
-        };
+        // Every row of the graphs passes but the deleted: no passing rows to find.
         let list = params.list_size.max(params.k);
-        return label_walk(inner, c, s, q, params, graph, list, &live);
+        for graph in graphs {
+            let live = |label: u32| {
+                let row = graph.rows.get(label as usize);
+                row.is_some_and(|&row| !s.deleted.contains(row as usize))
+            };
+            let Some(found) = label_walk(inner, c, s, q, params, graph, list, &live)? else {
+                return Ok(None);
+            };
+            found.into_iter().for_each(|cand| top.push(cand));
+        }
+    } else {
+        let passing = super::search::passing_rows(inner, c, s, filter)?;
+        let matching = passing.count();
+        let rows: usize = graphs.iter().map(|g| g.rows.len()).sum();
+        let list = super::search::walk_list(matching, rows, params);
+        let (walk, rank) = super::search::plan_costs(matching, list, params, read_ns);
+        if matching == 0 || rank <= walk * graphs.len() as f64 {
+            return Ok(None);
+        }
+        for graph in graphs {
+            let passes = |label: u32| {
+                let row = graph.rows.get(label as usize);
+                row.is_some_and(|&row| passing.contains(row as usize))
+            };
+            let Some(found) = label_walk(inner, c, s, q, params, graph, list, &passes)? else {
+                return Ok(None);
+            };
+            found.into_iter().for_each(|cand| top.push(cand));
+        }
     }
-    let passing = super::search::passing_rows(inner, c, s, filter)?;
-    let matching = passing.count();
-    let list = super::search::walk_list(matching, graph.rows.len(), params);
-    let (walk, rank) = super::search::plan_costs(matching, list, params, read_ns);
-    if matching == 0 || rank <= walk {
-        return Ok(None);
-    }
-    let passes = |label: u32| {
-        graph.rows.get(label as usize).is_some_and(|&row| passing.contains(row as usize))
-    };
-    label_walk(inner, c, s, q, params, graph, list, &passes)
+    c.counters.filtered_label_walks.fetch_add(1, Ordering::Relaxed);
+    tracing::Span::current().record("plan", "label_walk");
+    Ok(Some(top.into_sorted_vec()))
 }
 
 /// Searches segment `s` for the rows `accept` takes (by node label) through `graph`, a graph
@@ -497,8 +520,6 @@ fn label_walk(
             Err(source) => return Err(ReadError::Search { segment: s.id, source }),
         };
         if found.len() >= params.k {
-            c.counters.filtered_label_walks.fetch_add(1, Ordering::Relaxed);
-            tracing::Span::current().record("plan", "label_walk");
             let cand = |n: &quiver_diskgraph::search::Neighbour| {
                 let row = graph.rows[n.id as usize];
                 let key = s.keys.key(row as usize)?;

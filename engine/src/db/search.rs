@@ -121,7 +121,7 @@ impl TopK {
         self.heap.len() < self.k || self.heap.peek().is_some_and(|w| d <= w.d)
     }
 
-    fn into_sorted_vec(self) -> Vec<Cand> {
+    pub(super) fn into_sorted_vec(self) -> Vec<Cand> {
         self.heap.into_sorted_vec()
     }
 

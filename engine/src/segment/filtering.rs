@@ -257,21 +257,22 @@ impl SegmentFile {
         }
     }
 
-    /// The one value of a label column that `filter` requires: `(column, entry)` for the
-    /// first of its AND parts that reads one of `columns` alone and that exactly one value of
-    /// the column passes, and no null (`tenant = 7`, `tenant IN (7)`), its entry in the
-    /// column's label index ([`LabelIndex::entries`]; the nulls' entry when only nulls pass);
+    /// The values of a label column that `filter` requires one of: `(column, entries)` for the
+    /// first of its AND parts that reads one of `columns` alone and that at most `most` values
+    /// of the column pass (`tenant = 7`, `tenant IN (7, 9)`), their entries in the column's
+    /// label index ([`LabelIndex::entries`]; the nulls' entry, last, when nulls pass too);
     /// `None` when no part does. The part is evaluated over the column's distinct values in
     /// RAM, no rows read.
     ///
     /// # Errors
     /// As [`SegmentFile::label_index`].
-    pub(crate) fn sole_label_value(
+    pub(crate) fn label_values(
         &self,
         vfs: &dyn Vfs,
         filter: &Filter,
         columns: &[usize],
-    ) -> Result<Option<(usize, usize)>, SegmentError> {
+        most: usize,
+    ) -> Result<Option<(usize, Vec<usize>)>, SegmentError> {
         let parts = match filter.conjuncts() {
             [] => std::slice::from_ref(filter),
             parts => parts,
@@ -282,8 +283,10 @@ impl SegmentFile {
                 continue;
             }
             let Some(index) = self.label_index(vfs, column)? else { continue };
-            if let Some(&[entry]) = index.entries_where(|b| part.evaluate(b)).as_deref() {
-                return Ok(Some((column, entry)));
+            if let Some(entries) = index.entries_where(|b| part.evaluate(b))
+                && (1..=most).contains(&entries.len())
+            {
+                return Ok(Some((column, entries)));
             }
         }
         Ok(None)
