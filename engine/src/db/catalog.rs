@@ -53,9 +53,9 @@ pub struct CollectionStats {
     /// Filtered searches of an indexed segment that walked its index with the rows failing
     /// the filter as waypoints (one per segment per search).
     pub filtered_walks: u64,
-    /// Filtered searches of an indexed segment that walked the label graph of the one value
-    /// the filter requires ([`CollectionSchema::with_label_graph`](crate::CollectionSchema::with_label_graph)):
-    /// among that value's rows alone.
+    /// Filtered searches of an indexed segment that walked the label graphs of the values the
+    /// filter requires one of ([`CollectionSchema::with_label_graph`](crate::CollectionSchema::with_label_graph)):
+    /// among those values' rows alone.
     pub filtered_label_walks: u64,
     /// Filtered searches of an indexed segment that ranked the rows that pass by their PQ
     /// codes and read the nearest `L` (a small share passed).

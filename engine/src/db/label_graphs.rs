@@ -1,9 +1,9 @@
 //! Label graphs: for a label column a collection declares
 //! ([`CollectionSchema::with_label_graph`]), each indexed segment gets a disk index of its own
 //! for every value of the column holding at least [`Options::label_graph_min_rows`] of its
-//! rows. A search filtered to that value walks among its rows alone, from their own entry
-//! point (the graph's medoid), instead of ranking every passing row by PQ or walking the
-//! segment's graph with the others as waypoints.
+//! rows. A search filtered to that value (or to one of up to four: `IN`) walks among its rows
+//! alone, from their own entry point (the graph's medoid), instead of ranking every passing
+//! row by PQ or walking the segment's graph with the others as waypoints.
 //!
 //! This is Filtered-DiskANN's StitchedVamana without the stitching: a graph per label over its
 //! members. Stitched into the segment's graph, with one label a row, the labels' graphs would
@@ -473,7 +473,7 @@ pub(super) fn label_search(
 }
 
 /// Searches segment `s` for the rows `accept` takes (by node label) through `graph`, a graph
-/// of exactly the rows of the one value the filter requires: a walk among them from their own
+/// of exactly the rows of one value the filter requires: a walk among them from their own
 /// entry point, the others (failing the rest of the filter, or deleted) walked through, never
 /// returned. Widened 4× while fewer than `k` come back. `None` when it gives up (the list
 /// would cover the graph) or the graph is damaged (then removed and built again): the caller
