@@ -96,7 +96,12 @@ impl BinWriter {
         BinWriter::with_buffer(path, elem, dim, rows, 1 << 20)
     }
 
-    fn with_buffer(
+    /// [`BinWriter::create`] writing through a buffer of `buffer` bytes instead of 1 MiB (for
+    /// many writers open at once).
+    ///
+    /// # Errors
+    /// As [`BinWriter::create`].
+    pub fn with_buffer(
         path: &Path,
         elem: ElemType,
         dim: usize,

@@ -46,9 +46,10 @@ pub(super) struct GrowFrom<'a> {
     pub(super) train_rows: usize,
 }
 
-/// A build's input: a headered vector file in `indexes/{id}.input/`, written a chunk at a time
-/// (the buffers are native byte order and the file little-endian: one on every target Quiver
-/// builds for). The directory is removed when this is dropped, built from or not.
+/// A build's input: a headered vector file in `indexes/{id}.input/` (or another directory of
+/// its own), written a chunk at a time (the buffers are native byte order and the file
+/// little-endian: one on every target Quiver builds for). The directory is removed when this
+/// is dropped, built from or not.
 pub(super) struct IndexInput {
     dir: PathBuf,
     file: PathBuf,
@@ -56,6 +57,9 @@ pub(super) struct IndexInput {
 }
 
 const _: () = assert!(cfg!(target_endian = "little"), "vector files are little-endian");
+
+/// The write buffer of a segment's index input.
+const INPUT_BUFFER: usize = 1 << 20;
 
 impl IndexInput {
     /// Creates the input of segment `sid`'s index for `rows` rows of `schema`'s search vectors.
@@ -66,13 +70,24 @@ impl IndexInput {
         rows: usize,
     ) -> Result<IndexInput, BackgroundError> {
         let dir = idir.join(format!("{}.input", index_name(sid)));
+        IndexInput::create_in(dir, schema, rows, INPUT_BUFFER)
+    }
+
+    /// Creates an input for `rows` rows of `schema`'s search vectors in directory `dir`
+    /// (replaced if it exists), written through a buffer of `buffer` bytes.
+    pub(super) fn create_in(
+        dir: PathBuf,
+        schema: &CollectionSchema,
+        rows: usize,
+        buffer: usize,
+    ) -> Result<IndexInput, BackgroundError> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let elem = schema.vector_type().search_elem();
         let file = dir.join(format!("vectors.{}", elem.bin_extension()));
         let mut input = IndexInput { dir, file, writer: None };
         input.writer = Some(
-            BinWriter::create(&input.file, elem, schema.dim(), rows)
+            BinWriter::with_buffer(&input.file, elem, schema.dim(), rows, buffer)
                 .map_err(io_error(&input.file))?,
         );
         Ok(input)
@@ -80,8 +95,13 @@ impl IndexInput {
 
     /// Appends `v`'s rows, straight from their buffer.
     pub(super) fn push(&mut self, v: &Vectors) -> Result<(), BackgroundError> {
+        self.push_bytes(v.value_bytes())
+    }
+
+    /// Appends whole rows of search vectors, as bytes.
+    pub(super) fn push_bytes(&mut self, rows: &[u8]) -> Result<(), BackgroundError> {
         let w = self.writer.as_mut().expect("pushed before finish");
-        w.push(v.value_bytes()).map_err(io_error(&self.file))
+        w.push(rows).map_err(io_error(&self.file))
     }
 
     /// Completes the file: every declared row written, synced. Once.
@@ -94,17 +114,33 @@ impl IndexInput {
     /// from it into `idir` within the RAM the memory budget allows
     /// ([`super::budget::build_params`]), or `BuildParams::ram_budget` without one.
     pub(super) fn build(
-        mut self,
+        self,
         inner: &Inner,
         idir: &Path,
         meta: &SegmentMeta,
         schema: &CollectionSchema,
         codebook: Option<&Arc<PqCodebook>>,
     ) -> Result<DiskIndex, BackgroundError> {
+        let places = index_places(idir, meta.id);
+        self.build_at(inner, (&places.0, &places.1), meta, schema, codebook, meta.rows as usize)
+    }
+
+    /// [`IndexInput::build`] into `fin` through `tmp` (a label graph's places, say), its
+    /// budget planned for `rows` rows: completes the file, builds it, binds what it built to
+    /// segment `meta`, renames it into place and opens it ([`place_at`]).
+    pub(super) fn build_at(
+        mut self,
+        inner: &Inner,
+        (tmp, fin): (&Path, &Path),
+        meta: &SegmentMeta,
+        schema: &CollectionSchema,
+        codebook: Option<&Arc<PqCodebook>>,
+        rows: usize,
+    ) -> Result<DiskIndex, BackgroundError> {
         self.finish()?;
         let sid = meta.id;
-        let params = &build_params(inner, schema, meta.rows as usize);
-        place_index(inner, idir, meta, (codebook.cloned(), None), |tmp| {
+        let params = &build_params(inner, schema, rows);
+        place_at(inner, (tmp, fin), meta, (codebook.cloned(), None), |tmp| {
             quiver_diskgraph::index::build_index_from_file_with(
                 &self.file,
                 schema.metric(),
@@ -238,30 +274,46 @@ pub(super) fn build_index_dir(
     })
 }
 
-/// Runs `build` into `idir/{id}.tmp`, binds what it built to segment `meta` (the SOURCE
-/// record), renames it to `idir/{id}`, syncs `idir` and opens the index, sharing `codebook` if
-/// it was built with it and the pieces of `share_codes` its codes repeat. A failed build leaves
-/// nothing behind.
+/// Where segment `sid`'s index is built (`idir/{id}.tmp`) and then lives (`idir/{id}`).
+fn index_places(idir: &Path, sid: u64) -> (PathBuf, PathBuf) {
+    (idir.join(format!("{}.tmp", index_name(sid))), idir.join(index_name(sid)))
+}
+
+/// Runs `build` into `idir/{id}.tmp` and places it at `idir/{id}` ([`place_at`]).
 fn place_index(
     inner: &Inner,
     idir: &Path,
+    meta: &SegmentMeta,
+    share: (Option<Arc<PqCodebook>>, Option<Codes>),
+    build: impl FnOnce(&Path) -> Result<(), BackgroundError>,
+) -> Result<DiskIndex, BackgroundError> {
+    let (tmp, fin) = index_places(idir, meta.id);
+    place_at(inner, (&tmp, &fin), meta, share, build)
+}
+
+/// Runs `build` into `tmp`, binds what it built to segment `meta` (the SOURCE record), renames
+/// it to `fin`, syncs `fin`'s directory and opens the index, sharing `codebook` if it was built
+/// with it and the pieces of `share_codes` its codes repeat. A failed build leaves nothing
+/// behind.
+fn place_at(
+    inner: &Inner,
+    (tmp, fin): (&Path, &Path),
     meta: &SegmentMeta,
     (codebook, share_codes): (Option<Arc<PqCodebook>>, Option<Codes>),
     build: impl FnOnce(&Path) -> Result<(), BackgroundError>,
 ) -> Result<DiskIndex, BackgroundError> {
     let sid = meta.id;
-    let tmp = idir.join(format!("{}.tmp", index_name(sid)));
-    let fin = idir.join(index_name(sid));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let built = build(&tmp)
-        .and_then(|()| index_source::write(&tmp, source_of(meta)).map_err(io_error(&tmp)));
+    let dir = fin.parent().expect("an index lives in a directory");
+    let _ = std::fs::remove_dir_all(tmp);
+    let built =
+        build(tmp).and_then(|()| index_source::write(tmp, source_of(meta)).map_err(io_error(tmp)));
     if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&tmp); // ENOSPC, say
+        let _ = std::fs::remove_dir_all(tmp); // ENOSPC, say
         return Err(e);
     }
-    let _ = std::fs::remove_dir_all(&fin);
-    std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
-    std::fs::File::open(idir).and_then(|d| d.sync_all()).map_err(io_error(idir))?;
+    let _ = std::fs::remove_dir_all(fin);
+    std::fs::rename(tmp, fin).map_err(io_error(fin))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
     let opts = OpenOptionsIndex { pq: codebook, share_codes, ..inner.opts.index_open.clone() };
-    DiskIndex::open(&fin, opts).map_err(|source| BackgroundError::Index { segment: sid, source })
+    DiskIndex::open(fin, opts).map_err(|source| BackgroundError::Index { segment: sid, source })
 }

@@ -25,15 +25,13 @@
 //! while it writes the inputs, then builds each graph within the build's memory allowance
 //! (`budget::build_params`), as a segment's index is built.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use quiver_diskgraph::pq::PqCodebook;
-use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex, SearchError};
-use quiver_diskgraph::source::BinWriter;
+use quiver_diskgraph::search::{DiskIndex, OpenOptionsIndex};
 
-use crate::error::{BackgroundError, QueryError, ReadError};
+use crate::error::{BackgroundError, ReadError};
 use crate::filter::Filter;
 use crate::index_source;
 use crate::schema::CollectionSchema;
@@ -41,11 +39,11 @@ use crate::segment::{SegmentError, SegmentFile};
 
 use super::background::{Progress, io_error};
 use super::body::{SegmentMeta, index_name};
-use super::budget::build_params;
+use super::index_build::IndexInput;
 use super::inner::Inner;
 use super::open::{for_each_vectors, source_of};
 use super::read::{CollectionView, Hit, SegmentView};
-use super::search::{Cand, PreparedQuery, SearchParams};
+use super::search::{Cand, PreparedQuery, SearchParams, walk_index};
 
 /// The directory of a segment's label graphs, inside its index directory.
 const LABELS_DIR: &str = "labels";
@@ -263,7 +261,8 @@ fn open_graph(inner: &Inner, path: &Path, job: &Job, rows: usize) -> Result<Disk
 
 /// Builds the graphs of `missing` (entries of column `column`, with their rows): their inputs
 /// written in one pass over the segment's vectors, then each built with the segment index's
-/// codebook, bound, renamed into place and opened.
+/// codebook, bound, renamed into place and opened, as a segment's index is
+/// ([`IndexInput::build_at`]).
 fn build_graphs(
     inner: &Inner,
     dir: &Path,
@@ -277,61 +276,26 @@ fn build_graphs(
     }
     let started = std::time::Instant::now();
     let inputs = write_inputs(dir, job, column, &missing)?;
-    let codebook: &PqCodebook = job.index.shared_pq();
+    let codebook = Some(job.index.shared_pq());
     for ((entry, rows), input) in missing.into_iter().zip(inputs) {
         let name = graph_name(column, entry);
         let (tmp, fin) = (dir.join(format!("{name}.tmp")), dir.join(&name));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let params = build_params(inner, &job.schema, rows.len());
-        let metric = job.schema.metric();
-        let no_progress = &|_: &str, _: usize, _: usize| {};
-        let built = quiver_diskgraph::index::build_index_from_file_with(
-            &input.file,
-            metric,
-            &params,
-            Some(codebook),
-            &tmp,
-            no_progress,
-        )
-        .map_err(|source| BackgroundError::Index { segment: job.meta.id, source })
-        .and_then(|_| index_source::write(&tmp, source_of(&job.meta)).map_err(io_error(&tmp)));
-        drop(input);
-        if let Err(e) = built {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
+        let (meta, schema) = (&job.meta, &job.schema);
+        let index = input.build_at(inner, (&tmp, &fin), meta, schema, codebook, rows.len())?;
+        if index.header().n != rows.len() as u64 {
+            let e = OpenError::Nodes { found: index.header().n, expected: rows.len() };
+            let source = std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
+            return Err(BackgroundError::Io { path: fin, source });
         }
-        let _ = std::fs::remove_dir_all(&fin);
-        std::fs::rename(&tmp, &fin).map_err(io_error(&fin))?;
-        let index = open_graph(inner, &fin, job, rows.len()).map_err(|e| BackgroundError::Io {
-            path: fin.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-        })?;
         inner.label_graphs_built.fetch_add(1, Ordering::Relaxed);
         graphs.push(LabelGraph { column, entry, index, rows });
     }
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
     tracing::info!(
         "segment {:016x}: label graphs of column {column} built in {:.1} s",
         job.meta.id,
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// A graph's input: a vector file in its own directory, removed when dropped.
-struct Input {
-    dir: PathBuf,
-    file: PathBuf,
-}
-
-impl Drop for Input {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!("could not remove {}: {e}", self.dir.display());
-        }
-    }
 }
 
 /// Writes the input of each of `missing`'s graphs: one pass over the segment's vectors, each
@@ -341,7 +305,7 @@ fn write_inputs(
     job: &Job,
     column: usize,
     missing: &[(usize, Vec<u32>)],
-) -> Result<Vec<Input>, BackgroundError> {
+) -> Result<Vec<IndexInput>, BackgroundError> {
     let rows = job.meta.rows as usize;
     let mut slot = vec![u32::MAX; rows];
     for (at, (_, value_rows)) in missing.iter().enumerate() {
@@ -349,21 +313,11 @@ fn write_inputs(
             slot[r as usize] = at as u32;
         }
     }
-    let elem = job.schema.vector_type().search_elem();
     let dim = job.schema.dim();
     let mut inputs = Vec::with_capacity(missing.len());
-    let mut writers = Vec::with_capacity(missing.len());
-    for (entry, _) in missing {
+    for (entry, value_rows) in missing {
         let input_dir = dir.join(format!("{}.input", graph_name(column, *entry)));
-        let _ = std::fs::remove_dir_all(&input_dir);
-        std::fs::create_dir_all(&input_dir).map_err(io_error(&input_dir))?;
-        let file = input_dir.join(format!("vectors.{}", elem.bin_extension()));
-        let input = Input { dir: input_dir, file };
-        writers.push(
-            BinWriter::create_counting(&input.file, elem, dim, INPUT_BUFFER)
-                .map_err(io_error(&input.file))?,
-        );
-        inputs.push(input);
+        inputs.push(IndexInput::create_in(input_dir, &job.schema, value_rows.len(), INPUT_BUFFER)?);
     }
     let mut base = 0usize;
     for_each_vectors(&job.file, &job.schema, INPUT_BATCH_ROWS, |v| {
@@ -373,9 +327,7 @@ fn write_inputs(
         for i in 0..n {
             let Some(&at) = slot.get(base + i) else { break };
             if at != u32::MAX {
-                let w = &mut writers[at as usize];
-                let row = &bytes[i * row_bytes..(i + 1) * row_bytes];
-                w.push(row).map_err(io_error(&inputs[at as usize].file))?;
+                inputs[at as usize].push_bytes(&bytes[i * row_bytes..(i + 1) * row_bytes])?;
             }
         }
         base += n;
@@ -385,9 +337,6 @@ fn write_inputs(
         let reason = format!("{base} vectors read for {rows} rows");
         let path = job.file.path().to_path_buf();
         return Err(SegmentError::Corrupt { path, reason }.into());
-    }
-    for (w, input) in writers.into_iter().zip(&inputs) {
-        w.finish().map_err(io_error(&input.file))?;
     }
     Ok(inputs)
 }
@@ -489,24 +438,10 @@ fn label_walk(
     mut list: usize,
     accept: &dyn Fn(u32) -> bool,
 ) -> Result<Option<Vec<Cand>>, ReadError> {
-    let elem = c.schema.vector_type().search_elem();
     loop {
-        let sp = quiver_diskgraph::search::SearchParams {
-            k: params.k,
-            list_size: list,
-            beam_width: params.beam_width,
-        };
-        let mut searcher = inner.searcher(s.id, &graph.index)?;
-        let found = searcher.search_accepting(q.index_row(elem), sp, accept);
-        inner.return_search_state(searcher.into_state());
-        let found = match found {
-            Ok((found, stats)) => {
-                c.counters.index_walks.fetch_add(1, Ordering::Relaxed);
-                c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
-                tracing::Span::current().record("reads", stats.ios);
-                found
-            }
-            Err(SearchError::Layout(e)) => {
+        let found = match walk_index(inner, c, s.id, &graph.index, q, params, list, accept)? {
+            Ok(found) => found,
+            Err(e) => {
                 tracing::warn!(
                     "segment {:016x}: label graph {} damaged ({e}); removing it",
                     s.id,
@@ -516,8 +451,6 @@ fn label_walk(
                 inner.label_graph_failed(c.id, s.id, dir);
                 return Ok(None);
             }
-            Err(SearchError::Query(e)) => return Err(QueryError::Index(e).into()),
-            Err(source) => return Err(ReadError::Search { segment: s.id, source }),
         };
         if found.len() >= params.k {
             let cand = |n: &quiver_diskgraph::search::Neighbour| {

@@ -31,7 +31,10 @@ use crate::rowset::RowSet;
 use crate::schema::{CollectionSchema, DISTANCE_COLUMN, ID_COLUMN};
 use crate::segment::SegmentError;
 use quiver_diskgraph::data::{ElemType, Metric, Row, distance_active};
-use quiver_diskgraph::search::{DiskIndex, MAX_BEAM_WIDTH, SearchError, SearchState, Searcher};
+use quiver_diskgraph::layout::LayoutError;
+use quiver_diskgraph::search::{
+    DiskIndex, MAX_BEAM_WIDTH, Neighbour, SearchError, SearchState, Searcher,
+};
 
 use super::inner::Inner;
 use super::label_graphs::{label_graph_for, label_search};
@@ -561,26 +564,9 @@ fn walk_segment(
         None => !s.deleted.contains(label as usize),
     };
     loop {
-        let sp = quiver_diskgraph::search::SearchParams {
-            k: params.k,
-            list_size: list,
-            beam_width: params.beam_width,
-        };
-        let mut searcher = inner.searcher(s.id, ix)?;
-        let found = searcher.search_accepting(
-            q.as_given.row(c.schema.vector_type().search_elem()),
-            sp,
-            &accept,
-        );
-        inner.return_search_state(searcher.into_state());
-        let found = match found {
-            Ok((found, stats)) => {
-                c.counters.index_walks.fetch_add(1, Ordering::Relaxed);
-                c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
-                tracing::Span::current().record("reads", stats.ios);
-                found
-            }
-            Err(SearchError::Layout(e)) => {
+        let found = match walk_index(inner, c, s.id, ix, q, params, list, &accept)? {
+            Ok(found) => found,
+            Err(e) => {
                 // The index is derived data: answer from the segment's Parquet file (correct,
                 // slower) and have a damaged index rebuilt.
                 inner.index_failed(c, s, ix, &e);
@@ -588,8 +574,6 @@ fn walk_segment(
                 offer_segment_file(c, s, q, filter, &mut top)?;
                 return Ok(top.into_sorted_vec());
             }
-            Err(SearchError::Query(e)) => return Err(QueryError::Index(e).into()),
-            Err(source) => return Err(ReadError::Search { segment: s.id, source }),
         };
         let cands: Vec<Cand> = found
             .iter()
@@ -613,6 +597,44 @@ fn walk_segment(
             offer_rows(c, s, q, passing, &mut top)?;
             return Ok(top.into_sorted_vec());
         }
+    }
+}
+
+/// One walk of disk index `ix` (segment `segment`'s, or one of its label graphs) with a list
+/// of `list` for the `params.k` nearest nodes `accept` takes by label: a search state from the
+/// pool and back, the walk and its reads counted and traced. The inner `Err` is a damaged index
+/// (a sector that fails its checksum), left to the caller to answer another way; a bad query
+/// or a failed read is the search's error.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn walk_index(
+    inner: &Inner,
+    c: &CollectionView,
+    segment: u64,
+    ix: &DiskIndex,
+    q: &PreparedQuery,
+    params: &SearchParams,
+    list: usize,
+    accept: &dyn Fn(u32) -> bool,
+) -> Result<Result<Vec<Neighbour>, LayoutError>, ReadError> {
+    let sp = quiver_diskgraph::search::SearchParams {
+        k: params.k,
+        list_size: list,
+        beam_width: params.beam_width,
+    };
+    let mut searcher = inner.searcher(segment, ix)?;
+    let found =
+        searcher.search_accepting(q.index_row(c.schema.vector_type().search_elem()), sp, accept);
+    inner.return_search_state(searcher.into_state());
+    match found {
+        Ok((found, stats)) => {
+            c.counters.index_walks.fetch_add(1, Ordering::Relaxed);
+            c.counters.index_reads.fetch_add(stats.ios, Ordering::Relaxed);
+            tracing::Span::current().record("reads", stats.ios);
+            Ok(Ok(found))
+        }
+        Err(SearchError::Layout(e)) => Ok(Err(e)),
+        Err(SearchError::Query(e)) => Err(QueryError::Index(e).into()),
+        Err(source) => Err(ReadError::Search { segment, source }),
     }
 }
 

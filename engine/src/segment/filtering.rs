@@ -1,6 +1,7 @@
 //! Which rows of a segment pass a filter, without reading its columns where that can be
 //! avoided: the results of the last few filters remembered, the label indexes of
-//! low-cardinality columns (`labels.rs`), and the zone map of the row groups' statistics.
+//! low-cardinality columns (`labels.rs`), and the zone map of the pages' and row groups'
+//! statistics.
 
 use std::io;
 use std::sync::Arc;
