@@ -123,6 +123,11 @@ pub struct ServeArgs {
     /// record on, some of which may have been acknowledged. Restore the file instead if you can.
     #[arg(long)]
     cut_truncated_wal: bool,
+    /// Write the WAL through the page cache instead of with direct I/O (which skips the page
+    /// cache's copy of every record; the file system may not have it, and then the WAL is
+    /// buffered anyway).
+    #[arg(long)]
+    wal_buffered: bool,
 }
 
 async fn signal() {
@@ -243,6 +248,7 @@ fn engine_options(args: &ServeArgs) -> Options {
         .background_threads(args.background_threads)
         .build_indexes(!args.no_index)
         .cut_truncated_wal(args.cut_truncated_wal)
+        .wal_direct_io(!args.wal_buffered)
 }
 
 pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
@@ -274,6 +280,10 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
     cfg.service.max_ingest_bytes = args.memory_budget.map(|b| {
         usize::try_from(b).unwrap_or(usize::MAX) / quiver_engine::budget_shares::IN_FLIGHT
     });
+    if args.memory_budget.is_some() {
+        // Within a budget freed memory goes back at once (see above): no pool keeps it.
+        cfg.service.ingest_pool_bytes = 0;
+    }
     let db = Arc::new(Database::open(&args.data, engine_options(args))?);
     if args.warm_sector_cache {
         let started = std::time::Instant::now();

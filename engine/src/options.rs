@@ -25,6 +25,7 @@ pub struct Options {
     pub(crate) wal_sync: SyncPolicy,
     pub(crate) wal_segment_bytes: u64,
     pub(crate) wal_compression: Compression,
+    pub(crate) wal_direct_io: bool,
     pub(crate) build_indexes: bool,
     pub(crate) min_index_rows: usize,
     pub(crate) label_graph_min_rows: usize,
@@ -112,6 +113,7 @@ impl Default for Options {
             wal_sync: SyncPolicy::EveryGroup,
             wal_segment_bytes: 64 << 20,
             wal_compression: Compression::None,
+            wal_direct_io: true,
             build_indexes: true,
             min_index_rows: 4096,
             label_graph_min_rows: 16_384,
@@ -231,6 +233,15 @@ impl Options {
     #[must_use]
     pub fn wal_compression(mut self, compression: Compression) -> Self {
         self.wal_compression = compression;
+        self
+    }
+
+    /// Whether the WAL is written with direct I/O where the file system has it (see
+    /// [`quiver_wal::WalOptions::direct_io`]): it skips the page cache's copy of every record.
+    /// Default true.
+    #[must_use]
+    pub fn wal_direct_io(mut self, direct: bool) -> Self {
+        self.wal_direct_io = direct;
         self
     }
 

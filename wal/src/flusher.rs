@@ -4,8 +4,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quiver_vfs::VfsFile;
+use quiver_vfs::{DIRECT_IO_ALIGN, VfsFile};
 
+use crate::aligned::AlignedBuf;
 use crate::format::{RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, align_up};
 use crate::open::create_segment;
 use crate::recovery::SegmentFile;
@@ -20,7 +21,13 @@ pub(crate) struct Flusher {
     pub(crate) offset: u64,
     pub(crate) durable: Lsn,
     pub(crate) written: Lsn,
-    pub(crate) buf: Vec<u8>,
+    /// The group being written. With direct I/O it starts with `head` bytes already in the
+    /// file (the part of the block `offset` falls in before `offset`), so that each group's
+    /// write starts on a block.
+    pub(crate) buf: AlignedBuf,
+    pub(crate) head: usize,
+    /// Whether the active segment is written with direct I/O ([`crate::WalOptions::direct_io`]).
+    pub(crate) direct: bool,
     pub(crate) last_sync: Instant,
     /// Records in the last group written (the gather target).
     pub(crate) last_group: usize,
@@ -176,15 +183,19 @@ impl Flusher {
         Ok(())
     }
 
+    /// Where the next record goes: past the records already in `buf`.
+    fn end(&self) -> u64 {
+        self.offset + (self.buf.len() - self.head) as u64
+    }
+
     pub(crate) fn write_batch(&mut self, batch: &[Queued]) -> io::Result<()> {
         let segment_bytes = self.shared.opts.segment_bytes;
-        self.buf.clear();
+        debug_assert_eq!(self.buf.len(), self.head, "the buffer holds no unwritten records");
         let mut last_in_buf = self.written;
         for q in batch {
             let span = align_up(RECORD_HEADER_LEN + q.payload.len());
-            let end = self.offset + self.buf.len() as u64 + span as u64;
-            let segment_has_records =
-                self.offset + self.buf.len() as u64 > SEGMENT_HEADER_LEN as u64;
+            let end = self.end() + span as u64;
+            let segment_has_records = self.end() > SEGMENT_HEADER_LEN as u64;
             if end > segment_bytes && segment_has_records {
                 self.write_buf(last_in_buf)?;
                 self.rotate(q.lsn)?;
@@ -201,24 +212,64 @@ impl Flusher {
             debug_assert_eq!(q.lsn, last_in_buf + 1, "records reach the flusher in LSN order");
             self.buf.extend_from_slice(&header.encode());
             self.buf.extend_from_slice(&q.payload);
-            self.buf.resize(align_up(self.buf.len()), 0);
+            // `buf` starts at a block (direct) or at `offset` (buffered), both 8-aligned in
+            // the file, so aligning its length aligns the next record's place.
+            self.buf.zero_extend(align_up(self.buf.len()));
             last_in_buf = q.lsn;
         }
         self.write_buf(last_in_buf)
     }
 
+    /// Writes the records in `buf`. A direct write starts at the block `offset` falls in
+    /// (rewriting that block's earlier bytes with the same values) and ends on a block with
+    /// zeros, which is what a reserved segment holds past its records; the block it ends in
+    /// stays in `buf` as the next group's head. The kernel writes a buffered write's pages
+    /// whole too, so the rewrite puts earlier records at no risk a buffered write does not.
     pub(crate) fn write_buf(&mut self, last_lsn: Lsn) -> io::Result<()> {
-        if self.buf.is_empty() {
+        let fresh = self.buf.len() - self.head;
+        if fresh == 0 {
             return Ok(());
         }
-        self.file.write_all_at(&self.buf, self.offset)?;
-        self.offset += self.buf.len() as u64;
-        self.written = last_lsn;
-        self.buf.clear();
-        // The buffer grows to the largest group; do not keep a huge one after a burst.
-        if self.buf.capacity() > 2 * self.shared.opts.max_queued_bytes {
-            self.buf = Vec::new();
+        if self.direct {
+            let start = self.offset - self.head as u64;
+            debug_assert_eq!(start % DIRECT_IO_ALIGN as u64, 0);
+            self.file.write_all_at(self.buf.padded(), start)?;
+        } else {
+            self.file.write_all_at(self.buf.as_slice(), self.offset)?;
         }
+        self.offset += fresh as u64;
+        self.written = last_lsn;
+        let head = if self.direct { self.block_offset() } else { 0 };
+        self.buf.keep_from(self.buf.len() - head);
+        self.head = head;
+        // The buffer grows to the largest group; do not keep a huge one after a burst.
+        self.buf.shrink_to(2 * self.shared.opts.max_queued_bytes);
+        Ok(())
+    }
+
+    /// How far `offset` is into its block.
+    fn block_offset(&self) -> usize {
+        (self.offset % DIRECT_IO_ALIGN as u64) as usize
+    }
+
+    /// Switches the active segment to direct I/O if the options ask for it and its file system
+    /// has it, first reading the bytes of `offset`'s block before `offset` into `buf`: the
+    /// next group's write starts with them.
+    pub(crate) fn enter_direct(&mut self) -> io::Result<()> {
+        self.buf.clear();
+        self.head = 0;
+        self.direct = false;
+        if self.shared.opts.direct_io {
+            let head = self.block_offset();
+            let mut block = vec![0u8; head];
+            self.file.read_exact_at(&mut block, self.offset - head as u64)?;
+            if self.file.set_direct_io(true)? {
+                self.buf.extend_from_slice(&block);
+                self.head = head;
+                self.direct = true;
+            }
+        }
+        self.shared.counters.set_direct_io(self.direct);
         Ok(())
     }
 
@@ -233,12 +284,16 @@ impl Flusher {
         let (file, path) =
             create_segment(opts.vfs.as_ref(), &self.shared.dir, first_lsn, opts.segment_bytes)?;
         // Only now that the next segment is durable, the old one says so: recovery then tells
-        // a log whose newest segment was deleted from one that ended here.
+        // a log whose newest segment was deleted from one that ended here. The seal is a small
+        // write, made buffered.
+        if self.direct {
+            self.file.set_direct_io(false)?;
+        }
         self.file.write_all_at(&format::encode_seal(first_lsn), self.offset)?;
         self.file.sync_data()?;
         lock(&self.shared.segments).push(SegmentFile { first_lsn, path });
         self.file = file;
         self.offset = SEGMENT_HEADER_LEN as u64;
-        Ok(())
+        self.enter_direct()
     }
 }

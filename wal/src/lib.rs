@@ -49,6 +49,7 @@ use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+mod aligned;
 mod error;
 mod flusher;
 pub mod format;

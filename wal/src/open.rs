@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use quiver_vfs::{OpenMode, Vfs, VfsFile};
 
+use crate::aligned::AlignedBuf;
 use crate::flusher::Flusher;
 use crate::format::{SEGMENT_HEADER_LEN, segment_name};
 use crate::recovery::{SegmentFile, SegmentScan, all_zero, scan_segment};
@@ -181,17 +182,20 @@ impl Recovery {
             counters: crate::stats::Counters::default(),
             opts: options,
         });
-        let flusher = Flusher {
+        let mut flusher = Flusher {
             shared: Arc::clone(&shared),
             file,
             offset,
             durable: next_lsn - 1,
             written: next_lsn - 1,
-            buf: Vec::new(),
+            buf: AlignedBuf::default(),
+            head: 0,
+            direct: false,
             last_sync: Instant::now(),
             last_group: 0,
             sync_ewma: Duration::ZERO,
         };
+        flusher.enter_direct().map_err(io_err(&last_path))?;
         let handle = std::thread::Builder::new()
             .name("quiver-wal-flusher".into())
             .spawn(move || flusher.run())

@@ -2,7 +2,7 @@
 //! them, and how long each `fdatasync` took (a fixed-bucket histogram). Relaxed atomics bumped
 //! by the flusher thread only; a reader sees each counter whole, not all of them at one instant.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the sync-latency histogram's buckets; a last bucket takes the rest.
@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     sync_nanos: AtomicU64,
     /// Syncs per bucket of [`SYNC_BUCKETS`] (not cumulative), and one past the last bound.
     sync_buckets: [AtomicU64; SYNC_BUCKETS.len() + 1],
+    direct_io: AtomicBool,
 }
 
 impl Counters {
@@ -39,6 +40,11 @@ impl Counters {
         self.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// The active segment is now written with direct I/O, or not.
+    pub(crate) fn set_direct_io(&self, direct: bool) {
+        self.direct_io.store(direct, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self, queued_bytes: usize) -> WalStats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         WalStats {
@@ -49,6 +55,7 @@ impl Counters {
             sync_seconds: load(&self.sync_nanos) as f64 / 1e9,
             sync_buckets: std::array::from_fn(|i| load(&self.sync_buckets[i])),
             queued_bytes: queued_bytes as u64,
+            direct_io: self.direct_io.load(Ordering::Relaxed),
         }
     }
 }
@@ -72,4 +79,7 @@ pub struct WalStats {
     pub sync_buckets: [u64; SYNC_BUCKETS.len() + 1],
     /// Bytes queued for the flusher at the moment asked.
     pub queued_bytes: u64,
+    /// Whether the active segment is written with direct I/O ([`crate::WalOptions::direct_io`]
+    /// asked for it and the file system has it).
+    pub direct_io: bool,
 }

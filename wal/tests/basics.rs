@@ -211,11 +211,17 @@ fn enospc_and_short_writes_are_errors_to_the_appender_never_silent_loss() {
 
 #[test]
 fn a_short_write_alone_is_retried_and_loses_nothing() {
-    let vfs = SimVfs::new();
-    let wal = Wal::open("/wal", WalOptions::default().vfs(Arc::new(vfs.clone()))).unwrap();
-    vfs.inject(Some(OpKind::Write), 0, Fault::ShortWrite);
-    wal.append(1, &payload(1, 3000)).unwrap();
-    assert_eq!(all(&wal, 1)[0].2, payload(1, 3000));
+    // Buffered, and direct (where a write is cut at a block boundary, so the record spans
+    // three blocks to be cut at all).
+    for direct in [false, true] {
+        let vfs = SimVfs::new();
+        let opts = WalOptions::default().vfs(Arc::new(vfs.clone())).direct_io(direct);
+        let wal = Wal::open("/wal", opts).unwrap();
+        assert_eq!(wal.stats().direct_io, direct);
+        vfs.inject(Some(OpKind::Write), 0, Fault::ShortWrite);
+        wal.append(1, &payload(1, 10_000)).unwrap();
+        assert_eq!(all(&wal, 1)[0].2, payload(1, 10_000), "direct: {direct}");
+    }
 }
 
 #[test]

@@ -15,8 +15,9 @@ use quiver_wal::{Compression, Wal, WalOptions};
 
 const DIR: &str = "/wal";
 
-fn options(vfs: &SimVfs) -> WalOptions {
+fn options(vfs: &SimVfs, direct: bool) -> WalOptions {
     WalOptions::default()
+        .direct_io(direct)
         .vfs(Arc::new(vfs.clone()))
         .segment_bytes(4096)
         .compression(Compression::Zstd { level: 1 })
@@ -24,9 +25,9 @@ fn options(vfs: &SimVfs) -> WalOptions {
 }
 
 /// Runs the workload until the first error; returns what was submitted and acknowledged.
-fn workload(vfs: &SimVfs) -> Expect {
+fn workload(vfs: &SimVfs, direct: bool) -> Expect {
     let mut expect = Expect::default();
-    let Ok(wal) = Wal::open(DIR, options(vfs)) else { return expect };
+    let Ok(wal) = Wal::open(DIR, options(vfs, direct)) else { return expect };
     let sizes = [10usize, 1500, 3000, 0, 700, 5000, 64, 2500, 900, 40, 1800, 3100];
     for (i, &len) in sizes.iter().enumerate() {
         let p = payload(i as u64, len);
@@ -54,8 +55,15 @@ fn workload(vfs: &SimVfs) -> Expect {
 
 #[test]
 fn a_power_cut_at_every_io_operation_loses_no_acknowledged_record() {
+    // Direct I/O (each group rewrites the block the last one ended in) and buffered writes.
+    for direct in [true, false] {
+        power_cut_at_every_operation(direct);
+    }
+}
+
+fn power_cut_at_every_operation(direct: bool) {
     let clean = SimVfs::new();
-    let expect = workload(&clean);
+    let expect = workload(&clean, direct);
     assert_eq!(expect.acked.len(), 12, "the workload completes without faults");
     let ops = clean.op_count();
     assert!(ops > 30, "the workload should exercise many operations, saw {ops}");
@@ -71,16 +79,16 @@ fn a_power_cut_at_every_io_operation_loses_no_acknowledged_record() {
         for mode in modes {
             let vfs = SimVfs::new();
             vfs.inject(None, at, Fault::Crash);
-            let mut expect = workload(&vfs);
+            let mut expect = workload(&vfs, direct);
             vfs.crash(mode);
-            let wal = open_clean(DIR, options(&vfs));
+            let wal = open_clean(DIR, options(&vfs, direct));
             let contents = expect.check(&wal);
             drop(wal);
-            let again = open_clean(DIR, options(&vfs));
+            let again = open_clean(DIR, options(&vfs, direct));
             assert_eq!(
                 common::read_all(&again),
                 contents,
-                "crash at op {at} ({mode:?}): recovery not repeatable"
+                "crash at op {at} ({mode:?}, direct {direct}): recovery not repeatable"
             );
             // The log keeps working after recovery.
             expect.forget_from(contents.1);

@@ -30,8 +30,10 @@ fn record(w: u64, seq: u64) -> Vec<u8> {
     p
 }
 
-fn options() -> WalOptions {
-    WalOptions::default().segment_bytes(1 << 20)
+/// Rounds alternate between direct and buffered writes (`QUIVER_WAL_KILL9_DIRECT`), so a
+/// log written one way is recovered and continued the other way too.
+fn options(direct: bool) -> WalOptions {
+    WalOptions::default().segment_bytes(1 << 20).direct_io(direct)
 }
 
 /// The child: appends forever from several threads, printing `ack LSN WRITER SEQ` once each
@@ -40,7 +42,8 @@ fn options() -> WalOptions {
 fn kill9_child_process() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     let start: u64 = std::env::var("QUIVER_WAL_KILL9_START").unwrap().parse().unwrap();
-    let wal = Arc::new(Wal::open(&dir, options()).unwrap());
+    let direct = std::env::var("QUIVER_WAL_KILL9_DIRECT").unwrap() == "1";
+    let wal = Arc::new(Wal::open(&dir, options(direct)).unwrap());
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let threads: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -71,6 +74,7 @@ fn every_acknowledged_record_survives_kill_9() {
             .args(["--exact", "kill9_child_process", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &dir_s)
             .env("QUIVER_WAL_KILL9_START", (round * 1_000_000).to_string())
+            .env("QUIVER_WAL_KILL9_DIRECT", if round % 2 == 0 { "1" } else { "0" })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -112,7 +116,7 @@ fn every_acknowledged_record_survives_kill_9() {
             "round {round}: the child acknowledged nothing before the kill"
         );
 
-        let wal = Wal::open(&dir_s, options()).unwrap();
+        let wal = Wal::open(&dir_s, options(round % 2 == 1)).unwrap();
         let (records, next) = common::read_all(&wal);
         assert_eq!(records.first().map(|r| r.0), Some(1));
         assert_eq!(records.len() as u64, next - 1);

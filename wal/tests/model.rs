@@ -86,11 +86,16 @@ struct Sut {
     expect: common::Expect,
     counter: u64,
     compress: bool,
+    /// Direct I/O (block-aligned group writes) or buffered writes.
+    direct: bool,
 }
 
-fn options(vfs: &SimVfs, compress: bool) -> WalOptions {
-    let o =
-        WalOptions::default().vfs(Arc::new(vfs.clone())).segment_bytes(4096).compress_min_bytes(64);
+fn options(vfs: &SimVfs, compress: bool, direct: bool) -> WalOptions {
+    let o = WalOptions::default()
+        .vfs(Arc::new(vfs.clone()))
+        .segment_bytes(4096)
+        .compress_min_bytes(64)
+        .direct_io(direct);
     if compress { o.compression(Compression::Zstd { level: 1 }) } else { o }
 }
 
@@ -101,7 +106,7 @@ impl Sut {
         if self.vfs.is_down() {
             self.vfs.crash(CrashMode::DropAll);
         }
-        match Wal::open(DIR, options(&self.vfs, self.compress)) {
+        match Wal::open(DIR, options(&self.vfs, self.compress, self.direct)) {
             Ok(w) => w,
             Err(OpenError::Io { .. }) => {
                 // An injected fault hit the open itself; that is allowed to fail. The next try
@@ -110,7 +115,7 @@ impl Sut {
                     self.vfs.crash(CrashMode::DropAll);
                 }
                 self.vfs.clear_faults();
-                Wal::open(DIR, options(&self.vfs, self.compress))
+                Wal::open(DIR, options(&self.vfs, self.compress, self.direct))
                     .expect("reopen with no faults armed")
             }
             Err(e) => panic!("recovery after crashes and faults reported: {e}"),
@@ -148,7 +153,8 @@ impl StateMachineTest for WalTest {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let vfs = SimVfs::new();
         quiver_wal::vfs::Vfs::create_dir_all(&vfs, std::path::Path::new("/db")).unwrap();
-        Sut { vfs, wal: None, expect: common::Expect::default(), counter: 0, compress: n % 2 == 1 }
+        let (compress, direct) = (n % 2 == 1, n % 4 < 2);
+        Sut { vfs, wal: None, expect: common::Expect::default(), counter: 0, compress, direct }
     }
 
     fn apply(mut sut: Sut, _: &(), t: Transition) -> Sut {

@@ -139,6 +139,7 @@ impl Database {
             .sync(opts.wal_sync)
             .segment_bytes(opts.wal_segment_bytes)
             .compression(opts.wal_compression)
+            .direct_io(opts.wal_direct_io)
             .buffer_pool(wal_pool.0, wal_pool.1)
             .cut_truncated_tail(opts.cut_truncated_wal);
         let wal_scan = Wal::scan(dir.join(WAL_DIR), wal_opts)?;
