@@ -17,6 +17,7 @@ use quiver_engine::Database;
 use tonic::{Status, Streaming};
 
 use super::ingest::batch_stream;
+use super::ingest_decode::BodyPool;
 use super::read::{encode_batches, run_search_batch};
 use super::status::{decode_status, invalid};
 use super::{BoxStream, ServiceConfig, blocking};
@@ -33,7 +34,8 @@ pub(super) async fn exchange_search(
     first: FlightData,
     rest: Streaming<FlightData>,
 ) -> Result<BoxStream<FlightData>, Status> {
-    let mut input = batch_stream(first, rest);
+    // Query rows are few: their bodies need no pool.
+    let mut input = batch_stream(first, rest, BodyPool::new(0));
     let mut batches = Vec::new();
     let mut rows = 0;
     while let Some(batch) = input.next().await {

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_flight::FlightData;
-use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -14,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+use super::ingest_decode::{BodyPool, IngestDecoder};
 use super::status::{bounded_status, collection_status, decode_status, invalid, write_status};
 use super::{BoxStream, blocking};
 use crate::convert::{self};
@@ -146,7 +146,7 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
     db: Arc<Database>,
     gate: IngestGate,
     name: String,
-    mut input: FlightRecordBatchStream,
+    mut input: IngestBatches,
     metrics: Option<Arc<Metrics>>,
     method: &'static str,
     wrap: fn(Bytes) -> T,
@@ -206,18 +206,26 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
     Box::pin(ReceiverStream::new(rx))
 }
 
-/// The batches of a client stream whose first message (already read) is `first`. A first
-/// message that carries only the descriptor (no IPC message: pyarrow's DoExchange sends the
-/// descriptor alone, then the schema) is dropped; decoding it as IPC fails.
+/// The record batches of a client stream, decoded.
+pub(super) type IngestBatches =
+    futures::stream::BoxStream<'static, Result<RecordBatch, FlightError>>;
+
+/// The batches of a client stream whose first message (already read) is `first`, their bodies
+/// decoded through `pool` ([`IngestDecoder`]). A first message that carries only the
+/// descriptor (no IPC message: pyarrow's DoExchange sends the descriptor alone, then the
+/// schema) is dropped; decoding it as IPC fails.
 pub(super) fn batch_stream(
     first: FlightData,
     rest: Streaming<FlightData>,
-) -> FlightRecordBatchStream {
+    pool: Arc<BodyPool>,
+) -> IngestBatches {
     let first = (!first.data_header.is_empty() || !first.data_body.is_empty()).then_some(first);
-    let all = futures::stream::iter(first.map(Ok))
+    let mut decoder = IngestDecoder::new(pool);
+    futures::stream::iter(first.map(Ok))
         .chain(rest)
-        .map_err(|s| FlightError::Tonic(Box::new(s)));
-    FlightRecordBatchStream::new_from_flight_data(all)
+        .map_err(|s| FlightError::Tonic(Box::new(s)))
+        .try_filter_map(move |data| futures::future::ready(decoder.decode(data)))
+        .boxed()
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ use actions::{canonical_action, run_action, unknown_action};
 use actions::{vector_search_queries, vector_search_stream};
 use exchange::{SEARCH_COMMANDS, exchange_search};
 use ingest::{IngestGate, batch_stream, spawn_ingest};
+use ingest_decode::BodyPool;
 use read::{encode_batches, run_get, run_search, scan_stream};
 pub(crate) use status::bounded_status;
 use status::{collection_status, invalid};
@@ -50,6 +51,7 @@ mod actions;
 mod chunker;
 mod exchange;
 mod ingest;
+mod ingest_decode;
 mod read;
 mod status;
 
@@ -73,6 +75,11 @@ pub struct ServiceConfig {
     /// acknowledged; a batch counts twice its Arrow bytes, for the WAL's copy). `None`: no bound
     /// but eight batches a stream. `quiver serve --memory-budget` sets a sixteenth of it.
     pub max_ingest_bytes: Option<usize>,
+    /// Bytes of freed ingest message bodies kept for the next batches to reuse (their pages
+    /// stay resident; a fresh buffer faults every page in). 0 keeps none. Default 128 MiB, the
+    /// engine's two default memtables; `quiver serve --memory-budget` sets 0, as freed memory
+    /// must then go back at once.
+    pub ingest_pool_bytes: usize,
     /// Prometheus metrics to count into (`None`: off, nothing is counted).
     pub metrics: Option<Arc<Metrics>>,
 }
@@ -86,6 +93,7 @@ impl Default for ServiceConfig {
             max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
             max_index_wait: Duration::from_secs(3600),
             max_ingest_bytes: None,
+            ingest_pool_bytes: 128 << 20,
             metrics: None,
         }
     }
@@ -98,13 +106,16 @@ pub struct QuiverFlight {
     cfg: Arc<ServiceConfig>,
     auth: Auth,
     ingest_gate: IngestGate,
+    /// Buffers for ingest message bodies, reused after flushes ([`ingest_decode`]).
+    bodies: Arc<BodyPool>,
 }
 
 impl QuiverFlight {
     /// A service over `db`.
     pub fn new(db: Arc<Database>, cfg: ServiceConfig, auth: Auth) -> Self {
         let ingest_gate = IngestGate::new(cfg.max_ingest_bytes);
-        QuiverFlight { db, cfg: Arc::new(cfg), auth, ingest_gate }
+        let bodies = BodyPool::new(cfg.ingest_pool_bytes);
+        QuiverFlight { db, cfg: Arc::new(cfg), auth, ingest_gate, bodies }
     }
 }
 
@@ -367,7 +378,7 @@ impl QuiverFlight {
         let mut input = request.into_inner();
         let first = input.message().await?.ok_or_else(|| invalid("the DoPut stream is empty"))?;
         let name = descriptor_collection(first.flight_descriptor.as_ref())?;
-        let batches = batch_stream(first, input);
+        let batches = batch_stream(first, input, self.bodies.clone());
         let metrics = self.cfg.metrics.clone();
         let gate = self.ingest_gate.clone();
         Ok(Response::new(spawn_ingest(
@@ -424,7 +435,7 @@ impl QuiverFlight {
                 )));
             }
         };
-        let batches = batch_stream(first, input);
+        let batches = batch_stream(first, input, self.bodies.clone());
         let metrics = self.cfg.metrics.clone();
         Ok(Response::new(spawn_ingest(
             self.db.clone(),
