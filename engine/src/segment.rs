@@ -52,6 +52,7 @@ use parquet::file::writer::SerializedFileWriter;
 
 use quiver_wal::vfs::{OpenMode, Vfs, VfsFile};
 
+mod byte_split;
 mod deletes;
 mod filtering;
 mod labels;

@@ -192,18 +192,7 @@ impl VectorLeaf {
             Encoding::PLAIN => out.extend(
                 bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
             ),
-            Encoding::BYTE_STREAM_SPLIT => {
-                let (s0, rest) = bytes.split_at(n);
-                let (s1, rest) = rest.split_at(n);
-                let (s2, s3) = rest.split_at(n);
-                out.extend(
-                    s0.iter()
-                        .zip(s1)
-                        .zip(s2)
-                        .zip(s3)
-                        .map(|(((&a, &b), &c), &d)| f32::from_le_bytes([a, b, c, d])),
-                );
-            }
+            Encoding::BYTE_STREAM_SPLIT => super::byte_split::join(bytes, out),
             e => return Err(self.corrupt(&format!("values encoded as {e}"))),
         }
         Ok(())

@@ -28,6 +28,8 @@ use parquet::file::metadata::ColumnChunkMetaData;
 use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnDescPtr;
 
+use super::byte_split;
+
 /// Value bytes per data page (the last page of a chunk may hold fewer; a page holds at least
 /// one row).
 const PAGE_VALUE_BYTES: usize = 1 << 20;
@@ -247,15 +249,15 @@ impl Floats<'_> {
             let take = (part.len() - self.at).min(n - done);
             let src = &part[self.at..self.at + take];
             let range = done..done + take;
-            for ((((v, a), b), c), d) in src
-                .iter()
-                .zip(&mut s0[range.clone()])
-                .zip(&mut s1[range.clone()])
-                .zip(&mut s2[range.clone()])
-                .zip(&mut s3[range])
-            {
-                [*a, *b, *c, *d] = v.to_le_bytes();
-            }
+            byte_split::split(
+                src,
+                [
+                    &mut s0[range.clone()],
+                    &mut s1[range.clone()],
+                    &mut s2[range.clone()],
+                    &mut s3[range],
+                ],
+            );
             done += take;
             self.at += take;
             if self.at == part.len() {
