@@ -8,7 +8,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Int8Type, Int64Type, UInt8Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow_buffer::ScalarBuffer;
-use arrow_schema::{ArrowError, DataType};
+use arrow_schema::{ArrowError, DataType, Schema};
 
 use crate::schema::{
     CollectionSchema, ID_COLUMN, IdType, MAX_STRING_ID, VECTOR_COLUMN, VectorType,
@@ -90,6 +90,29 @@ pub enum BatchError {
     /// Arrow could not assemble the stored batch.
     #[error("arrow: {0}")]
     Arrow(String),
+    /// An IPC message given to [`crate::Database::submit_insert_message`] that it does not
+    /// log as it is.
+    #[error("the IPC message {0}")]
+    Message(MessageRefusal),
+}
+
+/// Why [`crate::Database::submit_insert_message`] refused a message (insert its decoded batch
+/// with [`crate::Database::submit_insert`] instead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageRefusal {
+    /// The header is not a record batch message.
+    #[error("is not a record batch")]
+    NotRecordBatch,
+    /// The body is compressed (the log stores bodies as they decode).
+    #[error("has a compressed body")]
+    Compressed,
+    /// The schema has dictionary-encoded columns (their values are in other messages).
+    #[error("uses dictionaries")]
+    Dictionaries,
+    /// The body is not as long as the header says.
+    #[error("body length differs from its header's")]
+    BodyLength,
 }
 
 impl From<ArrowError> for BatchError {
@@ -692,6 +715,44 @@ pub fn encode_payload_into(
     w.write(batch)?;
     w.finish()?;
     Ok(())
+}
+
+/// The WAL payload of the record batch message (`header`, `body`) of `schema`, in the form
+/// [`encode_payload`] writes — the collection id, then an IPC stream of the schema, the message
+/// and its end — as parts: everything before the body, the body itself (shared, not copied),
+/// and the stream's end. Decodes with [`decode_payload`] to the batch the message decodes to.
+///
+/// # Errors
+/// If Arrow cannot encode the schema.
+pub fn message_payload(
+    collection: u64,
+    schema: &Schema,
+    header: &[u8],
+    body: bytes::Bytes,
+) -> Result<Vec<bytes::Bytes>, ArrowError> {
+    let options = arrow_ipc::writer::IpcWriteOptions::default();
+    let mut tracker = arrow_ipc::writer::DictionaryTracker::new(false);
+    let encoded = arrow_ipc::writer::IpcDataGenerator::default()
+        .schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &options);
+    let mut head = Vec::with_capacity(64 + encoded.ipc_message.len() + header.len());
+    head.extend_from_slice(&collection.to_le_bytes());
+    frame_message(&mut head, &encoded.ipc_message);
+    frame_message(&mut head, header);
+    Ok(vec![bytes::Bytes::from(head), body, bytes::Bytes::from_static(&IPC_END_OF_STREAM)])
+}
+
+/// An IPC stream's end: the continuation marker and a zero length.
+const IPC_END_OF_STREAM: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+
+/// Appends an encapsulated IPC message's framing and `flatbuffer`: the continuation marker,
+/// the padded length, the flatbuffer, zeros to a multiple of 8 (the body, if any, follows).
+fn frame_message(out: &mut Vec<u8>, flatbuffer: &[u8]) {
+    let padded = flatbuffer.len().next_multiple_of(8);
+    let length = i32::try_from(padded).expect("IPC message headers are far below 2 GiB");
+    out.extend_from_slice(&[0xff; 4]);
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(flatbuffer);
+    out.resize(out.len() + padded - flatbuffer.len(), 0);
 }
 
 /// Why a WAL payload was refused ([`decode_payload`]).

@@ -127,7 +127,7 @@ impl Flusher {
                 self.shared.fail(e);
             }
             for q in batch.drain(..) {
-                self.shared.give_buffer(q.payload);
+                self.shared.give_payload(q.payload);
             }
             if done {
                 self.shared.finish();
@@ -211,7 +211,9 @@ impl Flusher {
             };
             debug_assert_eq!(q.lsn, last_in_buf + 1, "records reach the flusher in LSN order");
             self.buf.extend_from_slice(&header.encode());
-            self.buf.extend_from_slice(&q.payload);
+            for piece in q.payload.pieces() {
+                self.buf.extend_from_slice(piece);
+            }
             // `buf` starts at a block (direct) or at `offset` (buffered), both 8-aligned in
             // the file, so aligning its length aligns the next record's place.
             self.buf.zero_extend(align_up(self.buf.len()));

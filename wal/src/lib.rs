@@ -71,7 +71,7 @@ pub use stats::{SYNC_BUCKETS, WalStats};
 
 use format::{FLAG_ZSTD, RECORD_HEADER_LEN, align_up};
 use recovery::SegmentFile;
-use shared::{Queued, Shared, lock};
+use shared::{Payload, Queued, Shared, lock};
 
 /// A log sequence number. The first record of a new log has LSN 1; 0 means "none".
 pub type Lsn = u64;
@@ -151,14 +151,56 @@ impl Wal {
         }
         let raw_len = u32::try_from(payload.len()).expect("checked against max_record_bytes");
         let (stored, flags) = self.encode(payload)?;
-        let payload_crc = crc32c::crc32c(&stored);
+        self.enqueue(kind, flags, raw_len, Payload::Owned(stored))
+    }
+
+    /// [`Wal::submit`] of a payload made of `parts`, one after another: the log holds the
+    /// parts (shared, not copied) until the record is written, and the flusher copies them
+    /// straight into the write. A caller can so log bytes it keeps for itself without a copy
+    /// of its own (the engine logs a received batch's message body, which its memtable holds).
+    /// Under [`Compression::Zstd`], a payload worth compressing is first gathered into a
+    /// buffer of the log's.
+    ///
+    /// # Errors
+    /// As [`Wal::submit`].
+    pub fn submit_parts(&self, kind: u8, parts: Vec<bytes::Bytes>) -> Result<Pending, AppendError> {
+        let payload = Payload::Parts(parts);
+        let len = payload.len();
+        let max = self.shared.opts.max_record_bytes;
+        if len > max {
+            return Err(AppendError::TooLarge { len, max });
+        }
+        let raw_len = u32::try_from(len).expect("checked against max_record_bytes");
+        if matches!(self.shared.opts.compression, Compression::Zstd { .. })
+            && len >= self.shared.opts.compress_min_bytes
+        {
+            let mut whole = self.buffer();
+            whole.reserve(len);
+            for piece in payload.pieces() {
+                whole.extend_from_slice(piece);
+            }
+            let (stored, flags) = self.encode(whole)?;
+            return self.enqueue(kind, flags, raw_len, Payload::Owned(stored));
+        }
+        self.enqueue(kind, 0, raw_len, payload)
+    }
+
+    /// Queues a stored payload: waits for room, takes the next LSN, wakes the flusher.
+    fn enqueue(
+        &self,
+        kind: u8,
+        flags: u8,
+        raw_len: u32,
+        stored: Payload,
+    ) -> Result<Pending, AppendError> {
+        let payload_crc = stored.crc();
         let size = align_up(RECORD_HEADER_LEN + stored.len());
         let mut st = self.shared.state();
         loop {
             if let Some(e) = &st.failed {
                 let e = AppendError::Failed(Arc::clone(e));
                 drop(st);
-                self.shared.give_buffer(stored);
+                self.shared.give_payload(stored);
                 return Err(e);
             }
             if st.closing || st.flusher_done {

@@ -17,7 +17,38 @@ pub(crate) struct Queued {
     pub(crate) flags: u8,
     pub(crate) raw_len: u32,
     pub(crate) payload_crc: u32,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Payload,
+}
+
+/// A queued record's payload as stored.
+pub(crate) enum Payload {
+    /// A buffer the log owns: back to the pool once written.
+    Owned(Vec<u8>),
+    /// Parts shared with the caller, stored one after another ([`crate::Wal::submit_parts`]).
+    Parts(Vec<bytes::Bytes>),
+}
+
+impl Payload {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Payload::Owned(v) => v.len(),
+            Payload::Parts(parts) => parts.iter().map(bytes::Bytes::len).sum(),
+        }
+    }
+
+    /// Every byte, in order, part by part.
+    pub(crate) fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        let (one, parts) = match self {
+            Payload::Owned(v) => (Some(v.as_slice()), &[][..]),
+            Payload::Parts(parts) => (None, parts.as_slice()),
+        };
+        one.into_iter().chain(parts.iter().map(|p| &p[..]))
+    }
+
+    /// The CRC32C of every byte.
+    pub(crate) fn crc(&self) -> u32 {
+        self.pieces().fold(0, crc32c::crc32c_append)
+    }
 }
 
 #[derive(Default)]
@@ -74,6 +105,13 @@ impl Shared {
 
     pub(crate) fn take_buffer(&self) -> Vec<u8> {
         self.buffers.1.try_recv().unwrap_or_default()
+    }
+
+    /// Gives a written payload's buffer back to the pool (shared parts are just dropped).
+    pub(crate) fn give_payload(&self, payload: Payload) {
+        if let Payload::Owned(buf) = payload {
+            self.give_buffer(buf);
+        }
     }
 
     pub(crate) fn give_buffer(&self, mut buf: Vec<u8>) {

@@ -366,3 +366,34 @@ fn stats_count_every_record_byte_group_and_sync() {
     assert!(s.sync_seconds > 0.0);
     assert_eq!(s.queued_bytes, 0, "nothing waits once appends returned");
 }
+
+/// A payload logged as shared parts must come back as one record, byte for byte, compressed
+/// or not, and an oversized one must be refused whole.
+#[test]
+fn a_payload_given_in_parts_is_one_record_compressed_or_not_and_an_oversized_one_is_refused() {
+    for compression in [Compression::None, Compression::Zstd { level: 1 }] {
+        let vfs = SimVfs::new();
+        let opts = WalOptions::default()
+            .vfs(Arc::new(vfs.clone()))
+            .compression(compression)
+            .max_record_bytes(50_000);
+        let wal = Wal::open("/wal", opts).unwrap();
+        let whole = [payload(3, 7), vec![0u8; 20_000], payload(4, 9_999)].concat();
+        let parts = vec![
+            bytes::Bytes::copy_from_slice(&whole[..7]),
+            bytes::Bytes::new(),
+            bytes::Bytes::copy_from_slice(&whole[7..20_007]),
+            bytes::Bytes::copy_from_slice(&whole[20_007..]),
+        ];
+        let lsn = wal.submit_parts(2, parts).unwrap().wait().unwrap();
+        let too_big =
+            vec![bytes::Bytes::from(vec![1u8; 30_000]), bytes::Bytes::from(vec![2u8; 30_000])];
+        assert!(matches!(
+            wal.submit_parts(2, too_big),
+            Err(AppendError::TooLarge { len: 60_000, max: 50_000 })
+        ));
+        let got = all(&wal, 1);
+        assert_eq!(got.len(), 1, "{compression:?}");
+        assert_eq!((got[0].0, got[0].1, &got[0].2), (lsn, 2, &whole), "{compression:?}");
+    }
+}

@@ -101,6 +101,18 @@ fn options(vfs: &SimVfs, compress: bool, direct: bool) -> WalOptions {
 
 use common::payload;
 
+/// Submits `p` whole, or (for odd lengths) as up to three shared parts
+/// ([`Wal::submit_parts`]): both paths must store the same record.
+fn submit(wal: &Wal, writer: u8, p: &[u8]) -> Result<quiver_wal::Pending, quiver_wal::AppendError> {
+    if p.len().is_multiple_of(2) {
+        return wal.submit(writer, p);
+    }
+    let (a, rest) = p.split_at(p.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    let parts = [a, b, c].iter().map(|x| bytes::Bytes::copy_from_slice(x)).collect();
+    wal.submit_parts(writer, parts)
+}
+
 impl Sut {
     fn open(&mut self) -> Wal {
         if self.vfs.is_down() {
@@ -173,7 +185,7 @@ impl StateMachineTest for WalTest {
                             s.spawn(move || {
                                 let pending: Vec<_> = payloads
                                     .into_iter()
-                                    .filter_map(|p| wal.submit(writer, &p).ok().map(|pd| (pd, p)))
+                                    .filter_map(|p| submit(wal, writer, &p).ok().map(|pd| (pd, p)))
                                     .collect();
                                 pending
                                     .into_iter()

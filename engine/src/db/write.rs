@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, RecordBatch};
-use arrow_schema::{Field, Schema};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use crate::batch::{self, kind};
 use crate::error::{FlushError, WriteError};
@@ -54,7 +54,38 @@ impl Database {
         let mut payload = inner.wal.buffer();
         batch::encode_payload_into(&mut payload, cid, &prepared.batch)
             .map_err(batch::BatchError::from)?;
-        self.submit(Op::Insert { collection: cid, prepared }, kind::INSERT, payload)
+        self.submit(Op::Insert { collection: cid, prepared }, kind::INSERT, Record::Owned(payload))
+    }
+
+    /// [`Database::submit_insert`] of a record batch given as the Arrow IPC message it came in:
+    /// `header`, the message's flatbuffer, and `body`, its body, decoded with `schema` (what a
+    /// Flight client sends as a `FlightData`). The batch is decoded from `body` in place, and
+    /// the WAL record is written from the same bytes: no re-encoding, and no copy of the body
+    /// before the log's own write. The rows are checked exactly as `submit_insert` checks
+    /// them, and recovery decodes the record to the same batch.
+    ///
+    /// # Errors
+    /// As [`Database::submit_insert`]; and [`batch::BatchError::Message`] for a message this
+    /// does not log as it is (a compressed body, dictionary columns, not a record batch): insert
+    /// its decoded batch with `submit_insert` instead.
+    pub fn submit_insert_message(
+        &self,
+        collection: &str,
+        schema: &SchemaRef,
+        header: &[u8],
+        body: &arrow_buffer::Buffer,
+    ) -> Result<PendingWrite, WriteError> {
+        let inner = &self.inner;
+        let decoded = decode_message(schema, header, body)?;
+        let _span = tracing::debug_span!("insert", collection, rows = decoded.num_rows()).entered();
+        let (cid, collection_schema) = self.admit(collection, decoded.num_rows())?;
+        let prepared = batch::prepare(&collection_schema, &decoded, batch::Admit::New)?;
+        if prepared.keys.is_empty() {
+            return Ok(PendingWrite::done(inner, inner.wal.durable_lsn()));
+        }
+        let parts = batch::message_payload(cid, schema, header, bytes::Bytes::from(body.clone()))
+            .map_err(batch::BatchError::from)?;
+        self.submit(Op::Insert { collection: cid, prepared }, kind::INSERT, Record::Parts(parts))
     }
 
     /// Deletes the rows with these ids (an array of the collection's id type); ids not present
@@ -76,7 +107,8 @@ impl Database {
         )
         .map_err(batch::BatchError::from)?;
         let payload = batch::encode_payload(cid, &b).map_err(batch::BatchError::from)?;
-        self.submit(Op::Delete { collection: cid, keys }, kind::DELETE, payload)?.wait()
+        self.submit(Op::Delete { collection: cid, keys }, kind::DELETE, Record::Owned(payload))?
+            .wait()
     }
 
     /// The checks every write passes first: not poisoned, within the row limit, a known
@@ -157,19 +189,92 @@ impl Database {
         &self,
         op: Op,
         kind: u8,
-        payload: Vec<u8>,
+        record: Record,
     ) -> Result<PendingWrite, WriteError> {
         let inner = &self.inner;
-        self.make_room(payload.len())?;
+        self.make_room(record.len())?;
         let pending = {
             let mut order = lock(&inner.order);
-            let pending = inner.wal.submit_owned(kind, payload).inspect_err(|e| {
+            let submitted = match record {
+                Record::Owned(payload) => inner.wal.submit_owned(kind, payload),
+                Record::Parts(parts) => inner.wal.submit_parts(kind, parts),
+            };
+            let pending = submitted.inspect_err(|e| {
                 inner.poison(format!("WAL append failed: {e}"));
             })?;
             order.queue.push_back((pending.lsn(), op));
             pending
         };
         Ok(PendingWrite { inner: Arc::clone(inner), lsn: pending.lsn(), wal: Some(pending) })
+    }
+}
+
+/// A WAL record's payload: one buffer, or parts shared with the memtable.
+pub(super) enum Record {
+    Owned(Vec<u8>),
+    Parts(Vec<bytes::Bytes>),
+}
+
+impl Record {
+    fn len(&self) -> usize {
+        match self {
+            Record::Owned(payload) => payload.len(),
+            Record::Parts(parts) => parts.iter().map(bytes::Bytes::len).sum(),
+        }
+    }
+}
+
+/// The batch of the record batch message (`header`, `body`) of `schema`, decoded in place,
+/// if it is one that [`Database::submit_insert_message`] logs as it is.
+fn decode_message(
+    schema: &SchemaRef,
+    header: &[u8],
+    body: &arrow_buffer::Buffer,
+) -> Result<RecordBatch, batch::BatchError> {
+    use batch::{BatchError, MessageRefusal};
+    let message = arrow_ipc::root_as_message(header)
+        .map_err(|e| BatchError::from(ArrowError::IpcError(e.to_string())))?;
+    let record = message
+        .header_as_record_batch()
+        .ok_or(BatchError::Message(MessageRefusal::NotRecordBatch))?;
+    if record.compression().is_some() {
+        return Err(BatchError::Message(MessageRefusal::Compressed));
+    }
+    if schema.fields().iter().any(|f| has_dictionary(f.data_type())) {
+        return Err(BatchError::Message(MessageRefusal::Dictionaries));
+    }
+    if usize::try_from(message.bodyLength()).ok() != Some(body.len()) {
+        return Err(BatchError::Message(MessageRefusal::BodyLength));
+    }
+    let version = message.version();
+    let no_dictionaries = std::collections::HashMap::new();
+    let decoded = arrow_ipc::reader::RecordBatchDecoder::try_new(
+        body,
+        record,
+        Arc::clone(schema),
+        &no_dictionaries,
+        &version,
+    )?
+    .read_record_batch()?;
+    Ok(decoded)
+}
+
+/// Whether `data_type` is, or holds, a dictionary-encoded type.
+fn has_dictionary(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Dictionary(..) => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => has_dictionary(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        DataType::RunEndEncoded(ends, values) => {
+            has_dictionary(ends.data_type()) || has_dictionary(values.data_type())
+        }
+        _ => false,
     }
 }
 

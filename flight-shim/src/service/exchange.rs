@@ -39,7 +39,7 @@ pub(super) async fn exchange_search(
     let mut batches = Vec::new();
     let mut rows = 0;
     while let Some(batch) = input.next().await {
-        let batch = batch.map_err(decode_status)?;
+        let batch = batch.map_err(decode_status)?.batch;
         rows += batch.num_rows();
         if rows > MAX_QUERIES {
             return Err(invalid(format!("more than {MAX_QUERIES} queries in one DoExchange")));

@@ -7,13 +7,13 @@ use arrow_flight::FlightData;
 use arrow_flight::error::FlightError;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use quiver_engine::{CollectionError, Database, PendingWrite};
+use quiver_engine::{BatchError, CollectionError, Database, PendingWrite, WriteError};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::ingest_decode::{BodyPool, IngestDecoder};
+use super::ingest_decode::{BodyPool, Decoded, IngestDecoder};
 use super::status::{bounded_status, collection_status, decode_status, invalid, write_status};
 use super::{BoxStream, blocking};
 use crate::convert::{self};
@@ -70,8 +70,9 @@ impl IngestGate {
 pub(super) fn submit_batch(
     db: &Database,
     name: &str,
-    batch: &RecordBatch,
+    decoded: &Decoded,
 ) -> Result<Submitted, Status> {
+    let batch = &decoded.batch;
     let arrived = std::time::Instant::now();
     let in_schema = batch.schema();
     let cs = match db.schema(name) {
@@ -109,8 +110,28 @@ pub(super) fn submit_batch(
         // Additive schema evolution, as Longbow allows: durable before the batch is logged.
         db.add_attributes(name, &added).map_err(collection_status)?;
     }
-    let pending = db.submit_insert(name, &b).map_err(|e| write_status(name, e))?;
+    let pending = submit(db, name, &b, decoded).map_err(|e| write_status(name, e))?;
     Ok(Submitted { rows, bytes, arrived, element_type, pending: Some(pending), gate: None })
+}
+
+/// Submits `conformed`, the collection's shape of `decoded.batch`: logged from the message it
+/// came in when conforming changed no column (only names, say) and the engine takes the
+/// message as it is, else re-encoded from the batch.
+fn submit(
+    db: &Database,
+    name: &str,
+    conformed: &RecordBatch,
+    decoded: &Decoded,
+) -> Result<PendingWrite, WriteError> {
+    let unchanged = conformed.columns().len() == decoded.batch.columns().len()
+        && conformed.columns().iter().zip(decoded.batch.columns()).all(|(a, b)| Arc::ptr_eq(a, b));
+    if let (true, Some((header, body))) = (unchanged, &decoded.message) {
+        match db.submit_insert_message(name, &conformed.schema(), header, body) {
+            Err(WriteError::Batch(BatchError::Message(_))) => {}
+            submitted => return submitted,
+        }
+    }
+    db.submit_insert(name, conformed)
 }
 
 /// Waits until a submitted batch is durable (and visible); returns the acknowledgement JSON.
@@ -158,10 +179,10 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
         while let Some(next) = input.next().await {
             let submitted = match next {
                 Err(e) => Err(decode_status(e)),
-                Ok(batch) => {
-                    let room = gate.admit(&batch).await;
+                Ok(decoded) => {
+                    let room = gate.admit(&decoded.batch).await;
                     let (db, name) = (db.clone(), name.clone());
-                    blocking(move || submit_batch(&db, &name, &batch)).await.map(|mut s| {
+                    blocking(move || submit_batch(&db, &name, &decoded)).await.map(|mut s| {
                         s.gate = room;
                         s
                     })
@@ -207,8 +228,7 @@ pub(super) fn spawn_ingest<T: Send + 'static>(
 }
 
 /// The record batches of a client stream, decoded.
-pub(super) type IngestBatches =
-    futures::stream::BoxStream<'static, Result<RecordBatch, FlightError>>;
+pub(super) type IngestBatches = futures::stream::BoxStream<'static, Result<Decoded, FlightError>>;
 
 /// The batches of a client stream whose first message (already read) is `first`, their bodies
 /// decoded through `pool` ([`IngestDecoder`]). A first message that carries only the

@@ -109,6 +109,15 @@ impl BodyPool {
     }
 }
 
+/// A decoded batch, and the message it came in when the WAL can log that message as it is.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) batch: RecordBatch,
+    /// The message's flatbuffer header and body (which `batch` views): present unless the
+    /// body is compressed or the stream uses dictionaries.
+    pub(crate) message: Option<(bytes::Bytes, Buffer)>,
+}
+
 /// The decoding state of one client stream: its schema and dictionaries so far.
 pub(crate) struct IngestDecoder {
     pool: Arc<BodyPool>,
@@ -123,7 +132,7 @@ impl IngestDecoder {
 
     /// Decodes one message: a record batch, or `None` for a schema, a dictionary or a message
     /// with no IPC content (application metadata alone).
-    pub(crate) fn decode(&mut self, data: FlightData) -> Result<Option<RecordBatch>, FlightError> {
+    pub(crate) fn decode(&mut self, data: FlightData) -> Result<Option<Decoded>, FlightError> {
         let FlightData { data_header, data_body, .. } = data;
         let message = arrow_ipc::root_as_message(&data_header[..])
             .map_err(|e| FlightError::DecodeError(format!("Error decoding root message: {e}")))?;
@@ -163,6 +172,7 @@ impl IngestDecoder {
                     FlightError::DecodeError("Unable to read a record batch header".to_string())
                 })?;
                 let body = self.pool.buffer(data_body);
+                let loggable = batch.compression().is_none() && self.dictionaries.is_empty();
                 let version = message.version();
                 let decoded = arrow_ipc::reader::RecordBatchDecoder::try_new(
                     &body,
@@ -175,7 +185,8 @@ impl IngestDecoder {
                 .map_err(|e| {
                     FlightError::DecodeError(format!("Error decoding ipc RecordBatch: {e}"))
                 })?;
-                Ok(Some(decoded))
+                let message = loggable.then_some((data_header, body));
+                Ok(Some(Decoded { batch: decoded, message }))
             }
             other => {
                 let name = other.variant_name().unwrap_or("UNKNOWN");
@@ -253,8 +264,12 @@ mod tests {
             let mut decoder = IngestDecoder::new(Arc::clone(&pool));
             let mut got = Vec::new();
             for m in &messages {
-                if let Some(b) = decoder.decode(shifted(m.clone(), shift)).unwrap() {
-                    got.push(b);
+                if let Some(d) = decoder.decode(shifted(m.clone(), shift)).unwrap() {
+                    assert!(
+                        d.message.is_none(),
+                        "a stream with dictionaries is not logged as sent"
+                    );
+                    got.push(d.batch);
                 }
             }
             assert_eq!(got, sent, "body shifted by {shift}");
@@ -270,7 +285,7 @@ mod tests {
         for m in &messages[..messages.len() - 1] {
             assert!(decoder.decode(m.clone()).unwrap().is_none());
         }
-        let first = decoder.decode(shifted(body_message.clone(), 3)).unwrap().unwrap();
+        let first = decoder.decode(shifted(body_message.clone(), 3)).unwrap().unwrap().batch;
         assert_eq!(pool.free_bytes(), 0, "the batch still views its buffer");
         let column = first.column(1).clone();
         drop(first);
@@ -278,7 +293,7 @@ mod tests {
         drop(column);
         let held = pool.free_bytes();
         assert!(held >= body_message.data_body.len(), "back in the pool: {held}");
-        let second = decoder.decode(shifted(body_message, 5)).unwrap().unwrap();
+        let second = decoder.decode(shifted(body_message, 5)).unwrap().unwrap().batch;
         assert_eq!(pool.free_bytes(), 0, "the second batch took the buffer");
         assert_eq!(second, sample_batch(500));
     }
@@ -290,8 +305,10 @@ mod tests {
         let mut decoder = IngestDecoder::new(Arc::clone(&pool));
         let err = decoder.decode(messages.last().unwrap().clone()).unwrap_err();
         assert!(err.to_string().contains("prior to Schema"), "{err}");
-        let batches: Vec<RecordBatch> =
-            messages.into_iter().filter_map(|m| decoder.decode(shifted(m, 1)).unwrap()).collect();
+        let batches: Vec<RecordBatch> = messages
+            .into_iter()
+            .filter_map(|m| decoder.decode(shifted(m, 1)).unwrap().map(|d| d.batch))
+            .collect();
         assert_eq!(batches, vec![sample_batch(10)]);
         drop(batches);
         assert_eq!(pool.free_bytes(), 0);
