@@ -69,24 +69,32 @@ impl BodyPool {
         }
         let words = body.len().div_ceil(8);
         let mut buffer = self.take(words);
-        if buffer.len() < words {
-            buffer.resize(words, 0);
+        buffer.clear();
+        buffer.reserve_exact(words);
+        // Copied word by word rather than zero-filled first: a fresh buffer's pages are then
+        // touched once, by the copy.
+        let (whole, rest) = body.as_chunks::<8>();
+        buffer.extend(whole.iter().map(|w| u64::from_ne_bytes(*w)));
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            buffer.push(u64::from_ne_bytes(last));
         }
-        bytemuck::cast_slice_mut::<u64, u8>(&mut buffer)[..body.len()].copy_from_slice(&body);
         let owner = PooledBody { words: buffer, len: body.len(), pool: Arc::clone(self) };
         Buffer::from(bytes::Bytes::from_owner(owner))
     }
 
-    /// A free buffer of at least `words` words (the smallest such), or a new empty one.
+    /// A free buffer with room for at least `words` words (the smallest such), or a new empty
+    /// one.
     fn take(&self, words: usize) -> Vec<u64> {
         let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let best = (0..free.buffers.len())
-            .filter(|&i| free.buffers[i].len() >= words)
-            .min_by_key(|&i| free.buffers[i].len());
+            .filter(|&i| free.buffers[i].capacity() >= words)
+            .min_by_key(|&i| free.buffers[i].capacity());
         match best {
             Some(i) => {
                 let buffer = free.buffers.swap_remove(i);
-                free.bytes -= buffer.len() * 8;
+                free.bytes -= buffer.capacity() * 8;
                 buffer
             }
             None => Vec::new(),
@@ -94,7 +102,7 @@ impl BodyPool {
     }
 
     fn give(&self, buffer: Vec<u64>) {
-        let bytes = buffer.len() * 8;
+        let bytes = buffer.capacity() * 8;
         let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if bytes > 0 && free.bytes + bytes <= self.max_bytes {
             free.bytes += bytes;
