@@ -34,8 +34,10 @@ pub(super) struct Submitted {
 }
 
 /// Bounds the bytes of ingest batches in flight over every stream of a server: decoded and
-/// handed to the WAL, not yet acknowledged. Each batch counts twice its Arrow bytes (its rows,
-/// and the WAL record that copies them). Without a bound only [`MAX_IN_FLIGHT`] per stream
+/// handed to the WAL, not yet acknowledged. Each batch counts twice its Arrow bytes: its rows,
+/// and the WAL's copy of them (a re-encoded record; a record logged from its message shares
+/// the body until the flusher copies it into its write, so the count is an upper bound).
+/// Without a bound only [`MAX_IN_FLIGHT`] per stream
 /// applies: eight 5 MB batches, and their records, were 80 MB in flight on one stream.
 #[derive(Clone, Debug)]
 pub(super) struct IngestGate {
