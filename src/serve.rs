@@ -281,8 +281,10 @@ pub fn serve(args: &ServeArgs) -> Result<(), BoxError> {
         usize::try_from(b).unwrap_or(usize::MAX) / quiver_engine::budget_shares::IN_FLIGHT
     });
     if args.memory_budget.is_some() {
-        // Within a budget freed memory goes back at once (see above): no pool keeps it.
+        // Within a budget freed memory goes back at once (see above): no pool keeps it, and
+        // connections read HTTP/2's smallest frames.
         cfg.service.ingest_pool_bytes = 0;
+        cfg.max_frame_size = 16 << 10;
     }
     let db = Arc::new(Database::open(&args.data, engine_options(args))?);
     if args.warm_sector_cache {
