@@ -23,7 +23,10 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod aligned;
 pub mod sim;
+
+pub use aligned::AlignedBuf;
 
 /// What a direct write's offset, length and buffer address must be multiples of
 /// ([`VfsFile::set_direct_io`]): 4 KiB, the page size and the largest logical block size of
@@ -408,15 +411,13 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_direct_file_takes_aligned_writes_and_refuses_misaligned_ones() {
-        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-        #[repr(C, align(4096))]
-        struct Block([u8; DIRECT_IO_ALIGN]);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d");
         let f = OsVfs.open(&path, OpenMode::CreateNew).unwrap();
         f.write_all_at(b"head", 0).unwrap();
-        let blocks = vec![Block([5; DIRECT_IO_ALIGN]); 2];
-        let aligned: &[u8] = bytemuck::cast_slice(&blocks);
+        let mut blocks = crate::AlignedBuf::default();
+        blocks.extend_from_slice(&[5; 2 * DIRECT_IO_ALIGN]);
+        let aligned = blocks.as_slice();
         if !f.set_direct_io(true).unwrap() {
             // tmpfs and the like: the file stays buffered, and says so.
             f.write_all_at(&aligned[1..10], 1).unwrap();

@@ -183,6 +183,7 @@ fn crash_error() -> io::Error {
 /// Linux's errno values for the injected errors.
 const EIO: i32 = 5;
 const EINVAL: i32 = 22;
+const ENOSPC: i32 = 28;
 
 /// Whether a direct write of `buf` at `offset` is aligned as `O_DIRECT` requires: offset,
 /// length and buffer address all multiples of [`DIRECT_IO_ALIGN`].
@@ -192,7 +193,6 @@ fn direct_aligned(buf: &[u8], offset: u64) -> bool {
         && buf.len().is_multiple_of(DIRECT_IO_ALIGN)
         && (buf.as_ptr() as usize).is_multiple_of(DIRECT_IO_ALIGN)
 }
-const ENOSPC: i32 = 28;
 
 fn fault_error(fault: Fault) -> io::Error {
     match fault {
@@ -838,13 +838,11 @@ mod tests {
     /// the simulation refuses them too, so a misaligned caller fails in tests, not in production.
     #[test]
     fn a_direct_write_is_refused_unless_offset_length_and_buffer_are_block_aligned() {
-        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-        #[repr(C, align(4096))]
-        struct Block([u8; DIRECT_IO_ALIGN]);
         let vfs = SimVfs::new();
         let f = vfs.open(&p("/f"), OpenMode::CreateNew).unwrap();
-        let blocks = vec![Block([9; DIRECT_IO_ALIGN]); 4];
-        let aligned: &[u8] = bytemuck::cast_slice(&blocks);
+        let mut blocks = crate::AlignedBuf::default();
+        blocks.extend_from_slice(&[9; 4 * DIRECT_IO_ALIGN]);
+        let aligned = blocks.as_slice();
         assert!(f.set_direct_io(true).unwrap());
         let einval = Some(EINVAL);
         assert_eq!(f.write_at(&aligned[1..4097], 0).unwrap_err().raw_os_error(), einval);

@@ -4,9 +4,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quiver_vfs::{DIRECT_IO_ALIGN, VfsFile};
+use quiver_vfs::{AlignedBuf, DIRECT_IO_ALIGN, VfsFile};
 
-use crate::aligned::AlignedBuf;
 use crate::format::{RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, align_up};
 use crate::open::create_segment;
 use crate::recovery::SegmentFile;

@@ -49,7 +49,6 @@ use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-mod aligned;
 mod error;
 mod flusher;
 pub mod format;
@@ -67,11 +66,12 @@ pub use options::{Compression, SyncPolicy, WalOptions};
 pub use pending::Pending;
 pub use quiver_vfs as vfs;
 pub use replay::{Record, Replay};
+pub use shared::Payload;
 pub use stats::{SYNC_BUCKETS, WalStats};
 
 use format::{FLAG_ZSTD, RECORD_HEADER_LEN, align_up};
 use recovery::SegmentFile;
-use shared::{Payload, Queued, Shared, lock};
+use shared::{Queued, Shared, lock};
 
 /// A log sequence number. The first record of a new log has LSN 1; 0 means "none".
 pub type Lsn = u64;
@@ -183,6 +183,17 @@ impl Wal {
             return self.enqueue(kind, flags, raw_len, Payload::Owned(stored));
         }
         self.enqueue(kind, 0, raw_len, payload)
+    }
+
+    /// [`Wal::submit_owned`] or [`Wal::submit_parts`], as `payload` is.
+    ///
+    /// # Errors
+    /// As [`Wal::submit`].
+    pub fn submit_payload(&self, kind: u8, payload: Payload) -> Result<Pending, AppendError> {
+        match payload {
+            Payload::Owned(buffer) => self.submit_owned(kind, buffer),
+            Payload::Parts(parts) => self.submit_parts(kind, parts),
+        }
     }
 
     /// Queues a stored payload: waits for room, takes the next LSN, wakes the flusher.

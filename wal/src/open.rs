@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use quiver_vfs::{OpenMode, Vfs, VfsFile};
+use quiver_vfs::{AlignedBuf, OpenMode, Vfs, VfsFile};
 
-use crate::aligned::AlignedBuf;
 use crate::flusher::Flusher;
 use crate::format::{SEGMENT_HEADER_LEN, segment_name};
 use crate::recovery::{SegmentFile, SegmentScan, all_zero, scan_segment};

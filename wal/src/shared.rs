@@ -20,20 +20,30 @@ pub(crate) struct Queued {
     pub(crate) payload: Payload,
 }
 
-/// A queued record's payload as stored.
-pub(crate) enum Payload {
-    /// A buffer the log owns: back to the pool once written.
+/// A record's payload ([`crate::Wal::submit_payload`]), and a queued record's as stored.
+#[derive(Debug)]
+pub enum Payload {
+    /// A buffer the log takes over ([`crate::Wal::submit_owned`]): back to its pool once
+    /// written.
     Owned(Vec<u8>),
     /// Parts shared with the caller, stored one after another ([`crate::Wal::submit_parts`]).
     Parts(Vec<bytes::Bytes>),
 }
 
 impl Payload {
-    pub(crate) fn len(&self) -> usize {
+    /// Its bytes, all parts together.
+    #[must_use]
+    pub fn len(&self) -> usize {
         match self {
             Payload::Owned(v) => v.len(),
             Payload::Parts(parts) => parts.iter().map(bytes::Bytes::len).sum(),
         }
+    }
+
+    /// Whether it has no bytes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Every byte, in order, part by part.

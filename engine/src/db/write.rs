@@ -11,6 +11,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use crate::batch::{self, kind};
 use crate::error::{FlushError, WriteError};
 use crate::schema::{CollectionSchema, ID_COLUMN};
+use quiver_wal::Payload;
 
 use super::Database;
 use super::flush::flush_once;
@@ -44,17 +45,11 @@ impl Database {
         collection: &str,
         batch: &RecordBatch,
     ) -> Result<PendingWrite, WriteError> {
-        let inner = &self.inner;
-        let _span = tracing::debug_span!("insert", collection, rows = batch.num_rows()).entered();
-        let (cid, schema) = self.admit(collection, batch.num_rows())?;
-        let prepared = batch::prepare(&schema, batch, batch::Admit::New)?;
-        if prepared.keys.is_empty() {
-            return Ok(PendingWrite::done(inner, inner.wal.durable_lsn()));
-        }
-        let mut payload = inner.wal.buffer();
-        batch::encode_payload_into(&mut payload, cid, &prepared.batch)
-            .map_err(batch::BatchError::from)?;
-        self.submit(Op::Insert { collection: cid, prepared }, kind::INSERT, Record::Owned(payload))
+        self.submit_checked(collection, batch, |cid, prepared| {
+            let mut payload = self.inner.wal.buffer();
+            batch::encode_payload_into(&mut payload, cid, &prepared.batch)?;
+            Ok(Payload::Owned(payload))
+        })
     }
 
     /// [`Database::submit_insert`] of a record batch given as the Arrow IPC message it came in:
@@ -75,17 +70,30 @@ impl Database {
         header: &[u8],
         body: &arrow_buffer::Buffer,
     ) -> Result<PendingWrite, WriteError> {
-        let inner = &self.inner;
         let decoded = decode_message(schema, header, body)?;
-        let _span = tracing::debug_span!("insert", collection, rows = decoded.num_rows()).entered();
-        let (cid, collection_schema) = self.admit(collection, decoded.num_rows())?;
-        let prepared = batch::prepare(&collection_schema, &decoded, batch::Admit::New)?;
+        self.submit_checked(collection, &decoded, |cid, _| {
+            let body = bytes::Bytes::from(body.clone());
+            Ok(Payload::Parts(batch::message_payload(cid, schema, header, body)?))
+        })
+    }
+
+    /// What both insert paths share: `batch` checked and prepared, then logged as `payload`
+    /// makes its record (from the collection id and the prepared rows), unless no row is left.
+    fn submit_checked(
+        &self,
+        collection: &str,
+        batch: &RecordBatch,
+        payload: impl FnOnce(u64, &batch::Prepared) -> Result<Payload, ArrowError>,
+    ) -> Result<PendingWrite, WriteError> {
+        let inner = &self.inner;
+        let _span = tracing::debug_span!("insert", collection, rows = batch.num_rows()).entered();
+        let (cid, schema) = self.admit(collection, batch.num_rows())?;
+        let prepared = batch::prepare(&schema, batch, batch::Admit::New)?;
         if prepared.keys.is_empty() {
             return Ok(PendingWrite::done(inner, inner.wal.durable_lsn()));
         }
-        let parts = batch::message_payload(cid, schema, header, bytes::Bytes::from(body.clone()))
-            .map_err(batch::BatchError::from)?;
-        self.submit(Op::Insert { collection: cid, prepared }, kind::INSERT, Record::Parts(parts))
+        let payload = payload(cid, &prepared).map_err(batch::BatchError::from)?;
+        self.submit(Op::Insert { collection: cid, prepared }, kind::INSERT, payload)
     }
 
     /// Deletes the rows with these ids (an array of the collection's id type); ids not present
@@ -107,7 +115,7 @@ impl Database {
         )
         .map_err(batch::BatchError::from)?;
         let payload = batch::encode_payload(cid, &b).map_err(batch::BatchError::from)?;
-        self.submit(Op::Delete { collection: cid, keys }, kind::DELETE, Record::Owned(payload))?
+        self.submit(Op::Delete { collection: cid, keys }, kind::DELETE, Payload::Owned(payload))?
             .wait()
     }
 
@@ -189,38 +197,19 @@ impl Database {
         &self,
         op: Op,
         kind: u8,
-        record: Record,
+        payload: Payload,
     ) -> Result<PendingWrite, WriteError> {
         let inner = &self.inner;
-        self.make_room(record.len())?;
+        self.make_room(payload.len())?;
         let pending = {
             let mut order = lock(&inner.order);
-            let submitted = match record {
-                Record::Owned(payload) => inner.wal.submit_owned(kind, payload),
-                Record::Parts(parts) => inner.wal.submit_parts(kind, parts),
-            };
-            let pending = submitted.inspect_err(|e| {
+            let pending = inner.wal.submit_payload(kind, payload).inspect_err(|e| {
                 inner.poison(format!("WAL append failed: {e}"));
             })?;
             order.queue.push_back((pending.lsn(), op));
             pending
         };
         Ok(PendingWrite { inner: Arc::clone(inner), lsn: pending.lsn(), wal: Some(pending) })
-    }
-}
-
-/// A WAL record's payload: one buffer, or parts shared with the memtable.
-pub(super) enum Record {
-    Owned(Vec<u8>),
-    Parts(Vec<bytes::Bytes>),
-}
-
-impl Record {
-    fn len(&self) -> usize {
-        match self {
-            Record::Owned(payload) => payload.len(),
-            Record::Parts(parts) => parts.iter().map(bytes::Bytes::len).sum(),
-        }
     }
 }
 

@@ -1,8 +1,9 @@
-//! The flusher's group buffer: bytes whose start is aligned to [`DIRECT_IO_ALIGN`], as a direct
-//! write's buffer must be. Made of whole blocks, so its memory stays aligned as it grows; its
-//! length is tracked apart from them.
+//! A buffer for direct writes ([`crate::VfsFile::set_direct_io`]): bytes whose start is aligned
+//! to [`DIRECT_IO_ALIGN`], as a direct write's buffer must be. Made of whole blocks, so its
+//! memory stays aligned as it grows; its length is tracked apart from them. The WAL's flusher
+//! builds its groups in one.
 
-use quiver_vfs::DIRECT_IO_ALIGN;
+use crate::DIRECT_IO_ALIGN;
 
 /// One block of the buffer: its alignment is what aligns the whole buffer.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -14,23 +15,39 @@ const _: () = assert!(std::mem::size_of::<Block>() == DIRECT_IO_ALIGN);
 
 /// A growable byte buffer aligned to [`DIRECT_IO_ALIGN`].
 #[derive(Default)]
-pub(crate) struct AlignedBuf {
+pub struct AlignedBuf {
     blocks: Vec<Block>,
     /// Bytes in use, from the start; the rest of the blocks is scratch.
     len: usize,
 }
 
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf").field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
 impl AlignedBuf {
-    pub(crate) fn len(&self) -> usize {
+    /// Bytes in use.
+    #[must_use]
+    pub fn len(&self) -> usize {
         self.len
     }
 
-    pub(crate) fn clear(&mut self) {
+    /// Whether no byte is in use.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Uses no byte (keeping the memory).
+    pub fn clear(&mut self) {
         self.len = 0;
     }
 
     /// The bytes in use.
-    pub(crate) fn as_slice(&self) -> &[u8] {
+    #[must_use]
+    pub fn as_slice(&self) -> &[u8] {
         &bytemuck::cast_slice::<Block, u8>(&self.blocks)[..self.len]
     }
 
@@ -48,7 +65,8 @@ impl AlignedBuf {
         }
     }
 
-    pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) {
+    /// Appends `bytes`.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
         self.reserve_to(end);
         bytemuck::cast_slice_mut::<Block, u8>(&mut self.blocks)[self.len..end]
@@ -57,7 +75,7 @@ impl AlignedBuf {
     }
 
     /// Grows the bytes in use to `len` with zeros (never shrinks).
-    pub(crate) fn zero_extend(&mut self, len: usize) {
+    pub fn zero_extend(&mut self, len: usize) {
         if len <= self.len {
             return;
         }
@@ -68,7 +86,7 @@ impl AlignedBuf {
 
     /// The bytes in use followed by zeros up to the next multiple of [`DIRECT_IO_ALIGN`]: what
     /// a direct write takes. The bytes in use are unchanged.
-    pub(crate) fn padded(&mut self) -> &[u8] {
+    pub fn padded(&mut self) -> &[u8] {
         let end = self.len.next_multiple_of(DIRECT_IO_ALIGN);
         self.reserve_to(end);
         let bytes = bytemuck::cast_slice_mut::<Block, u8>(&mut self.blocks);
@@ -77,14 +95,14 @@ impl AlignedBuf {
     }
 
     /// Keeps only the bytes in use from `from` on, moved to the start.
-    pub(crate) fn keep_from(&mut self, from: usize) {
+    pub fn keep_from(&mut self, from: usize) {
         assert!(from <= self.len, "keep_from past the end: {from} > {}", self.len);
         bytemuck::cast_slice_mut::<Block, u8>(&mut self.blocks).copy_within(from..self.len, 0);
         self.len -= from;
     }
 
     /// Lets go of the memory if it is over `max` bytes (after a burst of large groups).
-    pub(crate) fn shrink_to(&mut self, max: usize) {
+    pub fn shrink_to(&mut self, max: usize) {
         let keep = self.len.div_ceil(DIRECT_IO_ALIGN).max(max / DIRECT_IO_ALIGN);
         if self.blocks.len() > keep {
             self.blocks.truncate(keep);
