@@ -233,10 +233,12 @@ pub async fn serve(
     service.max_flight_data_bytes =
         service.max_flight_data_bytes.min(cfg.max_message_bytes / 4 * 3).max(1);
     service.max_message_bytes = cfg.max_message_bytes;
-    let svc = QuiverFlight::new(db, service, auth.clone());
-    let svc = FlightServiceServer::new(svc)
+    let flight = Arc::new(QuiverFlight::new(db, service, auth.clone()));
+    let svc = FlightServiceServer::from_arc(flight.clone())
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
+    // DoGet on its own route, which sends batches from their buffers (service/wire.rs).
+    let svc = service::DoGetRoute::new(svc, flight, cfg.max_message_bytes);
     let mut builder = Server::builder()
         .http2_keepalive_interval(cfg.keepalive_interval)
         .http2_keepalive_timeout(Some(cfg.keepalive_timeout))

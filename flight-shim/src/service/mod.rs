@@ -13,7 +13,8 @@
 //!
 //! Rooms: this file holds the RPC handlers; `ingest` the DoPut/DoExchange write path,
 //! `read` searches, gets and scans, `chunker` the adaptive batching of streamed results,
-//! `actions` every DoAction, and `status` how engine errors become gRPC statuses.
+//! `actions` every DoAction, `status` how engine errors become gRPC statuses, and `wire` the
+//! DoGet route that writes its gRPC frames from the batches' own buffers.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,9 +42,10 @@ use actions::{vector_search_queries, vector_search_stream};
 use exchange::{SEARCH_COMMANDS, exchange_search};
 use ingest::{IngestGate, batch_stream, spawn_ingest};
 use ingest_decode::BodyPool;
-use read::{encode_batches, run_get, run_search, scan_stream};
+use read::{Reply, run_get, run_search, scan_stream};
 pub(crate) use status::bounded_status;
 use status::{collection_status, invalid};
+pub(crate) use wire::DoGetRoute;
 
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -54,6 +56,7 @@ mod ingest;
 mod ingest_decode;
 mod read;
 mod status;
+mod wire;
 
 /// Tunables of the service (the server's flags set them).
 #[derive(Clone, Debug)]
@@ -270,13 +273,13 @@ impl FlightService for QuiverFlight {
         Ok(Response::new(r))
     }
 
+    /// Served here for callers of this trait; `quiver_flight::serve` answers DoGet on its own
+    /// route ([`wire`]), which encodes the same reply without copying the batches' buffers.
     async fn do_get(
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let span = rpc_span("do_get", request.metadata());
-        let result = self.do_get_call(request).instrument(span).await;
-        self.counted("do_get", result)
+        Ok(Response::new(self.do_get_reply(request).await?.into_flight_data()))
     }
 
     async fn do_put(
@@ -336,14 +339,19 @@ impl QuiverFlight {
         result
     }
 
-    async fn do_get_call(
-        &self,
-        request: Request<Ticket>,
-    ) -> Result<Response<<QuiverFlight as FlightService>::DoGetStream>, Status> {
+    /// The reply to a DoGet: its schema and batches, not yet encoded.
+    pub(crate) async fn do_get_reply(&self, request: Request<Ticket>) -> Result<Reply, Status> {
+        let span = rpc_span("do_get", request.metadata());
+        let result = self.do_get_call(request).instrument(span).await;
+        self.counted("do_get", result)
+    }
+
+    async fn do_get_call(&self, request: Request<Ticket>) -> Result<Reply, Status> {
         let ticket =
             request::parse_ticket(&request.get_ref().ticket).map_err(|e| invalid(e.to_string()))?;
         let (db, cfg) = (self.db.clone(), self.cfg.clone());
-        let stream = match ticket {
+        let max_bytes = cfg.max_flight_data_bytes;
+        match ticket {
             TicketReq::Search(req) => {
                 let v = req
                     .vector
@@ -352,23 +360,14 @@ impl QuiverFlight {
                 let q = request::query_vector(v).map_err(|e| invalid(e.to_string()))?;
                 let metrics = cfg.metrics.clone();
                 let b = blocking(move || run_search(&db, &req, &q, metrics.as_deref())).await?;
-                encode_batches(
-                    b.schema(),
-                    futures::stream::iter([Ok(b)]),
-                    cfg.max_flight_data_bytes,
-                )
+                Ok(Reply::one(b, max_bytes))
             }
             TicketReq::Get(req) => {
                 let b = blocking(move || run_get(&db, &req)).await?;
-                encode_batches(
-                    b.schema(),
-                    futures::stream::iter([Ok(b)]),
-                    cfg.max_flight_data_bytes,
-                )
+                Ok(Reply::one(b, max_bytes))
             }
-            TicketReq::Scan(req) => blocking(move || scan_stream(&db, &cfg, &req)).await?,
-        };
-        Ok(Response::new(stream))
+            TicketReq::Scan(req) => blocking(move || scan_stream(&db, &cfg, &req)).await,
+        }
     }
 
     async fn do_put_call(

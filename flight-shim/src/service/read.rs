@@ -249,6 +249,35 @@ pub(super) fn run_get(db: &Database, req: &GetRequest) -> Result<RecordBatch, St
     }
 }
 
+/// What a DoGet answers: a schema and its batches, sent as messages of at most `max_bytes` of
+/// buffers (bigger batches are split by rows).
+pub(crate) struct Reply {
+    pub(crate) schema: SchemaRef,
+    pub(crate) batches: BatchStream,
+    pub(crate) max_bytes: usize,
+}
+
+/// The batches of a [`Reply`].
+pub(crate) type BatchStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static>>;
+
+impl Reply {
+    /// A reply of one batch.
+    pub(super) fn one(batch: RecordBatch, max_bytes: usize) -> Reply {
+        Reply {
+            schema: batch.schema(),
+            batches: Box::pin(futures::stream::iter([Ok(batch)])),
+            max_bytes,
+        }
+    }
+
+    /// The reply as FlightData messages, encoded by arrow-flight (each message's body a copy of
+    /// its batch's buffers).
+    pub(super) fn into_flight_data(self) -> BoxStream<FlightData> {
+        encode_batches(self.schema, self.batches, self.max_bytes)
+    }
+}
+
 pub(super) fn encode_batches(
     schema: SchemaRef,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
@@ -268,7 +297,7 @@ pub(super) fn scan_stream(
     db: &Arc<Database>,
     cfg: &ServiceConfig,
     req: &ScanRequest,
-) -> Result<BoxStream<FlightData>, Status> {
+) -> Result<Reply, Status> {
     let cs = db.schema(&req.name).map_err(collection_status)?;
     let arrow = cs.arrow_schema();
     let filters = Filters::compile(req.filters.as_deref().unwrap_or(&[]), &arrow)
@@ -337,5 +366,9 @@ pub(super) fn scan_stream(
             }
         }
     });
-    Ok(encode_batches(out_schema, ReceiverStream::new(rx), cfg.max_flight_data_bytes))
+    Ok(Reply {
+        schema: out_schema,
+        batches: Box::pin(ReceiverStream::new(rx)),
+        max_bytes: cfg.max_flight_data_bytes,
+    })
 }
