@@ -40,14 +40,21 @@ pub(crate) fn split(values: &[f32], streams: [&mut [u8]; 4]) {
 
 /// Joins the byte streams of `bytes` (four streams of `bytes.len() / 4` bytes, one after
 /// another) back into floats, appended to `out`.
+#[cfg(test)]
 pub(crate) fn join(bytes: &[u8], out: &mut Vec<f32>) {
+    join_range(bytes, 0, bytes.len() / 4, out);
+}
+
+/// Joins values `from..from + count` of the byte streams of `bytes` (four streams of
+/// `bytes.len() / 4` bytes, one after another) back into floats, appended to `out`.
+pub(crate) fn join_range(bytes: &[u8], from: usize, count: usize, out: &mut Vec<f32>) {
     assert!(bytes.len().is_multiple_of(4));
     let n = bytes.len() / 4;
-    let (s0, rest) = bytes.split_at(n);
-    let (s1, rest) = rest.split_at(n);
-    let (s2, s3) = rest.split_at(n);
-    out.reserve(n);
-    let whole = n / BLOCK * BLOCK;
+    assert!(from <= n && count <= n - from, "values {from}..+{count} of {n}");
+    let stream = |k: usize| &bytes[k * n + from..k * n + from + count];
+    let (s0, s1, s2, s3) = (stream(0), stream(1), stream(2), stream(3));
+    out.reserve(count);
+    let whole = count / BLOCK * BLOCK;
     let streams = s0[..whole]
         .as_chunks::<BLOCK>()
         .0
@@ -62,7 +69,7 @@ pub(crate) fn join(bytes: &[u8], out: &mut Vec<f32>) {
         }
         out.extend_from_slice(&block);
     }
-    out.extend((whole..n).map(|i| f32::from_le_bytes([s0[i], s1[i], s2[i], s3[i]])));
+    out.extend((whole..count).map(|i| f32::from_le_bytes([s0[i], s1[i], s2[i], s3[i]])));
 }
 
 #[cfg(test)]
@@ -101,6 +108,22 @@ mod tests {
             assert_eq!(back.len(), n + 1, "appended after what was there");
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&back[1..]), bits(&values), "n {n}");
+            // Any range of the values, as a scan takes a page in parts.
+            for (from, count) in [
+                (0, n),
+                (n / 3, n / 2),
+                (n / 2, n - n / 2),
+                (n, 0),
+                (1.min(n), n.saturating_sub(2)),
+            ] {
+                let mut part = Vec::new();
+                join_range(&bytes, from, count, &mut part);
+                assert_eq!(
+                    bits(&part),
+                    bits(&values[from..from + count]),
+                    "n {n}, {from}..+{count}"
+                );
+            }
         }
     }
 }

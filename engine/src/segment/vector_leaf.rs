@@ -28,9 +28,17 @@ pub(super) struct VectorLeaf {
     pages: Option<parquet::file::serialized_reader::SerializedPageReader<VfsChunkReader>>,
     /// Values the current row group still owes.
     group_left: u64,
-    /// Values decoded past the last batch, and how many of them were taken.
-    carry: Vec<f32>,
-    carry_at: usize,
+    /// The page the last batch ended inside: its value bytes, value count and encoding, and
+    /// how many of its values were taken. The next batch decodes the rest from it, so no
+    /// value is decoded twice or copied after decoding.
+    open_page: Option<OpenPage>,
+}
+
+struct OpenPage {
+    bytes: Bytes,
+    values: usize,
+    encoding: parquet::basic::Encoding,
+    taken: usize,
 }
 
 impl VectorLeaf {
@@ -77,8 +85,7 @@ impl VectorLeaf {
             next_group: 0,
             pages: None,
             group_left: 0,
-            carry: Vec::new(),
-            carry_at: 0,
+            open_page: None,
         })
     }
 
@@ -178,21 +185,25 @@ impl VectorLeaf {
         }
     }
 
-    /// Decodes `n` values in `bytes` (checked: `4 n` bytes) onto the end of `out`.
+    /// Decodes values `from..from + count` of `page` onto the end of `out`.
     fn decode(
         &self,
-        bytes: &[u8],
-        n: usize,
-        encoding: parquet::basic::Encoding,
+        page: &OpenPage,
+        from: usize,
+        count: usize,
         out: &mut Vec<f32>,
     ) -> Result<(), SegmentError> {
         use parquet::basic::Encoding;
-        debug_assert_eq!(bytes.len(), 4 * n);
-        match encoding {
+        debug_assert_eq!(page.bytes.len(), 4 * page.values);
+        match page.encoding {
             Encoding::PLAIN => out.extend(
-                bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+                page.bytes[4 * from..4 * (from + count)]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
             ),
-            Encoding::BYTE_STREAM_SPLIT => super::byte_split::join(bytes, out),
+            Encoding::BYTE_STREAM_SPLIT => {
+                super::byte_split::join_range(&page.bytes, from, count, out)
+            }
             e => return Err(self.corrupt(&format!("values encoded as {e}"))),
         }
         Ok(())
@@ -206,22 +217,20 @@ impl VectorLeaf {
         let want = rows * self.dim;
         let mut out: Vec<f32> = Vec::with_capacity(want);
         while out.len() < want {
-            if self.carry_at < self.carry.len() {
-                let n = (self.carry.len() - self.carry_at).min(want - out.len());
-                out.extend_from_slice(&self.carry[self.carry_at..self.carry_at + n]);
-                self.carry_at += n;
-                continue;
-            }
-            let Some((bytes, n, encoding)) = self.next_page()? else { break };
-            if n <= want - out.len() {
-                // The whole page fits: decode it in place.
-                self.decode(&bytes, n, encoding, &mut out)?;
-            } else {
-                let mut carry = std::mem::take(&mut self.carry);
-                carry.clear();
-                self.decode(&bytes, n, encoding, &mut carry)?;
-                self.carry = carry;
-                self.carry_at = 0;
+            let mut page = match self.open_page.take() {
+                Some(page) => page,
+                None => match self.next_page()? {
+                    Some((bytes, values, encoding)) => {
+                        OpenPage { bytes, values, encoding, taken: 0 }
+                    }
+                    None => break,
+                },
+            };
+            let count = (page.values - page.taken).min(want - out.len());
+            self.decode(&page, page.taken, count, &mut out)?;
+            page.taken += count;
+            if page.taken < page.values {
+                self.open_page = Some(page);
             }
         }
         if !out.len().is_multiple_of(self.dim) {
