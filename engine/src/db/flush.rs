@@ -151,6 +151,9 @@ pub(super) fn flush_once(inner: &Inner) -> Result<(), FlushError> {
         return Err(FlushError::Poisoned(p));
     }
     let Some(checkpoint) = freeze(inner)? else { return Ok(()) };
+    // Writers waiting for room have it now, in a fresh table: wake them rather than leave them
+    // until the frozen rows are written.
+    inner.notify_flushed();
     let _span = tracing::debug_span!("flush", checkpoint).entered();
     let plan = plan_flush(inner, &inner.read()).inspect_err(|_| thaw(inner))?;
     let written = write_flush(inner, plan).inspect_err(|_| thaw(inner))?;

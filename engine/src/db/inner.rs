@@ -211,8 +211,8 @@ impl Inner {
         self.work_cv.notify_all();
     }
 
-    /// Wakes the flusher thread and every writer waiting for room: a flush is wanted, or one
-    /// finished or gave up.
+    /// Wakes the flusher thread and every writer waiting for room: a flush is wanted, a table
+    /// was frozen, or a flush finished or gave up.
     pub(super) fn notify_flushed(&self) {
         lock(&self.flush_ctl).generation += 1;
         self.flush_cv.notify_all();
@@ -289,7 +289,8 @@ impl Inner {
 #[derive(Debug, Default)]
 pub(super) struct FlushCtl {
     pub(super) shutdown: bool,
-    /// Bumped when a flush is wanted or one finished.
+    /// Bumped when a flush is wanted, a table was frozen, or a flush finished or gave up: a
+    /// writer waiting for room re-checks when it changes.
     pub(super) generation: u64,
     /// A writer's batch does not fit the table beside the rows it holds: the flusher freezes
     /// the table whatever its size, so no table outgrows `memtable_bytes`.

@@ -153,6 +153,9 @@ impl Database {
         let limit = inner.opts.memtable_bytes;
         let started = Instant::now();
         loop {
+            // Read before the tables: a freeze or flush that ends after this bumps it, so the
+            // wait below cannot miss it.
+            let seen = lock(&inner.flush_ctl).generation;
             let (total, frozen) = {
                 let st = inner.read();
                 (st.mem_bytes, st.frozen_bytes)
@@ -170,11 +173,15 @@ impl Database {
                     e => WriteError::Flush(Box::new(e)),
                 });
             }
+            if ctl.generation != seen {
+                continue; // a freeze or flush ended since the tables were read
+            }
             if frozen == 0 {
                 ctl.rotate = true;
                 ctl.generation += 1;
                 inner.flush_cv.notify_all();
             }
+            let asked = ctl.generation;
             // The flusher freezes the table, or a flush is writing the frozen rows: wait.
             if let Some(p) = inner.poisoned() {
                 return Err(WriteError::Poisoned(p));
@@ -183,10 +190,15 @@ impl Database {
             if waited >= inner.opts.max_stall {
                 return Err(WriteError::Stalled(waited));
             }
+            // Until the flusher freezes the table or a flush ends (either bumps the generation;
+            // the timeout only bounds a wait for `max_stall` and the poison checks).
+            let left = inner.opts.max_stall - waited;
             drop(
                 inner
                     .flush_cv
-                    .wait_timeout(ctl, Duration::from_millis(50))
+                    .wait_timeout_while(ctl, left.min(Duration::from_millis(100)), |c| {
+                        c.generation == asked
+                    })
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
         }
