@@ -115,6 +115,8 @@ pub(super) fn flush_loop(inner: &Arc<Inner>) {
         }
         let result = flush_once(inner);
         lock(&inner.flush_ctl).failing = result.is_err();
+        // Whatever came of it (nothing to freeze, a failure), writers waiting for room re-check.
+        inner.notify_flushed();
         match result {
             Ok(()) => backoff = Duration::from_millis(10),
             Err(_) if lock(&inner.flush_ctl).shutdown => return,

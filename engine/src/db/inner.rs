@@ -148,11 +148,16 @@ impl Inner {
     }
 
     pub(super) fn poison(&self, why: String) {
-        let mut p = lock(&self.poisoned);
-        if p.is_none() {
+        {
+            let mut p = lock(&self.poisoned);
+            if p.is_some() {
+                return;
+            }
             tracing::error!("database poisoned: {why}");
             *p = Some(why);
         }
+        // Writers waiting for room must see it now (never called under `flush_ctl`).
+        self.notify_flushed();
     }
 
     /// Records that searching `ix`, the index of segment `s`, failed with `e`. A damaged index
@@ -212,7 +217,7 @@ impl Inner {
     }
 
     /// Wakes the flusher thread and every writer waiting for room: a flush is wanted, a table
-    /// was frozen, or a flush finished or gave up.
+    /// was frozen, a flush finished or gave up, or the database was poisoned.
     pub(super) fn notify_flushed(&self) {
         lock(&self.flush_ctl).generation += 1;
         self.flush_cv.notify_all();

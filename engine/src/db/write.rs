@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
@@ -190,15 +190,14 @@ impl Database {
             if waited >= inner.opts.max_stall {
                 return Err(WriteError::Stalled(waited));
             }
-            // Until the flusher freezes the table or a flush ends (either bumps the generation;
-            // the timeout only bounds a wait for `max_stall` and the poison checks).
+            // Until the flusher freezes the table, a flush ends or fails, or the database is
+            // poisoned: each bumps the generation. No polling: a missed wake-up would show as
+            // a put stalled for `max_stall`.
             let left = inner.opts.max_stall - waited;
             drop(
                 inner
                     .flush_cv
-                    .wait_timeout_while(ctl, left.min(Duration::from_millis(100)), |c| {
-                        c.generation == asked
-                    })
+                    .wait_timeout_while(ctl, left, |c| c.generation == asked)
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
         }
