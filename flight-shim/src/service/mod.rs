@@ -274,7 +274,7 @@ impl FlightService for QuiverFlight {
     }
 
     /// Served here for callers of this trait; `quiver_flight::serve` answers DoGet on its own
-    /// route ([`wire`]), which encodes the same reply without copying the batches' buffers.
+    /// route (`service/wire.rs`), which encodes the same reply without copying the batches' buffers.
     async fn do_get(
         &self,
         request: Request<Ticket>,
