@@ -50,7 +50,9 @@ mod rowset;
 mod schema;
 mod segment;
 
-pub use batch::{BatchError, MessageRefusal, held_bytes, max_magnitude, value_bytes};
+pub use batch::{
+    BatchError, MessageRefusal, has_dictionary, held_bytes, max_magnitude, value_bytes,
+};
 pub use db::{
     BackgroundStats, CollectionStats, Database, MAX_BATCH_QUERIES, MAX_K, MAX_LIST_SIZE,
     MAX_SCAN_BATCH_ROWS, MemoryUse, PendingWrite, ResidentBytes, SCAN_BATCH_ROWS, Scan,

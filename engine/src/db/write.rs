@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::{Array, RecordBatch};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_schema::{ArrowError, Field, Schema, SchemaRef};
 
 use crate::batch::{self, kind};
 use crate::error::{FlushError, WriteError};
@@ -240,7 +240,7 @@ fn decode_message(
     if record.compression().is_some() {
         return Err(BatchError::Message(MessageRefusal::Compressed));
     }
-    if schema.fields().iter().any(|f| has_dictionary(f.data_type())) {
+    if schema.fields().iter().any(|f| crate::batch::has_dictionary(f.data_type())) {
         return Err(BatchError::Message(MessageRefusal::Dictionaries));
     }
     if usize::try_from(message.bodyLength()).ok() != Some(body.len()) {
@@ -257,25 +257,6 @@ fn decode_message(
     )?
     .read_record_batch()?;
     Ok(decoded)
-}
-
-/// Whether `data_type` is, or holds, a dictionary-encoded type.
-fn has_dictionary(data_type: &DataType) -> bool {
-    match data_type {
-        DataType::Dictionary(..) => true,
-        DataType::List(f)
-        | DataType::LargeList(f)
-        | DataType::ListView(f)
-        | DataType::LargeListView(f)
-        | DataType::FixedSizeList(f, _)
-        | DataType::Map(f, _) => has_dictionary(f.data_type()),
-        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
-        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
-        DataType::RunEndEncoded(ends, values) => {
-            has_dictionary(ends.data_type()) || has_dictionary(values.data_type())
-        }
-        _ => false,
-    }
 }
 
 /// A write handed to the WAL but not yet acknowledged, from [`Database::submit_insert`].

@@ -27,7 +27,6 @@ use arrow_array::RecordBatch;
 use arrow_buffer::Buffer;
 use arrow_flight::{FlightData, Ticket};
 use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions, StreamEncoder};
-use arrow_schema::DataType;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame};
@@ -207,33 +206,33 @@ struct Out {
 impl WireBody {
     fn new(reply: Reply, limit: usize) -> WireBody {
         let mut out = Out { limit, ready: VecDeque::new() };
-        let (source, ended) = if reply.schema.fields().iter().any(|f| has_dictionary(f.data_type()))
-        {
-            (Source::Flight(reply.into_flight_data()), None)
-        } else {
-            let options = IpcWriteOptions::default();
-            let schema = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
-                &reply.schema,
-                &mut DictionaryTracker::new(false),
-                &options,
-            );
-            let ended = out.push_message(&schema.ipc_message, Vec::new(), 0).err().map(Err);
-            match StreamEncoder::try_new_with_options(&reply.schema, options) {
-                Ok(encoder) => {
-                    let source = Source::Batches {
-                        batches: reply.batches,
-                        encoder: Box::new(encoder),
-                        max_bytes: reply.max_bytes.max(1),
-                        split: VecDeque::new(),
-                    };
-                    (source, ended)
+        let (source, ended) =
+            if reply.schema.fields().iter().any(|f| quiver_engine::has_dictionary(f.data_type())) {
+                (Source::Flight(reply.into_flight_data()), None)
+            } else {
+                let options = IpcWriteOptions::default();
+                let schema = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
+                    &reply.schema,
+                    &mut DictionaryTracker::new(false),
+                    &options,
+                );
+                let ended = out.push_message(&schema.ipc_message, Vec::new(), 0).err().map(Err);
+                match StreamEncoder::try_new_with_options(&reply.schema, options) {
+                    Ok(encoder) => {
+                        let source = Source::Batches {
+                            batches: reply.batches,
+                            encoder: Box::new(encoder),
+                            max_bytes: reply.max_bytes.max(1),
+                            split: VecDeque::new(),
+                        };
+                        (source, ended)
+                    }
+                    Err(e) => (
+                        Source::Flight(Box::pin(futures::stream::empty())),
+                        Some(Err(Status::internal(e.to_string()))),
+                    ),
                 }
-                Err(e) => (
-                    Source::Flight(Box::pin(futures::stream::empty())),
-                    Some(Err(Status::internal(e.to_string()))),
-                ),
-            }
-        };
+            };
         WireBody { source, out, ended, finished: false }
     }
 
@@ -456,24 +455,6 @@ fn cut(what: &str) -> Status {
     Status::internal(format!("the IPC encoder's output ends inside {what}"))
 }
 
-fn has_dictionary(data_type: &DataType) -> bool {
-    match data_type {
-        DataType::Dictionary(..) => true,
-        DataType::List(f)
-        | DataType::LargeList(f)
-        | DataType::ListView(f)
-        | DataType::LargeListView(f)
-        | DataType::FixedSizeList(f, _)
-        | DataType::Map(f, _) => has_dictionary(f.data_type()),
-        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
-        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
-        DataType::RunEndEncoded(a, b) => {
-            has_dictionary(a.data_type()) || has_dictionary(b.data_type())
-        }
-        _ => false,
-    }
-}
-
 /// `batch` cut by rows into parts of about `max_bytes` of buffers, as arrow-flight's encoder
 /// cuts it (so both send the same messages).
 fn split_batch(batch: RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
@@ -504,7 +485,7 @@ mod tests {
         UInt64Array,
     };
     use arrow_flight::error::FlightError;
-    use arrow_schema::{Field, Schema, SchemaRef};
+    use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
     const DIM: i32 = 16;
 
