@@ -598,6 +598,57 @@ mod tests {
         );
     }
 
+    /// A request body delivered in the given frames.
+    struct Frames(VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
+        let mut out = vec![flag];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    async fn read(frames: Vec<Vec<u8>>, limit: usize) -> Result<Ticket, Status> {
+        read_ticket(Frames(frames.into_iter().map(Bytes::from).collect()), limit).await
+    }
+
+    /// The route reads the request itself, so malformed gRPC framing must be refused with a
+    /// status, never decoded from the wrong bytes.
+    #[tokio::test]
+    async fn a_request_is_read_whole_across_frames_and_bad_framing_is_refused() {
+        let ticket = Ticket::new(r#"{"name": "docs"}"#).encode_to_vec();
+        let whole = framed(0, &ticket);
+        let (a, b) = whole.split_at(3);
+        let (b, c) = b.split_at(7);
+        let got = read(vec![a.to_vec(), b.to_vec(), c.to_vec()], 1 << 20).await.unwrap();
+        assert_eq!(got.ticket, Bytes::from_static(br#"{"name": "docs"}"#));
+
+        let code = |r: Result<Ticket, Status>| r.unwrap_err().code();
+        assert_eq!(code(read(vec![framed(1, &ticket)], 1 << 20).await), tonic::Code::Unimplemented);
+        assert_eq!(code(read(vec![], 1 << 20).await), tonic::Code::Internal);
+        assert_eq!(
+            code(read(vec![whole[..whole.len() - 2].to_vec()], 1 << 20).await),
+            tonic::Code::Internal
+        );
+        let mut two = whole.clone();
+        two.extend_from_slice(&whole);
+        assert_eq!(code(read(vec![two], 1 << 20).await), tonic::Code::Internal);
+        assert_eq!(code(read(vec![framed(0, &[0xff; 9])], 1 << 20).await), tonic::Code::Internal);
+        assert_eq!(code(read(vec![whole.clone()], 4).await), tonic::Code::OutOfRange);
+    }
+
     #[tokio::test]
     async fn a_reply_without_batches_sends_its_schema_alone() {
         let (sent, chunks, trailers) = wire(reply(schema(), Vec::new(), 1 << 20), 1 << 20).await;
