@@ -238,7 +238,7 @@ pub async fn serve(
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     // DoGet on its own route, which sends batches from their buffers (service/wire.rs).
-    let svc = service::DoGetRoute::new(svc, flight, cfg.max_message_bytes);
+    let svc = service::DoGetRoute::new(svc, flight);
     let mut builder = Server::builder()
         .http2_keepalive_interval(cfg.keepalive_interval)
         .http2_keepalive_timeout(Some(cfg.keepalive_timeout))

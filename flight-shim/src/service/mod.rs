@@ -279,7 +279,8 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        Ok(Response::new(self.do_get_reply(request).await?.into_flight_data()))
+        let reply = self.do_get_reply(request).await?;
+        Ok(Response::new(reply.into_flight_data(self.cfg.max_flight_data_bytes)))
     }
 
     async fn do_put(
@@ -350,7 +351,6 @@ impl QuiverFlight {
         let ticket =
             request::parse_ticket(&request.get_ref().ticket).map_err(|e| invalid(e.to_string()))?;
         let (db, cfg) = (self.db.clone(), self.cfg.clone());
-        let max_bytes = cfg.max_flight_data_bytes;
         match ticket {
             TicketReq::Search(req) => {
                 let v = req
@@ -360,11 +360,11 @@ impl QuiverFlight {
                 let q = request::query_vector(v).map_err(|e| invalid(e.to_string()))?;
                 let metrics = cfg.metrics.clone();
                 let b = blocking(move || run_search(&db, &req, &q, metrics.as_deref())).await?;
-                Ok(Reply::one(b, max_bytes))
+                Ok(Reply::one(b))
             }
             TicketReq::Get(req) => {
                 let b = blocking(move || run_get(&db, &req)).await?;
-                Ok(Reply::one(b, max_bytes))
+                Ok(Reply::one(b))
             }
             TicketReq::Scan(req) => blocking(move || scan_stream(&db, &cfg, &req)).await,
         }

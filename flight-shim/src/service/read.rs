@@ -249,12 +249,11 @@ pub(super) fn run_get(db: &Database, req: &GetRequest) -> Result<RecordBatch, St
     }
 }
 
-/// What a DoGet answers: a schema and its batches, sent as messages of at most `max_bytes` of
-/// buffers (bigger batches are split by rows).
+/// What a DoGet answers: a schema and its batches, sent as messages of at most
+/// `ServiceConfig::max_flight_data_bytes` of buffers (bigger batches are split by rows).
 pub(crate) struct Reply {
     pub(crate) schema: SchemaRef,
     pub(crate) batches: BatchStream,
-    pub(crate) max_bytes: usize,
 }
 
 /// The batches of a [`Reply`].
@@ -263,18 +262,14 @@ pub(crate) type BatchStream =
 
 impl Reply {
     /// A reply of one batch.
-    pub(super) fn one(batch: RecordBatch, max_bytes: usize) -> Reply {
-        Reply {
-            schema: batch.schema(),
-            batches: Box::pin(futures::stream::iter([Ok(batch)])),
-            max_bytes,
-        }
+    pub(super) fn one(batch: RecordBatch) -> Reply {
+        Reply { schema: batch.schema(), batches: Box::pin(futures::stream::iter([Ok(batch)])) }
     }
 
-    /// The reply as FlightData messages, encoded by arrow-flight (each message's body a copy of
-    /// its batch's buffers).
-    pub(super) fn into_flight_data(self) -> BoxStream<FlightData> {
-        encode_batches(self.schema, self.batches, self.max_bytes)
+    /// The reply as FlightData messages of at most `max_bytes` of buffers, encoded by
+    /// arrow-flight (each message's body a copy of its batch's buffers).
+    pub(super) fn into_flight_data(self, max_bytes: usize) -> BoxStream<FlightData> {
+        encode_batches(self.schema, self.batches, max_bytes)
     }
 }
 
@@ -366,9 +361,5 @@ pub(super) fn scan_stream(
             }
         }
     });
-    Ok(Reply {
-        schema: out_schema,
-        batches: Box::pin(ReceiverStream::new(rx)),
-        max_bytes: cfg.max_flight_data_bytes,
-    })
+    Ok(Reply { schema: out_schema, batches: Box::pin(ReceiverStream::new(rx)) })
 }

@@ -57,13 +57,11 @@ const CONTINUATION: [u8; 4] = [0xff; 4];
 pub(crate) struct DoGetRoute<S> {
     inner: S,
     flight: Arc<QuiverFlight>,
-    /// Largest gRPC message sent or read, in bytes.
-    max_message_bytes: usize,
 }
 
 impl<S> DoGetRoute<S> {
-    pub(crate) fn new(inner: S, flight: Arc<QuiverFlight>, max_message_bytes: usize) -> Self {
-        DoGetRoute { inner, flight, max_message_bytes }
+    pub(crate) fn new(inner: S, flight: Arc<QuiverFlight>) -> Self {
+        DoGetRoute { inner, flight }
     }
 }
 
@@ -97,21 +95,21 @@ where
             return Box::pin(self.inner.call(request));
         }
         let flight = self.flight.clone();
-        let limit = self.max_message_bytes;
-        Box::pin(async move { Ok(do_get(flight, request, limit).await) })
+        Box::pin(async move { Ok(do_get(flight, request).await) })
     }
 }
 
-/// Answers one DoGet: reads the ticket, asks the service for the reply, and streams it.
+/// Answers one DoGet: reads the ticket, asks the service for the reply, and streams it, within
+/// the service's message limits.
 async fn do_get<B>(
     flight: Arc<QuiverFlight>,
     request: http::Request<B>,
-    limit: usize,
 ) -> http::Response<tonic::body::Body>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let (limit, max_bytes) = (flight.cfg.max_message_bytes, flight.cfg.max_flight_data_bytes);
     let (parts, body) = request.into_parts();
     let reply = match read_ticket(body, limit).await {
         Ok(ticket) => {
@@ -125,7 +123,7 @@ where
     match reply {
         Ok(reply) => {
             let mut response =
-                http::Response::new(tonic::body::Body::new(WireBody::new(reply, limit)));
+                http::Response::new(tonic::body::Body::new(WireBody::new(reply, max_bytes, limit)));
             response
                 .headers_mut()
                 .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -204,11 +202,13 @@ struct Out {
 }
 
 impl WireBody {
-    fn new(reply: Reply, limit: usize) -> WireBody {
+    /// The body of `reply`: messages of at most `max_bytes` of buffers, refused over `limit`
+    /// bytes.
+    fn new(reply: Reply, max_bytes: usize, limit: usize) -> WireBody {
         let mut out = Out { limit, ready: VecDeque::new() };
         let (source, ended) =
             if reply.schema.fields().iter().any(|f| quiver_engine::has_dictionary(f.data_type())) {
-                (Source::Flight(reply.into_flight_data()), None)
+                (Source::Flight(reply.into_flight_data(max_bytes)), None)
             } else {
                 let options = IpcWriteOptions::default();
                 let schema = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
@@ -222,7 +222,7 @@ impl WireBody {
                         let source = Source::Batches {
                             batches: reply.batches,
                             encoder: Box::new(encoder),
-                            max_bytes: reply.max_bytes.max(1),
+                            max_bytes: max_bytes.max(1),
                             split: VecDeque::new(),
                         };
                         (source, ended)
@@ -528,13 +528,18 @@ mod tests {
         RecordBatch::try_new(schema(), columns).unwrap()
     }
 
-    fn reply(schema: SchemaRef, items: Vec<Result<RecordBatch, FlightError>>, max: usize) -> Reply {
-        Reply { schema, batches: Box::pin(futures::stream::iter(items)), max_bytes: max }
+    /// A reply of `items`, and the largest message body to send it in.
+    fn reply(
+        schema: SchemaRef,
+        items: Vec<Result<RecordBatch, FlightError>>,
+        max: usize,
+    ) -> (Reply, usize) {
+        (Reply { schema, batches: Box::pin(futures::stream::iter(items)) }, max)
     }
 
     /// The route's body: its data bytes, its chunks, and its trailers.
-    async fn wire(reply: Reply, limit: usize) -> (Vec<u8>, Vec<Bytes>, HeaderMap) {
-        let mut body = WireBody::new(reply, limit);
+    async fn wire((reply, max): (Reply, usize), limit: usize) -> (Vec<u8>, Vec<Bytes>, HeaderMap) {
+        let mut body = WireBody::new(reply, max, limit);
         let (mut bytes, mut chunks, mut trailers) = (Vec::new(), Vec::new(), None);
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
         {
@@ -555,9 +560,9 @@ mod tests {
 
     /// What tonic's prost codec sends for arrow-flight's encoding of the same reply, and the
     /// status the stream ended with.
-    async fn tonic(reply: Reply) -> (Vec<u8>, Option<Status>) {
+    async fn tonic((reply, max): (Reply, usize)) -> (Vec<u8>, Option<Status>) {
         use futures::StreamExt as _;
-        let mut stream = reply.into_flight_data();
+        let mut stream = reply.into_flight_data(max);
         let mut bytes = Vec::new();
         while let Some(item) = stream.next().await {
             match item {
