@@ -103,28 +103,29 @@ pub(crate) fn join_range_in(
     }
 }
 
-/// The blocked split and join compiled with wider vectors. Each function is the portable code
-/// inlined into a body built for its instruction set; calling one on a CPU without that set is
-/// undefined behaviour, hence `unsafe`.
+/// The blocked split and join compiled with wider vectors: each function is the portable code
+/// inlined into a body built for its instruction set. They are safe to call from code built
+/// for that set; anywhere else the call needs `unsafe` and the CPU's word that it has the set
+/// (`split_in`, `join_range_in`).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn split_avx2(values: &[f32], streams: [&mut [u8]; 4]) {
+    pub(super) fn split_avx2(values: &[f32], streams: [&mut [u8]; 4]) {
         super::split_blocks(values, streams);
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn split_avx512(values: &[f32], streams: [&mut [u8]; 4]) {
+    pub(super) fn split_avx512(values: &[f32], streams: [&mut [u8]; 4]) {
         super::split_blocks(values, streams);
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn join_avx2(bytes: &[u8], from: usize, count: usize, out: &mut Vec<f32>) {
+    pub(super) fn join_avx2(bytes: &[u8], from: usize, count: usize, out: &mut Vec<f32>) {
         super::join_blocks(bytes, from, count, out);
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn join_avx512(bytes: &[u8], from: usize, count: usize, out: &mut Vec<f32>) {
+    pub(super) fn join_avx512(bytes: &[u8], from: usize, count: usize, out: &mut Vec<f32>) {
         super::join_blocks(bytes, from, count, out);
     }
 }
