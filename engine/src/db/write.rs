@@ -151,17 +151,22 @@ impl Database {
     pub(super) fn make_room(&self, incoming: usize) -> Result<(), WriteError> {
         let inner = &*self.inner;
         let limit = inner.opts.memtable_bytes;
+        // Whether the table takes the write, and whether a table is frozen.
+        let room = || {
+            let st = inner.read();
+            let mutable = st.mem_bytes - st.frozen_bytes;
+            (mutable == 0 || mutable + incoming <= limit, st.frozen_bytes)
+        };
+        if room().0 {
+            return Ok(()); // every write but the few that meet a full table
+        }
         let started = Instant::now();
         loop {
             // Read before the tables: a freeze or flush that ends after this bumps it, so the
             // wait below cannot miss it.
             let seen = lock(&inner.flush_ctl).generation;
-            let (total, frozen) = {
-                let st = inner.read();
-                (st.mem_bytes, st.frozen_bytes)
-            };
-            let mutable = total - frozen;
-            if mutable == 0 || mutable + incoming <= limit {
+            let (fits, frozen) = room();
+            if fits {
                 return Ok(());
             }
             let mut ctl = lock(&inner.flush_ctl);
